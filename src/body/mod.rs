@@ -1,0 +1,447 @@
+//! `ReplayBody`: a request body that can be sent again.
+//!
+//! The body is recorded while the inner service reads it. A clone made with
+//! [`ReplayBody::try_clone`] first replays what was recorded, then goes on
+//! reading the original body where the first reader left off: a retry works
+//! even when the server answered `401` before reading the whole body.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use tower_token_refresh::ReplayBody;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let body = ReplayBody::try_new(Full::new(Bytes::from_static(b"hello")), 1024).unwrap();
+//! let retry = body.try_clone().expect("recordable");
+//!
+//! assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+//! assert_eq!(retry.collect().await.unwrap().to_bytes(), "hello");
+//! # }
+//! ```
+//!
+//! # Invariants
+//!
+//! - Only one instance reads the original body at a time. An instance that
+//!   needs the original while another holds it waits until that one is
+//!   dropped: the retry's body MUST NOT be polled to completion before the
+//!   first attempt's body is dropped (the inner service drops it once the
+//!   response is done, which is always before a retry is sent).
+//! - Recorded frames are replayed in order, trailers last; frames read by a
+//!   replaying instance are recorded too, so a later clone sees them all.
+//! - Once more than `cap` bytes were read, the recording is dropped:
+//!   [`ReplayBody::is_capped`] turns true and an instance that would need the
+//!   dropped bytes yields a [`Capped`] error instead of a truncated body.
+//! - An empty body (`is_end_stream` at creation) costs no allocation.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::BoxError;
+
+/// The default recording cap: 64 KiB.
+pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
+
+pin_project! {
+    /// A request body that records what is read from it so that a clone can
+    /// send it again. See the [module docs](crate::body) for the invariants.
+    pub struct ReplayBody<B> {
+        #[pin]
+        inner: Inner<B>,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner<B> {
+        Empty,
+        Passthrough { #[pin] body: B },
+        Replay { reader: Reader<B> },
+    }
+}
+
+/// The error a replaying body yields when the bytes it needs were dropped
+/// because the body grew past the recording cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capped;
+
+impl fmt::Display for Capped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("request body exceeded the replay cap and cannot be replayed")
+    }
+}
+
+impl std::error::Error for Capped {}
+
+/// The original body's error was already returned to the first reader.
+#[derive(Debug, Clone, Copy)]
+struct OriginalFailed;
+
+impl fmt::Display for OriginalFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the original request body failed and cannot be replayed")
+    }
+}
+
+impl std::error::Error for OriginalFailed {}
+
+/// What the instance currently reading owns: the recording and the rest of
+/// the original body. Handed between instances through `Shared::slot`.
+struct Recording<B> {
+    chunks: Vec<Bytes>,
+    recorded_bytes: usize,
+    /// Data frames read from the original so far, recorded or not.
+    frames_read: usize,
+    trailers: Option<HeaderMap>,
+    rest: Option<Pin<Box<B>>>,
+    failed: bool,
+}
+
+struct Slot<B> {
+    recording: Option<Recording<B>>,
+    waiting: Option<Waker>,
+}
+
+struct Shared<B> {
+    slot: Mutex<Slot<B>>,
+    capped: AtomicBool,
+    cap: usize,
+    initial_hint: SizeHint,
+}
+
+/// One instance's view: its position, and the recording while it reads.
+struct Reader<B> {
+    shared: Arc<Shared<B>>,
+    owned: Option<Recording<B>>,
+    frames_sent: usize,
+    bytes_sent: usize,
+    trailers_sent: bool,
+}
+
+impl<B> ReplayBody<B>
+where
+    B: Body,
+{
+    /// Wraps `body` for recording up to `cap` bytes.
+    ///
+    /// Returns the body back when its size hint already exceeds the cap: it
+    /// could never be replayed, so it should be sent as it is.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower_token_refresh::ReplayBody;
+    ///
+    /// let big = Full::new(Bytes::from(vec![0u8; 100]));
+    /// assert!(ReplayBody::try_new(big, 10).is_err());
+    /// ```
+    pub fn try_new(body: B, cap: usize) -> Result<Self, B> {
+        if body.is_end_stream() {
+            return Ok(Self::empty());
+        }
+        let hint = body.size_hint();
+        if hint.lower() > cap as u64 {
+            return Err(body);
+        }
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot {
+                recording: None,
+                waiting: None,
+            }),
+            capped: AtomicBool::new(false),
+            cap,
+            initial_hint: hint,
+        });
+        let recording = Recording {
+            chunks: Vec::new(),
+            recorded_bytes: 0,
+            frames_read: 0,
+            trailers: None,
+            rest: Some(Box::pin(body)),
+            failed: false,
+        };
+        Ok(Self {
+            inner: Inner::Replay {
+                reader: Reader::new(shared, Some(recording)),
+            },
+        })
+    }
+
+    /// Wraps `body` without recording it: it can be sent once.
+    ///
+    /// ```
+    /// use http_body_util::Empty;
+    /// use tower_token_refresh::ReplayBody;
+    /// let body = ReplayBody::passthrough(Empty::<bytes::Bytes>::new());
+    /// assert!(body.try_clone().is_none());
+    /// ```
+    pub fn passthrough(body: B) -> Self {
+        Self {
+            inner: Inner::Passthrough { body },
+        }
+    }
+}
+
+impl<B> ReplayBody<B> {
+    /// An empty body; replayable for free.
+    ///
+    /// ```
+    /// use http_body::Body;
+    /// let body = tower_token_refresh::ReplayBody::<http_body_util::Empty<bytes::Bytes>>::empty();
+    /// assert!(body.is_end_stream());
+    /// ```
+    pub fn empty() -> Self {
+        Self {
+            inner: Inner::Empty,
+        }
+    }
+
+    /// A new instance that replays this body from the start, or `None` when
+    /// the body is not recorded ([`ReplayBody::passthrough`]).
+    ///
+    /// ```
+    /// use tower_token_refresh::ReplayBody;
+    /// let body = ReplayBody::<http_body_util::Empty<bytes::Bytes>>::empty();
+    /// assert!(body.try_clone().is_some());
+    /// ```
+    pub fn try_clone(&self) -> Option<Self> {
+        let inner = match &self.inner {
+            Inner::Empty => Inner::Empty,
+            Inner::Passthrough { .. } => return None,
+            Inner::Replay { reader } => Inner::Replay {
+                reader: Reader::new(Arc::clone(&reader.shared), None),
+            },
+        };
+        Some(Self { inner })
+    }
+
+    /// Whether the body grew past the cap (or was never recorded), so a
+    /// clone could not replay it.
+    ///
+    /// ```
+    /// use tower_token_refresh::ReplayBody;
+    /// assert!(!ReplayBody::<http_body_util::Empty<bytes::Bytes>>::empty().is_capped());
+    /// ```
+    pub fn is_capped(&self) -> bool {
+        match &self.inner {
+            Inner::Empty => false,
+            Inner::Passthrough { .. } => true,
+            Inner::Replay { reader } => reader.shared.capped.load(Ordering::Acquire),
+        }
+    }
+}
+
+impl<B> Body for ReplayBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().inner.project() {
+            InnerProj::Empty => Poll::Ready(None),
+            InnerProj::Passthrough { body } => match body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    Poll::Ready(Some(Ok(frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            InnerProj::Replay { reader } => reader.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Empty => true,
+            Inner::Passthrough { body } => body.is_end_stream(),
+            Inner::Replay { reader } => reader.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Empty => SizeHint::with_exact(0),
+            Inner::Passthrough { body } => body.size_hint(),
+            Inner::Replay { reader } => reader.size_hint(),
+        }
+    }
+}
+
+impl<B> Reader<B> {
+    fn new(shared: Arc<Shared<B>>, owned: Option<Recording<B>>) -> Self {
+        Self {
+            shared,
+            owned,
+            frames_sent: 0,
+            bytes_sent: 0,
+            trailers_sent: false,
+        }
+    }
+}
+
+impl<B> Reader<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.owned.is_none() {
+            let mut slot = self.shared.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            match slot.recording.take() {
+                Some(recording) => self.owned = Some(recording),
+                None => {
+                    slot.waiting = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        }
+        let recording = self.owned.as_mut().expect("acquired above");
+
+        if self.frames_sent < recording.frames_read {
+            if self.shared.capped.load(Ordering::Acquire) {
+                return Poll::Ready(Some(Err(Capped.into())));
+            }
+            let chunk = recording.chunks[self.frames_sent].clone();
+            self.frames_sent += 1;
+            self.bytes_sent += chunk.len();
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+
+        while let Some(rest) = recording.rest.as_mut() {
+            let frame = match rest.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    recording.rest = None;
+                    break;
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    recording.rest = None;
+                    recording.failed = true;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            match frame.into_data() {
+                Ok(mut data) => {
+                    let chunk = data.copy_to_bytes(data.remaining());
+                    recording.record(&chunk, &self.shared);
+                    self.frames_sent += 1;
+                    self.bytes_sent += chunk.len();
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        // Trailers end a body.
+                        recording.rest = None;
+                        recording.trailers = Some(trailers.clone());
+                        self.trailers_sent = true;
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    // A frame kind this version of http-body does not know:
+                    // skip it, as hyper does.
+                }
+            }
+        }
+
+        if recording.failed {
+            return Poll::Ready(Some(Err(OriginalFailed.into())));
+        }
+        if !self.trailers_sent {
+            if let Some(trailers) = &recording.trailers {
+                self.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers.clone()))));
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Without the recording this instance cannot know; "false" is the
+        // answer http-body allows when unsure.
+        let Some(recording) = &self.owned else {
+            return false;
+        };
+        self.frames_sent >= recording.frames_read
+            && !recording.failed
+            && recording.rest.as_ref().is_none_or(|rest| rest.is_end_stream())
+            && (self.trailers_sent || recording.trailers.is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let Some(recording) = &self.owned else {
+            return self.shared.initial_hint.clone();
+        };
+        let replay = recording.recorded_bytes.saturating_sub(self.bytes_sent) as u64;
+        let rest = recording
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |rest| rest.size_hint());
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + replay);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + replay);
+        }
+        hint
+    }
+}
+
+impl<B> Recording<B> {
+    fn record(&mut self, chunk: &Bytes, shared: &Shared<B>) {
+        self.frames_read += 1;
+        if shared.capped.load(Ordering::Relaxed) {
+            return;
+        }
+        self.recorded_bytes += chunk.len();
+        if self.recorded_bytes > shared.cap {
+            // Keep streaming for the current reader, but free the memory:
+            // nobody can replay this body any more.
+            shared.capped.store(true, Ordering::Release);
+            self.chunks = Vec::new();
+        } else {
+            self.chunks.push(chunk.clone());
+        }
+    }
+}
+
+impl<B> Drop for Reader<B> {
+    fn drop(&mut self) {
+        if let Some(recording) = self.owned.take() {
+            let mut slot = self.shared.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            slot.recording = Some(recording);
+            if let Some(waker) = slot.waiting.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl<B> fmt::Debug for ReplayBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.inner {
+            Inner::Empty => "empty",
+            Inner::Passthrough { .. } => "passthrough",
+            Inner::Replay { .. } => "replay",
+        };
+        f.debug_struct("ReplayBody")
+            .field("kind", &kind)
+            .field("capped", &self.is_capped())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

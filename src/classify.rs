@@ -1,0 +1,118 @@
+//! Deciding whether a response means "your token was rejected".
+//!
+//! HTTP APIs answer `401 Unauthorized` ([`Unauthorized`], the default). gRPC
+//! answers HTTP 200 with `grpc-status: 16` (UNAUTHENTICATED) in the headers of
+//! a trailers-only response ([`Grpc`]). Anything else can be expressed as a
+//! closure through [`classify_fn`].
+//!
+//! ```
+//! use http::{HeaderMap, StatusCode};
+//! use tower_token_refresh::classify::{classify_fn, ClassifyRejection, Grpc, Unauthorized};
+//!
+//! let headers = HeaderMap::new();
+//! assert!(Unauthorized.is_rejection(StatusCode::UNAUTHORIZED, &headers));
+//! assert!(!Unauthorized.is_rejection(StatusCode::FORBIDDEN, &headers));
+//!
+//! let mut grpc_headers = HeaderMap::new();
+//! grpc_headers.insert("grpc-status", "16".parse().unwrap());
+//! assert!(Grpc.is_rejection(StatusCode::OK, &grpc_headers));
+//!
+//! // An API that says 419 when a session token has expired.
+//! let custom = classify_fn(|status: StatusCode, _: &HeaderMap| status.as_u16() == 419);
+//! assert!(custom.is_rejection(StatusCode::from_u16(419).unwrap(), &headers));
+//! ```
+
+use std::fmt;
+
+use http::{HeaderMap, StatusCode};
+
+/// Decides from a response's status and headers whether the server rejected
+/// the token. Only the head is inspected: the decision is made before any of
+/// the body is read, so a retried request never half-consumes a response.
+pub trait ClassifyRejection: Clone + Send + Sync + 'static {
+    /// Whether this response is an authentication rejection.
+    fn is_rejection(&self, status: StatusCode, headers: &HeaderMap) -> bool;
+}
+
+/// `401 Unauthorized` is a rejection (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unauthorized;
+
+impl ClassifyRejection for Unauthorized {
+    #[inline]
+    fn is_rejection(&self, status: StatusCode, _headers: &HeaderMap) -> bool {
+        status == StatusCode::UNAUTHORIZED
+    }
+}
+
+/// gRPC: a `401`, or `grpc-status: 16` (UNAUTHENTICATED) in the response
+/// headers (a trailers-only response, which is how servers reject a call
+/// before sending any message).
+///
+/// A status that arrives in the trailers of a response that already
+/// delivered messages is deliberately not seen: such a call has produced
+/// output and must not be replayed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Grpc;
+
+impl ClassifyRejection for Grpc {
+    #[inline]
+    fn is_rejection(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        status == StatusCode::UNAUTHORIZED
+            || headers
+                .get("grpc-status")
+                .is_some_and(|value| value.as_bytes() == b"16")
+    }
+}
+
+/// A classifier made from a closure; see [`classify_fn`].
+#[derive(Clone, Copy)]
+pub struct ClassifyFn<F> {
+    f: F,
+}
+
+/// Makes a classifier from `Fn(StatusCode, &HeaderMap) -> bool`.
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use tower_token_refresh::classify::{classify_fn, ClassifyRejection};
+/// let c = classify_fn(|s: StatusCode, _: &HeaderMap| s == StatusCode::FORBIDDEN);
+/// assert!(c.is_rejection(StatusCode::FORBIDDEN, &HeaderMap::new()));
+/// ```
+pub fn classify_fn<F>(f: F) -> ClassifyFn<F>
+where
+    F: Fn(StatusCode, &HeaderMap) -> bool + Clone + Send + Sync + 'static,
+{
+    ClassifyFn { f }
+}
+
+impl<F> ClassifyRejection for ClassifyFn<F>
+where
+    F: Fn(StatusCode, &HeaderMap) -> bool + Clone + Send + Sync + 'static,
+{
+    fn is_rejection(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        (self.f)(status, headers)
+    }
+}
+
+impl<F> fmt::Debug for ClassifyFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClassifyFn").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_only_rejects_unauthenticated() {
+        let mut headers = HeaderMap::new();
+        for (code, rejected) in [("0", false), ("7", false), ("16", true), ("160", false)] {
+            headers.insert("grpc-status", code.parse().unwrap());
+            assert_eq!(Grpc.is_rejection(StatusCode::OK, &headers), rejected, "{code}");
+        }
+        assert!(Grpc.is_rejection(StatusCode::UNAUTHORIZED, &HeaderMap::new()));
+        assert!(!Unauthorized.is_rejection(StatusCode::OK, &headers));
+    }
+}

@@ -1,0 +1,480 @@
+//! Errors: [`RefreshError`] from a refresh source, [`Error`] from the layer.
+//!
+//! A refresh source classifies its own failures, because only it knows what
+//! the endpoint meant; the manager then behaves as the class demands:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_token_refresh::RefreshError;
+//!
+//! let gone = RefreshError::terminal("invalid_grant: refresh token revoked");
+//! assert!(gone.is_terminal());
+//!
+//! let slow_down = RefreshError::rate_limited(Some(Duration::from_secs(12)));
+//! assert_eq!(slow_down.retry_after(), Some(Duration::from_secs(12)));
+//!
+//! let flaky = RefreshError::transient("connection reset").with_status(503);
+//! assert!(flaky.is_transient());
+//! assert_eq!(flaky.to_string(), "transient refresh failure (status 503): connection reset");
+//! ```
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A boxed error, the error type of the service (as in tower-http).
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// How a failed refresh must be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureClass {
+    /// The credential is dead (`invalid_grant`, 401, 403 from the refresh
+    /// endpoint). No further refresh is attempted until new tokens are set.
+    Terminal,
+    /// The endpoint asked us to slow down (429). No refresh call is made
+    /// before `retry_after` has passed.
+    RateLimited {
+        /// How long the endpoint asked us to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    /// Anything that may succeed if tried again later: 5xx, 408, timeouts,
+    /// connection errors, undecodable responses. Retried with backoff.
+    Transient,
+}
+
+/// Why a refresh source failed, and what the server said about it.
+///
+/// Build one with [`RefreshError::terminal`], [`RefreshError::rate_limited`]
+/// or [`RefreshError::transient`], then add what is known. Never put a token
+/// in the message: it is shown in logs.
+///
+/// ```
+/// use tower_token_refresh::RefreshError;
+/// let err = RefreshError::terminal("refresh token revoked")
+///     .with_status(401)
+///     .with_code("invalid_grant")
+///     .with_request_id("req-7");
+/// assert_eq!(err.code(), Some("invalid_grant"));
+/// assert!(err.to_string().contains("req-7"));
+/// ```
+pub struct RefreshError {
+    class: FailureClass,
+    message: String,
+    status: Option<u16>,
+    code: Option<String>,
+    request_id: Option<String>,
+    source: Option<BoxError>,
+}
+
+impl RefreshError {
+    fn with_class(class: FailureClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+            status: None,
+            code: None,
+            request_id: None,
+            source: None,
+        }
+    }
+
+    /// The credential can no longer be refreshed; a user must sign in again.
+    ///
+    /// ```
+    /// assert!(tower_token_refresh::RefreshError::terminal("revoked").is_terminal());
+    /// ```
+    pub fn terminal(message: impl Into<String>) -> Self {
+        Self::with_class(FailureClass::Terminal, message)
+    }
+
+    /// The endpoint is rate limiting us, optionally saying for how long.
+    ///
+    /// ```
+    /// let err = tower_token_refresh::RefreshError::rate_limited(None);
+    /// assert!(err.is_rate_limited());
+    /// ```
+    pub fn rate_limited(retry_after: Option<Duration>) -> Self {
+        Self::with_class(
+            FailureClass::RateLimited { retry_after },
+            "too many refresh requests",
+        )
+    }
+
+    /// A failure worth retrying later, with backoff.
+    ///
+    /// ```
+    /// assert!(tower_token_refresh::RefreshError::transient("timeout").is_transient());
+    /// ```
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::with_class(FailureClass::Transient, message)
+    }
+
+    /// Replaces the message (e.g. with the server's own text).
+    ///
+    /// ```
+    /// let err = tower_token_refresh::RefreshError::rate_limited(None).with_message("slow down");
+    /// assert!(err.to_string().ends_with("slow down"));
+    /// ```
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+
+    /// Records the HTTP status the refresh endpoint answered with.
+    ///
+    /// ```
+    /// let err = tower_token_refresh::RefreshError::transient("bad gateway").with_status(502);
+    /// assert_eq!(err.status(), Some(502));
+    /// ```
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Records the server's machine-readable error code.
+    ///
+    /// ```
+    /// let err = tower_token_refresh::RefreshError::terminal("x").with_code("invalid_grant");
+    /// assert_eq!(err.code(), Some("invalid_grant"));
+    /// ```
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// Records the server's request or correlation id.
+    ///
+    /// ```
+    /// let err = tower_token_refresh::RefreshError::terminal("x").with_request_id("abc");
+    /// assert_eq!(err.request_id(), Some("abc"));
+    /// ```
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
+    }
+
+    /// Attaches the underlying error (a transport error, a decode error, …).
+    ///
+    /// ```
+    /// use std::error::Error;
+    /// let io = std::io::Error::other("reset");
+    /// let err = tower_token_refresh::RefreshError::transient("send failed").with_source(io);
+    /// assert!(err.source().is_some());
+    /// ```
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The failure's class.
+    ///
+    /// ```
+    /// use tower_token_refresh::{FailureClass, RefreshError};
+    /// assert_eq!(RefreshError::terminal("x").class(), FailureClass::Terminal);
+    /// ```
+    pub fn class(&self) -> FailureClass {
+        self.class
+    }
+
+    /// Whether no refresh should be attempted again without new credentials.
+    ///
+    /// ```
+    /// assert!(!tower_token_refresh::RefreshError::transient("x").is_terminal());
+    /// ```
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.class, FailureClass::Terminal)
+    }
+
+    /// Whether the endpoint rate limited us.
+    ///
+    /// ```
+    /// assert!(!tower_token_refresh::RefreshError::transient("x").is_rate_limited());
+    /// ```
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self.class, FailureClass::RateLimited { .. })
+    }
+
+    /// Whether a later attempt may succeed.
+    ///
+    /// ```
+    /// assert!(!tower_token_refresh::RefreshError::terminal("x").is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        matches!(self.class, FailureClass::Transient)
+    }
+
+    /// How long a rate-limited endpoint asked us to wait.
+    ///
+    /// ```
+    /// assert_eq!(tower_token_refresh::RefreshError::terminal("x").retry_after(), None);
+    /// ```
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self.class {
+            FailureClass::RateLimited { retry_after } => retry_after,
+            _ => None,
+        }
+    }
+
+    /// The server's human-readable message (or ours).
+    ///
+    /// ```
+    /// assert_eq!(tower_token_refresh::RefreshError::terminal("gone").message(), "gone");
+    /// ```
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The HTTP status of the refresh response, if there was one.
+    ///
+    /// ```
+    /// assert_eq!(tower_token_refresh::RefreshError::terminal("x").status(), None);
+    /// ```
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+
+    /// The server's error code, if it gave one.
+    ///
+    /// ```
+    /// assert_eq!(tower_token_refresh::RefreshError::terminal("x").code(), None);
+    /// ```
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// The server's request id, if it gave one.
+    ///
+    /// ```
+    /// assert_eq!(tower_token_refresh::RefreshError::terminal("x").request_id(), None);
+    /// ```
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+}
+
+impl fmt::Display for RefreshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.class {
+            FailureClass::Terminal => f.write_str("terminal refresh failure")?,
+            FailureClass::RateLimited { retry_after: Some(d) } => {
+                write!(f, "refresh rate limited for {}s", d.as_secs_f64())?
+            }
+            FailureClass::RateLimited { retry_after: None } => f.write_str("refresh rate limited")?,
+            FailureClass::Transient => f.write_str("transient refresh failure")?,
+        }
+        if let Some(status) = self.status {
+            write!(f, " (status {status})")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(code) = &self.code {
+            write!(f, " [code {code}]")?;
+        }
+        if let Some(id) = &self.request_id {
+            write!(f, " [request id {id}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RefreshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshError")
+            .field("class", &self.class)
+            .field("message", &self.message)
+            .field("status", &self.status)
+            .field("code", &self.code)
+            .field("request_id", &self.request_id)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl StdError for RefreshError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+/// Why the layer could not send a request with a valid token.
+///
+/// Returned (boxed, as [`BoxError`]) by [`TokenRefresh`](crate::TokenRefresh)
+/// and by [`TokenHandle`](crate::TokenHandle) methods. Downcast to inspect:
+///
+/// ```
+/// # use tower_token_refresh::{BoxError, Error};
+/// fn explain(err: &BoxError) -> &'static str {
+///     match err.downcast_ref::<Error>() {
+///         Some(e) if e.is_reauth_required() => "sign in again",
+///         Some(_) => "token refresh failed, try later",
+///         None => "transport error",
+///     }
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    kind: ErrorKind,
+    refresh: Option<Arc<RefreshError>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    ReauthRequired,
+    RefreshFailed,
+    RefreshTimedOut,
+    RefreshAborted,
+    InsecureTransport,
+    NoRuntime,
+}
+
+impl ErrorKind {
+    /// The request-level meaning of a failed refresh.
+    pub(crate) fn of_refresh(error: &RefreshError) -> Self {
+        if error.is_terminal() {
+            ErrorKind::ReauthRequired
+        } else {
+            ErrorKind::RefreshFailed
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind) -> Self {
+        Self {
+            kind,
+            refresh: None,
+        }
+    }
+
+    pub(crate) fn with_refresh(kind: ErrorKind, refresh: Arc<RefreshError>) -> Self {
+        Self {
+            kind,
+            refresh: Some(refresh),
+        }
+    }
+
+
+    /// The refresh credential is dead: new tokens must be set through
+    /// [`TokenHandle::set_tokens`](crate::TokenHandle::set_tokens).
+    ///
+    /// ```
+    /// # fn check(err: &tower_token_refresh::Error) -> bool {
+    /// err.is_reauth_required()
+    /// # }
+    /// ```
+    pub fn is_reauth_required(&self) -> bool {
+        self.kind == ErrorKind::ReauthRequired
+    }
+
+    /// A refresh failed (transiently or rate limited) and no valid token
+    /// was left to send; later requests may succeed.
+    ///
+    /// ```
+    /// # fn check(err: &tower_token_refresh::Error) -> bool {
+    /// err.is_refresh_failed()
+    /// # }
+    /// ```
+    pub fn is_refresh_failed(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::RefreshFailed | ErrorKind::RefreshTimedOut | ErrorKind::RefreshAborted
+        )
+    }
+
+    /// The refresh took longer than the configured refresh timeout.
+    ///
+    /// ```
+    /// # fn check(err: &tower_token_refresh::Error) -> bool {
+    /// err.is_timeout()
+    /// # }
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::RefreshTimedOut
+    }
+
+    /// The request had an explicit `http://` URI to a host that is not
+    /// loopback, and insecure transport was not allowed.
+    ///
+    /// ```
+    /// # fn check(err: &tower_token_refresh::Error) -> bool {
+    /// err.is_insecure_transport()
+    /// # }
+    /// ```
+    pub fn is_insecure_transport(&self) -> bool {
+        self.kind == ErrorKind::InsecureTransport
+    }
+
+    /// The refresh source's own error, when a refresh failed.
+    ///
+    /// ```
+    /// # fn check(err: &tower_token_refresh::Error) -> Option<u16> {
+    /// err.refresh_error().and_then(|e| e.status())
+    /// # }
+    /// ```
+    pub fn refresh_error(&self) -> Option<&RefreshError> {
+        self.refresh.as_deref()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            ErrorKind::ReauthRequired => "re-authentication required",
+            ErrorKind::RefreshFailed => "token refresh failed",
+            ErrorKind::RefreshTimedOut => "token refresh timed out",
+            ErrorKind::RefreshAborted => "token refresh task ended without a result",
+            ErrorKind::InsecureTransport => {
+                "refusing to send a bearer token over plain http to a non-loopback host"
+            }
+            ErrorKind::NoRuntime => "token refresh needs a tokio runtime",
+        })
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("refresh", &self.refresh)
+            .finish()
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.refresh
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_carries_server_details() {
+        let err = RefreshError::terminal("Invalid or expired refresh token")
+            .with_status(401)
+            .with_code("Unauthorized")
+            .with_request_id("r-1");
+        assert_eq!(
+            err.to_string(),
+            "terminal refresh failure (status 401): Invalid or expired refresh token \
+             [code Unauthorized] [request id r-1]"
+        );
+    }
+
+    #[test]
+    fn terminal_refresh_error_becomes_reauth_required_with_source() {
+        let gone = RefreshError::terminal("gone");
+        let err = Error::with_refresh(ErrorKind::of_refresh(&gone), Arc::new(gone));
+        assert!(err.is_reauth_required());
+        assert!(!err.is_refresh_failed());
+        assert_eq!(err.source().unwrap().to_string(), "terminal refresh failure: gone");
+        let flaky = RefreshError::transient("flaky");
+        let err = Error::with_refresh(ErrorKind::of_refresh(&flaky), Arc::new(flaky));
+        assert!(err.is_refresh_failed());
+    }
+}

@@ -1,0 +1,237 @@
+//! [`TokenHandle`]: look at and steer the shared token state.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+//!         Ok::<_, RefreshError>(TokenSet::new("next").with_expires_in(Duration::from_secs(60)))
+//!     }))
+//!     .initial_tokens(TokenSet::new("first"))
+//!     .build();
+//! let handle = layer.handle();
+//!
+//! handle.force_refresh().await.unwrap();
+//! let status = handle.status();
+//! assert_eq!(status.generation(), 2);
+//! assert!(status.has_token());
+//! assert_eq!(handle.stats().refresh_successes, 1);
+//! // Status and handle print no token.
+//! assert!(!format!("{status:?} {handle:?}").contains("next"));
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::manager::{Freshness, TokenManager};
+use crate::{Error, RefreshError, Stats, TokenSet};
+
+/// A handle on the token state shared by a layer and all its services.
+///
+/// # Clone
+///
+/// Clones refer to the same state.
+#[derive(Clone)]
+pub struct TokenHandle {
+    manager: TokenManager,
+}
+
+impl TokenHandle {
+    pub(crate) fn new(manager: TokenManager) -> Self {
+        Self { manager }
+    }
+
+    /// Counters of refreshes, waits, rejections and retries so far.
+    ///
+    /// ```
+    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
+    /// let refreshes: u64 = handle.stats().refreshes;
+    /// # }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.manager.stats()
+    }
+
+    /// A redacted summary of the current token.
+    ///
+    /// ```
+    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
+    /// if handle.status().is_reauth_required() { /* ask the user to sign in */ }
+    /// # }
+    /// ```
+    pub fn status(&self) -> TokenStatus {
+        let status = self.manager.status();
+        TokenStatus {
+            generation: status.generation,
+            state: if status.reauth_required && status.freshness == Freshness::Expired {
+                TokenState::ReauthRequired
+            } else if !status.has_token {
+                TokenState::Missing
+            } else {
+                match status.freshness {
+                    Freshness::Fresh => TokenState::Fresh,
+                    Freshness::Stale => TokenState::Stale,
+                    Freshness::Expired => TokenState::Expired,
+                }
+            },
+            has_token: status.has_token,
+            has_refresh_token: status.has_refresh_token,
+            expires_in: status.expires_in,
+            refreshing: status.refreshing,
+            last_error: status.last_error,
+        }
+    }
+
+    /// The current tokens, for callers that must persist or inspect them.
+    ///
+    /// ```
+    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
+    /// if let Some(tokens) = handle.tokens() {
+    ///     let _refresh = tokens.refresh_token();
+    /// }
+    /// # }
+    /// ```
+    pub fn tokens(&self) -> Option<Arc<TokenSet>> {
+        self.manager.tokens()
+    }
+
+    /// Refreshes now, whatever the token's age, and waits for the result.
+    /// Joins a refresh already running; honours a rate limit, a backoff or
+    /// a terminal failure still in force (returning its error).
+    ///
+    /// ```
+    /// # async fn f(handle: tower_token_refresh::TokenHandle) {
+    /// match handle.force_refresh().await {
+    ///     Ok(()) => {}
+    ///     Err(e) if e.is_reauth_required() => { /* sign in again */ }
+    ///     Err(e) => eprintln!("refresh failed: {e}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn force_refresh(&self) -> Result<(), Error> {
+        let flight = self.manager.force()?;
+        flight.outcome().await.map(drop)
+    }
+
+    /// Installs new tokens (e.g. after the user signed in again) and clears
+    /// any failure, including re-authentication required.
+    ///
+    /// ```
+    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
+    /// use tower_token_refresh::TokenSet;
+    /// handle.set_tokens(TokenSet::new("signed-in-again").with_refresh_token("r2")).unwrap();
+    /// # }
+    /// ```
+    pub fn set_tokens(&self, tokens: TokenSet) -> Result<(), InvalidTokenError> {
+        self.manager
+            .set_tokens(tokens)
+            .map_err(|_| InvalidTokenError(()))
+    }
+}
+
+impl fmt::Debug for TokenHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenHandle")
+            .field("manager", &self.manager)
+            .finish()
+    }
+}
+
+/// The access token cannot be sent in an HTTP header (it contains control
+/// characters or non-visible bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidTokenError(());
+
+impl fmt::Display for InvalidTokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("access token is not a valid HTTP header value")
+    }
+}
+
+impl std::error::Error for InvalidTokenError {}
+
+/// Where the current token stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenState {
+    /// No token yet; the next request acquires one.
+    Missing,
+    /// Sent as is.
+    Fresh,
+    /// Sent as is while a background refresh runs.
+    Stale,
+    /// Past its refresh point or rejected: requests wait for a new one.
+    Expired,
+    /// A terminal refresh failure: new tokens must be set.
+    ReauthRequired,
+}
+
+/// A redacted summary of the token state, from [`TokenHandle::status`].
+#[derive(Clone)]
+pub struct TokenStatus {
+    generation: u64,
+    state: TokenState,
+    has_token: bool,
+    has_refresh_token: bool,
+    expires_in: Option<Duration>,
+    refreshing: bool,
+    last_error: Option<Arc<RefreshError>>,
+}
+
+impl TokenStatus {
+    /// Increases by one with every new token.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Where the token stands.
+    pub fn state(&self) -> TokenState {
+        self.state
+    }
+
+    /// Whether a token is held.
+    pub fn has_token(&self) -> bool {
+        self.has_token
+    }
+
+    /// Whether a refresh token is held.
+    pub fn has_refresh_token(&self) -> bool {
+        self.has_refresh_token
+    }
+
+    /// Time left until the access token's real expiry, if known.
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.expires_in
+    }
+
+    /// Whether a refresh is running now.
+    pub fn is_refreshing(&self) -> bool {
+        self.refreshing
+    }
+
+    /// Whether a terminal refresh failure requires new tokens.
+    pub fn is_reauth_required(&self) -> bool {
+        self.state == TokenState::ReauthRequired
+    }
+
+    /// The last refresh failure, while it still affects refreshing.
+    pub fn last_error(&self) -> Option<&RefreshError> {
+        self.last_error.as_deref()
+    }
+}
+
+impl fmt::Debug for TokenStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenStatus")
+            .field("generation", &self.generation)
+            .field("state", &self.state)
+            .field("has_refresh_token", &self.has_refresh_token)
+            .field("expires_in", &self.expires_in)
+            .field("refreshing", &self.refreshing)
+            .field("last_error", &self.last_error)
+            .finish()
+    }
+}

@@ -1,0 +1,81 @@
+//! A [tower] layer for HTTP clients that keeps a bearer token current
+//! without the caller noticing.
+//!
+//! - **Lock-free hot path**: the token sits in an `ArcSwap`; a request with a
+//!   fresh token costs a pointer load and a reference-count bump.
+//! - **Proactive refresh**: inside the advisory window requests keep going
+//!   while one background refresh runs; inside the mandatory window they
+//!   wait for it. An optional timer refreshes even without traffic.
+//! - **Reactive refresh**: a `401` (or a gRPC `UNAUTHENTICATED`) triggers
+//!   one refresh and one retry with the body replayed. A `401` for a token
+//!   that was already replaced retries with the new one without refreshing.
+//! - **Single flight**: any number of concurrent requests cause one refresh,
+//!   run in its own task so no cancelled request can stall it.
+//! - **Failure classes**: terminal (re-authentication required, fail fast),
+//!   rate limited (`Retry-After` honoured) and transient (backoff with
+//!   jitter, keep using a still-valid token).
+//! - **No leaks**: tokens are redacted in every `Debug`, the header is marked
+//!   sensitive.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let layer = TokenRefreshLayer::builder(refresh_fn(|ctx| async move {
+//!         // Call your identity server here with ctx.refresh_token().
+//!         let _ = ctx;
+//!         Ok::<_, RefreshError>(TokenSet::new("access").with_expires_in(Duration::from_secs(3600)))
+//!     }))
+//!     .build();
+//! let handle = layer.handle();
+//!
+//! let client = ServiceBuilder::new().layer(layer).service_fn(|req: Request<_>| async move {
+//!     Ok::<_, Infallible>(Response::new(req.headers()["authorization"].clone()))
+//! });
+//! let response = client
+//!     .oneshot(Request::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//!     .await
+//!     .unwrap();
+//! assert_eq!(response.body(), "Bearer access");
+//! assert_eq!(handle.stats().refreshes, 1); // the first request acquired the token
+//! # }
+//! ```
+//!
+//! [tower]: https://docs.rs/tower
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+pub mod body;
+pub mod classify;
+mod error;
+mod handle;
+mod manager;
+mod refresh;
+mod service;
+mod stats;
+mod token;
+
+pub use body::ReplayBody;
+pub use error::{BoxError, Error, FailureClass, RefreshError};
+pub use handle::{InvalidTokenError, TokenHandle, TokenState, TokenStatus};
+pub use manager::window::RefreshWindow;
+pub use manager::Backoff;
+pub use refresh::{refresh_fn, Refresh, RefreshContext, RefreshFn, RefreshReason};
+pub use service::{Builder, InvalidOrigin, TokenRefresh, TokenRefreshLayer};
+pub use stats::Stats;
+pub use token::{Secret, TokenSet};
+
+/// The response future of [`TokenRefresh`].
+pub mod future {
+    pub use crate::service::ResponseFuture;
+}

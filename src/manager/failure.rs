@@ -1,0 +1,152 @@
+//! What the manager remembers about the last failed refresh.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::ErrorKind;
+use crate::{Error, FailureClass, RefreshError};
+
+/// Exponential backoff with jitter for transient refresh failures.
+///
+/// The n-th consecutive failure waits `min(initial · 2ⁿ⁻¹, max)`, of which the
+/// second half is random ("equal jitter"): a fleet that failed together does
+/// not retry together, and no wait is shorter than half the nominal one.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_token_refresh::Backoff;
+///
+/// let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+/// let third = backoff.delay(3);
+/// assert!(third >= Duration::from_secs(2) && third <= Duration::from_secs(4));
+/// assert!(backoff.delay(50) <= Duration::from_secs(30));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Backoff starting at `initial` and never exceeding `max`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = tower_token_refresh::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+    /// assert!(b.delay(1) <= Duration::from_millis(100));
+    /// ```
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max: max.max(initial),
+        }
+    }
+
+    /// The wait after `failures` consecutive failures (1 for the first).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = tower_token_refresh::Backoff::default();
+    /// assert!(b.delay(1) >= Duration::from_millis(500));
+    /// ```
+    pub fn delay(&self, failures: u32) -> Duration {
+        let exponent = failures.saturating_sub(1).min(32);
+        let nominal = self
+            .initial
+            .checked_mul(1u32 << exponent.min(31))
+            .unwrap_or(self.max)
+            .min(self.max);
+        let half = nominal / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+impl Default for Backoff {
+    /// 1 s doubling up to 60 s.
+    fn default() -> Self {
+        Self::new(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}
+
+/// A failed refresh and until when it blocks the next one.
+pub(crate) struct Failure {
+    pub(crate) error: Arc<RefreshError>,
+    pub(crate) kind: ErrorKind,
+    /// `None` for terminal failures: blocked until new tokens are set.
+    pub(crate) until: Option<Instant>,
+}
+
+impl Failure {
+    pub(crate) fn new(
+        error: Arc<RefreshError>,
+        kind: ErrorKind,
+        consecutive: u32,
+        backoff: &Backoff,
+        now: Instant,
+    ) -> Self {
+        let until = match error.class() {
+            FailureClass::Terminal => None,
+            FailureClass::RateLimited {
+                retry_after: Some(wait),
+            } => Some(now + wait),
+            FailureClass::RateLimited { retry_after: None } | FailureClass::Transient => {
+                Some(now + backoff.delay(consecutive))
+            }
+        };
+        Self { error, kind, until }
+    }
+
+    /// Whether no refresh may start at `now`.
+    pub(crate) fn blocks(&self, now: Instant) -> bool {
+        self.until.is_none_or(|until| now < until)
+    }
+
+    pub(crate) fn to_error(&self) -> Error {
+        Error::with_refresh(self.kind, Arc::clone(&self.error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_caps() {
+        let b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        for _ in 0..100 {
+            let d1 = b.delay(1);
+            assert!(d1 >= Duration::from_millis(500) && d1 <= Duration::from_secs(1));
+            let d4 = b.delay(4);
+            assert!(d4 >= Duration::from_secs(4) && d4 <= Duration::from_secs(8));
+            let d9 = b.delay(9);
+            assert!(d9 >= Duration::from_secs(4) && d9 <= Duration::from_secs(8));
+            assert!(b.delay(u32::MAX) <= Duration::from_secs(8));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_exactly_and_terminal_never_expires() {
+        let now = Instant::now();
+        let limited = Failure::new(
+            Arc::new(RefreshError::rate_limited(Some(Duration::from_secs(30)))),
+            ErrorKind::RefreshFailed,
+            1,
+            &Backoff::default(),
+            now,
+        );
+        assert_eq!(limited.until, Some(now + Duration::from_secs(30)));
+        assert!(limited.blocks(now + Duration::from_secs(29)));
+        assert!(!limited.blocks(now + Duration::from_secs(30)));
+
+        let terminal = Failure::new(
+            Arc::new(RefreshError::terminal("gone")),
+            ErrorKind::ReauthRequired,
+            1,
+            &Backoff::default(),
+            now,
+        );
+        assert!(terminal.blocks(now + Duration::from_secs(86_400 * 365)));
+    }
+}

@@ -1,0 +1,428 @@
+//! `TokenManager`: the one place where token state lives.
+//!
+//! Every front end (the tower layer today) asks the manager for a credential
+//! and reports rejections to it; the manager decides when to refresh and
+//! makes sure only one refresh runs at a time.
+//!
+//! Reading the token is lock-free: the current [`Snapshot`] sits in an
+//! `ArcSwap`. The `control` mutex guards the rare decisions (start a refresh,
+//! record a failure) and is never held across an `.await`.
+
+mod failure;
+mod flight;
+mod snapshot;
+mod timer;
+pub(crate) mod window;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::ErrorKind;
+use crate::refresh::{BoxFuture, DynRefresh};
+use crate::stats::Counters;
+use crate::{Error, RefreshError, RefreshReason, Stats, TokenSet};
+
+pub use failure::Backoff;
+pub(crate) use flight::Flight;
+use failure::Failure;
+pub(crate) use snapshot::{Credential, Freshness};
+use snapshot::{Prepared, Snapshot};
+use window::RefreshWindow;
+
+/// Called with the new tokens after each successful refresh, before any
+/// request can use them.
+pub(crate) type RefreshHook = Arc<dyn Fn(&TokenSet) -> BoxFuture<()> + Send + Sync>;
+
+pub(crate) struct Config {
+    pub(crate) advisory: RefreshWindow,
+    pub(crate) mandatory: RefreshWindow,
+    pub(crate) refresh_timeout: Duration,
+    pub(crate) min_refresh_interval: Duration,
+    pub(crate) backoff: Backoff,
+    pub(crate) background: bool,
+    pub(crate) on_refresh: Option<RefreshHook>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            advisory: RefreshWindow::default_advisory(),
+            mandatory: RefreshWindow::default_mandatory(),
+            refresh_timeout: Duration::from_secs(10),
+            min_refresh_interval: Duration::from_secs(5),
+            backoff: Backoff::default(),
+            background: false,
+            on_refresh: None,
+        }
+    }
+}
+
+/// What a request should do next.
+pub(crate) enum Decision {
+    /// Send with this credential now.
+    Use(Credential),
+    /// Wait for the refresh in flight.
+    Wait(Flight),
+    /// Fail with this error (terminal state, or backoff with no valid token).
+    Fail(Error),
+    /// Return the rejection as it is: a refresh would not help.
+    GiveUp,
+}
+
+/// State changed only under the `control` lock.
+#[derive(Default)]
+struct Control {
+    flight: Option<Flight>,
+    failure: Option<Failure>,
+    consecutive_failures: u32,
+}
+
+pub(crate) struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    control: Mutex<Control>,
+    refresher: Arc<dyn DynRefresh>,
+    config: Config,
+    stats: Counters,
+    /// Origin of `proactive_gate`'s clock.
+    epoch: Instant,
+    /// Nanoseconds since `epoch` before which no proactive refresh may start:
+    /// `u64::MAX` while one runs or after a terminal failure, the backoff
+    /// deadline after a failure, 0 otherwise. Lets a request in the stale
+    /// window decide without taking the lock.
+    proactive_gate: AtomicU64,
+    /// Woken whenever the snapshot or the failure state changes.
+    changed: Arc<Notify>,
+    timer_started: AtomicBool,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Lets the background timer notice that it has nothing left to serve.
+        self.changed.notify_waiters();
+    }
+}
+
+/// The transport-agnostic core shared by every front end.
+///
+/// # Clone
+///
+/// Clones share the same state.
+#[derive(Clone)]
+pub(crate) struct TokenManager {
+    shared: Arc<Shared>,
+}
+
+impl TokenManager {
+    pub(crate) fn new(
+        refresher: Arc<dyn DynRefresh>,
+        config: Config,
+        initial: Option<TokenSet>,
+    ) -> Self {
+        let epoch = Instant::now();
+        let mut control = Control::default();
+        let snapshot = match initial.map(|t| Prepared::new(t, epoch, false)) {
+            None => Snapshot::empty(0),
+            Some(Ok(prepared)) => prepared.into_snapshot(1, &config.advisory, &config.mandatory),
+            Some(Err(_)) => {
+                control.failure = Some(Failure::new(
+                    Arc::new(RefreshError::terminal(
+                        "the initial access token is not a valid header value",
+                    )),
+                    ErrorKind::ReauthRequired,
+                    1,
+                    &config.backoff,
+                    epoch,
+                ));
+                Snapshot::empty(0)
+            }
+        };
+        let manager = Self {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(snapshot),
+                control: Mutex::new(control),
+                refresher,
+                config,
+                stats: Counters::default(),
+                epoch,
+                proactive_gate: AtomicU64::new(0),
+                changed: Arc::new(Notify::new()),
+                timer_started: AtomicBool::new(false),
+            }),
+        };
+        manager.ensure_timer();
+        manager
+    }
+
+    /// The hot path: a credential if the current token may be sent now.
+    ///
+    /// Lock-free. In the stale window it also starts one background refresh
+    /// (unless one runs or a backoff is active, which the gate tells without
+    /// the lock).
+    #[inline]
+    pub(crate) fn ready(&self) -> Option<Credential> {
+        let shared = &*self.shared;
+        if shared.config.background && !shared.timer_started.load(Ordering::Relaxed) {
+            self.ensure_timer();
+        }
+        let snapshot = shared.snapshot.load();
+        let mut now = None;
+        match snapshot.freshness(|| *now.insert(Instant::now())) {
+            Freshness::Fresh => {}
+            Freshness::Stale => {
+                let now = now.unwrap_or_else(Instant::now);
+                if shared.gate_open(now) {
+                    self.start_proactive(snapshot.generation);
+                }
+            }
+            Freshness::Expired => return None,
+        }
+        snapshot.credential()
+    }
+
+    /// The slow path: waits for a usable token, refreshing if needed.
+    pub(crate) async fn acquire(self) -> Result<Credential, Error> {
+        match self.decide(None) {
+            Decision::Use(credential) => Ok(credential),
+            Decision::Wait(flight) => {
+                Counters::bump(&self.shared.stats.waited);
+                self.wait(flight).await
+            }
+            Decision::Fail(error) => Err(error),
+            Decision::GiveUp => unreachable!("only rejections give up"),
+        }
+    }
+
+    /// A server rejected a request sent with `generation`.
+    ///
+    /// If a newer token exists, retry with it (the stale-401 guard: no
+    /// refresh). Otherwise mark this generation rejected and join or start
+    /// the refresh, unless the token is too young to be worth refreshing.
+    pub(crate) fn rejected(&self, generation: u64) -> Decision {
+        let stats = &self.shared.stats;
+        Counters::bump(&stats.rejections);
+        let snapshot = self.shared.snapshot.load();
+        if snapshot.generation != generation {
+            Counters::bump(&stats.stale_rejections);
+        } else if let Some(refreshed_at) = snapshot.refreshed_at {
+            // A token we just obtained being rejected points at a server that
+            // misuses 401; refreshing again would only hammer the IdP.
+            if refreshed_at.elapsed() < self.shared.config.min_refresh_interval {
+                return Decision::GiveUp;
+            }
+            snapshot.mark_rejected();
+        } else {
+            snapshot.mark_rejected();
+        }
+        drop(snapshot);
+        self.decide(Some(RefreshReason::Rejected))
+    }
+
+    /// Waits for a refresh in flight; a failed refresh still yields the
+    /// current token while it is valid (static stability).
+    pub(crate) async fn wait(self, flight: Flight) -> Result<Credential, Error> {
+        match flight.outcome().await {
+            Ok(credential) => Ok(credential),
+            Err(error) => {
+                let snapshot = self.shared.snapshot.load();
+                if snapshot.is_valid(Instant::now()) {
+                    if let Some(credential) = snapshot.credential() {
+                        return Ok(credential);
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Under the lock: use the current token, join the flight, start one,
+    /// or fail because a failure still blocks refreshing.
+    fn decide(&self, reason: Option<RefreshReason>) -> Decision {
+        let mut control = self.shared.lock();
+        let snapshot = self.shared.snapshot.load_full();
+        let now = Instant::now();
+        // Re-check under the lock: a refresh may have finished since the
+        // caller looked (the "serialize but never re-check" pitfall).
+        if snapshot.freshness(|| now) != Freshness::Expired {
+            if let Some(credential) = snapshot.credential() {
+                return Decision::Use(credential);
+            }
+        }
+        if let Some(flight) = &control.flight {
+            return Decision::Wait(flight.clone());
+        }
+        if let Some(failure) = control.failure.as_ref().filter(|f| f.blocks(now)) {
+            if snapshot.is_valid(now) {
+                return snapshot.credential().map_or(Decision::GiveUp, Decision::Use);
+            }
+            return Decision::Fail(failure.to_error());
+        }
+        let reason = reason.unwrap_or(if snapshot.tokens.is_none() {
+            RefreshReason::Initial
+        } else {
+            RefreshReason::Proactive
+        });
+        match self.start_flight(&mut control, reason, &snapshot) {
+            Ok(flight) => Decision::Wait(flight),
+            Err(error) => Decision::Fail(error),
+        }
+    }
+
+    /// Starts a background refresh for a stale token, if still needed.
+    fn start_proactive(&self, generation: u64) {
+        // Never block a request on the lock: whoever holds it is already
+        // deciding about a refresh.
+        let Ok(mut control) = self.shared.control.try_lock() else {
+            return;
+        };
+        let snapshot = self.shared.snapshot.load_full();
+        let now = Instant::now();
+        if snapshot.generation != generation
+            || control.flight.is_some()
+            || control.failure.as_ref().is_some_and(|f| f.blocks(now))
+        {
+            return;
+        }
+        // Without a runtime the request goes on with its still-usable token.
+        let _ = self.start_flight(&mut control, RefreshReason::Proactive, &snapshot);
+    }
+
+    /// Starts a refresh regardless of the token's freshness, honouring any
+    /// failure that still blocks refreshing.
+    pub(crate) fn force(&self) -> Result<Flight, Error> {
+        let mut control = self.shared.lock();
+        if let Some(flight) = &control.flight {
+            return Ok(flight.clone());
+        }
+        if let Some(failure) = control
+            .failure
+            .as_ref()
+            .filter(|f| f.blocks(Instant::now()))
+        {
+            return Err(failure.to_error());
+        }
+        let snapshot = self.shared.snapshot.load_full();
+        self.start_flight(&mut control, RefreshReason::Forced, &snapshot)
+    }
+
+    /// Replaces the tokens and clears any failure, terminal included.
+    pub(crate) fn set_tokens(&self, tokens: TokenSet) -> Result<(), InvalidTokens> {
+        let prepared = Prepared::new(tokens, Instant::now(), false).map_err(|_| InvalidTokens)?;
+        let mut control = self.shared.lock();
+        control.failure = None;
+        control.consecutive_failures = 0;
+        self.shared.install(prepared);
+        if control.flight.is_none() {
+            self.shared.proactive_gate.store(0, Ordering::Release);
+        }
+        drop(control);
+        self.shared.changed.notify_waiters();
+        Ok(())
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.shared.stats.snapshot()
+    }
+
+    pub(crate) fn count_retry(&self) {
+        Counters::bump(&self.shared.stats.retries);
+    }
+
+    pub(crate) fn count_waited(&self) {
+        Counters::bump(&self.shared.stats.waited);
+    }
+
+    /// A redacted summary of the current state.
+    pub(crate) fn status(&self) -> Status {
+        let control = self.shared.lock();
+        let snapshot = self.shared.snapshot.load_full();
+        let now = Instant::now();
+        Status {
+            generation: snapshot.generation,
+            freshness: snapshot.freshness(|| now),
+            has_token: snapshot.header.is_some(),
+            has_refresh_token: snapshot
+                .tokens
+                .as_ref()
+                .is_some_and(|t| t.refresh_token().is_some()),
+            expires_in: snapshot
+                .expires_at
+                .map(|e| e.saturating_duration_since(now)),
+            refreshing: control.flight.is_some(),
+            reauth_required: control
+                .failure
+                .as_ref()
+                .is_some_and(|f| f.until.is_none()),
+            last_error: control.failure.as_ref().map(|f| Arc::clone(&f.error)),
+        }
+    }
+
+    pub(crate) fn tokens(&self) -> Option<Arc<TokenSet>> {
+        self.shared.snapshot.load().tokens.clone()
+    }
+}
+
+/// The access token could not be used as a header value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InvalidTokens;
+
+/// A redacted summary of the manager's state.
+pub(crate) struct Status {
+    pub(crate) generation: u64,
+    pub(crate) freshness: Freshness,
+    pub(crate) has_token: bool,
+    pub(crate) has_refresh_token: bool,
+    pub(crate) expires_in: Option<Duration>,
+    pub(crate) refreshing: bool,
+    pub(crate) reauth_required: bool,
+    pub(crate) last_error: Option<Arc<RefreshError>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Control> {
+        // The lock guards plain data that is always left consistent, so a
+        // panic elsewhere must not wedge every later request.
+        self.control.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn gate_open(&self, now: Instant) -> bool {
+        self.nanos(now) >= self.proactive_gate.load(Ordering::Acquire)
+    }
+
+    fn nanos(&self, instant: Instant) -> u64 {
+        let nanos = instant.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Stores the next generation. Callers hold the `control` lock, which is
+    /// what makes generations strictly increasing.
+    fn install(&self, prepared: Prepared) -> Arc<Snapshot> {
+        let generation = self.snapshot.load().generation + 1;
+        let snapshot = Arc::new(prepared.into_snapshot(
+            generation,
+            &self.config.advisory,
+            &self.config.mandatory,
+        ));
+        self.snapshot.store(Arc::clone(&snapshot));
+        snapshot
+    }
+}
+
+impl std::fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = self.status();
+        f.debug_struct("TokenManager")
+            .field("generation", &status.generation)
+            .field("freshness", &status.freshness)
+            .field("refreshing", &status.refreshing)
+            .field("reauth_required", &status.reauth_required)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

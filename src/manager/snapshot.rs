@@ -1,0 +1,231 @@
+//! The immutable view of the current token that every request reads.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use super::window::RefreshWindow;
+use crate::TokenSet;
+
+/// Where a token stands in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Use it.
+    Fresh,
+    /// Use it, and start one background refresh.
+    Stale,
+    /// Do not use it: wait for a new one (also: no token, or rejected).
+    Expired,
+}
+
+/// The header and the generation a request was sent with.
+#[derive(Clone)]
+pub(crate) struct Credential {
+    pub(crate) header: HeaderValue,
+    pub(crate) generation: u64,
+}
+
+/// A token that passed validation, before it is given a generation.
+pub(crate) struct Prepared {
+    tokens: Arc<TokenSet>,
+    header: HeaderValue,
+    obtained_at: Instant,
+    refreshed: bool,
+}
+
+impl Prepared {
+    /// Validates the access token as a header value.
+    ///
+    /// `obtained_at` is when the refresh request was sent (or when the tokens
+    /// were handed to us), so the lifetime errs towards refreshing early.
+    pub(crate) fn new(
+        tokens: TokenSet,
+        obtained_at: Instant,
+        refreshed: bool,
+    ) -> Result<Self, InvalidToken> {
+        let mut header = HeaderValue::try_from(format!("Bearer {}", tokens.access_token().expose()))
+            .map_err(|_| InvalidToken)?;
+        // Sensitive headers are never HPACK-indexed and are redacted by
+        // http's own Debug.
+        header.set_sensitive(true);
+        Ok(Self {
+            tokens: Arc::new(tokens),
+            header,
+            obtained_at,
+            refreshed,
+        })
+    }
+
+    pub(crate) fn tokens(&self) -> &TokenSet {
+        &self.tokens
+    }
+
+    pub(crate) fn into_snapshot(
+        self,
+        generation: u64,
+        advisory: &RefreshWindow,
+        mandatory: &RefreshWindow,
+    ) -> Snapshot {
+        let (stale_at, expired_at, expires_at) = match self.tokens.expires_in() {
+            Some(lifetime) => {
+                let expires_at = self.obtained_at + lifetime;
+                let advisory = advisory.before_expiry(lifetime);
+                // The mandatory window never starts before the advisory one.
+                let mandatory = mandatory.before_expiry(lifetime).min(advisory);
+                (
+                    Some(expires_at - advisory),
+                    Some(expires_at - mandatory),
+                    Some(expires_at),
+                )
+            }
+            None => (None, None, None),
+        };
+        Snapshot {
+            generation,
+            tokens: Some(self.tokens),
+            header: Some(self.header),
+            refreshed_at: self.refreshed.then_some(self.obtained_at),
+            stale_at,
+            expired_at,
+            expires_at,
+            rejected: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The access token is not usable as an HTTP header value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InvalidToken;
+
+/// One generation of the token, shared by every request that uses it.
+pub(crate) struct Snapshot {
+    pub(crate) generation: u64,
+    pub(crate) tokens: Option<Arc<TokenSet>>,
+    pub(crate) header: Option<HeaderValue>,
+    /// When a refresh we performed produced this token; `None` for tokens
+    /// handed to us, whose age we cannot know.
+    pub(crate) refreshed_at: Option<Instant>,
+    /// Start of the advisory window.
+    pub(crate) stale_at: Option<Instant>,
+    /// Start of the mandatory window.
+    pub(crate) expired_at: Option<Instant>,
+    /// The real expiry, after which the token is useless.
+    pub(crate) expires_at: Option<Instant>,
+    /// Set when a server rejected this generation. An atomic inside the
+    /// snapshot, so marking it needs no swap and is scoped to its generation.
+    pub(crate) rejected: AtomicBool,
+}
+
+impl Snapshot {
+    pub(crate) fn empty(generation: u64) -> Self {
+        Self {
+            generation,
+            tokens: None,
+            header: None,
+            refreshed_at: None,
+            stale_at: None,
+            expired_at: None,
+            expires_at: None,
+            rejected: AtomicBool::new(false),
+        }
+    }
+
+    /// Where the token stands at `now`. Reads the clock only when the token
+    /// has an expiry.
+    #[inline]
+    pub(crate) fn freshness(&self, now: impl FnOnce() -> Instant) -> Freshness {
+        if self.header.is_none() || self.rejected.load(Ordering::Acquire) {
+            return Freshness::Expired;
+        }
+        let (Some(stale_at), Some(expired_at)) = (self.stale_at, self.expired_at) else {
+            return Freshness::Fresh;
+        };
+        let now = now();
+        if now >= expired_at {
+            Freshness::Expired
+        } else if now >= stale_at {
+            Freshness::Stale
+        } else {
+            Freshness::Fresh
+        }
+    }
+
+    /// Whether the token may still be sent: present, not rejected and not
+    /// past its real expiry (even if inside the mandatory window). Used to
+    /// keep serving while refreshes fail (static stability).
+    pub(crate) fn is_valid(&self, now: Instant) -> bool {
+        self.header.is_some()
+            && !self.rejected.load(Ordering::Acquire)
+            && self.expires_at.is_none_or(|e| now < e)
+    }
+
+    pub(crate) fn credential(&self) -> Option<Credential> {
+        self.header.as_ref().map(|header| Credential {
+            header: header.clone(),
+            generation: self.generation,
+        })
+    }
+
+    pub(crate) fn mark_rejected(&self) {
+        self.rejected.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn snapshot(lifetime: Option<u64>) -> (Instant, Snapshot) {
+        let now = Instant::now();
+        let mut tokens = TokenSet::new("t");
+        if let Some(secs) = lifetime {
+            tokens = tokens.with_expires_in(Duration::from_secs(secs));
+        }
+        let snap = Prepared::new(tokens, now, true).unwrap().into_snapshot(
+            1,
+            &RefreshWindow::default_advisory(),
+            &RefreshWindow::default_mandatory(),
+        );
+        (now, snap)
+    }
+
+    #[test]
+    fn freshness_follows_the_windows() {
+        let (t0, snap) = snapshot(Some(100));
+        let at = |secs| move || t0 + Duration::from_secs(secs);
+        assert_eq!(snap.freshness(at(0)), Freshness::Fresh);
+        assert_eq!(snap.freshness(at(49)), Freshness::Fresh);
+        assert_eq!(snap.freshness(at(50)), Freshness::Stale);
+        assert_eq!(snap.freshness(at(89)), Freshness::Stale);
+        assert_eq!(snap.freshness(at(90)), Freshness::Expired);
+        assert!(snap.is_valid(t0 + Duration::from_secs(99)));
+        assert!(!snap.is_valid(t0 + Duration::from_secs(100)));
+    }
+
+    #[test]
+    fn token_without_expiry_is_fresh_until_rejected() {
+        let (_, snap) = snapshot(None);
+        assert_eq!(
+            snap.freshness(|| unreachable!("no clock read without expiry")),
+            Freshness::Fresh
+        );
+        snap.mark_rejected();
+        assert_eq!(snap.freshness(Instant::now), Freshness::Expired);
+    }
+
+    #[test]
+    fn header_is_sensitive_and_bearer() {
+        let (_, snap) = snapshot(None);
+        let header = snap.header.unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(header.to_str().unwrap(), "Bearer t");
+    }
+
+    #[test]
+    fn token_with_newline_is_refused() {
+        assert!(Prepared::new(TokenSet::new("a\nb"), Instant::now(), true).is_err());
+    }
+}

@@ -1,0 +1,200 @@
+//! Where new tokens come from: the [`Refresh`] trait and [`refresh_fn`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_token_refresh::{refresh_fn, RefreshContext, RefreshError, TokenSet};
+//!
+//! let source = refresh_fn(|ctx: RefreshContext| async move {
+//!     // A real source calls an identity server with `ctx.refresh_token()`.
+//!     let _reason = ctx.reason();
+//!     Ok::<_, RefreshError>(TokenSet::new("new-access").with_expires_in(Duration::from_secs(300)))
+//! });
+//! # let _ = source;
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::{RefreshError, Secret, TokenSet};
+
+/// Why a refresh was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefreshReason {
+    /// There was no token yet.
+    Initial,
+    /// The token entered its refresh window (stale or expired).
+    Proactive,
+    /// The background timer fired at the token's refresh point.
+    Scheduled,
+    /// A server rejected the current token.
+    Rejected,
+    /// [`TokenHandle::force_refresh`](crate::TokenHandle::force_refresh) was called.
+    Forced,
+}
+
+/// What a [`Refresh`] source is told about the refresh it must perform.
+#[derive(Clone)]
+pub struct RefreshContext {
+    reason: RefreshReason,
+    current: Option<Arc<TokenSet>>,
+}
+
+impl RefreshContext {
+    pub(crate) fn new(reason: RefreshReason, current: Option<Arc<TokenSet>>) -> Self {
+        Self { reason, current }
+    }
+
+    /// Why this refresh runs.
+    ///
+    /// ```
+    /// # fn check(ctx: &tower_token_refresh::RefreshContext) {
+    /// let _ = ctx.reason();
+    /// # }
+    /// ```
+    pub fn reason(&self) -> RefreshReason {
+        self.reason
+    }
+
+    /// The tokens in use when the refresh started, if any.
+    ///
+    /// ```
+    /// # fn check(ctx: &tower_token_refresh::RefreshContext) {
+    /// if let Some(tokens) = ctx.current() { let _ = tokens.access_token(); }
+    /// # }
+    /// ```
+    pub fn current(&self) -> Option<&TokenSet> {
+        self.current.as_deref()
+    }
+
+    /// The current refresh token, if any.
+    ///
+    /// ```
+    /// # fn check(ctx: &tower_token_refresh::RefreshContext) {
+    /// let _ = ctx.refresh_token().map(|t| t.expose());
+    /// # }
+    /// ```
+    pub fn refresh_token(&self) -> Option<&Secret> {
+        self.current().and_then(TokenSet::refresh_token)
+    }
+
+    /// The current access token, if any (some APIs refresh with it).
+    ///
+    /// ```
+    /// # fn check(ctx: &tower_token_refresh::RefreshContext) {
+    /// let _ = ctx.access_token().map(|t| t.expose());
+    /// # }
+    /// ```
+    pub fn access_token(&self) -> Option<&Secret> {
+        self.current().map(TokenSet::access_token)
+    }
+}
+
+impl fmt::Debug for RefreshContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshContext")
+            .field("reason", &self.reason)
+            .field("current", &self.current)
+            .finish()
+    }
+}
+
+/// A source of fresh tokens.
+///
+/// Implementations perform one refresh per call; the manager guarantees that
+/// at most one call is in flight, runs it in its own task with a timeout, and
+/// shares the result with every waiting request. A returned set without a
+/// refresh token keeps the previous refresh token.
+///
+/// ```
+/// use std::future::Future;
+/// use tower_token_refresh::{Refresh, RefreshContext, RefreshError, TokenSet};
+///
+/// struct Static;
+///
+/// impl Refresh for Static {
+///     fn refresh(&self, _ctx: RefreshContext)
+///         -> impl Future<Output = Result<TokenSet, RefreshError>> + Send {
+///         async { Ok(TokenSet::new("static-token")) }
+///     }
+/// }
+/// ```
+pub trait Refresh: Send + Sync + 'static {
+    /// Obtains a new token set.
+    fn refresh(
+        &self,
+        ctx: RefreshContext,
+    ) -> impl Future<Output = Result<TokenSet, RefreshError>> + Send;
+}
+
+/// A [`Refresh`] source made from an async closure.
+///
+/// # Clone
+///
+/// Cloning clones the closure.
+#[derive(Clone)]
+pub struct RefreshFn<F> {
+    f: F,
+}
+
+/// Makes a [`Refresh`] source from a closure returning a future.
+///
+/// ```
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenSet};
+///
+/// let source = refresh_fn(|ctx| async move {
+///     match ctx.refresh_token() {
+///         Some(_) => Ok(TokenSet::new("next")),
+///         None => Err(RefreshError::terminal("no refresh token")),
+///     }
+/// });
+/// # let _ = source;
+/// ```
+pub fn refresh_fn<F, Fut>(f: F) -> RefreshFn<F>
+where
+    F: Fn(RefreshContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<TokenSet, RefreshError>> + Send + 'static,
+{
+    RefreshFn { f }
+}
+
+impl<F, Fut> Refresh for RefreshFn<F>
+where
+    F: Fn(RefreshContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<TokenSet, RefreshError>> + Send + 'static,
+{
+    fn refresh(
+        &self,
+        ctx: RefreshContext,
+    ) -> impl Future<Output = Result<TokenSet, RefreshError>> + Send {
+        (self.f)(ctx)
+    }
+}
+
+impl<F> fmt::Debug for RefreshFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshFn").finish_non_exhaustive()
+    }
+}
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Object-safe form of [`Refresh`], so the layer's type does not name the
+/// source. Boxing happens once per refresh, never per request.
+pub(crate) trait DynRefresh: Send + Sync + 'static {
+    fn refresh_boxed(
+        self: Arc<Self>,
+        ctx: RefreshContext,
+    ) -> BoxFuture<Result<TokenSet, RefreshError>>;
+}
+
+impl<R: Refresh> DynRefresh for R {
+    fn refresh_boxed(
+        self: Arc<Self>,
+        ctx: RefreshContext,
+    ) -> BoxFuture<Result<TokenSet, RefreshError>> {
+        Box::pin(async move { self.refresh(ctx).await })
+    }
+}

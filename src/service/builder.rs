@@ -1,0 +1,229 @@
+//! `Builder`: every knob of the layer, with the defaults from the design.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+
+use super::layer::{Core, TokenRefreshLayer};
+use super::transport::{Origin, TransportRules};
+use crate::body::DEFAULT_REPLAY_CAP;
+use crate::classify::{ClassifyRejection, Unauthorized};
+use crate::manager::{window::RefreshWindow, Backoff, Config, TokenManager};
+use crate::refresh::{BoxFuture, DynRefresh};
+use crate::{Refresh, TokenSet};
+
+/// Configures a [`TokenRefreshLayer`]; made by [`TokenRefreshLayer::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_token_refresh::{refresh_fn, RefreshError, RefreshWindow, TokenRefreshLayer, TokenSet};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = TokenRefreshLayer::builder(refresh_fn(|_ctx| async {
+///         Ok::<_, RefreshError>(TokenSet::new("t").with_expires_in(Duration::from_secs(60)))
+///     }))
+///     .advisory_window(RefreshWindow::fixed(Duration::from_secs(10)))
+///     .refresh_timeout(Duration::from_secs(5))
+///     .replay_cap(16 * 1024)
+///     .build();
+/// # let _ = layer;
+/// # }
+/// ```
+pub struct Builder<C = Unauthorized> {
+    refresher: Arc<dyn DynRefresh>,
+    config: Config,
+    initial: Option<TokenSet>,
+    classifier: C,
+    reactive_retry: bool,
+    replay_cap: usize,
+    rules: TransportRules,
+}
+
+impl Builder<Unauthorized> {
+    pub(super) fn new<R: Refresh>(refresher: R) -> Self {
+        Self {
+            refresher: Arc::new(refresher),
+            config: Config::default(),
+            initial: None,
+            classifier: Unauthorized,
+            reactive_retry: true,
+            replay_cap: DEFAULT_REPLAY_CAP,
+            rules: TransportRules::default(),
+        }
+    }
+}
+
+impl<C> Builder<C> {
+    /// Tokens to start with. Without them, the first request acquires one
+    /// (with [`RefreshReason::Initial`](crate::RefreshReason::Initial)).
+    pub fn initial_tokens(mut self, tokens: TokenSet) -> Self {
+        self.initial = Some(tokens);
+        self
+    }
+
+    /// When a token turns stale: requests still use it while one background
+    /// refresh runs. Default: `min(lifetime / 2, 5 min)` before expiry.
+    pub fn advisory_window(mut self, window: RefreshWindow) -> Self {
+        self.config.advisory = window;
+        self
+    }
+
+    /// When a token counts as expired: requests wait for a new one. Default:
+    /// `min(lifetime / 10, 10 s)` before expiry. Never larger than the
+    /// advisory window.
+    pub fn mandatory_window(mut self, window: RefreshWindow) -> Self {
+        self.config.mandatory = window;
+        self
+    }
+
+    /// How long one refresh call may take before it counts as a transient
+    /// failure. Default: 10 s.
+    pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
+        self.config.refresh_timeout = timeout;
+        self
+    }
+
+    /// A token we refreshed less than this long ago is not refreshed again
+    /// when a server rejects it; the rejection is returned as it is. Protects
+    /// the identity server from an API that misuses 401. Default: 5 s.
+    pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
+        self.config.min_refresh_interval = interval;
+        self
+    }
+
+    /// Backoff after transient failures (and rate limits without
+    /// `Retry-After`). Default: 1 s doubling to 60 s, with jitter.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// Refresh at the advisory point even when no request arrives (needed
+    /// by sliding-refresh APIs whose token cannot refresh itself once
+    /// expired). Default: off.
+    pub fn background_refresh(mut self, enabled: bool) -> Self {
+        self.config.background = enabled;
+        self
+    }
+
+    /// Called with every new token set before any request can use it, e.g.
+    /// to persist a rotated refresh token. Bounded by the refresh timeout.
+    ///
+    /// ```
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// let builder = TokenRefreshLayer::builder(refresh_fn(|_| async {
+    ///         Ok::<_, RefreshError>(TokenSet::new("t"))
+    ///     }))
+    ///     .on_refresh(|tokens: &TokenSet| {
+    ///         let has_refresh = tokens.refresh_token().is_some();
+    ///         async move { let _ = has_refresh; /* write to disk, a vault, … */ }
+    ///     });
+    /// # let _ = builder;
+    /// ```
+    pub fn on_refresh<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(&TokenSet) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.config.on_refresh = Some(Arc::new(move |tokens: &TokenSet| {
+            Box::pin(hook(tokens)) as BoxFuture<()>
+        }));
+        self
+    }
+
+    /// Which responses count as a token rejection. Default: `401`.
+    ///
+    /// ```
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// use tower_token_refresh::classify::Grpc;
+    /// let builder = TokenRefreshLayer::builder(refresh_fn(|_| async {
+    ///         Ok::<_, RefreshError>(TokenSet::new("t"))
+    ///     }))
+    ///     .classifier(Grpc);
+    /// # let _ = builder;
+    /// ```
+    pub fn classifier<C2: ClassifyRejection>(self, classifier: C2) -> Builder<C2> {
+        Builder {
+            refresher: self.refresher,
+            config: self.config,
+            initial: self.initial,
+            classifier,
+            reactive_retry: self.reactive_retry,
+            replay_cap: self.replay_cap,
+            rules: self.rules,
+        }
+    }
+
+    /// Whether a rejected request is sent again once with a new token.
+    /// Default: on. Off, the layer keeps no copy of the request and costs
+    /// what a static header costs; rejections still trigger a refresh.
+    pub fn reactive_retry(mut self, enabled: bool) -> Self {
+        self.reactive_retry = enabled;
+        self
+    }
+
+    /// How many body bytes are kept for a retry; larger bodies are not
+    /// retried. Default: 64 KiB.
+    pub fn replay_cap(mut self, cap: usize) -> Self {
+        self.replay_cap = cap;
+        self
+    }
+
+    /// Send the token over plain `http://` to hosts that are not loopback.
+    /// Default: refused with [`Error::is_insecure_transport`](crate::Error::is_insecure_transport).
+    pub fn allow_insecure_http(mut self, allowed: bool) -> Self {
+        self.rules.allow_insecure = allowed;
+        self
+    }
+
+    /// Only requests to these origins (`scheme://host[:port]`) get the
+    /// token; others pass through untouched. An origin without a host
+    /// matches nothing. Default: every origin.
+    ///
+    /// ```
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// let builder = TokenRefreshLayer::builder(refresh_fn(|_| async {
+    ///         Ok::<_, RefreshError>(TokenSet::new("t"))
+    ///     }))
+    ///     .allowed_origins([http::Uri::from_static("https://api.example.com")]);
+    /// # let _ = builder;
+    /// ```
+    pub fn allowed_origins<I>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = Uri>,
+    {
+        let parsed = origins
+            .into_iter()
+            .filter_map(|uri| Origin::parse(&uri.to_string()).ok())
+            .collect();
+        self.rules.origins = Some(parsed);
+        self
+    }
+
+    /// Builds the layer. Spawns nothing unless background refresh is on and
+    /// a tokio runtime is running (otherwise the timer starts on first use).
+    pub fn build(self) -> TokenRefreshLayer<C> {
+        let manager = TokenManager::new(self.refresher, self.config, self.initial);
+        TokenRefreshLayer {
+            core: Arc::new(Core {
+                manager,
+                classifier: self.classifier,
+                reactive_retry: self.reactive_retry,
+                replay_cap: self.replay_cap,
+                rules: self.rules,
+            }),
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for Builder<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("initial_tokens", &self.initial)
+            .field("reactive_retry", &self.reactive_retry)
+            .field("replay_cap", &self.replay_cap)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,247 @@
+//! [`ResponseFuture`]: send, classify, refresh, retry once.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::header::AUTHORIZATION;
+use http::request::Parts;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::Core;
+use crate::body::ReplayBody;
+use crate::classify::ClassifyRejection;
+use crate::manager::{Credential, Decision};
+use crate::refresh::BoxFuture;
+use crate::{BoxError, Error};
+
+/// What a retry needs: a copy of the request head, a replaying body and a
+/// clone of the inner service (polled ready again before the retry).
+pub(crate) struct RetryCopy<S, B> {
+    service: S,
+    head: Parts,
+    body: ReplayBody<B>,
+}
+
+impl<S, B> RetryCopy<S, B> {
+    /// `None` when the body cannot be replayed (retry off, or over the cap
+    /// before sending): then nothing is copied at all.
+    #[inline]
+    pub(crate) fn of(parts: &Parts, body: &ReplayBody<B>, service: impl FnOnce() -> S) -> Option<Self> {
+        let body = body.try_clone()?;
+        Some(Self {
+            service: service(),
+            head: copy_head(parts),
+            body,
+        })
+    }
+
+    fn into_request(self, credential: Credential) -> (S, Request<ReplayBody<B>>) {
+        let mut request = Request::from_parts(self.head, self.body);
+        request.headers_mut().insert(AUTHORIZATION, credential.header);
+        (self.service, request)
+    }
+}
+
+fn copy_head(parts: &Parts) -> Parts {
+    let mut head = Request::new(());
+    *head.method_mut() = parts.method.clone();
+    *head.uri_mut() = parts.uri.clone();
+    *head.version_mut() = parts.version;
+    *head.headers_mut() = parts.headers.clone();
+    *head.extensions_mut() = parts.extensions.clone();
+    head.into_parts().0
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // Waiting for a token before the first send.
+        Acquiring { token: BoxFuture<Result<Credential, Error>> },
+        // First send in flight.
+        Sent { #[pin] fut: F },
+        // Rejected: waiting for the refresh the rejection joined or started.
+        Refreshing { token: BoxFuture<Result<Credential, Error>> },
+        // Have a token for the retry; waiting for the service to be ready.
+        RetryReady { credential: Option<Credential> },
+        // The one retry in flight; its response is returned as it is.
+        Retried { #[pin] fut: F },
+        // Not ours to touch (explicit Authorization, foreign origin).
+        Passthrough { #[pin] fut: F },
+        Failed { error: Option<Error> },
+    }
+}
+
+pin_project! {
+    /// The response future of [`TokenRefresh`](crate::TokenRefresh).
+    pub struct ResponseFuture<S, B, C>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        // The request to send once a token arrives (Acquiring), or the copy
+        // kept for the retry (Sent and later).
+        pending: Option<RetryCopy<S, B>>,
+        generation: u64,
+        core: Option<Arc<Core<C>>>,
+    }
+}
+
+impl<S, B, C> ResponseFuture<S, B, C>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    pub(crate) fn passthrough(fut: S::Future) -> Self {
+        Self::with_state(State::Passthrough { fut }, None, 0, None)
+    }
+
+    pub(crate) fn failed(error: Error) -> Self {
+        Self::with_state(State::Failed { error: Some(error) }, None, 0, None)
+    }
+
+    pub(crate) fn sent(
+        fut: S::Future,
+        generation: u64,
+        retry: Option<RetryCopy<S, B>>,
+        core: Arc<Core<C>>,
+    ) -> Self {
+        Self::with_state(State::Sent { fut }, retry, generation, Some(core))
+    }
+
+    pub(crate) fn acquiring(service: S, head: Parts, body: ReplayBody<B>, core: Arc<Core<C>>) -> Self {
+        let token = Box::pin(core.manager.clone().acquire());
+        let pending = RetryCopy {
+            service,
+            head,
+            body,
+        };
+        Self::with_state(State::Acquiring { token }, Some(pending), 0, Some(core))
+    }
+
+    fn with_state(
+        state: State<S::Future>,
+        pending: Option<RetryCopy<S, B>>,
+        generation: u64,
+        core: Option<Arc<Core<C>>>,
+    ) -> Self {
+        Self {
+            state,
+            pending,
+            generation,
+            core,
+        }
+    }
+}
+
+impl<S, B, C, ResBody> Future for ResponseFuture<S, B, C>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    C: ClassifyRejection,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Passthrough { fut } => {
+                    return fut.poll(cx).map_err(Into::into);
+                }
+                StateProj::Failed { error } => {
+                    let error = error.take().expect("polled after completion");
+                    return Poll::Ready(Err(error.into()));
+                }
+                StateProj::Acquiring { token } => {
+                    let credential = ready!(token.as_mut().poll(cx))?;
+                    let first = this.pending.take().expect("request kept while acquiring");
+                    // `first.service` is the instance polled ready by the
+                    // caller; the retry gets a clone.
+                    *this.pending = RetryCopy::of(&first.head, &first.body, || first.service.clone());
+                    *this.generation = credential.generation;
+                    let (mut service, request) = first.into_request(credential);
+                    let fut = service.call(request);
+                    this.state.set(State::Sent { fut });
+                }
+                StateProj::Sent { fut } => {
+                    let response = ready!(fut.poll(cx)).map_err(Into::into)?;
+                    let core = this.core.as_ref().expect("set for managed requests");
+                    if !core.classifier.is_rejection(response.status(), response.headers()) {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let decision = core.manager.rejected(*this.generation);
+                    // The refresh (if the decision started one) runs on its
+                    // own; without a replayable copy the rejection is the
+                    // answer, and the next request gets the new token.
+                    let Some(retry) = this.pending.take().filter(|r| !r.body.is_capped()) else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    match decision {
+                        Decision::GiveUp => return Poll::Ready(Ok(response)),
+                        Decision::Fail(error) => return Poll::Ready(Err(error.into())),
+                        Decision::Use(credential) => {
+                            this.state.set(State::RetryReady {
+                                credential: Some(credential),
+                            });
+                        }
+                        Decision::Wait(flight) => {
+                            core.manager.count_waited();
+                            let token = Box::pin(core.manager.clone().wait(flight));
+                            this.state.set(State::Refreshing { token });
+                        }
+                    }
+                    // Dropped before waiting: frees the connection and lets
+                    // the first attempt's body hand its recording over.
+                    drop(response);
+                    *this.pending = Some(retry);
+                }
+                StateProj::Refreshing { token } => {
+                    let credential = ready!(token.as_mut().poll(cx))?;
+                    this.state.set(State::RetryReady {
+                        credential: Some(credential),
+                    });
+                }
+                StateProj::RetryReady { credential } => {
+                    let retry = this.pending.as_mut().expect("retry copy kept");
+                    ready!(retry.service.poll_ready(cx)).map_err(Into::into)?;
+                    let credential = credential.take().expect("credential set before readiness");
+                    let retry = this.pending.take().expect("retry copy kept");
+                    let core = this.core.as_ref().expect("set for managed requests");
+                    core.manager.count_retry();
+                    *this.generation = credential.generation;
+                    let (mut service, request) = retry.into_request(credential);
+                    let fut = service.call(request);
+                    this.state.set(State::Retried { fut });
+                }
+                StateProj::Retried { fut } => {
+                    let response = ready!(fut.poll(cx)).map_err(Into::into)?;
+                    let core = this.core.as_ref().expect("set for managed requests");
+                    if core.classifier.is_rejection(response.status(), response.headers()) {
+                        // Never a second retry; the manager still learns that
+                        // this token was rejected too and decides for the
+                        // next requests.
+                        let _ = core.manager.rejected(*this.generation);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+            }
+        }
+    }
+}
+
+impl<S, B, C> fmt::Debug for ResponseFuture<S, B, C>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("generation", &self.generation)
+            .field("will_retry", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
+}

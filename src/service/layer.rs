@@ -1,0 +1,120 @@
+//! `TokenRefreshLayer`: wraps a service in [`TokenRefresh`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use super::builder::Builder;
+use super::transport::TransportRules;
+use super::TokenRefresh;
+use crate::classify::Unauthorized;
+use crate::manager::TokenManager;
+use crate::{Refresh, TokenHandle};
+
+/// Everything a request needs besides the inner service, behind one `Arc`
+/// so that cloning the service or making a response future costs a single
+/// reference-count increment.
+pub(crate) struct Core<C> {
+    pub(crate) manager: TokenManager,
+    pub(crate) classifier: C,
+    pub(crate) reactive_retry: bool,
+    pub(crate) replay_cap: usize,
+    pub(crate) rules: TransportRules,
+}
+
+/// A [`Layer`] that keeps a bearer token current on every request.
+///
+/// All services made from one layer (and its clones) share one token and
+/// one refresh.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::ServiceBuilder;
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = TokenRefreshLayer::builder(refresh_fn(|_ctx| async {
+///         Ok::<_, RefreshError>(TokenSet::new("fresh").with_expires_in(Duration::from_secs(3600)))
+///     }))
+///     .initial_tokens(TokenSet::new("start").with_refresh_token("r"))
+///     .build();
+/// let handle = layer.handle();
+/// let service = ServiceBuilder::new()
+///     .layer(layer)
+///     .service_fn(|req: http::Request<_>| async move {
+///         let auth = req.headers()["authorization"].to_str().unwrap().to_owned();
+///         Ok::<_, std::convert::Infallible>(http::Response::new(auth))
+///     });
+/// # use tower::ServiceExt;
+/// let response = service
+///     .oneshot(http::Request::new(http_body_util::Empty::<bytes::Bytes>::new()))
+///     .await
+///     .unwrap();
+/// assert_eq!(response.body(), "Bearer start");
+/// assert_eq!(handle.stats().refreshes, 0);
+/// # }
+/// ```
+///
+/// # Clone
+///
+/// Clones share the token state.
+pub struct TokenRefreshLayer<C = Unauthorized> {
+    pub(crate) core: Arc<Core<C>>,
+}
+
+impl TokenRefreshLayer<Unauthorized> {
+    /// Starts configuring a layer that gets new tokens from `refresher`.
+    ///
+    /// ```
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// let builder = TokenRefreshLayer::builder(refresh_fn(|_| async {
+    ///     Ok::<_, RefreshError>(TokenSet::new("t"))
+    /// }));
+    /// # let _ = builder;
+    /// ```
+    pub fn builder<R: Refresh>(refresher: R) -> Builder<Unauthorized> {
+        Builder::new(refresher)
+    }
+}
+
+impl<C> TokenRefreshLayer<C> {
+    /// A handle to inspect and steer the shared token state.
+    ///
+    /// ```
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+    ///     Ok::<_, RefreshError>(TokenSet::new("t"))
+    /// })).build();
+    /// assert_eq!(layer.handle().stats().refreshes, 0);
+    /// ```
+    pub fn handle(&self) -> TokenHandle {
+        TokenHandle::new(self.core.manager.clone())
+    }
+}
+
+impl<C> Clone for TokenRefreshLayer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+impl<S, C> Layer<S> for TokenRefreshLayer<C> {
+    type Service = TokenRefresh<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TokenRefresh::from_core(inner, Arc::clone(&self.core))
+    }
+}
+
+impl<C> fmt::Debug for TokenRefreshLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRefreshLayer")
+            .field("manager", &self.core.manager)
+            .field("reactive_retry", &self.core.reactive_retry)
+            .field("replay_cap", &self.core.replay_cap)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,172 @@
+//! The tower middleware: [`TokenRefreshLayer`] and [`TokenRefresh`].
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_token_refresh::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // An API that only accepts the refreshed token.
+//! let api = tower::service_fn(|req: Request<ReplayBody<Full<Bytes>>>| async move {
+//!     let ok = req.headers()["authorization"] == "Bearer new";
+//!     let status = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+//!     Ok::<_, Infallible>(Response::builder().status(status).body(()).unwrap())
+//! });
+//! let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+//!         Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(Duration::from_secs(60)))
+//!     }))
+//!     .initial_tokens(TokenSet::new("old"))
+//!     .build();
+//! let handle = layer.handle();
+//! let client = ServiceBuilder::new().layer(layer).service(api);
+//!
+//! // Sent with "old", rejected, refreshed once, retried with "new".
+//! let response = client.oneshot(Request::new(Full::new(Bytes::from("payload")))).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::OK);
+//! assert_eq!(handle.stats().refreshes, 1);
+//! assert_eq!(handle.stats().retries, 1);
+//! # }
+//! ```
+
+mod builder;
+pub(crate) mod future;
+mod layer;
+mod transport;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::body::ReplayBody;
+use crate::classify::{ClassifyRejection, Unauthorized};
+use crate::error::ErrorKind;
+use crate::{BoxError, Error, TokenHandle};
+
+pub use builder::Builder;
+pub use future::ResponseFuture;
+use future::RetryCopy;
+pub(crate) use layer::Core;
+pub use layer::TokenRefreshLayer;
+pub use transport::InvalidOrigin;
+
+/// Adds `Authorization: Bearer …` to requests, keeps the token current and
+/// retries a rejected request once with a new token.
+///
+/// Made by [`TokenRefreshLayer`]. Requests that already carry an
+/// `Authorization` header, or that go to an origin outside the allow-list,
+/// pass through untouched and are never retried.
+///
+/// # Clone
+///
+/// Cloning clones the inner service and shares the token state.
+pub struct TokenRefresh<S, C = Unauthorized> {
+    inner: S,
+    core: Arc<Core<C>>,
+}
+
+impl<S, C> TokenRefresh<S, C> {
+    pub(crate) fn from_core(inner: S, core: Arc<Core<C>>) -> Self {
+        Self { inner, core }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// A handle on the shared token state.
+    pub fn handle(&self) -> TokenHandle {
+        TokenHandle::new(self.core.manager.clone())
+    }
+}
+
+impl<S, C, B, ResBody> Service<Request<B>> for TokenRefresh<S, C>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body,
+    C: ClassifyRejection,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let core = &self.core;
+        if req.headers().contains_key(AUTHORIZATION) || !core.rules.origin_allowed(req.uri()) {
+            let fut = self.inner.call(req.map(ReplayBody::passthrough));
+            return ResponseFuture::passthrough(fut);
+        }
+        if core.rules.is_insecure(req.uri()) {
+            return ResponseFuture::failed(Error::new(ErrorKind::InsecureTransport));
+        }
+        let (parts, body) = req.into_parts();
+        let body = if core.reactive_retry {
+            ReplayBody::try_new(body, core.replay_cap).unwrap_or_else(ReplayBody::passthrough)
+        } else {
+            ReplayBody::passthrough(body)
+        };
+        match core.manager.ready() {
+            Some(credential) => {
+                let retry = RetryCopy::of(&parts, &body, || self.inner.clone());
+                let mut req = Request::from_parts(parts, body);
+                req.headers_mut().insert(AUTHORIZATION, credential.header);
+                let fut = self.inner.call(req);
+                ResponseFuture::sent(fut, credential.generation, retry, Arc::clone(core))
+            }
+            None => {
+                // The service polled ready is the one that must be called, so
+                // it moves into the future and a clone takes its place
+                // ("Be careful when cloning inner services", tower-service).
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::acquiring(ready, parts, body, Arc::clone(core))
+            }
+        }
+    }
+}
+
+impl<S: Clone, C> Clone for TokenRefresh<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for TokenRefresh<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRefresh")
+            .field("inner", &self.inner)
+            .field("manager", &self.core.manager)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+//! Which requests may carry the token: transport and origin rules.
+
+use std::net::IpAddr;
+
+use http::uri::{Scheme, Uri};
+
+/// Where a request may be sent with the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    scheme: Option<Scheme>,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    pub(crate) fn parse(origin: &str) -> Result<Self, InvalidOrigin> {
+        let uri: Uri = origin.parse().map_err(|_| InvalidOrigin(origin.into()))?;
+        let host = uri.host().ok_or_else(|| InvalidOrigin(origin.into()))?;
+        Ok(Self {
+            scheme: uri.scheme().cloned(),
+            host: host.to_ascii_lowercase(),
+            // "https://host" means port 443, not any port.
+            port: effective_port(&uri),
+        })
+    }
+
+    fn matches(&self, uri: &Uri) -> bool {
+        let Some(host) = uri.host() else {
+            return false;
+        };
+        if !host.eq_ignore_ascii_case(&self.host) {
+            return false;
+        }
+        if let Some(scheme) = &self.scheme {
+            if uri.scheme() != Some(scheme) {
+                return false;
+            }
+        }
+        match self.port {
+            None => true,
+            Some(port) => effective_port(uri) == Some(port),
+        }
+    }
+}
+
+fn effective_port(uri: &Uri) -> Option<u16> {
+    uri.port_u16().or_else(|| match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })
+}
+
+/// An allowed origin that could not be parsed as `scheme://host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidOrigin(pub(crate) String);
+
+impl std::fmt::Display for InvalidOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid origin {:?}: expected scheme://host[:port]", self.0)
+    }
+}
+
+impl std::error::Error for InvalidOrigin {}
+
+/// The per-layer rules, decided once per request before anything else.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TransportRules {
+    pub(crate) allow_insecure: bool,
+    pub(crate) origins: Option<Vec<Origin>>,
+}
+
+impl TransportRules {
+    /// Whether the token may be added to a request for `uri`. Requests to
+    /// other origins pass through untouched.
+    #[inline]
+    pub(crate) fn origin_allowed(&self, uri: &Uri) -> bool {
+        match &self.origins {
+            None => true,
+            Some(origins) => origins.iter().any(|o| o.matches(uri)),
+        }
+    }
+
+    /// Whether sending the token would expose it on the wire: an explicit
+    /// `http://` URI to a host that is not loopback.
+    #[inline]
+    pub(crate) fn is_insecure(&self, uri: &Uri) -> bool {
+        !self.allow_insecure
+            && uri.scheme() == Some(&Scheme::HTTP)
+            && !uri.host().is_some_and(is_loopback)
+    }
+}
+
+pub(crate) fn is_loopback(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(s: &str) -> Uri {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn plain_http_is_refused_except_to_loopback() {
+        let rules = TransportRules::default();
+        assert!(rules.is_insecure(&uri("http://api.example.com/x")));
+        assert!(!rules.is_insecure(&uri("https://api.example.com/x")));
+        for ok in [
+            "http://127.0.0.1:8080/",
+            "http://127.9.9.9/",
+            "http://localhost/",
+            "http://[::1]:80/",
+        ] {
+            assert!(!rules.is_insecure(&uri(ok)), "{ok}");
+        }
+        // No scheme (e.g. a relative URI handed to a connection) is not "explicit http".
+        assert!(!rules.is_insecure(&uri("/path")));
+        let permissive = TransportRules {
+            allow_insecure: true,
+            ..TransportRules::default()
+        };
+        assert!(!permissive.is_insecure(&uri("http://api.example.com/x")));
+    }
+
+    #[test]
+    fn origin_allow_list_matches_scheme_host_and_default_port() {
+        let rules = TransportRules {
+            allow_insecure: false,
+            origins: Some(vec![
+                Origin::parse("https://api.example.com").unwrap(),
+                Origin::parse("http://127.0.0.1:9000").unwrap(),
+            ]),
+        };
+        assert!(rules.origin_allowed(&uri("https://API.example.com/v1")));
+        assert!(rules.origin_allowed(&uri("https://api.example.com:443/v1")));
+        assert!(!rules.origin_allowed(&uri("http://api.example.com/v1")));
+        assert!(!rules.origin_allowed(&uri("https://evil.example.com/v1")));
+        assert!(rules.origin_allowed(&uri("http://127.0.0.1:9000/")));
+        assert!(!rules.origin_allowed(&uri("http://127.0.0.1:9001/")));
+        assert!(!rules.origin_allowed(&uri("https://api.example.com:8443/v1")));
+        assert!(!rules.origin_allowed(&uri("/relative")));
+        assert!(Origin::parse("not a uri").is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! Token values that never print themselves.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_token_refresh::TokenSet;
+//!
+//! let tokens = TokenSet::new("access-123")
+//!     .with_refresh_token("refresh-456")
+//!     .with_expires_in(Duration::from_secs(3600));
+//!
+//! assert_eq!(tokens.access_token().expose(), "access-123");
+//! // Debug output is redacted: secrets never reach logs by accident.
+//! assert!(!format!("{tokens:?}").contains("access-123"));
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+/// A secret string (an access or refresh token).
+///
+/// `Debug` and `Display` print `"[redacted]"`; the value is only reachable
+/// through [`Secret::expose`], so it cannot end up in a log line through a
+/// `{:?}` by accident (a common leak in hand-written token caches).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Box<str>);
+
+impl Secret {
+    /// Wraps a secret value.
+    ///
+    /// ```
+    /// let secret = tower_token_refresh::Secret::new("s3cr3t");
+    /// assert_eq!(secret.expose(), "s3cr3t");
+    /// ```
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into().into_boxed_str())
+    }
+
+    /// Returns the secret value. Call it only where the value is sent.
+    ///
+    /// ```
+    /// let secret = tower_token_refresh::Secret::new("s3cr3t");
+    /// assert_eq!(secret.expose().len(), 6);
+    /// ```
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self::new(value)
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self::new(value)
+    }
+}
+
+/// An access token together with what is needed to renew it.
+///
+/// The access and refresh tokens travel as one unit: a refresh replaces the
+/// whole set at once, so a rotated refresh token can never be paired with an
+/// access token from another generation.
+///
+/// The lifetime (`expires_in`) is counted from the moment the refresh request
+/// that produced this set was *sent*, which errs on the side of refreshing
+/// early when the network is slow.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenSet {
+    access_token: Secret,
+    refresh_token: Option<Secret>,
+    expires_in: Option<Duration>,
+}
+
+impl TokenSet {
+    /// A token set holding only an access token, with no known expiry.
+    ///
+    /// A token without expiry is only refreshed after the server rejects it.
+    ///
+    /// ```
+    /// let tokens = tower_token_refresh::TokenSet::new("access");
+    /// assert!(tokens.expires_in().is_none());
+    /// ```
+    pub fn new(access_token: impl Into<Secret>) -> Self {
+        Self {
+            access_token: access_token.into(),
+            refresh_token: None,
+            expires_in: None,
+        }
+    }
+
+    /// Adds the credential used to obtain the next access token.
+    ///
+    /// ```
+    /// let tokens = tower_token_refresh::TokenSet::new("a").with_refresh_token("r");
+    /// assert_eq!(tokens.refresh_token().map(|t| t.expose()), Some("r"));
+    /// ```
+    pub fn with_refresh_token(mut self, refresh_token: impl Into<Secret>) -> Self {
+        self.refresh_token = Some(refresh_token.into());
+        self
+    }
+
+    /// Sets the access token's lifetime.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let tokens = tower_token_refresh::TokenSet::new("a").with_expires_in(Duration::from_secs(60));
+    /// assert_eq!(tokens.expires_in(), Some(Duration::from_secs(60)));
+    /// ```
+    pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
+        self.expires_in = Some(expires_in);
+        self
+    }
+
+    /// The access token sent as `Authorization: Bearer …`.
+    ///
+    /// ```
+    /// let tokens = tower_token_refresh::TokenSet::new("a");
+    /// assert_eq!(tokens.access_token().expose(), "a");
+    /// ```
+    pub fn access_token(&self) -> &Secret {
+        &self.access_token
+    }
+
+    /// The refresh token, if the issuer gave one.
+    ///
+    /// ```
+    /// assert!(tower_token_refresh::TokenSet::new("a").refresh_token().is_none());
+    /// ```
+    pub fn refresh_token(&self) -> Option<&Secret> {
+        self.refresh_token.as_ref()
+    }
+
+    /// The access token's lifetime, if known.
+    ///
+    /// ```
+    /// assert!(tower_token_refresh::TokenSet::new("a").expires_in().is_none());
+    /// ```
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.expires_in
+    }
+
+    /// Keeps `previous`'s refresh token when this set came without one.
+    ///
+    /// Many issuers (the DynamoSQL- and Cognito-style APIs among them) return
+    /// no new refresh token on refresh; the old one stays valid.
+    pub(crate) fn inherit_refresh_token(mut self, previous: Option<&TokenSet>) -> Self {
+        if self.refresh_token.is_none() {
+            self.refresh_token = previous.and_then(|p| p.refresh_token.clone());
+        }
+        self
+    }
+}
+
+impl fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("access_token", &self.access_token)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_never_show_the_secret() {
+        let tokens = TokenSet::new("AT-visible?")
+            .with_refresh_token("RT-visible?")
+            .with_expires_in(Duration::from_secs(5));
+        let debug = format!("{tokens:?} {:?} {}", tokens.access_token(), tokens.access_token());
+        assert!(!debug.contains("AT-visible"), "{debug}");
+        assert!(!debug.contains("RT-visible"), "{debug}");
+        assert!(debug.contains("expires_in"));
+    }
+
+    #[test]
+    fn missing_refresh_token_is_inherited_but_a_rotated_one_wins() {
+        let old = TokenSet::new("a1").with_refresh_token("r1");
+        let kept = TokenSet::new("a2").inherit_refresh_token(Some(&old));
+        assert_eq!(kept.refresh_token().unwrap().expose(), "r1");
+        let rotated = TokenSet::new("a3")
+            .with_refresh_token("r2")
+            .inherit_refresh_token(Some(&old));
+        assert_eq!(rotated.refresh_token().unwrap().expose(), "r2");
+    }
+}
