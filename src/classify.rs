@@ -110,7 +110,11 @@ mod tests {
         let mut headers = HeaderMap::new();
         for (code, rejected) in [("0", false), ("7", false), ("16", true), ("160", false)] {
             headers.insert("grpc-status", code.parse().unwrap());
-            assert_eq!(Grpc.is_rejection(StatusCode::OK, &headers), rejected, "{code}");
+            assert_eq!(
+                Grpc.is_rejection(StatusCode::OK, &headers),
+                rejected,
+                "{code}"
+            );
         }
         assert!(Grpc.is_rejection(StatusCode::UNAUTHORIZED, &HeaderMap::new()));
         assert!(!Unauthorized.is_rejection(StatusCode::OK, &headers));

@@ -258,10 +258,12 @@ impl fmt::Display for RefreshError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.class {
             FailureClass::Terminal => f.write_str("terminal refresh failure")?,
-            FailureClass::RateLimited { retry_after: Some(d) } => {
-                write!(f, "refresh rate limited for {}s", d.as_secs_f64())?
+            FailureClass::RateLimited {
+                retry_after: Some(d),
+            } => write!(f, "refresh rate limited for {}s", d.as_secs_f64())?,
+            FailureClass::RateLimited { retry_after: None } => {
+                f.write_str("refresh rate limited")?
             }
-            FailureClass::RateLimited { retry_after: None } => f.write_str("refresh rate limited")?,
             FailureClass::Transient => f.write_str("transient refresh failure")?,
         }
         if let Some(status) = self.status {
@@ -293,7 +295,9 @@ impl fmt::Debug for RefreshError {
 
 impl StdError for RefreshError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 
@@ -353,7 +357,6 @@ impl Error {
             refresh: Some(refresh),
         }
     }
-
 
     /// The refresh credential is dead: new tokens must be set through
     /// [`TokenHandle::set_tokens`](crate::TokenHandle::set_tokens).
@@ -472,7 +475,10 @@ mod tests {
         let err = Error::with_refresh(ErrorKind::of_refresh(&gone), Arc::new(gone));
         assert!(err.is_reauth_required());
         assert!(!err.is_refresh_failed());
-        assert_eq!(err.source().unwrap().to_string(), "terminal refresh failure: gone");
+        assert_eq!(
+            err.source().unwrap().to_string(),
+            "terminal refresh failure: gone"
+        );
         let flaky = RefreshError::transient("flaky");
         let err = Error::with_refresh(ErrorKind::of_refresh(&flaky), Arc::new(flaky));
         assert!(err.is_refresh_failed());

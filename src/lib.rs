@@ -65,6 +65,9 @@ mod service;
 mod stats;
 mod token;
 
+#[cfg(test)]
+mod test_support;
+
 pub use body::ReplayBody;
 pub use error::{BoxError, Error, FailureClass, RefreshError};
 pub use handle::{InvalidTokenError, TokenHandle, TokenState, TokenStatus};
@@ -74,6 +77,11 @@ pub use refresh::{refresh_fn, Refresh, RefreshContext, RefreshFn, RefreshReason}
 pub use service::{Builder, InvalidOrigin, TokenRefresh, TokenRefreshLayer};
 pub use stats::Stats;
 pub use token::{Secret, TokenSet};
+
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// The response future of [`TokenRefresh`].
 pub mod future {

@@ -170,7 +170,10 @@ impl fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenSet")
             .field("access_token", &self.access_token)
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
             .field("expires_in", &self.expires_in)
             .finish()
     }
@@ -185,7 +188,11 @@ mod tests {
         let tokens = TokenSet::new("AT-visible?")
             .with_refresh_token("RT-visible?")
             .with_expires_in(Duration::from_secs(5));
-        let debug = format!("{tokens:?} {:?} {}", tokens.access_token(), tokens.access_token());
+        let debug = format!(
+            "{tokens:?} {:?} {}",
+            tokens.access_token(),
+            tokens.access_token()
+        );
         assert!(!debug.contains("AT-visible"), "{debug}");
         assert!(!debug.contains("RT-visible"), "{debug}");
         assert!(debug.contains("expires_in"));

@@ -36,7 +36,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
@@ -106,7 +106,10 @@ struct Recording<B> {
 
 struct Slot<B> {
     recording: Option<Recording<B>>,
-    waiting: Option<Waker>,
+    /// Every instance waiting for the recording. A single slot lost wakeups:
+    /// with two instances waiting, the second overwrote the first's waker,
+    /// and the first was never woken again.
+    waiting: Vec<Waker>,
 }
 
 struct Shared<B> {
@@ -153,7 +156,7 @@ where
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot {
                 recording: None,
-                waiting: None,
+                waiting: Vec::new(),
             }),
             capped: AtomicBool::new(false),
             cap,
@@ -236,6 +239,36 @@ impl<B> ReplayBody<B> {
             Inner::Replay { reader } => reader.shared.capped.load(Ordering::Acquire),
         }
     }
+
+    /// Whether a clone made now could replay this body in full.
+    ///
+    /// `Ready(true)` once no other instance holds the original (all that was
+    /// read is recorded; the rest is still to be read), `Ready(false)` once
+    /// the body outgrew the cap or is not recorded, `Pending` while another
+    /// instance is still reading it within the cap. The retry waits on this
+    /// before giving up the original rejection.
+    pub(crate) fn poll_replayable(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let reader = match &self.inner {
+            Inner::Empty => return Poll::Ready(true),
+            Inner::Passthrough { .. } => return Poll::Ready(false),
+            Inner::Replay { reader } => reader,
+        };
+        let shared = &reader.shared;
+        if reader.owned.is_some() {
+            return Poll::Ready(!shared.capped.load(Ordering::Acquire));
+        }
+        // Checked under the slot lock, which the capping reader also takes
+        // to wake waiters: no wake-up is lost between check and register.
+        let mut slot = shared.slot();
+        if shared.capped.load(Ordering::Acquire) {
+            return Poll::Ready(false);
+        }
+        if slot.recording.is_some() {
+            return Poll::Ready(true);
+        }
+        slot.register(cx.waker());
+        Poll::Pending
+    }
 }
 
 impl<B> Body for ReplayBody<B>
@@ -253,9 +286,9 @@ where
         match self.project().inner.project() {
             InnerProj::Empty => Poll::Ready(None),
             InnerProj::Passthrough { body } => match body.poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    Poll::Ready(Some(Ok(frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))))
-                }
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(
+                    frame.map_data(|mut d| d.copy_to_bytes(d.remaining()))
+                ))),
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
@@ -300,11 +333,11 @@ where
 {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.owned.is_none() {
-            let mut slot = self.shared.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut slot = self.shared.slot();
             match slot.recording.take() {
                 Some(recording) => self.owned = Some(recording),
                 None => {
-                    slot.waiting = Some(cx.waker().clone());
+                    slot.register(cx.waker());
                     return Poll::Pending;
                 }
             }
@@ -377,10 +410,15 @@ where
         };
         self.frames_sent >= recording.frames_read
             && !recording.failed
-            && recording.rest.as_ref().is_none_or(|rest| rest.is_end_stream())
+            && recording
+                .rest
+                .as_ref()
+                .is_none_or(|rest| rest.is_end_stream())
             && (self.trailers_sent || recording.trailers.is_none())
     }
 
+    // `SizeHint` is `Copy` only since http-body 1.1; Cargo.toml allows 1.0.
+    #[allow(clippy::clone_on_copy)]
     fn size_hint(&self) -> SizeHint {
         let Some(recording) = &self.owned else {
             return self.shared.initial_hint.clone();
@@ -390,10 +428,14 @@ where
             .rest
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), |rest| rest.size_hint());
+        // Saturating/checked: a source may report an upper bound near
+        // `u64::MAX`, and a plain `+` overflowed (a panic in debug; in release
+        // a wrapped upper bound below the lower one, which `set_upper` rejects
+        // with a panic). An upper bound that does not fit is no upper bound.
         let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower() + replay);
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + replay);
+        hint.set_lower(rest.lower().saturating_add(replay));
+        if let Some(upper) = rest.upper().and_then(|upper| upper.checked_add(replay)) {
+            hint.set_upper(upper);
         }
         hint
     }
@@ -411,8 +453,31 @@ impl<B> Recording<B> {
             // nobody can replay this body any more.
             shared.capped.store(true, Ordering::Release);
             self.chunks = Vec::new();
+            // Whoever waits in `poll_replayable` learns the answer now, not
+            // when the reader is dropped.
+            shared.slot().wake_all();
         } else {
             self.chunks.push(chunk.clone());
+        }
+    }
+}
+
+impl<B> Shared<B> {
+    fn slot(&self) -> MutexGuard<'_, Slot<B>> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<B> Slot<B> {
+    fn register(&mut self, waker: &Waker) {
+        if !self.waiting.iter().any(|w| w.will_wake(waker)) {
+            self.waiting.push(waker.clone());
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for waker in self.waiting.drain(..) {
+            waker.wake();
         }
     }
 }
@@ -420,11 +485,11 @@ impl<B> Recording<B> {
 impl<B> Drop for Reader<B> {
     fn drop(&mut self) {
         if let Some(recording) = self.owned.take() {
-            let mut slot = self.shared.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut slot = self.shared.slot();
             slot.recording = Some(recording);
-            if let Some(waker) = slot.waiting.take() {
-                waker.wake();
-            }
+            // Wake them all: the first to poll takes the recording, the
+            // others register again and are woken when it is dropped.
+            slot.wake_all();
         }
     }
 }

@@ -55,7 +55,9 @@ impl TokenManager {
         let (publish, outcome) = watch::channel(None);
         let flight = Flight { outcome };
         control.flight = Some(flight.clone());
-        self.shared.proactive_gate.store(u64::MAX, Ordering::Release);
+        self.shared
+            .proactive_gate
+            .store(u64::MAX, Ordering::Release);
         Counters::bump(&self.shared.stats.refreshes);
         let task = FlightTask {
             shared: Arc::clone(&self.shared),
@@ -172,7 +174,9 @@ impl FlightTask {
         drop(control);
         Counters::bump(&shared.stats.refresh_successes);
         shared.changed.notify_waiters();
-        snapshot.credential().expect("an installed snapshot has a header")
+        snapshot
+            .credential()
+            .expect("an installed snapshot has a header")
     }
 
     fn fail(&self, error: RefreshError, kind: ErrorKind) -> Error {

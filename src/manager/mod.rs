@@ -28,8 +28,8 @@ use crate::stats::Counters;
 use crate::{Error, RefreshError, RefreshReason, Stats, TokenSet};
 
 pub use failure::Backoff;
-pub(crate) use flight::Flight;
 use failure::Failure;
+pub(crate) use flight::Flight;
 pub(crate) use snapshot::{Credential, Freshness};
 use snapshot::{Prepared, Snapshot};
 use window::RefreshWindow;
@@ -257,7 +257,9 @@ impl TokenManager {
         }
         if let Some(failure) = control.failure.as_ref().filter(|f| f.blocks(now)) {
             if snapshot.is_valid(now) {
-                return snapshot.credential().map_or(Decision::GiveUp, Decision::Use);
+                return snapshot
+                    .credential()
+                    .map_or(Decision::GiveUp, Decision::Use);
             }
             return Decision::Fail(failure.to_error());
         }
@@ -324,6 +326,12 @@ impl TokenManager {
         Ok(())
     }
 
+    /// The bound on one refresh; also bounds how long a rejected request
+    /// waits for its body to be released before giving up the retry.
+    pub(crate) fn refresh_timeout(&self) -> Duration {
+        self.shared.config.refresh_timeout
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         self.shared.stats.snapshot()
     }
@@ -353,10 +361,7 @@ impl TokenManager {
                 .expires_at
                 .map(|e| e.saturating_duration_since(now)),
             refreshing: control.flight.is_some(),
-            reauth_required: control
-                .failure
-                .as_ref()
-                .is_some_and(|f| f.until.is_none()),
+            reauth_required: control.failure.as_ref().is_some_and(|f| f.until.is_none()),
             last_error: control.failure.as_ref().map(|f| Arc::clone(&f.error)),
         }
     }

@@ -45,8 +45,9 @@ impl Prepared {
         obtained_at: Instant,
         refreshed: bool,
     ) -> Result<Self, InvalidToken> {
-        let mut header = HeaderValue::try_from(format!("Bearer {}", tokens.access_token().expose()))
-            .map_err(|_| InvalidToken)?;
+        let mut header =
+            HeaderValue::try_from(format!("Bearer {}", tokens.access_token().expose()))
+                .map_err(|_| InvalidToken)?;
         // Sensitive headers are never HPACK-indexed and are redacted by
         // http's own Debug.
         header.set_sensitive(true);

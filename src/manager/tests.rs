@@ -1,0 +1,356 @@
+//! The manager's windows, failure classes, timer and task robustness, seen
+//! through the layer, on tokio's paused clock.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tower::ServiceBuilder;
+
+use crate::test_support::{burst, expect_error, failing, get, issuer, send, Api};
+use crate::{
+    refresh_fn, Backoff, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet, TokenState,
+};
+
+const HUNDRED: Duration = Duration::from_secs(100);
+
+fn bearer(result: &Result<(StatusCode, String), crate::BoxError>) -> String {
+    let (status, body) = result.as_ref().expect("request succeeded");
+    assert_eq!(*status, StatusCode::OK, "{body}");
+    body.split('|')
+        .next()
+        .unwrap()
+        .trim_start_matches("Bearer ")
+        .to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_window_keeps_using_the_old_token_while_one_background_refresh_runs() {
+    let api = Api::default();
+    api.accept("old");
+    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::from_secs(5));
+    // 100 s token: advisory window 50 s, mandatory 10 s.
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(HUNDRED))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let during = burst(&client, 100).await;
+    assert!(during.iter().all(|r| bearer(r) == "old"));
+    assert_eq!(
+        issuer.calls(),
+        1,
+        "one background refresh for 100 stale requests"
+    );
+    assert_eq!(handle.stats().waited, 0, "nobody waited");
+    assert!(handle.status().is_refreshing());
+
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = send(&client, get()).await;
+    assert_eq!(bearer(&after), "tok-1");
+    assert_eq!(
+        issuer.reasons.lock().unwrap().as_slice(),
+        [RefreshReason::Proactive]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn mandatory_window_makes_requests_wait_for_the_new_token() {
+    let api = Api::default();
+    api.accept("old");
+    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::from_secs(1));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(HUNDRED))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    tokio::time::advance(Duration::from_secs(95)).await;
+    let results = burst(&client, 20).await;
+
+    assert!(results.iter().all(|r| bearer(r) == "tok-1"));
+    assert_eq!(issuer.calls(), 1);
+    assert_eq!(handle.stats().waited, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn terminal_failure_fails_fast_and_calls_the_source_once_until_new_tokens_are_set() {
+    let api = Api::default();
+    let (source, calls) = failing(|| RefreshError::terminal("invalid_grant").with_status(400));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(
+            TokenSet::new("old")
+                .with_refresh_token("dead")
+                .with_expires_in(HUNDRED),
+        )
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    tokio::time::advance(Duration::from_secs(101)).await;
+
+    for _ in 0..5 {
+        let error = expect_error(send(&client, get()).await);
+        assert!(error.is_reauth_required(), "{error}");
+        assert_eq!(error.refresh_error().unwrap().status(), Some(400));
+    }
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert!(expect_error(send(&client, get()).await).is_reauth_required());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the source was called once"
+    );
+    assert_eq!(api.calls(), 0);
+    assert_eq!(handle.status().state(), TokenState::ReauthRequired);
+
+    api.accept("signed-in-again");
+    handle
+        .set_tokens(TokenSet::new("signed-in-again").with_expires_in(HUNDRED))
+        .unwrap();
+    assert_eq!(bearer(&send(&client, get()).await), "signed-in-again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_with_retry_after_means_no_refresh_call_before_it_elapses() {
+    let api = Api::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let accept = api.clone();
+    let source = refresh_fn(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let api = accept.clone();
+        async move {
+            if n == 0 {
+                return Err(RefreshError::rate_limited(Some(Duration::from_secs(30))));
+            }
+            api.accept("granted");
+            Ok(TokenSet::new("granted").with_expires_in(HUNDRED))
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source).build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    let error = expect_error(send(&client, get()).await);
+    assert!(error.is_refresh_failed());
+    assert!(error.refresh_error().unwrap().is_rate_limited());
+    for _ in 0..29 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(send(&client, get()).await.is_err());
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no call inside Retry-After"
+    );
+
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(bearer(&send(&client, get()).await), "granted");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limited_refresh_keeps_using_the_still_valid_token() {
+    let api = Api::default();
+    api.accept("old");
+    let (source, calls) = failing(|| RefreshError::rate_limited(Some(Duration::from_secs(60))));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(HUNDRED))
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    tokio::time::advance(Duration::from_secs(60)).await; // stale
+    for _ in 0..30 {
+        assert_eq!(bearer(&send(&client, get()).await), "old");
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_keep_a_valid_token_in_use_and_back_off() {
+    let api = Api::default();
+    api.accept("old");
+    let (source, calls) = failing(|| RefreshError::transient("503 from the IdP").with_status(503));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(HUNDRED))
+        .backoff(Backoff::new(Duration::from_secs(2), Duration::from_secs(8)))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    // Inside the mandatory window (from 90 s) but before the real expiry.
+    tokio::time::advance(Duration::from_secs(91)).await;
+    let mut ok = 0;
+    for _ in 0..80 {
+        let results = burst(&client, 5).await;
+        ok += results.iter().filter(|r| bearer(r) == "old").count();
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ok, 400,
+        "every request kept succeeding with the valid token"
+    );
+    // 8 s of failures with 1–2 s, 2–4 s, 4–8 s waits: at most 4 calls.
+    let made = calls.load(Ordering::SeqCst);
+    assert!(
+        (2..=4).contains(&made),
+        "backoff bounds the calls, made {made}"
+    );
+    assert_eq!(handle.stats().refresh_failures as usize, made);
+
+    tokio::time::advance(Duration::from_secs(2)).await; // past the real expiry
+    let error = expect_error(send(&client, get()).await);
+    assert!(error.is_refresh_failed(), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_refresh_times_out_and_every_waiter_gets_a_typed_error() {
+    let api = Api::default();
+    let source = refresh_fn(|_| async {
+        std::future::pending::<()>().await;
+        Ok::<_, RefreshError>(TokenSet::new("never"))
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .refresh_timeout(Duration::from_secs(3))
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    let results = burst(&client, 10).await;
+
+    for result in results {
+        let error = expect_error(result);
+        assert!(error.is_timeout(), "{error}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_refresh_source_fails_its_waiters_and_later_refreshes_still_run() {
+    let api = Api::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let accept = api.clone();
+    let source = refresh_fn(move |_| {
+        let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+        let api = accept.clone();
+        async move {
+            assert!(!first, "refresh source bug");
+            api.accept("second");
+            Ok::<_, RefreshError>(TokenSet::new("second"))
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .backoff(Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+        ))
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    let results = burst(&client, 10).await;
+    assert!(results
+        .into_iter()
+        .all(|r| expect_error(r).is_refresh_failed()));
+
+    tokio::time::advance(Duration::from_millis(20)).await;
+    assert_eq!(bearer(&send(&client, get()).await), "second");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_initial_tokens_the_first_request_acquires_one() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source).build();
+    let handle = layer.handle();
+    assert_eq!(handle.status().state(), TokenState::Missing);
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    assert_eq!(bearer(&send(&client, get()).await), "tok-1");
+    assert_eq!(
+        issuer.reasons.lock().unwrap().as_slice(),
+        [RefreshReason::Initial]
+    );
+    assert_eq!(handle.status().generation(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_timer_refreshes_at_the_advisory_point_without_traffic() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(HUNDRED))
+        .background_refresh(true)
+        .build();
+    let handle = layer.handle();
+
+    tokio::time::sleep(Duration::from_secs(49)).await;
+    assert_eq!(issuer.calls(), 0);
+    tokio::time::sleep(Duration::from_secs(2)).await; // advisory point at 50 s
+    assert_eq!(issuer.calls(), 1);
+    assert_eq!(
+        issuer.reasons.lock().unwrap().as_slice(),
+        [RefreshReason::Scheduled]
+    );
+    // The next token (100 s from 50 s) is refreshed at 100 s, and so on.
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    assert_eq!(issuer.calls(), 2);
+    assert_eq!(handle.status().generation(), 3);
+
+    drop((layer, handle));
+    tokio::time::sleep(Duration::from_secs(500)).await;
+    assert_eq!(issuer.calls(), 2, "the timer ends with the last handle");
+}
+
+#[tokio::test(start_paused = true)]
+async fn generations_strictly_increase_across_refreshes_and_set_tokens() {
+    let api = Api::default();
+    let (source, _issuer) = issuer(&api, Some(HUNDRED), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("t0"))
+        .build();
+    let handle = layer.handle();
+    let mut last = handle.status().generation();
+    for round in 0..10 {
+        if round % 3 == 0 {
+            handle
+                .set_tokens(TokenSet::new(format!("set-{round}")))
+                .unwrap();
+        } else {
+            handle.force_refresh().await.unwrap();
+        }
+        let now = handle.status().generation();
+        assert_eq!(now, last + 1);
+        last = now;
+    }
+    assert!(handle.set_tokens(TokenSet::new("bad\r\nheader")).is_err());
+    assert_eq!(
+        handle.status().generation(),
+        last,
+        "a refused token changes nothing"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_keeps_the_old_refresh_token_when_none_comes_back() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let source = refresh_fn(move |ctx| {
+        log.lock()
+            .unwrap()
+            .push(ctx.refresh_token().map(|t| t.expose().to_owned()));
+        async { Ok::<_, RefreshError>(TokenSet::new("a")) }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("a0").with_refresh_token("r0"))
+        .build();
+    let handle = layer.handle();
+    handle.force_refresh().await.unwrap();
+    handle.force_refresh().await.unwrap();
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [Some("r0".to_owned()), Some("r0".to_owned())]
+    );
+    assert!(handle.status().has_refresh_token());
+}

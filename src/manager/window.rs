@@ -133,7 +133,13 @@ mod tests {
     fn fraction_is_clamped_and_nan_is_zero() {
         let l = Duration::from_secs(10);
         assert_eq!(RefreshWindow::fraction(7.0).before_expiry(l), l);
-        assert_eq!(RefreshWindow::fraction(-1.0).before_expiry(l), Duration::ZERO);
-        assert_eq!(RefreshWindow::fraction(f64::NAN).before_expiry(l), Duration::ZERO);
+        assert_eq!(
+            RefreshWindow::fraction(-1.0).before_expiry(l),
+            Duration::ZERO
+        );
+        assert_eq!(
+            RefreshWindow::fraction(f64::NAN).before_expiry(l),
+            Duration::ZERO
+        );
     }
 }

@@ -10,12 +10,13 @@ use http::header::AUTHORIZATION;
 use http::request::Parts;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::Core;
 use crate::body::ReplayBody;
 use crate::classify::ClassifyRejection;
-use crate::manager::{Credential, Decision};
+use crate::manager::{Credential, Decision, Flight};
 use crate::refresh::BoxFuture;
 use crate::{BoxError, Error};
 
@@ -31,7 +32,11 @@ impl<S, B> RetryCopy<S, B> {
     /// `None` when the body cannot be replayed (retry off, or over the cap
     /// before sending): then nothing is copied at all.
     #[inline]
-    pub(crate) fn of(parts: &Parts, body: &ReplayBody<B>, service: impl FnOnce() -> S) -> Option<Self> {
+    pub(crate) fn of(
+        parts: &Parts,
+        body: &ReplayBody<B>,
+        service: impl FnOnce() -> S,
+    ) -> Option<Self> {
         let body = body.try_clone()?;
         Some(Self {
             service: service(),
@@ -42,7 +47,9 @@ impl<S, B> RetryCopy<S, B> {
 
     fn into_request(self, credential: Credential) -> (S, Request<ReplayBody<B>>) {
         let mut request = Request::from_parts(self.head, self.body);
-        request.headers_mut().insert(AUTHORIZATION, credential.header);
+        request
+            .headers_mut()
+            .insert(AUTHORIZATION, credential.header);
         (self.service, request)
     }
 }
@@ -57,13 +64,24 @@ fn copy_head(parts: &Parts) -> Parts {
     head.into_parts().0
 }
 
+/// What to do once a rejected request's body is known to be replayable.
+enum Next {
+    Retry(Credential),
+    Refresh(Flight),
+}
+
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<F, R> {
         // Waiting for a token before the first send.
         Acquiring { token: BoxFuture<Result<Credential, Error>> },
         // First send in flight.
         Sent { #[pin] fut: F },
+        // Rejected, retry planned: holds the rejection until the first
+        // attempt has released the body (or it outgrew the cap, or the
+        // bound passed), so that an unreplayable body still gets the
+        // original response back rather than a broken retry.
+        Settling { rejection: Option<R>, next: Option<Next>, bound: Pin<Box<Sleep>> },
         // Rejected: waiting for the refresh the rejection joined or started.
         Refreshing { token: BoxFuture<Result<Credential, Error>> },
         // Have a token for the retry; waiting for the service to be ready.
@@ -83,7 +101,7 @@ pin_project! {
         S: Service<Request<ReplayBody<B>>>,
     {
         #[pin]
-        state: State<S::Future>,
+        state: State<S::Future, S::Response>,
         // The request to send once a token arrives (Acquiring), or the copy
         // kept for the retry (Sent and later).
         pending: Option<RetryCopy<S, B>>,
@@ -113,7 +131,12 @@ where
         Self::with_state(State::Sent { fut }, retry, generation, Some(core))
     }
 
-    pub(crate) fn acquiring(service: S, head: Parts, body: ReplayBody<B>, core: Arc<Core<C>>) -> Self {
+    pub(crate) fn acquiring(
+        service: S,
+        head: Parts,
+        body: ReplayBody<B>,
+        core: Arc<Core<C>>,
+    ) -> Self {
         let token = Box::pin(core.manager.clone().acquire());
         let pending = RetryCopy {
             service,
@@ -124,7 +147,7 @@ where
     }
 
     fn with_state(
-        state: State<S::Future>,
+        state: State<S::Future, S::Response>,
         pending: Option<RetryCopy<S, B>>,
         generation: u64,
         core: Option<Arc<Core<C>>>,
@@ -162,7 +185,8 @@ where
                     let first = this.pending.take().expect("request kept while acquiring");
                     // `first.service` is the instance polled ready by the
                     // caller; the retry gets a clone.
-                    *this.pending = RetryCopy::of(&first.head, &first.body, || first.service.clone());
+                    *this.pending =
+                        RetryCopy::of(&first.head, &first.body, || first.service.clone());
                     *this.generation = credential.generation;
                     let (mut service, request) = first.into_request(credential);
                     let fut = service.call(request);
@@ -171,7 +195,10 @@ where
                 StateProj::Sent { fut } => {
                     let response = ready!(fut.poll(cx)).map_err(Into::into)?;
                     let core = this.core.as_ref().expect("set for managed requests");
-                    if !core.classifier.is_rejection(response.status(), response.headers()) {
+                    if !core
+                        .classifier
+                        .is_rejection(response.status(), response.headers())
+                    {
                         return Poll::Ready(Ok(response));
                     }
                     let decision = core.manager.rejected(*this.generation);
@@ -181,24 +208,51 @@ where
                     let Some(retry) = this.pending.take().filter(|r| !r.body.is_capped()) else {
                         return Poll::Ready(Ok(response));
                     };
-                    match decision {
+                    let next = match decision {
                         Decision::GiveUp => return Poll::Ready(Ok(response)),
                         Decision::Fail(error) => return Poll::Ready(Err(error.into())),
-                        Decision::Use(credential) => {
-                            this.state.set(State::RetryReady {
-                                credential: Some(credential),
-                            });
+                        Decision::Use(credential) => Next::Retry(credential),
+                        Decision::Wait(flight) => Next::Refresh(flight),
+                    };
+                    let bound = Box::pin(tokio::time::sleep(core.manager.refresh_timeout()));
+                    *this.pending = Some(retry);
+                    this.state.set(State::Settling {
+                        rejection: Some(response),
+                        next: Some(next),
+                        bound,
+                    });
+                }
+                StateProj::Settling {
+                    rejection,
+                    next,
+                    bound,
+                } => {
+                    let retry = this.pending.as_ref().expect("retry copy kept");
+                    let replayable = match retry.body.poll_replayable(cx) {
+                        Poll::Ready(replayable) => replayable,
+                        Poll::Pending => {
+                            ready!(bound.as_mut().poll(cx));
+                            false
                         }
-                        Decision::Wait(flight) => {
+                    };
+                    let rejection = rejection.take().expect("rejection kept while settling");
+                    if !replayable {
+                        *this.pending = None;
+                        return Poll::Ready(Ok(rejection));
+                    }
+                    // Dropped before waiting: frees the connection.
+                    drop(rejection);
+                    let core = this.core.as_ref().expect("set for managed requests");
+                    match next.take().expect("next step kept while settling") {
+                        Next::Retry(credential) => this.state.set(State::RetryReady {
+                            credential: Some(credential),
+                        }),
+                        Next::Refresh(flight) => {
                             core.manager.count_waited();
                             let token = Box::pin(core.manager.clone().wait(flight));
                             this.state.set(State::Refreshing { token });
                         }
                     }
-                    // Dropped before waiting: frees the connection and lets
-                    // the first attempt's body hand its recording over.
-                    drop(response);
-                    *this.pending = Some(retry);
                 }
                 StateProj::Refreshing { token } => {
                     let credential = ready!(token.as_mut().poll(cx))?;
@@ -221,7 +275,10 @@ where
                 StateProj::Retried { fut } => {
                     let response = ready!(fut.poll(cx)).map_err(Into::into)?;
                     let core = this.core.as_ref().expect("set for managed requests");
-                    if core.classifier.is_rejection(response.status(), response.headers()) {
+                    if core
+                        .classifier
+                        .is_rejection(response.status(), response.headers())
+                    {
                         // Never a second retry; the manager still learns that
                         // this token was rejected too and decides for the
                         // next requests.

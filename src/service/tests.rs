@@ -1,0 +1,418 @@
+//! Behaviour of the layer end to end, against in-process fakes and tokio's
+//! paused clock (no real sleeps).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body::Frame;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::test_support::{burst, expect_error, get, hold, issuer, post, send, Api, Frames};
+use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn ok_with(result: &Result<(StatusCode, String), crate::BoxError>, token: &str) -> bool {
+    matches!(result, Ok((StatusCode::OK, body)) if body.starts_with(&format!("Bearer {token}|")))
+}
+
+#[tokio::test(start_paused = true)]
+async fn thousand_concurrent_requests_with_an_expired_token_cause_one_refresh() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, Some(HOUR), Duration::from_millis(200));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_secs(1)))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    tokio::time::advance(Duration::from_secs(2)).await;
+
+    let results = burst(&client, 1000).await;
+
+    assert!(results.iter().all(|r| ok_with(r, "tok-1")));
+    assert_eq!(issuer.calls(), 1);
+    assert_eq!(handle.stats().refreshes, 1);
+    assert_eq!(handle.stats().waited, 1000);
+    assert_eq!(api.calls(), 1000, "nobody was sent with the expired token");
+}
+
+#[tokio::test(start_paused = true)]
+async fn thousand_requests_rejected_after_revocation_refresh_once_and_are_each_retried_once() {
+    let api = Api::default();
+    api.accept("old");
+    let (source, issuer) = issuer(&api, Some(HOUR), Duration::from_millis(100));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(HOUR))
+        .build();
+    let handle = layer.handle();
+    let (held, control) = hold(api.clone(), "old");
+    let client = ServiceBuilder::new().layer(layer).service(held);
+
+    let requests = tokio::spawn({
+        let client = client.clone();
+        async move { burst(&client, 1000).await }
+    });
+    control.wait_for(1000).await;
+    api.revoke("old");
+    control.release();
+    let results = requests.await.unwrap();
+
+    assert!(results.iter().all(|r| ok_with(r, "tok-1")));
+    assert_eq!(issuer.calls(), 1);
+    let stats = handle.stats();
+    assert_eq!(stats.refreshes, 1);
+    assert_eq!(stats.rejections, 1000);
+    assert_eq!(stats.retries, 1000);
+    assert_eq!(api.calls(), 2000, "each request sent exactly twice");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejection_of_an_already_replaced_token_retries_with_the_current_one_without_refreshing() {
+    let api = Api::default();
+    api.accept("old");
+    let (source, issuer) = issuer(&api, Some(HOUR), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(HOUR))
+        .build();
+    let handle = layer.handle();
+    let (held, control) = hold(api.clone(), "old");
+    let client = ServiceBuilder::new().layer(layer).service(held);
+
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { send(&client, get()).await }
+    });
+    control.wait_for(1).await;
+    handle.force_refresh().await.unwrap();
+    api.revoke("old");
+    control.release();
+
+    let result = in_flight.await.unwrap();
+    assert!(ok_with(&result, "tok-1"), "{result:?}");
+    assert_eq!(issuer.calls(), 1, "only the forced refresh ran");
+    let stats = handle.stats();
+    assert_eq!(stats.stale_rejections, 1);
+    assert_eq!(stats.retries, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_request_that_started_the_refresh_does_not_stall_the_others() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, Some(HOUR), Duration::from_secs(1));
+    let layer = TokenRefreshLayer::builder(source).build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { send(&client, get()).await }
+    });
+    while handle.stats().refreshes == 0 {
+        tokio::task::yield_now().await;
+    }
+    let others = tokio::spawn({
+        let client = client.clone();
+        async move { burst(&client, 50).await }
+    });
+    while handle.stats().waited < 51 {
+        tokio::task::yield_now().await;
+    }
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+
+    let results = others.await.unwrap();
+    assert!(results.iter().all(|r| ok_with(r, "tok-1")));
+    assert_eq!(issuer.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn second_rejection_on_the_retry_is_returned_to_the_caller_without_a_loop() {
+    let api = Api::default(); // accepts nothing
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("never-valid")) });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old"))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    let (status, _) = send(&client, get()).await.unwrap();
+
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.calls(), 2, "sent once, retried once, no more");
+    let stats = handle.stats();
+    assert_eq!(stats.refreshes, 1);
+    assert_eq!(stats.retries, 1);
+    assert_eq!(stats.rejections, 2, "the retry's rejection is reported too");
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_body_is_replayed_byte_for_byte_when_the_server_rejects_before_reading_it() {
+    let api = Api::default();
+    api.accept("old");
+    let (source, _issuer) = issuer(&api, Some(HOUR), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old"))
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    api.revoke("old");
+
+    let payload: String = (0..20_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let request = Request::post("/")
+        .body(http_body_util::Full::new(Bytes::from(payload.clone())))
+        .unwrap();
+    let (status, echo) = send(&client, request).await.unwrap();
+
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(echo, format!("Bearer tok-1|{payload}|-"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn streamed_body_with_trailers_is_replayed_on_retry() {
+    let api = Api::default();
+    api.accept("old");
+    let (source, _issuer) = issuer(&api, Some(HOUR), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old"))
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    api.revoke("old");
+
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-sum", "42".parse().unwrap());
+    let body = Frames(VecDeque::from([
+        Frame::data(Bytes::from_static(b"one,")),
+        Frame::data(Bytes::from_static(b"two")),
+        Frame::trailers(trailers),
+    ]));
+    let response = client
+        .oneshot(Request::post("/").body(body).unwrap())
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.into_body(), "Bearer tok-1|one,two|42");
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_over_the_replay_cap_is_not_retried_but_the_next_request_gets_the_new_token() {
+    let api = Api::default();
+    api.accept("old");
+    let (source, issuer) = issuer(&api, Some(HOUR), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old"))
+        .replay_cap(8)
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    api.revoke("old");
+
+    let (status, _) = send(&client, post("more than eight bytes")).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the original rejection");
+    assert_eq!(api.calls(), 1, "not retried");
+
+    let result = send(&client, post("small")).await;
+    assert!(ok_with(&result, "tok-1"), "{result:?}");
+    assert_eq!(issuer.calls(), 1, "the rejection still refreshed");
+    assert_eq!(handle.stats().retries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_with_its_own_authorization_is_neither_touched_nor_retried() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, Some(HOUR), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("ours"))
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    let request = Request::get("/")
+        .header("authorization", "Bearer theirs")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let (status, _) = send(&client, request).await.unwrap();
+
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.seen.lock().unwrap().as_slice(), ["Bearer theirs"]);
+    assert_eq!(issuer.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn plain_http_to_a_remote_host_is_refused_but_loopback_and_opt_in_are_allowed() {
+    let api = Api::default();
+    api.accept("t");
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    let strict = ServiceBuilder::new()
+        .layer(
+            TokenRefreshLayer::builder(source)
+                .initial_tokens(TokenSet::new("t"))
+                .build(),
+        )
+        .service(api.clone());
+    let to = |uri: &str| {
+        Request::get(uri)
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap()
+    };
+
+    let refused = expect_error(send(&strict, to("http://api.example.com/x")).await);
+    assert!(refused.is_insecure_transport());
+    assert_eq!(api.calls(), 0, "nothing was sent");
+    assert!(send(&strict, to("http://127.0.0.1:8080/x")).await.is_ok());
+    assert!(send(&strict, to("https://api.example.com/x")).await.is_ok());
+
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    let permissive = ServiceBuilder::new()
+        .layer(
+            TokenRefreshLayer::builder(source)
+                .initial_tokens(TokenSet::new("t"))
+                .allow_insecure_http(true)
+                .build(),
+        )
+        .service(api.clone());
+    assert!(send(&permissive, to("http://api.example.com/x"))
+        .await
+        .is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_outside_the_origin_allow_list_get_no_token() {
+    let api = Api::default();
+    api.accept("t");
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("t"))
+        .allowed_origins([http::Uri::from_static("https://api.example.com")])
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    let to = |uri: &str| {
+        Request::get(uri)
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap()
+    };
+
+    send(&client, to("https://api.example.com/v1"))
+        .await
+        .unwrap();
+    send(&client, to("https://tracker.example.net/pixel"))
+        .await
+        .unwrap();
+
+    assert_eq!(api.seen.lock().unwrap().as_slice(), ["Bearer t", ""]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_refresh_hook_finishes_before_any_request_uses_the_new_token() {
+    let api = Api::default();
+    let (source, _issuer) = issuer(&api, Some(HOUR), Duration::ZERO);
+    let persisted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&persisted);
+    let layer = TokenRefreshLayer::builder(source)
+        .on_refresh(move |tokens: &TokenSet| {
+            let log = Arc::clone(&log);
+            let token = tokens.access_token().expose().to_owned();
+            async move {
+                // A slow write, e.g. to a vault.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                log.lock().unwrap().push(token);
+            }
+        })
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    let result = send(&client, get()).await;
+
+    assert!(ok_with(&result, "tok-1"));
+    assert_eq!(persisted.lock().unwrap().as_slice(), ["tok-1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_token_rejected_at_once_is_not_refreshed_again() {
+    let api = Api::default();
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unloved")) });
+    let layer = TokenRefreshLayer::builder(source).build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    // First request acquires "unloved", which the API rejects.
+    let (status, _) = send(&client, get()).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = send(&client, get()).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        handle.stats().refreshes,
+        1,
+        "min_refresh_interval protects the IdP"
+    );
+    assert_eq!(api.calls(), 2, "and nothing was retried");
+
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let (status, _) = send(&client, get()).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        handle.stats().refreshes,
+        2,
+        "an older token may be refreshed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn injected_header_is_sensitive() {
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let record = Arc::clone(&seen);
+    let inner = tower::service_fn(
+        move |req: Request<crate::ReplayBody<crate::test_support::TestBody>>| {
+            *record.lock().unwrap() = req.headers().get("authorization").cloned();
+            async { Ok::<_, std::convert::Infallible>(http::Response::new(Bytes::new())) }
+        },
+    );
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("s3cr3t")) });
+    let client = ServiceBuilder::new()
+        .layer(TokenRefreshLayer::builder(source).build())
+        .service(inner);
+
+    send(&client, get()).await.unwrap();
+
+    let header = seen.lock().unwrap().clone().expect("header injected");
+    assert!(header.is_sensitive());
+    assert_eq!(header, "Bearer s3cr3t");
+    assert!(!format!("{header:?}").contains("s3cr3t"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn debug_output_of_public_types_never_contains_a_token() {
+    let api = Api::default();
+    let source = refresh_fn(|_| async {
+        Err::<TokenSet, _>(RefreshError::terminal("refresh token rejected").with_status(401))
+    });
+    let tokens = TokenSet::new("ACCESS-SECRET")
+        .with_refresh_token("REFRESH-SECRET")
+        .with_expires_in(Duration::from_secs(1));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(tokens.clone())
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(api.clone());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let error = expect_error(send(&client, get()).await);
+
+    let rendered = format!(
+        "{tokens:?} {:?} {} {handle:?} {layer:?} {client:?} {error:?} {error} {:?} {:?}",
+        tokens.access_token(),
+        tokens.access_token(),
+        handle.status(),
+        handle.tokens(),
+    );
+    assert!(!rendered.contains("ACCESS-SECRET"), "{rendered}");
+    assert!(!rendered.contains("REFRESH-SECRET"), "{rendered}");
+    assert!(
+        rendered.contains("refresh token rejected"),
+        "errors still say what happened"
+    );
+}

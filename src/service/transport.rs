@@ -57,7 +57,11 @@ pub struct InvalidOrigin(pub(crate) String);
 
 impl std::fmt::Display for InvalidOrigin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid origin {:?}: expected scheme://host[:port]", self.0)
+        write!(
+            f,
+            "invalid origin {:?}: expected scheme://host[:port]",
+            self.0
+        )
     }
 }
 

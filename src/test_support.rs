@@ -1,0 +1,303 @@
+//! In-process fakes for unit tests: an API that accepts only tokens its
+//! issuer handed out, and an issuer that counts its calls. Integration tests
+//! in `tests/` use real loopback servers instead.
+
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceExt};
+
+use crate::{refresh_fn, BoxError, Refresh, RefreshContext, RefreshError, ReplayBody, TokenSet};
+
+pub(crate) type TestBody = Full<Bytes>;
+
+/// What the fake API saw and accepts.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Api {
+    valid: Arc<Mutex<HashSet<String>>>,
+    pub(crate) calls: Arc<AtomicUsize>,
+    /// Bearer values of every request, in arrival order.
+    pub(crate) seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Api {
+    pub(crate) fn accept(&self, token: &str) {
+        self.valid.lock().unwrap().insert(token.to_owned());
+    }
+
+    pub(crate) fn revoke(&self, token: &str) {
+        self.valid.lock().unwrap().remove(token);
+    }
+
+    pub(crate) fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Answers 401 without reading the body when the token is not valid;
+/// otherwise echoes `"<authorization>|<body>|<trailer x-sum or ->"`.
+impl<B> Service<Request<ReplayBody<B>>> for Api
+where
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Bytes>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Bytes>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReplayBody<B>>) -> Self::Future {
+        let api = self.clone();
+        Box::pin(async move {
+            api.calls.fetch_add(1, Ordering::SeqCst);
+            let auth = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            api.seen.lock().unwrap().push(auth.clone());
+            let token = auth.strip_prefix("Bearer ").unwrap_or_default();
+            if !api.valid.lock().unwrap().contains(token) {
+                return Ok(Response::builder()
+                    .status(StatusCode::UNAUTHORIZED)
+                    .body(Bytes::new())
+                    .unwrap());
+            }
+            let collected = req.into_body().collect().await.expect("body readable");
+            let trailer = collected
+                .trailers()
+                .and_then(|t| t.get("x-sum"))
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_else(|| "-".into());
+            let body = collected.to_bytes();
+            let echo = format!("{auth}|{}|{trailer}", String::from_utf8_lossy(&body));
+            Ok(Response::new(Bytes::from(echo)))
+        })
+    }
+}
+
+/// A body made of the given frames, delivered one per poll.
+pub(crate) struct Frames(pub(crate) VecDeque<Frame<Bytes>>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// An issuer that registers each token it hands out with `api`.
+pub(crate) struct Issuer {
+    pub(crate) calls: Arc<AtomicUsize>,
+    pub(crate) reasons: Arc<Mutex<Vec<crate::RefreshReason>>>,
+}
+
+impl Issuer {
+    pub(crate) fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Tokens `tok-1`, `tok-2`, … each living `lifetime`, after `delay`.
+pub(crate) fn issuer(
+    api: &Api,
+    lifetime: Option<Duration>,
+    delay: Duration,
+) -> (impl Refresh, Issuer) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let handle = Issuer {
+        calls: Arc::clone(&calls),
+        reasons: Arc::clone(&reasons),
+    };
+    let api = api.clone();
+    let source = refresh_fn(move |ctx: RefreshContext| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        reasons.lock().unwrap().push(ctx.reason());
+        let api = api.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            let token = format!("tok-{n}");
+            api.accept(&token);
+            let mut tokens = TokenSet::new(token);
+            if let Some(lifetime) = lifetime {
+                tokens = tokens.with_expires_in(lifetime);
+            }
+            Ok::<_, RefreshError>(tokens)
+        }
+    });
+    (source, handle)
+}
+
+/// A refresh source that fails with `make()` on every call, counting them.
+pub(crate) fn failing(
+    make: impl Fn() -> RefreshError + Send + Sync + 'static,
+) -> (impl Refresh, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = refresh_fn(move |_ctx| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let error = make();
+        async move { Err::<TokenSet, _>(error) }
+    });
+    (source, calls)
+}
+
+pub(crate) fn get() -> Request<TestBody> {
+    Request::new(Full::new(Bytes::new()))
+}
+
+pub(crate) fn post(body: &'static str) -> Request<TestBody> {
+    Request::post("/")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+/// Sends one request and returns the status and the echoed body. Clones
+/// the client before returning, so the future borrows nothing.
+pub(crate) fn send<S>(
+    client: &S,
+    request: Request<TestBody>,
+) -> impl Future<Output = Result<(StatusCode, String), BoxError>>
+where
+    S: Service<Request<TestBody>, Response = Response<Bytes>, Error = BoxError> + Clone,
+{
+    let response = client.clone().oneshot(request);
+    async move {
+        let response = response.await?;
+        let status = response.status();
+        Ok((
+            status,
+            String::from_utf8(response.into_body().to_vec()).unwrap(),
+        ))
+    }
+}
+
+/// Spawns `n` concurrent requests and returns their results.
+pub(crate) async fn burst<S>(client: &S, n: usize) -> Vec<Result<(StatusCode, String), BoxError>>
+where
+    S: Service<Request<TestBody>, Response = Response<Bytes>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { send(&client, get()).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for task in tasks {
+        results.push(task.await.expect("request task panicked"));
+    }
+    results
+}
+
+/// Wraps a service and holds every request sent with `Bearer <token>` until
+/// released, like a slow server: lets a test put many requests in flight
+/// with the same token before any is answered.
+#[derive(Clone)]
+pub(crate) struct Hold<S> {
+    inner: S,
+    bearer: String,
+    arrived: Arc<AtomicUsize>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+pub(crate) struct HoldControl {
+    arrived: Arc<AtomicUsize>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl HoldControl {
+    /// Yields until `n` held requests have arrived.
+    pub(crate) async fn wait_for(&self, n: usize) {
+        while self.arrived.load(Ordering::SeqCst) < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    pub(crate) fn release(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+pub(crate) fn hold<S>(inner: S, token: &str) -> (Hold<S>, HoldControl) {
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    let hold = Hold {
+        inner,
+        bearer: format!("Bearer {token}"),
+        arrived: Arc::clone(&arrived),
+        open: open_rx,
+    };
+    (
+        hold,
+        HoldControl {
+            arrived,
+            open: open_tx,
+        },
+    )
+}
+
+impl<S, B> Service<Request<B>> for Hold<S>
+where
+    S: Service<Request<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let held = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes() == self.bearer.as_bytes());
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut open = self.open.clone();
+        let arrived = Arc::clone(&self.arrived);
+        Box::pin(async move {
+            if held {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                let _ = open.wait_for(|open| *open).await;
+            }
+            inner.call(req).await
+        })
+    }
+}
+
+/// The layer's typed error behind a failed request.
+pub(crate) fn expect_error<T: std::fmt::Debug>(result: Result<T, BoxError>) -> crate::Error {
+    let error = result.expect_err("expected the layer to fail the request");
+    error
+        .downcast_ref::<crate::Error>()
+        .expect("a tower_token_refresh::Error")
+        .clone()
+}
