@@ -183,41 +183,89 @@ pub struct TokenStatus {
 
 impl TokenStatus {
     /// Increases by one with every new token.
+    ///
+    /// ```
+    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
+    /// let _ = handle.status().generation();
+    /// # }
+    /// ```
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
     /// Where the token stands.
+    ///
+    /// ```
+    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
+    /// let _ = handle.status().state();
+    /// # }
+    /// ```
     pub fn state(&self) -> TokenState {
         self.state
     }
 
     /// Whether a token is held.
+    ///
+    /// ```
+    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
+    /// let _ = handle.status().has_token();
+    /// # }
+    /// ```
     pub fn has_token(&self) -> bool {
         self.has_token
     }
 
     /// Whether a refresh token is held.
+    ///
+    /// ```
+    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
+    /// let _ = handle.status().has_refresh_token();
+    /// # }
+    /// ```
     pub fn has_refresh_token(&self) -> bool {
         self.has_refresh_token
     }
 
     /// Time left until the access token's real expiry, if known.
+    ///
+    /// ```
+    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
+    /// let _ = handle.status().expires_in();
+    /// # }
+    /// ```
     pub fn expires_in(&self) -> Option<Duration> {
         self.expires_in
     }
 
     /// Whether a refresh is running now.
+    ///
+    /// ```
+    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
+    /// let _ = handle.status().is_refreshing();
+    /// # }
+    /// ```
     pub fn is_refreshing(&self) -> bool {
         self.refreshing
     }
 
     /// Whether a terminal refresh failure requires new tokens.
+    ///
+    /// ```
+    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
+    /// let _ = handle.status().is_reauth_required();
+    /// # }
+    /// ```
     pub fn is_reauth_required(&self) -> bool {
         self.state == TokenState::ReauthRequired
     }
 
     /// The last refresh failure, while it still affects refreshing.
+    ///
+    /// ```
+    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
+    /// let _ = handle.status().last_error();
+    /// # }
+    /// ```
     pub fn last_error(&self) -> Option<&RefreshError> {
         self.last_error.as_deref()
     }

@@ -58,6 +58,16 @@ impl Builder<Unauthorized> {
 impl<C> Builder<C> {
     /// Tokens to start with. Without them, the first request acquires one
     /// (with [`RefreshReason::Initial`](crate::RefreshReason::Initial)).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let layer = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("a").with_refresh_token("r"))
+    ///     .build();
+    /// assert!(layer.handle().status().has_token());
+    /// ```
     pub fn initial_tokens(mut self, tokens: TokenSet) -> Self {
         self.initial = Some(tokens);
         self
@@ -65,6 +75,16 @@ impl<C> Builder<C> {
 
     /// When a token turns stale: requests still use it while one background
     /// refresh runs. Default: `min(lifetime / 2, 5 min)` before expiry.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// use tower_token_refresh::RefreshWindow;
+    /// let builder = TokenRefreshLayer::builder(source)
+    ///     .advisory_window(RefreshWindow::fraction(0.25).at_most(Duration::from_secs(60)));
+    /// # let _ = builder;
+    /// ```
     pub fn advisory_window(mut self, window: RefreshWindow) -> Self {
         self.config.advisory = window;
         self
@@ -73,6 +93,16 @@ impl<C> Builder<C> {
     /// When a token counts as expired: requests wait for a new one. Default:
     /// `min(lifetime / 10, 10 s)` before expiry. Never larger than the
     /// advisory window.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// use tower_token_refresh::RefreshWindow;
+    /// let builder = TokenRefreshLayer::builder(source)
+    ///     .mandatory_window(RefreshWindow::fixed(Duration::from_secs(30)));
+    /// # let _ = builder;
+    /// ```
     pub fn mandatory_window(mut self, window: RefreshWindow) -> Self {
         self.config.mandatory = window;
         self
@@ -80,6 +110,14 @@ impl<C> Builder<C> {
 
     /// How long one refresh call may take before it counts as a transient
     /// failure. Default: 10 s.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let builder = TokenRefreshLayer::builder(source).refresh_timeout(Duration::from_secs(3));
+    /// # let _ = builder;
+    /// ```
     pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
         self.config.refresh_timeout = timeout;
         self
@@ -88,6 +126,14 @@ impl<C> Builder<C> {
     /// A token we refreshed less than this long ago is not refreshed again
     /// when a server rejects it; the rejection is returned as it is. Protects
     /// the identity server from an API that misuses 401. Default: 5 s.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let builder = TokenRefreshLayer::builder(source).min_refresh_interval(Duration::from_secs(1));
+    /// # let _ = builder;
+    /// ```
     pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
         self.config.min_refresh_interval = interval;
         self
@@ -95,6 +141,16 @@ impl<C> Builder<C> {
 
     /// Backoff after transient failures (and rate limits without
     /// `Retry-After`). Default: 1 s doubling to 60 s, with jitter.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// use tower_token_refresh::Backoff;
+    /// let builder = TokenRefreshLayer::builder(source)
+    ///     .backoff(Backoff::new(Duration::from_millis(250), Duration::from_secs(30)));
+    /// # let _ = builder;
+    /// ```
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.config.backoff = backoff;
         self
@@ -103,6 +159,14 @@ impl<C> Builder<C> {
     /// Refresh at the advisory point even when no request arrives (needed
     /// by sliding-refresh APIs whose token cannot refresh itself once
     /// expired). Default: off.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let builder = TokenRefreshLayer::builder(source).background_refresh(true);
+    /// # let _ = builder;
+    /// ```
     pub fn background_refresh(mut self, enabled: bool) -> Self {
         self.config.background = enabled;
         self
@@ -159,6 +223,14 @@ impl<C> Builder<C> {
     /// Whether a rejected request is sent again once with a new token.
     /// Default: on. Off, the layer keeps no copy of the request and costs
     /// what a static header costs; rejections still trigger a refresh.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let builder = TokenRefreshLayer::builder(source).reactive_retry(false);
+    /// # let _ = builder;
+    /// ```
     pub fn reactive_retry(mut self, enabled: bool) -> Self {
         self.reactive_retry = enabled;
         self
@@ -166,6 +238,14 @@ impl<C> Builder<C> {
 
     /// How many body bytes are kept for a retry; larger bodies are not
     /// retried. Default: 64 KiB.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let builder = TokenRefreshLayer::builder(source).replay_cap(1024 * 1024);
+    /// # let _ = builder;
+    /// ```
     pub fn replay_cap(mut self, cap: usize) -> Self {
         self.replay_cap = cap;
         self
@@ -173,6 +253,14 @@ impl<C> Builder<C> {
 
     /// Send the token over plain `http://` to hosts that are not loopback.
     /// Default: refused with [`Error::is_insecure_transport`](crate::Error::is_insecure_transport).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let builder = TokenRefreshLayer::builder(source).allow_insecure_http(true);
+    /// # let _ = builder;
+    /// ```
     pub fn allow_insecure_http(mut self, allowed: bool) -> Self {
         self.rules.allow_insecure = allowed;
         self
@@ -204,6 +292,15 @@ impl<C> Builder<C> {
 
     /// Builds the layer. Spawns nothing unless background refresh is on and
     /// a tokio runtime is running (otherwise the timer starts on first use).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let layer = TokenRefreshLayer::builder(source).build();
+    /// let handle = layer.handle();
+    /// assert_eq!(handle.stats().refreshes, 0);
+    /// ```
     pub fn build(self) -> TokenRefreshLayer<C> {
         let manager = TokenManager::new(self.refresher, self.config, self.initial);
         TokenRefreshLayer {

@@ -56,6 +56,12 @@ pub(crate) struct Core<C> {
 /// # }
 /// ```
 ///
+/// # Runtime
+///
+/// Refreshes run in tasks spawned on the current tokio runtime, with
+/// timeouts: the runtime needs its time driver (`enable_time`, on by default
+/// with `#[tokio::main]`).
+///
 /// # Clone
 ///
 /// Clones share the token state.

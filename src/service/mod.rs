@@ -79,21 +79,45 @@ impl<S, C> TokenRefresh<S, C> {
     }
 
     /// The inner service.
+    ///
+    /// ```
+    /// # fn f<S>(mut service: tower_token_refresh::TokenRefresh<S>) {
+    /// let _inner: &S = service.get_ref();
+    /// # }
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
     /// The inner service, mutably.
+    ///
+    /// ```
+    /// # fn f<S>(mut service: tower_token_refresh::TokenRefresh<S>) {
+    /// let _inner: &mut S = service.get_mut();
+    /// # }
+    /// ```
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
 
     /// Consumes `self`, returning the inner service.
+    ///
+    /// ```
+    /// # fn f<S>(mut service: tower_token_refresh::TokenRefresh<S>) {
+    /// let _inner: S = service.into_inner();
+    /// # }
+    /// ```
     pub fn into_inner(self) -> S {
         self.inner
     }
 
     /// A handle on the shared token state.
+    ///
+    /// ```
+    /// # fn f<S>(mut service: tower_token_refresh::TokenRefresh<S>) {
+    /// let _stats = service.handle().stats();
+    /// # }
+    /// ```
     pub fn handle(&self) -> TokenHandle {
         TokenHandle::new(self.core.manager.clone())
     }
@@ -101,7 +125,7 @@ impl<S, C> TokenRefresh<S, C> {
 
 impl<S, C, B, ResBody> Service<Request<B>> for TokenRefresh<S, C>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
     B: Body,
     C: ClassifyRejection,
