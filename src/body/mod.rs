@@ -105,7 +105,7 @@ struct Recording<B> {
 }
 
 struct Slot<B> {
-    recording: Option<Recording<B>>,
+    recording: Option<Box<Recording<B>>>,
     /// Every instance waiting for the recording. A single slot lost wakeups:
     /// with two instances waiting, the second overwrote the first's waker,
     /// and the first was never woken again.
@@ -122,7 +122,9 @@ struct Shared<B> {
 /// One instance's view: its position, and the recording while it reads.
 struct Reader<B> {
     shared: Arc<Shared<B>>,
-    owned: Option<Recording<B>>,
+    // Boxed so that the body, which travels inside every request, stays
+    // small: moving requests around is on the hot path.
+    owned: Option<Box<Recording<B>>>,
     frames_sent: usize,
     bytes_sent: usize,
     trailers_sent: bool,
@@ -162,14 +164,14 @@ where
             cap,
             initial_hint: hint,
         });
-        let recording = Recording {
+        let recording = Box::new(Recording {
             chunks: Vec::new(),
             recorded_bytes: 0,
             frames_read: 0,
             trailers: None,
             rest: Some(Box::pin(body)),
             failed: false,
-        };
+        });
         Ok(Self {
             inner: Inner::Replay {
                 reader: Reader::new(shared, Some(recording)),
@@ -315,7 +317,7 @@ where
 }
 
 impl<B> Reader<B> {
-    fn new(shared: Arc<Shared<B>>, owned: Option<Recording<B>>) -> Self {
+    fn new(shared: Arc<Shared<B>>, owned: Option<Box<Recording<B>>>) -> Self {
         Self {
             shared,
             owned,

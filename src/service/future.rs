@@ -64,6 +64,17 @@ fn copy_head(parts: &Parts) -> Parts {
     head.into_parts().0
 }
 
+pin_project! {
+    // A rejection held until the body is known to be replayable (boxed: a
+    // rare path, kept out of the size of every response future).
+    struct Settle<R> {
+        rejection: Option<R>,
+        next: Option<Next>,
+        #[pin]
+        bound: Sleep,
+    }
+}
+
 /// What to do once a rejected request's body is known to be replayable.
 enum Next {
     Retry(Credential),
@@ -81,7 +92,7 @@ pin_project! {
         // attempt has released the body (or it outgrew the cap, or the
         // bound passed), so that an unreplayable body still gets the
         // original response back rather than a broken retry.
-        Settling { rejection: Option<R>, next: Option<Next>, bound: Pin<Box<Sleep>> },
+        Settling { settle: Pin<Box<Settle<R>>> },
         // Rejected: waiting for the refresh the rejection joined or started.
         Refreshing { token: BoxFuture<Result<Credential, Error>> },
         // Have a token for the retry; waiting for the service to be ready.
@@ -214,24 +225,23 @@ where
                         Decision::Use(credential) => Next::Retry(credential),
                         Decision::Wait(flight) => Next::Refresh(flight),
                     };
-                    let bound = Box::pin(tokio::time::sleep(core.manager.refresh_timeout()));
                     *this.pending = Some(retry);
                     this.state.set(State::Settling {
-                        rejection: Some(response),
-                        next: Some(next),
-                        bound,
+                        settle: Box::pin(Settle {
+                            rejection: Some(response),
+                            next: Some(next),
+                            bound: tokio::time::sleep(core.manager.refresh_timeout()),
+                        }),
                     });
                 }
-                StateProj::Settling {
-                    rejection,
-                    next,
-                    bound,
-                } => {
+                StateProj::Settling { settle } => {
+                    let settle = settle.as_mut().project();
+                    let (rejection, next, bound) = (settle.rejection, settle.next, settle.bound);
                     let retry = this.pending.as_ref().expect("retry copy kept");
                     let replayable = match retry.body.poll_replayable(cx) {
                         Poll::Ready(replayable) => replayable,
                         Poll::Pending => {
-                            ready!(bound.as_mut().poll(cx));
+                            ready!(bound.poll(cx));
                             false
                         }
                     };
