@@ -10,10 +10,37 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body::Frame;
 use tower::{ServiceBuilder, ServiceExt};
 
-use crate::test_support::{burst, expect_error, get, hold, issuer, post, send, Api, Frames};
-use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+use crate::test_support::{
+    burst, expect_error, get, hold, issuer, post, send, Api, Frames, Issuer,
+};
+use crate::{refresh_fn, RefreshError, TokenRefresh, TokenRefreshLayer, TokenSet};
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// An API that accepted `old`, an issuer of `tok-N`, and a layer starting
+/// with `old`; `configure` adjusts the builder.
+fn old_token_layer(
+    api: &Api,
+    delay: Duration,
+    configure: impl FnOnce(crate::Builder) -> crate::Builder,
+) -> (TokenRefreshLayer, Issuer) {
+    api.accept("old");
+    let (source, issuer) = issuer(api, Some(HOUR), delay);
+    let builder = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(HOUR));
+    (configure(builder).build(), issuer)
+}
+
+/// A client whose token `old` the API has just revoked.
+fn revoked_client(
+    api: &Api,
+    configure: impl FnOnce(crate::Builder) -> crate::Builder,
+) -> (TokenRefresh<Api>, Issuer) {
+    let (layer, issuer) = old_token_layer(api, Duration::ZERO, configure);
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    api.revoke("old");
+    (client, issuer)
+}
 
 fn ok_with(result: &Result<(StatusCode, String), crate::BoxError>, token: &str) -> bool {
     matches!(result, Ok((StatusCode::OK, body)) if body.starts_with(&format!("Bearer {token}|")))
@@ -42,11 +69,7 @@ async fn thousand_concurrent_requests_with_an_expired_token_cause_one_refresh() 
 #[tokio::test(start_paused = true)]
 async fn thousand_requests_rejected_after_revocation_refresh_once_and_are_each_retried_once() {
     let api = Api::default();
-    api.accept("old");
-    let (source, issuer) = issuer(&api, Some(HOUR), Duration::from_millis(100));
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("old").with_expires_in(HOUR))
-        .build();
+    let (layer, issuer) = old_token_layer(&api, Duration::from_millis(100), |b| b);
     let handle = layer.handle();
     let (held, control) = hold(api.clone(), "old");
     let client = ServiceBuilder::new().layer(layer).service(held);
@@ -72,11 +95,7 @@ async fn thousand_requests_rejected_after_revocation_refresh_once_and_are_each_r
 #[tokio::test(start_paused = true)]
 async fn rejection_of_an_already_replaced_token_retries_with_the_current_one_without_refreshing() {
     let api = Api::default();
-    api.accept("old");
-    let (source, issuer) = issuer(&api, Some(HOUR), Duration::ZERO);
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("old").with_expires_in(HOUR))
-        .build();
+    let (layer, issuer) = old_token_layer(&api, Duration::ZERO, |b| b);
     let handle = layer.handle();
     let (held, control) = hold(api.clone(), "old");
     let client = ServiceBuilder::new().layer(layer).service(held);
@@ -151,13 +170,7 @@ async fn second_rejection_on_the_retry_is_returned_to_the_caller_without_a_loop(
 #[tokio::test(start_paused = true)]
 async fn post_body_is_replayed_byte_for_byte_when_the_server_rejects_before_reading_it() {
     let api = Api::default();
-    api.accept("old");
-    let (source, _issuer) = issuer(&api, Some(HOUR), Duration::ZERO);
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("old"))
-        .build();
-    let client = ServiceBuilder::new().layer(layer).service(api.clone());
-    api.revoke("old");
+    let (client, _issuer) = revoked_client(&api, |b| b);
 
     let payload: String = (0..20_000)
         .map(|i| char::from(b'a' + (i % 26) as u8))
@@ -174,13 +187,7 @@ async fn post_body_is_replayed_byte_for_byte_when_the_server_rejects_before_read
 #[tokio::test(start_paused = true)]
 async fn streamed_body_with_trailers_is_replayed_on_retry() {
     let api = Api::default();
-    api.accept("old");
-    let (source, _issuer) = issuer(&api, Some(HOUR), Duration::ZERO);
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("old"))
-        .build();
-    let client = ServiceBuilder::new().layer(layer).service(api.clone());
-    api.revoke("old");
+    let (client, _issuer) = revoked_client(&api, |b| b);
 
     let mut trailers = HeaderMap::new();
     trailers.insert("x-sum", "42".parse().unwrap());
@@ -201,15 +208,8 @@ async fn streamed_body_with_trailers_is_replayed_on_retry() {
 #[tokio::test(start_paused = true)]
 async fn body_over_the_replay_cap_is_not_retried_but_the_next_request_gets_the_new_token() {
     let api = Api::default();
-    api.accept("old");
-    let (source, issuer) = issuer(&api, Some(HOUR), Duration::ZERO);
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("old"))
-        .replay_cap(8)
-        .build();
-    let handle = layer.handle();
-    let client = ServiceBuilder::new().layer(layer).service(api.clone());
-    api.revoke("old");
+    let (client, issuer) = revoked_client(&api, |b| b.replay_cap(8));
+    let handle = client.handle();
 
     let (status, _) = send(&client, post("more than eight bytes")).await.unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the original rejection");
@@ -415,4 +415,62 @@ async fn debug_output_of_public_types_never_contains_a_token() {
         rendered.contains("refresh token rejected"),
         "errors still say what happened"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_unauthenticated_in_a_trailers_only_response_is_refreshed_and_retried() {
+    use crate::classify::Grpc;
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    // A gRPC server: HTTP 200 always; grpc-status 16 in the headers unless
+    // the call carries the refreshed token.
+    let grpc = tower::service_fn(
+        move |req: Request<crate::ReplayBody<crate::test_support::TestBody>>| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let ok = req.headers()["authorization"] == "Bearer fresh";
+            async move {
+                let status = if ok { "0" } else { "16" };
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", status)
+                        .body(Bytes::new())
+                        .unwrap(),
+                )
+            }
+        },
+    );
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("fresh")) });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("revoked"))
+        .classifier(Grpc)
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(grpc);
+
+    let response = client.oneshot(get()).await.unwrap();
+
+    assert_eq!(response.headers()["grpc-status"], "0");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!((handle.stats().refreshes, handle.stats().retries), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closure_classifier_decides_what_counts_as_a_rejection() {
+    use crate::classify::classify_fn;
+    let api = Api::default(); // answers 401 to everything
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    // Treat nothing as a rejection: the 401 goes straight back.
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("t"))
+        .classifier(classify_fn(|_status, _headers: &HeaderMap| false))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    let (status, _) = send(&client, get()).await.unwrap();
+
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.calls(), 1);
+    assert_eq!(handle.stats().rejections, 0);
 }
