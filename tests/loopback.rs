@@ -131,10 +131,9 @@ async fn thousand_requests_rejected_after_revocation_refresh_once_and_are_retrie
         let (identity, api, cognito, login) =
             servers(IdentityServer::builder().start().await).await;
         let layer = TokenRefreshLayer::builder(refresher(&cognito))
+            // Tokens handed in (not refreshed by the layer) are never held
+            // back by min_refresh_interval: this one is milliseconds old.
             .initial_tokens(login)
-            // The revoked token is milliseconds old: it must still be
-            // replaceable.
-            .min_refresh_interval(Duration::ZERO)
             .build();
         let handle = layer.handle();
         let client = authed_client(layer);
@@ -170,7 +169,6 @@ async fn post_body_is_replayed_when_the_server_rejects_before_reading_it() {
             servers(IdentityServer::builder().start().await).await;
         let layer = TokenRefreshLayer::builder(refresher(&cognito))
             .initial_tokens(login)
-            .min_refresh_interval(Duration::ZERO)
             .build();
         let handle = layer.handle();
         let client = authed_client(layer);
@@ -206,7 +204,6 @@ async fn body_over_the_replay_cap_is_not_retried_and_the_401_is_returned() {
             servers(IdentityServer::builder().start().await).await;
         let layer = TokenRefreshLayer::builder(refresher(&cognito))
             .initial_tokens(login)
-            .min_refresh_interval(Duration::ZERO)
             .replay_cap(1024)
             .build();
         let handle = layer.handle();
@@ -337,7 +334,6 @@ async fn revoked_refresh_token_fails_fast_with_reauth_required() {
             servers(IdentityServer::builder().start().await).await;
         let layer = TokenRefreshLayer::builder(refresher(&cognito))
             .initial_tokens(login)
-            .min_refresh_interval(Duration::ZERO)
             .build();
         let handle = layer.handle();
         let client = authed_client(layer);
