@@ -30,8 +30,9 @@ use crate::{Error, RefreshError, RefreshReason, Stats, TokenSet};
 pub use failure::Backoff;
 use failure::Failure;
 pub(crate) use flight::Flight;
+use snapshot::Prepared;
+pub(crate) use snapshot::Snapshot;
 pub(crate) use snapshot::{Credential, Freshness};
-use snapshot::{Prepared, Snapshot};
 use window::RefreshWindow;
 
 /// Called with the new tokens after each successful refresh, before any
@@ -158,24 +159,28 @@ impl TokenManager {
         manager
     }
 
+    /// A per-caller cache of the current snapshot: revalidating it is one
+    /// relaxed pointer load, cheaper than a fresh `ArcSwap::load`.
+    pub(crate) fn snapshot_cache(&self) -> SnapshotCache {
+        arc_swap::Cache::new(SnapshotCell(Arc::clone(&self.shared)))
+    }
+
     /// The hot path: a credential if the current token may be sent now.
     ///
     /// Lock-free. In the stale window it also starts one background refresh
     /// (unless one runs or a backoff is active, which the gate tells without
     /// the lock).
     #[inline]
-    pub(crate) fn ready(&self) -> Option<Credential> {
+    pub(crate) fn ready(&self, cache: &mut SnapshotCache) -> Option<Credential> {
         let shared = &*self.shared;
-        if shared.config.background && !shared.timer_started.load(Ordering::Relaxed) {
+        if !shared.timer_started.load(Ordering::Relaxed) {
             self.ensure_timer();
         }
-        let snapshot = shared.snapshot.load();
-        let mut now = None;
-        match snapshot.freshness(|| *now.insert(Instant::now())) {
+        let snapshot = cache.load();
+        match snapshot.freshness_fast() {
             Freshness::Fresh => {}
             Freshness::Stale => {
-                let now = now.unwrap_or_else(Instant::now);
-                if shared.gate_open(now) {
+                if shared.gate_open(Instant::now()) {
                     self.start_proactive(snapshot.generation);
                 }
             }
@@ -247,7 +252,7 @@ impl TokenManager {
         let now = Instant::now();
         // Re-check under the lock: a refresh may have finished since the
         // caller looked (the "serialize but never re-check" pitfall).
-        if snapshot.freshness(|| now) != Freshness::Expired {
+        if snapshot.freshness(now) != Freshness::Expired {
             if let Some(credential) = snapshot.credential() {
                 return Decision::Use(credential);
             }
@@ -351,7 +356,7 @@ impl TokenManager {
         let now = Instant::now();
         Status {
             generation: snapshot.generation,
-            freshness: snapshot.freshness(|| now),
+            freshness: snapshot.freshness(now),
             has_token: snapshot.header.is_some(),
             has_refresh_token: snapshot
                 .tokens
@@ -370,6 +375,20 @@ impl TokenManager {
         self.shared.snapshot.load().tokens.clone()
     }
 }
+
+/// Dereferences to the manager's snapshot cell, for [`arc_swap::Cache`].
+#[derive(Clone)]
+pub(crate) struct SnapshotCell(Arc<Shared>);
+
+impl std::ops::Deref for SnapshotCell {
+    type Target = ArcSwap<Snapshot>;
+
+    fn deref(&self) -> &ArcSwap<Snapshot> {
+        &self.0.snapshot
+    }
+}
+
+pub(crate) type SnapshotCache = arc_swap::Cache<SnapshotCell, Arc<Snapshot>>;
 
 /// The access token could not be used as a header value.
 #[derive(Debug, Clone, Copy)]

@@ -92,6 +92,8 @@ impl Prepared {
             expired_at,
             expires_at,
             rejected: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
         }
     }
 }
@@ -117,6 +119,12 @@ pub(crate) struct Snapshot {
     /// Set when a server rejected this generation. An atomic inside the
     /// snapshot, so marking it needs no swap and is scoped to its generation.
     pub(crate) rejected: AtomicBool,
+    /// Set by the manager's watcher task while it promises to raise `stale`
+    /// at `stale_at`; cleared if that task dies. While it holds, a request
+    /// for a token that is not yet stale needs no clock read.
+    pub(crate) watched: AtomicBool,
+    /// Raised by the watcher once `stale_at` has passed.
+    pub(crate) stale: AtomicBool,
 }
 
 impl Snapshot {
@@ -130,20 +138,35 @@ impl Snapshot {
             expired_at: None,
             expires_at: None,
             rejected: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
         }
     }
 
-    /// Where the token stands at `now`. Reads the clock only when the token
-    /// has an expiry.
+    /// Where the token stands, for the hot path: trusts the watcher's flags
+    /// while they hold, so a fresh token costs no clock read; reads the clock
+    /// only in the stale window or when no watcher runs.
     #[inline]
-    pub(crate) fn freshness(&self, now: impl FnOnce() -> Instant) -> Freshness {
+    pub(crate) fn freshness_fast(&self) -> Freshness {
+        if self.header.is_none() || self.rejected.load(Ordering::Acquire) {
+            return Freshness::Expired;
+        }
+        if self.stale_at.is_none()
+            || (self.watched.load(Ordering::Acquire) && !self.stale.load(Ordering::Acquire))
+        {
+            return Freshness::Fresh;
+        }
+        self.freshness(Instant::now())
+    }
+
+    /// Where the token stands at `now`, exactly.
+    pub(crate) fn freshness(&self, now: Instant) -> Freshness {
         if self.header.is_none() || self.rejected.load(Ordering::Acquire) {
             return Freshness::Expired;
         }
         let (Some(stale_at), Some(expired_at)) = (self.stale_at, self.expired_at) else {
             return Freshness::Fresh;
         };
-        let now = now();
         if now >= expired_at {
             Freshness::Expired
         } else if now >= stale_at {
@@ -151,6 +174,24 @@ impl Snapshot {
         } else {
             Freshness::Fresh
         }
+    }
+
+    /// Called by the watcher: raises `stale` if due, then promises to raise
+    /// it at `stale_at`. Returns when the watcher must wake, if ever.
+    pub(crate) fn watch(&self, now: Instant) -> Option<Instant> {
+        let stale_at = self.stale_at?;
+        // Raised before `watched`, so no request can see a due token as
+        // watched-and-fresh.
+        if now >= stale_at {
+            self.stale.store(true, Ordering::Release);
+        }
+        self.watched.store(true, Ordering::Release);
+        (now < stale_at).then_some(stale_at)
+    }
+
+    /// Called when the watcher stops: requests read the clock again.
+    pub(crate) fn unwatch(&self) {
+        self.watched.store(false, Ordering::Release);
     }
 
     /// Whether the token may still be sent: present, not rejected and not
@@ -196,7 +237,7 @@ mod tests {
     #[test]
     fn freshness_follows_the_windows() {
         let (t0, snap) = snapshot(Some(100));
-        let at = |secs| move || t0 + Duration::from_secs(secs);
+        let at = |secs| t0 + Duration::from_secs(secs);
         assert_eq!(snap.freshness(at(0)), Freshness::Fresh);
         assert_eq!(snap.freshness(at(49)), Freshness::Fresh);
         assert_eq!(snap.freshness(at(50)), Freshness::Stale);
@@ -209,12 +250,34 @@ mod tests {
     #[test]
     fn token_without_expiry_is_fresh_until_rejected() {
         let (_, snap) = snapshot(None);
-        assert_eq!(
-            snap.freshness(|| unreachable!("no clock read without expiry")),
-            Freshness::Fresh
-        );
+        assert_eq!(snap.freshness_fast(), Freshness::Fresh);
         snap.mark_rejected();
-        assert_eq!(snap.freshness(Instant::now), Freshness::Expired);
+        assert_eq!(snap.freshness_fast(), Freshness::Expired);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watched_token_is_fresh_without_the_clock_until_the_watcher_raises_stale() {
+        let (_, snap) = snapshot(Some(100));
+        // Not watched: the clock decides.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(snap.freshness_fast(), Freshness::Stale);
+        // Watched before its advisory point: fresh until the watcher says so.
+        let (t1, snap) = snapshot(Some(100));
+        assert_eq!(snap.watch(t1), Some(t1 + Duration::from_secs(50)));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(snap.freshness_fast(), Freshness::Fresh, "no clock read");
+        assert_eq!(
+            snap.watch(Instant::now()),
+            None,
+            "already due: raised at once"
+        );
+        assert_eq!(snap.freshness_fast(), Freshness::Stale);
+        // A dead watcher hands back to the clock.
+        let (t2, snap) = snapshot(Some(100));
+        snap.watch(t2);
+        snap.unwatch();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(snap.freshness_fast(), Freshness::Stale);
     }
 
     #[test]

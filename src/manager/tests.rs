@@ -425,3 +425,52 @@ async fn trace_output_of_refreshes_rejections_and_failures_never_contains_a_toke
     );
     assert_eq!(handle.stats().refreshes, 3);
 }
+
+/// Runtime lifecycle, so two real runtimes (not the paused clock); the
+/// assertions depend on outcomes, not on timing precision.
+#[test]
+fn a_watcher_lost_with_its_runtime_hands_freshness_back_to_the_clock() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    };
+    let api = Api::default();
+    api.accept("old");
+    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::ZERO);
+    let first = runtime();
+    let (layer, client) = first.block_on(async {
+        let layer = TokenRefreshLayer::builder(source)
+            // Stale 300 ms after the start, expired 100 ms before the end.
+            .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_millis(600)))
+            .advisory_window(crate::RefreshWindow::fixed(Duration::from_millis(300)))
+            .mandatory_window(crate::RefreshWindow::fixed(Duration::from_millis(100)))
+            .build();
+        let client = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(api.clone());
+        assert_eq!(bearer(&send(&client, get()).await), "old");
+        // Let the watcher run and promise to mark the token stale.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        (layer, client)
+    });
+    drop(first); // takes the watcher task with it
+
+    runtime().block_on(async {
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        // Stale by the clock: served, and a background refresh starts
+        // (on this runtime, which also gets a new watcher).
+        let result = send(&client, get()).await;
+        assert!(result.is_ok(), "{result:?}");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while issuer.calls() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the stale token was noticed without the lost watcher");
+        assert_eq!(bearer(&send(&client, get()).await), "tok-1");
+    });
+    drop(layer);
+}

@@ -1,9 +1,17 @@
-//! The optional background timer: refresh at the advisory point even when
-//! no request arrives.
+//! The watcher task: marks tokens stale on time, and optionally refreshes
+//! without traffic.
 //!
-//! Sliding-refresh APIs (Ocient's `token_refresh` takes the current access
-//! token as its credential) cannot recover a token that expired while the
-//! client was idle, so for them refreshing on traffic alone is not enough.
+//! Two jobs, one timer:
+//!
+//! - It raises each snapshot's `stale` flag at its advisory point, so the
+//!   hot path reads no clock while a token is fresh (a clock read is the
+//!   most expensive part of a fresh-token request on many machines, and a
+//!   system call on some virtual ones). If the task dies, its guard hands
+//!   the decision back to the clock.
+//! - With background refresh on, it starts a refresh at the advisory point
+//!   even when no request arrives: sliding-refresh APIs (Ocient's
+//!   `token_refresh` takes the current access token as its credential)
+//!   cannot recover a token that expired while the client was idle.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -11,15 +19,17 @@ use std::sync::{Arc, Weak};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::snapshot::Snapshot;
 use super::{Shared, TokenManager};
 use crate::RefreshReason;
 
 impl TokenManager {
-    /// Spawns the timer once, if enabled and a runtime is available; called
-    /// at construction and again on use when construction had no runtime.
+    /// Spawns the watcher once, if a runtime is available; called at
+    /// construction and again on use (after a runtime appears, or after the
+    /// previous runtime shut down and took the task with it).
     pub(super) fn ensure_timer(&self) {
         let shared = &self.shared;
-        if !shared.config.background || shared.timer_started.load(Ordering::Acquire) {
+        if shared.timer_started.load(Ordering::Acquire) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -28,23 +38,55 @@ impl TokenManager {
         if shared.timer_started.swap(true, Ordering::AcqRel) {
             return;
         }
-        runtime.spawn(run(Arc::downgrade(shared), Arc::clone(&shared.changed)));
+        // Made before spawning: a task dropped unpolled (its runtime is
+        // shutting down) still resets `timer_started`.
+        let guard = WatchGuard {
+            shared: Arc::downgrade(shared),
+            watching: Weak::new(),
+        };
+        runtime.spawn(run(guard, Arc::clone(&shared.changed)));
     }
 }
 
-/// Holds only a `Weak` between wake-ups, so dropping every layer and handle
+/// Undoes the watcher's promises when its task ends, however it ends.
+struct WatchGuard {
+    shared: Weak<Shared>,
+    watching: Weak<Snapshot>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        if let Some(snapshot) = self.watching.upgrade() {
+            snapshot.unwatch();
+        }
+        if let Some(shared) = self.shared.upgrade() {
+            shared.timer_started.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Holds only `Weak`s between wake-ups, so dropping every layer and handle
 /// ends the task (`Shared`'s drop wakes it).
-async fn run(shared: Weak<Shared>, changed: Arc<Notify>) {
+async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
     loop {
         let notified = changed.notified();
         tokio::pin!(notified);
         // Register before reading the state, so a change in between is not lost.
         notified.as_mut().enable();
-        let due = match shared.upgrade() {
-            Some(shared) => next_due(&shared),
-            None => return,
+        let Some(shared) = guard.shared.upgrade() else {
+            return;
         };
-        match due {
+        let snapshot = shared.snapshot.load_full();
+        let stale_due = snapshot.watch(Instant::now());
+        guard.watching = Arc::downgrade(&snapshot);
+        let refresh_due = shared
+            .config
+            .background
+            .then(|| next_due(&shared))
+            .flatten();
+        drop((shared, snapshot));
+
+        match stale_due.into_iter().chain(refresh_due).min() {
             Some(at) => {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
@@ -56,27 +98,39 @@ async fn run(shared: Weak<Shared>, changed: Arc<Notify>) {
                 continue;
             }
         }
-        let Some(shared) = shared.upgrade() else {
+
+        if let Some(snapshot) = guard.watching.upgrade() {
+            snapshot.watch(Instant::now());
+        }
+        let Some(shared) = guard.shared.upgrade() else {
             return;
         };
-        let manager = TokenManager { shared };
-        if next_due(&manager.shared).is_some_and(|at| at <= Instant::now()) {
-            let mut control = manager.shared.lock();
-            let snapshot = manager.shared.snapshot.load_full();
-            if control.flight.is_none() {
-                let reason = if snapshot.tokens.is_none() {
-                    RefreshReason::Initial
-                } else {
-                    RefreshReason::Scheduled
-                };
-                let _ = manager.start_flight(&mut control, reason, &snapshot);
-            }
+        if shared.config.background {
+            start_scheduled(TokenManager { shared });
         }
     }
 }
 
-/// When the timer should next refresh: at the advisory point, or now when
-/// there is no token, but never while a refresh runs or a failure blocks.
+/// Starts the background refresh if it is due and nothing else runs.
+fn start_scheduled(manager: TokenManager) {
+    if next_due(&manager.shared).is_none_or(|at| at > Instant::now()) {
+        return;
+    }
+    let mut control = manager.shared.lock();
+    let snapshot = manager.shared.snapshot.load_full();
+    if control.flight.is_none() {
+        let reason = if snapshot.tokens.is_none() {
+            RefreshReason::Initial
+        } else {
+            RefreshReason::Scheduled
+        };
+        let _ = manager.start_flight(&mut control, reason, &snapshot);
+    }
+}
+
+/// When the background refresh should run: at the advisory point, or now
+/// when there is no token, but never while a refresh runs or a failure
+/// blocks.
 fn next_due(shared: &Shared) -> Option<Instant> {
     let control = shared.lock();
     if control.flight.is_some() {

@@ -49,6 +49,7 @@ use tower_service::Service;
 use crate::body::ReplayBody;
 use crate::classify::{ClassifyRejection, Unauthorized};
 use crate::error::ErrorKind;
+use crate::manager::SnapshotCache;
 use crate::{BoxError, Error, TokenHandle};
 
 pub use builder::Builder;
@@ -71,11 +72,17 @@ pub use transport::InvalidOrigin;
 pub struct TokenRefresh<S, C = Unauthorized> {
     inner: S,
     core: Arc<Core<C>>,
+    snapshot: SnapshotCache,
 }
 
 impl<S, C> TokenRefresh<S, C> {
     pub(crate) fn from_core(inner: S, core: Arc<Core<C>>) -> Self {
-        Self { inner, core }
+        let snapshot = core.manager.snapshot_cache();
+        Self {
+            inner,
+            core,
+            snapshot,
+        }
     }
 
     /// The inner service.
@@ -154,7 +161,7 @@ where
         } else {
             ReplayBody::passthrough(body)
         };
-        match core.manager.ready() {
+        match core.manager.ready(&mut self.snapshot) {
             Some(credential) => {
                 let retry = RetryCopy::of(&parts, &body, || self.inner.clone());
                 let mut req = Request::from_parts(parts, body);
@@ -179,6 +186,7 @@ impl<S: Clone, C> Clone for TokenRefresh<S, C> {
         Self {
             inner: self.inner.clone(),
             core: Arc::clone(&self.core),
+            snapshot: self.snapshot.clone(),
         }
     }
 }
