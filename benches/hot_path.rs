@@ -25,7 +25,10 @@ use support::hot_path_variants::{run_variant, VARIANTS};
 fn hot_path(c: &mut Criterion) {
     // As in real use, the layer lives on a tokio runtime, whose watcher task
     // marks tokens stale on time so fresh-token requests read no clock.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Multi-thread, as a hyper client's runtime usually is: there the
+    // layer's watcher task vouches for fresh tokens.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_time()
         .build()
         .expect("runtime");

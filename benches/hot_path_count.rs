@@ -16,7 +16,10 @@ fn main() {
         std::process::exit(2);
     };
     let n: usize = n.parse().expect("N is a number");
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Multi-thread, as a hyper client's runtime usually is: there the
+    // layer's watcher task vouches for fresh tokens.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_time()
         .build()
         .expect("runtime");

@@ -256,8 +256,8 @@ impl<B> ReplayBody<B> {
             Inner::Replay { reader } => reader,
         };
         let shared = &reader.shared;
-        if reader.owned.is_some() {
-            return Poll::Ready(!shared.capped.load(Ordering::Acquire));
+        if let Some(recording) = &reader.owned {
+            return Poll::Ready(!shared.capped.load(Ordering::Acquire) && !recording.failed);
         }
         // Checked under the slot lock, which the capping reader also takes
         // to wake waiters: no wake-up is lost between check and register.
@@ -265,8 +265,9 @@ impl<B> ReplayBody<B> {
         if shared.capped.load(Ordering::Acquire) {
             return Poll::Ready(false);
         }
-        if slot.recording.is_some() {
-            return Poll::Ready(true);
+        if let Some(recording) = &slot.recording {
+            // A body that failed cannot be sent again in full.
+            return Poll::Ready(!recording.failed);
         }
         slot.register(cx.waker());
         Poll::Pending

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::later;
 use crate::error::ErrorKind;
 use crate::{Error, FailureClass, RefreshError};
 
@@ -90,9 +91,9 @@ impl Failure {
             FailureClass::Terminal => None,
             FailureClass::RateLimited {
                 retry_after: Some(wait),
-            } => Some(now + wait),
+            } => Some(later(now, wait)),
             FailureClass::RateLimited { retry_after: None } | FailureClass::Transient => {
-                Some(now + backoff.delay(consecutive))
+                Some(later(now, backoff.delay(consecutive)))
             }
         };
         Self { error, kind, until }

@@ -5,16 +5,23 @@
 //! cancel the refresh nor leave the others waiting on a future nobody polls.
 //! Waiters hold only a `watch` receiver; the task's result (a credential or
 //! an `Arc`'d error) is published once to all of them.
+//!
+//! A flight can be overtaken: `set_tokens` installs tokens while it runs, or
+//! the flight overruns its deadline (its runtime stopped driving it) and a
+//! new one replaces it. Its late result then changes nothing: it installs
+//! no tokens over newer ones and records no failure against them.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
+use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::failure::Failure;
 use super::snapshot::{Credential, Prepared, Snapshot};
-use super::{Control, Shared, TokenManager};
+use super::{later, Control, Shared, TokenManager};
 use crate::error::ErrorKind;
 use crate::refresh::RefreshContext;
 use crate::stats::Counters;
@@ -22,38 +29,73 @@ use crate::{Error, RefreshError, RefreshReason, TokenSet};
 
 type Outcome = Result<Credential, Error>;
 
+/// Slack on top of the refresh and hook timeouts before waiters give up on
+/// a flight whose task is not being driven.
+const DEADLINE_SLACK: Duration = Duration::from_secs(1);
+
 /// A handle on the refresh in flight.
 #[derive(Clone)]
 pub(crate) struct Flight {
+    id: u64,
+    deadline: Instant,
     outcome: watch::Receiver<Option<Outcome>>,
 }
 
 impl Flight {
-    /// Waits for the refresh's result. Never hangs: if the task dies without
-    /// publishing, its guard publishes an error first, and a closed channel
-    /// is reported as an aborted refresh.
+    /// Waits for the refresh's result. Never hangs: a task that dies
+    /// publishes an error from its drop guard, and a task that is never
+    /// driven (its runtime idles or stopped) is given up at the deadline.
     pub(crate) async fn outcome(mut self) -> Outcome {
-        match self.outcome.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone().expect("waited for Some"),
-            Err(_) => Err(Error::new(ErrorKind::RefreshAborted)),
+        let wait = self.outcome.wait_for(Option::is_some);
+        match tokio::time::timeout_at(self.deadline, wait).await {
+            Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
+            Ok(Err(_)) => Err(Error::new(ErrorKind::RefreshAborted)),
+            Err(_) => Err(Error::new(ErrorKind::RefreshTimedOut)),
         }
+    }
+
+    /// Whether waiting for it still makes sense at `now`.
+    pub(crate) fn is_live(&self, now: Instant) -> bool {
+        now < self.deadline
+    }
+}
+
+/// A refresh registered under the lock, to be spawned once the lock is
+/// released: a runtime that is shutting down drops the task at once, and
+/// its drop guard takes the lock.
+pub(crate) struct Launch {
+    flight: Flight,
+    task: FlightTask,
+    runtime: Handle,
+}
+
+impl Launch {
+    pub(crate) fn spawn(self) -> Flight {
+        self.runtime.spawn(self.task.run());
+        self.flight
     }
 }
 
 impl TokenManager {
-    /// Spawns the refresh task. The caller holds the `control` lock, which is
-    /// what guarantees a single flight.
+    /// Registers a refresh; the caller holds the `control` lock, which is
+    /// what guarantees a single live flight, and spawns it after unlocking.
     pub(super) fn start_flight(
         &self,
         control: &mut Control,
         reason: RefreshReason,
         snapshot: &Snapshot,
-    ) -> Result<Flight, Error> {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    ) -> Result<Launch, Error> {
+        let Ok(runtime) = Handle::try_current() else {
             return Err(Error::new(ErrorKind::NoRuntime));
         };
+        let config = &self.shared.config;
         let (publish, outcome) = watch::channel(None);
-        let flight = Flight { outcome };
+        control.flights_started += 1;
+        let flight = Flight {
+            id: control.flights_started,
+            deadline: later(Instant::now(), config.refresh_timeout * 2 + DEADLINE_SLACK),
+            outcome,
+        };
         control.flight = Some(flight.clone());
         self.shared
             .proactive_gate
@@ -62,11 +104,16 @@ impl TokenManager {
         let task = FlightTask {
             shared: Arc::clone(&self.shared),
             publish: Some(publish),
+            id: flight.id,
             reason,
             from_generation: snapshot.generation,
+            current: snapshot.tokens.clone(),
         };
-        runtime.spawn(task.run(snapshot.tokens.clone()));
-        Ok(flight)
+        Ok(Launch {
+            flight,
+            task,
+            runtime,
+        })
     }
 }
 
@@ -76,24 +123,26 @@ impl TokenManager {
 struct FlightTask {
     shared: Arc<Shared>,
     publish: Option<watch::Sender<Option<Outcome>>>,
+    id: u64,
     reason: RefreshReason,
     from_generation: u64,
+    current: Option<Arc<TokenSet>>,
 }
 
 impl FlightTask {
-    async fn run(mut self, current: Option<Arc<TokenSet>>) {
+    async fn run(mut self) {
         let started = Instant::now();
-        let config = &self.shared.config;
+        let timeout = self.shared.config.refresh_timeout;
         tracing::debug!(
             reason = ?self.reason,
             generation = self.from_generation,
             "token refresh started"
         );
-        let ctx = RefreshContext::new(self.reason, current.clone());
+        let ctx = RefreshContext::new(self.reason, self.current.clone());
         let call = Arc::clone(&self.shared.refresher).refresh_boxed(ctx);
-        let outcome = match tokio::time::timeout(config.refresh_timeout, call).await {
+        let result = match tokio::time::timeout(timeout, call).await {
             Ok(Ok(tokens)) => {
-                let tokens = tokens.inherit_refresh_token(current.as_deref());
+                let tokens = tokens.inherit_refresh_token(self.current.as_deref());
                 match Prepared::new(tokens, started, true) {
                     Ok(prepared) => {
                         self.run_hook(&prepared).await;
@@ -113,23 +162,24 @@ impl FlightTask {
             }
             Err(_elapsed) => Err((
                 RefreshError::transient(format!(
-                    "no answer within the refresh timeout of {:?}",
-                    config.refresh_timeout
+                    "no answer within the refresh timeout of {timeout:?}"
                 )),
                 ErrorKind::RefreshTimedOut,
             )),
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let outcome = match outcome {
+        let outcome = match result {
             Ok(prepared) => {
-                let credential = self.succeed(prepared);
-                tracing::info!(
-                    reason = ?self.reason,
-                    generation = credential.generation,
-                    elapsed_ms,
-                    "token refreshed"
-                );
-                Ok(credential)
+                let outcome = self.succeed(prepared);
+                if let Ok(credential) = &outcome {
+                    tracing::info!(
+                        reason = ?self.reason,
+                        generation = credential.generation,
+                        elapsed_ms,
+                        "token refreshed"
+                    );
+                }
+                outcome
             }
             Err((error, kind)) => {
                 tracing::warn!(
@@ -139,7 +189,7 @@ impl FlightTask {
                     error = %error,
                     "token refresh failed"
                 );
-                Err(self.fail(error, kind))
+                self.fail(error, kind)
             }
         };
         if let Some(publish) = self.publish.take() {
@@ -147,70 +197,112 @@ impl FlightTask {
         }
     }
 
-    /// Runs the user's hook before anyone can use the new tokens, bounded by
-    /// the refresh timeout: a hung hook must not strand every waiter, and
-    /// the tokens (possibly a rotated refresh token) must not be lost either.
+    /// Runs the user's hook before anyone can use the new tokens, in its own
+    /// task and bounded by the refresh timeout: a hook that hangs or panics
+    /// must neither strand the waiters nor lose the tokens (possibly a
+    /// rotated refresh token).
     async fn run_hook(&self, prepared: &Prepared) {
         let Some(hook) = &self.shared.config.on_refresh else {
             return;
         };
-        let hook = hook(prepared.tokens());
-        if tokio::time::timeout(self.shared.config.refresh_timeout, hook)
-            .await
-            .is_err()
-        {
-            tracing::warn!("on_refresh hook did not finish within the refresh timeout");
+        let hook = Arc::clone(hook);
+        let tokens = prepared.shared_tokens();
+        let task = tokio::spawn(async move { hook(&tokens).await });
+        match tokio::time::timeout(self.shared.config.refresh_timeout, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::warn!("on_refresh hook panicked; the tokens are kept"),
+            Err(_) => tracing::warn!("on_refresh hook did not finish within the refresh timeout"),
         }
     }
 
-    fn succeed(&self, prepared: Prepared) -> Credential {
+    /// Locks, and tells whether this flight is still the registered one and
+    /// whether newer tokens were installed since it started.
+    fn settle(&self) -> (MutexGuard<'_, Control>, bool, bool) {
+        let mut control = self.shared.lock();
+        let current = control.flight.as_ref().is_some_and(|f| f.id == self.id);
+        if current {
+            control.flight = None;
+        }
+        let superseded = self.shared.snapshot.load().generation != self.from_generation;
+        (control, current, superseded)
+    }
+
+    /// The credential installed by whoever overtook this flight.
+    fn current_credential(&self) -> Outcome {
+        self.shared
+            .snapshot
+            .load()
+            .credential()
+            .ok_or_else(|| Error::new(ErrorKind::RefreshAborted))
+    }
+
+    fn succeed(&self, prepared: Prepared) -> Outcome {
         let shared = &self.shared;
-        let mut control = shared.lock();
+        let (mut control, current, superseded) = self.settle();
+        if superseded {
+            drop(control);
+            tracing::debug!("refresh result discarded: newer tokens were installed meanwhile");
+            return self.current_credential();
+        }
         let snapshot = shared.install(prepared);
-        control.flight = None;
         control.failure = None;
         control.consecutive_failures = 0;
-        shared.proactive_gate.store(0, Ordering::Release);
+        if current || control.flight.is_none() {
+            // No proactive refresh before min_refresh_interval: a token that
+            // is stale from birth must not cause back-to-back refreshes.
+            let gate = later(Instant::now(), shared.config.min_refresh_interval);
+            shared
+                .proactive_gate
+                .store(shared.nanos(gate), Ordering::Release);
+        }
         drop(control);
         Counters::bump(&shared.stats.refresh_successes);
         shared.changed.notify_waiters();
         snapshot
             .credential()
-            .expect("an installed snapshot has a header")
+            .ok_or_else(|| Error::new(ErrorKind::RefreshAborted))
     }
 
-    fn fail(&self, error: RefreshError, kind: ErrorKind) -> Error {
+    fn fail(&self, error: RefreshError, kind: ErrorKind) -> Outcome {
         let shared = &self.shared;
-        let now = Instant::now();
         let error = Arc::new(error);
-        let mut control = shared.lock();
-        control.flight = None;
+        Counters::bump(&shared.stats.refresh_failures);
+        let (mut control, current, superseded) = self.settle();
+        if superseded || !current {
+            // Whoever overtook this flight decides; its tokens are not
+            // blamed for this failure.
+            drop(control);
+            return if superseded {
+                self.current_credential()
+            } else {
+                Err(Error::with_refresh(kind, error))
+            };
+        }
         control.consecutive_failures = control.consecutive_failures.saturating_add(1);
         let failure = Failure::new(
             Arc::clone(&error),
             kind,
             control.consecutive_failures,
             &shared.config.backoff,
-            now,
+            Instant::now(),
         );
         let gate = failure.until.map_or(u64::MAX, |until| shared.nanos(until));
         shared.proactive_gate.store(gate, Ordering::Release);
         control.failure = Some(failure);
         drop(control);
-        Counters::bump(&shared.stats.refresh_failures);
         shared.changed.notify_waiters();
-        Error::with_refresh(kind, error)
+        Err(Error::with_refresh(kind, error))
     }
 }
 
 impl Drop for FlightTask {
     fn drop(&mut self) {
         if let Some(publish) = self.publish.take() {
-            let error = self.fail(
+            let outcome = self.fail(
                 RefreshError::transient("the refresh task ended without a result"),
                 ErrorKind::RefreshAborted,
             );
-            publish.send_replace(Some(Err(error)));
+            publish.send_replace(Some(outcome));
         }
     }
 }

@@ -15,7 +15,7 @@ mod timer;
 pub(crate) mod window;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -81,6 +81,9 @@ struct Control {
     flight: Option<Flight>,
     failure: Option<Failure>,
     consecutive_failures: u32,
+    /// Numbers flights, so a finishing task knows whether it is still the
+    /// registered one.
+    flights_started: u64,
 }
 
 pub(crate) struct Shared {
@@ -128,7 +131,9 @@ impl TokenManager {
         let mut control = Control::default();
         let snapshot = match initial.map(|t| Prepared::new(t, epoch, false)) {
             None => Snapshot::empty(0),
-            Some(Ok(prepared)) => prepared.into_snapshot(1, &config.advisory, &config.mandatory),
+            Some(Ok(prepared)) => {
+                prepared.into_snapshot(1, epoch, &config.advisory, &config.mandatory)
+            }
             Some(Err(_)) => {
                 control.failure = Some(Failure::new(
                     Arc::new(RefreshError::terminal(
@@ -244,76 +249,89 @@ impl TokenManager {
         }
     }
 
-    /// Under the lock: use the current token, join the flight, start one,
-    /// or fail because a failure still blocks refreshing.
+    /// Use the current token, join the flight, start one, or fail because a
+    /// failure still blocks refreshing. Decided under the lock; a new
+    /// flight is spawned after it is released.
     fn decide(&self, reason: Option<RefreshReason>) -> Decision {
-        let mut control = self.shared.lock();
-        let snapshot = self.shared.snapshot.load_full();
-        let now = Instant::now();
-        // Re-check under the lock: a refresh may have finished since the
-        // caller looked (the "serialize but never re-check" pitfall).
-        if snapshot.freshness(now) != Freshness::Expired {
-            if let Some(credential) = snapshot.credential() {
-                return Decision::Use(credential);
+        let launch = {
+            let mut control = self.shared.lock();
+            let snapshot = self.shared.snapshot.load_full();
+            let now = Instant::now();
+            // Re-check under the lock: a refresh may have finished since the
+            // caller looked (the "serialize but never re-check" pitfall).
+            if snapshot.freshness(now) != Freshness::Expired {
+                if let Some(credential) = snapshot.credential() {
+                    return Decision::Use(credential);
+                }
             }
-        }
-        if let Some(flight) = &control.flight {
-            return Decision::Wait(flight.clone());
-        }
-        if let Some(failure) = control.failure.as_ref().filter(|f| f.blocks(now)) {
-            if snapshot.is_valid(now) {
-                return snapshot
-                    .credential()
-                    .map_or(Decision::GiveUp, Decision::Use);
+            // A flight past its deadline is not being driven (its runtime
+            // idles or stopped): start a new one instead of joining it.
+            if let Some(flight) = control.flight.as_ref().filter(|f| f.is_live(now)) {
+                return Decision::Wait(flight.clone());
             }
-            return Decision::Fail(failure.to_error());
-        }
-        let reason = reason.unwrap_or(if snapshot.tokens.is_none() {
-            RefreshReason::Initial
-        } else {
-            RefreshReason::Proactive
-        });
-        match self.start_flight(&mut control, reason, &snapshot) {
-            Ok(flight) => Decision::Wait(flight),
-            Err(error) => Decision::Fail(error),
-        }
+            if let Some(failure) = control.failure.as_ref().filter(|f| f.blocks(now)) {
+                if snapshot.is_valid(now) {
+                    return snapshot
+                        .credential()
+                        .map_or(Decision::GiveUp, Decision::Use);
+                }
+                return Decision::Fail(failure.to_error());
+            }
+            let reason = reason.unwrap_or(if snapshot.tokens.is_none() {
+                RefreshReason::Initial
+            } else {
+                RefreshReason::Proactive
+            });
+            match self.start_flight(&mut control, reason, &snapshot) {
+                Ok(launch) => launch,
+                Err(error) => return Decision::Fail(error),
+            }
+        };
+        Decision::Wait(launch.spawn())
     }
 
     /// Starts a background refresh for a stale token, if still needed.
     fn start_proactive(&self, generation: u64) {
         // Never block a request on the lock: whoever holds it is already
-        // deciding about a refresh.
-        let Ok(mut control) = self.shared.control.try_lock() else {
-            return;
+        // deciding about a refresh. A poisoned lock guards data that is
+        // always left consistent, so it is used like any other.
+        let mut control = match self.shared.control.try_lock() {
+            Ok(control) => control,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
         };
         let snapshot = self.shared.snapshot.load_full();
         let now = Instant::now();
         if snapshot.generation != generation
-            || control.flight.is_some()
+            || control.flight.as_ref().is_some_and(|f| f.is_live(now))
             || control.failure.as_ref().is_some_and(|f| f.blocks(now))
         {
             return;
         }
         // Without a runtime the request goes on with its still-usable token.
-        let _ = self.start_flight(&mut control, RefreshReason::Proactive, &snapshot);
+        let launch = self.start_flight(&mut control, RefreshReason::Proactive, &snapshot);
+        drop(control);
+        if let Ok(launch) = launch {
+            launch.spawn();
+        }
     }
 
     /// Starts a refresh regardless of the token's freshness, honouring any
     /// failure that still blocks refreshing.
     pub(crate) fn force(&self) -> Result<Flight, Error> {
-        let mut control = self.shared.lock();
-        if let Some(flight) = &control.flight {
-            return Ok(flight.clone());
-        }
-        if let Some(failure) = control
-            .failure
-            .as_ref()
-            .filter(|f| f.blocks(Instant::now()))
-        {
-            return Err(failure.to_error());
-        }
-        let snapshot = self.shared.snapshot.load_full();
-        self.start_flight(&mut control, RefreshReason::Forced, &snapshot)
+        let launch = {
+            let mut control = self.shared.lock();
+            let now = Instant::now();
+            if let Some(flight) = control.flight.as_ref().filter(|f| f.is_live(now)) {
+                return Ok(flight.clone());
+            }
+            if let Some(failure) = control.failure.as_ref().filter(|f| f.blocks(now)) {
+                return Err(failure.to_error());
+            }
+            let snapshot = self.shared.snapshot.load_full();
+            self.start_flight(&mut control, RefreshReason::Forced, &snapshot)?
+        };
+        Ok(launch.spawn())
     }
 
     /// Replaces the tokens and clears any failure, terminal included.
@@ -322,10 +340,12 @@ impl TokenManager {
         let mut control = self.shared.lock();
         control.failure = None;
         control.consecutive_failures = 0;
+        // A refresh still running started from the old tokens: its result
+        // must not replace these (it would also carry the old refresh
+        // token). It finds itself superseded when it ends.
+        control.flight = None;
         self.shared.install(prepared);
-        if control.flight.is_none() {
-            self.shared.proactive_gate.store(0, Ordering::Release);
-        }
+        self.shared.proactive_gate.store(0, Ordering::Release);
         drop(control);
         self.shared.changed.notify_waiters();
         Ok(())
@@ -339,6 +359,12 @@ impl TokenManager {
 
     pub(crate) fn stats(&self) -> Stats {
         self.shared.stats.snapshot()
+    }
+
+    /// Counts a rejection without acting on it (the retry's own rejection:
+    /// acting on it could start a second refresh for one request).
+    pub(crate) fn count_rejection(&self) {
+        Counters::bump(&self.shared.stats.rejections);
     }
 
     pub(crate) fn count_retry(&self) {
@@ -406,6 +432,14 @@ pub(crate) struct Status {
     pub(crate) last_error: Option<Arc<RefreshError>>,
 }
 
+/// `instant + span`, saturating far in the future instead of panicking: an
+/// `expires_in` of `i64::MAX` seconds or a huge `Retry-After` must not
+/// overflow the clock.
+pub(super) fn later(instant: Instant, span: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    instant.checked_add(span.min(FAR)).unwrap_or(instant)
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Control> {
         // The lock guards plain data that is always left consistent, so a
@@ -428,6 +462,7 @@ impl Shared {
         let generation = self.snapshot.load().generation + 1;
         let snapshot = Arc::new(prepared.into_snapshot(
             generation,
+            Instant::now(),
             &self.config.advisory,
             &self.config.mandatory,
         ));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 use tokio::time::Instant;
 
+use super::later;
 use super::window::RefreshWindow;
 use crate::TokenSet;
 
@@ -59,19 +60,24 @@ impl Prepared {
         })
     }
 
-    pub(crate) fn tokens(&self) -> &TokenSet {
-        &self.tokens
+    pub(crate) fn shared_tokens(&self) -> Arc<TokenSet> {
+        Arc::clone(&self.tokens)
     }
 
+    /// Gives the tokens their generation and windows. `installed_at` starts
+    /// the `min_refresh_interval` of refreshed tokens: a slow refresh must
+    /// not make its result look old.
     pub(crate) fn into_snapshot(
         self,
         generation: u64,
+        installed_at: Instant,
         advisory: &RefreshWindow,
         mandatory: &RefreshWindow,
     ) -> Snapshot {
         let (stale_at, expired_at, expires_at) = match self.tokens.expires_in() {
             Some(lifetime) => {
-                let expires_at = self.obtained_at + lifetime;
+                let expires_at = later(self.obtained_at, lifetime);
+                let lifetime = expires_at.duration_since(self.obtained_at);
                 let advisory = advisory.before_expiry(lifetime);
                 // The mandatory window never starts before the advisory one.
                 let mandatory = mandatory.before_expiry(lifetime).min(advisory);
@@ -87,7 +93,7 @@ impl Prepared {
             generation,
             tokens: Some(self.tokens),
             header: Some(self.header),
-            refreshed_at: self.refreshed.then_some(self.obtained_at),
+            refreshed_at: self.refreshed.then_some(installed_at),
             stale_at,
             expired_at,
             expires_at,
@@ -176,16 +182,19 @@ impl Snapshot {
         }
     }
 
-    /// Called by the watcher: raises `stale` if due, then promises to raise
+    /// Called by the watcher: raises `stale` if due and, when `promise`
+    /// (the watcher's runtime keeps its timers running), promises to raise
     /// it at `stale_at`. Returns when the watcher must wake, if ever.
-    pub(crate) fn watch(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn watch(&self, now: Instant, promise: bool) -> Option<Instant> {
         let stale_at = self.stale_at?;
         // Raised before `watched`, so no request can see a due token as
         // watched-and-fresh.
         if now >= stale_at {
             self.stale.store(true, Ordering::Release);
         }
-        self.watched.store(true, Ordering::Release);
+        if promise {
+            self.watched.store(true, Ordering::Release);
+        }
         (now < stale_at).then_some(stale_at)
     }
 
@@ -228,6 +237,7 @@ mod tests {
         }
         let snap = Prepared::new(tokens, now, true).unwrap().into_snapshot(
             1,
+            now,
             &RefreshWindow::default_advisory(),
             &RefreshWindow::default_mandatory(),
         );
@@ -263,18 +273,18 @@ mod tests {
         assert_eq!(snap.freshness_fast(), Freshness::Stale);
         // Watched before its advisory point: fresh until the watcher says so.
         let (t1, snap) = snapshot(Some(100));
-        assert_eq!(snap.watch(t1), Some(t1 + Duration::from_secs(50)));
+        assert_eq!(snap.watch(t1, true), Some(t1 + Duration::from_secs(50)));
         tokio::time::advance(Duration::from_secs(60)).await;
         assert_eq!(snap.freshness_fast(), Freshness::Fresh, "no clock read");
         assert_eq!(
-            snap.watch(Instant::now()),
+            snap.watch(Instant::now(), true),
             None,
             "already due: raised at once"
         );
         assert_eq!(snap.freshness_fast(), Freshness::Stale);
         // A dead watcher hands back to the clock.
         let (t2, snap) = snapshot(Some(100));
-        snap.watch(t2);
+        snap.watch(t2, true);
         snap.unwatch();
         tokio::time::advance(Duration::from_secs(60)).await;
         assert_eq!(snap.freshness_fast(), Freshness::Stale);
@@ -286,6 +296,22 @@ mod tests {
         let header = snap.header.unwrap();
         assert!(header.is_sensitive());
         assert_eq!(header.to_str().unwrap(), "Bearer t");
+    }
+
+    #[test]
+    fn absurd_lifetimes_saturate_instead_of_overflowing() {
+        let tokens = TokenSet::new("t").with_expires_in(Duration::MAX);
+        let snap = Prepared::new(tokens, Instant::now(), true)
+            .unwrap()
+            .into_snapshot(
+                1,
+                Instant::now(),
+                &RefreshWindow::default_advisory(),
+                &RefreshWindow::default_mandatory(),
+            );
+        let years = Duration::from_secs(86_400 * 365 * 29);
+        assert!(snap.expires_at.unwrap() > Instant::now() + years);
+        assert_eq!(snap.freshness(Instant::now()), Freshness::Fresh);
     }
 
     #[test]

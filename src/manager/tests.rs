@@ -430,8 +430,10 @@ async fn trace_output_of_refreshes_rejections_and_failures_never_contains_a_toke
 /// assertions depend on outcomes, not on timing precision.
 #[test]
 fn a_watcher_lost_with_its_runtime_hands_freshness_back_to_the_clock() {
+    // Multi-thread: only there does the watcher vouch for freshness.
     let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_time()
             .build()
             .unwrap()

@@ -19,8 +19,10 @@ use std::sync::{Arc, Weak};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use tokio::runtime::RuntimeFlavor;
+
 use super::snapshot::Snapshot;
-use super::{Shared, TokenManager};
+use super::{later, Control, Shared, TokenManager};
 use crate::RefreshReason;
 
 impl TokenManager {
@@ -43,6 +45,11 @@ impl TokenManager {
         let guard = WatchGuard {
             shared: Arc::downgrade(shared),
             watching: Weak::new(),
+            // Only a multi-thread runtime keeps its timers running while
+            // nothing awaits on it; a current-thread runtime may sit idle
+            // between `block_on` calls while requests come from elsewhere,
+            // so there requests keep reading the clock.
+            promise: runtime.runtime_flavor() == RuntimeFlavor::MultiThread,
         };
         runtime.spawn(run(guard, Arc::clone(&shared.changed)));
     }
@@ -52,6 +59,7 @@ impl TokenManager {
 struct WatchGuard {
     shared: Weak<Shared>,
     watching: Weak<Snapshot>,
+    promise: bool,
 }
 
 impl Drop for WatchGuard {
@@ -77,13 +85,13 @@ async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
             return;
         };
         let snapshot = shared.snapshot.load_full();
-        let stale_due = snapshot.watch(Instant::now());
+        let stale_due = snapshot.watch(Instant::now(), guard.promise);
         guard.watching = Arc::downgrade(&snapshot);
-        let refresh_due = shared
-            .config
-            .background
-            .then(|| next_due(&shared))
-            .flatten();
+        let refresh_due = if shared.config.background {
+            next_due(&shared.lock(), &snapshot, &shared)
+        } else {
+            None
+        };
         drop((shared, snapshot));
 
         match stale_due.into_iter().chain(refresh_due).min() {
@@ -100,7 +108,7 @@ async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
         }
 
         if let Some(snapshot) = guard.watching.upgrade() {
-            snapshot.watch(Instant::now());
+            snapshot.watch(Instant::now(), guard.promise);
         }
         let Some(shared) = guard.shared.upgrade() else {
             return;
@@ -111,36 +119,43 @@ async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
     }
 }
 
-/// Starts the background refresh if it is due and nothing else runs.
+/// Starts the background refresh if it is due and nothing else runs,
+/// deciding under one lock and spawning after it is released.
 fn start_scheduled(manager: TokenManager) {
-    if next_due(&manager.shared).is_none_or(|at| at > Instant::now()) {
-        return;
-    }
-    let mut control = manager.shared.lock();
-    let snapshot = manager.shared.snapshot.load_full();
-    if control.flight.is_none() {
+    let launch = {
+        let mut control = manager.shared.lock();
+        let snapshot = manager.shared.snapshot.load_full();
+        let due = next_due(&control, &snapshot, &manager.shared);
+        if due.is_none_or(|at| at > Instant::now()) {
+            return;
+        }
         let reason = if snapshot.tokens.is_none() {
             RefreshReason::Initial
         } else {
             RefreshReason::Scheduled
         };
-        let _ = manager.start_flight(&mut control, reason, &snapshot);
+        manager.start_flight(&mut control, reason, &snapshot)
+    };
+    if let Ok(launch) = launch {
+        launch.spawn();
     }
 }
 
-/// When the background refresh should run: at the advisory point, or now
-/// when there is no token, but never while a refresh runs or a failure
-/// blocks.
-fn next_due(shared: &Shared) -> Option<Instant> {
-    let control = shared.lock();
-    if control.flight.is_some() {
+/// When the background refresh should run: at the advisory point (never
+/// sooner than `min_refresh_interval` after the last refresh), or now when
+/// there is no token; never while a refresh runs or a failure blocks.
+fn next_due(control: &Control, snapshot: &Snapshot, shared: &Shared) -> Option<Instant> {
+    let now = Instant::now();
+    if control.flight.as_ref().is_some_and(|f| f.is_live(now)) {
         return None;
     }
-    let snapshot = shared.snapshot.load();
     let due = if snapshot.header.is_none() {
-        Instant::now()
+        now
     } else {
-        snapshot.stale_at?
+        let earliest = snapshot
+            .refreshed_at
+            .map(|at| later(at, shared.config.min_refresh_interval));
+        snapshot.stale_at?.max(earliest.unwrap_or(now))
     };
     match &control.failure {
         None => Some(due),

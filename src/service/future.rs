@@ -64,15 +64,13 @@ fn copy_head(parts: &Parts) -> Parts {
     head.into_parts().0
 }
 
-pin_project! {
-    // A rejection held until the body is known to be replayable (boxed: a
-    // rare path, kept out of the size of every response future).
-    struct Settle<R> {
-        rejection: Option<R>,
-        next: Option<Next>,
-        #[pin]
-        bound: Sleep,
-    }
+/// A rejection held until the body is known to be replayable (boxed: a
+/// rare path, kept out of the size of every response future). The bound is
+/// a timer, so it exists only where a tokio timer does.
+struct Settle<R> {
+    rejection: Option<R>,
+    next: Option<Next>,
+    bound: Option<Pin<Box<Sleep>>>,
 }
 
 /// What to do once a rejected request's body is known to be replayable.
@@ -92,7 +90,7 @@ pin_project! {
         // attempt has released the body (or it outgrew the cap, or the
         // bound passed), so that an unreplayable body still gets the
         // original response back rather than a broken retry.
-        Settling { settle: Pin<Box<Settle<R>>> },
+        Settling { settle: Box<Settle<R>> },
         // Rejected: waiting for the refresh the rejection joined or started.
         Refreshing { token: BoxFuture<Result<Credential, Error>> },
         // Have a token for the retry; waiting for the service to be ready.
@@ -220,30 +218,40 @@ where
                         return Poll::Ready(Ok(response));
                     };
                     let next = match decision {
-                        Decision::GiveUp => return Poll::Ready(Ok(response)),
-                        Decision::Fail(error) => return Poll::Ready(Err(error.into())),
+                        // No refresh can run now (a failure blocks it): the
+                        // rejection is the answer, as when no retry is
+                        // possible; later requests get the typed error.
+                        Decision::GiveUp | Decision::Fail(_) => return Poll::Ready(Ok(response)),
                         Decision::Use(credential) => Next::Retry(credential),
                         Decision::Wait(flight) => Next::Refresh(flight),
                     };
                     *this.pending = Some(retry);
                     this.state.set(State::Settling {
-                        settle: Box::pin(Settle {
+                        settle: Box::new(Settle {
                             rejection: Some(response),
                             next: Some(next),
-                            bound: tokio::time::sleep(core.manager.refresh_timeout()),
+                            bound: tokio::runtime::Handle::try_current().ok().map(|_| {
+                                Box::pin(tokio::time::sleep(core.manager.refresh_timeout()))
+                            }),
                         }),
                     });
                 }
                 StateProj::Settling { settle } => {
-                    let settle = settle.as_mut().project();
-                    let (rejection, next, bound) = (settle.rejection, settle.next, settle.bound);
+                    let Settle {
+                        rejection,
+                        next,
+                        bound,
+                    } = &mut **settle;
                     let retry = this.pending.as_ref().expect("retry copy kept");
                     let replayable = match retry.body.poll_replayable(cx) {
                         Poll::Ready(replayable) => replayable,
-                        Poll::Pending => {
-                            ready!(bound.poll(cx));
-                            false
-                        }
+                        Poll::Pending => match bound {
+                            Some(bound) => {
+                                ready!(bound.as_mut().poll(cx));
+                                false
+                            }
+                            None => return Poll::Pending,
+                        },
                     };
                     let rejection = rejection.take().expect("rejection kept while settling");
                     if !replayable {
@@ -289,10 +297,10 @@ where
                         .classifier
                         .is_rejection(response.status(), response.headers())
                     {
-                        // Never a second retry; the manager still learns that
-                        // this token was rejected too and decides for the
-                        // next requests.
-                        let _ = core.manager.rejected(*this.generation);
+                        // Counted, not acted on: acting could start a second
+                        // refresh for one request (the refresh-loop pitfall).
+                        // The next request meets the token's state afresh.
+                        core.manager.count_rejection();
                     }
                     return Poll::Ready(Ok(response));
                 }

@@ -1,0 +1,404 @@
+//! Robustness of the token state under awkward timing and hostile values,
+//! through the public API: tokens set during a refresh, runtimes that idle
+//! or shut down, panics in user code, absurd lifetimes and Retry-After
+//! values, and stale-from-birth tokens.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_token_refresh::{
+    refresh_fn, BoxError, RefreshError, RefreshWindow, ReplayBody, TokenRefreshLayer, TokenSet,
+};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+type Body = Full<Bytes>;
+
+/// An API that accepts everything and echoes the Authorization header.
+fn echo() -> impl Service<
+    Request<ReplayBody<Body>>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<String>, Infallible>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(|req: Request<ReplayBody<Body>>| async move {
+        let auth = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        Ok::<_, Infallible>(Response::new(auth))
+    })
+}
+
+fn get() -> Request<Body> {
+    Request::new(Full::new(Bytes::new()))
+}
+
+async fn bearer<S>(client: &S) -> Result<String, BoxError>
+where
+    S: Service<Request<Body>, Response = Response<String>, Error = BoxError> + Clone,
+{
+    Ok(client.clone().oneshot(get()).await?.into_body())
+}
+
+/// Tokens set while a refresh runs win over that refresh's result, which
+/// started from the old refresh token.
+#[tokio::test(start_paused = true)]
+async fn tokens_set_during_a_refresh_are_not_overwritten_by_that_refresh() {
+    let source = refresh_fn(|_ctx| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok::<_, RefreshError>(TokenSet::new("from-old-refresh-token").with_expires_in(HOUR))
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("a0").with_refresh_token("r-old"))
+        .build();
+    let handle = layer.handle();
+    let forcing = handle.clone();
+    let forced = tokio::spawn(async move { forcing.force_refresh().await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(handle.status().is_refreshing());
+
+    // The user signs in again while the refresh runs.
+    handle
+        .set_tokens(
+            TokenSet::new("signed-in-again")
+                .with_refresh_token("r-new")
+                .with_expires_in(HOUR),
+        )
+        .unwrap();
+    let _ = forced.await.unwrap();
+
+    let tokens = handle.tokens().unwrap();
+    assert_eq!(
+        tokens.refresh_token().unwrap().expose(),
+        "r-new",
+        "the refresh token set by the user was replaced by the old one"
+    );
+    assert_eq!(tokens.access_token().expose(), "signed-in-again");
+}
+
+/// A terminal failure of a refresh started from the old, dead refresh
+/// token is not held against tokens set while it ran; its waiters get the
+/// new tokens.
+#[tokio::test(start_paused = true)]
+async fn terminal_failure_of_a_superseded_refresh_does_not_block_tokens_set_during_it() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = refresh_fn(move |_ctx| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                return Err(RefreshError::terminal("invalid_grant").with_status(400));
+            }
+            Ok(TokenSet::new("next").with_expires_in(HOUR))
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("a0").with_refresh_token("dead"))
+        .build();
+    let handle = layer.handle();
+    let forcing = handle.clone();
+    let forced = tokio::spawn(async move { forcing.force_refresh().await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    handle
+        .set_tokens(
+            TokenSet::new("relogin")
+                .with_refresh_token("good")
+                .with_expires_in(HOUR),
+        )
+        .unwrap();
+    // The superseded refresh reports the tokens that superseded it.
+    assert!(forced.await.unwrap().is_ok());
+
+    let again = handle.force_refresh().await;
+    assert!(
+        again.is_ok(),
+        "tokens set after the failed refresh started are blocked by its failure: {again:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A huge Retry-After is recorded as a rate limit (saturating), not a panic
+/// that would turn it into a short transient backoff.
+#[tokio::test(start_paused = true)]
+async fn huge_retry_after_is_recorded_as_a_rate_limit_not_a_panic() {
+    let source = refresh_fn(|_ctx| async {
+        Err::<TokenSet, _>(RefreshError::rate_limited(Some(Duration::MAX)))
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("a0").with_expires_in(HOUR))
+        .build();
+    let handle = layer.handle();
+    let error = handle.force_refresh().await.unwrap_err();
+    let status = handle.status();
+    let last = status.last_error().expect("a failure is recorded");
+    assert!(
+        last.is_rate_limited(),
+        "the 429 was lost: error {error}, recorded {last}"
+    );
+}
+
+/// A panic anywhere while the control lock was held (here: a refresh
+/// source that panics) does not stop background refreshes of stale tokens.
+#[tokio::test(start_paused = true)]
+async fn stale_tokens_are_still_refreshed_after_a_panic_under_the_control_lock() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = refresh_fn(move |_ctx| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                // Poisons the control mutex (see the test above).
+                return Err(RefreshError::rate_limited(Some(Duration::MAX)));
+            }
+            Ok(TokenSet::new("next").with_expires_in(HOUR))
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("a0").with_expires_in(HOUR))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(echo());
+    let _ = handle.force_refresh().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // New tokens clear the failure; 100 s tokens are stale after 50 s.
+    handle
+        .set_tokens(TokenSet::new("b").with_expires_in(Duration::from_secs(100)))
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(bearer(&client).await.unwrap(), "Bearer b");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "a stale-window request started no background refresh"
+    );
+}
+
+/// A refresh whose `expires_in` is huge (Java servers send Long.MAX_VALUE
+/// for "never") is installed with a saturated expiry.
+#[tokio::test(start_paused = true)]
+async fn huge_expires_in_from_a_refresh_is_installed_not_a_panic() {
+    let source = refresh_fn(|_ctx| async {
+        Ok::<_, RefreshError>(
+            TokenSet::new("forever")
+                .with_refresh_token("rotated")
+                .with_expires_in(Duration::from_secs(i64::MAX as u64)),
+        )
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("a0").with_refresh_token("r0"))
+        .build();
+    let handle = layer.handle();
+    let result = handle.force_refresh().await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        handle.tokens().unwrap().refresh_token().unwrap().expose(),
+        "rotated"
+    );
+}
+
+/// `set_tokens` with a huge lifetime is accepted.
+#[tokio::test(start_paused = true)]
+async fn set_tokens_with_a_huge_lifetime_does_not_panic() {
+    let source = refresh_fn(|_ctx| async { Ok::<_, RefreshError>(TokenSet::new("x")) });
+    let layer = TokenRefreshLayer::builder(source).build();
+    let handle = layer.handle();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handle.set_tokens(TokenSet::new("t").with_expires_in(Duration::MAX))
+    }));
+    assert!(result.is_ok(), "set_tokens panicked");
+}
+
+/// A panicking `on_refresh` hook loses nothing: the refreshed tokens,
+/// including a rotated refresh token, are installed.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_hook_does_not_lose_the_rotated_tokens() {
+    let source = refresh_fn(|_ctx| async {
+        Ok::<_, RefreshError>(
+            TokenSet::new("a1")
+                .with_refresh_token("r-rotated")
+                .with_expires_in(HOUR),
+        )
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("a0").with_refresh_token("r0"))
+        .on_refresh(|_tokens: &TokenSet| async { panic!("bug in the user's persistence hook") })
+        .build();
+    let handle = layer.handle();
+    let _ = handle.force_refresh().await;
+    assert_eq!(
+        handle.tokens().unwrap().refresh_token().unwrap().expose(),
+        "r-rotated",
+        "the rotated refresh token was thrown away"
+    );
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A refresh spawned on a runtime that is alive but not driven (a
+/// current-thread runtime between `block_on` calls) does not strand the
+/// requests of another runtime: they give up on it at its deadline and a
+/// new refresh replaces it.
+#[test]
+fn a_refresh_stuck_on_an_idle_runtime_does_not_strand_requests_on_another() {
+    let source = refresh_fn(|_ctx| async {
+        Ok::<_, RefreshError>(TokenSet::new("t").with_expires_in(HOUR))
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .refresh_timeout(Duration::from_secs(1))
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(echo());
+
+    let idle = current_thread();
+    idle.block_on(async {
+        // Start acquiring (spawns the refresh on `idle`), then give up.
+        let mut request = pin!(client.clone().oneshot(get()));
+        std::future::poll_fn(|cx| {
+            let _ = request.as_mut().poll(cx);
+            Poll::Ready(())
+        })
+        .await;
+    });
+
+    let outcome = current_thread()
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), bearer(&client)).await });
+    assert!(
+        outcome.is_ok(),
+        "the request waited 5 s on a refresh (timeout 1 s) that nobody runs"
+    );
+    drop(idle);
+}
+
+/// A watcher on an idle current-thread runtime cannot vouch for freshness:
+/// requests from elsewhere read the clock and never send an expired token.
+#[test]
+fn a_watcher_on_an_idle_runtime_does_not_keep_an_expired_token_fresh() {
+    let source = refresh_fn(|_ctx| async {
+        Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(HOUR))
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_millis(600)))
+        .advisory_window(RefreshWindow::fixed(Duration::from_millis(300)))
+        .mandatory_window(RefreshWindow::fixed(Duration::from_millis(100)))
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(echo());
+
+    let idle = current_thread();
+    idle.block_on(async {
+        assert_eq!(bearer(&client).await.unwrap(), "Bearer old");
+        // The watcher (spawned on `idle`) runs and marks the token watched.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    });
+
+    let sent = current_thread().block_on(async {
+        tokio::time::sleep(Duration::from_millis(700)).await; // past the real expiry
+        bearer(&client).await.unwrap()
+    });
+    assert_eq!(sent, "Bearer new", "an expired token was sent as fresh");
+    drop(idle);
+}
+
+/// A refresh spawned on a runtime that has shut down (the task is dropped
+/// at once, and its guard takes the control lock) does not deadlock: the
+/// task is spawned after the lock is released.
+#[test]
+fn a_refresh_spawned_on_a_shut_down_runtime_does_not_deadlock() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = current_thread();
+        let handle = runtime.handle().clone();
+        drop(runtime);
+        let _entered = handle.enter();
+        let source = refresh_fn(|_ctx| async {
+            Ok::<_, RefreshError>(TokenSet::new("t").with_expires_in(HOUR))
+        });
+        let layer = TokenRefreshLayer::builder(source)
+            .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_secs(100)))
+            // Stale from the start: the first request starts a background refresh.
+            .advisory_window(RefreshWindow::fraction(1.0))
+            .build();
+        let mut client = ServiceBuilder::new().layer(layer).service(echo());
+        let _response = client.call(get());
+        done.send(()).unwrap();
+    });
+    assert!(
+        finished.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "Service::call deadlocked on the control mutex"
+    );
+}
+
+/// A token that is stale from birth (an advisory window as long as its
+/// lifetime) is not refreshed back to back by the background timer:
+/// `min_refresh_interval` spaces the refreshes.
+#[tokio::test(start_paused = true)]
+async fn the_background_timer_does_not_refresh_back_to_back() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = refresh_fn(move |_ctx| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, RefreshError>(TokenSet::new("t").with_expires_in(Duration::from_secs(300)))
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("t0").with_expires_in(Duration::from_secs(300)))
+        .advisory_window(RefreshWindow::fixed(Duration::from_secs(600)))
+        .background_refresh(true)
+        .build();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let made = calls.load(Ordering::SeqCst);
+    // The default min_refresh_interval is 5 s: at most ~3 in 10 s.
+    assert!(made <= 3, "{made} refresh calls in 10 s without traffic");
+    drop(layer);
+}
+
+/// The same sequence as the panic test, with an ordinary rate limit: stale
+/// tokens are refreshed once it has passed.
+#[tokio::test(start_paused = true)]
+async fn control_stale_tokens_are_refreshed_after_an_ordinary_rate_limit() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = refresh_fn(move |_ctx| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                return Err(RefreshError::rate_limited(Some(Duration::from_secs(30))));
+            }
+            Ok(TokenSet::new("next").with_expires_in(HOUR))
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("a0").with_expires_in(HOUR))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(echo());
+    let _ = handle.force_refresh().await;
+    handle
+        .set_tokens(TokenSet::new("b").with_expires_in(Duration::from_secs(100)))
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(bearer(&client).await.unwrap(), "Bearer b");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
