@@ -361,6 +361,21 @@ impl TokenManager {
         self.shared.stats.snapshot()
     }
 
+    /// The current credential if it is newer than `credential` and usable,
+    /// else `credential`: a retry that waited (for its body, for readiness)
+    /// goes out with the newest token.
+    pub(crate) fn newest(&self, credential: Credential) -> Credential {
+        let snapshot = self.shared.snapshot.load();
+        if snapshot.generation > credential.generation
+            && snapshot.freshness(Instant::now()) != Freshness::Expired
+        {
+            if let Some(newer) = snapshot.credential() {
+                return newer;
+            }
+        }
+        credential
+    }
+
     /// Counts a rejection without acting on it (the retry's own rejection:
     /// acting on it could start a second refresh for one request).
     pub(crate) fn count_rejection(&self) {

@@ -465,14 +465,16 @@ fn a_watcher_lost_with_its_runtime_hands_freshness_back_to_the_clock() {
         // (on this runtime, which also gets a new watcher).
         let result = send(&client, get()).await;
         assert!(result.is_ok(), "{result:?}");
+        let handle = layer.handle();
         tokio::time::timeout(Duration::from_secs(5), async {
-            while issuer.calls() == 0 {
+            while handle.stats().refresh_successes == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
         .await
         .expect("the stale token was noticed without the lost watcher");
         assert_eq!(bearer(&send(&client, get()).await), "tok-1");
+        assert_eq!(issuer.calls(), 1);
     });
     drop(layer);
 }

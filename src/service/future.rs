@@ -284,6 +284,7 @@ where
                     let credential = credential.take().expect("credential set before readiness");
                     let retry = this.pending.take().expect("retry copy kept");
                     let core = this.core.as_ref().expect("set for managed requests");
+                    let credential = core.manager.newest(credential);
                     core.manager.count_retry();
                     *this.generation = credential.generation;
                     let (mut service, request) = retry.into_request(credential);
