@@ -203,7 +203,9 @@ impl TokenManager {
                 self.wait(flight).await
             }
             Decision::Fail(error) => Err(error),
-            Decision::GiveUp => unreachable!("only rejections give up"),
+            // Only rejections give up; should that ever change, fail the
+            // request rather than the process.
+            Decision::GiveUp => Err(Error::new(ErrorKind::RefreshAborted)),
         }
     }
 
