@@ -16,24 +16,14 @@
 
 mod support;
 
-use std::time::Duration;
-
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use support::hot_path_variants::{run_variant, VARIANTS};
+use support::hot_path_variants::{run_variant, runtime, settle, VARIANTS};
 
 fn hot_path(c: &mut Criterion) {
-    // As in real use, the layer lives on a tokio runtime, whose watcher task
-    // marks tokens stale on time so fresh-token requests read no clock.
-    // Multi-thread, as a hyper client's runtime usually is: there the
-    // layer's watcher task vouches for fresh tokens.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     let _entered = runtime.enter();
-    let settle = || runtime.block_on(tokio::time::sleep(Duration::from_millis(5)));
+    let settle = || settle(&runtime);
     let mut group = c.benchmark_group("hot_path");
     for name in VARIANTS {
         group.bench_function(name, |b| {

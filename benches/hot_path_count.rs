@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::time::Duration;
+use support::hot_path_variants::{runtime, settle};
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
@@ -16,14 +16,8 @@ fn main() {
         std::process::exit(2);
     };
     let n: usize = n.parse().expect("N is a number");
-    // Multi-thread, as a hyper client's runtime usually is: there the
-    // layer's watcher task vouches for fresh tokens.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     let _entered = runtime.enter();
-    let settle = || runtime.block_on(tokio::time::sleep(Duration::from_millis(5)));
+    let settle = || settle(&runtime);
     support::hot_path_variants::run_variant(&variant, n, settle);
 }

@@ -167,6 +167,22 @@ fn token_layer(retry: bool) -> TokenRefreshLayer {
     .build()
 }
 
+/// The runtime the layer lives on, as in real use: multi-thread, as a hyper
+/// client's runtime usually is, so the layer's watcher task vouches for
+/// fresh tokens and a fresh-token request reads no clock.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .expect("runtime")
+}
+
+/// Lets `runtime` run for a moment (the watcher task starts watching).
+pub fn settle(runtime: &tokio::runtime::Runtime) {
+    runtime.block_on(tokio::time::sleep(Duration::from_millis(5)));
+}
+
 /// Every variant, by name, as a closure running `n` requests through it.
 /// `settle` lets the runtime run (the layer's watcher task) before the loop.
 pub fn run_variant(name: &str, n: usize, settle: impl Fn()) {
