@@ -19,8 +19,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tower_token_refresh::{
-    refresh_fn, BoxError, Error, Refresh, RefreshContext, RefreshWindow, TokenRefreshLayer,
-    TokenSet,
+    refresh_fn, BoxError, Builder, Error, Refresh, RefreshContext, RefreshWindow, TokenHandle,
+    TokenRefreshLayer, TokenSet,
 };
 
 use support::body::{chunked, full, ReqBody};
@@ -58,6 +58,31 @@ async fn servers(identity: IdentityServer) -> (IdentityServer, ApiServer, Cognit
         .await
         .expect("login");
     (identity, api, cognito, tokens)
+}
+
+/// The servers, and a client layered with tokens from one login.
+struct Setup {
+    identity: IdentityServer,
+    api: ApiServer,
+    handle: TokenHandle,
+    client: AuthedClient,
+}
+
+/// Starts `identity` and an API server beside it, logs in, and builds the
+/// layer: `configure` gets the builder and the login tokens and adds the
+/// test's own settings.
+async fn setup(
+    identity: IdentityServer,
+    configure: impl FnOnce(Builder, TokenSet) -> Builder,
+) -> Setup {
+    let (identity, api, cognito, login) = servers(identity).await;
+    let layer = configure(TokenRefreshLayer::builder(refresher(&cognito)), login).build();
+    Setup {
+        identity,
+        api,
+        handle: layer.handle(),
+        client: authed_client(layer),
+    }
 }
 
 /// Sends `n` requests made by `request` at once, each from its own task.
@@ -100,18 +125,20 @@ fn payload(len: usize) -> Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_requests_with_an_expired_token_cause_one_refresh() {
     bounded(async {
-        let (identity, api, cognito, login) =
-            servers(IdentityServer::builder().start().await).await;
-        // Same tokens, but the layer is told the access token has no time
-        // left: no request may be sent with it.
-        let expired = TokenSet::new(login.access_token().clone())
-            .with_refresh_token(login.refresh_token().expect("refresh token").clone())
-            .with_expires_in(Duration::ZERO);
-        let layer = TokenRefreshLayer::builder(refresher(&cognito))
-            .initial_tokens(expired)
-            .build();
-        let handle = layer.handle();
-        let client = authed_client(layer);
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+        } = setup(IdentityServer::builder().start().await, |layer, login| {
+            // Same tokens, but the layer is told the access token has no
+            // time left: no request may be sent with it.
+            let expired = TokenSet::new(login.access_token().clone())
+                .with_refresh_token(login.refresh_token().expect("refresh token").clone())
+                .with_expires_in(Duration::ZERO);
+            layer.initial_tokens(expired)
+        })
+        .await;
 
         let url = api.url("/v1/items");
         let results = concurrently(&client, 1000, || get(&url)).await;
@@ -128,15 +155,13 @@ async fn thousand_concurrent_requests_with_an_expired_token_cause_one_refresh() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_requests_rejected_after_revocation_refresh_once_and_are_retried() {
     bounded(async {
-        let (identity, api, cognito, login) =
-            servers(IdentityServer::builder().start().await).await;
-        let layer = TokenRefreshLayer::builder(refresher(&cognito))
+        let Setup { identity, api, handle, client } =
             // Tokens handed in (not refreshed by the layer) are never held
             // back by min_refresh_interval: this one is milliseconds old.
-            .initial_tokens(login)
-            .build();
-        let handle = layer.handle();
-        let client = authed_client(layer);
+            setup(IdentityServer::builder().start().await, |layer, login| {
+                layer.initial_tokens(login)
+            })
+            .await;
 
         // All 1,000 reach the API server with the login token, then it is
         // revoked and they are checked: every one is rejected.
@@ -165,13 +190,15 @@ async fn thousand_requests_rejected_after_revocation_refresh_once_and_are_retrie
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_body_is_replayed_when_the_server_rejects_before_reading_it() {
     bounded(async {
-        let (identity, api, cognito, login) =
-            servers(IdentityServer::builder().start().await).await;
-        let layer = TokenRefreshLayer::builder(refresher(&cognito))
-            .initial_tokens(login)
-            .build();
-        let handle = layer.handle();
-        let client = authed_client(layer);
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+        } = setup(IdentityServer::builder().start().await, |layer, login| {
+            layer.initial_tokens(login)
+        })
+        .await;
         api.revoke_current();
 
         // 16 KiB of unknown length, streamed in 1 KiB pieces 2 ms apart:
@@ -200,14 +227,15 @@ async fn post_body_is_replayed_when_the_server_rejects_before_reading_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_the_replay_cap_is_not_retried_and_the_401_is_returned() {
     bounded(async {
-        let (identity, api, cognito, login) =
-            servers(IdentityServer::builder().start().await).await;
-        let layer = TokenRefreshLayer::builder(refresher(&cognito))
-            .initial_tokens(login)
-            .replay_cap(1024)
-            .build();
-        let handle = layer.handle();
-        let client = authed_client(layer);
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+        } = setup(IdentityServer::builder().start().await, |layer, login| {
+            layer.initial_tokens(login).replay_cap(1024)
+        })
+        .await;
         api.revoke_current();
         let data = payload(4 * 1024);
         let url = api.url("/v1/upload");
@@ -265,13 +293,17 @@ async fn cognito_rate_limit_is_never_hit_across_expiries() {
             .rate_limit(5, Duration::from_secs(6))
             .start()
             .await;
-        let (identity, api, cognito, login) = servers(identity).await;
-        let layer = TokenRefreshLayer::builder(refresher(&cognito))
-            .initial_tokens(login)
-            .advisory_window(RefreshWindow::fixed(ADVISORY))
-            .build();
-        let handle = layer.handle();
-        let client = authed_client(layer);
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+        } = setup(identity, |layer, login| {
+            layer
+                .initial_tokens(login)
+                .advisory_window(RefreshWindow::fixed(ADVISORY))
+        })
+        .await;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
@@ -330,13 +362,15 @@ async fn cognito_rate_limit_is_never_hit_across_expiries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_refresh_token_fails_fast_with_reauth_required() {
     bounded(async {
-        let (identity, api, cognito, login) =
-            servers(IdentityServer::builder().start().await).await;
-        let layer = TokenRefreshLayer::builder(refresher(&cognito))
-            .initial_tokens(login)
-            .build();
-        let handle = layer.handle();
-        let client = authed_client(layer);
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+        } = setup(IdentityServer::builder().start().await, |layer, login| {
+            layer.initial_tokens(login)
+        })
+        .await;
         identity.tokens().revoke_refresh_tokens();
         api.revoke_current();
         let url = api.url("/v1/items");
@@ -457,13 +491,15 @@ async fn identity_server_answers_as_the_seed_documents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_body_crossing_the_replay_cap_after_the_401_returns_the_401() {
     bounded(async {
-        let (identity, api, cognito, login) =
-            servers(IdentityServer::builder().start().await).await;
-        let layer = TokenRefreshLayer::builder(refresher(&cognito))
-            .initial_tokens(login)
-            .replay_cap(1024)
-            .build();
-        let client = authed_client(layer);
+        let Setup {
+            identity,
+            api,
+            client,
+            ..
+        } = setup(IdentityServer::builder().start().await, |layer, login| {
+            layer.initial_tokens(login).replay_cap(1024)
+        })
+        .await;
         api.revoke_current();
         let url = api.url("/v1/upload");
 
