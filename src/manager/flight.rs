@@ -248,9 +248,8 @@ impl FlightTask {
         control.failure = None;
         control.consecutive_failures = 0;
         if current || control.flight.is_none() {
-            // No proactive refresh before min_refresh_interval: a token that
-            // is stale from birth must not cause back-to-back refreshes.
-            let gate = later(Instant::now(), shared.config.min_refresh_interval);
+            // No proactive refresh before the new token allows one.
+            let gate = snapshot.proactive_from.unwrap_or_else(Instant::now);
             shared
                 .proactive_gate
                 .store(shared.nanos(gate), Ordering::Release);

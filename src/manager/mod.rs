@@ -131,9 +131,7 @@ impl TokenManager {
         let mut control = Control::default();
         let snapshot = match initial.map(|t| Prepared::new(t, epoch, false)) {
             None => Snapshot::empty(0),
-            Some(Ok(prepared)) => {
-                prepared.into_snapshot(1, epoch, &config.advisory, &config.mandatory)
-            }
+            Some(Ok(prepared)) => prepared.into_snapshot(1, epoch, &config),
             Some(Err(_)) => {
                 control.failure = Some(Failure::new(
                     Arc::new(RefreshError::terminal(
@@ -477,12 +475,7 @@ impl Shared {
     /// what makes generations strictly increasing.
     fn install(&self, prepared: Prepared) -> Arc<Snapshot> {
         let generation = self.snapshot.load().generation + 1;
-        let snapshot = Arc::new(prepared.into_snapshot(
-            generation,
-            Instant::now(),
-            &self.config.advisory,
-            &self.config.mandatory,
-        ));
+        let snapshot = Arc::new(prepared.into_snapshot(generation, Instant::now(), &self.config));
         self.snapshot.store(Arc::clone(&snapshot));
         snapshot
     }

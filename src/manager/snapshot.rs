@@ -7,7 +7,7 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 use super::later;
-use super::window::RefreshWindow;
+use super::Config;
 use crate::TokenSet;
 
 /// Where a token stands in its life.
@@ -71,16 +71,17 @@ impl Prepared {
         self,
         generation: u64,
         installed_at: Instant,
-        advisory: &RefreshWindow,
-        mandatory: &RefreshWindow,
+        config: &Config,
     ) -> Snapshot {
-        let (stale_at, expired_at, expires_at) = match self.tokens.expires_in() {
-            Some(lifetime) => {
-                let expires_at = later(self.obtained_at, lifetime);
-                let lifetime = expires_at.duration_since(self.obtained_at);
-                let advisory = advisory.before_expiry(lifetime);
+        let lifetime = self.tokens.expires_in().map(|lifetime| {
+            let expires_at = later(self.obtained_at, lifetime);
+            (expires_at, expires_at.duration_since(self.obtained_at))
+        });
+        let (stale_at, expired_at, expires_at) = match lifetime {
+            Some((expires_at, lifetime)) => {
+                let advisory = config.advisory.before_expiry(lifetime);
                 // The mandatory window never starts before the advisory one.
-                let mandatory = mandatory.before_expiry(lifetime).min(advisory);
+                let mandatory = config.mandatory.before_expiry(lifetime).min(advisory);
                 (
                     Some(expires_at - advisory),
                     Some(expires_at - mandatory),
@@ -89,11 +90,22 @@ impl Prepared {
             }
             None => (None, None, None),
         };
+        // A refreshed token is not refreshed proactively again before
+        // min_refresh_interval (a token stale from birth would otherwise be
+        // refreshed back to back), nor later than half its lifetime, so
+        // short-lived tokens still refresh in the background.
+        let proactive_from = self.refreshed.then(|| {
+            let spacing = lifetime.map_or(config.min_refresh_interval, |(_, lifetime)| {
+                config.min_refresh_interval.min(lifetime / 2)
+            });
+            later(installed_at, spacing)
+        });
         Snapshot {
             generation,
             tokens: Some(self.tokens),
             header: Some(self.header),
             refreshed_at: self.refreshed.then_some(installed_at),
+            proactive_from,
             stale_at,
             expired_at,
             expires_at,
@@ -116,6 +128,8 @@ pub(crate) struct Snapshot {
     /// When a refresh we performed produced this token; `None` for tokens
     /// handed to us, whose age we cannot know.
     pub(crate) refreshed_at: Option<Instant>,
+    /// No proactive or scheduled refresh before this (refreshed tokens only).
+    pub(crate) proactive_from: Option<Instant>,
     /// Start of the advisory window.
     pub(crate) stale_at: Option<Instant>,
     /// Start of the mandatory window.
@@ -140,6 +154,7 @@ impl Snapshot {
             tokens: None,
             header: None,
             refreshed_at: None,
+            proactive_from: None,
             stale_at: None,
             expired_at: None,
             expires_at: None,
@@ -235,12 +250,10 @@ mod tests {
         if let Some(secs) = lifetime {
             tokens = tokens.with_expires_in(Duration::from_secs(secs));
         }
-        let snap = Prepared::new(tokens, now, true).unwrap().into_snapshot(
-            1,
-            now,
-            &RefreshWindow::default_advisory(),
-            &RefreshWindow::default_mandatory(),
-        );
+        let snap =
+            Prepared::new(tokens, now, true)
+                .unwrap()
+                .into_snapshot(1, now, &Config::default());
         (now, snap)
     }
 
@@ -303,12 +316,7 @@ mod tests {
         let tokens = TokenSet::new("t").with_expires_in(Duration::MAX);
         let snap = Prepared::new(tokens, Instant::now(), true)
             .unwrap()
-            .into_snapshot(
-                1,
-                Instant::now(),
-                &RefreshWindow::default_advisory(),
-                &RefreshWindow::default_mandatory(),
-            );
+            .into_snapshot(1, Instant::now(), &Config::default());
         let years = Duration::from_secs(86_400 * 365 * 29);
         assert!(snap.expires_at.unwrap() > Instant::now() + years);
         assert_eq!(snap.freshness(Instant::now()), Freshness::Fresh);

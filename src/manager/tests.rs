@@ -478,3 +478,28 @@ fn a_watcher_lost_with_its_runtime_hands_freshness_back_to_the_clock() {
     });
     drop(layer);
 }
+
+#[tokio::test(start_paused = true)]
+async fn short_lived_tokens_are_refreshed_in_the_background_so_nobody_waits() {
+    // 2 s tokens: advisory at 1 s, mandatory at 1.8 s; the default
+    // min_refresh_interval (5 s) is longer than the whole lifetime.
+    let two = Duration::from_secs(2);
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, Some(two), Duration::from_millis(100));
+    let layer = TokenRefreshLayer::builder(source).build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    send(&client, get()).await.unwrap(); // acquires tok-1 (waits once)
+
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let result = send(&client, get()).await;
+        assert_eq!(result.as_ref().map(|r| r.0).ok(), Some(StatusCode::OK));
+    }
+
+    let stats = handle.stats();
+    assert_eq!(stats.waited, 1, "only the very first request waited");
+    // About one refresh per 1.1 s (refresh at half life, 100 ms to answer).
+    let calls = issuer.calls();
+    assert!((8..=11).contains(&calls), "{calls} refreshes in 10 s");
+}

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio::runtime::RuntimeFlavor;
 
 use super::snapshot::Snapshot;
-use super::{later, Control, Shared, TokenManager};
+use super::{Control, Shared, TokenManager};
 use crate::RefreshReason;
 
 impl TokenManager {
@@ -88,7 +88,7 @@ async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
         let stale_due = snapshot.watch(Instant::now(), guard.promise);
         guard.watching = Arc::downgrade(&snapshot);
         let refresh_due = if shared.config.background {
-            next_due(&shared.lock(), &snapshot, &shared)
+            next_due(&shared.lock(), &snapshot)
         } else {
             None
         };
@@ -125,7 +125,7 @@ fn start_scheduled(manager: TokenManager) {
     let launch = {
         let mut control = manager.shared.lock();
         let snapshot = manager.shared.snapshot.load_full();
-        let due = next_due(&control, &snapshot, &manager.shared);
+        let due = next_due(&control, &snapshot);
         if due.is_none_or(|at| at > Instant::now()) {
             return;
         }
@@ -142,9 +142,9 @@ fn start_scheduled(manager: TokenManager) {
 }
 
 /// When the background refresh should run: at the advisory point (never
-/// sooner than `min_refresh_interval` after the last refresh), or now when
-/// there is no token; never while a refresh runs or a failure blocks.
-fn next_due(control: &Control, snapshot: &Snapshot, shared: &Shared) -> Option<Instant> {
+/// before the token's `proactive_from`), or now when there is no token;
+/// never while a refresh runs or a failure blocks.
+fn next_due(control: &Control, snapshot: &Snapshot) -> Option<Instant> {
     let now = Instant::now();
     if control.flight.as_ref().is_some_and(|f| f.is_live(now)) {
         return None;
@@ -152,10 +152,9 @@ fn next_due(control: &Control, snapshot: &Snapshot, shared: &Shared) -> Option<I
     let due = if snapshot.header.is_none() {
         now
     } else {
-        let earliest = snapshot
-            .refreshed_at
-            .map(|at| later(at, shared.config.min_refresh_interval));
-        snapshot.stale_at?.max(earliest.unwrap_or(now))
+        snapshot
+            .stale_at?
+            .max(snapshot.proactive_from.unwrap_or(now))
     };
     match &control.failure {
         None => Some(due),
