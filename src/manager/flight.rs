@@ -144,6 +144,14 @@ impl FlightTask {
             Ok(Ok(tokens)) => {
                 let tokens = tokens.inherit_refresh_token(self.current.as_deref());
                 match Prepared::new(tokens, started, true) {
+                    // Installing it would send every waiting request straight
+                    // back for another refresh; as a failure it is backed off.
+                    Ok(prepared) if prepared.is_expired_at(Instant::now()) => Err((
+                        RefreshError::transient(
+                            "the refresh returned a token that had already expired",
+                        ),
+                        ErrorKind::RefreshFailed,
+                    )),
                     Ok(prepared) => {
                         self.run_hook(&prepared).await;
                         Ok(prepared)

@@ -60,6 +60,14 @@ impl Prepared {
         })
     }
 
+    /// Whether the token is already past its expiry at `now` (an
+    /// `expires_in` of 0, or shorter than the refresh took).
+    pub(crate) fn is_expired_at(&self, now: Instant) -> bool {
+        self.tokens
+            .expires_in()
+            .is_some_and(|lifetime| later(self.obtained_at, lifetime) <= now)
+    }
+
     pub(crate) fn shared_tokens(&self) -> Arc<TokenSet> {
         Arc::clone(&self.tokens)
     }

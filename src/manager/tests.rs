@@ -503,3 +503,27 @@ async fn short_lived_tokens_are_refreshed_in_the_background_so_nobody_waits() {
     let calls = issuer.calls();
     assert!((8..=11).contains(&calls), "{calls} refreshes in 10 s");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_token_expired_on_arrival_is_a_failure_backed_off_not_a_refresh_loop() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, Some(Duration::ZERO), Duration::from_millis(10));
+    let layer = TokenRefreshLayer::builder(source)
+        .backoff(Backoff::new(Duration::from_secs(2), Duration::from_secs(2)))
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    for _ in 0..20 {
+        let error = expect_error(send(&client, get()).await);
+        assert!(error.is_refresh_failed(), "{error}");
+        assert!(error
+            .refresh_error()
+            .unwrap()
+            .message()
+            .contains("already expired"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 2 s of requests with a 1-2 s backoff: at most 3 calls, not 20.
+    let calls = issuer.calls();
+    assert!((1..=3).contains(&calls), "{calls} refresh calls");
+}
