@@ -83,7 +83,29 @@ pub use token::{Secret, TokenSet};
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-/// The response future of [`TokenRefresh`].
+/// The response future of [`TokenRefresh`], for naming it in types.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use http_body_util::Empty;
+/// use tower::Service;
+/// use tower_token_refresh::{classify::Unauthorized, future::ResponseFuture, ReplayBody, TokenRefresh};
+///
+/// type Body = Empty<bytes::Bytes>;
+///
+/// // A wrapper that stores the layer's future by name.
+/// struct Pending<S: Service<Request<ReplayBody<Body>>>> {
+///     future: ResponseFuture<S, Body, Unauthorized>,
+/// }
+///
+/// fn call<S>(service: &mut TokenRefresh<S>, request: Request<Body>) -> Pending<S>
+/// where
+///     S: Service<Request<ReplayBody<Body>>, Response = Response<()>, Error = Infallible> + Clone,
+/// {
+///     Pending { future: service.call(request) }
+/// }
+/// ```
 pub mod future {
     pub use crate::service::ResponseFuture;
 }
