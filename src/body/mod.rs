@@ -92,20 +92,29 @@ impl fmt::Display for OriginalFailed {
 
 impl std::error::Error for OriginalFailed {}
 
-/// What the instance currently reading owns: the recording and the rest of
-/// the original body. Handed between instances through `Shared::slot`.
-struct Recording<B> {
+pin_project! {
+    /// What the instance currently reading owns: the log of what was read
+    /// and the rest of the original body, pinned in place inside the one
+    /// box that is handed between instances through `Shared::slot`.
+    struct Recording<B> {
+        log: Log,
+        #[pin]
+        rest: Option<B>,
+    }
+}
+
+/// What was read from the original body so far.
+struct Log {
     chunks: Vec<Bytes>,
     recorded_bytes: usize,
     /// Data frames read from the original so far, recorded or not.
     frames_read: usize,
     trailers: Option<HeaderMap>,
-    rest: Option<Pin<Box<B>>>,
     failed: bool,
 }
 
 struct Slot<B> {
-    recording: Option<Box<Recording<B>>>,
+    recording: Option<Pin<Box<Recording<B>>>>,
     /// Every instance waiting for the recording. A single slot lost wakeups:
     /// with two instances waiting, the second overwrote the first's waker,
     /// and the first was never woken again.
@@ -124,7 +133,7 @@ struct Reader<B> {
     shared: Arc<Shared<B>>,
     // Boxed so that the body, which travels inside every request, stays
     // small: moving requests around is on the hot path.
-    owned: Option<Box<Recording<B>>>,
+    owned: Option<Pin<Box<Recording<B>>>>,
     frames_sent: usize,
     bytes_sent: usize,
     trailers_sent: bool,
@@ -164,13 +173,15 @@ where
             cap,
             initial_hint: hint,
         });
-        let recording = Box::new(Recording {
-            chunks: Vec::new(),
-            recorded_bytes: 0,
-            frames_read: 0,
-            trailers: None,
-            rest: Some(Box::pin(body)),
-            failed: false,
+        let recording = Box::pin(Recording {
+            log: Log {
+                chunks: Vec::new(),
+                recorded_bytes: 0,
+                frames_read: 0,
+                trailers: None,
+                failed: false,
+            },
+            rest: Some(body),
         });
         Ok(Self {
             inner: Inner::Replay {
@@ -257,7 +268,7 @@ impl<B> ReplayBody<B> {
         };
         let shared = &reader.shared;
         if let Some(recording) = &reader.owned {
-            return Poll::Ready(!shared.capped.load(Ordering::Acquire) && !recording.failed);
+            return Poll::Ready(!shared.capped.load(Ordering::Acquire) && !recording.log.failed);
         }
         // Checked under the slot lock, which the capping reader also takes
         // to wake waiters: no wake-up is lost between check and register.
@@ -267,7 +278,7 @@ impl<B> ReplayBody<B> {
         }
         if let Some(recording) = &slot.recording {
             // A body that failed cannot be sent again in full.
-            return Poll::Ready(!recording.failed);
+            return Poll::Ready(!recording.log.failed);
         }
         slot.register(cx.waker());
         Poll::Pending
@@ -318,7 +329,7 @@ where
 }
 
 impl<B> Reader<B> {
-    fn new(shared: Arc<Shared<B>>, owned: Option<Box<Recording<B>>>) -> Self {
+    fn new(shared: Arc<Shared<B>>, owned: Option<Pin<Box<Recording<B>>>>) -> Self {
         Self {
             shared,
             owned,
@@ -345,28 +356,30 @@ where
                 }
             }
         }
-        let recording = self.owned.as_mut().expect("acquired above");
+        let recording = self.owned.as_mut().expect("acquired above").as_mut();
+        let mut recording = recording.project();
+        let log = recording.log;
 
-        if self.frames_sent < recording.frames_read {
+        if self.frames_sent < log.frames_read {
             if self.shared.capped.load(Ordering::Acquire) {
                 return Poll::Ready(Some(Err(Capped.into())));
             }
-            let chunk = recording.chunks[self.frames_sent].clone();
+            let chunk = log.chunks[self.frames_sent].clone();
             self.frames_sent += 1;
             self.bytes_sent += chunk.len();
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
 
-        while let Some(rest) = recording.rest.as_mut() {
-            let frame = match rest.as_mut().poll_frame(cx) {
+        while let Some(rest) = recording.rest.as_mut().as_pin_mut() {
+            let frame = match rest.poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
-                    recording.rest = None;
+                    recording.rest.set(None);
                     break;
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    recording.rest = None;
-                    recording.failed = true;
+                    recording.rest.set(None);
+                    log.failed = true;
                     return Poll::Ready(Some(Err(error.into())));
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
@@ -374,7 +387,7 @@ where
             match frame.into_data() {
                 Ok(mut data) => {
                     let chunk = data.copy_to_bytes(data.remaining());
-                    recording.record(&chunk, &self.shared);
+                    log.record(&chunk, &self.shared);
                     self.frames_sent += 1;
                     self.bytes_sent += chunk.len();
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -382,8 +395,8 @@ where
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         // Trailers end a body.
-                        recording.rest = None;
-                        recording.trailers = Some(trailers.clone());
+                        recording.rest.set(None);
+                        log.trailers = Some(trailers.clone());
                         self.trailers_sent = true;
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
@@ -393,11 +406,11 @@ where
             }
         }
 
-        if recording.failed {
+        if log.failed {
             return Poll::Ready(Some(Err(OriginalFailed.into())));
         }
         if !self.trailers_sent {
-            if let Some(trailers) = &recording.trailers {
+            if let Some(trailers) = &log.trailers {
                 self.trailers_sent = true;
                 return Poll::Ready(Some(Ok(Frame::trailers(trailers.clone()))));
             }
@@ -411,13 +424,13 @@ where
         let Some(recording) = &self.owned else {
             return false;
         };
-        self.frames_sent >= recording.frames_read
-            && !recording.failed
+        self.frames_sent >= recording.log.frames_read
+            && !recording.log.failed
             && recording
                 .rest
                 .as_ref()
                 .is_none_or(|rest| rest.is_end_stream())
-            && (self.trailers_sent || recording.trailers.is_none())
+            && (self.trailers_sent || recording.log.trailers.is_none())
     }
 
     // `SizeHint` is `Copy` only since http-body 1.1; Cargo.toml allows 1.0.
@@ -426,7 +439,7 @@ where
         let Some(recording) = &self.owned else {
             return self.shared.initial_hint.clone();
         };
-        let replay = recording.recorded_bytes.saturating_sub(self.bytes_sent) as u64;
+        let replay = recording.log.recorded_bytes.saturating_sub(self.bytes_sent) as u64;
         let rest = recording
             .rest
             .as_ref()
@@ -444,8 +457,8 @@ where
     }
 }
 
-impl<B> Recording<B> {
-    fn record(&mut self, chunk: &Bytes, shared: &Shared<B>) {
+impl Log {
+    fn record<B>(&mut self, chunk: &Bytes, shared: &Shared<B>) {
         self.frames_read += 1;
         if shared.capped.load(Ordering::Relaxed) {
             return;
