@@ -196,10 +196,7 @@ impl TokenManager {
     pub(crate) async fn acquire(self) -> Result<Credential, Error> {
         match self.decide(None) {
             Decision::Use(credential) => Ok(credential),
-            Decision::Wait(flight) => {
-                Counters::bump(&self.shared.stats.waited);
-                self.wait(flight).await
-            }
+            Decision::Wait(flight) => self.wait(flight).await,
             Decision::Fail(error) => Err(error),
             // Only rejections give up; should that ever change, fail the
             // request rather than the process.
@@ -232,9 +229,11 @@ impl TokenManager {
         self.decide(Some(RefreshReason::Rejected))
     }
 
-    /// Waits for a refresh in flight; a failed refresh still yields the
-    /// current token while it is valid (static stability).
+    /// Waits for a refresh in flight (counted as a request that waited); a
+    /// failed refresh still yields the current token while it is valid
+    /// (static stability).
     pub(crate) async fn wait(self, flight: Flight) -> Result<Credential, Error> {
+        Counters::bump(&self.shared.stats.waited);
         match flight.outcome().await {
             Ok(credential) => Ok(credential),
             Err(error) => {
@@ -384,10 +383,6 @@ impl TokenManager {
 
     pub(crate) fn count_retry(&self) {
         Counters::bump(&self.shared.stats.retries);
-    }
-
-    pub(crate) fn count_waited(&self) {
-        Counters::bump(&self.shared.stats.waited);
     }
 
     /// A redacted summary of the current state.

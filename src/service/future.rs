@@ -225,16 +225,26 @@ where
                         Decision::Use(credential) => Next::Retry(credential),
                         Decision::Wait(flight) => Next::Refresh(flight),
                     };
-                    *this.pending = Some(retry);
-                    this.state.set(State::Settling {
-                        settle: Box::new(Settle {
-                            rejection: Some(response),
-                            next: Some(next),
-                            bound: tokio::runtime::Handle::try_current().ok().map(|_| {
-                                Box::pin(tokio::time::sleep(core.manager.refresh_timeout()))
+                    // Usually the first attempt has released the body by now
+                    // (or never had one): decide at once, without a timer.
+                    let state = match retry.body.poll_replayable(cx) {
+                        Poll::Ready(false) => return Poll::Ready(Ok(response)),
+                        Poll::Ready(true) => {
+                            drop(response);
+                            settled(next, core)
+                        }
+                        Poll::Pending => State::Settling {
+                            settle: Box::new(Settle {
+                                rejection: Some(response),
+                                next: Some(next),
+                                bound: tokio::runtime::Handle::try_current().ok().map(|_| {
+                                    Box::pin(tokio::time::sleep(core.manager.refresh_timeout()))
+                                }),
                             }),
-                        }),
-                    });
+                        },
+                    };
+                    *this.pending = Some(retry);
+                    this.state.set(state);
                 }
                 StateProj::Settling { settle } => {
                     let Settle {
@@ -261,16 +271,8 @@ where
                     // Dropped before waiting: frees the connection.
                     drop(rejection);
                     let core = this.core.as_ref().expect("set for managed requests");
-                    match next.take().expect("next step kept while settling") {
-                        Next::Retry(credential) => this.state.set(State::RetryReady {
-                            credential: Some(credential),
-                        }),
-                        Next::Refresh(flight) => {
-                            core.manager.count_waited();
-                            let token = Box::pin(core.manager.clone().wait(flight));
-                            this.state.set(State::Refreshing { token });
-                        }
-                    }
+                    let next = next.take().expect("next step kept while settling");
+                    this.state.set(settled(next, core));
                 }
                 StateProj::Refreshing { token } => {
                     let credential = ready!(token.as_mut().poll(cx))?;
@@ -307,6 +309,18 @@ where
                 }
             }
         }
+    }
+}
+
+/// The step after a rejected request's body is known to be replayable.
+fn settled<F, R, C>(next: Next, core: &Core<C>) -> State<F, R> {
+    match next {
+        Next::Retry(credential) => State::RetryReady {
+            credential: Some(credential),
+        },
+        Next::Refresh(flight) => State::Refreshing {
+            token: Box::pin(core.manager.clone().wait(flight)),
+        },
     }
 }
 
