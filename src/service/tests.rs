@@ -1,18 +1,15 @@
 //! Behaviour of the layer end to end, against in-process fakes and tokio's
 //! paused clock (no real sleeps).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
-use http_body::Frame;
 use tower::{ServiceBuilder, ServiceExt};
 
-use crate::test_support::{
-    burst, expect_error, get, hold, issuer, post, send, Api, Frames, Issuer,
-};
+use crate::test_support::body::{data, trailers, Item, TestBody};
+use crate::test_support::{burst, expect_error, get, hold, issuer, post, send, Api, Issuer};
 use crate::{refresh_fn, RefreshError, TokenRefresh, TokenRefreshLayer, TokenSet};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -189,13 +186,11 @@ async fn streamed_body_with_trailers_is_replayed_on_retry() {
     let api = Api::default();
     let (client, _issuer) = revoked_client(&api, |b| b);
 
-    let mut trailers = HeaderMap::new();
-    trailers.insert("x-sum", "42".parse().unwrap());
-    let body = Frames(VecDeque::from([
-        Frame::data(Bytes::from_static(b"one,")),
-        Frame::data(Bytes::from_static(b"two")),
-        Frame::trailers(trailers),
-    ]));
+    let body = TestBody::new(vec![
+        data("one,"),
+        data("two"),
+        Item::Trailers(trailers("x-sum", "42")),
+    ]);
     let response = client
         .oneshot(Request::post("/").body(body).unwrap())
         .await

@@ -2,7 +2,9 @@
 //! issuer handed out, and an issuer that counts its calls. Integration tests
 //! in `tests/` use real loopback servers instead.
 
-use std::collections::{HashSet, VecDeque};
+pub(crate) mod body;
+
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
 
@@ -86,21 +88,6 @@ where
             let echo = format!("{auth}|{}|{trailer}", String::from_utf8_lossy(&body));
             Ok(Response::new(Bytes::from(echo)))
         })
-    }
-}
-
-/// A body made of the given frames, delivered one per poll.
-pub(crate) struct Frames(pub(crate) VecDeque<Frame<Bytes>>);
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(Ok))
     }
 }
 
