@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tower::ServiceBuilder;
 
-use crate::test_support::{burst, expect_error, failing, get, issuer, send, Api};
+use crate::test_support::{burst, expect_error, failing, get, issuer, old_token_layer, send, Api};
 use crate::{
     refresh_fn, Backoff, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet, TokenState,
 };
@@ -28,12 +28,8 @@ fn bearer(result: &Result<(StatusCode, String), crate::BoxError>) -> String {
 #[tokio::test(start_paused = true)]
 async fn stale_window_keeps_using_the_old_token_while_one_background_refresh_runs() {
     let api = Api::default();
-    api.accept("old");
-    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::from_secs(5));
     // 100 s token: advisory window 50 s, mandatory 10 s.
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("old").with_expires_in(HUNDRED))
-        .build();
+    let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::from_secs(5), |b| b);
     let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
 
@@ -60,11 +56,7 @@ async fn stale_window_keeps_using_the_old_token_while_one_background_refresh_run
 #[tokio::test(start_paused = true)]
 async fn mandatory_window_makes_requests_wait_for_the_new_token() {
     let api = Api::default();
-    api.accept("old");
-    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::from_secs(1));
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("old").with_expires_in(HUNDRED))
-        .build();
+    let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::from_secs(1), |b| b);
     let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
 

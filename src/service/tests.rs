@@ -9,31 +9,19 @@ use http::{HeaderMap, Request, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::test_support::body::{data, trailers, Item, TestBody};
-use crate::test_support::{burst, expect_error, get, hold, issuer, post, send, Api, Issuer};
+use crate::test_support::{
+    burst, expect_error, get, hold, issuer, old_token_layer, post, send, Api, Issuer,
+};
 use crate::{refresh_fn, RefreshError, TokenRefresh, TokenRefreshLayer, TokenSet};
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// An API that accepted `old`, an issuer of `tok-N`, and a layer starting
-/// with `old`; `configure` adjusts the builder.
-fn old_token_layer(
-    api: &Api,
-    delay: Duration,
-    configure: impl FnOnce(crate::Builder) -> crate::Builder,
-) -> (TokenRefreshLayer, Issuer) {
-    api.accept("old");
-    let (source, issuer) = issuer(api, Some(HOUR), delay);
-    let builder = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("old").with_expires_in(HOUR));
-    (configure(builder).build(), issuer)
-}
 
 /// A client whose token `old` the API has just revoked.
 fn revoked_client(
     api: &Api,
     configure: impl FnOnce(crate::Builder) -> crate::Builder,
 ) -> (TokenRefresh<Api>, Issuer) {
-    let (layer, issuer) = old_token_layer(api, Duration::ZERO, configure);
+    let (layer, issuer) = old_token_layer(api, HOUR, Duration::ZERO, configure);
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
     api.revoke("old");
     (client, issuer)
@@ -66,7 +54,7 @@ async fn thousand_concurrent_requests_with_an_expired_token_cause_one_refresh() 
 #[tokio::test(start_paused = true)]
 async fn thousand_requests_rejected_after_revocation_refresh_once_and_are_each_retried_once() {
     let api = Api::default();
-    let (layer, issuer) = old_token_layer(&api, Duration::from_millis(100), |b| b);
+    let (layer, issuer) = old_token_layer(&api, HOUR, Duration::from_millis(100), |b| b);
     let handle = layer.handle();
     let (held, control) = hold(api.clone(), "old");
     let client = ServiceBuilder::new().layer(layer).service(held);
@@ -92,7 +80,7 @@ async fn thousand_requests_rejected_after_revocation_refresh_once_and_are_each_r
 #[tokio::test(start_paused = true)]
 async fn rejection_of_an_already_replaced_token_retries_with_the_current_one_without_refreshing() {
     let api = Api::default();
-    let (layer, issuer) = old_token_layer(&api, Duration::ZERO, |b| b);
+    let (layer, issuer) = old_token_layer(&api, HOUR, Duration::ZERO, |b| b);
     let handle = layer.handle();
     let (held, control) = hold(api.clone(), "old");
     let client = ServiceBuilder::new().layer(layer).service(held);

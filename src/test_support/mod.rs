@@ -134,6 +134,22 @@ pub(crate) fn issuer(
     (source, handle)
 }
 
+/// An API that accepted `old`, an issuer of `tok-N` (each living
+/// `lifetime`, answering after `delay`), and a layer starting with `old`
+/// (also living `lifetime`); `configure` adjusts the builder.
+pub(crate) fn old_token_layer(
+    api: &Api,
+    lifetime: Duration,
+    delay: Duration,
+    configure: impl FnOnce(crate::Builder) -> crate::Builder,
+) -> (crate::TokenRefreshLayer, Issuer) {
+    api.accept("old");
+    let (source, issuer) = issuer(api, Some(lifetime), delay);
+    let builder = crate::TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(lifetime));
+    (configure(builder).build(), issuer)
+}
+
 /// A refresh source that fails with `make()` on every call, counting them.
 pub(crate) fn failing(
     make: impl Fn() -> RefreshError + Send + Sync + 'static,
