@@ -519,3 +519,25 @@ async fn a_token_expired_on_arrival_is_a_failure_backed_off_not_a_refresh_loop()
     let calls = issuer.calls();
     assert!((1..=3).contains(&calls), "{calls} refresh calls");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_poisoned_control_lock_does_not_stop_background_refreshes() {
+    let api = Api::default();
+    let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::ZERO, |b| b);
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(api.clone());
+    let shared = Arc::clone(&layer.core.manager.shared);
+    let poisoner = std::thread::spawn(move || {
+        let _control = shared.control.lock().unwrap();
+        panic!("poisoning the control lock on purpose");
+    });
+    assert!(poisoner.join().is_err());
+    assert!(layer.core.manager.shared.control.is_poisoned());
+
+    tokio::time::advance(Duration::from_secs(60)).await; // stale
+    assert_eq!(bearer(&send(&client, get()).await), "old");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(issuer.calls(), 1, "the stale request started a refresh");
+    assert_eq!(bearer(&send(&client, get()).await), "tok-1");
+}
