@@ -26,7 +26,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::manager::{Freshness, TokenManager};
+use crate::manager::TokenManager;
 use crate::{Error, RefreshError, Stats, TokenSet};
 
 /// A handle on the token state shared by a layer and all its services.
@@ -63,26 +63,7 @@ impl TokenHandle {
     /// # }
     /// ```
     pub fn status(&self) -> TokenStatus {
-        let status = self.manager.status();
-        TokenStatus {
-            generation: status.generation,
-            state: if status.reauth_required && status.freshness == Freshness::Expired {
-                TokenState::ReauthRequired
-            } else if !status.has_token {
-                TokenState::Missing
-            } else {
-                match status.freshness {
-                    Freshness::Fresh => TokenState::Fresh,
-                    Freshness::Stale => TokenState::Stale,
-                    Freshness::Expired => TokenState::Expired,
-                }
-            },
-            has_token: status.has_token,
-            has_refresh_token: status.has_refresh_token,
-            expires_in: status.expires_in,
-            refreshing: status.refreshing,
-            last_error: status.last_error,
-        }
+        self.manager.status()
     }
 
     /// The current tokens, for callers that must persist or inspect them.
@@ -172,13 +153,13 @@ pub enum TokenState {
 /// A redacted summary of the token state, from [`TokenHandle::status`].
 #[derive(Clone)]
 pub struct TokenStatus {
-    generation: u64,
-    state: TokenState,
-    has_token: bool,
-    has_refresh_token: bool,
-    expires_in: Option<Duration>,
-    refreshing: bool,
-    last_error: Option<Arc<RefreshError>>,
+    pub(crate) generation: u64,
+    pub(crate) state: TokenState,
+    pub(crate) has_token: bool,
+    pub(crate) has_refresh_token: bool,
+    pub(crate) expires_in: Option<Duration>,
+    pub(crate) refreshing: bool,
+    pub(crate) last_error: Option<Arc<RefreshError>>,
 }
 
 impl TokenStatus {

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::error::ErrorKind;
 use crate::refresh::{BoxFuture, DynRefresh};
 use crate::stats::Counters;
-use crate::{Error, RefreshError, RefreshReason, Stats, TokenSet};
+use crate::{Error, RefreshError, RefreshReason, Stats, TokenSet, TokenState, TokenStatus};
 
 pub use failure::Backoff;
 use failure::Failure;
@@ -386,13 +386,21 @@ impl TokenManager {
     }
 
     /// A redacted summary of the current state.
-    pub(crate) fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> TokenStatus {
         let control = self.shared.lock();
         let snapshot = self.shared.snapshot.load_full();
         let now = Instant::now();
-        Status {
+        let terminal = control.failure.as_ref().is_some_and(|f| f.until.is_none());
+        let state = match snapshot.freshness(now) {
+            Freshness::Expired if terminal => TokenState::ReauthRequired,
+            _ if snapshot.header.is_none() => TokenState::Missing,
+            Freshness::Fresh => TokenState::Fresh,
+            Freshness::Stale => TokenState::Stale,
+            Freshness::Expired => TokenState::Expired,
+        };
+        TokenStatus {
             generation: snapshot.generation,
-            freshness: snapshot.freshness(now),
+            state,
             has_token: snapshot.header.is_some(),
             has_refresh_token: snapshot
                 .tokens
@@ -402,7 +410,6 @@ impl TokenManager {
                 .expires_at
                 .map(|e| e.saturating_duration_since(now)),
             refreshing: control.flight.is_some(),
-            reauth_required: control.failure.as_ref().is_some_and(|f| f.until.is_none()),
             last_error: control.failure.as_ref().map(|f| Arc::clone(&f.error)),
         }
     }
@@ -429,18 +436,6 @@ pub(crate) type SnapshotCache = arc_swap::Cache<SnapshotCell, Arc<Snapshot>>;
 /// The access token could not be used as a header value.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct InvalidTokens;
-
-/// A redacted summary of the manager's state.
-pub(crate) struct Status {
-    pub(crate) generation: u64,
-    pub(crate) freshness: Freshness,
-    pub(crate) has_token: bool,
-    pub(crate) has_refresh_token: bool,
-    pub(crate) expires_in: Option<Duration>,
-    pub(crate) refreshing: bool,
-    pub(crate) reauth_required: bool,
-    pub(crate) last_error: Option<Arc<RefreshError>>,
-}
 
 /// `instant + span`, saturating far in the future instead of panicking: an
 /// `expires_in` of `i64::MAX` seconds or a huge `Retry-After` must not
@@ -480,10 +475,9 @@ impl std::fmt::Debug for TokenManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let status = self.status();
         f.debug_struct("TokenManager")
-            .field("generation", &status.generation)
-            .field("freshness", &status.freshness)
-            .field("refreshing", &status.refreshing)
-            .field("reauth_required", &status.reauth_required)
+            .field("generation", &status.generation())
+            .field("state", &status.state())
+            .field("refreshing", &status.is_refreshing())
             .finish_non_exhaustive()
     }
 }
