@@ -84,6 +84,8 @@ pub struct TokenSet {
     access_token: Secret,
     refresh_token: Option<Secret>,
     expires_in: Option<Duration>,
+    /// Non-secret fields the issuer sent along (`scope`, `username`, …).
+    extras: Vec<(Box<str>, Box<str>)>,
 }
 
 impl TokenSet {
@@ -100,6 +102,7 @@ impl TokenSet {
             access_token: access_token.into(),
             refresh_token: None,
             expires_in: None,
+            extras: Vec::new(),
         }
     }
 
@@ -124,6 +127,52 @@ impl TokenSet {
     pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
         self.expires_in = Some(expires_in);
         self
+    }
+
+    /// Records a non-secret field the issuer sent along with the tokens
+    /// (`scope`, `username`, `database`, …), replacing an earlier value.
+    ///
+    /// Never store a credential here: extras are plain strings.
+    ///
+    /// ```
+    /// let tokens = tower_token_refresh::TokenSet::new("a").with_extra("scope", "read write");
+    /// assert_eq!(tokens.extra("scope"), Some("read write"));
+    /// ```
+    pub fn with_extra(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into().into_boxed_str();
+        let value = value.into().into_boxed_str();
+        match self.extras.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.extras.push((name, value)),
+        }
+        self
+    }
+
+    /// A non-secret field the issuer sent along, by name.
+    ///
+    /// ```
+    /// let tokens = tower_token_refresh::TokenSet::new("a").with_extra("username", "jdoe");
+    /// assert_eq!(tokens.extra("username"), Some("jdoe"));
+    /// assert_eq!(tokens.extra("database"), None);
+    /// ```
+    pub fn extra(&self, name: &str) -> Option<&str> {
+        self.extras
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Every extra field, in the order they were recorded.
+    ///
+    /// ```
+    /// let tokens = tower_token_refresh::TokenSet::new("a")
+    ///     .with_extra("username", "jdoe")
+    ///     .with_extra("database", "retail");
+    /// let names: Vec<_> = tokens.extras().map(|(name, _)| name).collect();
+    /// assert_eq!(names, ["username", "database"]);
+    /// ```
+    pub fn extras(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.extras.iter().map(|(n, v)| (&**n, &**v))
     }
 
     /// The access token sent as `Authorization: Bearer …`.
@@ -175,6 +224,11 @@ impl fmt::Debug for TokenSet {
                 &self.refresh_token.as_ref().map(|_| "[redacted]"),
             )
             .field("expires_in", &self.expires_in)
+            // Names only: a user could store anything in an extra.
+            .field(
+                "extras",
+                &self.extras.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
