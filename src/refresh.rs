@@ -127,6 +127,36 @@ pub trait Refresh: Send + Sync + 'static {
         &self,
         ctx: RefreshContext,
     ) -> impl Future<Output = Result<TokenSet, RefreshError>> + Send;
+
+    /// Whether tokens must be renewed even when no request needs them,
+    /// because the credential this source refreshes with dies with the
+    /// access token (a sliding session, as in Ocient's `token_refresh`).
+    /// The layer then turns its background refresh on unless
+    /// [`Builder::background_refresh`](crate::Builder::background_refresh)
+    /// says otherwise. Default: `false`.
+    ///
+    /// ```
+    /// use std::future::Future;
+    /// use tower_token_refresh::{Refresh, RefreshContext, RefreshError, TokenSet};
+    ///
+    /// struct Sliding;
+    ///
+    /// impl Refresh for Sliding {
+    ///     fn refresh(&self, ctx: RefreshContext)
+    ///         -> impl Future<Output = Result<TokenSet, RefreshError>> + Send {
+    ///         let current = ctx.access_token().map(|t| t.expose().to_owned());
+    ///         async move { Ok(TokenSet::new(format!("{}+", current.unwrap_or_default()))) }
+    ///     }
+    ///
+    ///     fn needs_background_refresh(&self) -> bool {
+    ///         true
+    ///     }
+    /// }
+    /// assert!(Sliding.needs_background_refresh());
+    /// ```
+    fn needs_background_refresh(&self) -> bool {
+        false
+    }
 }
 
 /// A [`Refresh`] source made from an async closure.

@@ -23,6 +23,9 @@ pub struct Stats {
     pub refresh_successes: u64,
     /// Refresh calls that failed or timed out.
     pub refresh_failures: u64,
+    /// Calls to the login source (for the first tokens, or after the
+    /// refresh credential was rejected); each happens inside a refresh.
+    pub logins: u64,
     /// Requests that had to wait for a refresh before they could be sent.
     pub waited: u64,
     /// Responses classified as an authentication rejection.
@@ -39,6 +42,7 @@ pub(crate) struct Counters {
     pub(crate) refreshes: AtomicU64,
     pub(crate) refresh_successes: AtomicU64,
     pub(crate) refresh_failures: AtomicU64,
+    pub(crate) logins: AtomicU64,
     pub(crate) waited: AtomicU64,
     pub(crate) rejections: AtomicU64,
     pub(crate) retries: AtomicU64,
@@ -56,6 +60,7 @@ impl Counters {
             refreshes: read(&self.refreshes),
             refresh_successes: read(&self.refresh_successes),
             refresh_failures: read(&self.refresh_failures),
+            logins: read(&self.logins),
             waited: read(&self.waited),
             rejections: read(&self.rejections),
             retries: read(&self.retries),

@@ -23,7 +23,7 @@ use super::failure::Failure;
 use super::snapshot::{Credential, Prepared, Snapshot};
 use super::{later, Control, Shared, TokenManager};
 use crate::error::ErrorKind;
-use crate::refresh::RefreshContext;
+use crate::refresh::{DynRefresh, RefreshContext};
 use crate::stats::Counters;
 use crate::{Error, RefreshError, RefreshReason, TokenSet};
 
@@ -93,7 +93,7 @@ impl TokenManager {
         control.flights_started += 1;
         let flight = Flight {
             id: control.flights_started,
-            deadline: later(Instant::now(), config.refresh_timeout * 2 + DEADLINE_SLACK),
+            deadline: later(Instant::now(), config.flight_budget() + DEADLINE_SLACK),
             outcome,
         };
         control.flight = Some(flight.clone());
@@ -132,16 +132,14 @@ struct FlightTask {
 impl FlightTask {
     async fn run(mut self) {
         let started = Instant::now();
-        let timeout = self.shared.config.refresh_timeout;
         tracing::debug!(
             reason = ?self.reason,
             generation = self.from_generation,
             "token refresh started"
         );
         let ctx = RefreshContext::new(self.reason, self.current.clone());
-        let call = Arc::clone(&self.shared.refresher).refresh_boxed(ctx);
-        let result = match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(tokens)) => {
+        let result = match self.obtain(ctx).await {
+            Ok(tokens) => {
                 let tokens = tokens.inherit_refresh_token(self.current.as_deref());
                 match Prepared::new(tokens, started, true) {
                     // Installing it would send every waiting request straight
@@ -164,16 +162,7 @@ impl FlightTask {
                     )),
                 }
             }
-            Ok(Err(error)) => {
-                let kind = ErrorKind::of_refresh(&error);
-                Err((error, kind))
-            }
-            Err(_elapsed) => Err((
-                RefreshError::transient(format!(
-                    "no answer within the refresh timeout of {timeout:?}"
-                )),
-                ErrorKind::RefreshTimedOut,
-            )),
+            Err(failed) => Err(failed),
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let outcome = match result {
@@ -202,6 +191,48 @@ impl FlightTask {
         };
         if let Some(publish) = self.publish.take() {
             publish.send_replace(Some(outcome));
+        }
+    }
+
+    /// New tokens from the refresh source, or from the login source when
+    /// there are no tokens yet or the refresh credential was rejected for
+    /// good. Each call gets the whole refresh timeout; the login happens
+    /// inside this flight, so it is single-flight like any refresh.
+    async fn obtain(&self, ctx: RefreshContext) -> Result<TokenSet, (RefreshError, ErrorKind)> {
+        let shared = &self.shared;
+        let Some(login) = &shared.config.login else {
+            return self.timed(Arc::clone(&shared.refresher), ctx).await;
+        };
+        if ctx.current().is_some() {
+            match self.timed(Arc::clone(&shared.refresher), ctx.clone()).await {
+                Err((error, _)) if error.is_terminal() => {
+                    tracing::info!(error = %error, "refresh credential rejected; logging in");
+                }
+                other => return other,
+            }
+        }
+        Counters::bump(&shared.stats.logins);
+        self.timed(Arc::clone(login), ctx).await
+    }
+
+    async fn timed(
+        &self,
+        source: Arc<dyn DynRefresh>,
+        ctx: RefreshContext,
+    ) -> Result<TokenSet, (RefreshError, ErrorKind)> {
+        let timeout = self.shared.config.refresh_timeout;
+        match tokio::time::timeout(timeout, source.refresh_boxed(ctx)).await {
+            Ok(Ok(tokens)) => Ok(tokens),
+            Ok(Err(error)) => {
+                let kind = ErrorKind::of_refresh(&error);
+                Err((error, kind))
+            }
+            Err(_elapsed) => Err((
+                RefreshError::transient(format!(
+                    "no answer within the refresh timeout of {timeout:?}"
+                )),
+                ErrorKind::RefreshTimedOut,
+            )),
         }
     }
 

@@ -47,6 +47,9 @@ pub(crate) struct Config {
     pub(crate) backoff: Backoff,
     pub(crate) background: bool,
     pub(crate) on_refresh: Option<RefreshHook>,
+    /// Where the first tokens come from, and new ones after the refresh
+    /// credential was rejected for good.
+    pub(crate) login: Option<Arc<dyn DynRefresh>>,
 }
 
 impl Default for Config {
@@ -59,7 +62,18 @@ impl Default for Config {
             backoff: Backoff::default(),
             background: false,
             on_refresh: None,
+            login: None,
         }
+    }
+}
+
+impl Config {
+    /// The longest a flight may run: each of its calls (refresh, login if
+    /// the refresh credential was rejected, the `on_refresh` hook) has the
+    /// whole refresh timeout.
+    pub(crate) fn flight_budget(&self) -> Duration {
+        let calls = if self.login.is_some() { 3 } else { 2 };
+        self.refresh_timeout.saturating_mul(calls)
     }
 }
 

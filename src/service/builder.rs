@@ -43,9 +43,13 @@ pub struct Builder<C = Unauthorized> {
 
 impl Builder<Unauthorized> {
     pub(super) fn new<R: Refresh>(refresher: R) -> Self {
+        let config = Config {
+            background: refresher.needs_background_refresh(),
+            ..Config::default()
+        };
         Self {
             refresher: Arc::new(refresher),
-            config: Config::default(),
+            config,
             initial: None,
             classifier: Unauthorized,
             reactive_retry: true,
@@ -156,9 +160,46 @@ impl<C> Builder<C> {
         self
     }
 
+    /// A login source: called for the first tokens when none were given,
+    /// and once more whenever the refresh credential is rejected for good
+    /// (a terminal refresh failure), instead of failing every request until
+    /// new tokens are set. The login runs inside the refresh flight, so it
+    /// is single-flight like any refresh, and is counted in
+    /// [`Stats::logins`](crate::Stats::logins). If the login fails too, its
+    /// error is the refresh's error.
+    ///
+    /// Any [`Refresh`] source can log in: a closure through
+    /// [`refresh_fn`](crate::refresh_fn), or an OAuth2
+    /// [`client_credentials`](crate::http::HttpRefresher::client_credentials)
+    /// grant.
+    ///
+    /// ```
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let refresher = refresh_fn(|_| async { Err::<TokenSet, _>(RefreshError::terminal("revoked")) });
+    /// let layer = TokenRefreshLayer::builder(refresher)
+    ///     .login(refresh_fn(|_ctx| async {
+    ///         // Sign in with a stored credential here.
+    ///         Ok::<_, RefreshError>(TokenSet::new("signed-in").with_refresh_token("r2"))
+    ///     }))
+    ///     .initial_tokens(TokenSet::new("old").with_refresh_token("revoked"))
+    ///     .build();
+    /// let handle = layer.handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "signed-in");
+    /// assert_eq!(handle.stats().logins, 1);
+    /// # }
+    /// ```
+    pub fn login<L: Refresh>(mut self, source: L) -> Self {
+        self.config.login = Some(Arc::new(source));
+        self
+    }
+
     /// Refresh at the advisory point even when no request arrives (needed
     /// by sliding-refresh APIs whose token cannot refresh itself once
-    /// expired). Default: off.
+    /// expired). Default: off, unless the refresh source says it
+    /// [needs it](crate::Refresh::needs_background_refresh) (the `ocient`
+    /// preset does).
     ///
     /// ```
     /// # use std::time::Duration;
