@@ -205,6 +205,31 @@ where
     }
 }
 
+/// A request body made from bytes, sent once (not recorded), so a client
+/// whose body type is `ReplayBody<B>` can carry requests that never went
+/// through the token layer, such as
+/// [`HttpRefresher`](crate::http::HttpRefresher)'s refresh calls.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body::Body;
+/// use http_body_util::Full;
+/// use tower_token_refresh::ReplayBody;
+///
+/// let body = ReplayBody::<Full<Bytes>>::from(Bytes::from_static(b"{}"));
+/// assert_eq!(body.size_hint().exact(), Some(2));
+/// assert!(ReplayBody::<Full<Bytes>>::from(Bytes::new()).is_end_stream());
+/// ```
+impl<B: From<Bytes> + Body> From<Bytes> for ReplayBody<B> {
+    fn from(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            Self::empty()
+        } else {
+            Self::passthrough(B::from(bytes))
+        }
+    }
+}
+
 impl<B> ReplayBody<B> {
     /// An empty body; replayable for free.
     ///
