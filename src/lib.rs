@@ -59,6 +59,7 @@ pub mod body;
 pub mod classify;
 mod error;
 mod handle;
+pub mod http;
 mod manager;
 mod refresh;
 mod service;

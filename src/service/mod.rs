@@ -57,6 +57,7 @@ pub use future::ResponseFuture;
 use future::RetryCopy;
 pub(crate) use layer::Core;
 pub use layer::TokenRefreshLayer;
+pub(crate) use transport::is_loopback;
 pub use transport::InvalidOrigin;
 
 /// Adds `Authorization: Bearer …` to requests, keeps the token current and

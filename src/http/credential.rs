@@ -1,0 +1,131 @@
+//! What a refresh request carries to prove itself: [`Credential`] (which
+//! token, and where) and [`ClientAuthMethod`] (how an OAuth2 client
+//! authenticates).
+
+/// Which token a refresh request sends, and where it puts it.
+///
+/// Most APIs take the refresh token in a body field; sliding-session APIs
+/// (Ocient's `token_refresh`) take the current access token as a bearer
+/// header instead.
+///
+/// ```
+/// use tower_token_refresh::http::Credential;
+///
+/// // `{"token": "<refresh token>"}`
+/// let in_body = Credential::field("token");
+/// // `Authorization: Bearer <current access token>`
+/// let sliding = Credential::bearer_header().with_access_token();
+/// assert_ne!(in_body, sliding);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub(crate) token: TokenKind,
+    pub(crate) placement: Placement,
+}
+
+/// The token a [`Credential`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenKind {
+    Refresh,
+    Access,
+}
+
+/// Where a [`Credential`] goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// A field of the request body, in the body's format (form or JSON).
+    Field(String),
+    /// `Authorization: Bearer <token>`.
+    BearerHeader,
+    /// Nowhere: the request proves itself otherwise (a `client_credentials`
+    /// grant authenticates the client alone).
+    Omitted,
+}
+
+impl Credential {
+    /// The refresh token in the body field `name` (a form field or a JSON
+    /// string, following the request's body format).
+    ///
+    /// ```
+    /// let credential = tower_token_refresh::http::Credential::field("refresh_token");
+    /// # let _ = credential;
+    /// ```
+    pub fn field(name: impl Into<String>) -> Self {
+        Self {
+            token: TokenKind::Refresh,
+            placement: Placement::Field(name.into()),
+        }
+    }
+
+    /// The refresh token as `Authorization: Bearer <token>`.
+    ///
+    /// ```
+    /// let credential = tower_token_refresh::http::Credential::bearer_header();
+    /// # let _ = credential;
+    /// ```
+    pub fn bearer_header() -> Self {
+        Self {
+            token: TokenKind::Refresh,
+            placement: Placement::BearerHeader,
+        }
+    }
+
+    /// No token at all, for grants where the client's own credentials are
+    /// the proof (OAuth2 `client_credentials`).
+    ///
+    /// ```
+    /// let credential = tower_token_refresh::http::Credential::none();
+    /// # let _ = credential;
+    /// ```
+    pub fn none() -> Self {
+        Self {
+            token: TokenKind::Refresh,
+            placement: Placement::Omitted,
+        }
+    }
+
+    /// Sends the current access token instead of the refresh token: the
+    /// access token is its own refresh credential, so it must be renewed
+    /// before it expires, and refreshers using it turn on background refresh
+    /// by default.
+    ///
+    /// ```
+    /// let credential = tower_token_refresh::http::Credential::bearer_header().with_access_token();
+    /// # let _ = credential;
+    /// ```
+    pub fn with_access_token(mut self) -> Self {
+        self.token = TokenKind::Access;
+        self
+    }
+
+    pub(crate) fn sends_access_token(&self) -> bool {
+        self.token == TokenKind::Access && self.placement != Placement::Omitted
+    }
+}
+
+/// How an OAuth2 client proves its identity to the token endpoint
+/// (RFC 6749 §2.3.1).
+///
+/// ```
+/// use tower_token_refresh::http::ClientAuthMethod;
+/// assert_eq!(ClientAuthMethod::default(), ClientAuthMethod::Basic);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientAuthMethod {
+    /// `client_secret_basic`: HTTP Basic with the client id and secret, each
+    /// form-encoded first, as RFC 6749 §2.3.1 requires. The default.
+    #[default]
+    Basic,
+    /// `client_secret_post`: `client_id` and `client_secret` as body fields.
+    Post,
+}
+
+/// The request body's encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFormat {
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// `application/json`, an object of string fields.
+    Json,
+}

@@ -1,0 +1,258 @@
+//! Reading a successful answer into a [`TokenSet`], following a
+//! [`ResponseShape`].
+//!
+//! Rules every dialect follows: unknown fields are ignored; `expires_in` is
+//! a number or a numeric string of seconds; without it, a JWT access
+//! token's `exp` is used; a `token_type` other than Bearer is refused; an
+//! answer that does not decode is a transient failure. Error messages name
+//! the field, never its value: the value may be a token.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use super::dialect::ResponseShape;
+use super::jwt;
+use crate::{RefreshError, TokenSet};
+
+/// The token set in `body`, a `2xx` answer's bytes.
+pub(crate) fn tokens(
+    shape: &ResponseShape,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<TokenSet, RefreshError> {
+    let json: Value = serde_json::from_slice(body)
+        .map_err(|e| undecodable("the answer is not JSON").with_source(e))?;
+    if let Some(pointer) = &shape.success {
+        if json.pointer(pointer) != Some(&Value::Bool(true)) {
+            return Err(undecodable(format!("`{}` is not true", field(pointer))));
+        }
+    }
+    let access_token = string_at(&json, &shape.access_token)?
+        .ok_or_else(|| undecodable(format!("no `{}` string", field(&shape.access_token))))?;
+    if access_token.is_empty() {
+        return Err(undecodable(format!(
+            "`{}` is empty",
+            field(&shape.access_token)
+        )));
+    }
+    if let Some(pointer) = &shape.token_type {
+        if let Some(kind) = string_at(&json, pointer)? {
+            if !kind.eq_ignore_ascii_case("bearer") {
+                return Err(undecodable(format!(
+                    "token_type {kind:?} is not Bearer; only bearer tokens can be sent"
+                )));
+            }
+        }
+    }
+    let expires_in = match &shape.expires_in {
+        Some(pointer) => match json.pointer(pointer) {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(seconds(value).ok_or_else(|| {
+                undecodable(format!(
+                    "`{}` is not a non-negative number of seconds",
+                    field(pointer)
+                ))
+            })?),
+        },
+        None => None,
+    }
+    .or_else(|| jwt::expires_in(access_token, now));
+
+    let mut tokens = TokenSet::new(access_token);
+    if let Some(pointer) = &shape.refresh_token {
+        // An empty string means "no new one", as an absent field does.
+        if let Some(refresh) = string_at(&json, pointer)?.filter(|r| !r.is_empty()) {
+            tokens = tokens.with_refresh_token(refresh);
+        }
+    }
+    if let Some(expires_in) = expires_in {
+        tokens = tokens.with_expires_in(expires_in);
+    }
+    for (name, pointer) in &shape.keep {
+        if let Some(value) = json.pointer(pointer).and_then(plain_text) {
+            tokens = tokens.with_extra(name.as_str(), value);
+        }
+    }
+    Ok(tokens)
+}
+
+/// The string at `pointer`: `Ok(None)` when absent or null, an error when
+/// it is something other than a string.
+fn string_at<'a>(json: &'a Value, pointer: &str) -> Result<Option<&'a str>, RefreshError> {
+    match json.pointer(pointer) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(undecodable(format!("`{}` is not a string", field(pointer)))),
+    }
+}
+
+/// Seconds from a JSON number or a numeric string (`3600`, `"3600"`,
+/// `3600.5`). Negative, non-finite or non-numeric values are `None`; values
+/// too large for a `Duration` saturate.
+pub(crate) fn seconds(value: &Value) -> Option<Duration> {
+    let number = match value {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    if number.is_nan() || number < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(number).unwrap_or(Duration::MAX))
+}
+
+/// A scalar as text: strings as they are, numbers and booleans printed.
+pub(crate) fn plain_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The last segment of a pointer, for messages.
+fn field(pointer: &str) -> &str {
+    pointer.rsplit('/').next().unwrap_or(pointer)
+}
+
+fn undecodable(what: impl Into<String>) -> RefreshError {
+    RefreshError::transient(format!("undecodable refresh answer: {}", what.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::http::dialect::Dialect;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn decode(dialect: Dialect, body: Value) -> Result<TokenSet, RefreshError> {
+        tokens(&dialect.response, body.to_string().as_bytes(), now())
+    }
+
+    #[test]
+    fn oauth2_answer_with_rotation_and_scope() {
+        let tokens = decode(
+            Dialect::oauth2(),
+            json!({"access_token": "a", "token_type": "bearer", "expires_in": 3600,
+                   "refresh_token": "r2", "scope": "read", "unknown": [1, 2]}),
+        )
+        .unwrap();
+        assert_eq!(tokens.access_token().expose(), "a");
+        assert_eq!(tokens.refresh_token().unwrap().expose(), "r2");
+        assert_eq!(tokens.expires_in(), Some(Duration::from_secs(3600)));
+        assert_eq!(tokens.extra("scope"), Some("read"));
+    }
+
+    #[test]
+    fn dynamosql_envelope_and_its_success_flag() {
+        let ok = json!({"success": true, "data": {"accessToken": "a", "expiresIn": 60, "tokenType": "Bearer"}});
+        let tokens = decode(Dialect::dynamosql(), ok).unwrap();
+        assert_eq!(tokens.expires_in(), Some(Duration::from_secs(60)));
+        assert!(tokens.refresh_token().is_none());
+        let not_ok = json!({"success": false, "data": {"accessToken": "a"}});
+        let err = decode(Dialect::dynamosql(), not_ok).unwrap_err();
+        assert!(err.is_transient());
+        assert!(err.to_string().contains("`success` is not true"), "{err}");
+    }
+
+    #[test]
+    fn cognito_and_ocient_keep_their_extra_fields() {
+        let cognito = decode(
+            Dialect::cognito(),
+            json!({"accessToken": "a", "refreshToken": "r", "expiresIn": 3600, "requiresPasswordChange": false}),
+        )
+        .unwrap();
+        assert_eq!(cognito.extra("requiresPasswordChange"), Some("false"));
+        let ocient = decode(
+            Dialect::ocient(),
+            json!({"access_token": "a", "username": "jdoe", "database": "retail", "expires_in": 3600,
+                   "status": {"reason": "Token refreshed successfully", "sql_state": "00000", "vendor_code": 0}}),
+        )
+        .unwrap();
+        assert_eq!(ocient.extra("username"), Some("jdoe"));
+        assert_eq!(ocient.extra("database"), Some("retail"));
+    }
+
+    #[test]
+    fn expires_in_may_be_a_numeric_string() {
+        let tokens = decode(
+            Dialect::oauth2(),
+            json!({"access_token": "a", "expires_in": " 120 "}),
+        )
+        .unwrap();
+        assert_eq!(tokens.expires_in(), Some(Duration::from_secs(120)));
+        let err = decode(
+            Dialect::oauth2(),
+            json!({"access_token": "a", "expires_in": "soon"}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("expires_in"), "{err}");
+        let err = decode(
+            Dialect::oauth2(),
+            json!({"access_token": "a", "expires_in": -5}),
+        )
+        .unwrap_err();
+        assert!(err.is_transient());
+    }
+
+    #[test]
+    fn without_expires_in_a_jwt_exp_is_used() {
+        let jwt = jwt::token_with_claims(&json!({"exp": 1_700_000_300}));
+        let tokens = decode(Dialect::cognito(), json!({"accessToken": jwt})).unwrap();
+        assert_eq!(tokens.expires_in(), Some(Duration::from_secs(300)));
+        let opaque = decode(Dialect::cognito(), json!({"accessToken": "opaque"})).unwrap();
+        assert_eq!(opaque.expires_in(), None);
+    }
+
+    #[test]
+    fn a_token_type_other_than_bearer_is_refused() {
+        let err = decode(
+            Dialect::oauth2(),
+            json!({"access_token": "a", "token_type": "mac"}),
+        )
+        .unwrap_err();
+        assert!(err.is_transient());
+        assert!(err.to_string().contains("\"mac\" is not Bearer"), "{err}");
+    }
+
+    #[test]
+    fn missing_or_mistyped_fields_never_echo_the_value() {
+        for body in [
+            json!({"token": "secret-value"}),
+            json!({"access_token": ["secret-value"]}),
+            json!({"access_token": ""}),
+            json!({"access_token": "a", "refresh_token": 42}),
+        ] {
+            let err = decode(Dialect::oauth2(), body).unwrap_err();
+            assert!(err.is_transient());
+            assert!(
+                !format!("{err} {err:?}").contains("secret-value"),
+                "{err:?}"
+            );
+        }
+        let err = tokens(&Dialect::oauth2().response, b"<html>secret-value", now()).unwrap_err();
+        assert!(
+            !format!("{err} {err:?}").contains("secret-value"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn seconds_accepts_numbers_and_numeric_strings_only() {
+        assert_eq!(seconds(&json!(1.5)), Some(Duration::from_millis(1500)));
+        assert_eq!(seconds(&json!("0")), Some(Duration::ZERO));
+        assert_eq!(seconds(&json!(1e300)), Some(Duration::MAX));
+        assert_eq!(seconds(&json!("NaN")), None);
+        assert_eq!(seconds(&json!(true)), None);
+        assert_eq!(seconds(&json!("-1")), None);
+    }
+}

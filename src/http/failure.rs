@@ -1,0 +1,237 @@
+//! Turning a refresh endpoint's non-success answer into a [`RefreshError`]
+//! of the right class, with the server's own words in it.
+//!
+//! | answer | class |
+//! |---|---|
+//! | `400` (`invalid_grant`, missing fields, …), `401`, `403`, other `4xx` | terminal: the same request would fail again |
+//! | `429` | rate limited, honouring `Retry-After` (seconds or an HTTP date) |
+//! | `408`, `5xx`, `3xx` (redirects are never followed), anything else | transient |
+
+use std::time::{Duration, SystemTime};
+
+use http::header::RETRY_AFTER;
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use super::decode::plain_text;
+use super::dialect::ErrorShape;
+use crate::RefreshError;
+
+/// The error for a non-`2xx` answer.
+pub(crate) fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    shape: &ErrorShape,
+    now: SystemTime,
+) -> RefreshError {
+    let said = Said::read(shape, body);
+    let error = if status == StatusCode::TOO_MANY_REQUESTS {
+        RefreshError::rate_limited(retry_after(headers, now))
+    } else if status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
+        RefreshError::transient(default_message(status))
+    } else if status.is_redirection() {
+        RefreshError::transient(format!(
+            "the refresh endpoint redirected ({status}); refresh calls never follow redirects"
+        ))
+    } else if status.is_client_error() {
+        RefreshError::terminal(default_message(status))
+    } else {
+        RefreshError::transient(default_message(status))
+    };
+    said.apply(error.with_status(status.as_u16()))
+}
+
+/// What an error body says, when it is JSON in the dialect's error shape.
+#[derive(Default)]
+pub(crate) struct Said {
+    message: Option<String>,
+    code: Option<String>,
+    request_id: Option<String>,
+}
+
+impl Said {
+    pub(crate) fn read(shape: &ErrorShape, body: &[u8]) -> Self {
+        let Ok(json) = serde_json::from_slice::<Value>(body) else {
+            // An HTML error page or a proxy's text: too unpredictable to
+            // quote (it could echo the request), so it is not.
+            return Self::default();
+        };
+        let text = |pointer: &String| json.pointer(pointer).and_then(plain_text);
+        let message = shape.message.iter().find_map(text).map(|mut message| {
+            for (label, pointer) in &shape.details {
+                if let Some(value) = text(pointer) {
+                    message.push_str(&format!(" ({label}: {value})"));
+                }
+            }
+            message
+        });
+        Self {
+            message,
+            code: shape.code.as_ref().and_then(text),
+            request_id: shape.request_id.as_ref().and_then(text),
+        }
+    }
+
+    pub(crate) fn apply(self, mut error: RefreshError) -> RefreshError {
+        if let Some(message) = self.message {
+            error = error.with_message(message);
+        }
+        if let Some(code) = self.code {
+            error = error.with_code(code);
+        }
+        if let Some(request_id) = self.request_id {
+            error = error.with_request_id(request_id);
+        }
+        error
+    }
+}
+
+fn default_message(status: StatusCode) -> String {
+    format!("the refresh endpoint answered {status}")
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3); a
+/// date in the past means "now".
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use http::HeaderValue;
+    use serde_json::json;
+
+    use super::*;
+    use crate::http::dialect::Dialect;
+    use crate::FailureClass;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn answer(status: u16, dialect: Dialect, body: Value) -> RefreshError {
+        classify(
+            StatusCode::from_u16(status).unwrap(),
+            &HeaderMap::new(),
+            body.to_string().as_bytes(),
+            &dialect.errors,
+            now(),
+        )
+    }
+
+    #[test]
+    fn statuses_map_to_classes() {
+        for (status, class) in [
+            (400, "terminal"),
+            (401, "terminal"),
+            (403, "terminal"),
+            (404, "terminal"),
+            (408, "transient"),
+            (429, "rate limited"),
+            (500, "transient"),
+            (503, "transient"),
+            (302, "transient"),
+        ] {
+            let err = answer(status, Dialect::oauth2(), json!({}));
+            let got = match err.class() {
+                FailureClass::Terminal => "terminal",
+                FailureClass::RateLimited { .. } => "rate limited",
+                _ => "transient",
+            };
+            assert_eq!(got, class, "status {status}");
+            assert_eq!(err.status(), Some(status));
+        }
+    }
+
+    #[test]
+    fn oauth2_errors_carry_code_and_description() {
+        let err = answer(
+            400,
+            Dialect::oauth2(),
+            json!({"error": "invalid_grant", "error_description": "refresh token reused"}),
+        );
+        assert!(err.is_terminal());
+        assert_eq!(err.code(), Some("invalid_grant"));
+        assert!(err.to_string().contains("refresh token reused"), "{err}");
+    }
+
+    #[test]
+    fn dynamosql_errors_carry_message_code_and_request_id() {
+        let err = answer(
+            401,
+            Dialect::dynamosql(),
+            json!({"success": false, "error": {"message": "Refresh token expired", "code": "TOKEN_EXPIRED", "requestId": "req-42"}}),
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("Refresh token expired") && text.contains("req-42"),
+            "{text}"
+        );
+        assert_eq!(err.code(), Some("TOKEN_EXPIRED"));
+        assert_eq!(err.request_id(), Some("req-42"));
+    }
+
+    #[test]
+    fn cognito_and_ocient_errors_carry_their_fields() {
+        let err = answer(
+            401,
+            Dialect::cognito(),
+            json!({"statusCode": 401, "message": "Invalid or expired refresh token", "error": "Unauthorized"}),
+        );
+        assert!(err.to_string().contains("Invalid or expired refresh token"));
+        assert_eq!(err.code(), Some("Unauthorized"));
+        let err = answer(
+            401,
+            Dialect::ocient(),
+            json!({"status": {"reason": "Token expired", "sql_state": "28000", "vendor_code": -1}}),
+        );
+        let text = err.to_string();
+        assert!(text.contains("Token expired (vendor code: -1)"), "{text}");
+        assert_eq!(err.code(), Some("28000"));
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_not_quoted() {
+        let err = classify(
+            StatusCode::BAD_GATEWAY,
+            &HeaderMap::new(),
+            b"<html>upstream said refresh_token=abc</html>",
+            &Dialect::oauth2().errors,
+            now(),
+        );
+        assert!(!err.to_string().contains("abc"), "{err}");
+        assert!(err.to_string().contains("502"), "{err}");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("17"));
+        assert_eq!(retry_after(&headers, now()), Some(Duration::from_secs(17)));
+        let later = httpdate::fmt_http_date(now() + Duration::from_secs(90));
+        headers.insert(RETRY_AFTER, HeaderValue::try_from(later).unwrap());
+        assert_eq!(retry_after(&headers, now()), Some(Duration::from_secs(90)));
+        let past = httpdate::fmt_http_date(now() - Duration::from_secs(90));
+        headers.insert(RETRY_AFTER, HeaderValue::try_from(past).unwrap());
+        assert_eq!(retry_after(&headers, now()), Some(Duration::ZERO));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers, now()), None);
+        let err = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &HeaderMap::new(),
+            b"",
+            &Dialect::cognito().errors,
+            now(),
+        );
+        assert_eq!(err.retry_after(), None);
+        assert!(err.is_rate_limited());
+    }
+}

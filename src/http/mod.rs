@@ -1,0 +1,533 @@
+//! Refreshing over HTTP: [`HttpRefresher`] and its presets for the refresh
+//! APIs users meet.
+//!
+//! | preset | request | answer |
+//! |---|---|---|
+//! | [`oauth2`](HttpRefresher::oauth2) | RFC 6749 §6 form `grant_type=refresh_token`, client auth Basic, in the body, or public | `{access_token, token_type, expires_in, refresh_token?, scope?}` |
+//! | [`client_credentials`](HttpRefresher::client_credentials) | RFC 6749 §4.4 form `grant_type=client_credentials` (a login source) | as `oauth2` |
+//! | [`dynamosql`](HttpRefresher::dynamosql) | JSON `{"refreshToken"}` | `{success, data: {accessToken, expiresIn, tokenType}}` |
+//! | [`cognito`](HttpRefresher::cognito) | JSON `{"refreshToken"}` | `{accessToken, refreshToken, expiresIn, requiresPasswordChange}` |
+//! | [`ocient`](HttpRefresher::ocient) | `Authorization: Bearer <current access token>`, JSON `{"database"?}` | `{access_token, username, database, expires_in, status}` |
+//! | [`custom`](HttpRefresher::custom) | method, body format, credential placement and fields of your choice | JSON pointers of your choice |
+//!
+//! Every preset follows the same rules. The refresh call goes straight to
+//! the client you pass in, never through the token layer, and never
+//! follows a redirect. A refresh URL must be `https`, unless its host is
+//! loopback or [`allow_insecure_http`](HttpRefresher::allow_insecure_http)
+//! says otherwise. Answers are read up to a cap (64 KiB by default); unknown
+//! fields are ignored; `expires_in` may be a number or a numeric string, and
+//! without it a JWT access token's `exp` is used (unverified: it only tells
+//! when to refresh); a `token_type` other than Bearer is refused; a
+//! response without a new refresh token keeps the old one. Failures are
+//! classified as the design demands (400, 401, 403 terminal; 429 rate
+//! limited with `Retry-After`; 408, 5xx, transport errors and undecodable
+//! answers transient) and carry the server's own message, code and request
+//! id, never a token.
+//!
+//! The client can be the very one the layer wraps: a
+//! `hyper_util` client for `ReplayBody<B>` bodies works, because
+//! [`ReplayBody`](crate::ReplayBody) can be made from bytes.
+
+mod credential;
+mod decode;
+mod dialect;
+mod failure;
+mod jwt;
+mod options;
+mod request;
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::uri::Scheme;
+use http::{Request, Response, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tower_service::Service;
+
+pub use credential::{ClientAuthMethod, Credential};
+
+use crate::{BoxError, Refresh, RefreshContext, RefreshError, TokenSet};
+use dialect::{pointer, Client, Dialect};
+
+/// How much of a refresh answer is read before it counts as hostile.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// A [`Refresh`] source that calls a refresh endpoint through an HTTP
+/// client service `C` (a `hyper_util` client, or any tower service taking
+/// `Request<B>`).
+///
+/// Make one with a preset ([`oauth2`](Self::oauth2),
+/// [`dynamosql`](Self::dynamosql), [`cognito`](Self::cognito),
+/// [`ocient`](Self::ocient), [`client_credentials`](Self::client_credentials))
+/// or describe another API with [`custom`](Self::custom); every builder
+/// method works on every preset.
+///
+/// Each preset's documentation has a runnable example against a stand-in
+/// server; `tests/dialects.rs` runs every preset against real loopback
+/// servers through a `hyper_util` client.
+///
+/// # Clone
+///
+/// Cloning clones the client and shares the settings.
+pub struct HttpRefresher<C, B = Full<Bytes>> {
+    client: C,
+    settings: Arc<Settings>,
+    _body: PhantomData<fn() -> B>,
+}
+
+#[derive(Clone)]
+struct Settings {
+    /// The parse error is kept and reported by each refresh (terminal), so
+    /// that constructors stay infallible as in the rest of the builder API.
+    endpoint: Result<Uri, String>,
+    dialect: Dialect,
+    allow_insecure: bool,
+    body_limit: usize,
+}
+
+impl<C, B> HttpRefresher<C, B>
+where
+    C: Service<Request<B>>,
+{
+    fn with_dialect<U>(url: U, client: C, dialect: Dialect) -> Self
+    where
+        U: TryInto<Uri>,
+        U::Error: fmt::Display,
+    {
+        Self {
+            client,
+            settings: Arc::new(Settings {
+                endpoint: url.try_into().map_err(|e| e.to_string()),
+                dialect,
+                allow_insecure: false,
+                body_limit: DEFAULT_BODY_LIMIT,
+            }),
+            _body: PhantomData,
+        }
+    }
+
+    /// RFC 6749 §6: `POST` form `grant_type=refresh_token&refresh_token=…`
+    /// (plus `scope` if set), the client authenticated with
+    /// `client_secret_basic` by default (see [`client_id`](Self::client_id)).
+    /// A rotated refresh token in the answer replaces the old one; an answer
+    /// without one keeps it.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_token_refresh::http::HttpRefresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let idp = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     // "my app" / "s3cret", each form-encoded, then base64 (RFC 6749 §2.3.1).
+    ///     assert_eq!(request.headers()["authorization"], "Basic bXkrYXBwOnMzY3JldA==");
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, "grant_type=refresh_token&refresh_token=r1&scope=read");
+    ///     let answer = r#"{"access_token":"a2","token_type":"Bearer","expires_in":3600,"refresh_token":"r2","scope":"read"}"#;
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    ///
+    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/oauth/token", idp)
+    ///     .client_id("my app")
+    ///     .client_secret("s3cret")
+    ///     .scope("read");
+    /// let layer = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build();
+    /// let handle = layer.handle();
+    /// handle.force_refresh().await.unwrap();
+    /// let tokens = handle.tokens().unwrap();
+    /// assert_eq!(tokens.refresh_token().unwrap().expose(), "r2"); // rotated
+    /// assert_eq!(tokens.extra("scope"), Some("read"));
+    /// # }
+    /// ```
+    pub fn oauth2<U>(url: U, client: C) -> Self
+    where
+        U: TryInto<Uri>,
+        U::Error: fmt::Display,
+    {
+        Self::with_dialect(url, client, Dialect::oauth2())
+    }
+
+    /// RFC 6749 §4.4: `POST` form `grant_type=client_credentials`, the client
+    /// authenticated by its id and secret alone. It needs no tokens, so it
+    /// serves as a [login source](crate::Builder::login): for the first
+    /// token, and when a refresh token is rejected.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_token_refresh::http::{ClientAuthMethod, HttpRefresher};
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let idp = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, "grant_type=client_credentials&client_id=svc&client_secret=s3cret");
+    ///     let answer = r#"{"access_token":"a1","token_type":"Bearer","expires_in":3600}"#;
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    ///
+    /// let login = HttpRefresher::client_credentials("https://idp.example.com/oauth/token", idp)
+    ///     .client_id("svc")
+    ///     .client_secret("s3cret")
+    ///     .client_auth(ClientAuthMethod::Post);
+    /// // Without a refresh token to use, every refresh is a login.
+    /// let layer = TokenRefreshLayer::builder(login).build();
+    /// let handle = layer.handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "a1");
+    /// # }
+    /// ```
+    pub fn client_credentials<U>(url: U, client: C) -> Self
+    where
+        U: TryInto<Uri>,
+        U::Error: fmt::Display,
+    {
+        Self::with_dialect(url, client, Dialect::client_credentials())
+    }
+
+    /// Seed 000 (DynamoSQL): `POST /v1/auth/refresh` with JSON
+    /// `{"refreshToken"}`, answered with `{success, data: {accessToken,
+    /// expiresIn, tokenType}}`. No new refresh token is issued, so the old
+    /// one is kept. Errors `{success: false, error: {message, code,
+    /// requestId}}` are quoted in the [`RefreshError`].
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_token_refresh::http::HttpRefresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let idp = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     assert_eq!(request.uri().path(), "/v1/auth/refresh");
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, r#"{"refreshToken":"r1"}"#);
+    ///     let answer = r#"{"success":true,"data":{"accessToken":"a2","expiresIn":3600,"tokenType":"Bearer"}}"#;
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    ///
+    /// let refresher = HttpRefresher::dynamosql("https://api.dynamosql.com/v1/auth/refresh", idp);
+    /// let layer = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build();
+    /// let handle = layer.handle();
+    /// handle.force_refresh().await.unwrap();
+    /// let tokens = handle.tokens().unwrap();
+    /// assert_eq!(tokens.access_token().expose(), "a2");
+    /// assert_eq!(tokens.refresh_token().unwrap().expose(), "r1"); // kept
+    /// # }
+    /// ```
+    pub fn dynamosql<U>(url: U, client: C) -> Self
+    where
+        U: TryInto<Uri>,
+        U::Error: fmt::Display,
+    {
+        Self::with_dialect(url, client, Dialect::dynamosql())
+    }
+
+    /// Seed 002 (a Cognito-backed API): `POST /api/auth/refresh-token` with
+    /// JSON `{"refreshToken"}`, answered with `{accessToken, refreshToken,
+    /// expiresIn, requiresPasswordChange}`; errors `{statusCode, message,
+    /// error}`. The endpoint allows 5 refreshes a minute per IP: the layer's
+    /// single flight keeps it to one per expiry, and a `429` backs off while
+    /// the current token stays in use. `requiresPasswordChange` is kept as
+    /// an [extra](TokenSet::extra).
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_token_refresh::http::HttpRefresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // Stands in for a hyper-util client: an identity server answering as
+    /// // seed 002 documents.
+    /// let idp = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     assert_eq!(request.uri().path(), "/api/auth/refresh-token");
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, r#"{"refreshToken":"r1"}"#);
+    ///     let answer = r#"{"accessToken":"a2","refreshToken":"r1","expiresIn":3600,"requiresPasswordChange":false}"#;
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    ///
+    /// let refresher = HttpRefresher::cognito("https://api.example.com/api/auth/refresh-token", idp);
+    /// let layer = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build();
+    /// let handle = layer.handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "a2");
+    /// # }
+    /// ```
+    pub fn cognito<U>(url: U, client: C) -> Self
+    where
+        U: TryInto<Uri>,
+        U::Error: fmt::Display,
+    {
+        Self::with_dialect(url, client, Dialect::cognito())
+    }
+
+    /// Seed 003 (Ocient): `POST /v1/token_refresh` with `Authorization:
+    /// Bearer <current access token>` and JSON `{"database"}` if
+    /// [`database`](Self::database) is set (else `{}`), answered with
+    /// `{access_token, username, database, expires_in, status: {reason,
+    /// sql_state, vendor_code}}`. `username` and `database` are kept as
+    /// [extras](TokenSet::extra).
+    ///
+    /// The access token is its own refresh credential and cannot refresh
+    /// itself once expired, so this preset turns on the layer's background
+    /// refresh: the token is renewed in its advisory window even when no
+    /// request is sent. Set a [login source](crate::Builder::login) for the
+    /// first token and for recovery after a long pause.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_token_refresh::http::HttpRefresher;
+    /// use tower_token_refresh::{BoxError, Refresh, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let ocient = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     assert_eq!(request.headers()["authorization"], "Bearer a1");
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, r#"{"database":"retail_analytics"}"#);
+    ///     let answer = r#"{"access_token":"a2","username":"jdoe","database":"retail_analytics","expires_in":3600,
+    ///                      "status":{"reason":"Token refreshed successfully","sql_state":"00000","vendor_code":0}}"#;
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    ///
+    /// let refresher = HttpRefresher::ocient("https://sql-node.example.com/v1/token_refresh", ocient)
+    ///     .database("retail_analytics");
+    /// assert!(refresher.needs_background_refresh());
+    /// let layer = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1"))
+    ///     .build();
+    /// let handle = layer.handle();
+    /// handle.force_refresh().await.unwrap();
+    /// let tokens = handle.tokens().unwrap();
+    /// assert_eq!(tokens.access_token().expose(), "a2");
+    /// assert_eq!(tokens.extra("username"), Some("jdoe"));
+    /// # }
+    /// ```
+    pub fn ocient<U>(url: U, client: C) -> Self
+    where
+        U: TryInto<Uri>,
+        U::Error: fmt::Display,
+    {
+        Self::with_dialect(url, client, Dialect::ocient())
+    }
+
+    /// Any other JSON refresh API. Starts as `POST` with a JSON body
+    /// `{"refresh_token": …}` and an OAuth2-shaped answer
+    /// (`access_token`, `expires_in`, `refresh_token`, `token_type`); change
+    /// what differs with [`method`](Self::method),
+    /// [`form_body`](Self::form_body), [`credential`](Self::credential),
+    /// [`field`](Self::field) and the `…_at` pointer methods.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Method, Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_token_refresh::http::{Credential, HttpRefresher};
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     assert_eq!(request.method(), Method::PUT);
+    ///     assert_eq!(request.headers()["authorization"], "Bearer r1");
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, r#"{"client":"cli"}"#);
+    ///     let answer = r#"{"ok":true,"result":{"jwt":"a2","ttl":"900","renew":"r2"}}"#;
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    ///
+    /// let refresher = HttpRefresher::custom("https://api.example.com/session", api)
+    ///     .method(Method::PUT)
+    ///     .credential(Credential::bearer_header())
+    ///     .field("client", "cli")
+    ///     .success_at("/ok")
+    ///     .access_token_at("/result/jwt")
+    ///     .expires_in_at("/result/ttl")
+    ///     .refresh_token_at("/result/renew");
+    /// let layer = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build();
+    /// let handle = layer.handle();
+    /// handle.force_refresh().await.unwrap();
+    /// let tokens = handle.tokens().unwrap();
+    /// assert_eq!(tokens.access_token().expose(), "a2");
+    /// assert_eq!(tokens.expires_in(), Some(std::time::Duration::from_secs(900)));
+    /// assert_eq!(tokens.refresh_token().unwrap().expose(), "r2");
+    /// # }
+    /// ```
+    pub fn custom<U>(url: U, client: C) -> Self
+    where
+        U: TryInto<Uri>,
+        U::Error: fmt::Display,
+    {
+        Self::with_dialect(url, client, Dialect::custom())
+    }
+}
+
+impl<C, B> HttpRefresher<C, B> {
+    fn settings(&mut self) -> &mut Settings {
+        Arc::make_mut(&mut self.settings)
+    }
+
+    fn dialect(&mut self) -> &mut Dialect {
+        &mut self.settings().dialect
+    }
+
+    fn client_mut(&mut self) -> &mut Client {
+        self.dialect().request.client.get_or_insert_with(|| Client {
+            id: String::new(),
+            secret: None,
+            method: ClientAuthMethod::default(),
+        })
+    }
+
+    /// The refresh URL, if it may be used: `https`, or `http` to a loopback
+    /// host or with insecure transport allowed.
+    fn endpoint(&self) -> Result<&Uri, RefreshError> {
+        let settings = &self.settings;
+        let uri = settings
+            .endpoint
+            .as_ref()
+            .map_err(|e| RefreshError::terminal(format!("the refresh URL is invalid: {e}")))?;
+        let Some(host) = uri.host() else {
+            return Err(RefreshError::terminal("the refresh URL has no host"));
+        };
+        match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTPS => Ok(uri),
+            Some(scheme)
+                if *scheme == Scheme::HTTP
+                    && (settings.allow_insecure || crate::service::is_loopback(host)) =>
+            {
+                Ok(uri)
+            }
+            Some(scheme) if *scheme == Scheme::HTTP => Err(RefreshError::terminal(format!(
+                "refused to send a refresh credential over plain http to {host}; \
+                 use https, or allow_insecure_http(true)"
+            ))),
+            _ => Err(RefreshError::terminal(
+                "the refresh URL must start with https://",
+            )),
+        }
+    }
+}
+
+impl<C, B, ResB> Refresh for HttpRefresher<C, B>
+where
+    C: Service<Request<B>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    C::Error: Into<BoxError>,
+    B: From<Bytes> + Send + 'static,
+    ResB: Body + Send + 'static,
+    ResB::Data: Send,
+    ResB::Error: Into<BoxError>,
+{
+    fn refresh(
+        &self,
+        ctx: RefreshContext,
+    ) -> impl Future<Output = Result<TokenSet, RefreshError>> + Send {
+        let request = self
+            .endpoint()
+            .and_then(|uri| request::build(&self.settings.dialect.request, uri, &ctx));
+        let mut client = self.client.clone();
+        let settings = Arc::clone(&self.settings);
+        async move {
+            let request = request?.map(B::from);
+            poll_fn(|cx| client.poll_ready(cx))
+                .await
+                .map_err(|e| unreachable_endpoint(e.into()))?;
+            let response = client
+                .call(request)
+                .await
+                .map_err(|e| unreachable_endpoint(e.into()))?;
+            let (parts, body) = response.into_parts();
+            let body = read_capped(body, settings.body_limit).await?;
+            let now = SystemTime::now();
+            let dialect = &settings.dialect;
+            if parts.status.is_success() {
+                decode::tokens(&dialect.response, &body, now)
+            } else {
+                Err(failure::classify(
+                    parts.status,
+                    &parts.headers,
+                    &body,
+                    &dialect.errors,
+                    now,
+                ))
+            }
+        }
+    }
+
+    fn needs_background_refresh(&self) -> bool {
+        self.settings
+            .dialect
+            .request
+            .credential
+            .sends_access_token()
+    }
+}
+
+fn unreachable_endpoint(error: BoxError) -> RefreshError {
+    RefreshError::transient("the refresh endpoint could not be reached").with_source(error)
+}
+
+/// The whole body, unless it is longer than `limit` bytes.
+async fn read_capped<ResB>(body: ResB, limit: usize) -> Result<Bytes, RefreshError>
+where
+    ResB: Body,
+    ResB::Error: Into<BoxError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(RefreshError::transient(format!(
+            "the refresh answer is larger than {limit} bytes"
+        ))),
+        Err(e) => {
+            Err(RefreshError::transient("the refresh answer could not be read").with_source(e))
+        }
+    }
+}
+
+impl<C: Clone, B> Clone for HttpRefresher<C, B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            settings: Arc::clone(&self.settings),
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<C, B> fmt::Debug for HttpRefresher<C, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings = &self.settings;
+        let client_id = settings.dialect.request.client.as_ref().map(|c| &c.id);
+        f.debug_struct("HttpRefresher")
+            .field("dialect", &settings.dialect.name)
+            .field("endpoint", &settings.endpoint)
+            .field("client_id", &client_id)
+            .field("allow_insecure_http", &settings.allow_insecure)
+            .field("body_limit", &settings.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,225 @@
+//! Building the refresh request from a [`RequestShape`] and the tokens in
+//! use.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Request, Uri};
+use serde_json::{Map, Value};
+
+use super::credential::{BodyFormat, ClientAuthMethod, Placement, TokenKind};
+use super::dialect::{Client, RequestShape};
+use crate::{RefreshContext, RefreshError};
+
+const FORM: &str = "application/x-www-form-urlencoded";
+const JSON: &str = "application/json";
+
+/// The request to send, or a terminal error when the tokens in use cannot
+/// make one (no refresh token to refresh with: a login is needed).
+pub(crate) fn build(
+    shape: &RequestShape,
+    uri: &Uri,
+    ctx: &RefreshContext,
+) -> Result<Request<Bytes>, RefreshError> {
+    let mut fields: Vec<(&str, &str)> = Vec::with_capacity(shape.fields.len() + 4);
+    if let Some(grant_type) = shape.grant_type {
+        fields.push(("grant_type", grant_type));
+    }
+    let mut bearer = None;
+    match &shape.credential.placement {
+        Placement::Omitted => {}
+        placement => {
+            let token = match shape.credential.token {
+                TokenKind::Refresh => ctx.refresh_token(),
+                TokenKind::Access => ctx.access_token(),
+            }
+            .ok_or_else(|| missing_credential(shape.credential.token))?;
+            match placement {
+                Placement::Field(name) => fields.push((name.as_str(), token.expose())),
+                _ => bearer = Some(format!("Bearer {}", token.expose())),
+            }
+        }
+    }
+    fields.extend(
+        shape
+            .fields
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    );
+    let mut basic = None;
+    if let Some(client) = &shape.client {
+        match (&client.secret, client.method) {
+            (Some(secret), ClientAuthMethod::Basic) => basic = Some(basic_auth(client, secret)),
+            (Some(secret), ClientAuthMethod::Post) => {
+                fields.push(("client_id", &client.id));
+                fields.push(("client_secret", secret.expose()));
+            }
+            // A public client only identifies itself (RFC 6749 §3.2.1).
+            (None, _) => fields.push(("client_id", &client.id)),
+        }
+    }
+
+    let mut request = Request::builder()
+        .method(shape.method.clone())
+        .uri(uri.clone())
+        .header(ACCEPT, JSON);
+    let body = match shape.format {
+        BodyFormat::Form => {
+            request = request.header(CONTENT_TYPE, FORM);
+            form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(fields)
+                .finish()
+        }
+        BodyFormat::Json => {
+            request = request.header(CONTENT_TYPE, JSON);
+            let object: Map<String, Value> = fields
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), Value::from(value)))
+                .collect();
+            Value::Object(object).to_string()
+        }
+    };
+    let mut request = request.body(Bytes::from(body)).map_err(|e| {
+        RefreshError::terminal("the refresh request could not be built").with_source(e)
+    })?;
+    if let Some(value) = bearer.or(basic) {
+        let mut value = HeaderValue::try_from(value).map_err(|_| {
+            RefreshError::terminal("the credential cannot be sent in an Authorization header")
+        })?;
+        value.set_sensitive(true);
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
+    Ok(request)
+}
+
+fn missing_credential(kind: TokenKind) -> RefreshError {
+    RefreshError::terminal(match kind {
+        TokenKind::Refresh => "there is no refresh token to refresh with",
+        TokenKind::Access => "there is no access token to refresh with",
+    })
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))`: RFC 6749 §2.3.1
+/// form-encodes both before joining them, so a `:` in the id survives.
+fn basic_auth(client: &Client, secret: &crate::Secret) -> String {
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(&client.id), encode(secret.expose()));
+    format!("Basic {}", STANDARD.encode(pair))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::http::credential::Credential;
+    use crate::http::dialect::Dialect;
+    use crate::{RefreshReason, Secret, TokenSet};
+
+    fn ctx(tokens: TokenSet) -> RefreshContext {
+        RefreshContext::new(RefreshReason::Proactive, Some(Arc::new(tokens)))
+    }
+
+    fn body(request: &Request<Bytes>) -> &str {
+        std::str::from_utf8(request.body()).unwrap()
+    }
+
+    fn uri() -> Uri {
+        Uri::from_static("https://idp.example/token")
+    }
+
+    #[test]
+    fn oauth2_basic_form_encodes_id_and_secret_before_base64() {
+        let mut shape = Dialect::oauth2().request;
+        shape.client = Some(Client {
+            id: "my app:1".into(),
+            secret: Some(Secret::new("p+ss/w%rd")),
+            method: ClientAuthMethod::Basic,
+        });
+        let request = build(
+            &shape,
+            &uri(),
+            &ctx(TokenSet::new("a").with_refresh_token("r 1")),
+        )
+        .unwrap();
+        let auth = request.headers()[AUTHORIZATION].clone();
+        assert!(auth.is_sensitive());
+        let encoded = auth.to_str().unwrap().strip_prefix("Basic ").unwrap();
+        let decoded = String::from_utf8(STANDARD.decode(encoded).unwrap()).unwrap();
+        assert_eq!(decoded, "my+app%3A1:p%2Bss%2Fw%25rd");
+        assert_eq!(body(&request), "grant_type=refresh_token&refresh_token=r+1");
+        assert_eq!(request.headers()[CONTENT_TYPE], FORM);
+    }
+
+    #[test]
+    fn oauth2_post_and_public_clients_go_in_the_body() {
+        let mut shape = Dialect::oauth2().request;
+        shape.client = Some(Client {
+            id: "app".into(),
+            secret: Some(Secret::new("s")),
+            method: ClientAuthMethod::Post,
+        });
+        let tokens = TokenSet::new("a").with_refresh_token("r");
+        let request = build(&shape, &uri(), &ctx(tokens.clone())).unwrap();
+        assert!(request.headers().get(AUTHORIZATION).is_none());
+        assert_eq!(
+            body(&request),
+            "grant_type=refresh_token&refresh_token=r&client_id=app&client_secret=s"
+        );
+        shape.client.as_mut().unwrap().secret = None;
+        let request = build(&shape, &uri(), &ctx(tokens)).unwrap();
+        assert_eq!(
+            body(&request),
+            "grant_type=refresh_token&refresh_token=r&client_id=app"
+        );
+    }
+
+    #[test]
+    fn json_dialects_send_the_refresh_token_as_a_string_field() {
+        let shape = Dialect::cognito().request;
+        let request = build(
+            &shape,
+            &uri(),
+            &ctx(TokenSet::new("a").with_refresh_token("r\"1")),
+        )
+        .unwrap();
+        let sent: Value = serde_json::from_slice(request.body()).unwrap();
+        assert_eq!(sent, serde_json::json!({ "refreshToken": "r\"1" }));
+        assert_eq!(request.headers()[CONTENT_TYPE], JSON);
+        assert_eq!(request.method(), http::Method::POST);
+    }
+
+    #[test]
+    fn ocient_sends_the_access_token_as_a_sensitive_bearer_header() {
+        let mut shape = Dialect::ocient().request;
+        let request = build(&shape, &uri(), &ctx(TokenSet::new("current"))).unwrap();
+        let auth = &request.headers()[AUTHORIZATION];
+        assert_eq!(auth, "Bearer current");
+        assert!(auth.is_sensitive());
+        assert_eq!(body(&request), "{}");
+        shape.fields.push(("database".into(), "retail".into()));
+        let request = build(&shape, &uri(), &ctx(TokenSet::new("current"))).unwrap();
+        assert_eq!(body(&request), r#"{"database":"retail"}"#);
+    }
+
+    #[test]
+    fn a_missing_credential_is_terminal_so_a_login_can_follow() {
+        let shape = Dialect::oauth2().request;
+        let err = build(&shape, &uri(), &ctx(TokenSet::new("a"))).unwrap_err();
+        assert!(err.is_terminal());
+        let none = RefreshContext::new(RefreshReason::Initial, None);
+        let shape = RequestShape {
+            credential: Credential::bearer_header().with_access_token(),
+            ..shape
+        };
+        assert!(build(&shape, &uri(), &none).unwrap_err().is_terminal());
+    }
+
+    #[test]
+    fn a_token_that_is_no_header_value_is_refused() {
+        let shape = Dialect::ocient().request;
+        let err = build(&shape, &uri(), &ctx(TokenSet::new("bad\ntoken"))).unwrap_err();
+        assert!(!err.to_string().contains("bad"), "{err}");
+    }
+}

@@ -1,0 +1,316 @@
+//! `HttpRefresher` against in-process stand-in servers: transport rules,
+//! body cap, redirects, client errors, and login recovery through the
+//! layer. The same behaviours are proven over loopback in
+//! `tests/dialects.rs`.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::*;
+use crate::{RefreshReason, TokenRefreshLayer};
+
+type Answer = Response<Full<Bytes>>;
+
+/// A stand-in endpoint answering `answer()` and counting its calls.
+fn endpoint(
+    answer: impl Fn() -> Answer + Clone + Send + Sync + 'static,
+) -> (
+    impl Service<Request<Full<Bytes>>, Response = Answer, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Arc<AtomicUsize>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let service = tower::service_fn(move |_request: Request<Full<Bytes>>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let response = answer();
+        async move { Ok::<_, Infallible>(response) }
+    });
+    (service, calls)
+}
+
+fn json(status: StatusCode, body: &str) -> Answer {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::from(body.to_owned()))
+        .unwrap()
+}
+
+fn ok_tokens() -> Answer {
+    json(
+        StatusCode::OK,
+        r#"{"access_token":"new","token_type":"Bearer","expires_in":3600}"#,
+    )
+}
+
+fn ctx() -> RefreshContext {
+    let tokens = TokenSet::new("old-access").with_refresh_token("old-refresh");
+    RefreshContext::new(RefreshReason::Forced, Some(Arc::new(tokens)))
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_except_to_loopback_or_when_allowed() {
+    let (idp, calls) = endpoint(ok_tokens);
+    let refused = HttpRefresher::oauth2("http://idp.example.com/token", idp.clone());
+    let err = refused.refresh(ctx()).await.unwrap_err();
+    assert!(err.is_terminal());
+    assert!(
+        err.to_string().contains("plain http to idp.example.com"),
+        "{err}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
+
+    for url in [
+        "http://127.0.0.1:9/token",
+        "http://localhost/token",
+        "http://[::1]:8/token",
+    ] {
+        let loopback = HttpRefresher::oauth2(url, idp.clone());
+        assert!(loopback.refresh(ctx()).await.is_ok(), "{url}");
+    }
+    let allowed = HttpRefresher::oauth2("http://idp.example.com/token", idp.clone())
+        .allow_insecure_http(true);
+    assert!(allowed.refresh(ctx()).await.is_ok());
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn bad_urls_are_terminal_errors_naming_the_problem() {
+    let (idp, calls) = endpoint(ok_tokens);
+    for (url, expected) in [
+        ("not a url", "the refresh URL is invalid"),
+        ("/relative/token", "no host"),
+        ("ftp://idp.example.com/token", "must start with https://"),
+    ] {
+        let err = HttpRefresher::oauth2(url, idp.clone())
+            .refresh(ctx())
+            .await
+            .unwrap_err();
+        assert!(err.is_terminal(), "{url}");
+        assert!(err.to_string().contains(expected), "{url}: {err}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_redirect_is_reported_and_never_followed() {
+    let (idp, calls) = endpoint(|| {
+        Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", "https://elsewhere.example.com/token")
+            .body(Full::default())
+            .unwrap()
+    });
+    let err = HttpRefresher::oauth2("https://idp.example.com/token", idp)
+        .refresh(ctx())
+        .await
+        .unwrap_err();
+    assert!(err.is_transient());
+    assert_eq!(err.status(), Some(302));
+    assert!(err.to_string().contains("never follow redirects"), "{err}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "only the first URL was called"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_over_the_body_limit_is_transient_and_not_read_further() {
+    let padding = "x".repeat(DEFAULT_BODY_LIMIT);
+    let big = format!(r#"{{"access_token":"new","padding":"{padding}"}}"#);
+    let (idp, _) = endpoint(move || json(StatusCode::OK, &big));
+    let err = HttpRefresher::oauth2("https://idp.example.com/token", idp.clone())
+        .refresh(ctx())
+        .await
+        .unwrap_err();
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("larger than 65536 bytes"), "{err}");
+    // A raised limit reads it.
+    let tokens = HttpRefresher::oauth2("https://idp.example.com/token", idp)
+        .body_limit(2 * DEFAULT_BODY_LIMIT)
+        .refresh(ctx())
+        .await
+        .unwrap();
+    assert_eq!(tokens.access_token().expose(), "new");
+}
+
+#[tokio::test]
+async fn an_endless_streamed_answer_stops_at_the_limit() {
+    // No content length: the limit must hold while streaming.
+    let endless = tower::service_fn(|_request: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Endless(Bytes::from(vec![b' '; 1024]))))
+    });
+    let err = HttpRefresher::oauth2("https://idp.example.com/token", endless)
+        .body_limit(4096)
+        .refresh(ctx())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than 4096 bytes"), "{err}");
+}
+
+/// A body that never ends: the same chunk, forever.
+struct Endless(Bytes);
+
+impl Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.0.clone()))))
+    }
+}
+
+#[tokio::test]
+async fn a_transport_error_is_transient_with_its_cause() {
+    let down = tower::service_fn(|_request: Request<Full<Bytes>>| async {
+        Err::<Answer, _>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ))
+    });
+    let err = HttpRefresher::cognito("https://idp.example.com/api/auth/refresh-token", down)
+        .refresh(ctx())
+        .await
+        .unwrap_err();
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("could not be reached"), "{err}");
+    let source = std::error::Error::source(&err).expect("the cause is kept");
+    assert!(source.to_string().contains("connection refused"));
+}
+
+#[tokio::test]
+async fn the_request_never_carries_more_than_the_dialect_says() {
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let record = Arc::clone(&seen);
+    let idp = tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let record = Arc::clone(&record);
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            *record.lock().unwrap() = Some((parts, body));
+            Ok::<_, Infallible>(ok_tokens())
+        }
+    });
+    HttpRefresher::dynamosql("https://api.dynamosql.com/v1/auth/refresh", idp)
+        .refresh(ctx())
+        .await
+        .unwrap_err(); // an OAuth2 answer is not a DynamoSQL envelope
+    let (parts, body) = seen.lock().unwrap().take().unwrap();
+    assert_eq!(parts.method, http::Method::POST);
+    assert_eq!(parts.uri.path(), "/v1/auth/refresh");
+    assert!(parts.headers.get("authorization").is_none());
+    assert_eq!(parts.headers["content-type"], "application/json");
+    assert_eq!(body, r#"{"refreshToken":"old-refresh"}"#);
+}
+
+#[tokio::test]
+async fn debug_shows_the_dialect_but_no_secret() {
+    let (idp, _) = endpoint(ok_tokens);
+    let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp)
+        .client_id("app")
+        .client_secret("client-secret-value");
+    let debug = format!("{refresher:?}");
+    assert!(debug.contains("oauth2") && debug.contains("app"), "{debug}");
+    assert!(!debug.contains("client-secret-value"), "{debug}");
+}
+
+#[tokio::test]
+async fn only_sliding_dialects_need_background_refresh() {
+    let (idp, _) = endpoint(ok_tokens);
+    let url = "https://x.example.com/";
+    assert!(HttpRefresher::ocient(url, idp.clone()).needs_background_refresh());
+    assert!(!HttpRefresher::oauth2(url, idp.clone()).needs_background_refresh());
+    assert!(!HttpRefresher::cognito(url, idp.clone()).needs_background_refresh());
+    let sliding =
+        HttpRefresher::custom(url, idp).credential(Credential::bearer_header().with_access_token());
+    assert!(sliding.needs_background_refresh());
+}
+
+#[tokio::test]
+async fn a_rejected_refresh_token_leads_to_one_login() {
+    let (idp, refreshes) = endpoint(|| {
+        json(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"invalid_grant","error_description":"refresh token revoked"}"#,
+        )
+    });
+    let (login_idp, logins) = endpoint(|| {
+        json(
+            StatusCode::OK,
+            r#"{"access_token":"logged-in","token_type":"Bearer","expires_in":3600,"refresh_token":"fresh"}"#,
+        )
+    });
+    let layer =
+        TokenRefreshLayer::builder(HttpRefresher::oauth2("https://idp.example.com/token", idp))
+            .login(
+                HttpRefresher::client_credentials("https://idp.example.com/token", login_idp)
+                    .client_id("svc")
+                    .client_secret("s"),
+            )
+            .initial_tokens(TokenSet::new("old").with_refresh_token("revoked"))
+            .build();
+    let handle = layer.handle();
+    handle.force_refresh().await.unwrap();
+    let tokens = handle.tokens().unwrap();
+    assert_eq!(tokens.access_token().expose(), "logged-in");
+    assert_eq!(tokens.refresh_token().unwrap().expose(), "fresh");
+    assert_eq!(refreshes.load(Ordering::SeqCst), 1);
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
+    let stats = handle.stats();
+    assert_eq!((stats.refreshes, stats.logins), (1, 1));
+    assert_eq!(stats.refresh_failures, 0, "the login rescued the refresh");
+}
+
+#[tokio::test]
+async fn a_failed_login_leaves_reauthentication_required() {
+    let (idp, _) = endpoint(|| json(StatusCode::UNAUTHORIZED, r#"{"error":"invalid_grant"}"#));
+    let (login_idp, logins) =
+        endpoint(|| json(StatusCode::UNAUTHORIZED, r#"{"error":"invalid_client"}"#));
+    let layer =
+        TokenRefreshLayer::builder(HttpRefresher::oauth2("https://idp.example.com/token", idp))
+            .login(
+                HttpRefresher::client_credentials("https://idp.example.com/token", login_idp)
+                    .client_id("svc"),
+            )
+            .initial_tokens(TokenSet::new("old").with_refresh_token("revoked"))
+            .build();
+    let handle = layer.handle();
+    let err = handle.force_refresh().await.unwrap_err();
+    assert!(err.is_reauth_required(), "{err}");
+    assert_eq!(err.refresh_error().unwrap().code(), Some("invalid_client"));
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
+    assert_eq!(handle.stats().logins, 1);
+}
+
+#[tokio::test]
+async fn without_initial_tokens_the_login_source_gets_the_first() {
+    let (idp, refreshes) = endpoint(ok_tokens);
+    let (login_idp, logins) = endpoint(ok_tokens);
+    let layer =
+        TokenRefreshLayer::builder(HttpRefresher::oauth2("https://idp.example.com/token", idp))
+            .login(
+                HttpRefresher::client_credentials("https://idp.example.com/token", login_idp)
+                    .client_id("svc"),
+            )
+            .build();
+    layer.handle().force_refresh().await.unwrap();
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        refreshes.load(Ordering::SeqCst),
+        0,
+        "nothing to refresh yet"
+    );
+}
