@@ -15,9 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::header::ALLOW;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -237,27 +236,7 @@ fn tokens_response(state: &State, refresh_token: &str) -> Response<ResBody> {
 
 /// The request's JSON object, or the `400` to answer with.
 async fn read_json(request: Request<Incoming>) -> Result<Value, Response<ResBody>> {
-    let is_json = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(json::error(
-            StatusCode::BAD_REQUEST,
-            "Content-Type must be application/json",
-        ));
-    }
-    let bytes = match request.into_body().collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Err(json::error(StatusCode::BAD_REQUEST, "Unreadable body")),
-    };
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(value) if value.is_object() => Ok(value),
-        _ => Err(json::error(
-            StatusCode::BAD_REQUEST,
-            "Body must be a JSON object",
-        )),
-    }
+    json::read_object(request)
+        .await
+        .map_err(|e| json::error(StatusCode::BAD_REQUEST, e.message()))
 }

@@ -1,5 +1,6 @@
 //! A loopback HTTP/1 server: binds `127.0.0.1:0`, reports its address and
-//! stops, with every open connection, when dropped.
+//! stops, with every open connection, when dropped. Also what every fixture
+//! server's handler needs: the response body type and a media type check.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,9 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
@@ -83,4 +85,14 @@ where
     let _ = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .await;
+}
+
+/// Whether `headers` declare a body of media type `essence` (compared
+/// case-insensitively; parameters such as `charset` are allowed).
+pub fn content_type_is(headers: &HeaderMap, essence: &str) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case(essence))
 }
