@@ -1,5 +1,6 @@
 //! The resource server: accepts a request only with a current access token
-//! from the identity server it shares a [`TokenStore`] with.
+//! from the token server it shares a [`TokenStore`] with (any [`Issuer`]:
+//! the Cognito-style identity server or a dialect server).
 //!
 //! - `GET` any path → `200 {"ok": true}`; `POST` any path → `200` echoing
 //!   the request body; other methods → `405`.
@@ -18,10 +19,9 @@ use hyper::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::identity::IdentityServer;
 use super::json;
 use super::server::{ResBody, Server};
-use super::tokens::TokenStore;
+use super::tokens::{Issuer, TokenStore};
 
 /// A running API server; stops when dropped.
 pub struct ApiServer {
@@ -53,10 +53,10 @@ struct State {
 }
 
 impl ApiServer {
-    /// Starts an API server accepting the tokens `identity` issues.
-    pub async fn start(identity: &IdentityServer) -> Self {
+    /// Starts an API server accepting the access tokens `issuer` issues.
+    pub async fn start(issuer: &impl Issuer) -> Self {
         let state = Arc::new(State {
-            tokens: identity.tokens(),
+            tokens: issuer.token_store(),
             #[cfg(test)]
             gate: super::gate::Gate::default(),
             requests: AtomicU64::new(0),

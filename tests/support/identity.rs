@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::json;
 use super::rate_limit::RateLimiter;
 use super::server::{ResBody, Server};
-use super::tokens::TokenStore;
+use super::tokens::{Issuer, TokenStore};
 
 /// The one user that can log in.
 pub const DEMO_USER: &str = "demo@example.com";
@@ -112,6 +112,12 @@ impl IdentityServer {
             rate_limited: read(&c.rate_limited),
             bad_requests: read(&c.bad_requests),
         }
+    }
+}
+
+impl Issuer for IdentityServer {
+    fn token_store(&self) -> TokenStore {
+        self.tokens()
     }
 }
 

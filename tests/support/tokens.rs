@@ -1,4 +1,5 @@
-//! The token registry the identity server writes and the API server reads.
+//! The token registry the token-issuing servers write and the API server
+//! reads.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -13,6 +14,13 @@ use tokio::time::Instant;
 #[derive(Clone, Default)]
 pub struct TokenStore {
     inner: Arc<Mutex<Registry>>,
+}
+
+/// A server that issues tokens into a [`TokenStore`]: the API server
+/// accepts the access tokens of any of them.
+pub trait Issuer {
+    /// The registry this server issues into.
+    fn token_store(&self) -> TokenStore;
 }
 
 #[derive(Default)]
