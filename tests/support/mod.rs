@@ -4,7 +4,11 @@
 //! - [`identity`]: a Cognito-style identity server implementing seed 002
 //!   (`POST /api/auth/refresh-token`, 5 refreshes per minute per IP) plus
 //!   the `POST /api/auth/login` the refresh tokens come from.
-//! - [`api`]: a resource server that accepts only current access tokens.
+//! - [`oauth2`]: an RFC 6749 token endpoint with refresh-token rotation
+//!   and reuse detection, and failures a test can inject ([`faults`]).
+//!   `tests/servers` checks it against the RFC.
+//! - [`api`]: a resource server that accepts only current access tokens,
+//!   from any of those servers ([`tokens::Issuer`]).
 //! - [`cognito`]: the small client that talks to the identity server and
 //!   maps its answers to [`RefreshError`](tower_token_refresh::RefreshError)
 //!   classes.
@@ -12,15 +16,23 @@
 //!
 //! Items only the tests use are `#[cfg(test)]`: integration tests are built
 //! with `--cfg test`, examples are not, so neither build sees dead code.
+//! The OAuth2 server is also `allow(dead_code)`: each test binary that
+//! includes this tree uses its own subset of it.
 
 pub mod api;
 pub mod body;
 pub mod client;
 pub mod cognito;
 #[cfg(test)]
+#[allow(dead_code)]
+pub mod faults;
+#[cfg(test)]
 pub mod gate;
 pub mod identity;
 pub mod json;
+#[cfg(test)]
+#[allow(dead_code)]
+pub mod oauth2;
 pub mod rate_limit;
 pub mod server;
 pub mod tokens;

@@ -1,5 +1,10 @@
 //! The token registry the token-issuing servers write and the API server
 //! reads.
+//!
+//! Every refresh token belongs to a [`Grant`]: everything issued from one
+//! login or authorization. A grant whose refresh tokens rotate is a token
+//! family; revoking it revokes its refresh tokens and the access tokens
+//! issued from them.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -23,43 +28,139 @@ pub trait Issuer {
     fn token_store(&self) -> TokenStore;
 }
 
-#[derive(Default)]
-struct Registry {
-    access: HashMap<String, Access>,
-    /// Refresh token → revoked.
-    refresh: HashMap<String, bool>,
+/// One login or authorization, and everything issued from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Grant(u64);
+
+/// Where a refresh token stands.
+///
+/// Only test builds rotate or revoke refresh tokens (the quickstart never
+/// does), hence the `allow`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshState {
+    /// May be redeemed.
+    Live,
+    /// Already redeemed for a successor: presenting it again is reuse.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Rotated,
+    /// Revoked, with its grant or by the test.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Revoked,
 }
 
+/// What redeeming a refresh token did.
+#[cfg(test)]
+#[derive(Debug)]
+pub enum Redemption {
+    /// The token was live. With rotation it is now [`RefreshState::Rotated`]
+    /// and `successor` is the live token of the same grant.
+    Redeemed { successor: Option<String> },
+    /// The token had already been rotated: the whole grant is now revoked.
+    Reused,
+    /// The token is unknown or revoked.
+    Invalid,
+}
+
+#[derive(Default)]
+struct Registry {
+    grants: u64,
+    access: HashMap<String, Access>,
+    refresh: HashMap<String, Refresh>,
+}
+
+/// Only the dialect servers, which test builds alone include, read an
+/// access token's grant.
 struct Access {
+    #[cfg_attr(not(test), allow(dead_code))]
+    grant: Option<Grant>,
     expires_at: Instant,
     revoked: bool,
 }
 
+struct Refresh {
+    grant: Grant,
+    state: RefreshState,
+}
+
 impl TokenStore {
-    /// A new, long-lived refresh token (Cognito does not rotate them).
+    /// A new grant, with nothing issued from it yet.
+    pub fn new_grant(&self) -> Grant {
+        let mut registry = self.lock();
+        registry.grants += 1;
+        Grant(registry.grants)
+    }
+
+    /// A new, long-lived refresh token of a new grant (Cognito does not
+    /// rotate them).
     pub fn issue_refresh_token(&self) -> String {
+        let grant = self.new_grant();
+        self.issue_refresh_token_in(grant)
+    }
+
+    /// A new live refresh token of `grant`.
+    pub fn issue_refresh_token_in(&self, grant: Grant) -> String {
         let token = unique("rt");
-        self.lock().refresh.insert(token.clone(), false);
+        let state = RefreshState::Live;
+        self.lock()
+            .refresh
+            .insert(token.clone(), Refresh { grant, state });
         token
     }
 
-    /// Whether `token` was issued here and not revoked.
+    /// Whether `token` was issued here and may be redeemed.
     pub fn refresh_token_is_valid(&self, token: &str) -> bool {
-        self.lock().refresh.get(token) == Some(&false)
+        self.refresh_token(token)
+            .is_some_and(|(_, state)| state == RefreshState::Live)
     }
 
-    /// A new access token valid for `lifetime` from now.
+    /// The grant and state of `token`, if it was issued here.
+    pub fn refresh_token(&self, token: &str) -> Option<(Grant, RefreshState)> {
+        self.lock().refresh.get(token).map(|r| (r.grant, r.state))
+    }
+
+    /// Redeems `token`, replacing it with a successor if `rotate`.
+    ///
+    /// One critical section decides and records: of two requests racing
+    /// with the same live token, exactly one redeems it, and with rotation
+    /// the other is reuse.
+    #[cfg(test)]
+    pub fn redeem_refresh_token(&self, token: &str, rotate: bool) -> Redemption {
+        let mut registry = self.lock();
+        let Some(refresh) = registry.refresh.get_mut(token) else {
+            return Redemption::Invalid;
+        };
+        match refresh.state {
+            RefreshState::Revoked => Redemption::Invalid,
+            RefreshState::Rotated => {
+                let grant = refresh.grant;
+                registry.revoke_grant(grant);
+                Redemption::Reused
+            }
+            RefreshState::Live if !rotate => Redemption::Redeemed { successor: None },
+            RefreshState::Live => {
+                refresh.state = RefreshState::Rotated;
+                let grant = refresh.grant;
+                let successor = unique("rt");
+                let state = RefreshState::Live;
+                registry
+                    .refresh
+                    .insert(successor.clone(), Refresh { grant, state });
+                Redemption::Redeemed {
+                    successor: Some(successor),
+                }
+            }
+        }
+    }
+
+    /// A new access token valid for `lifetime` from now, of no grant.
     pub fn issue_access_token(&self, lifetime: Duration) -> String {
-        let token = unique("at");
-        let expires_at = Instant::now() + lifetime;
-        self.lock().access.insert(
-            token.clone(),
-            Access {
-                expires_at,
-                revoked: false,
-            },
-        );
-        token
+        self.insert_access(None, lifetime)
+    }
+
+    /// A new access token of `grant`, valid for `lifetime` from now.
+    #[cfg(test)]
+    pub fn issue_access_token_in(&self, grant: Grant, lifetime: Duration) -> String {
+        self.insert_access(Some(grant), lifetime)
     }
 
     /// Whether `token` was issued here, is not revoked and has not expired.
@@ -89,8 +190,8 @@ impl TokenStore {
     /// Revokes every refresh token issued so far.
     #[cfg(test)]
     pub fn revoke_refresh_tokens(&self) {
-        for revoked in self.lock().refresh.values_mut() {
-            *revoked = true;
+        for refresh in self.lock().refresh.values_mut() {
+            refresh.state = RefreshState::Revoked;
         }
     }
 
@@ -103,14 +204,44 @@ impl TokenStore {
         expiries
     }
 
+    fn insert_access(&self, grant: Option<Grant>, lifetime: Duration) -> String {
+        let token = unique("at");
+        let expires_at = Instant::now() + lifetime;
+        self.lock().access.insert(
+            token.clone(),
+            Access {
+                grant,
+                expires_at,
+                revoked: false,
+            },
+        );
+        token
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.inner.lock().unwrap()
     }
 }
 
-/// A unique, unguessable-looking token: a counter mixed with a randomly
-/// keyed hash of the process id and the time.
-fn unique(prefix: &str) -> String {
+#[cfg(test)]
+impl Registry {
+    /// Revokes `grant`'s refresh tokens and the access tokens issued from
+    /// it: after reuse, any of them may be in an attacker's hands.
+    fn revoke_grant(&mut self, grant: Grant) {
+        for refresh in self.refresh.values_mut().filter(|r| r.grant == grant) {
+            refresh.state = RefreshState::Revoked;
+        }
+        for access in self.access.values_mut() {
+            if access.grant == Some(grant) {
+                access.revoked = true;
+            }
+        }
+    }
+}
+
+/// A unique, unguessable-looking id: a counter mixed with a randomly keyed
+/// hash of the process id and the time.
+pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let hash = RandomState::new().hash_one((n, std::process::id(), std::time::SystemTime::now()));

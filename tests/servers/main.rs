@@ -1,0 +1,129 @@
+//! The dialect servers of `tests/support` against their documents: RFC
+//! 6749 for `oauth2` (client authentication in `oauth2_clients`).
+//! Raw requests through a plain hyper-util client, no token layer: what
+//! these tests pin down is what the library's refreshers will meet.
+
+// `pub`: this binary uses the dialect servers and the API server only, and
+// the layered-client helpers the other binaries use are not dead code here.
+#[path = "../support/mod.rs"]
+pub mod support;
+
+mod oauth2;
+mod oauth2_clients;
+
+// The test modules take these with `use super::*`.
+use std::future::Future;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{
+    HeaderName, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, PRAGMA, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use support::faults::Failure;
+use support::oauth2::{OAuth2Server, RegisteredClient};
+use support::ApiServer;
+
+/// No test on the real clock may take longer than this. Tests on tokio's
+/// paused clock go unbounded: there a timeout is a timer the clock jumps
+/// to as soon as the runtime waits for loopback I/O.
+const TEST_LIMIT: Duration = Duration::from_secs(30);
+
+async fn bounded<F: Future>(test: F) -> F::Output {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .expect("test timed out")
+}
+
+/// An answer, its body parsed as JSON (`Null` if it is not JSON).
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+/// A raw request, built by [`call`] and sent with [`Call::send`].
+struct Call {
+    method: Method,
+    url: String,
+    headers: Vec<(HeaderName, String)>,
+    body: String,
+}
+
+fn call(method: Method, url: &str) -> Call {
+    Call {
+        method,
+        url: url.to_owned(),
+        headers: Vec::new(),
+        body: String::new(),
+    }
+}
+
+impl Call {
+    fn header(mut self, name: HeaderName, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    fn body(mut self, body: impl Into<String>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// `Content-Type: application/json` and `value`.
+    fn json(self, value: &Value) -> Self {
+        self.header(CONTENT_TYPE, "application/json")
+            .body(value.to_string())
+    }
+
+    /// `Content-Type: application/x-www-form-urlencoded` and `params`.
+    fn form(self, params: &[(&str, &str)]) -> Self {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        self.header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+    }
+
+    fn bearer(self, token: &str) -> Self {
+        self.header(AUTHORIZATION, &format!("Bearer {token}"))
+    }
+
+    async fn send(self) -> Answer {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let mut request = Request::builder().method(self.method).uri(self.url);
+        for (name, value) in self.headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(Full::new(Bytes::from(self.body))).unwrap();
+        let response = client.request(request).await.expect("fixture answers");
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// `GET` on the API server with `token`: its status.
+async fn api_status(api: &ApiServer, token: &str) -> StatusCode {
+    call(Method::GET, &api.url("/v1/items"))
+        .bearer(token)
+        .send()
+        .await
+        .status
+}
+
+fn header(answer: &Answer, name: HeaderName) -> Option<&str> {
+    answer.headers.get(name).and_then(|v| v.to_str().ok())
+}

@@ -1,0 +1,90 @@
+//! Failures and delays a test arms on a dialect server's refresh endpoint,
+//! so a client's handling of each answer is tested against the real
+//! server rather than a mock.
+//!
+//! A server that takes a pending [`Failure`] answers with it in its own
+//! error shape instead of doing the work; a delay holds every refresh
+//! answer (after the work is done) so a test can keep a refresh in flight.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+
+use super::server::ResBody;
+
+/// An answer to inject: a status and, optionally, `Retry-After`.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    status: StatusCode,
+    retry_after: Option<HeaderValue>,
+}
+
+impl Failure {
+    /// Answer `status`, without `Retry-After`.
+    pub fn new(status: StatusCode) -> Self {
+        Self {
+            status,
+            retry_after: None,
+        }
+    }
+
+    /// Also send `Retry-After: value`, verbatim: delay-seconds (`"7"`) or
+    /// an HTTP date.
+    pub fn retry_after(mut self, value: &str) -> Self {
+        self.retry_after = Some(value.parse().expect("a valid header value"));
+        self
+    }
+
+    /// The status to answer with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// `body` (the dialect's error response for [`status`](Self::status))
+    /// with this failure's headers added.
+    pub fn respond(&self, mut body: Response<ResBody>) -> Response<ResBody> {
+        debug_assert_eq!(body.status(), self.status);
+        if let Some(retry_after) = &self.retry_after {
+            body.headers_mut().insert(RETRY_AFTER, retry_after.clone());
+        }
+        body
+    }
+}
+
+/// The failures and delay armed on one endpoint.
+#[derive(Default)]
+pub struct Faults {
+    pending: Mutex<VecDeque<Failure>>,
+    delay: Mutex<Duration>,
+}
+
+impl Faults {
+    /// Answers the next `n` requests with `failure`, after any failures
+    /// already pending.
+    pub fn fail_next(&self, n: usize, failure: Failure) {
+        let mut pending = self.pending.lock().unwrap();
+        pending.extend(std::iter::repeat_n(failure, n));
+    }
+
+    /// Holds every answer for `delay` from now on (zero: no delay).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    /// The failure to answer this request with, if one is pending.
+    pub fn take(&self) -> Option<Failure> {
+        self.pending.lock().unwrap().pop_front()
+    }
+
+    /// Waits out the armed delay (on tokio's clock, so a paused test
+    /// clock applies).
+    pub async fn delay(&self) {
+        let delay = *self.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
