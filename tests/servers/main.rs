@@ -1,5 +1,6 @@
 //! The dialect servers of `tests/support` against their documents: RFC
-//! 6749 for `oauth2` (client authentication in `oauth2_clients`).
+//! 6749 for `oauth2` (client authentication in `oauth2_clients`), seed 000
+//! for `dynamosql`.
 //! Raw requests through a plain hyper-util client, no token layer: what
 //! these tests pin down is what the library's refreshers will meet.
 
@@ -8,6 +9,7 @@
 #[path = "../support/mod.rs"]
 pub mod support;
 
+mod dynamosql;
 mod oauth2;
 mod oauth2_clients;
 
@@ -28,6 +30,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+use support::dynamosql::DynamoSqlServer;
 use support::faults::Failure;
 use support::oauth2::{OAuth2Server, RegisteredClient};
 use support::ApiServer;

@@ -4,9 +4,11 @@
 //! - [`identity`]: a Cognito-style identity server implementing seed 002
 //!   (`POST /api/auth/refresh-token`, 5 refreshes per minute per IP) plus
 //!   the `POST /api/auth/login` the refresh tokens come from.
-//! - [`oauth2`]: an RFC 6749 token endpoint with refresh-token rotation
-//!   and reuse detection, and failures a test can inject ([`faults`]).
-//!   `tests/servers` checks it against the RFC.
+//! - [`oauth2`], [`dynamosql`]: the other refresh dialects' servers — an
+//!   RFC 6749 token endpoint with refresh-token rotation and reuse
+//!   detection, and the seed 000 API — each with failures a test can
+//!   inject ([`faults`]). `tests/servers` checks them against their
+//!   documents.
 //! - [`api`]: a resource server that accepts only current access tokens,
 //!   from any of those servers ([`tokens::Issuer`]).
 //! - [`cognito`]: the small client that talks to the identity server and
@@ -16,13 +18,16 @@
 //!
 //! Items only the tests use are `#[cfg(test)]`: integration tests are built
 //! with `--cfg test`, examples are not, so neither build sees dead code.
-//! The OAuth2 server is also `allow(dead_code)`: each test binary that
-//! includes this tree uses its own subset of it.
+//! The dialect servers are also `allow(dead_code)`: each test binary that
+//! includes this tree uses its own subset of them.
 
 pub mod api;
 pub mod body;
 pub mod client;
 pub mod cognito;
+#[cfg(test)]
+#[allow(dead_code)]
+pub mod dynamosql;
 #[cfg(test)]
 #[allow(dead_code)]
 pub mod faults;
