@@ -1,6 +1,6 @@
 //! The dialect servers of `tests/support` against their documents: RFC
 //! 6749 for `oauth2` (client authentication in `oauth2_clients`), seed 000
-//! for `dynamosql`.
+//! for `dynamosql`, seed 003 for `ocient`.
 //! Raw requests through a plain hyper-util client, no token layer: what
 //! these tests pin down is what the library's refreshers will meet.
 
@@ -12,6 +12,7 @@ pub mod support;
 mod dynamosql;
 mod oauth2;
 mod oauth2_clients;
+mod ocient;
 
 // The test modules take these with `use super::*`.
 use std::future::Future;
@@ -33,6 +34,8 @@ use serde_json::{json, Value};
 use support::dynamosql::DynamoSqlServer;
 use support::faults::Failure;
 use support::oauth2::{OAuth2Server, RegisteredClient};
+use support::ocient::OcientServer;
+use support::tokens::TokenStore;
 use support::ApiServer;
 
 /// No test on the real clock may take longer than this. Tests on tokio's
@@ -129,4 +132,58 @@ async fn api_status(api: &ApiServer, token: &str) -> StatusCode {
 
 fn header(answer: &Answer, name: HeaderName) -> Option<&str> {
     answer.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// One API server behind three dialects: each issues into the same store.
+#[tokio::test]
+async fn one_api_server_accepts_the_tokens_of_servers_sharing_a_store() {
+    bounded(async {
+        let store = TokenStore::default();
+        let oauth = OAuth2Server::builder()
+            .client(RegisteredClient::public("cli"))
+            .token_store(store.clone())
+            .start()
+            .await;
+        let dynamo = DynamoSqlServer::builder()
+            .client("id", "secret")
+            .token_store(store.clone())
+            .start()
+            .await;
+        let ocient = OcientServer::builder()
+            .user("u", "p")
+            .token_store(store.clone())
+            .start()
+            .await;
+        let api = ApiServer::start(&oauth).await;
+
+        let oauth_token = oauth.authorize("cli", "").access_token;
+        let dynamo_token = call(Method::POST, &dynamo.token_url())
+            .json(&json!({ "clientId": "id", "clientSecret": "secret" }))
+            .send()
+            .await
+            .body["data"]["accessToken"]
+            .clone();
+        let ocient_token = call(Method::POST, &ocient.login_url())
+            .json(&json!({ "username": "u", "password": "p" }))
+            .send()
+            .await
+            .body["access_token"]
+            .clone();
+        for token in [
+            oauth_token.as_str(),
+            dynamo_token.as_str().unwrap(),
+            ocient_token.as_str().unwrap(),
+        ] {
+            assert_eq!(api_status(&api, token).await, StatusCode::OK, "{token}");
+        }
+        // A token of one server is no credential at another.
+        let answer = call(Method::POST, &ocient.refresh_url())
+            .bearer(dynamo_token.as_str().unwrap())
+            .json(&json!({}))
+            .send()
+            .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(store.revoke_access_tokens(), 3);
+    })
+    .await;
 }

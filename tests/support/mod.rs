@@ -4,11 +4,11 @@
 //! - [`identity`]: a Cognito-style identity server implementing seed 002
 //!   (`POST /api/auth/refresh-token`, 5 refreshes per minute per IP) plus
 //!   the `POST /api/auth/login` the refresh tokens come from.
-//! - [`oauth2`], [`dynamosql`]: the other refresh dialects' servers — an
-//!   RFC 6749 token endpoint with refresh-token rotation and reuse
-//!   detection, and the seed 000 API — each with failures a test can
-//!   inject ([`faults`]). `tests/servers` checks them against their
-//!   documents.
+//! - [`oauth2`], [`dynamosql`], [`ocient`]: the other refresh dialects'
+//!   servers — an RFC 6749 token endpoint with refresh-token rotation and
+//!   reuse detection, and the seed 000 and 003 APIs — each with failures a
+//!   test can inject ([`faults`]). `tests/servers` checks them against
+//!   their documents.
 //! - [`api`]: a resource server that accepts only current access tokens,
 //!   from any of those servers ([`tokens::Issuer`]).
 //! - [`cognito`]: the small client that talks to the identity server and
@@ -38,6 +38,9 @@ pub mod json;
 #[cfg(test)]
 #[allow(dead_code)]
 pub mod oauth2;
+#[cfg(test)]
+#[allow(dead_code)]
+pub mod ocient;
 pub mod rate_limit;
 pub mod server;
 pub mod tokens;

@@ -69,10 +69,12 @@ struct Registry {
 }
 
 /// Only the dialect servers, which test builds alone include, read an
-/// access token's grant.
+/// access token's grant and issue time.
 struct Access {
     #[cfg_attr(not(test), allow(dead_code))]
     grant: Option<Grant>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    issued_at: Instant,
     expires_at: Instant,
     revoked: bool,
 }
@@ -172,6 +174,17 @@ impl TokenStore {
             .is_some_and(|a| !a.revoked && now < a.expires_at)
     }
 
+    /// The grant of `token` and when it was issued, if it was issued here
+    /// and not revoked (expired or not).
+    #[cfg(test)]
+    pub fn unrevoked_access_token(&self, token: &str) -> Option<(Option<Grant>, Instant)> {
+        self.lock()
+            .access
+            .get(token)
+            .filter(|a| !a.revoked)
+            .map(|a| (a.grant, a.issued_at))
+    }
+
     /// Revokes every access token issued so far; returns how many were
     /// still valid.
     pub fn revoke_access_tokens(&self) -> usize {
@@ -206,12 +219,13 @@ impl TokenStore {
 
     fn insert_access(&self, grant: Option<Grant>, lifetime: Duration) -> String {
         let token = unique("at");
-        let expires_at = Instant::now() + lifetime;
+        let issued_at = Instant::now();
         self.lock().access.insert(
             token.clone(),
             Access {
                 grant,
-                expires_at,
+                issued_at,
+                expires_at: issued_at + lifetime,
                 revoked: false,
             },
         );
