@@ -18,27 +18,23 @@
 //!
 //! Items only the tests use are `#[cfg(test)]`: integration tests are built
 //! with `--cfg test`, examples are not, so neither build sees dead code.
-//! The dialect servers are also `allow(dead_code)`: each test binary that
-//! includes this tree uses its own subset of them.
+//! The dialect servers (and [`faults`]) are `allow(dead_code)` instead:
+//! tests and examples alike include them, each using its own subset.
 
 pub mod api;
 pub mod body;
 pub mod client;
 pub mod cognito;
-#[cfg(test)]
 #[allow(dead_code)]
 pub mod dynamosql;
-#[cfg(test)]
 #[allow(dead_code)]
 pub mod faults;
 #[cfg(test)]
 pub mod gate;
 pub mod identity;
 pub mod json;
-#[cfg(test)]
 #[allow(dead_code)]
 pub mod oauth2;
-#[cfg(test)]
 #[allow(dead_code)]
 pub mod ocient;
 pub mod rate_limit;

@@ -33,23 +33,17 @@ pub trait Issuer {
 pub struct Grant(u64);
 
 /// Where a refresh token stands.
-///
-/// Only test builds rotate or revoke refresh tokens (the quickstart never
-/// does), hence the `allow`s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshState {
     /// May be redeemed.
     Live,
     /// Already redeemed for a successor: presenting it again is reuse.
-    #[cfg_attr(not(test), allow(dead_code))]
     Rotated,
     /// Revoked, with its grant or by the test.
-    #[cfg_attr(not(test), allow(dead_code))]
     Revoked,
 }
 
 /// What redeeming a refresh token did.
-#[cfg(test)]
 #[derive(Debug)]
 pub enum Redemption {
     /// The token was live. With rotation it is now [`RefreshState::Rotated`]
@@ -68,12 +62,8 @@ struct Registry {
     refresh: HashMap<String, Refresh>,
 }
 
-/// Only the dialect servers, which test builds alone include, read an
-/// access token's grant and issue time.
 struct Access {
-    #[cfg_attr(not(test), allow(dead_code))]
     grant: Option<Grant>,
-    #[cfg_attr(not(test), allow(dead_code))]
     issued_at: Instant,
     expires_at: Instant,
     revoked: bool,
@@ -125,7 +115,6 @@ impl TokenStore {
     /// One critical section decides and records: of two requests racing
     /// with the same live token, exactly one redeems it, and with rotation
     /// the other is reuse.
-    #[cfg(test)]
     pub fn redeem_refresh_token(&self, token: &str, rotate: bool) -> Redemption {
         let mut registry = self.lock();
         let Some(refresh) = registry.refresh.get_mut(token) else {
@@ -160,7 +149,6 @@ impl TokenStore {
     }
 
     /// A new access token of `grant`, valid for `lifetime` from now.
-    #[cfg(test)]
     pub fn issue_access_token_in(&self, grant: Grant, lifetime: Duration) -> String {
         self.insert_access(Some(grant), lifetime)
     }
@@ -176,7 +164,6 @@ impl TokenStore {
 
     /// The grant of `token` and when it was issued, if it was issued here
     /// and not revoked (expired or not).
-    #[cfg(test)]
     pub fn unrevoked_access_token(&self, token: &str) -> Option<(Option<Grant>, Instant)> {
         self.lock()
             .access
@@ -237,7 +224,6 @@ impl TokenStore {
     }
 }
 
-#[cfg(test)]
 impl Registry {
     /// Revokes `grant`'s refresh tokens and the access tokens issued from
     /// it: after reuse, any of them may be in an attacker's hands.
