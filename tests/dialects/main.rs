@@ -1,0 +1,95 @@
+//! Every refresh dialect end to end: `HttpRefresher` presets talking to
+//! loopback servers that implement their documents strictly (see
+//! `tests/support`), a `TokenRefreshLayer` over a hyper-util client, and an
+//! API server that accepts only current tokens.
+//!
+//! One test binary with a module per dialect, so the fixtures are built
+//! and linked once.
+
+// `pub`: the fixtures are shared by several test binaries, each using a
+// subset of them.
+#[path = "../support/mod.rs"]
+pub mod support;
+
+mod cognito;
+mod dynamosql;
+mod edges;
+mod oauth2;
+mod ocient;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// No test may take longer than this.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+async fn bounded<F: Future>(test: F) -> F::Output {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .expect("test timed out")
+}
+
+/// The client refresh calls go through.
+type RefreshClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The refresh calls' own client: un-layered, as the design requires.
+fn refresh_client() -> RefreshClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// The layer `builder` makes, its handle, and a client wrapped in it.
+fn layered(
+    builder: tower_token_refresh::Builder,
+) -> (tower_token_refresh::TokenHandle, support::AuthedClient) {
+    let layer = builder.build();
+    (layer.handle(), support::authed_client(layer))
+}
+
+/// Sends `n` `GET url` at once, each from its own task, and asserts that
+/// every one was answered `200`.
+async fn all_ok(client: &support::AuthedClient, url: &str, n: usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let client = client.clone();
+            let request = support::get(url);
+            tokio::spawn(async move { support::send(&client, request).await })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.expect("request task panicked") {
+            Ok(response) => assert_eq!(response.status(), 200, "request {i}"),
+            Err(error) => panic!("request {i} failed: {error}"),
+        }
+    }
+}
+
+/// `POST url` with a JSON body, straight to the server: what a login
+/// closure does. Returns the status and the JSON answer.
+async fn post_json(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let request = hyper::Request::post(url)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("valid request");
+    let response = refresh_client()
+        .request(request)
+        .await
+        .expect("server reachable");
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).expect("a JSON answer"),
+    )
+}
