@@ -54,7 +54,7 @@ async fn main() {
     let started = Instant::now();
 
     // 3. The layer around a plain hyper-util client.
-    let layer = TokenRefreshLayer::builder(printing_refresher(cognito, started))
+    let layer = TokenRefreshLayer::builder(printing_refresher(&cognito, started))
         .initial_tokens(tokens)
         // Refresh 1 s before expiry; requests keep flowing meanwhile.
         .advisory_window(RefreshWindow::fixed(Duration::from_secs(1)))
@@ -114,26 +114,27 @@ async fn main() {
     }
 }
 
-/// The identity server's refresh endpoint as the layer's token source,
-/// printing each refresh as it happens (never the token).
-fn printing_refresher(cognito: CognitoClient, started: Instant) -> impl Refresh {
+/// The identity server's refresh endpoint (the library's `cognito` preset)
+/// as the layer's token source, printing each refresh as it happens (never
+/// the token).
+fn printing_refresher(cognito: &CognitoClient, started: Instant) -> impl Refresh {
+    let preset = Arc::new(cognito.refresher());
     let count = Arc::new(AtomicU64::new(0));
     refresh_fn(move |ctx: RefreshContext| {
-        let cognito = cognito.clone();
+        let preset = Arc::clone(&preset);
         let n = count.fetch_add(1, Ordering::SeqCst) + 1;
         async move {
-            let result = cognito.refresh(&ctx).await;
+            let reason = ctx.reason();
+            let result = preset.refresh(ctx).await;
             match &result {
                 Ok(tokens) => println!(
-                    "[{}] refresh #{n} ({:?}): new token, valid {:?}",
+                    "[{}] refresh #{n} ({reason:?}): new token, valid {:?}",
                     since(started),
-                    ctx.reason(),
                     tokens.expires_in().unwrap_or_default()
                 ),
                 Err(error) => println!(
-                    "[{}] refresh #{n} ({:?}) failed: {error}",
-                    since(started),
-                    ctx.reason()
+                    "[{}] refresh #{n} ({reason:?}) failed: {error}",
+                    since(started)
                 ),
             }
             result

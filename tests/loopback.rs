@@ -19,8 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tower_token_refresh::{
-    refresh_fn, BoxError, Builder, Error, Refresh, RefreshContext, RefreshWindow, TokenHandle,
-    TokenRefreshLayer, TokenSet,
+    BoxError, Builder, Error, RefreshWindow, TokenHandle, TokenRefreshLayer, TokenSet,
 };
 
 use support::body::{chunked, full, ReqBody};
@@ -36,16 +35,6 @@ async fn bounded<F: Future>(test: F) -> F::Output {
     tokio::time::timeout(TEST_LIMIT, test)
         .await
         .expect("test timed out")
-}
-
-/// The refresh source: the identity server's refresh endpoint, called with
-/// the un-layered Cognito client.
-fn refresher(cognito: &CognitoClient) -> impl Refresh {
-    let cognito = cognito.clone();
-    refresh_fn(move |ctx: RefreshContext| {
-        let cognito = cognito.clone();
-        async move { cognito.refresh(&ctx).await }
-    })
 }
 
 /// An identity server built by `identity`, an API server sharing its
@@ -76,7 +65,7 @@ async fn setup(
     configure: impl FnOnce(Builder, TokenSet) -> Builder,
 ) -> Setup {
     let (identity, api, cognito, login) = servers(identity).await;
-    let layer = configure(TokenRefreshLayer::builder(refresher(&cognito)), login).build();
+    let layer = configure(TokenRefreshLayer::builder(cognito.refresher()), login).build();
     Setup {
         identity,
         api,

@@ -11,9 +11,8 @@
 //!   their documents.
 //! - [`api`]: a resource server that accepts only current access tokens,
 //!   from any of those servers ([`tokens::Issuer`]).
-//! - [`cognito`]: the small client that talks to the identity server and
-//!   maps its answers to [`RefreshError`](tower_token_refresh::RefreshError)
-//!   classes.
+//! - [`cognito`]: logs in to the identity server, and hands out the
+//!   library's `cognito` preset as the refresh source.
 //! - [`client`]: a hyper-util client wrapped in `TokenRefreshLayer`.
 //!
 //! Items only the tests use are `#[cfg(test)]`: integration tests are built
