@@ -62,6 +62,8 @@ mod handle;
 pub mod http;
 mod manager;
 mod refresh;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 mod service;
 mod stats;
 mod token;

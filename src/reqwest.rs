@@ -1,0 +1,367 @@
+//! A [`reqwest_middleware`] adapter: the layer's token, refresh and retry
+//! for `reqwest` clients.
+//!
+//! [`TokenRefreshMiddleware`] drives the token manager of the
+//! [`TokenRefreshLayer`] it is made from, so a reqwest client and every
+//! tower stack built from that layer share one token, one single-flight
+//! refresh and one set of [`Stats`](crate::Stats). It behaves as the layer
+//! does: a fresh token is read without a lock; a stale one is sent while one
+//! background refresh runs; an expired one makes the request wait for the
+//! refresh; a rejection (the layer's classifier decides) joins or starts one
+//! refresh and retries once, or just retries if the token was already
+//! replaced; `min_refresh_interval`, backoff, rate limits and terminal
+//! failures apply alike. The layer's transport rules hold too: plain
+//! `http://` only to loopback unless allowed, the origin allow-list, and a
+//! request that already carries `Authorization` passes through untouched.
+//!
+//! What reqwest changes:
+//!
+//! - A rejected request is retried from [`reqwest::Request::try_clone`]. A
+//!   body held in memory (bytes, a string, JSON, a form) is sent again as
+//!   it was; a streaming body (`Body::wrap_stream`, `Body::wrap`) cannot be
+//!   cloned, so the original rejection is returned. The refresh still runs,
+//!   and the next request gets the new token. The layer's replay cap does
+//!   not apply: a clonable body is already in memory.
+//! - A request that cannot get a token fails with
+//!   [`reqwest_middleware::Error::Middleware`] holding this crate's
+//!   [`Error`]; [`token_error`] gets it back.
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{HeaderMap, StatusCode};
+//! use reqwest_middleware::ClientBuilder;
+//! use tower_token_refresh::reqwest::TokenRefreshMiddleware;
+//! use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // An API on loopback that only accepts the refreshed token, and echoes
+//! // the body it gets.
+//! let app = axum::Router::new().route("/", axum::routing::post(
+//!     |headers: HeaderMap, body: String| async move {
+//!         match headers["authorization"] == "Bearer new" {
+//!             true => (StatusCode::OK, body),
+//!             false => (StatusCode::UNAUTHORIZED, String::new()),
+//!         }
+//!     },
+//! ));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! let url = format!("http://{}/", listener.local_addr().unwrap());
+//! tokio::spawn(async move { axum::serve(listener, app).await });
+//!
+//! let layer = TokenRefreshLayer::builder(refresh_fn(|_ctx| async {
+//!         Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(Duration::from_secs(3600)))
+//!     }))
+//!     .initial_tokens(TokenSet::new("old"))
+//!     .build();
+//! let handle = layer.handle();
+//! let client = ClientBuilder::new(reqwest::Client::new())
+//!     .with(TokenRefreshMiddleware::new(&layer))
+//!     .build();
+//!
+//! // Sent with "old", rejected, refreshed once, retried with "new" and the
+//! // same body.
+//! let response = client.post(&url).body("payload").send().await.unwrap();
+//! assert_eq!(response.status(), StatusCode::OK);
+//! assert_eq!(response.text().await.unwrap(), "payload");
+//! assert_eq!((handle.stats().refreshes, handle.stats().retries), (1, 1));
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ::reqwest::header::AUTHORIZATION;
+use ::reqwest::{Request, Response, Url};
+use http::{Extensions, Uri};
+use reqwest_middleware::{Middleware, Next};
+
+use crate::classify::{ClassifyRejection, Unauthorized};
+use crate::error::ErrorKind;
+use crate::manager::Decision;
+use crate::service::Core;
+use crate::{Error, TokenHandle, TokenRefreshLayer};
+
+/// A [`Middleware`] that adds `Authorization: Bearer …` to requests, keeps
+/// the token current and retries a rejected request once.
+///
+/// Made from a [`TokenRefreshLayer`] (with [`TokenRefreshMiddleware::new`]
+/// or [`TokenRefreshLayer::reqwest_middleware`]), whose token state and
+/// settings it shares. See the [module docs](self) for what differs from the
+/// tower layer.
+///
+/// ```
+/// use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+/// use tower_token_refresh::reqwest::TokenRefreshMiddleware;
+/// use tower_token_refresh::TokenRefreshLayer;
+///
+/// fn client(layer: &TokenRefreshLayer) -> ClientWithMiddleware {
+///     ClientBuilder::new(reqwest::Client::new())
+///         .with(TokenRefreshMiddleware::new(layer))
+///         .build()
+/// }
+/// ```
+///
+/// # Clone
+///
+/// Clones share the token state.
+pub struct TokenRefreshMiddleware<C = Unauthorized> {
+    core: Arc<Core<C>>,
+}
+
+impl<C> TokenRefreshMiddleware<C> {
+    /// A middleware sharing `layer`'s token, refresh, statistics and
+    /// settings (classifier, reactive retry, transport rules).
+    ///
+    /// ```
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenSet};
+    /// use tower_token_refresh::reqwest::TokenRefreshMiddleware;
+    /// use tower_token_refresh::TokenRefreshLayer;
+    ///
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let layer = TokenRefreshLayer::builder(source).build();
+    /// let middleware = TokenRefreshMiddleware::new(&layer);
+    /// // The tower services made from `layer` see the same refreshes.
+    /// assert_eq!(middleware.handle().stats(), layer.handle().stats());
+    /// ```
+    pub fn new(layer: &TokenRefreshLayer<C>) -> Self {
+        Self {
+            core: Arc::clone(&layer.core),
+        }
+    }
+
+    /// A handle on the shared token state.
+    ///
+    /// ```
+    /// # fn f(middleware: &tower_token_refresh::reqwest::TokenRefreshMiddleware) {
+    /// let _refreshes = middleware.handle().stats().refreshes;
+    /// # }
+    /// ```
+    pub fn handle(&self) -> TokenHandle {
+        TokenHandle::new(self.core.manager.clone())
+    }
+}
+
+impl<C> TokenRefreshLayer<C> {
+    /// A [`reqwest_middleware`] adapter sharing this layer's token state;
+    /// the same as [`TokenRefreshMiddleware::new`].
+    ///
+    /// ```
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenSet};
+    /// use tower_token_refresh::TokenRefreshLayer;
+    ///
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let layer = TokenRefreshLayer::builder(source).build();
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(layer.reqwest_middleware())
+    ///     .build();
+    /// # let _ = client;
+    /// ```
+    pub fn reqwest_middleware(&self) -> TokenRefreshMiddleware<C> {
+        TokenRefreshMiddleware::new(self)
+    }
+}
+
+/// This crate's [`Error`] inside a [`reqwest_middleware::Error`], if that is
+/// what it holds: why a request could not get a token (re-authentication
+/// required, a failed refresh, plain `http://` refused).
+///
+/// ```
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware) {
+/// use tower_token_refresh::reqwest::token_error;
+///
+/// match client.get("https://api.example.com/items").send().await {
+///     Ok(response) => { /* … */ }
+///     Err(error) => match token_error(&error) {
+///         Some(e) if e.is_reauth_required() => { /* sign in again */ }
+///         Some(e) => eprintln!("no token: {e}"),
+///         None => eprintln!("transport error: {error}"),
+///     },
+/// }
+/// # }
+/// ```
+pub fn token_error(error: &reqwest_middleware::Error) -> Option<&Error> {
+    match error {
+        reqwest_middleware::Error::Middleware(error) => error.downcast_ref::<Error>(),
+        reqwest_middleware::Error::Reqwest(_) => None,
+    }
+}
+
+impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
+    /// The tower service's `call` and response future in one `async fn`:
+    /// the same manager calls in the same order.
+    async fn send(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let core = &*self.core;
+        let origin = match origin(request.url()) {
+            Some(origin) if !request.headers().contains_key(AUTHORIZATION) => origin,
+            // Not ours to touch: an explicit Authorization, or a URL
+            // without a host, which no transport rule can vouch for.
+            _ => return next.run(request, extensions).await,
+        };
+        if !core.rules.origin_allowed(&origin) {
+            return next.run(request, extensions).await;
+        }
+        if core.rules.is_insecure(&origin) {
+            return Err(into_middleware(Error::new(ErrorKind::InsecureTransport)));
+        }
+        let ready = {
+            // The middleware is shared behind `&self`, so it cannot keep a
+            // snapshot cache per caller as the tower service does; a fresh
+            // one costs a reference-count bump, small next to reqwest's own
+            // work per request.
+            let mut cache = core.manager.snapshot_cache();
+            core.manager.ready(&mut cache)
+        };
+        let credential = match ready {
+            Some(credential) => credential,
+            None => core
+                .manager
+                .clone()
+                .acquire()
+                .await
+                .map_err(into_middleware)?,
+        };
+        // Copied before the header goes in: the retry gets its own token.
+        let retry = if core.reactive_retry {
+            request.try_clone()
+        } else {
+            None
+        };
+        let generation = credential.generation;
+        request
+            .headers_mut()
+            .insert(AUTHORIZATION, credential.header);
+        let response = next.clone().run(request, extensions).await?;
+        if !core
+            .classifier
+            .is_rejection(response.status(), response.headers())
+        {
+            return Ok(response);
+        }
+        let decision = core.manager.rejected(generation);
+        // The refresh (if the decision started one) runs in its own task;
+        // without a clone of the request the rejection is the answer, and
+        // the next request gets the new token.
+        let Some(mut retry) = retry else {
+            return Ok(response);
+        };
+        let credential = match decision {
+            // No refresh can run now: the rejection is the answer, as in the
+            // tower layer; later requests get the typed error.
+            Decision::GiveUp | Decision::Fail(_) => return Ok(response),
+            Decision::Use(credential) => credential,
+            Decision::Wait(flight) => {
+                // Released before waiting: frees the connection.
+                drop(response);
+                core.manager
+                    .clone()
+                    .wait(flight)
+                    .await
+                    .map_err(into_middleware)?
+            }
+        };
+        let credential = core.manager.newest(credential);
+        core.manager.count_retry();
+        retry.headers_mut().insert(AUTHORIZATION, credential.header);
+        let response = next.run(retry, extensions).await?;
+        if core
+            .classifier
+            .is_rejection(response.status(), response.headers())
+        {
+            // Counted, not acted on: acting could start a second refresh for
+            // one request (the refresh-loop pitfall).
+            core.manager.count_rejection();
+        }
+        Ok(response)
+    }
+}
+
+impl<C: ClassifyRejection> Middleware for TokenRefreshMiddleware<C> {
+    // The signature `#[async_trait]` gives the trait's `async fn handle`,
+    // written out so that the crate does not depend on async-trait.
+    fn handle<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        req: Request,
+        extensions: &'life1 mut Extensions,
+        next: Next<'life2>,
+    ) -> Pin<Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(self.send(req, extensions, next))
+    }
+}
+
+fn into_middleware(error: Error) -> reqwest_middleware::Error {
+    reqwest_middleware::Error::middleware(error)
+}
+
+/// The origin of `url` as the `http::Uri` the layer's transport rules read,
+/// or `None` for a URL without a host.
+fn origin(url: &Url) -> Option<Uri> {
+    if !url.has_host() {
+        return None;
+    }
+    Uri::builder()
+        .scheme(url.scheme())
+        .authority(url.authority())
+        .path_and_query("/")
+        .build()
+        .ok()
+}
+
+impl<C> Clone for TokenRefreshMiddleware<C> {
+    fn clone(&self) -> Self {
+        Self {
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+impl<C> fmt::Debug for TokenRefreshMiddleware<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRefreshMiddleware")
+            .field("manager", &self.core.manager)
+            .field("reactive_retry", &self.core.reactive_retry)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin_of(url: &str) -> Option<Uri> {
+        origin(&Url::parse(url).unwrap())
+    }
+
+    #[test]
+    fn origin_keeps_scheme_host_and_explicit_port() {
+        let uri = origin_of("https://user:pw@API.example.com:8443/v1?q=1#f").unwrap();
+        assert_eq!(uri.scheme_str(), Some("https"));
+        assert_eq!(uri.host(), Some("api.example.com"));
+        assert_eq!(uri.port_u16(), Some(8443));
+        // The scheme's default port is implied, as the transport rules expect.
+        assert_eq!(
+            origin_of("https://h.example:443/").unwrap().port_u16(),
+            None
+        );
+        let v6 = origin_of("http://[::1]:9000/").unwrap();
+        assert_eq!((v6.host(), v6.port_u16()), (Some("[::1]"), Some(9000)));
+    }
+
+    #[test]
+    fn url_without_host_has_no_origin() {
+        assert!(origin_of("data:text/plain,hi").is_none());
+        assert!(origin_of("file:///etc/hosts").is_none());
+    }
+}
