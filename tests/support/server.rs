@@ -1,5 +1,6 @@
-//! A loopback HTTP/1 server: binds `127.0.0.1:0`, reports its address and
-//! stops, with every open connection, when dropped. Also what every fixture
+//! A loopback HTTP server (HTTP/1.1, and HTTP/2 with prior knowledge):
+//! binds `127.0.0.1:0`, reports its address and stops, with every open
+//! connection, when dropped. Also what every fixture
 //! server's handler needs: the response body type and a media type check.
 
 use std::convert::Infallible;
@@ -11,10 +12,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -82,7 +83,7 @@ where
         async move { Ok::<_, Infallible>(response.await) }
     });
     // A client closing its connection is not the server's error.
-    let _ = http1::Builder::new()
+    let _ = auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), service)
         .await;
 }
