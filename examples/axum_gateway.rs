@@ -1,0 +1,150 @@
+//! An axum gateway in front of a token-protected API.
+//!
+//! Callers talk to the gateway without credentials. Its fallback route
+//! forwards every request to the upstream API through a hyper-util client
+//! wrapped in `TokenRefreshLayer`, so the upstream's token, its expiry, its
+//! refreshes and its revocations stay behind the gateway: a caller never
+//! sees any of them. Request bodies stream through (the layer records them
+//! only up to its replay cap, for the one retry after a rejection).
+//!
+//! On loopback this starts the Cognito-style identity server, the API
+//! server and the gateway, sends bursts of requests to the gateway, has the
+//! API revoke its token in between, and prints what each side saw.
+//!
+//! Run it with `cargo run --example axum_gateway --features axum`.
+
+// `pub`: the example uses only part of the shared fixtures.
+#[path = "../tests/support/mod.rs"]
+pub mod support;
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, CONNECTION, HOST};
+use axum::http::uri::{PathAndQuery, Uri};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_token_refresh::{ReplayBody, TokenRefresh, TokenRefreshLayer};
+
+/// The layered client the gateway forwards with.
+pub type Upstream = TokenRefresh<Client<HttpConnector, ReplayBody<Body>>>;
+
+#[derive(Clone)]
+struct Gateway {
+    /// `scheme://authority` of the upstream API.
+    upstream: Uri,
+    client: Upstream,
+}
+
+/// A gateway forwarding everything to `upstream` (`http://host:port`)
+/// through `layer`.
+pub fn router(upstream: Uri, layer: TokenRefreshLayer) -> Router {
+    let http = Client::builder(TokioExecutor::new()).build_http();
+    let client = ServiceBuilder::new().layer(layer).service(http);
+    Router::new()
+        .fallback(forward)
+        .with_state(Gateway { upstream, client })
+}
+
+/// Serves `router` on a fresh loopback port.
+pub async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut target = gateway.upstream.into_parts();
+    target.path_and_query = Some(path);
+    parts.uri = Uri::from_parts(target).expect("upstream base plus a path");
+    // A caller's own credentials must not reach the upstream (and a request
+    // that already carries Authorization would pass the layer untouched);
+    // Host and hop-by-hop headers belong to the caller's connection.
+    for name in [AUTHORIZATION, HOST, CONNECTION] {
+        parts.headers.remove(name);
+    }
+    match gateway
+        .client
+        .oneshot(Request::from_parts(parts, body))
+        .await
+    {
+        Ok(response) => response.map(Body::new).into_response(),
+        // The typed error says what went wrong (re-authentication needed,
+        // refresh failing, ...) and never holds the token.
+        Err(error) => (StatusCode::BAD_GATEWAY, format!("upstream: {error}")).into_response(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    use support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
+
+    let identity = IdentityServer::builder().start().await;
+    let api = ApiServer::start(&identity).await;
+    let cognito = CognitoClient::new(identity.base_url());
+    let tokens = cognito
+        .login(DEMO_USER, DEMO_PASSWORD)
+        .await
+        .expect("login");
+    let layer = TokenRefreshLayer::builder(cognito.refresher())
+        .initial_tokens(tokens)
+        .build();
+    let handle = layer.handle();
+    let upstream: Uri = api.url("").parse().unwrap();
+    let gateway = serve(router(upstream, layer)).await;
+    println!("gateway on http://{gateway}, forwarding to {}", api.url(""));
+
+    let caller: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
+    let mut failed = 0;
+    for round in ["before", "after"] {
+        if round == "after" {
+            println!(
+                "upstream revoked its current token ({} live)",
+                api.revoke_current()
+            );
+        }
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let caller = caller.clone();
+                let request = axum::http::Request::post(format!("http://{gateway}/v1/orders/{i}"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(format!(r#"{{"order":{i}}}"#)))
+                    .unwrap();
+                tokio::spawn(async move { caller.request(request).await })
+            })
+            .collect();
+        let mut ok = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(response) if response.status().is_success() => ok += 1,
+                Ok(response) => eprintln!("  gateway answered {}", response.status()),
+                Err(error) => eprintln!("  gateway unreachable: {error}"),
+            }
+        }
+        failed += 100 - ok;
+        println!("{round} the revocation: 100 calls to the gateway, {ok} OK");
+    }
+    let stats = handle.stats();
+    println!(
+        "behind the gateway: {} refresh, {} rejections retried; identity server saw {} refresh calls",
+        stats.refreshes,
+        stats.retries,
+        identity.stats().refresh_calls
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
