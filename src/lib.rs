@@ -67,6 +67,8 @@ pub mod reqwest;
 mod service;
 mod stats;
 mod token;
+#[cfg(feature = "tonic")]
+pub mod tonic;
 
 #[cfg(test)]
 mod test_support;

@@ -1,0 +1,256 @@
+//! tonic clients: wrap a `Channel` once, use generated clients unchanged.
+//!
+//! [`TokenRefresh`] hands its inner service `Request<ReplayBody<B>>`, while a
+//! `tonic::transport::Channel` takes `Request<tonic::body::Body>`.
+//! [`IntoTonicBody`] converts one into the other, and [`with_token_refresh`]
+//! puts it and the layer around a channel in one call. The result is a
+//! [`GrpcTokenRefresh`], which a generated client (or `tonic::client::Grpc`)
+//! takes as it would take the channel:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tonic::transport::Channel;
+//! use tower_token_refresh::classify::Grpc;
+//! use tower_token_refresh::tonic::{with_token_refresh, GrpcTokenRefresh};
+//! use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = TokenRefreshLayer::builder(refresh_fn(|_ctx| async {
+//!         // Call your identity server here.
+//!         Ok::<_, RefreshError>(TokenSet::new("access").with_expires_in(Duration::from_secs(3600)))
+//!     }))
+//!     .classifier(Grpc) // UNAUTHENTICATED is a rejection: refresh once, retry once
+//!     .build();
+//! let handle = layer.handle();
+//!
+//! let channel = Channel::from_static("https://api.example.com").connect().await?;
+//! let channel: GrpcTokenRefresh<Channel> = with_token_refresh(channel, &layer);
+//! // Generated code: `GreeterClient::new(channel)`.
+//! let mut client = tonic::client::Grpc::new(channel);
+//! # let _ = (&mut client, handle);
+//! # Ok(()) }
+//! ```
+//!
+//! # What is retried
+//!
+//! A server rejects a call before running it with a *trailers-only*
+//! response: HTTP 200, `grpc-status: 16` (UNAUTHENTICATED) in the headers
+//! and no body. tonic's own interceptors answer `Status::unauthenticated`
+//! that way. [`Grpc`] classifies it as a rejection: the layer refreshes once
+//! and sends the call again, its request messages replayed. Unary and
+//! client-streaming calls are retried while their request stays under the
+//! [replay cap](crate::Builder::replay_cap) (64 KiB by default); a bigger
+//! request gets the UNAUTHENTICATED status back, and the refresh still
+//! happens, so the next call succeeds.
+//!
+//! A status in the *trailers* of a response that has already delivered
+//! messages (a server stream cut short because its token was revoked) is
+//! never seen by the layer and never retried: the call has produced output,
+//! and the caller gets the status.
+//!
+//! # URIs
+//!
+//! tonic clients send path-only URIs (`/package.Service/Method`); the
+//! channel adds its endpoint's origin below the layer. So an
+//! [`allowed_origins`](crate::Builder::allowed_origins) list matches no
+//! call, and the check that refuses tokens over plain `http://` to other
+//! hosts cannot see the scheme. If you need either, make the client with
+//! `with_origin(channel, origin)`: the layer then sees the full URI.
+
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Request;
+use http_body::Body;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::classify::Grpc;
+use crate::{BoxError, TokenRefresh, TokenRefreshLayer};
+
+/// A tonic channel (or any service taking `Request<tonic::body::Body>`)
+/// behind the token layer, as [`with_token_refresh`] makes it: the type to
+/// name in a field or a generated client's type parameter.
+///
+/// ```
+/// use tonic::transport::Channel;
+/// use tower_token_refresh::classify::Grpc;
+/// use tower_token_refresh::tonic::{with_token_refresh, GrpcTokenRefresh};
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+///
+/// // Generated code: `GreeterClient<GrpcTokenRefresh<Channel>>`.
+/// struct Api {
+///     client: tonic::client::Grpc<GrpcTokenRefresh<Channel>>,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+///         Ok::<_, RefreshError>(TokenSet::new("access"))
+///     }))
+///     .classifier(Grpc)
+///     .build();
+/// // Connects on the first call.
+/// let channel = Channel::from_static("http://127.0.0.1:50051").connect_lazy();
+/// let api = Api { client: tonic::client::Grpc::new(with_token_refresh(channel, &layer)) };
+/// # let _ = api.client;
+/// # }
+/// ```
+pub type GrpcTokenRefresh<S, C = Grpc> = TokenRefresh<IntoTonicBody<S>, C>;
+
+/// Wraps `service` (usually a `tonic::transport::Channel`) in `layer`, for
+/// a generated client to take as it would take the channel.
+///
+/// The layer must classify with [`Grpc`]: with the default (`401` only),
+/// an UNAUTHENTICATED call would reach the caller without a refresh. For a
+/// classifier of your own, write `layer.layer(IntoTonicBody::new(service))`.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+/// use http::{Request, Response};
+/// use tower::ServiceExt;
+/// use tower_token_refresh::classify::Grpc;
+/// use tower_token_refresh::tonic::with_token_refresh;
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // A gRPC server that only accepts the refreshed token, answering any
+/// // other with a trailers-only UNAUTHENTICATED, as tonic's interceptors do.
+/// let server = tower::service_fn(|req: Request<tonic::body::Body>| async move {
+///     let status = if req.headers()["authorization"] == "Bearer new" {
+///         tonic::Status::ok("")
+///     } else {
+///         tonic::Status::unauthenticated("token revoked")
+///     };
+///     Ok::<Response<tonic::body::Body>, Infallible>(status.into_http())
+/// });
+/// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+///         Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(Duration::from_secs(60)))
+///     }))
+///     .classifier(Grpc)
+///     .initial_tokens(TokenSet::new("old"))
+///     .build();
+/// let handle = layer.handle();
+///
+/// let channel = with_token_refresh(server, &layer);
+/// let response = channel.oneshot(Request::new(tonic::body::Body::empty())).await.unwrap();
+/// assert_eq!(response.headers()["grpc-status"], "0");
+/// assert_eq!((handle.stats().refreshes, handle.stats().retries), (1, 1));
+/// # }
+/// ```
+pub fn with_token_refresh<S>(service: S, layer: &TokenRefreshLayer<Grpc>) -> GrpcTokenRefresh<S> {
+    layer.layer(IntoTonicBody::new(service))
+}
+
+/// Turns the request body into a `tonic::body::Body` (the body type of
+/// `tonic::transport::Channel`), so that a channel can sit below
+/// [`TokenRefresh`], which sends `Request<ReplayBody<B>>`.
+///
+/// [`with_token_refresh`] uses it; with `ServiceBuilder`, put it below the
+/// layer:
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_token_refresh::classify::Grpc;
+/// use tower_token_refresh::tonic::IntoTonicBody;
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+///         Ok::<_, RefreshError>(TokenSet::new("access"))
+///     }))
+///     .classifier(Grpc)
+///     .build();
+/// // Stands in for a `tonic::transport::Channel`.
+/// let channel = tower::service_fn(|req: Request<tonic::body::Body>| async move {
+///     Ok::<_, Infallible>(Response::new(req.headers()["authorization"].clone()))
+/// });
+/// let client = ServiceBuilder::new()
+///     .layer(layer)
+///     .layer_fn(IntoTonicBody::new)
+///     .service(channel);
+/// let response = client.oneshot(Request::new(tonic::body::Body::empty())).await.unwrap();
+/// assert_eq!(response.body(), "Bearer access");
+/// # }
+/// ```
+///
+/// # Clone
+///
+/// Cloning clones the inner service.
+#[derive(Debug, Clone)]
+pub struct IntoTonicBody<S> {
+    inner: S,
+}
+
+impl<S> IntoTonicBody<S> {
+    /// Wraps `inner`.
+    ///
+    /// ```
+    /// # use tower_token_refresh::tonic::IntoTonicBody;
+    /// let service = IntoTonicBody::new(tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    /// }));
+    /// # let _ = service;
+    /// ```
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    /// The inner service.
+    ///
+    /// ```
+    /// # fn f<S>(service: tower_token_refresh::tonic::IntoTonicBody<S>) {
+    /// let _inner: &S = service.get_ref();
+    /// # }
+    /// ```
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    ///
+    /// ```
+    /// # fn f<S>(mut service: tower_token_refresh::tonic::IntoTonicBody<S>) {
+    /// let _inner: &mut S = service.get_mut();
+    /// # }
+    /// ```
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    ///
+    /// ```
+    /// # fn f<S>(service: tower_token_refresh::tonic::IntoTonicBody<S>) {
+    /// let _inner: S = service.into_inner();
+    /// # }
+    /// ```
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for IntoTonicBody<S>
+where
+    S: Service<Request<tonic::body::Body>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // An empty body becomes tonic's allocation-free empty body; anything
+        // else is boxed once, as tonic boxes every body it sends.
+        self.inner.call(req.map(tonic::body::Body::new))
+    }
+}
