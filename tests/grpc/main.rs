@@ -1,0 +1,340 @@
+//! The layer under tonic, against a real gRPC server on loopback.
+//!
+//! A `tonic::transport::Channel` wrapped with
+//! `tower_token_refresh::tonic::with_token_refresh` carries a client written
+//! as generated code is (`client.rs`, over a hand-written raw-bytes codec in
+//! `wire.rs`). The server (`server.rs`) checks tokens with a tonic
+//! interceptor against the Cognito-style identity server of
+//! `tests/support`, which the layer refreshes through with the `cognito`
+//! preset. Revoking tokens at the server makes it answer UNAUTHENTICATED.
+#![cfg(feature = "tonic")]
+
+// `pub`: the fixtures are shared by several test binaries, each using a
+// subset of them.
+#[path = "../support/mod.rs"]
+pub mod support;
+
+mod client;
+mod server;
+mod wire;
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, TE};
+use http::StatusCode;
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
+use tonic::transport::Channel;
+use tonic::Code;
+use tower::ServiceExt;
+use tower_token_refresh::classify::{ClassifyRejection, Grpc};
+use tower_token_refresh::tonic::{with_token_refresh, GrpcTokenRefresh};
+use tower_token_refresh::{TokenHandle, TokenRefreshLayer, TokenSet};
+
+use client::EchoClient;
+use server::{GrpcServer, UNARY};
+use support::{CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
+use wire::feed;
+
+/// No test may take longer than this.
+const TEST_LIMIT: Duration = Duration::from_secs(30);
+
+/// Concurrent calls in the revocation burst.
+const BURST: usize = 256;
+
+async fn bounded<F: Future>(test: F) -> F::Output {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .expect("test timed out")
+}
+
+/// The servers, the layer's handle, and a client over a layered channel
+/// that starts with the tokens of one login.
+struct Setup {
+    identity: IdentityServer,
+    server: GrpcServer,
+    handle: TokenHandle,
+    client: EchoClient<GrpcTokenRefresh<Channel>>,
+    login: TokenSet,
+}
+
+async fn setup() -> Setup {
+    let identity = IdentityServer::builder().start().await;
+    let server = GrpcServer::start(&identity).await;
+    let cognito = CognitoClient::new(identity.base_url());
+    let login = cognito
+        .login(DEMO_USER, DEMO_PASSWORD)
+        .await
+        .expect("login");
+    // Tokens handed in are never held back by min_refresh_interval: the
+    // first rejection of the login token refreshes at once.
+    let layer = TokenRefreshLayer::builder(cognito.refresher())
+        .classifier(Grpc)
+        .initial_tokens(login.clone())
+        .build();
+    let channel = connect(&server).await;
+    Setup {
+        handle: layer.handle(),
+        client: EchoClient::new(with_token_refresh(channel, &layer)),
+        identity,
+        server,
+        login,
+    }
+}
+
+async fn connect(server: &GrpcServer) -> Channel {
+    Channel::from_shared(server.endpoint())
+        .expect("valid endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+fn current_token(handle: &TokenHandle) -> String {
+    let tokens = handle.tokens().expect("a token");
+    tokens.access_token().expose().to_owned()
+}
+
+/// The layer's counters against the servers' own: every refresh reached
+/// the identity server, every UNAUTHENTICATED the server sent was seen as
+/// a rejection, and every call beyond the `calls_made` first attempts was
+/// a retry.
+fn assert_counters_agree(
+    handle: &TokenHandle,
+    identity: &IdentityServer,
+    server: &GrpcServer,
+    calls_made: u64,
+) {
+    let stats = handle.stats();
+    let grpc = server.stats();
+    assert_eq!(stats.refreshes, identity.stats().refresh_calls, "refreshes");
+    assert_eq!(stats.rejections, grpc.unauthenticated, "rejections");
+    assert_eq!(stats.retries, grpc.calls - calls_made, "retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tonic_rejects_a_bad_token_with_a_trailers_only_response() {
+    bounded(async {
+        let identity = IdentityServer::builder().start().await;
+        let server = GrpcServer::start(&identity).await;
+        // The bare channel: what the server sends, before any layer.
+        let channel = connect(&server).await;
+        let request = http::Request::post(UNARY)
+            .header(CONTENT_TYPE, "application/grpc")
+            .header(TE, "trailers")
+            .header(AUTHORIZATION, "Bearer never-issued")
+            // One empty message: flag 0, length 0.
+            .body(tonic::body::Body::new(Full::new(Bytes::from_static(
+                &[0; 5],
+            ))))
+            .expect("valid request");
+
+        let response = channel.oneshot(request).await.expect("response");
+
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "16");
+        assert!(Grpc.is_rejection(response.status(), response.headers()));
+        let mut body = response.into_body();
+        assert!(body.is_end_stream(), "the headers ended the stream");
+        assert!(body.frame().await.is_none(), "no message, no trailers");
+        let grpc = server.stats();
+        assert_eq!((grpc.calls, grpc.unauthenticated, grpc.unary_ok), (1, 1, 0));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_carry_the_current_token() {
+    bounded(async {
+        let Setup {
+            identity,
+            server,
+            handle,
+            mut client,
+            login,
+        } = setup().await;
+
+        for _ in 0..3 {
+            let response = client.unary(Bytes::from_static(b"hi")).await.expect("call");
+            assert_eq!(response.into_inner(), login.access_token().expose());
+        }
+        handle.force_refresh().await.expect("refresh");
+        let refreshed = current_token(&handle);
+        assert_ne!(refreshed, login.access_token().expose());
+        let response = client.unary(Bytes::from_static(b"hi")).await.expect("call");
+        assert_eq!(response.into_inner(), refreshed);
+
+        let grpc = server.stats();
+        assert_eq!((grpc.calls, grpc.unary_ok, grpc.unauthenticated), (4, 4, 0));
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.refreshes, stats.rejections, stats.retries),
+            (1, 0, 0)
+        );
+        assert_counters_agree(&handle, &identity, &server, 4);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_unary_calls_after_revocation_refreshes_once_and_all_succeed() {
+    bounded(async {
+        let Setup {
+            identity,
+            server,
+            handle,
+            client,
+            ..
+        } = setup().await;
+
+        // All of them reach the server with the login token, then it is
+        // revoked and they are checked: every one is rejected.
+        let hold = server.hold_next(BURST);
+        let calls: Vec<_> = (0..BURST)
+            .map(|i| {
+                let mut client = client.clone();
+                tokio::spawn(async move { client.unary(Bytes::from(format!("call {i}"))).await })
+            })
+            .collect();
+        hold.arrived(BURST).await;
+        assert_eq!(server.revoke_current(), 1, "the login token was live");
+        hold.release();
+
+        let mut tokens_seen = HashSet::new();
+        for (i, call) in calls.into_iter().enumerate() {
+            let response = call
+                .await
+                .expect("call task panicked")
+                .unwrap_or_else(|status| panic!("call {i} failed: {status:?}"));
+            tokens_seen.insert(response.into_inner());
+        }
+
+        let refreshed = Bytes::from(current_token(&handle));
+        assert_eq!(
+            tokens_seen,
+            HashSet::from([refreshed]),
+            "every retry carried the new token"
+        );
+        assert_eq!(identity.stats().refresh_calls, 1);
+        let stats = handle.stats();
+        let burst = BURST as u64;
+        assert_eq!(stats.refreshes, 1);
+        assert_eq!((stats.rejections, stats.retries), (burst, burst));
+        // The answers come back one by one over one HTTP/2 connection: those
+        // handled after the refresh landed are retried without joining it;
+        // the others waited for it.
+        assert_eq!(stats.stale_rejections + stats.waited, burst);
+        let grpc = server.stats();
+        assert_eq!(
+            (grpc.calls, grpc.unauthenticated, grpc.unary_ok),
+            (2 * burst, burst, burst)
+        );
+        assert_counters_agree(&handle, &identity, &server, burst);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_stream_is_retried_with_its_messages_after_revocation() {
+    bounded(async {
+        let Setup {
+            identity,
+            server,
+            handle,
+            client,
+            ..
+        } = setup().await;
+        assert_eq!(server.revoke_current(), 1, "the login token was live");
+
+        let (messages, stream) = feed::<Infallible>();
+        messages.send(Ok(Bytes::from_static(b"alpha"))).unwrap();
+        let mut caller = client.clone();
+        let call = tokio::spawn(async move { caller.collect(stream).await });
+        // The first attempt is rejected while its stream is still open; the
+        // other messages are sent only once the retry has reached the
+        // server, so it must replay "alpha" and then read on.
+        server
+            .until(|s| s.unauthenticated == 1 && s.calls == 2)
+            .await;
+        messages.send(Ok(Bytes::from_static(b"beta"))).unwrap();
+        messages.send(Ok(Bytes::from_static(b"gamma"))).unwrap();
+        drop(messages);
+
+        let response = call
+            .await
+            .expect("call task panicked")
+            .expect("retried call");
+        assert_eq!(response.into_inner(), "alpha|beta|gamma");
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.refreshes, stats.rejections, stats.retries),
+            (1, 1, 1)
+        );
+        let grpc = server.stats();
+        assert_eq!(
+            (grpc.calls, grpc.unauthenticated, grpc.collect_ok),
+            (2, 1, 1)
+        );
+        assert_counters_agree(&handle, &identity, &server, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_stream_cut_after_delivering_messages_is_not_retried() {
+    bounded(async {
+        let Setup {
+            identity,
+            server,
+            handle,
+            mut client,
+            ..
+        } = setup().await;
+
+        let mut ticks = client
+            .watch(Bytes::from_static(b"2"))
+            .await
+            .expect("stream opened")
+            .into_inner();
+        for expected in ["tick 0", "tick 1"] {
+            let tick = ticks.message().await.expect("a message");
+            assert_eq!(tick.as_deref(), Some(expected.as_bytes()));
+        }
+        assert_eq!(server.revoke_current(), 1, "the login token was live");
+        server.recheck_streams();
+
+        let status = ticks
+            .message()
+            .await
+            .expect_err("the stream ends in a status");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(status.message(), "access token revoked");
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.refreshes, stats.rejections, stats.retries),
+            (0, 0, 0)
+        );
+        let grpc = server.stats();
+        assert_eq!((grpc.calls, grpc.watches, grpc.watches_cut), (1, 1, 1));
+        assert_eq!(
+            grpc.unauthenticated, 0,
+            "rejected in trailers, not by the interceptor"
+        );
+        assert_counters_agree(&handle, &identity, &server, 1);
+
+        // The next call meets the revoked token and recovers as any does.
+        let response = client.unary(Bytes::from_static(b"hi")).await.expect("call");
+        assert_eq!(response.into_inner(), current_token(&handle));
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.refreshes, stats.rejections, stats.retries),
+            (1, 1, 1)
+        );
+        assert_counters_agree(&handle, &identity, &server, 2);
+    })
+    .await;
+}
