@@ -255,9 +255,13 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
             // No refresh can run now: the rejection is the answer, as in the
             // tower layer; later requests get the typed error.
             Decision::GiveUp | Decision::Fail(_) => return Ok(response),
-            Decision::Use(credential) => credential,
+            // The rejection is released before retrying or waiting: it
+            // frees the connection.
+            Decision::Use(credential) => {
+                drop(response);
+                credential
+            }
             Decision::Wait(flight) => {
-                // Released before waiting: frees the connection.
                 drop(response);
                 core.manager
                     .clone()
