@@ -1,0 +1,826 @@
+//! The reqwest-middleware adapter over real loopback HTTP: a reqwest client
+//! with `TokenRefreshMiddleware`, the Cognito-style identity server of
+//! `tests/support` (seed 002, rate limit included) as the token issuer, and
+//! an axum API server that accepts only current access tokens and can
+//! revoke them.
+
+#![cfg(feature = "reqwest")]
+
+// `pub`: the fixtures are shared by several test binaries, each using a
+// subset of them.
+pub mod support;
+
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Extensions, Method, StatusCode, Uri};
+use hyper::body::{Body, Frame};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tower_token_refresh::reqwest::{token_error, TokenRefreshMiddleware};
+use tower_token_refresh::{Builder, RefreshWindow, TokenHandle, TokenRefreshLayer, TokenSet};
+
+use support::gate::{Gate, Hold};
+use support::identity::IdentityStats;
+use support::tokens::TokenStore;
+use support::{CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
+
+/// No test may take longer than this.
+const TEST_LIMIT: Duration = Duration::from_secs(30);
+
+async fn bounded<F: Future>(test: F) -> F::Output {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .expect("test timed out")
+}
+
+// ---------------------------------------------------------------------------
+// The axum API server.
+
+/// An axum API on `127.0.0.1:0` accepting only current access tokens of
+/// the [`TokenStore`] it shares with the identity server.
+///
+/// - `GET` any path → `200 {"ok": true}`.
+/// - `POST` any path with `Content-Type: application/json` → `200` echoing
+///   the body; another content type → `415`.
+/// - A missing, unknown or revoked token → `401` with `WWW-Authenticate`,
+///   decided from the headers alone: the body is not read first.
+struct AxumApi {
+    base_url: String,
+    state: Arc<ApiState>,
+    serve: JoinHandle<()>,
+}
+
+struct ApiState {
+    tokens: TokenStore,
+    gate: Gate,
+    requests: AtomicU64,
+    ok: AtomicU64,
+    unauthorized: AtomicU64,
+    /// The `Authorization` header of every request, in arrival order, and
+    /// whether it was accepted.
+    seen: Mutex<Vec<(Option<String>, bool)>>,
+}
+
+/// What the API server has seen so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ApiStats {
+    requests: u64,
+    ok: u64,
+    unauthorized: u64,
+}
+
+impl AxumApi {
+    async fn start(tokens: TokenStore) -> Self {
+        let state = Arc::new(ApiState {
+            tokens,
+            gate: Gate::default(),
+            requests: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            unauthorized: AtomicU64::new(0),
+            seen: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .fallback(api)
+            .with_state(Arc::clone(&state));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base_url = format!("http://{}", listener.local_addr().expect("address"));
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("serve");
+        });
+        Self {
+            base_url,
+            state,
+            serve,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Revokes every access token issued so far; returns how many were live.
+    fn revoke_current(&self) -> usize {
+        self.state.tokens.revoke_access_tokens()
+    }
+
+    /// Holds the next `n` requests, before their token is checked, until the
+    /// hold is released or dropped.
+    fn hold_next(&self, n: usize) -> Hold {
+        self.state.gate.hold_next(n)
+    }
+
+    fn stats(&self) -> ApiStats {
+        let read = |n: &AtomicU64| n.load(Ordering::SeqCst);
+        ApiStats {
+            requests: read(&self.state.requests),
+            ok: read(&self.state.ok),
+            unauthorized: read(&self.state.unauthorized),
+        }
+    }
+
+    /// Every `Authorization` header the server has seen, with its verdict.
+    fn seen(&self) -> Vec<(Option<String>, bool)> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// The distinct tokens the server accepted.
+    fn accepted_tokens(&self) -> HashSet<String> {
+        self.seen()
+            .into_iter()
+            .filter_map(|(auth, accepted)| auth.filter(|_| accepted))
+            .collect()
+    }
+}
+
+impl Drop for AxumApi {
+    fn drop(&mut self) {
+        self.serve.abort();
+    }
+}
+
+async fn api(State(state): State<Arc<ApiState>>, request: Request) -> Response {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    state.gate.pass().await;
+
+    let authorization = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("<not ascii>").to_owned());
+    let accepted = authorization
+        .as_deref()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| state.tokens.access_token_is_valid(token));
+    state.seen.lock().unwrap().push((authorization, accepted));
+    if !accepted {
+        state.unauthorized.fetch_add(1, Ordering::SeqCst);
+        // Answered before the body is read; drained afterwards so the
+        // client can finish sending.
+        let body = request.into_body();
+        tokio::spawn(async move {
+            let _ = axum::body::to_bytes(body, usize::MAX).await;
+        });
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#)],
+            Json(json!({ "statusCode": 401, "message": "Unauthorized" })),
+        )
+            .into_response();
+    }
+
+    let response = match *request.method() {
+        Method::GET => Json(json!({ "ok": true })).into_response(),
+        Method::POST => {
+            let json = request
+                .headers()
+                .get(CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            if !json {
+                return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
+            }
+            match axum::body::to_bytes(request.into_body(), 1 << 20).await {
+                Ok(body) => ([(CONTENT_TYPE, "application/json")], body).into_response(),
+                Err(_) => StatusCode::BAD_REQUEST.into_response(),
+            }
+        }
+        _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+    };
+    state.ok.fetch_add(1, Ordering::SeqCst);
+    response
+}
+
+// ---------------------------------------------------------------------------
+// Set-up.
+
+/// The servers, the layer's handle and a reqwest client with the
+/// middleware made from the layer.
+struct Setup {
+    identity: IdentityServer,
+    api: AxumApi,
+    layer: TokenRefreshLayer,
+    handle: TokenHandle,
+    client: ClientWithMiddleware,
+}
+
+/// Starts the identity server and the axum API beside it, logs in, and
+/// builds the layer: `configure` gets the builder and the login tokens.
+async fn setup(configure: impl FnOnce(Builder, TokenSet) -> Builder) -> Setup {
+    let identity = IdentityServer::builder().start().await;
+    let api = AxumApi::start(identity.tokens()).await;
+    let cognito = CognitoClient::new(identity.base_url());
+    let login = cognito
+        .login(DEMO_USER, DEMO_PASSWORD)
+        .await
+        .expect("login");
+    let layer = configure(TokenRefreshLayer::builder(cognito.refresher()), login).build();
+    let middleware = TokenRefreshMiddleware::new(&layer);
+    // The middleware's handle and the layer's see the same state.
+    let handle = middleware.handle();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(middleware)
+        .build();
+    Setup {
+        identity,
+        api,
+        layer,
+        handle,
+        client,
+    }
+}
+
+fn with_login(builder: Builder, login: TokenSet) -> Builder {
+    builder.initial_tokens(login)
+}
+
+/// Sends `n` requests made by `request` at once, each from its own task;
+/// returns each one's status and body.
+async fn concurrently<F>(
+    n: usize,
+    request: F,
+) -> Vec<reqwest_middleware::Result<(StatusCode, Bytes)>>
+where
+    F: Fn() -> reqwest_middleware::RequestBuilder,
+{
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let request = request();
+            tokio::spawn(async move {
+                let response = request.send().await?;
+                let status = response.status();
+                Ok((status, response.bytes().await?))
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for task in tasks {
+        results.push(task.await.expect("request task panicked"));
+    }
+    results
+}
+
+fn assert_all_ok(results: &[reqwest_middleware::Result<(StatusCode, Bytes)>]) {
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok((status, _)) => assert_eq!(*status, StatusCode::OK, "request {i}"),
+            Err(error) => panic!("request {i} failed: {error}"),
+        }
+    }
+}
+
+/// The response body as JSON (reqwest's `json` feature is off).
+async fn json_of(response: reqwest::Response) -> Value {
+    serde_json::from_slice(&response.bytes().await.unwrap()).expect("a JSON body")
+}
+
+fn bearer(handle: &TokenHandle) -> String {
+    let tokens = handle.tokens().expect("a token");
+    format!("Bearer {}", tokens.access_token().expose())
+}
+
+/// Asserts the identity server's counters: every refresh call was answered
+/// with a token.
+fn assert_refreshed(identity: &IdentityStats, n: u64) {
+    assert_eq!((identity.refresh_calls, identity.refreshed), (n, n));
+}
+
+// ---------------------------------------------------------------------------
+// Tests.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_carry_the_current_token() {
+    bounded(async {
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(with_login).await;
+        let login = bearer(&handle);
+
+        let response = client.get(api.url("/v1/items")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(json_of(response).await, json!({"ok": true}));
+
+        // After a revocation the next request goes out with the refreshed
+        // token, which is the handle's current one.
+        assert_eq!(api.revoke_current(), 1);
+        let response = client.get(api.url("/v1/items")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let current = bearer(&handle);
+        assert_ne!(current, login);
+        assert_eq!(
+            api.seen(),
+            vec![
+                (Some(login.clone()), true),
+                (Some(login), false),
+                (Some(current), true),
+            ]
+        );
+        assert_refreshed(&identity.stats(), 1);
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.refreshes, stats.rejections, stats.retries),
+            (1, 1, 1)
+        );
+    })
+    .await;
+}
+
+/// Records whether the `Authorization` header a request reaches it with is
+/// marked sensitive; placed after the token middleware.
+#[derive(Clone, Default)]
+struct SensitivityProbe(Arc<Mutex<Vec<bool>>>);
+
+impl Middleware for SensitivityProbe {
+    // The expansion of `#[async_trait] async fn handle`.
+    fn handle<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        req: reqwest::Request,
+        extensions: &'life1 mut Extensions,
+        next: Next<'life2>,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = reqwest_middleware::Result<reqwest::Response>>
+                + Send
+                + 'async_trait,
+        >,
+    >
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        if let Some(value) = req.headers().get(AUTHORIZATION) {
+            self.0.lock().unwrap().push(value.is_sensitive());
+        }
+        next.run(req, extensions)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_header_is_marked_sensitive_on_first_send_and_retry() {
+    bounded(async {
+        let Setup {
+            identity: _identity,
+            api,
+            layer,
+            ..
+        } = setup(with_login).await;
+        let probe = SensitivityProbe::default();
+        let client = ClientBuilder::new(reqwest::Client::new())
+            .with(layer.reqwest_middleware())
+            .with(probe.clone())
+            .build();
+
+        api.revoke_current();
+        let response = client.get(api.url("/")).send().await.unwrap();
+
+        assert_eq!(response.status(), StatusCode::OK);
+        // The first attempt and the retry.
+        assert_eq!(*probe.0.lock().unwrap(), vec![true, true]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_256_in_flight_at_revocation_causes_one_refresh() {
+    bounded(async {
+        const N: usize = 256;
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(with_login).await;
+        let url = api.url("/v1/items");
+
+        // Every request reaches the server with the login token, then the
+        // token is revoked under them.
+        let hold = api.hold_next(N);
+        let burst = tokio::spawn(concurrently(N, move || client.get(&url)));
+        hold.arrived(N).await;
+        assert_eq!(api.revoke_current(), 1);
+        hold.release();
+        let results = burst.await.unwrap();
+
+        assert_all_ok(&results);
+        assert_refreshed(&identity.stats(), 1);
+        let stats = handle.stats();
+        let n = N as u64;
+        assert_eq!(stats.refreshes, 1);
+        assert_eq!((stats.rejections, stats.retries), (n, n));
+        // Each rejection either joined the refresh or, arriving after it,
+        // was retried with the new token without refreshing.
+        assert_eq!(stats.waited + stats.stale_rejections, n);
+        // The handle's numbers are the servers' numbers.
+        let server = api.stats();
+        assert_eq!(server.unauthorized, stats.rejections);
+        assert_eq!(server.requests, n + stats.retries);
+        assert_eq!(server.ok, n);
+        assert_eq!(identity.stats().refresh_calls, stats.refreshes);
+        assert_eq!(api.accepted_tokens(), HashSet::from([bearer(&handle)]));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_200_with_an_expired_token_waits_for_one_refresh() {
+    bounded(async {
+        const N: usize = 200;
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(|builder, login| {
+            // The login tokens, but with no time left: none may be sent.
+            let expired = TokenSet::new(login.access_token().clone())
+                .with_refresh_token(login.refresh_token().expect("refresh token").clone())
+                .with_expires_in(Duration::ZERO);
+            builder.initial_tokens(expired)
+        })
+        .await;
+        let url = api.url("/v1/items");
+
+        let results = concurrently(N, || client.get(&url)).await;
+
+        assert_all_ok(&results);
+        assert_refreshed(&identity.stats(), 1);
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.refreshes, stats.rejections, stats.retries),
+            (1, 0, 0)
+        );
+        // Those sent before the refresh ended waited for it; later ones
+        // found the new token. None went out with the expired one.
+        assert!((1..=N as u64).contains(&stats.waited), "{stats:?}");
+        let server = api.stats();
+        assert_eq!(
+            (server.requests, server.ok, server.unauthorized),
+            (200, 200, 0)
+        );
+        assert_eq!(api.accepted_tokens(), HashSet::from([bearer(&handle)]));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_token_is_sent_while_one_background_refresh_runs() {
+    bounded(async {
+        const N: usize = 50;
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(|builder, login| {
+            // Stale from the start: a one-minute token whose advisory window
+            // covers its whole life (the mandatory one is 6 s). The
+            // refreshed, hour-long token is fresh for 59 minutes.
+            builder
+                .initial_tokens(login.with_expires_in(Duration::from_secs(60)))
+                .advisory_window(RefreshWindow::fixed(Duration::from_secs(60)))
+        })
+        .await;
+        let login = bearer(&handle);
+        let url = api.url("/v1/items");
+
+        let results = concurrently(N, || client.get(&url)).await;
+        assert_all_ok(&results);
+        // Nobody waited: the stale token went out while the refresh ran.
+        let stats = handle.stats();
+        assert_eq!((stats.waited, stats.rejections), (0, 0));
+        while handle.status().generation() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        assert_refreshed(&identity.stats(), 1);
+        assert_eq!(handle.stats().refreshes, 1);
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let seen = api.seen();
+        assert_eq!(seen.len(), N + 1);
+        assert_eq!(seen[N], (Some(bearer(&handle)), true));
+        assert_ne!(bearer(&handle), login);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_post_is_retried_with_its_body_intact() {
+    bounded(async {
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(with_login).await;
+        let order = json!({
+            "item": "widget",
+            "quantity": 3,
+            "notes": "ünïcödé and \"quotes\"",
+            "lines": (0..100).map(|i| json!({"n": i})).collect::<Vec<_>>(),
+        });
+
+        api.revoke_current();
+        let response = client
+            .post(api.url("/v1/orders"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&order).unwrap())
+            .send()
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(json_of(response).await, order);
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.refreshes, stats.rejections, stats.retries),
+            (1, 1, 1)
+        );
+        let server = api.stats();
+        assert_eq!((server.requests, server.ok, server.unauthorized), (2, 1, 1));
+        assert_refreshed(&identity.stats(), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_larger_than_the_replay_cap_is_still_retried() {
+    bounded(async {
+        let Setup {
+            identity: _identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(|builder, login| builder.initial_tokens(login).replay_cap(1024)).await;
+        // A clonable reqwest body is already in memory: the cap, which
+        // bounds what the tower layer records of a streamed body, does not
+        // apply.
+        let big = json!({ "blob": "x".repeat(200 * 1024) });
+
+        api.revoke_current();
+        let response = client
+            .post(api.url("/v1/blobs"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&big).unwrap())
+            .send()
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(json_of(response).await, big);
+        assert_eq!(handle.stats().retries, 1);
+    })
+    .await;
+}
+
+/// A streaming request body: chunks of unknown total length, which
+/// `reqwest::Request::try_clone` cannot copy.
+struct Chunks(VecDeque<Bytes>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_body_gets_the_original_rejection_and_the_next_request_the_new_token() {
+    bounded(async {
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(with_login).await;
+        let chunks = ["{\"part\": ", "1, ", "\"of\": 3}"].map(Bytes::from);
+        let body = reqwest::Body::wrap(Chunks(chunks.into()));
+
+        api.revoke_current();
+        let response = client
+            .post(api.url("/v1/uploads"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+
+        // The server's own rejection, not a retry's answer.
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            r#"Bearer error="invalid_token""#
+        );
+        let stats = handle.stats();
+        assert_eq!((stats.rejections, stats.retries), (1, 0));
+
+        // The rejection started the refresh; the next request uses its token.
+        let response = client.get(api.url("/v1/items")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_refreshed(&identity.stats(), 1);
+        assert_eq!(handle.stats().refreshes, 1);
+        let server = api.stats();
+        assert_eq!((server.requests, server.ok, server.unauthorized), (2, 1, 1));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tower_and_reqwest_clients_share_one_token_and_one_refresh() {
+    bounded(async {
+        const EACH: usize = 100;
+        let Setup {
+            identity,
+            api,
+            layer,
+            handle,
+            client,
+        } = setup(with_login).await;
+        // A hyper-util client wrapped in the very same layer.
+        let tower = support::authed_client(layer.clone());
+        let url = api.url("/v1/items");
+
+        let hold = api.hold_next(2 * EACH);
+        let via_reqwest = tokio::spawn({
+            let (client, url) = (client.clone(), url.clone());
+            concurrently(EACH, move || client.get(&url))
+        });
+        let via_tower: Vec<_> = (0..EACH)
+            .map(|_| {
+                let (tower, request) = (tower.clone(), support::get(&url));
+                tokio::spawn(async move { support::send(&tower, request).await })
+            })
+            .collect();
+        hold.arrived(2 * EACH).await;
+        assert_eq!(api.revoke_current(), 1);
+        hold.release();
+
+        assert_all_ok(&via_reqwest.await.unwrap());
+        for (i, task) in via_tower.into_iter().enumerate() {
+            let response = task.await.unwrap().expect("tower request");
+            assert_eq!(response.status(), StatusCode::OK, "tower request {i}");
+        }
+
+        assert_refreshed(&identity.stats(), 1);
+        let stats = layer.handle().stats();
+        assert_eq!(stats, handle.stats());
+        let n = 2 * EACH as u64;
+        assert_eq!(stats.refreshes, 1);
+        assert_eq!((stats.rejections, stats.retries), (n, n));
+        let server = api.stats();
+        assert_eq!(server.unauthorized, stats.rejections);
+        assert_eq!((server.requests, server.ok), (n + stats.retries, n));
+
+        // Both clients go on with the one refreshed token.
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let response = support::send(&tower, support::get(&url)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(api.accepted_tokens(), HashSet::from([bearer(&handle)]));
+        assert_eq!(identity.stats().refresh_calls, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_with_its_own_authorization_passes_through_untouched() {
+    bounded(async {
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(with_login).await;
+
+        let response = client
+            .get(api.url("/v1/items"))
+            .header(AUTHORIZATION, "Bearer someone-elses")
+            .send()
+            .await
+            .unwrap();
+
+        // Neither replaced, nor counted, nor retried.
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            api.seen(),
+            vec![(Some("Bearer someone-elses".into()), false)]
+        );
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.rejections, stats.retries, stats.refreshes),
+            (0, 0, 0)
+        );
+        assert_eq!(identity.stats().refresh_calls, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_outside_the_allow_list_gets_no_token() {
+    bounded(async {
+        let Setup {
+            api,
+            handle,
+            client,
+            ..
+        } = setup(|builder, login| {
+            builder
+                .initial_tokens(login)
+                .allowed_origins([Uri::from_static("https://api.example.com")])
+        })
+        .await;
+
+        let response = client.get(api.url("/v1/items")).send().await.unwrap();
+
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(api.seen(), vec![(None, false)]);
+        assert_eq!(handle.stats().rejections, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_a_remote_host_is_refused_with_a_typed_error() {
+    bounded(async {
+        let Setup { handle, client, .. } = setup(with_login).await;
+
+        // Refused before any connection is attempted.
+        let error = client
+            .get("http://api.example.com/v1/items")
+            .send()
+            .await
+            .unwrap_err();
+
+        assert!(error.is_middleware());
+        let typed = token_error(&error).expect("the crate's error");
+        assert!(typed.is_insecure_transport());
+        // Also reachable through anyhow directly.
+        let reqwest_middleware::Error::Middleware(inner) = &error else {
+            panic!("not a middleware error: {error}");
+        };
+        assert!(inner.downcast_ref::<tower_token_refresh::Error>().is_some());
+        assert_eq!(handle.stats().refreshes, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_refresh_token_fails_with_reauth_required_and_spares_the_idp() {
+    bounded(async {
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(with_login).await;
+        identity.tokens().revoke_refresh_tokens();
+        api.revoke_current();
+
+        let error = client.get(api.url("/v1/items")).send().await.unwrap_err();
+        let typed = token_error(&error).expect("the crate's error");
+        assert!(typed.is_reauth_required(), "{typed}");
+        assert_eq!(typed.refresh_error().and_then(|e| e.status()), Some(401));
+
+        // Later requests fail fast: the identity server is not called again.
+        let error = client.get(api.url("/v1/items")).send().await.unwrap_err();
+        assert!(token_error(&error).is_some_and(|e| e.is_reauth_required()));
+        let idp = identity.stats();
+        assert_eq!((idp.refresh_calls, idp.unauthorized), (1, 1));
+        let stats = handle.stats();
+        assert_eq!((stats.refreshes, stats.refresh_failures), (1, 1));
+        assert!(handle.status().is_reauth_required());
+        // One request reached the API: the second never left the client.
+        assert_eq!(api.stats().requests, 1);
+    })
+    .await;
+}
