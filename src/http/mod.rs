@@ -36,6 +36,12 @@ mod jwt;
 mod options;
 mod request;
 
+// Not public API (no semver promise): entry points for the fuzz targets in
+// `fuzz/`, which cannot reach crate-private items otherwise.
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
+
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::marker::PhantomData;
@@ -457,21 +463,13 @@ where
                 .call(request)
                 .await
                 .map_err(|e| unreachable_endpoint(e.into()))?;
-            let (parts, body) = response.into_parts();
-            let body = read_capped(body, settings.body_limit).await?;
-            let now = SystemTime::now();
-            let dialect = &settings.dialect;
-            if parts.status.is_success() {
-                decode::tokens(&dialect.response, &body, now)
-            } else {
-                Err(failure::classify(
-                    parts.status,
-                    &parts.headers,
-                    &body,
-                    &dialect.errors,
-                    now,
-                ))
-            }
+            answer(
+                &settings.dialect,
+                settings.body_limit,
+                response,
+                SystemTime::now,
+            )
+            .await
         }
     }
 
@@ -481,6 +479,39 @@ where
             .request
             .credential
             .sends_access_token()
+    }
+}
+
+/// What a refresh endpoint's answer means: the tokens of a `2xx`, or the
+/// error a failure status stands for. The body is read up to `body_limit`
+/// bytes first (a longer one is a transient failure whatever the status);
+/// `now` is read once it has arrived, for `Retry-After` dates and JWT `exp`.
+///
+/// Everything after the response head arrives goes through here, so the
+/// fuzz targets (`__fuzz`) exercise exactly what a refresh does.
+async fn answer<ResB>(
+    dialect: &Dialect,
+    body_limit: usize,
+    response: Response<ResB>,
+    now: impl FnOnce() -> SystemTime,
+) -> Result<TokenSet, RefreshError>
+where
+    ResB: Body,
+    ResB::Error: Into<BoxError>,
+{
+    let (parts, body) = response.into_parts();
+    let body = read_capped(body, body_limit).await?;
+    let now = now();
+    if parts.status.is_success() {
+        decode::tokens(&dialect.response, &body, now)
+    } else {
+        Err(failure::classify(
+            parts.status,
+            &parts.headers,
+            &body,
+            &dialect.errors,
+            now,
+        ))
     }
 }
 

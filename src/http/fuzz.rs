@@ -1,0 +1,175 @@
+//! **Not public API.** Entry points for the fuzz targets in `fuzz/`: they
+//! run the crate-private answer handling of [`HttpRefresher`] on raw input.
+//! Hidden from the documentation, exempt from semver, and subject to change
+//! without notice.
+//!
+//! [`HttpRefresher`]: super::HttpRefresher
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use http_body::{Body, Frame};
+
+use super::dialect::Dialect;
+use crate::{RefreshError, TokenSet};
+
+/// The name of every preset, as [`answer`] takes it.
+pub const DIALECTS: [&str; 6] = [
+    "oauth2",
+    "client_credentials",
+    "dynamosql",
+    "cognito",
+    "ocient",
+    "custom",
+];
+
+fn dialect(name: &str) -> Dialect {
+    match name {
+        "oauth2" => Dialect::oauth2(),
+        "client_credentials" => Dialect::client_credentials(),
+        "dynamosql" => Dialect::dynamosql(),
+        "cognito" => Dialect::cognito(),
+        "ocient" => Dialect::ocient(),
+        "custom" => Dialect::custom(),
+        other => panic!("no dialect named {other:?}; see DIALECTS"),
+    }
+}
+
+/// What `dialect`'s refresher makes of an answer with `head`'s status and
+/// headers and a body arriving as `chunks`: the same code a refresh runs
+/// once the response head has arrived, body cap included, with `now` as
+/// the wall clock.
+///
+/// # Panics
+///
+/// If `dialect` is not one of [`DIALECTS`].
+pub fn answer(
+    dialect_name: &str,
+    body_limit: usize,
+    head: Response<()>,
+    chunks: Vec<Bytes>,
+    now: SystemTime,
+) -> Result<TokenSet, RefreshError> {
+    let dialect = dialect(dialect_name);
+    let response = head.map(|()| Chunks(chunks.into()));
+    let mut future = pin!(super::answer(&dialect, body_limit, response, || now));
+    let waker = Waker::from(Arc::new(NoWake));
+    let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
+    match polled {
+        Poll::Ready(result) => result,
+        Poll::Pending => unreachable!("a body whose frames are all ready never waits"),
+    }
+}
+
+/// The JSON pointers at which `dialect`'s successful answers carry tokens
+/// (the access token, and the refresh token if the dialect reads one): what
+/// no error message may quote.
+///
+/// # Panics
+///
+/// If `dialect` is not one of [`DIALECTS`].
+pub fn token_pointers(dialect_name: &str) -> Vec<String> {
+    let response = dialect(dialect_name).response;
+    std::iter::once(response.access_token)
+        .chain(response.refresh_token)
+        .collect()
+}
+
+/// The delay a `429` answer's `Retry-After` asks for, read as a refresh
+/// reads it (delay-seconds or an HTTP date, relative to `now`).
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    super::failure::retry_after(headers, now)
+}
+
+/// A body whose frames are all ready.
+struct Chunks(VecDeque<Bytes>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.get_mut().0.pop_front().map(|c| Ok(Frame::data(c))))
+    }
+}
+
+/// Nothing to wake: [`answer`] polls once and never waits.
+struct NoWake;
+
+impl Wake for NoWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn ok(body: &str) -> Vec<Bytes> {
+        vec![Bytes::copy_from_slice(body.as_bytes())]
+    }
+
+    #[test]
+    fn every_dialect_reads_its_own_answer() {
+        let answers = [
+            r#"{"access_token":"a","token_type":"Bearer","expires_in":60}"#,
+            r#"{"access_token":"a","token_type":"Bearer","expires_in":60}"#,
+            r#"{"success":true,"data":{"accessToken":"a","expiresIn":60,"tokenType":"Bearer"}}"#,
+            r#"{"accessToken":"a","refreshToken":"r","expiresIn":60,"requiresPasswordChange":false}"#,
+            r#"{"access_token":"a","username":"u","database":"d","expires_in":60}"#,
+            r#"{"access_token":"a","expires_in":60}"#,
+        ];
+        for (name, body) in DIALECTS.into_iter().zip(answers) {
+            let tokens = answer(name, 1024, Response::new(()), ok(body), now())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(tokens.access_token().expose(), "a", "{name}");
+            assert_eq!(tokens.expires_in(), Some(Duration::from_secs(60)), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_body_cap_applies_across_chunks_and_before_the_status() {
+        let body = r#"{"access_token":"a"}"#;
+        let (head, tail) = body.split_at(10);
+        let chunks = || vec![Bytes::from(head), Bytes::from(tail)];
+        let fits = answer("oauth2", body.len(), Response::new(()), chunks(), now());
+        assert!(fits.is_ok(), "{fits:?}");
+        let over = answer("oauth2", body.len() - 1, Response::new(()), chunks(), now());
+        let err = over.unwrap_err();
+        assert!(
+            err.is_transient() && err.to_string().contains("larger than"),
+            "{err}"
+        );
+        let mut rejected = Response::new(());
+        *rejected.status_mut() = http::StatusCode::BAD_REQUEST;
+        let err = answer("oauth2", 4, rejected, chunks(), now()).unwrap_err();
+        assert!(
+            err.is_transient(),
+            "an oversized answer is never terminal: {err}"
+        );
+    }
+
+    #[test]
+    fn token_pointers_name_the_secret_fields() {
+        assert_eq!(
+            token_pointers("oauth2"),
+            ["/access_token", "/refresh_token"]
+        );
+        assert_eq!(token_pointers("dynamosql"), ["/data/accessToken"]);
+    }
+}
