@@ -27,7 +27,10 @@ use crate::refresh::{DynRefresh, RefreshContext};
 use crate::stats::Counters;
 use crate::{Error, RefreshError, RefreshReason, TokenSet};
 
-type Outcome = Result<Credential, Error>;
+/// A flight's result: the new credential, `Ok(None)` when `set_tokens`
+/// overtook it (its waiters decide afresh from the tokens set), or the
+/// failure.
+pub(crate) type Outcome = Result<Option<Credential>, Error>;
 
 /// Slack on top of the refresh and hook timeouts before waiters give up on
 /// a flight whose task is not being driven.
@@ -168,7 +171,7 @@ impl FlightTask {
         let outcome = match result {
             Ok(prepared) => {
                 let outcome = self.succeed(prepared);
-                if let Ok(credential) = &outcome {
+                if let Ok(Some(credential)) = &outcome {
                     tracing::info!(
                         reason = ?self.reason,
                         generation = credential.generation,
@@ -266,22 +269,16 @@ impl FlightTask {
         (control, current, superseded)
     }
 
-    /// The credential installed by whoever overtook this flight.
-    fn current_credential(&self) -> Outcome {
-        self.shared
-            .snapshot
-            .load()
-            .credential()
-            .ok_or_else(|| Error::new(ErrorKind::RefreshAborted))
-    }
-
     fn succeed(&self, prepared: Prepared) -> Outcome {
         let shared = &self.shared;
         let (mut control, current, superseded) = self.settle();
         if superseded {
             drop(control);
+            // Still a success: the call produced a token, and every refresh
+            // ends as a success or a failure in the stats.
+            Counters::bump(&shared.stats.refresh_successes);
             tracing::debug!("refresh result discarded: newer tokens were installed meanwhile");
-            return self.current_credential();
+            return Ok(None);
         }
         let snapshot = shared.install(prepared);
         control.failure = None;
@@ -298,6 +295,7 @@ impl FlightTask {
         shared.changed.notify_waiters();
         snapshot
             .credential()
+            .map(Some)
             .ok_or_else(|| Error::new(ErrorKind::RefreshAborted))
     }
 
@@ -311,7 +309,7 @@ impl FlightTask {
             // blamed for this failure.
             drop(control);
             return if superseded {
-                self.current_credential()
+                Ok(None)
             } else {
                 Err(Error::with_refresh(kind, error))
             };

@@ -246,20 +246,38 @@ impl TokenManager {
     /// Waits for a refresh in flight (counted as a request that waited); a
     /// failed refresh still yields the current token while it is valid
     /// (static stability).
+    ///
+    /// A flight overtaken by `set_tokens` hands out nothing: the tokens set
+    /// may have passed their refresh point, or expired, while it ran. Each
+    /// waiter then decides afresh, as a new request would, joining or
+    /// starting a refresh from those tokens if they need one.
     pub(crate) async fn wait(self, flight: Flight) -> Result<Credential, Error> {
+        /// Each round outlives a refresh that tokens set by hand overtook;
+        /// past a few, the caller is better off with an error.
+        const ROUNDS: usize = 3;
         Counters::bump(&self.shared.stats.waited);
-        match flight.outcome().await {
-            Ok(credential) => Ok(credential),
-            Err(error) => {
-                let snapshot = self.shared.snapshot.load();
-                if snapshot.is_valid(Instant::now()) {
-                    if let Some(credential) = snapshot.credential() {
-                        return Ok(credential);
+        let mut flight = flight;
+        for _ in 0..ROUNDS {
+            match flight.outcome().await {
+                Ok(Some(credential)) => return Ok(credential),
+                Ok(None) => match self.decide(None) {
+                    Decision::Use(credential) => return Ok(credential),
+                    Decision::Wait(next) => flight = next,
+                    Decision::Fail(error) => return Err(error),
+                    Decision::GiveUp => return Err(Error::new(ErrorKind::RefreshAborted)),
+                },
+                Err(error) => {
+                    let snapshot = self.shared.snapshot.load();
+                    if snapshot.is_valid(Instant::now()) {
+                        if let Some(credential) = snapshot.credential() {
+                            return Ok(credential);
+                        }
                     }
+                    return Err(error);
                 }
-                Err(error)
             }
         }
+        Err(Error::new(ErrorKind::RefreshAborted))
     }
 
     /// Use the current token, join the flight, start one, or fail because a

@@ -541,3 +541,43 @@ async fn a_poisoned_control_lock_does_not_stop_background_refreshes() {
     assert_eq!(issuer.calls(), 1, "the stale request started a refresh");
     assert_eq!(bearer(&send(&client, get()).await), "tok-1");
 }
+
+/// Found by the property tests: a refresh overtaken by `set_tokens` handed
+/// its waiters the tokens set, even after those had expired while it ran,
+/// and its discarded success was missing from the stats.
+#[tokio::test(start_paused = true)]
+async fn waiters_of_an_overtaken_refresh_refresh_again_when_the_tokens_set_have_expired() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::from_secs(5));
+    let layer = TokenRefreshLayer::builder(source).build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    // Waits for the first refresh, which takes 5 s.
+    let waiting = tokio::spawn(send(&client, get()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    api.accept("set");
+    handle
+        .set_tokens(TokenSet::new("set").with_expires_in(Duration::from_secs(2)))
+        .unwrap();
+
+    // The first refresh ends at 5 s, overtaken; "set" expired at 3 s.
+    let result = waiting.await.unwrap();
+    assert_eq!(
+        bearer(&result),
+        "tok-2",
+        "sent after a refresh from the tokens set"
+    );
+    assert!(
+        !api.seen.lock().unwrap().iter().any(|b| b == "Bearer set"),
+        "the expired token was sent"
+    );
+    assert_eq!(issuer.calls(), 2);
+    let stats = handle.stats();
+    assert_eq!(stats.refreshes, 2);
+    assert_eq!(
+        stats.refresh_successes + stats.refresh_failures,
+        stats.refreshes,
+        "the overtaken refresh still counts as a success: {stats:?}"
+    );
+}
