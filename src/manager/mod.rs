@@ -515,4 +515,6 @@ impl std::fmt::Debug for TokenManager {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
