@@ -16,11 +16,29 @@
 use std::fmt;
 use std::time::Duration;
 
+use zeroize::Zeroize;
+
 /// A secret string (an access or refresh token).
 ///
 /// `Debug` and `Display` print `"[redacted]"`; the value is only reachable
 /// through [`Secret::expose`], so it cannot end up in a log line through a
 /// `{:?}` by accident (a common leak in hand-written token caches).
+///
+/// # Memory
+///
+/// A `Secret` overwrites its buffer with zeros when dropped (with the
+/// `zeroize` crate, so the writes are not optimised away), and
+/// [`Secret::new`] wipes the `String` it is given when it cannot take that
+/// buffer over as it is. Each clone is wiped when it is dropped.
+///
+/// Copies made outside a `Secret` are *not* wiped: the precomputed
+/// `Authorization` header value (a [`Bytes`](bytes::Bytes)-backed
+/// `HeaderValue` shared by in-flight requests), the refresh request body,
+/// the parsed refresh answer, the `&str`s that [`expose`](Self::expose)
+/// hands out and whatever the caller copies from them, and the buffers of
+/// the HTTP client, TLS stack and kernel. Wiping narrows the window in
+/// which a token sits in freed memory; it does not make a process's memory
+/// safe to read. See `SECURITY.md`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Box<str>);
 
@@ -32,7 +50,15 @@ impl Secret {
     /// assert_eq!(secret.expose(), "s3cr3t");
     /// ```
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into().into_boxed_str())
+        let mut value: String = value.into();
+        if value.len() == value.capacity() {
+            return Self(value.into_boxed_str());
+        }
+        // `into_boxed_str` would shrink the buffer by reallocating it, and
+        // the old one would be freed unwiped: copy, then wipe the original.
+        let exact = Box::from(value.as_str());
+        value.zeroize();
+        Self(exact)
     }
 
     /// Returns the secret value. Call it only where the value is sent.
@@ -43,6 +69,12 @@ impl Secret {
     /// ```
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 
