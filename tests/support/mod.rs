@@ -14,6 +14,8 @@
 //! - [`cognito`]: logs in to the identity server, and hands out the
 //!   library's `cognito` preset as the refresh source.
 //! - [`client`]: a hyper-util client wrapped in `TokenRefreshLayer`.
+//! - `front`: a TCP front that forwards to a fixture server or injects a
+//!   fault below HTTP (refused, black-holed, reset, raw answers).
 //!
 //! Items only the tests use are `#[cfg(test)]`: integration tests are built
 //! with `--cfg test`, examples are not, so neither build sees dead code.
@@ -28,6 +30,9 @@ pub mod cognito;
 pub mod dynamosql;
 #[allow(dead_code)]
 pub mod faults;
+#[cfg(test)]
+#[allow(dead_code)]
+pub mod front;
 #[cfg(test)]
 pub mod gate;
 pub mod identity;
