@@ -1,0 +1,175 @@
+//! Failure statuses from the token endpoint: `500`s in bursts, and `429`
+//! with and without `Retry-After` (the latter from the Cognito-style
+//! server's own rate limit).
+
+use std::time::Duration;
+
+use hyper::StatusCode;
+use tokio::time::Instant;
+use tower_token_refresh::http::HttpRefresher;
+use tower_token_refresh::{Backoff, RefreshWindow, TokenRefreshLayer};
+
+use crate::support::faults::Failure;
+use crate::support::front::Front;
+use crate::support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
+use crate::{
+    assert_all_ok, assert_spaced, bounded, refresh_client, traffic, Calls, Rig, Settings,
+    BACKOFF_INITIAL, BACKOFF_MAX, MANDATORY, STALE_AFTER,
+};
+
+/// Sends requests (which start the refreshes) until the layer holds a
+/// token newer than generation `after`.
+async fn new_token_after(rig: &Rig, after: u64) {
+    while rig.handle.status().generation() <= after {
+        let _ = rig.get().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The calls' statuses, checking the front accepted each of them.
+fn statuses(rig: &Rig) -> (Vec<Instant>, Vec<Option<StatusCode>>) {
+    let accepted = rig.front.accepted();
+    let calls = rig.calls();
+    assert_eq!(accepted.len(), calls.len(), "one connection per call");
+    (accepted, calls.iter().map(|c| c.status).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_500s_are_backed_off_while_the_valid_token_serves() {
+    bounded(async {
+        let rig = Rig::start(Settings::default()).await;
+        rig.oauth
+            .fail_next_refreshes(3, Failure::new(StatusCode::INTERNAL_SERVER_ERROR));
+        let sent = rig
+            .traffic_until(Instant::now() + Duration::from_millis(1500))
+            .await;
+        assert_all_ok(&sent, "during the first burst");
+        assert_eq!(rig.oauth.stats().injected, 3);
+        assert!(rig.oauth.stats().refreshed >= 1, "the burst ended");
+
+        // The next burst starts with the next call after a fresh token.
+        let generation = rig.handle.status().generation();
+        new_token_after(&rig, generation).await;
+        let before = rig.calls().len();
+        rig.oauth
+            .fail_next_refreshes(4, Failure::new(StatusCode::SERVICE_UNAVAILABLE));
+        let sent = rig
+            .traffic_until(Instant::now() + Duration::from_secs(2))
+            .await;
+        assert_all_ok(&sent, "during the second burst");
+        assert_eq!(rig.oauth.stats().injected, 7);
+
+        let (accepted, statuses) = statuses(&rig);
+        let failed = |i: usize| statuses[i] != Some(StatusCode::OK);
+        assert!(statuses[..3].iter().all(|s| s.unwrap().is_server_error()));
+        assert!(statuses[before..before + 4]
+            .iter()
+            .all(|s| s.unwrap().is_server_error()));
+        assert_eq!(statuses[before + 4], Some(StatusCode::OK), "recovered");
+        let longest = assert_spaced(&accepted, failed, None);
+        assert_eq!(longest, 4);
+        let stats = rig.handle.stats();
+        assert_eq!(stats.refresh_failures, 7);
+        assert_eq!(stats.refreshes, stats.refresh_successes + 7);
+        assert_eq!(rig.oauth.stats().token_calls, accepted.len() as u64);
+        eprintln!("500 bursts: {} calls, 7 failed", accepted.len());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_with_retry_after_means_no_call_before_it_and_the_token_serves() {
+    bounded(async {
+        let rig = Rig::start(Settings::default()).await;
+        rig.oauth.fail_next_refreshes(
+            1,
+            Failure::new(StatusCode::TOO_MANY_REQUESTS).retry_after("2"),
+        );
+        // The first call (at 0.5 s) is told to wait 2 s; the token lives 4 s.
+        let sent = rig.traffic_until(rig.still_valid_until()).await;
+        assert_all_ok(&sent, "while rate limited");
+
+        let (accepted, statuses) = statuses(&rig);
+        assert_eq!(statuses[0], Some(StatusCode::TOO_MANY_REQUESTS));
+        assert!(accepted.len() >= 2, "a call after Retry-After");
+        assert_eq!(statuses[1], Some(StatusCode::OK));
+        let waited = accepted[1] - accepted[0];
+        assert!(
+            waited + Duration::from_millis(2) >= Duration::from_secs(2),
+            "called again after {waited:?}"
+        );
+        assert_spaced(&accepted[..2], |i| i == 0, Some(Duration::from_secs(2)));
+        assert!(rig.handle.status().generation() > 1);
+        assert_eq!(rig.handle.stats().refresh_failures, 1);
+        eprintln!("429 with Retry-After: {} calls", accepted.len());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_server_rate_limit_without_retry_after_is_backed_off() {
+    bounded(async {
+        // One refresh per 2 s; tokens of 4 s, stale after 0.5 s: the second
+        // refresh, half a second after the first, is refused until the
+        // window has passed.
+        let lifetime = Duration::from_secs(4);
+        let identity = IdentityServer::builder()
+            .token_lifetime(lifetime)
+            .rate_limit(1, Duration::from_secs(2))
+            .start()
+            .await;
+        let api = ApiServer::start(&identity).await;
+        let front = Front::start(&identity.base_url()).await;
+        let calls = Calls::default();
+        let tokens = CognitoClient::new(identity.base_url())
+            .login(DEMO_USER, DEMO_PASSWORD)
+            .await
+            .expect("logged in");
+        let refresher =
+            HttpRefresher::cognito(front.url("/api/auth/refresh-token"), refresh_client(&calls));
+        let layer = TokenRefreshLayer::builder(refresher)
+            .initial_tokens(tokens)
+            .advisory_window(RefreshWindow::fixed(lifetime - STALE_AFTER))
+            .mandatory_window(RefreshWindow::fixed(MANDATORY))
+            .refresh_timeout(Duration::from_millis(300))
+            .min_refresh_interval(Duration::from_millis(100))
+            .backoff(Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX))
+            .build();
+        let handle = layer.handle();
+        let client = crate::support::authed_client(layer);
+
+        let until = Instant::now() + Duration::from_millis(3500);
+        let bound = Duration::from_secs(4);
+        let sent = traffic(&client, &api.url("/v1/reports"), bound, until).await;
+        assert_all_ok(&sent, "while rate limited");
+
+        let accepted = front.accepted();
+        let statuses: Vec<_> = calls.lock().unwrap().iter().map(|c| c.status).collect();
+        assert_eq!(accepted.len(), statuses.len(), "one connection per call");
+        let limited = statuses
+            .iter()
+            .filter(|s| **s == Some(StatusCode::TOO_MANY_REQUESTS))
+            .count();
+        assert!(limited >= 2, "the rate limit was hit: {statuses:?}");
+        let longest = assert_spaced(&accepted, |i| statuses[i] != Some(StatusCode::OK), None);
+        assert!(longest >= 2);
+        let stats = identity.stats();
+        assert_eq!(
+            stats.refresh_calls,
+            accepted.len() as u64,
+            "counted at the server"
+        );
+        assert_eq!(stats.rate_limited, limited as u64);
+        assert!(
+            stats.refreshed >= 2,
+            "recovered after the window: {stats:?}"
+        );
+        let refresh_failures = handle.stats().refresh_failures;
+        assert_eq!(refresh_failures, limited as u64);
+        eprintln!(
+            "429 without Retry-After: {} calls, {limited} limited",
+            accepted.len()
+        );
+    })
+    .await;
+}
