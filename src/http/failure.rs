@@ -212,6 +212,17 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_with_bytes_beyond_ascii_is_neither_form() {
+        // From fuzzing (fuzz/seeds/retry_after/obs-text-after-seconds):
+        // trimmed as Unicode text, "6 \u{85}" would read as 6 seconds; as a
+        // header value it is obs-text, which neither form allows.
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_bytes(b"6     \xc2\x85\xc2\x85 ").unwrap();
+        headers.insert(RETRY_AFTER, value);
+        assert_eq!(retry_after(&headers, now()), None);
+    }
+
+    #[test]
     fn retry_after_reads_seconds_and_http_dates() {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("17"));
