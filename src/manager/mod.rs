@@ -308,6 +308,16 @@ impl TokenManager {
                 }
                 return Decision::Fail(failure.to_error());
             }
+            // A refreshed token that arrived already inside its mandatory
+            // window (a slow identity server, or a lifetime shorter than
+            // the window) is used while valid until `min_refresh_interval`
+            // has passed: refreshing again at once, request after request,
+            // would call that server back to back.
+            if reason.is_none() && snapshot.is_valid(now) && self.arrived_recently(&snapshot, now) {
+                if let Some(credential) = snapshot.credential() {
+                    return Decision::Use(credential);
+                }
+            }
             let reason = reason.unwrap_or(if snapshot.tokens.is_none() {
                 RefreshReason::Initial
             } else {
@@ -319,6 +329,15 @@ impl TokenManager {
             }
         };
         Decision::Wait(launch.spawn())
+    }
+
+    /// Whether `snapshot` came from a refresh less than
+    /// `min_refresh_interval` ago (tokens set by hand never count).
+    fn arrived_recently(&self, snapshot: &Snapshot, now: Instant) -> bool {
+        let interval = self.shared.config.min_refresh_interval;
+        snapshot
+            .refreshed_at
+            .is_some_and(|at| now.saturating_duration_since(at) < interval)
     }
 
     /// Starts a background refresh for a stale token, if still needed.
