@@ -19,5 +19,5 @@ fn main() {
     let runtime = runtime();
     let _entered = runtime.enter();
     let settle = || settle(&runtime);
-    support::hot_path_variants::run_variant(&variant, n, settle);
+    support::hot_path_variants::run_variant(&variant, n, 1, settle);
 }

@@ -115,10 +115,19 @@ impl<F: Future> Future for KeepHead<F> {
 }
 
 /// A bearer layer over a lock, formatting the header on every request.
-#[derive(Clone)]
 struct Locked<S, L> {
     inner: S,
     token: Arc<L>,
+}
+
+// By hand: a derive would require `L: Clone`, and clones share the lock.
+impl<S: Clone, L> Clone for Locked<S, L> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            token: Arc::clone(&self.token),
+        }
+    }
 }
 
 trait ReadToken: Send + Sync {
@@ -183,41 +192,79 @@ pub fn settle(runtime: &tokio::runtime::Runtime) {
     runtime.block_on(tokio::time::sleep(Duration::from_millis(5)));
 }
 
-/// Every variant, by name, as a closure running `n` requests through it.
-/// `settle` lets the runtime run (the layer's watcher task) before the loop.
-pub fn run_variant(name: &str, n: usize, settle: impl Fn()) {
-    let waker = Waker::from(Arc::new(NoopWaker));
-    let mut cx = Context::from_waker(&waker);
-    macro_rules! run {
-        ($service:expr) => {{
-            let mut service = $service;
-            drive(&mut service, request(), &mut cx);
-            settle();
-            for _ in 0..n {
-                drive(&mut service, request(), &mut cx);
-            }
-        }};
-    }
+/// Runs `n` requests through the variant `name` on each of `threads`
+/// threads, each with its own clone of one service (so one layer, one token
+/// state, shared by all), as tower services are shared between tasks.
+/// `settle` lets the runtime run (the layer's watcher task) before timing.
+pub fn run_variant(name: &str, n: usize, threads: usize, settle: impl Fn()) {
     match name {
-        "bare" => run!(Noop),
-        "static_header" => run!(ServiceBuilder::new()
-            .layer(AddAuthorizationLayer::bearer(TOKEN))
-            .service(Noop)),
-        "static_header_with_head_copy" => run!(ServiceBuilder::new()
-            .layer(AddAuthorizationLayer::bearer(TOKEN))
-            .service(HeadCopy(Noop))),
-        "rwlock" => run!(Locked {
-            inner: Noop,
-            token: Arc::new(RwLock::new(TOKEN.to_owned())),
-        }),
-        "mutex" => run!(Locked {
-            inner: Noop,
-            token: Arc::new(Mutex::new(TOKEN.to_owned())),
-        }),
-        "token_refresh" => run!(token_layer(true).layer(Noop)),
-        "token_refresh_no_retry" => run!(token_layer(false).layer(Noop)),
+        "bare" => run(Noop, n, threads, settle),
+        "static_header" => run(
+            ServiceBuilder::new()
+                .layer(AddAuthorizationLayer::bearer(TOKEN))
+                .service(Noop),
+            n,
+            threads,
+            settle,
+        ),
+        "static_header_with_head_copy" => run(
+            ServiceBuilder::new()
+                .layer(AddAuthorizationLayer::bearer(TOKEN))
+                .service(HeadCopy(Noop)),
+            n,
+            threads,
+            settle,
+        ),
+        "rwlock" => run(
+            Locked {
+                inner: Noop,
+                token: Arc::new(RwLock::new(TOKEN.to_owned())),
+            },
+            n,
+            threads,
+            settle,
+        ),
+        "mutex" => run(
+            Locked {
+                inner: Noop,
+                token: Arc::new(Mutex::new(TOKEN.to_owned())),
+            },
+            n,
+            threads,
+            settle,
+        ),
+        "token_refresh" => run(token_layer(true).layer(Noop), n, threads, settle),
+        "token_refresh_no_retry" => run(token_layer(false).layer(Noop), n, threads, settle),
         other => panic!("unknown variant {other}"),
     }
+}
+
+fn run<S>(mut service: S, n: usize, threads: usize, settle: impl Fn())
+where
+    S: Service<Request<Empty<Bytes>>> + Clone + Send,
+    S::Error: std::fmt::Debug,
+{
+    let waker = Waker::from(Arc::new(NoopWaker));
+    // One request before timing: lazily built state (the layer's snapshot
+    // cache, its watcher task) is not what is measured.
+    drive(&mut service, request(), &mut Context::from_waker(&waker));
+    settle();
+    let requests = |mut service: S| {
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..n {
+            drive(&mut service, request(), &mut cx);
+        }
+    };
+    if threads == 1 {
+        return requests(service);
+    }
+    let requests = &requests;
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let service = service.clone();
+            scope.spawn(move || requests(service));
+        }
+    });
 }
 
 /// The variant names, in report order.
