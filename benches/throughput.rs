@@ -11,6 +11,11 @@
 //! (target ≥ 0.97).
 //!
 //! `cargo bench --bench throughput` (`THROUGHPUT_ROUNDS`, default 15).
+//!
+//! `THROUGHPUT_COUNT=CLIENT:N` (CLIENT one of `without`, `static`, `with`)
+//! instead sends N requests one after another through that client and
+//! exits: run under callgrind, it tells the CPU cost of the layer per
+//! request, apart from the noise of a shared machine.
 
 #[path = "../tests/support/server.rs"]
 mod server;
@@ -37,11 +42,19 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(15);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let count = std::env::var("THROUGHPUT_COUNT").ok();
+    // Counting wants a repeatable schedule: one thread.
+    let runtime = match count {
+        Some(_) => tokio::runtime::Builder::new_current_thread(),
+        None => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(2);
+            builder
+        }
+    }
+    .enable_all()
+    .build()
+    .expect("runtime");
     runtime.block_on(async {
         let server = server::Server::start(|_request, _peer| async {
             Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")))
@@ -66,6 +79,18 @@ fn main() {
         let static_header = ServiceBuilder::new()
             .layer(AddAuthorizationLayer::bearer("access"))
             .service(plain.clone());
+
+        if let Some(count) = count {
+            let (client, n) = count.split_once(':').expect("CLIENT:N");
+            let n = n.parse().expect("N is a number");
+            match client {
+                "without" => sequential(plain, &url, n).await,
+                "static" => sequential(static_header, &url, n).await,
+                "with" => sequential(layered, &url, n).await,
+                other => panic!("unknown client {other}"),
+            }
+            return;
+        }
 
         // A first turn each opens the connections; not counted.
         measure(plain.clone(), &url).await;
@@ -132,6 +157,21 @@ where
         worker.await.expect("worker");
     }
     counted as f64 / elapsed.as_secs_f64()
+}
+
+/// One warm-up request, then `n` requests one after another.
+async fn sequential<S, B>(client: S, url: &str, n: usize)
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    for _ in 0..=n {
+        let request = Request::get(url).body(Empty::new()).expect("request");
+        let response = client.clone().oneshot(request).await.expect("response");
+        response.into_body().collect().await.expect("body");
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -170,13 +170,21 @@ where
         Self::with_state(State::Failed { error: Some(error) }, None, 0, None)
     }
 
+    #[inline(always)]
     pub(crate) fn sent(
         fut: S::Future,
         generation: u64,
         retry: Option<RetryCopy<S, B>>,
         core: Arc<Core<C>>,
     ) -> Self {
-        Self::with_state(State::Sent { fut }, retry, generation, Some(core))
+        // Built in place, not through `with_state`: the future is large
+        // (it holds the retry copy), and every move of it is a `memcpy`.
+        Self {
+            state: State::Sent { fut },
+            pending: retry,
+            generation,
+            core: Some(core),
+        }
     }
 
     pub(crate) fn acquiring(
