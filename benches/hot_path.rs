@@ -12,6 +12,12 @@
 //! - `token_refresh`, `token_refresh_no_retry`: this crate with reactive
 //!   retry on (the default) and off.
 //!
+//! Group `hot_path` runs each variant on one thread. Group
+//! `hot_path_2_threads` runs it on two threads at once, each with a clone of
+//! one service (one layer, one token state): its time is wall-clock time per
+//! request over both threads, so `hot_path / hot_path_2_threads` is the
+//! scaling (2.0 is perfect on two free cores).
+//!
 //! Run with `cargo bench --bench hot_path`; compare ratios from one run.
 
 mod support;
@@ -23,18 +29,21 @@ use support::hot_path_variants::{run_variant, runtime, settle, VARIANTS};
 fn hot_path(c: &mut Criterion) {
     let runtime = runtime();
     let _entered = runtime.enter();
-    let settle = || settle(&runtime);
-    let mut group = c.benchmark_group("hot_path");
-    for name in VARIANTS {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let started = std::time::Instant::now();
-                run_variant(name, iters as usize, settle);
-                started.elapsed()
-            })
-        });
+    for (group, threads) in [("hot_path", 1), ("hot_path_2_threads", 2)] {
+        let mut group = c.benchmark_group(group);
+        for name in VARIANTS {
+            group.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let settle = || settle(&runtime);
+                    let started = std::time::Instant::now();
+                    run_variant(name, iters as usize, threads, settle);
+                    // Each thread sent `iters` requests.
+                    started.elapsed() / threads as u32
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, hot_path);

@@ -2,7 +2,9 @@
 //! under callgrind (repeatable on a noisy machine, unlike wall-clock time):
 //! see `scripts/count-instructions.sh`.
 //!
-//! `cargo bench --bench hot_path_count -- VARIANT N`
+//! `cargo bench --bench hot_path_count -- VARIANT N [THREADS]` (with
+//! THREADS, each of that many threads sends N requests: for quick
+//! wall-clock checks of scaling, not for callgrind).
 
 mod support;
 
@@ -16,8 +18,11 @@ fn main() {
         std::process::exit(2);
     };
     let n: usize = n.parse().expect("N is a number");
+    let threads: usize = args
+        .next()
+        .map_or(1, |t| t.parse().expect("THREADS is a number"));
     let runtime = runtime();
     let _entered = runtime.enter();
     let settle = || settle(&runtime);
-    support::hot_path_variants::run_variant(&variant, n, settle);
+    support::hot_path_variants::run_variant(&variant, n, threads, settle);
 }

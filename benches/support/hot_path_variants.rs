@@ -1,6 +1,6 @@
 //! The variants of the hot-path benchmark, shared by `hot_path` (criterion,
-//! wall-clock) and `hot_path_count` (fixed iterations, for instruction
-//! counts under callgrind).
+//! wall-clock), `hot_path_count` (fixed iterations, for instruction counts
+//! under callgrind) and `tests/allocations.rs` (allocations per request).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, USER_AGENT};
-use http::{HeaderValue, Request, Response};
+use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http_body::Body;
 use http_body_util::Empty;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::auth::AddAuthorizationLayer;
@@ -19,11 +20,17 @@ use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet}
 
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
 
-/// A service that answers at once, whatever the body type.
+/// A service that answers at once. It reads the request body first, as an
+/// HTTP client sends it, so that a body kept for replay records what it
+/// would record in real use; an empty body costs one `is_end_stream`.
 #[derive(Clone, Copy)]
 struct Noop;
 
-impl<B> Service<Request<B>> for Noop {
+impl<B> Service<Request<B>> for Noop
+where
+    B: Body,
+    B::Error: std::fmt::Debug,
+{
     type Response = Response<()>;
     type Error = Infallible;
     type Future = std::future::Ready<Result<Response<()>, Infallible>>;
@@ -33,17 +40,36 @@ impl<B> Service<Request<B>> for Noop {
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        drop(req);
+        let mut body = pin!(req.into_body());
+        if !body.is_end_stream() {
+            NOOP_WAKER.with(|waker| {
+                let mut cx = Context::from_waker(waker);
+                while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
+                    drop(frame.expect("in-memory bodies do not fail"));
+                }
+            });
+        }
         std::future::ready(Ok(Response::new(())))
     }
 }
 
+thread_local! {
+    // Made once per thread: `Waker::from` allocates, and allocations per
+    // request are measured.
+    static NOOP_WAKER: Waker = Waker::from(Arc::new(NoopWaker));
+}
+
 /// Built the same way inside every timed loop.
-fn request() -> Request<Empty<Bytes>> {
+pub fn request() -> Request<Empty<Bytes>> {
+    request_with(Empty::new())
+}
+
+/// The benchmark's request with `body`.
+pub fn request_with<B>(body: B) -> Request<B> {
     Request::get("https://api.example.com/v1/items?page=2")
         .header(ACCEPT, "application/json")
         .header(USER_AGENT, "bench/1.0")
-        .body(Empty::new())
+        .body(body)
         .expect("valid request")
 }
 
@@ -55,7 +81,7 @@ impl Wake for NoopWaker {
 
 /// Polls `ready` and the response future once each: everything here
 /// completes synchronously, so no executor is involved in the measurement.
-fn drive<S, B>(service: &mut S, request: Request<B>, cx: &mut Context<'_>)
+pub fn drive<S, B>(service: &mut S, request: Request<B>, cx: &mut Context<'_>)
 where
     S: Service<Request<B>>,
     S::Error: std::fmt::Debug,
@@ -85,12 +111,15 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let mut head = Request::new(());
-        *head.method_mut() = req.method().clone();
-        *head.uri_mut() = req.uri().clone();
-        *head.version_mut() = req.version();
-        *head.headers_mut() = req.headers().clone();
-        *head.extensions_mut() = req.extensions().clone();
+        // Plain fields: the cheapest copy (`Parts` cannot be built directly,
+        // and going through `Request::new` drops a default of each part).
+        let head = (
+            req.method().clone(),
+            req.uri().clone(),
+            req.version(),
+            req.headers().clone(),
+            req.extensions().clone(),
+        );
         KeepHead {
             future: self.0.call(req),
             _head: head,
@@ -98,11 +127,13 @@ where
     }
 }
 
+type Head = (Method, Uri, Version, HeaderMap, Extensions);
+
 pin_project_lite::pin_project! {
     struct KeepHead<F> {
         #[pin]
         future: F,
-        _head: Request<()>,
+        _head: Head,
     }
 }
 
@@ -115,10 +146,19 @@ impl<F: Future> Future for KeepHead<F> {
 }
 
 /// A bearer layer over a lock, formatting the header on every request.
-#[derive(Clone)]
 struct Locked<S, L> {
     inner: S,
     token: Arc<L>,
+}
+
+// By hand: a derive would require `L: Clone`, and clones share the lock.
+impl<S: Clone, L> Clone for Locked<S, L> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            token: Arc::clone(&self.token),
+        }
+    }
 }
 
 trait ReadToken: Send + Sync {
@@ -183,40 +223,92 @@ pub fn settle(runtime: &tokio::runtime::Runtime) {
     runtime.block_on(tokio::time::sleep(Duration::from_millis(5)));
 }
 
-/// Every variant, by name, as a closure running `n` requests through it.
-/// `settle` lets the runtime run (the layer's watcher task) before the loop.
-pub fn run_variant(name: &str, n: usize, settle: impl Fn()) {
-    let waker = Waker::from(Arc::new(NoopWaker));
-    let mut cx = Context::from_waker(&waker);
-    macro_rules! run {
-        ($service:expr) => {{
-            let mut service = $service;
-            drive(&mut service, request(), &mut cx);
-            settle();
-            for _ in 0..n {
-                drive(&mut service, request(), &mut cx);
-            }
-        }};
-    }
+/// Something to do with one variant's service. The variants differ in
+/// type, so a generic method stands in for a closure.
+pub trait UseService<B> {
+    /// Uses `service`, the variant's service.
+    fn with<S>(self, service: S)
+    where
+        S: Service<Request<B>> + Clone + Send,
+        S::Error: std::fmt::Debug;
+}
+
+/// Builds the variant `name` over the no-op service and hands it to `user`.
+pub fn with_variant<B, U>(name: &str, user: U)
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<tower_token_refresh::BoxError> + std::fmt::Debug,
+    U: UseService<B>,
+{
     match name {
-        "bare" => run!(Noop),
-        "static_header" => run!(ServiceBuilder::new()
-            .layer(AddAuthorizationLayer::bearer(TOKEN))
-            .service(Noop)),
-        "static_header_with_head_copy" => run!(ServiceBuilder::new()
-            .layer(AddAuthorizationLayer::bearer(TOKEN))
-            .service(HeadCopy(Noop))),
-        "rwlock" => run!(Locked {
+        "bare" => user.with(Noop),
+        "static_header" => user.with(
+            ServiceBuilder::new()
+                .layer(AddAuthorizationLayer::bearer(TOKEN))
+                .service(Noop),
+        ),
+        "static_header_with_head_copy" => user.with(
+            ServiceBuilder::new()
+                .layer(AddAuthorizationLayer::bearer(TOKEN))
+                .service(HeadCopy(Noop)),
+        ),
+        "rwlock" => user.with(Locked {
             inner: Noop,
             token: Arc::new(RwLock::new(TOKEN.to_owned())),
         }),
-        "mutex" => run!(Locked {
+        "mutex" => user.with(Locked {
             inner: Noop,
             token: Arc::new(Mutex::new(TOKEN.to_owned())),
         }),
-        "token_refresh" => run!(token_layer(true).layer(Noop)),
-        "token_refresh_no_retry" => run!(token_layer(false).layer(Noop)),
+        "token_refresh" => user.with(token_layer(true).layer(Noop)),
+        "token_refresh_no_retry" => user.with(token_layer(false).layer(Noop)),
         other => panic!("unknown variant {other}"),
+    }
+}
+
+/// Runs `n` requests through the variant `name` on each of `threads`
+/// threads, each with its own clone of one service (so one layer, one token
+/// state, shared by all), as tower services are shared between tasks.
+/// `settle` lets the runtime run (the layer's watcher task) before timing.
+pub fn run_variant(name: &str, n: usize, threads: usize, settle: impl Fn()) {
+    with_variant(name, Runner { n, threads, settle });
+}
+
+struct Runner<F> {
+    n: usize,
+    threads: usize,
+    settle: F,
+}
+
+impl<F: Fn()> UseService<Empty<Bytes>> for Runner<F> {
+    fn with<S>(self, mut service: S)
+    where
+        S: Service<Request<Empty<Bytes>>> + Clone + Send,
+        S::Error: std::fmt::Debug,
+    {
+        let Runner { n, threads, settle } = self;
+        let waker = Waker::from(Arc::new(NoopWaker));
+        // One request before timing: lazily built state (the layer's
+        // snapshot cache, its watcher task) is not what is measured.
+        drive(&mut service, request(), &mut Context::from_waker(&waker));
+        settle();
+        let requests = |mut service: S| {
+            let mut cx = Context::from_waker(&waker);
+            for _ in 0..n {
+                drive(&mut service, request(), &mut cx);
+            }
+        };
+        if threads == 1 {
+            return requests(service);
+        }
+        let requests = &requests;
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let service = service.clone();
+                scope.spawn(move || requests(service));
+            }
+        });
     }
 }
 

@@ -8,7 +8,7 @@ use std::task::{ready, Context, Poll};
 
 use http::header::AUTHORIZATION;
 use http::request::Parts;
-use http::{Request, Response};
+use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
@@ -24,8 +24,19 @@ use crate::{BoxError, Error};
 /// clone of the inner service (polled ready again before the retry).
 pub(crate) struct RetryCopy<S, B> {
     service: S,
-    head: Parts,
+    head: Head,
     body: ReplayBody<B>,
+}
+
+/// The parts of a request head, held as plain fields: `http::request::Parts`
+/// cannot be built directly, and building it through `Request::new` then
+/// overwriting each default cost a drop of every default on each request.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
 }
 
 impl<S, B> RetryCopy<S, B> {
@@ -33,35 +44,63 @@ impl<S, B> RetryCopy<S, B> {
     /// before sending): then nothing is copied at all.
     #[inline]
     pub(crate) fn of(
-        parts: &Parts,
-        body: &ReplayBody<B>,
+        request: &Request<ReplayBody<B>>,
         service: impl FnOnce() -> S,
     ) -> Option<Self> {
-        let body = body.try_clone()?;
+        let body = request.body().try_clone()?;
         Some(Self {
             service: service(),
-            head: copy_head(parts),
+            head: Head {
+                method: request.method().clone(),
+                uri: request.uri().clone(),
+                version: request.version(),
+                headers: request.headers().clone(),
+                extensions: request.extensions().clone(),
+            },
             body,
         })
     }
 
+    /// Holds on to a request not sent yet (waiting for its first token).
+    fn keep(service: S, parts: Parts, body: ReplayBody<B>) -> Self {
+        let Parts {
+            method,
+            uri,
+            version,
+            headers,
+            extensions,
+            ..
+        } = parts;
+        Self {
+            service,
+            head: Head {
+                method,
+                uri,
+                version,
+                headers,
+                extensions,
+            },
+            body,
+        }
+    }
+
     fn into_request(self, credential: Credential) -> (S, Request<ReplayBody<B>>) {
-        let mut request = Request::from_parts(self.head, self.body);
-        request
-            .headers_mut()
-            .insert(AUTHORIZATION, credential.header);
+        let Head {
+            method,
+            uri,
+            version,
+            mut headers,
+            extensions,
+        } = self.head;
+        headers.insert(AUTHORIZATION, credential.header);
+        let mut request = Request::new(self.body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = headers;
+        *request.extensions_mut() = extensions;
         (self.service, request)
     }
-}
-
-fn copy_head(parts: &Parts) -> Parts {
-    let mut head = Request::new(());
-    *head.method_mut() = parts.method.clone();
-    *head.uri_mut() = parts.uri.clone();
-    *head.version_mut() = parts.version;
-    *head.headers_mut() = parts.headers.clone();
-    *head.extensions_mut() = parts.extensions.clone();
-    head.into_parts().0
 }
 
 /// A rejection held until the body is known to be replayable (boxed: a
@@ -131,13 +170,21 @@ where
         Self::with_state(State::Failed { error: Some(error) }, None, 0, None)
     }
 
+    #[inline(always)]
     pub(crate) fn sent(
         fut: S::Future,
         generation: u64,
         retry: Option<RetryCopy<S, B>>,
         core: Arc<Core<C>>,
     ) -> Self {
-        Self::with_state(State::Sent { fut }, retry, generation, Some(core))
+        // Built in place, not through `with_state`: the future is large
+        // (it holds the retry copy), and every move of it is a `memcpy`.
+        Self {
+            state: State::Sent { fut },
+            pending: retry,
+            generation,
+            core: Some(core),
+        }
     }
 
     pub(crate) fn acquiring(
@@ -147,11 +194,7 @@ where
         core: Arc<Core<C>>,
     ) -> Self {
         let token = Box::pin(core.manager.clone().acquire());
-        let pending = RetryCopy {
-            service,
-            head,
-            body,
-        };
+        let pending = RetryCopy::keep(service, head, body);
         Self::with_state(State::Acquiring { token }, Some(pending), 0, Some(core))
     }
 
@@ -194,10 +237,9 @@ where
                     let first = this.pending.take().expect("request kept while acquiring");
                     // `first.service` is the instance polled ready by the
                     // caller; the retry gets a clone.
-                    *this.pending =
-                        RetryCopy::of(&first.head, &first.body, || first.service.clone());
                     *this.generation = credential.generation;
                     let (mut service, request) = first.into_request(credential);
+                    *this.pending = RetryCopy::of(&request, || service.clone());
                     let fut = service.call(request);
                     this.state.set(State::Sent { fut });
                 }

@@ -213,14 +213,24 @@ async fn request_with_its_own_authorization_is_neither_touched_nor_retried() {
         .build();
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
 
-    let request = Request::get("/")
-        .header("authorization", "Bearer theirs")
-        .body(http_body_util::Full::new(Bytes::new()))
-        .unwrap();
-    let (status, _) = send(&client, request).await.unwrap();
+    // Few headers are scanned, many are looked up: both must find it.
+    for others in [0, 20] {
+        let mut request = Request::get("/");
+        for n in 0..others {
+            request = request.header(format!("x-other-{n}"), "1");
+        }
+        let request = request
+            .header("authorization", "Bearer theirs")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let (status, _) = send(&client, request).await.unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
 
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(api.seen.lock().unwrap().as_slice(), ["Bearer theirs"]);
+    assert_eq!(
+        api.seen.lock().unwrap().as_slice(),
+        ["Bearer theirs", "Bearer theirs"]
+    );
     assert_eq!(issuer.calls(), 0);
 }
 

@@ -1,0 +1,269 @@
+//! Refresh storms on real loopback servers: what a burst of requests pays
+//! when the token runs out under it.
+//!
+//! - `expired`: 10,000 requests arrive at once with an expired token.
+//! - `revoked`: 10,000 requests are in flight at the API server when it
+//!   revokes their token; every one is rejected and retried.
+//!
+//! Each storm must cost exactly one refresh call at the identity server and
+//! no failed request (asserted). Reported per storm: the latency the layer
+//! *adds* to a request — its whole time minus the time its attempts spent
+//! in the HTTP client (measured by a timing service inside the layer, so
+//! queueing on the loaded server is not counted) — as p50/p99/max, against
+//! the refresh round trip, measured inside the refresher. Target: p99 added
+//! ≤ one refresh round trip + 1 ms.
+//!
+//! The identity server is the Cognito-style fixture of `tests/support`
+//! (HTTP/1), with a simulated 50 ms network delay before each refresh so
+//! that the whole burst arrives while the refresh runs. The API server is
+//! local to this file: HTTP/2 on one connection, so all 10,000 requests can
+//! be in flight at once without 10,000 sockets (`ulimit -n`), and it can
+//! hold requests until they have all arrived.
+//!
+//! `cargo bench --bench storm`
+
+#[allow(dead_code, unused_imports)] // Only the identity server and its client are used.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+#[path = "support/storm.rs"]
+mod storm_support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_token_refresh::{refresh_fn, Refresh, TokenRefreshLayer, TokenSet};
+
+use storm_support::{h2_client, percentile, AttemptTime, HoldingApi, RefreshLog, Timed};
+use support::{CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
+
+/// Requests per storm; `STORM_REQUESTS` overrides it (to see how the
+/// added latency grows with the burst).
+fn requests() -> usize {
+    std::env::var("STORM_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000)
+}
+const IDP_DELAY: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Storm {
+    Expired,
+    Revoked,
+}
+
+impl Storm {
+    fn name(self) -> &'static str {
+        match self {
+            Storm::Expired => "expired",
+            Storm::Revoked => "revoked",
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter selects one storm.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for storm in [Storm::Expired, Storm::Revoked] {
+        if filter.as_deref().is_some_and(|f| !storm.name().contains(f)) {
+            continue;
+        }
+        runtime.block_on(run(storm));
+    }
+}
+
+type Layered = tower_token_refresh::TokenRefresh<Timed<storm_support::H2Client>>;
+
+async fn run(storm: Storm) {
+    let identity = IdentityServer::builder()
+        .rate_limit(1000, Duration::from_secs(60))
+        .start()
+        .await;
+    let api = HoldingApi::start(identity.tokens(), 2 * requests() as u32).await;
+    let cognito = CognitoClient::new(identity.base_url());
+    let login = cognito
+        .login(DEMO_USER, DEMO_PASSWORD)
+        .await
+        .expect("login");
+    let log = RefreshLog::default();
+    let url = api.url("/v1/items");
+    let layered = |lifetime: Duration| {
+        let (preset, log) = (Arc::new(cognito.refresher()), log.clone());
+        let refresher = refresh_fn(move |ctx| {
+            let (preset, log) = (Arc::clone(&preset), log.clone());
+            async move {
+                let started = Instant::now();
+                tokio::time::sleep(IDP_DELAY).await;
+                let result = preset.refresh(ctx).await;
+                log.record(started.elapsed());
+                result
+            }
+        });
+        let access = login.access_token().expose();
+        let refresh = login.refresh_token().expect("refresh token").expose();
+        let layer = TokenRefreshLayer::builder(refresher)
+            .initial_tokens(
+                TokenSet::new(access)
+                    .with_refresh_token(refresh)
+                    .with_expires_in(lifetime),
+            )
+            .build();
+        let handle = layer.handle();
+        let client = tower::ServiceBuilder::new()
+            .layer(layer)
+            .service(Timed::new(h2_client()));
+        (client, handle)
+    };
+    let hold = storm == Storm::Revoked;
+
+    // The same burst with a token that stays fresh: what the storm adds to.
+    let (client, _) = layered(Duration::from_secs(3600));
+    warm_up(&client, &url).await;
+    let baseline = burst(&client, &url, &api, hold, || {}).await;
+    assert_eq!(baseline.failures, 0, "every baseline request succeeds");
+
+    // The storm: the expired one starts from a token that runs out first.
+    let lifetime = match storm {
+        Storm::Expired => Duration::from_millis(300),
+        Storm::Revoked => Duration::from_secs(3600),
+    };
+    let (client, handle) = layered(lifetime);
+    warm_up(&client, &url).await;
+    if storm == Storm::Expired {
+        tokio::time::sleep(lifetime + Duration::from_millis(50)).await;
+    }
+    let refreshes_before = identity.stats().refresh_calls;
+    let outcome = burst(&client, &url, &api, hold, || {
+        identity.tokens().revoke_access_tokens();
+    })
+    .await;
+    let refresh_calls = identity.stats().refresh_calls - refreshes_before;
+    let stats = handle.stats();
+    let rtt = log.last().expect("one refresh ran");
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (p50, p99, max) = outcome.percentiles();
+    let (b50, b99, bmax) = baseline.percentiles();
+    let added = |storm: Duration, base: Duration| ms(storm) - ms(base);
+    let (o50, o99, omax) = outcome.outside_client();
+    println!(
+        "storm {}: requests={} failures={} refresh_calls={refresh_calls} waited={} \
+         retries={} rtt_ms={:.2} baseline_p50_ms={:.2} baseline_p99_ms={:.2} \
+         baseline_max_ms={:.2} storm_p50_ms={:.2} storm_p99_ms={:.2} storm_max_ms={:.2} \
+         added_p50_ms={:.2} added_p99_ms={:.2} added_max_ms={:.2} \
+         outside_client_p50_ms={:.2} outside_client_p99_ms={:.2} outside_client_max_ms={:.2} \
+         target_p99_ms={:.2} target_met={}",
+        storm.name(),
+        requests(),
+        outcome.failures,
+        stats.waited,
+        stats.retries,
+        ms(rtt),
+        ms(b50),
+        ms(b99),
+        ms(bmax),
+        ms(p50),
+        ms(p99),
+        ms(max),
+        added(p50, b50),
+        added(p99, b99),
+        added(max, bmax),
+        ms(o50),
+        ms(o99),
+        ms(omax),
+        ms(rtt) + 1.0,
+        added(p99, b99) <= ms(rtt) + 1.0,
+    );
+    assert_eq!(outcome.failures, 0, "every request succeeds");
+    assert_eq!(refresh_calls, 1, "one refresh call at the identity server");
+    assert_eq!(stats.refreshes, 1, "one refresh by the layer");
+}
+
+/// One request opens the HTTP/2 connection before the burst.
+async fn warm_up(client: &Layered, url: &str) {
+    let response = client.clone().oneshot(storm_support::get(url, None)).await;
+    assert_eq!(response.expect("warm-up").status(), 200);
+}
+
+/// What a burst's requests saw.
+struct Outcome {
+    failures: usize,
+    /// Each request's whole latency, sorted.
+    totals: Vec<Duration>,
+    /// Each request's latency outside the HTTP client, sorted.
+    outside: Vec<Duration>,
+}
+
+impl Outcome {
+    fn percentiles(&self) -> (Duration, Duration, Duration) {
+        quantiles(&self.totals)
+    }
+
+    fn outside_client(&self) -> (Duration, Duration, Duration) {
+        quantiles(&self.outside)
+    }
+}
+
+fn quantiles(sorted: &[Duration]) -> (Duration, Duration, Duration) {
+    let max = *sorted.last().expect("requests");
+    (percentile(sorted, 0.5), percentile(sorted, 0.99), max)
+}
+
+/// Sends `requests()` requests at once. With `hold`, the API server parks
+/// them until all have arrived, `between` runs, and they are released.
+async fn burst(
+    client: &Layered,
+    url: &str,
+    api: &HoldingApi,
+    hold: bool,
+    between: impl FnOnce(),
+) -> Outcome {
+    if hold {
+        api.hold();
+    }
+    let n = requests();
+    let mut requests = JoinSet::new();
+    for _ in 0..n {
+        let client = client.clone();
+        let url = url.to_owned();
+        requests.spawn(async move {
+            let attempts = AttemptTime::default();
+            let request = storm_support::get(&url, Some(attempts.clone()));
+            let started = Instant::now();
+            let response = client.oneshot(request).await;
+            let total = started.elapsed();
+            let ok = response.is_ok_and(|r| r.status() == 200);
+            let in_client = Duration::from_nanos(attempts.0.load(Ordering::Relaxed));
+            (ok, total, total.saturating_sub(in_client))
+        });
+    }
+    if hold {
+        api.wait_for_held(n).await;
+        between();
+        api.release();
+    }
+    let mut outcome = Outcome {
+        failures: 0,
+        totals: Vec::with_capacity(n),
+        outside: Vec::with_capacity(n),
+    };
+    while let Some(result) = requests.join_next().await {
+        let (ok, total, outside) = result.expect("request task");
+        outcome.failures += usize::from(!ok);
+        outcome.totals.push(total);
+        outcome.outside.push(outside);
+    }
+    outcome.totals.sort();
+    outcome.outside.sort();
+    outcome
+}

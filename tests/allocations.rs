@@ -1,0 +1,196 @@
+//! Allocations per request through the layer, against the baselines of the
+//! hot-path benchmark (the same variants, from `benches/support`).
+//!
+//! A counting global allocator sees every allocation; this file is its own
+//! test binary, so the allocator affects nothing else. Counts are kept per
+//! thread, so the runtime's worker thread (the layer's watcher task) is not
+//! mixed in: what is counted is what the caller's request costs.
+//!
+//! Print the table with `cargo test --test allocations -- --nocapture`.
+
+#[allow(dead_code)] // The benches' runners are not used here.
+#[path = "../benches/support/hot_path_variants.rs"]
+mod hot_path_variants;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+use std::task::{Context, Wake, Waker};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use tower::Service;
+
+use hot_path_variants::{drive, request_with, runtime, settle, with_variant, UseService};
+
+/// Counts allocations (and their bytes) made by the current thread.
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    static BYTES: Cell<u64> = const { Cell::new(0) };
+}
+
+// `#![forbid(unsafe_code)]` binds the library; a global allocator cannot be
+// written without `unsafe impl`, and this one only forwards to `System`.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        System.realloc(ptr, layout, new_size)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+fn count(size: usize) {
+    // `try_with`: a thread being torn down has no counters left.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+    let _ = BYTES.try_with(|n| n.set(n.get() + size as u64));
+}
+
+fn counters() -> (u64, u64) {
+    (ALLOCATIONS.with(Cell::get), BYTES.with(Cell::get))
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const REQUESTS: u64 = 200;
+
+/// Allocations and bytes per request, averaged over `REQUESTS`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PerRequest {
+    allocations: f64,
+    bytes: f64,
+}
+
+/// Sends `REQUESTS` requests with `body` through a service and counts what
+/// happens between `poll_ready` and dropping the response; building the
+/// request is not counted.
+struct Measure<'a> {
+    body: Bytes,
+    settle: &'a dyn Fn(),
+    result: &'a Cell<Option<PerRequest>>,
+}
+
+impl UseService<Full<Bytes>> for Measure<'_> {
+    fn with<S>(self, mut service: S)
+    where
+        S: Service<Request<Full<Bytes>>> + Clone + Send,
+        S::Error: std::fmt::Debug,
+    {
+        struct NoopWaker;
+        impl Wake for NoopWaker {
+            fn wake(self: Arc<Self>) {}
+        }
+        let waker = Waker::from(Arc::new(NoopWaker));
+        let mut cx = Context::from_waker(&waker);
+        // Lazily built state (snapshot cache, watcher task, thread-locals)
+        // is set up by the first request, not counted.
+        drive(
+            &mut service,
+            request_with(Full::new(self.body.clone())),
+            &mut cx,
+        );
+        (self.settle)();
+        let (mut allocations, mut bytes) = (0, 0);
+        for _ in 0..REQUESTS {
+            let request = request_with(Full::new(self.body.clone()));
+            let before = counters();
+            drive(&mut service, request, &mut cx);
+            let after = counters();
+            allocations += after.0 - before.0;
+            bytes += after.1 - before.1;
+        }
+        self.result.set(Some(PerRequest {
+            allocations: allocations as f64 / REQUESTS as f64,
+            bytes: bytes as f64 / REQUESTS as f64,
+        }));
+    }
+}
+
+const VARIANTS: [&str; 7] = [
+    "bare",
+    "static_header",
+    "static_header_with_head_copy",
+    "rwlock",
+    "mutex",
+    "token_refresh",
+    "token_refresh_no_retry",
+];
+
+fn measure_all(body: &Bytes) -> Vec<(&'static str, PerRequest)> {
+    let runtime = runtime();
+    let _entered = runtime.enter();
+    let settle = || settle(&runtime);
+    VARIANTS
+        .iter()
+        .map(|&name| {
+            let result = Cell::new(None);
+            with_variant(
+                name,
+                Measure {
+                    body: body.clone(),
+                    settle: &settle,
+                    result: &result,
+                },
+            );
+            (name, result.get().expect("measured"))
+        })
+        .collect()
+}
+
+fn print(title: &str, rows: &[(&str, PerRequest)]) {
+    println!("{title}");
+    println!("{:<32} {:>12} {:>10}", "variant", "allocations", "bytes");
+    for (name, per) in rows {
+        println!("{name:<32} {:>12.2} {:>10.1}", per.allocations, per.bytes);
+    }
+}
+
+fn find(rows: &[(&str, PerRequest)], name: &str) -> PerRequest {
+    rows.iter().find(|(n, _)| *n == name).expect("variant").1
+}
+
+// One test, so that nothing else runs on other threads while counting (the
+// counters are per thread anyway) and the table prints in one piece.
+#[test]
+fn a_fresh_token_request_allocates_no_more_than_the_baselines() {
+    let empty = measure_all(&Bytes::new());
+    print("empty body, allocations and bytes per request:", &empty);
+    let kib = measure_all(&Bytes::from(vec![b'x'; 1024]));
+    print("1 KiB body (read by the inner service):", &kib);
+
+    let ours = find(&empty, "token_refresh");
+    let floor = find(&empty, "static_header_with_head_copy");
+    assert!(
+        ours.allocations <= floor.allocations && ours.bytes <= floor.bytes,
+        "retry on: {ours:?} allocates more than the head-copy floor {floor:?}"
+    );
+    let ours = find(&empty, "token_refresh_no_retry");
+    let limit = find(&empty, "static_header");
+    assert!(
+        ours.allocations <= limit.allocations && ours.bytes <= limit.bytes,
+        "retry off: {ours:?} allocates more than AddAuthorization {limit:?}"
+    );
+    // Retry off never records a body, whatever its size.
+    let ours = find(&kib, "token_refresh_no_retry");
+    let limit = find(&kib, "static_header");
+    assert!(
+        ours.allocations <= limit.allocations && ours.bytes <= limit.bytes,
+        "retry off, 1 KiB: {ours:?} allocates more than AddAuthorization {limit:?}"
+    );
+}
