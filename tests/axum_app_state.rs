@@ -9,7 +9,6 @@
 #[allow(dead_code, unused_imports)]
 mod app_state;
 
-use std::future::Future;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,13 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_token_refresh::{TokenRefreshLayer, TokenSet};
 
+use app_state::support::bounded;
 use app_state::support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
-
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), test)
-        .await
-        .expect("test timed out")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_handlers_share_one_token_and_one_refresh() {

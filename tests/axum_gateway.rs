@@ -9,9 +9,6 @@
 #[allow(dead_code, unused_imports)]
 mod gateway;
 
-use std::future::Future;
-use std::time::Duration;
-
 use axum::body::Body;
 use http_body_util::BodyExt;
 use hyper::header::AUTHORIZATION;
@@ -20,13 +17,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_token_refresh::TokenRefreshLayer;
 
+use gateway::support::bounded;
 use gateway::support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
-
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), test)
-        .await
-        .expect("test timed out")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_never_see_the_token_and_a_revocation_costs_one_refresh() {

@@ -8,7 +8,6 @@
 // `pub`: this binary uses a subset of the shared fixtures.
 pub mod support;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,15 +26,8 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_token_refresh::{ReplayBody, TokenHandle, TokenRefresh, TokenRefreshLayer};
 
 use support::body::{full, ReqBody};
+use support::bounded;
 use support::{get, post, ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
-
-const TEST_LIMIT: Duration = Duration::from_secs(30);
-
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .expect("test timed out")
-}
 
 type Layered = TokenRefresh<Client<HttpConnector, ReplayBody<ReqBody>>>;
 

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,19 +22,11 @@ use tower_token_refresh::{
 };
 
 use support::body::{chunked, full, ReqBody};
+use support::bounded;
 use support::{
     authed_client, get, post, send, ApiServer, AuthedClient, CognitoClient, IdentityServer,
     DEMO_PASSWORD, DEMO_USER,
 };
-
-/// No test may take longer than this.
-const TEST_LIMIT: Duration = Duration::from_secs(30);
-
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .expect("test timed out")
-}
 
 /// An identity server built by `identity`, an API server sharing its
 /// tokens, and the tokens of one login.

@@ -33,19 +33,11 @@ use tokio::task::JoinHandle;
 use tower_token_refresh::reqwest::{token_error, TokenRefreshMiddleware};
 use tower_token_refresh::{Builder, RefreshWindow, TokenHandle, TokenRefreshLayer, TokenSet};
 
+use support::bounded;
 use support::gate::{Gate, Hold};
 use support::identity::IdentityStats;
 use support::tokens::TokenStore;
 use support::{CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
-
-/// No test may take longer than this.
-const TEST_LIMIT: Duration = Duration::from_secs(30);
-
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .expect("test timed out")
-}
 
 // ---------------------------------------------------------------------------
 // The axum API server.

@@ -22,7 +22,6 @@ pub mod support;
 
 use std::error::Error as StdError;
 use std::fmt::Debug;
-use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +42,7 @@ use tower_token_refresh::{
 use tracing_subscriber::fmt::MakeWriter;
 
 use support::body::full;
+use support::bounded;
 use support::faults::Failure;
 use support::oauth2::{OAuth2Server, RegisteredClient};
 use support::{authed_client, get, post, send, ApiServer, AuthedClient};
@@ -50,9 +50,6 @@ use support::{authed_client, get, post, send, ApiServer, AuthedClient};
 /// Unreserved characters only, so the Basic credential is plain base64 of
 /// `id:secret` (RFC 6749 §2.3.1 form-encodes each part first).
 const CLIENT_ID: &str = "reporting-svc";
-
-/// No test may take longer than this.
-const TEST_LIMIT: Duration = Duration::from_secs(60);
 
 type RefreshClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -161,12 +158,6 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .expect("test timed out")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

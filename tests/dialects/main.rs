@@ -17,23 +17,12 @@ mod edges;
 mod oauth2;
 mod ocient;
 
-use std::future::Future;
-use std::time::Duration;
-
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-
-/// No test may take longer than this.
-const TEST_LIMIT: Duration = Duration::from_secs(60);
-
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .expect("test timed out")
-}
+use support::bounded;
 
 /// The client refresh calls go through.
 type RefreshClient = Client<HttpConnector, Full<Bytes>>;

@@ -45,12 +45,10 @@ use tower_token_refresh::{
     Backoff, Error, RefreshWindow, TokenHandle, TokenRefreshLayer, TokenSet, TokenState,
 };
 
+use support::bounded;
 use support::front::{Front, Mode};
 use support::oauth2::{OAuth2Server, RegisteredClient};
 use support::{ApiServer, AuthedClient};
-
-/// No test may take longer than this.
-const TEST_LIMIT: Duration = Duration::from_secs(60);
 
 /// The public OAuth2 client the layer refreshes as.
 const CLIENT: &str = "faults";
@@ -64,12 +62,6 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_millis(400);
 /// Spacing of the requests a test keeps sending.
 const EVERY: Duration = Duration::from_millis(25);
-
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .expect("test timed out")
-}
 
 /// The shortest wait the backoff allows after `failures` consecutive
 /// failures: half of `min(initial · 2ⁿ⁻¹, max)` (the rest is jitter).

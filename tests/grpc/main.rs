@@ -20,8 +20,6 @@ mod wire;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::future::Future;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, TE};
@@ -37,20 +35,12 @@ use tower_token_refresh::{TokenHandle, TokenRefreshLayer, TokenSet};
 
 use client::EchoClient;
 use server::{GrpcServer, UNARY};
+use support::bounded;
 use support::{CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 use wire::feed;
 
-/// No test may take longer than this.
-const TEST_LIMIT: Duration = Duration::from_secs(30);
-
 /// Concurrent calls in the revocation burst.
 const BURST: usize = 256;
-
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .expect("test timed out")
-}
 
 /// The servers, the layer's handle, and a client over a layered channel
 /// that starts with the tokens of one login.

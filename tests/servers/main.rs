@@ -15,7 +15,6 @@ mod oauth2_clients;
 mod ocient;
 
 // The test modules take these with `use super::*`.
-use std::future::Future;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -31,23 +30,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+use support::bounded;
 use support::dynamosql::DynamoSqlServer;
 use support::faults::Failure;
 use support::oauth2::{OAuth2Server, RegisteredClient};
 use support::ocient::OcientServer;
 use support::tokens::TokenStore;
 use support::ApiServer;
-
-/// No test on the real clock may take longer than this. Tests on tokio's
-/// paused clock go unbounded: there a timeout is a timer the clock jumps
-/// to as soon as the runtime waits for loopback I/O.
-const TEST_LIMIT: Duration = Duration::from_secs(30);
-
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .expect("test timed out")
-}
 
 /// An answer, its body parsed as JSON (`Null` if it is not JSON).
 struct Answer {

@@ -49,3 +49,19 @@ pub use api::ApiServer;
 pub use client::{authed_client, get, post, send, AuthedClient};
 pub use cognito::CognitoClient;
 pub use identity::{IdentityServer, DEMO_PASSWORD, DEMO_USER};
+
+/// No test may take longer than this: a hang fails the test instead of
+/// stalling the run.
+#[cfg(test)]
+pub const TEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `test`, failing it once it has taken [`TEST_LIMIT`].
+///
+/// Only for tests on the real clock: on tokio's paused clock the timeout is
+/// a timer the clock jumps to as soon as the runtime waits for I/O.
+#[cfg(test)]
+pub async fn bounded<F: std::future::Future>(test: F) -> F::Output {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .expect("test timed out")
+}
