@@ -95,7 +95,6 @@ async fn fetch(state: &AppState, path: &str) -> Result<Value, (StatusCode, Strin
 async fn main() {
     use std::time::Duration;
     use support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
-    use tower_token_refresh::TokenSet;
 
     let identity = IdentityServer::builder().start().await;
     let api = ApiServer::start(&identity).await;
@@ -105,11 +104,8 @@ async fn main() {
         .await
         .expect("login");
     // Start as if the app had been idle past the token's expiry.
-    let expired = TokenSet::new(login.access_token().clone())
-        .with_refresh_token(login.refresh_token().cloned().expect("refresh token"))
-        .with_expires_in(Duration::ZERO);
     let layer = TokenRefreshLayer::builder(cognito.refresher())
-        .initial_tokens(expired)
+        .initial_tokens(login.with_expires_in(Duration::ZERO))
         .min_refresh_interval(Duration::ZERO)
         .build();
     let handle = layer.handle();

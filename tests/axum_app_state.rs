@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::body::Body;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower_token_refresh::{TokenRefreshLayer, TokenSet};
+use tower_token_refresh::TokenRefreshLayer;
 
 use app_state::support::bounded;
 use app_state::support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
@@ -26,11 +26,8 @@ async fn concurrent_handlers_share_one_token_and_one_refresh() {
         let api = ApiServer::start(&identity).await;
         let cognito = CognitoClient::new(identity.base_url());
         let login = cognito.login(DEMO_USER, DEMO_PASSWORD).await.unwrap();
-        let expired = TokenSet::new(login.access_token().clone())
-            .with_refresh_token(login.refresh_token().cloned().unwrap())
-            .with_expires_in(Duration::ZERO);
         let layer = TokenRefreshLayer::builder(cognito.refresher())
-            .initial_tokens(expired)
+            .initial_tokens(login.with_expires_in(Duration::ZERO))
             .min_refresh_interval(Duration::ZERO)
             .build();
         let handle = layer.handle();

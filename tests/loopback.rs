@@ -12,17 +12,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tower_token_refresh::{
-    BoxError, Builder, Error, RefreshWindow, TokenHandle, TokenRefreshLayer, TokenSet,
+    Builder, Error, RefreshWindow, TokenHandle, TokenRefreshLayer, TokenSet,
 };
 
-use support::body::{chunked, full, ReqBody};
+use support::body::{chunked, full};
 use support::bounded;
+use support::client::{assert_all_ok, concurrently};
 use support::{
     authed_client, get, post, send, ApiServer, AuthedClient, CognitoClient, IdentityServer,
     DEMO_PASSWORD, DEMO_USER,
@@ -65,35 +66,6 @@ async fn setup(
     }
 }
 
-/// Sends `n` requests made by `request` at once, each from its own task.
-async fn concurrently(
-    client: &AuthedClient,
-    n: usize,
-    request: impl Fn() -> Request<ReqBody>,
-) -> Vec<Result<Response<Bytes>, BoxError>> {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let client = client.clone();
-            let request = request();
-            tokio::spawn(async move { send(&client, request).await })
-        })
-        .collect();
-    let mut results = Vec::with_capacity(n);
-    for task in tasks {
-        results.push(task.await.expect("request task panicked"));
-    }
-    results
-}
-
-fn assert_all_ok(results: &[Result<Response<Bytes>, BoxError>]) {
-    for (i, result) in results.iter().enumerate() {
-        match result {
-            Ok(response) => assert_eq!(response.status(), StatusCode::OK, "request {i}"),
-            Err(error) => panic!("request {i} failed: {error}"),
-        }
-    }
-}
-
 /// 16 KiB that are not all the same byte.
 fn payload(len: usize) -> Bytes {
     (0..len)
@@ -113,10 +85,7 @@ async fn thousand_concurrent_requests_with_an_expired_token_cause_one_refresh() 
         } = setup(IdentityServer::builder().start().await, |layer, login| {
             // Same tokens, but the layer is told the access token has no
             // time left: no request may be sent with it.
-            let expired = TokenSet::new(login.access_token().clone())
-                .with_refresh_token(login.refresh_token().expect("refresh token").clone())
-                .with_expires_in(Duration::ZERO);
-            layer.initial_tokens(expired)
+            layer.initial_tokens(login.with_expires_in(Duration::ZERO))
         })
         .await;
 

@@ -443,10 +443,7 @@ async fn burst_of_200_with_an_expired_token_waits_for_one_refresh() {
             ..
         } = setup(|builder, login| {
             // The login tokens, but with no time left: none may be sent.
-            let expired = TokenSet::new(login.access_token().clone())
-                .with_refresh_token(login.refresh_token().expect("refresh token").clone())
-                .with_expires_in(Duration::ZERO);
-            builder.initial_tokens(expired)
+            builder.initial_tokens(login.with_expires_in(Duration::ZERO))
         })
         .await;
         let url = api.url("/v1/items");

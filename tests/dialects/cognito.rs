@@ -28,9 +28,8 @@ async fn an_expired_token_is_refreshed_through_the_layer() {
         let api = ApiServer::start(&identity).await;
         let tokens = login(&identity).await;
         let refresh_token = tokens.refresh_token().cloned().unwrap();
-        let expired = TokenSet::new(tokens.access_token().clone())
-            .with_refresh_token(refresh_token.clone())
-            .with_expires_in(Duration::ZERO);
+        // The login tokens, with no time left: none may be sent.
+        let expired = tokens.clone().with_expires_in(Duration::ZERO);
         let (handle, client) =
             layered(TokenRefreshLayer::builder(refresher(&identity)).initial_tokens(expired));
 

@@ -43,19 +43,8 @@ fn layered(
 /// Sends `n` `GET url` at once, each from its own task, and asserts that
 /// every one was answered `200`.
 async fn all_ok(client: &support::AuthedClient, url: &str, n: usize) {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let client = client.clone();
-            let request = support::get(url);
-            tokio::spawn(async move { support::send(&client, request).await })
-        })
-        .collect();
-    for (i, task) in tasks.into_iter().enumerate() {
-        match task.await.expect("request task panicked") {
-            Ok(response) => assert_eq!(response.status(), 200, "request {i}"),
-            Err(error) => panic!("request {i} failed: {error}"),
-        }
-    }
+    let results = support::client::concurrently(client, n, || support::get(url)).await;
+    support::client::assert_all_ok(&results);
 }
 
 /// `POST url` with a JSON body, straight to the server: what a login

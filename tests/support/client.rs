@@ -46,3 +46,34 @@ pub async fn send(
     let body = body.collect().await?.to_bytes();
     Ok(Response::from_parts(parts, body))
 }
+
+/// Sends `n` requests made by `request` at once, each from its own task.
+#[cfg(test)]
+pub async fn concurrently(
+    client: &AuthedClient,
+    n: usize,
+    request: impl Fn() -> Request<ReqBody>,
+) -> Vec<Result<Response<Bytes>, BoxError>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let client = client.clone();
+            let request = request();
+            tokio::spawn(async move { send(&client, request).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for task in tasks {
+        results.push(task.await.expect("request task panicked"));
+    }
+    results
+}
+
+#[cfg(test)]
+pub fn assert_all_ok(results: &[Result<Response<Bytes>, BoxError>]) {
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok(response) => assert_eq!(response.status(), hyper::StatusCode::OK, "request {i}"),
+            Err(error) => panic!("request {i} failed: {error}"),
+        }
+    }
+}
