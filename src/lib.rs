@@ -66,6 +66,7 @@ mod refresh;
 pub mod reqwest;
 mod service;
 mod stats;
+pub mod store;
 mod token;
 #[cfg(feature = "tonic")]
 pub mod tonic;

@@ -47,6 +47,14 @@ impl RefreshContext {
         Self { reason, current }
     }
 
+    /// The same refresh, from other tokens (the newest a store holds).
+    pub(crate) fn with_current(self, current: Arc<TokenSet>) -> Self {
+        Self {
+            current: Some(current),
+            ..self
+        }
+    }
+
     /// Why this refresh runs.
     ///
     /// ```

@@ -17,12 +17,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Refresh calls started (each one call to the refresh source).
+    /// Refreshes started (each one call to the refresh source, unless a
+    /// [store](crate::store) had newer tokens to adopt).
     pub refreshes: u64,
     /// Refresh calls that produced a token.
     pub refresh_successes: u64,
     /// Refresh calls that failed or timed out.
     pub refresh_failures: u64,
+    /// Refreshes that adopted newer tokens another process (or layer) had
+    /// put in the [store](crate::store) instead of calling the source.
+    pub adopted: u64,
+    /// Store operations that failed or timed out; each time the refresh
+    /// went on without the store.
+    pub store_errors: u64,
     /// Calls to the login source (for the first tokens, or after the
     /// refresh credential was rejected); each happens inside a refresh.
     pub logins: u64,
@@ -43,6 +50,8 @@ pub(crate) struct Counters {
     pub(crate) refresh_successes: AtomicU64,
     pub(crate) refresh_failures: AtomicU64,
     pub(crate) logins: AtomicU64,
+    pub(crate) adopted: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
     pub(crate) waited: AtomicU64,
     pub(crate) rejections: AtomicU64,
     pub(crate) retries: AtomicU64,
@@ -61,6 +70,8 @@ impl Counters {
             refresh_successes: read(&self.refresh_successes),
             refresh_failures: read(&self.refresh_failures),
             logins: read(&self.logins),
+            adopted: read(&self.adopted),
+            store_errors: read(&self.store_errors),
             waited: read(&self.waited),
             rejections: read(&self.rejections),
             retries: read(&self.retries),

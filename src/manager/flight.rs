@@ -25,6 +25,7 @@ use super::{later, Control, Shared, TokenManager};
 use crate::error::ErrorKind;
 use crate::refresh::{DynRefresh, RefreshContext};
 use crate::stats::Counters;
+use crate::store::DynStore;
 use crate::{Error, RefreshError, RefreshReason, TokenSet};
 
 /// A flight's result: the new credential, `Ok(None)` when `set_tokens`
@@ -111,6 +112,7 @@ impl TokenManager {
             reason,
             from_generation: snapshot.generation,
             current: snapshot.tokens.clone(),
+            known_version: control.store_version,
         };
         Ok(Launch {
             flight,
@@ -123,13 +125,48 @@ impl TokenManager {
 /// The spawned refresh. Dropping it before it publishes (a panic in the
 /// refresh source, a runtime shutting down) still publishes an error and
 /// clears the flight, so no waiter and no later request is stranded.
-struct FlightTask {
-    shared: Arc<Shared>,
+pub(super) struct FlightTask {
+    pub(super) shared: Arc<Shared>,
     publish: Option<watch::Sender<Option<Outcome>>>,
     id: u64,
     reason: RefreshReason,
     from_generation: u64,
     current: Option<Arc<TokenSet>>,
+    /// The store version `current` came from, if any.
+    pub(super) known_version: Option<u64>,
+}
+
+/// A failed call, and how the manager must treat it.
+pub(super) type Failed = (RefreshError, ErrorKind);
+
+/// Tokens a flight got hold of.
+pub(super) struct Obtained {
+    pub(super) tokens: TokenSet,
+    /// When their lifetime started.
+    pub(super) obtained_at: Instant,
+    /// The store version they were stored as or read from.
+    pub(super) version: Option<u64>,
+    /// Read from the store, not fetched by this process.
+    pub(super) adopted: bool,
+}
+
+impl Obtained {
+    /// Tokens this process fetched in a flight that started at `started`.
+    pub(super) fn fetched(tokens: TokenSet, started: Instant) -> Self {
+        Self {
+            tokens,
+            obtained_at: started,
+            version: None,
+            adopted: false,
+        }
+    }
+}
+
+/// Validated tokens, ready to install.
+struct Ready {
+    prepared: Prepared,
+    version: Option<u64>,
+    adopted: bool,
 }
 
 impl FlightTask {
@@ -141,41 +178,25 @@ impl FlightTask {
             "token refresh started"
         );
         let ctx = RefreshContext::new(self.reason, self.current.clone());
-        let result = match self.obtain(ctx).await {
-            Ok(tokens) => {
-                let tokens = tokens.inherit_refresh_token(self.current.as_deref());
-                match Prepared::new(tokens, started, true) {
-                    // Installing it would send every waiting request straight
-                    // back for another refresh; as a failure it is backed off.
-                    Ok(prepared) if prepared.is_expired_at(Instant::now()) => Err((
-                        RefreshError::transient(
-                            "the refresh returned a token that had already expired",
-                        ),
-                        ErrorKind::RefreshFailed,
-                    )),
-                    Ok(prepared) => {
-                        self.run_hook(&prepared).await;
-                        Ok(prepared)
-                    }
-                    Err(_) => Err((
-                        RefreshError::transient(
-                            "the refreshed access token is not a valid header value",
-                        ),
-                        ErrorKind::RefreshFailed,
-                    )),
-                }
-            }
+        let obtained = match self.shared.config.store.clone() {
+            Some(store) => self.obtain_shared(&*store, ctx, started).await,
+            None => self.obtain(ctx, None, started).await,
+        };
+        let result = match obtained {
+            Ok(obtained) => self.prepare(obtained).await,
             Err(failed) => Err(failed),
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let outcome = match result {
-            Ok(prepared) => {
-                let outcome = self.succeed(prepared);
+            Ok(ready) => {
+                let adopted = ready.adopted;
+                let outcome = self.succeed(ready);
                 if let Ok(Some(credential)) = &outcome {
                     tracing::info!(
                         reason = ?self.reason,
                         generation = credential.generation,
                         elapsed_ms,
+                        adopted,
                         "token refreshed"
                     );
                 }
@@ -201,28 +222,47 @@ impl FlightTask {
     /// there are no tokens yet or the refresh credential was rejected for
     /// good. Each call gets the whole refresh timeout; the login happens
     /// inside this flight, so it is single-flight like any refresh.
-    async fn obtain(&self, ctx: RefreshContext) -> Result<TokenSet, (RefreshError, ErrorKind)> {
+    ///
+    /// With `reread` (a store, and the version the refresh started from), a
+    /// rejected refresh credential first sends the flight back to the
+    /// store: a sibling may have rotated it, and its tokens are adopted
+    /// instead of logging in.
+    pub(super) async fn obtain(
+        &self,
+        ctx: RefreshContext,
+        reread: Option<(&dyn DynStore, Option<u64>)>,
+        started: Instant,
+    ) -> Result<Obtained, Failed> {
         let shared = &self.shared;
-        let Some(login) = &shared.config.login else {
-            return self.timed(Arc::clone(&shared.refresher), ctx).await;
-        };
-        if ctx.current().is_some() {
+        let login = shared.config.login.as_ref();
+        if ctx.current().is_some() || login.is_none() {
             match self.timed(Arc::clone(&shared.refresher), ctx.clone()).await {
-                Err((error, _)) if error.is_terminal() => {
+                Err((error, kind)) if error.is_terminal() => {
+                    if let Some((store, base)) = reread {
+                        if let Some(adopted) = self.adopt_newer(store, base).await {
+                            return Ok(adopted);
+                        }
+                    }
+                    if login.is_none() {
+                        return Err((error, kind));
+                    }
                     tracing::info!(error = %error, "refresh credential rejected; logging in");
                 }
-                other => return other,
+                other => return other.map(|tokens| Obtained::fetched(tokens, started)),
             }
         }
+        let login = login.expect("checked above");
         Counters::bump(&shared.stats.logins);
-        self.timed(Arc::clone(login), ctx).await
+        self.timed(Arc::clone(login), ctx)
+            .await
+            .map(|tokens| Obtained::fetched(tokens, started))
     }
 
     async fn timed(
         &self,
         source: Arc<dyn DynRefresh>,
         ctx: RefreshContext,
-    ) -> Result<TokenSet, (RefreshError, ErrorKind)> {
+    ) -> Result<TokenSet, Failed> {
         let timeout = self.shared.config.refresh_timeout;
         match tokio::time::timeout(timeout, source.refresh_boxed(ctx)).await {
             Ok(Ok(tokens)) => Ok(tokens),
@@ -235,6 +275,45 @@ impl FlightTask {
                     "no answer within the refresh timeout of {timeout:?}"
                 )),
                 ErrorKind::RefreshTimedOut,
+            )),
+        }
+    }
+
+    /// Validates the new tokens and, for tokens this process fetched, runs
+    /// the hook. Adopted tokens were stored with their refresh token, and
+    /// their hook ran in the process that fetched them.
+    async fn prepare(&self, obtained: Obtained) -> Result<Ready, Failed> {
+        let Obtained {
+            tokens,
+            obtained_at,
+            version,
+            adopted,
+        } = obtained;
+        let tokens = if adopted {
+            tokens
+        } else {
+            tokens.inherit_refresh_token(self.current.as_deref())
+        };
+        match Prepared::new(tokens, obtained_at, true) {
+            // Installing it would send every waiting request straight back
+            // for another refresh; as a failure it is backed off.
+            Ok(prepared) if prepared.is_expired_at(Instant::now()) => Err((
+                RefreshError::transient("the refresh returned a token that had already expired"),
+                ErrorKind::RefreshFailed,
+            )),
+            Ok(prepared) => {
+                if !adopted {
+                    self.run_hook(&prepared).await;
+                }
+                Ok(Ready {
+                    prepared,
+                    version,
+                    adopted,
+                })
+            }
+            Err(_) => Err((
+                RefreshError::transient("the refreshed access token is not a valid header value"),
+                ErrorKind::RefreshFailed,
             )),
         }
     }
@@ -269,18 +348,25 @@ impl FlightTask {
         (control, current, superseded)
     }
 
-    fn succeed(&self, prepared: Prepared) -> Outcome {
+    fn succeed(&self, ready: Ready) -> Outcome {
         let shared = &self.shared;
         let (mut control, current, superseded) = self.settle();
+        // Still counted when discarded: the call produced a token, and every
+        // refresh ends as a success, an adoption or a failure in the stats.
+        Counters::bump(if ready.adopted {
+            &shared.stats.adopted
+        } else {
+            &shared.stats.refresh_successes
+        });
         if superseded {
             drop(control);
-            // Still a success: the call produced a token, and every refresh
-            // ends as a success or a failure in the stats.
-            Counters::bump(&shared.stats.refresh_successes);
             tracing::debug!("refresh result discarded: newer tokens were installed meanwhile");
             return Ok(None);
         }
-        let snapshot = shared.install(prepared);
+        let snapshot = shared.install(ready.prepared);
+        if ready.version.is_some() {
+            control.store_version = ready.version;
+        }
         control.failure = None;
         control.consecutive_failures = 0;
         if current || control.flight.is_none() {
@@ -291,7 +377,6 @@ impl FlightTask {
                 .store(shared.nanos(gate), Ordering::Release);
         }
         drop(control);
-        Counters::bump(&shared.stats.refresh_successes);
         shared.changed.notify_waiters();
         snapshot
             .credential()

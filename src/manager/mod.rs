@@ -9,6 +9,7 @@
 //! record a failure) and is never held across an `.await`.
 
 mod failure;
+mod fleet;
 mod flight;
 mod snapshot;
 mod timer;
@@ -25,6 +26,7 @@ use tokio::time::Instant;
 use crate::error::ErrorKind;
 use crate::refresh::{BoxFuture, DynRefresh};
 use crate::stats::Counters;
+use crate::store::DynStore;
 use crate::{Error, RefreshError, RefreshReason, Stats, TokenSet, TokenState, TokenStatus};
 
 pub use failure::Backoff;
@@ -50,6 +52,9 @@ pub(crate) struct Config {
     /// Where the first tokens come from, and new ones after the refresh
     /// credential was rejected for good.
     pub(crate) login: Option<Arc<dyn DynRefresh>>,
+    /// Where tokens are shared with other processes (or kept across
+    /// restarts).
+    pub(crate) store: Option<Arc<dyn DynStore>>,
 }
 
 impl Default for Config {
@@ -63,6 +68,7 @@ impl Default for Config {
             background: false,
             on_refresh: None,
             login: None,
+            store: None,
         }
     }
 }
@@ -72,8 +78,30 @@ impl Config {
     /// the refresh credential was rejected, the `on_refresh` hook) has the
     /// whole refresh timeout.
     pub(crate) fn flight_budget(&self) -> Duration {
+        match &self.store {
+            None => self.work_budget(),
+            // Waiting out another holder's lease, then holding it.
+            Some(store) => self
+                .lease_ttl()
+                .saturating_mul(2)
+                .saturating_add(store.poll_interval_dyn()),
+        }
+    }
+
+    /// The calls one refresh makes: refresh, login, hook.
+    fn work_budget(&self) -> Duration {
         let calls = if self.login.is_some() { 3 } else { 2 };
         self.refresh_timeout.saturating_mul(calls)
+    }
+
+    /// How long a store's refresh lease lives: the work under it (a second
+    /// load, the refresh and login, the compare-and-swap; each store call
+    /// bounded by the refresh timeout) and a second of slack. A holder that
+    /// is alive never loses it; one that crashed blocks no one longer.
+    pub(crate) fn lease_ttl(&self) -> Duration {
+        self.work_budget()
+            .saturating_add(self.refresh_timeout.saturating_mul(2))
+            .saturating_add(Duration::from_secs(1))
     }
 }
 
@@ -98,6 +126,9 @@ struct Control {
     /// Numbers flights, so a finishing task knows whether it is still the
     /// registered one.
     flights_started: u64,
+    /// The store version the current tokens came from or were stored as;
+    /// only a newer stored version is adopted.
+    store_version: Option<u64>,
 }
 
 pub(crate) struct Shared {
@@ -533,6 +564,8 @@ impl std::fmt::Debug for TokenManager {
     }
 }
 
+#[cfg(test)]
+mod fleet_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

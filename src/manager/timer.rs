@@ -1,7 +1,7 @@
 //! The watcher task: marks tokens stale on time, and optionally refreshes
 //! without traffic.
 //!
-//! Two jobs, one timer:
+//! Three jobs, one task:
 //!
 //! - It raises each snapshot's `stale` flag at its advisory point, so the
 //!   hot path reads no clock while a token is fresh (a clock read is the
@@ -12,11 +12,13 @@
 //!   even when no request arrives: sliding-refresh APIs (Ocient's
 //!   `token_refresh` takes the current access token as its credential)
 //!   cannot recover a token that expired while the client was idle.
+//! - With a store that announces changes, it adopts the tokens another
+//!   process stored, so this one never sends a token the fleet replaced.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use tokio::runtime::RuntimeFlavor;
@@ -76,6 +78,10 @@ impl Drop for WatchGuard {
 /// Holds only `Weak`s between wake-ups, so dropping every layer and handle
 /// ends the task (`Shared`'s drop wakes it).
 async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
+    let mut announcements = guard
+        .shared
+        .upgrade()
+        .and_then(|shared| shared.config.store.as_ref()?.subscribe_dyn());
     loop {
         let notified = changed.notified();
         tokio::pin!(notified);
@@ -94,15 +100,22 @@ async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
         };
         drop((shared, snapshot));
 
-        match stale_due.into_iter().chain(refresh_due).min() {
-            Some(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = &mut notified => continue,
-                }
+        let wake_at = stale_due.into_iter().chain(refresh_due).min();
+        let due = async {
+            match wake_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-            None => {
-                notified.await;
+        };
+        tokio::select! {
+            () = due => {}
+            () = &mut notified => continue,
+            () = announced(&mut announcements) => {
+                if let Some(shared) = guard.shared.upgrade() {
+                    if let Some(store) = shared.config.store.clone() {
+                        TokenManager { shared }.adopt_announced(&*store).await;
+                    }
+                }
                 continue;
             }
         }
@@ -117,6 +130,18 @@ async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
             start_scheduled(TokenManager { shared });
         }
     }
+}
+
+/// Resolves when another process (or layer) announces a stored version;
+/// never once the store stops announcing.
+async fn announced(announcements: &mut Option<watch::Receiver<u64>>) {
+    if let Some(receiver) = announcements {
+        if receiver.changed().await.is_ok() {
+            return;
+        }
+    }
+    *announcements = None;
+    std::future::pending().await
 }
 
 /// Starts the background refresh if it is due and nothing else runs,

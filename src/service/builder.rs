@@ -12,6 +12,7 @@ use crate::body::DEFAULT_REPLAY_CAP;
 use crate::classify::{ClassifyRejection, Unauthorized};
 use crate::manager::{window::RefreshWindow, Backoff, Config, TokenManager};
 use crate::refresh::{BoxFuture, DynRefresh};
+use crate::store::TokenStore;
 use crate::{Refresh, TokenSet};
 
 /// Configures a [`TokenRefreshLayer`]; made by [`TokenRefreshLayer::builder`].
@@ -192,6 +193,36 @@ impl<C> Builder<C> {
     /// ```
     pub fn login<L: Refresh>(mut self, source: L) -> Self {
         self.config.login = Some(Arc::new(source));
+        self
+    }
+
+    /// Shares tokens through `store` with other processes (or layers), or
+    /// keeps them across restarts: see [`store`](crate::store) for the
+    /// protocol. The lease a refresh holds lives for its whole budget (the
+    /// refresh, login and hook calls, two store calls, each bounded by the
+    /// [refresh timeout](Self::refresh_timeout)) plus a second. Default: no
+    /// store.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// use tower_token_refresh::store::MemoryStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let source = || refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let store = MemoryStore::new();
+    /// let a = TokenRefreshLayer::builder(source()).store(store.clone()).build();
+    /// let b = TokenRefreshLayer::builder(source()).store(store).build();
+    /// a.handle().force_refresh().await.unwrap();
+    /// // `b` was told of the new version and adopted it, with no refresh.
+    /// tokio::task::yield_now().await;
+    /// # for _ in 0..10 { tokio::task::yield_now().await; }
+    /// assert_eq!(b.handle().tokens().unwrap().access_token().expose(), "t");
+    /// assert_eq!(b.handle().stats().refreshes, 0);
+    /// # }
+    /// ```
+    pub fn store<S: TokenStore>(mut self, store: S) -> Self {
+        self.config.store = Some(Arc::new(store));
         self
     }
 

@@ -1,0 +1,315 @@
+//! Fleet mode: a flight's protocol with a [token store](crate::store).
+//!
+//! Each process still runs one flight at a time; the store makes one flight
+//! in the whole fleet call the refresh source. The flight adopts a newer
+//! stored version if one is usable, else takes the lease, refreshes from
+//! the newest stored refresh token and stores the result, else waits for
+//! whoever holds the lease. Any store failure ends the protocol for this
+//! flight: it refreshes on its own, exactly as without a store.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::flight::{Failed, FlightTask, Obtained};
+use super::{later, Config, Prepared, Shared, TokenManager};
+use crate::error::ErrorKind;
+use crate::refresh::RefreshContext;
+use crate::stats::Counters;
+use crate::store::{self, Decoded, DynStore, Lease, Record, StoreError};
+use crate::{RefreshError, TokenSet};
+
+/// A stored record, decoded.
+struct Stored {
+    version: u64,
+    tokens: TokenSet,
+    obtained_at: Instant,
+}
+
+impl FlightTask {
+    /// Adopts, refreshes under the lease, or waits for the lease holder.
+    pub(super) async fn obtain_shared(
+        &self,
+        store: &dyn DynStore,
+        ctx: RefreshContext,
+        started: Instant,
+    ) -> Result<Obtained, Failed> {
+        let config = &self.shared.config;
+        let mut changes = store.subscribe_dyn();
+        if let Some(changes) = &mut changes {
+            // Only announcements from now on matter: the load below sees
+            // everything stored before.
+            changes.borrow_and_update();
+        }
+        let give_up = later(started, config.lease_ttl() + store.poll_interval_dyn());
+        loop {
+            let stored = match self.load(store).await {
+                Ok(stored) => stored,
+                Err(error) => return self.alone(error, ctx, started).await,
+            };
+            if let Some(adopted) = stored.and_then(|s| self.adoptable(s, self.known_version)) {
+                return Ok(adopted);
+            }
+            match self.call(store.try_lease_boxed(config.lease_ttl())).await {
+                Ok(Some(lease)) => {
+                    let result = self.refresh_and_store(store, ctx, started).await;
+                    self.release(store, lease).await;
+                    return result;
+                }
+                Ok(None) => {}
+                Err(error) => return self.alone(error, ctx, started).await,
+            }
+            if Instant::now() >= give_up {
+                return Err((
+                    RefreshError::transient(
+                        "another process held the token store's refresh lease past its time to live",
+                    ),
+                    ErrorKind::RefreshTimedOut,
+                ));
+            }
+            wait_for_change(&mut changes, store.poll_interval_dyn()).await;
+        }
+    }
+
+    /// Under the lease: look once more, refresh from the newest stored
+    /// tokens, and store the result as the next version.
+    async fn refresh_and_store(
+        &self,
+        store: &dyn DynStore,
+        ctx: RefreshContext,
+        started: Instant,
+    ) -> Result<Obtained, Failed> {
+        // Someone may have stored a version between our load and the lease.
+        let stored = match self.load(store).await {
+            Ok(stored) => stored,
+            Err(error) => return self.alone(error, ctx, started).await,
+        };
+        let expected = stored.as_ref().map(|s| s.version);
+        let (ctx, base) = match stored {
+            Some(stored) if self.is_newer(stored.version) => {
+                if let Some(adopted) = self.adoptable_ref(&stored, self.known_version) {
+                    return Ok(adopted);
+                }
+                // Past its time, but it carries the newest refresh token.
+                let version = stored.version;
+                (ctx.with_current(Arc::new(stored.tokens)), Some(version))
+            }
+            stored => (ctx, stored.map(|s| s.version)),
+        };
+        let current = ctx.current().cloned();
+        let mut obtained = self.obtain(ctx, Some((store, base)), started).await?;
+        if obtained.adopted {
+            return Ok(obtained);
+        }
+        // The stored record must carry the refresh token the source kept.
+        obtained.tokens = obtained.tokens.inherit_refresh_token(current.as_ref());
+        // Versions only grow, even past a store that lost its data.
+        let next = expected.max(self.known_version).unwrap_or(0) + 1;
+        let issued = SystemTime::now()
+            .checked_sub(started.elapsed())
+            .unwrap_or_else(SystemTime::now);
+        let payload = store::encode(&obtained.tokens, issued);
+        let record = Record::new(next, payload.to_vec());
+        match self
+            .call(store.compare_and_swap_boxed(expected, record))
+            .await
+        {
+            Ok(true) => obtained.version = Some(next),
+            Ok(false) => tracing::warn!(
+                "another process stored tokens while this one held the refresh lease; \
+                 keeping this process's tokens without storing them"
+            ),
+            Err(error) => self.count_store_error(&error, "storing the refreshed tokens"),
+        }
+        Ok(obtained)
+    }
+
+    /// After the refresh credential was rejected: newer tokens a sibling
+    /// stored since the refresh started from `base`, if usable.
+    pub(super) async fn adopt_newer(
+        &self,
+        store: &dyn DynStore,
+        base: Option<u64>,
+    ) -> Option<Obtained> {
+        match self.load(store).await {
+            Ok(stored) => stored.and_then(|s| self.adoptable(s, base)),
+            Err(error) => {
+                self.count_store_error(&error, "re-reading the store");
+                None
+            }
+        }
+    }
+
+    /// The store failed: this flight refreshes on its own.
+    async fn alone(
+        &self,
+        error: StoreError,
+        ctx: RefreshContext,
+        started: Instant,
+    ) -> Result<Obtained, Failed> {
+        self.count_store_error(&error, "refreshing without the store");
+        self.obtain(ctx, None, started).await
+    }
+
+    fn count_store_error(&self, error: &StoreError, doing: &str) {
+        Counters::bump(&self.shared.stats.store_errors);
+        tracing::warn!(error = %error, "token store failed; {doing}");
+    }
+
+    async fn release(&self, store: &dyn DynStore, lease: Lease) {
+        if let Err(error) = self.call(store.release_boxed(lease)).await {
+            // The lease lapses on its own at its time to live.
+            self.count_store_error(&error, "the refresh lease will lapse");
+        }
+    }
+
+    async fn load(&self, store: &dyn DynStore) -> Result<Option<Stored>, StoreError> {
+        load(&self.shared, store).await
+    }
+
+    async fn call<T>(
+        &self,
+        future: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        call(&self.shared.config, future).await
+    }
+
+    fn is_newer(&self, version: u64) -> bool {
+        is_newer(version, self.known_version)
+    }
+
+    fn adoptable(&self, stored: Stored, than: Option<u64>) -> Option<Obtained> {
+        usable(&self.shared.config, &stored, than).then(|| stored.into_obtained())
+    }
+
+    fn adoptable_ref(&self, stored: &Stored, than: Option<u64>) -> Option<Obtained> {
+        usable(&self.shared.config, stored, than).then(|| Obtained {
+            tokens: stored.tokens.clone(),
+            obtained_at: stored.obtained_at,
+            version: Some(stored.version),
+            adopted: true,
+        })
+    }
+}
+
+impl Stored {
+    fn into_obtained(self) -> Obtained {
+        Obtained {
+            tokens: self.tokens,
+            obtained_at: self.obtained_at,
+            version: Some(self.version),
+            adopted: true,
+        }
+    }
+}
+
+impl TokenManager {
+    /// Adopts a version another process announced, unless a flight of ours
+    /// runs (it adopts on its own) or the stored tokens are not usable (the
+    /// next request that needs a refresh handles them).
+    pub(super) async fn adopt_announced(&self, store: &dyn DynStore) {
+        let shared = &self.shared;
+        let known = shared.lock().store_version;
+        let stored = match load(shared, store).await {
+            Ok(Some(stored)) if usable(&shared.config, &stored, known) => stored,
+            Ok(_) => return,
+            Err(error) => {
+                Counters::bump(&shared.stats.store_errors);
+                tracing::debug!(error = %error, "token store failed; adopting later");
+                return;
+            }
+        };
+        let Ok(prepared) = Prepared::new(stored.tokens, stored.obtained_at, true) else {
+            return;
+        };
+        let mut control = shared.lock();
+        let now = Instant::now();
+        if control.flight.as_ref().is_some_and(|f| f.is_live(now))
+            || !is_newer(stored.version, control.store_version)
+        {
+            return;
+        }
+        let snapshot = shared.install(prepared);
+        control.store_version = Some(stored.version);
+        control.failure = None;
+        control.consecutive_failures = 0;
+        let gate = snapshot.proactive_from.unwrap_or(now);
+        shared
+            .proactive_gate
+            .store(shared.nanos(gate), std::sync::atomic::Ordering::Release);
+        drop(control);
+        Counters::bump(&shared.stats.adopted);
+        tracing::debug!(
+            version = stored.version,
+            "adopted tokens another process stored"
+        );
+        shared.changed.notify_waiters();
+    }
+}
+
+/// Resolves at the next announced version, or after `poll`.
+pub(super) async fn wait_for_change(changes: &mut Option<watch::Receiver<u64>>, poll: Duration) {
+    let closed = match changes {
+        Some(receiver) => tokio::select! {
+            changed = receiver.changed() => changed.is_err(),
+            () = tokio::time::sleep(poll) => false,
+        },
+        None => {
+            tokio::time::sleep(poll).await;
+            false
+        }
+    };
+    if closed {
+        // The store stopped announcing: poll from now on.
+        *changes = None;
+    }
+}
+
+async fn call<T>(
+    config: &Config,
+    future: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let timeout = config.refresh_timeout;
+    tokio::time::timeout(timeout, future)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::unavailable(format!(
+                "no answer within the refresh timeout of {timeout:?}"
+            )))
+        })
+}
+
+async fn load(shared: &Shared, store: &dyn DynStore) -> Result<Option<Stored>, StoreError> {
+    let Some(record) = call(&shared.config, store.load_boxed()).await? else {
+        return Ok(None);
+    };
+    let Decoded { tokens, age } = store::decode(record.payload(), SystemTime::now())?;
+    let now = Instant::now();
+    Ok(Some(Stored {
+        version: record.version(),
+        tokens,
+        // An age the clock cannot go back to counts as fresh from now.
+        obtained_at: now.checked_sub(age).unwrap_or(now),
+    }))
+}
+
+fn is_newer(version: u64, known: Option<u64>) -> bool {
+    known.is_none_or(|known| version > known)
+}
+
+/// Whether `stored` is newer than `than` and may be sent now: not inside
+/// its mandatory window, computed from its whole lifetime as the process
+/// that stored it did.
+fn usable(config: &Config, stored: &Stored, than: Option<u64>) -> bool {
+    if !is_newer(stored.version, than) {
+        return false;
+    }
+    let Some(lifetime) = stored.tokens.expires_in() else {
+        return true;
+    };
+    let advisory = config.advisory.before_expiry(lifetime);
+    let mandatory = config.mandatory.before_expiry(lifetime).min(advisory);
+    later(Instant::now(), mandatory) < later(stored.obtained_at, lifetime)
+}

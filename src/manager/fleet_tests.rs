@@ -1,0 +1,397 @@
+//! Fleet mode with in-process stores: several layers stand in for several
+//! processes (each layer has its own manager, flight and lease attempts).
+//! The multi-process proof against Redis lives in `tests/fleet.rs`.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use tower::ServiceBuilder;
+
+use crate::store::{Lease, MemoryStore, Record, StoreError, TokenStore};
+use crate::test_support::{burst, Api};
+use crate::{refresh_fn, Refresh, RefreshContext, RefreshError, TokenRefreshLayer, TokenSet};
+
+const LIFETIME: Duration = Duration::from_secs(100);
+
+/// An identity server in miniature: rotates refresh tokens, refuses a spent
+/// one (`invalid_grant`) and counts what it saw.
+#[derive(Clone, Default)]
+struct Rotating {
+    api: Api,
+    state: Arc<Mutex<RotatingState>>,
+    delay: Duration,
+}
+
+#[derive(Default)]
+struct RotatingState {
+    live_refresh_token: u64,
+    refreshes: usize,
+    spent_presented: usize,
+    logins: usize,
+}
+
+impl Rotating {
+    fn source(&self) -> impl Refresh {
+        let this = self.clone();
+        refresh_fn(move |ctx: RefreshContext| {
+            let this = this.clone();
+            let presented = ctx.refresh_token().map(|t| t.expose().to_owned());
+            async move {
+                tokio::time::sleep(this.delay).await;
+                let mut state = this.state.lock().unwrap();
+                let Some(presented) = presented else {
+                    state.logins += 1;
+                    return Ok(this.issue(&mut state));
+                };
+                if presented != format!("rt-{}", state.live_refresh_token) {
+                    state.spent_presented += 1;
+                    return Err(RefreshError::terminal("invalid_grant").with_status(400));
+                }
+                state.refreshes += 1;
+                Ok(this.issue(&mut state))
+            }
+        })
+    }
+
+    fn issue(&self, state: &mut RotatingState) -> TokenSet {
+        state.live_refresh_token += 1;
+        let n = state.live_refresh_token;
+        self.api.accept(&format!("at-{n}"));
+        TokenSet::new(format!("at-{n}"))
+            .with_refresh_token(format!("rt-{n}"))
+            .with_expires_in(LIFETIME)
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        let state = self.state.lock().unwrap();
+        (state.logins, state.refreshes, state.spent_presented)
+    }
+}
+
+fn all_ok(results: &[Result<(StatusCode, String), crate::BoxError>]) -> bool {
+    results.iter().all(|r| matches!(r, Ok((StatusCode::OK, _))))
+}
+
+#[tokio::test(start_paused = true)]
+async fn layers_sharing_a_store_call_the_source_once_per_expiry() {
+    let idp = Rotating::default();
+    let store = MemoryStore::new();
+    let layers: Vec<_> = (0..4)
+        .map(|_| {
+            TokenRefreshLayer::builder(idp.source())
+                .store(store.clone())
+                .build()
+        })
+        .collect();
+    let clients: Vec<_> = layers
+        .iter()
+        .map(|layer| {
+            ServiceBuilder::new()
+                .layer(layer.clone())
+                .service(idp.api.clone())
+        })
+        .collect();
+
+    for expiry in 0..5 {
+        let bursts = clients.iter().map(|client| {
+            let client = client.clone();
+            async move { burst(&client, 25).await }
+        });
+        for results in futures_join_all(bursts).await {
+            assert!(all_ok(&results), "expiry {expiry}: {results:?}");
+        }
+        // Past the mandatory window (10 s before expiry) of every layer.
+        tokio::time::advance(LIFETIME - Duration::from_secs(5)).await;
+    }
+
+    let (logins, refreshes, spent) = idp.counts();
+    assert_eq!((logins, refreshes, spent), (1, 4, 0));
+    let adopted: u64 = layers.iter().map(|l| l.handle().stats().adopted).sum();
+    let fetched: u64 = layers
+        .iter()
+        .map(|l| l.handle().stats().refresh_successes)
+        .sum();
+    assert_eq!(fetched, 5, "one fetch per expiry in all");
+    assert!(
+        adopted >= 15,
+        "every other layer adopted each version: {adopted}"
+    );
+    assert_eq!(store.load().await.unwrap().unwrap().version(), 5);
+}
+
+/// Awaits every future of `futures`, concurrently.
+async fn futures_join_all<F: Future + Send + 'static>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send,
+{
+    let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outputs.push(task.await.expect("task panicked"));
+    }
+    outputs
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_announced_version_is_adopted_by_an_idle_layer() {
+    let idp = Rotating::default();
+    let store = MemoryStore::new();
+    let busy = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .build();
+    let idle = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .build();
+    // Lets the idle layer's watcher subscribe.
+    tokio::task::yield_now().await;
+
+    busy.handle().force_refresh().await.unwrap();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let tokens = idle.handle().tokens().expect("adopted without a request");
+    assert_eq!(tokens.access_token().expose(), "at-1");
+    assert_eq!(tokens.refresh_token().unwrap().expose(), "rt-1");
+    assert_eq!(idle.handle().stats().refreshes, 0);
+    assert_eq!(idle.handle().stats().adopted, 1);
+}
+
+/// A store whose lease is always granted: two holders at once, as when a
+/// slow holder's lease lapsed.
+#[derive(Clone, Default)]
+struct NoLease(MemoryStore);
+
+impl TokenStore for NoLease {
+    fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        self.0.load()
+    }
+    fn compare_and_swap(
+        &self,
+        expected: Option<u64>,
+        record: Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.0.compare_and_swap(expected, record)
+    }
+    fn try_lease(
+        &self,
+        _ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
+        std::future::ready(Ok(Some(Lease::new("everyone"))))
+    }
+    fn release(&self, _lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_token_rejected_after_a_siblings_rotation_is_replaced_from_the_store() {
+    let idp = Rotating {
+        delay: Duration::from_millis(100),
+        ..Rotating::default()
+    };
+    let store = NoLease::default();
+    // Both start from the same tokens; nothing is stored yet.
+    let first = idp.issue(&mut idp.state.lock().unwrap());
+    let logins = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&logins);
+    let layer = |store: NoLease| {
+        let counted = Arc::clone(&counted);
+        TokenRefreshLayer::builder(idp.source())
+            .store(store)
+            .login(refresh_fn(move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Err::<TokenSet, _>(RefreshError::terminal("no login expected")) }
+            }))
+            .initial_tokens(first.clone())
+            .build()
+    };
+    let (a, b) = (layer(store.clone()), layer(store.clone()));
+
+    // Both present rt-1: the first to arrive rotates it, the other is
+    // refused and must find the rotated set in the store.
+    let (ha, hb) = (a.handle(), b.handle());
+    let (ra, rb) = tokio::join!(ha.force_refresh(), hb.force_refresh());
+    ra.unwrap();
+    rb.unwrap();
+
+    assert_eq!(
+        idp.counts(),
+        (0, 1, 1),
+        "one rotation, one refusal, no login"
+    );
+    assert_eq!(logins.load(Ordering::SeqCst), 0);
+    let stats = [a.handle().stats(), b.handle().stats()];
+    assert_eq!(stats.iter().map(|s| s.adopted).sum::<u64>(), 1);
+    for layer in [&a, &b] {
+        let tokens = layer.handle().tokens().unwrap();
+        assert_eq!(tokens.refresh_token().unwrap().expose(), "rt-2");
+    }
+}
+
+/// A store that fails every call, or never answers.
+#[derive(Clone)]
+struct Broken {
+    hang: bool,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Broken {
+    fn answer<T: Send>(&self) -> impl Future<Output = Result<T, StoreError>> + Send {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let hang = self.hang;
+        async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            Err(StoreError::unavailable("connection refused"))
+        }
+    }
+}
+
+impl TokenStore for Broken {
+    fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        self.answer()
+    }
+    fn compare_and_swap(
+        &self,
+        _expected: Option<u64>,
+        _record: Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.answer()
+    }
+    fn try_lease(
+        &self,
+        _ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
+        self.answer()
+    }
+    fn release(&self, _lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.answer()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_or_hung_store_never_fails_a_request() {
+    for hang in [false, true] {
+        let idp = Rotating::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let store = Broken {
+            hang,
+            calls: Arc::clone(&calls),
+        };
+        let layer = TokenRefreshLayer::builder(idp.source())
+            .store(store)
+            .refresh_timeout(Duration::from_secs(2))
+            .build();
+        let client = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(idp.api.clone());
+        let started = tokio::time::Instant::now();
+        let results = burst(&client, 20).await;
+        assert!(all_ok(&results), "hang={hang}: {results:?}");
+        assert_eq!(idp.counts(), (1, 0, 0), "hang={hang}: refreshed alone");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "hang={hang}: one load, then alone"
+        );
+        assert_eq!(layer.handle().stats().store_errors, 1);
+        let waited = started.elapsed();
+        if hang {
+            assert_eq!(
+                waited,
+                Duration::from_secs(2),
+                "cut off at the refresh timeout"
+            );
+        } else {
+            assert_eq!(waited, Duration::ZERO);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_left_by_a_crashed_holder_is_taken_over_when_it_lapses() {
+    let idp = Rotating::default();
+    let store = MemoryStore::new();
+    let layer = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .refresh_timeout(Duration::from_secs(1))
+        .build();
+    // 1 s refresh timeout, no login: the lease lives 2 + 2 + 1 = 5 s.
+    let crashed = store.try_lease(Duration::from_secs(5)).await.unwrap();
+    assert!(crashed.is_some());
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(idp.api.clone());
+
+    let started = tokio::time::Instant::now();
+    let results = burst(&client, 20).await;
+    assert!(all_ok(&results), "{results:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited <= Duration::from_millis(5_250),
+        "taken over at the first poll after the lease lapsed: {waited:?}"
+    );
+    assert_eq!(idp.counts(), (1, 0, 0));
+    assert_eq!(store.load().await.unwrap().unwrap().version(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_corrupt_record_is_refreshed_around_and_never_overwritten() {
+    let idp = Rotating::default();
+    let store = MemoryStore::new();
+    store
+        .compare_and_swap(None, Record::new(4, b"{garbage".to_vec()))
+        .await
+        .unwrap();
+    let layer = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .build();
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(idp.api.clone());
+
+    assert!(all_ok(&burst(&client, 10).await));
+    assert_eq!(layer.handle().stats().store_errors, 1);
+    let kept = store.load().await.unwrap().unwrap();
+    assert_eq!((kept.version(), kept.payload()), (4, &b"{garbage"[..]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_layer_resumes_from_the_stored_refresh_token_without_logging_in() {
+    let idp = Rotating::default();
+    let store = MemoryStore::new();
+    let before = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .build();
+    before.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1
+    before.handle().force_refresh().await.unwrap(); // rotation: rt-2
+    drop(before);
+
+    // Its tokens are past their time when the new layer starts.
+    let stale = store.load().await.unwrap().unwrap();
+    let decoded =
+        crate::store::decode(stale.payload(), std::time::SystemTime::now() + LIFETIME).unwrap();
+    assert_eq!(decoded.tokens.refresh_token().unwrap().expose(), "rt-2");
+    let aged = crate::store::encode(&decoded.tokens, std::time::SystemTime::now() - LIFETIME);
+    store
+        .compare_and_swap(Some(2), Record::new(3, aged.to_vec()))
+        .await
+        .unwrap();
+
+    let after = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .build();
+    let client = ServiceBuilder::new()
+        .layer(after.clone())
+        .service(idp.api.clone());
+    assert!(all_ok(&burst(&client, 10).await));
+    assert_eq!(idp.counts(), (1, 2, 0), "no second login, rt-2 accepted");
+    assert_eq!(store.load().await.unwrap().unwrap().version(), 4);
+    assert_eq!(after.handle().stats().adopted, 0);
+}

@@ -1,0 +1,180 @@
+//! The layer's encoding of a token set inside a [`Record`](super::Record).
+//!
+//! JSON, with the times as absolute Unix times in milliseconds: a lifetime
+//! (`expires_in`) means nothing to another process or after a restart. Both
+//! the issue time and the expiry are kept, so every process derives the
+//! same refresh windows from the same lifetime. Secrets are written
+//! straight into a buffer that is wiped after use, never through an
+//! intermediate copy.
+//!
+//! ```json
+//! {"format":1,"access_token":"…","refresh_token":"…","issued_at_ms":1795000000000,"expires_at_ms":1795003600000,"extras":{"scope":"read"}}
+//! ```
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use super::StoreError;
+use crate::TokenSet;
+
+const FORMAT: u64 = 1;
+
+/// Encodes `tokens`, whose lifetime counts from `obtained_at` (wall clock).
+pub(crate) fn encode(tokens: &TokenSet, obtained_at: SystemTime) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(256));
+    out.extend_from_slice(b"{\"format\":1,\"access_token\":");
+    push_string(&mut out, tokens.access_token().expose());
+    if let Some(refresh) = tokens.refresh_token() {
+        out.extend_from_slice(b",\"refresh_token\":");
+        push_string(&mut out, refresh.expose());
+    }
+    if let Some(lifetime) = tokens.expires_in() {
+        let issued = unix_millis(obtained_at);
+        let expires = issued.saturating_add(lifetime.as_millis().min(u128::from(u64::MAX)) as u64);
+        out.extend_from_slice(
+            format!(",\"issued_at_ms\":{issued},\"expires_at_ms\":{expires}").as_bytes(),
+        );
+    }
+    out.extend_from_slice(b",\"extras\":{");
+    for (i, (name, value)) in tokens.extras().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_string(&mut out, name);
+        out.push(b':');
+        push_string(&mut out, value);
+    }
+    out.extend_from_slice(b"}}");
+    out
+}
+
+fn unix_millis(at: SystemTime) -> u64 {
+    let millis = at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    u64::try_from(millis).unwrap_or(u64::MAX)
+}
+
+fn push_string(out: &mut Vec<u8>, value: &str) {
+    // Writing a &str into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, value).expect("strings always serialize");
+}
+
+/// Decoded tokens: their whole lifetime, and how long ago they were issued.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub(crate) tokens: TokenSet,
+    pub(crate) age: Duration,
+}
+
+/// Decodes a payload, aging it to `now` (a clock behind the writer's gives
+/// an age of zero).
+pub(crate) fn decode(payload: &[u8], now: SystemTime) -> Result<Decoded, StoreError> {
+    let corrupt = |what: &str| StoreError::corrupt(format!("stored tokens: {what}"));
+    let mut value: Value =
+        serde_json::from_slice(payload).map_err(|_| corrupt("not a JSON object"))?;
+    let Value::Object(fields) = &mut value else {
+        return Err(corrupt("not a JSON object"));
+    };
+    if fields.get("format").and_then(Value::as_u64) != Some(FORMAT) {
+        return Err(corrupt("unknown format"));
+    }
+    let mut take_string = |name: &str| match fields.remove(name) {
+        Some(Value::String(s)) => Ok(Some(s)),
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => Err(corrupt(&format!("`{name}` is not a string"))),
+    };
+    let access = take_string("access_token")?.ok_or_else(|| corrupt("no `access_token`"))?;
+    let refresh = take_string("refresh_token")?;
+    let mut tokens = TokenSet::new(access);
+    if let Some(refresh) = refresh {
+        tokens = tokens.with_refresh_token(refresh);
+    }
+    let millis = |name: &str| match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| corrupt(&format!("`{name}` is not a whole number"))),
+    };
+    let mut age = Duration::ZERO;
+    if let Some(expires) = millis("expires_at_ms")? {
+        let issued = millis("issued_at_ms")?.ok_or_else(|| corrupt("no `issued_at_ms`"))?;
+        let lifetime = expires
+            .checked_sub(issued)
+            .ok_or_else(|| corrupt("expires before it was issued"))?;
+        tokens = tokens.with_expires_in(Duration::from_millis(lifetime));
+        age = now
+            .duration_since(UNIX_EPOCH + Duration::from_millis(issued))
+            .unwrap_or_default();
+    }
+    if let Some(extras) = fields.get("extras") {
+        let Value::Object(extras) = extras else {
+            return Err(corrupt("`extras` is not an object"));
+        };
+        for (name, value) in extras {
+            let value = value
+                .as_str()
+                .ok_or_else(|| corrupt("an extra is not a string"))?;
+            tokens = tokens.with_extra(name.as_str(), value);
+        }
+    }
+    Ok(Decoded { tokens, age })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn round_trip_keeps_everything_and_ages_the_tokens() {
+        let tokens = TokenSet::new("acc\"ess\n")
+            .with_refresh_token("ref/resh")
+            .with_expires_in(Duration::from_secs(600))
+            .with_extra("scope", "read write");
+        let payload = encode(&tokens, at(1_000));
+        let Decoded { tokens, age } = decode(&payload, at(1_100)).unwrap();
+        assert_eq!(tokens.access_token().expose(), "acc\"ess\n");
+        assert_eq!(tokens.refresh_token().unwrap().expose(), "ref/resh");
+        assert_eq!(tokens.expires_in(), Some(Duration::from_secs(600)));
+        assert_eq!(age, Duration::from_secs(100));
+        assert_eq!(tokens.extra("scope"), Some("read write"));
+    }
+
+    #[test]
+    fn a_reader_behind_the_writer_sees_age_zero_and_no_expiry_stays_none() {
+        let expiring = TokenSet::new("a").with_expires_in(Duration::from_secs(10));
+        let decoded = decode(&encode(&expiring, at(1_000)), at(900)).unwrap();
+        assert_eq!(decoded.age, Duration::ZERO);
+        let forever = decode(&encode(&TokenSet::new("a"), at(1_000)), at(5_000)).unwrap();
+        assert_eq!(forever.tokens.expires_in(), None);
+        assert!(forever.tokens.refresh_token().is_none());
+    }
+
+    #[test]
+    fn malformed_payloads_are_corrupt_and_name_no_value() {
+        for payload in [
+            &b"not json"[..],
+            b"[1]",
+            b"{\"access_token\":\"secret-value\"}",
+            b"{\"format\":2,\"access_token\":\"secret-value\"}",
+            b"{\"format\":1}",
+            b"{\"format\":1,\"access_token\":7}",
+            b"{\"format\":1,\"access_token\":\"secret-value\",\"expires_at_ms\":-1}",
+            b"{\"format\":1,\"access_token\":\"secret-value\",\"expires_at_ms\":5}",
+            b"{\"format\":1,\"access_token\":\"s\",\"issued_at_ms\":9,\"expires_at_ms\":5}",
+            b"{\"format\":1,\"access_token\":\"secret-value\",\"extras\":{\"a\":1}}",
+        ] {
+            let err = decode(payload, at(0)).unwrap_err();
+            assert!(err.is_corrupt(), "{err}");
+            assert!(!err.to_string().contains("secret-value"), "{err}");
+        }
+    }
+}

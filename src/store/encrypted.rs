@@ -1,0 +1,275 @@
+//! [`Encrypted`]: tokens sealed at rest, whatever the store.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use tokio::sync::watch;
+use zeroize::Zeroize;
+
+use super::{Lease, Record, StoreError, TokenStore};
+
+/// Marks a sealed payload, and its format.
+const MAGIC: &[u8; 4] = b"TTR1";
+const NONCE_LEN: usize = 24;
+
+/// A 256-bit key that seals stored tokens; wiped from memory on drop and
+/// never printed.
+///
+/// ```
+/// use tower_token_refresh::store::StoreKey;
+///
+/// let key = StoreKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+/// assert_eq!(format!("{key:?}"), "StoreKey(..)");
+/// assert!(StoreKey::from_base64("too short").is_err());
+/// ```
+pub struct StoreKey([u8; 32]);
+
+impl StoreKey {
+    /// A key from 32 bytes (for instance from a secret manager).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// A key from standard base64 of 32 bytes (`openssl rand -base64 32`).
+    pub fn from_base64(encoded: &str) -> Result<Self, StoreError> {
+        use base64::Engine;
+        let mut bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| StoreError::corrupt("the store key is not valid base64"))?;
+        let key = <[u8; 32]>::try_from(bytes.as_slice())
+            .map(Self)
+            .map_err(|_| StoreError::corrupt("the store key must be 32 bytes"));
+        bytes.zeroize();
+        key
+    }
+}
+
+impl Drop for StoreKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreKey(..)")
+    }
+}
+
+/// Wraps a store so that what it keeps is sealed with XChaCha20-Poly1305:
+/// a Redis dump, a backup or a token file then hands out no credential.
+///
+/// Each record gets a random 192-bit nonce, and its version is
+/// authenticated with it, so a sealed record cannot be replayed under
+/// another version. A record that is not sealed, or not with this key, is
+/// [corrupt](StoreError::is_corrupt): the layer refreshes without it and
+/// never overwrites it. Requires the `encryption` feature.
+///
+/// ```
+/// use tower_token_refresh::store::{Encrypted, MemoryStore, Record, StoreKey, TokenStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let inner = MemoryStore::new();
+/// let store = Encrypted::new(inner.clone(), StoreKey::from_bytes([7; 32]));
+/// store.compare_and_swap(None, Record::new(1, b"secret tokens".to_vec())).await.unwrap();
+///
+/// // The inner store only ever sees the sealed form.
+/// let sealed = inner.load().await.unwrap().unwrap();
+/// assert!(!sealed.payload().windows(6).any(|w| w == b"secret"));
+/// assert_eq!(store.load().await.unwrap().unwrap().payload(), b"secret tokens");
+///
+/// // Another key cannot open it.
+/// let other = Encrypted::new(inner, StoreKey::from_bytes([8; 32]));
+/// assert!(other.load().await.unwrap_err().is_corrupt());
+/// # }
+/// ```
+pub struct Encrypted<S> {
+    inner: S,
+    cipher: XChaCha20Poly1305,
+}
+
+impl<S: TokenStore> Encrypted<S> {
+    /// Seals everything `inner` keeps with `key`.
+    pub fn new(inner: S, key: StoreKey) -> Self {
+        Self {
+            inner,
+            cipher: XChaCha20Poly1305::new(&key.0.into()),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    fn seal(&self, record: &Record) -> Result<Record, StoreError> {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let aad = associated_data(record.version());
+        let sealed = self
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: record.payload(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| StoreError::unavailable("the tokens could not be sealed"))?;
+        let mut payload = Vec::with_capacity(MAGIC.len() + NONCE_LEN + sealed.len());
+        payload.extend_from_slice(MAGIC);
+        payload.extend_from_slice(&nonce);
+        payload.extend_from_slice(&sealed);
+        Ok(Record::new(record.version(), payload))
+    }
+
+    fn open(&self, record: &Record) -> Result<Record, StoreError> {
+        let sealed = record
+            .payload()
+            .strip_prefix(MAGIC)
+            .filter(|rest| rest.len() >= NONCE_LEN)
+            .ok_or_else(|| StoreError::corrupt("the stored tokens are not sealed"))?;
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let aad = associated_data(record.version());
+        let plain = self
+            .cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| {
+                StoreError::corrupt(
+                    "the stored tokens cannot be opened with this key, or were altered",
+                )
+            })?;
+        Ok(Record::new(record.version(), plain))
+    }
+}
+
+fn associated_data(version: u64) -> [u8; 30] {
+    let mut aad = [0; 30];
+    aad[..22].copy_from_slice(b"tower-token-refresh/v1");
+    aad[22..].copy_from_slice(&version.to_be_bytes());
+    aad
+}
+
+impl<S: TokenStore> TokenStore for Encrypted<S> {
+    fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        async move {
+            match self.inner.load().await? {
+                Some(record) => self.open(&record).map(Some),
+                None => Ok(None),
+            }
+        }
+    }
+
+    fn compare_and_swap(
+        &self,
+        expected: Option<u64>,
+        record: Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let sealed = self.seal(&record);
+        drop(record);
+        async move { self.inner.compare_and_swap(expected, sealed?).await }
+    }
+
+    fn try_lease(
+        &self,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
+        self.inner.try_lease(ttl)
+    }
+
+    fn release(&self, lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.release(lease)
+    }
+
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        self.inner.subscribe()
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.inner.poll_interval()
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Encrypted<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encrypted")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn store() -> (MemoryStore, Encrypted<MemoryStore>) {
+        let inner = MemoryStore::new();
+        (
+            inner.clone(),
+            Encrypted::new(inner, StoreKey::from_bytes([3; 32])),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_record_moved_to_another_version_does_not_open() {
+        let (inner, store) = store();
+        store
+            .compare_and_swap(None, Record::new(1, b"tokens".to_vec()))
+            .await
+            .unwrap();
+        let sealed = inner.load().await.unwrap().unwrap();
+        // An attacker with write access replays the sealed bytes as version 2.
+        let moved = Record::new(2, sealed.payload().to_vec());
+        assert!(inner.compare_and_swap(Some(1), moved).await.unwrap());
+        assert!(store.load().await.unwrap_err().is_corrupt());
+    }
+
+    #[tokio::test]
+    async fn tampered_and_unsealed_records_are_corrupt() {
+        let (inner, store) = store();
+        store
+            .compare_and_swap(None, Record::new(1, b"tokens".to_vec()))
+            .await
+            .unwrap();
+        let mut bytes = inner.load().await.unwrap().unwrap().payload().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        inner
+            .compare_and_swap(Some(1), Record::new(2, bytes))
+            .await
+            .unwrap();
+        assert!(store.load().await.unwrap_err().is_corrupt());
+
+        inner
+            .compare_and_swap(Some(2), Record::new(3, b"{\"plain\":1}".to_vec()))
+            .await
+            .unwrap();
+        let err = store.load().await.unwrap_err();
+        assert!(err.to_string().contains("not sealed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn two_seals_of_one_record_differ() {
+        let (inner, store) = store();
+        store
+            .compare_and_swap(None, Record::new(1, b"same".to_vec()))
+            .await
+            .unwrap();
+        let first = inner.load().await.unwrap().unwrap().payload().to_vec();
+        store
+            .compare_and_swap(Some(1), Record::new(2, b"same".to_vec()))
+            .await
+            .unwrap();
+        let second = inner.load().await.unwrap().unwrap().payload().to_vec();
+        assert_ne!(first[4..28], second[4..28], "nonces must not repeat");
+    }
+}

@@ -1,0 +1,102 @@
+//! [`StoreError`]: a store that failed, and why.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use crate::BoxError;
+
+/// A store operation that failed.
+///
+/// The layer never fails a request because of one: it logs the error and
+/// refreshes on its own. The message never contains a token.
+///
+/// ```
+/// use tower_token_refresh::store::StoreError;
+///
+/// let err = StoreError::corrupt("the token file is not valid JSON");
+/// assert!(err.is_corrupt());
+/// assert_eq!(err.to_string(), "corrupt token store: the token file is not valid JSON");
+///
+/// let down = StoreError::unavailable("connection refused");
+/// assert!(!down.is_corrupt());
+/// ```
+pub struct StoreError {
+    kind: Kind,
+    message: String,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Unavailable,
+    Corrupt,
+}
+
+impl StoreError {
+    /// The store could not be reached or did not complete the operation.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(Kind::Unavailable, message)
+    }
+
+    /// The stored data cannot be read: malformed, from another format, or
+    /// (for a sealed store) not sealed with this key. The layer never
+    /// overwrites a record it cannot read.
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::new(Kind::Corrupt, message)
+    }
+
+    fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying error.
+    ///
+    /// ```
+    /// use std::error::Error;
+    /// use tower_token_refresh::store::StoreError;
+    ///
+    /// let io = std::io::Error::other("disk full");
+    /// let err = StoreError::unavailable("writing the token file").with_source(io);
+    /// assert_eq!(err.source().unwrap().to_string(), "disk full");
+    /// ```
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Whether the stored data is unreadable, as opposed to unreachable.
+    pub fn is_corrupt(&self) -> bool {
+        self.kind == Kind::Corrupt
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Kind::Unavailable => write!(f, "token store unavailable: {}", self.message),
+            Kind::Corrupt => write!(f, "corrupt token store: {}", self.message),
+        }
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn StdError + 'static))
+    }
+}

@@ -1,0 +1,366 @@
+//! [`FileStore`]: tokens that survive a restart of one process.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::Value;
+use tokio::sync::{watch, Mutex};
+use zeroize::Zeroizing;
+
+use super::local::Local;
+use super::{Lease, Record, StoreError, TokenStore};
+
+/// Keeps the tokens in a file, so a restarted process resumes with the
+/// newest (possibly rotated) refresh token instead of logging in again.
+///
+/// - Writes are atomic: the record goes to a temporary file in the same
+///   directory, is flushed to disk and renamed over the old file, so a
+///   crash leaves either the old record or the new one, never a mix.
+/// - On Unix the file is created with mode `0600`: only its owner can read
+///   it. Wrap the store in [`Encrypted`](crate::store::Encrypted) to keep
+///   the tokens unreadable even to a backup.
+/// - A file that cannot be read as a record is reported as
+///   [corrupt](StoreError::is_corrupt) (naming the path, never its
+///   content) and is never overwritten: the layer refreshes on its own and
+///   the file waits for someone to look at it.
+/// - The lease and the change signal live in this process: several layers
+///   of one process share a `FileStore` through its clones. It does not
+///   coordinate processes; use [`RedisStore`](crate::store::RedisStore)
+///   for that.
+///
+/// Requires the `file` feature. The file holds JSON:
+/// `{"version": 3, "payload": "<base64>"}`.
+///
+/// ```
+/// use tower_token_refresh::store::{FileStore, Record, TokenStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let dir = std::env::temp_dir().join(format!("ttr-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("tokens.json");
+/// # let _ = std::fs::remove_file(&path);
+///
+/// let store = FileStore::new(&path);
+/// assert!(store.load().await.unwrap().is_none());
+/// assert!(store.compare_and_swap(None, Record::new(1, b"tokens".to_vec())).await.unwrap());
+///
+/// // A new process (here: a new store) reads it back.
+/// let restarted = FileStore::new(&path);
+/// assert_eq!(restarted.load().await.unwrap().unwrap().version(), 1);
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # }
+/// ```
+///
+/// # Clone
+///
+/// Clones share the file, the lease and the change signal.
+#[derive(Clone)]
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// Serializes this process's compare-and-swaps on the file.
+    writing: Mutex<()>,
+    local: Local,
+}
+
+impl FileStore {
+    /// A store kept at `path`; nothing is read or created until first use.
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                path: path.as_ref().to_path_buf(),
+                writing: Mutex::const_new(()),
+                local: Local::new(),
+            }),
+        }
+    }
+
+    /// Where the tokens are kept.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+}
+
+impl TokenStore for FileStore {
+    fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        let path = self.inner.path.clone();
+        async move { blocking(move || read(&path)).await }
+    }
+
+    fn compare_and_swap(
+        &self,
+        expected: Option<u64>,
+        record: Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async move {
+            let _writing = self.inner.writing.lock().await;
+            let path = self.inner.path.clone();
+            let version = record.version();
+            let swapped = blocking(move || {
+                if read(&path)?.as_ref().map(Record::version) != expected {
+                    return Ok(false);
+                }
+                write(&path, &record).map(|()| true)
+            })
+            .await?;
+            if swapped {
+                self.inner.local.announce(version);
+            }
+            Ok(swapped)
+        }
+    }
+
+    fn try_lease(
+        &self,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
+        std::future::ready(Ok(self.inner.local.try_lease(ttl)))
+    }
+
+    fn release(&self, lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.local.release(&lease);
+        std::future::ready(Ok(()))
+    }
+
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.local.subscribe())
+    }
+}
+
+impl fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+/// File work runs on tokio's blocking pool, never on a runtime worker.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join| {
+            Err(StoreError::unavailable("the file task failed").with_source(join))
+        })
+}
+
+fn read(path: &Path) -> Result<Option<Record>, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => Zeroizing::new(bytes),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(
+                StoreError::unavailable(format!("cannot read {}", path.display()))
+                    .with_source(error),
+            )
+        }
+    };
+    let corrupt = || {
+        StoreError::corrupt(format!(
+            "{} is not a token file (expected {{\"version\": n, \"payload\": base64}})",
+            path.display()
+        ))
+    };
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
+    let version = value
+        .get("version")
+        .and_then(Value::as_u64)
+        .ok_or_else(corrupt)?;
+    let payload = value
+        .get("payload")
+        .and_then(Value::as_str)
+        .ok_or_else(corrupt)?;
+    let payload = STANDARD.decode(payload).map_err(|_| corrupt())?;
+    Ok(Some(Record::new(version, payload)))
+}
+
+/// Writes `record` next to `path`, flushes it and renames it into place.
+fn write(path: &Path, record: &Record) -> Result<(), StoreError> {
+    let failed = |doing: &str, error: io::Error| {
+        StoreError::unavailable(format!("cannot {doing} {}", path.display())).with_source(error)
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let temp = dir.join(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let mut contents = Zeroizing::new(Vec::with_capacity(record.payload().len() * 4 / 3 + 64));
+    contents
+        .extend_from_slice(format!("{{\"version\":{},\"payload\":\"", record.version()).as_bytes());
+    // Encoded in place, so the payload has no unwiped copy.
+    let start = contents.len();
+    let encoded = base64::encoded_len(record.payload().len(), true).unwrap_or(usize::MAX);
+    contents.resize(start + encoded, 0);
+    STANDARD
+        .encode_slice(record.payload(), &mut contents[start..])
+        .map_err(|_| StoreError::unavailable("the record is too large to write"))?;
+    contents.extend_from_slice(b"\"}\n");
+    let written = create_private(&temp)
+        .and_then(|mut file| {
+            file.write_all(&contents)?;
+            file.sync_all()
+        })
+        .map_err(|error| failed("write a temporary file beside", error))
+        .and_then(|()| fs::rename(&temp, path).map_err(|error| failed("replace", error)));
+    if written.is_err() {
+        // Never leave a partial record behind.
+        let _ = fs::remove_file(&temp);
+        return written;
+    }
+    // Makes the rename itself durable; not possible everywhere.
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+fn create_private(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system's temporary one, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "ttr-file-store-{}-{:016x}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn entries(&self) -> Vec<String> {
+            let mut names: Vec<_> = fs::read_dir(&self.0)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn swaps_only_from_the_expected_version_and_leaves_no_temporary_file() {
+        let dir = TempDir::new();
+        let store = FileStore::new(dir.0.join("tokens.json"));
+        let mut changes = store.subscribe().unwrap();
+        assert!(store
+            .compare_and_swap(None, Record::new(1, vec![0, 1, 2, 255]))
+            .await
+            .unwrap());
+        assert!(!store
+            .compare_and_swap(None, Record::new(1, b"late".to_vec()))
+            .await
+            .unwrap());
+        assert!(!store
+            .compare_and_swap(Some(7), Record::new(8, b"wrong".to_vec()))
+            .await
+            .unwrap());
+        assert!(store
+            .compare_and_swap(Some(1), Record::new(2, b"second".to_vec()))
+            .await
+            .unwrap());
+        assert_eq!(*changes.borrow_and_update(), 2);
+        let stored = FileStore::new(store.path()).load().await.unwrap().unwrap();
+        assert_eq!((stored.version(), stored.payload()), (2, &b"second"[..]));
+        assert_eq!(dir.entries(), ["tokens.json"]);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new();
+        let store = FileStore::new(dir.0.join("tokens.json"));
+        store
+            .compare_and_swap(None, Record::new(1, b"t".to_vec()))
+            .await
+            .unwrap();
+        let mode = fs::metadata(store.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_file_is_reported_by_path_and_never_overwritten() {
+        let dir = TempDir::new();
+        let path = dir.0.join("tokens.json");
+        for garbage in [
+            &b"{\"version\":1,\"payload\":\"secret-value"[..],
+            b"{\"version\":\"one\",\"payload\":\"\"}",
+            b"{\"version\":1,\"payload\":\"not base64!\"}",
+        ] {
+            fs::write(&path, garbage).unwrap();
+            let store = FileStore::new(&path);
+            let err = store.load().await.unwrap_err();
+            assert!(err.is_corrupt(), "{err}");
+            assert!(err.to_string().contains("tokens.json"), "{err}");
+            assert!(!err.to_string().contains("secret-value"), "{err}");
+            let swap = store
+                .compare_and_swap(Some(1), Record::new(2, b"new".to_vec()))
+                .await;
+            assert!(swap.unwrap_err().is_corrupt());
+            assert_eq!(fs::read(&path).unwrap(), garbage);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_leaves_the_old_record_and_no_temporary_file() {
+        let dir = TempDir::new();
+        let path = dir.0.join("tokens.json");
+        let store = FileStore::new(&path);
+        store
+            .compare_and_swap(None, Record::new(1, b"old".to_vec()))
+            .await
+            .unwrap();
+        // A directory where the temporary file would go makes the write fail.
+        let blocked = FileStore::new(dir.0.join("missing").join("tokens.json"));
+        let err = blocked
+            .compare_and_swap(None, Record::new(1, b"new".to_vec()))
+            .await
+            .unwrap_err();
+        assert!(!err.is_corrupt());
+        assert!(err.to_string().contains("missing"), "{err}");
+        assert_eq!(store.load().await.unwrap().unwrap().payload(), b"old");
+        assert_eq!(dir.entries(), ["tokens.json"]);
+    }
+}

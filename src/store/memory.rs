@@ -1,0 +1,123 @@
+//! [`MemoryStore`]: a store inside one process.
+
+use std::fmt;
+use std::future::{ready, Future};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::local::Local;
+use super::{Lease, Record, StoreError, TokenStore};
+
+/// A store in this process's memory, shared by its clones.
+///
+/// Layers given clones of one `MemoryStore` refresh once between them and
+/// announce each new version to the others at once. Nothing survives the
+/// process; see [`FileStore`](crate::store::FileStore) for that, and
+/// [`RedisStore`](crate::store::RedisStore) for several processes.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_token_refresh::store::{MemoryStore, Record, TokenStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let store = MemoryStore::new();
+/// assert!(store.compare_and_swap(None, Record::new(1, b"a".to_vec())).await.unwrap());
+/// // A writer that read version 0 comes too late.
+/// assert!(!store.compare_and_swap(None, Record::new(1, b"b".to_vec())).await.unwrap());
+/// assert_eq!(store.load().await.unwrap().unwrap().payload(), b"a");
+///
+/// let lease = store.try_lease(Duration::from_secs(5)).await.unwrap().unwrap();
+/// assert!(store.try_lease(Duration::from_secs(5)).await.unwrap().is_none());
+/// store.release(lease).await.unwrap();
+/// assert!(store.try_lease(Duration::from_secs(5)).await.unwrap().is_some());
+/// # }
+/// ```
+///
+/// # Clone
+///
+/// Clones share the same record, lease and change signal.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    record: Mutex<Option<Record>>,
+    local: Local,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                record: Mutex::default(),
+                local: Local::new(),
+            }),
+        }
+    }
+
+    fn record(&self) -> MutexGuard<'_, Option<Record>> {
+        // Plain data, always left consistent: a panic elsewhere must not
+        // wedge the store.
+        self.inner
+            .record
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TokenStore for MemoryStore {
+    fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        ready(Ok(self.record().clone()))
+    }
+
+    fn compare_and_swap(
+        &self,
+        expected: Option<u64>,
+        record: Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let mut stored = self.record();
+        let swapped = stored.as_ref().map(Record::version) == expected;
+        if swapped {
+            let version = record.version();
+            *stored = Some(record);
+            drop(stored);
+            self.inner.local.announce(version);
+        }
+        ready(Ok(swapped))
+    }
+
+    fn try_lease(
+        &self,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
+        ready(Ok(self.inner.local.try_lease(ttl)))
+    }
+
+    fn release(&self, lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.local.release(&lease);
+        ready(Ok(()))
+    }
+
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.local.subscribe())
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("version", &self.record().as_ref().map(Record::version))
+            .field("leased", &self.inner.local.is_leased())
+            .finish()
+    }
+}

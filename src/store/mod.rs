@@ -1,0 +1,247 @@
+//! Token stores: one token shared by many processes, or kept across restarts.
+//!
+//! Without a store every process refreshes on its own. With rotating refresh
+//! tokens that is worse than wasteful: two replicas presenting the same
+//! refresh token look like a stolen token to the identity server, which then
+//! revokes the whole family and every replica with it. With a store, the
+//! refresh flight of each process (still one per process) follows one
+//! protocol:
+//!
+//! 1. Load the stored record. If its version is newer than the one this
+//!    process holds and its token is still usable, adopt it: no refresh.
+//! 2. Otherwise take the store's lease. Whoever holds it loads once more
+//!    (someone may have finished just before), refreshes from the newest
+//!    stored refresh token, stores the result as the next version with a
+//!    compare-and-swap, and releases the lease.
+//! 3. Everyone else waits for the store to announce a new version (or polls
+//!    for one), then adopts it. A lease left by a crashed holder expires, and
+//!    the next process to take it completes the refresh.
+//!
+//! A refresh token rejected for good (`invalid_grant`) sends the flight back
+//! to the store before any login: a sibling may have rotated it meanwhile.
+//!
+//! A store that fails or does not answer within the refresh timeout never
+//! fails a request: the process logs a warning and refreshes on its own, as
+//! it would without a store, and requests go on with any token still valid.
+//!
+//! Stores hold opaque bytes: the layer encodes the tokens (with an absolute
+//! expiry, so any process can read it) and, wrapped in
+//! [`Encrypted`](crate::store::Encrypted), seals them, so a store only keeps
+//! versioned records, a lease and a change signal. The stores here:
+//!
+//! - [`MemoryStore`]: one process, any number of layers (tests, or several
+//!   clients sharing one credential).
+//! - [`FileStore`] (feature `file`): one process across restarts.
+//! - [`RedisStore`] (feature `redis`): a fleet of processes.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_token_refresh::{refresh_fn, store::MemoryStore, RefreshError, TokenRefreshLayer, TokenSet};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let store = MemoryStore::new();
+//! let source = || refresh_fn(|_| async {
+//!     Ok::<_, RefreshError>(TokenSet::new("shared").with_expires_in(Duration::from_secs(600)))
+//! });
+//! let first = TokenRefreshLayer::builder(source()).store(store.clone()).build();
+//! let second = TokenRefreshLayer::builder(source()).store(store.clone()).build();
+//!
+//! first.handle().force_refresh().await.unwrap();
+//! second.handle().force_refresh().await.unwrap();
+//! // The second layer adopted the first one's token instead of refreshing.
+//! assert_eq!(first.handle().stats().refresh_successes, 1);
+//! assert_eq!(second.handle().stats().adopted, 1);
+//! assert_eq!(second.handle().stats().refresh_successes, 0);
+//! # }
+//! ```
+
+mod codec;
+#[cfg(feature = "encryption")]
+mod encrypted;
+mod error;
+#[cfg(feature = "file")]
+mod file;
+mod local;
+mod memory;
+mod record;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+#[cfg(feature = "encryption")]
+pub use encrypted::{Encrypted, StoreKey};
+pub use error::StoreError;
+#[cfg(feature = "file")]
+pub use file::FileStore;
+pub use memory::MemoryStore;
+pub use record::{Lease, Record};
+
+pub(crate) use codec::{decode, encode, Decoded};
+
+/// Where processes (or layers) share their newest tokens.
+///
+/// A store keeps one versioned [`Record`], a lease and, optionally, a signal
+/// telling that a new version was stored. The layer drives the protocol
+/// described in the [module docs](self); a store only has to make each
+/// operation atomic.
+///
+/// Every method may fail with a [`StoreError`]; the layer then refreshes on
+/// its own for that flight. Futures that never finish are cut off at the
+/// refresh timeout.
+///
+/// ```
+/// use std::future::Future;
+/// use std::sync::Mutex;
+/// use std::time::Duration;
+/// use tower_token_refresh::store::{Lease, Record, StoreError, TokenStore};
+///
+/// /// A store of one process, with a lease that is always free.
+/// #[derive(Default)]
+/// struct Simple(Mutex<Option<Record>>);
+///
+/// impl TokenStore for Simple {
+///     fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+///         let record = self.0.lock().unwrap().clone();
+///         async move { Ok(record) }
+///     }
+///
+///     fn compare_and_swap(&self, expected: Option<u64>, record: Record)
+///         -> impl Future<Output = Result<bool, StoreError>> + Send {
+///         let mut slot = self.0.lock().unwrap();
+///         let swapped = slot.as_ref().map(Record::version) == expected;
+///         if swapped {
+///             *slot = Some(record);
+///         }
+///         async move { Ok(swapped) }
+///     }
+///
+///     fn try_lease(&self, _ttl: Duration)
+///         -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
+///         async { Ok(Some(Lease::new("only-one"))) }
+///     }
+///
+///     fn release(&self, _lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+///         async { Ok(()) }
+///     }
+/// }
+/// ```
+pub trait TokenStore: Send + Sync + 'static {
+    /// The newest stored record, if any.
+    fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+
+    /// Stores `record` if the stored version is still `expected` (`None`:
+    /// nothing stored yet), atomically; `Ok(false)` if another writer came
+    /// first. `record.version()` is always `expected + 1`.
+    fn compare_and_swap(
+        &self,
+        expected: Option<u64>,
+        record: Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Takes the refresh lease for `ttl` if nobody holds it. The lease must
+    /// lapse on its own after `ttl`, so a holder that crashed cannot block
+    /// the others for longer.
+    fn try_lease(
+        &self,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
+
+    /// Gives the lease back, if `lease` still holds it (it may have lapsed
+    /// and been taken by someone else, whose lease must stay).
+    fn release(&self, lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A signal carrying the newest version someone stored, if the store
+    /// can announce changes. Without one the layer polls while it waits for
+    /// another process's refresh, and adopts a newer record only when it
+    /// next needs a token. Default: `None`.
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
+    /// How often to look at the store while another process holds the
+    /// lease. Default: 250 ms.
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(250)
+    }
+}
+
+impl<S: TokenStore> TokenStore for Arc<S> {
+    fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        (**self).load()
+    }
+
+    fn compare_and_swap(
+        &self,
+        expected: Option<u64>,
+        record: Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).compare_and_swap(expected, record)
+    }
+
+    fn try_lease(
+        &self,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
+        (**self).try_lease(ttl)
+    }
+
+    fn release(&self, lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).release(lease)
+    }
+
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        (**self).subscribe()
+    }
+
+    fn poll_interval(&self) -> Duration {
+        (**self).poll_interval()
+    }
+}
+
+type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Object-safe form of [`TokenStore`], so the layer's type does not name
+/// the store. Boxing happens once per store call, only inside refreshes.
+pub(crate) trait DynStore: Send + Sync + 'static {
+    fn load_boxed(&self) -> StoreFuture<'_, Option<Record>>;
+    fn compare_and_swap_boxed(&self, expected: Option<u64>, record: Record)
+        -> StoreFuture<'_, bool>;
+    fn try_lease_boxed(&self, ttl: Duration) -> StoreFuture<'_, Option<Lease>>;
+    fn release_boxed(&self, lease: Lease) -> StoreFuture<'_, ()>;
+    fn subscribe_dyn(&self) -> Option<watch::Receiver<u64>>;
+    fn poll_interval_dyn(&self) -> Duration;
+}
+
+impl<S: TokenStore> DynStore for S {
+    fn load_boxed(&self) -> StoreFuture<'_, Option<Record>> {
+        Box::pin(self.load())
+    }
+
+    fn compare_and_swap_boxed(
+        &self,
+        expected: Option<u64>,
+        record: Record,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(self.compare_and_swap(expected, record))
+    }
+
+    fn try_lease_boxed(&self, ttl: Duration) -> StoreFuture<'_, Option<Lease>> {
+        Box::pin(self.try_lease(ttl))
+    }
+
+    fn release_boxed(&self, lease: Lease) -> StoreFuture<'_, ()> {
+        Box::pin(self.release(lease))
+    }
+
+    fn subscribe_dyn(&self) -> Option<watch::Receiver<u64>> {
+        self.subscribe()
+    }
+
+    fn poll_interval_dyn(&self) -> Duration {
+        self.poll_interval()
+    }
+}

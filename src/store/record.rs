@@ -1,0 +1,93 @@
+//! What a store keeps: a versioned record and a lease.
+
+use std::fmt;
+
+use zeroize::Zeroize;
+
+/// One version of the shared tokens, as a store keeps it.
+///
+/// The payload is opaque to the store: the layer's encoding of the tokens,
+/// sealed when the store is wrapped in
+/// [`Encrypted`](crate::store::Encrypted). Unsealed it holds credentials,
+/// so it is wiped from memory on drop and never printed.
+///
+/// ```
+/// use tower_token_refresh::store::Record;
+///
+/// let record = Record::new(3, b"payload".to_vec());
+/// assert_eq!(record.version(), 3);
+/// assert_eq!(record.payload(), b"payload");
+/// assert!(!format!("{record:?}").contains("payload\""));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Record {
+    version: u64,
+    payload: Vec<u8>,
+}
+
+impl Record {
+    /// A record of `payload` at `version`.
+    pub fn new(version: u64, payload: Vec<u8>) -> Self {
+        Self { version, payload }
+    }
+
+    /// Versions start at 1 and grow by one with each stored refresh.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The encoded (possibly sealed) tokens.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.payload.zeroize();
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("version", &self.version)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// Proof of holding a store's refresh lease, handed back to release it.
+///
+/// The owner is a random identity of the holder, so a holder whose lease
+/// lapsed cannot release the lease someone else took since.
+///
+/// ```
+/// use tower_token_refresh::store::Lease;
+///
+/// let lease = Lease::new("replica-7f3a");
+/// assert_eq!(lease.owner(), "replica-7f3a");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    owner: Box<str>,
+}
+
+impl Lease {
+    /// A lease held by `owner`.
+    pub fn new(owner: impl Into<String>) -> Self {
+        Self {
+            owner: owner.into().into_boxed_str(),
+        }
+    }
+
+    /// Who holds it.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// A fresh random owner identity: 128 bits, hex.
+    pub(crate) fn random_owner() -> String {
+        format!("{:032x}", fastrand::u128(..))
+    }
+}
