@@ -159,12 +159,10 @@ fn associated_data(version: u64) -> [u8; 30] {
 }
 
 impl<S: TokenStore> TokenStore for Encrypted<S> {
-    fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
-        async move {
-            match self.inner.load().await? {
-                Some(record) => self.open(&record).map(Some),
-                None => Ok(None),
-            }
+    async fn load(&self) -> Result<Option<Record>, StoreError> {
+        match self.inner.load().await? {
+            Some(record) => self.open(&record).map(Some),
+            None => Ok(None),
         }
     }
 

@@ -97,27 +97,25 @@ impl TokenStore for FileStore {
         async move { blocking(move || read(&path)).await }
     }
 
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &self,
         expected: Option<u64>,
         record: Record,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        async move {
-            let _writing = self.inner.writing.lock().await;
-            let path = self.inner.path.clone();
-            let version = record.version();
-            let swapped = blocking(move || {
-                if read(&path)?.as_ref().map(Record::version) != expected {
-                    return Ok(false);
-                }
-                write(&path, &record).map(|()| true)
-            })
-            .await?;
-            if swapped {
-                self.inner.local.announce(version);
+    ) -> Result<bool, StoreError> {
+        let _writing = self.inner.writing.lock().await;
+        let path = self.inner.path.clone();
+        let version = record.version();
+        let swapped = blocking(move || {
+            if read(&path)?.as_ref().map(Record::version) != expected {
+                return Ok(false);
             }
-            Ok(swapped)
+            write(&path, &record).map(|()| true)
+        })
+        .await?;
+        if swapped {
+            self.inner.local.announce(version);
         }
+        Ok(swapped)
     }
 
     fn try_lease(

@@ -1,0 +1,622 @@
+//! [`RedisStore`]: one token shared by a fleet of processes, through Redis.
+//!
+//! The key layout, the connection behaviour and what happens while Redis is
+//! down are documented on the type.
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use ::redis::{Client, RedisError, RedisResult, Script, Value};
+use futures_core::Stream;
+use tokio::sync::{oneshot, watch};
+use zeroize::Zeroizing;
+
+use super::{Lease, Record, StoreError, TokenStore};
+
+/// How long a connection attempt or a command may take by default.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often the change feed tries again to subscribe after losing Redis.
+const FEED_RETRY: Duration = Duration::from_secs(1);
+
+/// How often the change feed checks that its idle connection still works.
+///
+/// A subscription only reads, so without a check a connection cut off
+/// without a reset (a host that vanished, a dropped NAT entry) would look
+/// quiet forever and the processes would fall back to polling for good.
+const FEED_HEALTH_CHECK: Duration = Duration::from_secs(15);
+
+/// Redis refuses expiries that overflow its clock; no lease needs more than
+/// this (about 49 days).
+const MAX_LEASE_MS: u64 = u32::MAX as u64;
+
+/// `KEYS[1]`: the tokens hash. `ARGV`: the expected version (empty: none
+/// stored yet), the new version, the payload, the events channel.
+///
+/// One script, so the check, the write and the announcement are atomic: no
+/// other command runs between them.
+static COMPARE_AND_SWAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local stored = redis.call('HGET', KEYS[1], 'version')
+if ARGV[1] == '' then
+  if stored then return 0 end
+elseif stored ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'payload', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[2])
+return 1
+",
+    )
+});
+
+/// `KEYS[1]`: the lease. `ARGV[1]`: the owner giving it back.
+///
+/// A plain `DEL` could remove a lease that lapsed and was taken by another
+/// process meanwhile; comparing first, atomically, cannot.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+});
+
+/// A store in Redis, shared by every process that uses the same server and
+/// key prefix: the fleet refreshes once between them.
+///
+/// Requires the `redis` feature. Works with a single Redis server (or a
+/// primary behind one address), version 4 or newer; not with Redis Cluster.
+///
+/// # Keys
+///
+/// With the prefix `billing-api`, the store uses:
+///
+/// | key | type | content |
+/// |---|---|---|
+/// | `billing-api:tokens` | hash | `version`: the record's version, in decimal; `payload`: the record's bytes, unchanged |
+/// | `billing-api:lease` | string | the refresh lease's owner, `{pid}-{128 random bits in hex}`, written with `SET … NX PX {ttl in ms}` so it lapses on its own |
+/// | `billing-api:events` | pub/sub channel | each version stored, in decimal, published in the same script that stores it |
+///
+/// A compare-and-swap is one Lua script (check `version`, `HSET`, `PUBLISH`),
+/// and so is giving the lease back (delete it only if it still names this
+/// owner). The payload is the layer's encoding of the tokens: wrap the store
+/// in [`Encrypted`](crate::store::Encrypted) so that Redis, its replicas and
+/// its dumps hold only sealed bytes.
+///
+/// # Connections
+///
+/// Nothing contacts Redis before the first store call, so a process may
+/// start while Redis is down. The first call connects; every call after
+/// reuses that connection. A call that fails for any reason drops it, and
+/// the next call connects afresh: after Redis restarts (or fails over to a
+/// new address), the first call that notices fails and the next one works.
+/// Connecting and each command are bounded by the [timeout](Self::timeout),
+/// 1 s by default.
+///
+/// [`subscribe`](TokenStore::subscribe) starts one background task per
+/// store (shared by its clones) that holds a separate pub/sub connection,
+/// subscribes again every second while Redis is away, and ends when the
+/// last clone is dropped. Versions announced while it was disconnected are
+/// not replayed: waiting processes [poll](Self::poll_every) meanwhile.
+///
+/// # When Redis is unreachable
+///
+/// Every store call fails within about the timeout with an
+/// [unavailable](StoreError::unavailable) error (never a hang, never a
+/// token in the message). The layer then logs a warning and refreshes on
+/// its own, as it would without a store, and a request that a valid local
+/// token can serve never fails because of Redis. Once Redis answers again,
+/// the processes share their tokens again.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_token_refresh::store::{RedisStore, TokenStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // Nothing is contacted yet: only the URL is checked.
+/// let store = RedisStore::open("redis://:hunter2@127.0.0.1:1/", "billing-api")
+///     .unwrap()
+///     .poll_every(Duration::from_millis(100))
+///     .timeout(Duration::from_millis(500));
+/// assert!(!format!("{store:?}").contains("hunter2"));
+///
+/// // Nothing listens on port 1: the call fails fast, and the layer would
+/// // refresh on its own.
+/// let err = store.load().await.unwrap_err();
+/// assert!(!err.is_corrupt());
+/// # }
+/// ```
+///
+/// Sharing a layer's tokens across processes:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_token_refresh::store::RedisStore;
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+///
+/// # fn main() -> Result<(), tower_token_refresh::store::StoreError> {
+/// let store = RedisStore::open("redis://redis.internal:6379/", "billing-api")?;
+/// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+///         Ok::<_, RefreshError>(TokenSet::new("access").with_expires_in(Duration::from_secs(600)))
+///     }))
+///     .store(store)
+///     .build();
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Clone
+///
+/// Clones share the connection and the change feed; set the options
+/// before cloning.
+#[derive(Clone)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    poll_interval: Duration,
+    timeout: Duration,
+}
+
+struct Shared {
+    client: Client,
+    prefix: Box<str>,
+    tokens_key: String,
+    lease_key: String,
+    events_channel: String,
+    connection: Mutex<Option<Connection>>,
+    /// Names each connection, so a failed call drops only the connection
+    /// it used, never a newer one another call made meanwhile.
+    connections_made: AtomicU64,
+    feed: Mutex<Option<Feed>>,
+}
+
+#[derive(Clone)]
+struct Connection {
+    id: u64,
+    manager: ConnectionManager,
+}
+
+struct Feed {
+    changes: watch::Receiver<u64>,
+    /// Dropped with the last store clone, which ends the feed task.
+    _stop: oneshot::Sender<()>,
+}
+
+impl RedisStore {
+    /// A store at the Redis server `url` (`redis://[:password@]host[:port][/db]`),
+    /// keeping its keys under `prefix`. Fails only for a URL that cannot be
+    /// parsed: nothing is contacted until the first store call.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::RedisStore;
+    ///
+    /// let store = RedisStore::open("redis://127.0.0.1:6379/", "billing-api").unwrap();
+    /// assert_eq!(store.prefix(), "billing-api");
+    /// assert!(RedisStore::open("not a url", "billing-api").is_err());
+    /// ```
+    pub fn open(url: &str, prefix: impl Into<String>) -> Result<Self, StoreError> {
+        let client = Client::open(url).map_err(|error| {
+            StoreError::unavailable("the Redis URL cannot be parsed").with_source(error)
+        })?;
+        Ok(Self::new(client, prefix))
+    }
+
+    /// A store using `client` (for options a URL cannot express), keeping
+    /// its keys under `prefix`. Nothing is contacted until the first store
+    /// call.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::RedisStore;
+    ///
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
+    /// let store = RedisStore::new(client, "billing-api");
+    /// # let _ = store;
+    /// ```
+    pub fn new(client: Client, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        Self {
+            shared: Arc::new(Shared {
+                client,
+                tokens_key: format!("{prefix}:tokens"),
+                lease_key: format!("{prefix}:lease"),
+                events_channel: format!("{prefix}:events"),
+                prefix: prefix.into_boxed_str(),
+                connection: Mutex::new(None),
+                connections_made: AtomicU64::new(0),
+                feed: Mutex::new(None),
+            }),
+            poll_interval: Duration::from_millis(250),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// How often a process waiting for another one's refresh looks at the
+    /// store, in case an announcement was missed. Default: 250 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_token_refresh::store::{RedisStore, TokenStore};
+    ///
+    /// let store = RedisStore::open("redis://127.0.0.1/", "billing-api")
+    ///     .unwrap()
+    ///     .poll_every(Duration::from_millis(100));
+    /// assert_eq!(store.poll_interval(), Duration::from_millis(100));
+    /// ```
+    pub fn poll_every(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// How long connecting to Redis, and then each command, may take before
+    /// the call fails. Default: 1 s. Keep it well under the layer's
+    /// [refresh timeout](crate::Builder::refresh_timeout), which cuts every
+    /// store call off anyway.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_token_refresh::store::RedisStore;
+    ///
+    /// let store = RedisStore::open("redis://127.0.0.1/", "billing-api")
+    ///     .unwrap()
+    ///     .timeout(Duration::from_millis(300));
+    /// # let _ = store;
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The prefix of this store's keys.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::RedisStore;
+    ///
+    /// let store = RedisStore::open("redis://127.0.0.1/", "billing-api").unwrap();
+    /// assert_eq!(store.prefix(), "billing-api");
+    /// ```
+    pub fn prefix(&self) -> &str {
+        &self.shared.prefix
+    }
+
+    /// The connection to use, made now if there is none.
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        if let Some(connection) = self.shared.connection().clone() {
+            return Ok(connection);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            // One attempt per call: the caller, not a retry loop, decides
+            // when to try again, and a call must fail within the timeout.
+            .set_number_of_retries(0);
+        let manager = ConnectionManager::new_with_config(self.shared.client.clone(), config)
+            .await
+            .map_err(|error| {
+                StoreError::unavailable("cannot connect to Redis").with_source(error)
+            })?;
+        // Concurrent first calls may each have connected: the first one kept
+        // wins, and the others' connections close as they are dropped.
+        let mut slot = self.shared.connection();
+        let kept = slot.get_or_insert_with(|| Connection {
+            id: self.shared.connections_made.fetch_add(1, Ordering::Relaxed),
+            manager,
+        });
+        Ok(kept.clone())
+    }
+
+    /// Runs `command` on the connection; on failure drops that connection.
+    async fn run<T, F, Fut>(&self, what: &'static str, command: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let Connection { id, manager } = self.connection().await?;
+        command(manager).await.map_err(|error| {
+            // `ConnectionManager` reconnects by itself only when an error says
+            // the connection dropped. A connection that went silent (a
+            // failover that black-holed the old address, a dropped NAT entry)
+            // only times out, call after call; one whose tasks died with
+            // their runtime fails the same way each time. A fresh connection
+            // on the next call recovers from all of them, and failures are
+            // rare enough that reconnecting costs nothing.
+            self.shared.discard(id);
+            StoreError::unavailable(what).with_source(error)
+        })
+    }
+}
+
+impl Shared {
+    fn connection(&self) -> MutexGuard<'_, Option<Connection>> {
+        // Plain data, always left consistent: a panic elsewhere must not
+        // wedge the store.
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn feed(&self) -> MutexGuard<'_, Option<Feed>> {
+        self.feed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn discard(&self, id: u64) {
+        let mut slot = self.connection();
+        if slot.as_ref().is_some_and(|connection| connection.id == id) {
+            *slot = None;
+        }
+    }
+}
+
+impl TokenStore for RedisStore {
+    fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        let mut command = ::redis::cmd("HMGET");
+        command
+            .arg(&self.shared.tokens_key)
+            .arg("version")
+            .arg("payload");
+        async move {
+            let (version, payload): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+                .run(
+                    "loading the stored tokens from Redis",
+                    |mut manager| async move { command.query_async(&mut manager).await },
+                )
+                .await?;
+            // Wiped on every path that does not hand it over to a record.
+            let mut payload = payload.map(Zeroizing::new);
+            let key = &self.shared.tokens_key;
+            match (version, payload.as_mut()) {
+                (None, None) => Ok(None),
+                (Some(version), Some(payload)) => {
+                    let version = std::str::from_utf8(&version)
+                        .ok()
+                        .and_then(|version| version.parse().ok())
+                        .ok_or_else(|| {
+                            StoreError::corrupt(format!(
+                                "the `version` field of the Redis hash `{key}` is not a decimal number"
+                            ))
+                        })?;
+                    Ok(Some(Record::new(version, std::mem::take(&mut **payload))))
+                }
+                _ => Err(StoreError::corrupt(format!(
+                    "the Redis hash `{key}` holds only one of `version` and `payload`"
+                ))),
+            }
+        }
+    }
+
+    fn compare_and_swap(
+        &self,
+        expected: Option<u64>,
+        record: Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let mut invocation = COMPARE_AND_SWAP.key(&self.shared.tokens_key);
+        invocation
+            .arg(
+                expected
+                    .map(|version| version.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(record.version())
+            .arg(record.payload())
+            .arg(&self.shared.events_channel);
+        async move {
+            let swapped: i64 = self
+                .run("storing the tokens in Redis", |mut manager| async move {
+                    invocation.invoke_async(&mut manager).await
+                })
+                .await?;
+            Ok(swapped == 1)
+        }
+    }
+
+    fn try_lease(
+        &self,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
+        let owner = format!("{}-{}", std::process::id(), Lease::random_owner());
+        let ttl_ms = u64::try_from(ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_LEASE_MS);
+        let mut command = ::redis::cmd("SET");
+        command
+            .arg(&self.shared.lease_key)
+            .arg(&owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms);
+        async move {
+            let answer: Value = self
+                .run(
+                    "taking the refresh lease in Redis",
+                    |mut manager| async move { command.query_async(&mut manager).await },
+                )
+                .await?;
+            // `SET … NX` answers nil when the key exists, OK when it set it.
+            Ok((!matches!(answer, Value::Nil)).then(|| Lease::new(owner)))
+        }
+    }
+
+    fn release(&self, lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let mut invocation = RELEASE.key(&self.shared.lease_key);
+        invocation.arg(lease.owner());
+        async move {
+            let _deleted: i64 = self
+                .run(
+                    "releasing the refresh lease in Redis",
+                    |mut manager| async move { invocation.invoke_async(&mut manager).await },
+                )
+                .await?;
+            Ok(())
+        }
+    }
+
+    /// The versions announced on `{prefix}:events`, fed by one background
+    /// task per store. `None` outside a Tokio runtime.
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        let mut feed = self.shared.feed();
+        if let Some(feed) = feed.as_ref() {
+            // The task dies with the runtime it was spawned on, closing its
+            // sender; a store used from a new runtime starts a new one.
+            if feed.changes.has_changed().is_ok() {
+                return Some(feed.changes.clone());
+            }
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (sender, changes) = watch::channel(0);
+        let (stop, stopped) = oneshot::channel();
+        runtime.spawn(run_feed(
+            self.shared.client.clone(),
+            self.shared.events_channel.clone(),
+            sender,
+            stopped,
+            self.timeout,
+        ));
+        *feed = Some(Feed {
+            changes: changes.clone(),
+            _stop: stop,
+        });
+        Some(changes)
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+}
+
+/// Feeds `changes` from the events channel until `stop` fires (or its
+/// sender is dropped), subscribing again whenever the connection is lost.
+async fn run_feed(
+    client: Client,
+    channel: String,
+    changes: watch::Sender<u64>,
+    mut stop: oneshot::Receiver<()>,
+    timeout: Duration,
+) {
+    loop {
+        let subscribed = tokio::select! {
+            _ = &mut stop => return,
+            subscribed = subscribe_to(&client, &channel, timeout) => subscribed,
+        };
+        match subscribed {
+            Ok((sink, messages)) => {
+                tracing::debug!(channel = %channel, "subscribed to token changes in Redis");
+                let lost = tokio::select! {
+                    _ = &mut stop => return,
+                    lost = forward(sink, messages, &changes, timeout) => lost,
+                };
+                tracing::warn!(
+                    error = %lost,
+                    channel = %channel,
+                    "lost the Redis subscription to token changes; subscribing again every second, polling meanwhile"
+                );
+            }
+            Err(error) => tracing::debug!(
+                error = %error,
+                channel = %channel,
+                "cannot subscribe to token changes in Redis"
+            ),
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(FEED_RETRY) => {}
+        }
+    }
+}
+
+/// Why a subscription ended, or never started.
+enum Lost {
+    Redis(RedisError),
+    TimedOut(&'static str),
+    Closed,
+}
+
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Redis(error) => error.fmt(f),
+            Self::TimedOut(what) => write!(f, "{what} timed out"),
+            Self::Closed => f.write_str("the connection was closed"),
+        }
+    }
+}
+
+/// A new pub/sub connection subscribed to `channel`.
+async fn subscribe_to(
+    client: &Client,
+    channel: &str,
+    timeout: Duration,
+) -> Result<(PubSubSink, PubSubStream), Lost> {
+    // Unlike the command connection, a pub/sub connection has no timeouts
+    // of its own.
+    let (mut sink, messages) = tokio::time::timeout(timeout, client.get_async_pubsub())
+        .await
+        .map_err(|_| Lost::TimedOut("connecting"))?
+        .map_err(Lost::Redis)?
+        .split();
+    tokio::time::timeout(timeout, sink.subscribe(channel))
+        .await
+        .map_err(|_| Lost::TimedOut("subscribing"))?
+        .map_err(Lost::Redis)?;
+    Ok((sink, messages))
+}
+
+/// Forwards every announced version to `changes` until the connection
+/// fails.
+async fn forward(
+    mut sink: PubSubSink,
+    mut messages: PubSubStream,
+    changes: &watch::Sender<u64>,
+    timeout: Duration,
+) -> Lost {
+    loop {
+        tokio::select! {
+            message = next(&mut messages) => {
+                let Some(message) = message else {
+                    return Lost::Closed;
+                };
+                let version = std::str::from_utf8(message.get_payload_bytes())
+                    .ok()
+                    .and_then(|text| text.parse().ok());
+                match version {
+                    Some(version) => {
+                        changes.send_replace(version);
+                    }
+                    None => tracing::debug!("ignored a token change that is not a version number"),
+                }
+            }
+            () = tokio::time::sleep(FEED_HEALTH_CHECK) => {
+                match tokio::time::timeout(timeout, sink.ping::<Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => return Lost::Redis(error),
+                    Err(_) => return Lost::TimedOut("the health check"),
+                }
+            }
+        }
+    }
+}
+
+async fn next(messages: &mut PubSubStream) -> Option<::redis::Msg> {
+    poll_fn(|cx| Pin::new(&mut *messages).poll_next(cx)).await
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the client: its connection info holds the password.
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.shared.prefix)
+            .field("connected", &self.shared.connection().is_some())
+            .field("subscribed", &self.shared.feed().is_some())
+            .field("poll_interval", &self.poll_interval)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}

@@ -1,0 +1,1001 @@
+//! `RedisStore` against a real `redis-server` (one per test, on a free
+//! loopback port; see `tests/support/redis.rs`): the store's primitives,
+//! its key layout read back with a raw connection, and its behaviour while
+//! Redis is down, frozen or restarted.
+//!
+//! These tests run on the real clock: lease expiry and timeouts happen in
+//! Redis and in the kernel, which tokio's paused clock cannot reach. Every
+//! wait is bounded. Without `redis-server` each test says so and returns,
+//! unless `CI` is set, where a missing server fails it.
+
+#![cfg(feature = "redis")]
+
+// `pub`: this binary uses only the Redis fixture, and the rest of the
+// support module is not dead code here.
+pub mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::error::Error as _;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tower_token_refresh::store::{Lease, Record, RedisStore, StoreError, TokenStore};
+
+use support::bounded;
+use support::redis::RedisServer;
+
+/// A bound for things that take milliseconds when they work.
+const PROMPT: Duration = Duration::from_secs(5);
+
+/// How long a store call may take while Redis is down (its timeout is 1 s).
+const FAIL_FAST: Duration = Duration::from_secs(2);
+
+fn open(server: &RedisServer, prefix: &str) -> RedisStore {
+    RedisStore::open(&server.url(), prefix).expect("a valid URL")
+}
+
+fn record(version: u64, payload: &[u8]) -> Record {
+    Record::new(version, payload.to_vec())
+}
+
+async fn raw(server: &RedisServer) -> MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a raw connection to the test server")
+}
+
+/// Waits until `channel` has exactly `count` subscribers.
+async fn wait_for_subscribers(server: &RedisServer, channel: &str, count: u64) {
+    let mut con = raw(server).await;
+    let deadline = Instant::now() + PROMPT;
+    loop {
+        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if subscribers == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{channel} has {subscribers} subscribers, not {count}, after {PROMPT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (bounded) until `changes` carries `version`.
+async fn announced(changes: &mut watch::Receiver<u64>, version: u64) {
+    tokio::time::timeout(PROMPT, changes.wait_for(|seen| *seen == version))
+        .await
+        .unwrap_or_else(|_| panic!("version {version} not announced within {PROMPT:?}"))
+        .expect("the change feed is still running");
+}
+
+/// Runs a store call that must fail because Redis is unreachable, and
+/// fail within [`FAIL_FAST`].
+async fn fails_fast<T: std::fmt::Debug>(
+    what: &str,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> StoreError {
+    let started = Instant::now();
+    let result = tokio::time::timeout(PROMPT, call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung while Redis was unreachable"));
+    let elapsed = started.elapsed();
+    let error = result.expect_err(what);
+    assert!(elapsed < FAIL_FAST, "{what} took {elapsed:?} to fail");
+    assert!(!error.is_corrupt(), "{what}: {error}");
+    error
+}
+
+/// The error, its sources and its `Debug`, as one text.
+fn everything_said(error: &StoreError) -> String {
+    let mut text = format!("{error} {error:?}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(" {cause} {cause:?}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// A TCP relay in front of the server whose open connections can be made
+/// to go silent (nothing relayed, nothing closed: a dropped NAT entry, a
+/// failover that black-holes the old address) while new connections are
+/// relayed as before.
+struct Relay {
+    port: u16,
+    silence: watch::Sender<u64>,
+    accept: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (silence, silenced) = watch::channel(0);
+        let accept = tokio::spawn(async move {
+            // Dropped with this task, closing every connection.
+            let mut connections = JoinSet::new();
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                let mut server = TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
+                let mut silenced = silenced.clone();
+                silenced.borrow_and_update();
+                connections.spawn(async move {
+                    let silent = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        _ = silenced.changed() => true,
+                    };
+                    if silent {
+                        // Keep both ends open and say nothing.
+                        std::future::pending::<()>().await;
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            silence,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Every connection open now goes silent.
+    fn silence_open_connections(&self) {
+        self.silence.send_modify(|generation| *generation += 1);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+// ---- compare-and-swap and load ----
+
+#[tokio::test]
+async fn compare_and_swap_from_nothing_stores_the_first_version() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "app");
+        assert_eq!(store.load().await.unwrap(), None);
+        assert!(store
+            .compare_and_swap(None, record(1, b"first"))
+            .await
+            .unwrap());
+        assert_eq!(store.load().await.unwrap(), Some(record(1, b"first")));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn compare_and_swap_from_nothing_is_refused_once_a_version_is_stored() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let first = open(&server, "app");
+        let second = open(&server, "app");
+        assert!(first.compare_and_swap(None, record(1, b"a")).await.unwrap());
+        assert!(!second
+            .compare_and_swap(None, record(1, b"b"))
+            .await
+            .unwrap());
+        assert_eq!(second.load().await.unwrap(), Some(record(1, b"a")));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn compare_and_swap_with_a_stale_version_is_refused() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "app");
+        assert!(store
+            .compare_and_swap(None, record(1, b"one"))
+            .await
+            .unwrap());
+        assert!(store
+            .compare_and_swap(Some(1), record(2, b"two"))
+            .await
+            .unwrap());
+        // A writer that read version 1 comes too late.
+        assert!(!store
+            .compare_and_swap(Some(1), record(2, b"late"))
+            .await
+            .unwrap());
+        assert_eq!(store.load().await.unwrap(), Some(record(2, b"two")));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn compare_and_swap_from_a_version_never_stored_is_refused() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "app");
+        assert!(store
+            .compare_and_swap(None, record(3, b"three"))
+            .await
+            .unwrap());
+        assert!(!store
+            .compare_and_swap(Some(2), record(4, b"x"))
+            .await
+            .unwrap());
+        assert!(!store
+            .compare_and_swap(Some(4), record(5, b"x"))
+            .await
+            .unwrap());
+        assert!(!store
+            .compare_and_swap(Some(30), record(31, b"x"))
+            .await
+            .unwrap());
+        assert_eq!(store.load().await.unwrap(), Some(record(3, b"three")));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn versions_may_grow_by_more_than_one() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "app");
+        assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
+        assert!(store
+            .compare_and_swap(Some(1), record(5, b"b"))
+            .await
+            .unwrap());
+        assert!(store
+            .compare_and_swap(Some(5), record(u64::MAX, b"c"))
+            .await
+            .unwrap());
+        assert_eq!(store.load().await.unwrap(), Some(record(u64::MAX, b"c")));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn load_returns_the_payload_bytes_exactly() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "app");
+        // Every byte value, zeros, invalid UTF-8, CR LF (the protocol's
+        // separator), and a payload far larger than a token set.
+        let mut binary: Vec<u8> = (0..=255).collect();
+        binary.extend_from_slice(b"\0\0\r\n\xff\xfe\xc3\x28\0");
+        let large: Vec<u8> = (0..256 * 1024).map(|_| fastrand::u8(..)).collect();
+
+        let mut version = None;
+        for payload in [binary, Vec::new(), large, b"\0".to_vec()] {
+            let next = version.map_or(1, |v| v + 1);
+            assert!(store
+                .compare_and_swap(version, Record::new(next, payload.clone()))
+                .await
+                .unwrap());
+            let loaded = store.load().await.unwrap().expect("a stored record");
+            assert_eq!(loaded.version(), next);
+            assert_eq!(loaded.payload(), &payload[..], "payload of version {next}");
+            version = Some(next);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_compare_and_swaps_have_one_winner() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        // Separate stores: separate connections, as separate processes.
+        let mut writers = JoinSet::new();
+        for writer in 0..8u8 {
+            let store = open(&server, "app");
+            writers.spawn(async move {
+                let swapped = store
+                    .compare_and_swap(None, record(1, &[writer]))
+                    .await
+                    .unwrap();
+                (writer, swapped)
+            });
+        }
+        let mut winners = Vec::new();
+        while let Some(joined) = writers.join_next().await {
+            let (writer, swapped) = joined.unwrap();
+            if swapped {
+                winners.push(writer);
+            }
+        }
+        assert_eq!(winners.len(), 1, "winners: {winners:?}");
+        let stored = open(&server, "app").load().await.unwrap();
+        assert_eq!(stored, Some(record(1, &[winners[0]])));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_record_that_is_not_in_the_documented_form_is_corrupt() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "app");
+        let mut con = raw(&server).await;
+        let _: () = redis::cmd("HSET")
+            .arg("app:tokens")
+            .arg("version")
+            .arg("nine")
+            .arg("payload")
+            .arg("secret-payload")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let error = store.load().await.unwrap_err();
+        assert!(error.is_corrupt(), "{error}");
+        assert!(!everything_said(&error).contains("secret-payload"));
+
+        let _: () = redis::cmd("HDEL")
+            .arg("app:tokens")
+            .arg("version")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let error = store.load().await.unwrap_err();
+        assert!(error.is_corrupt(), "{error}");
+        assert!(!everything_said(&error).contains("secret-payload"));
+    })
+    .await;
+}
+
+// ---- lease ----
+
+#[tokio::test]
+async fn lease_is_exclusive() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let holder = open(&server, "app");
+        let other = open(&server, "app");
+        let lease = holder.try_lease(Duration::from_secs(10)).await.unwrap();
+        assert!(lease.is_some());
+        assert_eq!(
+            holder.try_lease(Duration::from_secs(10)).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            other.try_lease(Duration::from_secs(10)).await.unwrap(),
+            None
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_leases_have_one_holder() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let mut takers = JoinSet::new();
+        for _ in 0..8 {
+            let store = open(&server, "app");
+            takers.spawn(async move { store.try_lease(Duration::from_secs(10)).await.unwrap() });
+        }
+        let mut held = 0;
+        while let Some(joined) = takers.join_next().await {
+            held += usize::from(joined.unwrap().is_some());
+        }
+        assert_eq!(held, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lease_lapses_after_its_ttl() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let crashed = open(&server, "app");
+        let next = open(&server, "app");
+        let started = Instant::now();
+        let ttl = Duration::from_millis(300);
+        assert!(crashed.try_lease(ttl).await.unwrap().is_some());
+        assert_eq!(next.try_lease(ttl).await.unwrap(), None);
+        // The holder never releases it, as if it had crashed.
+        let taken = loop {
+            if next.try_lease(ttl).await.unwrap().is_some() {
+                break started.elapsed();
+            }
+            assert!(started.elapsed() < PROMPT, "the lease never lapsed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // Redis expires by its own clock, in milliseconds: allow a little.
+        assert!(
+            taken >= Duration::from_millis(250),
+            "lapsed after {taken:?}"
+        );
+        assert!(taken < Duration::from_secs(2), "lapsed after {taken:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn release_by_another_owner_leaves_the_lease() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let holder = open(&server, "app");
+        let other = open(&server, "app");
+        let lease = holder
+            .try_lease(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+        other.release(Lease::new("someone-else")).await.unwrap();
+        assert_eq!(
+            other.try_lease(Duration::from_secs(10)).await.unwrap(),
+            None
+        );
+        let owner: Option<String> = redis::cmd("GET")
+            .arg("app:lease")
+            .query_async(&mut raw(&server).await)
+            .await
+            .unwrap();
+        assert_eq!(owner.as_deref(), Some(lease.owner()));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn release_by_the_owner_frees_the_lease() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let holder = open(&server, "app");
+        let other = open(&server, "app");
+        let lease = holder
+            .try_lease(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+        holder.release(lease).await.unwrap();
+        let exists: bool = redis::cmd("EXISTS")
+            .arg("app:lease")
+            .query_async(&mut raw(&server).await)
+            .await
+            .unwrap();
+        assert!(!exists);
+        assert!(other
+            .try_lease(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn releasing_a_lapsed_lease_leaves_the_next_holders_lease() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let slow = open(&server, "app");
+        let next = open(&server, "app");
+        let stale = slow
+            .try_lease(Duration::from_millis(100))
+            .await
+            .unwrap()
+            .unwrap();
+        let started = Instant::now();
+        let current = loop {
+            if let Some(lease) = next.try_lease(Duration::from_secs(10)).await.unwrap() {
+                break lease;
+            }
+            assert!(started.elapsed() < PROMPT, "the lease never lapsed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // The slow holder finishes late and gives back what it thinks it holds.
+        slow.release(stale).await.unwrap();
+        assert_eq!(slow.try_lease(Duration::from_secs(10)).await.unwrap(), None);
+        let owner: Option<String> = redis::cmd("GET")
+            .arg("app:lease")
+            .query_async(&mut raw(&server).await)
+            .await
+            .unwrap();
+        assert_eq!(owner.as_deref(), Some(current.owner()));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lease_owners_name_the_process_and_never_repeat() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "app");
+        let mut owners = BTreeSet::new();
+        for _ in 0..5 {
+            let lease = store
+                .try_lease(Duration::from_secs(10))
+                .await
+                .unwrap()
+                .unwrap();
+            let (pid, random) = lease.owner().split_once('-').expect("pid-hex");
+            assert_eq!(pid, std::process::id().to_string());
+            assert_eq!(random.len(), 32, "{}", lease.owner());
+            assert!(random.chars().all(|c| c.is_ascii_hexdigit()));
+            owners.insert(lease.owner().to_owned());
+            store.release(lease).await.unwrap();
+        }
+        assert_eq!(owners.len(), 5);
+    })
+    .await;
+}
+
+// ---- change feed ----
+
+#[tokio::test]
+async fn subscribe_announces_a_version_stored_by_another_store() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let listener = open(&server, "app");
+        let writer = open(&server, "app");
+        let mut changes = listener.subscribe().expect("a runtime is running");
+        wait_for_subscribers(&server, "app:events", 1).await;
+
+        assert!(writer
+            .compare_and_swap(None, record(1, b"a"))
+            .await
+            .unwrap());
+        announced(&mut changes, 1).await;
+        assert!(writer
+            .compare_and_swap(Some(1), record(7, b"b"))
+            .await
+            .unwrap());
+        announced(&mut changes, 7).await;
+        // A refused swap announces nothing: the next announcement is 8.
+        assert!(!writer
+            .compare_and_swap(Some(1), record(2, b"c"))
+            .await
+            .unwrap());
+        assert!(writer
+            .compare_and_swap(Some(7), record(8, b"d"))
+            .await
+            .unwrap());
+        tokio::time::timeout(PROMPT, changes.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*changes.borrow_and_update(), 8);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_feed_serves_every_clone_and_ends_with_the_last() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "app");
+        let clone = store.clone();
+        let writer = open(&server, "app");
+        let _first = store.subscribe().unwrap();
+        let _again = store.subscribe().unwrap();
+        let mut changes = clone.subscribe().unwrap();
+        wait_for_subscribers(&server, "app:events", 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_for_subscribers(&server, "app:events", 1).await;
+
+        drop(store);
+        assert!(writer
+            .compare_and_swap(None, record(1, b"a"))
+            .await
+            .unwrap());
+        announced(&mut changes, 1).await;
+
+        drop(clone);
+        wait_for_subscribers(&server, "app:events", 0).await;
+        // The receivers learn that nothing will be announced any more.
+        let closed = tokio::time::timeout(PROMPT, changes.changed())
+            .await
+            .unwrap();
+        assert!(closed.is_err());
+    })
+    .await;
+}
+
+#[test]
+fn subscribe_outside_a_runtime_is_none() {
+    let store = RedisStore::open("redis://127.0.0.1:1/", "app").unwrap();
+    assert!(store.subscribe().is_none());
+}
+
+// ---- key layout and isolation ----
+
+#[tokio::test]
+async fn keys_are_laid_out_as_documented() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "layout:app");
+        let mut con = raw(&server).await;
+
+        // A raw subscriber on the documented channel.
+        let client = redis::Client::open(server.url()).unwrap();
+        let (ready, subscribed) = std::sync::mpsc::channel();
+        let subscriber = std::thread::spawn(move || {
+            let mut connection = client.get_connection().unwrap();
+            let mut pubsub = connection.as_pubsub();
+            pubsub.subscribe("layout:app:events").unwrap();
+            pubsub.set_read_timeout(Some(PROMPT)).unwrap();
+            ready.send(()).unwrap();
+            let message = pubsub.get_message().unwrap();
+            (
+                message.get_channel_name().to_owned(),
+                message.get_payload_bytes().to_vec(),
+            )
+        });
+        subscribed.recv_timeout(PROMPT).unwrap();
+
+        assert!(store
+            .compare_and_swap(None, record(3, b"\0sealed\xff"))
+            .await
+            .unwrap());
+        let lease = store
+            .try_lease(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+
+        let keys: BTreeSet<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let expected: BTreeSet<String> = ["layout:app:tokens", "layout:app:lease"]
+            .map(String::from)
+            .into();
+        assert_eq!(keys, expected);
+
+        let kind: String = redis::cmd("TYPE")
+            .arg("layout:app:tokens")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(kind, "hash");
+        let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+            .arg("layout:app:tokens")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let expected: HashMap<String, Vec<u8>> = [
+            ("version".to_owned(), b"3".to_vec()),
+            ("payload".to_owned(), b"\0sealed\xff".to_vec()),
+        ]
+        .into();
+        assert_eq!(fields, expected);
+
+        let kind: String = redis::cmd("TYPE")
+            .arg("layout:app:lease")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(kind, "string");
+        let owner: String = redis::cmd("GET")
+            .arg("layout:app:lease")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(owner, lease.owner());
+        let ttl_ms: i64 = redis::cmd("PTTL")
+            .arg("layout:app:lease")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!((9_000..=10_000).contains(&ttl_ms), "PTTL {ttl_ms}");
+
+        let (channel, message) = tokio::task::spawn_blocking(move || subscriber.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(channel, "layout:app:events");
+        assert_eq!(message, b"3");
+
+        // A record written by hand in the documented form is read back.
+        let _: () = redis::cmd("HSET")
+            .arg("layout:app:tokens")
+            .arg("version")
+            .arg("9")
+            .arg("payload")
+            .arg(&b"by hand\0"[..])
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(store.load().await.unwrap(), Some(record(9, b"by hand\0")));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stores_with_different_prefixes_do_not_interfere() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let a = open(&server, "tenant-a");
+        let b = open(&server, "tenant-b");
+        assert!(a.compare_and_swap(None, record(1, b"a1")).await.unwrap());
+        assert!(b.compare_and_swap(None, record(1, b"b1")).await.unwrap());
+        assert!(b.compare_and_swap(Some(1), record(2, b"b2")).await.unwrap());
+        assert_eq!(a.load().await.unwrap(), Some(record(1, b"a1")));
+        assert_eq!(b.load().await.unwrap(), Some(record(2, b"b2")));
+
+        assert!(a
+            .try_lease(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .is_some());
+        assert!(b
+            .try_lease(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .is_some());
+
+        let mut changes = a.subscribe().unwrap();
+        wait_for_subscribers(&server, "tenant-a:events", 1).await;
+        assert!(b.compare_and_swap(Some(2), record(3, b"b3")).await.unwrap());
+        // Loopback pub/sub takes well under a millisecond: 300 ms of silence
+        // means tenant-b's announcement did not reach tenant-a.
+        let heard = tokio::time::timeout(Duration::from_millis(300), changes.changed()).await;
+        assert!(heard.is_err(), "tenant-a heard {}", *changes.borrow());
+        assert!(a.compare_and_swap(Some(1), record(2, b"a2")).await.unwrap());
+        announced(&mut changes, 2).await;
+    })
+    .await;
+}
+
+// ---- Redis unreachable ----
+
+#[tokio::test]
+async fn every_call_fails_fast_while_redis_is_down() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "app");
+        assert!(store
+            .compare_and_swap(None, record(1, b"secret-payload"))
+            .await
+            .unwrap());
+        let lease = store
+            .try_lease(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+
+        server.stop();
+        assert!(!server.is_running());
+        // Twice round: first on the connection Redis dropped, then while
+        // connecting afresh to a closed port.
+        for _ in 0..2 {
+            let errors = [
+                fails_fast("load", store.load()).await,
+                fails_fast(
+                    "compare_and_swap",
+                    store.compare_and_swap(Some(1), record(2, b"secret-payload")),
+                )
+                .await,
+                fails_fast("try_lease", store.try_lease(Duration::from_secs(10))).await,
+                fails_fast("release", store.release(lease.clone())).await,
+            ];
+            for error in errors {
+                let said = everything_said(&error);
+                assert!(!said.contains("secret-payload"), "{said}");
+                assert!(error.source().is_some(), "no source: {error}");
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_call_fails_within_the_timeout_while_redis_is_frozen() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "app").timeout(Duration::from_millis(300));
+        assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
+
+        // Connections are accepted by the kernel but nothing answers: the
+        // kept connection times out, and so does each new one.
+        server.freeze();
+        for _ in 0..2 {
+            fails_fast("load", store.load()).await;
+            fails_fast("try_lease", store.try_lease(Duration::from_secs(10))).await;
+        }
+        server.thaw();
+        assert_eq!(store.load().await.unwrap(), Some(record(1, b"a")));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_connection_gone_silent_is_replaced_after_one_timeout() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let relay = Relay::start(server.port()).await;
+        let store = RedisStore::open(&relay.url(), "app")
+            .unwrap()
+            .timeout(Duration::from_millis(300));
+        assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
+
+        relay.silence_open_connections();
+        // The kept connection never answers again: one call times out, and
+        // the next one connects afresh instead of waiting on it forever.
+        fails_fast("load", store.load()).await;
+        assert_eq!(store.load().await.unwrap(), Some(record(1, b"a")));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_store_works_again_after_redis_restarts() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "app");
+        let mut changes = store.subscribe().unwrap();
+        wait_for_subscribers(&server, "app:events", 1).await;
+        assert!(open(&server, "app")
+            .compare_and_swap(None, record(1, b"a"))
+            .await
+            .unwrap());
+        announced(&mut changes, 1).await;
+
+        server.stop();
+        fails_fast("load", store.load()).await;
+        server.restart();
+
+        // The restarted server kept nothing; the store's next call connects
+        // to it.
+        assert_eq!(store.load().await.unwrap(), None);
+        assert!(store.compare_and_swap(None, record(2, b"b")).await.unwrap());
+        assert!(store
+            .try_lease(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .is_some());
+        // The change feed subscribes again on its own, and hears a process
+        // that started after the restart.
+        wait_for_subscribers(&server, "app:events", 1).await;
+        assert!(open(&server, "app")
+            .compare_and_swap(Some(2), record(3, b"c"))
+            .await
+            .unwrap());
+        announced(&mut changes, 3).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_store_idle_through_a_restart_recovers_by_its_second_call() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        let store = open(&server, "app");
+        assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
+        server.restart();
+        // The first call may still meet the connection Redis closed.
+        let first = store.load().await;
+        let second = store.load().await.expect("the second call reconnects");
+        assert_eq!(second, None);
+        if let Ok(first) = first {
+            assert_eq!(first, None);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_store_made_while_redis_is_down_connects_once_it_is_up() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    bounded(async {
+        server.stop();
+        // Opening contacts nothing, so it succeeds with Redis down.
+        let store = open(&server, "app");
+        fails_fast("load", store.load()).await;
+        server.restart();
+        assert_eq!(store.load().await.unwrap(), None);
+        assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
+    })
+    .await;
+}
+
+#[test]
+fn a_store_outliving_its_runtime_works_in_the_next_one() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let store = open(&server, "app");
+    runtime().block_on(bounded(async {
+        assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
+        let _changes = store.subscribe().unwrap();
+        wait_for_subscribers(&server, "app:events", 1).await;
+    }));
+    // The connection and the feed task died with that runtime.
+    runtime().block_on(bounded(async {
+        wait_for_subscribers(&server, "app:events", 0).await;
+        let first = store.load().await;
+        assert_eq!(store.load().await.unwrap(), Some(record(1, b"a")));
+        if let Ok(first) = first {
+            assert_eq!(first, Some(record(1, b"a")));
+        }
+        let mut changes = store.subscribe().expect("a new feed in this runtime");
+        wait_for_subscribers(&server, "app:events", 1).await;
+        assert!(open(&server, "app")
+            .compare_and_swap(Some(1), record(2, b"b"))
+            .await
+            .unwrap());
+        announced(&mut changes, 2).await;
+    }));
+}
+
+#[test]
+fn opening_checks_only_the_url() {
+    assert!(RedisStore::open("redis://127.0.0.1:1/", "app").is_ok());
+    let error = RedisStore::open("no scheme here", "app").unwrap_err();
+    assert!(!error.is_corrupt());
+    assert!(error.source().is_some());
+
+    let store = RedisStore::open("redis://:hunter2@127.0.0.1:1/", "app").unwrap();
+    let debug = format!("{store:?}");
+    assert!(debug.contains("app"), "{debug}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+}
