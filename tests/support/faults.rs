@@ -4,7 +4,10 @@
 //!
 //! A server that takes a pending [`Failure`] answers with it in its own
 //! error shape instead of doing the work; a delay holds every refresh
-//! answer (after the work is done) so a test can keep a refresh in flight.
+//! answer (after the work is done) so a test can keep a refresh in flight;
+//! a stall holds every refresh request before any work, so a client that
+//! dies meanwhile (its connection closes and the server drops the request)
+//! has spent nothing.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -59,6 +62,7 @@ impl Failure {
 pub struct Faults {
     pending: Mutex<VecDeque<Failure>>,
     delay: Mutex<Duration>,
+    stall: Mutex<Duration>,
 }
 
 impl Faults {
@@ -72,6 +76,20 @@ impl Faults {
     /// Holds every answer for `delay` from now on (zero: no delay).
     pub fn set_delay(&self, delay: Duration) {
         *self.delay.lock().unwrap() = delay;
+    }
+
+    /// Holds every request for `stall` before any work from now on (zero:
+    /// no stall).
+    pub fn set_stall(&self, stall: Duration) {
+        *self.stall.lock().unwrap() = stall;
+    }
+
+    /// Waits out the armed stall.
+    pub async fn stall(&self) {
+        let stall = *self.stall.lock().unwrap();
+        if !stall.is_zero() {
+            tokio::time::sleep(stall).await;
+        }
     }
 
     /// The failure to answer this request with, if one is pending.

@@ -30,6 +30,10 @@ pub mod cognito;
 pub mod dynamosql;
 #[allow(dead_code)]
 pub mod faults;
+/// Replicas in OS processes sharing one token (tests/fleet.rs, examples/fleet.rs).
+#[cfg(all(feature = "redis", feature = "file", feature = "encryption"))]
+#[allow(dead_code)]
+pub mod fleet;
 #[cfg(test)]
 #[allow(dead_code)]
 pub mod front;
@@ -42,6 +46,8 @@ pub mod oauth2;
 #[allow(dead_code)]
 pub mod ocient;
 pub mod rate_limit;
+#[allow(dead_code)]
+pub mod redis;
 pub mod server;
 pub mod tokens;
 

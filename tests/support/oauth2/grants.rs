@@ -38,6 +38,7 @@ pub(super) async fn token(
             )),
         };
     }
+    state.faults.stall().await;
     let answer = match state.faults.take() {
         Some(failure) => {
             state.counters.injected.fetch_add(1, Ordering::SeqCst);

@@ -214,6 +214,12 @@ impl OAuth2Server {
         self.state.faults.set_delay(delay);
     }
 
+    /// Holds every refresh request for `stall` before any work (zero: not
+    /// at all): a client that dies meanwhile spends no refresh token.
+    pub fn stall_refreshes(&self, stall: Duration) {
+        self.state.faults.set_stall(stall);
+    }
+
     pub fn stats(&self) -> OAuth2Stats {
         let c = &self.state.counters;
         let read = |n: &AtomicU64| n.load(Ordering::SeqCst);
