@@ -193,6 +193,8 @@ async fn no_token_or_client_secret_reaches_logs_errors_or_debug_output() {
         "refresh credential rejected; logging in",
         "invalid_grant",
         "temporarily_unavailable",
+        #[cfg(all(feature = "file", feature = "encryption", feature = "redis"))]
+        "token store failed",
     ] {
         assert!(
             logs.contains(expected),
@@ -357,4 +359,100 @@ async fn scenario(server: &OAuth2Server, client_secret: &str, seen: &Seen) {
         .downcast_ref::<Error>()
         .is_some_and(Error::is_reauth_required));
     seen.debug("TokenStatus", &stranded_handle.status());
+
+    #[cfg(all(feature = "file", feature = "encryption", feature = "redis"))]
+    stores::scenario(server, client_secret, &url, seen).await;
+}
+
+/// Tokens shared through stores: written, adopted, refused when corrupt or
+/// sealed with another key, and a Redis that cannot be reached.
+#[cfg(all(feature = "file", feature = "encryption", feature = "redis"))]
+mod stores {
+    use super::*;
+    use tower_token_refresh::store::{
+        Encrypted, FileStore, MemoryStore, RedisStore, StoreKey, TokenStore,
+    };
+
+    pub(super) async fn scenario(server: &OAuth2Server, secret: &str, url: &str, seen: &Seen) {
+        let dir = std::env::temp_dir().join(format!("ttr-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens.json");
+        let _ = std::fs::remove_file(&path);
+        let layer = |store: Box<
+            dyn FnOnce(tower_token_refresh::Builder) -> tower_token_refresh::Builder,
+        >| {
+            let granted = server.authorize(CLIENT_ID, "read");
+            let refresher = HttpRefresher::oauth2(server.token_url(), refresh_client())
+                .client_id(CLIENT_ID)
+                .client_secret(secret);
+            let builder = TokenRefreshLayer::builder(refresher).initial_tokens(
+                TokenSet::new(granted.access_token).with_refresh_token(granted.refresh_token),
+            );
+            store(builder).build()
+        };
+
+        // A sealed file shared by two layers: one refreshes, one adopts.
+        let sealed = Encrypted::new(FileStore::new(&path), StoreKey::from_bytes([5; 32]));
+        let sealed = std::sync::Arc::new(sealed);
+        let (a, b) = (
+            layer(Box::new({
+                let store = sealed.clone();
+                move |b| b.store(store)
+            })),
+            layer(Box::new({
+                let store = sealed.clone();
+                move |b| b.store(store)
+            })),
+        );
+        a.handle().force_refresh().await.expect("stored refresh");
+        b.handle()
+            .force_refresh()
+            .await
+            .expect("adopted or refreshed");
+        let client = authed_client(b.clone());
+        assert_eq!(get_status(&client, url, seen).await.unwrap(), 200);
+        seen.debug("Encrypted<FileStore>", &sealed);
+        seen.debug("Record", &sealed.load().await.unwrap());
+
+        // The same file under another key, then not a token file at all.
+        let wrong = Encrypted::new(FileStore::new(&path), StoreKey::from_bytes([6; 32]));
+        let error = wrong.load().await.expect_err("another key");
+        seen.error("StoreError (key)", &error);
+        std::fs::write(&path, b"{\"version\":1,\"payload\":").unwrap();
+        let error = FileStore::new(&path).load().await.expect_err("corrupt");
+        seen.error("StoreError (corrupt)", &error);
+        let corrupt = layer(Box::new({
+            let path = path.clone();
+            move |b| b.store(FileStore::new(path))
+        }));
+        corrupt
+            .handle()
+            .force_refresh()
+            .await
+            .expect("refreshed alone");
+        assert_eq!(corrupt.handle().stats().store_errors, 1);
+
+        // Redis that nobody listens on: refreshed alone.
+        let redis = RedisStore::open("redis://127.0.0.1:1/", "secrets").unwrap();
+        seen.debug("RedisStore", &redis);
+        let error = redis.load().await.expect_err("nobody listens");
+        seen.error("StoreError (redis)", &error);
+        let unreachable = layer(Box::new(move |b| b.store(redis)));
+        unreachable
+            .handle()
+            .force_refresh()
+            .await
+            .expect("refreshed alone");
+        assert!(unreachable.handle().stats().store_errors >= 1);
+
+        let memory = MemoryStore::new();
+        let shared = layer(Box::new({
+            let memory = memory.clone();
+            move |b| b.store(memory)
+        }));
+        shared.handle().force_refresh().await.unwrap();
+        seen.debug("MemoryStore", &memory);
+        seen.debug("Record", &memory.load().await.unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

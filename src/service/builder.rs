@@ -246,6 +246,8 @@ impl<C> Builder<C> {
 
     /// Called with every new token set before any request can use it, e.g.
     /// to persist a rotated refresh token. Bounded by the refresh timeout.
+    /// With a [store](Self::store), it runs only in the process that
+    /// fetched the tokens, not in those that adopt them.
     ///
     /// ```
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
