@@ -105,15 +105,17 @@ mod scenarios {
             .collect()
     }
 
-    /// Every replica's report, each waited for on its own thread.
-    async fn reports(children: Vec<Child>, limit: Duration) -> Vec<Option<ReplicaReport>> {
+    /// Every replica's report, each waited for on its own thread; a replica
+    /// that died without one fails the run.
+    async fn reports(children: Vec<Child>, limit: Duration) -> Vec<ReplicaReport> {
         let waits: Vec<_> = children
             .into_iter()
             .map(|child| tokio::task::spawn_blocking(move || report(child, limit)))
             .collect();
         let mut reports = Vec::new();
         for wait in waits {
-            reports.push(wait.await.expect("report thread"));
+            let report = wait.await.expect("report thread");
+            reports.push(report.expect("every replica reported"));
         }
         reports
     }
@@ -137,10 +139,6 @@ mod scenarios {
             ..world.config(lifetime)
         };
         let reports = reports(spawn(4, &config), Duration::from_secs(60)).await;
-        let reports: Vec<_> = reports
-            .into_iter()
-            .map(|r| r.expect("every replica reported"))
-            .collect();
         assert_no_failures(&reports);
 
         let idp = world.idp.stats();
@@ -281,10 +279,6 @@ mod scenarios {
         eprintln!("killed lease holder {pid} in the middle of its refresh (rotated: {rotated})");
 
         let reports = reports(children, Duration::from_secs(60)).await;
-        let reports: Vec<_> = reports
-            .into_iter()
-            .map(|r| r.expect("every survivor reported"))
-            .collect();
         let idp = world.idp.stats();
         eprintln!("killed holder: idp {idp:?}");
         for r in &reports {
@@ -323,10 +317,6 @@ mod scenarios {
         eprintln!("redis stopped after 4 s; idp so far {before:?}");
 
         let reports = reports(children, Duration::from_secs(60)).await;
-        let reports: Vec<_> = reports
-            .into_iter()
-            .map(|r| r.expect("every replica reported"))
-            .collect();
         let idp = world.idp.stats();
         eprintln!("redis down: idp {idp:?}");
         for r in &reports {
@@ -369,7 +359,7 @@ mod scenarios {
             ..world.config(lifetime)
         };
         let before = reports(spawn(1, &first), Duration::from_secs(30)).await;
-        let before = before[0].expect("first run reported");
+        let before = before[0];
         assert_no_failures(&[before]);
         let rotated = world.idp.stats().refreshed;
         assert!(rotated >= 2, "the first run rotated: {rotated}");
@@ -382,7 +372,7 @@ mod scenarios {
             ..first.clone()
         };
         let after = reports(spawn(1, &second), Duration::from_secs(30)).await;
-        let after = after[0].expect("second run reported");
+        let after = after[0];
         let idp = world.idp.stats();
         eprintln!("file store restart: idp {idp:?}; before {before:?}; after {after:?}");
         assert_no_failures(&[after]);

@@ -42,6 +42,15 @@ fn record(version: u64, payload: &[u8]) -> Record {
     Record::new(version, payload.to_vec())
 }
 
+/// Runs `test` against a fresh server, bounded; skips (loudly, unless
+/// under CI) without `redis-server`.
+async fn with_redis(test: impl AsyncFnOnce(&RedisServer)) {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    bounded(test(&server)).await;
+}
+
 async fn raw(server: &RedisServer) -> MultiplexedConnection {
     redis::Client::open(server.url())
         .unwrap()
@@ -170,10 +179,7 @@ impl Drop for Relay {
 
 #[tokio::test]
 async fn compare_and_swap_from_nothing_stores_the_first_version() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let store = open(&server, "app");
         assert_eq!(store.load().await.unwrap(), None);
         assert!(store
@@ -187,10 +193,7 @@ async fn compare_and_swap_from_nothing_stores_the_first_version() {
 
 #[tokio::test]
 async fn compare_and_swap_from_nothing_is_refused_once_a_version_is_stored() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let first = open(&server, "app");
         let second = open(&server, "app");
         assert!(first.compare_and_swap(None, record(1, b"a")).await.unwrap());
@@ -205,10 +208,7 @@ async fn compare_and_swap_from_nothing_is_refused_once_a_version_is_stored() {
 
 #[tokio::test]
 async fn compare_and_swap_with_a_stale_version_is_refused() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let store = open(&server, "app");
         assert!(store
             .compare_and_swap(None, record(1, b"one"))
@@ -230,10 +230,7 @@ async fn compare_and_swap_with_a_stale_version_is_refused() {
 
 #[tokio::test]
 async fn compare_and_swap_from_a_version_never_stored_is_refused() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let store = open(&server, "app");
         assert!(store
             .compare_and_swap(None, record(3, b"three"))
@@ -258,10 +255,7 @@ async fn compare_and_swap_from_a_version_never_stored_is_refused() {
 
 #[tokio::test]
 async fn versions_may_grow_by_more_than_one() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let store = open(&server, "app");
         assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
         assert!(store
@@ -279,10 +273,7 @@ async fn versions_may_grow_by_more_than_one() {
 
 #[tokio::test]
 async fn load_returns_the_payload_bytes_exactly() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let store = open(&server, "app");
         // Every byte value, zeros, invalid UTF-8, CR LF (the protocol's
         // separator), and a payload far larger than a token set.
@@ -308,10 +299,7 @@ async fn load_returns_the_payload_bytes_exactly() {
 
 #[tokio::test]
 async fn concurrent_compare_and_swaps_have_one_winner() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         // Separate stores: separate connections, as separate processes.
         let mut writers = JoinSet::new();
         for writer in 0..8u8 {
@@ -340,10 +328,7 @@ async fn concurrent_compare_and_swaps_have_one_winner() {
 
 #[tokio::test]
 async fn a_record_that_is_not_in_the_documented_form_is_corrupt() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let store = open(&server, "app");
         let mut con = raw(&server).await;
         let _: () = redis::cmd("HSET")
@@ -376,10 +361,7 @@ async fn a_record_that_is_not_in_the_documented_form_is_corrupt() {
 
 #[tokio::test]
 async fn lease_is_exclusive() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let holder = open(&server, "app");
         let other = open(&server, "app");
         let lease = holder.try_lease(Duration::from_secs(10)).await.unwrap();
@@ -398,10 +380,7 @@ async fn lease_is_exclusive() {
 
 #[tokio::test]
 async fn concurrent_leases_have_one_holder() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let mut takers = JoinSet::new();
         for _ in 0..8 {
             let store = open(&server, "app");
@@ -418,10 +397,7 @@ async fn concurrent_leases_have_one_holder() {
 
 #[tokio::test]
 async fn lease_lapses_after_its_ttl() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let crashed = open(&server, "app");
         let next = open(&server, "app");
         let started = Instant::now();
@@ -448,10 +424,7 @@ async fn lease_lapses_after_its_ttl() {
 
 #[tokio::test]
 async fn release_by_another_owner_leaves_the_lease() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let holder = open(&server, "app");
         let other = open(&server, "app");
         let lease = holder
@@ -476,10 +449,7 @@ async fn release_by_another_owner_leaves_the_lease() {
 
 #[tokio::test]
 async fn release_by_the_owner_frees_the_lease() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let holder = open(&server, "app");
         let other = open(&server, "app");
         let lease = holder
@@ -505,10 +475,7 @@ async fn release_by_the_owner_frees_the_lease() {
 
 #[tokio::test]
 async fn releasing_a_lapsed_lease_leaves_the_next_holders_lease() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let slow = open(&server, "app");
         let next = open(&server, "app");
         let stale = slow
@@ -539,10 +506,7 @@ async fn releasing_a_lapsed_lease_leaves_the_next_holders_lease() {
 
 #[tokio::test]
 async fn lease_owners_name_the_process_and_never_repeat() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let store = open(&server, "app");
         let mut owners = BTreeSet::new();
         for _ in 0..5 {
@@ -567,10 +531,7 @@ async fn lease_owners_name_the_process_and_never_repeat() {
 
 #[tokio::test]
 async fn subscribe_announces_a_version_stored_by_another_store() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let listener = open(&server, "app");
         let writer = open(&server, "app");
         let mut changes = listener.subscribe().expect("a runtime is running");
@@ -606,10 +567,7 @@ async fn subscribe_announces_a_version_stored_by_another_store() {
 
 #[tokio::test]
 async fn one_feed_serves_every_clone_and_ends_with_the_last() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let store = open(&server, "app");
         let clone = store.clone();
         let writer = open(&server, "app");
@@ -648,10 +606,7 @@ fn subscribe_outside_a_runtime_is_none() {
 
 #[tokio::test]
 async fn keys_are_laid_out_as_documented() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let store = open(&server, "layout:app");
         let mut con = raw(&server).await;
 
@@ -752,10 +707,7 @@ async fn keys_are_laid_out_as_documented() {
 
 #[tokio::test]
 async fn stores_with_different_prefixes_do_not_interfere() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let a = open(&server, "tenant-a");
         let b = open(&server, "tenant-b");
         assert!(a.compare_and_swap(None, record(1, b"a1")).await.unwrap());
@@ -834,10 +786,7 @@ async fn every_call_fails_fast_while_redis_is_down() {
 
 #[tokio::test]
 async fn every_call_fails_within_the_timeout_while_redis_is_frozen() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let store = open(&server, "app").timeout(Duration::from_millis(300));
         assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
 
@@ -856,10 +805,7 @@ async fn every_call_fails_within_the_timeout_while_redis_is_frozen() {
 
 #[tokio::test]
 async fn a_connection_gone_silent_is_replaced_after_one_timeout() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         let relay = Relay::start(server.port()).await;
         let store = RedisStore::open(&relay.url(), "app")
             .unwrap()
