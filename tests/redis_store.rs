@@ -180,7 +180,7 @@ impl Drop for Relay {
 #[tokio::test]
 async fn compare_and_swap_from_nothing_stores_the_first_version() {
     with_redis(async |server| {
-        let store = open(&server, "app");
+        let store = open(server, "app");
         assert_eq!(store.load().await.unwrap(), None);
         assert!(store
             .compare_and_swap(None, record(1, b"first"))
@@ -194,8 +194,8 @@ async fn compare_and_swap_from_nothing_stores_the_first_version() {
 #[tokio::test]
 async fn compare_and_swap_from_nothing_is_refused_once_a_version_is_stored() {
     with_redis(async |server| {
-        let first = open(&server, "app");
-        let second = open(&server, "app");
+        let first = open(server, "app");
+        let second = open(server, "app");
         assert!(first.compare_and_swap(None, record(1, b"a")).await.unwrap());
         assert!(!second
             .compare_and_swap(None, record(1, b"b"))
@@ -209,7 +209,7 @@ async fn compare_and_swap_from_nothing_is_refused_once_a_version_is_stored() {
 #[tokio::test]
 async fn compare_and_swap_with_a_stale_version_is_refused() {
     with_redis(async |server| {
-        let store = open(&server, "app");
+        let store = open(server, "app");
         assert!(store
             .compare_and_swap(None, record(1, b"one"))
             .await
@@ -231,7 +231,7 @@ async fn compare_and_swap_with_a_stale_version_is_refused() {
 #[tokio::test]
 async fn compare_and_swap_from_a_version_never_stored_is_refused() {
     with_redis(async |server| {
-        let store = open(&server, "app");
+        let store = open(server, "app");
         assert!(store
             .compare_and_swap(None, record(3, b"three"))
             .await
@@ -256,7 +256,7 @@ async fn compare_and_swap_from_a_version_never_stored_is_refused() {
 #[tokio::test]
 async fn versions_may_grow_by_more_than_one() {
     with_redis(async |server| {
-        let store = open(&server, "app");
+        let store = open(server, "app");
         assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
         assert!(store
             .compare_and_swap(Some(1), record(5, b"b"))
@@ -274,7 +274,7 @@ async fn versions_may_grow_by_more_than_one() {
 #[tokio::test]
 async fn load_returns_the_payload_bytes_exactly() {
     with_redis(async |server| {
-        let store = open(&server, "app");
+        let store = open(server, "app");
         // Every byte value, zeros, invalid UTF-8, CR LF (the protocol's
         // separator), and a payload far larger than a token set.
         let mut binary: Vec<u8> = (0..=255).collect();
@@ -303,7 +303,7 @@ async fn concurrent_compare_and_swaps_have_one_winner() {
         // Separate stores: separate connections, as separate processes.
         let mut writers = JoinSet::new();
         for writer in 0..8u8 {
-            let store = open(&server, "app");
+            let store = open(server, "app");
             writers.spawn(async move {
                 let swapped = store
                     .compare_and_swap(None, record(1, &[writer]))
@@ -320,7 +320,7 @@ async fn concurrent_compare_and_swaps_have_one_winner() {
             }
         }
         assert_eq!(winners.len(), 1, "winners: {winners:?}");
-        let stored = open(&server, "app").load().await.unwrap();
+        let stored = open(server, "app").load().await.unwrap();
         assert_eq!(stored, Some(record(1, &[winners[0]])));
     })
     .await;
@@ -329,8 +329,8 @@ async fn concurrent_compare_and_swaps_have_one_winner() {
 #[tokio::test]
 async fn a_record_that_is_not_in_the_documented_form_is_corrupt() {
     with_redis(async |server| {
-        let store = open(&server, "app");
-        let mut con = raw(&server).await;
+        let store = open(server, "app");
+        let mut con = raw(server).await;
         let _: () = redis::cmd("HSET")
             .arg("app:tokens")
             .arg("version")
@@ -362,8 +362,8 @@ async fn a_record_that_is_not_in_the_documented_form_is_corrupt() {
 #[tokio::test]
 async fn lease_is_exclusive() {
     with_redis(async |server| {
-        let holder = open(&server, "app");
-        let other = open(&server, "app");
+        let holder = open(server, "app");
+        let other = open(server, "app");
         let lease = holder.try_lease(Duration::from_secs(10)).await.unwrap();
         assert!(lease.is_some());
         assert_eq!(
@@ -383,7 +383,7 @@ async fn concurrent_leases_have_one_holder() {
     with_redis(async |server| {
         let mut takers = JoinSet::new();
         for _ in 0..8 {
-            let store = open(&server, "app");
+            let store = open(server, "app");
             takers.spawn(async move { store.try_lease(Duration::from_secs(10)).await.unwrap() });
         }
         let mut held = 0;
@@ -398,8 +398,8 @@ async fn concurrent_leases_have_one_holder() {
 #[tokio::test]
 async fn lease_lapses_after_its_ttl() {
     with_redis(async |server| {
-        let crashed = open(&server, "app");
-        let next = open(&server, "app");
+        let crashed = open(server, "app");
+        let next = open(server, "app");
         let started = Instant::now();
         let ttl = Duration::from_millis(300);
         assert!(crashed.try_lease(ttl).await.unwrap().is_some());
@@ -425,8 +425,8 @@ async fn lease_lapses_after_its_ttl() {
 #[tokio::test]
 async fn release_by_another_owner_leaves_the_lease() {
     with_redis(async |server| {
-        let holder = open(&server, "app");
-        let other = open(&server, "app");
+        let holder = open(server, "app");
+        let other = open(server, "app");
         let lease = holder
             .try_lease(Duration::from_secs(10))
             .await
@@ -439,7 +439,7 @@ async fn release_by_another_owner_leaves_the_lease() {
         );
         let owner: Option<String> = redis::cmd("GET")
             .arg("app:lease")
-            .query_async(&mut raw(&server).await)
+            .query_async(&mut raw(server).await)
             .await
             .unwrap();
         assert_eq!(owner.as_deref(), Some(lease.owner()));
@@ -450,8 +450,8 @@ async fn release_by_another_owner_leaves_the_lease() {
 #[tokio::test]
 async fn release_by_the_owner_frees_the_lease() {
     with_redis(async |server| {
-        let holder = open(&server, "app");
-        let other = open(&server, "app");
+        let holder = open(server, "app");
+        let other = open(server, "app");
         let lease = holder
             .try_lease(Duration::from_secs(10))
             .await
@@ -460,7 +460,7 @@ async fn release_by_the_owner_frees_the_lease() {
         holder.release(lease).await.unwrap();
         let exists: bool = redis::cmd("EXISTS")
             .arg("app:lease")
-            .query_async(&mut raw(&server).await)
+            .query_async(&mut raw(server).await)
             .await
             .unwrap();
         assert!(!exists);
@@ -476,8 +476,8 @@ async fn release_by_the_owner_frees_the_lease() {
 #[tokio::test]
 async fn releasing_a_lapsed_lease_leaves_the_next_holders_lease() {
     with_redis(async |server| {
-        let slow = open(&server, "app");
-        let next = open(&server, "app");
+        let slow = open(server, "app");
+        let next = open(server, "app");
         let stale = slow
             .try_lease(Duration::from_millis(100))
             .await
@@ -496,7 +496,7 @@ async fn releasing_a_lapsed_lease_leaves_the_next_holders_lease() {
         assert_eq!(slow.try_lease(Duration::from_secs(10)).await.unwrap(), None);
         let owner: Option<String> = redis::cmd("GET")
             .arg("app:lease")
-            .query_async(&mut raw(&server).await)
+            .query_async(&mut raw(server).await)
             .await
             .unwrap();
         assert_eq!(owner.as_deref(), Some(current.owner()));
@@ -507,7 +507,7 @@ async fn releasing_a_lapsed_lease_leaves_the_next_holders_lease() {
 #[tokio::test]
 async fn lease_owners_name_the_process_and_never_repeat() {
     with_redis(async |server| {
-        let store = open(&server, "app");
+        let store = open(server, "app");
         let mut owners = BTreeSet::new();
         for _ in 0..5 {
             let lease = store
@@ -532,10 +532,10 @@ async fn lease_owners_name_the_process_and_never_repeat() {
 #[tokio::test]
 async fn subscribe_announces_a_version_stored_by_another_store() {
     with_redis(async |server| {
-        let listener = open(&server, "app");
-        let writer = open(&server, "app");
+        let listener = open(server, "app");
+        let writer = open(server, "app");
         let mut changes = listener.subscribe().expect("a runtime is running");
-        wait_for_subscribers(&server, "app:events", 1).await;
+        wait_for_subscribers(server, "app:events", 1).await;
 
         assert!(writer
             .compare_and_swap(None, record(1, b"a"))
@@ -568,15 +568,15 @@ async fn subscribe_announces_a_version_stored_by_another_store() {
 #[tokio::test]
 async fn one_feed_serves_every_clone_and_ends_with_the_last() {
     with_redis(async |server| {
-        let store = open(&server, "app");
+        let store = open(server, "app");
         let clone = store.clone();
-        let writer = open(&server, "app");
+        let writer = open(server, "app");
         let _first = store.subscribe().unwrap();
         let _again = store.subscribe().unwrap();
         let mut changes = clone.subscribe().unwrap();
-        wait_for_subscribers(&server, "app:events", 1).await;
+        wait_for_subscribers(server, "app:events", 1).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        wait_for_subscribers(&server, "app:events", 1).await;
+        wait_for_subscribers(server, "app:events", 1).await;
 
         drop(store);
         assert!(writer
@@ -586,7 +586,7 @@ async fn one_feed_serves_every_clone_and_ends_with_the_last() {
         announced(&mut changes, 1).await;
 
         drop(clone);
-        wait_for_subscribers(&server, "app:events", 0).await;
+        wait_for_subscribers(server, "app:events", 0).await;
         // The receivers learn that nothing will be announced any more.
         let closed = tokio::time::timeout(PROMPT, changes.changed())
             .await
@@ -607,8 +607,8 @@ fn subscribe_outside_a_runtime_is_none() {
 #[tokio::test]
 async fn keys_are_laid_out_as_documented() {
     with_redis(async |server| {
-        let store = open(&server, "layout:app");
-        let mut con = raw(&server).await;
+        let store = open(server, "layout:app");
+        let mut con = raw(server).await;
 
         // A raw subscriber on the documented channel.
         let client = redis::Client::open(server.url()).unwrap();
@@ -708,8 +708,8 @@ async fn keys_are_laid_out_as_documented() {
 #[tokio::test]
 async fn stores_with_different_prefixes_do_not_interfere() {
     with_redis(async |server| {
-        let a = open(&server, "tenant-a");
-        let b = open(&server, "tenant-b");
+        let a = open(server, "tenant-a");
+        let b = open(server, "tenant-b");
         assert!(a.compare_and_swap(None, record(1, b"a1")).await.unwrap());
         assert!(b.compare_and_swap(None, record(1, b"b1")).await.unwrap());
         assert!(b.compare_and_swap(Some(1), record(2, b"b2")).await.unwrap());
@@ -728,7 +728,7 @@ async fn stores_with_different_prefixes_do_not_interfere() {
             .is_some());
 
         let mut changes = a.subscribe().unwrap();
-        wait_for_subscribers(&server, "tenant-a:events", 1).await;
+        wait_for_subscribers(server, "tenant-a:events", 1).await;
         assert!(b.compare_and_swap(Some(2), record(3, b"b3")).await.unwrap());
         // Loopback pub/sub takes well under a millisecond: 300 ms of silence
         // means tenant-b's announcement did not reach tenant-a.
@@ -787,7 +787,7 @@ async fn every_call_fails_fast_while_redis_is_down() {
 #[tokio::test]
 async fn every_call_fails_within_the_timeout_while_redis_is_frozen() {
     with_redis(async |server| {
-        let store = open(&server, "app").timeout(Duration::from_millis(300));
+        let store = open(server, "app").timeout(Duration::from_millis(300));
         assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
 
         // Connections are accepted by the kernel but nothing answers: the
