@@ -200,8 +200,10 @@ impl<C> Builder<C> {
     /// keeps them across restarts: see [`store`](crate::store) for the
     /// protocol. The lease a refresh holds lives for its whole budget (the
     /// refresh, login and hook calls, two store calls, each bounded by the
-    /// [refresh timeout](Self::refresh_timeout)) plus a second. Default: no
-    /// store.
+    /// [refresh timeout](Self::refresh_timeout)) plus a second. A request
+    /// that has to wait for a token (none yet, expired, or rejected) may
+    /// wait out the lease of a holder that crashed, then the refresh that
+    /// takes over: at most twice that. Default: no store.
     ///
     /// ```
     /// # use std::time::Duration;
