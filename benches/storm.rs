@@ -184,7 +184,11 @@ async fn run(storm: Storm) {
         ms(rtt) + 1.0,
         added(p99, b99) <= ms(rtt) + 1.0,
     );
-    assert_eq!(outcome.failures, 0, "every request succeeds");
+    assert_eq!(
+        outcome.failures, 0,
+        "every request succeeds; the first failure: {:?}",
+        outcome.first_failure
+    );
     assert_eq!(refresh_calls, 1, "one refresh call at the identity server");
     assert_eq!(stats.refreshes, 1, "one refresh by the layer");
 }
@@ -195,9 +199,22 @@ async fn warm_up(client: &Layered, url: &str) {
     assert_eq!(response.expect("warm-up").status(), 200);
 }
 
+/// An error and its sources, one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 /// What a burst's requests saw.
 struct Outcome {
     failures: usize,
+    /// What the first failed request saw.
+    first_failure: Option<String>,
     /// Each request's whole latency, sorted.
     totals: Vec<Duration>,
     /// Each request's latency outside the HTTP client, sorted.
@@ -242,9 +259,13 @@ async fn burst(
             let started = Instant::now();
             let response = client.oneshot(request).await;
             let total = started.elapsed();
-            let ok = response.is_ok_and(|r| r.status() == 200);
+            let failure = match &response {
+                Ok(r) if r.status() == 200 => None,
+                Ok(r) => Some(format!("status {}", r.status())),
+                Err(error) => Some(error_chain(&**error)),
+            };
             let in_client = Duration::from_nanos(attempts.0.load(Ordering::Relaxed));
-            (ok, total, total.saturating_sub(in_client))
+            (failure, total, total.saturating_sub(in_client))
         });
     }
     if hold {
@@ -254,12 +275,16 @@ async fn burst(
     }
     let mut outcome = Outcome {
         failures: 0,
+        first_failure: None,
         totals: Vec::with_capacity(n),
         outside: Vec::with_capacity(n),
     };
     while let Some(result) = requests.join_next().await {
-        let (ok, total, outside) = result.expect("request task");
-        outcome.failures += usize::from(!ok);
+        let (failure, total, outside) = result.expect("request task");
+        if let Some(failure) = failure {
+            outcome.failures += 1;
+            outcome.first_failure.get_or_insert(failure);
+        }
         outcome.totals.push(total);
         outcome.outside.push(outside);
     }

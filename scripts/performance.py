@@ -71,16 +71,42 @@ def key_values(line):
     return pairs
 
 
+# This machine's speed drifts by up to 1.5x over tens of seconds whatever
+# the load, and criterion measures one variant after another: variants
+# measured a minute apart are not comparable. So the bench runs in short
+# rounds, and every ratio is the median of its per-round ratios.
+ROUNDS = 5
+
+
 def hot_path():
-    run("cargo", "bench", "--bench", "hot_path", "--",
-        "--warm-up-time", "1", "--measurement-time", "5")
-    medians = {}
-    for group in ("hot_path", "hot_path_2_threads"):
-        for name, _ in VARIANTS:
-            path = ROOT / "target/criterion" / group / name / "new/estimates.json"
-            estimate = json.loads(path.read_text())["median"]["point_estimate"]
-            medians.setdefault(name, {})[group] = estimate
-    return medians
+    rounds = []
+    for _ in range(ROUNDS):
+        run("cargo", "bench", "--bench", "hot_path", "--",
+            "--warm-up-time", "0.5", "--measurement-time", "2")
+        medians = {}
+        for group in ("hot_path", "hot_path_2_threads"):
+            for name, _ in VARIANTS:
+                path = ROOT / "target/criterion" / group / name / "new/estimates.json"
+                estimate = json.loads(path.read_text())["median"]["point_estimate"]
+                medians.setdefault(name, {})[group] = estimate
+        rounds.append(medians)
+    return {"rounds": rounds,
+            "median": {name: {group: median([r[name][group] for r in rounds])
+                              for group in ("hot_path", "hot_path_2_threads")}
+                       for name, _ in VARIANTS}}
+
+
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def round_ratio(hot, name, base, group="hot_path"):
+    """The median over rounds of name's time over base's, in one group."""
+    return median([r[name][group] / r[base][group] for r in hot["rounds"]])
 
 
 def instructions():
@@ -156,16 +182,24 @@ def ns(value):
     return f"{value:,.0f}"
 
 
-def ratio(results, name, column):
+def scaling(hot, name):
+    """The median over rounds of one-thread time over two-thread time."""
+    return median([r[name]["hot_path"] / r[name]["hot_path_2_threads"] for r in hot["rounds"]])
+
+
+def ratio(data, name, column):
     base = BASELINE.get(name)
     if base is None:
         return ""
-    value = results[name][column] / results[base][column]
+    if column == "instructions":
+        value = data["instructions"][name] / data["instructions"][base]
+    else:
+        value = round_ratio(data["hot_path"], name, base, column)
     return f"{value:.2f} × {'floor' if base == 'static_header_with_head_copy' else 'static'}"
 
 
 def tables(data):
-    hot, count = data["hot_path"], data["instructions"]
+    hot, count = data["hot_path"]["median"], data["instructions"]
     rows = {name: {"instructions": count[name], **hot[name]} for name, _ in VARIANTS}
     lines = [
         f"Measured on {data['machine']['cpu']}, {data['machine']['cores']} cores, "
@@ -175,8 +209,11 @@ def tables(data):
         "",
         "**Hot path**, one request with a fresh token through `ServiceBuilder` + "
         "layer + a no-op service (`benches/hot_path.rs`). Instructions per request "
-        "are counted by callgrind (repeatable); times are criterion medians "
-        "(±5–10 % between runs here). With two threads, each thread has a clone "
+        "are counted by callgrind (repeatable). Times are criterion medians from "
+        f"{ROUNDS} rounds of the whole bench (2 s per variant), and each time "
+        "ratio is the median of the per-round ratios: this machine's speed drifts "
+        "by up to 1.5 × over tens of seconds, so only variants measured close "
+        "together compare. With two threads, each thread has a clone "
         "of one service; the time is per request over both threads, and scaling "
         "is the one-thread time over it (2.00 is perfect).",
         "",
@@ -185,11 +222,11 @@ def tables(data):
     ]
     for name, label in VARIANTS:
         r = rows[name]
-        scaling = r["hot_path"] / r["hot_path_2_threads"]
+        scales = scaling(data["hot_path"], name)
         lines.append(
-            f"| {label} | {r['instructions']} | {ratio(rows, name, 'instructions')} "
-            f"| {ns(r['hot_path'])} ns | {ratio(rows, name, 'hot_path')} "
-            f"| {ns(r['hot_path_2_threads'])} ns | {scaling:.2f} |")
+            f"| {label} | {r['instructions']} | {ratio(data, name, 'instructions')} "
+            f"| {ns(r['hot_path'])} ns | {ratio(data, name, 'hot_path')} "
+            f"| {ns(r['hot_path_2_threads'])} ns | {scales:.2f} |")
     lines += ["", "![hot path chart](docs/performance.svg)", ""]
 
     alloc = data["allocations"]
@@ -253,7 +290,7 @@ def tables(data):
 
 
 def targets(data):
-    count, hot = data["instructions"], data["hot_path"]
+    count, hot = data["instructions"], data["hot_path"]["median"]
     s = data["storm"]
     t = data["throughput"]
 
@@ -261,10 +298,10 @@ def targets(data):
         return f"| {target} | {measured} | {'met' if met else 'missed'} |"
 
     on_i = count["token_refresh"] / count["static_header_with_head_copy"]
-    on_t = hot["token_refresh"]["hot_path"] / hot["static_header_with_head_copy"]["hot_path"]
+    on_t = round_ratio(data["hot_path"], "token_refresh", "static_header_with_head_copy")
     off_i = count["token_refresh_no_retry"] / count["static_header"]
-    off_t = hot["token_refresh_no_retry"]["hot_path"] / hot["static_header"]["hot_path"]
-    scale = {n: hot[n]["hot_path"] / hot[n]["hot_path_2_threads"] for n in hot}
+    off_t = round_ratio(data["hot_path"], "token_refresh_no_retry", "static_header")
+    scale = {n: scaling(data["hot_path"], n) for n in hot}
     alloc = data["allocations"]["empty"]
     lines = [
         "**Targets** (issue 5), as measured above:",
@@ -278,7 +315,7 @@ def targets(data):
     ]
     for ours, label in (("token_refresh", "retry on"), ("token_refresh_no_retry", "retry off")):
         by_count = all(count[ours] < count[lock] for lock in ("rwlock", "mutex"))
-        by_time = all(hot[ours]["hot_path"] < hot[lock]["hot_path"] for lock in ("rwlock", "mutex"))
+        by_time = all(round_ratio(data["hot_path"], ours, lock) < 1 for lock in ("rwlock", "mutex"))
         lines.append(row(
             f"{label}: faster than the `RwLock` and `Mutex` layers",
             f"{count[ours]} vs {count['rwlock']} / {count['mutex']} instructions, "
@@ -311,7 +348,7 @@ def targets(data):
 
 def svg(data):
     """A grouped horizontal bar chart: ns per request, one and two threads."""
-    hot = data["hot_path"]
+    hot = data["hot_path"]["median"]
     names = [name for name, _ in VARIANTS]
     labels = {
         "bare": "bare service",
@@ -331,7 +368,7 @@ def svg(data):
         f'height="{height}" font-family="sans-serif" font-size="12">',
         '<rect width="100%" height="100%" fill="white"/>',
         f'<text x="10" y="22" font-size="15" font-weight="bold">Hot path: median time '
-        f'per request (ns), criterion</text>',
+        f'per request (ns), criterion, median of {ROUNDS} rounds</text>',
         f'<rect x="{left}" y="34" width="12" height="10" fill="#4e79a7"/>'
         f'<text x="{left + 16}" y="43">1 thread</text>',
         f'<rect x="{left + 90}" y="34" width="12" height="10" fill="#f28e2b"/>'
