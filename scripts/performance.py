@@ -419,8 +419,8 @@ def main():
         data = json.loads(RESULTS.read_text())
     else:
         data = json.loads(RESULTS.read_text()) if only else {}
-        if not only:
-            data["machine"] = machine()
+        # A partial rerun records the machine as it is now, too.
+        data["machine"] = machine()
         for name, measure in SECTIONS.items():
             if only is None or name in only:
                 data[name] = measure()
