@@ -42,6 +42,15 @@ fn record(version: u64, payload: &[u8]) -> Record {
     Record::new(version, payload.to_vec())
 }
 
+/// `store.compare_and_swap(expected, record(version, payload))`, which
+/// must not fail.
+async fn swap(store: &RedisStore, expected: Option<u64>, version: u64, payload: &[u8]) -> bool {
+    store
+        .compare_and_swap(expected, record(version, payload))
+        .await
+        .expect("compare-and-swap answered")
+}
+
 /// Runs `test` against a fresh server, bounded; skips (loudly, unless
 /// under CI) without `redis-server`.
 async fn with_redis(test: impl AsyncFnOnce(&RedisServer)) {
@@ -182,10 +191,7 @@ async fn compare_and_swap_from_nothing_stores_the_first_version() {
     with_redis(async |server| {
         let store = open(server, "app");
         assert_eq!(store.load().await.unwrap(), None);
-        assert!(store
-            .compare_and_swap(None, record(1, b"first"))
-            .await
-            .unwrap());
+        assert!(swap(&store, None, 1, b"first").await);
         assert_eq!(store.load().await.unwrap(), Some(record(1, b"first")));
     })
     .await;
@@ -196,11 +202,8 @@ async fn compare_and_swap_from_nothing_is_refused_once_a_version_is_stored() {
     with_redis(async |server| {
         let first = open(server, "app");
         let second = open(server, "app");
-        assert!(first.compare_and_swap(None, record(1, b"a")).await.unwrap());
-        assert!(!second
-            .compare_and_swap(None, record(1, b"b"))
-            .await
-            .unwrap());
+        assert!(swap(&first, None, 1, b"a").await);
+        assert!(!swap(&second, None, 1, b"b").await);
         assert_eq!(second.load().await.unwrap(), Some(record(1, b"a")));
     })
     .await;
@@ -210,19 +213,10 @@ async fn compare_and_swap_from_nothing_is_refused_once_a_version_is_stored() {
 async fn compare_and_swap_with_a_stale_version_is_refused() {
     with_redis(async |server| {
         let store = open(server, "app");
-        assert!(store
-            .compare_and_swap(None, record(1, b"one"))
-            .await
-            .unwrap());
-        assert!(store
-            .compare_and_swap(Some(1), record(2, b"two"))
-            .await
-            .unwrap());
+        assert!(swap(&store, None, 1, b"one").await);
+        assert!(swap(&store, Some(1), 2, b"two").await);
         // A writer that read version 1 comes too late.
-        assert!(!store
-            .compare_and_swap(Some(1), record(2, b"late"))
-            .await
-            .unwrap());
+        assert!(!swap(&store, Some(1), 2, b"late").await);
         assert_eq!(store.load().await.unwrap(), Some(record(2, b"two")));
     })
     .await;
@@ -232,22 +226,10 @@ async fn compare_and_swap_with_a_stale_version_is_refused() {
 async fn compare_and_swap_from_a_version_never_stored_is_refused() {
     with_redis(async |server| {
         let store = open(server, "app");
-        assert!(store
-            .compare_and_swap(None, record(3, b"three"))
-            .await
-            .unwrap());
-        assert!(!store
-            .compare_and_swap(Some(2), record(4, b"x"))
-            .await
-            .unwrap());
-        assert!(!store
-            .compare_and_swap(Some(4), record(5, b"x"))
-            .await
-            .unwrap());
-        assert!(!store
-            .compare_and_swap(Some(30), record(31, b"x"))
-            .await
-            .unwrap());
+        assert!(swap(&store, None, 3, b"three").await);
+        assert!(!swap(&store, Some(2), 4, b"x").await);
+        assert!(!swap(&store, Some(4), 5, b"x").await);
+        assert!(!swap(&store, Some(30), 31, b"x").await);
         assert_eq!(store.load().await.unwrap(), Some(record(3, b"three")));
     })
     .await;
@@ -257,15 +239,9 @@ async fn compare_and_swap_from_a_version_never_stored_is_refused() {
 async fn versions_may_grow_by_more_than_one() {
     with_redis(async |server| {
         let store = open(server, "app");
-        assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
-        assert!(store
-            .compare_and_swap(Some(1), record(5, b"b"))
-            .await
-            .unwrap());
-        assert!(store
-            .compare_and_swap(Some(5), record(u64::MAX, b"c"))
-            .await
-            .unwrap());
+        assert!(swap(&store, None, 1, b"a").await);
+        assert!(swap(&store, Some(1), 5, b"b").await);
+        assert!(swap(&store, Some(5), u64::MAX, b"c").await);
         assert_eq!(store.load().await.unwrap(), Some(record(u64::MAX, b"c")));
     })
     .await;
@@ -537,25 +513,13 @@ async fn subscribe_announces_a_version_stored_by_another_store() {
         let mut changes = listener.subscribe().expect("a runtime is running");
         wait_for_subscribers(server, "app:events", 1).await;
 
-        assert!(writer
-            .compare_and_swap(None, record(1, b"a"))
-            .await
-            .unwrap());
+        assert!(swap(&writer, None, 1, b"a").await);
         announced(&mut changes, 1).await;
-        assert!(writer
-            .compare_and_swap(Some(1), record(7, b"b"))
-            .await
-            .unwrap());
+        assert!(swap(&writer, Some(1), 7, b"b").await);
         announced(&mut changes, 7).await;
         // A refused swap announces nothing: the next announcement is 8.
-        assert!(!writer
-            .compare_and_swap(Some(1), record(2, b"c"))
-            .await
-            .unwrap());
-        assert!(writer
-            .compare_and_swap(Some(7), record(8, b"d"))
-            .await
-            .unwrap());
+        assert!(!swap(&writer, Some(1), 2, b"c").await);
+        assert!(swap(&writer, Some(7), 8, b"d").await);
         tokio::time::timeout(PROMPT, changes.changed())
             .await
             .unwrap()
@@ -579,10 +543,7 @@ async fn one_feed_serves_every_clone_and_ends_with_the_last() {
         wait_for_subscribers(server, "app:events", 1).await;
 
         drop(store);
-        assert!(writer
-            .compare_and_swap(None, record(1, b"a"))
-            .await
-            .unwrap());
+        assert!(swap(&writer, None, 1, b"a").await);
         announced(&mut changes, 1).await;
 
         drop(clone);
@@ -627,10 +588,7 @@ async fn keys_are_laid_out_as_documented() {
         });
         subscribed.recv_timeout(PROMPT).unwrap();
 
-        assert!(store
-            .compare_and_swap(None, record(3, b"\0sealed\xff"))
-            .await
-            .unwrap());
+        assert!(swap(&store, None, 3, b"\0sealed\xff").await);
         let lease = store
             .try_lease(Duration::from_secs(10))
             .await
@@ -710,9 +668,9 @@ async fn stores_with_different_prefixes_do_not_interfere() {
     with_redis(async |server| {
         let a = open(server, "tenant-a");
         let b = open(server, "tenant-b");
-        assert!(a.compare_and_swap(None, record(1, b"a1")).await.unwrap());
-        assert!(b.compare_and_swap(None, record(1, b"b1")).await.unwrap());
-        assert!(b.compare_and_swap(Some(1), record(2, b"b2")).await.unwrap());
+        assert!(swap(&a, None, 1, b"a1").await);
+        assert!(swap(&b, None, 1, b"b1").await);
+        assert!(swap(&b, Some(1), 2, b"b2").await);
         assert_eq!(a.load().await.unwrap(), Some(record(1, b"a1")));
         assert_eq!(b.load().await.unwrap(), Some(record(2, b"b2")));
 
@@ -729,12 +687,12 @@ async fn stores_with_different_prefixes_do_not_interfere() {
 
         let mut changes = a.subscribe().unwrap();
         wait_for_subscribers(server, "tenant-a:events", 1).await;
-        assert!(b.compare_and_swap(Some(2), record(3, b"b3")).await.unwrap());
+        assert!(swap(&b, Some(2), 3, b"b3").await);
         // Loopback pub/sub takes well under a millisecond: 300 ms of silence
         // means tenant-b's announcement did not reach tenant-a.
         let heard = tokio::time::timeout(Duration::from_millis(300), changes.changed()).await;
         assert!(heard.is_err(), "tenant-a heard {}", *changes.borrow());
-        assert!(a.compare_and_swap(Some(1), record(2, b"a2")).await.unwrap());
+        assert!(swap(&a, Some(1), 2, b"a2").await);
         announced(&mut changes, 2).await;
     })
     .await;
@@ -749,10 +707,7 @@ async fn every_call_fails_fast_while_redis_is_down() {
     };
     bounded(async {
         let store = open(&server, "app");
-        assert!(store
-            .compare_and_swap(None, record(1, b"secret-payload"))
-            .await
-            .unwrap());
+        assert!(swap(&store, None, 1, b"secret-payload").await);
         let lease = store
             .try_lease(Duration::from_secs(10))
             .await
@@ -788,7 +743,7 @@ async fn every_call_fails_fast_while_redis_is_down() {
 async fn every_call_fails_within_the_timeout_while_redis_is_frozen() {
     with_redis(async |server| {
         let store = open(server, "app").timeout(Duration::from_millis(300));
-        assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
+        assert!(swap(&store, None, 1, b"a").await);
 
         // Connections are accepted by the kernel but nothing answers: the
         // kept connection times out, and so does each new one.
@@ -810,7 +765,7 @@ async fn a_connection_gone_silent_is_replaced_after_one_timeout() {
         let store = RedisStore::open(&relay.url(), "app")
             .unwrap()
             .timeout(Duration::from_millis(300));
-        assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
+        assert!(swap(&store, None, 1, b"a").await);
 
         relay.silence_open_connections();
         // The kept connection never answers again: one call times out, and
@@ -843,7 +798,7 @@ async fn a_store_works_again_after_redis_restarts() {
         // The restarted server kept nothing; the store's next call connects
         // to it.
         assert_eq!(store.load().await.unwrap(), None);
-        assert!(store.compare_and_swap(None, record(2, b"b")).await.unwrap());
+        assert!(swap(&store, None, 2, b"b").await);
         assert!(store
             .try_lease(Duration::from_secs(10))
             .await
@@ -868,7 +823,7 @@ async fn a_store_idle_through_a_restart_recovers_by_its_second_call() {
     };
     bounded(async {
         let store = open(&server, "app");
-        assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
+        assert!(swap(&store, None, 1, b"a").await);
         server.restart();
         // The first call may still meet the connection Redis closed.
         let first = store.load().await;
@@ -893,7 +848,7 @@ async fn a_store_made_while_redis_is_down_connects_once_it_is_up() {
         fails_fast("load", store.load()).await;
         server.restart();
         assert_eq!(store.load().await.unwrap(), None);
-        assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
+        assert!(swap(&store, None, 1, b"a").await);
     })
     .await;
 }
@@ -911,7 +866,7 @@ fn a_store_outliving_its_runtime_works_in_the_next_one() {
     };
     let store = open(&server, "app");
     runtime().block_on(bounded(async {
-        assert!(store.compare_and_swap(None, record(1, b"a")).await.unwrap());
+        assert!(swap(&store, None, 1, b"a").await);
         let _changes = store.subscribe().unwrap();
         wait_for_subscribers(&server, "app:events", 1).await;
     }));
