@@ -231,14 +231,7 @@ impl TokenManager {
         {
             return;
         }
-        let snapshot = shared.install(prepared);
-        control.store_version = Some(stored.version);
-        control.failure = None;
-        control.consecutive_failures = 0;
-        let gate = snapshot.proactive_from.unwrap_or(now);
-        shared
-            .proactive_gate
-            .store(shared.nanos(gate), std::sync::atomic::Ordering::Release);
+        shared.install_obtained(&mut control, prepared, Some(stored.version), true);
         drop(control);
         Counters::bump(&shared.stats.adopted);
         tracing::debug!(

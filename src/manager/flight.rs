@@ -363,19 +363,10 @@ impl FlightTask {
             tracing::debug!("refresh result discarded: newer tokens were installed meanwhile");
             return Ok(None);
         }
-        let snapshot = shared.install(ready.prepared);
-        if ready.version.is_some() {
-            control.store_version = ready.version;
-        }
-        control.failure = None;
-        control.consecutive_failures = 0;
-        if current || control.flight.is_none() {
-            // No proactive refresh before the new token allows one.
-            let gate = snapshot.proactive_from.unwrap_or_else(Instant::now);
-            shared
-                .proactive_gate
-                .store(shared.nanos(gate), Ordering::Release);
-        }
+        // A flight registered since (after a deadline overrun) keeps its gate.
+        let open_gate = current || control.flight.is_none();
+        let snapshot =
+            shared.install_obtained(&mut control, ready.prepared, ready.version, open_gate);
         drop(control);
         shared.changed.notify_waiters();
         snapshot

@@ -543,6 +543,30 @@ impl Shared {
         u64::try_from(nanos).unwrap_or(u64::MAX - 1)
     }
 
+    /// Installs tokens a flight fetched or adopted: clears any failure,
+    /// records their store version, and (with `open_gate`) allows no
+    /// proactive refresh before the new token does.
+    fn install_obtained(
+        &self,
+        control: &mut Control,
+        prepared: Prepared,
+        version: Option<u64>,
+        open_gate: bool,
+    ) -> Arc<Snapshot> {
+        let snapshot = self.install(prepared);
+        if version.is_some() {
+            control.store_version = version;
+        }
+        control.failure = None;
+        control.consecutive_failures = 0;
+        if open_gate {
+            let gate = snapshot.proactive_from.unwrap_or_else(Instant::now);
+            self.proactive_gate
+                .store(self.nanos(gate), Ordering::Release);
+        }
+        snapshot
+    }
+
     /// Stores the next generation. Callers hold the `control` lock, which is
     /// what makes generations strictly increasing.
     fn install(&self, prepared: Prepared) -> Arc<Snapshot> {
