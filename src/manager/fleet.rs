@@ -49,8 +49,8 @@ impl FlightTask {
                 Ok(stored) => stored,
                 Err(error) => return self.alone(error, ctx, started).await,
             };
-            if let Some(adopted) = stored.and_then(|s| self.adoptable(s, self.known_version)) {
-                return Ok(adopted);
+            if let Some(stored) = stored.filter(|s| self.adoptable(s, self.known_version)) {
+                return Ok(stored.into_obtained());
             }
             match self.call(store.try_lease_boxed(config.lease_ttl())).await {
                 Ok(Some(lease)) => {
@@ -89,8 +89,8 @@ impl FlightTask {
         let expected = stored.as_ref().map(|s| s.version);
         let (ctx, base) = match stored {
             Some(stored) if self.is_newer(stored.version) => {
-                if let Some(adopted) = self.adoptable_ref(&stored, self.known_version) {
-                    return Ok(adopted);
+                if self.adoptable(&stored, self.known_version) {
+                    return Ok(stored.into_obtained());
                 }
                 // Past its time, but it carries the newest refresh token.
                 let version = stored.version;
@@ -134,7 +134,9 @@ impl FlightTask {
         base: Option<u64>,
     ) -> Option<Obtained> {
         match self.load(store).await {
-            Ok(stored) => stored.and_then(|s| self.adoptable(s, base)),
+            Ok(stored) => stored
+                .filter(|s| self.adoptable(s, base))
+                .map(Stored::into_obtained),
             Err(error) => {
                 self.count_store_error(&error, "re-reading the store");
                 None
@@ -180,17 +182,8 @@ impl FlightTask {
         is_newer(version, self.known_version)
     }
 
-    fn adoptable(&self, stored: Stored, than: Option<u64>) -> Option<Obtained> {
-        usable(&self.shared.config, &stored, than).then(|| stored.into_obtained())
-    }
-
-    fn adoptable_ref(&self, stored: &Stored, than: Option<u64>) -> Option<Obtained> {
-        usable(&self.shared.config, stored, than).then(|| Obtained {
-            tokens: stored.tokens.clone(),
-            obtained_at: stored.obtained_at,
-            version: Some(stored.version),
-            adopted: true,
-        })
+    fn adoptable(&self, stored: &Stored, than: Option<u64>) -> bool {
+        usable(&self.shared.config, stored, than)
     }
 }
 
