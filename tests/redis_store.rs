@@ -53,11 +53,11 @@ async fn swap(store: &RedisStore, expected: Option<u64>, version: u64, payload: 
 
 /// Runs `test` against a fresh server, bounded; skips (loudly, unless
 /// under CI) without `redis-server`.
-async fn with_redis(test: impl AsyncFnOnce(&RedisServer)) {
-    let Some(server) = RedisServer::start() else {
+async fn with_redis(test: impl AsyncFnOnce(&mut RedisServer)) {
+    let Some(mut server) = RedisServer::start() else {
         return;
     };
-    bounded(test(&server)).await;
+    bounded(test(&mut server)).await;
 }
 
 async fn raw(server: &RedisServer) -> MultiplexedConnection {
@@ -702,11 +702,8 @@ async fn stores_with_different_prefixes_do_not_interfere() {
 
 #[tokio::test]
 async fn every_call_fails_fast_while_redis_is_down() {
-    let Some(mut server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
-        let store = open(&server, "app");
+    with_redis(async |server| {
+        let store = open(server, "app");
         assert!(swap(&store, None, 1, b"secret-payload").await);
         let lease = store
             .try_lease(Duration::from_secs(10))
@@ -778,14 +775,11 @@ async fn a_connection_gone_silent_is_replaced_after_one_timeout() {
 
 #[tokio::test]
 async fn a_store_works_again_after_redis_restarts() {
-    let Some(mut server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
-        let store = open(&server, "app");
+    with_redis(async |server| {
+        let store = open(server, "app");
         let mut changes = store.subscribe().unwrap();
-        wait_for_subscribers(&server, "app:events", 1).await;
-        assert!(open(&server, "app")
+        wait_for_subscribers(server, "app:events", 1).await;
+        assert!(open(server, "app")
             .compare_and_swap(None, record(1, b"a"))
             .await
             .unwrap());
@@ -806,8 +800,8 @@ async fn a_store_works_again_after_redis_restarts() {
             .is_some());
         // The change feed subscribes again on its own, and hears a process
         // that started after the restart.
-        wait_for_subscribers(&server, "app:events", 1).await;
-        assert!(open(&server, "app")
+        wait_for_subscribers(server, "app:events", 1).await;
+        assert!(open(server, "app")
             .compare_and_swap(Some(2), record(3, b"c"))
             .await
             .unwrap());
@@ -818,11 +812,8 @@ async fn a_store_works_again_after_redis_restarts() {
 
 #[tokio::test]
 async fn a_store_idle_through_a_restart_recovers_by_its_second_call() {
-    let Some(mut server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
-        let store = open(&server, "app");
+    with_redis(async |server| {
+        let store = open(server, "app");
         assert!(swap(&store, None, 1, b"a").await);
         server.restart();
         // The first call may still meet the connection Redis closed.
@@ -838,13 +829,10 @@ async fn a_store_idle_through_a_restart_recovers_by_its_second_call() {
 
 #[tokio::test]
 async fn a_store_made_while_redis_is_down_connects_once_it_is_up() {
-    let Some(mut server) = RedisServer::start() else {
-        return;
-    };
-    bounded(async {
+    with_redis(async |server| {
         server.stop();
         // Opening contacts nothing, so it succeeds with Redis down.
-        let store = open(&server, "app");
+        let store = open(server, "app");
         fails_fast("load", store.load()).await;
         server.restart();
         assert_eq!(store.load().await.unwrap(), None);
