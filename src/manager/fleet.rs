@@ -45,14 +45,16 @@ impl FlightTask {
         }
         let give_up = later(started, config.lease_ttl() + store.poll_interval_dyn());
         loop {
-            let stored = match self.load(store).await {
+            let stored = match load(&self.shared, store).await {
                 Ok(stored) => stored,
                 Err(error) => return self.alone(error, ctx, started).await,
             };
-            if let Some(stored) = stored.filter(|s| self.adoptable(s, self.known_version)) {
+            if let Some(stored) =
+                stored.filter(|s| usable(&self.shared.config, s, self.known_version))
+            {
                 return Ok(stored.into_obtained());
             }
-            match self.call(store.try_lease_boxed(config.lease_ttl())).await {
+            match call(config, store.try_lease_boxed(config.lease_ttl())).await {
                 Ok(Some(lease)) => {
                     let result = self.refresh_and_store(store, ctx, started).await;
                     self.release(store, lease).await;
@@ -82,14 +84,14 @@ impl FlightTask {
         started: Instant,
     ) -> Result<Obtained, Failed> {
         // Someone may have stored a version between our load and the lease.
-        let stored = match self.load(store).await {
+        let stored = match load(&self.shared, store).await {
             Ok(stored) => stored,
             Err(error) => return self.alone(error, ctx, started).await,
         };
         let expected = stored.as_ref().map(|s| s.version);
         let (ctx, base) = match stored {
-            Some(stored) if self.is_newer(stored.version) => {
-                if self.adoptable(&stored, self.known_version) {
+            Some(stored) if is_newer(stored.version, self.known_version) => {
+                if usable(&self.shared.config, &stored, self.known_version) {
                     return Ok(stored.into_obtained());
                 }
                 // Past its time, but it carries the newest refresh token.
@@ -112,9 +114,11 @@ impl FlightTask {
             .unwrap_or_else(SystemTime::now);
         let payload = store::encode(&obtained.tokens, issued);
         let record = Record::new(next, payload.to_vec());
-        match self
-            .call(store.compare_and_swap_boxed(expected, record))
-            .await
+        match call(
+            &self.shared.config,
+            store.compare_and_swap_boxed(expected, record),
+        )
+        .await
         {
             Ok(true) => obtained.version = Some(next),
             Ok(false) => tracing::warn!(
@@ -133,9 +137,9 @@ impl FlightTask {
         store: &dyn DynStore,
         base: Option<u64>,
     ) -> Option<Obtained> {
-        match self.load(store).await {
+        match load(&self.shared, store).await {
             Ok(stored) => stored
-                .filter(|s| self.adoptable(s, base))
+                .filter(|s| usable(&self.shared.config, s, base))
                 .map(Stored::into_obtained),
             Err(error) => {
                 self.count_store_error(&error, "re-reading the store");
@@ -161,29 +165,10 @@ impl FlightTask {
     }
 
     async fn release(&self, store: &dyn DynStore, lease: Lease) {
-        if let Err(error) = self.call(store.release_boxed(lease)).await {
+        if let Err(error) = call(&self.shared.config, store.release_boxed(lease)).await {
             // The lease lapses on its own at its time to live.
             self.count_store_error(&error, "the refresh lease will lapse");
         }
-    }
-
-    async fn load(&self, store: &dyn DynStore) -> Result<Option<Stored>, StoreError> {
-        load(&self.shared, store).await
-    }
-
-    async fn call<T>(
-        &self,
-        future: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        call(&self.shared.config, future).await
-    }
-
-    fn is_newer(&self, version: u64) -> bool {
-        is_newer(version, self.known_version)
-    }
-
-    fn adoptable(&self, stored: &Stored, than: Option<u64>) -> bool {
-        usable(&self.shared.config, stored, than)
     }
 }
 
