@@ -373,36 +373,31 @@ mod stores {
         Encrypted, FileStore, MemoryStore, RedisStore, StoreKey, TokenStore,
     };
 
+    /// A layer of the `oauth2` preset, on a new family, sharing `store`.
+    fn layer(server: &OAuth2Server, secret: &str, store: impl TokenStore) -> TokenRefreshLayer {
+        let granted = server.authorize(CLIENT_ID, "read");
+        let refresher = HttpRefresher::oauth2(server.token_url(), refresh_client())
+            .client_id(CLIENT_ID)
+            .client_secret(secret);
+        TokenRefreshLayer::builder(refresher)
+            .initial_tokens(
+                TokenSet::new(granted.access_token).with_refresh_token(granted.refresh_token),
+            )
+            .store(store)
+            .build()
+    }
+
     pub(super) async fn scenario(server: &OAuth2Server, secret: &str, url: &str, seen: &Seen) {
         let dir = std::env::temp_dir().join(format!("ttr-secrets-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tokens.json");
         let _ = std::fs::remove_file(&path);
-        let layer = |store: Box<
-            dyn FnOnce(tower_token_refresh::Builder) -> tower_token_refresh::Builder,
-        >| {
-            let granted = server.authorize(CLIENT_ID, "read");
-            let refresher = HttpRefresher::oauth2(server.token_url(), refresh_client())
-                .client_id(CLIENT_ID)
-                .client_secret(secret);
-            let builder = TokenRefreshLayer::builder(refresher).initial_tokens(
-                TokenSet::new(granted.access_token).with_refresh_token(granted.refresh_token),
-            );
-            store(builder).build()
-        };
-
         // A sealed file shared by two layers: one refreshes, one adopts.
         let sealed = Encrypted::new(FileStore::new(&path), StoreKey::from_bytes([5; 32]));
         let sealed = std::sync::Arc::new(sealed);
         let (a, b) = (
-            layer(Box::new({
-                let store = sealed.clone();
-                move |b| b.store(store)
-            })),
-            layer(Box::new({
-                let store = sealed.clone();
-                move |b| b.store(store)
-            })),
+            layer(server, secret, sealed.clone()),
+            layer(server, secret, sealed.clone()),
         );
         a.handle().force_refresh().await.expect("stored refresh");
         b.handle()
@@ -421,10 +416,7 @@ mod stores {
         std::fs::write(&path, b"{\"version\":1,\"payload\":").unwrap();
         let error = FileStore::new(&path).load().await.expect_err("corrupt");
         seen.error("StoreError (corrupt)", &error);
-        let corrupt = layer(Box::new({
-            let path = path.clone();
-            move |b| b.store(FileStore::new(path))
-        }));
+        let corrupt = layer(server, secret, FileStore::new(&path));
         corrupt
             .handle()
             .force_refresh()
@@ -437,7 +429,7 @@ mod stores {
         seen.debug("RedisStore", &redis);
         let error = redis.load().await.expect_err("nobody listens");
         seen.error("StoreError (redis)", &error);
-        let unreachable = layer(Box::new(move |b| b.store(redis)));
+        let unreachable = layer(server, secret, redis);
         unreachable
             .handle()
             .force_refresh()
@@ -446,10 +438,7 @@ mod stores {
         assert!(unreachable.handle().stats().store_errors >= 1);
 
         let memory = MemoryStore::new();
-        let shared = layer(Box::new({
-            let memory = memory.clone();
-            move |b| b.store(memory)
-        }));
+        let shared = layer(server, secret, memory.clone());
         shared.handle().force_refresh().await.unwrap();
         seen.debug("MemoryStore", &memory);
         seen.debug("Record", &memory.load().await.unwrap());

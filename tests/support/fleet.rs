@@ -23,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tower_token_refresh::http::HttpRefresher;
-use tower_token_refresh::store::{Encrypted, FileStore, RedisStore, StoreKey};
+use tower_token_refresh::store::{Encrypted, FileStore, RedisStore, StoreKey, TokenStore};
 use tower_token_refresh::{Builder, RefreshWindow, Stats, TokenRefreshLayer, TokenSet};
 
 use super::client::{authed_client, get, send};
@@ -288,21 +288,20 @@ fn with_store(builder: Builder, config: &ReplicaConfig) -> Builder {
         .key
         .as_deref()
         .map(|key| StoreKey::from_base64(key).expect("a valid store key"));
-    match (&config.redis_url, &config.file, key) {
-        (Some(url), _, key) => {
-            let store = RedisStore::open(url, config.prefix.as_str()).expect("a Redis URL");
-            match key {
-                Some(key) => builder.store(Encrypted::new(store, key)),
-                None => builder.store(store),
-            }
-        }
-        (None, Some(path), key) => {
-            let store = FileStore::new(path);
-            match key {
-                Some(key) => builder.store(Encrypted::new(store, key)),
-                None => builder.store(store),
-            }
-        }
-        (None, None, _) => builder,
+    if let Some(url) = &config.redis_url {
+        let store = RedisStore::open(url, config.prefix.as_str()).expect("a Redis URL");
+        sealed(builder, store, key)
+    } else if let Some(path) = &config.file {
+        sealed(builder, FileStore::new(path), key)
+    } else {
+        builder
+    }
+}
+
+/// `store`, sealed with `key` if there is one.
+fn sealed<S: TokenStore>(builder: Builder, store: S, key: Option<StoreKey>) -> Builder {
+    match key {
+        Some(key) => builder.store(Encrypted::new(store, key)),
+        None => builder.store(store),
     }
 }
