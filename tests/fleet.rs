@@ -34,6 +34,7 @@ mod scenarios {
 
     use base64::Engine;
 
+    use super::support::faults::InjectFaults;
     use super::support::fleet::{
         report, spawn_replica, ReplicaConfig, ReplicaReport, CLIENT_ID, CLIENT_SECRET,
     };

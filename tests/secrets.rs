@@ -43,7 +43,7 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use support::body::full;
 use support::bounded;
-use support::faults::Failure;
+use support::faults::{Failure, InjectFaults};
 use support::oauth2::{OAuth2Server, RegisteredClient};
 use support::{authed_client, get, post, send, ApiServer, AuthedClient};
 

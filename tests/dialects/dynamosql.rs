@@ -10,7 +10,7 @@ use tower_token_refresh::http::{Credential, HttpRefresher};
 use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 
 use crate::support::dynamosql::DynamoSqlServer;
-use crate::support::faults::Failure;
+use crate::support::faults::{Failure, InjectFaults};
 use crate::support::ApiServer;
 use crate::{all_ok, bounded, layered, post_json, refresh_client, RefreshClient};
 

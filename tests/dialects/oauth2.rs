@@ -7,7 +7,7 @@ use hyper::StatusCode;
 use tower_token_refresh::http::{ClientAuthMethod, HttpRefresher};
 use tower_token_refresh::{TokenRefreshLayer, TokenSet};
 
-use crate::support::faults::Failure;
+use crate::support::faults::{Failure, InjectFaults};
 use crate::support::oauth2::{OAuth2Server, RegisteredClient};
 use crate::support::ApiServer;
 use crate::{all_ok, bounded, layered, refresh_client, RefreshClient};

@@ -9,7 +9,7 @@ use serde_json::json;
 use tower_token_refresh::http::HttpRefresher;
 use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 
-use crate::support::faults::Failure;
+use crate::support::faults::{Failure, InjectFaults};
 use crate::support::ocient::OcientServer;
 use crate::support::ApiServer;
 use crate::{all_ok, bounded, layered, post_json, refresh_client, RefreshClient};

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tower_token_refresh::http::HttpRefresher;
 use tower_token_refresh::{Backoff, RefreshWindow, TokenRefreshLayer};
 
-use crate::support::faults::Failure;
+use crate::support::faults::{Failure, InjectFaults};
 use crate::support::front::Front;
 use crate::support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 use crate::{

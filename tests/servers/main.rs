@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 
 use support::bounded;
 use support::dynamosql::DynamoSqlServer;
-use support::faults::Failure;
+use support::faults::{Failure, InjectFaults};
 use support::oauth2::{OAuth2Server, RegisteredClient};
 use support::ocient::OcientServer;
 use support::tokens::TokenStore;

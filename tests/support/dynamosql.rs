@@ -36,7 +36,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::faults::{Failure, Faults};
+use super::faults::{Failure, Faults, InjectFaults};
 use super::json;
 use super::rate_limit::RateLimiter;
 use super::server::{ResBody, Server};
@@ -130,17 +130,6 @@ impl DynamoSqlServer {
         self.state.tokens.clone()
     }
 
-    /// Answers the next `n` refresh requests with `failure`, in the
-    /// envelope.
-    pub fn fail_next_refreshes(&self, n: usize, failure: Failure) {
-        self.state.faults.fail_next(n, failure);
-    }
-
-    /// Holds every refresh answer for `delay` (zero: not at all).
-    pub fn delay_refreshes(&self, delay: Duration) {
-        self.state.faults.set_delay(delay);
-    }
-
     pub fn stats(&self) -> DynamoSqlStats {
         let c = &self.state.counters;
         let read = |n: &AtomicU64| n.load(Ordering::SeqCst);
@@ -153,6 +142,13 @@ impl DynamoSqlServer {
             rate_limited: read(&c.rate_limited),
             injected: read(&c.injected),
         }
+    }
+}
+
+/// Injected failures are answered in the envelope.
+impl InjectFaults for DynamoSqlServer {
+    fn faults(&self) -> &Faults {
+        &self.state.faults
     }
 }
 
@@ -247,16 +243,18 @@ async fn handle(
         return login(&state, request).await;
     }
     state.counters.refresh_calls.fetch_add(1, Ordering::SeqCst);
-    let response = match state.faults.take() {
-        Some(failure) => {
-            state.counters.injected.fetch_add(1, Ordering::SeqCst);
-            let status = failure.status();
-            failure.respond(error(status, status.canonical_reason().unwrap_or("Error")))
-        }
-        None => refresh(&state, request, peer).await,
+    let shape = |failure: &Failure| {
+        let status = failure.status();
+        failure.respond(error(status, status.canonical_reason().unwrap_or("Error")))
     };
-    state.faults.delay().await;
-    response
+    state
+        .faults
+        .answer(
+            &state.counters.injected,
+            shape,
+            refresh(&state, request, peer),
+        )
+        .await
 }
 
 async fn login(state: &State, request: Request<Incoming>) -> Response<ResBody> {

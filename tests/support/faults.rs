@@ -10,6 +10,8 @@
 //! has spent nothing.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -92,6 +94,27 @@ impl Faults {
         }
     }
 
+    /// One refresh request's answer: after the stall, the pending failure
+    /// in the dialect's shape (`shape`, counted in `injected`) or the real
+    /// `work`; then the delay.
+    pub async fn answer<R>(
+        &self,
+        injected: &AtomicU64,
+        shape: impl FnOnce(&Failure) -> R,
+        work: impl Future<Output = R>,
+    ) -> R {
+        self.stall().await;
+        let answer = match self.take() {
+            Some(failure) => {
+                injected.fetch_add(1, Ordering::SeqCst);
+                shape(&failure)
+            }
+            None => work.await,
+        };
+        self.delay().await;
+        answer
+    }
+
     /// The failure to answer this request with, if one is pending.
     pub fn take(&self) -> Option<Failure> {
         self.pending.lock().unwrap().pop_front()
@@ -104,5 +127,29 @@ impl Faults {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+/// A dialect server whose refresh endpoint takes armed faults; it answers
+/// an injected failure in its own error shape.
+pub trait InjectFaults {
+    /// The faults armed on the refresh endpoint.
+    fn faults(&self) -> &Faults;
+
+    /// Answers the next `n` refresh requests with `failure`.
+    fn fail_next_refreshes(&self, n: usize, failure: Failure) {
+        self.faults().fail_next(n, failure);
+    }
+
+    /// Holds every refresh answer for `delay`, after the work (zero: not at
+    /// all).
+    fn delay_refreshes(&self, delay: Duration) {
+        self.faults().set_delay(delay);
+    }
+
+    /// Holds every refresh request for `stall` before any work (zero: not
+    /// at all): a client that dies meanwhile spends nothing.
+    fn stall_refreshes(&self, stall: Duration) {
+        self.faults().set_stall(stall);
     }
 }

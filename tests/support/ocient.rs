@@ -39,7 +39,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::faults::{Failure, Faults};
+use super::faults::{Failure, Faults, InjectFaults};
 use super::json::{self, BodyError};
 use super::server::{ResBody, Server};
 use super::tokens::{Grant, Issuer, TokenStore};
@@ -133,17 +133,6 @@ impl OcientServer {
         self.state.tokens.clone()
     }
 
-    /// Answers the next `n` refresh requests with `failure`, as a `status`
-    /// object.
-    pub fn fail_next_refreshes(&self, n: usize, failure: Failure) {
-        self.state.faults.fail_next(n, failure);
-    }
-
-    /// Holds every refresh answer for `delay` (zero: not at all).
-    pub fn delay_refreshes(&self, delay: Duration) {
-        self.state.faults.set_delay(delay);
-    }
-
     pub fn stats(&self) -> OcientStats {
         let c = &self.state.counters;
         let read = |n: &AtomicU64| n.load(Ordering::SeqCst);
@@ -155,6 +144,13 @@ impl OcientServer {
             unauthorized: read(&c.unauthorized),
             injected: read(&c.injected),
         }
+    }
+}
+
+/// Injected failures are answered as a `status` object.
+impl InjectFaults for OcientServer {
+    fn faults(&self) -> &Faults {
+        &self.state.faults
     }
 }
 
@@ -265,16 +261,14 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<ResBo
         return login(&state, request).await;
     }
     state.counters.refresh_calls.fetch_add(1, Ordering::SeqCst);
-    let response = match state.faults.take() {
-        Some(failure) => {
-            state.counters.injected.fetch_add(1, Ordering::SeqCst);
-            let status = failure.status();
-            failure.respond(error(status, status.canonical_reason().unwrap_or("Error")))
-        }
-        None => refresh(&state, request).await,
+    let shape = |failure: &Failure| {
+        let status = failure.status();
+        failure.respond(error(status, status.canonical_reason().unwrap_or("Error")))
     };
-    state.faults.delay().await;
-    response
+    state
+        .faults
+        .answer(&state.counters.injected, shape, refresh(&state, request))
+        .await
 }
 
 async fn login(state: &State, request: Request<Incoming>) -> Response<ResBody> {

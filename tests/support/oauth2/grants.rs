@@ -38,16 +38,14 @@ pub(super) async fn token(
             )),
         };
     }
-    state.faults.stall().await;
-    let answer = match state.faults.take() {
-        Some(failure) => {
-            state.counters.injected.fetch_add(1, Ordering::SeqCst);
-            Ok(state.injected(&failure))
-        }
-        None => client().and_then(|client| refresh(state, client, &form)),
-    };
-    state.faults.delay().await;
-    answer
+    state
+        .faults
+        .answer(
+            &state.counters.injected,
+            |failure| Ok(state.injected(failure)),
+            async { client().and_then(|client| refresh(state, client, &form)) },
+        )
+        .await
 }
 
 /// §6: a new access token for a refresh token issued to `client`.

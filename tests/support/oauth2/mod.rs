@@ -62,7 +62,7 @@ use hyper::header::{HeaderValue, ALLOW, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::faults::{Failure, Faults};
+use super::faults::{Failure, Faults, InjectFaults};
 use super::json;
 use super::server::{ResBody, Server};
 use super::tokens::{Grant, Issuer, TokenStore};
@@ -200,26 +200,6 @@ impl OAuth2Server {
         }
     }
 
-    /// Answers the next `n` refresh requests with `failure`, in the §5.2
-    /// shape: `server_error` for a `500`, `temporarily_unavailable` for
-    /// other `5xx` and `429`, `invalid_client` for `401`, `invalid_request`
-    /// otherwise. Only requests that get as far as naming
-    /// `grant_type=refresh_token` count.
-    pub fn fail_next_refreshes(&self, n: usize, failure: Failure) {
-        self.state.faults.fail_next(n, failure);
-    }
-
-    /// Holds every refresh answer for `delay` (zero: not at all).
-    pub fn delay_refreshes(&self, delay: Duration) {
-        self.state.faults.set_delay(delay);
-    }
-
-    /// Holds every refresh request for `stall` before any work (zero: not
-    /// at all): a client that dies meanwhile spends no refresh token.
-    pub fn stall_refreshes(&self, stall: Duration) {
-        self.state.faults.set_stall(stall);
-    }
-
     pub fn stats(&self) -> OAuth2Stats {
         let c = &self.state.counters;
         let read = |n: &AtomicU64| n.load(Ordering::SeqCst);
@@ -233,6 +213,16 @@ impl OAuth2Server {
             reuse_detected: read(&c.reuse_detected),
             injected: read(&c.injected),
         }
+    }
+}
+
+/// Injected failures take the §5.2 shape: `server_error` for a `500`,
+/// `temporarily_unavailable` for other `5xx` and `429`, `invalid_client`
+/// for `401`, `invalid_request` otherwise. Only requests that get as far
+/// as naming `grant_type=refresh_token` count.
+impl InjectFaults for OAuth2Server {
+    fn faults(&self) -> &Faults {
+        &self.state.faults
     }
 }
 
