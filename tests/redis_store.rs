@@ -51,6 +51,20 @@ async fn swap(store: &RedisStore, expected: Option<u64>, version: u64, payload: 
         .expect("compare-and-swap answered")
 }
 
+/// `store.try_lease(ttl)`, which must not fail.
+async fn take_lease(store: &RedisStore, ttl: Duration) -> Option<Lease> {
+    store.try_lease(ttl).await.expect("lease answered")
+}
+
+/// The owner in `{prefix}:lease`, read with a raw connection.
+async fn lease_owner(server: &RedisServer, prefix: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(format!("{prefix}:lease"))
+        .query_async(&mut raw(server).await)
+        .await
+        .unwrap()
+}
+
 /// Runs `test` against a fresh server, bounded; skips (loudly, unless
 /// under CI) without `redis-server`.
 async fn with_redis(test: impl AsyncFnOnce(&mut RedisServer)) {
@@ -340,16 +354,10 @@ async fn lease_is_exclusive() {
     with_redis(async |server| {
         let holder = open(server, "app");
         let other = open(server, "app");
-        let lease = holder.try_lease(Duration::from_secs(10)).await.unwrap();
+        let lease = take_lease(&holder, Duration::from_secs(10)).await;
         assert!(lease.is_some());
-        assert_eq!(
-            holder.try_lease(Duration::from_secs(10)).await.unwrap(),
-            None
-        );
-        assert_eq!(
-            other.try_lease(Duration::from_secs(10)).await.unwrap(),
-            None
-        );
+        assert_eq!(take_lease(&holder, Duration::from_secs(10)).await, None);
+        assert_eq!(take_lease(&other, Duration::from_secs(10)).await, None);
     })
     .await;
 }
@@ -360,7 +368,7 @@ async fn concurrent_leases_have_one_holder() {
         let mut takers = JoinSet::new();
         for _ in 0..8 {
             let store = open(server, "app");
-            takers.spawn(async move { store.try_lease(Duration::from_secs(10)).await.unwrap() });
+            takers.spawn(async move { take_lease(&store, Duration::from_secs(10)).await });
         }
         let mut held = 0;
         while let Some(joined) = takers.join_next().await {
@@ -378,11 +386,11 @@ async fn lease_lapses_after_its_ttl() {
         let next = open(server, "app");
         let started = Instant::now();
         let ttl = Duration::from_millis(300);
-        assert!(crashed.try_lease(ttl).await.unwrap().is_some());
-        assert_eq!(next.try_lease(ttl).await.unwrap(), None);
+        assert!(take_lease(&crashed, ttl).await.is_some());
+        assert_eq!(take_lease(&next, ttl).await, None);
         // The holder never releases it, as if it had crashed.
         let taken = loop {
-            if next.try_lease(ttl).await.unwrap().is_some() {
+            if take_lease(&next, ttl).await.is_some() {
                 break started.elapsed();
             }
             assert!(started.elapsed() < PROMPT, "the lease never lapsed");
@@ -403,21 +411,10 @@ async fn release_by_another_owner_leaves_the_lease() {
     with_redis(async |server| {
         let holder = open(server, "app");
         let other = open(server, "app");
-        let lease = holder
-            .try_lease(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .unwrap();
+        let lease = take_lease(&holder, Duration::from_secs(10)).await.unwrap();
         other.release(Lease::new("someone-else")).await.unwrap();
-        assert_eq!(
-            other.try_lease(Duration::from_secs(10)).await.unwrap(),
-            None
-        );
-        let owner: Option<String> = redis::cmd("GET")
-            .arg("app:lease")
-            .query_async(&mut raw(server).await)
-            .await
-            .unwrap();
+        assert_eq!(take_lease(&other, Duration::from_secs(10)).await, None);
+        let owner = lease_owner(server, "app").await;
         assert_eq!(owner.as_deref(), Some(lease.owner()));
     })
     .await;
@@ -428,11 +425,7 @@ async fn release_by_the_owner_frees_the_lease() {
     with_redis(async |server| {
         let holder = open(server, "app");
         let other = open(server, "app");
-        let lease = holder
-            .try_lease(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .unwrap();
+        let lease = take_lease(&holder, Duration::from_secs(10)).await.unwrap();
         holder.release(lease).await.unwrap();
         let exists: bool = redis::cmd("EXISTS")
             .arg("app:lease")
@@ -440,11 +433,7 @@ async fn release_by_the_owner_frees_the_lease() {
             .await
             .unwrap();
         assert!(!exists);
-        assert!(other
-            .try_lease(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .is_some());
+        assert!(take_lease(&other, Duration::from_secs(10)).await.is_some());
     })
     .await;
 }
@@ -454,14 +443,10 @@ async fn releasing_a_lapsed_lease_leaves_the_next_holders_lease() {
     with_redis(async |server| {
         let slow = open(server, "app");
         let next = open(server, "app");
-        let stale = slow
-            .try_lease(Duration::from_millis(100))
-            .await
-            .unwrap()
-            .unwrap();
+        let stale = take_lease(&slow, Duration::from_millis(100)).await.unwrap();
         let started = Instant::now();
         let current = loop {
-            if let Some(lease) = next.try_lease(Duration::from_secs(10)).await.unwrap() {
+            if let Some(lease) = take_lease(&next, Duration::from_secs(10)).await {
                 break lease;
             }
             assert!(started.elapsed() < PROMPT, "the lease never lapsed");
@@ -469,12 +454,8 @@ async fn releasing_a_lapsed_lease_leaves_the_next_holders_lease() {
         };
         // The slow holder finishes late and gives back what it thinks it holds.
         slow.release(stale).await.unwrap();
-        assert_eq!(slow.try_lease(Duration::from_secs(10)).await.unwrap(), None);
-        let owner: Option<String> = redis::cmd("GET")
-            .arg("app:lease")
-            .query_async(&mut raw(server).await)
-            .await
-            .unwrap();
+        assert_eq!(take_lease(&slow, Duration::from_secs(10)).await, None);
+        let owner = lease_owner(server, "app").await;
         assert_eq!(owner.as_deref(), Some(current.owner()));
     })
     .await;
@@ -486,11 +467,7 @@ async fn lease_owners_name_the_process_and_never_repeat() {
         let store = open(server, "app");
         let mut owners = BTreeSet::new();
         for _ in 0..5 {
-            let lease = store
-                .try_lease(Duration::from_secs(10))
-                .await
-                .unwrap()
-                .unwrap();
+            let lease = take_lease(&store, Duration::from_secs(10)).await.unwrap();
             let (pid, random) = lease.owner().split_once('-').expect("pid-hex");
             assert_eq!(pid, std::process::id().to_string());
             assert_eq!(random.len(), 32, "{}", lease.owner());
@@ -589,11 +566,7 @@ async fn keys_are_laid_out_as_documented() {
         subscribed.recv_timeout(PROMPT).unwrap();
 
         assert!(swap(&store, None, 3, b"\0sealed\xff").await);
-        let lease = store
-            .try_lease(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .unwrap();
+        let lease = take_lease(&store, Duration::from_secs(10)).await.unwrap();
 
         let keys: BTreeSet<String> = redis::cmd("KEYS")
             .arg("*")
@@ -674,16 +647,8 @@ async fn stores_with_different_prefixes_do_not_interfere() {
         assert_eq!(a.load().await.unwrap(), Some(record(1, b"a1")));
         assert_eq!(b.load().await.unwrap(), Some(record(2, b"b2")));
 
-        assert!(a
-            .try_lease(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .is_some());
-        assert!(b
-            .try_lease(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .is_some());
+        assert!(take_lease(&a, Duration::from_secs(10)).await.is_some());
+        assert!(take_lease(&b, Duration::from_secs(10)).await.is_some());
 
         let mut changes = a.subscribe().unwrap();
         wait_for_subscribers(server, "tenant-a:events", 1).await;
@@ -705,11 +670,7 @@ async fn every_call_fails_fast_while_redis_is_down() {
     with_redis(async |server| {
         let store = open(server, "app");
         assert!(swap(&store, None, 1, b"secret-payload").await);
-        let lease = store
-            .try_lease(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .unwrap();
+        let lease = take_lease(&store, Duration::from_secs(10)).await.unwrap();
 
         server.stop();
         assert!(!server.is_running());
@@ -793,11 +754,7 @@ async fn a_store_works_again_after_redis_restarts() {
         // to it.
         assert_eq!(store.load().await.unwrap(), None);
         assert!(swap(&store, None, 2, b"b").await);
-        assert!(store
-            .try_lease(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .is_some());
+        assert!(take_lease(&store, Duration::from_secs(10)).await.is_some());
         // The change feed subscribes again on its own, and hears a process
         // that started after the restart.
         wait_for_subscribers(server, "app:events", 1).await;
