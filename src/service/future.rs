@@ -8,11 +8,12 @@ use std::task::{ready, Context, Poll};
 
 use http::header::AUTHORIZATION;
 use http::request::Parts;
-use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
+use http::{Extensions, Method, Request, Response, Uri, Version};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
 
+use super::headers::HeadersCopy;
 use super::Core;
 use crate::body::ReplayBody;
 use crate::classify::ClassifyRejection;
@@ -35,7 +36,7 @@ struct Head {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    headers: HeadersCopy,
     extensions: Extensions,
 }
 
@@ -54,7 +55,7 @@ impl<S, B> RetryCopy<S, B> {
                 method: request.method().clone(),
                 uri: request.uri().clone(),
                 version: request.version(),
-                headers: request.headers().clone(),
+                headers: HeadersCopy::of(request.headers()),
                 extensions: request.extensions().clone(),
             },
             body,
@@ -77,11 +78,18 @@ impl<S, B> RetryCopy<S, B> {
                 method,
                 uri,
                 version,
-                headers,
+                headers: HeadersCopy::Map(headers),
                 extensions,
             },
             body,
         }
+    }
+
+    /// Unpacks the copied headers, once a retry is planned. `None` if they
+    /// no longer parse: then there is no retry.
+    fn unpacked(mut self) -> Option<Self> {
+        self.head.headers = HeadersCopy::Map(self.head.headers.into_map()?);
+        Some(self)
     }
 
     fn into_request(self, credential: Credential) -> (S, Request<ReplayBody<B>>) {
@@ -89,9 +97,12 @@ impl<S, B> RetryCopy<S, B> {
             method,
             uri,
             version,
-            mut headers,
+            headers,
             extensions,
         } = self.head;
+        let HeadersCopy::Map(mut headers) = headers else {
+            unreachable!("kept as a map while acquiring, unpacked once rejected")
+        };
         headers.insert(AUTHORIZATION, credential.header);
         let mut request = Request::new(self.body);
         *request.method_mut() = method;
@@ -269,7 +280,8 @@ where
         // The refresh (if the decision started one) runs on its own; without
         // a replayable copy the rejection is the answer, and the next
         // request gets the new token.
-        let Some(retry) = this.pending.take().filter(|r| !r.body.is_capped()) else {
+        let retry = this.pending.take().filter(|r| !r.body.is_capped());
+        let Some(retry) = retry.and_then(RetryCopy::unpacked) else {
             return Some(response);
         };
         let next = match decision {

@@ -34,6 +34,7 @@
 
 mod builder;
 pub(crate) mod future;
+mod headers;
 mod layer;
 mod transport;
 
