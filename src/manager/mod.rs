@@ -12,6 +12,7 @@ mod failure;
 mod fleet;
 mod flight;
 mod snapshot;
+mod thread_copy;
 mod timer;
 pub(crate) mod window;
 
@@ -234,7 +235,10 @@ impl TokenManager {
             }
             Freshness::Expired => return None,
         }
-        snapshot.credential()
+        Some(Credential {
+            header: thread_copy::header(&self.shared, snapshot)?,
+            generation: snapshot.generation,
+        })
     }
 
     /// The slow path: waits for a usable token, refreshing if needed.
