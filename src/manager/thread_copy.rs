@@ -89,3 +89,85 @@ fn keep(copies: &mut Vec<HeaderCopy>, copy: HeaderCopy) {
 pub(super) fn held() -> usize {
     COPIES.with(|copies| copies.borrow().len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+
+    fn layer(token: &str) -> TokenRefreshLayer {
+        let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
+        TokenRefreshLayer::builder(source)
+            .initial_tokens(TokenSet::new(token))
+            .build()
+    }
+
+    /// The header a fresh-token request through `layer` is sent with.
+    fn sent(layer: &TokenRefreshLayer) -> HeaderValue {
+        let manager = &layer.core.manager;
+        let credential = manager.ready(&mut manager.snapshot_cache());
+        credential.expect("a fresh token").header
+    }
+
+    fn address(header: &HeaderValue) -> *const u8 {
+        header.as_bytes().as_ptr()
+    }
+
+    #[tokio::test]
+    async fn each_thread_sends_its_own_copy_of_the_header_and_keeps_reusing_it() {
+        let layer = layer("a");
+        let first = sent(&layer);
+        let again = sent(&layer);
+        let shared = layer.core.manager.shared.snapshot.load();
+        let original = shared.header.as_ref().unwrap();
+
+        assert_eq!(first, "Bearer a");
+        assert!(first.is_sensitive());
+        assert_eq!(address(&first), address(&again), "one copy per thread");
+        assert_ne!(address(&first), address(original), "not the shared value");
+        let elsewhere = std::thread::scope(|scope| {
+            let other = scope.spawn(|| {
+                let header = sent(&layer);
+                (header.clone(), address(&header) as usize)
+            });
+            other.join().unwrap()
+        });
+        assert_eq!(elsewhere.0, "Bearer a");
+        assert_ne!(
+            elsewhere.1,
+            address(&first) as usize,
+            "another thread's own copy"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_token_replaces_the_threads_copy() {
+        let layer = layer("a");
+        assert_eq!(sent(&layer), "Bearer a");
+        layer.core.manager.set_tokens(TokenSet::new("b")).unwrap();
+
+        assert_eq!(sent(&layer), "Bearer b");
+        assert_eq!(held(), 1);
+    }
+
+    #[tokio::test]
+    async fn copies_for_dropped_layers_are_removed_and_the_count_is_bounded() {
+        let dropped = layer("gone");
+        sent(&dropped);
+        drop(dropped);
+        let kept = layer("kept");
+        sent(&kept);
+        assert_eq!(held(), 1, "the dropped layer's copy went");
+
+        let many: Vec<_> = (0..STATES_PER_THREAD + 2)
+            .map(|i| layer(&format!("t{i}")))
+            .collect();
+        for (i, layer) in many.iter().enumerate() {
+            assert_eq!(sent(layer), format!("Bearer t{i}").as_str());
+        }
+        assert_eq!(held(), STATES_PER_THREAD);
+        // An evicted copy is made again, still with the right token.
+        assert_eq!(sent(&many[0]), "Bearer t0");
+        assert_eq!(sent(&kept), "Bearer kept");
+    }
+}

@@ -115,7 +115,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn round_trip(headers: &HeaderMap) -> HeaderMap {
-        HeadersCopy::of(headers).into_map().expect("valid headers unpack")
+        HeadersCopy::of(headers)
+            .into_map()
+            .expect("valid headers unpack")
     }
 
     /// Every value of every name, in iteration order, with its flag.
@@ -134,7 +136,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         headers.append(SET_COOKIE, HeaderValue::from_static("a=1"));
-        headers.insert("x-trace", HeaderValue::from_bytes(b"caf\xc3\xa9\t1").unwrap());
+        headers.insert(
+            "x-trace",
+            HeaderValue::from_bytes(b"caf\xc3\xa9\t1").unwrap(),
+        );
         headers.append(SET_COOKIE, HeaderValue::from_static("b=2"));
         let mut secret = HeaderValue::from_static("s3cr3t");
         secret.set_sensitive(true);
