@@ -268,18 +268,25 @@ def tables(data):
         "latency minus that of the same burst with a fresh token, per "
         "percentile; *outside the client* is each request's time minus the time "
         "its attempts spent in the HTTP client. The refresh round trip includes "
-        "a simulated 50 ms network delay.",
+        "a simulated 50 ms network delay. The *floor* (expired storm only) is "
+        "the fresh-token burst with every request first parked until one "
+        "refresh round trip after the burst began: what waiting for one refresh "
+        "and then sending 10,000 requests at once costs on this machine with "
+        "no token logic; *over the floor* is what the layer adds beyond it.",
         "",
         "| storm | refresh calls | failures | refresh round trip | added p50 / p99 / max "
-        "| outside the client p50 / p99 / max | p99 ≤ round trip + 1 ms |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| outside the client p50 / p99 / max | floor added p99 | over the floor p99 "
+        "| p99 ≤ round trip + 1 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, s in data["storm"].items():
         lines.append(
             f"| {name} | {s['refresh_calls']:g} | {s['failures']:g} | {s['rtt_ms']:.1f} ms "
             f"| {s['added_p50_ms']:.1f} / {s['added_p99_ms']:.1f} / {s['added_max_ms']:.1f} ms "
             f"| {s['outside_client_p50_ms']:.1f} / {s['outside_client_p99_ms']:.1f} / "
-            f"{s['outside_client_max_ms']:.1f} ms | {'met' if s['target_met'] == 'true' else 'missed'} |")
+            f"{s['outside_client_max_ms']:.1f} ms | {floor_cell(s, 'floor_added_p99_ms')} "
+            f"| {floor_cell(s, 'over_floor_p99_ms')} "
+            f"| {'met' if s['target_met'] == 'true' else 'missed'} |")
 
     t = data["throughput"]
     ti = data.get("throughput_instructions")
@@ -305,6 +312,10 @@ def tables(data):
         ]
     lines += ["", targets(data)]
     return "\n".join(lines)
+
+
+def floor_cell(storm, key):
+    return f"{storm[key]:.1f} ms" if key in storm else "—"
 
 
 def targets(data):
@@ -360,7 +371,9 @@ def targets(data):
     for name, storm in s.items():
         lines.append(row(f"{name} storm: 1 refresh, 0 failures, p99 added ≤ round trip + 1 ms",
                          f"{storm['refresh_calls']:g} refresh, {storm['failures']:g} failures, "
-                         f"p99 added {storm['added_p99_ms']:.1f} ms vs {storm['target_p99_ms']:.1f} ms",
+                         f"p99 added {storm['added_p99_ms']:.1f} ms vs {storm['target_p99_ms']:.1f} ms"
+                         + (f" (the floor adds {storm['floor_added_p99_ms']:.1f} ms)"
+                            if "floor_added_p99_ms" in storm else ""),
                          storm["target_met"] == "true"))
     lines.append(row("throughput ≥ 0.97 × without the layer", f"{t['ratio']:.3f}",
                      t["ratio"] >= 0.97))
