@@ -23,7 +23,9 @@ use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_token_refresh::{ReplayBody, TokenHandle, TokenRefresh, TokenRefreshLayer};
+use tower_token_refresh::{
+    refresh_fn, RefreshError, ReplayBody, TokenHandle, TokenRefresh, TokenRefreshLayer, TokenSet,
+};
 
 use support::body::{full, ReqBody};
 use support::bounded;
@@ -224,6 +226,58 @@ async fn over_http2_the_injected_header_is_never_indexed_by_hpack() {
         let blocks = header_blocks(&sent.lock().unwrap());
         assert_eq!(blocks.len(), 10);
         assert!(blocks.iter().all(|b| !never_indexed(b)), "{blocks:02x?}");
+    })
+    .await;
+}
+
+/// Over HTTP/1.1, a rejected request's retry goes out on the connection
+/// that carried the rejection: the layer lets go of the rejection before
+/// the retry, and a body of a few KiB has arrived with its head, so the
+/// client can put the connection back in its pool. (A rejection body too
+/// large to have arrived by then is dropped unread, and the client closes
+/// that connection: 300 KB did, here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http1_the_retry_reuses_the_connection_that_carried_the_rejection() {
+    bounded(async {
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&peers);
+        let api = support::server::Server::start(move |request: Request<_>, peer| {
+            seen.lock().unwrap().push(peer);
+            let accepted = request.headers()[AUTHORIZATION] == "Bearer new";
+            async move {
+                let (status, body) = if accepted {
+                    (200, "{\"ok\":true}".to_owned())
+                } else {
+                    // A body of some size, as error pages often are.
+                    (401, format!("{{\"error\":\"{}\"}}", "x".repeat(4000)))
+                };
+                hyper::Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap()
+            }
+        })
+        .await;
+        let refresher = refresh_fn(|_| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, RefreshError>(TokenSet::new("new"))
+        });
+        let layer = TokenRefreshLayer::builder(refresher)
+            .initial_tokens(TokenSet::new("old"))
+            .build();
+        let handle = layer.handle();
+        let client: Layered = ServiceBuilder::new()
+            .layer(layer)
+            .service(Client::builder(TokioExecutor::new()).build_http());
+
+        let url = format!("{}/v1/items", api.base_url());
+        let response = client.oneshot(get(&url)).await.expect("answered");
+
+        assert_eq!(response.status(), 200);
+        assert_eq!(handle.stats().retries, 1);
+        let peers = peers.lock().unwrap().clone();
+        assert_eq!(peers.len(), 2, "the request and its retry");
+        assert_eq!(peers[0], peers[1], "one connection for both");
     })
     .await;
 }
