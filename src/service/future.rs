@@ -14,6 +14,7 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::headers::HeadersCopy;
+use super::shared::Shared;
 use super::Core;
 use crate::body::ReplayBody;
 use crate::classify::ClassifyRejection;
@@ -21,10 +22,12 @@ use crate::manager::{Credential, Decision, Flight};
 use crate::refresh::BoxFuture;
 use crate::{BoxError, Error};
 
-/// What a retry needs: a copy of the request head, a replaying body and a
-/// clone of the inner service (polled ready again before the retry).
+/// What a retry needs: a copy of the request head, a replaying body and,
+/// once the retry is due, a clone of the inner service (polled ready
+/// before the retry). A request held before its first send keeps the
+/// instance the caller polled ready.
 pub(crate) struct RetryCopy<S, B> {
-    service: S,
+    service: Option<S>,
     head: Head,
     body: ReplayBody<B>,
 }
@@ -44,13 +47,10 @@ impl<S, B> RetryCopy<S, B> {
     /// `None` when the body cannot be replayed (retry off, or over the cap
     /// before sending): then nothing is copied at all.
     #[inline]
-    pub(crate) fn of(
-        request: &Request<ReplayBody<B>>,
-        service: impl FnOnce() -> S,
-    ) -> Option<Self> {
+    pub(crate) fn of(request: &Request<ReplayBody<B>>) -> Option<Self> {
         let body = request.body().try_clone()?;
         Some(Self {
-            service: service(),
+            service: None,
             head: Head {
                 method: request.method().clone(),
                 uri: request.uri().clone(),
@@ -73,7 +73,7 @@ impl<S, B> RetryCopy<S, B> {
             ..
         } = parts;
         Self {
-            service,
+            service: Some(service),
             head: Head {
                 method,
                 uri,
@@ -92,6 +92,7 @@ impl<S, B> RetryCopy<S, B> {
         Some(self)
     }
 
+    /// The request to send; the service must have been set.
     fn into_request(self, credential: Credential) -> (S, Request<ReplayBody<B>>) {
         let Head {
             method,
@@ -110,7 +111,8 @@ impl<S, B> RetryCopy<S, B> {
         *request.version_mut() = version;
         *request.headers_mut() = headers;
         *request.extensions_mut() = extensions;
-        (self.service, request)
+        let service = self.service.expect("set before sending");
+        (service, request)
     }
 }
 
@@ -165,7 +167,7 @@ pin_project! {
         // kept for the retry (Sent and later).
         pending: Option<RetryCopy<S, B>>,
         generation: u64,
-        core: Option<Arc<Core<C>>>,
+        shared: Option<Arc<Shared<S, C>>>,
     }
 }
 
@@ -186,7 +188,7 @@ where
         fut: S::Future,
         generation: u64,
         retry: Option<RetryCopy<S, B>>,
-        core: Arc<Core<C>>,
+        shared: Arc<Shared<S, C>>,
     ) -> Self {
         // Built in place, not through `with_state`: the future is large
         // (it holds the retry copy), and every move of it is a `memcpy`.
@@ -194,7 +196,7 @@ where
             state: State::Sent { fut },
             pending: retry,
             generation,
-            core: Some(core),
+            shared: Some(shared),
         }
     }
 
@@ -202,24 +204,24 @@ where
         service: S,
         head: Parts,
         body: ReplayBody<B>,
-        core: Arc<Core<C>>,
+        shared: Arc<Shared<S, C>>,
     ) -> Self {
-        let token = Box::pin(core.manager.clone().acquire());
+        let token = Box::pin(shared.core.manager.clone().acquire());
         let pending = RetryCopy::keep(service, head, body);
-        Self::with_state(State::Acquiring { token }, Some(pending), 0, Some(core))
+        Self::with_state(State::Acquiring { token }, Some(pending), 0, Some(shared))
     }
 
     fn with_state(
         state: State<S::Future, S::Response>,
         pending: Option<RetryCopy<S, B>>,
         generation: u64,
-        core: Option<Arc<Core<C>>>,
+        shared: Option<Arc<Shared<S, C>>>,
     ) -> Self {
         Self {
             state,
             pending,
             generation,
-            core,
+            shared,
         }
     }
 }
@@ -245,7 +247,7 @@ where
             _ => return self.poll_steps(cx),
         };
         let response = ready!(fut.poll(cx)).map_err(Into::into)?;
-        let core = this.core.as_ref().expect("set for managed requests");
+        let core = &this.shared.as_ref().expect("set for managed requests").core;
         if !core
             .classifier
             .is_rejection(response.status(), response.headers())
@@ -275,7 +277,7 @@ where
         cx: &mut Context<'_>,
     ) -> Option<Response<ResBody>> {
         let mut this = self.project();
-        let core = this.core.as_ref().expect("set for managed requests");
+        let core = &this.shared.as_ref().expect("set for managed requests").core;
         let decision = core.manager.rejected(*this.generation);
         // The refresh (if the decision started one) runs on its own; without
         // a replayable copy the rejection is the answer, and the next
@@ -337,7 +339,7 @@ where
                     // caller; the retry gets a clone.
                     *this.generation = credential.generation;
                     let (mut service, request) = first.into_request(credential);
-                    *this.pending = RetryCopy::of(&request, || service.clone());
+                    *this.pending = RetryCopy::of(&request);
                     let fut = service.call(request);
                     this.state.set(State::Sent { fut });
                 }
@@ -365,7 +367,7 @@ where
                     }
                     // Dropped before waiting: frees the connection.
                     drop(rejection);
-                    let core = this.core.as_ref().expect("set for managed requests");
+                    let core = &this.shared.as_ref().expect("set for managed requests").core;
                     let next = next.take().expect("next step kept while settling");
                     this.state.set(settled(next, core));
                 }
@@ -377,10 +379,17 @@ where
                 }
                 StateProj::RetryReady { credential } => {
                     let retry = this.pending.as_mut().expect("retry copy kept");
-                    ready!(retry.service.poll_ready(cx)).map_err(Into::into)?;
+                    let shared = this.shared.as_ref().expect("set for managed requests");
+                    let service = match &mut retry.service {
+                        Some(service) => service,
+                        none => {
+                            none.insert(shared.retry_service().expect("kept at the first call"))
+                        }
+                    };
+                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
                     let credential = credential.take().expect("credential set before readiness");
                     let retry = this.pending.take().expect("retry copy kept");
-                    let core = this.core.as_ref().expect("set for managed requests");
+                    let core = &this.shared.as_ref().expect("set for managed requests").core;
                     let credential = core.manager.newest(credential);
                     core.manager.count_retry();
                     *this.generation = credential.generation;
@@ -390,7 +399,7 @@ where
                 }
                 StateProj::Retried { fut } => {
                     let response = ready!(fut.poll(cx)).map_err(Into::into)?;
-                    let core = this.core.as_ref().expect("set for managed requests");
+                    let core = &this.shared.as_ref().expect("set for managed requests").core;
                     if core
                         .classifier
                         .is_rejection(response.status(), response.headers())

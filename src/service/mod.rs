@@ -36,6 +36,7 @@ mod builder;
 pub(crate) mod future;
 mod headers;
 mod layer;
+mod shared;
 mod transport;
 
 use std::fmt;
@@ -58,6 +59,7 @@ pub use future::ResponseFuture;
 use future::RetryCopy;
 pub(crate) use layer::Core;
 pub use layer::TokenRefreshLayer;
+use shared::Shared;
 pub(crate) use transport::is_loopback;
 pub use transport::InvalidOrigin;
 
@@ -71,9 +73,16 @@ pub use transport::InvalidOrigin;
 /// # Clone
 ///
 /// Cloning clones the inner service and shares the token state.
+///
+/// # Retries
+///
+/// A retry is sent through a clone of the inner service taken at the
+/// first request (shared by the clones of this service), polled ready
+/// before the retry: a response future does not carry a clone of its own,
+/// which would cost one per request.
 pub struct TokenRefresh<S, C = Unauthorized> {
     inner: S,
-    core: Arc<Core<C>>,
+    shared: Arc<Shared<S, C>>,
     snapshot: SnapshotCache,
 }
 
@@ -82,7 +91,7 @@ impl<S, C> TokenRefresh<S, C> {
         let snapshot = core.manager.snapshot_cache();
         Self {
             inner,
-            core,
+            shared: Arc::new(Shared::new(core)),
             snapshot,
         }
     }
@@ -99,6 +108,10 @@ impl<S, C> TokenRefresh<S, C> {
     }
 
     /// The inner service, mutably.
+    ///
+    /// Retries are sent through clones of the inner service as it was at
+    /// the first request through this service or a clone of it, not
+    /// through this instance.
     ///
     /// ```
     /// # fn f<S>(mut service: tower_token_refresh::TokenRefresh<S>) {
@@ -128,7 +141,7 @@ impl<S, C> TokenRefresh<S, C> {
     /// # }
     /// ```
     pub fn handle(&self) -> TokenHandle {
-        TokenHandle::new(self.core.manager.clone())
+        TokenHandle::new(self.shared.core.manager.clone())
     }
 }
 
@@ -149,7 +162,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let core = &self.core;
+        let core = &self.shared.core;
         if has_authorization(req.headers()) || !core.rules.origin_allowed(req.uri()) {
             return self.passthrough(req);
         }
@@ -160,10 +173,14 @@ where
             Some(credential) => {
                 let mut req = req.map(|body| self.replay_body(body));
                 // Copied before the insert: the retry adds its own header.
-                let retry = RetryCopy::of(&req, || self.inner.clone());
+                let retry = RetryCopy::of(&req);
+                if retry.is_some() {
+                    self.shared.remember(&self.inner);
+                }
                 req.headers_mut().insert(AUTHORIZATION, credential.header);
                 let fut = self.inner.call(req);
-                ResponseFuture::sent(fut, credential.generation, retry, Arc::clone(&self.core))
+                let shared = Arc::clone(&self.shared);
+                ResponseFuture::sent(fut, credential.generation, retry, shared)
             }
             None => {
                 let (parts, body) = req.into_parts();
@@ -171,9 +188,12 @@ where
                 // The service polled ready is the one that must be called, so
                 // it moves into the future and a clone takes its place
                 // ("Be careful when cloning inner services", tower-service).
+                if self.shared.core.reactive_retry {
+                    self.shared.remember(&self.inner);
+                }
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::acquiring(ready, parts, body, Arc::clone(&self.core))
+                ResponseFuture::acquiring(ready, parts, body, Arc::clone(&self.shared))
             }
         }
     }
@@ -206,8 +226,9 @@ impl<S, C> TokenRefresh<S, C> {
     /// fit the cap; otherwise it is sent once, as it is.
     #[inline]
     fn replay_body<B: Body>(&self, body: B) -> ReplayBody<B> {
-        if self.core.reactive_retry {
-            ReplayBody::try_new(body, self.core.replay_cap).unwrap_or_else(ReplayBody::passthrough)
+        let core = &self.shared.core;
+        if core.reactive_retry {
+            ReplayBody::try_new(body, core.replay_cap).unwrap_or_else(ReplayBody::passthrough)
         } else {
             ReplayBody::passthrough(body)
         }
@@ -218,7 +239,7 @@ impl<S: Clone, C> Clone for TokenRefresh<S, C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            core: Arc::clone(&self.core),
+            shared: Arc::clone(&self.shared),
             snapshot: self.snapshot.clone(),
         }
     }
@@ -228,7 +249,7 @@ impl<S: fmt::Debug, C> fmt::Debug for TokenRefresh<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenRefresh")
             .field("inner", &self.inner)
-            .field("manager", &self.core.manager)
+            .field("manager", &self.shared.core.manager)
             .finish_non_exhaustive()
     }
 }

@@ -467,3 +467,80 @@ async fn a_closure_classifier_decides_what_counts_as_a_rejection() {
     assert_eq!(api.calls(), 1);
     assert_eq!(handle.stats().rejections, 0);
 }
+
+/// The API, counting how often it is cloned.
+struct CountingClones {
+    api: Api,
+    clones: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Clone for CountingClones {
+    fn clone(&self) -> Self {
+        self.clones
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self {
+            api: self.api.clone(),
+            clones: Arc::clone(&self.clones),
+        }
+    }
+}
+
+impl<B> tower::Service<Request<crate::ReplayBody<B>>> for CountingClones
+where
+    Api: tower::Service<Request<crate::ReplayBody<B>>>,
+{
+    type Response = <Api as tower::Service<Request<crate::ReplayBody<B>>>>::Response;
+    type Error = <Api as tower::Service<Request<crate::ReplayBody<B>>>>::Error;
+    type Future = <Api as tower::Service<Request<crate::ReplayBody<B>>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.api.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<crate::ReplayBody<B>>) -> Self::Future {
+        self.api.call(req)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_do_not_clone_the_inner_service_and_a_retry_clones_it_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tower::Service as _;
+    let api = Api::default();
+    api.accept("old");
+    let clones = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (layer, _issuer) = old_token_layer(&api, HOUR, Duration::ZERO, |b| b);
+    let inner = CountingClones {
+        api: api.clone(),
+        clones: Arc::clone(&clones),
+    };
+    let mut client = ServiceBuilder::new().layer(layer).service(inner);
+
+    for _ in 0..10 {
+        let (status, _) = send(&client, post("kept for a retry")).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+    }
+    // `send` clones the layered service per request (as `oneshot` users
+    // do); what the layer itself clones is what is left.
+    let by_send = 10;
+    assert_eq!(
+        clones.load(SeqCst) - by_send,
+        1,
+        "one clone kept for retries"
+    );
+
+    api.revoke("old");
+    let ready = ServiceExt::<Request<TestBody>>::ready(&mut client)
+        .await
+        .unwrap();
+    let response = ready.call(post("again")).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "retried with the new token"
+    );
+    assert_eq!(clones.load(SeqCst) - by_send, 2, "and one per retry");
+}
