@@ -26,8 +26,12 @@ use crate::{BoxError, Error};
 /// once the retry is due, a clone of the inner service (polled ready
 /// before the retry). A request held before its first send keeps the
 /// instance the caller polled ready.
+///
+/// The service is boxed: it is only there on the slow paths, and inline
+/// it would make every response future as large as a client (304 bytes
+/// for hyper-util's), copied each time the future moves.
 pub(crate) struct RetryCopy<S, B> {
-    service: Option<S>,
+    service: Option<Box<S>>,
     head: Head,
     body: ReplayBody<B>,
 }
@@ -73,7 +77,7 @@ impl<S, B> RetryCopy<S, B> {
             ..
         } = parts;
         Self {
-            service: Some(service),
+            service: Some(Box::new(service)),
             head: Head {
                 method,
                 uri,
@@ -112,7 +116,7 @@ impl<S, B> RetryCopy<S, B> {
         *request.headers_mut() = headers;
         *request.extensions_mut() = extensions;
         let service = self.service.expect("set before sending");
-        (service, request)
+        (*service, request)
     }
 }
 
@@ -382,9 +386,9 @@ where
                     let shared = this.shared.as_ref().expect("set for managed requests");
                     let service = match &mut retry.service {
                         Some(service) => service,
-                        none => {
-                            none.insert(shared.retry_service().expect("kept at the first call"))
-                        }
+                        none => none.insert(Box::new(
+                            shared.retry_service().expect("kept at the first call"),
+                        )),
                     };
                     ready!(service.poll_ready(cx)).map_err(Into::into)?;
                     let credential = credential.take().expect("credential set before readiness");
