@@ -13,11 +13,16 @@
 //! the refresh round trip, measured inside the refresher. Target: p99 added
 //! ≤ one refresh round trip + 1 ms.
 //!
-//! The expired storm also runs a *floor*: the fresh-token burst again, each
+//! Each storm also runs a *floor*: what the same storm costs with no token
+//! logic at all, so that what the layer adds beyond it (`over_floor`) can
+//! be told from what 10,000 requests waiting for one refresh cost on this
+//! machine anyway. For the expired storm, the fresh-token burst with each
 //! request first sleeping until one refresh round trip (the storm's) after
-//! the burst began. That is what parking the burst for one refresh and
-//! releasing it at once costs with no token logic at all; what the layer
-//! adds beyond it is reported as `over_floor`.
+//! the burst began. For the revoked storm, the held burst with each
+//! request first sent with a token the API rejects (an explicit
+//! `Authorization`, which the layer passes through untouched), then, once
+//! rejected, sent again with the fresh token one refresh round trip after
+//! the release.
 //!
 //! The identity server is the Cognito-style fixture of `tests/support`
 //! (HTTP/1), with a simulated 50 ms network delay before each refresh so
@@ -36,9 +41,10 @@ mod support;
 mod storm_support;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use http::header::{HeaderValue, AUTHORIZATION};
 use http_body_util::BodyExt;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -136,7 +142,7 @@ async fn run(storm: Storm) {
     // The same burst with a token that stays fresh: what the storm adds to.
     let (client, _) = layered(Duration::from_secs(3600));
     warm_up(&client, &url).await;
-    let baseline = burst(&client, &url, &api, hold, None, || {}).await;
+    let baseline = burst(&client, &url, &api, hold, Mode::Plain, || {}).await;
     assert_eq!(baseline.failures, 0, "every baseline request succeeds");
 
     // The storm: the expired one starts from a token that runs out first.
@@ -150,22 +156,27 @@ async fn run(storm: Storm) {
         tokio::time::sleep(lifetime + Duration::from_millis(50)).await;
     }
     let refreshes_before = identity.stats().refresh_calls;
-    let outcome = burst(&client, &url, &api, hold, None, || {
+    let outcome = burst(&client, &url, &api, hold, Mode::Plain, || {
         identity.tokens().revoke_access_tokens();
     })
     .await;
     let refresh_calls = identity.stats().refresh_calls - refreshes_before;
     let stats = handle.stats();
     let rtt = log.last().expect("one refresh ran");
-    let floor = match storm {
-        Storm::Expired => {
-            let (client, _) = layered(Duration::from_secs(3600));
-            warm_up(&client, &url).await;
-            let floor = burst(&client, &url, &api, false, Some(rtt), || {}).await;
-            assert_eq!(floor.failures, 0, "every floor request succeeds");
-            Some(floor)
-        }
-        Storm::Revoked => None,
+    let floor = {
+        let (client, _) = layered(Duration::from_secs(3600));
+        warm_up(&client, &url).await;
+        let mode = match storm {
+            Storm::Expired => Mode::ParkedFor(rtt),
+            Storm::Revoked => Mode::RejectedThenAfter(rtt),
+        };
+        let floor = burst(&client, &url, &api, hold, mode, || {}).await;
+        assert_eq!(
+            floor.failures, 0,
+            "every floor request succeeds; the first failure: {:?}",
+            floor.first_failure
+        );
+        floor
     };
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -200,7 +211,7 @@ async fn run(storm: Storm) {
         ms(omax),
         ms(rtt) + 1.0,
         added(p99, b99) <= ms(rtt) + 1.0,
-        floor.map_or(String::new(), |floor| {
+        {
             let (f50, f99, fmax) = floor.percentiles();
             format!(
                 " floor_added_p50_ms={:.2} floor_added_p99_ms={:.2} floor_added_max_ms={:.2} \
@@ -210,7 +221,7 @@ async fn run(storm: Storm) {
                 added(fmax, bmax),
                 added(p99, b99) - added(f99, b99),
             )
-        }),
+        },
     );
     assert_eq!(
         outcome.failures, 0,
@@ -278,35 +289,68 @@ fn quantiles(sorted: &[Duration]) -> (Duration, Duration, Duration) {
     (percentile(sorted, 0.5), percentile(sorted, 0.99), max)
 }
 
-/// Sends `requests()` requests at once. With `hold`, the API server parks
-/// them until all have arrived, `between` runs, and they are released.
-/// With `gate`, each request first sleeps until that long after the burst
-/// began (its time counts).
+/// How each request of a burst goes out.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Through the layer, as it is.
+    Plain,
+    /// Parked until this long after the burst began, then sent (the
+    /// expired storm's floor).
+    ParkedFor(Duration),
+    /// Sent with an explicit `Authorization` the API rejects, then, once
+    /// rejected, sent again through the layer this long after the release
+    /// (the revoked storm's floor).
+    RejectedThenAfter(Duration),
+}
+
+/// Sends `requests()` requests at once, each as `mode` says (its whole
+/// time counts). With `hold`, the API server parks them until all have
+/// arrived, `between` runs, and they are released.
 async fn burst(
     client: &Layered,
     url: &str,
     api: &HoldingApi,
     hold: bool,
-    gate: Option<Duration>,
+    mode: Mode,
     between: impl FnOnce(),
 ) -> Outcome {
     if hold {
         api.hold();
     }
-    let gate = gate.map(|delay| Instant::now() + delay);
+    let began = Instant::now();
+    let released_at = Arc::new(OnceLock::new());
     let n = requests();
     let mut requests = JoinSet::new();
     for _ in 0..n {
         let client = client.clone();
         let url = url.to_owned();
+        let released_at = Arc::clone(&released_at);
         requests.spawn(async move {
             let attempts = AttemptTime::default();
             let request = storm_support::get(&url, Some(attempts.clone()));
             let started = Instant::now();
-            if let Some(gate) = gate {
-                tokio::time::sleep_until(gate).await;
-            }
-            let response = client.oneshot(request).await;
+            let response = match mode {
+                Mode::Plain => client.oneshot(request).await,
+                Mode::ParkedFor(wait) => {
+                    tokio::time::sleep_until(began + wait).await;
+                    client.oneshot(request).await
+                }
+                Mode::RejectedThenAfter(wait) => {
+                    let mut first = storm_support::get(&url, Some(attempts.clone()));
+                    let rejected = HeaderValue::from_static("Bearer rejected");
+                    first.headers_mut().insert(AUTHORIZATION, rejected);
+                    match client.clone().oneshot(first).await {
+                        Ok(r) if r.status() == 401 => {
+                            let _ = read_to_end(r).await;
+                            let released = *released_at.get().expect("answered after the release");
+                            tokio::time::sleep_until(released + wait).await;
+                            client.oneshot(request).await
+                        }
+                        Ok(r) => Err(format!("first attempt answered {}", r.status()).into()),
+                        Err(error) => Err(error),
+                    }
+                }
+            };
             let total = started.elapsed();
             let failure = match response {
                 Ok(r) if r.status() == 200 => read_to_end(r).await,
@@ -320,6 +364,7 @@ async fn burst(
     if hold {
         api.wait_for_held(n).await;
         between();
+        let _ = released_at.set(Instant::now());
         api.release();
     }
     let mut outcome = Outcome {
