@@ -47,12 +47,20 @@ struct Head {
     extensions: Extensions,
 }
 
-impl<S, B> RetryCopy<S, B> {
+impl<S: Clone, B> RetryCopy<S, B> {
     /// `None` when the body cannot be replayed (retry off, or over the cap
-    /// before sending): then nothing is copied at all.
+    /// before sending): then nothing is copied at all. Otherwise `inner`,
+    /// the service about to send the request, is kept in `shared` if no
+    /// instance is yet: the retry will be sent through a clone of it. Made
+    /// before the request's `Authorization` is set.
     #[inline]
-    pub(crate) fn of(request: &Request<ReplayBody<B>>) -> Option<Self> {
+    pub(crate) fn of<C>(
+        request: &Request<ReplayBody<B>>,
+        shared: &Shared<S, C>,
+        inner: &S,
+    ) -> Option<Self> {
         let body = request.body().try_clone()?;
+        shared.remember(inner);
         Some(Self {
             service: None,
             head: Head {
@@ -65,7 +73,9 @@ impl<S, B> RetryCopy<S, B> {
             body,
         })
     }
+}
 
+impl<S, B> RetryCopy<S, B> {
     /// Holds on to a request not sent yet (waiting for its first token).
     fn keep(service: S, parts: Parts, body: ReplayBody<B>) -> Self {
         let Parts {
@@ -96,8 +106,10 @@ impl<S, B> RetryCopy<S, B> {
         Some(self)
     }
 
-    /// The request to send; the service must have been set.
-    fn into_request(self, credential: Credential) -> (S, Request<ReplayBody<B>>) {
+    /// The request to send, without its `Authorization` header: a caller
+    /// copies it for a retry first, so the copy never holds the token. The
+    /// service must have been set.
+    fn into_request(self) -> (S, Request<ReplayBody<B>>) {
         let Head {
             method,
             uri,
@@ -105,10 +117,9 @@ impl<S, B> RetryCopy<S, B> {
             headers,
             extensions,
         } = self.head;
-        let HeadersCopy::Map(mut headers) = headers else {
+        let HeadersCopy::Map(headers) = headers else {
             unreachable!("kept as a map while acquiring, unpacked once rejected")
         };
-        headers.insert(AUTHORIZATION, credential.header);
         let mut request = Request::new(self.body);
         *request.method_mut() = method;
         *request.uri_mut() = uri;
@@ -342,8 +353,10 @@ where
                     // `first.service` is the instance polled ready by the
                     // caller; the retry gets a clone.
                     *this.generation = credential.generation;
-                    let (mut service, request) = first.into_request(credential);
-                    *this.pending = RetryCopy::of(&request);
+                    let (mut service, mut request) = first.into_request();
+                    let shared = this.shared.as_ref().expect("set for managed requests");
+                    *this.pending = RetryCopy::of(&request, shared, &service);
+                    authorize(&mut request, credential);
                     let fut = service.call(request);
                     this.state.set(State::Sent { fut });
                 }
@@ -387,7 +400,7 @@ where
                     let service = match &mut retry.service {
                         Some(service) => service,
                         none => none.insert(Box::new(
-                            shared.retry_service().expect("kept at the first call"),
+                            shared.retry_service().expect("kept by RetryCopy::of"),
                         )),
                     };
                     ready!(service.poll_ready(cx)).map_err(Into::into)?;
@@ -397,7 +410,8 @@ where
                     let credential = core.manager.newest(credential);
                     core.manager.count_retry();
                     *this.generation = credential.generation;
-                    let (mut service, request) = retry.into_request(credential);
+                    let (mut service, mut request) = retry.into_request();
+                    authorize(&mut request, credential);
                     let fut = service.call(request);
                     this.state.set(State::Retried { fut });
                 }
@@ -418,6 +432,13 @@ where
             }
         }
     }
+}
+
+/// Sets the request's `Authorization` header to the credential's.
+fn authorize<B>(request: &mut Request<B>, credential: Credential) {
+    request
+        .headers_mut()
+        .insert(AUTHORIZATION, credential.header);
 }
 
 /// The step after a rejected request's body is known to be replayable.

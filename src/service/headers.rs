@@ -59,7 +59,8 @@ impl HeadersCopy {
 /// Each entry: flags, name length, value length, name, value.
 pub(crate) struct PackedHeaders {
     bytes: SmallVec<[u8; INLINE]>,
-    entries: usize,
+    /// Distinct names: what the unpacked map is sized for.
+    names: usize,
 }
 
 impl PackedHeaders {
@@ -88,12 +89,15 @@ impl PackedHeaders {
         }
         Some(Self {
             bytes,
-            entries: headers.len(),
+            names: headers.keys_len(),
         })
     }
 
+    /// `None` if a value no longer parses. The map is sized by distinct
+    /// names, as the original was, and built with the fallible calls: the
+    /// original held these entries, but a panic here would lose the request.
     fn unpack(self) -> Option<HeaderMap> {
-        let mut map = HeaderMap::with_capacity(self.entries);
+        let mut map = HeaderMap::try_with_capacity(self.names).ok()?;
         let mut rest = &self.bytes[..];
         while let Some((prefix, tail)) = rest.split_first_chunk::<PREFIX>() {
             let [flags, n0, n1, v0, v1, v2, v3] = *prefix;
@@ -103,7 +107,8 @@ impl PackedHeaders {
             let (value, tail) = tail.split_at(value_len);
             let mut value = HeaderValue::from_bytes(value).ok()?;
             value.set_sensitive(flags & SENSITIVE != 0);
-            map.append(HeaderName::from_bytes(name).ok()?, value);
+            map.try_append(HeaderName::from_bytes(name).ok()?, value)
+                .ok()?;
             rest = tail;
         }
         Some(map)

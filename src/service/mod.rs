@@ -77,9 +77,9 @@ pub use transport::InvalidOrigin;
 /// # Retries
 ///
 /// A retry is sent through a clone of the inner service taken at the
-/// first request (shared by the clones of this service), polled ready
-/// before the retry: a response future does not carry a clone of its own,
-/// which would cost one per request.
+/// first request that could be retried (one instance shared by the clones
+/// of this service), polled ready before the retry: a response future does
+/// not carry a clone of its own, which would cost one per request.
 pub struct TokenRefresh<S, C = Unauthorized> {
     inner: S,
     shared: Arc<Shared<S, C>>,
@@ -110,8 +110,9 @@ impl<S, C> TokenRefresh<S, C> {
     /// The inner service, mutably.
     ///
     /// Retries are sent through clones of the inner service as it was at
-    /// the first request through this service or a clone of it, not
-    /// through this instance.
+    /// the first request through this service or a clone of it that could
+    /// be retried, not through this instance: see "Retries" on
+    /// [`TokenRefresh`].
     ///
     /// ```
     /// # fn f<S>(mut service: tower_token_refresh::TokenRefresh<S>) {
@@ -173,10 +174,7 @@ where
             Some(credential) => {
                 let mut req = req.map(|body| self.replay_body(body));
                 // Copied before the insert: the retry adds its own header.
-                let retry = RetryCopy::of(&req);
-                if retry.is_some() {
-                    self.shared.remember(&self.inner);
-                }
+                let retry = RetryCopy::of(&req, &self.shared, &self.inner);
                 req.headers_mut().insert(AUTHORIZATION, credential.header);
                 let fut = self.inner.call(req);
                 let shared = Arc::clone(&self.shared);
@@ -188,9 +186,6 @@ where
                 // The service polled ready is the one that must be called, so
                 // it moves into the future and a clone takes its place
                 // ("Be careful when cloning inner services", tower-service).
-                if self.shared.core.reactive_retry {
-                    self.shared.remember(&self.inner);
-                }
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture::acquiring(ready, parts, body, Arc::clone(&self.shared))

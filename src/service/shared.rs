@@ -30,7 +30,9 @@ impl<S, C> Shared<S, C> {
 }
 
 impl<S: Clone, C> Shared<S, C> {
-    /// Keeps a clone of `inner` for retries, at the first request.
+    /// Keeps a clone of `inner` for retries, at the first request that
+    /// could be retried. Called only by `RetryCopy::of`, so every retry
+    /// copy finds an instance here.
     #[inline]
     pub(crate) fn remember(&self, inner: &S) {
         if self.retry_service.get().is_none() {
@@ -38,8 +40,8 @@ impl<S: Clone, C> Shared<S, C> {
         }
     }
 
-    /// A clone of the inner service for one retry; `None` only if no
-    /// request was ever made, which cannot be for a request being retried.
+    /// A clone of the inner service for one retry; `None` only if no retry
+    /// copy was ever made, which cannot be for a request being retried.
     pub(crate) fn retry_service(&self) -> Option<S> {
         let kept = self.retry_service.get()?;
         Some(kept.lock().unwrap_or_else(PoisonError::into_inner).clone())

@@ -544,3 +544,42 @@ async fn requests_do_not_clone_the_inner_service_and_a_retry_clones_it_once() {
     );
     assert_eq!(clones.load(SeqCst) - by_send, 2, "and one per retry");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_waited_for_the_first_token_is_retried_when_that_token_is_rejected() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let api = Api::default();
+    api.accept("second");
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    let source = refresh_fn({
+        let refreshes = Arc::clone(&refreshes);
+        move |_| {
+            let token = match refreshes.fetch_add(1, SeqCst) {
+                0 => "first", // the API never accepts it
+                _ => "second",
+            };
+            async move { Ok::<_, RefreshError>(TokenSet::new(token)) }
+        }
+    });
+    // Without this, a token rejected as soon as it is issued is not
+    // refreshed again (see the test above).
+    let layer = TokenRefreshLayer::builder(source)
+        .min_refresh_interval(Duration::ZERO)
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    let result = send(&client, post("sent twice")).await;
+
+    assert!(
+        matches!(&result, Ok((StatusCode::OK, body)) if body == "Bearer second|sent twice|-"),
+        "{result:?}"
+    );
+    assert_eq!(
+        *api.seen.lock().unwrap(),
+        ["Bearer first", "Bearer second"],
+        "one Authorization header on each send, the current token's"
+    );
+    assert_eq!(refreshes.load(SeqCst), 2);
+    assert_eq!(handle.stats().retries, 1);
+}
