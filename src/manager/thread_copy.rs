@@ -14,8 +14,10 @@ use http::HeaderValue;
 
 use super::{Shared, Snapshot};
 
-/// Token states (layers) a thread keeps copies for. Past this, the oldest
-/// copy is dropped, and made again if needed.
+/// Token states (layers) a thread keeps copies for. Past this, requests
+/// through further layers clone the shared value, as if there were no
+/// copies: evicting one instead would make two copies churn on every
+/// request once a thread uses more layers than this in turn.
 const STATES_PER_THREAD: usize = 8;
 
 thread_local! {
@@ -55,6 +57,11 @@ pub(super) fn header(shared: &Arc<Shared>, snapshot: &Snapshot) -> Option<Header
 #[inline(never)]
 fn make(shared: &Arc<Shared>, snapshot: &Snapshot, key: usize) -> Option<HeaderValue> {
     let original = snapshot.header.as_ref()?;
+    // `false` also while the thread's locals are being destroyed.
+    let room = COPIES.try_with(|copies| has_room(&mut copies.borrow_mut(), key));
+    if room != Ok(true) {
+        return Some(original.clone());
+    }
     let Ok(mut header) = HeaderValue::from_bytes(original.as_bytes()) else {
         // Unreachable (a valid value's bytes are valid); the shared value
         // serves just as well.
@@ -67,20 +74,21 @@ fn make(shared: &Arc<Shared>, snapshot: &Snapshot, key: usize) -> Option<HeaderV
         generation: snapshot.generation,
         header: header.clone(),
     };
-    // Fails only while the thread's locals are being destroyed: the copy
-    // then serves this request alone.
     let _ = COPIES.try_with(|copies| keep(&mut copies.borrow_mut(), copy));
     Some(header)
 }
 
-/// Replaces the copy for the same state, or adds one. Copies for dropped
-/// states go first (their tokens have no business staying in memory), then
-/// the oldest, if the thread holds too many.
+/// Whether a copy for the state at `key` may be kept: one exists (of an
+/// older generation) or there is room. Copies for dropped states are
+/// removed first: their tokens have no business staying in memory.
+fn has_room(copies: &mut Vec<HeaderCopy>, key: usize) -> bool {
+    copies.retain(|kept| kept.state.strong_count() > 0);
+    copies.len() < STATES_PER_THREAD || copies.iter().any(|kept| kept.key == key)
+}
+
+/// Replaces the copy for the same state, or adds one.
 fn keep(copies: &mut Vec<HeaderCopy>, copy: HeaderCopy) {
-    copies.retain(|kept| kept.key != copy.key && kept.state.strong_count() > 0);
-    if copies.len() >= STATES_PER_THREAD {
-        copies.remove(0);
-    }
+    copies.retain(|kept| kept.key != copy.key);
     copies.push(copy);
 }
 
@@ -159,15 +167,26 @@ mod tests {
         sent(&kept);
         assert_eq!(held(), 1, "the dropped layer's copy went");
 
-        let many: Vec<_> = (0..STATES_PER_THREAD + 2)
+        let many: Vec<_> = (1..STATES_PER_THREAD + 2)
             .map(|i| layer(&format!("t{i}")))
             .collect();
         for (i, layer) in many.iter().enumerate() {
-            assert_eq!(sent(layer), format!("Bearer t{i}").as_str());
+            assert_eq!(sent(layer), format!("Bearer t{}", i + 1).as_str());
         }
         assert_eq!(held(), STATES_PER_THREAD);
-        // An evicted copy is made again, still with the right token.
-        assert_eq!(sent(&many[0]), "Bearer t0");
+
+        // Past the bound, the shared value is sent and no copy is evicted.
+        let last = many.last().unwrap();
+        let shared = last.core.manager.shared.snapshot.load();
+        let original = shared.header.as_ref().unwrap();
+        assert_eq!(address(&sent(last)), address(original));
         assert_eq!(sent(&kept), "Bearer kept");
+        let kept_copy = sent(&kept);
+        assert_eq!(address(&kept_copy), address(&sent(&kept)), "still kept");
+
+        // A dropped layer makes room for the next one.
+        drop(kept);
+        assert_ne!(address(&sent(last)), address(original), "copied now");
+        assert_eq!(held(), STATES_PER_THREAD);
     }
 }
