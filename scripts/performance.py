@@ -268,11 +268,14 @@ def tables(data):
         "latency minus that of the same burst with a fresh token, per "
         "percentile; *outside the client* is each request's time minus the time "
         "its attempts spent in the HTTP client. The refresh round trip includes "
-        "a simulated 50 ms network delay. The *floor* (expired storm only) is "
-        "the fresh-token burst with every request first parked until one "
-        "refresh round trip after the burst began: what waiting for one refresh "
-        "and then sending 10,000 requests at once costs on this machine with "
-        "no token logic; *over the floor* is what the layer adds beyond it.",
+        "a simulated 50 ms network delay. The *floor* is the same burst with "
+        "no token logic: for the expired storm, every request is first parked "
+        "until one refresh round trip after the burst began; for the revoked "
+        "storm, every request is first sent with a token the API rejects (its "
+        "own `Authorization`, passed through untouched) and sent again one "
+        "refresh round trip after the release. It is what one refresh's wait "
+        "and then sending 10,000 requests at once cost on this machine; *over "
+        "the floor* is what the layer adds beyond it.",
         "",
         "| storm | refresh calls | failures | refresh round trip | added p50 / p99 / max "
         "| outside the client p50 / p99 / max | floor added p99 | over the floor p99 "

@@ -235,9 +235,9 @@ impl Snapshot {
             && self.expires_at.is_none_or(|e| now < e)
     }
 
-    // Inlined into the generic `call` of each user's crate: a fresh-token
-    // request would otherwise pay a call and a copy of the result.
-    #[inline]
+    /// The token as a credential, sharing the header value: for the slow
+    /// paths (a fresh-token request clones its thread's own copy instead,
+    /// see `thread_copy`).
     pub(crate) fn credential(&self) -> Option<Credential> {
         self.header.as_ref().map(|header| Credential {
             header: header.clone(),
