@@ -297,8 +297,7 @@ where
         // The refresh (if the decision started one) runs on its own; without
         // a replayable copy the rejection is the answer, and the next
         // request gets the new token.
-        let retry = this.pending.take().filter(|r| !r.body.is_capped());
-        let Some(retry) = retry.and_then(RetryCopy::unpacked) else {
+        let Some(retry) = this.pending.take().filter(|r| !r.body.is_capped()) else {
             return Some(response);
         };
         let next = match decision {
@@ -308,6 +307,10 @@ where
             Decision::GiveUp | Decision::Fail(_) => return Some(response),
             Decision::Use(credential) => Next::Retry(credential),
             Decision::Wait(flight) => Next::Refresh(flight),
+        };
+        // Parsed only now that a retry is planned.
+        let Some(retry) = retry.unpacked() else {
+            return Some(response);
         };
         // Usually the first attempt has released the body by now (or never
         // had one): decide at once, without a timer.
