@@ -106,6 +106,15 @@ fn is_loopback_authority(uri: &Uri) -> bool {
         return false;
     };
     let text = authority.as_str().as_bytes();
+    // `127.0.0.1` with at most a port: no scan at all. Digits only after
+    // the colon, so there is no userinfo (`127.0.0.1:80@evil.example`).
+    if let Some(rest) = text.strip_prefix(b"127.0.0.1") {
+        match rest.split_first() {
+            None => return true,
+            Some((b':', port)) if port.iter().all(u8::is_ascii_digit) => return true,
+            Some(_) => {}
+        }
+    }
     // Byte scans: `str` searches with a `char` pattern cost several times
     // more on strings this short.
     if !text.contains(&b'@') {
@@ -161,6 +170,10 @@ mod tests {
         // Userinfo is not the host, however it looks.
         assert!(rules.is_insecure(&uri("http://127.0.0.1:80@evil.example.com/")));
         assert!(rules.is_insecure(&uri("http://127.0.0.1@evil.example.com:80/")));
+        assert!(rules.is_insecure(&uri("http://127.0.0.1.evil.example.com/")));
+        assert!(rules.is_insecure(&uri("http://127.0.0.10.example.com:80/")));
+        assert!(!rules.is_insecure(&uri("http://127.0.0.1/")));
+        assert!(!rules.is_insecure(&uri("http://127.0.0.1:/")));
         assert!(!rules.is_insecure(&uri("http://user@127.0.0.1:80/")));
         // No scheme (e.g. a relative URI handed to a connection) is not "explicit http".
         assert!(!rules.is_insecure(&uri("/path")));
@@ -169,6 +182,25 @@ mod tests {
             ..TransportRules::default()
         };
         assert!(!permissive.is_insecure(&uri("http://api.example.com/x")));
+    }
+
+    proptest::proptest! {
+        /// The shortcuts on the authority's text agree with reading the
+        /// host the long way, whatever the authority.
+        #[test]
+        fn loopback_shortcuts_agree_with_the_parsed_host(
+            userinfo in proptest::option::of("(127\\.0\\.0\\.1(:[0-9]{0,3})?|[a-z0-9.:]{0,8})"),
+            host in "(127\\.0\\.0\\.1|\\[::1\\]|localhost|127\\.[0-9]{1,3}\\.0\\.1|[a-z0-9.]{1,12})[a-z0-9.]{0,4}",
+            port in proptest::option::of("[0-9]{0,5}"),
+        ) {
+            let userinfo = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let Ok(uri) = format!("http://{userinfo}{host}{port}/").parse::<Uri>() else {
+                return Ok(());
+            };
+            let parsed = uri.host().is_some_and(is_loopback);
+            proptest::prop_assert_eq!(is_loopback_authority(&uri), parsed, "{}", uri);
+        }
     }
 
     #[test]
