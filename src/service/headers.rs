@@ -1,7 +1,6 @@
 //! [`HeadersCopy`]: a request's headers, kept for a retry that seldom runs.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use smallvec::SmallVec;
 
 /// Packed headers up to this many bytes are kept without allocating:
 /// `content-type`, `accept` and `user-agent` with typical values take about
@@ -9,6 +8,8 @@ use smallvec::SmallVec;
 /// response future; at 128 bytes, the larger future cost 75 more
 /// instructions per request in copies (callgrind, hot-path bench).
 const INLINE: usize = 96;
+// The inline length is a `u8`.
+const _: () = assert!(INLINE <= u8::MAX as usize);
 
 /// Bytes before each packed name and value: flags, name length (`u16`),
 /// value length (`u32`).
@@ -58,35 +59,52 @@ impl HeadersCopy {
 
 /// Each entry: flags, name length, value length, name, value.
 pub(crate) struct PackedHeaders {
-    bytes: SmallVec<[u8; INLINE]>,
+    bytes: Buffer,
     /// Distinct names: what the unpacked map is sized for.
     names: usize,
+}
+
+/// The packed bytes: in place up to [`INLINE`], else on the heap, sized
+/// once. Written with one copy per name and per value: `SmallVec`'s
+/// `extend_from_slice` is an insert at the end, which also moves the
+/// (empty) tail, two `memmove` calls per copy.
+enum Buffer {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl Buffer {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(bytes) => bytes,
+        }
+    }
 }
 
 impl PackedHeaders {
     /// `None` if a name or value is too long for its length field.
     #[inline]
     fn pack(headers: &HeaderMap) -> Option<Self> {
-        // Sized first, so a buffer that spills to the heap allocates once.
+        // Sized first, to choose the buffer and allocate at most once.
         let mut size = 0;
         for (name, value) in headers {
             let name_len = u16::try_from(name.as_str().len()).ok()?;
             let value_len = u32::try_from(value.len()).ok()?;
             size += PREFIX + usize::from(name_len) + value_len as usize;
         }
-        let mut bytes = SmallVec::with_capacity(size);
-        for (name, value) in headers {
-            let name = name.as_str().as_bytes();
-            let value_bytes = value.as_bytes();
-            let flags = if value.is_sensitive() { SENSITIVE } else { 0 };
-            // The lengths were checked above. One copy for the prefix: each
-            // copy of a length known only at run time is a `memcpy` call.
-            let [n0, n1] = (name.len() as u16).to_le_bytes();
-            let [v0, v1, v2, v3] = (value_bytes.len() as u32).to_le_bytes();
-            bytes.extend_from_slice(&[flags, n0, n1, v0, v1, v2, v3]);
-            bytes.extend_from_slice(name);
-            bytes.extend_from_slice(value_bytes);
-        }
+        let bytes = if size <= INLINE {
+            let mut bytes = [0; INLINE];
+            write_entries(&mut bytes, headers);
+            Buffer::Inline {
+                len: size as u8,
+                bytes,
+            }
+        } else {
+            let mut bytes = vec![0; size].into_boxed_slice();
+            write_entries(&mut bytes, headers);
+            Buffer::Heap(bytes)
+        };
         Some(Self {
             bytes,
             names: headers.keys_len(),
@@ -98,7 +116,7 @@ impl PackedHeaders {
     /// original held these entries, but a panic here would lose the request.
     fn unpack(self) -> Option<HeaderMap> {
         let mut map = HeaderMap::try_with_capacity(self.names).ok()?;
-        let mut rest = &self.bytes[..];
+        let mut rest = self.bytes.as_slice();
         while let Some((prefix, tail)) = rest.split_first_chunk::<PREFIX>() {
             let [flags, n0, n1, v0, v1, v2, v3] = *prefix;
             let name_len = usize::from(u16::from_le_bytes([n0, n1]));
@@ -112,6 +130,27 @@ impl PackedHeaders {
             rest = tail;
         }
         Some(map)
+    }
+}
+
+/// Writes the entries of `headers` into `out`, which `pack` sized to
+/// hold them after checking every length.
+#[inline]
+fn write_entries(out: &mut [u8], headers: &HeaderMap) {
+    let mut out = out;
+    for (name, value) in headers {
+        let name = name.as_str().as_bytes();
+        let value_bytes = value.as_bytes();
+        let flags = if value.is_sensitive() { SENSITIVE } else { 0 };
+        let [n0, n1] = (name.len() as u16).to_le_bytes();
+        let [v0, v1, v2, v3] = (value_bytes.len() as u32).to_le_bytes();
+        let (prefix, rest) = out.split_at_mut(PREFIX);
+        prefix.copy_from_slice(&[flags, n0, n1, v0, v1, v2, v3]);
+        let (name_out, rest) = rest.split_at_mut(name.len());
+        name_out.copy_from_slice(name);
+        let (value_out, rest) = rest.split_at_mut(value_bytes.len());
+        value_out.copy_from_slice(value_bytes);
+        out = rest;
     }
 }
 
@@ -168,7 +207,8 @@ mod tests {
         let HeadersCopy::Packed(packed) = HeadersCopy::of(&headers) else {
             panic!("packed");
         };
-        assert!(!packed.bytes.spilled(), "{} bytes", packed.bytes.len());
+        let len = packed.bytes.as_slice().len();
+        assert!(matches!(packed.bytes, Buffer::Inline { .. }), "{len} bytes");
     }
 
     #[test]
@@ -180,8 +220,7 @@ mod tests {
         let HeadersCopy::Packed(packed) = HeadersCopy::of(&headers) else {
             panic!("packed");
         };
-        assert!(packed.bytes.spilled());
-        assert_eq!(packed.bytes.capacity(), packed.bytes.len(), "sized once");
+        assert!(matches!(packed.bytes, Buffer::Heap(_)));
         assert_eq!(listed(&round_trip(&headers)), listed(&headers));
     }
 
@@ -199,8 +238,10 @@ mod tests {
         let HeadersCopy::Packed(mut packed) = HeadersCopy::of(&headers) else {
             panic!("packed");
         };
-        let last = packed.bytes.len() - 1;
-        packed.bytes[last] = b'\n';
+        let Buffer::Inline { len, bytes } = &mut packed.bytes else {
+            panic!("inline");
+        };
+        bytes[usize::from(*len) - 1] = b'\n';
         assert!(HeadersCopy::Packed(packed).into_map().is_none());
     }
 
