@@ -172,11 +172,12 @@ where
         }
         match core.manager.ready(&mut self.snapshot) {
             Some(credential) => {
-                let mut req = req.map(|body| self.replay_body(body));
+                let (mut parts, body) = req.into_parts();
+                let body = self.replay_body(body);
                 // Copied before the insert: the retry adds its own header.
-                let retry = RetryCopy::of(&req, &self.shared, &self.inner);
-                req.headers_mut().insert(AUTHORIZATION, credential.header);
-                let fut = self.inner.call(req);
+                let retry = RetryCopy::of(&parts, &body, &self.shared, &self.inner);
+                parts.headers.insert(AUTHORIZATION, credential.header);
+                let fut = self.inner.call(Request::from_parts(parts, body));
                 let shared = Arc::clone(&self.shared);
                 ResponseFuture::sent(fut, credential.generation, retry, shared)
             }
