@@ -84,29 +84,46 @@ impl Buffer {
 
 impl PackedHeaders {
     /// `None` if a name or value is too long for its length field.
+    ///
+    /// One pass over the map for headers that fit inline: iterating a
+    /// `HeaderMap` is not free, and most requests' headers fit.
     #[inline]
     fn pack(headers: &HeaderMap) -> Option<Self> {
-        // Sized first, to choose the buffer and allocate at most once.
+        let mut bytes = [0; INLINE];
+        let mut len = 0;
+        for (name, value) in headers {
+            match write_entry(&mut bytes[len..], name, value) {
+                Some(written) => len += written,
+                None => return Self::pack_on_heap(headers),
+            }
+        }
+        Some(Self {
+            bytes: Buffer::Inline {
+                len: len as u8,
+                bytes,
+            },
+            names: headers.keys_len(),
+        })
+    }
+
+    /// Headers past the inline size: sized first, so the buffer is
+    /// allocated once.
+    #[cold]
+    #[inline(never)]
+    fn pack_on_heap(headers: &HeaderMap) -> Option<Self> {
         let mut size = 0;
         for (name, value) in headers {
             let name_len = u16::try_from(name.as_str().len()).ok()?;
             let value_len = u32::try_from(value.len()).ok()?;
             size += PREFIX + usize::from(name_len) + value_len as usize;
         }
-        let bytes = if size <= INLINE {
-            let mut bytes = [0; INLINE];
-            write_entries(&mut bytes, headers);
-            Buffer::Inline {
-                len: size as u8,
-                bytes,
-            }
-        } else {
-            let mut bytes = vec![0; size].into_boxed_slice();
-            write_entries(&mut bytes, headers);
-            Buffer::Heap(bytes)
-        };
+        let mut bytes = vec![0; size].into_boxed_slice();
+        let mut len = 0;
+        for (name, value) in headers {
+            len += write_entry(&mut bytes[len..], name, value)?;
+        }
         Some(Self {
-            bytes,
+            bytes: Buffer::Heap(bytes),
             names: headers.keys_len(),
         })
     }
@@ -133,25 +150,24 @@ impl PackedHeaders {
     }
 }
 
-/// Writes the entries of `headers` into `out`, which `pack` sized to
-/// hold them after checking every length.
+/// Writes one entry at the start of `out` and returns its length, or
+/// `None` if it does not fit. The caller has checked that the lengths fit
+/// their fields, or `out` is too short for any that would not.
 #[inline]
-fn write_entries(out: &mut [u8], headers: &HeaderMap) {
-    let mut out = out;
-    for (name, value) in headers {
-        let name = name.as_str().as_bytes();
-        let value_bytes = value.as_bytes();
-        let flags = if value.is_sensitive() { SENSITIVE } else { 0 };
-        let [n0, n1] = (name.len() as u16).to_le_bytes();
-        let [v0, v1, v2, v3] = (value_bytes.len() as u32).to_le_bytes();
-        let (prefix, rest) = out.split_at_mut(PREFIX);
-        prefix.copy_from_slice(&[flags, n0, n1, v0, v1, v2, v3]);
-        let (name_out, rest) = rest.split_at_mut(name.len());
-        name_out.copy_from_slice(name);
-        let (value_out, rest) = rest.split_at_mut(value_bytes.len());
-        value_out.copy_from_slice(value_bytes);
-        out = rest;
-    }
+fn write_entry(out: &mut [u8], name: &HeaderName, value: &HeaderValue) -> Option<usize> {
+    let name = name.as_str().as_bytes();
+    let value_bytes = value.as_bytes();
+    let len = PREFIX + name.len() + value_bytes.len();
+    let out = out.get_mut(..len)?;
+    let flags = if value.is_sensitive() { SENSITIVE } else { 0 };
+    let [n0, n1] = (name.len() as u16).to_le_bytes();
+    let [v0, v1, v2, v3] = (value_bytes.len() as u32).to_le_bytes();
+    let (prefix, rest) = out.split_at_mut(PREFIX);
+    prefix.copy_from_slice(&[flags, n0, n1, v0, v1, v2, v3]);
+    let (name_out, value_out) = rest.split_at_mut(name.len());
+    name_out.copy_from_slice(name);
+    value_out.copy_from_slice(value_bytes);
+    Some(len)
 }
 
 #[cfg(test)]
