@@ -262,7 +262,8 @@ impl TokenManager {
         let stats = &self.shared.stats;
         Counters::bump(&stats.rejections);
         let snapshot = self.shared.snapshot.load();
-        if snapshot.generation != generation {
+        let stale = snapshot.generation != generation;
+        if stale {
             Counters::bump(&stats.stale_rejections);
         } else if let Some(refreshed_at) = snapshot.refreshed_at {
             // A token we just obtained being rejected points at a server that
@@ -275,7 +276,16 @@ impl TokenManager {
             snapshot.mark_rejected();
         }
         drop(snapshot);
-        self.decide(Some(RefreshReason::Rejected))
+        let decision = self.decide(Some(RefreshReason::Rejected));
+        // A refresh that finished between the load above and the decision
+        // replaced the token: this rejection is stale after all (it neither
+        // waits nor refreshes), and is counted so.
+        if let Decision::Use(credential) = &decision {
+            if !stale && credential.generation != generation {
+                Counters::bump(&stats.stale_rejections);
+            }
+        }
+        decision
     }
 
     /// Waits for a refresh in flight (counted as a request that waited); a
