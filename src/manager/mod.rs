@@ -262,26 +262,27 @@ impl TokenManager {
         let stats = &self.shared.stats;
         Counters::bump(&stats.rejections);
         let snapshot = self.shared.snapshot.load();
-        let stale = snapshot.generation != generation;
-        if stale {
-            Counters::bump(&stats.stale_rejections);
-        } else if let Some(refreshed_at) = snapshot.refreshed_at {
+        // A token already replaced is left alone: the decision hands out
+        // its successor.
+        if snapshot.generation == generation {
             // A token we just obtained being rejected points at a server that
             // misuses 401; refreshing again would only hammer the IdP.
-            if refreshed_at.elapsed() < self.shared.config.min_refresh_interval {
+            let min_interval = self.shared.config.min_refresh_interval;
+            if snapshot
+                .refreshed_at
+                .is_some_and(|at| at.elapsed() < min_interval)
+            {
                 return Decision::GiveUp;
             }
-            snapshot.mark_rejected();
-        } else {
             snapshot.mark_rejected();
         }
         drop(snapshot);
         let decision = self.decide(Some(RefreshReason::Rejected));
-        // A refresh that finished between the load above and the decision
-        // replaced the token: this rejection is stale after all (it neither
-        // waits nor refreshes), and is counted so.
+        // Stale is what the decision says, not the load above: a refresh
+        // may finish between the two, and a replaced token whose successor
+        // is unusable too is waited for, not retried at once.
         if let Decision::Use(credential) = &decision {
-            if !stale && credential.generation != generation {
+            if credential.generation != generation {
                 Counters::bump(&stats.stale_rejections);
             }
         }
