@@ -233,10 +233,7 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         } else {
             None
         };
-        let generation = credential.generation;
-        request
-            .headers_mut()
-            .insert(AUTHORIZATION, credential.header);
+        let generation = credential.authorize(request.headers_mut());
         let response = next.clone().run(request, extensions).await?;
         if !core
             .classifier
@@ -272,7 +269,7 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         };
         let credential = core.manager.newest(credential);
         core.manager.count_retry();
-        retry.headers_mut().insert(AUTHORIZATION, credential.header);
+        credential.authorize(retry.headers_mut());
         let response = next.run(retry, extensions).await?;
         if core
             .classifier

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use http::header::{HeaderMap, AUTHORIZATION};
 use http::HeaderValue;
 use tokio::time::Instant;
 
@@ -26,6 +27,16 @@ pub(crate) enum Freshness {
 pub(crate) struct Credential {
     pub(crate) header: HeaderValue,
     pub(crate) generation: u64,
+}
+
+impl Credential {
+    /// Sets `Authorization` in `headers` to this token's header, and
+    /// returns the generation to remember for the response.
+    #[inline]
+    pub(crate) fn authorize(self, headers: &mut HeaderMap) -> u64 {
+        headers.insert(AUTHORIZATION, self.header);
+        self.generation
+    }
 }
 
 /// A token that passed validation, before it is given a generation.

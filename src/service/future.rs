@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use http::header::{HeaderMap, AUTHORIZATION};
 use http::request::Parts;
 use http::{Extensions, Method, Request, Response, Uri, Version};
 use pin_project_lite::pin_project;
@@ -361,12 +360,11 @@ where
                     let first = this.pending.take().expect("request kept while acquiring");
                     // `first.service` is the instance polled ready by the
                     // caller; the retry gets a clone.
-                    *this.generation = credential.generation;
                     let (mut service, request) = first.into_request();
                     let (mut parts, body) = request.into_parts();
                     let shared = this.shared.as_ref().expect("set for managed requests");
                     *this.pending = RetryCopy::of(&parts, &body, shared, &service);
-                    authorize(&mut parts.headers, credential);
+                    *this.generation = credential.authorize(&mut parts.headers);
                     let fut = service.call(Request::from_parts(parts, body));
                     this.state.set(State::Sent { fut });
                 }
@@ -419,9 +417,8 @@ where
                     let core = &this.shared.as_ref().expect("set for managed requests").core;
                     let credential = core.manager.newest(credential);
                     core.manager.count_retry();
-                    *this.generation = credential.generation;
                     let (mut service, mut request) = retry.into_request();
-                    authorize(request.headers_mut(), credential);
+                    *this.generation = credential.authorize(request.headers_mut());
                     let fut = service.call(request);
                     this.state.set(State::Retried { fut });
                 }
@@ -442,11 +439,6 @@ where
             }
         }
     }
-}
-
-/// Sets the request's `Authorization` header to the credential's.
-fn authorize(headers: &mut HeaderMap, credential: Credential) {
-    headers.insert(AUTHORIZATION, credential.header);
 }
 
 /// The step after a rejected request's body is known to be replayable.

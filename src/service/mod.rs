@@ -176,10 +176,10 @@ where
                 let body = self.replay_body(body);
                 // Copied before the insert: the retry adds its own header.
                 let retry = RetryCopy::of(&parts, &body, &self.shared, &self.inner);
-                parts.headers.insert(AUTHORIZATION, credential.header);
+                let generation = credential.authorize(&mut parts.headers);
                 let fut = self.inner.call(Request::from_parts(parts, body));
                 let shared = Arc::clone(&self.shared);
-                ResponseFuture::sent(fut, credential.generation, retry, shared)
+                ResponseFuture::sent(fut, generation, retry, shared)
             }
             None => {
                 let (parts, body) = req.into_parts();
