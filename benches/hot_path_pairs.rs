@@ -13,6 +13,8 @@
 //! (requests per thread per chunk, default 20000) tune it. Absolute times
 //! come from the criterion bench `hot_path`.
 
+#[path = "support/env.rs"]
+mod env;
 mod support;
 
 use support::hot_path_variants::{run_variant, runtime, settle};
@@ -35,8 +37,8 @@ fn main() {
     // name it, e.g. `cargo bench --bench hot_path_pairs -- token_refresh`.
     let only = std::env::args().skip(1).find(|arg| arg != "--bench");
     let wanted = |label: &str| only.as_deref().is_none_or(|only| label.contains(only));
-    let rounds = env_number("PAIRS_ROUNDS", 41);
-    let chunk = env_number("PAIRS_CHUNK", 20_000);
+    let rounds = env::number("PAIRS_ROUNDS", 41);
+    let chunk = env::number("PAIRS_CHUNK", 20_000);
     let runtime = runtime();
     let _entered = runtime.enter();
     // Wall-clock time per request of `name` on `threads` threads.
@@ -98,12 +100,4 @@ fn print_line(label: &str, mut ratios: Vec<f64>) {
         at(0.75),
         ratios.len()
     );
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).map_or(default, |value| {
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} is a number"))
-    })
 }

@@ -37,6 +37,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "support/env.rs"]
+mod env;
 #[path = "support/storm.rs"]
 mod storm_support;
 
@@ -57,10 +59,7 @@ use support::{CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 /// Requests per storm; `STORM_REQUESTS` overrides it (to see how the
 /// added latency grows with the burst).
 fn requests() -> usize {
-    std::env::var("STORM_REQUESTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000)
+    env::number("STORM_REQUESTS", 10_000)
 }
 const IDP_DELAY: Duration = Duration::from_millis(50);
 

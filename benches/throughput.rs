@@ -17,6 +17,8 @@
 //! exits: run under callgrind, it tells the CPU cost of the layer per
 //! request, apart from the noise of a shared machine.
 
+#[path = "support/env.rs"]
+mod env;
 #[allow(dead_code)] // Only the server itself is used.
 #[path = "../tests/support/server.rs"]
 mod server;
@@ -39,10 +41,7 @@ const WORKERS: usize = 16;
 const TURN: Duration = Duration::from_millis(500);
 
 fn main() {
-    let rounds: usize = std::env::var("THROUGHPUT_ROUNDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(15);
+    let rounds = env::number("THROUGHPUT_ROUNDS", 15);
     let count = std::env::var("THROUGHPUT_COUNT").ok();
     // Counting wants a repeatable schedule: one thread.
     let runtime = match count {
