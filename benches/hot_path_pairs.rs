@@ -57,7 +57,7 @@ fn main() {
                 || per_request(variant, threads),
                 || per_request(baseline, threads),
             );
-            print_line(&label, ratios);
+            print_line(&label, ratios, chunk);
         }
     }
     for variant in support::hot_path_variants::VARIANTS {
@@ -70,7 +70,7 @@ fn main() {
             || per_request(variant, 1),
             || per_request(variant, 2),
         );
-        print_line(&label, ratios);
+        print_line(&label, ratios, chunk);
     }
 }
 
@@ -90,11 +90,11 @@ fn paired(rounds: usize, a: impl Fn() -> f64, b: impl Fn() -> f64) -> Vec<f64> {
         .collect()
 }
 
-fn print_line(label: &str, mut ratios: Vec<f64>) {
+fn print_line(label: &str, mut ratios: Vec<f64>, chunk: usize) {
     ratios.sort_by(f64::total_cmp);
     let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
     println!(
-        "{label} median={:.4} q1={:.4} q3={:.4} rounds={}",
+        "{label} median={:.4} q1={:.4} q3={:.4} rounds={} chunk={chunk}",
         at(0.5),
         at(0.25),
         at(0.75),

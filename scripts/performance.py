@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Runs every benchmark, then writes what they measured.
 
-    python3 scripts/performance.py               # everything, about 8 minutes
+    python3 scripts/performance.py               # everything
     python3 scripts/performance.py --skip-run    # rewrite from docs/performance.json
     python3 scripts/performance.py --only storm  # rerun one part, keep the rest
 
 Runs, in turn: the hot-path criterion bench (one and two threads), the
-paired hot-path ratios (benches/hot_path_pairs.rs), the callgrind instruction counts (scripts/count-instructions.sh), the allocation
-test, the refresh storms and the loopback throughput bench. Writes:
+paired hot-path ratios (benches/hot_path_pairs.rs), the callgrind
+instruction counts (scripts/count-instructions.sh), the allocation test,
+the refresh storms and the loopback throughput bench. Writes:
 
 - docs/performance.json: every figure, with the machine it came from;
 - docs/performance.svg: a chart of the hot path, drawn here by hand (no
@@ -102,6 +103,7 @@ def pairs():
     found = {"pair": {}, "scaling": {}}
     for kind, line in re.findall(r"^(pair|scaling) (.*)$", out, re.M):
         fields = key_values(line)
+        found["rounds"], found["chunk"] = int(fields["rounds"]), int(fields["chunk"])
         if kind == "pair":
             key = f"{fields['variant']}/{fields['baseline']}/{fields['threads']:g}"
         else:
@@ -228,8 +230,9 @@ def tables(data):
         f"{ROUNDS} rounds of the whole bench (2 s per variant). This machine's "
         "speed drifts by up to 1.5 × over tens of seconds, so the ratios do not "
         "come from those medians: `benches/hot_path_pairs.rs` runs the two "
-        "variants of each ratio in alternating chunks of 20,000 requests, 41 "
-        "rounds, and each ratio is the median of the per-round ratios (its "
+        f"variants of each ratio in alternating chunks of {data['pairs']['chunk']:,} "
+        f"requests, {data['pairs']['rounds']} rounds, and each ratio is the median "
+        "of the per-round ratios (its "
         "quartiles are in docs/performance.json). With two threads, each thread "
         "has a clone of one service; the time is per request over both threads, "
         "and scaling is the one-thread time over it, paired the same way (2.00 "
@@ -287,8 +290,8 @@ def tables(data):
             f"| {name} | {s['refresh_calls']:g} | {s['failures']:g} | {s['rtt_ms']:.1f} ms "
             f"| {s['added_p50_ms']:.1f} / {s['added_p99_ms']:.1f} / {s['added_max_ms']:.1f} ms "
             f"| {s['outside_client_p50_ms']:.1f} / {s['outside_client_p99_ms']:.1f} / "
-            f"{s['outside_client_max_ms']:.1f} ms | {floor_cell(s, 'floor_added_p99_ms')} "
-            f"| {floor_cell(s, 'over_floor_p99_ms')} "
+            f"{s['outside_client_max_ms']:.1f} ms | {s['floor_added_p99_ms']:.1f} ms "
+            f"| {s['over_floor_p99_ms']:.1f} ms "
             f"| {'met' if s['target_met'] == 'true' else 'missed'} |")
 
     t = data["throughput"]
@@ -315,10 +318,6 @@ def tables(data):
         ]
     lines += ["", targets(data)]
     return "\n".join(lines)
-
-
-def floor_cell(storm, key):
-    return f"{storm[key]:.1f} ms" if key in storm else "—"
 
 
 def targets(data):
@@ -375,8 +374,7 @@ def targets(data):
         lines.append(row(f"{name} storm: 1 refresh, 0 failures, p99 added ≤ round trip + 1 ms",
                          f"{storm['refresh_calls']:g} refresh, {storm['failures']:g} failures, "
                          f"p99 added {storm['added_p99_ms']:.1f} ms vs {storm['target_p99_ms']:.1f} ms"
-                         + (f" (the floor adds {storm['floor_added_p99_ms']:.1f} ms)"
-                            if "floor_added_p99_ms" in storm else ""),
+                         f" (the floor adds {storm['floor_added_p99_ms']:.1f} ms)",
                          storm["target_met"] == "true"))
     lines.append(row("throughput ≥ 0.97 × without the layer", f"{t['ratio']:.3f}",
                      t["ratio"] >= 0.97))
