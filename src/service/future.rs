@@ -111,10 +111,10 @@ impl<S, B> RetryCopy<S, B> {
         Some(self)
     }
 
-    /// The request to send, without its `Authorization` header: a caller
-    /// copies it for a retry first, so the copy never holds the token. The
-    /// service must have been set.
-    fn into_request(self) -> (S, Request<ReplayBody<B>>) {
+    /// The request to send, in parts and without its `Authorization`
+    /// header: a caller copies it for a retry first, so the copy never
+    /// holds the token. The service must have been set.
+    fn into_parts(self) -> (S, Parts, ReplayBody<B>) {
         let Head {
             method,
             uri,
@@ -125,14 +125,15 @@ impl<S, B> RetryCopy<S, B> {
         let HeadersCopy::Map(headers) = headers else {
             unreachable!("kept as a map while acquiring, unpacked once rejected")
         };
-        let mut request = Request::new(self.body);
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        *request.version_mut() = version;
-        *request.headers_mut() = headers;
-        *request.extensions_mut() = extensions;
+        // `Parts` cannot be built directly; a bodiless request gives one.
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = method;
+        parts.uri = uri;
+        parts.version = version;
+        parts.headers = headers;
+        parts.extensions = extensions;
         let service = self.service.expect("set before sending");
-        (*service, request)
+        (*service, parts, self.body)
     }
 }
 
@@ -360,8 +361,7 @@ where
                     let first = this.pending.take().expect("request kept while acquiring");
                     // `first.service` is the instance polled ready by the
                     // caller; the retry gets a clone.
-                    let (mut service, request) = first.into_request();
-                    let (mut parts, body) = request.into_parts();
+                    let (mut service, mut parts, body) = first.into_parts();
                     let shared = this.shared.as_ref().expect("set for managed requests");
                     *this.pending = RetryCopy::of(&parts, &body, shared, &service);
                     *this.generation = credential.authorize(&mut parts.headers);
@@ -417,9 +417,9 @@ where
                     let core = &this.shared.as_ref().expect("set for managed requests").core;
                     let credential = core.manager.newest(credential);
                     core.manager.count_retry();
-                    let (mut service, mut request) = retry.into_request();
-                    *this.generation = credential.authorize(request.headers_mut());
-                    let fut = service.call(request);
+                    let (mut service, mut parts, body) = retry.into_parts();
+                    *this.generation = credential.authorize(&mut parts.headers);
+                    let fut = service.call(Request::from_parts(parts, body));
                     this.state.set(State::Retried { fut });
                 }
                 StateProj::Retried { fut } => {
