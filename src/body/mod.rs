@@ -98,9 +98,24 @@ pin_project! {
     /// box that is handed between instances through `Shared::slot`.
     struct Recording<B> {
         log: Log,
+        cursor: Cursor,
         #[pin]
         rest: Option<B>,
     }
+}
+
+/// How far the instance that owns the recording has read in it. Kept in
+/// the recording, not in each instance: an instance takes the recording
+/// over once and holds it until dropped, so only the owner's position
+/// matters, and it starts at zero at each takeover. Outside the instance,
+/// the body that travels inside every request stays 24 bytes (40 with the
+/// position), which keeps a `Request<ReplayBody<Empty<_>>>` within the 256
+/// bytes that `memcpy` copies without a loop.
+#[derive(Default)]
+struct Cursor {
+    frames_sent: usize,
+    bytes_sent: usize,
+    trailers_sent: bool,
 }
 
 /// What was read from the original body so far.
@@ -134,9 +149,6 @@ struct Reader<B> {
     // Boxed so that the body, which travels inside every request, stays
     // small: moving requests around is on the hot path.
     owned: Option<Pin<Box<Recording<B>>>>,
-    frames_sent: usize,
-    bytes_sent: usize,
-    trailers_sent: bool,
 }
 
 impl<B> ReplayBody<B>
@@ -181,6 +193,7 @@ where
                 trailers: None,
                 failed: false,
             },
+            cursor: Cursor::default(),
             rest: Some(body),
         });
         Ok(Self {
@@ -355,13 +368,7 @@ where
 
 impl<B> Reader<B> {
     fn new(shared: Arc<Shared<B>>, owned: Option<Pin<Box<Recording<B>>>>) -> Self {
-        Self {
-            shared,
-            owned,
-            frames_sent: 0,
-            bytes_sent: 0,
-            trailers_sent: false,
-        }
+        Self { shared, owned }
     }
 }
 
@@ -374,7 +381,10 @@ where
         if self.owned.is_none() {
             let mut slot = self.shared.slot();
             match slot.recording.take() {
-                Some(recording) => self.owned = Some(recording),
+                Some(mut recording) => {
+                    *recording.as_mut().project().cursor = Cursor::default();
+                    self.owned = Some(recording);
+                }
                 None => {
                     slot.register(cx.waker());
                     return Poll::Pending;
@@ -383,15 +393,15 @@ where
         }
         let recording = self.owned.as_mut().expect("acquired above").as_mut();
         let mut recording = recording.project();
-        let log = recording.log;
+        let (log, cursor) = (recording.log, recording.cursor);
 
-        if self.frames_sent < log.frames_read {
+        if cursor.frames_sent < log.frames_read {
             if self.shared.capped.load(Ordering::Acquire) {
                 return Poll::Ready(Some(Err(Capped.into())));
             }
-            let chunk = log.chunks[self.frames_sent].clone();
-            self.frames_sent += 1;
-            self.bytes_sent += chunk.len();
+            let chunk = log.chunks[cursor.frames_sent].clone();
+            cursor.frames_sent += 1;
+            cursor.bytes_sent += chunk.len();
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
 
@@ -413,8 +423,8 @@ where
                 Ok(mut data) => {
                     let chunk = data.copy_to_bytes(data.remaining());
                     log.record(&chunk, &self.shared);
-                    self.frames_sent += 1;
-                    self.bytes_sent += chunk.len();
+                    cursor.frames_sent += 1;
+                    cursor.bytes_sent += chunk.len();
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 Err(frame) => {
@@ -422,7 +432,7 @@ where
                         // Trailers end a body.
                         recording.rest.set(None);
                         log.trailers = Some(trailers.clone());
-                        self.trailers_sent = true;
+                        cursor.trailers_sent = true;
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
                     // A frame kind this version of http-body does not know:
@@ -434,9 +444,9 @@ where
         if log.failed {
             return Poll::Ready(Some(Err(OriginalFailed.into())));
         }
-        if !self.trailers_sent {
+        if !cursor.trailers_sent {
             if let Some(trailers) = &log.trailers {
-                self.trailers_sent = true;
+                cursor.trailers_sent = true;
                 return Poll::Ready(Some(Ok(Frame::trailers(trailers.clone()))));
             }
         }
@@ -449,13 +459,14 @@ where
         let Some(recording) = &self.owned else {
             return false;
         };
-        self.frames_sent >= recording.log.frames_read
+        let cursor = &recording.cursor;
+        cursor.frames_sent >= recording.log.frames_read
             && !recording.log.failed
             && recording
                 .rest
                 .as_ref()
                 .is_none_or(|rest| rest.is_end_stream())
-            && (self.trailers_sent || recording.log.trailers.is_none())
+            && (cursor.trailers_sent || recording.log.trailers.is_none())
     }
 
     // `SizeHint` is `Copy` only since http-body 1.1; Cargo.toml allows 1.0.
@@ -464,7 +475,10 @@ where
         let Some(recording) = &self.owned else {
             return self.shared.initial_hint.clone();
         };
-        let replay = recording.log.recorded_bytes.saturating_sub(self.bytes_sent) as u64;
+        let replay = recording
+            .log
+            .recorded_bytes
+            .saturating_sub(recording.cursor.bytes_sent) as u64;
         let rest = recording
             .rest
             .as_ref()
