@@ -35,6 +35,7 @@
 mod builder;
 pub(crate) mod future;
 mod headers;
+mod lanes;
 mod layer;
 mod shared;
 mod transport;
@@ -57,9 +58,9 @@ use crate::{BoxError, Error, TokenHandle};
 pub use builder::Builder;
 pub use future::ResponseFuture;
 use future::RetryCopy;
+use lanes::Lanes;
 pub(crate) use layer::Core;
 pub use layer::TokenRefreshLayer;
-use shared::Shared;
 pub(crate) use transport::is_loopback;
 pub use transport::InvalidOrigin;
 
@@ -76,13 +77,16 @@ pub use transport::InvalidOrigin;
 ///
 /// # Retries
 ///
-/// A retry is sent through a clone of the inner service taken at the
-/// first request that could be retried (one instance shared by the clones
-/// of this service), polled ready before the retry: a response future does
-/// not carry a clone of its own, which would cost one per request.
+/// A retry is sent through a clone of an instance of the inner service
+/// kept for retries, polled ready before the retry: a response future does
+/// not carry a clone of its own, which would cost one per request. The
+/// instance is taken at the first request that could be retried, once per
+/// lane: the clones of this service share one lane per core (at most 8),
+/// each clone using one, so that clones used on different threads do not
+/// write one reference count on each request.
 pub struct TokenRefresh<S, C = Unauthorized> {
     inner: S,
-    shared: Arc<Shared<S, C>>,
+    lanes: Lanes<S, C>,
     snapshot: SnapshotCache,
 }
 
@@ -91,7 +95,7 @@ impl<S, C> TokenRefresh<S, C> {
         let snapshot = core.manager.snapshot_cache();
         Self {
             inner,
-            shared: Arc::new(Shared::new(core)),
+            lanes: Lanes::new(core),
             snapshot,
         }
     }
@@ -111,8 +115,8 @@ impl<S, C> TokenRefresh<S, C> {
     ///
     /// Retries are sent through clones of the inner service as it was at
     /// the first request through this service or a clone of it that could
-    /// be retried, not through this instance: see "Retries" on
-    /// [`TokenRefresh`].
+    /// be retried (on each lane), not through this instance: see "Retries"
+    /// on [`TokenRefresh`].
     ///
     /// ```
     /// # fn f<S>(mut service: tower_token_refresh::TokenRefresh<S>) {
@@ -142,7 +146,7 @@ impl<S, C> TokenRefresh<S, C> {
     /// # }
     /// ```
     pub fn handle(&self) -> TokenHandle {
-        TokenHandle::new(self.shared.core.manager.clone())
+        TokenHandle::new(self.lanes.core().manager.clone())
     }
 }
 
@@ -163,7 +167,8 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let core = &self.shared.core;
+        let shared = self.lanes.current();
+        let core = &shared.core;
         if has_authorization(req.headers()) || !core.rules.origin_allowed(req.uri()) {
             return self.passthrough(req);
         }
@@ -173,23 +178,24 @@ where
         match core.manager.ready(&mut self.snapshot) {
             Some(credential) => {
                 let (mut parts, body) = req.into_parts();
-                let body = self.replay_body(body);
+                let body = replay_body(core, body);
                 // Copied before the insert: the retry adds its own header.
-                let retry = RetryCopy::of(&parts, &body, &self.shared, &self.inner);
+                let retry = RetryCopy::of(&parts, &body, shared, &self.inner);
                 let generation = credential.authorize(&mut parts.headers);
+                let shared = Arc::clone(shared);
                 let fut = self.inner.call(Request::from_parts(parts, body));
-                let shared = Arc::clone(&self.shared);
                 ResponseFuture::sent(fut, generation, retry, shared)
             }
             None => {
                 let (parts, body) = req.into_parts();
-                let body = self.replay_body(body);
+                let body = replay_body(core, body);
                 // The service polled ready is the one that must be called, so
                 // it moves into the future and a clone takes its place
                 // ("Be careful when cloning inner services", tower-service).
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::acquiring(ready, parts, body, Arc::clone(&self.shared))
+                let shared = Arc::clone(shared);
+                ResponseFuture::acquiring(ready, parts, body, shared)
             }
         }
     }
@@ -217,17 +223,16 @@ impl<S, C> TokenRefresh<S, C> {
     {
         ResponseFuture::passthrough(self.inner.call(req.map(ReplayBody::passthrough)))
     }
+}
 
-    /// Records the body for a retry when retrying is on and the body may
-    /// fit the cap; otherwise it is sent once, as it is.
-    #[inline]
-    fn replay_body<B: Body>(&self, body: B) -> ReplayBody<B> {
-        let core = &self.shared.core;
-        if core.reactive_retry {
-            ReplayBody::try_new(body, core.replay_cap).unwrap_or_else(ReplayBody::passthrough)
-        } else {
-            ReplayBody::passthrough(body)
-        }
+/// Records the body for a retry when retrying is on and the body may fit
+/// the cap; otherwise it is sent once, as it is.
+#[inline]
+fn replay_body<B: Body, C>(core: &Core<C>, body: B) -> ReplayBody<B> {
+    if core.reactive_retry {
+        ReplayBody::try_new(body, core.replay_cap).unwrap_or_else(ReplayBody::passthrough)
+    } else {
+        ReplayBody::passthrough(body)
     }
 }
 
@@ -235,7 +240,7 @@ impl<S: Clone, C> Clone for TokenRefresh<S, C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            lanes: self.lanes.clone(),
             snapshot: self.snapshot.clone(),
         }
     }
@@ -245,7 +250,7 @@ impl<S: fmt::Debug, C> fmt::Debug for TokenRefresh<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenRefresh")
             .field("inner", &self.inner)
-            .field("manager", &self.shared.core.manager)
+            .field("manager", &self.lanes.core().manager)
             .finish_non_exhaustive()
     }
 }

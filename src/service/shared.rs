@@ -13,11 +13,19 @@ use super::Core;
 /// half a dozen reference counts, shared by every task and thread, bumped
 /// and dropped per request for a retry few requests make. Now a retry
 /// clones this instance, taken from the service at its first request.
+///
+/// Each clone of the service uses one [lane](super::lanes)'s copy.
+/// `repr(C)` keeps the padding last, after the fields requests read.
+#[repr(C)]
 pub(crate) struct Shared<S, C> {
     pub(crate) core: Arc<Core<C>>,
     /// Set at the first request; a `Mutex` rather than requiring the inner
     /// service to be `Sync` (a `BoxCloneService` is not).
     retry_service: OnceLock<Mutex<S>>,
+    /// Lanes are allocated one after the other: without this, one lane's
+    /// reference count could share a cache line (128 bytes apart on x86,
+    /// which fetches lines in pairs) with the fields of the lane before.
+    _padding: [u64; 16],
 }
 
 impl<S, C> Shared<S, C> {
@@ -25,6 +33,7 @@ impl<S, C> Shared<S, C> {
         Self {
             core,
             retry_service: OnceLock::new(),
+            _padding: [0; 16],
         }
     }
 }
