@@ -34,7 +34,8 @@
 //! let handle = layer.handle();
 //!
 //! let client = ServiceBuilder::new().layer(layer).service_fn(|req: Request<_>| async move {
-//!     Ok::<_, Infallible>(Response::new(req.headers()["authorization"].clone()))
+//!     let bearer = req.headers()["authorization"].to_str().unwrap().to_owned();
+//!     Ok::<_, Infallible>(Response::new(bearer))
 //! });
 //! let response = client
 //!     .oneshot(Request::new(http_body_util::Empty::<bytes::Bytes>::new()))
@@ -107,7 +108,7 @@ struct ReadmeDoctests;
 ///
 /// fn call<S>(service: &mut TokenRefresh<S>, request: Request<Body>) -> Pending<S>
 /// where
-///     S: Service<Request<ReplayBody<Body>>, Response = Response<()>, Error = Infallible> + Clone,
+///     S: Service<Request<ReplayBody<Body>>, Response = Response<Body>, Error = Infallible> + Clone,
 /// {
 ///     Pending { future: service.call(request) }
 /// }

@@ -165,7 +165,8 @@ pub fn with_token_refresh<S>(service: S, layer: &TokenRefreshLayer<Grpc>) -> Grp
 ///     .build();
 /// // Stands in for a `tonic::transport::Channel`.
 /// let channel = tower::service_fn(|req: Request<tonic::body::Body>| async move {
-///     Ok::<_, Infallible>(Response::new(req.headers()["authorization"].clone()))
+///     let bearer = req.headers()["authorization"].to_str().unwrap().to_owned();
+///     Ok::<_, Infallible>(Response::new(bearer))
 /// });
 /// let client = ServiceBuilder::new()
 ///     .layer(layer)

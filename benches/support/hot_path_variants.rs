@@ -32,9 +32,9 @@ where
     B: Body,
     B::Error: std::fmt::Debug,
 {
-    type Response = Response<()>;
+    type Response = Response<Empty<Bytes>>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+    type Future = std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -50,7 +50,7 @@ where
                 }
             });
         }
-        std::future::ready(Ok(Response::new(())))
+        std::future::ready(Ok(Response::new(Empty::new())))
     }
 }
 

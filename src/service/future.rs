@@ -8,10 +8,12 @@ use std::task::{ready, Context, Poll};
 
 use http::request::Parts;
 use http::{Extensions, Method, Request, Response, Uri, Version};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
 
+use super::drain::poll_drained;
 use super::headers::HeadersCopy;
 use super::shared::Shared;
 use super::Core;
@@ -137,13 +139,40 @@ impl<S, B> RetryCopy<S, B> {
     }
 }
 
-/// A rejection held until the body is known to be replayable (boxed: a
-/// rare path, kept out of the size of every response future). The bound is
-/// a timer, so it exists only where a tokio timer does.
+/// A rejection held until the body is known to be replayable, then read
+/// to its end (boxed: a rare path, kept out of the size of every response
+/// future). The bound is a timer, so it exists only where a tokio timer
+/// does.
 struct Settle<R> {
+    /// Held whole while it may still be the answer (the request's body
+    /// may turn out not to be replayable).
     rejection: Option<R>,
+    /// Read to its end once the retry is certain: see [`poll_drained`].
+    draining: Option<Pin<Box<R>>>,
+    /// Body bytes drained so far.
+    drained: usize,
     next: Option<Next>,
     bound: Option<Pin<Box<Sleep>>>,
+}
+
+impl<R> Settle<R> {
+    fn boxed<C>(
+        rejection: Option<R>,
+        draining: Option<Pin<Box<R>>>,
+        drained: usize,
+        next: Next,
+        core: &Core<C>,
+    ) -> Box<Self> {
+        Box::new(Self {
+            rejection,
+            draining,
+            drained,
+            next: Some(next),
+            bound: tokio::runtime::Handle::try_current()
+                .ok()
+                .map(|_| Box::pin(tokio::time::sleep(core.manager.refresh_timeout()))),
+        })
+    }
 }
 
 /// What to do once a rejected request's body is known to be replayable.
@@ -252,6 +281,7 @@ where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
     C: ClassifyRejection,
+    ResBody: Body,
 {
     type Output = Result<Response<ResBody>, BoxError>;
 
@@ -287,6 +317,7 @@ where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
     C: ClassifyRejection,
+    ResBody: Body,
 {
     /// The first attempt was rejected: returns the rejection when it is the
     /// answer, or `None` once the state has moved on towards the retry.
@@ -323,17 +354,22 @@ where
         let state = match retry.body.poll_replayable(cx) {
             Poll::Ready(false) => return Some(response),
             Poll::Ready(true) => {
-                drop(response);
-                settled(next, core)
+                // Its body usually came with its head (or is empty): then
+                // no box and no timer.
+                let mut rejection = Box::pin(response);
+                let mut drained = 0;
+                match poll_drained(rejection.as_mut(), &mut drained, cx) {
+                    Poll::Ready(()) => {
+                        drop(rejection);
+                        settled(next, core)
+                    }
+                    Poll::Pending => State::Settling {
+                        settle: Settle::boxed(None, Some(rejection), drained, next, core),
+                    },
+                }
             }
             Poll::Pending => State::Settling {
-                settle: Box::new(Settle {
-                    rejection: Some(response),
-                    next: Some(next),
-                    bound: tokio::runtime::Handle::try_current()
-                        .ok()
-                        .map(|_| Box::pin(tokio::time::sleep(core.manager.refresh_timeout()))),
-                }),
+                settle: Settle::boxed(Some(response), None, 0, next, core),
             },
         };
         *this.pending = Some(retry);
@@ -371,27 +407,42 @@ where
                 StateProj::Settling { settle } => {
                     let Settle {
                         rejection,
+                        draining,
+                        drained,
                         next,
                         bound,
                     } = &mut **settle;
-                    let retry = this.pending.as_ref().expect("retry copy kept");
-                    let replayable = match retry.body.poll_replayable(cx) {
-                        Poll::Ready(replayable) => replayable,
-                        Poll::Pending => match bound {
-                            Some(bound) => {
-                                ready!(bound.as_mut().poll(cx));
-                                false
+                    if rejection.is_some() {
+                        let retry = this.pending.as_ref().expect("retry copy kept");
+                        let replayable = match retry.body.poll_replayable(cx) {
+                            Poll::Ready(replayable) => replayable,
+                            Poll::Pending => match bound {
+                                Some(bound) => {
+                                    ready!(bound.as_mut().poll(cx));
+                                    false
+                                }
+                                None => return Poll::Pending,
+                            },
+                        };
+                        let rejection = rejection.take().expect("checked above");
+                        if !replayable {
+                            *this.pending = None;
+                            return Poll::Ready(Ok(rejection));
+                        }
+                        *draining = Some(Box::pin(rejection));
+                    }
+                    if let Some(body) = draining {
+                        // Past the bound, dropped unread: the retry waits
+                        // no longer.
+                        if poll_drained(body.as_mut(), drained, cx).is_pending() {
+                            match bound {
+                                Some(bound) => ready!(bound.as_mut().poll(cx)),
+                                None => return Poll::Pending,
                             }
-                            None => return Poll::Pending,
-                        },
-                    };
-                    let rejection = rejection.take().expect("rejection kept while settling");
-                    if !replayable {
-                        *this.pending = None;
-                        return Poll::Ready(Ok(rejection));
+                        }
                     }
                     // Dropped before waiting: frees the connection.
-                    drop(rejection);
+                    *draining = None;
                     let core = &this.shared.as_ref().expect("set for managed requests").core;
                     let next = next.take().expect("next step kept while settling");
                     this.state.set(settled(next, core));

@@ -5,7 +5,7 @@
 //! use std::time::Duration;
 //! use bytes::Bytes;
 //! use http::{Request, Response, StatusCode};
-//! use http_body_util::Full;
+//! use http_body_util::{Empty, Full};
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_token_refresh::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
 //!
@@ -14,7 +14,7 @@
 //! let api = tower::service_fn(|req: Request<ReplayBody<Full<Bytes>>>| async move {
 //!     let ok = req.headers()["authorization"] == "Bearer new";
 //!     let status = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
-//!     Ok::<_, Infallible>(Response::builder().status(status).body(()).unwrap())
+//!     Ok::<_, Infallible>(Response::builder().status(status).body(Empty::<Bytes>::new()).unwrap())
 //! });
 //! let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
 //!         Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(Duration::from_secs(60)))
@@ -33,6 +33,7 @@
 //! ```
 
 mod builder;
+mod drain;
 pub(crate) mod future;
 mod headers;
 mod lanes;
@@ -156,6 +157,7 @@ where
     S::Error: Into<BoxError>,
     B: Body,
     C: ClassifyRejection,
+    ResBody: Body,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;

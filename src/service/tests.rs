@@ -1,11 +1,14 @@
 //! Behaviour of the layer end to end, against in-process fakes and tokio's
 //! paused clock (no real sleeps).
 
+mod rejection_body;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::test_support::body::{data, trailers, Item, TestBody};
@@ -185,7 +188,8 @@ async fn streamed_body_with_trailers_is_replayed_on_retry() {
         .unwrap();
 
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.into_body(), "Bearer tok-1|one,two|42");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "Bearer tok-1|one,two|42");
 }
 
 #[tokio::test(start_paused = true)]
@@ -360,7 +364,9 @@ async fn injected_header_is_sensitive() {
     let inner = tower::service_fn(
         move |req: Request<crate::ReplayBody<crate::test_support::TestBody>>| {
             *record.lock().unwrap() = req.headers().get("authorization").cloned();
-            async { Ok::<_, std::convert::Infallible>(http::Response::new(Bytes::new())) }
+            async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+            }
         },
     );
     let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("s3cr3t")) });
@@ -427,7 +433,7 @@ async fn grpc_unauthenticated_in_a_trailers_only_response_is_refreshed_and_retri
                     http::Response::builder()
                         .header("content-type", "application/grpc")
                         .header("grpc-status", status)
-                        .body(Bytes::new())
+                        .body(Full::new(Bytes::new()))
                         .unwrap(),
                 )
             }

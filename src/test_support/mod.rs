@@ -53,9 +53,9 @@ where
     B: Body + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<Bytes>;
+    type Response = Response<Full<Bytes>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Bytes>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -75,7 +75,7 @@ where
             if !api.valid.lock().unwrap().contains(token) {
                 return Ok(Response::builder()
                     .status(StatusCode::UNAUTHORIZED)
-                    .body(Bytes::new())
+                    .body(Full::new(Bytes::from_static(b"unauthorized")))
                     .unwrap());
             }
             let collected = req.into_body().collect().await.expect("body readable");
@@ -86,7 +86,7 @@ where
                 .unwrap_or_else(|| "-".into());
             let body = collected.to_bytes();
             let echo = format!("{auth}|{}|{trailer}", String::from_utf8_lossy(&body));
-            Ok(Response::new(Bytes::from(echo)))
+            Ok(Response::new(Full::new(Bytes::from(echo))))
         })
     }
 }
@@ -181,23 +181,21 @@ pub(crate) fn send<S>(
     request: Request<TestBody>,
 ) -> impl Future<Output = Result<(StatusCode, String), BoxError>>
 where
-    S: Service<Request<TestBody>, Response = Response<Bytes>, Error = BoxError> + Clone,
+    S: Service<Request<TestBody>, Response = Response<Full<Bytes>>, Error = BoxError> + Clone,
 {
     let response = client.clone().oneshot(request);
     async move {
         let response = response.await?;
         let status = response.status();
-        Ok((
-            status,
-            String::from_utf8(response.into_body().to_vec()).unwrap(),
-        ))
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8(body.to_vec()).unwrap()))
     }
 }
 
 /// Spawns `n` concurrent requests and returns their results.
 pub(crate) async fn burst<S>(client: &S, n: usize) -> Vec<Result<(StatusCode, String), BoxError>>
 where
-    S: Service<Request<TestBody>, Response = Response<Bytes>, Error = BoxError>
+    S: Service<Request<TestBody>, Response = Response<Full<Bytes>>, Error = BoxError>
         + Clone
         + Send
         + 'static,

@@ -437,9 +437,9 @@ pub(super) struct FakeApi {
 pub(super) type Body = Full<Bytes>;
 
 impl Service<Request<ReplayBody<Body>>> for FakeApi {
-    type Response = Response<()>;
+    type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<()>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -471,7 +471,10 @@ impl Service<Request<ReplayBody<Body>>> for FakeApi {
                 lock(&world).rejections += 1;
                 StatusCode::UNAUTHORIZED
             };
-            Ok(Response::builder().status(status).body(()).unwrap())
+            Ok(Response::builder()
+                .status(status)
+                .body(Body::default())
+                .unwrap())
         })
     }
 }

@@ -1,0 +1,134 @@
+//! What happens to a rejection's body when the request is retried: read to
+//! its end first, so that dropping it does not reset an HTTP/2 stream whose
+//! frames are still arriving.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::test_support::body::TestBody;
+use crate::test_support::{get, TestBody as RequestBody};
+use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
+
+/// An API that accepts only `Bearer fresh` and answers the first request
+/// it rejects with `rejection` as the body; counts the requests it gets.
+fn api_rejecting_with(
+    rejection: TestBody,
+    calls: &Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<ReplayBody<RequestBody>>,
+    Response = Response<TestBody>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
+       + Send {
+    let rejection = Arc::new(Mutex::new(Some(rejection)));
+    let calls = Arc::clone(calls);
+    tower::service_fn(move |req: Request<ReplayBody<RequestBody>>| {
+        calls.fetch_add(1, SeqCst);
+        let accepted = req.headers()["authorization"] == "Bearer fresh";
+        let (status, body) = if accepted {
+            (StatusCode::OK, TestBody::empty())
+        } else {
+            let body = rejection.lock().unwrap().take().expect("one rejection");
+            (StatusCode::UNAUTHORIZED, body)
+        };
+        async move { Ok(Response::builder().status(status).body(body).unwrap()) }
+    })
+}
+
+fn layer() -> TokenRefreshLayer {
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("fresh")) });
+    TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("revoked"))
+        .build()
+}
+
+/// Lets spawned tasks run until they wait on something outside them.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_is_read_to_its_end_before_the_retry_is_sent() {
+    let (tx, rejection) = TestBody::channel();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let client = ServiceBuilder::new()
+        .layer(layer())
+        .service(api_rejecting_with(rejection, &calls));
+
+    let request = tokio::spawn(client.oneshot(get()));
+    settle().await;
+    assert_eq!(calls.load(SeqCst), 1, "retried before the rejection ended");
+
+    // `Tx::data` asserts that the body is still being read.
+    tx.data("{\"error\":\"invalid_token\"}");
+    settle().await;
+    assert_eq!(calls.load(SeqCst), 1, "retried before the rejection ended");
+    drop(tx);
+
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_with_an_endless_body_is_dropped_after_64_kib() {
+    let (tx, rejection) = TestBody::channel();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let client = ServiceBuilder::new()
+        .layer(layer())
+        .service(api_rejecting_with(rejection, &calls));
+    let kib: &'static str = "x".repeat(1024).leak();
+    let started = tokio::time::Instant::now();
+
+    let request = tokio::spawn(client.oneshot(get()));
+    for _ in 0..64 {
+        tx.data(kib);
+    }
+    settle().await;
+    assert_eq!(calls.load(SeqCst), 1, "gave up reading at 64 KiB or less");
+    tx.data(kib);
+
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls.load(SeqCst), 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited for a timer"
+    );
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_whose_body_never_ends_holds_the_retry_only_until_the_bound() {
+    let (tx, rejection) = TestBody::channel();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let timeout = Duration::from_secs(5);
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("fresh")) });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("revoked"))
+        .refresh_timeout(timeout)
+        .build();
+    let client = ServiceBuilder::new()
+        .layer(layer)
+        .service(api_rejecting_with(rejection, &calls));
+
+    let request = tokio::spawn(client.oneshot(get()));
+    settle().await;
+    tokio::time::sleep(timeout - Duration::from_millis(1)).await;
+    assert_eq!(calls.load(SeqCst), 1, "retried before the bound");
+    let response = tokio::time::timeout(timeout, request)
+        .await
+        .expect("retried at the bound")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls.load(SeqCst), 2);
+    drop(tx);
+}
