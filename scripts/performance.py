@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs every benchmark, then writes what they measured.
 
-    python3 scripts/performance.py               # everything (421 s here)
+    python3 scripts/performance.py               # everything (about 450 s here)
     python3 scripts/performance.py --skip-run    # rewrite from docs/performance.json
     python3 scripts/performance.py --only storm  # rerun one part, keep the rest
 
