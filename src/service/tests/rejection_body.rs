@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
+use tokio::task::JoinHandle;
 use tower::{ServiceBuilder, ServiceExt};
 
-use crate::test_support::body::TestBody;
+use crate::test_support::body::{TestBody, Tx};
 use crate::test_support::{get, TestBody as RequestBody};
 use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
 
@@ -40,11 +41,27 @@ fn api_rejecting_with(
     })
 }
 
-fn layer() -> TokenRefreshLayer {
+/// A layer holding a token the API rejects, refreshed to one it accepts.
+fn layer(refresh_timeout: Duration) -> TokenRefreshLayer {
     let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("fresh")) });
     TokenRefreshLayer::builder(source)
         .initial_tokens(TokenSet::new("revoked"))
+        .refresh_timeout(refresh_timeout)
         .build()
+}
+
+/// The request in flight, as spawned.
+type InFlight = JoinHandle<Result<Response<TestBody>, crate::BoxError>>;
+
+/// Sends a GET through `layer` to an API whose rejection's body is fed
+/// through the returned [`Tx`]; also returns the API's request count.
+fn send_through(layer: TokenRefreshLayer) -> (Tx, Arc<AtomicUsize>, InFlight) {
+    let (tx, rejection) = TestBody::channel();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let client = ServiceBuilder::new()
+        .layer(layer)
+        .service(api_rejecting_with(rejection, &calls));
+    (tx, calls, tokio::spawn(client.oneshot(get())))
 }
 
 /// Lets spawned tasks run until they wait on something outside them.
@@ -56,13 +73,7 @@ async fn settle() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rejection_is_read_to_its_end_before_the_retry_is_sent() {
-    let (tx, rejection) = TestBody::channel();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let client = ServiceBuilder::new()
-        .layer(layer())
-        .service(api_rejecting_with(rejection, &calls));
-
-    let request = tokio::spawn(client.oneshot(get()));
+    let (tx, calls, request) = send_through(layer(Duration::from_secs(60)));
     settle().await;
     assert_eq!(calls.load(SeqCst), 1, "retried before the rejection ended");
 
@@ -79,15 +90,9 @@ async fn a_rejection_is_read_to_its_end_before_the_retry_is_sent() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rejection_with_an_endless_body_is_dropped_after_64_kib() {
-    let (tx, rejection) = TestBody::channel();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let client = ServiceBuilder::new()
-        .layer(layer())
-        .service(api_rejecting_with(rejection, &calls));
     let kib: &'static str = "x".repeat(1024).leak();
     let started = tokio::time::Instant::now();
-
-    let request = tokio::spawn(client.oneshot(get()));
+    let (tx, calls, request) = send_through(layer(Duration::from_secs(60)));
     for _ in 0..64 {
         tx.data(kib);
     }
@@ -107,19 +112,8 @@ async fn a_rejection_with_an_endless_body_is_dropped_after_64_kib() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rejection_whose_body_never_ends_holds_the_retry_only_until_the_bound() {
-    let (tx, rejection) = TestBody::channel();
-    let calls = Arc::new(AtomicUsize::new(0));
     let timeout = Duration::from_secs(5);
-    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("fresh")) });
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("revoked"))
-        .refresh_timeout(timeout)
-        .build();
-    let client = ServiceBuilder::new()
-        .layer(layer)
-        .service(api_rejecting_with(rejection, &calls));
-
-    let request = tokio::spawn(client.oneshot(get()));
+    let (tx, calls, request) = send_through(layer(timeout));
     settle().await;
     tokio::time::sleep(timeout - Duration::from_millis(1)).await;
     assert_eq!(calls.load(SeqCst), 1, "retried before the bound");
