@@ -25,10 +25,9 @@ const MAX_LANES: usize = 8;
 /// [`TokenRefresh`](super::TokenRefresh) (each clone of it) uses.
 pub(crate) struct Lanes<S, C> {
     all: Arc<[Arc<Shared<S, C>>]>,
-    /// This clone's lane, dealt when it was made: reading it costs a
-    /// request nothing, where looking up the thread's lane on each request
-    /// cost one thread-local read and an index, about 2 % of a
-    /// fresh-token request (paired hot-path bench).
+    /// This clone's lane, dealt when it was made: a request reads a field,
+    /// where looking up the thread's lane would cost every request a
+    /// thread-local read and an index.
     mine: usize,
 }
 
