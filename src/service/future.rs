@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
 
-use super::drain::poll_drained;
+use super::drain::Drain;
 use super::headers::HeadersCopy;
 use super::shared::Shared;
 use super::Core;
@@ -144,29 +144,39 @@ impl<S, B> RetryCopy<S, B> {
 /// future). The bound is a timer, so it exists only where a tokio timer
 /// does.
 struct Settle<R> {
-    /// Held whole while it may still be the answer (the request's body
-    /// may turn out not to be replayable).
-    rejection: Option<R>,
-    /// Read to its end once the retry is certain: see [`poll_drained`].
-    draining: Option<Pin<Box<R>>>,
-    /// Body bytes drained so far.
-    drained: usize,
+    held: Held<R>,
     next: Option<Next>,
     bound: Option<Pin<Box<Sleep>>>,
 }
 
+/// Where a held rejection stands.
+enum Held<R> {
+    /// Whole while it may still be the answer: the request's body may
+    /// turn out not to be replayable.
+    Whole(R),
+    /// Being read to its end, the retry being certain.
+    Draining(Drain<R>),
+    /// Moved out.
+    Taken,
+}
+
+impl<R> Held<R> {
+    /// The whole rejection, if it is still held whole.
+    fn take_whole(&mut self) -> Option<R> {
+        match std::mem::replace(self, Held::Taken) {
+            Held::Whole(rejection) => Some(rejection),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+}
+
 impl<R> Settle<R> {
-    fn boxed<C>(
-        rejection: Option<R>,
-        draining: Option<Pin<Box<R>>>,
-        drained: usize,
-        next: Next,
-        core: &Core<C>,
-    ) -> Box<Self> {
+    fn boxed<C>(held: Held<R>, next: Next, core: &Core<C>) -> Box<Self> {
         Box::new(Self {
-            rejection,
-            draining,
-            drained,
+            held,
             next: Some(next),
             bound: tokio::runtime::Handle::try_current()
                 .ok()
@@ -353,23 +363,24 @@ where
         // had one): decide at once, without a timer.
         let state = match retry.body.poll_replayable(cx) {
             Poll::Ready(false) => return Some(response),
+            // An empty body (or one already read): nothing to drain.
+            Poll::Ready(true) if response.body().is_end_stream() => {
+                drop(response);
+                settled(next, core)
+            }
             Poll::Ready(true) => {
-                // Its body usually came with its head (or is empty): then
-                // no box and no timer.
-                let mut rejection = Box::pin(response);
-                let mut drained = 0;
-                match poll_drained(rejection.as_mut(), &mut drained, cx) {
-                    Poll::Ready(()) => {
-                        drop(rejection);
-                        settled(next, core)
-                    }
+                // Its body usually came with its head: drained at once,
+                // without the settle box or its timer.
+                let mut drain = Drain::new(response);
+                match drain.poll(cx) {
+                    Poll::Ready(()) => settled(next, core),
                     Poll::Pending => State::Settling {
-                        settle: Settle::boxed(None, Some(rejection), drained, next, core),
+                        settle: Settle::boxed(Held::Draining(drain), next, core),
                     },
                 }
             }
             Poll::Pending => State::Settling {
-                settle: Settle::boxed(Some(response), None, 0, next, core),
+                settle: Settle::boxed(Held::Whole(response), next, core),
             },
         };
         *this.pending = Some(retry);
@@ -405,14 +416,8 @@ where
                     this.state.set(State::Sent { fut });
                 }
                 StateProj::Settling { settle } => {
-                    let Settle {
-                        rejection,
-                        draining,
-                        drained,
-                        next,
-                        bound,
-                    } = &mut **settle;
-                    if rejection.is_some() {
+                    let Settle { held, next, bound } = &mut **settle;
+                    if let Held::Whole(_) = held {
                         let retry = this.pending.as_ref().expect("retry copy kept");
                         let replayable = match retry.body.poll_replayable(cx) {
                             Poll::Ready(replayable) => replayable,
@@ -424,17 +429,17 @@ where
                                 None => return Poll::Pending,
                             },
                         };
-                        let rejection = rejection.take().expect("checked above");
+                        let rejection = held.take_whole().expect("held whole");
                         if !replayable {
                             *this.pending = None;
                             return Poll::Ready(Ok(rejection));
                         }
-                        *draining = Some(Box::pin(rejection));
+                        *held = Held::Draining(Drain::new(rejection));
                     }
-                    if let Some(body) = draining {
+                    if let Held::Draining(drain) = held {
                         // Past the bound, dropped unread: the retry waits
                         // no longer.
-                        if poll_drained(body.as_mut(), drained, cx).is_pending() {
+                        if drain.poll(cx).is_pending() {
                             match bound {
                                 Some(bound) => ready!(bound.as_mut().poll(cx)),
                                 None => return Poll::Pending,
@@ -442,7 +447,7 @@ where
                         }
                     }
                     // Dropped before waiting: frees the connection.
-                    *draining = None;
+                    *held = Held::Taken;
                     let core = &this.shared.as_ref().expect("set for managed requests").core;
                     let next = next.take().expect("next step kept while settling");
                     this.state.set(settled(next, core));
