@@ -198,8 +198,9 @@ async fn body_over_the_replay_cap_is_not_retried_but_the_next_request_gets_the_n
     let (client, issuer) = revoked_client(&api, |b| b.replay_cap(8));
     let handle = client.handle();
 
-    let (status, _) = send(&client, post("more than eight bytes")).await.unwrap();
+    let (status, body) = send(&client, post("more than eight bytes")).await.unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the original rejection");
+    assert_eq!(body, "unauthorized", "with its body unread by the layer");
     assert_eq!(api.calls(), 1, "not retried");
 
     let result = send(&client, post("small")).await;

@@ -46,8 +46,9 @@ impl Api {
     }
 }
 
-/// Answers 401 without reading the body when the token is not valid;
-/// otherwise echoes `"<authorization>|<body>|<trailer x-sum or ->"`.
+/// Answers 401 (body `unauthorized`) without reading the request's body
+/// when the token is not valid; otherwise echoes
+/// `"<authorization>|<body>|<trailer x-sum or ->"`.
 impl<B> Service<Request<ReplayBody<B>>> for Api
 where
     B: Body + Send + 'static,
