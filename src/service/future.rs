@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::request::Parts;
-use http::{Extensions, Method, Request, Response, Uri, Version};
+use http::{Extensions, Method, Request, Response, Version};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -16,6 +16,7 @@ use tower_service::Service;
 use super::drain::Drain;
 use super::headers::HeadersCopy;
 use super::shared::Shared;
+use super::uri_copy::UriCopy;
 use super::Core;
 use crate::body::ReplayBody;
 use crate::classify::ClassifyRejection;
@@ -42,7 +43,7 @@ pub(crate) struct RetryCopy<S, B> {
 /// overwriting each default cost a drop of every default on each request.
 struct Head {
     method: Method,
-    uri: Uri,
+    uri: UriCopy,
     version: Version,
     headers: HeadersCopy,
     extensions: Extensions,
@@ -72,7 +73,7 @@ impl<S: Clone, B> RetryCopy<S, B> {
             service: None,
             head: Head {
                 method: parts.method.clone(),
-                uri: parts.uri.clone(),
+                uri: UriCopy::of(&parts.uri),
                 version: parts.version,
                 headers: HeadersCopy::of(&parts.headers),
                 extensions: parts.extensions.clone(),
@@ -97,7 +98,7 @@ impl<S, B> RetryCopy<S, B> {
             service: Some(Box::new(service)),
             head: Head {
                 method,
-                uri,
+                uri: UriCopy::Whole(uri),
                 version,
                 headers: HeadersCopy::Map(headers),
                 extensions,
@@ -106,9 +107,10 @@ impl<S, B> RetryCopy<S, B> {
         }
     }
 
-    /// Unpacks the copied headers, once a retry is planned. `None` if they
-    /// no longer parse: then there is no retry.
+    /// Unpacks the copied URI and headers, once a retry is planned. `None`
+    /// if they no longer parse: then there is no retry.
     fn unpacked(mut self) -> Option<Self> {
+        self.head.uri = UriCopy::Whole(self.head.uri.into_uri()?);
         self.head.headers = HeadersCopy::Map(self.head.headers.into_map()?);
         Some(self)
     }
@@ -124,8 +126,8 @@ impl<S, B> RetryCopy<S, B> {
             headers,
             extensions,
         } = self.head;
-        let HeadersCopy::Map(headers) = headers else {
-            unreachable!("kept as a map while acquiring, unpacked once rejected")
+        let (UriCopy::Whole(uri), HeadersCopy::Map(headers)) = (uri, headers) else {
+            unreachable!("kept whole while acquiring, unpacked once rejected")
         };
         // `Parts` cannot be built directly; a bodiless request gives one.
         let (mut parts, ()) = Request::new(()).into_parts();

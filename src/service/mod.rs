@@ -40,6 +40,7 @@ mod lanes;
 mod layer;
 mod shared;
 mod transport;
+mod uri_copy;
 
 use std::fmt;
 use std::sync::Arc;

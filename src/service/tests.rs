@@ -173,6 +173,34 @@ async fn post_body_is_replayed_byte_for_byte_when_the_server_rejects_before_read
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_retry_is_sent_with_the_first_attempts_method_uri_version_and_headers() {
+    let api = Api::default();
+    let (client, _issuer) = revoked_client(&api, |b| b);
+    let request = Request::put("https://api.example.com:8443/v1/items/7?dry-run=1&tag=a%20b")
+        .version(http::Version::HTTP_2)
+        .header("x-trace", "t-1")
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::ACCEPT, "text/plain")
+        .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+
+    let (status, _) = send(&client, request).await.unwrap();
+
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(*api.seen.lock().unwrap(), ["Bearer old", "Bearer tok-1"]);
+    let heads = api.heads.lock().unwrap();
+    assert_eq!(
+        heads[0],
+        "PUT https://api.example.com:8443/v1/items/7?dry-run=1&tag=a%20b HTTP/2.0 \
+         x-trace=\"t-1\" accept=\"application/json\" accept=\"text/plain\""
+    );
+    assert_eq!(
+        heads[1], heads[0],
+        "the retry's head is the first attempt's"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn streamed_body_with_trailers_is_replayed_on_retry() {
     let api = Api::default();
     let (client, _issuer) = revoked_client(&api, |b| b);

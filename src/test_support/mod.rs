@@ -30,6 +30,9 @@ pub(crate) struct Api {
     pub(crate) calls: Arc<AtomicUsize>,
     /// Bearer values of every request, in arrival order.
     pub(crate) seen: Arc<Mutex<Vec<String>>>,
+    /// Every request's method, URI, version and headers other than
+    /// `Authorization`, in arrival order.
+    pub(crate) heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Api {
@@ -72,6 +75,10 @@ where
                 .map(|v| v.to_str().unwrap().to_owned())
                 .unwrap_or_default();
             api.seen.lock().unwrap().push(auth.clone());
+            api.heads
+                .lock()
+                .unwrap()
+                .push(head_without_authorization(&req));
             let token = auth.strip_prefix("Bearer ").unwrap_or_default();
             if !api.valid.lock().unwrap().contains(token) {
                 return Ok(Response::builder()
@@ -90,6 +97,17 @@ where
             Ok(Response::new(Full::new(Bytes::from(echo))))
         })
     }
+}
+
+/// `METHOD URI VERSION` and each header but `Authorization`, one line.
+fn head_without_authorization<B>(req: &Request<B>) -> String {
+    let mut head = format!("{} {} {:?}", req.method(), req.uri(), req.version());
+    for (name, value) in req.headers() {
+        if name != http::header::AUTHORIZATION {
+            head += &format!(" {name}={value:?}");
+        }
+    }
+    head
 }
 
 /// An issuer that registers each token it hands out with `api`.
