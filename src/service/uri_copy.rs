@@ -65,10 +65,11 @@ enum Standard {
 impl PackedUri {
     #[inline]
     fn pack(uri: &Uri) -> Option<Self> {
-        let scheme = match uri.scheme() {
+        // Strings compared inline; `Scheme`'s `PartialEq` is a call.
+        let scheme = match uri.scheme_str() {
             None => None,
-            Some(scheme) if *scheme == Scheme::HTTPS => Some(Standard::Https),
-            Some(scheme) if *scheme == Scheme::HTTP => Some(Standard::Http),
+            Some("https") => Some(Standard::Https),
+            Some("http") => Some(Standard::Http),
             Some(_) => return None,
         };
         let authority = uri.authority().map_or("", Authority::as_str).as_bytes();
