@@ -162,19 +162,6 @@ enum Held<R> {
     Taken,
 }
 
-impl<R> Held<R> {
-    /// The whole rejection, if it is still held whole.
-    fn take_whole(&mut self) -> Option<R> {
-        match std::mem::replace(self, Held::Taken) {
-            Held::Whole(rejection) => Some(rejection),
-            other => {
-                *self = other;
-                None
-            }
-        }
-    }
-}
-
 impl<R> Settle<R> {
     fn boxed<C>(held: Held<R>, next: Next, core: &Core<C>) -> Box<Self> {
         Box::new(Self {
@@ -431,7 +418,9 @@ where
                                 None => return Poll::Pending,
                             },
                         };
-                        let rejection = held.take_whole().expect("held whole");
+                        let Held::Whole(rejection) = std::mem::replace(held, Held::Taken) else {
+                            unreachable!("held whole: checked above")
+                        };
                         if !replayable {
                             *this.pending = None;
                             return Poll::Ready(Ok(rejection));
