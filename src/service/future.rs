@@ -241,11 +241,24 @@ where
     ) -> Self {
         // Built in place, not through `with_state`: the future is large
         // (it holds the retry copy), and every move of it is a `memcpy`.
-        Self {
-            state: State::Sent { fut },
-            pending: retry,
-            generation,
-            shared: Some(shared),
+        // Matched so that `None` (retry off) writes the tag alone: moved
+        // as one value, the option was copied whole, with the space of the
+        // copy it did not hold (272 bytes in the hot-path bench; callgrind
+        // there, retry off: 4064 → 4014 instructions per request, retry on
+        // 4543 → 4548).
+        match retry {
+            None => Self {
+                state: State::Sent { fut },
+                pending: None,
+                generation,
+                shared: Some(shared),
+            },
+            Some(retry) => Self {
+                state: State::Sent { fut },
+                pending: Some(retry),
+                generation,
+                shared: Some(shared),
+            },
         }
     }
 
