@@ -351,6 +351,13 @@ impl Error {
         }
     }
 
+    /// What went wrong, for tests that tell kinds without a public
+    /// predicate.
+    #[cfg(test)]
+    pub(crate) fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
     pub(crate) fn with_refresh(kind: ErrorKind, refresh: Arc<RefreshError>) -> Self {
         Self {
             kind,

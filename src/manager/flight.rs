@@ -3,8 +3,9 @@
 //! The refresh runs in its own task, not in the future of the request that
 //! noticed the need, so dropping that request (or any other) can neither
 //! cancel the refresh nor leave the others waiting on a future nobody polls.
-//! Waiters hold only a `watch` receiver; the task's result (a credential or
-//! an `Arc`'d error) is published once to all of them.
+//! Waiters hold only the flight's [cell](super::flight_wait); the task's
+//! result (a credential or an `Arc`'d error) is published once to all of
+//! them.
 //!
 //! A flight can be overtaken: `set_tokens` installs tokens while it runs, or
 //! the flight overruns its deadline (its runtime stopped driving it) and a
@@ -16,10 +17,10 @@ use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::failure::Failure;
+use super::flight_wait::{FlightCell, FlightWait};
 use super::snapshot::{Credential, Prepared, Snapshot};
 use super::{later, Control, Shared, TokenManager};
 use crate::error::ErrorKind;
@@ -39,28 +40,26 @@ const DEADLINE_SLACK: Duration = Duration::from_secs(1);
 
 /// A handle on the refresh in flight.
 #[derive(Clone)]
-pub(crate) struct Flight {
-    id: u64,
-    deadline: Instant,
-    outcome: watch::Receiver<Option<Outcome>>,
-}
+pub(crate) struct Flight(Arc<FlightCell>);
 
 impl Flight {
-    /// Waits for the refresh's result. Never hangs: a task that dies
-    /// publishes an error from its drop guard, and a task that is never
-    /// driven (its runtime idles or stopped) is given up at the deadline.
-    pub(crate) async fn outcome(mut self) -> Outcome {
-        let wait = self.outcome.wait_for(Option::is_some);
-        match tokio::time::timeout_at(self.deadline, wait).await {
-            Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
-            Ok(Err(_)) => Err(Error::new(ErrorKind::RefreshAborted)),
-            Err(_) => Err(Error::new(ErrorKind::RefreshTimedOut)),
-        }
+    /// Waits for the refresh's result; never hangs (see [`FlightWait`]).
+    pub(crate) async fn outcome(self) -> Outcome {
+        self.waiter().await
+    }
+
+    /// A waiter for the refresh's result, to poll in place.
+    pub(crate) fn waiter(self) -> FlightWait {
+        FlightWait::new(self.0)
     }
 
     /// Whether waiting for it still makes sense at `now`.
     pub(crate) fn is_live(&self, now: Instant) -> bool {
-        now < self.deadline
+        now < self.0.deadline
+    }
+
+    fn id(&self) -> u64 {
+        self.0.id
     }
 }
 
@@ -93,13 +92,13 @@ impl TokenManager {
             return Err(Error::new(ErrorKind::NoRuntime));
         };
         let config = &self.shared.config;
-        let (publish, outcome) = watch::channel(None);
         control.flights_started += 1;
-        let flight = Flight {
-            id: control.flights_started,
-            deadline: later(Instant::now(), config.flight_budget() + DEADLINE_SLACK),
-            outcome,
-        };
+        let cell = Arc::new(FlightCell::new(
+            control.flights_started,
+            later(Instant::now(), config.flight_budget() + DEADLINE_SLACK),
+            runtime.id(),
+        ));
+        let flight = Flight(Arc::clone(&cell));
         control.flight = Some(flight.clone());
         self.shared
             .proactive_gate
@@ -107,8 +106,8 @@ impl TokenManager {
         Counters::bump(&self.shared.stats.refreshes);
         let task = FlightTask {
             shared: Arc::clone(&self.shared),
-            publish: Some(publish),
-            id: flight.id,
+            publish: Some(cell),
+            id: flight.id(),
             reason,
             from_generation: snapshot.generation,
             current: snapshot.tokens.clone(),
@@ -127,7 +126,7 @@ impl TokenManager {
 /// clears the flight, so no waiter and no later request is stranded.
 pub(super) struct FlightTask {
     pub(super) shared: Arc<Shared>,
-    publish: Option<watch::Sender<Option<Outcome>>>,
+    publish: Option<Arc<FlightCell>>,
     id: u64,
     reason: RefreshReason,
     from_generation: u64,
@@ -214,7 +213,7 @@ impl FlightTask {
             }
         };
         if let Some(publish) = self.publish.take() {
-            publish.send_replace(Some(outcome));
+            publish.publish(outcome);
         }
     }
 
@@ -340,7 +339,7 @@ impl FlightTask {
     /// whether newer tokens were installed since it started.
     fn settle(&self) -> (MutexGuard<'_, Control>, bool, bool) {
         let mut control = self.shared.lock();
-        let current = control.flight.as_ref().is_some_and(|f| f.id == self.id);
+        let current = control.flight.as_ref().is_some_and(|f| f.id() == self.id);
         if current {
             control.flight = None;
         }
@@ -414,7 +413,7 @@ impl Drop for FlightTask {
                 RefreshError::transient("the refresh task ended without a result"),
                 ErrorKind::RefreshAborted,
             );
-            publish.send_replace(Some(outcome));
+            publish.publish(outcome);
         }
     }
 }

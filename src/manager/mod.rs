@@ -11,6 +11,7 @@
 mod failure;
 mod fleet;
 mod flight;
+mod flight_wait;
 mod snapshot;
 mod thread_copy;
 mod timer;
@@ -18,6 +19,7 @@ pub(crate) mod window;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -33,6 +35,7 @@ use crate::{Error, RefreshError, RefreshReason, Stats, TokenSet, TokenState, Tok
 pub use failure::Backoff;
 use failure::Failure;
 pub(crate) use flight::Flight;
+use flight_wait::FlightWait;
 use snapshot::Prepared;
 pub(crate) use snapshot::Snapshot;
 pub(crate) use snapshot::{Credential, Freshness};
@@ -116,6 +119,15 @@ pub(crate) enum Decision {
     Fail(Error),
     /// Return the rejection as it is: a refresh would not help.
     GiveUp,
+}
+
+/// A request waiting for a refresh: a nameable future of three words, so
+/// that a response future holds it in place instead of boxing an `async`
+/// one (see [`flight_wait`]).
+pub(crate) struct Waiting {
+    flight: FlightWait,
+    /// Flights waited for so far, this one included.
+    rounds: u8,
 }
 
 /// State changed only under the `control` lock.
@@ -241,16 +253,34 @@ impl TokenManager {
         })
     }
 
-    /// The slow path: waits for a usable token, refreshing if needed.
+    /// [`poll_acquire`](Self::poll_acquire), awaited.
+    #[cfg(feature = "reqwest")]
     pub(crate) async fn acquire(self) -> Result<Credential, Error> {
-        match self.decide(None) {
-            Decision::Use(credential) => Ok(credential),
-            Decision::Wait(flight) => self.wait(flight).await,
-            Decision::Fail(error) => Err(error),
-            // Only rejections give up; should that ever change, fail the
-            // request rather than the process.
-            Decision::GiveUp => Err(Error::new(ErrorKind::RefreshAborted)),
-        }
+        let mut waiting = None;
+        std::future::poll_fn(|cx| self.poll_acquire(&mut waiting, cx)).await
+    }
+
+    /// The slow path: a usable token, waiting for a refresh if needed.
+    /// `waiting` starts as `None` and holds the waiter once the decision is
+    /// to wait. Deciding at the first poll, not before, keeps a future made
+    /// outside a runtime usable inside one.
+    pub(crate) fn poll_acquire(
+        &self,
+        waiting: &mut Option<Waiting>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Credential, Error>> {
+        let waiting = match waiting {
+            Some(waiting) => waiting,
+            None => match self.decide(None) {
+                Decision::Use(credential) => return Poll::Ready(Ok(credential)),
+                Decision::Wait(flight) => waiting.insert(self.waiting(flight)),
+                Decision::Fail(error) => return Poll::Ready(Err(error)),
+                // Only rejections give up; should that ever change, fail
+                // the request rather than the process.
+                Decision::GiveUp => return Poll::Ready(Err(Error::new(ErrorKind::RefreshAborted))),
+            },
+        };
+        self.poll_waiting(waiting, cx)
     }
 
     /// A server rejected a request sent with `generation`.
@@ -289,41 +319,63 @@ impl TokenManager {
         decision
     }
 
-    /// Waits for a refresh in flight (counted as a request that waited); a
-    /// failed refresh still yields the current token while it is valid
-    /// (static stability).
+    /// [`poll_waiting`](Self::poll_waiting), awaited.
+    #[cfg(feature = "reqwest")]
+    pub(crate) async fn wait(self, flight: Flight) -> Result<Credential, Error> {
+        let mut waiting = self.waiting(flight);
+        std::future::poll_fn(|cx| self.poll_waiting(&mut waiting, cx)).await
+    }
+
+    /// A waiter for `flight`, counted as a request that waited; polled with
+    /// [`poll_waiting`](Self::poll_waiting).
+    pub(crate) fn waiting(&self, flight: Flight) -> Waiting {
+        Counters::bump(&self.shared.stats.waited);
+        Waiting {
+            flight: flight.waiter(),
+            rounds: 1,
+        }
+    }
+
+    /// Waits for a refresh in flight; a failed refresh still yields the
+    /// current token while it is valid (static stability).
     ///
     /// A flight overtaken by `set_tokens` hands out nothing: the tokens set
     /// may have passed their refresh point, or expired, while it ran. Each
     /// waiter then decides afresh, as a new request would, joining or
     /// starting a refresh from those tokens if they need one.
-    pub(crate) async fn wait(self, flight: Flight) -> Result<Credential, Error> {
+    pub(crate) fn poll_waiting(
+        &self,
+        waiting: &mut Waiting,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Credential, Error>> {
         /// Each round outlives a refresh that tokens set by hand overtook;
         /// past a few, the caller is better off with an error.
-        const ROUNDS: usize = 3;
-        Counters::bump(&self.shared.stats.waited);
-        let mut flight = flight;
-        for _ in 0..ROUNDS {
-            match flight.outcome().await {
-                Ok(Some(credential)) => return Ok(credential),
+        const ROUNDS: u8 = 3;
+        loop {
+            match ready!(waiting.flight.poll_outcome(cx)) {
+                Ok(Some(credential)) => return Poll::Ready(Ok(credential)),
                 Ok(None) => match self.decide(None) {
-                    Decision::Use(credential) => return Ok(credential),
-                    Decision::Wait(next) => flight = next,
-                    Decision::Fail(error) => return Err(error),
-                    Decision::GiveUp => return Err(Error::new(ErrorKind::RefreshAborted)),
+                    Decision::Use(credential) => return Poll::Ready(Ok(credential)),
+                    Decision::Wait(next) if waiting.rounds < ROUNDS => {
+                        waiting.flight = next.waiter();
+                        waiting.rounds += 1;
+                    }
+                    Decision::Wait(_) | Decision::GiveUp => {
+                        return Poll::Ready(Err(Error::new(ErrorKind::RefreshAborted)))
+                    }
+                    Decision::Fail(error) => return Poll::Ready(Err(error)),
                 },
                 Err(error) => {
                     let snapshot = self.shared.snapshot.load();
                     if snapshot.is_valid(Instant::now()) {
                         if let Some(credential) = snapshot.credential() {
-                            return Ok(credential);
+                            return Poll::Ready(Ok(credential));
                         }
                     }
-                    return Err(error);
+                    return Poll::Ready(Err(error));
                 }
             }
         }
-        Err(Error::new(ErrorKind::RefreshAborted))
     }
 
     /// Use the current token, join the flight, start one, or fail because a

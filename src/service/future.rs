@@ -20,8 +20,7 @@ use super::uri_copy::UriCopy;
 use super::Core;
 use crate::body::ReplayBody;
 use crate::classify::ClassifyRejection;
-use crate::manager::{Credential, Decision, Flight};
-use crate::refresh::BoxFuture;
+use crate::manager::{Credential, Decision, Flight, Waiting};
 use crate::{BoxError, Error};
 
 /// What a retry needs: a copy of the request head, a replaying body and,
@@ -183,8 +182,9 @@ enum Next {
 pin_project! {
     #[project = StateProj]
     enum State<F, R> {
-        // Waiting for a token before the first send.
-        Acquiring { token: BoxFuture<Result<Credential, Error>> },
+        // Waiting for a token before the first send: `None` until decided
+        // at the first poll.
+        Acquiring { waiting: Option<Waiting> },
         // First send in flight.
         Sent { #[pin] fut: F },
         // Rejected, retry planned: holds the rejection until the first
@@ -193,7 +193,7 @@ pin_project! {
         // original response back rather than a broken retry.
         Settling { settle: Box<Settle<R>> },
         // Rejected: waiting for the refresh the rejection joined or started.
-        Refreshing { token: BoxFuture<Result<Credential, Error>> },
+        Refreshing { waiting: Waiting },
         // Have a token for the retry; waiting for the service to be ready.
         RetryReady { credential: Option<Credential> },
         // The one retry in flight; its response is returned as it is.
@@ -268,9 +268,9 @@ where
         body: ReplayBody<B>,
         shared: Arc<Shared<S, C>>,
     ) -> Self {
-        let token = Box::pin(shared.core.manager.clone().acquire());
         let pending = RetryCopy::keep(service, head, body);
-        Self::with_state(State::Acquiring { token }, Some(pending), 0, Some(shared))
+        let state = State::Acquiring { waiting: None };
+        Self::with_state(state, Some(pending), 0, Some(shared))
     }
 
     fn with_state(
@@ -405,13 +405,13 @@ where
                     let error = error.take().expect("polled after completion");
                     return Poll::Ready(Err(error.into()));
                 }
-                StateProj::Acquiring { token } => {
-                    let credential = ready!(token.as_mut().poll(cx))?;
+                StateProj::Acquiring { waiting } => {
+                    let shared = this.shared.as_ref().expect("set for managed requests");
+                    let credential = ready!(shared.core.manager.poll_acquire(waiting, cx))?;
                     let first = this.pending.take().expect("request kept while acquiring");
                     // `first.service` is the instance polled ready by the
                     // caller; the retry gets a clone.
                     let (mut service, mut parts, body) = first.into_parts();
-                    let shared = this.shared.as_ref().expect("set for managed requests");
                     *this.pending = RetryCopy::of(&parts, &body, shared, &service);
                     *this.generation = credential.authorize(&mut parts.headers);
                     let fut = service.call(Request::from_parts(parts, body));
@@ -456,8 +456,9 @@ where
                     let next = next.take().expect("next step kept while settling");
                     this.state.set(settled(next, core));
                 }
-                StateProj::Refreshing { token } => {
-                    let credential = ready!(token.as_mut().poll(cx))?;
+                StateProj::Refreshing { waiting } => {
+                    let core = &this.shared.as_ref().expect("set for managed requests").core;
+                    let credential = ready!(core.manager.poll_waiting(waiting, cx))?;
                     this.state.set(State::RetryReady {
                         credential: Some(credential),
                     });
@@ -508,7 +509,7 @@ fn settled<F, R, C>(next: Next, core: &Core<C>) -> State<F, R> {
             credential: Some(credential),
         },
         Next::Refresh(flight) => State::Refreshing {
-            token: Box::pin(core.manager.clone().wait(flight)),
+            waiting: core.manager.waiting(flight),
         },
     }
 }
