@@ -25,12 +25,14 @@ use crate::{BoxError, Error};
 
 /// What a retry needs: a copy of the request head, a replaying body and,
 /// once the retry is due, a clone of the inner service (polled ready
-/// before the retry). A request held before its first send keeps the
-/// instance the caller polled ready.
+/// before the retry). A request held before its first send is kept here
+/// whole, with the instance the caller polled ready.
 ///
 /// The service is boxed: it is only there on the slow paths, and inline
 /// it would make every response future as large as a client (304 bytes
-/// for hyper-util's), copied each time the future moves.
+/// for hyper-util's), copied each time the future moves. A retry's clone
+/// is boxed only while it is not ready: most services are always ready,
+/// and a retry then costs no allocation for it.
 pub(crate) struct RetryCopy<S, B> {
     service: Option<Box<S>>,
     head: Head,
@@ -116,8 +118,8 @@ impl<S, B> RetryCopy<S, B> {
 
     /// The request to send, in parts and without its `Authorization`
     /// header: a caller copies it for a retry first, so the copy never
-    /// holds the token. The service must have been set.
-    fn into_parts(self) -> (S, Parts, ReplayBody<B>) {
+    /// holds the token.
+    fn into_parts(self) -> (Parts, ReplayBody<B>) {
         let Head {
             method,
             uri,
@@ -135,8 +137,32 @@ impl<S, B> RetryCopy<S, B> {
         parts.version = version;
         parts.headers = headers;
         parts.extensions = extensions;
-        let service = self.service.expect("set before sending");
-        (*service, parts, self.body)
+        (parts, self.body)
+    }
+
+    /// The service to send through, polled ready: the one held here, or a
+    /// clone of the instance kept for retries, held here only while it is
+    /// not ready.
+    fn poll_service<C>(
+        &mut self,
+        shared: &Shared<S, C>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S, BoxError>>
+    where
+        S: Service<Request<ReplayBody<B>>> + Clone,
+        S::Error: Into<BoxError>,
+    {
+        let mut service = match self.service.take() {
+            Some(service) => *service,
+            None => shared.retry_service().expect("kept by RetryCopy::of"),
+        };
+        match service.poll_ready(cx) {
+            Poll::Ready(ready) => Poll::Ready(ready.map(|()| service).map_err(Into::into)),
+            Poll::Pending => {
+                self.service = Some(Box::new(service));
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -194,8 +220,9 @@ pin_project! {
         Settling { settle: Box<Settle<R>> },
         // Rejected: waiting for the refresh the rejection joined or started.
         Refreshing { waiting: Waiting },
-        // Have a token for the retry; waiting for the service to be ready.
-        RetryReady { credential: Option<Credential> },
+        // Have a token for the first send (`first`) or the retry; waiting
+        // for the service to be ready.
+        Ready { credential: Option<Credential>, first: bool },
         // The one retry in flight; its response is returned as it is.
         Retried { #[pin] fut: F },
         // Not ours to touch (explicit Authorization, foreign origin).
@@ -408,14 +435,10 @@ where
                 StateProj::Acquiring { waiting } => {
                     let shared = this.shared.as_ref().expect("set for managed requests");
                     let credential = ready!(shared.core.manager.poll_acquire(waiting, cx))?;
-                    let first = this.pending.take().expect("request kept while acquiring");
-                    // `first.service` is the instance polled ready by the
-                    // caller; the retry gets a clone.
-                    let (mut service, mut parts, body) = first.into_parts();
-                    *this.pending = RetryCopy::of(&parts, &body, shared, &service);
-                    *this.generation = credential.authorize(&mut parts.headers);
-                    let fut = service.call(Request::from_parts(parts, body));
-                    this.state.set(State::Sent { fut });
+                    this.state.set(State::Ready {
+                        credential: Some(credential),
+                        first: true,
+                    });
                 }
                 StateProj::Settling { settle } => {
                     let Settle { held, next, bound } = &mut **settle;
@@ -459,29 +482,33 @@ where
                 StateProj::Refreshing { waiting } => {
                     let core = &this.shared.as_ref().expect("set for managed requests").core;
                     let credential = ready!(core.manager.poll_waiting(waiting, cx))?;
-                    this.state.set(State::RetryReady {
+                    this.state.set(State::Ready {
                         credential: Some(credential),
+                        first: false,
                     });
                 }
-                StateProj::RetryReady { credential } => {
-                    let retry = this.pending.as_mut().expect("retry copy kept");
+                StateProj::Ready { credential, first } => {
                     let shared = this.shared.as_ref().expect("set for managed requests");
-                    let service = match &mut retry.service {
-                        Some(service) => service,
-                        none => none.insert(Box::new(
-                            shared.retry_service().expect("kept by RetryCopy::of"),
-                        )),
-                    };
-                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
+                    let request = this.pending.as_mut().expect("request kept");
+                    let mut service = ready!(request.poll_service(shared, cx))?;
                     let credential = credential.take().expect("credential set before readiness");
-                    let retry = this.pending.take().expect("retry copy kept");
-                    let core = &this.shared.as_ref().expect("set for managed requests").core;
-                    let credential = core.manager.newest(credential);
-                    core.manager.count_retry();
-                    let (mut service, mut parts, body) = retry.into_parts();
+                    let first = *first;
+                    let manager = &shared.core.manager;
+                    let credential = manager.newest(credential);
+                    let request = this.pending.take().expect("request kept");
+                    let (mut parts, body) = request.into_parts();
+                    if first {
+                        *this.pending = RetryCopy::of(&parts, &body, shared, &service);
+                    } else {
+                        manager.count_retry();
+                    }
                     *this.generation = credential.authorize(&mut parts.headers);
                     let fut = service.call(Request::from_parts(parts, body));
-                    this.state.set(State::Retried { fut });
+                    this.state.set(if first {
+                        State::Sent { fut }
+                    } else {
+                        State::Retried { fut }
+                    });
                 }
                 StateProj::Retried { fut } => {
                     let response = ready!(fut.poll(cx)).map_err(Into::into)?;
@@ -505,8 +532,9 @@ where
 /// The step after a rejected request's body is known to be replayable.
 fn settled<F, R, C>(next: Next, core: &Core<C>) -> State<F, R> {
     match next {
-        Next::Retry(credential) => State::RetryReady {
+        Next::Retry(credential) => State::Ready {
             credential: Some(credential),
+            first: false,
         },
         Next::Refresh(flight) => State::Refreshing {
             waiting: core.manager.waiting(flight),

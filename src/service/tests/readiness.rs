@@ -1,0 +1,125 @@
+//! Requests sent later than their call (held for a first token, or
+//! retried) are sent through a service polled ready when they are due:
+//! the instance held with the request, or a clone of the one kept for
+//! retries. One that is not ready then is waited for.
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use tower::{Service, ServiceBuilder};
+
+use crate::test_support::{issuer, send, Api, TestBody};
+use crate::{ReplayBody, TokenRefreshLayer, TokenSet};
+
+/// Ready while its gate (shared by every clone) is open.
+#[derive(Clone)]
+struct Gated {
+    api: Api,
+    gate: Gate,
+}
+
+#[derive(Clone, Default)]
+struct Gate {
+    open: Arc<AtomicBool>,
+    waiting: Arc<Mutex<Vec<Waker>>>,
+}
+
+impl Gate {
+    fn set(&self, open: bool) {
+        self.open.store(open, SeqCst);
+        if open {
+            self.waiting.lock().unwrap().drain(..).for_each(Waker::wake);
+        }
+    }
+}
+
+impl Service<Request<ReplayBody<TestBody>>> for Gated {
+    type Response = <Api as Service<Request<ReplayBody<TestBody>>>>::Response;
+    type Error = <Api as Service<Request<ReplayBody<TestBody>>>>::Error;
+    type Future = <Api as Service<Request<ReplayBody<TestBody>>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.gate.open.load(SeqCst) {
+            return Service::<Request<ReplayBody<TestBody>>>::poll_ready(&mut self.api, cx);
+        }
+        self.gate.waiting.lock().unwrap().push(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn call(&mut self, req: Request<ReplayBody<TestBody>>) -> Self::Future {
+        assert!(self.gate.open.load(SeqCst), "called while not ready");
+        self.api.call(req)
+    }
+}
+
+/// Lets the spawned requests run as far as they can.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_held_for_its_first_token_waits_for_the_service_to_be_ready_again() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, None, Duration::from_secs(1));
+    let layer = TokenRefreshLayer::builder(source).build();
+    let gate = Gate::default();
+    gate.set(true);
+    let service = Gated {
+        api: api.clone(),
+        gate: gate.clone(),
+    };
+    let client = ServiceBuilder::new().layer(layer).service(service);
+
+    // Called while ready, then held: no token yet.
+    let request = tokio::spawn(send(&client, crate::test_support::get()));
+    settle().await;
+    gate.set(false);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(issuer.calls(), 1, "the token has arrived");
+    assert_eq!(api.calls(), 0, "not sent while the service is not ready");
+
+    gate.set(true);
+    let (status, _) = request.await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(api.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_for_the_service_to_be_ready() {
+    let api = Api::default();
+    api.accept("old");
+    let (source, issuer) = issuer(&api, None, Duration::from_secs(1));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old"))
+        .build();
+    let handle = layer.handle();
+    let gate = Gate::default();
+    gate.set(true);
+    let service = Gated {
+        api: api.clone(),
+        gate: gate.clone(),
+    };
+    let client = ServiceBuilder::new().layer(layer).service(service);
+    api.revoke("old");
+
+    let request = tokio::spawn(send(&client, crate::test_support::post("replayed")));
+    settle().await;
+    assert_eq!(api.calls(), 1, "the first attempt, rejected");
+    gate.set(false);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(issuer.calls(), 1, "the new token has arrived");
+    assert_eq!(api.calls(), 1, "no retry while the service is not ready");
+
+    gate.set(true);
+    let (status, body) = request.await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("Bearer tok-1|replayed"), "{body}");
+    assert_eq!((api.calls(), handle.stats().retries), (2, 1));
+}
