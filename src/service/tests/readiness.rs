@@ -11,8 +11,8 @@ use std::time::Duration;
 use http::{Request, StatusCode};
 use tower::{Service, ServiceBuilder};
 
-use crate::test_support::{issuer, send, Api, TestBody};
-use crate::{ReplayBody, TokenRefreshLayer, TokenSet};
+use crate::test_support::{get, issuer, post, send, Api, Issuer, TestBody};
+use crate::{ReplayBody, TokenRefresh, TokenRefreshLayer, TokenSet};
 
 /// Ready while its gate (shared by every clone) is open.
 #[derive(Clone)]
@@ -62,26 +62,36 @@ async fn settle() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_request_held_for_its_first_token_waits_for_the_service_to_be_ready_again() {
-    let api = Api::default();
-    let (source, issuer) = issuer(&api, None, Duration::from_secs(1));
-    let layer = TokenRefreshLayer::builder(source).build();
+/// `layer` over `api` behind an open gate.
+fn gated(layer: TokenRefreshLayer, api: &Api) -> (TokenRefresh<Gated>, Gate) {
     let gate = Gate::default();
     gate.set(true);
     let service = Gated {
         api: api.clone(),
         gate: gate.clone(),
     };
-    let client = ServiceBuilder::new().layer(layer).service(service);
+    (ServiceBuilder::new().layer(layer).service(service), gate)
+}
 
-    // Called while ready, then held: no token yet.
-    let request = tokio::spawn(send(&client, crate::test_support::get()));
-    settle().await;
+/// Closes the gate, then lets the issuer's token arrive (it answers after
+/// a second).
+async fn token_arrives_while_closed(gate: &Gate, issuer: &Issuer) {
     gate.set(false);
     tokio::time::advance(Duration::from_secs(2)).await;
     settle().await;
     assert_eq!(issuer.calls(), 1, "the token has arrived");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_held_for_its_first_token_waits_for_the_service_to_be_ready_again() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, None, Duration::from_secs(1));
+    let (client, gate) = gated(TokenRefreshLayer::builder(source).build(), &api);
+
+    // Called while ready, then held: no token yet.
+    let request = tokio::spawn(send(&client, get()));
+    settle().await;
+    token_arrives_while_closed(&gate, &issuer).await;
     assert_eq!(api.calls(), 0, "not sent while the service is not ready");
 
     gate.set(true);
@@ -99,22 +109,13 @@ async fn a_retry_waits_for_the_service_to_be_ready() {
         .initial_tokens(TokenSet::new("old"))
         .build();
     let handle = layer.handle();
-    let gate = Gate::default();
-    gate.set(true);
-    let service = Gated {
-        api: api.clone(),
-        gate: gate.clone(),
-    };
-    let client = ServiceBuilder::new().layer(layer).service(service);
+    let (client, gate) = gated(layer, &api);
     api.revoke("old");
 
-    let request = tokio::spawn(send(&client, crate::test_support::post("replayed")));
+    let request = tokio::spawn(send(&client, post("replayed")));
     settle().await;
     assert_eq!(api.calls(), 1, "the first attempt, rejected");
-    gate.set(false);
-    tokio::time::advance(Duration::from_secs(2)).await;
-    settle().await;
-    assert_eq!(issuer.calls(), 1, "the new token has arrived");
+    token_arrives_while_closed(&gate, &issuer).await;
     assert_eq!(api.calls(), 1, "no retry while the service is not ready");
 
     gate.set(true);
