@@ -4,13 +4,16 @@
 //!
 //! A refresh storm is thousands of requests waiting on one flight, all
 //! released at once. Each waiter used to hold a boxed `async` future with
-//! a `watch` receiver and a timer of its own: two allocations made as the
+//! a `watch` receiver and a timer of its own: an allocation made as the
 //! request arrived and freed as the herd drained, on whichever thread ran
-//! it, and a timer entry set and cancelled per request. Measured on the
-//! storm bench, each allocation held across the wait and freed in the
-//! drain slowed the drain of 10,000 requests by about 20 ms. A waiter is
-//! now a nameable future of three words: the flight, its slot in the
-//! flight's list of wakers, and a timer only where one is needed.
+//! it, a timer entry set and cancelled per request, and wake-ups that took
+//! turns with the woken tasks for the channel's lock. A waiter is now a
+//! nameable future of three fields, held inside the response future: the
+//! flight, its slot in the flight's list of wakers, and a timer only where
+//! one is needed. On the storm bench (10,000 requests arriving with an
+//! expired token), the time from the end of the refresh to the last
+//! request entering the client went from a median of 138 ms to 79 ms
+//! over 12 bursts each.
 
 use std::future::Future;
 use std::pin::Pin;

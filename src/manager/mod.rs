@@ -121,9 +121,9 @@ pub(crate) enum Decision {
     GiveUp,
 }
 
-/// A request waiting for a refresh: a nameable future of three words, so
-/// that a response future holds it in place instead of boxing an `async`
-/// one (see [`flight_wait`]).
+/// A request waiting for a refresh: nameable, so that a response future
+/// holds it in place instead of boxing an `async` one (see
+/// [`flight_wait`]).
 pub(crate) struct Waiting {
     flight: FlightWait,
     /// Flights waited for so far, this one included.
@@ -510,8 +510,8 @@ impl TokenManager {
     }
 
     /// The current credential if it is newer than `credential` and usable,
-    /// else `credential`: a retry that waited (for its body, for readiness)
-    /// goes out with the newest token.
+    /// else `credential`: a request that waited for its service to be
+    /// ready (or a retry for its body) goes out with the newest token.
     pub(crate) fn newest(&self, credential: Credential) -> Credential {
         let snapshot = self.shared.snapshot.load();
         if snapshot.generation > credential.generation
