@@ -81,25 +81,25 @@ impl FlightCell {
 pub(crate) struct FlightWait {
     flight: Arc<FlightCell>,
     slot: Option<usize>,
-    bound: Bound,
-}
-
-enum Bound {
-    /// Not yet told, at the first poll.
-    Unknown,
-    /// On the flight's runtime, or outside any (where no timer exists).
-    None,
-    /// Elsewhere: boxed, as only waiters off the flight's runtime pay for
-    /// it.
-    At(Pin<Box<Sleep>>),
+    /// The deadline, for a waiter off the flight's runtime only (outside
+    /// any runtime no timer exists); boxed, as only those pay for it.
+    bound: Option<Pin<Box<Sleep>>>,
 }
 
 impl FlightWait {
+    /// Made where it is first polled (a waiter is made inside a poll), so
+    /// the current runtime is the one it is polled on.
     pub(crate) fn new(flight: Arc<FlightCell>) -> Self {
+        let bound = match Handle::try_current() {
+            Ok(handle) if handle.id() != flight.runtime => {
+                Some(Box::pin(tokio::time::sleep_until(flight.deadline)))
+            }
+            _ => None,
+        };
         Self {
             flight,
             slot: None,
-            bound: Bound::Unknown,
+            bound,
         }
     }
 
@@ -122,15 +122,7 @@ impl FlightWait {
                 }
             }
         }
-        if let Bound::Unknown = self.bound {
-            self.bound = match Handle::try_current() {
-                Ok(handle) if handle.id() != self.flight.runtime => {
-                    Bound::At(Box::pin(tokio::time::sleep_until(self.flight.deadline)))
-                }
-                _ => Bound::None,
-            };
-        }
-        if let Bound::At(bound) = &mut self.bound {
+        if let Some(bound) = &mut self.bound {
             if bound.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(Error::new(ErrorKind::RefreshTimedOut)));
             }
