@@ -313,6 +313,13 @@ where
     }
 }
 
+/// Lets spawned tasks run until they wait on something outside them.
+pub(crate) async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// The layer's typed error behind a failed request.
 pub(crate) fn expect_error<T: std::fmt::Debug>(result: Result<T, BoxError>) -> crate::Error {
     let error = result.expect_err("expected the layer to fail the request");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::{Request, StatusCode};
 use tower::{Service, ServiceBuilder};
 
-use crate::test_support::{get, issuer, post, send, Api, Issuer, TestBody};
+use crate::test_support::{get, issuer, post, send, settle, Api, Issuer, TestBody};
 use crate::{ReplayBody, TokenRefresh, TokenRefreshLayer, TokenSet};
 
 /// Ready while its gate (shared by every clone) is open.
@@ -52,13 +52,6 @@ impl Service<Request<ReplayBody<TestBody>>> for Gated {
     fn call(&mut self, req: Request<ReplayBody<TestBody>>) -> Self::Future {
         assert!(self.gate.open.load(SeqCst), "called while not ready");
         self.api.call(req)
-    }
-}
-
-/// Lets the spawned requests run as far as they can.
-async fn settle() {
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::test_support::body::{TestBody, Tx};
-use crate::test_support::{get, TestBody as RequestBody};
+use crate::test_support::{get, settle, TestBody as RequestBody};
 use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
 
 /// An API that accepts only `Bearer fresh` and answers the first request
@@ -62,13 +62,6 @@ fn send_through(layer: TokenRefreshLayer) -> (Tx, Arc<AtomicUsize>, InFlight) {
         .layer(layer)
         .service(api_rejecting_with(rejection, &calls));
     (tx, calls, tokio::spawn(client.oneshot(get())))
-}
-
-/// Lets spawned tasks run until they wait on something outside them.
-async fn settle() {
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
 }
 
 #[tokio::test(start_paused = true)]
