@@ -188,21 +188,36 @@ mod tests {
         }
     }
 
+    /// Published once every waiter has registered, so that each is woken
+    /// (one arriving after the outcome reads it without waiting). Bounded:
+    /// a waiter never woken fails the test instead of hanging it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_waiter_of_a_herd_gets_the_one_outcome() {
+    async fn every_waiter_of_a_herd_is_woken_with_the_one_outcome() {
+        const HERD: usize = 1000;
+        const BOUND: Duration = Duration::from_secs(10);
         let cell = cell_on(Handle::current().id());
-        let waiters: Vec<_> = (0..1000)
+        let waiters: Vec<_> = (0..HERD)
             .map(|_| tokio::spawn(FlightWait::new(Arc::clone(&cell))))
             .collect();
-        tokio::task::yield_now().await;
+        let registered = async {
+            while cell.lock().len() < HERD {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(BOUND, registered)
+            .await
+            .expect("every waiter registered");
         cell.publish(aborted());
-        for waiter in waiters {
-            let outcome = waiter.await.expect("waiter task");
-            assert_eq!(
-                outcome.err().map(|e| e.kind()),
-                Some(ErrorKind::RefreshAborted)
-            );
-        }
+        let woken = async {
+            for waiter in waiters {
+                let outcome = waiter.await.expect("waiter task");
+                let kind = outcome.err().map(|e| e.kind());
+                assert_eq!(kind, Some(ErrorKind::RefreshAborted));
+            }
+        };
+        tokio::time::timeout(BOUND, woken)
+            .await
+            .expect("every waiter woken");
         assert!(
             cell.lock().is_empty(),
             "the wakers were taken when published"
