@@ -9,10 +9,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::{Request, StatusCode};
+use tokio::task::JoinHandle;
 use tower::{Service, ServiceBuilder};
 
 use crate::test_support::{get, issuer, post, send, settle, Api, Issuer, TestBody};
-use crate::{ReplayBody, TokenRefresh, TokenRefreshLayer, TokenSet};
+use crate::{BoxError, ReplayBody, TokenRefresh, TokenRefreshLayer, TokenSet};
 
 /// Ready while its gate (shared by every clone) is open.
 #[derive(Clone)]
@@ -75,6 +76,15 @@ async fn token_arrives_while_closed(gate: &Gate, issuer: &Issuer) {
     assert_eq!(issuer.calls(), 1, "the token has arrived");
 }
 
+/// The spawned request's answer once the gate reopens; bounded on the
+/// paused clock, so a lost wake-up fails the test instead of hanging it.
+async fn answered(
+    request: JoinHandle<Result<(StatusCode, String), BoxError>>,
+) -> (StatusCode, String) {
+    let answer = tokio::time::timeout(Duration::from_secs(60), request).await;
+    answer.expect("answered once ready").unwrap().unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_request_held_for_its_first_token_waits_for_the_service_to_be_ready_again() {
     let api = Api::default();
@@ -88,7 +98,7 @@ async fn a_request_held_for_its_first_token_waits_for_the_service_to_be_ready_ag
     assert_eq!(api.calls(), 0, "not sent while the service is not ready");
 
     gate.set(true);
-    let (status, _) = request.await.unwrap().unwrap();
+    let (status, _) = answered(request).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(api.calls(), 1);
 }
@@ -112,7 +122,7 @@ async fn a_retry_waits_for_the_service_to_be_ready() {
     assert_eq!(api.calls(), 1, "no retry while the service is not ready");
 
     gate.set(true);
-    let (status, body) = request.await.unwrap().unwrap();
+    let (status, body) = answered(request).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.starts_with("Bearer tok-1|replayed"), "{body}");
     assert_eq!((api.calls(), handle.stats().retries), (2, 1));
