@@ -121,13 +121,26 @@ pub(crate) enum Decision {
     GiveUp,
 }
 
-/// A request waiting for a refresh: nameable, so that a response future
-/// holds it in place instead of boxing an `async` one (see
+/// A request waiting for a usable token: nameable, so that a response
+/// future holds it in place instead of boxing an `async` one (see
 /// [`flight_wait`]).
 pub(crate) struct Waiting {
-    flight: FlightWait,
-    /// Flights waited for so far, this one included.
+    /// The flight waited for; `None` until the first decision, which is
+    /// made at the first poll: a future made outside a runtime stays
+    /// usable inside one.
+    flight: Option<FlightWait>,
+    /// Flights joined so far, this one included.
     rounds: u8,
+}
+
+impl Waiting {
+    /// A request that has not yet looked at the token.
+    pub(crate) fn undecided() -> Self {
+        Self {
+            flight: None,
+            rounds: 0,
+        }
+    }
 }
 
 /// State changed only under the `control` lock.
@@ -253,34 +266,12 @@ impl TokenManager {
         })
     }
 
-    /// [`poll_acquire`](Self::poll_acquire), awaited.
+    /// [`poll_waiting`](Self::poll_waiting) from [`Waiting::undecided`],
+    /// awaited.
     #[cfg(feature = "reqwest")]
     pub(crate) async fn acquire(self) -> Result<Credential, Error> {
-        let mut waiting = None;
-        std::future::poll_fn(|cx| self.poll_acquire(&mut waiting, cx)).await
-    }
-
-    /// The slow path: a usable token, waiting for a refresh if needed.
-    /// `waiting` starts as `None` and holds the waiter once the decision is
-    /// to wait. Deciding at the first poll, not before, keeps a future made
-    /// outside a runtime usable inside one.
-    pub(crate) fn poll_acquire(
-        &self,
-        waiting: &mut Option<Waiting>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Credential, Error>> {
-        let waiting = match waiting {
-            Some(waiting) => waiting,
-            None => match self.decide(None) {
-                Decision::Use(credential) => return Poll::Ready(Ok(credential)),
-                Decision::Wait(flight) => waiting.insert(self.waiting(flight)),
-                Decision::Fail(error) => return Poll::Ready(Err(error)),
-                // Only rejections give up; should that ever change, fail
-                // the request rather than the process.
-                Decision::GiveUp => return Poll::Ready(Err(Error::new(ErrorKind::RefreshAborted))),
-            },
-        };
-        self.poll_waiting(waiting, cx)
+        let mut waiting = Waiting::undecided();
+        std::future::poll_fn(|cx| self.poll_waiting(&mut waiting, cx)).await
     }
 
     /// A server rejected a request sent with `generation`.
@@ -329,15 +320,25 @@ impl TokenManager {
     /// A waiter for `flight`, counted as a request that waited; polled with
     /// [`poll_waiting`](Self::poll_waiting).
     pub(crate) fn waiting(&self, flight: Flight) -> Waiting {
-        Counters::bump(&self.shared.stats.waited);
-        Waiting {
-            flight: flight.waiter(),
-            rounds: 1,
-        }
+        let mut waiting = Waiting::undecided();
+        self.join(&mut waiting, flight);
+        waiting
     }
 
-    /// Waits for a refresh in flight; a failed refresh still yields the
-    /// current token while it is valid (static stability).
+    /// Makes `waiting` wait for `flight`; the first flight counts the
+    /// request as one that waited.
+    fn join(&self, waiting: &mut Waiting, flight: Flight) {
+        if waiting.rounds == 0 {
+            Counters::bump(&self.shared.stats.waited);
+        }
+        waiting.flight = Some(flight.waiter());
+        waiting.rounds += 1;
+    }
+
+    /// A usable token: at once, or once the refresh in flight (joined or
+    /// started here for an undecided waiter) is done. A failed refresh
+    /// still yields the current token while it is valid (static
+    /// stability).
     ///
     /// A flight overtaken by `set_tokens` hands out nothing: the tokens set
     /// may have passed their refresh point, or expired, while it ran. Each
@@ -352,28 +353,31 @@ impl TokenManager {
         /// past a few, the caller is better off with an error.
         const ROUNDS: u8 = 3;
         loop {
-            match ready!(waiting.flight.poll_outcome(cx)) {
-                Ok(Some(credential)) => return Poll::Ready(Ok(credential)),
-                Ok(None) => match self.decide(None) {
-                    Decision::Use(credential) => return Poll::Ready(Ok(credential)),
-                    Decision::Wait(next) if waiting.rounds < ROUNDS => {
-                        waiting.flight = next.waiter();
-                        waiting.rounds += 1;
-                    }
-                    Decision::Wait(_) | Decision::GiveUp => {
-                        return Poll::Ready(Err(Error::new(ErrorKind::RefreshAborted)))
-                    }
-                    Decision::Fail(error) => return Poll::Ready(Err(error)),
-                },
-                Err(error) => {
-                    let snapshot = self.shared.snapshot.load();
-                    if snapshot.is_valid(Instant::now()) {
-                        if let Some(credential) = snapshot.credential() {
-                            return Poll::Ready(Ok(credential));
+            if let Some(flight) = &mut waiting.flight {
+                match ready!(flight.poll_outcome(cx)) {
+                    Ok(Some(credential)) => return Poll::Ready(Ok(credential)),
+                    // Overtaken: decided afresh below.
+                    Ok(None) => {}
+                    Err(error) => {
+                        let snapshot = self.shared.snapshot.load();
+                        if snapshot.is_valid(Instant::now()) {
+                            if let Some(credential) = snapshot.credential() {
+                                return Poll::Ready(Ok(credential));
+                            }
                         }
+                        return Poll::Ready(Err(error));
                     }
-                    return Poll::Ready(Err(error));
                 }
+            }
+            match self.decide(None) {
+                Decision::Use(credential) => return Poll::Ready(Ok(credential)),
+                Decision::Wait(next) if waiting.rounds < ROUNDS => self.join(waiting, next),
+                // Only rejections give up; should that ever change, fail the
+                // request rather than the process.
+                Decision::Wait(_) | Decision::GiveUp => {
+                    return Poll::Ready(Err(Error::new(ErrorKind::RefreshAborted)))
+                }
+                Decision::Fail(error) => return Poll::Ready(Err(error)),
             }
         }
     }

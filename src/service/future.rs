@@ -208,9 +208,8 @@ enum Next {
 pin_project! {
     #[project = StateProj]
     enum State<F, R> {
-        // Waiting for a token before the first send: `None` until decided
-        // at the first poll.
-        Acquiring { waiting: Option<Waiting> },
+        // Waiting for a token before the first send.
+        Acquiring { waiting: Waiting },
         // First send in flight.
         Sent { #[pin] fut: F },
         // Rejected, retry planned: holds the rejection until the first
@@ -306,7 +305,9 @@ where
         shared: Arc<Shared<S, C>>,
     ) -> Self {
         let pending = RetryCopy::keep(service, head, body);
-        let state = State::Acquiring { waiting: None };
+        let state = State::Acquiring {
+            waiting: Waiting::undecided(),
+        };
         Self::with_state(state, Some(pending), 0, Some(shared))
     }
 
@@ -444,7 +445,7 @@ where
                 }
                 StateProj::Acquiring { waiting } => {
                     let shared = this.shared.as_ref().expect("set for managed requests");
-                    let credential = ready!(shared.core.manager.poll_acquire(waiting, cx))?;
+                    let credential = ready!(shared.core.manager.poll_waiting(waiting, cx))?;
                     this.state.set(State::FirstReady {
                         credential: Some(credential),
                     });
