@@ -152,10 +152,14 @@ impl<S, B> RetryCopy<S, B> {
         S: Service<Request<ReplayBody<B>>> + Clone,
         S::Error: Into<BoxError>,
     {
-        let mut service = match self.service.take() {
-            Some(service) => *service,
-            None => shared.retry_service().expect("kept by RetryCopy::of"),
-        };
+        // Polled in its box while it is pending: taken out and boxed again
+        // on each poll, it cost an allocation per poll.
+        if let Some(held) = &mut self.service {
+            ready!(held.poll_ready(cx)).map_err(Into::into)?;
+            let held = self.service.take().expect("held: matched above");
+            return Poll::Ready(Ok(*held));
+        }
+        let mut service = shared.retry_service().expect("kept by RetryCopy::of");
         match service.poll_ready(cx) {
             Poll::Ready(ready) => Poll::Ready(ready.map(|()| service).map_err(Into::into)),
             Poll::Pending => {
