@@ -155,22 +155,10 @@ impl Drop for FlightWait {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
     use std::time::Duration;
 
     use super::*;
-
-    /// Counts its wake-ups; the `Arc`'s count tells whether a cell still
-    /// holds it.
-    #[derive(Default)]
-    struct Counting(AtomicUsize);
-
-    impl Wake for Counting {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::test_support::counting_waker;
 
     fn cell_on(runtime: Id) -> Arc<FlightCell> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -229,42 +217,43 @@ mod tests {
         let cell = cell_on(Handle::current().id());
         cell.publish(aborted());
         cell.publish(Err(Error::new(ErrorKind::RefreshTimedOut)));
-        let waker = Arc::new(Counting::default());
+        let (counter, waker) = counting_waker();
         let mut waiter = FlightWait::new(Arc::clone(&cell));
-        let outcome = waiter.poll_outcome(&mut Context::from_waker(&Waker::from(waker.clone())));
+        let outcome = waiter.poll_outcome(&mut Context::from_waker(&waker));
         assert_eq!(kind(outcome), Some(ErrorKind::RefreshAborted));
-        assert_eq!(Arc::strong_count(&waker), 1, "nothing registered");
+        drop(waker);
+        assert_eq!(Arc::strong_count(&counter), 1, "nothing registered");
     }
 
     #[tokio::test]
     async fn a_waiter_polled_again_by_another_task_wakes_that_task() {
         let cell = cell_on(Handle::current().id());
-        let (first, second) = (Arc::new(Counting::default()), Arc::new(Counting::default()));
+        let (first, second) = (counting_waker(), counting_waker());
         let mut waiter = FlightWait::new(Arc::clone(&cell));
-        for waker in [&first, &second] {
-            let waker = Waker::from(Arc::clone(waker));
+        for (_, waker) in [&first, &second] {
             assert!(waiter
-                .poll_outcome(&mut Context::from_waker(&waker))
+                .poll_outcome(&mut Context::from_waker(waker))
                 .is_pending());
         }
         assert_eq!(cell.lock().len(), 1, "one slot per waiter");
         cell.publish(aborted());
-        assert_eq!(first.0.load(Ordering::SeqCst), 0);
-        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.0.count(), 0);
+        assert_eq!(second.0.count(), 1);
     }
 
     #[tokio::test]
     async fn a_waiter_dropped_before_the_outcome_lets_go_of_its_waker() {
         let cell = cell_on(Handle::current().id());
-        let waker = Arc::new(Counting::default());
+        let (counter, waker) = counting_waker();
         let mut waiter = FlightWait::new(Arc::clone(&cell));
-        let polled = waiter.poll_outcome(&mut Context::from_waker(&Waker::from(waker.clone())));
+        let polled = waiter.poll_outcome(&mut Context::from_waker(&waker));
         assert!(polled.is_pending());
-        assert_eq!(Arc::strong_count(&waker), 2, "registered");
+        drop(waker);
+        assert_eq!(Arc::strong_count(&counter), 2, "registered");
         drop(waiter);
-        assert_eq!(Arc::strong_count(&waker), 1, "released at the drop");
+        assert_eq!(Arc::strong_count(&counter), 1, "released at the drop");
         cell.publish(aborted());
-        assert_eq!(waker.0.load(Ordering::SeqCst), 0);
+        assert_eq!(counter.count(), 0);
     }
 
     /// Off the flight's runtime, nothing vouches that the flight is driven:

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -311,6 +311,34 @@ where
             inner.call(req).await
         })
     }
+}
+
+/// A waker that counts how often it was woken; its `Arc`'s count tells
+/// how many wakers made from it are still held.
+#[derive(Default)]
+pub(crate) struct WakeCounter(AtomicUsize);
+
+impl WakeCounter {
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Wake for WakeCounter {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A counting waker and the counter behind it.
+pub(crate) fn counting_waker() -> (Arc<WakeCounter>, Waker) {
+    let counter = Arc::new(WakeCounter::default());
+    let waker = Waker::from(Arc::clone(&counter));
+    (counter, waker)
 }
 
 /// Lets spawned tasks run until they wait on something outside them.

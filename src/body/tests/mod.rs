@@ -8,9 +8,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -20,6 +18,7 @@ use http_body_util::{BodyExt, Empty, Full};
 // `crate::body::Capped` is `tower_token_refresh::body::Capped`.
 use crate::body::{Capped, ReplayBody};
 use crate::test_support::body::{data, trailers, Item, TestBody, TestError};
+use crate::test_support::counting_waker;
 use crate::BoxError;
 
 use super::{Inner, OriginalFailed};
@@ -107,32 +106,6 @@ fn hint<B: Body>(body: &B) -> (u64, Option<u64>) {
 
 fn is_capped_error(error: &BoxError) -> bool {
     error.downcast_ref::<Capped>() == Some(&Capped)
-}
-
-/// A waker that counts how often it was woken.
-#[derive(Default)]
-struct WakeCounter(AtomicUsize);
-
-impl WakeCounter {
-    fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl Wake for WakeCounter {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counting_waker() -> (Arc<WakeCounter>, Waker) {
-    let counter = Arc::new(WakeCounter::default());
-    let waker = Waker::from(Arc::clone(&counter));
-    (counter, waker)
 }
 
 type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
