@@ -6,12 +6,15 @@
 //!   revokes their token; every one is rejected and retried.
 //!
 //! Each storm must cost exactly one refresh call at the identity server and
-//! no failed request (asserted). Reported per storm: the latency the layer
-//! *adds* to a request — its whole time minus the time its attempts spent
-//! in the HTTP client (measured by a timing service inside the layer, so
-//! queueing on the loaded server is not counted) — as p50/p99/max, against
-//! the refresh round trip, measured inside the refresher. Target: p99 added
-//! ≤ one refresh round trip + 1 ms.
+//! no failed request (asserted). Reported per storm, as p50/p99/max:
+//!
+//! - *added*: the storm's latency minus that of the same burst with a
+//!   fresh token, percentile by percentile. Target: p99 added ≤ one
+//!   refresh round trip (measured inside the refresher) + 1 ms.
+//! - *outside the client*: each request's whole time minus the time its
+//!   attempts spent in the HTTP client (measured by a timing service inside
+//!   the layer): the waiting and scheduling around the sends, without the
+//!   sends themselves, which for the revoked storm are two per request.
 //!
 //! Each storm also runs a *floor*: what the same storm costs with no token
 //! logic at all, so that what the layer adds beyond it (`over_floor`) can
