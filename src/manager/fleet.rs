@@ -43,7 +43,10 @@ impl FlightTask {
             // everything stored before.
             changes.borrow_and_update();
         }
-        let give_up = later(started, config.lease_ttl() + store.poll_interval_dyn());
+        let give_up = later(
+            started,
+            config.lease_ttl().saturating_add(store.poll_interval_dyn()),
+        );
         loop {
             let stored = match load(&self.shared, store).await {
                 Ok(stored) => stored,

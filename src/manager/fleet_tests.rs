@@ -395,3 +395,22 @@ async fn a_restarted_layer_resumes_from_the_stored_refresh_token_without_logging
     assert_eq!(store.load().await.unwrap().unwrap().version(), 4);
     assert_eq!(after.handle().stats().adopted, 0);
 }
+
+/// Found in review: with a store, the longest refresh timeout overflowed
+/// twice (the flight's give-up point and the in-process lease's end)
+/// instead of making the longest lease there is.
+#[tokio::test(start_paused = true)]
+async fn the_longest_refresh_timeout_with_a_store_is_the_longest_lease_not_a_panic() {
+    let idp = Rotating::default();
+    let store = MemoryStore::new();
+    let layer = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .refresh_timeout(Duration::MAX)
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(idp.api.clone());
+
+    let results = burst(&client, 5).await;
+    assert!(all_ok(&results), "{results:?}");
+    assert_eq!(idp.counts(), (1, 0, 0));
+    assert_eq!(store.load().await.unwrap().unwrap().version(), 1);
+}

@@ -95,7 +95,10 @@ impl TokenManager {
         control.flights_started += 1;
         let cell = Arc::new(FlightCell::new(
             control.flights_started,
-            later(Instant::now(), config.flight_budget() + DEADLINE_SLACK),
+            later(
+                Instant::now(),
+                config.flight_budget().saturating_add(DEADLINE_SLACK),
+            ),
             runtime.id(),
         ));
         let flight = Flight(Arc::clone(&cell));

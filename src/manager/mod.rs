@@ -593,7 +593,7 @@ pub(crate) struct InvalidTokens;
 /// `instant + span`, saturating far in the future instead of panicking: an
 /// `expires_in` of `i64::MAX` seconds or a huge `Retry-After` must not
 /// overflow the clock.
-pub(super) fn later(instant: Instant, span: Duration) -> Instant {
+pub(crate) fn later(instant: Instant, span: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
     instant.checked_add(span.min(FAR)).unwrap_or(instant)
 }

@@ -537,3 +537,19 @@ async fn a_token_arriving_inside_its_mandatory_window_is_used_not_refreshed_back
     assert_eq!(bearer(&send(&client, get()).await), "tok-2");
     assert_eq!(issuer.calls(), 2);
 }
+
+/// Found in review: the deadline of a flight was `refresh_timeout` (times
+/// the calls) plus a second, added without saturating, so the longest
+/// timeout panicked at the first refresh instead of meaning "no deadline".
+#[tokio::test(start_paused = true)]
+async fn the_longest_refresh_timeout_means_no_deadline_not_a_panic() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::from_secs(1));
+    let layer = TokenRefreshLayer::builder(source)
+        .refresh_timeout(Duration::MAX)
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    assert_eq!(bearer(&send(&client, get()).await), "tok-1");
+    assert_eq!(issuer.calls(), 1);
+}

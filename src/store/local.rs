@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Lease;
+use crate::manager::later;
 
 /// A lease that lapses at its deadline, and the signal announcing each
 /// stored version to the layers of this process.
@@ -32,7 +33,9 @@ impl Local {
             return None;
         }
         let lease = Lease::new(Lease::random_owner());
-        *held = Some((lease.clone(), now + ttl));
+        // Saturating: a `refresh_timeout` of `Duration::MAX` makes the
+        // longest lease there is, not a panic.
+        *held = Some((lease.clone(), later(now, ttl)));
         Some(lease)
     }
 
