@@ -61,6 +61,12 @@ impl Flight {
     fn id(&self) -> u64 {
         self.0.id
     }
+
+    /// Tells its waiters that tokens set by hand overtook it: they decide
+    /// afresh. The task's own result, later, changes nothing for them.
+    pub(crate) fn overtaken(&self) {
+        self.0.publish(Ok(None));
+    }
 }
 
 /// A refresh registered under the lock, to be spawned once the lock is

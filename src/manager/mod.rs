@@ -494,11 +494,16 @@ impl TokenManager {
         control.consecutive_failures = 0;
         // A refresh still running started from the old tokens: its result
         // must not replace these (it would also carry the old refresh
-        // token). It finds itself superseded when it ends.
-        control.flight = None;
+        // token). It finds itself superseded when it ends; its waiters are
+        // told now, and decide afresh from these tokens rather than wait
+        // for it (up to its deadline, if the identity server hangs).
+        let overtaken = control.flight.take();
         self.shared.install(prepared);
         self.shared.proactive_gate.store(0, Ordering::Release);
         drop(control);
+        if let Some(flight) = overtaken {
+            flight.overtaken();
+        }
         self.shared.changed.notify_waiters();
         Ok(())
     }

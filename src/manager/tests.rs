@@ -473,9 +473,11 @@ async fn a_poisoned_control_lock_does_not_stop_background_refreshes() {
 
 /// Found by the property tests: a refresh overtaken by `set_tokens` handed
 /// its waiters the tokens set, even after those had expired while it ran,
-/// and its discarded success was missing from the stats.
+/// and its discarded success was missing from the stats. Its waiters now
+/// take the tokens set at once, while valid; once those expire, the next
+/// request refreshes from them.
 #[tokio::test(start_paused = true)]
-async fn waiters_of_an_overtaken_refresh_refresh_again_when_the_tokens_set_have_expired() {
+async fn an_overtaken_refresh_hands_out_nothing_and_still_counts_as_a_success() {
     let api = Api::default();
     let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::from_secs(5));
     let layer = TokenRefreshLayer::builder(source).build();
@@ -489,18 +491,19 @@ async fn waiters_of_an_overtaken_refresh_refresh_again_when_the_tokens_set_have_
     handle
         .set_tokens(TokenSet::new("set").with_expires_in(Duration::from_secs(2)))
         .unwrap();
+    assert_eq!(bearer(&waiting.await.unwrap()), "set", "sent at 1 s");
 
     // The first refresh ends at 5 s, overtaken; "set" expired at 3 s.
-    let result = waiting.await.unwrap();
-    assert_eq!(
-        bearer(&result),
-        "tok-2",
-        "sent after a refresh from the tokens set"
-    );
-    assert!(
-        !api.seen.lock().unwrap().iter().any(|b| b == "Bearer set"),
-        "the expired token was sent"
-    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(bearer(&send(&client, get()).await), "tok-2");
+    let sent_set = api
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| *b == "Bearer set")
+        .count();
+    assert_eq!(sent_set, 1, "the expired token was sent");
     assert_eq!(issuer.calls(), 2);
     let stats = handle.stats();
     assert_eq!(stats.refreshes, 2);
@@ -552,4 +555,39 @@ async fn the_longest_refresh_timeout_means_no_deadline_not_a_panic() {
 
     assert_eq!(bearer(&send(&client, get()).await), "tok-1");
     assert_eq!(issuer.calls(), 1);
+}
+
+/// Found in review: requests waiting for a refresh that `set_tokens`
+/// overtook went on waiting for it, up to its timeout, while new requests
+/// already used the tokens set. They are released at once now.
+#[tokio::test(start_paused = true)]
+async fn set_tokens_releases_the_requests_waiting_for_the_refresh_it_overtook() {
+    let api = Api::default();
+    let hung = refresh_fn(|_| async {
+        std::future::pending::<()>().await;
+        Ok::<_, RefreshError>(TokenSet::new("never"))
+    });
+    let layer = TokenRefreshLayer::builder(hung)
+        .refresh_timeout(Duration::from_secs(30))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    let waiting = tokio::spawn(send(&client, get()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        handle.stats().waited,
+        1,
+        "the request waits for the refresh"
+    );
+    api.accept("set");
+    handle
+        .set_tokens(TokenSet::new("set").with_expires_in(HUNDRED))
+        .unwrap();
+
+    let result = tokio::time::timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("still waiting for the overtaken refresh")
+        .unwrap();
+    assert_eq!(bearer(&result), "set");
 }
