@@ -251,6 +251,78 @@ fn a_refresh_stuck_on_an_idle_runtime_does_not_strand_requests_on_another() {
     drop(idle);
 }
 
+/// A refresh that ran past its deadline (its runtime idled) and then
+/// succeeded while its replacement ran keeps background refreshing closed
+/// only while that replacement runs. Found in review: the replacement,
+/// finding itself superseded, ended without reopening it, and the tokens
+/// were refreshed only once requests had to wait for them.
+#[test]
+fn tokens_from_a_replaced_refresh_still_get_their_background_refresh() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let replacement_may_finish = Arc::new(tokio::sync::Notify::new());
+    let (counter, gate) = (Arc::clone(&calls), Arc::clone(&replacement_may_finish));
+    let source = refresh_fn(move |_ctx| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let gate = Arc::clone(&gate);
+        async move {
+            // The first call is the replacement's: the replaced refresh
+            // only calls once its runtime is driven again.
+            if n == 1 {
+                gate.notified().await;
+            }
+            Ok::<_, RefreshError>(TokenSet::new(format!("t{n}")).with_expires_in(HOUR))
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .refresh_timeout(Duration::from_millis(100))
+        // Stale on arrival, refreshable in the background 100 ms later.
+        .advisory_window(RefreshWindow::fraction(1.0))
+        .min_refresh_interval(Duration::from_millis(100))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(echo());
+
+    let idle = current_thread();
+    idle.block_on(async {
+        // Start acquiring (registers refresh 1, on `idle`), then give up.
+        let mut request = pin!(client.clone().oneshot(get()));
+        std::future::poll_fn(|cx| {
+            let _ = request.as_mut().poll(cx);
+            Poll::Ready(())
+        })
+        .await;
+    });
+
+    current_thread().block_on(async {
+        // Past refresh 1's deadline (2 × 100 ms + 1 s), a request replaces
+        // it with refresh 2 and waits for that one.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let waiter = client.clone();
+        let waiting = tokio::spawn(async move { bearer(&waiter).await });
+        while calls.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Refresh 1 runs at last, elsewhere, and succeeds while 2 runs.
+        std::thread::scope(|scope| {
+            let idle = &idle;
+            let driven = scope.spawn(move || {
+                idle.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+            });
+            driven.join().unwrap();
+        });
+        assert_eq!(handle.tokens().unwrap().access_token().expose(), "t2");
+        replacement_may_finish.notify_one();
+        assert_eq!(waiting.await.unwrap().unwrap(), "Bearer t2");
+
+        // Stale, and past its 100 ms spacing: a request starts a refresh.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(bearer(&client).await.unwrap(), "Bearer t2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "no background refresh");
+    });
+    drop(idle);
+}
+
 /// A watcher on an idle current-thread runtime cannot vouch for freshness:
 /// requests from elsewhere read the clock and never send an expired token.
 #[test]

@@ -352,7 +352,15 @@ impl FlightTask {
         if current {
             control.flight = None;
         }
-        let superseded = self.shared.snapshot.load().generation != self.from_generation;
+        let snapshot = self.shared.snapshot.load();
+        let superseded = snapshot.generation != self.from_generation;
+        if current && superseded {
+            // The tokens came from a flight this one replaced (after its
+            // deadline), which left the gate closed because this one was
+            // running. Nobody else will open it: without this, no
+            // background refresh would start for them.
+            self.shared.open_gate(&snapshot);
+        }
         (control, current, superseded)
     }
 

@@ -636,11 +636,17 @@ impl Shared {
         control.failure = None;
         control.consecutive_failures = 0;
         if open_gate {
-            let gate = snapshot.proactive_from.unwrap_or_else(Instant::now);
-            self.proactive_gate
-                .store(self.nanos(gate), Ordering::Release);
+            self.open_gate(&snapshot);
         }
         snapshot
+    }
+
+    /// Lets requests start a background refresh from `snapshot`'s refresh
+    /// point on.
+    fn open_gate(&self, snapshot: &Snapshot) {
+        let gate = snapshot.proactive_from.unwrap_or_else(Instant::now);
+        self.proactive_gate
+            .store(self.nanos(gate), Ordering::Release);
     }
 
     /// Stores the next generation. Callers hold the `control` lock, which is
