@@ -415,7 +415,9 @@ impl TokenManager {
             // the window) is used while valid until `min_refresh_interval`
             // has passed: refreshing again at once, request after request,
             // would call that server back to back.
-            if reason.is_none() && snapshot.is_valid(now) && self.arrived_recently(&snapshot, now) {
+            // A rejection of this very token marked it, so it is not valid;
+            // a stale one (of a token it replaced) is retried with it.
+            if snapshot.is_valid(now) && self.arrived_recently(&snapshot, now) {
                 if let Some(credential) = snapshot.credential() {
                     return Decision::Use(credential);
                 }

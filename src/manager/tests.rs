@@ -5,10 +5,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
-use tower::ServiceBuilder;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::{Service, ServiceBuilder, ServiceExt};
 
-use crate::test_support::{burst, expect_error, failing, get, issuer, old_token_layer, send, Api};
+use crate::test_support::{
+    burst, expect_error, failing, get, issuer, old_token_layer, send, Api, TestBody,
+};
 use crate::{
     refresh_fn, Backoff, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet, TokenState,
 };
@@ -590,4 +593,33 @@ async fn set_tokens_releases_the_requests_waiting_for_the_refresh_it_overtook() 
         .expect("still waiting for the overtaken refresh")
         .unwrap();
     assert_eq!(bearer(&result), "set");
+}
+
+/// Found in review: a rejection of a token already replaced (a stale 401)
+/// started a new refresh when the replacement had arrived inside its
+/// mandatory window, instead of retrying with it while valid as every
+/// other request does (`min_refresh_interval`).
+#[tokio::test(start_paused = true)]
+async fn a_stale_rejection_retries_with_a_replacement_that_arrived_inside_its_mandatory_window() {
+    // 1 s tokens from an identity server that takes 950 ms to answer: each
+    // arrives with 50 ms left, inside its 100 ms mandatory window.
+    let api = Api::default();
+    let second = Duration::from_secs(1);
+    let (layer, issuer) = old_token_layer(&api, second, Duration::from_millis(950), |b| b);
+    let handle = layer.handle();
+    let mut client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    // Sent with "old", answered only once "old" was replaced and revoked.
+    let pending = ServiceExt::<Request<TestBody>>::ready(&mut client)
+        .await
+        .unwrap()
+        .call(get());
+    handle.force_refresh().await.unwrap();
+    api.revoke("old");
+    let response = pending.await.unwrap();
+
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.starts_with(b"Bearer tok-1|"), "{body:?}");
+    assert_eq!(issuer.calls(), 1, "a second refresh, back to back");
+    assert_eq!(handle.stats().stale_rejections, 1);
 }
