@@ -77,30 +77,32 @@ impl FlightCell {
 /// an error from its drop guard, and a waiter polled on another runtime
 /// than the flight's gives the flight up at its deadline, should that
 /// runtime stop driving it. On the flight's own runtime the waiter being
-/// polled means the flight is driven too, so it needs no timer.
+/// polled means the flight is driven too, so it needs no timer; which
+/// runtime polls it is asked at each poll until it has one, as a future
+/// can move from one runtime to another.
 pub(crate) struct FlightWait {
     flight: Arc<FlightCell>,
     slot: Option<usize>,
-    /// The deadline, for a waiter off the flight's runtime only (outside
-    /// any runtime no timer exists); boxed, as only those pay for it.
+    /// The deadline, for a waiter polled off the flight's runtime only
+    /// (outside any runtime no timer exists); boxed, as only those pay for
+    /// it.
     bound: Option<Pin<Box<Sleep>>>,
 }
 
 impl FlightWait {
-    /// Made where it is first polled (a waiter is made inside a poll), so
-    /// the current runtime is the one it is polled on.
     pub(crate) fn new(flight: Arc<FlightCell>) -> Self {
-        let bound = match Handle::try_current() {
-            Ok(handle) if handle.id() != flight.runtime => {
-                Some(Box::pin(tokio::time::sleep_until(flight.deadline)))
-            }
-            _ => None,
-        };
         Self {
             flight,
             slot: None,
-            bound,
+            bound: None,
         }
+    }
+
+    /// A timer for the flight's deadline when polled off its runtime.
+    fn bound_here(&self) -> Option<Pin<Box<Sleep>>> {
+        let handle = Handle::try_current().ok()?;
+        (handle.id() != self.flight.runtime)
+            .then(|| Box::pin(tokio::time::sleep_until(self.flight.deadline)))
     }
 
     /// The outcome, once published; or a timeout past the deadline.
@@ -121,6 +123,9 @@ impl FlightWait {
                     wakers.push(Some(cx.waker().clone()));
                 }
             }
+        }
+        if self.bound.is_none() {
+            self.bound = self.bound_here();
         }
         if let Some(bound) = &mut self.bound {
             if bound.as_mut().poll(cx).is_ready() {
@@ -286,5 +291,35 @@ mod tests {
                 Err(_) => assert!(!gives_up, "waited past the deadline of a foreign flight"),
             }
         }
+    }
+
+    /// Found in review: whether a waiter had a timer was decided where it
+    /// was made, so one made on the flight's runtime and then polled on
+    /// another (its future moved) waited there for a flight nothing drove.
+    #[test]
+    fn a_waiter_moved_off_the_flights_runtime_gives_up_at_the_deadline() {
+        let paused = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime")
+        };
+        let (flights, elsewhere) = (paused(), paused());
+        let (_counted, waker) = counting_waker();
+        let (_cell, mut waiter) = flights.block_on(async {
+            let cell = cell_on(Handle::current().id());
+            let mut waiter = FlightWait::new(Arc::clone(&cell));
+            let polled = waiter.poll_outcome(&mut Context::from_waker(&waker));
+            assert!(polled.is_pending());
+            (cell, waiter)
+        });
+        // `flights` is not driven from here on.
+        let outcome = elsewhere.block_on(async {
+            let wait = std::future::poll_fn(|cx| waiter.poll_outcome(cx));
+            tokio::time::timeout(Duration::from_secs(60), wait).await
+        });
+        let outcome = outcome.expect("waited past the deadline");
+        assert_eq!(kind(Poll::Ready(outcome)), Some(ErrorKind::RefreshTimedOut));
     }
 }
