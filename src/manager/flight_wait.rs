@@ -110,20 +110,24 @@ impl FlightWait {
         if let Some(outcome) = self.flight.outcome.get() {
             return Poll::Ready(outcome.clone());
         }
-        {
+        let replaced = {
             let mut wakers = self.flight.lock();
             if let Some(outcome) = self.flight.outcome.get() {
                 return Poll::Ready(outcome.clone());
             }
             match self.slot.and_then(|slot| wakers.get_mut(slot)) {
-                Some(Some(waker)) if waker.will_wake(cx.waker()) => {}
-                Some(registered) => *registered = Some(cx.waker().clone()),
+                Some(Some(waker)) if waker.will_wake(cx.waker()) => None,
+                Some(registered) => registered.replace(cx.waker().clone()),
                 None => {
                     self.slot = Some(wakers.len());
                     wakers.push(Some(cx.waker().clone()));
+                    None
                 }
             }
-        }
+        };
+        // Dropped outside the lock: a waker's drop runs its executor's
+        // code, which may drop a task holding another waiter of this cell.
+        drop(replaced);
         if self.bound.is_none() {
             self.bound = self.bound_here();
         }
@@ -152,9 +156,9 @@ impl Drop for FlightWait {
         if self.flight.outcome.get().is_some() {
             return;
         }
-        if let Some(registered) = self.flight.lock().get_mut(slot) {
-            *registered = None;
-        }
+        // Dropped outside the lock, as in `poll_outcome`.
+        let released = self.flight.lock().get_mut(slot).and_then(Option::take);
+        drop(released);
     }
 }
 
@@ -291,6 +295,66 @@ mod tests {
                 Err(_) => assert!(!gives_up, "waited past the deadline of a foreign flight"),
             }
         }
+    }
+
+    /// A waker whose drop drops another waiter of the same cell, as an
+    /// executor's waker may drop the last reference to a task.
+    struct HoldsWaiter {
+        _waiter: Mutex<Option<FlightWait>>,
+    }
+
+    impl std::task::Wake for HoldsWaiter {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// Runs `step` on a thread of its own; a step that deadlocks on the
+    /// cell's lock fails the test after a bound instead of hanging it.
+    fn finishes(step: impl FnOnce() + Send + 'static) -> bool {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            step();
+            let _ = done.send(());
+        });
+        finished.recv_timeout(Duration::from_secs(5)).is_ok()
+    }
+
+    /// Found in review: a replaced or released waker was dropped under the
+    /// cell's lock, so a waker whose drop ran into this cell again (through
+    /// a waiter of its task) deadlocked.
+    #[tokio::test]
+    async fn wakers_are_dropped_outside_the_cells_lock() {
+        let cell = cell_on(Handle::current().id());
+        let (_counted, plain) = counting_waker();
+        // `outer`'s task holds `inner`, another waiter of the cell.
+        let registered_holding_inner = || {
+            let mut inner = FlightWait::new(Arc::clone(&cell));
+            assert!(inner
+                .poll_outcome(&mut Context::from_waker(&plain))
+                .is_pending());
+            let holder = Waker::from(Arc::new(HoldsWaiter {
+                _waiter: Mutex::new(Some(inner)),
+            }));
+            let mut outer = FlightWait::new(Arc::clone(&cell));
+            assert!(outer
+                .poll_outcome(&mut Context::from_waker(&holder))
+                .is_pending());
+            outer
+        };
+
+        let mut replaced = registered_holding_inner();
+        let repolled = finishes(move || {
+            let (_counted, other) = counting_waker();
+            assert!(replaced
+                .poll_outcome(&mut Context::from_waker(&other))
+                .is_pending());
+        });
+        assert!(repolled, "deadlocked replacing the waker");
+
+        let released = registered_holding_inner();
+        assert!(
+            finishes(move || drop(released)),
+            "deadlocked releasing the waker"
+        );
     }
 
     /// Found in review: whether a waiter had a timer was decided where it
