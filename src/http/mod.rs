@@ -552,11 +552,28 @@ impl<C, B> fmt::Debug for HttpRefresher<C, B> {
         let client_id = settings.dialect.request.client.as_ref().map(|c| &c.id);
         f.debug_struct("HttpRefresher")
             .field("dialect", &settings.dialect.name)
-            .field("endpoint", &settings.endpoint)
+            .field("endpoint", &EndpointForDebug(&settings.endpoint))
             .field("client_id", &client_id)
             .field("allow_insecure_http", &settings.allow_insecure)
             .field("body_limit", &settings.body_limit)
             .finish_non_exhaustive()
+    }
+}
+
+/// An endpoint as `Debug` shows it: scheme, host, port and path. Userinfo
+/// and the query are left out: either may carry a credential
+/// (`?api_key=…`), as may an endpoint that did not parse.
+struct EndpointForDebug<'a>(&'a Result<Uri, String>);
+
+impl fmt::Debug for EndpointForDebug<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Ok(uri) = self.0 else {
+            return f.write_str("<invalid>");
+        };
+        let scheme = uri.scheme_str().unwrap_or_default();
+        let host = uri.host().unwrap_or_default();
+        let port = uri.port().map(|p| format!(":{p}")).unwrap_or_default();
+        write!(f, "\"{scheme}://{host}{port}{}\"", uri.path())
     }
 }
 

@@ -227,6 +227,27 @@ async fn debug_shows_the_dialect_but_no_secret() {
     assert!(!debug.contains("client-secret-value"), "{debug}");
 }
 
+/// Found in review: `Debug` printed the endpoint whole, and userinfo or a
+/// query (`?api_key=`) can carry credentials.
+#[tokio::test]
+async fn debug_shows_the_endpoint_without_userinfo_or_query() {
+    let (idp, _) = endpoint(ok_tokens);
+    let url = "https://user:password-value@idp.example.com:8443/token?api_key=key-value";
+    let debug = format!("{:?}", HttpRefresher::oauth2(url, idp.clone()));
+    assert!(
+        debug.contains("\"https://idp.example.com:8443/token\""),
+        "{debug}"
+    );
+    for secret in ["password-value", "key-value", "user"] {
+        assert!(!debug.contains(secret), "{debug}");
+    }
+    let invalid = format!(
+        "{:?}",
+        HttpRefresher::oauth2("not a uri password-value", idp)
+    );
+    assert!(!invalid.contains("password-value"), "{invalid}");
+}
+
 #[tokio::test]
 async fn only_sliding_dialects_need_background_refresh() {
     let (idp, _) = endpoint(ok_tokens);
