@@ -97,7 +97,9 @@ pub(crate) fn seconds(value: &Value) -> Option<Duration> {
         Value::String(s) => s.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    if number.is_nan() || number < 0.0 {
+    // `"inf"` and `"Infinity"` parse: a lifetime no clock reaches is not
+    // one, and would keep a token from ever being refreshed ahead of time.
+    if !number.is_finite() || number < 0.0 {
         return None;
     }
     Some(Duration::try_from_secs_f64(number).unwrap_or(Duration::MAX))
@@ -262,6 +264,10 @@ mod tests {
         assert_eq!(seconds(&json!("0")), Some(Duration::ZERO));
         assert_eq!(seconds(&json!(1e300)), Some(Duration::MAX));
         assert_eq!(seconds(&json!("NaN")), None);
+        // Found in review: these parsed as an endless lifetime.
+        for endless in ["inf", "Infinity", "-inf", "1e400"] {
+            assert_eq!(seconds(&json!(endless)), None, "{endless}");
+        }
         assert_eq!(seconds(&json!(true)), None);
         assert_eq!(seconds(&json!("-1")), None);
     }
