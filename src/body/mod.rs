@@ -503,7 +503,9 @@ impl Log {
             return;
         }
         self.recorded_bytes += chunk.len();
-        if self.recorded_bytes > shared.cap {
+        // Frames count too: each one kept costs memory, an empty one as
+        // much as any, and only empty ones outnumber the bytes.
+        if self.recorded_bytes > shared.cap || self.frames_read > shared.cap {
             // Keep streaming for the current reader, but free the memory:
             // nobody can replay this body any more.
             shared.capped.store(true, Ordering::Release);

@@ -313,7 +313,8 @@ impl<C> Builder<C> {
     }
 
     /// How many body bytes are kept for a retry; larger bodies are not
-    /// retried. Default: 64 KiB.
+    /// retried, nor are bodies of more data frames than that (each frame
+    /// kept costs memory, an empty one too). Default: 64 KiB.
     ///
     /// ```
     /// # use std::time::Duration;

@@ -100,6 +100,21 @@ async fn one_byte_over_the_cap_is_capped() {
     assert!(original.is_capped());
 }
 
+/// Found in review: empty data frames were kept without counting, so a
+/// stream of them grew the recording without bound.
+#[tokio::test]
+async fn empty_frames_count_towards_the_cap() {
+    let frames = (0..9).map(|_| data("")).collect();
+    let body = TestBody::new(frames).with_hint(SizeHint::new());
+    let mut original = ReplayBody::try_new(body, 8).unwrap();
+    for _ in 0..8 {
+        assert_eq!(next_data(&mut original).await, "");
+    }
+    assert!(!original.is_capped(), "8 frames with a cap of 8");
+    assert_eq!(next_data(&mut original).await, "");
+    assert!(original.is_capped(), "9 frames with a cap of 8");
+}
+
 #[tokio::test]
 async fn size_hint_lower_bound_over_the_cap_is_rejected_with_the_body_back() {
     let body = TestBody::new(vec![data("12345"), data("67890"), data("!")]);
