@@ -110,7 +110,8 @@ impl FlightTask {
         }
         // The stored record must carry the refresh token the source kept.
         obtained.tokens = obtained.tokens.inherit_refresh_token(current.as_ref());
-        // Versions only grow, even past a store that lost its data.
+        // Versions only grow, even past a store that lost its data. Below
+        // `u64::MAX`: `load` refuses that one, and known versions were loaded.
         let next = expected.max(self.known_version).unwrap_or(0) + 1;
         let issued = SystemTime::now()
             .checked_sub(started.elapsed())
@@ -259,6 +260,12 @@ async fn load(shared: &Shared, store: &dyn DynStore) -> Result<Option<Stored>, S
     let Some(record) = call(&shared.config, store.load_boxed()).await? else {
         return Ok(None);
     };
+    // No version can follow it: the next one stored would overflow.
+    if record.version() == u64::MAX {
+        return Err(StoreError::corrupt(
+            "the stored version is the largest there is",
+        ));
+    }
     let Decoded { tokens, age } = store::decode(record.payload(), SystemTime::now())?;
     let now = Instant::now();
     Ok(Some(Stored {

@@ -414,3 +414,31 @@ async fn the_longest_refresh_timeout_with_a_store_is_the_longest_lease_not_a_pan
     assert_eq!(idp.counts(), (1, 0, 0));
     assert_eq!(store.load().await.unwrap().unwrap().version(), 1);
 }
+
+/// Found in review: a stored version of `u64::MAX` (hostile or corrupt
+/// data) overflowed when the next one was computed, after the refresh: a
+/// panic in debug builds, version 0 in release ones. It is a corrupt
+/// record now, refreshed around and left as it is.
+#[tokio::test(start_paused = true)]
+async fn the_largest_stored_version_is_a_corrupt_record_not_an_overflow() {
+    let idp = Rotating::default();
+    let store = MemoryStore::new();
+    let aged = crate::store::encode(
+        &TokenSet::new("at-old")
+            .with_refresh_token("rt-0")
+            .with_expires_in(LIFETIME),
+        std::time::SystemTime::now() - 2 * LIFETIME,
+    );
+    let largest = Record::new(u64::MAX, aged.to_vec());
+    store.compare_and_swap(None, largest).await.unwrap();
+    let layer = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .build();
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(idp.api.clone());
+
+    assert!(all_ok(&burst(&client, 5).await));
+    assert_eq!(layer.handle().stats().store_errors, 1);
+    assert_eq!(store.load().await.unwrap().unwrap().version(), u64::MAX);
+}

@@ -107,9 +107,12 @@ pub(crate) fn decode(payload: &[u8], now: SystemTime) -> Result<Decoded, StoreEr
             .checked_sub(issued)
             .ok_or_else(|| corrupt("expires before it was issued"))?;
         tokens = tokens.with_expires_in(Duration::from_millis(lifetime));
-        age = now
-            .duration_since(UNIX_EPOCH + Duration::from_millis(issued))
-            .unwrap_or_default();
+        // Checked: on some platforms a `SystemTime` ends before `u64`
+        // milliseconds do.
+        let issued_at = UNIX_EPOCH
+            .checked_add(Duration::from_millis(issued))
+            .ok_or_else(|| corrupt("`issued_at_ms` is past any clock"))?;
+        age = now.duration_since(issued_at).unwrap_or_default();
     }
     if let Some(extras) = fields.get("extras") {
         let Value::Object(extras) = extras else {
