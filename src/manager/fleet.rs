@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::flight::{Failed, FlightTask, Obtained};
+use super::snapshot::bearer_header;
 use super::{later, Config, Prepared, Shared, TokenManager};
 use crate::error::ErrorKind;
 use crate::refresh::RefreshContext;
@@ -110,6 +111,11 @@ impl FlightTask {
         }
         // The stored record must carry the refresh token the source kept.
         obtained.tokens = obtained.tokens.inherit_refresh_token(current.as_ref());
+        if bearer_header(&obtained.tokens).is_err() {
+            // The flight fails on it; stored, it would fail every flight of
+            // the fleet that adopted it, with nothing left to refresh from.
+            return Ok(obtained);
+        }
         // Versions only grow, even past a store that lost its data. Below
         // `u64::MAX`: `load` refuses that one, and known versions were loaded.
         let next = expected.max(self.known_version).unwrap_or(0) + 1;
@@ -284,7 +290,8 @@ fn is_newer(version: u64, known: Option<u64>) -> bool {
 /// its mandatory window, computed from its whole lifetime as the process
 /// that stored it did.
 fn usable(config: &Config, stored: &Stored, than: Option<u64>) -> bool {
-    if !is_newer(stored.version, than) {
+    // A token that makes no header is refreshed from, not adopted.
+    if !is_newer(stored.version, than) || bearer_header(&stored.tokens).is_err() {
         return false;
     }
     let Some(lifetime) = stored.tokens.expires_in() else {

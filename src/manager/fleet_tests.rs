@@ -442,3 +442,39 @@ async fn the_largest_stored_version_is_a_corrupt_record_not_an_overflow() {
     assert_eq!(layer.handle().stats().store_errors, 1);
     assert_eq!(store.load().await.unwrap().unwrap().version(), u64::MAX);
 }
+
+/// Found in review: a refreshed access token that makes no header value
+/// was stored before it was checked. Every process that adopted it failed
+/// its flight, and none refreshed again: the fleet stayed down. It is not
+/// stored now, and such a record (hostile data) is refreshed from.
+#[tokio::test(start_paused = true)]
+async fn an_access_token_that_makes_no_header_is_neither_stored_nor_adopted() {
+    let store = MemoryStore::new();
+    let broken = refresh_fn(|_| async {
+        Ok::<_, RefreshError>(TokenSet::new("bad\r\nvalue").with_expires_in(LIFETIME))
+    });
+    let layer = TokenRefreshLayer::builder(broken)
+        .store(store.clone())
+        .build();
+    assert!(layer.handle().force_refresh().await.is_err());
+    assert!(store.load().await.unwrap().is_none(), "stored");
+
+    let idp = Rotating::default();
+    let fresh_but_broken = crate::store::encode(
+        &TokenSet::new("bad\r\nvalue")
+            .with_refresh_token("rt-0")
+            .with_expires_in(LIFETIME),
+        std::time::SystemTime::now(),
+    );
+    store
+        .compare_and_swap(None, Record::new(1, fresh_but_broken.to_vec()))
+        .await
+        .unwrap();
+    let layer = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(idp.api.clone());
+    assert!(all_ok(&burst(&client, 5).await));
+    assert_eq!(idp.counts(), (0, 1, 0), "refreshed from its refresh token");
+    assert_eq!(store.load().await.unwrap().unwrap().version(), 2);
+}

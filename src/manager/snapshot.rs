@@ -47,6 +47,17 @@ pub(crate) struct Prepared {
     refreshed: bool,
 }
 
+/// `Authorization: Bearer <access token>`, if the token makes a valid
+/// header value.
+pub(crate) fn bearer_header(tokens: &TokenSet) -> Result<HeaderValue, InvalidToken> {
+    let mut header = HeaderValue::try_from(format!("Bearer {}", tokens.access_token().expose()))
+        .map_err(|_| InvalidToken)?;
+    // Sensitive headers are never HPACK-indexed and are redacted by http's
+    // own Debug.
+    header.set_sensitive(true);
+    Ok(header)
+}
+
 impl Prepared {
     /// Validates the access token as a header value.
     ///
@@ -57,12 +68,7 @@ impl Prepared {
         obtained_at: Instant,
         refreshed: bool,
     ) -> Result<Self, InvalidToken> {
-        let mut header =
-            HeaderValue::try_from(format!("Bearer {}", tokens.access_token().expose()))
-                .map_err(|_| InvalidToken)?;
-        // Sensitive headers are never HPACK-indexed and are redacted by
-        // http's own Debug.
-        header.set_sensitive(true);
+        let header = bearer_header(&tokens)?;
         Ok(Self {
             tokens: Arc::new(tokens),
             header,
