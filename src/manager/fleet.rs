@@ -60,8 +60,14 @@ impl FlightTask {
             }
             match call(config, store.try_lease_boxed(config.lease_ttl())).await {
                 Ok(Some(lease)) => {
+                    let mut held = HeldLease {
+                        store: self.shared.config.store.clone(),
+                        lease: Some(lease),
+                    };
                     let result = self.refresh_and_store(store, ctx, started).await;
-                    self.release(store, lease).await;
+                    if let Some(lease) = held.lease.take() {
+                        self.release(store, lease).await;
+                    }
                     return result;
                 }
                 Ok(None) => {}
@@ -178,6 +184,29 @@ impl FlightTask {
         if let Err(error) = call(&self.shared.config, store.release_boxed(lease)).await {
             // The lease lapses on its own at its time to live.
             self.count_store_error(&error, "the refresh lease will lapse");
+        }
+    }
+}
+
+/// The refresh lease while this flight holds it. Released by the flight
+/// once its tokens are stored; dropped still held (the refresh source
+/// panicked, or the flight's runtime shut down), it is released from a task
+/// of its own, so other processes need not wait out its time to live.
+struct HeldLease {
+    store: Option<Arc<dyn DynStore>>,
+    lease: Option<Lease>,
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        let (Some(store), Some(lease)) = (self.store.take(), self.lease.take()) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // Unanswered, the lease lapses at its time to live.
+                let _ = store.release_boxed(lease).await;
+            });
         }
     }
 }

@@ -478,3 +478,25 @@ async fn an_access_token_that_makes_no_header_is_neither_stored_nor_adopted() {
     assert_eq!(idp.counts(), (0, 1, 0), "refreshed from its refresh token");
     assert_eq!(store.load().await.unwrap().unwrap().version(), 2);
 }
+
+/// Found in review: a refresh source that panicked under the lease left it
+/// held, and every other process waited out its time to live (41 s with
+/// the defaults) before refreshing.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_source_that_panics_under_the_lease_releases_it() {
+    let store = MemoryStore::new();
+    let panicking = refresh_fn(|_| async {
+        if true {
+            panic!("bug in the user's refresh source");
+        }
+        Ok::<_, RefreshError>(TokenSet::new("never"))
+    });
+    let layer = TokenRefreshLayer::builder(panicking)
+        .store(store.clone())
+        .build();
+
+    assert!(layer.handle().force_refresh().await.is_err());
+    crate::test_support::settle().await;
+    let lease = store.try_lease(Duration::from_secs(60)).await.unwrap();
+    assert!(lease.is_some(), "the lease is still held");
+}
