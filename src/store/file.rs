@@ -5,13 +5,13 @@ use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::Value;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use super::local::Local;
@@ -68,7 +68,11 @@ pub struct FileStore {
 
 struct Inner {
     path: PathBuf,
-    /// Serializes this process's compare-and-swaps on the file.
+    /// Serializes this process's compare-and-swaps on the file. Taken by
+    /// the blocking task itself: held by the awaiting caller instead, it
+    /// was released when a stalled write outlived the caller's timeout,
+    /// and a second compare-and-swap could read the version the first was
+    /// still replacing.
     writing: Mutex<()>,
     local: Local,
 }
@@ -79,7 +83,7 @@ impl FileStore {
         Self {
             inner: Arc::new(Inner {
                 path: path.as_ref().to_path_buf(),
-                writing: Mutex::const_new(()),
+                writing: Mutex::new(()),
                 local: Local::new(),
             }),
         }
@@ -102,14 +106,15 @@ impl TokenStore for FileStore {
         expected: Option<u64>,
         record: Record,
     ) -> Result<bool, StoreError> {
-        let _writing = self.inner.writing.lock().await;
-        let path = self.inner.path.clone();
+        let inner = Arc::clone(&self.inner);
         let version = record.version();
         let swapped = blocking(move || {
-            if read(&path)?.as_ref().map(Record::version) != expected {
+            let _writing = inner.writing.lock().unwrap_or_else(PoisonError::into_inner);
+            let path = &inner.path;
+            if read(path)?.as_ref().map(Record::version) != expected {
                 return Ok(false);
             }
-            write(&path, &record).map(|()| true)
+            write(path, &record).map(|()| true)
         })
         .await?;
         if swapped {
