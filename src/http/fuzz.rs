@@ -143,7 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn the_body_cap_applies_across_chunks_and_before_the_status() {
+    fn the_body_cap_applies_across_chunks_and_a_failure_keeps_its_status() {
         let body = r#"{"access_token":"a"}"#;
         let (head, tail) = body.split_at(10);
         let chunks = || vec![Bytes::from(head), Bytes::from(tail)];
@@ -159,8 +159,8 @@ mod tests {
         *rejected.status_mut() = http::StatusCode::BAD_REQUEST;
         let err = answer("oauth2", 4, rejected, chunks(), now()).unwrap_err();
         assert!(
-            err.is_transient(),
-            "an oversized answer is never terminal: {err}"
+            err.is_terminal(),
+            "an oversized failure keeps its status's class: {err}"
         );
     }
 

@@ -484,8 +484,9 @@ where
 
 /// What a refresh endpoint's answer means: the tokens of a `2xx`, or the
 /// error a failure status stands for. The body is read up to `body_limit`
-/// bytes first (a longer one is a transient failure whatever the status);
-/// `now` is read once it has arrived, for `Retry-After` dates and JWT `exp`.
+/// bytes first: a longer or unreadable `2xx` is a transient failure, and a
+/// failure status keeps its class without the body's message. `now` is read
+/// once the body has arrived, for `Retry-After` dates and JWT `exp`.
 ///
 /// Everything after the response head arrives goes through here, so the
 /// fuzz targets (`__fuzz`) exercise exactly what a refresh does.
@@ -500,19 +501,22 @@ where
     ResB::Error: Into<BoxError>,
 {
     let (parts, body) = response.into_parts();
-    let body = read_capped(body, body_limit).await?;
-    let now = now();
     if parts.status.is_success() {
-        decode::tokens(&dialect.response, &body, now)
-    } else {
-        Err(failure::classify(
-            parts.status,
-            &parts.headers,
-            &body,
-            &dialect.errors,
-            now,
-        ))
+        let body = read_capped(body, body_limit).await?;
+        return decode::tokens(&dialect.response, &body, now());
     }
+    // The status and headers decide a failure's class; the body adds only
+    // the server's message. Lost with a body too long or unreadable, the
+    // class was too: a 400 `invalid_grant` became transient and was
+    // retried for ever, and a 429 lost its `Retry-After`.
+    let body = read_capped(body, body_limit).await.unwrap_or_default();
+    Err(failure::classify(
+        parts.status,
+        &parts.headers,
+        &body,
+        &dialect.errors,
+        now(),
+    ))
 }
 
 fn unreachable_endpoint(error: BoxError) -> RefreshError {

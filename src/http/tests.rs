@@ -57,6 +57,37 @@ fn ctx() -> RefreshContext {
     RefreshContext::new(RefreshReason::Forced, Some(Arc::new(tokens)))
 }
 
+/// Found in review: an error answer past the body limit was a transient
+/// failure whatever its status, so a revoked refresh token (400
+/// `invalid_grant`) was retried for ever and a 429 lost its `Retry-After`.
+#[tokio::test]
+async fn an_error_answer_past_the_body_limit_keeps_its_status_class() {
+    let padded = |status: StatusCode| {
+        let body = format!(
+            r#"{{"error":"invalid_grant","pad":"{}"}}"#,
+            "x".repeat(70_000)
+        );
+        let mut answer = json(status, &body);
+        answer
+            .headers_mut()
+            .insert("retry-after", http::HeaderValue::from_static("12"));
+        answer
+    };
+    let (idp, _) = endpoint(move || padded(StatusCode::BAD_REQUEST));
+    let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp);
+    let err = refresher.refresh(ctx()).await.unwrap_err();
+    assert!(err.is_terminal(), "{err}");
+
+    let (idp, _) = endpoint(move || padded(StatusCode::TOO_MANY_REQUESTS));
+    let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp);
+    let err = refresher.refresh(ctx()).await.unwrap_err();
+    assert_eq!(
+        err.retry_after(),
+        Some(std::time::Duration::from_secs(12)),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn plain_http_is_refused_except_to_loopback_or_when_allowed() {
     let (idp, calls) = endpoint(ok_tokens);
