@@ -88,6 +88,27 @@ async fn an_error_answer_past_the_body_limit_keeps_its_status_class() {
     );
 }
 
+/// Found in review: a bearer credential with Basic client authentication
+/// sent the bearer header alone, and the client was not authenticated at
+/// all. It is a configuration error now, named before anything is sent.
+#[tokio::test]
+async fn a_bearer_credential_and_basic_client_auth_cannot_share_the_header() {
+    let url = "https://idp.example.com/token";
+    let (idp, calls) = endpoint(ok_tokens);
+    let both = HttpRefresher::custom(url, idp.clone())
+        .credential(Credential::bearer_header())
+        .client_id("app")
+        .client_secret("client-secret-value");
+    let err = both.refresh(ctx()).await.unwrap_err();
+    assert!(err.is_terminal(), "{err}");
+    assert!(err.to_string().contains("ClientAuthMethod::Post"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
+
+    let in_the_body = both.client_auth(ClientAuthMethod::Post);
+    let tokens = in_the_body.refresh(ctx()).await.unwrap();
+    assert_eq!(tokens.access_token().expose(), "new");
+}
+
 #[tokio::test]
 async fn plain_http_is_refused_except_to_loopback_or_when_allowed() {
     let (idp, calls) = endpoint(ok_tokens);
