@@ -49,6 +49,13 @@ pub(crate) fn build(
     );
     let mut basic = None;
     if let Some(client) = &shape.client {
+        if client.id.is_empty() && client.secret.is_some() {
+            // Sent, it authenticates nobody; the server's 401 would not
+            // say why.
+            return Err(RefreshError::terminal(
+                "a client secret is set without a client id (client_id)",
+            ));
+        }
         match (&client.secret, client.method) {
             (Some(secret), ClientAuthMethod::Basic) => basic = Some(basic_auth(client, secret)),
             (Some(secret), ClientAuthMethod::Post) => {

@@ -109,6 +109,19 @@ async fn a_bearer_credential_and_basic_client_auth_cannot_share_the_header() {
     assert_eq!(tokens.access_token().expose(), "new");
 }
 
+/// Found in review: a client secret without a client id went out as Basic
+/// `:secret`, authenticating nobody.
+#[tokio::test]
+async fn a_client_secret_without_a_client_id_is_a_named_error() {
+    let (idp, calls) = endpoint(ok_tokens);
+    let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp)
+        .client_secret("client-secret-value");
+    let err = refresher.refresh(ctx()).await.unwrap_err();
+    assert!(err.is_terminal(), "{err}");
+    assert!(err.to_string().contains("without a client id"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
+}
+
 #[tokio::test]
 async fn plain_http_is_refused_except_to_loopback_or_when_allowed() {
     let (idp, calls) = endpoint(ok_tokens);
