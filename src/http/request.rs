@@ -67,6 +67,20 @@ pub(crate) fn build(
         }
     }
 
+    // `field()` keeps fixed fields unique, and the refresh's own fields are;
+    // a name twice is one of each. In JSON the last one won, silently (the
+    // refresh token itself could be replaced); in a form both went out.
+    if let Some((name, _)) = fields
+        .iter()
+        .enumerate()
+        .find_map(|(i, (name, _))| fields[..i].iter().find(|(seen, _)| seen == name))
+    {
+        return Err(RefreshError::terminal(format!(
+            "the fixed body field `{name}` is one the refresh sets itself \
+             (grant type, credential or client)"
+        )));
+    }
+
     let mut request = Request::builder()
         .method(shape.method.clone())
         .uri(uri.clone())

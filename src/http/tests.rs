@@ -122,6 +122,30 @@ async fn a_client_secret_without_a_client_id_is_a_named_error() {
     assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
 }
 
+/// Found in review: a fixed field named like one the refresh sets itself
+/// replaced it in a JSON body (the refresh token, here) and went out twice
+/// in a form. It is a named error now.
+#[tokio::test]
+async fn a_fixed_field_cannot_take_the_name_of_one_the_refresh_sets() {
+    let url = "https://idp.example.com/token";
+    let (idp, calls) = endpoint(ok_tokens);
+    for refresher in [
+        HttpRefresher::dynamosql(url, idp.clone()).field("refreshToken", "x"),
+        HttpRefresher::oauth2(url, idp.clone())
+            .client_id("app")
+            .client_auth(ClientAuthMethod::Post)
+            .field("client_id", "other"),
+        HttpRefresher::oauth2(url, idp.clone()).field("grant_type", "password"),
+    ] {
+        let err = refresher.refresh(ctx()).await.unwrap_err();
+        assert!(err.is_terminal(), "{err}");
+        assert!(err.to_string().contains("the fixed body field"), "{err}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
+    let audience = HttpRefresher::oauth2(url, idp).field("audience", "api");
+    assert!(audience.refresh(ctx()).await.is_ok());
+}
+
 #[tokio::test]
 async fn plain_http_is_refused_except_to_loopback_or_when_allowed() {
     let (idp, calls) = endpoint(ok_tokens);
