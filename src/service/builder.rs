@@ -344,8 +344,11 @@ impl<C> Builder<C> {
     }
 
     /// Only requests to these origins (`scheme://host[:port]`) get the
-    /// token; others pass through untouched. An origin without a host
-    /// matches nothing. Default: every origin.
+    /// token; others pass through untouched. Without a port, an origin
+    /// means its scheme's default port; one given as a bare host (no
+    /// scheme) matches that host on every scheme and port, plain http
+    /// still refused unless allowed. An origin without a host matches
+    /// nothing. Default: every origin.
     ///
     /// ```
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};

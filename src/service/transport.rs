@@ -221,5 +221,15 @@ mod tests {
         assert!(!rules.origin_allowed(&uri("https://api.example.com:8443/v1")));
         assert!(!rules.origin_allowed(&uri("/relative")));
         assert!(Origin::parse("not a uri").is_err());
+
+        // A bare host, as the builder's doc says: any scheme, any port.
+        let bare = TransportRules {
+            allow_insecure: false,
+            origins: Some(vec![Origin::parse("api.example.com").unwrap()]),
+        };
+        for allowed in ["https://api.example.com/", "http://api.example.com:8080/"] {
+            assert!(bare.origin_allowed(&uri(allowed)), "{allowed}");
+        }
+        assert!(!bare.origin_allowed(&uri("https://other.example.com/")));
     }
 }
