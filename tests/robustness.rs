@@ -217,6 +217,22 @@ fn current_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Polls one request through `client` on `runtime` once, so that it starts
+/// a refresh there, and gives the request up; `runtime` is left undriven.
+fn start_a_refresh_on<S>(runtime: &tokio::runtime::Runtime, client: &S)
+where
+    S: Service<Request<Body>> + Clone,
+{
+    runtime.block_on(async {
+        let mut request = pin!(client.clone().oneshot(get()));
+        std::future::poll_fn(|cx| {
+            let _ = request.as_mut().poll(cx);
+            Poll::Ready(())
+        })
+        .await;
+    });
+}
+
 /// A refresh spawned on a runtime that is alive but not driven (a
 /// current-thread runtime between `block_on` calls) does not strand the
 /// requests of another runtime: they give up on it at its deadline and a
@@ -232,15 +248,7 @@ fn a_refresh_stuck_on_an_idle_runtime_does_not_strand_requests_on_another() {
     let client = ServiceBuilder::new().layer(layer).service(echo());
 
     let idle = current_thread();
-    idle.block_on(async {
-        // Start acquiring (spawns the refresh on `idle`), then give up.
-        let mut request = pin!(client.clone().oneshot(get()));
-        std::future::poll_fn(|cx| {
-            let _ = request.as_mut().poll(cx);
-            Poll::Ready(())
-        })
-        .await;
-    });
+    start_a_refresh_on(&idle, &client);
 
     let outcome = current_thread()
         .block_on(async { tokio::time::timeout(Duration::from_secs(5), bearer(&client)).await });
@@ -283,15 +291,7 @@ fn tokens_from_a_replaced_refresh_still_get_their_background_refresh() {
     let client = ServiceBuilder::new().layer(layer).service(echo());
 
     let idle = current_thread();
-    idle.block_on(async {
-        // Start acquiring (registers refresh 1, on `idle`), then give up.
-        let mut request = pin!(client.clone().oneshot(get()));
-        std::future::poll_fn(|cx| {
-            let _ = request.as_mut().poll(cx);
-            Poll::Ready(())
-        })
-        .await;
-    });
+    start_a_refresh_on(&idle, &client); // refresh 1
 
     current_thread().block_on(async {
         // Past refresh 1's deadline (2 × 100 ms + 1 s), a request replaces

@@ -69,6 +69,21 @@ impl Rotating {
         let state = self.state.lock().unwrap();
         (state.logins, state.refreshes, state.spent_presented)
     }
+
+    /// A layer on `store`, set up by `configure`, and a client sending to
+    /// this identity server's API through it.
+    fn layered(
+        &self,
+        store: &MemoryStore,
+        configure: impl FnOnce(crate::Builder) -> crate::Builder,
+    ) -> (TokenRefreshLayer, crate::TokenRefresh<Api>) {
+        let builder = TokenRefreshLayer::builder(self.source()).store(store.clone());
+        let layer = configure(builder).build();
+        let client = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(self.api.clone());
+        (layer, client)
+    }
 }
 
 fn all_ok(results: &[Result<(StatusCode, String), crate::BoxError>]) -> bool {
@@ -318,16 +333,10 @@ async fn a_failing_or_hung_store_never_fails_a_request() {
 async fn a_lease_left_by_a_crashed_holder_is_taken_over_when_it_lapses() {
     let idp = Rotating::default();
     let store = MemoryStore::new();
-    let layer = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .refresh_timeout(Duration::from_secs(1))
-        .build();
+    let (_layer, client) = idp.layered(&store, |b| b.refresh_timeout(Duration::from_secs(1)));
     // 1 s refresh timeout, no login: the lease lives 2 + 2 + 1 = 5 s.
     let crashed = store.try_lease(Duration::from_secs(5)).await.unwrap();
     assert!(crashed.is_some());
-    let client = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(idp.api.clone());
 
     let started = tokio::time::Instant::now();
     let results = burst(&client, 20).await;
@@ -349,12 +358,7 @@ async fn a_corrupt_record_is_refreshed_around_and_never_overwritten() {
         .compare_and_swap(None, Record::new(4, b"{garbage".to_vec()))
         .await
         .unwrap();
-    let layer = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .build();
-    let client = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(idp.api.clone());
+    let (layer, client) = idp.layered(&store, |b| b);
 
     assert!(all_ok(&burst(&client, 10).await));
     assert_eq!(layer.handle().stats().store_errors, 1);
@@ -403,11 +407,7 @@ async fn a_restarted_layer_resumes_from_the_stored_refresh_token_without_logging
 async fn the_longest_refresh_timeout_with_a_store_is_the_longest_lease_not_a_panic() {
     let idp = Rotating::default();
     let store = MemoryStore::new();
-    let layer = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .refresh_timeout(Duration::MAX)
-        .build();
-    let client = ServiceBuilder::new().layer(layer).service(idp.api.clone());
+    let (_layer, client) = idp.layered(&store, |b| b.refresh_timeout(Duration::MAX));
 
     let results = burst(&client, 5).await;
     assert!(all_ok(&results), "{results:?}");
@@ -431,12 +431,7 @@ async fn the_largest_stored_version_is_a_corrupt_record_not_an_overflow() {
     );
     let largest = Record::new(u64::MAX, aged.to_vec());
     store.compare_and_swap(None, largest).await.unwrap();
-    let layer = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .build();
-    let client = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(idp.api.clone());
+    let (layer, client) = idp.layered(&store, |b| b);
 
     assert!(all_ok(&burst(&client, 5).await));
     assert_eq!(layer.handle().stats().store_errors, 1);
@@ -470,10 +465,7 @@ async fn an_access_token_that_makes_no_header_is_neither_stored_nor_adopted() {
         .compare_and_swap(None, Record::new(1, fresh_but_broken.to_vec()))
         .await
         .unwrap();
-    let layer = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .build();
-    let client = ServiceBuilder::new().layer(layer).service(idp.api.clone());
+    let (_layer, client) = idp.layered(&store, |b| b);
     assert!(all_ok(&burst(&client, 5).await));
     assert_eq!(idp.counts(), (0, 1, 0), "refreshed from its refresh token");
     assert_eq!(store.load().await.unwrap().unwrap().version(), 2);
