@@ -18,6 +18,14 @@ use crate::{
 
 const HUNDRED: Duration = Duration::from_secs(100);
 
+/// A refresh source that never answers.
+fn hung() -> impl crate::Refresh {
+    refresh_fn(|_| async {
+        std::future::pending::<()>().await;
+        Ok::<_, RefreshError>(TokenSet::new("never"))
+    })
+}
+
 fn bearer(result: &Result<(StatusCode, String), crate::BoxError>) -> String {
     let (status, body) = result.as_ref().expect("request succeeded");
     assert_eq!(*status, StatusCode::OK, "{body}");
@@ -204,11 +212,7 @@ async fn transient_failures_keep_a_valid_token_in_use_and_back_off() {
 #[tokio::test(start_paused = true)]
 async fn a_hung_refresh_times_out_and_every_waiter_gets_a_typed_error() {
     let api = Api::default();
-    let source = refresh_fn(|_| async {
-        std::future::pending::<()>().await;
-        Ok::<_, RefreshError>(TokenSet::new("never"))
-    });
-    let layer = TokenRefreshLayer::builder(source)
+    let layer = TokenRefreshLayer::builder(hung())
         .refresh_timeout(Duration::from_secs(3))
         .build();
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
@@ -566,11 +570,7 @@ async fn the_longest_refresh_timeout_means_no_deadline_not_a_panic() {
 #[tokio::test(start_paused = true)]
 async fn set_tokens_releases_the_requests_waiting_for_the_refresh_it_overtook() {
     let api = Api::default();
-    let hung = refresh_fn(|_| async {
-        std::future::pending::<()>().await;
-        Ok::<_, RefreshError>(TokenSet::new("never"))
-    });
-    let layer = TokenRefreshLayer::builder(hung)
+    let layer = TokenRefreshLayer::builder(hung())
         .refresh_timeout(Duration::from_secs(30))
         .build();
     let handle = layer.handle();
