@@ -89,9 +89,12 @@ impl Failure {
     ) -> Self {
         let until = match error.class() {
             FailureClass::Terminal => None,
+            // The backoff is a floor: a `Retry-After: 0` (or a date the
+            // server's clock already passed) let refreshes run back to back
+            // for as long as the rate limit lasted.
             FailureClass::RateLimited {
                 retry_after: Some(wait),
-            } => Some(later(now, wait)),
+            } => Some(later(now, wait.max(backoff.delay(consecutive)))),
             FailureClass::RateLimited { retry_after: None } | FailureClass::Transient => {
                 Some(later(now, backoff.delay(consecutive)))
             }
@@ -128,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_honoured_exactly_and_terminal_never_expires() {
+    fn a_retry_after_past_the_backoff_is_honoured_exactly_and_terminal_never_expires() {
         let now = Instant::now();
         let limited = Failure::new(
             Arc::new(RefreshError::rate_limited(Some(Duration::from_secs(30)))),
@@ -149,5 +152,26 @@ mod tests {
             now,
         );
         assert!(terminal.blocks(now + Duration::from_secs(86_400 * 365)));
+    }
+
+    /// Found in review: `Retry-After: 0` (or a date already past) ended
+    /// the block at once, so refreshes ran back to back during the rate
+    /// limit. The backoff is the floor.
+    #[test]
+    fn a_retry_after_shorter_than_the_backoff_waits_the_backoff() {
+        let now = Instant::now();
+        let backoff = Backoff::new(Duration::from_secs(8), Duration::from_secs(60));
+        for consecutive in [1, 3] {
+            let limited = Failure::new(
+                Arc::new(RefreshError::rate_limited(Some(Duration::ZERO))),
+                ErrorKind::RefreshFailed,
+                consecutive,
+                &backoff,
+                now,
+            );
+            let until = limited.until.expect("a rate limit ends");
+            assert!(until >= now + Duration::from_secs(4), "{consecutive}");
+            assert!(limited.blocks(now + Duration::from_secs(3)));
+        }
     }
 }

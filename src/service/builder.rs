@@ -144,8 +144,9 @@ impl<C> Builder<C> {
         self
     }
 
-    /// Backoff after transient failures (and rate limits without
-    /// `Retry-After`). Default: 1 s doubling to 60 s, with jitter.
+    /// Backoff after transient failures and rate limits; a rate limit's
+    /// `Retry-After` is waited out in full, and never less than this.
+    /// Default: 1 s doubling to 60 s, with jitter.
     ///
     /// ```
     /// # use std::time::Duration;
