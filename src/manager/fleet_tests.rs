@@ -492,3 +492,73 @@ async fn a_refresh_source_that_panics_under_the_lease_releases_it() {
     let lease = store.try_lease(Duration::from_secs(60)).await.unwrap();
     assert!(lease.is_some(), "the lease is still held");
 }
+
+/// A store whose loads hang while `hang` is set; announcements still come.
+#[derive(Clone, Default)]
+struct HangingLoads {
+    inner: MemoryStore,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TokenStore for HangingLoads {
+    fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        let (hang, load) = (self.hang.load(Ordering::SeqCst), self.inner.load());
+        async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            load.await
+        }
+    }
+    fn compare_and_swap(
+        &self,
+        expected: Option<u64>,
+        record: Record,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.inner.compare_and_swap(expected, record)
+    }
+    fn try_lease(
+        &self,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
+        self.inner.try_lease(ttl)
+    }
+    fn release(&self, lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.release(lease)
+    }
+    fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.subscribe()
+    }
+}
+
+/// Found in review: the watcher adopted an announced version inline, and
+/// while that store load hung (up to the refresh timeout) it raised no
+/// `stale` flag, yet its promise to do so stood: requests took the token for
+/// fresh without reading the clock, past its expiry. Real time: the
+/// promise exists only on a multi-thread runtime, where time cannot be
+/// paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fresh() {
+    let store = HangingLoads::default();
+    let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+        Ok::<_, RefreshError>(TokenSet::new("next").with_expires_in(LIFETIME))
+    }))
+    .store(store.clone())
+    .refresh_timeout(Duration::from_secs(30))
+    .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_millis(600)))
+    .build();
+    let manager = &layer.core.manager;
+    let mut cache = manager.snapshot_cache();
+    assert!(manager.ready(&mut cache).is_some(), "fresh at first");
+    tokio::time::sleep(Duration::from_millis(50)).await; // the watcher watches
+
+    store.hang.store(true, Ordering::SeqCst);
+    let announced = Record::new(1, b"{not read: the load hangs".to_vec());
+    store.inner.compare_and_swap(None, announced).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await; // past the expiry
+
+    assert!(
+        manager.ready(&mut cache).is_none(),
+        "an expired token was taken for fresh"
+    );
+}

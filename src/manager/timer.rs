@@ -111,6 +111,12 @@ async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
             () = due => {}
             () = &mut notified => continue,
             () = announced(&mut announcements) => {
+                // The load below may take up to the refresh timeout, and
+                // meanwhile nothing raises the `stale` flag: until the next
+                // round watches it again, requests read the clock.
+                if let Some(snapshot) = guard.watching.upgrade() {
+                    snapshot.unwatch();
+                }
                 if let Some(shared) = guard.shared.upgrade() {
                     if let Some(store) = shared.config.store.clone() {
                         TokenManager { shared }.adopt_announced(&*store).await;
