@@ -85,7 +85,11 @@ impl RefreshWindow {
     pub fn before_expiry(&self, lifetime: Duration) -> Duration {
         let span = match (self.fixed, self.fraction) {
             (Some(fixed), _) => fixed,
-            (None, Some(fraction)) => lifetime.mul_f64(fraction),
+            // Not `mul_f64`: it panics where the product rounds past
+            // `Duration::MAX` (the longest lifetime, fraction 1).
+            (None, Some(fraction)) => {
+                Duration::try_from_secs_f64(lifetime.as_secs_f64() * fraction).unwrap_or(lifetime)
+            }
             (None, None) => Duration::ZERO,
         };
         let span = self.at_most.map_or(span, |cap| span.min(cap));
@@ -140,6 +144,19 @@ mod tests {
         assert_eq!(
             RefreshWindow::fraction(f64::NAN).before_expiry(l),
             Duration::ZERO
+        );
+    }
+
+    /// Found in review: `mul_f64` panicked here, the product rounding past
+    /// `Duration::MAX`. The method is public.
+    #[test]
+    fn the_longest_lifetime_makes_a_window_not_a_panic() {
+        let window = RefreshWindow::fraction(1.0).before_expiry(Duration::MAX);
+        assert!(window > Duration::MAX / 2, "{window:?}");
+        let half = RefreshWindow::fraction(0.5).before_expiry(Duration::MAX);
+        assert!(
+            half <= Duration::MAX / 2 + Duration::from_secs(1),
+            "{half:?}"
         );
     }
 }
