@@ -323,6 +323,29 @@ fn tokens_from_a_replaced_refresh_still_get_their_background_refresh() {
     drop(idle);
 }
 
+/// Found in review: the status said a refresh was running for as long as
+/// one stuck on an idle runtime stayed registered, past the deadline at
+/// which every request gives it up.
+#[test]
+fn a_refresh_given_up_at_its_deadline_is_not_reported_as_running() {
+    let source = refresh_fn(|_ctx| async {
+        Ok::<_, RefreshError>(TokenSet::new("t").with_expires_in(HOUR))
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .refresh_timeout(Duration::from_millis(100))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(echo());
+
+    let idle = current_thread();
+    start_a_refresh_on(&idle, &client);
+    assert!(handle.status().is_refreshing());
+    // Its deadline: 2 × 100 ms + 1 s.
+    std::thread::sleep(Duration::from_millis(1300));
+    assert!(!handle.status().is_refreshing());
+    drop(idle);
+}
+
 /// A watcher on an idle current-thread runtime cannot vouch for freshness:
 /// requests from elsewhere read the clock and never send an expired token.
 #[test]

@@ -569,7 +569,8 @@ impl TokenManager {
             expires_in: snapshot
                 .expires_at
                 .map(|e| e.saturating_duration_since(now)),
-            refreshing: control.flight.is_some(),
+            // A flight past its deadline is given up on: nothing runs.
+            refreshing: control.flight.as_ref().is_some_and(|f| f.is_live(now)),
             last_error: control.failure.as_ref().map(|f| Arc::clone(&f.error)),
         }
     }
