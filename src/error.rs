@@ -33,8 +33,9 @@ pub enum FailureClass {
     /// The credential is dead (`invalid_grant`, 401, 403 from the refresh
     /// endpoint). No further refresh is attempted until new tokens are set.
     Terminal,
-    /// The endpoint asked us to slow down (429). No refresh call is made
-    /// before `retry_after` has passed.
+    /// The endpoint asked us to slow down (429), or said when it will be
+    /// back (503 with `Retry-After`). No refresh call is made before
+    /// `retry_after` has passed.
     RateLimited {
         /// How long the endpoint asked us to wait, if it said.
         retry_after: Option<Duration>,

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `400` (`invalid_grant`, missing fields, …), `401`, `403`, other `4xx` | terminal: the same request would fail again |
 //! | `429` | rate limited, honouring `Retry-After` (seconds or an HTTP date) |
+//! | `503` with `Retry-After` | rate limited, honouring it: the server said when to come back |
 //! | `408`, `5xx`, `3xx` (redirects are never followed), anything else | transient |
 
 use std::time::{Duration, SystemTime};
@@ -28,6 +29,11 @@ pub(crate) fn classify(
     let said = Said::read(shape, body);
     let error = if status == StatusCode::TOO_MANY_REQUESTS {
         RefreshError::rate_limited(retry_after(headers, now))
+    } else if let Some(wait) =
+        retry_after(headers, now).filter(|_| status == StatusCode::SERVICE_UNAVAILABLE)
+    {
+        // RFC 9110 §10.2.3: how long the service expects to be unavailable.
+        RefreshError::rate_limited(Some(wait)).with_message(default_message(status))
     } else if status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
         RefreshError::transient(default_message(status))
     } else if status.is_redirection() {
@@ -149,6 +155,27 @@ mod tests {
             assert_eq!(got, class, "status {status}");
             assert_eq!(err.status(), Some(status));
         }
+    }
+
+    /// Found in review: a 503's `Retry-After` was ignored, and the backoff
+    /// (1 s at first) called back long before the server said to.
+    #[test]
+    fn a_503_with_retry_after_is_waited_out() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
+        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+        let err = classify(unavailable, &headers, b"", &Dialect::oauth2().errors, now());
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
+        assert_eq!(err.status(), Some(503));
+        assert!(err.to_string().contains("503"), "{err}");
+        let busy = classify(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &headers,
+            b"",
+            &Dialect::oauth2().errors,
+            now(),
+        );
+        assert!(busy.is_transient(), "only a 503 says when to come back");
     }
 
     #[test]
