@@ -248,7 +248,7 @@ impl TokenManager {
         {
             return;
         }
-        shared.install_obtained(&mut control, prepared, Some(stored.version), true);
+        shared.install_obtained(&mut control, prepared, Some(stored.version));
         drop(control);
         Counters::bump(&shared.stats.adopted);
         tracing::debug!(

@@ -352,21 +352,13 @@ impl FlightTask {
         if current {
             control.flight = None;
         }
-        let snapshot = self.shared.snapshot.load();
-        let superseded = snapshot.generation != self.from_generation;
-        if current && superseded {
-            // The tokens came from a flight this one replaced (after its
-            // deadline), which left the gate closed because this one was
-            // running. Nobody else will open it: without this, no
-            // background refresh would start for them.
-            self.shared.open_gate(&snapshot);
-        }
+        let superseded = self.shared.snapshot.load().generation != self.from_generation;
         (control, current, superseded)
     }
 
     fn succeed(&self, ready: Ready) -> Outcome {
         let shared = &self.shared;
-        let (mut control, current, superseded) = self.settle();
+        let (mut control, _, superseded) = self.settle();
         // Still counted when discarded: the call produced a token, and every
         // refresh ends as a success, an adoption or a failure in the stats.
         Counters::bump(if ready.adopted {
@@ -379,10 +371,7 @@ impl FlightTask {
             tracing::debug!("refresh result discarded: newer tokens were installed meanwhile");
             return Ok(None);
         }
-        // A flight registered since (after a deadline overrun) keeps its gate.
-        let open_gate = current || control.flight.is_none();
-        let snapshot =
-            shared.install_obtained(&mut control, ready.prepared, ready.version, open_gate);
+        let snapshot = shared.install_obtained(&mut control, ready.prepared, ready.version);
         drop(control);
         shared.changed.notify_waiters();
         snapshot

@@ -623,14 +623,17 @@ impl Shared {
     }
 
     /// Installs tokens a flight fetched or adopted: clears any failure,
-    /// records their store version, and (with `open_gate`) allows no
-    /// proactive refresh before the new token does.
+    /// records their store version, and allows no proactive refresh before
+    /// the new token does. A flight still registered (one that replaced the
+    /// flight installing, after its deadline) is superseded by these
+    /// tokens: its result will be discarded, so it keeps the gate closed
+    /// no longer, and while it runs, requests that find the gate open find
+    /// it running and start nothing.
     fn install_obtained(
         &self,
         control: &mut Control,
         prepared: Prepared,
         version: Option<u64>,
-        open_gate: bool,
     ) -> Arc<Snapshot> {
         let snapshot = self.install(prepared);
         if version.is_some() {
@@ -638,18 +641,10 @@ impl Shared {
         }
         control.failure = None;
         control.consecutive_failures = 0;
-        if open_gate {
-            self.open_gate(&snapshot);
-        }
-        snapshot
-    }
-
-    /// Lets requests start a background refresh from `snapshot`'s refresh
-    /// point on.
-    fn open_gate(&self, snapshot: &Snapshot) {
         let gate = snapshot.proactive_from.unwrap_or_else(Instant::now);
         self.proactive_gate
             .store(self.nanos(gate), Ordering::Release);
+        snapshot
     }
 
     /// Stores the next generation. Callers hold the `control` lock, which is
