@@ -33,11 +33,12 @@ impl FlightTask {
     /// Adopts, refreshes under the lease, or waits for the lease holder.
     pub(super) async fn obtain_shared(
         &self,
-        store: &dyn DynStore,
+        shared_store: &Arc<dyn DynStore>,
         ctx: RefreshContext,
         started: Instant,
     ) -> Result<Obtained, Failed> {
         let config = &self.shared.config;
+        let store = &**shared_store;
         let mut changes = store.subscribe_dyn();
         if let Some(changes) = &mut changes {
             // Only announcements from now on matter: the load below sees
@@ -61,7 +62,7 @@ impl FlightTask {
             match call(config, store.try_lease_boxed(config.lease_ttl())).await {
                 Ok(Some(lease)) => {
                     let mut held = HeldLease {
-                        store: self.shared.config.store.clone(),
+                        store: Arc::clone(shared_store),
                         lease: Some(lease),
                     };
                     let result = self.refresh_and_store(store, ctx, started).await;
@@ -193,16 +194,17 @@ impl FlightTask {
 /// panicked, or the flight's runtime shut down), it is released from a task
 /// of its own, so other processes need not wait out its time to live.
 struct HeldLease {
-    store: Option<Arc<dyn DynStore>>,
+    store: Arc<dyn DynStore>,
     lease: Option<Lease>,
 }
 
 impl Drop for HeldLease {
     fn drop(&mut self) {
-        let (Some(store), Some(lease)) = (self.store.take(), self.lease.take()) else {
+        let Some(lease) = self.lease.take() else {
             return;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = Arc::clone(&self.store);
             runtime.spawn(async move {
                 // Unanswered, the lease lapses at its time to live.
                 let _ = store.release_boxed(lease).await;

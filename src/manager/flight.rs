@@ -187,7 +187,7 @@ impl FlightTask {
         );
         let ctx = RefreshContext::new(self.reason, self.current.clone());
         let obtained = match self.shared.config.store.clone() {
-            Some(store) => self.obtain_shared(&*store, ctx, started).await,
+            Some(store) => self.obtain_shared(&store, ctx, started).await,
             None => self.obtain(ctx, None, started).await,
         };
         let result = match obtained {
