@@ -217,6 +217,17 @@ fn current_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A current-thread runtime on a paused clock, which starts at the moment
+/// the runtime is built: runtimes built one after the other agree on the
+/// order of their instants.
+fn paused_current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 /// Polls one request through `client` on `runtime` once, so that it starts
 /// a refresh there, and gives the request up; `runtime` is left undriven.
 fn start_a_refresh_on<S>(runtime: &tokio::runtime::Runtime, client: &S)
@@ -290,10 +301,10 @@ fn tokens_from_a_replaced_refresh_still_get_their_background_refresh() {
     let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(echo());
 
-    let idle = current_thread();
+    let idle = paused_current_thread();
     start_a_refresh_on(&idle, &client); // refresh 1
 
-    current_thread().block_on(async {
+    paused_current_thread().block_on(async {
         // Past refresh 1's deadline (2 × 100 ms + 1 s), a request replaces
         // it with refresh 2 and waits for that one.
         tokio::time::sleep(Duration::from_millis(1300)).await;
@@ -337,12 +348,15 @@ fn a_refresh_given_up_at_its_deadline_is_not_reported_as_running() {
     let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(echo());
 
-    let idle = current_thread();
+    let idle = paused_current_thread();
     start_a_refresh_on(&idle, &client);
     assert!(handle.status().is_refreshing());
-    // Its deadline: 2 × 100 ms + 1 s.
-    std::thread::sleep(Duration::from_millis(1300));
-    assert!(!handle.status().is_refreshing());
+    let past_the_deadline = paused_current_thread().block_on(async {
+        // Its deadline: 2 × 100 ms + 1 s after the refresh started.
+        tokio::time::advance(Duration::from_millis(1300)).await;
+        !handle.status().is_refreshing()
+    });
+    assert!(past_the_deadline);
     drop(idle);
 }
 
