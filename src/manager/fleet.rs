@@ -5,7 +5,8 @@
 //! stored version if one is usable, else takes the lease, refreshes from
 //! the newest stored refresh token and stores the result, else waits for
 //! whoever holds the lease. Any store failure ends the protocol for this
-//! flight: it refreshes on its own, exactly as without a store.
+//! flight: it refreshes on its own, exactly as without a store, and then
+//! offers its tokens to the store in the background.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -52,7 +53,7 @@ impl FlightTask {
         loop {
             let stored = match load(&self.shared, store).await {
                 Ok(stored) => stored,
-                Err(error) => return self.alone(error, ctx, started).await,
+                Err(error) => return self.alone(shared_store, error, ctx, started).await,
             };
             if let Some(stored) =
                 stored.filter(|s| usable(&self.shared.config, s, self.known_version))
@@ -65,14 +66,14 @@ impl FlightTask {
                         store: Arc::clone(shared_store),
                         lease: Some(lease),
                     };
-                    let result = self.refresh_and_store(store, ctx, started).await;
+                    let result = self.refresh_and_store(shared_store, ctx, started).await;
                     if let Some(lease) = held.lease.take() {
                         self.release(store, lease).await;
                     }
                     return result;
                 }
                 Ok(None) => {}
-                Err(error) => return self.alone(error, ctx, started).await,
+                Err(error) => return self.alone(shared_store, error, ctx, started).await,
             }
             if Instant::now() >= give_up {
                 return Err((
@@ -90,14 +91,15 @@ impl FlightTask {
     /// tokens, and store the result as the next version.
     async fn refresh_and_store(
         &self,
-        store: &dyn DynStore,
+        shared_store: &Arc<dyn DynStore>,
         ctx: RefreshContext,
         started: Instant,
     ) -> Result<Obtained, Failed> {
+        let store = &**shared_store;
         // Someone may have stored a version between our load and the lease.
         let stored = match load(&self.shared, store).await {
             Ok(stored) => stored,
-            Err(error) => return self.alone(error, ctx, started).await,
+            Err(error) => return self.alone(shared_store, error, ctx, started).await,
         };
         let expected = stored.as_ref().map(|s| s.version);
         let (ctx, base) = match stored {
@@ -126,11 +128,7 @@ impl FlightTask {
         // Versions only grow, even past a store that lost its data. Below
         // `u64::MAX`: `load` refuses that one, and known versions were loaded.
         let next = expected.max(self.known_version).unwrap_or(0) + 1;
-        let issued = SystemTime::now()
-            .checked_sub(started.elapsed())
-            .unwrap_or_else(SystemTime::now);
-        let payload = store::encode(&obtained.tokens, issued);
-        let record = Record::new(next, payload.to_vec());
+        let record = record_of(&obtained.tokens, next, started);
         match call(
             &self.shared.config,
             store.compare_and_swap_boxed(expected, record),
@@ -142,7 +140,7 @@ impl FlightTask {
                 "another process stored tokens while this one held the refresh lease; \
                  keeping this process's tokens without storing them"
             ),
-            Err(error) => self.count_store_error(&error, "storing the refreshed tokens"),
+            Err(error) => store_failed(&self.shared, &error, "storing the refreshed tokens"),
         }
         Ok(obtained)
     }
@@ -159,32 +157,85 @@ impl FlightTask {
                 .filter(|s| usable(&self.shared.config, s, base))
                 .map(Stored::into_obtained),
             Err(error) => {
-                self.count_store_error(&error, "re-reading the store");
+                store_failed(&self.shared, &error, "re-reading the store");
                 None
             }
         }
     }
 
-    /// The store failed: this flight refreshes on its own.
+    /// The store failed: this flight refreshes on its own, then offers
+    /// its tokens to the store.
+    ///
+    /// A source that rotates refresh tokens has just spent the one this
+    /// process knew, which the store may hold too: left there, it would be
+    /// spent again by the next process to refresh from the store, and an
+    /// issuer that detects reuse answers that by revoking the whole family.
+    /// The offer is a compare-and-swap over the version this process knew,
+    /// so it never replaces a newer one, and it runs on its own task: the
+    /// requests waiting for this flight do not wait on a store that has
+    /// just failed.
     async fn alone(
         &self,
+        shared_store: &Arc<dyn DynStore>,
         error: StoreError,
         ctx: RefreshContext,
         started: Instant,
     ) -> Result<Obtained, Failed> {
-        self.count_store_error(&error, "refreshing without the store");
-        self.obtain(ctx, None, started).await
+        store_failed(&self.shared, &error, "refreshing without the store");
+        let current = ctx.current().cloned();
+        let obtained = self.obtain(ctx, None, started).await?;
+        let tokens = obtained
+            .tokens
+            .clone()
+            .inherit_refresh_token(current.as_ref());
+        // One that makes no header fails the flight; stored, it would fail
+        // every flight that adopted it.
+        if bearer_header(&tokens).is_ok() {
+            self.offer_in_background(shared_store, &tokens, started);
+        }
+        Ok(obtained)
     }
 
-    fn count_store_error(&self, error: &StoreError, doing: &str) {
-        Counters::bump(&self.shared.stats.store_errors);
-        tracing::warn!(error = %error, "token store failed; {doing}");
+    /// Stores `tokens` as the version after the one this process knew, if
+    /// that is still the stored one; the process then knows it as its own.
+    fn offer_in_background(&self, store: &Arc<dyn DynStore>, tokens: &TokenSet, started: Instant) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let expected = self.known_version;
+        // Below `u64::MAX`: known versions were loaded, and `load` refuses it.
+        let next = expected.unwrap_or(0) + 1;
+        let record = record_of(tokens, next, started);
+        let (store, shared) = (Arc::clone(store), Arc::clone(&self.shared));
+        runtime.spawn(async move {
+            match call(
+                &shared.config,
+                store.compare_and_swap_boxed(expected, record),
+            )
+            .await
+            {
+                Ok(true) => {
+                    let mut control = shared.lock();
+                    // Unless a version was adopted or stored since.
+                    if control.store_version == expected {
+                        control.store_version = Some(next);
+                    }
+                }
+                // Another process stored newer tokens meanwhile.
+                Ok(false) => {}
+                Err(error) => store_failed(
+                    &shared,
+                    &error,
+                    "the tokens refreshed without it stay unstored",
+                ),
+            }
+        });
     }
 
     async fn release(&self, store: &dyn DynStore, lease: Lease) {
         if let Err(error) = call(&self.shared.config, store.release_boxed(lease)).await {
             // The lease lapses on its own at its time to live.
-            self.count_store_error(&error, "the refresh lease will lapse");
+            store_failed(&self.shared, &error, "the refresh lease will lapse");
         }
     }
 }
@@ -259,6 +310,21 @@ impl TokenManager {
         );
         shared.changed.notify_waiters();
     }
+}
+
+/// Counts and logs a failed store call.
+fn store_failed(shared: &Shared, error: &StoreError, doing: &str) {
+    Counters::bump(&shared.stats.store_errors);
+    tracing::warn!(error = %error, "token store failed; {doing}");
+}
+
+/// The record storing `tokens`, obtained by a flight that began at
+/// `started`, as `version`.
+fn record_of(tokens: &TokenSet, version: u64, started: Instant) -> Record {
+    let issued = SystemTime::now()
+        .checked_sub(started.elapsed())
+        .unwrap_or_else(SystemTime::now);
+    Record::new(version, store::encode(tokens, issued).to_vec())
 }
 
 /// Resolves at the next announced version, or after `poll`.

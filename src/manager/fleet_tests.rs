@@ -3,7 +3,7 @@
 //! The multi-process proof against Redis lives in `tests/fleet.rs`.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -308,15 +308,18 @@ async fn a_failing_or_hung_store_never_fails_a_request() {
             .service(idp.api.clone());
         let started = tokio::time::Instant::now();
         let results = burst(&client, 20).await;
+        let waited = started.elapsed();
         assert!(all_ok(&results), "hang={hang}: {results:?}");
         assert_eq!(idp.counts(), (1, 0, 0), "hang={hang}: refreshed alone");
+        crate::test_support::settle().await;
         assert_eq!(
             calls.load(Ordering::SeqCst),
-            1,
-            "hang={hang}: one load, then alone"
+            2,
+            "hang={hang}: one load, then alone, then the offer of its tokens"
         );
-        assert_eq!(layer.handle().stats().store_errors, 1);
-        let waited = started.elapsed();
+        // A hung offer is still waiting for its answer.
+        let errors = if hang { 1 } else { 2 };
+        assert_eq!(layer.handle().stats().store_errors, errors, "hang={hang}");
         if hang {
             assert_eq!(
                 waited,
@@ -493,19 +496,26 @@ async fn a_refresh_source_that_panics_under_the_lease_releases_it() {
     assert!(lease.is_some(), "the lease is still held");
 }
 
-/// A store whose loads hang while `hang` is set; announcements still come.
+/// A store whose loads hang while `hang` is set, and whose next load fails
+/// once `fail_next` is set; announcements still come.
 #[derive(Clone, Default)]
-struct HangingLoads {
+struct FaultyLoads {
     inner: MemoryStore,
-    hang: Arc<std::sync::atomic::AtomicBool>,
+    hang: Arc<AtomicBool>,
+    fail_next: Arc<AtomicBool>,
 }
 
-impl TokenStore for HangingLoads {
+impl TokenStore for FaultyLoads {
     fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
-        let (hang, load) = (self.hang.load(Ordering::SeqCst), self.inner.load());
+        let hang = self.hang.load(Ordering::SeqCst);
+        let fail = self.fail_next.swap(false, Ordering::SeqCst);
+        let load = self.inner.load();
         async move {
             if hang {
                 std::future::pending::<()>().await;
+            }
+            if fail {
+                return Err(StoreError::unavailable("injected load failure"));
             }
             load.await
         }
@@ -539,7 +549,7 @@ impl TokenStore for HangingLoads {
 /// paused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fresh() {
-    let store = HangingLoads::default();
+    let store = FaultyLoads::default();
     let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
         Ok::<_, RefreshError>(TokenSet::new("next").with_expires_in(LIFETIME))
     }))
@@ -561,4 +571,69 @@ async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fre
         manager.ready(&mut cache).is_none(),
         "an expired token was taken for fresh"
     );
+}
+
+/// Found in review: a flight that refreshed on its own after a store
+/// failure spent the refresh token the store held (the source rotates
+/// them) and never stored its replacement. The next process to refresh
+/// from the store spent it again: `invalid_grant` here, and with an issuer
+/// that detects reuse, the revocation of the whole family.
+#[tokio::test(start_paused = true)]
+async fn tokens_refreshed_without_the_store_are_offered_to_it_afterwards() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .build();
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    store.fail_next.store(true, Ordering::SeqCst);
+    first.handle().force_refresh().await.unwrap(); // alone: rt-1 spent, rt-2
+    crate::test_support::settle().await; // the offer runs on its own task
+
+    let stored = store.inner.load().await.unwrap().unwrap();
+    let decoded = crate::store::decode(stored.payload(), std::time::SystemTime::now()).unwrap();
+    assert_eq!(stored.version(), 2);
+    let live = idp.state.lock().unwrap().live_refresh_token;
+    assert_eq!(
+        decoded.tokens.refresh_token().unwrap().expose(),
+        format!("rt-{live}"),
+        "the store holds the issuer's live refresh token"
+    );
+    assert_eq!(idp.counts(), (1, 1, 0));
+    assert_eq!(first.handle().stats().store_errors, 1);
+
+    // The process knows version 2 as its own: it refreshes from it rather
+    // than adopting its own tokens back.
+    first.handle().force_refresh().await.unwrap();
+    assert_eq!(idp.counts(), (1, 2, 0));
+    assert_eq!(store.inner.load().await.unwrap().unwrap().version(), 3);
+    assert_eq!(first.handle().stats().adopted, 0);
+}
+
+/// The offer never replaces a version stored since the one the flight
+/// knew, and a store still failing loses nothing but the offer.
+#[tokio::test(start_paused = true)]
+async fn an_offer_after_a_solo_refresh_never_replaces_a_newer_version() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .build();
+    first.handle().force_refresh().await.unwrap(); // version 1
+    let newer = crate::store::encode(
+        &TokenSet::new("at-sibling").with_refresh_token("rt-sibling"),
+        std::time::SystemTime::now(),
+    );
+    store
+        .inner
+        .compare_and_swap(Some(1), Record::new(2, newer.to_vec()))
+        .await
+        .unwrap();
+    store.fail_next.store(true, Ordering::SeqCst);
+    first.handle().force_refresh().await.unwrap(); // alone, knowing version 1
+    crate::test_support::settle().await;
+
+    let kept = store.inner.load().await.unwrap().unwrap();
+    assert_eq!(kept.version(), 2);
+    assert_eq!(kept.payload(), &newer[..]);
 }
