@@ -63,7 +63,7 @@ impl Said {
             // quote (it could echo the request), so it is not.
             return Self::default();
         };
-        let text = |pointer: &String| json.pointer(pointer).and_then(plain_text);
+        let text = |pointer: &String| json.pointer(pointer).and_then(plain_text).map(loggable);
         let message = shape.message.iter().find_map(text).map(|mut message| {
             for (label, pointer) in &shape.details {
                 if let Some(value) = text(pointer) {
@@ -91,6 +91,37 @@ impl Said {
         }
         error
     }
+}
+
+/// The longest piece of a server's text quoted, in characters; the body
+/// it comes from may run to the body limit (64 KiB by default).
+const QUOTED_CHARS: usize = 256;
+
+/// A server's text made safe to log on one line: control characters (a
+/// line break would let the server forge log lines of its own) and the
+/// bidirectional-text controls (which reorder what a reader sees) are
+/// escaped, and anything past [`QUOTED_CHARS`] characters is cut.
+fn loggable(text: String) -> String {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if text.chars().count() <= QUOTED_CHARS && !text.chars().any(unsafe_char) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len().min(4 * QUOTED_CHARS));
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(QUOTED_CHARS) {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
 }
 
 fn default_message(status: StatusCode) -> String {
@@ -188,6 +219,46 @@ mod tests {
         assert!(err.is_terminal());
         assert_eq!(err.code(), Some("invalid_grant"));
         assert!(err.to_string().contains("refresh token reused"), "{err}");
+    }
+
+    /// Found in review: the server's words were quoted as they came, line
+    /// breaks included, so an identity server could write log lines of its
+    /// own into ours; and at any length up to the body limit.
+    #[test]
+    fn a_servers_words_are_quoted_on_one_line_and_cut_short() {
+        let err = answer(
+            401,
+            Dialect::dynamosql(),
+            json!({"success": false, "error": {
+                "message": "expired\r\nINFO admin logged in \u{202E}txt.exe",
+                "code": "BAD\nCODE",
+                "requestId": "req\t42",
+            }}),
+        );
+        assert_eq!(
+            err.message(),
+            "expired\\r\\nINFO admin logged in \\u{202e}txt.exe"
+        );
+        assert_eq!(err.code(), Some("BAD\\nCODE"));
+        assert_eq!(err.request_id(), Some("req\\t42"));
+        assert!(!err.to_string().contains('\n'), "{err}");
+
+        let long = "é".repeat(10 * QUOTED_CHARS);
+        let err = answer(
+            400,
+            Dialect::dynamosql(),
+            json!({"success": false, "error": {"message": long}}),
+        );
+        assert_eq!(err.message().chars().count(), QUOTED_CHARS + 1);
+        assert!(err.message().ends_with('…'), "{}", err.message());
+
+        let plain = "Refresh token expired (see https://example.com/help)";
+        let err = answer(
+            401,
+            Dialect::dynamosql(),
+            json!({"success": false, "error": {"message": plain}}),
+        );
+        assert_eq!(err.message(), plain, "ordinary text is quoted as it is");
     }
 
     #[test]
