@@ -35,7 +35,8 @@ pub enum FailureClass {
     Terminal,
     /// The endpoint asked us to slow down (429), or said when it will be
     /// back (503 with `Retry-After`). No refresh call is made before
-    /// `retry_after` has passed.
+    /// `retry_after` has passed (an hour at most: a longer wait is cut to
+    /// one) nor before the backoff's delay.
     RateLimited {
         /// How long the endpoint asked us to wait, if it said.
         retry_after: Option<Duration>,

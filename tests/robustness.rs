@@ -131,12 +131,17 @@ async fn terminal_failure_of_a_superseded_refresh_does_not_block_tokens_set_duri
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
-/// A huge Retry-After is recorded as a rate limit (saturating), not a panic
-/// that would turn it into a short transient backoff.
+/// A huge Retry-After is recorded as a rate limit, not a panic that would
+/// turn it into a short transient backoff; and it blocks refreshes for an
+/// hour, not for as long as it says (up to 30 years, `force_refresh`
+/// included).
 #[tokio::test(start_paused = true)]
-async fn huge_retry_after_is_recorded_as_a_rate_limit_not_a_panic() {
-    let source = refresh_fn(|_ctx| async {
-        Err::<TokenSet, _>(RefreshError::rate_limited(Some(Duration::MAX)))
+async fn huge_retry_after_is_recorded_as_a_rate_limit_and_waited_an_hour() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let source = refresh_fn(move |_ctx| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Err::<TokenSet, _>(RefreshError::rate_limited(Some(Duration::MAX))) }
     });
     let layer = TokenRefreshLayer::builder(source)
         .initial_tokens(TokenSet::new("a0").with_expires_in(HOUR))
@@ -149,6 +154,13 @@ async fn huge_retry_after_is_recorded_as_a_rate_limit_not_a_panic() {
         last.is_rate_limited(),
         "the 429 was lost: error {error}, recorded {last}"
     );
+
+    tokio::time::advance(HOUR - Duration::from_secs(1)).await;
+    assert!(handle.force_refresh().await.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "blocked within the hour");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(handle.force_refresh().await.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "asked again after it");
 }
 
 /// A refresh whose `expires_in` is huge (Java servers send Long.MAX_VALUE

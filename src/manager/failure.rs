@@ -71,6 +71,12 @@ impl Default for Backoff {
     }
 }
 
+/// The longest `Retry-After` honoured. A longer one (a misconfigured or
+/// hostile server, or an HTTP date years ahead) would block every refresh,
+/// `force_refresh` included, until new tokens were set by hand; past this,
+/// the server is asked again, once.
+pub(crate) const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// A failed refresh and until when it blocks the next one.
 pub(crate) struct Failure {
     pub(crate) error: Arc<RefreshError>,
@@ -94,7 +100,10 @@ impl Failure {
             // for as long as the rate limit lasted.
             FailureClass::RateLimited {
                 retry_after: Some(wait),
-            } => Some(later(now, wait.max(backoff.delay(consecutive)))),
+            } => {
+                let wait = wait.min(LONGEST_RETRY_AFTER);
+                Some(later(now, wait.max(backoff.delay(consecutive))))
+            }
             FailureClass::RateLimited { retry_after: None } | FailureClass::Transient => {
                 Some(later(now, backoff.delay(consecutive)))
             }
@@ -152,6 +161,38 @@ mod tests {
             now,
         );
         assert!(terminal.blocks(now + Duration::from_secs(86_400 * 365)));
+    }
+
+    /// Found in review: a `Retry-After` of years (or a date years ahead)
+    /// was honoured up to the clock's 30-year cap, blocking every refresh,
+    /// `force_refresh` included, until tokens were set by hand.
+    #[test]
+    fn a_retry_after_past_an_hour_waits_an_hour() {
+        let now = Instant::now();
+        for asked in [
+            Duration::from_secs(3601),
+            Duration::from_secs(86_400 * 365 * 10),
+            Duration::MAX,
+        ] {
+            let limited = Failure::new(
+                Arc::new(RefreshError::rate_limited(Some(asked))),
+                ErrorKind::RefreshFailed,
+                1,
+                &Backoff::default(),
+                now,
+            );
+            assert_eq!(limited.until, Some(now + LONGEST_RETRY_AFTER), "{asked:?}");
+        }
+        // A backoff configured longer still wins.
+        let patient = Backoff::new(Duration::from_secs(7200), Duration::from_secs(7200));
+        let limited = Failure::new(
+            Arc::new(RefreshError::rate_limited(Some(Duration::MAX))),
+            ErrorKind::RefreshFailed,
+            1,
+            &patient,
+            now,
+        );
+        assert!(limited.until.unwrap() >= now + Duration::from_secs(3600));
     }
 
     /// Found in review: `Retry-After: 0` (or a date already past) ended
