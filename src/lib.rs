@@ -81,7 +81,7 @@ pub use handle::{InvalidTokenError, TokenHandle, TokenState, TokenStatus};
 pub use manager::window::RefreshWindow;
 pub use manager::Backoff;
 pub use refresh::{refresh_fn, Refresh, RefreshContext, RefreshFn, RefreshReason};
-pub use service::{Builder, InvalidOrigin, TokenRefresh, TokenRefreshLayer};
+pub use service::{Builder, TokenRefresh, TokenRefreshLayer};
 pub use stats::Stats;
 pub use token::{Secret, TokenSet};
 

@@ -365,7 +365,13 @@ impl<C> Builder<C> {
     {
         let parsed = origins
             .into_iter()
-            .filter_map(|uri| Origin::parse(&uri.to_string()).ok())
+            .filter_map(|uri| {
+                let origin = Origin::of(&uri);
+                if origin.is_none() {
+                    tracing::warn!(origin = %uri, "an allowed origin without a host matches no request");
+                }
+                origin
+            })
             .collect();
         self.rules.origins = Some(parsed);
         self

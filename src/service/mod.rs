@@ -64,7 +64,6 @@ use lanes::Lanes;
 pub(crate) use layer::Core;
 pub use layer::TokenRefreshLayer;
 pub(crate) use transport::is_loopback;
-pub use transport::InvalidOrigin;
 
 /// Adds `Authorization: Bearer …` to requests, keeps the token current and
 /// retries a rejected request once with a new token.
