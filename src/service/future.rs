@@ -26,7 +26,8 @@ use crate::{BoxError, Error};
 /// What a retry needs: a copy of the request head, a replaying body and,
 /// once the retry is due, a clone of the inner service (polled ready
 /// before the retry). A request held before its first send is kept here
-/// whole, with the instance the caller polled ready.
+/// whole, with a clone of the inner service polled ready once its token
+/// has come.
 ///
 /// The service is boxed: it is only there on the slow paths, and inline
 /// it would make every response future as large as a client (304 bytes

@@ -191,13 +191,17 @@ where
             None => {
                 let (parts, body) = req.into_parts();
                 let body = replay_body(core, body);
-                // The service polled ready is the one that must be called, so
-                // it moves into the future and a clone takes its place
-                // ("Be careful when cloning inner services", tower-service).
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
+                // The request waits with a clone, polled ready only once a
+                // token has come (the instance called must be the one
+                // polled ready, "Be careful when cloning inner services",
+                // tower-service). The instance polled ready here stays:
+                // readiness can be a reservation (a slot in a
+                // `tower::buffer::Buffer`, which a tonic `Channel` is), and
+                // held by every waiting request it could starve the refresh
+                // itself when that goes through the same buffer.
+                let waiting = self.inner.clone();
                 let shared = Arc::clone(shared);
-                ResponseFuture::acquiring(ready, parts, body, shared)
+                ResponseFuture::acquiring(waiting, parts, body, shared)
             }
         }
     }

@@ -16,7 +16,7 @@ use crate::test_support::body::{data, trailers, Item, TestBody};
 use crate::test_support::{
     burst, expect_error, get, hold, issuer, old_token_layer, post, send, Api, Issuer,
 };
-use crate::{refresh_fn, RefreshError, TokenRefresh, TokenRefreshLayer, TokenSet};
+use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefresh, TokenRefreshLayer, TokenSet};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -622,4 +622,46 @@ async fn a_request_that_waited_for_the_first_token_is_retried_when_that_token_is
     );
     assert_eq!(refreshes.load(SeqCst), 2);
     assert_eq!(handle.stats().retries, 1);
+}
+
+/// Found in review: a request waiting for its first token kept the inner
+/// service instance it was called with, polled ready. For a
+/// `tower::buffer::Buffer` (a tonic `Channel` is one), readiness is a slot
+/// of the buffer: waiting requests held every slot, and a refresh sent
+/// through the same buffer (an auth call on the API's own channel) got
+/// none until it timed out, failing every request.
+#[tokio::test(start_paused = true)]
+async fn requests_waiting_for_a_token_hold_no_readiness_of_the_inner_service() {
+    let api = Api::default();
+    api.accept("fresh");
+    let buffered = tower::buffer::Buffer::new(api.clone(), 2);
+    let channel = buffered.clone();
+    let source = refresh_fn(move |_| {
+        let mut channel = channel.clone();
+        async move {
+            // As an auth call on the same channel would: it needs a slot.
+            ServiceExt::<Request<ReplayBody<Full<Bytes>>>>::ready(&mut channel)
+                .await
+                .map_err(|e| RefreshError::transient("no slot").with_source(e))?;
+            Ok::<_, RefreshError>(TokenSet::new("fresh").with_expires_in(HOUR))
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .refresh_timeout(Duration::from_secs(5))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(buffered);
+
+    let started = tokio::time::Instant::now();
+    let results = burst(&client, 4).await;
+    assert!(
+        results.iter().all(|r| matches!(r, Ok((StatusCode::OK, _)))),
+        "{results:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(handle.stats().refreshes, 1);
 }
