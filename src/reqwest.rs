@@ -22,6 +22,10 @@
 //!   cloned, so the original rejection is returned. The refresh still runs,
 //!   and the next request gets the new token. The layer's replay cap does
 //!   not apply: a clonable body is already in memory.
+//! - reqwest adds the client's `default_headers` after every middleware
+//!   has run, and only where the request has no such header: a default
+//!   `Authorization` is invisible here, so the token takes its place. Set
+//!   an `Authorization` of your own on the request to have it pass through.
 //! - A request that cannot get a token fails with
 //!   [`reqwest_middleware::Error::Middleware`] holding this crate's
 //!   [`Error`]; [`token_error`] gets it back.
@@ -71,6 +75,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ::reqwest::header::AUTHORIZATION;
 use ::reqwest::{Request, Response, Url};
@@ -80,6 +85,7 @@ use reqwest_middleware::{Middleware, Next};
 use crate::classify::{ClassifyRejection, Unauthorized};
 use crate::error::ErrorKind;
 use crate::manager::Decision;
+use crate::service::drain::DRAIN_LIMIT;
 use crate::service::Core;
 use crate::{Error, TokenHandle, TokenRefreshLayer};
 
@@ -252,14 +258,14 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
             // No refresh can run now: the rejection is the answer, as in the
             // tower layer; later requests get the typed error.
             Decision::GiveUp | Decision::Fail(_) => return Ok(response),
-            // The rejection is released before retrying or waiting: it
-            // frees the connection.
+            // The rejection is read and released before retrying or
+            // waiting: it frees the connection.
             Decision::Use(credential) => {
-                drop(response);
+                drain(response, core.manager.refresh_timeout()).await;
                 credential
             }
             Decision::Wait(flight) => {
-                drop(response);
+                drain(response, core.manager.refresh_timeout()).await;
                 core.manager
                     .clone()
                     .wait(flight)
@@ -281,6 +287,24 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         }
         Ok(response)
     }
+}
+
+/// Reads a rejection's body to its end (up to [`DRAIN_LIMIT`] bytes, for
+/// no longer than `bound`) before dropping it, as the tower layer does.
+/// Dropped unread, a response closes its HTTP/1.1 connection, so the retry
+/// needs a new one, and resets its HTTP/2 stream, which past h2's limit
+/// closes the whole connection with every request on it.
+async fn drain(mut response: Response, bound: Duration) {
+    let read_to_end = async {
+        let mut read = 0;
+        while read <= DRAIN_LIMIT {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(bound, read_to_end).await;
 }
 
 impl<C: ClassifyRejection> Middleware for TokenRefreshMiddleware<C> {

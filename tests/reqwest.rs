@@ -13,13 +13,14 @@ pub mod support;
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -65,6 +66,9 @@ struct ApiState {
     /// The `Authorization` header of every request, in arrival order, and
     /// whether it was accepted.
     seen: Mutex<Vec<(Option<String>, bool)>>,
+    /// The client port of every request, in arrival order: which
+    /// connection it came on.
+    ports: Mutex<Vec<u16>>,
 }
 
 /// What the API server has seen so far.
@@ -84,12 +88,14 @@ impl AxumApi {
             ok: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
             seen: Mutex::new(Vec::new()),
+            ports: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .fallback(api)
             .with_state(Arc::clone(&state));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base_url = format!("http://{}", listener.local_addr().expect("address"));
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("serve");
         });
@@ -129,6 +135,11 @@ impl AxumApi {
         self.state.seen.lock().unwrap().clone()
     }
 
+    /// The client port of every request so far.
+    fn ports(&self) -> Vec<u16> {
+        self.state.ports.lock().unwrap().clone()
+    }
+
     /// The distinct tokens the server accepted.
     fn accepted_tokens(&self) -> HashSet<String> {
         self.seen()
@@ -146,8 +157,12 @@ impl Drop for AxumApi {
 
 async fn api(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        state.ports.lock().unwrap().push(peer.port());
+    }
     state.gate.pass().await;
 
+    let uri_path = request.uri().path().to_owned();
     let authorization = request
         .headers()
         .get(AUTHORIZATION)
@@ -165,6 +180,10 @@ async fn api(State(state): State<Arc<ApiState>>, request: Request) -> Response {
         tokio::spawn(async move {
             let _ = axum::body::to_bytes(body, usize::MAX).await;
         });
+        if uri_path == "/v1/verbose-rejection" {
+            // As a proxy's HTML error page: more than one read's worth.
+            return (StatusCode::UNAUTHORIZED, "x".repeat(48 * 1024)).into_response();
+        }
         return (
             StatusCode::UNAUTHORIZED,
             [(WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#)],
@@ -812,4 +831,28 @@ async fn dead_refresh_token_fails_with_reauth_required_and_spares_the_idp() {
         assert_eq!(api.stats().requests, 1);
     })
     .await;
+}
+
+/// Found in review: the rejection was dropped unread before the retry.
+/// Over HTTP/1.1 that closed its connection, so every retry opened a new
+/// one (with TLS, a new handshake too); over HTTP/2 it reset the stream,
+/// and enough resets close the whole connection. It is read first now, as
+/// the tower layer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_is_read_before_the_retry_so_its_connection_is_reused() {
+    let setup = setup(with_login).await;
+    let warm = setup.client.get(setup.api.url("/v1/items")).send().await;
+    assert_eq!(warm.expect("sent").status(), StatusCode::OK);
+    setup.api.revoke_current();
+
+    let url = setup.api.url("/v1/verbose-rejection");
+    let response = setup.client.get(url).send().await;
+    assert_eq!(response.expect("sent").status(), StatusCode::OK);
+    assert_eq!(setup.api.stats().unauthorized, 1);
+    let ports = setup.api.ports();
+    assert_eq!(ports.len(), 3, "{ports:?}");
+    assert!(
+        ports.iter().all(|port| *port == ports[0]),
+        "every request on one connection: {ports:?}"
+    );
 }

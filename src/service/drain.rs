@@ -8,7 +8,7 @@ use http_body::Body;
 
 /// Body bytes of a rejection read before it is dropped anyway: enough for
 /// any error document, not a download.
-const DRAIN_LIMIT: usize = 64 * 1024;
+pub(crate) const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// A rejection being read to its end, so that dropping it does not reset
 /// its stream. Over HTTP/2, a reset stream's frames still arriving count

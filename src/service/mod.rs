@@ -33,7 +33,7 @@
 //! ```
 
 mod builder;
-mod drain;
+pub(crate) mod drain;
 pub(crate) mod future;
 mod headers;
 mod lanes;
