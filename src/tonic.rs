@@ -43,10 +43,18 @@
 //! request gets the UNAUTHENTICATED status back, and the refresh still
 //! happens, so the next call succeeds.
 //!
-//! A status in the *trailers* of a response that has already delivered
-//! messages (a server stream cut short because its token was revoked) is
-//! never seen by the layer and never retried: the call has produced output,
-//! and the caller gets the status.
+//! A status sent after the response headers, in the *trailers* (a server
+//! stream cut short because its token was revoked, or a handler that
+//! answers headers first and then fails with no message at all), is never
+//! seen by the layer and never retried: the caller gets the status.
+//!
+//! # Errors
+//!
+//! When the layer cannot get a token (the refresh credential is dead, the
+//! refresh failed or timed out, or a plain `http://` URI was refused),
+//! tonic turns its error into a `Status` with `Code::Unknown` and the
+//! error's message. [`token_error`] gets the crate's [`Error`] back, to
+//! tell "sign in again" from "try later".
 //!
 //! # URIs
 //!
@@ -54,8 +62,11 @@
 //! channel adds its endpoint's origin below the layer. So an
 //! [`allowed_origins`](crate::Builder::allowed_origins) list matches no
 //! call, and the check that refuses tokens over plain `http://` to other
-//! hosts cannot see the scheme. If you need either, make the client with
-//! `with_origin(channel, origin)`: the layer then sees the full URI.
+//! hosts cannot see the scheme. If you need either, give the client the
+//! origin above the wrapped channel, e.g.
+//! `GreeterClient::with_origin(with_token_refresh(channel, &layer), origin)`
+//! (or `tonic::client::Grpc::with_origin`): the layer then sees the full
+//! URI.
 
 use std::task::{Context, Poll};
 
@@ -66,7 +77,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::classify::Grpc;
-use crate::{BoxError, TokenRefresh, TokenRefreshLayer};
+use crate::{BoxError, Error, TokenRefresh, TokenRefreshLayer};
 
 /// A tonic channel (or any service taking `Request<tonic::body::Body>`)
 /// behind the token layer, as [`with_token_refresh`] makes it: the type to
@@ -140,6 +151,45 @@ pub type GrpcTokenRefresh<S, C = Grpc> = TokenRefresh<IntoTonicBody<S>, C>;
 /// ```
 pub fn with_token_refresh<S>(service: S, layer: &TokenRefreshLayer<Grpc>) -> GrpcTokenRefresh<S> {
     layer.layer(IntoTonicBody::new(service))
+}
+
+/// The crate's [`Error`] behind a call's `Status`, if the layer failed the
+/// call: tonic reports it with `Code::Unknown`, keeping the error as the
+/// status's source.
+///
+/// ```
+/// use tower::ServiceExt;
+/// use tower_token_refresh::classify::Grpc;
+/// use tower_token_refresh::tonic::{token_error, with_token_refresh};
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+///         Err::<tower_token_refresh::TokenSet, _>(RefreshError::terminal("refresh token revoked"))
+///     }))
+///     .classifier(Grpc)
+///     .build();
+/// let channel = tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+/// });
+/// let channel = with_token_refresh(channel, &layer);
+/// let error = channel.oneshot(http::Request::new(tonic::body::Body::empty())).await.unwrap_err();
+///
+/// // What tonic's client makes of it.
+/// let status = tonic::Status::from_error(error);
+/// assert_eq!(status.code(), tonic::Code::Unknown);
+/// assert!(token_error(&status).is_some_and(|e| e.is_reauth_required()));
+/// # }
+/// ```
+pub fn token_error(status: &tonic::Status) -> Option<&Error> {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(ours) = error.downcast_ref::<Error>() {
+            return Some(ours);
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// Turns the request body into a `tonic::body::Body` (the body type of

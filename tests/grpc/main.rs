@@ -30,7 +30,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 use tower::ServiceExt;
 use tower_token_refresh::classify::{ClassifyRejection, Grpc};
-use tower_token_refresh::tonic::{with_token_refresh, GrpcTokenRefresh};
+use tower_token_refresh::tonic::{token_error, with_token_refresh, GrpcTokenRefresh};
 use tower_token_refresh::{TokenHandle, TokenRefreshLayer, TokenSet};
 
 use client::EchoClient;
@@ -325,6 +325,37 @@ async fn server_stream_cut_after_delivering_messages_is_not_retried() {
             (1, 1, 1)
         );
         assert_counters_agree(&handle, &identity, &server, 2);
+    })
+    .await;
+}
+
+/// A call the layer fails (here: the refresh credential is dead) reaches
+/// the caller as tonic makes it, `Code::Unknown`, and `token_error` gets
+/// the typed error back, to tell "sign in again" from "try later".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_layer_fails_carries_its_typed_error() {
+    bounded(async {
+        let identity = IdentityServer::builder().start().await;
+        let server = GrpcServer::start(&identity).await;
+        let cognito = CognitoClient::new(identity.base_url());
+        let dead = TokenSet::new("expired")
+            .with_refresh_token("revoked")
+            .with_expires_in(std::time::Duration::ZERO);
+        let layer = TokenRefreshLayer::builder(cognito.refresher())
+            .classifier(Grpc)
+            .initial_tokens(dead)
+            .build();
+        let mut client = EchoClient::new(with_token_refresh(connect(&server).await, &layer));
+
+        let status = client
+            .unary(Bytes::from_static(b"hi"))
+            .await
+            .expect_err("no token to send");
+        assert_eq!(status.code(), Code::Unknown);
+        let error = token_error(&status).expect("the layer's error");
+        assert!(error.is_reauth_required(), "{error}");
+        assert_eq!(server.stats().calls, 0, "nothing was sent");
+        assert_eq!(identity.stats().refresh_calls, 1);
     })
     .await;
 }
