@@ -49,9 +49,12 @@ impl ClassifyRejection for Unauthorized {
 /// headers (a trailers-only response, which is how servers reject a call
 /// before sending any message).
 ///
-/// A status that arrives in the trailers of a response that already
-/// delivered messages is deliberately not seen: such a call has produced
-/// output and must not be replayed.
+/// A status that arrives in the trailers, after the response headers, is
+/// not seen: only the head decides. A call whose stream already delivered
+/// messages has produced output and must not be replayed; one that sent
+/// headers and then failed with no message at all (as a tonic
+/// server-streaming handler whose first item is an error does) is not
+/// retried either, and the caller gets its status.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Grpc;
 
