@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::flight::{Failed, FlightTask, Obtained};
-use super::snapshot::bearer_header;
+use super::snapshot::makes_header;
 use super::{later, Config, Prepared, Shared, TokenManager};
 use crate::error::ErrorKind;
 use crate::refresh::RefreshContext;
@@ -120,7 +120,7 @@ impl FlightTask {
         }
         // The stored record must carry the refresh token the source kept.
         obtained.tokens = obtained.tokens.inherit_refresh_token(current.as_ref());
-        if bearer_header(&obtained.tokens).is_err() {
+        if !makes_header(&obtained.tokens) {
             // The flight fails on it; stored, it would fail every flight of
             // the fleet that adopted it, with nothing left to refresh from.
             return Ok(obtained);
@@ -184,13 +184,19 @@ impl FlightTask {
         store_failed(&self.shared, &error, "refreshing without the store");
         let current = ctx.current().cloned();
         let obtained = self.obtain(ctx, None, started).await?;
+        // A record that does not read (corrupt, or not sealed with this
+        // process's key) is refreshed around and never overwritten, even at
+        // the version this process knew.
+        if error.is_corrupt() {
+            return Ok(obtained);
+        }
         let tokens = obtained
             .tokens
             .clone()
             .inherit_refresh_token(current.as_ref());
         // One that makes no header fails the flight; stored, it would fail
         // every flight that adopted it.
-        if bearer_header(&tokens).is_ok() {
+        if makes_header(&tokens) {
             self.offer_in_background(shared_store, &tokens, started);
         }
         Ok(obtained)
@@ -388,7 +394,7 @@ fn is_newer(version: u64, known: Option<u64>) -> bool {
 /// that stored it did.
 fn usable(config: &Config, stored: &Stored, than: Option<u64>) -> bool {
     // A token that makes no header is refreshed from, not adopted.
-    if !is_newer(stored.version, than) || bearer_header(&stored.tokens).is_err() {
+    if !is_newer(stored.version, than) || !makes_header(&stored.tokens) {
         return false;
     }
     let Some(lifetime) = stored.tokens.expires_in() else {

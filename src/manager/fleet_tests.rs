@@ -637,3 +637,25 @@ async fn an_offer_after_a_solo_refresh_never_replaces_a_newer_version() {
     assert_eq!(kept.version(), 2);
     assert_eq!(kept.payload(), &newer[..]);
 }
+
+/// A record the process cannot read at the version it knew (replaced by
+/// someone with write access to the store, or sealed with another key) is
+/// refreshed around, and the offer that follows a solo refresh leaves it
+/// in place.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_record_at_the_known_version_is_not_overwritten_by_the_offer() {
+    let idp = Rotating::default();
+    let store = MemoryStore::new();
+    let (layer, _client) = idp.layered(&store, |b| b);
+    layer.handle().force_refresh().await.unwrap(); // version 1
+    store
+        .compare_and_swap(Some(1), Record::new(1, b"{forged".to_vec()))
+        .await
+        .unwrap();
+    layer.handle().force_refresh().await.unwrap(); // alone: the load is corrupt
+    crate::test_support::settle().await;
+
+    let kept = store.load().await.unwrap().unwrap();
+    assert_eq!((kept.version(), kept.payload()), (1, &b"{forged"[..]));
+    assert_eq!(idp.counts(), (1, 1, 0));
+}

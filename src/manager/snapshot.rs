@@ -47,9 +47,21 @@ pub(crate) struct Prepared {
     refreshed: bool,
 }
 
+/// Whether the access token makes a valid header value: the bytes
+/// `HeaderValue` accepts (visible ASCII, space, tab, and any byte past
+/// ASCII). Checked without making the header, which would leave one more
+/// copy of the token to free.
+pub(crate) fn makes_header(tokens: &TokenSet) -> bool {
+    let valid = |b: u8| (b >= 0x20 && b != 0x7f) || b == b'\t';
+    tokens.access_token().expose().bytes().all(valid)
+}
+
 /// `Authorization: Bearer <access token>`, if the token makes a valid
 /// header value.
 pub(crate) fn bearer_header(tokens: &TokenSet) -> Result<HeaderValue, InvalidToken> {
+    if !makes_header(tokens) {
+        return Err(InvalidToken);
+    }
     let mut header = HeaderValue::try_from(format!("Bearer {}", tokens.access_token().expose()))
         .map_err(|_| InvalidToken)?;
     // Sensitive headers are never HPACK-indexed and are redacted by http's
@@ -283,6 +295,19 @@ mod tests {
                 .unwrap()
                 .into_snapshot(1, now, &Config::default());
         (now, snap)
+    }
+
+    /// The check that makes no header agrees with `HeaderValue` itself on
+    /// every byte, so a token it passes is one the header takes.
+    #[test]
+    fn makes_header_agrees_with_header_value_on_every_byte() {
+        for byte in 0..=u8::MAX {
+            let token = String::from_utf8_lossy(&[b'a', byte, b'z']).into_owned();
+            let by_http = HeaderValue::try_from(format!("Bearer {token}")).is_ok();
+            let tokens = TokenSet::new(token.as_str());
+            assert_eq!(makes_header(&tokens), by_http, "byte {byte:#04x}");
+            assert_eq!(bearer_header(&tokens).is_ok(), by_http, "byte {byte:#04x}");
+        }
     }
 
     #[test]

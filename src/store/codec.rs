@@ -14,7 +14,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::StoreError;
 use crate::TokenSet;
@@ -23,7 +23,9 @@ const FORMAT: u64 = 1;
 
 /// Encodes `tokens`, whose lifetime counts from `obtained_at` (wall clock).
 pub(crate) fn encode(tokens: &TokenSet, obtained_at: SystemTime) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(256));
+    // Sized for the worst case up front: a buffer that grew would leave the
+    // block it grew out of, tokens and all, freed unwiped.
+    let mut out = Zeroizing::new(Vec::with_capacity(encoded_capacity(tokens)));
     out.extend_from_slice(b"{\"format\":1,\"access_token\":");
     push_string(&mut out, tokens.access_token().expose());
     if let Some(refresh) = tokens.refresh_token() {
@@ -50,6 +52,19 @@ pub(crate) fn encode(tokens: &TokenSet, obtained_at: SystemTime) -> Zeroizing<Ve
     out
 }
 
+/// An upper bound on the length of `encode(tokens, _)`: the fixed text
+/// and two numbers take under 160 bytes, and JSON writes each byte of a
+/// string as at most six (`\u001f`), with two quotes and a separator
+/// around each string.
+fn encoded_capacity(tokens: &TokenSet) -> usize {
+    let mut strings = vec![tokens.access_token().expose()];
+    strings.extend(tokens.refresh_token().map(|refresh| refresh.expose()));
+    for (name, value) in tokens.extras() {
+        strings.extend([name, value]);
+    }
+    160 + strings.iter().map(|s| 6 * s.len() + 3).sum::<usize>()
+}
+
 fn unix_millis(at: SystemTime) -> u64 {
     let millis = at
         .duration_since(UNIX_EPOCH)
@@ -73,25 +88,46 @@ pub(crate) struct Decoded {
 /// Decodes a payload, aging it to `now` (a clock behind the writer's gives
 /// an age of zero).
 pub(crate) fn decode(payload: &[u8], now: SystemTime) -> Result<Decoded, StoreError> {
+    let mut value: Value = serde_json::from_slice(payload)
+        .map_err(|_| StoreError::corrupt("stored tokens: not a JSON object"))?;
+    let decoded = decode_value(&mut value, now);
+    // Whatever is left (everything, if the record was refused) is wiped.
+    wipe(&mut value);
+    decoded
+}
+
+/// Zeroes every string in `value`.
+fn wipe(value: &mut Value) {
+    match value {
+        Value::String(s) => s.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(wipe),
+        Value::Object(fields) => fields.values_mut().for_each(wipe),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+fn decode_value(value: &mut Value, now: SystemTime) -> Result<Decoded, StoreError> {
     let corrupt = |what: &str| StoreError::corrupt(format!("stored tokens: {what}"));
-    let mut value: Value =
-        serde_json::from_slice(payload).map_err(|_| corrupt("not a JSON object"))?;
-    let Value::Object(fields) = &mut value else {
+    let Value::Object(fields) = value else {
         return Err(corrupt("not a JSON object"));
     };
     if fields.get("format").and_then(Value::as_u64) != Some(FORMAT) {
         return Err(corrupt("unknown format"));
     }
+    // Taken out wiped on drop: a later refusal must not free them unwiped.
     let mut take_string = |name: &str| match fields.remove(name) {
-        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::String(s)) => Ok(Some(Zeroizing::new(s))),
         None | Some(Value::Null) => Ok(None),
-        Some(_) => Err(corrupt(&format!("`{name}` is not a string"))),
+        Some(mut other) => {
+            wipe(&mut other);
+            Err(corrupt(&format!("`{name}` is not a string")))
+        }
     };
     let access = take_string("access_token")?.ok_or_else(|| corrupt("no `access_token`"))?;
     let refresh = take_string("refresh_token")?;
-    let mut tokens = TokenSet::new(access);
+    let mut tokens = TokenSet::new(access.as_str());
     if let Some(refresh) = refresh {
-        tokens = tokens.with_refresh_token(refresh);
+        tokens = tokens.with_refresh_token(refresh.as_str());
     }
     let millis = |name: &str| match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
@@ -178,6 +214,30 @@ mod tests {
             let err = decode(payload, at(0)).unwrap_err();
             assert!(err.is_corrupt(), "{err}");
             assert!(!err.to_string().contains("secret-value"), "{err}");
+        }
+    }
+
+    /// Found in review: the buffer started at 256 bytes and grew, and each
+    /// block it grew out of (a JWT-sized token in it) was freed unwiped.
+    /// It is sized once now: the worst case, every byte escaped, fits.
+    #[test]
+    fn the_buffer_never_grows_so_no_unwiped_copy_is_left() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.".repeat(45); // ~900 bytes
+        let escaped = "\u{1}\u{1f}\"\\".repeat(200); // escaped as \u0001, \u001f, \", \\
+        let cases = [
+            TokenSet::new(jwt.as_str()).with_refresh_token(jwt.as_str()),
+            TokenSet::new(escaped.as_str())
+                .with_refresh_token(escaped.as_str())
+                .with_expires_in(Duration::MAX)
+                .with_extra(escaped.as_str(), escaped.as_str())
+                .with_extra("scope", "read"),
+            TokenSet::new("a"),
+        ];
+        for tokens in cases {
+            let out = encode(&tokens, at(u64::MAX / 2_000));
+            assert_eq!(out.capacity(), encoded_capacity(&tokens));
+            let back = decode(&out, at(0)).unwrap().tokens;
+            assert_eq!(back.access_token().expose(), tokens.access_token().expose());
         }
     }
 }

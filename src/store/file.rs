@@ -176,16 +176,18 @@ fn read(path: &Path) -> Result<Option<Record>, StoreError> {
             path.display()
         ))
     };
-    let value: Value = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
+    let mut value: Value = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
+    // Taken out of the parsed file to be wiped: without `Encrypted`, the
+    // payload is the tokens in base64.
+    let payload = match value.get_mut("payload").map(Value::take) {
+        Some(Value::String(payload)) => Zeroizing::new(payload),
+        _ => return Err(corrupt()),
+    };
     let version = value
         .get("version")
         .and_then(Value::as_u64)
         .ok_or_else(corrupt)?;
-    let payload = value
-        .get("payload")
-        .and_then(Value::as_str)
-        .ok_or_else(corrupt)?;
-    let payload = STANDARD.decode(payload).map_err(|_| corrupt())?;
+    let payload = STANDARD.decode(payload.as_bytes()).map_err(|_| corrupt())?;
     Ok(Some(Record::new(version, payload)))
 }
 
