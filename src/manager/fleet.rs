@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::flight::{Failed, FlightTask, Obtained};
 use super::snapshot::makes_header;
-use super::{later, Config, Prepared, Shared, TokenManager};
+use super::{later, Config, Control, Prepared, Shared, TokenManager};
 use crate::error::ErrorKind;
 use crate::refresh::RefreshContext;
 use crate::stats::Counters;
@@ -46,6 +46,7 @@ impl FlightTask {
             // everything stored before.
             changes.borrow_and_update();
         }
+        let known = self.known_after_offer().await;
         let give_up = later(
             started,
             config.lease_ttl().saturating_add(store.poll_interval_dyn()),
@@ -53,11 +54,9 @@ impl FlightTask {
         loop {
             let stored = match load(&self.shared, store).await {
                 Ok(stored) => stored,
-                Err(error) => return self.alone(shared_store, error, ctx, started).await,
+                Err(error) => return self.alone(shared_store, known, error, ctx, started).await,
             };
-            if let Some(stored) =
-                stored.filter(|s| usable(&self.shared.config, s, self.known_version))
-            {
+            if let Some(stored) = stored.filter(|s| usable(&self.shared.config, s, known)) {
                 return Ok(stored.into_obtained());
             }
             match call(config, store.try_lease_boxed(config.lease_ttl())).await {
@@ -66,14 +65,16 @@ impl FlightTask {
                         store: Arc::clone(shared_store),
                         lease: Some(lease),
                     };
-                    let result = self.refresh_and_store(shared_store, ctx, started).await;
+                    let result = self
+                        .refresh_and_store(shared_store, known, ctx, started)
+                        .await;
                     if let Some(lease) = held.lease.take() {
                         self.release(store, lease).await;
                     }
                     return result;
                 }
                 Ok(None) => {}
-                Err(error) => return self.alone(shared_store, error, ctx, started).await,
+                Err(error) => return self.alone(shared_store, known, error, ctx, started).await,
             }
             if Instant::now() >= give_up {
                 return Err((
@@ -92,6 +93,7 @@ impl FlightTask {
     async fn refresh_and_store(
         &self,
         shared_store: &Arc<dyn DynStore>,
+        known: Option<u64>,
         ctx: RefreshContext,
         started: Instant,
     ) -> Result<Obtained, Failed> {
@@ -99,12 +101,12 @@ impl FlightTask {
         // Someone may have stored a version between our load and the lease.
         let stored = match load(&self.shared, store).await {
             Ok(stored) => stored,
-            Err(error) => return self.alone(shared_store, error, ctx, started).await,
+            Err(error) => return self.alone(shared_store, known, error, ctx, started).await,
         };
         let expected = stored.as_ref().map(|s| s.version);
         let (ctx, base) = match stored {
-            Some(stored) if is_newer(stored.version, self.known_version) => {
-                if usable(&self.shared.config, &stored, self.known_version) {
+            Some(stored) if is_newer(stored.version, known) => {
+                if usable(&self.shared.config, &stored, known) {
                     return Ok(stored.into_obtained());
                 }
                 // Past its time, but it carries the newest refresh token.
@@ -127,7 +129,7 @@ impl FlightTask {
         }
         // Versions only grow, even past a store that lost its data. Below
         // `u64::MAX`: `load` refuses that one, and known versions were loaded.
-        let next = expected.max(self.known_version).unwrap_or(0) + 1;
+        let next = expected.max(known).unwrap_or(0) + 1;
         let record = record_of(&obtained.tokens, next, started);
         match call(
             &self.shared.config,
@@ -163,79 +165,46 @@ impl FlightTask {
         }
     }
 
-    /// The store failed: this flight refreshes on its own, then offers
-    /// its tokens to the store.
-    ///
-    /// A source that rotates refresh tokens has just spent the one this
-    /// process knew, which the store may hold too: left there, it would be
-    /// spent again by the next process to refresh from the store, and an
-    /// issuer that detects reuse answers that by revoking the whole family.
-    /// The offer is a compare-and-swap over the version this process knew,
-    /// so it never replaces a newer one, and it runs on its own task: the
-    /// requests waiting for this flight do not wait on a store that has
-    /// just failed.
+    /// The store version this flight starts from: the one the process
+    /// knew when it began, or, if an offer of tokens the last flight
+    /// refreshed alone is still out, the one the process knows once that
+    /// offer has settled (waited for within the refresh timeout). Without
+    /// the wait, this flight could refresh from the tokens being offered
+    /// and lose the race to store its own, leaving the store with a spent
+    /// refresh token; or adopt the offered tokens back as a sibling's.
+    async fn known_after_offer(&self) -> Option<u64> {
+        let pending = self.shared.lock().pending_offer.clone();
+        let Some(mut offer) = pending else {
+            return self.known_version;
+        };
+        // Resolves when the offer's task ends (its sender is dropped).
+        let _ = tokio::time::timeout(self.shared.config.refresh_timeout, offer.changed()).await;
+        self.shared.lock().store_version
+    }
+
+    /// The store failed: this flight refreshes on its own, and its tokens
+    /// are offered to the store once installed ([`Offer`]).
     async fn alone(
         &self,
         shared_store: &Arc<dyn DynStore>,
+        known: Option<u64>,
         error: StoreError,
         ctx: RefreshContext,
         started: Instant,
     ) -> Result<Obtained, Failed> {
         store_failed(&self.shared, &error, "refreshing without the store");
-        let current = ctx.current().cloned();
-        let obtained = self.obtain(ctx, None, started).await?;
+        let mut obtained = self.obtain(ctx, None, started).await?;
         // A record that does not read (corrupt, or not sealed with this
         // process's key) is refreshed around and never overwritten, even at
         // the version this process knew.
-        if error.is_corrupt() {
-            return Ok(obtained);
-        }
-        let tokens = obtained
-            .tokens
-            .clone()
-            .inherit_refresh_token(current.as_ref());
-        // One that makes no header fails the flight; stored, it would fail
-        // every flight that adopted it.
-        if makes_header(&tokens) {
-            self.offer_in_background(shared_store, &tokens, started);
+        if !error.is_corrupt() {
+            obtained.offer = Some(Offer {
+                store: Arc::clone(shared_store),
+                expected: known,
+                started,
+            });
         }
         Ok(obtained)
-    }
-
-    /// Stores `tokens` as the version after the one this process knew, if
-    /// that is still the stored one; the process then knows it as its own.
-    fn offer_in_background(&self, store: &Arc<dyn DynStore>, tokens: &TokenSet, started: Instant) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let expected = self.known_version;
-        // Below `u64::MAX`: known versions were loaded, and `load` refuses it.
-        let next = expected.unwrap_or(0) + 1;
-        let record = record_of(tokens, next, started);
-        let (store, shared) = (Arc::clone(store), Arc::clone(&self.shared));
-        runtime.spawn(async move {
-            match call(
-                &shared.config,
-                store.compare_and_swap_boxed(expected, record),
-            )
-            .await
-            {
-                Ok(true) => {
-                    let mut control = shared.lock();
-                    // Unless a version was adopted or stored since.
-                    if control.store_version == expected {
-                        control.store_version = Some(next);
-                    }
-                }
-                // Another process stored newer tokens meanwhile.
-                Ok(false) => {}
-                Err(error) => store_failed(
-                    &shared,
-                    &error,
-                    "the tokens refreshed without it stay unstored",
-                ),
-            }
-        });
     }
 
     async fn release(&self, store: &dyn DynStore, lease: Lease) {
@@ -277,6 +246,7 @@ impl Stored {
             obtained_at: self.obtained_at,
             version: Some(self.version),
             adopted: true,
+            offer: None,
         }
     }
 }
@@ -302,7 +272,14 @@ impl TokenManager {
         };
         let mut control = shared.lock();
         let now = Instant::now();
-        if control.flight.as_ref().is_some_and(|f| f.is_live(now))
+        // While an offer is out, the announced version may be this
+        // process's own tokens: the offer settles which it is.
+        let offering = control
+            .pending_offer
+            .as_ref()
+            .is_some_and(|pending| pending.has_changed().is_ok());
+        if offering
+            || control.flight.as_ref().is_some_and(|f| f.is_live(now))
             || !is_newer(stored.version, control.store_version)
         {
             return;
@@ -315,6 +292,86 @@ impl TokenManager {
             "adopted tokens another process stored"
         );
         shared.changed.notify_waiters();
+    }
+}
+
+/// Tokens a flight fetched on its own after the store failed, to be
+/// stored as the version after the one the process knew.
+///
+/// A source that rotates refresh tokens has just spent the one the process
+/// knew, which the store may hold too: left there, it would be spent again
+/// by the next process to refresh from the store, and an issuer that
+/// detects reuse answers that by revoking the whole family. The offer is a
+/// compare-and-swap over the version the process knew, so it never
+/// replaces a newer one, and it runs on its own task: the requests waiting
+/// for the flight do not wait on a store that has just failed. While it is
+/// out, the process's next flight waits for it and its watcher adopts
+/// nothing.
+pub(super) struct Offer {
+    store: Arc<dyn DynStore>,
+    expected: Option<u64>,
+    started: Instant,
+}
+
+impl Offer {
+    /// Registers the offer of `tokens` (installed as `generation`, if they
+    /// were) in `control` and starts it.
+    pub(super) fn start(
+        self,
+        shared: &Arc<Shared>,
+        control: &mut Control,
+        tokens: Arc<TokenSet>,
+        generation: Option<u64>,
+    ) {
+        // One that makes no header was not installed, and stored it would
+        // fail every flight that adopted it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !makes_header(&tokens) {
+            return;
+        }
+        // Below `u64::MAX`: known versions were loaded, and `load` refuses it.
+        let next = self.expected.unwrap_or(0) + 1;
+        let record = record_of(&tokens, next, self.started);
+        drop(tokens);
+        let (settled, pending) = watch::channel(());
+        control.pending_offer = Some(pending);
+        let shared = Arc::clone(shared);
+        runtime.spawn(async move {
+            let stored = call(
+                &shared.config,
+                self.store.compare_and_swap_boxed(self.expected, record),
+            )
+            .await;
+            let mut control = shared.lock();
+            match stored {
+                // The process knows it as its own, unless it has moved on
+                // (adopted or stored a version, or installed other tokens).
+                Ok(true) => {
+                    if control.store_version == self.expected
+                        && generation == Some(shared.snapshot.load().generation)
+                    {
+                        control.store_version = Some(next);
+                    }
+                }
+                // Another process stored newer tokens meanwhile.
+                Ok(false) => {}
+                Err(error) => store_failed(
+                    &shared,
+                    &error,
+                    "the tokens refreshed without it stay unstored",
+                ),
+            }
+            let ours = settled.subscribe();
+            if control
+                .pending_offer
+                .as_ref()
+                .is_some_and(|pending| pending.same_channel(&ours))
+            {
+                control.pending_offer = None;
+            }
+        });
     }
 }
 

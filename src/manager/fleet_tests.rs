@@ -496,13 +496,15 @@ async fn a_refresh_source_that_panics_under_the_lease_releases_it() {
     assert!(lease.is_some(), "the lease is still held");
 }
 
-/// A store whose loads hang while `hang` is set, and whose next load fails
-/// once `fail_next` is set; announcements still come.
+/// A store whose loads hang while `hang` is set, whose next load fails
+/// once `fail_next` is set, and whose writes take a second while
+/// `slow_writes` is set; announcements still come.
 #[derive(Clone, Default)]
 struct FaultyLoads {
     inner: MemoryStore,
     hang: Arc<AtomicBool>,
     fail_next: Arc<AtomicBool>,
+    slow_writes: Arc<AtomicBool>,
 }
 
 impl TokenStore for FaultyLoads {
@@ -525,7 +527,13 @@ impl TokenStore for FaultyLoads {
         expected: Option<u64>,
         record: Record,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        self.inner.compare_and_swap(expected, record)
+        let (slow, inner) = (self.slow_writes.load(Ordering::SeqCst), self.inner.clone());
+        async move {
+            if slow {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            inner.compare_and_swap(expected, record).await
+        }
     }
     fn try_lease(
         &self,
@@ -658,4 +666,35 @@ async fn an_unreadable_record_at_the_known_version_is_not_overwritten_by_the_off
     let kept = store.load().await.unwrap().unwrap();
     assert_eq!((kept.version(), kept.payload()), (1, &b"{forged"[..]));
     assert_eq!(idp.counts(), (1, 1, 0));
+}
+
+/// Found in review: the offer ran unsynchronized with the process's next
+/// flight. That flight loaded the version being replaced, refreshed from
+/// the offered tokens' refresh token, and lost the race to store: the
+/// store kept the offered tokens, their refresh token just spent. The next
+/// flight now waits for the offer, and refreshes from what it stored.
+#[tokio::test(start_paused = true)]
+async fn the_next_flight_waits_for_an_outstanding_offer() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let layer = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .build();
+    layer.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    store.fail_next.store(true, Ordering::SeqCst);
+    store.slow_writes.store(true, Ordering::SeqCst);
+    layer.handle().force_refresh().await.unwrap(); // alone: rt-2, offered (1 s)
+    layer.handle().force_refresh().await.unwrap(); // from rt-2, once offered
+    crate::test_support::settle().await;
+
+    let stored = store.inner.load().await.unwrap().unwrap();
+    let decoded = crate::store::decode(stored.payload(), std::time::SystemTime::now()).unwrap();
+    let live = idp.state.lock().unwrap().live_refresh_token;
+    assert_eq!(
+        decoded.tokens.refresh_token().unwrap().expose(),
+        format!("rt-{live}"),
+        "the store holds the issuer's live refresh token"
+    );
+    assert_eq!(stored.version(), 3);
+    assert_eq!(idp.counts(), (1, 2, 0));
 }

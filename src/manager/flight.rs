@@ -20,6 +20,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use super::failure::Failure;
+use super::fleet::Offer;
 use super::flight_wait::{FlightCell, FlightWait};
 use super::snapshot::{Credential, Prepared, Snapshot};
 use super::{later, Control, Shared, TokenManager};
@@ -156,6 +157,9 @@ pub(super) struct Obtained {
     pub(super) version: Option<u64>,
     /// Read from the store, not fetched by this process.
     pub(super) adopted: bool,
+    /// Fetched without the store, after it failed: offered to it once
+    /// installed.
+    pub(super) offer: Option<Offer>,
 }
 
 impl Obtained {
@@ -166,6 +170,7 @@ impl Obtained {
             obtained_at: started,
             version: None,
             adopted: false,
+            offer: None,
         }
     }
 }
@@ -175,6 +180,7 @@ struct Ready {
     prepared: Prepared,
     version: Option<u64>,
     adopted: bool,
+    offer: Option<Offer>,
 }
 
 impl FlightTask {
@@ -296,6 +302,7 @@ impl FlightTask {
             obtained_at,
             version,
             adopted,
+            offer,
         } = obtained;
         let tokens = if adopted {
             tokens
@@ -317,6 +324,7 @@ impl FlightTask {
                     prepared,
                     version,
                     adopted,
+                    offer,
                 })
             }
             Err(_) => Err((
@@ -367,11 +375,21 @@ impl FlightTask {
             &shared.stats.refresh_successes
         });
         if superseded {
+            if let Some(offer) = ready.offer {
+                // Not installed, but its refresh token is the live one.
+                offer.start(shared, &mut control, ready.prepared.shared_tokens(), None);
+            }
             drop(control);
             tracing::debug!("refresh result discarded: newer tokens were installed meanwhile");
             return Ok(None);
         }
+        let tokens = ready.prepared.shared_tokens();
         let snapshot = shared.install_obtained(&mut control, ready.prepared, ready.version);
+        if let Some(offer) = ready.offer {
+            // Registered under the lock that installs the tokens: a flight
+            // that starts after this one waits for the offer.
+            offer.start(shared, &mut control, tokens, Some(snapshot.generation));
+        }
         drop(control);
         shared.changed.notify_waiters();
         snapshot

@@ -155,6 +155,9 @@ struct Control {
     /// The store version the current tokens came from or were stored as;
     /// only a newer stored version is adopted.
     store_version: Option<u64>,
+    /// Closed once the last offer of tokens refreshed without the store
+    /// (`fleet::Offer`) has settled.
+    pending_offer: Option<tokio::sync::watch::Receiver<()>>,
 }
 
 pub(crate) struct Shared {
