@@ -194,12 +194,15 @@ where
                 // The request waits with a clone, polled ready only once a
                 // token has come (the instance called must be the one
                 // polled ready, "Be careful when cloning inner services",
-                // tower-service). The instance polled ready here stays:
-                // readiness can be a reservation (a slot in a
+                // tower-service). The instance polled ready here is let go
+                // too, for a clone that must be polled again, as after any
+                // call: readiness can be a reservation (a slot in a
                 // `tower::buffer::Buffer`, which a tonic `Channel` is), and
-                // held by every waiting request it could starve the refresh
+                // held for every waiting request (a tonic client keeps its
+                // service across the call) it could starve the refresh
                 // itself when that goes through the same buffer.
                 let waiting = self.inner.clone();
+                self.inner = waiting.clone();
                 let shared = Arc::clone(shared);
                 ResponseFuture::acquiring(waiting, parts, body, shared)
             }

@@ -629,7 +629,9 @@ async fn a_request_that_waited_for_the_first_token_is_retried_when_that_token_is
 /// `tower::buffer::Buffer` (a tonic `Channel` is one), readiness is a slot
 /// of the buffer: waiting requests held every slot, and a refresh sent
 /// through the same buffer (an auth call on the API's own channel) got
-/// none until it timed out, failing every request.
+/// none until it timed out, failing every request. Keeping a clone for
+/// the wait was not enough: the caller's instance, still polled ready,
+/// kept its slot while a tonic client held it across the call.
 #[tokio::test(start_paused = true)]
 async fn requests_waiting_for_a_token_hold_no_readiness_of_the_inner_service() {
     let api = Api::default();
@@ -652,16 +654,41 @@ async fn requests_waiting_for_a_token_hold_no_readiness_of_the_inner_service() {
     let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(buffered);
 
+    // As a tonic client calls: the service it polled ready stays with it
+    // until the response has come.
     let started = tokio::time::Instant::now();
-    let results = burst(&client, 4).await;
-    assert!(
-        results.iter().all(|r| matches!(r, Ok((StatusCode::OK, _)))),
-        "{results:?}"
-    );
+    let calls: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(send_holding_the_service(&client, get())))
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), StatusCode::OK);
+    }
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
     assert_eq!(handle.stats().refreshes, 1);
+}
+
+/// Sends `request` as a tonic client does: the service it polled ready
+/// stays with it until the response has come.
+fn send_holding_the_service<S>(
+    client: &S,
+    request: Request<Full<Bytes>>,
+) -> impl std::future::Future<Output = Result<StatusCode, crate::BoxError>>
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = http::Response<Full<Bytes>>,
+            Error = crate::BoxError,
+        > + Clone,
+{
+    let mut client = client.clone();
+    async move {
+        std::future::poll_fn(|cx| client.poll_ready(cx)).await?;
+        let response = client.call(request).await?;
+        drop(client);
+        Ok(response.status())
+    }
 }
