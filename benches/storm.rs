@@ -108,7 +108,9 @@ type Layered = tower_token_refresh::TokenRefresh<Timed<storm_support::H2Client>>
 /// more than the target's margin, so one burst decides nothing. Each run
 /// bursts the baseline, the storm and the floor moments apart and compares
 /// them with each other; the summary line gives the median of each figure
-/// over the runs.
+/// over the runs, each taken on its own (so its `target_met` compares the
+/// median p99 added with the median target, which may come from different
+/// runs).
 fn runs() -> usize {
     env::number("STORM_RUNS", 9)
 }

@@ -181,7 +181,9 @@ def storms():
     found = {}
     for name, line in re.findall(r"^storm (\w+): (.*)$", out, re.M):
         summary = key_values(line)
-        summary["runs_added_p99_ms"] = [float(v) for v in summary["runs_added_p99_ms"].split("/")]
+        # One run prints one number, which key_values reads as a float.
+        runs = str(summary["runs_added_p99_ms"]).split("/")
+        summary["runs_added_p99_ms"] = [float(v) for v in runs]
         found[name] = summary
     return found
 

@@ -52,9 +52,11 @@
 //!
 //! When the layer cannot get a token (the refresh credential is dead, the
 //! refresh failed or timed out, or a plain `http://` URI was refused),
-//! tonic turns its error into a `Status` with `Code::Unknown` and the
-//! error's message. [`token_error`] gets the crate's [`Error`] back, to
-//! tell "sign in again" from "try later".
+//! tonic turns its error into a `Status`: with `Code::Unknown` and the
+//! error's message, unless a cause further down the error's sources (a
+//! gRPC status or a transport error from the refresh call, say) gives tonic
+//! a code of its own. [`token_error`] gets the crate's [`Error`] back either
+//! way, to tell "sign in again" from "try later".
 //!
 //! # URIs
 //!
@@ -154,8 +156,8 @@ pub fn with_token_refresh<S>(service: S, layer: &TokenRefreshLayer<Grpc>) -> Grp
 }
 
 /// The crate's [`Error`] behind a call's `Status`, if the layer failed the
-/// call: tonic reports it with `Code::Unknown`, keeping the error as the
-/// status's source.
+/// call: tonic reports it (usually with `Code::Unknown`) keeping the error
+/// as the status's source.
 ///
 /// ```
 /// use tower::ServiceExt;

@@ -97,14 +97,25 @@ impl Said {
 /// it comes from may run to the body limit (64 KiB by default).
 const QUOTED_CHARS: usize = 256;
 
-/// A server's text made safe to log on one line: control characters (a
-/// line break would let the server forge log lines of its own) and the
-/// bidirectional-text controls (which reorder what a reader sees) are
-/// escaped, and anything past [`QUOTED_CHARS`] characters is cut.
+/// A server's text made safe to log on one line: control characters and
+/// the line and paragraph separators (a line break would let the server
+/// forge log lines of its own), the bidirectional-text controls (which
+/// reorder what a reader sees) and the byte-order mark are escaped, and
+/// anything past [`QUOTED_CHARS`] characters is cut.
 fn loggable(text: String) -> String {
     let unsafe_char = |c: char| {
         c.is_control()
-            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+            || matches!(
+                c,
+                '\u{061C}'
+                    | '\u{200E}'
+                    | '\u{200F}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2066}'..='\u{2069}'
+                    | '\u{FEFF}'
+            )
     };
     if text.chars().count() <= QUOTED_CHARS && !text.chars().any(unsafe_char) {
         return text;
@@ -230,14 +241,14 @@ mod tests {
             401,
             Dialect::dynamosql(),
             json!({"success": false, "error": {
-                "message": "expired\r\nINFO admin logged in \u{202E}txt.exe",
+                "message": "expired\r\nINFO admin logged in \u{202E}txt.exe\u{2028}x",
                 "code": "BAD\nCODE",
                 "requestId": "req\t42",
             }}),
         );
         assert_eq!(
             err.message(),
-            "expired\\r\\nINFO admin logged in \\u{202e}txt.exe"
+            "expired\\r\\nINFO admin logged in \\u{202e}txt.exe\\u{2028}x"
         );
         assert_eq!(err.code(), Some("BAD\\nCODE"));
         assert_eq!(err.request_id(), Some("req\\t42"));

@@ -192,7 +192,8 @@ mod tests {
             &patient,
             now,
         );
-        assert!(limited.until.unwrap() >= now + Duration::from_secs(3600));
+        // Its delay (3600 to 7200 s, jittered) is not cut to the hour.
+        assert!(limited.until.unwrap() > now + LONGEST_RETRY_AFTER);
     }
 
     /// Found in review: `Retry-After: 0` (or a date already past) ended
