@@ -70,6 +70,28 @@ impl Rotating {
         (state.logins, state.refreshes, state.spent_presented)
     }
 
+    /// A layer on `store` refreshing from this identity server.
+    fn layer_on(&self, store: impl TokenStore) -> TokenRefreshLayer {
+        TokenRefreshLayer::builder(self.source())
+            .store(store)
+            .build()
+    }
+
+    /// The stored record's version, once it is checked to hold the refresh
+    /// token this identity server would accept now.
+    async fn stored_live_version(&self, store: &MemoryStore) -> u64 {
+        let stored = store.load().await.unwrap().unwrap();
+        let now = std::time::SystemTime::now();
+        let decoded = crate::store::decode(stored.payload(), now).unwrap();
+        let live = self.state.lock().unwrap().live_refresh_token;
+        assert_eq!(
+            decoded.tokens.refresh_token().unwrap().expose(),
+            format!("rt-{live}"),
+            "the store holds the issuer's live refresh token"
+        );
+        stored.version()
+    }
+
     /// A layer on `store`, set up by `configure`, and a client sending to
     /// this identity server's API through it.
     fn layered(
@@ -94,13 +116,7 @@ fn all_ok(results: &[Result<(StatusCode, String), crate::BoxError>]) -> bool {
 async fn layers_sharing_a_store_call_the_source_once_per_expiry() {
     let idp = Rotating::default();
     let store = MemoryStore::new();
-    let layers: Vec<_> = (0..4)
-        .map(|_| {
-            TokenRefreshLayer::builder(idp.source())
-                .store(store.clone())
-                .build()
-        })
-        .collect();
+    let layers: Vec<_> = (0..4).map(|_| idp.layer_on(store.clone())).collect();
     let clients: Vec<_> = layers
         .iter()
         .map(|layer| {
@@ -156,12 +172,8 @@ where
 async fn an_announced_version_is_adopted_by_an_idle_layer() {
     let idp = Rotating::default();
     let store = MemoryStore::new();
-    let busy = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .build();
-    let idle = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .build();
+    let busy = idp.layer_on(store.clone());
+    let idle = idp.layer_on(store.clone());
     // Lets the idle layer's watcher subscribe.
     tokio::task::yield_now().await;
 
@@ -373,9 +385,7 @@ async fn a_corrupt_record_is_refreshed_around_and_never_overwritten() {
 async fn a_restarted_layer_resumes_from_the_stored_refresh_token_without_logging_in() {
     let idp = Rotating::default();
     let store = MemoryStore::new();
-    let before = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .build();
+    let before = idp.layer_on(store.clone());
     before.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1
     before.handle().force_refresh().await.unwrap(); // rotation: rt-2
     drop(before);
@@ -391,9 +401,7 @@ async fn a_restarted_layer_resumes_from_the_stored_refresh_token_without_logging
         .await
         .unwrap();
 
-    let after = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .build();
+    let after = idp.layer_on(store.clone());
     let client = ServiceBuilder::new()
         .layer(after.clone())
         .service(idp.api.clone());
@@ -590,23 +598,13 @@ async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fre
 async fn tokens_refreshed_without_the_store_are_offered_to_it_afterwards() {
     let idp = Rotating::default();
     let store = FaultyLoads::default();
-    let first = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .build();
+    let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
     store.fail_next.store(true, Ordering::SeqCst);
     first.handle().force_refresh().await.unwrap(); // alone: rt-1 spent, rt-2
     crate::test_support::settle().await; // the offer runs on its own task
 
-    let stored = store.inner.load().await.unwrap().unwrap();
-    let decoded = crate::store::decode(stored.payload(), std::time::SystemTime::now()).unwrap();
-    assert_eq!(stored.version(), 2);
-    let live = idp.state.lock().unwrap().live_refresh_token;
-    assert_eq!(
-        decoded.tokens.refresh_token().unwrap().expose(),
-        format!("rt-{live}"),
-        "the store holds the issuer's live refresh token"
-    );
+    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
     assert_eq!(idp.counts(), (1, 1, 0));
     assert_eq!(first.handle().stats().store_errors, 1);
 
@@ -624,9 +622,7 @@ async fn tokens_refreshed_without_the_store_are_offered_to_it_afterwards() {
 async fn an_offer_after_a_solo_refresh_never_replaces_a_newer_version() {
     let idp = Rotating::default();
     let store = FaultyLoads::default();
-    let first = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .build();
+    let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // version 1
     let newer = crate::store::encode(
         &TokenSet::new("at-sibling").with_refresh_token("rt-sibling"),
@@ -677,9 +673,7 @@ async fn an_unreadable_record_at_the_known_version_is_not_overwritten_by_the_off
 async fn the_next_flight_waits_for_an_outstanding_offer() {
     let idp = Rotating::default();
     let store = FaultyLoads::default();
-    let layer = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .build();
+    let layer = idp.layer_on(store.clone());
     layer.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
     store.fail_next.store(true, Ordering::SeqCst);
     store.slow_writes.store(true, Ordering::SeqCst);
@@ -687,14 +681,6 @@ async fn the_next_flight_waits_for_an_outstanding_offer() {
     layer.handle().force_refresh().await.unwrap(); // from rt-2, once offered
     crate::test_support::settle().await;
 
-    let stored = store.inner.load().await.unwrap().unwrap();
-    let decoded = crate::store::decode(stored.payload(), std::time::SystemTime::now()).unwrap();
-    let live = idp.state.lock().unwrap().live_refresh_token;
-    assert_eq!(
-        decoded.tokens.refresh_token().unwrap().expose(),
-        format!("rt-{live}"),
-        "the store holds the issuer's live refresh token"
-    );
-    assert_eq!(stored.version(), 3);
+    assert_eq!(idp.stored_live_version(&store.inner).await, 3);
     assert_eq!(idp.counts(), (1, 2, 0));
 }
