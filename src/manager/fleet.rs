@@ -433,13 +433,35 @@ async fn load(shared: &Shared, store: &dyn DynStore) -> Result<Option<Stored>, S
         ));
     }
     let Decoded { tokens, age } = store::decode(record.payload(), SystemTime::now())?;
-    let now = Instant::now();
+    let (tokens, obtained_at) = dated(tokens, age, Instant::now());
     Ok(Some(Stored {
         version: record.version(),
         tokens,
-        // An age the clock cannot go back to counts as fresh from now.
-        obtained_at: now.checked_sub(age).unwrap_or(now),
+        obtained_at,
     }))
+}
+
+/// When tokens `age` old were obtained, by the monotonic clock.
+///
+/// Where that clock cannot go back so far (on Windows it starts at boot,
+/// so tokens stored before a reboot, or by another machine before this one
+/// booted, have no instant of their own), they are dated now instead, with
+/// what is left of their lifetime: their expiry stays where it was (their
+/// windows are those of the shorter lifetime). Counted as fresh from now,
+/// tokens past their expiry were adopted and sent, and live ones outlived
+/// their expiry by the machine's age.
+fn dated(tokens: TokenSet, age: Duration, now: Instant) -> (TokenSet, Instant) {
+    if let Some(obtained_at) = now.checked_sub(age) {
+        return (tokens, obtained_at);
+    }
+    let tokens = match tokens.expires_in() {
+        Some(lifetime) => {
+            let left = lifetime.saturating_sub(age);
+            tokens.with_expires_in(left)
+        }
+        None => tokens,
+    };
+    (tokens, now)
 }
 
 fn is_newer(version: u64, known: Option<u64>) -> bool {
@@ -460,4 +482,33 @@ fn usable(config: &Config, stored: &Stored, than: Option<u64>) -> bool {
     let advisory = config.advisory.before_expiry(lifetime);
     let mandatory = config.mandatory.before_expiry(lifetime).min(advisory);
     later(Instant::now(), mandatory) < later(stored.obtained_at, lifetime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found in review: an age the clock could not go back to counted as
+    /// fresh from now. Here the age is one no clock can go back to.
+    #[test]
+    fn tokens_older_than_the_clock_keep_their_expiry() {
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let expired = TokenSet::new("a").with_expires_in(hour);
+        let (tokens, at) = dated(expired, Duration::MAX, now);
+        assert_eq!((tokens.expires_in(), at), (Some(Duration::ZERO), now));
+
+        let live = TokenSet::new("a").with_expires_in(Duration::MAX);
+        let (tokens, at) = dated(live, Duration::MAX - hour, now);
+        assert_eq!((tokens.expires_in(), at), (Some(hour), now));
+
+        let endless = TokenSet::new("a");
+        let (tokens, at) = dated(endless, Duration::MAX, now);
+        assert_eq!((tokens.expires_in(), at), (None, now));
+
+        let recent = TokenSet::new("a").with_expires_in(hour);
+        let (tokens, at) = dated(recent, Duration::from_secs(60), now);
+        assert_eq!(tokens.expires_in(), Some(hour));
+        assert_eq!(at + Duration::from_secs(60), now);
+    }
 }
