@@ -59,23 +59,73 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// Release: whoever reads this count (acquire) also sees every count
+    /// bumped before it, such as the start of the refresh that ended.
     pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(1, Ordering::Release);
     }
 
+    /// Reads what ends before what starts (completions before
+    /// `refreshes`, retries before `rejections`), so that a copy taken
+    /// while refreshes start and end never shows more ended than started.
     pub(crate) fn snapshot(&self) -> Stats {
-        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let read = |c: &AtomicU64| c.load(Ordering::Acquire);
+        let refresh_successes = read(&self.refresh_successes);
+        let refresh_failures = read(&self.refresh_failures);
+        let adopted = read(&self.adopted);
+        let logins = read(&self.logins);
+        let store_errors = read(&self.store_errors);
+        let retries = read(&self.retries);
+        let stale_rejections = read(&self.stale_rejections);
+        let waited = read(&self.waited);
         Stats {
             refreshes: read(&self.refreshes),
-            refresh_successes: read(&self.refresh_successes),
-            refresh_failures: read(&self.refresh_failures),
-            logins: read(&self.logins),
-            adopted: read(&self.adopted),
-            store_errors: read(&self.store_errors),
-            waited: read(&self.waited),
+            refresh_successes,
+            refresh_failures,
+            logins,
+            adopted,
+            store_errors,
+            waited,
             rejections: read(&self.rejections),
-            retries: read(&self.retries),
-            stale_rejections: read(&self.stale_rejections),
+            retries,
+            stale_rejections,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found in review: `refreshes` was read first, so a copy taken while a
+    /// refresh started and ended could count it as ended but not started.
+    /// Copies taken while another thread starts and ends refreshes as fast
+    /// as it can never break the invariant the `Stats` docs show.
+    #[test]
+    fn a_copy_never_shows_more_refreshes_ended_than_started() {
+        let counters = std::sync::Arc::new(Counters::default());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (counters, stop) = (counters.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    Counters::bump(&counters.refreshes);
+                    Counters::bump(&counters.refresh_successes);
+                    Counters::bump(&counters.rejections);
+                    Counters::bump(&counters.retries);
+                }
+            })
+        };
+        let mut broken = None;
+        for _ in 0..200_000 {
+            let stats = counters.snapshot();
+            if stats.refresh_successes > stats.refreshes || stats.retries > stats.rejections {
+                broken = Some(stats);
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        churn.join().unwrap();
+        assert_eq!(broken, None);
     }
 }
