@@ -512,7 +512,8 @@ impl Log {
             self.chunks = Vec::new();
             // Whoever waits in `poll_replayable` learns the answer now, not
             // when the reader is dropped.
-            shared.slot().wake_all();
+            let waiting = shared.slot().take_waiting();
+            waiting.into_iter().for_each(Waker::wake);
         } else {
             self.chunks.push(chunk.clone());
         }
@@ -532,21 +533,26 @@ impl<B> Slot<B> {
         }
     }
 
-    fn wake_all(&mut self) {
-        for waker in self.waiting.drain(..) {
-            waker.wake();
-        }
+    /// The wakers to wake once the slot's lock is released: waking may run
+    /// code that takes this lock again (an executor that polls the woken
+    /// task at once, or a waker that drops the last of a task holding a
+    /// clone of this body).
+    fn take_waiting(&mut self) -> Vec<Waker> {
+        std::mem::take(&mut self.waiting)
     }
 }
 
 impl<B> Drop for Reader<B> {
     fn drop(&mut self) {
         if let Some(recording) = self.owned.take() {
-            let mut slot = self.shared.slot();
-            slot.recording = Some(recording);
+            let waiting = {
+                let mut slot = self.shared.slot();
+                slot.recording = Some(recording);
+                slot.take_waiting()
+            };
             // Wake them all: the first to poll takes the recording, the
             // others register again and are woken when it is dropped.
-            slot.wake_all();
+            waiting.into_iter().for_each(Waker::wake);
         }
     }
 }

@@ -167,7 +167,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::test_support::counting_waker;
+    use crate::test_support::{counting_waker, finishes};
 
     fn cell_on(runtime: Id) -> Arc<FlightCell> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -305,17 +305,6 @@ mod tests {
 
     impl std::task::Wake for HoldsWaiter {
         fn wake(self: Arc<Self>) {}
-    }
-
-    /// Runs `step` on a thread of its own; a step that deadlocks on the
-    /// cell's lock fails the test after a bound instead of hanging it.
-    fn finishes(step: impl FnOnce() + Send + 'static) -> bool {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            step();
-            let _ = done.send(());
-        });
-        finished.recv_timeout(Duration::from_secs(5)).is_ok()
     }
 
     /// Found in review: a replaced or released waker was dropped under the

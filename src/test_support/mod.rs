@@ -335,6 +335,19 @@ impl Wake for WakeCounter {
 }
 
 /// A counting waker and the counter behind it.
+/// Runs `step` on a thread of its own; a step that deadlocks on a lock
+/// fails the test after a bound instead of hanging it.
+pub(crate) fn finishes(step: impl FnOnce() + Send + 'static) -> bool {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        step();
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .is_ok()
+}
+
 pub(crate) fn counting_waker() -> (Arc<WakeCounter>, Waker) {
     let counter = Arc::new(WakeCounter::default());
     let waker = Waker::from(Arc::clone(&counter));

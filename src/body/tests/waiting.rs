@@ -113,3 +113,38 @@ fn pending_source_body_is_pending_for_the_reader_and_wakes_it() {
         other => panic!("expected data, got {other:?}"),
     }
 }
+
+/// A waker that, when woken, asks a clone of the body whether it can be
+/// replayed: as an executor that polls a woken task at once would.
+struct AsksAgain(std::sync::Mutex<ReplayBody<TestBody>>);
+
+impl std::task::Wake for AsksAgain {
+    fn wake(self: std::sync::Arc<Self>) {
+        let (_count, plain) = counting_waker();
+        let probe = self.0.lock().unwrap();
+        let _ = probe.poll_replayable(&mut Context::from_waker(&plain));
+    }
+}
+
+/// Found in review: waiting clones were woken under the body's slot lock,
+/// so a waker that ran into the same body again deadlocked. It happened
+/// both where the reader lets go of the body and where it passes the cap.
+#[test]
+fn clones_are_woken_outside_the_bodys_lock() {
+    for cap in [CAP, 2] {
+        let (tx, body) = TestBody::channel();
+        let mut original = ReplayBody::try_new(body, cap).unwrap();
+        let mut retry = original.try_clone().expect("replayable");
+        let probe = original.try_clone().expect("replayable");
+        let asks_again = Waker::from(std::sync::Arc::new(AsksAgain(probe.into())));
+        assert!(poll_with(&mut retry, &asks_again).is_pending());
+        let read_on = crate::test_support::finishes(move || {
+            // Past a cap of 2 here: the reader wakes the waiting clones.
+            tx.data("abc");
+            let (_count, plain) = counting_waker();
+            let _ = poll_with(&mut original, &plain);
+            drop(original);
+        });
+        assert!(read_on, "deadlocked waking a clone (cap {cap})");
+    }
+}
