@@ -32,7 +32,9 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower_token_refresh::reqwest::{token_error, TokenRefreshMiddleware};
-use tower_token_refresh::{Builder, RefreshWindow, TokenHandle, TokenRefreshLayer, TokenSet};
+use tower_token_refresh::{
+    refresh_fn, Builder, Refresh, RefreshWindow, TokenHandle, TokenRefreshLayer, TokenSet,
+};
 
 use support::bounded;
 use support::gate::{Gate, Hold};
@@ -840,16 +842,38 @@ async fn dead_refresh_token_fails_with_reauth_required_and_spares_the_idp() {
 /// the tower layer does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejection_is_read_before_the_retry_so_its_connection_is_reused() {
-    let setup = setup(with_login).await;
-    let warm = setup.client.get(setup.api.url("/v1/items")).send().await;
+    let identity = IdentityServer::builder().start().await;
+    let api = AxumApi::start(identity.tokens()).await;
+    let cognito = CognitoClient::new(identity.base_url());
+    let login = cognito
+        .login(DEMO_USER, DEMO_PASSWORD)
+        .await
+        .expect("login");
+    // A slow refresh: the rejection's connection, once its body is read, is
+    // back in the pool well before the retry looks for one (it is returned
+    // by the connection's own task, which a loaded machine may run late).
+    let preset = Arc::new(cognito.refresher());
+    let slow = refresh_fn(move |ctx| {
+        let preset = Arc::clone(&preset);
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            preset.refresh(ctx).await
+        }
+    });
+    let layer = TokenRefreshLayer::builder(slow)
+        .initial_tokens(login)
+        .build();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(TokenRefreshMiddleware::new(&layer))
+        .build();
+    let warm = client.get(api.url("/v1/items")).send().await;
     assert_eq!(warm.expect("sent").status(), StatusCode::OK);
-    setup.api.revoke_current();
+    api.revoke_current();
 
-    let url = setup.api.url("/v1/verbose-rejection");
-    let response = setup.client.get(url).send().await;
+    let response = client.get(api.url("/v1/verbose-rejection")).send().await;
     assert_eq!(response.expect("sent").status(), StatusCode::OK);
-    assert_eq!(setup.api.stats().unauthorized, 1);
-    let ports = setup.api.ports();
+    assert_eq!(api.stats().unauthorized, 1);
+    let ports = api.ports();
     assert_eq!(ports.len(), 3, "{ports:?}");
     assert!(
         ports.iter().all(|port| *port == ports[0]),
