@@ -866,8 +866,11 @@ async fn a_rejection_is_read_before_the_retry_so_its_connection_is_reused() {
     let client = ClientBuilder::new(reqwest::Client::new())
         .with(TokenRefreshMiddleware::new(&layer))
         .build();
-    let warm = client.get(api.url("/v1/items")).send().await;
-    assert_eq!(warm.expect("sent").status(), StatusCode::OK);
+    // Read to its end, as the rejection must be: a response dropped before
+    // its body has arrived closes its connection.
+    let warm = client.get(api.url("/v1/items")).send().await.expect("sent");
+    assert_eq!(warm.status(), StatusCode::OK);
+    warm.bytes().await.expect("body");
     api.revoke_current();
 
     let response = client.get(api.url("/v1/verbose-rejection")).send().await;
