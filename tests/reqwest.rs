@@ -231,6 +231,15 @@ struct Setup {
 /// Starts the identity server and the axum API beside it, logs in, and
 /// builds the layer: `configure` gets the builder and the login tokens.
 async fn setup(configure: impl FnOnce(Builder, TokenSet) -> Builder) -> Setup {
+    setup_refreshing(CognitoClient::refresher, configure).await
+}
+
+/// As [`setup`], refreshing through the source `source` makes of the
+/// identity server's client.
+async fn setup_refreshing<R: Refresh>(
+    source: impl FnOnce(&CognitoClient) -> R,
+    configure: impl FnOnce(Builder, TokenSet) -> Builder,
+) -> Setup {
     let identity = IdentityServer::builder().start().await;
     let api = AxumApi::start(identity.tokens()).await;
     let cognito = CognitoClient::new(identity.base_url());
@@ -238,7 +247,7 @@ async fn setup(configure: impl FnOnce(Builder, TokenSet) -> Builder) -> Setup {
         .login(DEMO_USER, DEMO_PASSWORD)
         .await
         .expect("login");
-    let layer = configure(TokenRefreshLayer::builder(cognito.refresher()), login).build();
+    let layer = configure(TokenRefreshLayer::builder(source(&cognito)), login).build();
     let middleware = TokenRefreshMiddleware::new(&layer);
     // The middleware's handle and the layer's see the same state.
     let handle = middleware.handle();
@@ -842,30 +851,21 @@ async fn dead_refresh_token_fails_with_reauth_required_and_spares_the_idp() {
 /// the tower layer does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejection_is_read_before_the_retry_so_its_connection_is_reused() {
-    let identity = IdentityServer::builder().start().await;
-    let api = AxumApi::start(identity.tokens()).await;
-    let cognito = CognitoClient::new(identity.base_url());
-    let login = cognito
-        .login(DEMO_USER, DEMO_PASSWORD)
-        .await
-        .expect("login");
     // A slow refresh: the rejection's connection, once its body is read, is
     // back in the pool well before the retry looks for one (it is returned
     // by the connection's own task, which a loaded machine may run late).
-    let preset = Arc::new(cognito.refresher());
-    let slow = refresh_fn(move |ctx| {
-        let preset = Arc::clone(&preset);
-        async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            preset.refresh(ctx).await
-        }
-    });
-    let layer = TokenRefreshLayer::builder(slow)
-        .initial_tokens(login)
-        .build();
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(TokenRefreshMiddleware::new(&layer))
-        .build();
+    let slow = |cognito: &CognitoClient| {
+        let preset = Arc::new(cognito.refresher());
+        refresh_fn(move |ctx| {
+            let preset = Arc::clone(&preset);
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                preset.refresh(ctx).await
+            }
+        })
+    };
+    let setup = setup_refreshing(slow, with_login).await;
+    let (api, client) = (&setup.api, &setup.client);
     // Read to its end, as the rejection must be: a response dropped before
     // its body has arrived closes its connection.
     let warm = client.get(api.url("/v1/items")).send().await.expect("sent");
