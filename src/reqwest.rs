@@ -75,6 +75,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use ::reqwest::header::AUTHORIZATION;
@@ -85,7 +86,7 @@ use reqwest_middleware::{Middleware, Next};
 use crate::classify::{ClassifyRejection, Unauthorized};
 use crate::error::ErrorKind;
 use crate::manager::Decision;
-use crate::service::drain::DRAIN_LIMIT;
+use crate::service::drain::Drain;
 use crate::service::Core;
 use crate::{Error, TokenHandle, TokenRefreshLayer};
 
@@ -289,22 +290,18 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
     }
 }
 
-/// Reads a rejection's body to its end (up to [`DRAIN_LIMIT`] bytes, for
-/// no longer than `bound`) before dropping it, as the tower layer does.
-/// Dropped unread, a response closes its HTTP/1.1 connection, so the retry
-/// needs a new one, and resets its HTTP/2 stream, which past h2's limit
-/// closes the whole connection with every request on it.
-async fn drain(mut response: Response, bound: Duration) {
-    let read_to_end = async {
-        let mut read = 0;
-        while read <= DRAIN_LIMIT {
-            match response.chunk().await {
-                Ok(Some(chunk)) => read += chunk.len(),
-                Ok(None) | Err(_) => break,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(bound, read_to_end).await;
+/// Reads a rejection's body to its end with the tower layer's [`Drain`]
+/// (for no longer than `bound`) before dropping it. Dropped unread, a
+/// response closes its HTTP/1.1 connection, so the retry needs a new one,
+/// and resets its HTTP/2 stream, which past h2's limit closes the whole
+/// connection with every request on it. Usually the body came with its
+/// head: then it is read at the first poll, without a timer.
+async fn drain(response: Response, bound: Duration) {
+    let mut drain = Drain::new(::http::Response::from(response).into_body());
+    let read_at_once = std::future::poll_fn(|cx| Poll::Ready(drain.poll(cx).is_ready())).await;
+    if !read_at_once {
+        let _ = tokio::time::timeout(bound, std::future::poll_fn(|cx| drain.poll(cx))).await;
+    }
 }
 
 impl<C: ClassifyRejection> Middleware for TokenRefreshMiddleware<C> {

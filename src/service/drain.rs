@@ -8,7 +8,7 @@ use http_body::Body;
 
 /// Body bytes of a rejection read before it is dropped anyway: enough for
 /// any error document, not a download.
-pub(crate) const DRAIN_LIMIT: usize = 64 * 1024;
+const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// A rejection being read to its end, so that dropping it does not reset
 /// its stream. Over HTTP/2, a reset stream's frames still arriving count
@@ -21,13 +21,13 @@ pub(crate) const DRAIN_LIMIT: usize = 64 * 1024;
 ///
 /// Pinned on the heap: a response body need not be `Unpin`, and only a
 /// rejection whose body has not ended yet gets here.
-pub(super) struct Drain<T> {
+pub(crate) struct Drain<T> {
     body: Pin<Box<T>>,
     read: usize,
 }
 
 impl<T: Body> Drain<T> {
-    pub(super) fn new(body: T) -> Self {
+    pub(crate) fn new(body: T) -> Self {
         Self {
             body: Box::pin(body),
             read: 0,
@@ -35,7 +35,7 @@ impl<T: Body> Drain<T> {
     }
 
     /// Ready once the body ended, failed, or passed [`DRAIN_LIMIT`] bytes.
-    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         while self.read <= DRAIN_LIMIT && !self.body.is_end_stream() {
             match ready!(self.body.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => self.read += frame.data_ref().map_or(0, Buf::remaining),
