@@ -323,14 +323,8 @@ impl Offer {
         tokens: Arc<TokenSet>,
         generation: Option<u64>,
     ) {
-        // One that makes no header was not installed, and stored it would
-        // fail every flight that adopted it.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if !makes_header(&tokens) {
-            return;
-        }
+        // Called by the flight's task, so on its runtime; the tokens made
+        // a `Prepared`, so they make a header.
         // Below `u64::MAX`: known versions were loaded, and `load` refuses it.
         let next = self.expected.unwrap_or(0) + 1;
         let record = record_of(&tokens, next, self.started);
@@ -338,7 +332,7 @@ impl Offer {
         let (settled, pending) = watch::channel(());
         control.pending_offer = Some(pending);
         let shared = Arc::clone(shared);
-        runtime.spawn(async move {
+        tokio::spawn(async move {
             let stored = call(
                 &shared.config,
                 self.store.compare_and_swap_boxed(self.expected, record),
@@ -363,14 +357,10 @@ impl Offer {
                     "the tokens refreshed without it stay unstored",
                 ),
             }
-            let ours = settled.subscribe();
-            if control
-                .pending_offer
-                .as_ref()
-                .is_some_and(|pending| pending.same_channel(&ours))
-            {
-                control.pending_offer = None;
-            }
+            drop(control);
+            // Closes the channel: the offer has settled, and the version it
+            // moved is there for whoever waited.
+            drop(settled);
         });
     }
 }

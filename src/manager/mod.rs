@@ -155,8 +155,9 @@ struct Control {
     /// The store version the current tokens came from or were stored as;
     /// only a newer stored version is adopted.
     store_version: Option<u64>,
-    /// Closed once the last offer of tokens refreshed without the store
-    /// (`fleet::Offer`) has settled.
+    /// The last offer of tokens refreshed without the store
+    /// (`fleet::Offer`); its channel closes once it has settled, and a
+    /// closed one stands for none.
     pending_offer: Option<tokio::sync::watch::Receiver<()>>,
 }
 
