@@ -283,8 +283,8 @@ fn a_refresh_stuck_on_an_idle_runtime_does_not_strand_requests_on_another() {
 }
 
 /// A refresh that ran past its deadline (its runtime idled) and then
-/// succeeded while its replacement ran keeps background refreshing closed
-/// only while that replacement runs. Found in review: the replacement,
+/// succeeded while its replacement ran leaves its tokens a background
+/// refresh once that replacement has ended. Found in review: the replacement,
 /// finding itself superseded, ended without reopening it, and the tokens
 /// were refreshed only once requests had to wait for them.
 #[test]

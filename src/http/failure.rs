@@ -29,8 +29,9 @@ pub(crate) fn classify(
     let said = Said::read(shape, body);
     let error = if status == StatusCode::TOO_MANY_REQUESTS {
         RefreshError::rate_limited(retry_after(headers, now))
-    } else if let Some(wait) =
-        retry_after(headers, now).filter(|_| status == StatusCode::SERVICE_UNAVAILABLE)
+    } else if let Some(wait) = (status == StatusCode::SERVICE_UNAVAILABLE)
+        .then(|| retry_after(headers, now))
+        .flatten()
     {
         // RFC 9110 §10.2.3: how long the service expects to be unavailable.
         RefreshError::rate_limited(Some(wait)).with_message(default_message(status))
@@ -200,9 +201,10 @@ mod tests {
     }
 
     /// Found in review: a 503's `Retry-After` was ignored, and the backoff
-    /// (1 s at first) called back long before the server said to.
+    /// (1 s at first) called back long before the server said to. A 503
+    /// with one is a rate limit now, which the backoff waits out.
     #[test]
-    fn a_503_with_retry_after_is_waited_out() {
+    fn a_503_with_retry_after_is_a_rate_limit() {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
         let unavailable = StatusCode::SERVICE_UNAVAILABLE;

@@ -334,7 +334,6 @@ impl Wake for WakeCounter {
     }
 }
 
-/// A counting waker and the counter behind it.
 /// Runs `step` on a thread of its own; a step that deadlocks on a lock
 /// fails the test after a bound instead of hanging it.
 pub(crate) fn finishes(step: impl FnOnce() + Send + 'static) -> bool {
@@ -348,6 +347,7 @@ pub(crate) fn finishes(step: impl FnOnce() + Send + 'static) -> bool {
         .is_ok()
 }
 
+/// A counting waker and the counter behind it.
 pub(crate) fn counting_waker() -> (Arc<WakeCounter>, Waker) {
     let counter = Arc::new(WakeCounter::default());
     let waker = Waker::from(Arc::clone(&counter));
