@@ -68,27 +68,20 @@ impl Counters {
     /// Reads what ends before what starts (completions before
     /// `refreshes`, retries before `rejections`), so that a copy taken
     /// while refreshes start and end never shows more ended than started.
+    /// Struct fields are evaluated in the order written.
     pub(crate) fn snapshot(&self) -> Stats {
         let read = |c: &AtomicU64| c.load(Ordering::Acquire);
-        let refresh_successes = read(&self.refresh_successes);
-        let refresh_failures = read(&self.refresh_failures);
-        let adopted = read(&self.adopted);
-        let logins = read(&self.logins);
-        let store_errors = read(&self.store_errors);
-        let retries = read(&self.retries);
-        let stale_rejections = read(&self.stale_rejections);
-        let waited = read(&self.waited);
         Stats {
+            refresh_successes: read(&self.refresh_successes),
+            refresh_failures: read(&self.refresh_failures),
+            adopted: read(&self.adopted),
+            logins: read(&self.logins),
+            store_errors: read(&self.store_errors),
+            retries: read(&self.retries),
+            stale_rejections: read(&self.stale_rejections),
+            waited: read(&self.waited),
             refreshes: read(&self.refreshes),
-            refresh_successes,
-            refresh_failures,
-            logins,
-            adopted,
-            store_errors,
-            waited,
             rejections: read(&self.rejections),
-            retries,
-            stale_rejections,
         }
     }
 }

@@ -66,6 +66,15 @@ pub(crate) fn build(
             (None, _) => fields.push(("client_id", &client.id)),
         }
     }
+    if bearer.is_some() && basic.is_some() {
+        // Sending one of the two would fail at the server, for a reason no
+        // answer names.
+        return Err(RefreshError::terminal(
+            "the credential and the client's Basic authentication both need the \
+             Authorization header; send the client's in the body \
+             (ClientAuthMethod::Post)",
+        ));
+    }
 
     // `field()` keeps fixed fields unique, and the refresh's own fields are;
     // a name twice is one of each. In JSON the last one won, silently (the
@@ -104,15 +113,6 @@ pub(crate) fn build(
     let mut request = request.body(Bytes::from(body)).map_err(|e| {
         RefreshError::terminal("the refresh request could not be built").with_source(e)
     })?;
-    if bearer.is_some() && basic.is_some() {
-        // Sending one of the two would fail at the server, for a reason no
-        // answer names.
-        return Err(RefreshError::terminal(
-            "the credential and the client's Basic authentication both need the \
-             Authorization header; send the client's in the body \
-             (ClientAuthMethod::Post)",
-        ));
-    }
     if let Some(value) = bearer.or(basic) {
         let mut value = HeaderValue::try_from(value).map_err(|_| {
             RefreshError::terminal("the credential cannot be sent in an Authorization header")

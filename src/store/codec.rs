@@ -57,12 +57,10 @@ pub(crate) fn encode(tokens: &TokenSet, obtained_at: SystemTime) -> Zeroizing<Ve
 /// string as at most six (`\u001f`), with two quotes and a separator
 /// around each string.
 fn encoded_capacity(tokens: &TokenSet) -> usize {
-    let mut strings = vec![tokens.access_token().expose()];
-    strings.extend(tokens.refresh_token().map(|refresh| refresh.expose()));
-    for (name, value) in tokens.extras() {
-        strings.extend([name, value]);
-    }
-    160 + strings.iter().map(|s| 6 * s.len() + 3).sum::<usize>()
+    let string = |s: &str| 6 * s.len() + 3;
+    let refresh = tokens.refresh_token().map_or(0, |r| string(r.expose()));
+    let extras: usize = tokens.extras().map(|(n, v)| string(n) + string(v)).sum();
+    160 + string(tokens.access_token().expose()) + refresh + extras
 }
 
 fn unix_millis(at: SystemTime) -> u64 {
