@@ -53,6 +53,12 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_starting_from(|login| login).await
+}
+
+/// As [`setup`], the layer starting from the tokens `initial` makes of the
+/// login's.
+async fn setup_starting_from(initial: impl FnOnce(TokenSet) -> TokenSet) -> Setup {
     let identity = IdentityServer::builder().start().await;
     let server = GrpcServer::start(&identity).await;
     let cognito = CognitoClient::new(identity.base_url());
@@ -64,7 +70,7 @@ async fn setup() -> Setup {
     // first rejection of the login token refreshes at once.
     let layer = TokenRefreshLayer::builder(cognito.refresher())
         .classifier(Grpc)
-        .initial_tokens(login.clone())
+        .initial_tokens(initial(login.clone()))
         .build();
     let channel = connect(&server).await;
     Setup {
@@ -335,17 +341,17 @@ async fn server_stream_cut_after_delivering_messages_is_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_the_layer_fails_carries_its_typed_error() {
     bounded(async {
-        let identity = IdentityServer::builder().start().await;
-        let server = GrpcServer::start(&identity).await;
-        let cognito = CognitoClient::new(identity.base_url());
-        let dead = TokenSet::new("expired")
-            .with_refresh_token("revoked")
-            .with_expires_in(std::time::Duration::ZERO);
-        let layer = TokenRefreshLayer::builder(cognito.refresher())
-            .classifier(Grpc)
-            .initial_tokens(dead)
-            .build();
-        let mut client = EchoClient::new(with_token_refresh(connect(&server).await, &layer));
+        let Setup {
+            identity,
+            server,
+            mut client,
+            ..
+        } = setup_starting_from(|_login| {
+            TokenSet::new("expired")
+                .with_refresh_token("revoked")
+                .with_expires_in(std::time::Duration::ZERO)
+        })
+        .await;
 
         let status = client
             .unary(Bytes::from_static(b"hi"))
