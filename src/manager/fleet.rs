@@ -6,7 +6,8 @@
 //! the newest stored refresh token and stores the result, else waits for
 //! whoever holds the lease. Any store failure ends the protocol for this
 //! flight: it refreshes on its own, exactly as without a store, and then
-//! offers its tokens to the store in the background.
+//! offers its tokens to the store in the background. Tokens refreshed under
+//! the lease whose write failed are offered the same way.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -142,7 +143,17 @@ impl FlightTask {
                 "another process stored tokens while this one held the refresh lease; \
                  keeping this process's tokens without storing them"
             ),
-            Err(error) => store_failed(&self.shared, &error, "storing the refreshed tokens"),
+            // The refresh token the store holds may just have been spent:
+            // offered once installed, as after a solo refresh.
+            Err(error) => {
+                store_failed(&self.shared, &error, "storing the refreshed tokens");
+                obtained.offer = Some(Offer {
+                    store: Arc::clone(shared_store),
+                    expected,
+                    known,
+                    started,
+                });
+            }
         }
         Ok(obtained)
     }
@@ -201,6 +212,7 @@ impl FlightTask {
             obtained.offer = Some(Offer {
                 store: Arc::clone(shared_store),
                 expected: known,
+                known,
                 started,
             });
         }
@@ -295,21 +307,29 @@ impl TokenManager {
     }
 }
 
-/// Tokens a flight fetched on its own after the store failed, to be
-/// stored as the version after the one the process knew.
+/// Tokens a flight could not store because the store failed: fetched on
+/// its own, or fetched under the lease and then not written. They are
+/// stored as the version after the one they were refreshed from.
 ///
-/// A source that rotates refresh tokens has just spent the one the process
-/// knew, which the store may hold too: left there, it would be spent again
-/// by the next process to refresh from the store, and an issuer that
+/// A source that rotates refresh tokens has just spent the one the flight
+/// refreshed from, which the store may hold: left there, it would be spent
+/// again by the next process to refresh from the store, and an issuer that
 /// detects reuse answers that by revoking the whole family. The offer is a
-/// compare-and-swap over the version the process knew, so it never
-/// replaces a newer one, and it runs on its own task: the requests waiting
-/// for the flight do not wait on a store that has just failed. While it is
-/// out, the process's next flight waits for it and its watcher adopts
-/// nothing.
+/// compare-and-swap over the version the tokens were refreshed from, so it
+/// never replaces a newer one, and it runs on its own task: the requests
+/// waiting for the flight do not wait on a store that has just failed.
+/// While it is out, the process's next flight waits for it and its watcher
+/// adopts nothing.
 pub(super) struct Offer {
     store: Arc<dyn DynStore>,
+    /// The stored version the tokens were refreshed from: the one the
+    /// process knew for a solo flight; under the lease, the one loaded
+    /// there, which may be newer (a sibling's, past its time).
     expected: Option<u64>,
+    /// The version the process knew when the flight began: once the offer
+    /// is stored, the process knows the new version only if it has not
+    /// moved on from this one meanwhile.
+    known: Option<u64>,
     started: Instant,
 }
 
@@ -325,8 +345,10 @@ impl Offer {
     ) {
         // Called by the flight's task, so on its runtime; the tokens made
         // a `Prepared`, so they make a header.
-        // Below `u64::MAX`: known versions were loaded, and `load` refuses it.
-        let next = self.expected.unwrap_or(0) + 1;
+        // As `refresh_and_store` numbers it: versions only grow, even past
+        // a store that lost its data. Below `u64::MAX`: both were loaded,
+        // and `load` refuses that one.
+        let next = self.expected.max(self.known).unwrap_or(0) + 1;
         let record = record_of(&tokens, next, self.started);
         drop(tokens);
         let (settled, pending) = watch::channel(());
@@ -343,7 +365,7 @@ impl Offer {
                 // The process knows it as its own, unless it has moved on
                 // (adopted or stored a version, or installed other tokens).
                 Ok(true) => {
-                    if control.store_version == self.expected
+                    if control.store_version == self.known
                         && generation == Some(shared.snapshot.load().generation)
                     {
                         control.store_version = Some(next);

@@ -505,13 +505,15 @@ async fn a_refresh_source_that_panics_under_the_lease_releases_it() {
 }
 
 /// A store whose loads hang while `hang` is set, whose next load fails
-/// once `fail_next` is set, and whose writes take a second while
+/// once `fail_next` is set, whose next write fails unwritten once
+/// `fail_next_write` is set, and whose writes take a second while
 /// `slow_writes` is set; announcements still come.
 #[derive(Clone, Default)]
 struct FaultyLoads {
     inner: MemoryStore,
     hang: Arc<AtomicBool>,
     fail_next: Arc<AtomicBool>,
+    fail_next_write: Arc<AtomicBool>,
     slow_writes: Arc<AtomicBool>,
 }
 
@@ -536,9 +538,13 @@ impl TokenStore for FaultyLoads {
         record: Record,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let (slow, inner) = (self.slow_writes.load(Ordering::SeqCst), self.inner.clone());
+        let fail = self.fail_next_write.swap(false, Ordering::SeqCst);
         async move {
             if slow {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if fail {
+                return Err(StoreError::unavailable("injected write failure"));
             }
             inner.compare_and_swap(expected, record).await
         }
@@ -614,6 +620,64 @@ async fn tokens_refreshed_without_the_store_are_offered_to_it_afterwards() {
     assert_eq!(idp.counts(), (1, 2, 0));
     assert_eq!(store.inner.load().await.unwrap().unwrap().version(), 3);
     assert_eq!(first.handle().stats().adopted, 0);
+}
+
+/// Found in review: a flight that refreshed under the lease and then
+/// failed to store its tokens kept them to itself, leaving the store with
+/// the refresh token it had just spent, as a solo flight once did.
+#[tokio::test(start_paused = true)]
+async fn tokens_the_lease_holder_failed_to_store_are_offered_afterwards() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    store.fail_next_write.store(true, Ordering::SeqCst);
+    first.handle().force_refresh().await.unwrap(); // leased: rt-1 spent, rt-2 unwritten
+    crate::test_support::settle().await; // the offer runs on its own task
+
+    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+    assert_eq!(idp.counts(), (1, 1, 0));
+    assert_eq!(first.handle().stats().store_errors, 1);
+
+    // The process knows version 2 as its own.
+    first.handle().force_refresh().await.unwrap();
+    assert_eq!(idp.counts(), (1, 2, 0));
+    assert_eq!(store.inner.load().await.unwrap().unwrap().version(), 3);
+    assert_eq!(first.handle().stats().adopted, 0);
+}
+
+/// Under the lease a flight may refresh from a version newer than the one
+/// its process knew (a sibling's, past its time). Its offer swaps over
+/// that version, not the known one, which would find the store moved on
+/// and leave it holding the refresh token just spent.
+#[tokio::test(start_paused = true)]
+async fn a_leased_flights_offer_swaps_over_the_version_it_refreshed_from() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+                                                   // A sibling's version 2, expired, carrying the live refresh token.
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let expired = TokenSet::new("at-sibling")
+        .with_refresh_token("rt-1")
+        .with_expires_in(Duration::from_secs(60));
+    let record = Record::new(2, crate::store::encode(&expired, an_hour_ago).to_vec());
+    store.inner.compare_and_swap(Some(1), record).await.unwrap();
+
+    store.fail_next_write.store(true, Ordering::SeqCst);
+    first.handle().force_refresh().await.unwrap(); // from version 2: rt-2 unwritten
+    crate::test_support::settle().await;
+
+    assert_eq!(idp.counts(), (1, 1, 0));
+    assert_eq!(idp.stored_live_version(&store.inner).await, 3);
+    first.handle().force_refresh().await.unwrap();
+    assert_eq!(idp.counts(), (1, 2, 0), "no spent refresh token presented");
+    assert_eq!(store.inner.load().await.unwrap().unwrap().version(), 4);
+    assert_eq!(
+        first.handle().stats().adopted,
+        0,
+        "its own tokens not adopted back"
+    );
 }
 
 /// The offer never replaces a version stored since the one the flight

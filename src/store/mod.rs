@@ -29,9 +29,10 @@
 //! fails a request: the process logs a warning and refreshes on its own, as
 //! it would without a store, and requests go on with any token still valid.
 //! It then offers the new tokens to the store from a task of their own, as
-//! the version after the one it knew (compare-and-swap, so never over a
-//! newer one): a source that rotates refresh tokens has spent the one the
-//! store may still hold.
+//! the version after the one they were refreshed from (compare-and-swap, so
+//! never over a newer one): a source that rotates refresh tokens has spent
+//! the one the store may still hold. So does a process that refreshed under
+//! the lease and then failed to write.
 //!
 //! Stores hold opaque bytes: the layer encodes the tokens (with an absolute
 //! expiry, so any process can read it) and, wrapped in
