@@ -568,7 +568,8 @@ impl TokenStore for FaultyLoads {
 /// `stale` flag, yet its promise to do so stood: requests took the token for
 /// fresh without reading the clock, past its expiry. Real time: the
 /// promise exists only on a multi-thread runtime, where time cannot be
-/// paused.
+/// paused. The test waits until the watcher has made its promise, so that
+/// it exercises the promise however loaded the machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fresh() {
     let store = FaultyLoads::default();
@@ -582,7 +583,21 @@ async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fre
     let manager = &layer.core.manager;
     let mut cache = manager.snapshot_cache();
     assert!(manager.ready(&mut cache).is_some(), "fresh at first");
-    tokio::time::sleep(Duration::from_millis(50)).await; // the watcher watches
+    let watched = || {
+        manager
+            .shared
+            .snapshot
+            .load()
+            .watched
+            .load(Ordering::Acquire)
+    };
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !watched() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the watcher promises to raise `stale` within 5 s");
 
     store.hang.store(true, Ordering::SeqCst);
     let announced = Record::new(1, b"{not read: the load hangs".to_vec());
