@@ -188,10 +188,26 @@ def storms():
     return found
 
 
+# The throughput ratio moves with the process too: four processes of the
+# same binary gave 0.963 to 0.987 (9 rounds each). So it is measured in
+# several, and each figure is the median over them.
+THROUGHPUT_PROCESSES = 5
+
+
 def throughput():
-    out = run("cargo", "bench", "--bench", "throughput", env={"THROUGHPUT_ROUNDS": "21"})
-    line = re.search(r"^throughput: (.*)$", out, re.M)[1]
-    return key_values(line)
+    """Requests per second with and without the layer, and their ratio:
+    medians over THROUGHPUT_PROCESSES processes of 15 rounds each."""
+    processes = []
+    for _ in range(THROUGHPUT_PROCESSES):
+        out = run("cargo", "bench", "--bench", "throughput", env={"THROUGHPUT_ROUNDS": "15"})
+        processes.append(key_values(re.search(r"^throughput: (.*)$", out, re.M)[1]))
+    found = {key: median([p[key] for p in processes])
+             for key in ("without_layer_rps", "static_header_rps", "with_layer_rps",
+                         "ratio", "ratio_to_static_header")}
+    ratios = [p["ratio"] for p in processes]
+    found.update(processes=processes, rounds=processes[0]["rounds"],
+                 ratio_low=min(ratios), ratio_high=max(ratios))
+    return found
 
 
 def throughput_instructions():
@@ -341,7 +357,10 @@ def tables(data):
     lines += [
         "",
         "**Throughput** over loopback, 16 tasks through a hyper-util client "
-        "(`benches/throughput.rs`; ratio: median of per-round ratios):",
+        f"(`benches/throughput.rs`; a process's ratio is the median of its "
+        f"{t['rounds']:g} per-round ratios; each figure here is the median over "
+        f"{len(t['processes'])} processes, whose ratios ran from {t['ratio_low']:.3f} "
+        f"to {t['ratio_high']:.3f}):",
         "",
         "| client | requests/s | ratio |",
         "|---|---:|---:|",
@@ -424,8 +443,9 @@ def targets(data):
                          f"{storm['over_floor_p99_ms']:.1f} ms over it); every run: "
                          f"{' / '.join(f'{v:.1f}' for v in storm['runs_added_p99_ms'])} ms",
                          storm["target_met"] == "true"))
-    lines.append(row("throughput ≥ 0.97 × without the layer", f"{t['ratio']:.3f}",
-                     t["ratio"] >= 0.97))
+    lines.append(row("throughput ≥ 0.97 × without the layer",
+                     f"{t['ratio']:.3f} (median; {t['ratio_low']:.3f} to "
+                     f"{t['ratio_high']:.3f} by process)", t["ratio"] >= 0.97))
     return "\n".join(lines)
 
 
