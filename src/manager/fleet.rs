@@ -66,11 +66,19 @@ impl FlightTask {
                         store: Arc::clone(shared_store),
                         lease: Some(lease),
                     };
-                    let result = self
+                    let mut result = self
                         .refresh_and_store(shared_store, known, ctx, started)
                         .await;
-                    if let Some(lease) = held.lease.take() {
-                        self.release(store, lease).await;
+                    // Tokens left to offer keep the lease until the offer
+                    // has settled: released now, a sibling could take it
+                    // and refresh from the refresh token this flight spent.
+                    if let Ok(Obtained {
+                        offer: Some(offer), ..
+                    }) = &mut result
+                    {
+                        offer.lease = Some(held);
+                    } else if let Some(lease) = held.lease.take() {
+                        release(&self.shared, store, lease).await;
                     }
                     return result;
                 }
@@ -128,9 +136,7 @@ impl FlightTask {
             // the fleet that adopted it, with nothing left to refresh from.
             return Ok(obtained);
         }
-        // Versions only grow, even past a store that lost its data. Below
-        // `u64::MAX`: `load` refuses that one, and known versions were loaded.
-        let next = expected.max(known).unwrap_or(0) + 1;
+        let next = next_version(expected, known);
         let record = record_of(&obtained.tokens, next, started);
         match call(
             &self.shared.config,
@@ -143,15 +149,21 @@ impl FlightTask {
                 "another process stored tokens while this one held the refresh lease; \
                  keeping this process's tokens without storing them"
             ),
-            // The refresh token the store holds may just have been spent:
-            // offered once installed, as after a solo refresh.
+            // The refresh token the store holds may just have been spent.
+            // Installed, the tokens supersede the version they were
+            // refreshed from (the newer of the stored and the known one),
+            // so no later flight refreshes from it again, even if the offer
+            // fails too; and they are offered, as after a solo refresh.
             Err(error) => {
                 store_failed(&self.shared, &error, "storing the refreshed tokens");
+                let superseded = expected.max(known);
+                obtained.version = superseded;
                 obtained.offer = Some(Offer {
                     store: Arc::clone(shared_store),
                     expected,
-                    known,
+                    known: superseded,
                     started,
+                    lease: None,
                 });
             }
         }
@@ -177,8 +189,8 @@ impl FlightTask {
     }
 
     /// The store version this flight starts from: the one the process
-    /// knew when it began, or, if an offer of tokens the last flight
-    /// refreshed alone is still out, the one the process knows once that
+    /// knew when it began, or, if an offer of tokens the last flight could
+    /// not store is still out, the one the process knows once that
     /// offer has settled (waited for within the refresh timeout). Without
     /// the wait, this flight could refresh from the tokens being offered
     /// and lose the race to store its own, leaving the store with a spent
@@ -214,24 +226,35 @@ impl FlightTask {
                 expected: known,
                 known,
                 started,
+                lease: None,
             });
         }
         Ok(obtained)
     }
+}
 
-    async fn release(&self, store: &dyn DynStore, lease: Lease) {
-        if let Err(error) = call(&self.shared.config, store.release_boxed(lease)).await {
-            // The lease lapses on its own at its time to live.
-            store_failed(&self.shared, &error, "the refresh lease will lapse");
-        }
+/// Releases the refresh lease; unanswered, it lapses at its time to live.
+async fn release(shared: &Shared, store: &dyn DynStore, lease: Lease) {
+    if let Err(error) = call(&shared.config, store.release_boxed(lease)).await {
+        store_failed(shared, &error, "the refresh lease will lapse");
     }
+}
+
+/// The version to store tokens as: the one after the newer of the stored
+/// and the known one, so versions only grow, even past a store that lost
+/// its data. Saturated at `u64::MAX`, which `load` refuses as corrupt: the
+/// fleet then refreshes around such a record, as around any unreadable one.
+fn next_version(stored: Option<u64>, known: Option<u64>) -> u64 {
+    stored
+        .max(known)
+        .map_or(1, |version| version.saturating_add(1))
 }
 
 /// The refresh lease while this flight holds it. Released by the flight
 /// once its tokens are stored; dropped still held (the refresh source
 /// panicked, or the flight's runtime shut down), it is released from a task
 /// of its own, so other processes need not wait out its time to live.
-struct HeldLease {
+pub(super) struct HeldLease {
     store: Arc<dyn DynStore>,
     lease: Option<Lease>,
 }
@@ -309,28 +332,35 @@ impl TokenManager {
 
 /// Tokens a flight could not store because the store failed: fetched on
 /// its own, or fetched under the lease and then not written. They are
-/// stored as the version after the one they were refreshed from.
+/// stored as the version after the newer of the one the process knew and
+/// the one found in the store.
 ///
-/// A source that rotates refresh tokens has just spent the one the flight
-/// refreshed from, which the store may hold: left there, it would be spent
-/// again by the next process to refresh from the store, and an issuer that
-/// detects reuse answers that by revoking the whole family. The offer is a
-/// compare-and-swap over the version the tokens were refreshed from, so it
-/// never replaces a newer one, and it runs on its own task: the requests
-/// waiting for the flight do not wait on a store that has just failed.
-/// While it is out, the process's next flight waits for it and its watcher
-/// adopts nothing.
+/// A source that rotates refresh tokens has just spent the refresh token
+/// the flight refreshed from, which the store may hold: left there, it
+/// would be spent again by the next process to refresh from the store, and
+/// an issuer that detects reuse answers that by revoking the whole family.
+/// The offer is a compare-and-swap over the version the store held when
+/// the flight read it, so it never replaces a newer one, and it runs on
+/// its own task: the requests waiting for the flight do not wait on a store
+/// that has just failed. While it is out, the process's next flight waits
+/// for it and its watcher adopts nothing. A flight that refreshed under the
+/// lease hands the lease to its offer, which releases it once it has
+/// settled, so that no sibling refreshes from the store meanwhile.
 pub(super) struct Offer {
     store: Arc<dyn DynStore>,
-    /// The stored version the tokens were refreshed from: the one the
-    /// process knew for a solo flight; under the lease, the one loaded
-    /// there, which may be newer (a sibling's, past its time).
+    /// The version the store held when the flight read it: the one the
+    /// process knew, for a solo flight; under the lease, the one loaded
+    /// there, which may be newer (a sibling's, past its time), older, or
+    /// none (a store that lost its data).
     expected: Option<u64>,
-    /// The version the process knew when the flight began: once the offer
-    /// is stored, the process knows the new version only if it has not
-    /// moved on from this one meanwhile.
+    /// The version the process knows once the tokens are installed: once
+    /// the offer is stored, the process knows the new version only if it
+    /// has not moved on from this one meanwhile.
     known: Option<u64>,
     started: Instant,
+    /// The refresh lease, if the flight held it: released once the offer
+    /// has settled (or, dropped unstarted, from a task of its own).
+    pub(super) lease: Option<HeldLease>,
 }
 
 impl Offer {
@@ -345,10 +375,7 @@ impl Offer {
     ) {
         // Called by the flight's task, so on its runtime; the tokens made
         // a `Prepared`, so they make a header.
-        // As `refresh_and_store` numbers it: versions only grow, even past
-        // a store that lost its data. Below `u64::MAX`: both were loaded,
-        // and `load` refuses that one.
-        let next = self.expected.max(self.known).unwrap_or(0) + 1;
+        let next = next_version(self.expected, self.known);
         let record = record_of(&tokens, next, self.started);
         drop(tokens);
         let (settled, pending) = watch::channel(());
@@ -360,11 +387,11 @@ impl Offer {
                 self.store.compare_and_swap_boxed(self.expected, record),
             )
             .await;
-            let mut control = shared.lock();
             match stored {
                 // The process knows it as its own, unless it has moved on
                 // (adopted or stored a version, or installed other tokens).
                 Ok(true) => {
+                    let mut control = shared.lock();
                     if control.store_version == self.known
                         && generation == Some(shared.snapshot.load().generation)
                     {
@@ -373,13 +400,15 @@ impl Offer {
                 }
                 // Another process stored newer tokens meanwhile.
                 Ok(false) => {}
-                Err(error) => store_failed(
-                    &shared,
-                    &error,
-                    "the tokens refreshed without it stay unstored",
-                ),
+                Err(error) => store_failed(&shared, &error, "the refreshed tokens stay unstored"),
             }
-            drop(control);
+            // Released before the offer settles: the process's next flight
+            // may want the lease.
+            if let Some(mut held) = self.lease {
+                if let Some(lease) = held.lease.take() {
+                    release(&shared, &*held.store, lease).await;
+                }
+            }
             // Closes the channel: the offer has settled, and the version it
             // moved is there for whoever waited.
             drop(settled);

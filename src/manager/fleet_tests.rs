@@ -505,15 +505,15 @@ async fn a_refresh_source_that_panics_under_the_lease_releases_it() {
 }
 
 /// A store whose loads hang while `hang` is set, whose next load fails
-/// once `fail_next` is set, whose next write fails unwritten once
-/// `fail_next_write` is set, and whose writes take a second while
-/// `slow_writes` is set; announcements still come.
+/// once `fail_next` is set, whose next `failing_writes` writes fail
+/// unwritten, and whose writes take a second while `slow_writes` is set;
+/// announcements still come.
 #[derive(Clone, Default)]
 struct FaultyLoads {
     inner: MemoryStore,
     hang: Arc<AtomicBool>,
     fail_next: Arc<AtomicBool>,
-    fail_next_write: Arc<AtomicBool>,
+    failing_writes: Arc<AtomicUsize>,
     slow_writes: Arc<AtomicBool>,
 }
 
@@ -538,7 +538,10 @@ impl TokenStore for FaultyLoads {
         record: Record,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let (slow, inner) = (self.slow_writes.load(Ordering::SeqCst), self.inner.clone());
-        let fail = self.fail_next_write.swap(false, Ordering::SeqCst);
+        let fail = self
+            .failing_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
         async move {
             if slow {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -578,7 +581,7 @@ async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fre
     }))
     .store(store.clone())
     .refresh_timeout(Duration::from_secs(30))
-    .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_millis(600)))
+    .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_secs(2)))
     .build();
     let manager = &layer.core.manager;
     let mut cache = manager.snapshot_cache();
@@ -598,11 +601,16 @@ async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fre
     })
     .await
     .expect("the watcher promises to raise `stale` within 5 s");
+    let stale = manager.shared.snapshot.load().stale.load(Ordering::Acquire);
+    assert!(
+        !stale,
+        "the watcher first ran past `stale_at`: nothing tested"
+    );
 
     store.hang.store(true, Ordering::SeqCst);
     let announced = Record::new(1, b"{not read: the load hangs".to_vec());
     store.inner.compare_and_swap(None, announced).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await; // past the expiry
+    tokio::time::sleep(Duration::from_millis(2100)).await; // past the expiry
 
     assert!(
         manager.ready(&mut cache).is_none(),
@@ -646,7 +654,7 @@ async fn tokens_the_lease_holder_failed_to_store_are_offered_afterwards() {
     let store = FaultyLoads::default();
     let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
-    store.fail_next_write.store(true, Ordering::SeqCst);
+    store.failing_writes.store(1, Ordering::SeqCst);
     first.handle().force_refresh().await.unwrap(); // leased: rt-1 spent, rt-2 unwritten
     crate::test_support::settle().await; // the offer runs on its own task
 
@@ -679,7 +687,7 @@ async fn a_leased_flights_offer_swaps_over_the_version_it_refreshed_from() {
     let record = Record::new(2, crate::store::encode(&expired, an_hour_ago).to_vec());
     store.inner.compare_and_swap(Some(1), record).await.unwrap();
 
-    store.fail_next_write.store(true, Ordering::SeqCst);
+    store.failing_writes.store(1, Ordering::SeqCst);
     first.handle().force_refresh().await.unwrap(); // from version 2: rt-2 unwritten
     crate::test_support::settle().await;
 
@@ -693,6 +701,68 @@ async fn a_leased_flights_offer_swaps_over_the_version_it_refreshed_from() {
         0,
         "its own tokens not adopted back"
     );
+}
+
+/// Found in review: when the offer failed too, the process still knew only
+/// the version before the sibling's, so its next flight refreshed from the
+/// sibling's record again, whose refresh token it had spent.
+#[tokio::test(start_paused = true)]
+async fn a_process_never_refreshes_again_from_a_version_it_refreshed_from_unstored() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let expired = TokenSet::new("at-sibling")
+        .with_refresh_token("rt-1")
+        .with_expires_in(Duration::from_secs(60));
+    let record = Record::new(2, crate::store::encode(&expired, an_hour_ago).to_vec());
+    store.inner.compare_and_swap(Some(1), record).await.unwrap();
+
+    store.failing_writes.store(2, Ordering::SeqCst); // the write and the offer
+    first.handle().force_refresh().await.unwrap(); // from version 2: rt-1 spent
+    crate::test_support::settle().await;
+    assert_eq!(first.handle().stats().store_errors, 2);
+
+    first.handle().force_refresh().await.unwrap();
+    assert_eq!(idp.counts(), (1, 2, 0), "no spent refresh token presented");
+    assert_eq!(idp.stored_live_version(&store.inner).await, 3);
+}
+
+/// Found in review: the lease holder released the lease as soon as its
+/// write failed, before its offer ran (after the `on_refresh` hook). A
+/// sibling took the lease in between and refreshed from the stored refresh
+/// token, which the holder had just spent. The offer now keeps the lease
+/// until it has settled, and the sibling adopts the offered tokens.
+#[tokio::test(start_paused = true)]
+async fn a_lease_holder_whose_write_failed_keeps_the_lease_until_its_offer_settles() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .on_refresh(|_: &TokenSet| tokio::time::sleep(Duration::from_secs(1)))
+        .build();
+    let second = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: rt-1, version 1
+    tokio::time::advance(LIFETIME).await; // version 1 expires for everyone
+
+    store.failing_writes.store(1, Ordering::SeqCst);
+    let holder = first.handle();
+    let leased = tokio::spawn(async move { holder.force_refresh().await });
+    // The holder has spent rt-1 and is in its hook, its write failed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(idp.counts(), (1, 1, 0));
+    let adopted = second.handle().stats().adopted; // version 1, announced
+    second.handle().force_refresh().await.unwrap();
+    leased.await.unwrap().unwrap();
+
+    assert_eq!(
+        idp.counts(),
+        (1, 1, 0),
+        "the sibling refreshed from a spent token"
+    );
+    assert_eq!(second.handle().stats().adopted, adopted + 1);
+    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
 }
 
 /// The offer never replaces a version stored since the one the flight

@@ -153,12 +153,14 @@ pub(super) struct Obtained {
     pub(super) tokens: TokenSet,
     /// When their lifetime started.
     pub(super) obtained_at: Instant,
-    /// The store version they were stored as or read from.
+    /// The store version they were stored as or read from, or, if storing
+    /// them failed, the one whose refresh token they were refreshed from:
+    /// known once they are installed, so that no later flight refreshes
+    /// from that spent token.
     pub(super) version: Option<u64>,
     /// Read from the store, not fetched by this process.
     pub(super) adopted: bool,
-    /// Fetched without the store, after it failed: offered to it once
-    /// installed.
+    /// Not stored because the store failed: offered to it once installed.
     pub(super) offer: Option<Offer>,
 }
 

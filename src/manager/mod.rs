@@ -155,7 +155,7 @@ struct Control {
     /// The store version the current tokens came from or were stored as;
     /// only a newer stored version is adopted.
     store_version: Option<u64>,
-    /// The last offer of tokens refreshed without the store
+    /// The last offer of tokens a flight could not store
     /// (`fleet::Offer`); its channel closes once it has settled, and a
     /// closed one stands for none.
     pending_offer: Option<tokio::sync::watch::Receiver<()>>,

@@ -28,11 +28,12 @@
 //! A store that fails or does not answer within the refresh timeout never
 //! fails a request: the process logs a warning and refreshes on its own, as
 //! it would without a store, and requests go on with any token still valid.
-//! It then offers the new tokens to the store from a task of their own, as
-//! the version after the one they were refreshed from (compare-and-swap, so
-//! never over a newer one): a source that rotates refresh tokens has spent
-//! the one the store may still hold. So does a process that refreshed under
-//! the lease and then failed to write.
+//! It then offers the new tokens to the store from a task of their own
+//! (compare-and-swap over the version it found there, so never over a newer
+//! one): a source that rotates refresh tokens has spent the one the store
+//! may still hold. So does a process that refreshed under the lease and
+//! then failed to write; it keeps the lease until the offer has settled,
+//! so that no other process refreshes from the spent token meanwhile.
 //!
 //! Stores hold opaque bytes: the layer encodes the tokens (with an absolute
 //! expiry, so any process can read it) and, wrapped in
