@@ -132,8 +132,10 @@ impl FlightTask {
         // The stored record must carry the refresh token the source kept.
         obtained.tokens = obtained.tokens.inherit_refresh_token(current.as_ref());
         if !makes_header(&obtained.tokens) {
-            // The flight fails on it; stored, it would fail every flight of
-            // the fleet that adopted it, with nothing left to refresh from.
+            // The flight fails on it and drops these tokens. Kept out of the
+            // store too: a source that returns such a token is broken (and
+            // were one stored, siblings would refresh from it, not adopt it,
+            // as `usable` refuses it).
             return Ok(obtained);
         }
         let next = next_version(expected, known);
