@@ -5,8 +5,8 @@
 //! 16 tasks send `GET`s back to back and read each response whole. A third
 //! client adds the same header statically (tower-http), to tell what the
 //! header costs on the wire from what the layer costs. The clients take
-//! turns, half a second each, for several rounds, so that load from
-//! elsewhere on the machine hits them alike; the report gives the median
+//! turns, half a second each, for several rounds, in reverse order every
+//! other round, so that load from elsewhere on the machine hits them alike; the report gives the median
 //! requests per second of each and the median of the per-round ratios
 //! (target ≥ 0.97).
 //!
@@ -97,10 +97,18 @@ fn main() {
         measure(static_header.clone(), &url).await;
         measure(layered.clone(), &url).await;
         let (mut without, mut fixed, mut with) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            without.push(measure(plain.clone(), &url).await);
-            fixed.push(measure(static_header.clone(), &url).await);
-            with.push(measure(layered.clone(), &url).await);
+        for round in 0..rounds {
+            // Every other round in reverse (A B C, C B A, …): a drift over
+            // the round then favours each client as often as it hurts it.
+            if round % 2 == 0 {
+                without.push(measure(plain.clone(), &url).await);
+                fixed.push(measure(static_header.clone(), &url).await);
+                with.push(measure(layered.clone(), &url).await);
+            } else {
+                with.push(measure(layered.clone(), &url).await);
+                fixed.push(measure(static_header.clone(), &url).await);
+                without.push(measure(plain.clone(), &url).await);
+            }
         }
         // Ratios within a round, then their median: load from elsewhere
         // drifts between rounds more than within one.
