@@ -507,10 +507,11 @@ async fn a_refresh_source_that_panics_under_the_lease_releases_it() {
 /// A store whose loads hang while `hang` is set, whose next load fails
 /// once `fail_next` is set, whose next `failing_writes` writes fail
 /// unwritten, and whose writes take a second while `slow_writes` is set;
-/// announcements still come.
+/// announcements still come. `loads` counts the loads begun.
 #[derive(Clone, Default)]
 struct FaultyLoads {
     inner: MemoryStore,
+    loads: Arc<AtomicUsize>,
     hang: Arc<AtomicBool>,
     fail_next: Arc<AtomicBool>,
     failing_writes: Arc<AtomicUsize>,
@@ -519,6 +520,7 @@ struct FaultyLoads {
 
 impl TokenStore for FaultyLoads {
     fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        self.loads.fetch_add(1, Ordering::SeqCst);
         let hang = self.hang.load(Ordering::SeqCst);
         let fail = self.fail_next.swap(false, Ordering::SeqCst);
         let load = self.inner.load();
@@ -594,13 +596,7 @@ async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fre
             .watched
             .load(Ordering::Acquire)
     };
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !watched() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .expect("the watcher promises to raise `stale` within 5 s");
+    until("the watcher promises to raise `stale`", watched).await;
     let stale = manager.shared.snapshot.load().stale.load(Ordering::Acquire);
     assert!(
         !stale,
@@ -616,6 +612,56 @@ async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fre
         manager.ready(&mut cache).is_none(),
         "an expired token was taken for fresh"
     );
+}
+
+/// Until `condition` holds, polling each millisecond of real time; panics
+/// after 5 s, saying what was awaited.
+async fn until(what: &str, condition: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not within 5 s: {what}"));
+}
+
+/// Found in review: the watcher adopted an announced version inline and,
+/// for its promise to stay true, stopped watching meanwhile: after each
+/// sibling's announcement, requests read the clock for a store round trip
+/// (for the whole refresh timeout if the store hung). The adoption now runs
+/// on a task of its own, and the watcher keeps watching. Real time, on a
+/// multi-thread runtime: the only one where the watcher makes its promise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_keeps_watching_while_an_adoption_waits_for_the_store() {
+    let store = FaultyLoads::default();
+    let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+        Ok::<_, RefreshError>(TokenSet::new("next").with_expires_in(LIFETIME))
+    }))
+    .store(store.clone())
+    .initial_tokens(TokenSet::new("old").with_expires_in(LIFETIME))
+    .build();
+    let manager = &layer.core.manager;
+    let watched = || {
+        manager
+            .shared
+            .snapshot
+            .load()
+            .watched
+            .load(Ordering::Acquire)
+    };
+    until("the watcher watches", watched).await;
+
+    store.hang.store(true, Ordering::SeqCst);
+    let loads = store.loads.load(Ordering::SeqCst);
+    let announced = Record::new(1, b"{not read: the load hangs".to_vec());
+    store.inner.compare_and_swap(None, announced).await.unwrap();
+    until("the adoption's load begins", || {
+        store.loads.load(Ordering::SeqCst) > loads
+    })
+    .await;
+
+    assert!(watched(), "requests were sent back to the clock");
 }
 
 /// Found in review: a flight that refreshed on its own after a store

@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use tokio::runtime::RuntimeFlavor;
@@ -82,6 +83,11 @@ async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
         .shared
         .upgrade()
         .and_then(|shared| shared.config.store.as_ref()?.subscribe_dyn());
+    // An adoption runs on a task of its own: its store load may take up to
+    // the refresh timeout, and the watcher keeps its promise meanwhile.
+    // One at a time; an announcement made during one waits for it (its
+    // receiver keeps it marked unseen).
+    let mut adopting: Option<JoinHandle<()>> = None;
     loop {
         let notified = changed.notified();
         tokio::pin!(notified);
@@ -110,18 +116,19 @@ async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
         tokio::select! {
             () = due => {}
             () = &mut notified => continue,
-            () = announced(&mut announcements) => {
-                // The load below may take up to the refresh timeout, and
-                // meanwhile nothing raises the `stale` flag: until the next
-                // round watches it again, requests read the clock.
-                if let Some(snapshot) = guard.watching.upgrade() {
-                    snapshot.unwatch();
-                }
+            () = announced(&mut announcements), if adopting.is_none() => {
                 if let Some(shared) = guard.shared.upgrade() {
                     if let Some(store) = shared.config.store.clone() {
-                        TokenManager { shared }.adopt_announced(&*store).await;
+                        let manager = TokenManager { shared };
+                        adopting = Some(tokio::spawn(async move {
+                            manager.adopt_announced(&*store).await;
+                        }));
                     }
                 }
+                continue;
+            }
+            _ = finished(&mut adopting) => {
+                adopting = None;
                 continue;
             }
         }
@@ -148,6 +155,17 @@ async fn announced(announcements: &mut Option<watch::Receiver<u64>>) {
     }
     *announcements = None;
     std::future::pending().await
+}
+
+/// Resolves when the running adoption ends (panicked or not); never while
+/// none runs.
+async fn finished(adopting: &mut Option<JoinHandle<()>>) {
+    match adopting {
+        Some(task) => {
+            let _ = task.await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Starts the background refresh if it is due and nothing else runs,
