@@ -253,9 +253,11 @@ fn next_version(stored: Option<u64>, known: Option<u64>) -> u64 {
 }
 
 /// The refresh lease while this flight holds it. Released by the flight
-/// once its tokens are stored; dropped still held (the refresh source
-/// panicked, or the flight's runtime shut down), it is released from a task
-/// of its own, so other processes need not wait out its time to live.
+/// once its tokens are stored, or by its [`Offer`] once that has settled;
+/// dropped still held (the refresh source panicked, the flight's runtime
+/// shut down, or its tokens were refused before the offer started), it is
+/// released from a task of its own, so other processes need not wait out
+/// its time to live.
 pub(super) struct HeldLease {
     store: Arc<dyn DynStore>,
     lease: Option<Lease>,
@@ -347,7 +349,11 @@ impl TokenManager {
 /// that has just failed. While it is out, the process's next flight waits
 /// for it and its watcher adopts nothing. A flight that refreshed under the
 /// lease hands the lease to its offer, which releases it once it has
-/// settled, so that no sibling refreshes from the store meanwhile.
+/// settled, so that no sibling refreshes from the store meanwhile. The
+/// lease's time to live is not lengthened for it: it covers the offer when
+/// the calls before it took less than their whole timeouts, as they do
+/// unless the store or the source hangs; past it, the lease lapses as it
+/// would for a crashed holder.
 pub(super) struct Offer {
     store: Arc<dyn DynStore>,
     /// The version the store held when the flight read it: the one the

@@ -725,7 +725,8 @@ async fn a_leased_flights_offer_swaps_over_the_version_it_refreshed_from() {
     let store = FaultyLoads::default();
     let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
-                                                   // A sibling's version 2, expired, carrying the live refresh token.
+
+    // A sibling's version 2, expired, carrying the live refresh token.
     let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
     let expired = TokenSet::new("at-sibling")
         .with_refresh_token("rt-1")

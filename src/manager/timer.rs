@@ -77,7 +77,8 @@ impl Drop for WatchGuard {
 }
 
 /// Holds only `Weak`s between wake-ups, so dropping every layer and handle
-/// ends the task (`Shared`'s drop wakes it).
+/// ends the task (`Shared`'s drop wakes it). An adoption's task holds the
+/// state for its one store load, bounded by the refresh timeout.
 async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
     let mut announcements = guard
         .shared
