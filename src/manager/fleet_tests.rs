@@ -578,40 +578,53 @@ impl TokenStore for FaultyLoads {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fresh() {
     let store = FaultyLoads::default();
-    let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
-        Ok::<_, RefreshError>(TokenSet::new("next").with_expires_in(LIFETIME))
-    }))
-    .store(store.clone())
-    .refresh_timeout(Duration::from_secs(30))
-    .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_secs(2)))
-    .build();
+    let layer = watched_layer(&store, Duration::from_secs(2));
     let manager = &layer.core.manager;
     let mut cache = manager.snapshot_cache();
     assert!(manager.ready(&mut cache).is_some(), "fresh at first");
-    let watched = || {
-        manager
-            .shared
-            .snapshot
-            .load()
-            .watched
-            .load(Ordering::Acquire)
-    };
-    until("the watcher promises to raise `stale`", watched).await;
+    until("the watcher promises to raise `stale`", || {
+        is_watched(manager)
+    })
+    .await;
     let stale = manager.shared.snapshot.load().stale.load(Ordering::Acquire);
     assert!(
         !stale,
         "the watcher first ran past `stale_at`: nothing tested"
     );
 
-    store.hang.store(true, Ordering::SeqCst);
-    let announced = Record::new(1, b"{not read: the load hangs".to_vec());
-    store.inner.compare_and_swap(None, announced).await.unwrap();
+    announce_while_loads_hang(&store).await;
     tokio::time::sleep(Duration::from_millis(2100)).await; // past the expiry
 
     assert!(
         manager.ready(&mut cache).is_none(),
         "an expired token was taken for fresh"
     );
+}
+
+/// A layer on `store` whose watcher watches a token living `lifetime`.
+fn watched_layer(store: &FaultyLoads, lifetime: Duration) -> TokenRefreshLayer {
+    TokenRefreshLayer::builder(refresh_fn(|_| async {
+        Ok::<_, RefreshError>(TokenSet::new("next").with_expires_in(LIFETIME))
+    }))
+    .store(store.clone())
+    .refresh_timeout(Duration::from_secs(30))
+    .initial_tokens(TokenSet::new("old").with_expires_in(lifetime))
+    .build()
+}
+
+/// Whether the watcher promises to raise the current token's `stale` flag
+/// on time (so requests read no clock).
+fn is_watched(manager: &super::TokenManager) -> bool {
+    let snapshot = manager.shared.snapshot.load();
+    snapshot.watched.load(Ordering::Acquire)
+}
+
+/// Makes the store's loads hang, then announces a version, which the
+/// watcher sets out to load.
+async fn announce_while_loads_hang(store: &FaultyLoads) {
+    store.hang.store(true, Ordering::SeqCst);
+    let announced = Record::new(1, b"{not read: the load hangs".to_vec());
+    store.inner.compare_and_swap(None, announced).await.unwrap();
 }
 
 /// Until `condition` holds, polling each millisecond of real time; panics
@@ -635,33 +648,18 @@ async fn until(what: &str, condition: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watcher_keeps_watching_while_an_adoption_waits_for_the_store() {
     let store = FaultyLoads::default();
-    let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
-        Ok::<_, RefreshError>(TokenSet::new("next").with_expires_in(LIFETIME))
-    }))
-    .store(store.clone())
-    .initial_tokens(TokenSet::new("old").with_expires_in(LIFETIME))
-    .build();
+    let layer = watched_layer(&store, LIFETIME);
     let manager = &layer.core.manager;
-    let watched = || {
-        manager
-            .shared
-            .snapshot
-            .load()
-            .watched
-            .load(Ordering::Acquire)
-    };
-    until("the watcher watches", watched).await;
+    until("the watcher watches", || is_watched(manager)).await;
 
-    store.hang.store(true, Ordering::SeqCst);
     let loads = store.loads.load(Ordering::SeqCst);
-    let announced = Record::new(1, b"{not read: the load hangs".to_vec());
-    store.inner.compare_and_swap(None, announced).await.unwrap();
+    announce_while_loads_hang(&store).await;
     until("the adoption's load begins", || {
         store.loads.load(Ordering::SeqCst) > loads
     })
     .await;
 
-    assert!(watched(), "requests were sent back to the clock");
+    assert!(is_watched(manager), "requests were sent back to the clock");
 }
 
 /// Found in review: a flight that refreshed on its own after a store
@@ -671,12 +669,28 @@ async fn the_watcher_keeps_watching_while_an_adoption_waits_for_the_store() {
 /// that detects reuse, the revocation of the whole family.
 #[tokio::test(start_paused = true)]
 async fn tokens_refreshed_without_the_store_are_offered_to_it_afterwards() {
+    check_offered_after(|store| store.fail_next.store(true, Ordering::SeqCst)).await;
+}
+
+/// Found in review: a flight that refreshed under the lease and then
+/// failed to store its tokens kept them to itself, leaving the store with
+/// the refresh token it had just spent, as a solo flight once did.
+#[tokio::test(start_paused = true)]
+async fn tokens_the_lease_holder_failed_to_store_are_offered_afterwards() {
+    check_offered_after(|store| store.failing_writes.store(1, Ordering::SeqCst)).await;
+}
+
+/// Logs in through a layer on a new store (version 1), lets `fault` break
+/// the store for the next refresh, refreshes (spending rt-1), and checks
+/// that the tokens were offered afterwards: stored as version 2, which the
+/// process then knows as its own.
+async fn check_offered_after(fault: impl FnOnce(&FaultyLoads)) {
     let idp = Rotating::default();
     let store = FaultyLoads::default();
     let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
-    store.fail_next.store(true, Ordering::SeqCst);
-    first.handle().force_refresh().await.unwrap(); // alone: rt-1 spent, rt-2
+    fault(&store);
+    first.handle().force_refresh().await.unwrap(); // rt-1 spent, rt-2 not stored
     crate::test_support::settle().await; // the offer runs on its own task
 
     assert_eq!(idp.stored_live_version(&store.inner).await, 2);
@@ -685,30 +699,6 @@ async fn tokens_refreshed_without_the_store_are_offered_to_it_afterwards() {
 
     // The process knows version 2 as its own: it refreshes from it rather
     // than adopting its own tokens back.
-    first.handle().force_refresh().await.unwrap();
-    assert_eq!(idp.counts(), (1, 2, 0));
-    assert_eq!(store.inner.load().await.unwrap().unwrap().version(), 3);
-    assert_eq!(first.handle().stats().adopted, 0);
-}
-
-/// Found in review: a flight that refreshed under the lease and then
-/// failed to store its tokens kept them to itself, leaving the store with
-/// the refresh token it had just spent, as a solo flight once did.
-#[tokio::test(start_paused = true)]
-async fn tokens_the_lease_holder_failed_to_store_are_offered_afterwards() {
-    let idp = Rotating::default();
-    let store = FaultyLoads::default();
-    let first = idp.layer_on(store.clone());
-    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
-    store.failing_writes.store(1, Ordering::SeqCst);
-    first.handle().force_refresh().await.unwrap(); // leased: rt-1 spent, rt-2 unwritten
-    crate::test_support::settle().await; // the offer runs on its own task
-
-    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
-    assert_eq!(idp.counts(), (1, 1, 0));
-    assert_eq!(first.handle().stats().store_errors, 1);
-
-    // The process knows version 2 as its own.
     first.handle().force_refresh().await.unwrap();
     assert_eq!(idp.counts(), (1, 2, 0));
     assert_eq!(store.inner.load().await.unwrap().unwrap().version(), 3);
@@ -726,13 +716,7 @@ async fn a_leased_flights_offer_swaps_over_the_version_it_refreshed_from() {
     let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
 
-    // A sibling's version 2, expired, carrying the live refresh token.
-    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    let expired = TokenSet::new("at-sibling")
-        .with_refresh_token("rt-1")
-        .with_expires_in(Duration::from_secs(60));
-    let record = Record::new(2, crate::store::encode(&expired, an_hour_ago).to_vec());
-    store.inner.compare_and_swap(Some(1), record).await.unwrap();
+    store_an_expired_sibling_version(&store.inner).await;
 
     store.failing_writes.store(1, Ordering::SeqCst);
     first.handle().force_refresh().await.unwrap(); // from version 2: rt-2 unwritten
@@ -750,6 +734,17 @@ async fn a_leased_flights_offer_swaps_over_the_version_it_refreshed_from() {
     );
 }
 
+/// Stores over version 1 a sibling's version 2: tokens stored an hour ago,
+/// so expired, carrying rt-1, the live refresh token.
+async fn store_an_expired_sibling_version(store: &MemoryStore) {
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let expired = TokenSet::new("at-sibling")
+        .with_refresh_token("rt-1")
+        .with_expires_in(Duration::from_secs(60));
+    let record = Record::new(2, crate::store::encode(&expired, an_hour_ago).to_vec());
+    store.compare_and_swap(Some(1), record).await.unwrap();
+}
+
 /// Found in review: when the offer failed too, the process still knew only
 /// the version before the sibling's, so its next flight refreshed from the
 /// sibling's record again, whose refresh token it had spent.
@@ -759,12 +754,7 @@ async fn a_process_never_refreshes_again_from_a_version_it_refreshed_from_unstor
     let store = FaultyLoads::default();
     let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
-    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    let expired = TokenSet::new("at-sibling")
-        .with_refresh_token("rt-1")
-        .with_expires_in(Duration::from_secs(60));
-    let record = Record::new(2, crate::store::encode(&expired, an_hour_ago).to_vec());
-    store.inner.compare_and_swap(Some(1), record).await.unwrap();
+    store_an_expired_sibling_version(&store.inner).await;
 
     store.failing_writes.store(2, Ordering::SeqCst); // the write and the offer
     first.handle().force_refresh().await.unwrap(); // from version 2: rt-1 spent
