@@ -120,7 +120,7 @@ impl TokenManager {
             id: flight.id(),
             reason,
             from_generation: snapshot.generation,
-            current: snapshot.tokens.clone(),
+            current: refresh_from(snapshot.tokens.as_ref(), control.refused.as_deref()),
             known_version: control.store_version,
         };
         Ok(Launch {
@@ -128,6 +128,25 @@ impl TokenManager {
             task,
             runtime,
         })
+    }
+}
+
+/// The tokens a flight refreshes from: the current ones, with the refresh
+/// token of tokens the last flight fetched but refused, if any (the access
+/// token stays the current one, which a sliding refresh sends).
+fn refresh_from(
+    current: Option<&Arc<TokenSet>>,
+    refused: Option<&TokenSet>,
+) -> Option<Arc<TokenSet>> {
+    match (current, refused) {
+        (current, None) => current.cloned(),
+        (None, Some(refused)) => Some(Arc::new(refused.clone())),
+        (Some(current), Some(refused)) => match refused.refresh_token() {
+            Some(live) => Some(Arc::new(
+                current.as_ref().clone().with_refresh_token(live.clone()),
+            )),
+            None => Some(Arc::clone(current)),
+        },
     }
 }
 
@@ -311,13 +330,21 @@ impl FlightTask {
         } else {
             tokens.inherit_refresh_token(self.current.as_deref())
         };
+        // Kept apart: refused, these tokens still carry the refresh token
+        // the source may have rotated to.
+        let fetched = (!adopted).then(|| tokens.clone());
         match Prepared::new(tokens, obtained_at, true) {
             // Installing it would send every waiting request straight back
             // for another refresh; as a failure it is backed off.
-            Ok(prepared) if prepared.is_expired_at(Instant::now()) => Err((
-                RefreshError::transient("the refresh returned a token that had already expired"),
-                ErrorKind::RefreshFailed,
-            )),
+            Ok(prepared) if prepared.is_expired_at(Instant::now()) => {
+                self.keep_refused(fetched);
+                Err((
+                    RefreshError::transient(
+                        "the refresh returned a token that had already expired",
+                    ),
+                    ErrorKind::RefreshFailed,
+                ))
+            }
             Ok(prepared) => {
                 if !adopted {
                     self.run_hook(&prepared).await;
@@ -329,10 +356,29 @@ impl FlightTask {
                     offer,
                 })
             }
-            Err(_) => Err((
-                RefreshError::transient("the refreshed access token is not a valid header value"),
-                ErrorKind::RefreshFailed,
-            )),
+            Err(_) => {
+                self.keep_refused(fetched);
+                Err((
+                    RefreshError::transient(
+                        "the refreshed access token is not a valid header value",
+                    ),
+                    ErrorKind::RefreshFailed,
+                ))
+            }
+        }
+    }
+
+    /// Keeps tokens this flight fetched but cannot install for the next
+    /// flight to refresh from: a source that rotates refresh tokens has
+    /// spent the one the flight started from, and theirs may be the only
+    /// live one. Not if newer tokens were installed since the flight began.
+    fn keep_refused(&self, fetched: Option<TokenSet>) {
+        let Some(tokens) = fetched else {
+            return;
+        };
+        let mut control = self.shared.lock();
+        if self.shared.snapshot.load().generation == self.from_generation {
+            control.refused = Some(Arc::new(tokens));
         }
     }
 

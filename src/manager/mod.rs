@@ -159,6 +159,11 @@ struct Control {
     /// (`fleet::Offer`); its channel closes once it has settled, and a
     /// closed one stands for none.
     pending_offer: Option<tokio::sync::watch::Receiver<()>>,
+    /// Tokens the last flight fetched but could not install (an access
+    /// token already expired, or not a valid header value): the next flight
+    /// refreshes with their refresh token. Cleared when tokens are
+    /// installed.
+    refused: Option<Arc<TokenSet>>,
 }
 
 pub(crate) struct Shared {
@@ -504,6 +509,7 @@ impl TokenManager {
         // told now, and decide afresh from these tokens rather than wait
         // for it (up to its deadline, if the identity server hangs).
         let overtaken = control.flight.take();
+        control.refused = None;
         self.shared.install(prepared);
         self.shared.proactive_gate.store(0, Ordering::Release);
         drop(control);
@@ -640,6 +646,7 @@ impl Shared {
         version: Option<u64>,
     ) -> Arc<Snapshot> {
         let snapshot = self.install(prepared);
+        control.refused = None;
         if version.is_some() {
             control.store_version = version;
         }

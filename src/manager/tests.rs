@@ -456,6 +456,79 @@ async fn a_token_expired_on_arrival_is_a_failure_backed_off_not_a_refresh_loop()
     assert!((1..=3).contains(&calls), "{calls} refresh calls");
 }
 
+/// What a refresh source was sent: (access token, refresh token) per call.
+type Presented = Arc<std::sync::Mutex<Vec<(Option<String>, Option<String>)>>>;
+
+/// A source that rotates refresh tokens (its n-th answer is at-n+1 /
+/// rt-n+1), records what it was sent, and whose first answer has expired
+/// on arrival; and a layer on it starting from at-1 / rt-1.
+fn expired_on_arrival_first() -> (TokenRefreshLayer, Presented) {
+    let presented = Presented::default();
+    let recorded = Arc::clone(&presented);
+    let source = refresh_fn(move |ctx: crate::RefreshContext| {
+        let mut presented = recorded.lock().unwrap();
+        let token = |t: Option<&crate::Secret>| t.map(|t| t.expose().to_owned());
+        presented.push((token(ctx.access_token()), token(ctx.refresh_token())));
+        let n = presented.len() + 1;
+        let lifetime = if n == 2 { Duration::ZERO } else { HUNDRED };
+        let tokens = TokenSet::new(format!("at-{n}"))
+            .with_refresh_token(format!("rt-{n}"))
+            .with_expires_in(lifetime);
+        async move { Ok::<_, RefreshError>(tokens) }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1"))
+        .backoff(Backoff::new(Duration::from_secs(1), Duration::from_secs(1)))
+        .build();
+    (layer, presented)
+}
+
+fn sent(access: &str, refresh: &str) -> (Option<String>, Option<String>) {
+    (Some(access.to_owned()), Some(refresh.to_owned()))
+}
+
+/// Found in review: tokens refused at install (expired on arrival here, or
+/// an access token that makes no header) were dropped whole, so the next
+/// refresh presented the refresh token the refused answer had replaced: a
+/// source that rotates them answers that with `invalid_grant`. Their
+/// refresh token is now the one the next refresh sends, with the current
+/// access token (a sliding refresh's credential) kept.
+#[tokio::test(start_paused = true)]
+async fn the_next_refresh_sends_the_refresh_token_of_refused_tokens() {
+    let (layer, presented) = expired_on_arrival_first();
+    let handle = layer.handle();
+
+    assert!(
+        handle.force_refresh().await.is_err(),
+        "at-2 expired on arrival"
+    );
+    tokio::time::advance(Duration::from_secs(2)).await; // past the backoff
+    handle.force_refresh().await.unwrap();
+
+    let expected = [sent("at-1", "rt-1"), sent("at-1", "rt-2")];
+    assert_eq!(*presented.lock().unwrap(), expected);
+    assert_eq!(handle.stats().refresh_successes, 1);
+}
+
+/// Tokens set through the handle after a refusal are refreshed from as
+/// they are: the refused refresh token is older than they are.
+#[tokio::test(start_paused = true)]
+async fn tokens_set_after_a_refusal_are_refreshed_from_as_they_are() {
+    let (layer, presented) = expired_on_arrival_first();
+    let handle = layer.handle();
+
+    assert!(
+        handle.force_refresh().await.is_err(),
+        "at-2 expired on arrival"
+    );
+    let set = TokenSet::new("at-user").with_refresh_token("rt-user");
+    handle.set_tokens(set).unwrap();
+    handle.force_refresh().await.unwrap();
+
+    let expected = [sent("at-1", "rt-1"), sent("at-user", "rt-user")];
+    assert_eq!(*presented.lock().unwrap(), expected);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_poisoned_control_lock_does_not_stop_background_refreshes() {
     let api = Api::default();
