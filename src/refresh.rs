@@ -66,7 +66,10 @@ impl RefreshContext {
         self.reason
     }
 
-    /// The tokens in use when the refresh started, if any.
+    /// The tokens in use when the refresh started, if any; or, if the
+    /// last refresh's answer was refused (its access token already expired,
+    /// or not a valid header value) after it rotated the refresh token,
+    /// that answer, whose refresh token is the live one.
     ///
     /// ```
     /// # fn check(ctx: &tower_token_refresh::RefreshContext) {

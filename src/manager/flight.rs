@@ -120,7 +120,9 @@ impl TokenManager {
             id: flight.id(),
             reason,
             from_generation: snapshot.generation,
-            current: refresh_from(snapshot.tokens.as_ref(), control.refused.as_deref()),
+            // Refused tokens that rotated the refresh token are refreshed
+            // from whole: the access token stays paired with its own.
+            current: control.refused.clone().or_else(|| snapshot.tokens.clone()),
             known_version: control.store_version,
         };
         Ok(Launch {
@@ -128,25 +130,6 @@ impl TokenManager {
             task,
             runtime,
         })
-    }
-}
-
-/// The tokens a flight refreshes from: the current ones, with the refresh
-/// token of tokens the last flight fetched but refused, if any (the access
-/// token stays the current one, which a sliding refresh sends).
-fn refresh_from(
-    current: Option<&Arc<TokenSet>>,
-    refused: Option<&TokenSet>,
-) -> Option<Arc<TokenSet>> {
-    match (current, refused) {
-        (current, None) => current.cloned(),
-        (None, Some(refused)) => Some(Arc::new(refused.clone())),
-        (Some(current), Some(refused)) => match refused.refresh_token() {
-            Some(live) => Some(Arc::new(
-                current.as_ref().clone().with_refresh_token(live.clone()),
-            )),
-            None => Some(Arc::clone(current)),
-        },
     }
 }
 
@@ -368,16 +351,22 @@ impl FlightTask {
         }
     }
 
-    /// Keeps tokens this flight fetched but cannot install for the next
-    /// flight to refresh from: a source that rotates refresh tokens has
-    /// spent the one the flight started from, and theirs may be the only
-    /// live one. Not if newer tokens were installed since the flight began.
+    /// Keeps tokens this flight fetched but cannot install, if their
+    /// refresh token is a new one, for the next flight to refresh from: the
+    /// source has rotated the one the flight started from, and theirs may be
+    /// the only live one. Not if this flight was overtaken (newer tokens
+    /// installed, or another flight registered since).
     fn keep_refused(&self, fetched: Option<TokenSet>) {
         let Some(tokens) = fetched else {
             return;
         };
+        let previous = self.current.as_deref().and_then(TokenSet::refresh_token);
+        if tokens.refresh_token().is_none() || tokens.refresh_token() == previous {
+            return;
+        }
         let mut control = self.shared.lock();
-        if self.shared.snapshot.load().generation == self.from_generation {
+        let registered = control.flight.as_ref().is_some_and(|f| f.id() == self.id);
+        if registered && self.shared.snapshot.load().generation == self.from_generation {
             control.refused = Some(Arc::new(tokens));
         }
     }

@@ -160,9 +160,9 @@ struct Control {
     /// closed one stands for none.
     pending_offer: Option<tokio::sync::watch::Receiver<()>>,
     /// Tokens the last flight fetched but could not install (an access
-    /// token already expired, or not a valid header value): the next flight
-    /// refreshes with their refresh token. Cleared when tokens are
-    /// installed.
+    /// token already expired, or not a valid header value) that carry a
+    /// new refresh token: the next flight refreshes from them. Cleared when
+    /// tokens are installed.
     refused: Option<Arc<TokenSet>>,
 }
 

@@ -459,10 +459,10 @@ async fn a_token_expired_on_arrival_is_a_failure_backed_off_not_a_refresh_loop()
 /// What a refresh source was sent: (access token, refresh token) per call.
 type Presented = Arc<std::sync::Mutex<Vec<(Option<String>, Option<String>)>>>;
 
-/// A source that rotates refresh tokens (its n-th answer is at-n+1 /
-/// rt-n+1), records what it was sent, and whose first answer has expired
-/// on arrival; and a layer on it starting from at-1 / rt-1.
-fn expired_on_arrival_first() -> (TokenRefreshLayer, Presented) {
+/// A layer starting from at-1 / rt-1 on a source that rotates refresh
+/// tokens and records what it was sent. Its first answer is `first` with
+/// rt-2, which the layer refuses; its n-th after that is at-n+1 / rt-n+1.
+fn refusing_first(first: &'static str, lifetime: Duration) -> (TokenRefreshLayer, Presented) {
     let presented = Presented::default();
     let recorded = Arc::clone(&presented);
     let source = refresh_fn(move |ctx: crate::RefreshContext| {
@@ -470,10 +470,12 @@ fn expired_on_arrival_first() -> (TokenRefreshLayer, Presented) {
         let token = |t: Option<&crate::Secret>| t.map(|t| t.expose().to_owned());
         presented.push((token(ctx.access_token()), token(ctx.refresh_token())));
         let n = presented.len() + 1;
-        let lifetime = if n == 2 { Duration::ZERO } else { HUNDRED };
-        let tokens = TokenSet::new(format!("at-{n}"))
-            .with_refresh_token(format!("rt-{n}"))
-            .with_expires_in(lifetime);
+        let tokens = if n == 2 {
+            TokenSet::new(first).with_expires_in(lifetime)
+        } else {
+            TokenSet::new(format!("at-{n}")).with_expires_in(HUNDRED)
+        };
+        let tokens = tokens.with_refresh_token(format!("rt-{n}"));
         async move { Ok::<_, RefreshError>(tokens) }
     });
     let layer = TokenRefreshLayer::builder(source)
@@ -487,34 +489,33 @@ fn sent(access: &str, refresh: &str) -> (Option<String>, Option<String>) {
     (Some(access.to_owned()), Some(refresh.to_owned()))
 }
 
-/// Found in review: tokens refused at install (expired on arrival here, or
-/// an access token that makes no header) were dropped whole, so the next
+/// Found in review: tokens refused at install (an access token expired on
+/// arrival, or one that makes no header) were dropped whole, so the next
 /// refresh presented the refresh token the refused answer had replaced: a
-/// source that rotates them answers that with `invalid_grant`. Their
-/// refresh token is now the one the next refresh sends, with the current
-/// access token (a sliding refresh's credential) kept.
+/// source that rotates them answers that with `invalid_grant`. The next
+/// refresh now starts from the refused answer, whose refresh token is the
+/// live one (its access token stays paired with its own refresh token).
 #[tokio::test(start_paused = true)]
-async fn the_next_refresh_sends_the_refresh_token_of_refused_tokens() {
-    let (layer, presented) = expired_on_arrival_first();
-    let handle = layer.handle();
+async fn the_next_refresh_starts_from_refused_tokens_that_rotated_the_refresh_token() {
+    for (first, lifetime) in [("at-2", Duration::ZERO), ("at-2\r\n", HUNDRED)] {
+        let (layer, presented) = refusing_first(first, lifetime);
+        let handle = layer.handle();
 
-    assert!(
-        handle.force_refresh().await.is_err(),
-        "at-2 expired on arrival"
-    );
-    tokio::time::advance(Duration::from_secs(2)).await; // past the backoff
-    handle.force_refresh().await.unwrap();
+        assert!(handle.force_refresh().await.is_err(), "{first:?} refused");
+        tokio::time::advance(Duration::from_secs(2)).await; // past the backoff
+        handle.force_refresh().await.unwrap();
 
-    let expected = [sent("at-1", "rt-1"), sent("at-1", "rt-2")];
-    assert_eq!(*presented.lock().unwrap(), expected);
-    assert_eq!(handle.stats().refresh_successes, 1);
+        let expected = [sent("at-1", "rt-1"), sent(first, "rt-2")];
+        assert_eq!(*presented.lock().unwrap(), expected, "{first:?}");
+        assert_eq!(handle.stats().refresh_successes, 1);
+    }
 }
 
 /// Tokens set through the handle after a refusal are refreshed from as
-/// they are: the refused refresh token is older than they are.
+/// they are: the refused answer is older than they are.
 #[tokio::test(start_paused = true)]
 async fn tokens_set_after_a_refusal_are_refreshed_from_as_they_are() {
-    let (layer, presented) = expired_on_arrival_first();
+    let (layer, presented) = refusing_first("at-2", Duration::ZERO);
     let handle = layer.handle();
 
     assert!(
