@@ -131,11 +131,16 @@ impl FlightTask {
         }
         // The stored record must carry the refresh token the source kept.
         obtained.tokens = obtained.tokens.inherit_refresh_token(current.as_ref());
-        if !makes_header(&obtained.tokens) {
-            // The flight fails on it and drops these tokens. Kept out of the
-            // store too: a source that returns such a token is broken (and
-            // were one stored, siblings would refresh from it, not adopt it,
-            // as `usable` refuses it).
+        let previous = current.as_ref().and_then(TokenSet::refresh_token);
+        let rotated = obtained
+            .tokens
+            .refresh_token()
+            .is_some_and(|t| Some(t) != previous);
+        if !makes_header(&obtained.tokens) && !rotated {
+            // The flight refuses it, and it holds nothing worth storing.
+            // Stored when it rotated the refresh token: the store would
+            // otherwise keep the one just spent. No process adopts such a
+            // record (`usable` refuses it); each refreshes from it.
             return Ok(obtained);
         }
         let next = next_version(expected, known);

@@ -452,7 +452,9 @@ async fn the_largest_stored_version_is_a_corrupt_record_not_an_overflow() {
 /// Found in review: a refreshed access token that makes no header value
 /// was stored before it was checked. Every process that adopted it failed
 /// its flight, and none refreshed again: the fleet stayed down. It is not
-/// stored now, and such a record (hostile data) is refreshed from.
+/// stored now (unless its answer rotated the refresh token: see
+/// `an_unusable_answer_that_rotated_the_refresh_token_is_stored_to_refresh_from`),
+/// and such a record (hostile data) is refreshed from.
 #[tokio::test(start_paused = true)]
 async fn an_access_token_that_makes_no_header_is_neither_stored_nor_adopted() {
     let store = MemoryStore::new();
@@ -479,6 +481,45 @@ async fn an_access_token_that_makes_no_header_is_neither_stored_nor_adopted() {
     let (_layer, client) = idp.layered(&store, |b| b);
     assert!(all_ok(&burst(&client, 5).await));
     assert_eq!(idp.counts(), (0, 1, 0), "refreshed from its refresh token");
+    assert_eq!(store.load().await.unwrap().unwrap().version(), 2);
+}
+
+/// An answer whose access token makes no header is refused, but if it
+/// rotated the refresh token it is stored all the same. Kept out of the
+/// store, it left there the refresh token it replaced, and a sibling
+/// refreshing from the store spent that one again.
+#[tokio::test(start_paused = true)]
+async fn an_unusable_answer_that_rotated_the_refresh_token_is_stored_to_refresh_from() {
+    let presented = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&presented);
+    let source = refresh_fn(move |ctx: RefreshContext| {
+        let mut presented = recorded.lock().unwrap();
+        presented.push(ctx.refresh_token().map(|t| t.expose().to_owned()));
+        let n = presented.len() + 1;
+        let access = if n == 2 {
+            "bad\r\nvalue".to_owned()
+        } else {
+            format!("at-{n}")
+        };
+        let tokens = TokenSet::new(access)
+            .with_refresh_token(format!("rt-{n}"))
+            .with_expires_in(LIFETIME);
+        async move { Ok::<_, RefreshError>(tokens) }
+    });
+    let store = MemoryStore::new();
+    let layer = || {
+        TokenRefreshLayer::builder(source.clone())
+            .store(store.clone())
+            .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1"))
+            .build()
+    };
+    let (first, sibling) = (layer(), layer());
+
+    assert!(first.handle().force_refresh().await.is_err(), "refused");
+    sibling.handle().force_refresh().await.unwrap();
+
+    let sent = |n: u32| Some(format!("rt-{n}"));
+    assert_eq!(*presented.lock().unwrap(), [sent(1), sent(2)]);
     assert_eq!(store.load().await.unwrap().unwrap().version(), 2);
 }
 
