@@ -235,6 +235,15 @@ impl TokenSet {
         self.expires_in
     }
 
+    /// Whether this set carries a refresh token other than `previous`'s:
+    /// the source rotated it, and the old one may be spent.
+    pub(crate) fn rotated_from(&self, previous: Option<&TokenSet>) -> bool {
+        let old = previous.and_then(TokenSet::refresh_token);
+        self.refresh_token
+            .as_ref()
+            .is_some_and(|new| Some(new) != old)
+    }
+
     /// Keeps `previous`'s refresh token when this set came without one.
     ///
     /// Many issuers (the DynamoSQL- and Cognito-style APIs among them) return

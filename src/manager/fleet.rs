@@ -131,12 +131,7 @@ impl FlightTask {
         }
         // The stored record must carry the refresh token the source kept.
         obtained.tokens = obtained.tokens.inherit_refresh_token(current.as_ref());
-        let previous = current.as_ref().and_then(TokenSet::refresh_token);
-        let rotated = obtained
-            .tokens
-            .refresh_token()
-            .is_some_and(|t| Some(t) != previous);
-        if !makes_header(&obtained.tokens) && !rotated {
+        if !makes_header(&obtained.tokens) && !obtained.tokens.rotated_from(current.as_ref()) {
             // The flight refuses it, and it holds nothing worth storing.
             // Stored when it rotated the refresh token: the store would
             // otherwise keep the one just spent. No process adopts such a

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::failure::Failure;
 use super::fleet::Offer;
 use super::flight_wait::{FlightCell, FlightWait};
-use super::snapshot::{Credential, Prepared, Snapshot};
+use super::snapshot::{makes_header, Credential, Prepared, Snapshot};
 use super::{later, Control, Shared, TokenManager};
 use crate::error::ErrorKind;
 use crate::refresh::{DynRefresh, RefreshContext};
@@ -124,6 +124,7 @@ impl TokenManager {
             // from whole: the access token stays paired with its own.
             current: control.refused.clone().or_else(|| snapshot.tokens.clone()),
             known_version: control.store_version,
+            refused: None,
         };
         Ok(Launch {
             flight,
@@ -145,6 +146,8 @@ pub(super) struct FlightTask {
     current: Option<Arc<TokenSet>>,
     /// The store version `current` came from, if any.
     pub(super) known_version: Option<u64>,
+    /// Fetched tokens `prepare` refused that rotated the refresh token.
+    refused: Option<Arc<TokenSet>>,
 }
 
 /// A failed call, and how the manager must treat it.
@@ -300,7 +303,12 @@ impl FlightTask {
     /// Validates the new tokens and, for tokens this process fetched, runs
     /// the hook. Adopted tokens were stored with their refresh token, and
     /// their hook ran in the process that fetched them.
-    async fn prepare(&self, obtained: Obtained) -> Result<Ready, Failed> {
+    ///
+    /// Fetched tokens refused here that rotated the refresh token are kept
+    /// in `refused`: the source has spent the one the flight started from,
+    /// and theirs may be the only live one. [`fail`](Self::fail) hands them
+    /// to the next flight unless this one was overtaken.
+    async fn prepare(&mut self, obtained: Obtained) -> Result<Ready, Failed> {
         let Obtained {
             tokens,
             obtained_at,
@@ -313,62 +321,39 @@ impl FlightTask {
         } else {
             tokens.inherit_refresh_token(self.current.as_deref())
         };
-        // Kept apart: refused, these tokens still carry the refresh token
-        // the source may have rotated to.
-        let fetched = (!adopted).then(|| tokens.clone());
-        match Prepared::new(tokens, obtained_at, true) {
-            // Installing it would send every waiting request straight back
-            // for another refresh; as a failure it is backed off.
-            Ok(prepared) if prepared.is_expired_at(Instant::now()) => {
-                self.keep_refused(fetched);
-                Err((
-                    RefreshError::transient(
-                        "the refresh returned a token that had already expired",
-                    ),
-                    ErrorKind::RefreshFailed,
-                ))
-            }
-            Ok(prepared) => {
-                if !adopted {
-                    self.run_hook(&prepared).await;
-                }
-                Ok(Ready {
-                    prepared,
-                    version,
-                    adopted,
-                    offer,
-                })
-            }
-            Err(_) => {
-                self.keep_refused(fetched);
-                Err((
-                    RefreshError::transient(
-                        "the refreshed access token is not a valid header value",
-                    ),
-                    ErrorKind::RefreshFailed,
-                ))
-            }
-        }
-    }
-
-    /// Keeps tokens this flight fetched but cannot install, if their
-    /// refresh token is a new one, for the next flight to refresh from: the
-    /// source has rotated the one the flight started from, and theirs may be
-    /// the only live one. Not if this flight was overtaken (newer tokens
-    /// installed, or another flight registered since).
-    fn keep_refused(&self, fetched: Option<TokenSet>) {
-        let Some(tokens) = fetched else {
-            return;
+        let rotated = !adopted && tokens.rotated_from(self.current.as_deref());
+        let invalid_header = || {
+            let error =
+                RefreshError::transient("the refreshed access token is not a valid header value");
+            (error, ErrorKind::RefreshFailed)
         };
-        let previous = self.current.as_deref().and_then(TokenSet::refresh_token);
-        if tokens.refresh_token().is_none() || tokens.refresh_token() == previous {
-            return;
+        // Checked first, so that refused tokens are kept without a copy.
+        if !makes_header(&tokens) {
+            if rotated {
+                self.refused = Some(Arc::new(tokens));
+            }
+            return Err(invalid_header());
         }
-        let mut control = self.shared.lock();
-        let registered = control.flight.as_ref().is_some_and(|f| f.id() == self.id);
-        if registered && self.shared.snapshot.load().generation == self.from_generation {
-            control.refused = Some(Arc::new(tokens));
+        let prepared = Prepared::new(tokens, obtained_at, true).map_err(|_| invalid_header())?;
+        // Installing it would send every waiting request straight back for
+        // another refresh; as a failure it is backed off.
+        if prepared.is_expired_at(Instant::now()) {
+            if rotated {
+                self.refused = Some(prepared.shared_tokens());
+            }
+            let error =
+                RefreshError::transient("the refresh returned a token that had already expired");
+            return Err((error, ErrorKind::RefreshFailed));
         }
+        if !adopted {
+            self.run_hook(&prepared).await;
+        }
+        Ok(Ready {
+            prepared,
+            version,
+            adopted,
+            offer,
+        })
     }
 
     /// Runs the user's hook before anyone can use the new tokens, in its own
@@ -435,7 +420,8 @@ impl FlightTask {
             .ok_or_else(|| Error::new(ErrorKind::RefreshAborted))
     }
 
-    fn fail(&self, error: RefreshError, kind: ErrorKind) -> Outcome {
+    fn fail(&mut self, error: RefreshError, kind: ErrorKind) -> Outcome {
+        let refused = self.refused.take();
         let shared = &self.shared;
         let error = Arc::new(error);
         Counters::bump(&shared.stats.refresh_failures);
@@ -449,6 +435,9 @@ impl FlightTask {
             } else {
                 Err(Error::with_refresh(kind, error))
             };
+        }
+        if refused.is_some() {
+            control.refused = refused;
         }
         control.consecutive_failures = control.consecutive_failures.saturating_add(1);
         let failure = Failure::new(
