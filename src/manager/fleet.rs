@@ -62,7 +62,7 @@ impl FlightTask {
             }
             match call(config, store.try_lease_boxed(config.lease_ttl())).await {
                 Ok(Some(lease)) => {
-                    let mut held = HeldLease {
+                    let held = HeldLease {
                         store: Arc::clone(shared_store),
                         lease: Some(lease),
                     };
@@ -77,8 +77,8 @@ impl FlightTask {
                     }) = &mut result
                     {
                         offer.lease = Some(held);
-                    } else if let Some(lease) = held.lease.take() {
-                        release(&self.shared, store, lease).await;
+                    } else {
+                        held.release(&self.shared).await;
                     }
                     return result;
                 }
@@ -160,13 +160,7 @@ impl FlightTask {
                 store_failed(&self.shared, &error, "storing the refreshed tokens");
                 let superseded = expected.max(known);
                 obtained.version = superseded;
-                obtained.offer = Some(Offer {
-                    store: Arc::clone(shared_store),
-                    expected,
-                    known: superseded,
-                    started,
-                    lease: None,
-                });
+                obtained.offer = Some(Offer::new(shared_store, expected, superseded, started));
             }
         }
         Ok(obtained)
@@ -223,22 +217,9 @@ impl FlightTask {
         // process's key) is refreshed around and never overwritten, even at
         // the version this process knew.
         if !error.is_corrupt() {
-            obtained.offer = Some(Offer {
-                store: Arc::clone(shared_store),
-                expected: known,
-                known,
-                started,
-                lease: None,
-            });
+            obtained.offer = Some(Offer::new(shared_store, known, known, started));
         }
         Ok(obtained)
-    }
-}
-
-/// Releases the refresh lease; unanswered, it lapses at its time to live.
-async fn release(shared: &Shared, store: &dyn DynStore, lease: Lease) {
-    if let Err(error) = call(&shared.config, store.release_boxed(lease)).await {
-        store_failed(shared, &error, "the refresh lease will lapse");
     }
 }
 
@@ -258,9 +239,21 @@ fn next_version(stored: Option<u64>, known: Option<u64>) -> u64 {
 /// shut down, or its tokens were refused before the offer started), it is
 /// released from a task of its own, so other processes need not wait out
 /// its time to live.
-pub(super) struct HeldLease {
+struct HeldLease {
     store: Arc<dyn DynStore>,
     lease: Option<Lease>,
+}
+
+impl HeldLease {
+    /// Releases the lease; unanswered, it lapses at its time to live.
+    async fn release(mut self, shared: &Shared) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if let Err(error) = call(&shared.config, self.store.release_boxed(lease)).await {
+            store_failed(shared, &error, "the refresh lease will lapse");
+        }
+    }
 }
 
 impl Drop for HeldLease {
@@ -368,10 +361,25 @@ pub(super) struct Offer {
     started: Instant,
     /// The refresh lease, if the flight held it: released once the offer
     /// has settled (or, dropped unstarted, from a task of its own).
-    pub(super) lease: Option<HeldLease>,
+    lease: Option<HeldLease>,
 }
 
 impl Offer {
+    fn new(
+        store: &Arc<dyn DynStore>,
+        expected: Option<u64>,
+        known: Option<u64>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            store: Arc::clone(store),
+            expected,
+            known,
+            started,
+            lease: None,
+        }
+    }
+
     /// Registers the offer of `tokens` (installed as `generation`, if they
     /// were) in `control` and starts it.
     pub(super) fn start(
@@ -384,12 +392,13 @@ impl Offer {
         // Called by the flight's task, so on its runtime; the tokens made
         // a `Prepared`, so they make a header.
         let next = next_version(self.expected, self.known);
-        let record = record_of(&tokens, next, self.started);
-        drop(tokens);
         let (settled, pending) = watch::channel(());
         control.pending_offer = Some(pending);
         let shared = Arc::clone(shared);
         tokio::spawn(async move {
+            // Encoded here, not under the caller's lock.
+            let record = record_of(&tokens, next, self.started);
+            drop(tokens);
             let stored = call(
                 &shared.config,
                 self.store.compare_and_swap_boxed(self.expected, record),
@@ -412,10 +421,8 @@ impl Offer {
             }
             // Released before the offer settles: the process's next flight
             // may want the lease.
-            if let Some(mut held) = self.lease {
-                if let Some(lease) = held.lease.take() {
-                    release(&shared, &*held.store, lease).await;
-                }
+            if let Some(held) = self.lease {
+                held.release(&shared).await;
             }
             // Closes the channel: the offer has settled, and the version it
             // moved is there for whoever waited.
