@@ -752,16 +752,7 @@ async fn check_offered_after(fault: impl FnOnce(&FaultyLoads)) {
 /// and leave it holding the refresh token just spent.
 #[tokio::test(start_paused = true)]
 async fn a_leased_flights_offer_swaps_over_the_version_it_refreshed_from() {
-    let idp = Rotating::default();
-    let store = FaultyLoads::default();
-    let first = idp.layer_on(store.clone());
-    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
-
-    store_an_expired_sibling_version(&store.inner).await;
-
-    store.failing_writes.store(1, Ordering::SeqCst);
-    first.handle().force_refresh().await.unwrap(); // from version 2: rt-2 unwritten
-    crate::test_support::settle().await;
+    let (idp, store, first) = refresh_from_an_expired_sibling_failing_writes(1).await;
 
     assert_eq!(idp.counts(), (1, 1, 0));
     assert_eq!(idp.stored_live_version(&store.inner).await, 3);
@@ -775,15 +766,28 @@ async fn a_leased_flights_offer_swaps_over_the_version_it_refreshed_from() {
     );
 }
 
-/// Stores over version 1 a sibling's version 2: tokens stored an hour ago,
-/// so expired, carrying rt-1, the live refresh token.
-async fn store_an_expired_sibling_version(store: &MemoryStore) {
+/// A layer that logged in (version 1, rt-1), then, after a sibling stored
+/// an expired version 2 carrying rt-1, refreshed from it (spending rt-1 for
+/// rt-2) while the store's next `failing` writes failed; its offer settled.
+async fn refresh_from_an_expired_sibling_failing_writes(
+    failing: usize,
+) -> (Rotating, FaultyLoads, TokenRefreshLayer) {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+
     let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
     let expired = TokenSet::new("at-sibling")
         .with_refresh_token("rt-1")
         .with_expires_in(Duration::from_secs(60));
     let record = Record::new(2, crate::store::encode(&expired, an_hour_ago).to_vec());
-    store.compare_and_swap(Some(1), record).await.unwrap();
+    store.inner.compare_and_swap(Some(1), record).await.unwrap();
+
+    store.failing_writes.store(failing, Ordering::SeqCst);
+    first.handle().force_refresh().await.unwrap(); // from version 2
+    crate::test_support::settle().await;
+    (idp, store, first)
 }
 
 /// Found in review: when the offer failed too, the process still knew only
@@ -791,15 +795,8 @@ async fn store_an_expired_sibling_version(store: &MemoryStore) {
 /// sibling's record again, whose refresh token it had spent.
 #[tokio::test(start_paused = true)]
 async fn a_process_never_refreshes_again_from_a_version_it_refreshed_from_unstored() {
-    let idp = Rotating::default();
-    let store = FaultyLoads::default();
-    let first = idp.layer_on(store.clone());
-    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
-    store_an_expired_sibling_version(&store.inner).await;
-
-    store.failing_writes.store(2, Ordering::SeqCst); // the write and the offer
-    first.handle().force_refresh().await.unwrap(); // from version 2: rt-1 spent
-    crate::test_support::settle().await;
+    // The write and the offer fail.
+    let (idp, store, first) = refresh_from_an_expired_sibling_failing_writes(2).await;
     assert_eq!(first.handle().stats().store_errors, 2);
 
     first.handle().force_refresh().await.unwrap();
