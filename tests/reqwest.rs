@@ -851,35 +851,38 @@ async fn dead_refresh_token_fails_with_reauth_required_and_spares_the_idp() {
 /// the tower layer does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejection_is_read_before_the_retry_so_its_connection_is_reused() {
-    // A slow refresh: the rejection's connection, once its body is read, is
-    // back in the pool well before the retry looks for one (it is returned
-    // by the connection's own task, which a loaded machine may run late).
-    let slow = |cognito: &CognitoClient| {
-        let preset = Arc::new(cognito.refresher());
-        refresh_fn(move |ctx| {
-            let preset = Arc::clone(&preset);
-            async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                preset.refresh(ctx).await
-            }
-        })
-    };
-    let setup = setup_refreshing(slow, with_login).await;
-    let (api, client) = (&setup.api, &setup.client);
-    // Read to its end, as the rejection must be: a response dropped before
-    // its body has arrived closes its connection.
-    let warm = client.get(api.url("/v1/items")).send().await.expect("sent");
-    assert_eq!(warm.status(), StatusCode::OK);
-    warm.bytes().await.expect("body");
-    api.revoke_current();
+    bounded(async {
+        // A slow refresh: the rejection's connection, once its body is read, is
+        // back in the pool well before the retry looks for one (it is returned
+        // by the connection's own task, which a loaded machine may run late).
+        let slow = |cognito: &CognitoClient| {
+            let preset = Arc::new(cognito.refresher());
+            refresh_fn(move |ctx| {
+                let preset = Arc::clone(&preset);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    preset.refresh(ctx).await
+                }
+            })
+        };
+        let setup = setup_refreshing(slow, with_login).await;
+        let (api, client) = (&setup.api, &setup.client);
+        // Read to its end, as the rejection must be: a response dropped before
+        // its body has arrived closes its connection.
+        let warm = client.get(api.url("/v1/items")).send().await.expect("sent");
+        assert_eq!(warm.status(), StatusCode::OK);
+        warm.bytes().await.expect("body");
+        api.revoke_current();
 
-    let response = client.get(api.url("/v1/verbose-rejection")).send().await;
-    assert_eq!(response.expect("sent").status(), StatusCode::OK);
-    assert_eq!(api.stats().unauthorized, 1);
-    let ports = api.ports();
-    assert_eq!(ports.len(), 3, "{ports:?}");
-    assert!(
-        ports.iter().all(|port| *port == ports[0]),
-        "every request on one connection: {ports:?}"
-    );
+        let response = client.get(api.url("/v1/verbose-rejection")).send().await;
+        assert_eq!(response.expect("sent").status(), StatusCode::OK);
+        assert_eq!(api.stats().unauthorized, 1);
+        let ports = api.ports();
+        assert_eq!(ports.len(), 3, "{ports:?}");
+        assert!(
+            ports.iter().all(|port| *port == ports[0]),
+            "every request on one connection: {ports:?}"
+        );
+    })
+    .await;
 }
