@@ -184,14 +184,8 @@ pub fn with_token_refresh<S>(service: S, layer: &TokenRefreshLayer<Grpc>) -> Grp
 /// # }
 /// ```
 pub fn token_error(status: &tonic::Status) -> Option<&Error> {
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if let Some(ours) = error.downcast_ref::<Error>() {
-            return Some(ours);
-        }
-        source = error.source();
-    }
-    None
+    std::iter::successors(std::error::Error::source(status), |error| error.source())
+        .find_map(|error| error.downcast_ref::<Error>())
 }
 
 /// Turns the request body into a `tonic::body::Body` (the body type of
