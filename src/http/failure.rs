@@ -118,7 +118,8 @@ fn loggable(text: String) -> String {
                     | '\u{FEFF}'
             )
     };
-    if text.chars().count() <= QUOTED_CHARS && !text.chars().any(unsafe_char) {
+    // Bytes are never fewer than characters: text this short is never cut.
+    if text.len() <= QUOTED_CHARS && !text.chars().any(unsafe_char) {
         return text;
     }
     let mut out = String::with_capacity(text.len().min(4 * QUOTED_CHARS));
