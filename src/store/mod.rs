@@ -32,8 +32,9 @@
 //! (compare-and-swap over the version it found there, so never over a newer
 //! one): a source that rotates refresh tokens has spent the one the store
 //! may still hold. So does a process that refreshed under the lease and
-//! then failed to write; it keeps the lease until the offer has settled,
-//! so that no other process refreshes from the spent token meanwhile.
+//! then failed to write; it keeps the lease until the offer has settled
+//! (within the lease's time to live), so that no other process refreshes
+//! from the spent token meanwhile.
 //!
 //! Stores hold opaque bytes: the layer encodes the tokens (with an absolute
 //! expiry, so any process can read it) and, wrapped in
