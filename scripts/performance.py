@@ -274,8 +274,11 @@ def tables(data):
     lines = [
         f"Measured on {data['machine']['cpu']}, {data['machine']['cores']} cores, "
         f"{data['machine']['os']}, {data['machine']['rustc']} (load average "
-        f"{data['machine']['load_at_start']} at the start: the machine is shared). "
-        "Reproduce with `python3 scripts/performance.py`.",
+        f"{data['machine']['load_at_start']} at the start: the machine is shared)."
+        + "".join(f" Rerun since: {', '.join(r['sections'])} (load average "
+                  f"{r['machine']['load_at_start']} at the start)."
+                  for r in data.get("reruns", []))
+        + " Reproduce with `python3 scripts/performance.py`.",
         "",
         "**Hot path**, one request with a fresh token through `ServiceBuilder` + "
         "layer + a no-op service (`benches/hot_path.rs`). Instructions per request "
@@ -334,7 +337,7 @@ def tables(data):
         "refresh round trip after the release. It is what one refresh's wait "
         "and then sending 10,000 requests at once cost on this machine; *over "
         "the floor* is what the layer adds beyond it. Each storm ran "
-        f"{STORM_RUNS} times, each run with its own baseline and floor taken "
+        f"{data['storm']['expired']['runs']:g} times, each run with its own baseline and floor taken "
         "moments apart; each figure is the median over the runs (every run's "
         "p99 added is in the targets below).",
         "",
@@ -360,7 +363,8 @@ def tables(data):
         f"(`benches/throughput.rs`; a process's ratio is the median of its "
         f"{t['rounds']:g} per-round ratios; each figure here is the median over "
         f"{len(t['processes'])} processes, whose ratios ran from {t['ratio_low']:.3f} "
-        f"to {t['ratio_high']:.3f}):",
+        f"to {t['ratio_high']:.3f}; medians taken one by one, so the ratio need not "
+        f"be the quotient of the requests per second):",
         "",
         "| client | requests/s | ratio |",
         "|---|---:|---:|",
@@ -523,8 +527,12 @@ def main():
         data = json.loads(RESULTS.read_text())
     else:
         data = json.loads(RESULTS.read_text()) if only else {}
-        # A partial rerun records the machine as it is now, too.
-        data["machine"] = machine()
+        if only:
+            # The machine line stays the full run's; a partial rerun is
+            # listed with the machine as it is now.
+            data.setdefault("reruns", []).append({"sections": only, "machine": machine()})
+        else:
+            data["machine"] = machine()
         for name, measure in SECTIONS.items():
             if only is None or name in only:
                 data[name] = measure()
