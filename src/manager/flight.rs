@@ -330,7 +330,7 @@ impl FlightTask {
         // Checked first, so that refused tokens are kept without a copy.
         if !makes_header(&tokens) {
             if rotated {
-                self.refused = Some(Arc::new(tokens));
+                self.keep_refused(Arc::new(tokens)).await;
             }
             return Err(invalid_header());
         }
@@ -339,14 +339,14 @@ impl FlightTask {
         // another refresh; as a failure it is backed off.
         if prepared.is_expired_at(Instant::now()) {
             if rotated {
-                self.refused = Some(prepared.shared_tokens());
+                self.keep_refused(prepared.shared_tokens()).await;
             }
             let error =
                 RefreshError::transient("the refresh returned a token that had already expired");
             return Err((error, ErrorKind::RefreshFailed));
         }
         if !adopted {
-            self.run_hook(&prepared).await;
+            self.run_hook(prepared.shared_tokens()).await;
         }
         Ok(Ready {
             prepared,
@@ -356,16 +356,23 @@ impl FlightTask {
         })
     }
 
+    /// Keeps refused tokens that rotated the refresh token for the next
+    /// flight, and shows them to the hook: what it persists must hold the
+    /// live refresh token, or a restart would present the spent one.
+    async fn keep_refused(&mut self, tokens: Arc<TokenSet>) {
+        self.refused = Some(Arc::clone(&tokens));
+        self.run_hook(tokens).await;
+    }
+
     /// Runs the user's hook before anyone can use the new tokens, in its own
     /// task and bounded by the refresh timeout: a hook that hangs or panics
     /// must neither strand the waiters nor lose the tokens (possibly a
     /// rotated refresh token).
-    async fn run_hook(&self, prepared: &Prepared) {
+    async fn run_hook(&self, tokens: Arc<TokenSet>) {
         let Some(hook) = &self.shared.config.on_refresh else {
             return;
         };
         let hook = Arc::clone(hook);
-        let tokens = prepared.shared_tokens();
         let task = tokio::spawn(async move { hook(&tokens).await });
         match tokio::time::timeout(self.shared.config.refresh_timeout, task).await {
             Ok(Ok(())) => {}

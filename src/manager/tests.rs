@@ -13,7 +13,8 @@ use crate::test_support::{
     burst, expect_error, failing, get, issuer, old_token_layer, send, Api, TestBody,
 };
 use crate::{
-    refresh_fn, Backoff, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet, TokenState,
+    refresh_fn, Backoff, Builder, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet,
+    TokenState,
 };
 
 const HUNDRED: Duration = Duration::from_secs(100);
@@ -462,7 +463,11 @@ type Presented = Arc<std::sync::Mutex<Vec<(Option<String>, Option<String>)>>>;
 /// A layer starting from at-1 / rt-1 on a source that rotates refresh
 /// tokens and records what it was sent. Its first answer is `first` with
 /// rt-2, which the layer refuses; its n-th after that is at-n+1 / rt-n+1.
-fn refusing_first(first: &'static str, lifetime: Duration) -> (TokenRefreshLayer, Presented) {
+fn refusing_first(
+    first: &'static str,
+    lifetime: Duration,
+    configure: impl FnOnce(Builder) -> Builder,
+) -> (TokenRefreshLayer, Presented) {
     let presented = Presented::default();
     let recorded = Arc::clone(&presented);
     let source = refresh_fn(move |ctx: crate::RefreshContext| {
@@ -478,11 +483,10 @@ fn refusing_first(first: &'static str, lifetime: Duration) -> (TokenRefreshLayer
         let tokens = tokens.with_refresh_token(format!("rt-{n}"));
         async move { Ok::<_, RefreshError>(tokens) }
     });
-    let layer = TokenRefreshLayer::builder(source)
+    let builder = TokenRefreshLayer::builder(source)
         .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1"))
-        .backoff(Backoff::new(Duration::from_secs(1), Duration::from_secs(1)))
-        .build();
-    (layer, presented)
+        .backoff(Backoff::new(Duration::from_secs(1), Duration::from_secs(1)));
+    (configure(builder).build(), presented)
 }
 
 fn sent(access: &str, refresh: &str) -> (Option<String>, Option<String>) {
@@ -498,7 +502,7 @@ fn sent(access: &str, refresh: &str) -> (Option<String>, Option<String>) {
 #[tokio::test(start_paused = true)]
 async fn the_next_refresh_starts_from_refused_tokens_that_rotated_the_refresh_token() {
     for (first, lifetime) in [("at-2", Duration::ZERO), ("at-2\r\n", HUNDRED)] {
-        let (layer, presented) = refusing_first(first, lifetime);
+        let (layer, presented) = refusing_first(first, lifetime, |b| b);
         let handle = layer.handle();
 
         assert!(handle.force_refresh().await.is_err(), "{first:?} refused");
@@ -511,11 +515,38 @@ async fn the_next_refresh_starts_from_refused_tokens_that_rotated_the_refresh_to
     }
 }
 
+/// Found in review: the `on_refresh` hook never saw refused tokens, so
+/// what it persisted kept the refresh token they had replaced, and a
+/// restart would present that spent one. It now sees them, before the
+/// failure is published.
+#[tokio::test(start_paused = true)]
+async fn the_hook_sees_refused_tokens_that_rotated_the_refresh_token() {
+    for (first, lifetime) in [("at-2", Duration::ZERO), ("at-2\r\n", HUNDRED)] {
+        let persisted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = Arc::clone(&persisted);
+        let (layer, _presented) = refusing_first(first, lifetime, |builder| {
+            builder.on_refresh(move |tokens: &TokenSet| {
+                let refresh = tokens.refresh_token().map(|t| t.expose().to_owned());
+                record.lock().unwrap().push(refresh);
+                async {}
+            })
+        });
+        let handle = layer.handle();
+
+        assert!(handle.force_refresh().await.is_err(), "{first:?} refused");
+        assert_eq!(*persisted.lock().unwrap(), [Some("rt-2".to_owned())]);
+        tokio::time::advance(Duration::from_secs(2)).await; // past the backoff
+        handle.force_refresh().await.unwrap();
+        let expected = [Some("rt-2".to_owned()), Some("rt-3".to_owned())];
+        assert_eq!(*persisted.lock().unwrap(), expected, "{first:?}");
+    }
+}
+
 /// Tokens set through the handle after a refusal are refreshed from as
 /// they are: the refused answer is older than they are.
 #[tokio::test(start_paused = true)]
 async fn tokens_set_after_a_refusal_are_refreshed_from_as_they_are() {
-    let (layer, presented) = refusing_first("at-2", Duration::ZERO);
+    let (layer, presented) = refusing_first("at-2", Duration::ZERO, |b| b);
     let handle = layer.handle();
 
     assert!(

@@ -249,6 +249,10 @@ impl<C> Builder<C> {
 
     /// Called with every new token set before any request can use it, e.g.
     /// to persist a rotated refresh token. Bounded by the refresh timeout.
+    /// Also called with an answer the layer refuses (its access token
+    /// already expired, or not a valid header value) if it rotated the
+    /// refresh token: no request uses it, but its refresh token is the live
+    /// one, and the next refresh starts from it.
     /// With a [store](Self::store), it runs only in the process that
     /// fetched the tokens, not in those that adopt them.
     ///
