@@ -66,7 +66,11 @@ impl TokenHandle {
         self.manager.status()
     }
 
-    /// The current tokens, for callers that must persist or inspect them.
+    /// The current tokens, for callers that must persist or inspect them:
+    /// those requests are sent with. After a refresh whose answer the layer
+    /// refused (see [`on_refresh`](crate::Builder::on_refresh)) but which
+    /// rotated the refresh token, their refresh token is the spent one until
+    /// the next refresh succeeds; to persist the live one, use the hook.
     ///
     /// ```
     /// # fn f(handle: &tower_token_refresh::TokenHandle) {
