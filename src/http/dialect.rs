@@ -3,6 +3,8 @@
 //! went wrong ([`ErrorShape`]). Every preset is one such description, so all
 //! of them share one request builder and one decoder.
 
+use std::time::Duration;
+
 use http::Method;
 
 use super::credential::{BodyFormat, ClientAuthMethod, Credential};
@@ -65,7 +67,14 @@ pub(crate) struct ErrorShape {
     pub(crate) request_id: Option<String>,
     /// Further fields appended to the message as `label: value`.
     pub(crate) details: Vec<(String, String)>,
+    /// The wait after a `429` that names none (no `Retry-After`): what the
+    /// endpoint's documented limit implies. `None`: the layer's backoff.
+    pub(crate) rate_limit_wait: Option<Duration>,
 }
+
+/// Seed 002 allows 5 refreshes a minute per IP and its `429` names no
+/// wait: calls a minute / 5 apart never exceed the limit on their own.
+pub(crate) const COGNITO_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60 / 5);
 
 fn pointers(list: &[&str]) -> Vec<String> {
     list.iter().map(|p| (*p).to_owned()).collect()
@@ -129,6 +138,7 @@ impl Dialect {
                 code: Some("/error/code".into()),
                 request_id: Some("/error/requestId".into()),
                 details: Vec::new(),
+                rate_limit_wait: None,
             },
         }
     }
@@ -153,6 +163,7 @@ impl Dialect {
                 code: Some("/error".into()),
                 request_id: None,
                 details: Vec::new(),
+                rate_limit_wait: Some(COGNITO_RATE_LIMIT_WAIT),
             },
         }
     }
@@ -178,6 +189,7 @@ impl Dialect {
                 code: Some("/status/sql_state".into()),
                 request_id: None,
                 details: named(&[("vendor code", "/status/vendor_code")]),
+                rate_limit_wait: None,
             },
         }
     }
@@ -194,6 +206,7 @@ impl Dialect {
                 code: Some("/code".into()),
                 request_id: None,
                 details: Vec::new(),
+                rate_limit_wait: None,
             },
         }
     }
@@ -229,6 +242,7 @@ fn oauth2_errors() -> ErrorShape {
         code: Some("/error".into()),
         request_id: None,
         details: Vec::new(),
+        rate_limit_wait: None,
     }
 }
 

@@ -4,7 +4,7 @@
 //! | answer | class |
 //! |---|---|
 //! | `400` (`invalid_grant`, missing fields, …), `401`, `403`, other `4xx` | terminal: the same request would fail again |
-//! | `429` | rate limited, honouring `Retry-After` (seconds or an HTTP date) |
+//! | `429` | rate limited, honouring `Retry-After` (seconds or an HTTP date); without it, the wait the endpoint's documented limit implies, if it has one (`cognito`: 12 s) |
 //! | `503` with `Retry-After` | rate limited, honouring it: the server said when to come back |
 //! | `408`, `5xx`, `3xx` (redirects are never followed), anything else | transient |
 
@@ -28,7 +28,7 @@ pub(crate) fn classify(
 ) -> RefreshError {
     let said = Said::read(shape, body);
     let error = if status == StatusCode::TOO_MANY_REQUESTS {
-        RefreshError::rate_limited(retry_after(headers, now))
+        RefreshError::rate_limited(retry_after(headers, now).or(shape.rate_limit_wait))
     } else if let Some(wait) = (status == StatusCode::SERVICE_UNAVAILABLE)
         .then(|| retry_after(headers, now))
         .flatten()
@@ -223,6 +223,39 @@ mod tests {
         assert!(busy.is_transient(), "only a 503 says when to come back");
     }
 
+    /// Found in review: seed 002's `429` names no wait, so the backoff (1 s
+    /// at first) called back within the minute the endpoint had just
+    /// refused, about six times. It now waits the spacing the documented
+    /// limit allows, unless the server says otherwise.
+    #[test]
+    fn a_cognito_429_without_retry_after_waits_out_the_documented_limit() {
+        let too_many = StatusCode::TOO_MANY_REQUESTS;
+        let body =
+            br#"{"statusCode":429,"message":"Too many requests","error":"Too Many Requests"}"#;
+        let cognito = Dialect::cognito().errors;
+        let err = classify(too_many, &HeaderMap::new(), body, &cognito, now());
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(12)));
+        assert!(err.to_string().contains("Too many requests"), "{err}");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("30"));
+        let err = classify(too_many, &headers, body, &cognito, now());
+        assert_eq!(
+            err.retry_after(),
+            Some(Duration::from_secs(30)),
+            "the server's word first"
+        );
+
+        let oauth2 = Dialect::oauth2().errors;
+        let err = classify(too_many, &HeaderMap::new(), b"", &oauth2, now());
+        assert!(err.is_rate_limited());
+        assert_eq!(
+            err.retry_after(),
+            None,
+            "no documented limit: the backoff decides"
+        );
+    }
+
     #[test]
     fn oauth2_errors_carry_code_and_description() {
         let err = answer(
@@ -347,14 +380,5 @@ mod tests {
         assert_eq!(retry_after(&headers, now()), Some(Duration::ZERO));
         headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers, now()), None);
-        let err = classify(
-            StatusCode::TOO_MANY_REQUESTS,
-            &HeaderMap::new(),
-            b"",
-            &Dialect::cognito().errors,
-            now(),
-        );
-        assert_eq!(err.retry_after(), None);
-        assert!(err.is_rate_limited());
     }
 }

@@ -20,8 +20,10 @@
 //! when to refresh); a `token_type` other than Bearer is refused; a
 //! response without a new refresh token keeps the old one. Failures are
 //! classified as the design demands (400, 401, 403 terminal; 429 rate
-//! limited with `Retry-After`; 408, 5xx, transport errors and undecodable
-//! answers transient) and carry the server's own message, code and request
+//! limited with `Retry-After`, or without it the wait the endpoint's
+//! documented limit implies; 408, 5xx, transport errors and undecodable
+//! answers transient, except a 503 with `Retry-After`, which is honoured
+//! as a rate limit) and carry the server's own message, code and request
 //! id, never a token.
 //!
 //! The client can be the very one the layer wraps: a
@@ -246,9 +248,11 @@ where
     /// JSON `{"refreshToken"}`, answered with `{accessToken, refreshToken,
     /// expiresIn, requiresPasswordChange}`; errors `{statusCode, message,
     /// error}`. The endpoint allows 5 refreshes a minute per IP: the layer's
-    /// single flight keeps it to one per expiry, and a `429` backs off while
-    /// the current token stays in use. `requiresPasswordChange` is kept as
-    /// an [extra](TokenSet::extra).
+    /// single flight keeps it to one per expiry, and a `429`, which names no
+    /// wait, is taken to mean 12 s (a minute / 5, so that retries alone never
+    /// exceed the limit; see [`rate_limit_wait`](Self::rate_limit_wait))
+    /// while the current token stays in use. `requiresPasswordChange` is
+    /// kept as an [extra](TokenSet::extra).
     ///
     /// ```
     /// use bytes::Bytes;

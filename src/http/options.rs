@@ -3,6 +3,8 @@
 //! In the examples, `client` stands for any HTTP client service, such as a
 //! `hyper_util` client.
 
+use std::time::Duration;
+
 use http::Method;
 
 use super::credential::{BodyFormat, ClientAuthMethod, Credential};
@@ -304,6 +306,28 @@ impl<C, B> HttpRefresher<C, B> {
     /// ```
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
         self.settings().allow_insecure = allow;
+        self
+    }
+
+    /// How long to wait after a `429` that names no wait (no
+    /// `Retry-After`) before the next refresh call: the spacing the
+    /// endpoint's rate limit allows, so that retries alone never exceed it.
+    /// The layer's [backoff](crate::Backoff) still applies when longer.
+    /// Default: 12 s for [`cognito`](Self::cognito) (5 calls a minute);
+    /// none for the other presets, whose endpoints document no limit (the
+    /// backoff alone decides).
+    ///
+    /// ```
+    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// use std::time::Duration;
+    /// use tower_token_refresh::http::HttpRefresher;
+    /// // An endpoint allowing 10 calls a minute.
+    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/oauth2/token", client)
+    ///     .rate_limit_wait(Duration::from_secs(6));
+    /// # let _ = refresher;
+    /// ```
+    pub fn rate_limit_wait(mut self, wait: Duration) -> Self {
+        self.dialect().errors.rate_limit_wait = Some(wait);
         self
     }
 
