@@ -1,6 +1,7 @@
 //! The dialect servers of `tests/support` against their documents: RFC
 //! 6749 for `oauth2` (client authentication in `oauth2_clients`), seed 000
-//! for `dynamosql`, seed 003 for `ocient`.
+//! for `dynamosql`, seed 003 for `ocient`, and seed 002's rate limit
+//! (`rate_limit`).
 //! Raw requests through a plain hyper-util client, no token layer: what
 //! these tests pin down is what the library's refreshers will meet.
 
@@ -13,6 +14,7 @@ mod dynamosql;
 mod oauth2;
 mod oauth2_clients;
 mod ocient;
+mod rate_limit;
 
 // The test modules take these with `use super::*`.
 use std::time::Duration;

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Admits at most `limit` requests from one IP in any span of `window`.
-/// Rejected requests are not recorded, so a client that backs off recovers
-/// as soon as its oldest admitted request leaves the window.
+/// Admits a request from one IP unless `limit` or more requests came from
+/// it in the last `window`. Seed 002 limits requests ("More than 5
+/// requests in 1 minute" → 429), so refused ones count too: a client that
+/// calls again sooner than `window / limit` apart stays refused.
 pub struct RateLimiter {
     limit: usize,
     window: Duration,
@@ -25,7 +26,8 @@ impl RateLimiter {
         }
     }
 
-    /// Records a request from `ip` at `now` if it is within the limit.
+    /// Records a request from `ip` at `now`, and tells whether it is within
+    /// the limit.
     pub fn admit(&self, ip: IpAddr, now: Instant) -> bool {
         let mut seen = self.seen.lock().unwrap();
         let log = seen.entry(ip).or_default();
@@ -35,10 +37,8 @@ impl RateLimiter {
         {
             log.pop_front();
         }
-        if log.len() >= self.limit {
-            return false;
-        }
+        let within = log.len() < self.limit;
         log.push_back(now);
-        true
+        within
     }
 }
