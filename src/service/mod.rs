@@ -175,6 +175,10 @@ where
             return self.passthrough(req);
         }
         if core.rules.is_insecure(req.uri()) {
+            // Nothing is sent, so the instance polled ready lets go of its
+            // readiness (a `Buffer` slot, a concurrency permit) for a clone
+            // that must be polled again, as after any call.
+            self.inner = self.inner.clone();
             return ResponseFuture::failed(Error::new(ErrorKind::InsecureTransport));
         }
         match core.manager.ready(&mut self.snapshot) {

@@ -306,6 +306,39 @@ async fn plain_http_to_a_remote_host_is_refused_but_loopback_and_opt_in_are_allo
         .is_ok());
 }
 
+/// Found in review: a request refused as insecure was never sent, and the
+/// instance the caller had polled ready kept its readiness (a concurrency
+/// permit here, a `Buffer` slot for a tonic `Channel`) for as long as the
+/// caller kept the service.
+#[tokio::test]
+async fn a_request_refused_as_insecure_lets_go_of_the_readiness_it_was_called_with() {
+    use tower::Service;
+    let api = Api::default();
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("t"))
+        .build();
+    let mut client = ServiceBuilder::new()
+        .layer(layer)
+        .concurrency_limit(1)
+        .service(api.clone());
+    let insecure = Request::get("http://api.example.com/x")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+
+    std::future::poll_fn(|cx| Service::<Request<Full<Bytes>>>::poll_ready(&mut client, cx))
+        .await
+        .unwrap();
+    let refused = expect_error(client.call(insecure).await);
+    assert!(refused.is_insecure_transport());
+    // The only permit went with the refused call: another clone gets it.
+    let mut other = client.clone();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let ready = Service::<Request<Full<Bytes>>>::poll_ready(&mut other, &mut cx);
+    assert!(ready.is_ready(), "the permit is free");
+    assert_eq!(api.calls(), 0, "nothing was sent");
+}
+
 #[tokio::test(start_paused = true)]
 async fn requests_outside_the_origin_allow_list_get_no_token() {
     let api = Api::default();
