@@ -36,8 +36,8 @@ pub use failure::Backoff;
 use failure::Failure;
 pub(crate) use flight::Flight;
 use flight_wait::FlightWait;
-use snapshot::Prepared;
 pub(crate) use snapshot::Snapshot;
+use snapshot::{makes_header, Prepared};
 pub(crate) use snapshot::{Credential, Freshness};
 use window::RefreshWindow;
 
@@ -209,21 +209,30 @@ impl TokenManager {
     ) -> Self {
         let epoch = Instant::now();
         let mut control = Control::default();
-        let snapshot = match initial.map(|t| Prepared::new(t, epoch, false)) {
+        let snapshot = match initial {
             None => Snapshot::empty(0),
-            Some(Ok(prepared)) => prepared.into_snapshot(1, epoch, &config),
-            Some(Err(_)) => {
-                control.failure = Some(Failure::new(
-                    Arc::new(RefreshError::terminal(
-                        "the initial access token is not a valid header value",
-                    )),
-                    ErrorKind::ReauthRequired,
-                    1,
-                    &config.backoff,
-                    epoch,
-                ));
+            // Tokens the `on_refresh` hook saw refused, persisted and given
+            // back: no request can use the access token, but the refresh
+            // token is the live one, and the first refresh starts from them.
+            Some(tokens) if !makes_header(&tokens) && tokens.refresh_token().is_some() => {
+                control.refused = Some(Arc::new(tokens));
                 Snapshot::empty(0)
             }
+            Some(tokens) => match Prepared::new(tokens, epoch, false) {
+                Ok(prepared) => prepared.into_snapshot(1, epoch, &config),
+                Err(_) => {
+                    control.failure = Some(Failure::new(
+                        Arc::new(RefreshError::terminal(
+                            "the initial access token is not a valid header value",
+                        )),
+                        ErrorKind::ReauthRequired,
+                        1,
+                        &config.backoff,
+                        epoch,
+                    ));
+                    Snapshot::empty(0)
+                }
+            },
         };
         let manager = Self {
             shared: Arc::new(Shared {

@@ -542,6 +542,32 @@ async fn the_hook_sees_refused_tokens_that_rotated_the_refresh_token() {
     }
 }
 
+/// Found in review: refused tokens the hook persisted could not be given
+/// back. A layer restarted with them as its initial tokens found an access
+/// token that makes no header and stopped for good (re-authentication
+/// required), never using the live refresh token beside it. It now
+/// refreshes from them.
+#[tokio::test(start_paused = true)]
+async fn refused_tokens_the_hook_persisted_start_a_restarted_layer() {
+    for (first, lifetime) in [("at-2", Duration::ZERO), ("at-2\r\n", HUNDRED)] {
+        let persisted = Arc::new(std::sync::Mutex::new(None));
+        let keep = Arc::clone(&persisted);
+        let (layer, _presented) = refusing_first(first, lifetime, |builder| {
+            builder.on_refresh(move |tokens: &TokenSet| {
+                *keep.lock().unwrap() = Some(tokens.clone());
+                async {}
+            })
+        });
+        assert!(layer.handle().force_refresh().await.is_err(), "{first:?}");
+        let saved = persisted.lock().unwrap().take().expect("the hook saw them");
+
+        let (restarted, presented) = refusing_first(first, lifetime, |b| b.initial_tokens(saved));
+        let _ = restarted.handle().force_refresh().await;
+        let presented = presented.lock().unwrap();
+        assert_eq!(presented.first(), Some(&sent(first, "rt-2")), "{first:?}");
+    }
+}
+
 /// Tokens set through the handle after a refusal are refreshed from as
 /// they are: the refused answer is older than they are.
 #[tokio::test(start_paused = true)]

@@ -63,6 +63,11 @@ impl Builder<Unauthorized> {
 impl<C> Builder<C> {
     /// Tokens to start with. Without them, the first request acquires one
     /// (with [`RefreshReason::Initial`](crate::RefreshReason::Initial)).
+    /// An access token that is not a valid header value is never sent:
+    /// with a refresh token beside it (a refused answer the
+    /// [`on_refresh`](Self::on_refresh) hook persisted), the first request
+    /// refreshes from them; without one, the layer starts out requiring
+    /// re-authentication.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -252,7 +257,10 @@ impl<C> Builder<C> {
     /// Also called with an answer the layer refuses (its access token
     /// already expired, or not a valid header value) if it rotated the
     /// refresh token: no request uses it, but its refresh token is the live
-    /// one, and the next refresh starts from it.
+    /// one, and the next refresh starts from it (as it does when such
+    /// tokens are given back as [initial tokens](Self::initial_tokens)).
+    /// Tokens a refresh overtaken by [`set_tokens`](crate::TokenHandle::set_tokens)
+    /// fetched are shown too, though the layer keeps the tokens set.
     /// With a [store](Self::store), it runs only in the process that
     /// fetched the tokens, not in those that adopt them.
     ///
