@@ -38,7 +38,10 @@ pub enum FailureClass {
     /// `retry_after` has passed (an hour at most: a longer wait is cut to
     /// one) nor before the backoff's delay.
     RateLimited {
-        /// How long the endpoint asked us to wait, if it said.
+        /// How long to wait: what the endpoint said (`Retry-After`), or,
+        /// when it said nothing, what its documented limit implies (an
+        /// [`HttpRefresher`](crate::http::HttpRefresher) preset's
+        /// `rate_limit_wait`), if anything.
         retry_after: Option<Duration>,
     },
     /// Anything that may succeed if tried again later: 5xx, 408, timeouts,
@@ -207,7 +210,9 @@ impl RefreshError {
         matches!(self.class, FailureClass::Transient)
     }
 
-    /// How long a rate-limited endpoint asked us to wait.
+    /// How long to wait before calling a rate-limited endpoint again: what
+    /// it said, or what its documented limit implies (see
+    /// [`FailureClass::RateLimited`]).
     ///
     /// ```
     /// assert_eq!(tower_token_refresh::RefreshError::terminal("x").retry_after(), None);

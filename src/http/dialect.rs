@@ -18,6 +18,9 @@ pub(crate) struct Dialect {
     pub(crate) request: RequestShape,
     pub(crate) response: ResponseShape,
     pub(crate) errors: ErrorShape,
+    /// The wait after a `429` that names none (no `Retry-After`): what the
+    /// endpoint's documented limit implies. `None`: the layer's backoff.
+    pub(crate) rate_limit_wait: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,13 +70,11 @@ pub(crate) struct ErrorShape {
     pub(crate) request_id: Option<String>,
     /// Further fields appended to the message as `label: value`.
     pub(crate) details: Vec<(String, String)>,
-    /// The wait after a `429` that names none (no `Retry-After`): what the
-    /// endpoint's documented limit implies. `None`: the layer's backoff.
-    pub(crate) rate_limit_wait: Option<Duration>,
 }
 
 /// Seed 002 allows 5 refreshes a minute per IP and its `429` names no
-/// wait: calls a minute / 5 apart never exceed the limit on their own.
+/// wait: one layer's calls, a minute / 5 apart, never exceed the limit on
+/// their own (several layers or processes behind one IP still may).
 pub(crate) const COGNITO_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60 / 5);
 
 fn pointers(list: &[&str]) -> Vec<String> {
@@ -101,6 +102,7 @@ impl Dialect {
             },
             response: oauth2_response(),
             errors: oauth2_errors(),
+            rate_limit_wait: None,
         }
     }
 
@@ -138,8 +140,8 @@ impl Dialect {
                 code: Some("/error/code".into()),
                 request_id: Some("/error/requestId".into()),
                 details: Vec::new(),
-                rate_limit_wait: None,
             },
+            rate_limit_wait: None,
         }
     }
 
@@ -163,8 +165,8 @@ impl Dialect {
                 code: Some("/error".into()),
                 request_id: None,
                 details: Vec::new(),
-                rate_limit_wait: Some(COGNITO_RATE_LIMIT_WAIT),
             },
+            rate_limit_wait: Some(COGNITO_RATE_LIMIT_WAIT),
         }
     }
 
@@ -189,8 +191,8 @@ impl Dialect {
                 code: Some("/status/sql_state".into()),
                 request_id: None,
                 details: named(&[("vendor code", "/status/vendor_code")]),
-                rate_limit_wait: None,
             },
+            rate_limit_wait: None,
         }
     }
 
@@ -206,8 +208,8 @@ impl Dialect {
                 code: Some("/code".into()),
                 request_id: None,
                 details: Vec::new(),
-                rate_limit_wait: None,
             },
+            rate_limit_wait: None,
         }
     }
 }
@@ -242,7 +244,6 @@ fn oauth2_errors() -> ErrorShape {
         code: Some("/error".into()),
         request_id: None,
         details: Vec::new(),
-        rate_limit_wait: None,
     }
 }
 

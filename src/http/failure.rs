@@ -15,7 +15,7 @@ use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::decode::plain_text;
-use super::dialect::ErrorShape;
+use super::dialect::{Dialect, ErrorShape};
 use crate::RefreshError;
 
 /// The error for a non-`2xx` answer.
@@ -23,12 +23,12 @@ pub(crate) fn classify(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
-    shape: &ErrorShape,
+    dialect: &Dialect,
     now: SystemTime,
 ) -> RefreshError {
-    let said = Said::read(shape, body);
+    let said = Said::read(&dialect.errors, body);
     let error = if status == StatusCode::TOO_MANY_REQUESTS {
-        RefreshError::rate_limited(retry_after(headers, now).or(shape.rate_limit_wait))
+        RefreshError::rate_limited(retry_after(headers, now).or(dialect.rate_limit_wait))
     } else if let Some(wait) = (status == StatusCode::SERVICE_UNAVAILABLE)
         .then(|| retry_after(headers, now))
         .flatten()
@@ -160,7 +160,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::http::dialect::Dialect;
     use crate::FailureClass;
 
     fn now() -> SystemTime {
@@ -172,7 +171,7 @@ mod tests {
             StatusCode::from_u16(status).unwrap(),
             &HeaderMap::new(),
             body.to_string().as_bytes(),
-            &dialect.errors,
+            &dialect,
             now(),
         )
     }
@@ -209,7 +208,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
         let unavailable = StatusCode::SERVICE_UNAVAILABLE;
-        let err = classify(unavailable, &headers, b"", &Dialect::oauth2().errors, now());
+        let err = classify(unavailable, &headers, b"", &Dialect::oauth2(), now());
         assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
         assert_eq!(err.status(), Some(503));
         assert!(err.to_string().contains("503"), "{err}");
@@ -217,7 +216,7 @@ mod tests {
             StatusCode::INTERNAL_SERVER_ERROR,
             &headers,
             b"",
-            &Dialect::oauth2().errors,
+            &Dialect::oauth2(),
             now(),
         );
         assert!(busy.is_transient(), "only a 503 says when to come back");
@@ -232,7 +231,7 @@ mod tests {
         let too_many = StatusCode::TOO_MANY_REQUESTS;
         let body =
             br#"{"statusCode":429,"message":"Too many requests","error":"Too Many Requests"}"#;
-        let cognito = Dialect::cognito().errors;
+        let cognito = Dialect::cognito();
         let err = classify(too_many, &HeaderMap::new(), body, &cognito, now());
         assert_eq!(err.retry_after(), Some(Duration::from_secs(12)));
         assert!(err.to_string().contains("Too many requests"), "{err}");
@@ -246,7 +245,7 @@ mod tests {
             "the server's word first"
         );
 
-        let oauth2 = Dialect::oauth2().errors;
+        let oauth2 = Dialect::oauth2();
         let err = classify(too_many, &HeaderMap::new(), b"", &oauth2, now());
         assert!(err.is_rate_limited());
         assert_eq!(
@@ -349,7 +348,7 @@ mod tests {
             StatusCode::BAD_GATEWAY,
             &HeaderMap::new(),
             b"<html>upstream said refresh_token=abc</html>",
-            &Dialect::oauth2().errors,
+            &Dialect::oauth2(),
             now(),
         );
         assert!(!err.to_string().contains("abc"), "{err}");

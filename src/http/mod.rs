@@ -518,7 +518,7 @@ where
         parts.status,
         &parts.headers,
         &body,
-        &dialect.errors,
+        dialect,
         now(),
     ))
 }

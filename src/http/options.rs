@@ -311,11 +311,12 @@ impl<C, B> HttpRefresher<C, B> {
 
     /// How long to wait after a `429` that names no wait (no
     /// `Retry-After`) before the next refresh call: the spacing the
-    /// endpoint's rate limit allows, so that retries alone never exceed it.
-    /// The layer's [backoff](crate::Backoff) still applies when longer.
-    /// Default: 12 s for [`cognito`](Self::cognito) (5 calls a minute);
-    /// none for the other presets, whose endpoints document no limit (the
-    /// backoff alone decides).
+    /// endpoint's rate limit allows, so that this layer's calls alone never
+    /// exceed it (processes sharing one IP each wait on their own). The
+    /// layer's [backoff](crate::Backoff) still applies when longer, so
+    /// `Duration::ZERO` leaves the backoff alone to decide. Default: 12 s
+    /// for [`cognito`](Self::cognito) (5 calls a minute); none for the other
+    /// presets, whose endpoints document no limit.
     ///
     /// ```
     /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
@@ -327,7 +328,7 @@ impl<C, B> HttpRefresher<C, B> {
     /// # let _ = refresher;
     /// ```
     pub fn rate_limit_wait(mut self, wait: Duration) -> Self {
-        self.dialect().errors.rate_limit_wait = Some(wait);
+        self.dialect().rate_limit_wait = Some(wait);
         self
     }
 
