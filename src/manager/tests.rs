@@ -587,6 +587,40 @@ async fn tokens_set_after_a_refusal_are_refreshed_from_as_they_are() {
     assert_eq!(*presented.lock().unwrap(), expected);
 }
 
+/// Found in review: an initial access token that makes no header, with no
+/// refresh token beside it, left the layer requiring re-authentication even
+/// with a login source set, which then never ran. The login now gets the
+/// first token, as when no tokens were given; without a login source the
+/// layer still starts out requiring re-authentication and calls nobody.
+#[tokio::test(start_paused = true)]
+async fn an_unusable_initial_token_with_nothing_to_refresh_from_logs_in_if_it_can() {
+    let api = Api::default();
+    let (source, refreshes) = failing(|| RefreshError::terminal("nothing to refresh from"));
+    let (login, logins) = issuer(&api, Some(HUNDRED), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .login(login)
+        .initial_tokens(TokenSet::new("at-1\r\n"))
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    assert_eq!(bearer(&send(&client, get()).await), "tok-1");
+    assert_eq!(logins.calls(), 1);
+    assert_eq!(refreshes.load(Ordering::SeqCst), 0);
+
+    let (source, refreshes) = failing(|| RefreshError::terminal("nothing to refresh from"));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("at-1\r\n"))
+        .build();
+    assert_eq!(layer.handle().status().state(), TokenState::ReauthRequired);
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    assert!(expect_error(send(&client, get()).await).is_reauth_required());
+    assert_eq!(refreshes.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        api.calls(),
+        1,
+        "only the request sent with the login's token"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_poisoned_control_lock_does_not_stop_background_refreshes() {
     let api = Api::default();
