@@ -248,10 +248,11 @@ where
     /// JSON `{"refreshToken"}`, answered with `{accessToken, refreshToken,
     /// expiresIn, requiresPasswordChange}`; errors `{statusCode, message,
     /// error}`. The endpoint allows 5 refreshes a minute per IP: the layer's
-    /// single flight keeps it to one per expiry, and a `429`, which names no
-    /// wait, is taken to mean 12 s (a minute / 5, so that retries alone never
-    /// exceed the limit; see [`rate_limit_wait`](Self::rate_limit_wait))
-    /// while the current token stays in use. `requiresPasswordChange` is
+    /// single flight keeps it to one per expiry, and after a `429`, which
+    /// names no wait, the next call waits at least 12 s (a minute / 5, so
+    /// that retries alone never exceed the limit; see
+    /// [`rate_limit_wait`](Self::rate_limit_wait)) while the current token
+    /// stays in use. `requiresPasswordChange` is
     /// kept as an [extra](TokenSet::extra).
     ///
     /// ```

@@ -314,7 +314,9 @@ impl<C, B> HttpRefresher<C, B> {
     /// endpoint's rate limit allows, so that this layer's calls alone never
     /// exceed it (processes sharing one IP each wait on their own). The
     /// layer's [backoff](crate::Backoff) still applies when longer, so
-    /// `Duration::ZERO` leaves the backoff alone to decide. Default: 12 s
+    /// `Duration::ZERO` leaves the backoff alone to decide (the error then
+    /// names no wait), and a wait over an hour is cut to an hour, as a
+    /// server's `Retry-After` is. Default: 12 s
     /// for [`cognito`](Self::cognito) (5 calls a minute); none for the other
     /// presets, whose endpoints document no limit.
     ///
@@ -328,7 +330,7 @@ impl<C, B> HttpRefresher<C, B> {
     /// # let _ = refresher;
     /// ```
     pub fn rate_limit_wait(mut self, wait: Duration) -> Self {
-        self.dialect().rate_limit_wait = Some(wait);
+        self.dialect().rate_limit_wait = (!wait.is_zero()).then_some(wait);
         self
     }
 

@@ -88,6 +88,31 @@ async fn an_error_answer_past_the_body_limit_keeps_its_status_class() {
     );
 }
 
+/// Found in review: `rate_limit_wait(Duration::ZERO)`, documented as
+/// leaving the backoff alone to decide, made errors say "rate limited for
+/// 0s" and report a zero wait as if the server had named one.
+#[tokio::test]
+async fn a_zero_rate_limit_wait_names_no_wait() {
+    let too_many = || {
+        json(
+            StatusCode::TOO_MANY_REQUESTS,
+            r#"{"statusCode":429,"message":"Too many requests","error":"Too Many Requests"}"#,
+        )
+    };
+    let (idp, _) = endpoint(too_many);
+    let refresher = HttpRefresher::cognito("https://api.example.com/api/auth/refresh-token", idp);
+    let err = refresher.refresh(ctx()).await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(std::time::Duration::from_secs(12)));
+
+    let (idp, _) = endpoint(too_many);
+    let refresher = HttpRefresher::cognito("https://api.example.com/api/auth/refresh-token", idp)
+        .rate_limit_wait(std::time::Duration::ZERO);
+    let err = refresher.refresh(ctx()).await.unwrap_err();
+    assert!(err.is_rate_limited(), "{err}");
+    assert_eq!(err.retry_after(), None, "{err}");
+    assert!(!err.to_string().contains("0s"), "{err}");
+}
+
 /// Found in review: a bearer credential with Basic client authentication
 /// sent the bearer header alone, and the client was not authenticated at
 /// all. It is a configuration error now, named before anything is sent.
