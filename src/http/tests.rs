@@ -113,6 +113,43 @@ async fn a_zero_rate_limit_wait_names_no_wait() {
     assert!(!err.to_string().contains("0s"), "{err}");
 }
 
+/// Seed 002's limit, end to end through the layer: after a `429` that
+/// names no wait, the next call to the cognito endpoint comes 12 s later,
+/// not after the backoff (1 s at first).
+#[tokio::test(start_paused = true)]
+async fn after_a_cognito_429_the_next_call_comes_12_s_later() {
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (idp, calls) = endpoint(move || {
+        if answered.fetch_add(1, Ordering::SeqCst) == 0 {
+            json(
+                StatusCode::TOO_MANY_REQUESTS,
+                r#"{"statusCode":429,"message":"Too many requests","error":"Too Many Requests"}"#,
+            )
+        } else {
+            json(
+                StatusCode::OK,
+                r#"{"accessToken":"new","refreshToken":"r2","expiresIn":3600}"#,
+            )
+        }
+    });
+    let refresher = HttpRefresher::cognito("https://api.example.com/api/auth/refresh-token", idp);
+    let layer = TokenRefreshLayer::builder(refresher)
+        .initial_tokens(TokenSet::new("old").with_refresh_token("r1"))
+        .build();
+    let handle = layer.handle();
+
+    let err = handle.force_refresh().await.unwrap_err();
+    assert!(err.refresh_error().unwrap().is_rate_limited(), "{err}");
+    tokio::time::advance(std::time::Duration::from_millis(11_900)).await;
+    assert!(handle.force_refresh().await.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no call inside the 12 s");
+
+    tokio::time::advance(std::time::Duration::from_millis(100)).await;
+    handle.force_refresh().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(handle.tokens().unwrap().access_token().expose(), "new");
+}
+
 /// Found in review: a bearer credential with Basic client authentication
 /// sent the bearer header alone, and the client was not authenticated at
 /// all. It is a configuration error now, named before anything is sent.
