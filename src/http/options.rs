@@ -313,11 +313,11 @@ impl<C, B> HttpRefresher<C, B> {
     /// `Retry-After`) before the next refresh call: the spacing the
     /// endpoint's rate limit allows, so that this layer's calls alone never
     /// exceed it (processes sharing one IP each wait on their own). The
-    /// layer's [backoff](crate::Backoff) still applies when longer, so
-    /// `Duration::ZERO` leaves the backoff alone to decide (the error then
-    /// names no wait), and a wait over an hour is cut to an hour, as a
-    /// server's `Retry-After` is. Default: 12 s
-    /// for [`cognito`](Self::cognito) (5 calls a minute); none for the other
+    /// layer's [backoff](crate::Backoff) still applies when longer, and
+    /// `Duration::ZERO` leaves it alone to decide (the error then names no
+    /// wait). However long the wait, refreshing is blocked for an hour at
+    /// most, as after a server's `Retry-After`. Default: 12 s for
+    /// [`cognito`](Self::cognito) (5 calls a minute); none for the other
     /// presets, whose endpoints document no limit.
     ///
     /// ```

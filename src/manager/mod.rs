@@ -215,7 +215,7 @@ impl TokenManager {
             // back: no request can use the access token, but the refresh
             // token is the live one, and the first refresh starts from them.
             Some(tokens) if !makes_header(&tokens) && tokens.refresh_token().is_some() => {
-                tracing::info!("initial access token is not a valid header value; refreshing from the refresh token beside it");
+                tracing::info!("initial access token is not a valid header value; the first request refreshes from the refresh token beside it");
                 control.refused = Some(Arc::new(tokens));
                 Snapshot::empty(0)
             }
@@ -224,7 +224,7 @@ impl TokenManager {
                 // Nothing to refresh from, but a login source can get the
                 // first token, as when no tokens were given.
                 Err(_) if config.login.is_some() => {
-                    tracing::warn!("initial access token is not a valid header value; logging in");
+                    tracing::warn!("initial access token is not a valid header value and no refresh token came with it; the first request logs in");
                     Snapshot::empty(0)
                 }
                 Err(_) => {

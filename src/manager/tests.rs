@@ -601,6 +601,9 @@ async fn an_unusable_initial_token_with_nothing_to_refresh_from_logs_in_if_it_ca
         .login(login)
         .initial_tokens(TokenSet::new("at-1\r\n"))
         .build();
+    let status = layer.handle().status();
+    assert_eq!(status.state(), TokenState::Missing);
+    assert!(status.last_error().is_none());
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
     assert_eq!(bearer(&send(&client, get()).await), "tok-1");
     assert_eq!(logins.calls(), 1);

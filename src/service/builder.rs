@@ -168,8 +168,9 @@ impl<C> Builder<C> {
         self
     }
 
-    /// A login source: called for the first tokens when none were given,
-    /// and once more whenever the refresh credential is rejected for good
+    /// A login source: called for the first tokens when none were given
+    /// (or none that can be sent, with no refresh token beside them), and
+    /// once more whenever the refresh credential is rejected for good
     /// (a terminal refresh failure), instead of failing every request until
     /// new tokens are set. The login runs inside the refresh flight, so it
     /// is single-flight like any refresh, and is counted in
