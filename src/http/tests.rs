@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -52,6 +53,16 @@ fn ok_tokens() -> Answer {
     )
 }
 
+/// Seed 002's answer to a sixth refresh in a minute: no `Retry-After`.
+fn cognito_too_many() -> Answer {
+    json(
+        StatusCode::TOO_MANY_REQUESTS,
+        r#"{"statusCode":429,"message":"Too many requests","error":"Too Many Requests"}"#,
+    )
+}
+
+const COGNITO_URL: &str = "https://api.example.com/api/auth/refresh-token";
+
 fn ctx() -> RefreshContext {
     let tokens = TokenSet::new("old-access").with_refresh_token("old-refresh");
     RefreshContext::new(RefreshReason::Forced, Some(Arc::new(tokens)))
@@ -81,11 +92,7 @@ async fn an_error_answer_past_the_body_limit_keeps_its_status_class() {
     let (idp, _) = endpoint(move || padded(StatusCode::TOO_MANY_REQUESTS));
     let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp);
     let err = refresher.refresh(ctx()).await.unwrap_err();
-    assert_eq!(
-        err.retry_after(),
-        Some(std::time::Duration::from_secs(12)),
-        "{err}"
-    );
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(12)), "{err}");
 }
 
 /// Found in review: `rate_limit_wait(Duration::ZERO)`, documented as
@@ -93,20 +100,13 @@ async fn an_error_answer_past_the_body_limit_keeps_its_status_class() {
 /// 0s" and report a zero wait as if the server had named one.
 #[tokio::test]
 async fn a_zero_rate_limit_wait_names_no_wait() {
-    let too_many = || {
-        json(
-            StatusCode::TOO_MANY_REQUESTS,
-            r#"{"statusCode":429,"message":"Too many requests","error":"Too Many Requests"}"#,
-        )
-    };
-    let (idp, _) = endpoint(too_many);
-    let refresher = HttpRefresher::cognito("https://api.example.com/api/auth/refresh-token", idp);
+    let (idp, _) = endpoint(cognito_too_many);
+    let refresher = HttpRefresher::cognito(COGNITO_URL, idp);
     let err = refresher.refresh(ctx()).await.unwrap_err();
-    assert_eq!(err.retry_after(), Some(std::time::Duration::from_secs(12)));
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(12)));
 
-    let (idp, _) = endpoint(too_many);
-    let refresher = HttpRefresher::cognito("https://api.example.com/api/auth/refresh-token", idp)
-        .rate_limit_wait(std::time::Duration::ZERO);
+    let (idp, _) = endpoint(cognito_too_many);
+    let refresher = HttpRefresher::cognito(COGNITO_URL, idp).rate_limit_wait(Duration::ZERO);
     let err = refresher.refresh(ctx()).await.unwrap_err();
     assert!(err.is_rate_limited(), "{err}");
     assert_eq!(err.retry_after(), None, "{err}");
@@ -121,10 +121,7 @@ async fn after_a_cognito_429_the_next_call_comes_12_s_later() {
     let answered = Arc::new(AtomicUsize::new(0));
     let (idp, calls) = endpoint(move || {
         if answered.fetch_add(1, Ordering::SeqCst) == 0 {
-            json(
-                StatusCode::TOO_MANY_REQUESTS,
-                r#"{"statusCode":429,"message":"Too many requests","error":"Too Many Requests"}"#,
-            )
+            cognito_too_many()
         } else {
             json(
                 StatusCode::OK,
@@ -132,7 +129,7 @@ async fn after_a_cognito_429_the_next_call_comes_12_s_later() {
             )
         }
     });
-    let refresher = HttpRefresher::cognito("https://api.example.com/api/auth/refresh-token", idp);
+    let refresher = HttpRefresher::cognito(COGNITO_URL, idp);
     let layer = TokenRefreshLayer::builder(refresher)
         .initial_tokens(TokenSet::new("old").with_refresh_token("r1"))
         .build();
@@ -140,11 +137,11 @@ async fn after_a_cognito_429_the_next_call_comes_12_s_later() {
 
     let err = handle.force_refresh().await.unwrap_err();
     assert!(err.refresh_error().unwrap().is_rate_limited(), "{err}");
-    tokio::time::advance(std::time::Duration::from_millis(11_900)).await;
+    tokio::time::advance(Duration::from_millis(11_900)).await;
     assert!(handle.force_refresh().await.is_err());
     assert_eq!(calls.load(Ordering::SeqCst), 1, "no call inside the 12 s");
 
-    tokio::time::advance(std::time::Duration::from_millis(100)).await;
+    tokio::time::advance(Duration::from_millis(100)).await;
     handle.force_refresh().await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(handle.tokens().unwrap().access_token().expose(), "new");
