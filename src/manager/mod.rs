@@ -30,7 +30,7 @@ use crate::error::ErrorKind;
 use crate::refresh::{BoxFuture, DynRefresh};
 use crate::stats::Counters;
 use crate::store::DynStore;
-use crate::{Error, RefreshError, RefreshReason, Stats, TokenSet, TokenState, TokenStatus};
+use crate::{Error, RefreshReason, Stats, TokenSet, TokenState, TokenStatus};
 
 pub use failure::Backoff;
 use failure::Failure;
@@ -210,36 +210,29 @@ impl TokenManager {
         let epoch = Instant::now();
         let mut control = Control::default();
         let snapshot = match initial {
-            None => Snapshot::empty(0),
+            Some(tokens) if makes_header(&tokens) => Prepared::new(tokens, epoch, false)
+                // Cannot fail once the header is known to be valid; empty
+                // would start the layer as for unusable tokens.
+                .map_or_else(
+                    |_| Snapshot::empty(0),
+                    |prepared| prepared.into_snapshot(1, epoch, &config),
+                ),
             // Tokens the `on_refresh` hook saw refused, persisted and given
             // back: no request can use the access token, but the refresh
             // token is the live one, and the first refresh starts from them.
-            Some(tokens) if !makes_header(&tokens) && tokens.refresh_token().is_some() => {
+            Some(tokens) if tokens.refresh_token().is_some() => {
                 tracing::info!("initial access token is not a valid header value; the first request refreshes from the refresh token beside it");
                 control.refused = Some(Arc::new(tokens));
                 Snapshot::empty(0)
             }
-            Some(tokens) => match Prepared::new(tokens, epoch, false) {
-                Ok(prepared) => prepared.into_snapshot(1, epoch, &config),
-                // Nothing to refresh from, but a login source can get the
-                // first token, as when no tokens were given.
-                Err(_) if config.login.is_some() => {
-                    tracing::warn!("initial access token is not a valid header value and no refresh token came with it; the first request logs in");
-                    Snapshot::empty(0)
-                }
-                Err(_) => {
-                    control.failure = Some(Failure::new(
-                        Arc::new(RefreshError::terminal(
-                            "the initial access token is not a valid header value",
-                        )),
-                        ErrorKind::ReauthRequired,
-                        1,
-                        &config.backoff,
-                        epoch,
-                    ));
-                    Snapshot::empty(0)
-                }
-            },
+            // Nothing to refresh from: the first request gets a token as if
+            // none had been given (a login source, or a source that needs
+            // no refresh token, such as client credentials, can get one).
+            Some(_) => {
+                tracing::warn!("initial access token is not a valid header value and no refresh token came with it; the first request gets a token as if none had been given");
+                Snapshot::empty(0)
+            }
+            None => Snapshot::empty(0),
         };
         let manager = Self {
             shared: Arc::new(Shared {

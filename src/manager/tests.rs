@@ -587,19 +587,23 @@ async fn tokens_set_after_a_refusal_are_refreshed_from_as_they_are() {
     assert_eq!(*presented.lock().unwrap(), expected);
 }
 
-/// Found in review: an initial access token that makes no header, with no
-/// refresh token beside it, left the layer requiring re-authentication even
-/// with a login source set, which then never ran. The login now gets the
-/// first token, as when no tokens were given; without a login source the
-/// layer still starts out requiring re-authentication and calls nobody.
+/// Initial tokens whose access token makes no header, with no refresh
+/// token beside them, start the layer as if no tokens were given: the first
+/// request gets a token from the login source if one is set, and otherwise
+/// from the refresh source, which a source that needs no refresh token
+/// (client credentials) can serve. Before, they started the layer requiring
+/// re-authentication, and without a login source it never called anyone.
 #[tokio::test(start_paused = true)]
-async fn an_unusable_initial_token_with_nothing_to_refresh_from_logs_in_if_it_can() {
+async fn an_unusable_initial_token_with_nothing_to_refresh_from_starts_as_if_none_were_given() {
+    let unusable = || TokenSet::new("at-1\r\n");
+
+    // A login source gets the first token.
     let api = Api::default();
     let (source, refreshes) = failing(|| RefreshError::terminal("nothing to refresh from"));
     let (login, logins) = issuer(&api, Some(HUNDRED), Duration::ZERO);
     let layer = TokenRefreshLayer::builder(source)
         .login(login)
-        .initial_tokens(TokenSet::new("at-1\r\n"))
+        .initial_tokens(unusable())
         .build();
     let status = layer.handle().status();
     assert_eq!(status.state(), TokenState::Missing);
@@ -609,19 +613,34 @@ async fn an_unusable_initial_token_with_nothing_to_refresh_from_logs_in_if_it_ca
     assert_eq!(logins.calls(), 1);
     assert_eq!(refreshes.load(Ordering::SeqCst), 0);
 
+    // Without one, a source that needs no refresh token gets it.
+    let api = Api::default();
+    let (source, issued) = issuer(&api, Some(HUNDRED), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(unusable())
+        .build();
+    assert_eq!(layer.handle().status().state(), TokenState::Missing);
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    assert_eq!(bearer(&send(&client, get()).await), "tok-1");
+    assert_eq!(issued.calls(), 1);
+
+    // A source that cannot ends in re-authentication required, once asked.
+    let api = Api::default();
     let (source, refreshes) = failing(|| RefreshError::terminal("nothing to refresh from"));
     let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("at-1\r\n"))
+        .initial_tokens(unusable())
         .build();
-    assert_eq!(layer.handle().status().state(), TokenState::ReauthRequired);
+    let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
     assert!(expect_error(send(&client, get()).await).is_reauth_required());
-    assert_eq!(refreshes.load(Ordering::SeqCst), 0);
+    assert!(expect_error(send(&client, get()).await).is_reauth_required());
     assert_eq!(
-        api.calls(),
+        refreshes.load(Ordering::SeqCst),
         1,
-        "only the request sent with the login's token"
+        "asked once, then failing fast"
     );
+    assert_eq!(handle.status().state(), TokenState::ReauthRequired);
+    assert_eq!(api.calls(), 0, "nothing sent without a token");
 }
 
 #[tokio::test(start_paused = true)]

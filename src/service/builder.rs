@@ -66,9 +66,10 @@ impl<C> Builder<C> {
     /// An access token that is not a valid header value is never sent:
     /// with a refresh token beside it (a refused answer the
     /// [`on_refresh`](Self::on_refresh) hook persisted), the first request
-    /// refreshes from them; without one, the first request logs in if a
-    /// [login source](Self::login) is set, and otherwise the layer starts
-    /// out requiring re-authentication.
+    /// refreshes from them; without one, the layer starts as if no tokens
+    /// were given: the first request gets a token from the
+    /// [login source](Self::login) if one is set, and otherwise from the
+    /// refresh source (which a client-credentials source can serve).
     ///
     /// ```
     /// # use std::time::Duration;

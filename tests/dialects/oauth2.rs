@@ -283,3 +283,25 @@ async fn a_revoked_family_is_recovered_by_one_client_credentials_login() {
     })
     .await;
 }
+
+/// Initial tokens that cannot be sent and carry no refresh token start the
+/// layer as if none were given: a client-credentials source, which needs no
+/// refresh token, gets the first token, once, for all requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_credentials_source_replaces_an_unusable_initial_token() {
+    bounded(async {
+        let server = server(Duration::from_secs(3600)).await;
+        let api = ApiServer::start(&server).await;
+        let source = HttpRefresher::client_credentials(server.token_url(), refresh_client())
+            .client_id(BASIC_ID)
+            .client_secret(BASIC_SECRET)
+            .scope("read");
+        let (handle, client) =
+            layered(TokenRefreshLayer::builder(source).initial_tokens(TokenSet::new("bad\r\n")));
+
+        all_ok(&client, &api.url("/v1/reports"), 50).await;
+        assert_eq!(server.stats().client_credentials, 1);
+        assert_eq!(handle.stats().refreshes, 1);
+    })
+    .await;
+}
