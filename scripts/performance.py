@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs every benchmark, then writes what they measured.
 
-    python3 scripts/performance.py               # everything (about 450 s here)
+    python3 scripts/performance.py               # everything (about 15 minutes here)
     python3 scripts/performance.py --skip-run    # rewrite from docs/performance.json
     python3 scripts/performance.py --only storm  # rerun one part, keep the rest
 
@@ -388,6 +388,11 @@ def tables(data):
     return "\n".join(lines)
 
 
+# "Clearly better" scaling, made a number: the processes' scalings spread
+# by several tenths, so a lead of a few hundredths says nothing.
+CLEARLY = 0.10
+
+
 def targets(data):
     count, hot = data["instructions"], data["hot_path"]["median"]
     s = data["storm"]
@@ -425,13 +430,14 @@ def targets(data):
             f"thread, {times['rwlock', 2]:.2f} × / {times['mutex', 2]:.2f} × on two",
             by_count and all(t < 1 for t in times.values())))
     lines += [
-        row("two threads: scale at least as well as the floor, clearly better than the locks",
+        row("two threads: scale at least as well as the floor, clearly better than the "
+            f"locks (by at least {CLEARLY:.2f})",
             f"scaling {scale['token_refresh']:.2f} (retry on), "
             f"{scale['token_refresh_no_retry']:.2f} (off), floor "
             f"{scale['static_header_with_head_copy']:.2f}, RwLock {scale['rwlock']:.2f}, "
             f"Mutex {scale['mutex']:.2f}",
             all(scale[ours] >= scale["static_header_with_head_copy"]
-                and scale[ours] > max(scale["rwlock"], scale["mutex"])
+                and scale[ours] >= max(scale["rwlock"], scale["mutex"]) + CLEARLY
                 for ours in ("token_refresh", "token_refresh_no_retry"))),
         row("allocations: retry on ≤ floor, retry off ≤ static header (empty body)",
             f"{alloc['token_refresh']['allocations']:g} ≤ "
