@@ -29,12 +29,46 @@ use http::{HeaderMap, StatusCode};
 /// Decides from a response's status and headers whether the server rejected
 /// the token. Only the head is inspected: the decision is made before any of
 /// the body is read, so a retried request never half-consumes a response.
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use tower_token_refresh::classify::ClassifyRejection;
+///
+/// /// An API that answers an expired token with `419`.
+/// #[derive(Clone)]
+/// struct Expired419;
+///
+/// impl ClassifyRejection for Expired419 {
+///     fn is_rejection(&self, status: StatusCode, _headers: &HeaderMap) -> bool {
+///         status.as_u16() == 419
+///     }
+/// }
+///
+/// let status = StatusCode::from_u16(419).unwrap();
+/// assert!(Expired419.is_rejection(status, &HeaderMap::new()));
+/// ```
 pub trait ClassifyRejection: Clone + Send + Sync + 'static {
     /// Whether this response is an authentication rejection.
+    ///
+    /// ```
+    /// use http::{HeaderMap, StatusCode};
+    /// use tower_token_refresh::classify::{ClassifyRejection, Unauthorized};
+    ///
+    /// let headers = HeaderMap::new();
+    /// assert!(Unauthorized.is_rejection(StatusCode::UNAUTHORIZED, &headers));
+    /// assert!(!Unauthorized.is_rejection(StatusCode::FORBIDDEN, &headers));
+    /// ```
     fn is_rejection(&self, status: StatusCode, headers: &HeaderMap) -> bool;
 }
 
 /// `401 Unauthorized` is a rejection (the default).
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use tower_token_refresh::classify::{ClassifyRejection, Unauthorized};
+///
+/// assert!(Unauthorized.is_rejection(StatusCode::UNAUTHORIZED, &HeaderMap::new()));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unauthorized;
 
@@ -55,6 +89,18 @@ impl ClassifyRejection for Unauthorized {
 /// headers and then failed with no message at all (as a tonic
 /// server-streaming handler whose first item is an error does) is not
 /// retried either, and the caller gets its status.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue, StatusCode};
+/// use tower_token_refresh::classify::{ClassifyRejection, Grpc};
+///
+/// let mut trailers_only = HeaderMap::new();
+/// trailers_only.insert("grpc-status", HeaderValue::from_static("16"));
+/// assert!(Grpc.is_rejection(StatusCode::OK, &trailers_only));
+///
+/// trailers_only.insert("grpc-status", HeaderValue::from_static("7")); // PERMISSION_DENIED
+/// assert!(!Grpc.is_rejection(StatusCode::OK, &trailers_only));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Grpc;
 
@@ -69,6 +115,16 @@ impl ClassifyRejection for Grpc {
 }
 
 /// A classifier made from a closure; see [`classify_fn`].
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use tower_token_refresh::classify::{classify_fn, ClassifyFn, ClassifyRejection};
+///
+/// let classifier: ClassifyFn<_> = classify_fn(|status: StatusCode, _: &HeaderMap| {
+///     status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+/// });
+/// assert!(classifier.is_rejection(StatusCode::FORBIDDEN, &HeaderMap::new()));
+/// ```
 #[derive(Clone, Copy)]
 pub struct ClassifyFn<F> {
     f: F,

@@ -24,9 +24,38 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A boxed error, the error type of the service (as in tower-http).
+///
+/// The layer's own failures are an [`Error`] inside it; the inner service's
+/// errors pass through as they are.
+///
+/// ```
+/// use tower_token_refresh::{BoxError, Error};
+///
+/// fn report(error: &BoxError) -> &'static str {
+///     match error.downcast_ref::<Error>() {
+///         Some(error) if error.is_reauth_required() => "sign in again",
+///         Some(_) => "token trouble",
+///         None => "transport trouble",
+///     }
+/// }
+/// let io: BoxError = std::io::Error::other("connection reset").into();
+/// assert_eq!(report(&io), "transport trouble");
+/// ```
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// How a failed refresh must be handled.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_token_refresh::{FailureClass, RefreshError};
+///
+/// let slow_down = RefreshError::rate_limited(Some(Duration::from_secs(30)));
+/// assert_eq!(
+///     slow_down.class(),
+///     FailureClass::RateLimited { retry_after: Some(Duration::from_secs(30)) }
+/// );
+/// assert_eq!(RefreshError::terminal("revoked").class(), FailureClass::Terminal);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FailureClass {

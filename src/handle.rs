@@ -34,6 +34,21 @@ use crate::{Error, RefreshError, Stats, TokenSet};
 /// # Clone
 ///
 /// Clones refer to the same state.
+///
+/// ```
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet, TokenState};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("from-source")) });
+/// let layer = TokenRefreshLayer::builder(source).build();
+/// let handle = layer.handle();
+/// assert_eq!(handle.status().state(), TokenState::Missing);
+///
+/// handle.clone().force_refresh().await.unwrap();
+/// assert_eq!(handle.tokens().unwrap().access_token().expose(), "from-source");
+/// assert_eq!(handle.stats().refreshes, 1);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct TokenHandle {
     manager: TokenManager,
@@ -127,6 +142,16 @@ impl fmt::Debug for TokenHandle {
 
 /// The access token cannot be sent in an HTTP header (it contains control
 /// characters or non-visible bytes).
+///
+/// ```
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+///
+/// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+/// let handle = TokenRefreshLayer::builder(source).build().handle();
+/// let error = handle.set_tokens(TokenSet::new("line\r\nbreak")).unwrap_err();
+/// assert_eq!(error.to_string(), "access token is not a valid HTTP header value");
+/// assert!(!handle.status().has_token(), "nothing was installed");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidTokenError(());
 
@@ -139,6 +164,16 @@ impl fmt::Display for InvalidTokenError {
 impl std::error::Error for InvalidTokenError {}
 
 /// Where the current token stands.
+///
+/// ```
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet, TokenState};
+///
+/// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+/// let handle = TokenRefreshLayer::builder(source).build().handle();
+/// assert_eq!(handle.status().state(), TokenState::Missing);
+/// handle.set_tokens(TokenSet::new("a")).unwrap();
+/// assert_eq!(handle.status().state(), TokenState::Fresh);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TokenState {
@@ -155,6 +190,21 @@ pub enum TokenState {
 }
 
 /// A redacted summary of the token state, from [`TokenHandle::status`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+///
+/// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+/// let layer = TokenRefreshLayer::builder(source)
+///     .initial_tokens(TokenSet::new("secret-access").with_expires_in(Duration::from_secs(600)))
+///     .build();
+/// let status = layer.handle().status();
+/// assert!(status.has_token());
+/// assert!(!status.has_refresh_token());
+/// // Safe to log: it never shows a token.
+/// assert!(!format!("{status:?}").contains("secret-access"));
+/// ```
 #[derive(Clone)]
 pub struct TokenStatus {
     pub(crate) generation: u64,

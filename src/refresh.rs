@@ -20,6 +20,23 @@ use std::sync::Arc;
 use crate::{RefreshError, Secret, TokenSet};
 
 /// Why a refresh was started.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tower_token_refresh::{refresh_fn, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let reasons = Arc::new(Mutex::new(Vec::new()));
+/// let seen = Arc::clone(&reasons);
+/// let source = refresh_fn(move |ctx| {
+///     seen.lock().unwrap().push(ctx.reason());
+///     async { Ok::<_, RefreshError>(TokenSet::new("t")) }
+/// });
+/// let handle = TokenRefreshLayer::builder(source).build().handle();
+/// handle.force_refresh().await.unwrap();
+/// assert_eq!(*reasons.lock().unwrap(), [RefreshReason::Forced]);
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RefreshReason {
@@ -36,6 +53,20 @@ pub enum RefreshReason {
 }
 
 /// What a [`Refresh`] source is told about the refresh it must perform.
+///
+/// ```
+/// use tower_token_refresh::{refresh_fn, RefreshContext, RefreshError, TokenSet};
+///
+/// // Refreshes from the refresh token it is given, rotating it.
+/// let source = refresh_fn(|ctx: RefreshContext| {
+///     let next = ctx.refresh_token().map(|token| format!("{}'", token.expose()));
+///     async move {
+///         let next = next.ok_or_else(|| RefreshError::terminal("no refresh token"))?;
+///         Ok(TokenSet::new("access").with_refresh_token(next))
+///     }
+/// });
+/// # let _ = source;
+/// ```
 #[derive(Clone)]
 pub struct RefreshContext {
     reason: RefreshReason,
@@ -134,6 +165,31 @@ impl fmt::Debug for RefreshContext {
 /// ```
 pub trait Refresh: Send + Sync + 'static {
     /// Obtains a new token set.
+    ///
+    /// Called by the layer, at most one call at a time per layer; an error
+    /// says by its [class](crate::FailureClass) what the layer does next.
+    ///
+    /// ```
+    /// use std::future::Future;
+    /// use tower_token_refresh::{Refresh, RefreshContext, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// struct Counter(std::sync::atomic::AtomicU32);
+    ///
+    /// impl Refresh for Counter {
+    ///     fn refresh(&self, _ctx: RefreshContext)
+    ///         -> impl Future<Output = Result<TokenSet, RefreshError>> + Send {
+    ///         let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    ///         async move { Ok(TokenSet::new(format!("token-{n}"))) }
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let handle = TokenRefreshLayer::builder(Counter(0.into())).build().handle();
+    /// handle.force_refresh().await.unwrap();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "token-2");
+    /// # }
+    /// ```
     fn refresh(
         &self,
         ctx: RefreshContext,
@@ -175,6 +231,14 @@ pub trait Refresh: Send + Sync + 'static {
 /// # Clone
 ///
 /// Cloning clones the closure.
+///
+/// ```
+/// use tower_token_refresh::{refresh_fn, RefreshError, RefreshFn, TokenRefreshLayer, TokenSet};
+///
+/// let source: RefreshFn<_> = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+/// let layer = TokenRefreshLayer::builder(source.clone()).build();
+/// # let _ = layer;
+/// ```
 #[derive(Clone)]
 pub struct RefreshFn<F> {
     f: F,

@@ -39,6 +39,14 @@ use zeroize::Zeroize;
 /// the HTTP client, TLS stack and kernel. Wiping narrows the window in
 /// which a token sits in freed memory; it does not make a process's memory
 /// safe to read. See `SECURITY.md`.
+///
+/// ```
+/// use tower_token_refresh::Secret;
+///
+/// let secret = Secret::from("eyJhbGciOi...");
+/// assert_eq!(format!("{secret:?} {secret}"), "[redacted] [redacted]");
+/// assert_eq!(secret.expose(), "eyJhbGciOi...");
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Box<str>);
 
@@ -111,6 +119,20 @@ impl From<String> for Secret {
 /// The lifetime (`expires_in`) is counted from the moment the refresh request
 /// that produced this set was *sent*, which errs on the side of refreshing
 /// early when the network is slow.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_token_refresh::TokenSet;
+///
+/// let tokens = TokenSet::new("access-1")
+///     .with_refresh_token("refresh-1")
+///     .with_expires_in(Duration::from_secs(3600))
+///     .with_extra("scope", "read");
+/// assert_eq!(tokens.refresh_token().unwrap().expose(), "refresh-1");
+/// assert_eq!(tokens.expires_in(), Some(Duration::from_secs(3600)));
+/// assert_eq!(tokens.extra("scope"), Some("read"));
+/// assert!(!format!("{tokens:?}").contains("access-1"));
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct TokenSet {
     access_token: Secret,

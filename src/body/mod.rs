@@ -47,11 +47,31 @@ use pin_project_lite::pin_project;
 use crate::BoxError;
 
 /// The default recording cap: 64 KiB.
+///
+/// ```
+/// use tower_token_refresh::body::DEFAULT_REPLAY_CAP;
+///
+/// assert_eq!(DEFAULT_REPLAY_CAP, 65_536);
+/// ```
 pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
 
 pin_project! {
     /// A request body that records what is read from it so that a clone can
     /// send it again. See the [module docs](crate::body) for the invariants.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_token_refresh::ReplayBody;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let body = ReplayBody::try_new(Full::new(Bytes::from("payload")), 1024).unwrap();
+    /// let again = body.try_clone().expect("replayable");
+    /// let first = body.collect().await.unwrap().to_bytes();
+    /// // The clone sends what the original read, once that is done with.
+    /// assert_eq!(again.collect().await.unwrap().to_bytes(), first);
+    /// # }
+    /// ```
     pub struct ReplayBody<B> {
         #[pin]
         inner: Inner<B>,
@@ -69,6 +89,16 @@ pin_project! {
 
 /// The error a replaying body yields when the bytes it needs were dropped
 /// because the body grew past the recording cap.
+///
+/// ```
+/// use tower_token_refresh::body::Capped;
+/// use tower_token_refresh::BoxError;
+///
+/// // As it reaches the caller: boxed, and found again by downcasting.
+/// let error: BoxError = Capped.into();
+/// assert!(error.is::<Capped>());
+/// assert!(error.to_string().contains("replay cap"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capped;
 

@@ -63,6 +63,12 @@ use crate::{BoxError, Refresh, RefreshContext, RefreshError, TokenSet};
 use dialect::{pointer, Client, Dialect};
 
 /// How much of a refresh answer is read before it counts as hostile.
+///
+/// ```
+/// use tower_token_refresh::http::DEFAULT_BODY_LIMIT;
+///
+/// assert_eq!(DEFAULT_BODY_LIMIT, 65_536);
+/// ```
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
 /// A [`Refresh`] source that calls a refresh endpoint through an HTTP
@@ -82,6 +88,29 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// # Clone
 ///
 /// Cloning clones the client and shares the settings.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower_token_refresh::http::HttpRefresher;
+/// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // A stand-in for the identity provider; a hyper-util client in real use.
+/// let idp = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+///     assert_eq!(request.uri(), "https://idp.example.com/token");
+///     let answer = r#"{"access_token":"a2","token_type":"Bearer","expires_in":600}"#;
+///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+/// });
+/// let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp).client_id("app");
+/// let layer = TokenRefreshLayer::builder(refresher)
+///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+///     .build();
+/// layer.handle().force_refresh().await.unwrap();
+/// assert_eq!(layer.handle().tokens().unwrap().access_token().expose(), "a2");
+/// # }
+/// ```
 pub struct HttpRefresher<C, B = Full<Bytes>> {
     client: C,
     settings: Arc<Settings>,

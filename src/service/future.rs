@@ -247,6 +247,36 @@ type StateFor<S, B> = State<
 
 pin_project! {
     /// The response future of [`TokenRefresh`](crate::TokenRefresh).
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bytes::Bytes;
+    /// use http::{Request, Response, StatusCode};
+    /// use http_body_util::{Empty, Full};
+    /// use tower::{Layer, Service, ServiceExt};
+    /// use tower_token_refresh::future::ResponseFuture;
+    /// use tower_token_refresh::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|req: Request<ReplayBody<Full<Bytes>>>| async move {
+    ///     let status = if req.headers()["authorization"] == "Bearer t1" {
+    ///         StatusCode::OK
+    ///     } else {
+    ///         StatusCode::UNAUTHORIZED
+    ///     };
+    ///     let response = Response::builder().status(status).body(Empty::<Bytes>::new());
+    ///     Ok::<_, Infallible>(response.unwrap())
+    /// });
+    /// let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t2")) });
+    /// let layer = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("t1"))
+    ///     .build();
+    /// let mut client = layer.layer(api);
+    /// let request = Request::new(Full::new(Bytes::from("body")));
+    /// let future: ResponseFuture<_, _, _> = client.ready().await.unwrap().call(request);
+    /// assert_eq!(future.await.unwrap().status(), StatusCode::OK);
+    /// # }
+    /// ```
     pub struct ResponseFuture<S, B, C>
     where
         S: Service<Request<ReplayBody<B>>>,

@@ -85,6 +85,28 @@ pub(crate) use transport::is_loopback;
 /// lane: the clones of this service share one lane per core (at most 8),
 /// each clone using one, so that clones used on different threads do not
 /// write one reference count on each request.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{Empty, Full};
+/// use tower::{Layer, ServiceExt};
+/// use tower_token_refresh::{refresh_fn, RefreshError, ReplayBody, TokenRefresh, TokenRefreshLayer, TokenSet};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let api = tower::service_fn(|req: Request<ReplayBody<Full<Bytes>>>| async move {
+///     assert_eq!(req.headers()["authorization"], "Bearer t1");
+///     Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+/// });
+/// let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
+/// let layer = TokenRefreshLayer::builder(source)
+///     .initial_tokens(TokenSet::new("t1"))
+///     .build();
+/// let client: TokenRefresh<_> = layer.layer(api);
+/// client.oneshot(Request::new(Full::new(Bytes::new()))).await.unwrap();
+/// # }
+/// ```
 pub struct TokenRefresh<S, C = Unauthorized> {
     inner: S,
     lanes: Lanes<S, C>,

@@ -29,11 +29,25 @@ pub struct StoreKey([u8; 32]);
 
 impl StoreKey {
     /// A key from 32 bytes (for instance from a secret manager).
+    ///
+    /// ```
+    /// use tower_token_refresh::store::StoreKey;
+    ///
+    /// let key = StoreKey::from_bytes([42; 32]);
+    /// assert_eq!(format!("{key:?}"), "StoreKey(..)");
+    /// ```
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
 
     /// A key from standard base64 of 32 bytes (`openssl rand -base64 32`).
+    ///
+    /// ```
+    /// use tower_token_refresh::store::StoreKey;
+    ///
+    /// assert!(StoreKey::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").is_ok());
+    /// assert!(StoreKey::from_base64("AAAA").unwrap_err().is_corrupt());
+    /// ```
     pub fn from_base64(encoded: &str) -> Result<Self, StoreError> {
         use base64::Engine;
         let mut bytes = base64::engine::general_purpose::STANDARD
@@ -93,6 +107,19 @@ pub struct Encrypted<S> {
 
 impl<S: TokenStore> Encrypted<S> {
     /// Seals everything `inner` keeps with `key`.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::{Encrypted, MemoryStore, Record, StoreKey, TokenStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let inner = MemoryStore::new();
+    /// let sealed = Encrypted::new(inner.clone(), StoreKey::from_bytes([7; 32]));
+    /// sealed.compare_and_swap(None, Record::new(1, b"tokens".to_vec())).await.unwrap();
+    /// // What the inner store keeps is not the payload.
+    /// assert_ne!(inner.load().await.unwrap().unwrap().payload(), b"tokens");
+    /// assert_eq!(sealed.load().await.unwrap().unwrap().payload(), b"tokens");
+    /// # }
+    /// ```
     pub fn new(inner: S, key: StoreKey) -> Self {
         Self {
             inner,
@@ -101,6 +128,13 @@ impl<S: TokenStore> Encrypted<S> {
     }
 
     /// The wrapped store.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::{Encrypted, MemoryStore, StoreKey};
+    ///
+    /// let sealed = Encrypted::new(MemoryStore::new(), StoreKey::from_bytes([7; 32]));
+    /// let _inner: &MemoryStore = sealed.get_ref();
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }

@@ -34,6 +34,14 @@ enum Kind {
 
 impl StoreError {
     /// The store could not be reached or did not complete the operation.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::StoreError;
+    ///
+    /// let err = StoreError::unavailable("redis did not answer");
+    /// assert!(!err.is_corrupt());
+    /// assert!(err.to_string().contains("redis did not answer"));
+    /// ```
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(Kind::Unavailable, message)
     }
@@ -41,6 +49,13 @@ impl StoreError {
     /// The stored data cannot be read: malformed, from another format, or
     /// (for a sealed store) not sealed with this key. The layer never
     /// overwrites a record it cannot read.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::StoreError;
+    ///
+    /// let err = StoreError::corrupt("the token file is not JSON");
+    /// assert!(err.is_corrupt());
+    /// ```
     pub fn corrupt(message: impl Into<String>) -> Self {
         Self::new(Kind::Corrupt, message)
     }
@@ -69,6 +84,13 @@ impl StoreError {
     }
 
     /// Whether the stored data is unreadable, as opposed to unreachable.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::StoreError;
+    ///
+    /// assert!(StoreError::corrupt("sealed with another key").is_corrupt());
+    /// assert!(!StoreError::unavailable("timed out").is_corrupt());
+    /// ```
     pub fn is_corrupt(&self) -> bool {
         self.kind == Kind::Corrupt
     }

@@ -79,6 +79,20 @@ struct Inner {
 
 impl FileStore {
     /// A store kept at `path`; nothing is read or created until first use.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::{FileStore, Record, TokenStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let dir = std::env::temp_dir().join(format!("ttr-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let store = FileStore::new(dir.join("tokens"));
+    /// assert!(store.load().await.unwrap().is_none(), "nothing created yet");
+    /// assert!(store.compare_and_swap(None, Record::new(1, b"v1".to_vec())).await.unwrap());
+    /// assert_eq!(store.load().await.unwrap().unwrap().payload(), b"v1");
+    /// std::fs::remove_dir_all(&dir).unwrap();
+    /// # }
+    /// ```
     pub fn new(path: impl AsRef<Path>) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -90,6 +104,14 @@ impl FileStore {
     }
 
     /// Where the tokens are kept.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use tower_token_refresh::store::FileStore;
+    ///
+    /// let store = FileStore::new("/var/lib/app/tokens");
+    /// assert_eq!(store.path(), Path::new("/var/lib/app/tokens"));
+    /// ```
     pub fn path(&self) -> &Path {
         &self.inner.path
     }

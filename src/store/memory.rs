@@ -50,6 +50,14 @@ struct Inner {
 
 impl MemoryStore {
     /// An empty store.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::{MemoryStore, TokenStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// assert!(MemoryStore::new().load().await.unwrap().is_none());
+    /// # }
+    /// ```
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner {

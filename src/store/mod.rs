@@ -149,11 +149,34 @@ pub(crate) use codec::{decode, encode, Decoded};
 /// ```
 pub trait TokenStore: Send + Sync + 'static {
     /// The newest stored record, if any.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::{MemoryStore, Record, TokenStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryStore::new();
+    /// assert!(store.load().await.unwrap().is_none());
+    /// store.compare_and_swap(None, Record::new(1, b"v1".to_vec())).await.unwrap();
+    /// assert_eq!(store.load().await.unwrap().unwrap().version(), 1);
+    /// # }
+    /// ```
     fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
 
     /// Stores `record` if the stored version is still `expected` (`None`:
     /// nothing stored yet), atomically; `Ok(false)` if another writer came
     /// first. `record.version()` is always `expected + 1`.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::{MemoryStore, Record, TokenStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryStore::new();
+    /// assert!(store.compare_and_swap(None, Record::new(1, b"mine".to_vec())).await.unwrap());
+    /// // A writer that read nothing before this one stored is turned away.
+    /// assert!(!store.compare_and_swap(None, Record::new(1, b"late".to_vec())).await.unwrap());
+    /// assert_eq!(store.load().await.unwrap().unwrap().payload(), b"mine");
+    /// # }
+    /// ```
     fn compare_and_swap(
         &self,
         expected: Option<u64>,
@@ -163,6 +186,19 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Takes the refresh lease for `ttl` if nobody holds it. The lease must
     /// lapse on its own after `ttl`, so a holder that crashed cannot block
     /// the others for longer.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_token_refresh::store::{MemoryStore, TokenStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryStore::new();
+    /// let ttl = Duration::from_secs(10);
+    /// let lease = store.try_lease(ttl).await.unwrap().expect("free");
+    /// assert!(store.try_lease(ttl).await.unwrap().is_none(), "held");
+    /// store.release(lease).await.unwrap();
+    /// # }
+    /// ```
     fn try_lease(
         &self,
         ttl: Duration,
@@ -170,18 +206,49 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Gives the lease back, if `lease` still holds it (it may have lapsed
     /// and been taken by someone else, whose lease must stay).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_token_refresh::store::{MemoryStore, TokenStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryStore::new();
+    /// let lease = store.try_lease(Duration::from_secs(10)).await.unwrap().unwrap();
+    /// store.release(lease).await.unwrap();
+    /// assert!(store.try_lease(Duration::from_secs(10)).await.unwrap().is_some(), "free again");
+    /// # }
+    /// ```
     fn release(&self, lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// A signal carrying the newest version someone stored, if the store
     /// can announce changes. Without one the layer polls while it waits for
     /// another process's refresh, and adopts a newer record only when it
     /// next needs a token. Default: `None`.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::{MemoryStore, Record, TokenStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryStore::new();
+    /// let mut changes = store.subscribe().expect("a memory store announces changes");
+    /// store.compare_and_swap(None, Record::new(1, b"v1".to_vec())).await.unwrap();
+    /// changes.changed().await.unwrap();
+    /// assert_eq!(*changes.borrow(), 1);
+    /// # }
+    /// ```
     fn subscribe(&self) -> Option<watch::Receiver<u64>> {
         None
     }
 
     /// How often to look at the store while another process holds the
     /// lease. Default: 250 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_token_refresh::store::{MemoryStore, TokenStore};
+    ///
+    /// assert_eq!(MemoryStore::new().poll_interval(), Duration::from_millis(250));
+    /// ```
     fn poll_interval(&self) -> Duration {
         Duration::from_millis(250)
     }

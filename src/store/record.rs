@@ -27,16 +27,38 @@ pub struct Record {
 
 impl Record {
     /// A record of `payload` at `version`.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::Record;
+    ///
+    /// let first = Record::new(1, b"tokens".to_vec());
+    /// assert_eq!(first.version(), 1);
+    /// ```
     pub fn new(version: u64, payload: Vec<u8>) -> Self {
         Self { version, payload }
     }
 
     /// Versions start at 1 and grow by one with each stored refresh.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::Record;
+    ///
+    /// let stored = Record::new(4, Vec::new());
+    /// let next = Record::new(stored.version() + 1, b"newer".to_vec());
+    /// assert_eq!(next.version(), 5);
+    /// ```
     pub fn version(&self) -> u64 {
         self.version
     }
 
     /// The encoded (possibly sealed) tokens.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::Record;
+    ///
+    /// let record = Record::new(1, vec![1, 2, 3]);
+    /// assert_eq!(record.payload(), [1, 2, 3]);
+    /// ```
     pub fn payload(&self) -> &[u8] {
         &self.payload
     }
@@ -75,6 +97,12 @@ pub struct Lease {
 
 impl Lease {
     /// A lease held by `owner`.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::Lease;
+    ///
+    /// assert_eq!(Lease::new(String::from("worker-2")), Lease::new("worker-2"));
+    /// ```
     pub fn new(owner: impl Into<String>) -> Self {
         Self {
             owner: owner.into().into_boxed_str(),
@@ -82,6 +110,12 @@ impl Lease {
     }
 
     /// Who holds it.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::Lease;
+    ///
+    /// assert_eq!(Lease::new("worker-2").owner(), "worker-2");
+    /// ```
     pub fn owner(&self) -> &str {
         &self.owner
     }
