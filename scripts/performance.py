@@ -286,8 +286,8 @@ def tables(data):
         "**Hot path**, one request with a fresh token through `ServiceBuilder` + "
         "layer + a no-op service (`benches/hot_path.rs`). Instructions per request "
         "are counted by callgrind (repeatable). Times are criterion medians from "
-        f"{ROUNDS} rounds of the whole bench (2 s per variant). This machine's "
-        "speed drifts by up to 1.5 × over tens of seconds, so the ratios do not "
+        f"{ROUNDS} rounds of the whole bench (2 s per variant). A shared "
+        "machine's speed drifts over tens of seconds, so the ratios do not "
         "come from those medians: `benches/hot_path_pairs.rs` runs the two "
         f"variants of each ratio in alternating chunks of {data['pairs']['chunk']:,} "
         f"requests, {data['pairs']['rounds']} rounds; a process's ratio is the "
@@ -388,8 +388,9 @@ def tables(data):
     return "\n".join(lines)
 
 
-# "Clearly better" scaling, made a number: the processes' scalings spread
-# by several tenths, so a lead of a few hundredths says nothing.
+# "Clearly better" scaling, made a number. It applies to the medians over
+# the processes: single processes' scalings spread by several tenths, and
+# a lead of a few hundredths between medians says nothing.
 CLEARLY = 0.10
 
 

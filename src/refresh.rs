@@ -235,9 +235,15 @@ pub trait Refresh: Send + Sync + 'static {
 /// ```
 /// use tower_token_refresh::{refresh_fn, RefreshError, RefreshFn, TokenRefreshLayer, TokenSet};
 ///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let source: RefreshFn<_> = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
-/// let layer = TokenRefreshLayer::builder(source.clone()).build();
-/// # let _ = layer;
+/// // Two layers (two APIs, say), each refreshing on its own with the same closure.
+/// let first = TokenRefreshLayer::builder(source.clone()).build().handle();
+/// let second = TokenRefreshLayer::builder(source).build().handle();
+/// first.force_refresh().await.unwrap();
+/// assert!(first.status().has_token());
+/// assert!(!second.status().has_token());
+/// # }
 /// ```
 #[derive(Clone)]
 pub struct RefreshFn<F> {

@@ -17,8 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Refreshes started (each one call to the refresh source, unless a
-    /// [store](crate::store) had newer tokens to adopt).
+    /// Refreshes started, one per single-flight refresh: each calls the
+    /// refresh source, the [login source](crate::Builder::login) (counted
+    /// in [`logins`](Self::logins) too) or both, unless a
+    /// [store](crate::store) had newer tokens to adopt.
     pub refreshes: u64,
     /// Refresh calls that produced a token.
     pub refresh_successes: u64,

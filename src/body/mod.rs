@@ -68,7 +68,7 @@ pin_project! {
     /// let body = ReplayBody::try_new(Full::new(Bytes::from("payload")), 1024).unwrap();
     /// let again = body.try_clone().expect("replayable");
     /// let first = body.collect().await.unwrap().to_bytes();
-    /// // The clone sends what the original read, once that is done with.
+    /// // The clone replays what the original read, once the original is done.
     /// assert_eq!(again.collect().await.unwrap().to_bytes(), first);
     /// # }
     /// ```
@@ -94,7 +94,8 @@ pin_project! {
 /// use tower_token_refresh::body::Capped;
 /// use tower_token_refresh::BoxError;
 ///
-/// // As it reaches the caller: boxed, and found again by downcasting.
+/// // What a reader of a replaying body gets, as the body's error: found by
+/// // downcasting (through an HTTP client, along the error's `source()`).
 /// let error: BoxError = Capped.into();
 /// assert!(error.is::<Capped>());
 /// assert!(error.to_string().contains("replay cap"));

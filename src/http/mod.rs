@@ -85,10 +85,6 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// server; `tests/dialects.rs` runs every preset against real loopback
 /// servers through a `hyper_util` client.
 ///
-/// # Clone
-///
-/// Cloning clones the client and shares the settings.
-///
 /// ```
 /// use bytes::Bytes;
 /// use http::{Request, Response};
@@ -111,6 +107,10 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// assert_eq!(layer.handle().tokens().unwrap().access_token().expose(), "a2");
 /// # }
 /// ```
+///
+/// # Clone
+///
+/// Cloning clones the client and shares the settings.
 pub struct HttpRefresher<C, B = Full<Bytes>> {
     client: C,
     settings: Arc<Settings>,

@@ -211,12 +211,8 @@ impl TokenManager {
         let mut control = Control::default();
         let snapshot = match initial {
             Some(tokens) if makes_header(&tokens) => Prepared::new(tokens, epoch, false)
-                // Cannot fail once the header is known to be valid; empty
-                // would start the layer as for unusable tokens.
-                .map_or_else(
-                    |_| Snapshot::empty(0),
-                    |prepared| prepared.into_snapshot(1, epoch, &config),
-                ),
+                .expect("the header was checked valid above")
+                .into_snapshot(1, epoch, &config),
             // Tokens the `on_refresh` hook saw refused, persisted and given
             // back: no request can use the access token, but the refresh
             // token is the live one, and the first refresh starts from them.

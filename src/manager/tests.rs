@@ -613,16 +613,28 @@ async fn an_unusable_initial_token_with_nothing_to_refresh_from_starts_as_if_non
     assert_eq!(logins.calls(), 1);
     assert_eq!(refreshes.load(Ordering::SeqCst), 0);
 
-    // Without one, a source that needs no refresh token gets it.
+    // Without one, a source that needs no refresh token gets it, asked as
+    // for the first token and never shown the unusable one.
     let api = Api::default();
-    let (source, issued) = issuer(&api, Some(HUNDRED), Duration::ZERO);
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let source = {
+        let (api, asked) = (api.clone(), Arc::clone(&asked));
+        refresh_fn(move |ctx: crate::RefreshContext| {
+            asked
+                .lock()
+                .unwrap()
+                .push((ctx.reason(), ctx.current().is_some()));
+            api.accept("cc-1");
+            async { Ok::<_, RefreshError>(TokenSet::new("cc-1")) }
+        })
+    };
     let layer = TokenRefreshLayer::builder(source)
         .initial_tokens(unusable())
         .build();
     assert_eq!(layer.handle().status().state(), TokenState::Missing);
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
-    assert_eq!(bearer(&send(&client, get()).await), "tok-1");
-    assert_eq!(issued.calls(), 1);
+    assert_eq!(bearer(&send(&client, get()).await), "cc-1");
+    assert_eq!(*asked.lock().unwrap(), [(RefreshReason::Initial, false)]);
 
     // A source that cannot ends in re-authentication required, once asked.
     let api = Api::default();

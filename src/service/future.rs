@@ -259,7 +259,9 @@ pin_project! {
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let api = tower::service_fn(|req: Request<ReplayBody<Full<Bytes>>>| async move {
-    ///     let status = if req.headers()["authorization"] == "Bearer t1" {
+    ///     // Only the refreshed token is accepted: "t1" is rejected, the
+    ///     // layer refreshes and retries, and the caller sees the retry.
+    ///     let status = if req.headers()["authorization"] == "Bearer t2" {
     ///         StatusCode::OK
     ///     } else {
     ///         StatusCode::UNAUTHORIZED
@@ -275,6 +277,7 @@ pin_project! {
     /// let request = Request::new(Full::new(Bytes::from("body")));
     /// let future: ResponseFuture<_, _, _> = client.ready().await.unwrap().call(request);
     /// assert_eq!(future.await.unwrap().status(), StatusCode::OK);
+    /// assert_eq!(layer.handle().stats().retries, 1);
     /// # }
     /// ```
     pub struct ResponseFuture<S, B, C>

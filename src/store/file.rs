@@ -84,7 +84,8 @@ impl FileStore {
     /// use tower_token_refresh::store::{FileStore, Record, TokenStore};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let dir = std::env::temp_dir().join(format!("ttr-doc-{}", std::process::id()));
+    /// let dir = std::env::temp_dir().join(format!("ttr-doc-new-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
     /// std::fs::create_dir_all(&dir).unwrap();
     /// let store = FileStore::new(dir.join("tokens"));
     /// assert!(store.load().await.unwrap().is_none(), "nothing created yet");
