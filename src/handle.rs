@@ -62,8 +62,14 @@ impl TokenHandle {
     /// Counters of refreshes, waits, rejections and retries so far.
     ///
     /// ```
-    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
-    /// let refreshes: u64 = handle.stats().refreshes;
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let handle = TokenRefreshLayer::builder(source).build().handle();
+    /// handle.force_refresh().await.unwrap();
+    /// let stats = handle.stats();
+    /// assert_eq!((stats.refreshes, stats.refresh_successes), (1, 1));
     /// # }
     /// ```
     pub fn stats(&self) -> Stats {
@@ -73,9 +79,13 @@ impl TokenHandle {
     /// A redacted summary of the current token.
     ///
     /// ```
-    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
-    /// if handle.status().is_reauth_required() { /* ask the user to sign in */ }
-    /// # }
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let handle = TokenRefreshLayer::builder(source).build().handle();
+    /// let status = handle.status();
+    /// if status.is_reauth_required() { /* ask the user to sign in */ }
+    /// assert!(!status.has_token() && status.last_error().is_none());
     /// ```
     pub fn status(&self) -> TokenStatus {
         self.manager.status()
@@ -88,11 +98,15 @@ impl TokenHandle {
     /// the next refresh succeeds; to persist the live one, use the hook.
     ///
     /// ```
-    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
-    /// if let Some(tokens) = handle.tokens() {
-    ///     let _refresh = tokens.refresh_token();
-    /// }
-    /// # }
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let handle = TokenRefreshLayer::builder(source).build().handle();
+    /// assert!(handle.tokens().is_none());
+    /// handle.set_tokens(TokenSet::new("a").with_refresh_token("r")).unwrap();
+    /// // Persist these, e.g. for the next start.
+    /// let tokens = handle.tokens().unwrap();
+    /// assert_eq!(tokens.refresh_token().unwrap().expose(), "r");
     /// ```
     pub fn tokens(&self) -> Option<Arc<TokenSet>> {
         self.manager.tokens()
@@ -220,9 +234,14 @@ impl TokenStatus {
     /// Increases by one with every new token.
     ///
     /// ```
-    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
-    /// let _ = handle.status().generation();
-    /// # }
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let handle = TokenRefreshLayer::builder(source).build().handle();
+    /// assert_eq!(handle.status().generation(), 0, "no token yet");
+    /// handle.set_tokens(TokenSet::new("a")).unwrap();
+    /// handle.set_tokens(TokenSet::new("b")).unwrap();
+    /// assert_eq!(handle.status().generation(), 2);
     /// ```
     pub fn generation(&self) -> u64 {
         self.generation
@@ -231,9 +250,11 @@ impl TokenStatus {
     /// Where the token stands.
     ///
     /// ```
-    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
-    /// let _ = handle.status().state();
-    /// # }
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet, TokenState};
+    ///
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let layer = TokenRefreshLayer::builder(source).initial_tokens(TokenSet::new("a")).build();
+    /// assert_eq!(layer.handle().status().state(), TokenState::Fresh);
     /// ```
     pub fn state(&self) -> TokenState {
         self.state
@@ -242,9 +263,13 @@ impl TokenStatus {
     /// Whether a token is held.
     ///
     /// ```
-    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
-    /// let _ = handle.status().has_token();
-    /// # }
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let handle = TokenRefreshLayer::builder(source).build().handle();
+    /// assert!(!handle.status().has_token());
+    /// handle.set_tokens(TokenSet::new("a")).unwrap();
+    /// assert!(handle.status().has_token());
     /// ```
     pub fn has_token(&self) -> bool {
         self.has_token
@@ -253,9 +278,12 @@ impl TokenStatus {
     /// Whether a refresh token is held.
     ///
     /// ```
-    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
-    /// let _ = handle.status().has_refresh_token();
-    /// # }
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let handle = TokenRefreshLayer::builder(source).build().handle();
+    /// handle.set_tokens(TokenSet::new("a").with_refresh_token("r")).unwrap();
+    /// assert!(handle.status().has_refresh_token());
     /// ```
     pub fn has_refresh_token(&self) -> bool {
         self.has_refresh_token
@@ -264,9 +292,15 @@ impl TokenStatus {
     /// Time left until the access token's real expiry, if known.
     ///
     /// ```
-    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
-    /// let _ = handle.status().expires_in();
-    /// # }
+    /// use std::time::Duration;
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let layer = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("a").with_expires_in(Duration::from_secs(600)))
+    ///     .build();
+    /// let left = layer.handle().status().expires_in().unwrap();
+    /// assert!(left <= Duration::from_secs(600) && left > Duration::from_secs(590));
     /// ```
     pub fn expires_in(&self) -> Option<Duration> {
         self.expires_in
@@ -275,8 +309,18 @@ impl TokenStatus {
     /// Whether a refresh is running now.
     ///
     /// ```
-    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
-    /// let _ = handle.status().is_refreshing();
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let handle = TokenRefreshLayer::builder(source).build().handle();
+    /// assert!(!handle.status().is_refreshing());
+    /// let refresh = tokio::spawn({
+    ///     let handle = handle.clone();
+    ///     async move { handle.force_refresh().await }
+    /// });
+    /// refresh.await.unwrap().unwrap();
+    /// assert!(!handle.status().is_refreshing(), "done");
     /// # }
     /// ```
     pub fn is_refreshing(&self) -> bool {
@@ -286,8 +330,15 @@ impl TokenStatus {
     /// Whether a terminal refresh failure requires new tokens.
     ///
     /// ```
-    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
-    /// let _ = handle.status().is_reauth_required();
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let source = refresh_fn(|_| async { Err::<TokenSet, _>(RefreshError::terminal("revoked")) });
+    /// // With no token left to send (a token still valid is used until it
+    /// // is not, and only then does the state change).
+    /// let handle = TokenRefreshLayer::builder(source).build().handle();
+    /// assert!(handle.force_refresh().await.is_err());
+    /// assert!(handle.status().is_reauth_required());
     /// # }
     /// ```
     pub fn is_reauth_required(&self) -> bool {
@@ -297,8 +348,17 @@ impl TokenStatus {
     /// The last refresh failure, while it still affects refreshing.
     ///
     /// ```
-    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
-    /// let _ = handle.status().last_error();
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let source = refresh_fn(|_| async { Err::<TokenSet, _>(RefreshError::terminal("revoked")) });
+    /// let handle = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("a").with_refresh_token("r"))
+    ///     .build()
+    ///     .handle();
+    /// assert!(handle.status().last_error().is_none());
+    /// let _ = handle.force_refresh().await;
+    /// assert_eq!(handle.status().last_error().unwrap().message(), "revoked");
     /// # }
     /// ```
     pub fn last_error(&self) -> Option<&RefreshError> {

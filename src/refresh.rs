@@ -89,9 +89,16 @@ impl RefreshContext {
     /// Why this refresh runs.
     ///
     /// ```
-    /// # fn check(ctx: &tower_token_refresh::RefreshContext) {
-    /// let _ = ctx.reason();
-    /// # }
+    /// use tower_token_refresh::{refresh_fn, RefreshError, RefreshReason, TokenSet};
+    ///
+    /// let source = refresh_fn(|ctx| async move {
+    ///     match ctx.reason() {
+    ///         // No tokens yet: sign in rather than refresh.
+    ///         RefreshReason::Initial => Ok(TokenSet::new("signed-in")),
+    ///         _ => Err(RefreshError::terminal("this source only signs in")),
+    ///     }
+    /// });
+    /// # let _ = source;
     /// ```
     pub fn reason(&self) -> RefreshReason {
         self.reason
@@ -103,8 +110,28 @@ impl RefreshContext {
     /// that answer, whose refresh token is the live one.
     ///
     /// ```
-    /// # fn check(ctx: &tower_token_refresh::RefreshContext) {
-    /// if let Some(tokens) = ctx.current() { let _ = tokens.access_token(); }
+    /// use std::time::Duration;
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // Keeps the lifetime it was given when the answer names none.
+    /// let source = refresh_fn(|ctx| {
+    ///     let lifetime = ctx.current().and_then(TokenSet::expires_in);
+    ///     async move {
+    ///         let tokens = TokenSet::new("next");
+    ///         Ok::<_, RefreshError>(match lifetime {
+    ///             Some(lifetime) => tokens.with_expires_in(lifetime),
+    ///             None => tokens,
+    ///         })
+    ///     }
+    /// });
+    /// let hour = Duration::from_secs(3600);
+    /// let handle = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("first").with_expires_in(hour))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().expires_in(), Some(hour));
     /// # }
     /// ```
     pub fn current(&self) -> Option<&TokenSet> {
@@ -114,8 +141,21 @@ impl RefreshContext {
     /// The current refresh token, if any.
     ///
     /// ```
-    /// # fn check(ctx: &tower_token_refresh::RefreshContext) {
-    /// let _ = ctx.refresh_token().map(|t| t.expose());
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let source = refresh_fn(|ctx| {
+    ///     let presented = ctx.refresh_token().map(|t| t.expose().to_owned());
+    ///     async move {
+    ///         assert_eq!(presented.as_deref(), Some("r1"));
+    ///         Ok::<_, RefreshError>(TokenSet::new("a2").with_refresh_token("r2"))
+    ///     }
+    /// });
+    /// let handle = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
     /// # }
     /// ```
     pub fn refresh_token(&self) -> Option<&Secret> {
@@ -125,8 +165,23 @@ impl RefreshContext {
     /// The current access token, if any (some APIs refresh with it).
     ///
     /// ```
-    /// # fn check(ctx: &tower_token_refresh::RefreshContext) {
-    /// let _ = ctx.access_token().map(|t| t.expose());
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // A sliding session: the current access token buys the next one.
+    /// let source = refresh_fn(|ctx| {
+    ///     let current = ctx.access_token().map(|t| t.expose().to_owned());
+    ///     async move {
+    ///         let current = current.ok_or_else(|| RefreshError::terminal("no session"))?;
+    ///         Ok(TokenSet::new(format!("{current}+")))
+    ///     }
+    /// });
+    /// let handle = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("s"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "s+");
     /// # }
     /// ```
     pub fn access_token(&self) -> Option<&Secret> {
