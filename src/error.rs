@@ -29,17 +29,39 @@ use std::time::Duration;
 /// errors pass through as they are.
 ///
 /// ```
-/// use tower_token_refresh::{BoxError, Error};
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{Empty, Full};
+/// use tower::{Layer, ServiceExt};
+/// use tower_token_refresh::{refresh_fn, BoxError, Error, RefreshError, ReplayBody};
+/// use tower_token_refresh::{TokenRefreshLayer, TokenSet};
 ///
 /// fn report(error: &BoxError) -> &'static str {
 ///     match error.downcast_ref::<Error>() {
 ///         Some(error) if error.is_reauth_required() => "sign in again",
+///         Some(error) if error.is_insecure_transport() => "use https",
 ///         Some(_) => "token trouble",
 ///         None => "transport trouble",
 ///     }
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let api = tower::service_fn(|_: Request<ReplayBody<Full<Bytes>>>| async {
+///     Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+/// });
+/// let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+/// let client = TokenRefreshLayer::builder(source)
+///     .initial_tokens(TokenSet::new("t"))
+///     .build()
+///     .layer(api);
+/// // A token is not sent in clear text to a remote host.
+/// let plain = Request::get("http://api.example.com/").body(Full::new(Bytes::new())).unwrap();
+/// assert_eq!(report(&client.oneshot(plain).await.unwrap_err()), "use https");
+///
 /// let io: BoxError = std::io::Error::other("connection reset").into();
 /// assert_eq!(report(&io), "transport trouble");
+/// # }
 /// ```
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
