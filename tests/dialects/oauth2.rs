@@ -32,6 +32,14 @@ fn basic(server: &OAuth2Server) -> HttpRefresher<RefreshClient> {
         .client_secret(BASIC_SECRET)
 }
 
+/// The `client_credentials` grant for the Basic client, scoped to `read`.
+fn client_credentials(server: &OAuth2Server) -> HttpRefresher<RefreshClient> {
+    HttpRefresher::client_credentials(server.token_url(), refresh_client())
+        .client_id(BASIC_ID)
+        .client_secret(BASIC_SECRET)
+        .scope("read")
+}
+
 fn tokens(access: String, refresh: String) -> TokenSet {
     TokenSet::new(access).with_refresh_token(refresh)
 }
@@ -249,13 +257,9 @@ async fn a_revoked_family_is_recovered_by_one_client_credentials_login() {
         let server = server(Duration::from_secs(3600)).await;
         let api = ApiServer::start(&server).await;
         let granted = server.authorize(BASIC_ID, "read");
-        let login = HttpRefresher::client_credentials(server.token_url(), refresh_client())
-            .client_id(BASIC_ID)
-            .client_secret(BASIC_SECRET)
-            .scope("read");
         let (handle, client) = layered(
             TokenRefreshLayer::builder(basic(&server))
-                .login(login)
+                .login(client_credentials(&server))
                 .initial_tokens(tokens(granted.access_token, granted.refresh_token.clone())),
         );
         // Someone else spends the refresh token and then presents it again:
@@ -292,12 +296,10 @@ async fn a_client_credentials_source_replaces_an_unusable_initial_token() {
     bounded(async {
         let server = server(Duration::from_secs(3600)).await;
         let api = ApiServer::start(&server).await;
-        let source = HttpRefresher::client_credentials(server.token_url(), refresh_client())
-            .client_id(BASIC_ID)
-            .client_secret(BASIC_SECRET)
-            .scope("read");
-        let (handle, client) =
-            layered(TokenRefreshLayer::builder(source).initial_tokens(TokenSet::new("bad\r\n")));
+        let (handle, client) = layered(
+            TokenRefreshLayer::builder(client_credentials(&server))
+                .initial_tokens(TokenSet::new("bad\r\n")),
+        );
 
         all_ok(&client, &api.url("/v1/reports"), 50).await;
         assert_eq!(server.stats().client_credentials, 1);
