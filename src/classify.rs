@@ -117,13 +117,31 @@ impl ClassifyRejection for Grpc {
 /// A classifier made from a closure; see [`classify_fn`].
 ///
 /// ```
-/// use http::{HeaderMap, StatusCode};
-/// use tower_token_refresh::classify::{classify_fn, ClassifyFn, ClassifyRejection};
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http::{HeaderMap, Request, Response, StatusCode};
+/// use http_body_util::{Empty, Full};
+/// use tower::{Layer, ServiceExt};
+/// use tower_token_refresh::classify::{classify_fn, ClassifyFn};
+/// use tower_token_refresh::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
 ///
-/// let classifier: ClassifyFn<_> = classify_fn(|status: StatusCode, _: &HeaderMap| {
-///     status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // An API that answers a stale token with 403.
+/// let api = tower::service_fn(|req: Request<ReplayBody<Full<Bytes>>>| async move {
+///     let fresh = req.headers()["authorization"] == "Bearer new";
+///     let status = if fresh { StatusCode::OK } else { StatusCode::FORBIDDEN };
+///     Ok::<_, Infallible>(Response::builder().status(status).body(Empty::<Bytes>::new()).unwrap())
 /// });
-/// assert!(classifier.is_rejection(StatusCode::FORBIDDEN, &HeaderMap::new()));
+/// let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("new")) });
+/// let layer: TokenRefreshLayer<ClassifyFn<_>> = TokenRefreshLayer::builder(source)
+///     .initial_tokens(TokenSet::new("old"))
+///     .classifier(classify_fn(|status: StatusCode, _: &HeaderMap| status == StatusCode::FORBIDDEN))
+///     .build();
+/// let handle = layer.handle();
+/// let response = layer.layer(api).oneshot(Request::new(Full::new(Bytes::new()))).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::OK);
+/// assert_eq!(handle.stats().retries, 1);
+/// # }
 /// ```
 #[derive(Clone, Copy)]
 pub struct ClassifyFn<F> {

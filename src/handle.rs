@@ -312,13 +312,28 @@ impl TokenStatus {
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// use std::sync::Arc;
+    /// use tokio::sync::Notify;
+    ///
+    /// // A source that answers once told to.
+    /// let answer = Arc::new(Notify::new());
+    /// let told = Arc::clone(&answer);
+    /// let source = refresh_fn(move |_| {
+    ///     let told = Arc::clone(&told);
+    ///     async move {
+    ///         told.notified().await;
+    ///         Ok::<_, RefreshError>(TokenSet::new("t"))
+    ///     }
+    /// });
     /// let handle = TokenRefreshLayer::builder(source).build().handle();
     /// assert!(!handle.status().is_refreshing());
     /// let refresh = tokio::spawn({
     ///     let handle = handle.clone();
     ///     async move { handle.force_refresh().await }
     /// });
+    /// tokio::task::yield_now().await;
+    /// assert!(handle.status().is_refreshing());
+    /// answer.notify_one();
     /// refresh.await.unwrap().unwrap();
     /// assert!(!handle.status().is_refreshing(), "done");
     /// # }

@@ -49,9 +49,16 @@ use crate::BoxError;
 /// The default recording cap: 64 KiB.
 ///
 /// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
 /// use tower_token_refresh::body::DEFAULT_REPLAY_CAP;
+/// use tower_token_refresh::ReplayBody;
 ///
-/// assert_eq!(DEFAULT_REPLAY_CAP, 65_536);
+/// let fits = Full::new(Bytes::from(vec![0; DEFAULT_REPLAY_CAP]));
+/// assert!(ReplayBody::try_new(fits, DEFAULT_REPLAY_CAP).is_ok());
+/// // Known to be larger: sent once as it is, never retried.
+/// let larger = Full::new(Bytes::from(vec![0; DEFAULT_REPLAY_CAP + 1]));
+/// assert!(ReplayBody::try_new(larger, DEFAULT_REPLAY_CAP).is_err());
 /// ```
 pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
 

@@ -65,9 +65,26 @@ use dialect::{pointer, Client, Dialect};
 /// How much of a refresh answer is read before it counts as hostile.
 ///
 /// ```
-/// use tower_token_refresh::http::DEFAULT_BODY_LIMIT;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower_token_refresh::http::{HttpRefresher, DEFAULT_BODY_LIMIT};
+/// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
 ///
-/// assert_eq!(DEFAULT_BODY_LIMIT, 65_536);
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // An answer one byte past the limit is not read to its end.
+/// let idp = tower::service_fn(|_: Request<Full<Bytes>>| async {
+///     let flood = Bytes::from(vec![b' '; DEFAULT_BODY_LIMIT + 1]);
+///     Ok::<_, BoxError>(Response::new(Full::new(flood)))
+/// });
+/// let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp);
+/// let handle = TokenRefreshLayer::builder(refresher)
+///     .initial_tokens(TokenSet::new("a").with_refresh_token("r"))
+///     .build()
+///     .handle();
+/// let error = handle.force_refresh().await.unwrap_err();
+/// assert!(error.refresh_error().unwrap().is_transient(), "{error}");
+/// # }
 /// ```
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
