@@ -1,42 +1,9 @@
-//! `Retry-After` as a refresh reads it from a `429`: any header value,
-//! against clocks at the epoch, today and far ahead.
-//!
-//! Properties: no panic; delay-seconds are taken as they are; an HTTP date
-//! gives the time from `now` until then (zero once it has passed); anything
-//! else gives no delay.
+//! `Retry-After` as a refresh reads it. The properties checked are in
+//! `fuzz/oracles/retry_after.rs`.
 
 #![no_main]
 
-use std::time::{Duration, UNIX_EPOCH};
+#[path = "../oracles/retry_after.rs"]
+mod oracle;
 
-use http::header::RETRY_AFTER;
-use http::{HeaderMap, HeaderValue};
-use libfuzzer_sys::fuzz_target;
-use tower_token_refresh::http::__fuzz;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(value) = HeaderValue::from_bytes(data) else {
-        return;
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert(RETRY_AFTER, value.clone());
-    // A value with obs-text (bytes over 0x7f) is neither form; around
-    // either, only optional whitespace (SP, HTAB) is allowed.
-    let text = value.to_str().ok().map(|t| t.trim_matches([' ', '\t']));
-    let seconds = text.and_then(|t| t.parse::<u64>().ok());
-    let date = text.and_then(|t| httpdate::parse_http_date(t).ok());
-    for now in [
-        UNIX_EPOCH,
-        UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        UNIX_EPOCH + Duration::from_secs(253_402_300_799), // 9999-12-31
-    ] {
-        let delay = __fuzz::retry_after(&headers, now);
-        let expected = match (seconds, date) {
-            (Some(seconds), _) => Some(Duration::from_secs(seconds)),
-            // A date in the past means "now".
-            (None, Some(at)) => Some(at.duration_since(now).unwrap_or(Duration::ZERO)),
-            (None, None) => None,
-        };
-        assert_eq!(delay, expected, "{text:?} at {now:?}");
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| oracle::check(data));

@@ -1,0 +1,211 @@
+//! A refresh endpoint's answer, as every dialect reads it: status, headers
+//! and body in, `Result<TokenSet, RefreshError>` out, through the same code
+//! a refresh runs (body cap included).
+//!
+//! The input is text, so seeds stay readable (see `fuzz/seeds/answer`):
+//!
+//! ```text
+//! <dialect> <status> [<body cap> [<chunk size>]]
+//! <Header-Name>: <value>
+//!
+//! <body>
+//! ```
+//!
+//! An unknown dialect is picked from its name's bytes; a missing or invalid
+//! status is 200; the cap defaults to 64 KiB; a chunk size of 0 (the
+//! default) sends the body as one frame. Without a blank line after the
+//! first line, everything after it is the body.
+//!
+//! Properties: no panic; a `2xx` body longer than the cap never gives
+//! tokens; tokens only come from a `2xx` and are never empty; a failure
+//! status gives an error of its class carrying that status, whatever the
+//! length of its body; a `429` waits what its `Retry-After` asks for, or
+//! without one what the dialect's documented limit implies; a `503` with a
+//! `Retry-After` is a rate limit too; no error's `Display` or `Debug`
+//! quotes a token from the answer.
+//!
+//! Shared by the fuzz target (`fuzz/fuzz_targets/answer.rs`) and
+//! `tests/fuzz_seeds.rs`, which replays the committed seeds through
+//! [`check`] on every test run, so these properties cannot drift from the
+//! code unnoticed.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use serde_json::Value;
+use tower_token_refresh::http::{__fuzz, DEFAULT_BODY_LIMIT};
+use tower_token_refresh::{FailureClass, RefreshError, TokenSet};
+
+/// Replaces the tokens of a successful answer, to see whether an error
+/// quotes them. Nothing the crate prints looks like it.
+const CANARY: &str = "\u{2603}leaked-token\u{2603}";
+
+struct Input<'a> {
+    dialect: &'static str,
+    status: StatusCode,
+    cap: usize,
+    chunk: usize,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: &'a [u8],
+}
+
+/// Runs one input and panics if a property does not hold.
+pub fn check(data: &[u8]) {
+    let input = Input::parse(data);
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let result = input.run(input.body, now);
+    check_result(&input, &result, now);
+    if let Some(body) = with_canaries(&input) {
+        if let Err(error) = input.run(&body, now) {
+            let shown = format!("{error} {error:?}");
+            assert!(!shown.contains(CANARY), "a token leaked: {shown}");
+        }
+    }
+}
+
+impl<'a> Input<'a> {
+    fn parse(data: &'a [u8]) -> Self {
+        let (line, rest) = split_line(data);
+        let line = String::from_utf8_lossy(line);
+        let mut words = line.split_ascii_whitespace();
+        let name = words.next().unwrap_or("");
+        let dialect = __fuzz::DIALECTS
+            .into_iter()
+            .find(|d| *d == name)
+            .unwrap_or_else(|| {
+                let pick = name.bytes().map(usize::from).sum::<usize>();
+                __fuzz::DIALECTS[pick % __fuzz::DIALECTS.len()]
+            });
+        let status = words
+            .next()
+            .and_then(|w| w.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK);
+        let cap = words
+            .next()
+            .and_then(|w| w.parse::<usize>().ok())
+            .map_or(DEFAULT_BODY_LIMIT, |c| c.min(1 << 20));
+        let chunk = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+
+        let (head, body) = match find(rest, b"\n\n") {
+            Some(at) => (&rest[..at], &rest[at + 2..]),
+            None if rest.starts_with(b"\n") => (&rest[..0], &rest[1..]),
+            None => (&rest[..0], rest),
+        };
+        let headers = head
+            .split(|b| *b == b'\n')
+            .filter_map(|line| {
+                let colon = line.iter().position(|b| *b == b':')?;
+                let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+                let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?;
+                Some((name, value))
+            })
+            .collect();
+        Self {
+            dialect,
+            status,
+            cap,
+            chunk,
+            headers,
+            body,
+        }
+    }
+
+    fn run(&self, body: &[u8], now: SystemTime) -> Result<TokenSet, RefreshError> {
+        let mut head = Response::new(());
+        *head.status_mut() = self.status;
+        for (name, value) in &self.headers {
+            head.headers_mut().append(name.clone(), value.clone());
+        }
+        let chunks = match self.chunk {
+            0 => vec![Bytes::copy_from_slice(body)],
+            n => body.chunks(n).map(Bytes::copy_from_slice).collect(),
+        };
+        __fuzz::answer(self.dialect, self.cap, head, chunks, now)
+    }
+}
+
+fn check_result(input: &Input<'_>, result: &Result<TokenSet, RefreshError>, now: SystemTime) {
+    // Formatting must not panic either.
+    let shown = match result {
+        Ok(tokens) => format!("{tokens:?}"),
+        Err(error) => format!("{error} {error:?}"),
+    };
+    let status = input.status;
+    let over_cap = input.body.len() > input.cap;
+    match result {
+        Ok(tokens) => {
+            assert!(!over_cap, "tokens from a body over the cap: {shown}");
+            assert!(status.is_success(), "tokens from a {status}");
+            assert!(!tokens.access_token().expose().is_empty());
+        }
+        Err(error) if status.is_success() => {
+            assert!(error.is_transient(), "an undecodable answer: {shown}");
+            if over_cap {
+                assert_eq!(error.status(), None, "an oversized answer: {shown}");
+            }
+        }
+        Err(error) => {
+            // The status and headers decide the class; an oversized body
+            // only loses the server's message.
+            assert_eq!(error.status(), Some(status.as_u16()), "{shown}");
+            let retry_after = __fuzz::retry_after(&head_of(input), now);
+            let expected = if status == StatusCode::TOO_MANY_REQUESTS {
+                let retry_after = retry_after.or(__fuzz::rate_limit_wait(input.dialect));
+                FailureClass::RateLimited { retry_after }
+            } else if status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some() {
+                FailureClass::RateLimited { retry_after }
+            } else if status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT {
+                FailureClass::Terminal
+            } else {
+                FailureClass::Transient
+            };
+            assert_eq!(error.class(), expected, "{status}: {shown}");
+        }
+    }
+}
+
+fn head_of(input: &Input<'_>) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &input.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    headers
+}
+
+/// The body with every token string of the dialect replaced by
+/// [`CANARY`], when it is a `2xx` JSON answer within the cap that has one.
+fn with_canaries(input: &Input<'_>) -> Option<Vec<u8>> {
+    if !input.status.is_success() || input.body.len() > input.cap {
+        return None;
+    }
+    // The fuzzer may learn the canary from this very comparison and put it
+    // in a field that is quoted on purpose (`token_type`): not a leak.
+    if find(input.body, CANARY.as_bytes()).is_some() {
+        return None;
+    }
+    let mut json: Value = serde_json::from_slice(input.body).ok()?;
+    let mut replaced = false;
+    for pointer in __fuzz::token_pointers(input.dialect) {
+        if let Some(value @ Value::String(_)) = json.pointer_mut(&pointer) {
+            *value = Value::String(CANARY.to_owned());
+            replaced = true;
+        }
+    }
+    let body = serde_json::to_vec(&json).ok()?;
+    // Only within the cap, or the cap error is all there is to see.
+    (replaced && body.len() <= input.cap).then_some(body)
+}
+
+fn split_line(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|b| *b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[]),
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
