@@ -175,17 +175,28 @@ impl<C> TokenRefreshLayer<C> {
 /// required, a failed refresh, plain `http://` refused).
 ///
 /// ```
-/// # async fn f(client: reqwest_middleware::ClientWithMiddleware) {
 /// use tower_token_refresh::reqwest::token_error;
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 ///
-/// match client.get("https://api.example.com/items").send().await {
-///     Ok(response) => { /* … */ }
-///     Err(error) => match token_error(&error) {
-///         Some(e) if e.is_reauth_required() => { /* sign in again */ }
-///         Some(e) => eprintln!("no token: {e}"),
-///         None => eprintln!("transport error: {error}"),
-///     },
-/// }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+///         Ok::<_, RefreshError>(TokenSet::new("access"))
+///     }))
+///     .build();
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(layer.reqwest_middleware())
+///     .build();
+///
+/// // Plain http:// to another host: the token is refused before anything
+/// // is sent, and the error says why.
+/// let error = client.get("http://api.example.com/items").send().await.unwrap_err();
+/// let refused = match token_error(&error) {
+///     Some(e) if e.is_reauth_required() => unreachable!("sign in again"),
+///     Some(e) => e.is_insecure_transport(),
+///     None => unreachable!("a transport error: {error}"),
+/// };
+/// assert!(refused);
+/// assert_eq!(layer.handle().stats().refreshes, 0);
 /// # }
 /// ```
 pub fn token_error(error: &reqwest_middleware::Error) -> Option<&Error> {

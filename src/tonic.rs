@@ -68,7 +68,10 @@
 //! origin above the wrapped channel, e.g.
 //! `GreeterClient::with_origin(with_token_refresh(channel, &layer), origin)`
 //! (or `tonic::client::Grpc::with_origin`): the layer then sees the full
-//! URI.
+//! URI. Give it the URI the channel connects to (`endpoint.uri()`): the
+//! layer judges the origin it is shown, while the channel sends to its own
+//! endpoint whatever that origin says, so an `https` origin over an
+//! `http://` channel would let the token go out in clear.
 
 use std::task::{Context, Poll};
 
