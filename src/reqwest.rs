@@ -26,6 +26,10 @@
 //!   has run, and only where the request has no such header: a default
 //!   `Authorization` is invisible here, so the token takes its place. Set
 //!   an `Authorization` of your own on the request to have it pass through.
+//! - reqwest follows redirects, and drops `Authorization` on one that
+//!   leaves the origin (host, port or scheme). A rejection from another
+//!   origin is therefore returned as it is: the token was not sent there,
+//!   so it is neither refreshed nor retried.
 //! - A request that cannot get a token fails with
 //!   [`reqwest_middleware::Error::Middleware`] holding this crate's
 //!   [`Error`]; [`token_error`] gets it back.
@@ -253,9 +257,10 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         };
         let generation = credential.authorize(request.headers_mut());
         let response = next.clone().run(request, extensions).await?;
-        if !core
-            .classifier
-            .is_rejection(response.status(), response.headers())
+        if !answered_by(&response, &origin)
+            || !core
+                .classifier
+                .is_rejection(response.status(), response.headers())
         {
             return Ok(response);
         }
@@ -289,9 +294,10 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         core.manager.count_retry();
         credential.authorize(retry.headers_mut());
         let response = next.run(retry, extensions).await?;
-        if core
-            .classifier
-            .is_rejection(response.status(), response.headers())
+        if answered_by(&response, &origin)
+            && core
+                .classifier
+                .is_rejection(response.status(), response.headers())
         {
             // Counted, not acted on: acting could start a second refresh for
             // one request (the refresh-loop pitfall).
@@ -340,6 +346,19 @@ fn into_middleware(error: Error) -> reqwest_middleware::Error {
 
 /// The origin of `url` as the `http::Uri` the layer's transport rules read,
 /// or `None` for a URL without a host.
+/// Whether `response` came from `origin`, where the token was sent.
+/// reqwest follows redirects itself and drops `Authorization` when one
+/// changes the host, port or scheme, so a rejection from elsewhere was not
+/// given the token and says nothing about it: taken for one, every request
+/// through such a redirect would refresh a good token and retry in vain.
+fn answered_by(response: &Response, origin: &Uri) -> bool {
+    self::origin(response.url()).is_some_and(|answered| {
+        // Both made by `origin`: lowercase hosts, default ports left out.
+        (answered.scheme_str(), answered.host(), answered.port_u16())
+            == (origin.scheme_str(), origin.host(), origin.port_u16())
+    })
+}
+
 fn origin(url: &Url) -> Option<Uri> {
     if !url.has_host() {
         return None;
