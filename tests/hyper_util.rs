@@ -23,12 +23,14 @@ use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{ServiceBuilder, ServiceExt};
+use tower_http::follow_redirect::FollowRedirectLayer;
 use tower_token_refresh::{
     refresh_fn, RefreshError, ReplayBody, TokenHandle, TokenRefresh, TokenRefreshLayer, TokenSet,
 };
 
 use support::body::{full, ReqBody};
 use support::bounded;
+use support::redirects::Redirects;
 use support::{get, post, ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 
 type Layered = TokenRefresh<Client<HttpConnector, ReplayBody<ReqBody>>>;
@@ -278,6 +280,66 @@ async fn over_http1_the_retry_reuses_the_connection_that_carried_the_rejection()
         let peers = peers.lock().unwrap().clone();
         assert_eq!(peers.len(), 2, "the request and its retry");
         assert_eq!(peers[0], peers[1], "one connection for both");
+    })
+    .await;
+}
+
+/// The stack the layer's docs advise for following redirects: tower-http's
+/// `FollowRedirect` above the layer, so that each hop goes through it, and
+/// `allowed_origins` naming the API, so that a hop elsewhere gets no token
+/// and its answer is not the token's business. Without the allow-list the
+/// other origin gets the token (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_followed_above_the_layer_take_the_token_only_to_allowed_origins() {
+    bounded(async {
+        let servers = Redirects::start().await;
+        let client = |allowed: Option<&str>| {
+            let builder = TokenRefreshLayer::builder(refresh_fn(|_| async {
+                Ok::<_, RefreshError>(TokenSet::new("fresh"))
+            }))
+            .initial_tokens(TokenSet::new("stale"));
+            let layer = match allowed {
+                Some(origin) => builder.allowed_origins([origin.parse().expect("an origin")]),
+                None => builder,
+            }
+            .build();
+            let stack = ServiceBuilder::new()
+                .layer(FollowRedirectLayer::new())
+                .layer(layer.clone())
+                .service(Client::builder(TokioExecutor::new()).build_http());
+            (layer.handle(), stack)
+        };
+        let get = |path: &str| {
+            let request = Request::get(servers.url(path));
+            request.body(Full::<Bytes>::default()).expect("request")
+        };
+
+        let (handle, api_only) = client(Some(servers.api_origin()));
+        let response = api_only.clone().oneshot(get("/away")).await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert_eq!(servers.elsewhere_saw(), vec![None]);
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.rejections, stats.refreshes, stats.retries),
+            (0, 0, 0)
+        );
+        // Within the API the token goes along, and its rejection is acted on.
+        let response = api_only.oneshot(get("/here")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.rejections, stats.refreshes, stats.retries),
+            (1, 1, 1)
+        );
+
+        // Without the allow-list the other origin gets the token, and its
+        // 401 is taken for a rejection: refreshed and retried there too.
+        let (handle, everywhere) = client(None);
+        let response = everywhere.oneshot(get("/away")).await.unwrap();
+        assert_eq!(response.status(), 401);
+        let leaked = ["Bearer stale", "Bearer fresh"].map(|t| Some(t.to_owned()));
+        assert_eq!(servers.elsewhere_saw()[1..], leaked);
+        assert_eq!(handle.stats().refreshes, 1);
     })
     .await;
 }

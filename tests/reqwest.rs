@@ -39,6 +39,7 @@ use tower_token_refresh::{
 use support::bounded;
 use support::gate::{Gate, Hold};
 use support::identity::IdentityStats;
+use support::redirects::Redirects;
 use support::tokens::TokenStore;
 use support::{CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 
@@ -887,54 +888,10 @@ async fn a_rejection_is_read_before_the_retry_so_its_connection_is_reused() {
     .await;
 }
 
-/// Serves `app` on `127.0.0.1:0`; its base URL, and the task to abort.
-async fn serve_app(app: axum::Router) -> (String, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base_url = format!("http://{}", listener.local_addr().expect("addr"));
-    let serve = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    (base_url, serve)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejection_from_another_origin_after_a_redirect_is_not_the_tokens() {
-    use axum::routing::get;
-
     bounded(async {
-        // Elsewhere: rejects everything, and notes the Authorization it got.
-        let elsewhere_saw: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
-        let saw = Arc::clone(&elsewhere_saw);
-        let elsewhere = axum::Router::new().route(
-            "/denied",
-            get(move |request: Request| async move {
-                let auth = request.headers().get(AUTHORIZATION);
-                saw.lock()
-                    .unwrap()
-                    .push(auth.map(|v| v.to_str().unwrap().to_owned()));
-                StatusCode::UNAUTHORIZED
-            }),
-        );
-        let (elsewhere_url, elsewhere_task) = serve_app(elsewhere).await;
-        // The API: `/away` redirects to the other origin, `/here` to its own
-        // `/check`, which accepts only the refreshed token.
-        let denied = format!("{elsewhere_url}/denied");
-        let redirect =
-            |to: String| move || async move { (StatusCode::FOUND, [(http::header::LOCATION, to)]) };
-        let api = axum::Router::new()
-            .route("/away", get(redirect(denied)))
-            .route("/here", get(redirect("/check".to_owned())))
-            .route(
-                "/check",
-                get(|request: Request| async move {
-                    match request.headers().get(AUTHORIZATION) {
-                        Some(auth) if auth == "Bearer fresh" => StatusCode::OK,
-                        _ => StatusCode::UNAUTHORIZED,
-                    }
-                }),
-            );
-        let (api_url, api_task) = serve_app(api).await;
-
+        let servers = Redirects::start().await;
         let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
             Ok::<_, tower_token_refresh::RefreshError>(TokenSet::new("fresh"))
         }))
@@ -946,9 +903,9 @@ async fn a_rejection_from_another_origin_after_a_redirect_is_not_the_tokens() {
             .build();
 
         // Across origins reqwest drops the token, so the 401 is not about it.
-        let response = client.get(format!("{api_url}/away")).send().await.unwrap();
+        let response = client.get(servers.url("/away")).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(*elsewhere_saw.lock().unwrap(), vec![None]);
+        assert_eq!(servers.elsewhere_saw(), vec![None]);
         let stats = handle.stats();
         assert_eq!(
             (stats.rejections, stats.refreshes, stats.retries),
@@ -957,16 +914,13 @@ async fn a_rejection_from_another_origin_after_a_redirect_is_not_the_tokens() {
 
         // Within the origin the token went along: a rejection, refreshed
         // and retried.
-        let response = client.get(format!("{api_url}/here")).send().await.unwrap();
+        let response = client.get(servers.url("/here")).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let stats = handle.stats();
         assert_eq!(
             (stats.rejections, stats.refreshes, stats.retries),
             (1, 1, 1)
         );
-
-        api_task.abort();
-        elsewhere_task.abort();
     })
     .await;
 }

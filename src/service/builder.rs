@@ -366,6 +366,16 @@ impl<C> Builder<C> {
     /// still refused unless allowed. An origin without a host matches
     /// nothing. Default: every origin.
     ///
+    /// # Redirects
+    ///
+    /// Follow redirects above the layer (tower-http's `FollowRedirect`
+    /// outside it), with this list naming your API: each hop then goes
+    /// through the layer, a hop to another origin gets no token, and its
+    /// answer is not taken for a rejection. Without the list such a hop
+    /// gets the token. Below the layer the token rides along as far as the
+    /// redirect follower lets it, and the last hop's `401` counts as a
+    /// rejection wherever it came from.
+    ///
     /// ```
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
     /// let builder = TokenRefreshLayer::builder(refresh_fn(|_| async {

@@ -14,6 +14,7 @@
 //! - [`cognito`]: logs in to the identity server, and hands out the
 //!   library's `cognito` preset as the refresh source.
 //! - [`client`]: a hyper-util client wrapped in `TokenRefreshLayer`.
+//! - `redirects`: two origins, one redirecting to the other.
 //! - `front`: a TCP front that forwards to a fixture server or injects a
 //!   fault below HTTP (refused, black-holed, reset, raw answers).
 //!
@@ -46,6 +47,9 @@ pub mod oauth2;
 #[allow(dead_code)]
 pub mod ocient;
 pub mod rate_limit;
+#[cfg(test)]
+#[allow(dead_code)]
+pub mod redirects;
 #[allow(dead_code)]
 pub mod redis;
 pub mod server;
