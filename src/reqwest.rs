@@ -290,7 +290,17 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
                     .map_err(into_middleware)?
             }
         };
-        let credential = core.manager.newest(credential);
+        let credential = match core.manager.newest(credential) {
+            Ok(credential) => credential,
+            // Rejected meanwhile by another request's answer: its refresh
+            // is waited for, as after this request's own rejection.
+            Err(flight) => core
+                .manager
+                .clone()
+                .wait(flight)
+                .await
+                .map_err(into_middleware)?,
+        };
         core.manager.count_retry();
         credential.authorize(retry.headers_mut());
         let response = next.run(retry, extensions).await?;

@@ -535,19 +535,36 @@ impl TokenManager {
         self.shared.stats.snapshot()
     }
 
-    /// The current credential if it is newer than `credential` and usable,
-    /// else `credential`: a request that waited for its service to be
-    /// ready (or a retry for its body) goes out with the newest token.
-    pub(crate) fn newest(&self, credential: Credential) -> Credential {
+    /// What a request holding `credential` goes out with, decided as it is
+    /// sent: a request that waited for its service to be ready (or a retry
+    /// for its body) goes out with the newest token. That is the current
+    /// credential if it is newer than `credential` and usable, else
+    /// `credential` itself, unless another request's answer has rejected
+    /// that very token since it was handed out: then the refresh that
+    /// rejection joined or started, to wait for (`Err`), as the rejected
+    /// request itself does. Sent anyway, it would only be rejected again.
+    pub(crate) fn newest(&self, credential: Credential) -> Result<Credential, Flight> {
         let snapshot = self.shared.snapshot.load();
         if snapshot.generation > credential.generation
             && snapshot.freshness(Instant::now()) != Freshness::Expired
         {
             if let Some(newer) = snapshot.credential() {
-                return newer;
+                return Ok(newer);
             }
         }
-        credential
+        let rejected = snapshot.generation == credential.generation
+            && snapshot.rejected.load(Ordering::Acquire);
+        drop(snapshot);
+        if rejected {
+            match self.decide(Some(RefreshReason::Rejected)) {
+                Decision::Wait(flight) => return Err(flight),
+                Decision::Use(current) => return Ok(current),
+                // No refresh can run (a failure blocks it): sent as it is,
+                // its rejection is the answer, as for the rejected request.
+                Decision::GiveUp | Decision::Fail(_) => {}
+            }
+        }
+        Ok(credential)
     }
 
     /// Counts a rejection without acting on it (the retry's own rejection:

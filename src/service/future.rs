@@ -585,11 +585,31 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Result<StateFor<S, B>, BoxError>> {
         let shared = shared.as_ref().expect("set for managed requests");
-        let request = pending.as_mut().expect("request kept");
-        let mut service = ready!(request.poll_service(shared, cx))?;
-        let credential = credential.take().expect("credential set before readiness");
         let manager = &shared.core.manager;
-        let credential = manager.newest(credential);
+        // Decided before readiness is taken, so that a request going back
+        // to wait (its token rejected meanwhile by another request's
+        // answer) holds none.
+        let held = credential.take().expect("credential set before readiness");
+        let current = match manager.newest(held) {
+            Ok(current) => current,
+            Err(flight) => {
+                let waiting = manager.waiting(flight);
+                return Poll::Ready(Ok(if first {
+                    State::Acquiring { waiting }
+                } else {
+                    State::Refreshing { waiting }
+                }));
+            }
+        };
+        let request = pending.as_mut().expect("request kept");
+        let mut service = match request.poll_service(shared, cx) {
+            Poll::Ready(service) => service?,
+            Poll::Pending => {
+                *credential = Some(current);
+                return Poll::Pending;
+            }
+        };
+        let credential = current;
         let request = pending.take().expect("request kept");
         let (mut parts, body) = request.into_parts();
         if first {

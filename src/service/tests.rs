@@ -2,6 +2,7 @@
 //! paused clock (no real sleeps).
 
 mod readiness;
+mod rejected_meanwhile;
 mod rejection_body;
 
 use std::sync::Arc;
