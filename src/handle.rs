@@ -117,12 +117,21 @@ impl TokenHandle {
     /// a terminal failure still in force (returning its error).
     ///
     /// ```
-    /// # async fn f(handle: tower_token_refresh::TokenHandle) {
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+    ///         Ok::<_, RefreshError>(TokenSet::new("refreshed"))
+    ///     }))
+    ///     .initial_tokens(TokenSet::new("still-good"))
+    ///     .build();
+    /// let handle = layer.handle();
     /// match handle.force_refresh().await {
     ///     Ok(()) => {}
-    ///     Err(e) if e.is_reauth_required() => { /* sign in again */ }
-    ///     Err(e) => eprintln!("refresh failed: {e}"),
+    ///     Err(e) if e.is_reauth_required() => unreachable!("sign in again"),
+    ///     Err(e) => unreachable!("refresh failed: {e}"),
     /// }
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "refreshed");
     /// # }
     /// ```
     pub async fn force_refresh(&self) -> Result<(), Error> {
@@ -134,10 +143,15 @@ impl TokenHandle {
     /// any failure, including re-authentication required.
     ///
     /// ```
-    /// # fn f(handle: &tower_token_refresh::TokenHandle) {
-    /// use tower_token_refresh::TokenSet;
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let handle = TokenRefreshLayer::builder(source).build().handle();
     /// handle.set_tokens(TokenSet::new("signed-in-again").with_refresh_token("r2")).unwrap();
-    /// # }
+    /// let tokens = handle.tokens().unwrap();
+    /// assert_eq!(tokens.refresh_token().unwrap().expose(), "r2");
+    /// // Not a header value: refused, and the tokens stay as they were.
+    /// assert!(handle.set_tokens(TokenSet::new("line\nbreak")).is_err());
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "signed-in-again");
     /// ```
     pub fn set_tokens(&self, tokens: TokenSet) -> Result<(), InvalidTokenError> {
         self.manager

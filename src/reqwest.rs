@@ -145,9 +145,13 @@ impl<C> TokenRefreshMiddleware<C> {
     /// A handle on the shared token state.
     ///
     /// ```
-    /// # fn f(middleware: &tower_token_refresh::reqwest::TokenRefreshMiddleware) {
-    /// let _refreshes = middleware.handle().stats().refreshes;
-    /// # }
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let layer = TokenRefreshLayer::builder(source).build();
+    /// let middleware = layer.reqwest_middleware();
+    /// // The middleware's handle and the layer's see one token state.
+    /// middleware.handle().set_tokens(TokenSet::new("set")).unwrap();
+    /// assert_eq!(layer.handle().tokens().unwrap().access_token().expose(), "set");
     /// ```
     pub fn handle(&self) -> TokenHandle {
         TokenHandle::new(self.core.manager.clone())

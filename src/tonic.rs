@@ -251,9 +251,9 @@ impl<S> IntoTonicBody<S> {
     /// The inner service.
     ///
     /// ```
-    /// # fn f<S>(service: tower_token_refresh::tonic::IntoTonicBody<S>) {
-    /// let _inner: &S = service.get_ref();
-    /// # }
+    /// use tower_token_refresh::tonic::IntoTonicBody;
+    /// let service = IntoTonicBody::new(vec!["channel"]);
+    /// assert_eq!(service.get_ref(), &["channel"]);
     /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -262,9 +262,10 @@ impl<S> IntoTonicBody<S> {
     /// The inner service, mutably.
     ///
     /// ```
-    /// # fn f<S>(mut service: tower_token_refresh::tonic::IntoTonicBody<S>) {
-    /// let _inner: &mut S = service.get_mut();
-    /// # }
+    /// use tower_token_refresh::tonic::IntoTonicBody;
+    /// let mut service = IntoTonicBody::new(vec!["channel"]);
+    /// service.get_mut().push("changed");
+    /// assert_eq!(service.get_ref(), &["channel", "changed"]);
     /// ```
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
@@ -273,9 +274,9 @@ impl<S> IntoTonicBody<S> {
     /// Consumes `self`, returning the inner service.
     ///
     /// ```
-    /// # fn f<S>(service: tower_token_refresh::tonic::IntoTonicBody<S>) {
-    /// let _inner: S = service.into_inner();
-    /// # }
+    /// use tower_token_refresh::tonic::IntoTonicBody;
+    /// let service = IntoTonicBody::new(vec!["channel"]);
+    /// assert_eq!(service.into_inner(), ["channel"]);
     /// ```
     pub fn into_inner(self) -> S {
         self.inner

@@ -126,9 +126,11 @@ impl<S, C> TokenRefresh<S, C> {
     /// The inner service.
     ///
     /// ```
-    /// # fn f<S>(mut service: tower_token_refresh::TokenRefresh<S>) {
-    /// let _inner: &S = service.get_ref();
-    /// # }
+    /// use tower::Layer;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let service = TokenRefreshLayer::builder(source).build().layer(vec!["inner"]);
+    /// assert_eq!(service.get_ref(), &["inner"]);
     /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -142,9 +144,12 @@ impl<S, C> TokenRefresh<S, C> {
     /// on [`TokenRefresh`].
     ///
     /// ```
-    /// # fn f<S>(mut service: tower_token_refresh::TokenRefresh<S>) {
-    /// let _inner: &mut S = service.get_mut();
-    /// # }
+    /// use tower::Layer;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let mut service = TokenRefreshLayer::builder(source).build().layer(vec!["inner"]);
+    /// service.get_mut().push("changed");
+    /// assert_eq!(service.get_ref(), &["inner", "changed"]);
     /// ```
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
@@ -153,9 +158,11 @@ impl<S, C> TokenRefresh<S, C> {
     /// Consumes `self`, returning the inner service.
     ///
     /// ```
-    /// # fn f<S>(mut service: tower_token_refresh::TokenRefresh<S>) {
-    /// let _inner: S = service.into_inner();
-    /// # }
+    /// use tower::Layer;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let service = TokenRefreshLayer::builder(source).build().layer(vec!["inner"]);
+    /// assert_eq!(service.into_inner(), ["inner"]);
     /// ```
     pub fn into_inner(self) -> S {
         self.inner
@@ -164,9 +171,14 @@ impl<S, C> TokenRefresh<S, C> {
     /// A handle on the shared token state.
     ///
     /// ```
-    /// # fn f<S>(mut service: tower_token_refresh::TokenRefresh<S>) {
-    /// let _stats = service.handle().stats();
-    /// # }
+    /// use tower::Layer;
+    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let layer = TokenRefreshLayer::builder(source).build();
+    /// let service = layer.layer(());
+    /// // The service's handle and the layer's see one token state.
+    /// service.handle().set_tokens(TokenSet::new("set")).unwrap();
+    /// assert_eq!(layer.handle().tokens().unwrap().access_token().expose(), "set");
     /// ```
     pub fn handle(&self) -> TokenHandle {
         TokenHandle::new(self.lanes.core().manager.clone())
