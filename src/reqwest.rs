@@ -26,10 +26,13 @@
 //!   has run, and only where the request has no such header: a default
 //!   `Authorization` is invisible here, so the token takes its place. Set
 //!   an `Authorization` of your own on the request to have it pass through.
-//! - reqwest follows redirects, and drops `Authorization` on one that
-//!   leaves the origin (host, port or scheme). A rejection from another
-//!   origin is therefore returned as it is: the token was not sent there,
-//!   so it is neither refreshed nor retried.
+//! - reqwest follows redirects itself. A rejection from another origin
+//!   than the request's is returned as it is, neither refreshed nor
+//!   retried: it is not about the token, which reqwest drops on a hop that
+//!   changes host, port or scheme. (reqwest 0.13 rebuilds each hop from
+//!   the request's headers and drops them only on such a hop, so a second
+//!   hop within the other origin carries the token again; turn redirects
+//!   off, `reqwest::redirect::Policy::none()`, where that matters.)
 //! - A request that cannot get a token fails with
 //!   [`reqwest_middleware::Error::Middleware`] holding this crate's
 //!   [`Error`]; [`token_error`] gets it back.
@@ -358,13 +361,14 @@ fn into_middleware(error: Error) -> reqwest_middleware::Error {
     reqwest_middleware::Error::middleware(error)
 }
 
-/// The origin of `url` as the `http::Uri` the layer's transport rules read,
-/// or `None` for a URL without a host.
-/// Whether `response` came from `origin`, where the token was sent.
-/// reqwest follows redirects itself and drops `Authorization` when one
-/// changes the host, port or scheme, so a rejection from elsewhere was not
-/// given the token and says nothing about it: taken for one, every request
-/// through such a redirect would refresh a good token and retry in vain.
+/// Whether `response` came from `origin`, where the token was sent. reqwest
+/// follows redirects itself; a rejection from another origin is not about
+/// the token (reqwest drops `Authorization` on a hop that changes host,
+/// port or scheme), and taken for one, every request through such a
+/// redirect would refresh a good token and retry in vain. A chain that
+/// leaves the origin and comes back to it ends without the token too, and
+/// that last answer is still taken for the token's: the response does not
+/// tell the chain.
 fn answered_by(response: &Response, origin: &Uri) -> bool {
     self::origin(response.url()).is_some_and(|answered| {
         // Both made by `origin`: lowercase hosts, default ports left out.
@@ -373,6 +377,8 @@ fn answered_by(response: &Response, origin: &Uri) -> bool {
     })
 }
 
+/// The origin of `url` as the `http::Uri` the layer's transport rules read,
+/// or `None` for a URL without a host.
 fn origin(url: &Url) -> Option<Uri> {
     if !url.has_host() {
         return None;

@@ -35,7 +35,9 @@ pub struct Stats {
     /// Calls to the login source (for the first tokens, or after the
     /// refresh credential was rejected); each happens inside a refresh.
     pub logins: u64,
-    /// Requests that had to wait for a refresh before they could be sent.
+    /// Waits for a refresh before a send: a request counts once for each
+    /// (before its first send, before its retry, and again if the token it
+    /// was to be sent with was rejected by another request's answer first).
     pub waited: u64,
     /// Responses classified as an authentication rejection.
     pub rejections: u64,

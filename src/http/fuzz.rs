@@ -88,17 +88,6 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     super::failure::retry_after(headers, now)
 }
 
-/// The wait `dialect`'s refresher takes after a `429` without
-/// `Retry-After`: what its endpoint's documented rate limit implies, if it
-/// has one.
-///
-/// # Panics
-///
-/// If `dialect` is not one of [`DIALECTS`].
-pub fn rate_limit_wait(dialect_name: &str) -> Option<Duration> {
-    dialect(dialect_name).rate_limit_wait
-}
-
 /// A body whose frames are all ready.
 struct Chunks(VecDeque<Bytes>);
 

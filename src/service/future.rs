@@ -141,6 +141,20 @@ impl<S, B> RetryCopy<S, B> {
         (parts, self.body)
     }
 
+    /// Replaces the service held here (polled, but not ready then) with an
+    /// unpolled clone: what the polls may have been granted since (a
+    /// `Buffer` slot, a concurrency permit) is let go while the request
+    /// waits for a token, as a request held for its first token holds none.
+    fn release_readiness(&mut self)
+    where
+        S: Clone,
+    {
+        if let Some(held) = &mut self.service {
+            let unpolled = S::clone(held);
+            **held = unpolled;
+        }
+    }
+
     /// The service to send through, polled ready: the one held here, or a
     /// clone of the instance kept for retries, held here only while it is
     /// not ready.
@@ -586,13 +600,16 @@ where
     ) -> Poll<Result<StateFor<S, B>, BoxError>> {
         let shared = shared.as_ref().expect("set for managed requests");
         let manager = &shared.core.manager;
-        // Decided before readiness is taken, so that a request going back
-        // to wait (its token rejected meanwhile by another request's
-        // answer) holds none.
+        // Decided before readiness is taken. A request going back to wait
+        // (its token rejected meanwhile by another request's answer) lets
+        // go of what its service was granted while polled before.
         let held = credential.take().expect("credential set before readiness");
         let current = match manager.newest(held) {
             Ok(current) => current,
             Err(flight) => {
+                if let Some(request) = pending.as_mut() {
+                    request.release_readiness();
+                }
                 let waiting = manager.waiting(flight);
                 return Poll::Ready(Ok(if first {
                     State::Acquiring { waiting }
