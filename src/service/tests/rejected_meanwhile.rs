@@ -46,23 +46,28 @@ fn api(
     })
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_retry_whose_token_was_rejected_while_it_waited_waits_for_the_refresh() {
-    let (seen, kept) = (Arc::default(), Kept::default());
+/// A layer starting with the token "first", whose refreshes give "fresh"
+/// once the returned `Notify` is notified.
+fn layer_refreshing_on_notice() -> (TokenRefreshLayer, Arc<Notify>) {
     let refreshed = Arc::new(Notify::new());
-    let source = refresh_fn({
-        let refreshed = Arc::clone(&refreshed);
-        move |_| {
-            let refreshed = Arc::clone(&refreshed);
-            async move {
-                refreshed.notified().await;
-                Ok::<_, RefreshError>(TokenSet::new("fresh"))
-            }
+    let notice = Arc::clone(&refreshed);
+    let source = refresh_fn(move |_| {
+        let notice = Arc::clone(&notice);
+        async move {
+            notice.notified().await;
+            Ok::<_, RefreshError>(TokenSet::new("fresh"))
         }
     });
     let layer = TokenRefreshLayer::builder(source)
         .initial_tokens(TokenSet::new("first"))
         .build();
+    (layer, refreshed)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_whose_token_was_rejected_while_it_waited_waits_for_the_refresh() {
+    let (seen, kept) = (Arc::default(), Kept::default());
+    let (layer, refreshed) = layer_refreshing_on_notice();
     let handle = layer.handle();
     let client = ServiceBuilder::new()
         .layer(layer)
@@ -116,20 +121,7 @@ async fn a_retry_going_back_to_wait_lets_go_of_what_its_service_was_granted() {
 
     let (seen, kept) = (Arc::default(), Kept::default());
     let released = Arc::new(Notify::new());
-    let refreshed = Arc::new(Notify::new());
-    let source = refresh_fn({
-        let refreshed = Arc::clone(&refreshed);
-        move |_| {
-            let refreshed = Arc::clone(&refreshed);
-            async move {
-                refreshed.notified().await;
-                Ok::<_, RefreshError>(TokenSet::new("fresh"))
-            }
-        }
-    });
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("first"))
-        .build();
+    let (layer, refreshed) = layer_refreshing_on_notice();
     let handle = layer.handle();
     // One request at a time, and one that holds its permit until released.
     let held_api = {
