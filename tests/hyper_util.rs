@@ -314,7 +314,8 @@ async fn redirects_followed_above_the_layer_take_the_token_only_to_allowed_origi
             request.body(Full::<Bytes>::default()).expect("request")
         };
 
-        let (handle, api_only) = client(Some(servers.api_origin()));
+        let api_origin = servers.api_origin();
+        let (handle, api_only) = client(Some(&api_origin));
         let response = api_only.clone().oneshot(get("/away")).await.unwrap();
         assert_eq!(response.status(), 401);
         assert_eq!(servers.elsewhere_saw(), vec![None]);

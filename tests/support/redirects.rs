@@ -1,76 +1,61 @@
-//! Two loopback origins for redirect tests. The API's `/away` redirects to
-//! the other origin's `/denied`, which rejects every request and notes the
-//! `Authorization` it got; its `/here` redirects within the API to
-//! `/check`, which accepts only `Bearer fresh`.
+//! Two loopback origins for redirect tests, on the fixtures' [`Server`].
+//! The API's `/away` redirects to the other origin's `/denied`, which
+//! rejects every request and notes the `Authorization` it got; its `/here`
+//! redirects within the API to `/check`, which accepts only `Bearer fresh`.
 
 use std::sync::{Arc, Mutex};
 
-use axum::extract::Request;
-use axum::routing::get;
 use http::header::{AUTHORIZATION, LOCATION};
-use http::StatusCode;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use http::{Response, StatusCode};
 
-/// The token [`Redirects`]'s `/check` accepts.
-pub const ACCEPTED: &str = "Bearer fresh";
+use super::server::{ResBody, Server};
 
 pub struct Redirects {
-    api: String,
-    elsewhere: String,
+    api: Server,
     elsewhere_saw: Arc<Mutex<Vec<Option<String>>>>,
-    tasks: [JoinHandle<()>; 2],
+    // Kept running for the API's redirects.
+    _elsewhere: Server,
 }
 
 impl Redirects {
     pub async fn start() -> Self {
         let elsewhere_saw: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
         let saw = Arc::clone(&elsewhere_saw);
-        let elsewhere = axum::Router::new().route(
-            "/denied",
-            get(move |request: Request| async move {
-                let auth = request.headers().get(AUTHORIZATION);
-                let auth = auth.map(|v| v.to_str().expect("ASCII").to_owned());
-                saw.lock().unwrap().push(auth);
-                StatusCode::UNAUTHORIZED
-            }),
-        );
-        let (elsewhere, elsewhere_task) = serve(elsewhere).await;
-        let redirect = |to: String| move || async move { (StatusCode::FOUND, [(LOCATION, to)]) };
-        let api = axum::Router::new()
-            .route("/away", get(redirect(format!("{elsewhere}/denied"))))
-            .route("/here", get(redirect("/check".to_owned())))
-            .route(
-                "/check",
-                get(|request: Request| async move {
-                    match request.headers().get(AUTHORIZATION) {
-                        Some(auth) if auth == ACCEPTED => StatusCode::OK,
-                        _ => StatusCode::UNAUTHORIZED,
-                    }
-                }),
-            );
-        let (api, api_task) = serve(api).await;
+        let elsewhere = Server::start(move |request, _peer| {
+            let auth = request.headers().get(AUTHORIZATION);
+            let auth = auth.map(|v| v.to_str().expect("ASCII").to_owned());
+            saw.lock().unwrap().push(auth);
+            async { answer(StatusCode::UNAUTHORIZED, None) }
+        })
+        .await;
+        let denied = format!("{}/denied", elsewhere.base_url());
+        let api = Server::start(move |request, _peer| {
+            let response = match request.uri().path() {
+                "/away" => answer(StatusCode::FOUND, Some(&denied)),
+                "/here" => answer(StatusCode::FOUND, Some("/check")),
+                _ => match request.headers().get(AUTHORIZATION) {
+                    Some(auth) if auth == "Bearer fresh" => answer(StatusCode::OK, None),
+                    _ => answer(StatusCode::UNAUTHORIZED, None),
+                },
+            };
+            async { response }
+        })
+        .await;
         Self {
             api,
-            elsewhere,
             elsewhere_saw,
-            tasks: [elsewhere_task, api_task],
+            _elsewhere: elsewhere,
         }
     }
 
     /// `path` on the API's origin.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.api)
+        format!("{}{path}", self.api.base_url())
     }
 
     /// The API's origin, `http://127.0.0.1:port`.
-    pub fn api_origin(&self) -> &str {
-        &self.api
-    }
-
-    /// The other origin.
-    pub fn elsewhere_origin(&self) -> &str {
-        &self.elsewhere
+    pub fn api_origin(&self) -> String {
+        self.api.base_url()
     }
 
     /// The `Authorization` of each request the other origin got.
@@ -79,20 +64,11 @@ impl Redirects {
     }
 }
 
-impl Drop for Redirects {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+/// An empty answer with `status`, redirecting to `location` if given.
+fn answer(status: StatusCode, location: Option<&str>) -> Response<ResBody> {
+    let mut response = Response::builder().status(status);
+    if let Some(location) = location {
+        response = response.header(LOCATION, location);
     }
-}
-
-/// Serves `app` on `127.0.0.1:0`; its origin, and the task to abort.
-async fn serve(app: axum::Router) -> (String, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let origin = format!("http://{}", listener.local_addr().expect("addr"));
-    let serve = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    (origin, serve)
+    response.body(ResBody::default()).expect("a valid response")
 }
