@@ -278,6 +278,10 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         let Some(mut retry) = retry else {
             return Ok(response);
         };
+        let wait_for = |flight| async {
+            let waited = core.manager.clone().wait(flight).await;
+            waited.map_err(into_middleware)
+        };
         let credential = match decision {
             // No refresh can run now: the rejection is the answer, as in the
             // tower layer; later requests get the typed error.
@@ -290,23 +294,14 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
             }
             Decision::Wait(flight) => {
                 drain(response, core.manager.refresh_timeout()).await;
-                core.manager
-                    .clone()
-                    .wait(flight)
-                    .await
-                    .map_err(into_middleware)?
+                wait_for(flight).await?
             }
         };
         let credential = match core.manager.newest(credential) {
             Ok(credential) => credential,
             // Rejected meanwhile by another request's answer: its refresh
             // is waited for, as after this request's own rejection.
-            Err(flight) => core
-                .manager
-                .clone()
-                .wait(flight)
-                .await
-                .map_err(into_middleware)?,
+            Err(flight) => wait_for(flight).await?,
         };
         core.manager.count_retry();
         credential.authorize(retry.headers_mut());
@@ -370,11 +365,12 @@ fn into_middleware(error: Error) -> reqwest_middleware::Error {
 /// that last answer is still taken for the token's: the response does not
 /// tell the chain.
 fn answered_by(response: &Response, origin: &Uri) -> bool {
-    self::origin(response.url()).is_some_and(|answered| {
-        // Both made by `origin`: lowercase hosts, default ports left out.
-        (answered.scheme_str(), answered.host(), answered.port_u16())
-            == (origin.scheme_str(), origin.host(), origin.port_u16())
-    })
+    let url = response.url();
+    // `origin` was made from a `Url` too: the same lowercase host, and no
+    // port where it is the scheme's default. Compared field by field, with
+    // no `Uri` built per response.
+    (Some(url.scheme()), url.host_str(), url.port())
+        == (origin.scheme_str(), origin.host(), origin.port_u16())
 }
 
 /// The origin of `url` as the `http::Uri` the layer's transport rules read,

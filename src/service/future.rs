@@ -603,13 +603,12 @@ where
         // Decided before readiness is taken. A request going back to wait
         // (its token rejected meanwhile by another request's answer) lets
         // go of what its service was granted while polled before.
+        let request = pending.as_mut().expect("request kept");
         let held = credential.take().expect("credential set before readiness");
         let current = match manager.newest(held) {
             Ok(current) => current,
             Err(flight) => {
-                if let Some(request) = pending.as_mut() {
-                    request.release_readiness();
-                }
+                request.release_readiness();
                 let waiting = manager.waiting(flight);
                 return Poll::Ready(Ok(if first {
                     State::Acquiring { waiting }
@@ -618,7 +617,6 @@ where
                 }));
             }
         };
-        let request = pending.as_mut().expect("request kept");
         let mut service = match request.poll_service(shared, cx) {
             Poll::Ready(service) => service?,
             Poll::Pending => {
