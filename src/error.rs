@@ -386,6 +386,10 @@ pub(crate) enum ErrorKind {
     RefreshFailed,
     RefreshTimedOut,
     RefreshAborted,
+    /// A refresh put off because the token store failed while the current
+    /// token was still good (see `manager::fleet`): requests go on with
+    /// it, and only a request that cannot finds this error.
+    RefreshDeferred,
     InsecureTransport,
     NoRuntime,
 }
@@ -407,6 +411,12 @@ impl Error {
             kind,
             refresh: None,
         }
+    }
+
+    /// Whether a refresh was put off, not tried: deciding afresh may
+    /// still start one (see [`ErrorKind::RefreshDeferred`]).
+    pub(crate) fn is_deferred(&self) -> bool {
+        self.kind == ErrorKind::RefreshDeferred
     }
 
     /// What went wrong, for tests that tell kinds without a public
@@ -446,7 +456,10 @@ impl Error {
     pub fn is_refresh_failed(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::RefreshFailed | ErrorKind::RefreshTimedOut | ErrorKind::RefreshAborted
+            ErrorKind::RefreshFailed
+                | ErrorKind::RefreshTimedOut
+                | ErrorKind::RefreshAborted
+                | ErrorKind::RefreshDeferred
         )
     }
 
@@ -492,6 +505,7 @@ impl fmt::Display for Error {
             ErrorKind::RefreshFailed => "token refresh failed",
             ErrorKind::RefreshTimedOut => "token refresh timed out",
             ErrorKind::RefreshAborted => "token refresh task ended without a result",
+            ErrorKind::RefreshDeferred => "token refresh deferred: the token store failed",
             ErrorKind::InsecureTransport => {
                 "refusing to send a bearer token over plain http to a non-loopback host"
             }

@@ -114,7 +114,9 @@ impl TokenHandle {
 
     /// Refreshes now, whatever the token's age, and waits for the result.
     /// Joins a refresh already running; honours a rate limit, a backoff or
-    /// a terminal failure still in force (returning its error).
+    /// a terminal failure still in force (returning its error), but not a
+    /// refresh put off because the [store](crate::store) failed: that one
+    /// is tried now, without the store if it fails again.
     ///
     /// ```
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};

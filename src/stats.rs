@@ -24,7 +24,8 @@ pub struct Stats {
     pub refreshes: u64,
     /// Refresh calls that produced a token.
     pub refresh_successes: u64,
-    /// Refresh calls that failed or timed out.
+    /// Refresh calls that failed or timed out, and refreshes put off
+    /// because the [store](crate::store) failed while the token was good.
     pub refresh_failures: u64,
     /// Refreshes that adopted newer tokens another process (or layer) had
     /// put in the [store](crate::store) instead of calling the source.

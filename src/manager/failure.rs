@@ -116,6 +116,22 @@ impl Failure {
         self.until.is_none_or(|until| now < until)
     }
 
+    /// Whether no refresh may start at `now` for a request that cannot use
+    /// the current token, or for a forced one. A refresh the store failure
+    /// deferred blocks neither: it was put off only because the token was
+    /// still good, and the flight they start refreshes without the store.
+    pub(crate) fn blocks_needed(&self, now: Instant) -> bool {
+        self.kind != ErrorKind::RefreshDeferred && self.blocks(now)
+    }
+
+    /// Ends the wait no later than `at`, if given.
+    pub(crate) fn no_later_than(mut self, at: Option<Instant>) -> Self {
+        if let (Some(until), Some(at)) = (self.until, at) {
+            self.until = Some(until.min(at));
+        }
+        self
+    }
+
     pub(crate) fn to_error(&self) -> Error {
         Error::with_refresh(self.kind, Arc::clone(&self.error))
     }

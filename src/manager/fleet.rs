@@ -202,7 +202,19 @@ impl FlightTask {
     }
 
     /// The store failed: this flight refreshes on its own, and its tokens
-    /// are offered to the store once installed ([`Offer`]).
+    /// are offered to the store once installed ([`Offer`]), unless the
+    /// current token may still be sent for a while.
+    ///
+    /// A refresh without the store is a refresh the fleet does not know
+    /// of: another process may hold the lease and present the same
+    /// refresh token at the same time, which an issuer that rotates
+    /// refresh tokens answers by revoking the whole family. A store blip
+    /// ahead of need is therefore waited out: the refresh is put off (a
+    /// backoff, ending by the token's mandatory window at the latest) and
+    /// the store asked again, while requests go on with the token. Only a
+    /// token that may no longer be sent (inside its mandatory window,
+    /// rejected, or missing), a forced refresh, or a stored record that
+    /// does not read is refreshed without the store.
     async fn alone(
         &self,
         shared_store: &Arc<dyn DynStore>,
@@ -211,6 +223,19 @@ impl FlightTask {
         ctx: RefreshContext,
         started: Instant,
     ) -> Result<Obtained, Failed> {
+        // A record that does not read stays so: waiting would not help.
+        if !error.is_corrupt() && self.ahead_of_need() {
+            store_failed(
+                &self.shared,
+                &error,
+                "the refresh waits while the token is good",
+            );
+            let deferred = RefreshError::transient(
+                "the token store failed; the refresh waits while the current token is good",
+            )
+            .with_source(error);
+            return Err((deferred, ErrorKind::RefreshDeferred));
+        }
         store_failed(&self.shared, &error, "refreshing without the store");
         let mut obtained = self.obtain(ctx, None, started).await?;
         // A record that does not read (corrupt, or not sealed with this
@@ -389,8 +414,7 @@ impl Offer {
         tokens: Arc<TokenSet>,
         generation: Option<u64>,
     ) {
-        // Called by the flight's task, so on its runtime; the tokens made
-        // a `Prepared`, so they make a header.
+        // Called by the flight's task, so on its runtime.
         let next = next_version(self.expected, self.known);
         let (settled, pending) = watch::channel(());
         control.pending_offer = Some(pending);

@@ -490,7 +490,51 @@ async fn an_access_token_that_makes_no_header_is_neither_stored_nor_adopted() {
 /// refreshing from the store spent that one again.
 #[tokio::test(start_paused = true)]
 async fn an_unusable_answer_that_rotated_the_refresh_token_is_stored_to_refresh_from() {
-    let presented = Arc::new(Mutex::new(Vec::new()));
+    check_unusable_rotation_stored(|_| {}).await;
+}
+
+/// Found in review: the same answer, when the store failed to take it
+/// (under the lease, or after a refresh without the store), was dropped
+/// with the offer that would have stored it; the process also forgot the
+/// version it had refreshed from. The offer now runs for refused tokens
+/// as for installed ones.
+#[tokio::test(start_paused = true)]
+async fn an_unusable_answer_the_store_failed_to_take_is_offered_to_it() {
+    check_unusable_rotation_stored(|store| store.failing_writes.store(1, Ordering::SeqCst)).await;
+    check_unusable_rotation_stored(|store| store.fail_next.store(true, Ordering::SeqCst)).await;
+}
+
+/// Two layers on one store from rt-1; the first, its store broken by
+/// `fault`, gets an answer that rotates to rt-2 with an access token that
+/// makes no header; the sibling refreshes next, and must present rt-2.
+async fn check_unusable_rotation_stored(fault: impl FnOnce(&FaultyLoads)) {
+    let (source, presented) = rotating_to_an_unusable_answer_first();
+    let store = FaultyLoads::default();
+    let layer = || {
+        TokenRefreshLayer::builder(source.clone())
+            .store(store.clone())
+            .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1"))
+            .build()
+    };
+    let (first, sibling) = (layer(), layer());
+
+    fault(&store);
+    assert!(first.handle().force_refresh().await.is_err(), "refused");
+    crate::test_support::settle().await; // an offer runs on its own task
+    sibling.handle().force_refresh().await.unwrap();
+
+    let sent = |n: u32| Some(format!("rt-{n}"));
+    assert_eq!(*presented.lock().unwrap(), [sent(1), sent(2)]);
+    assert_eq!(store.inner.load().await.unwrap().unwrap().version(), 2);
+}
+
+/// The refresh tokens presented so far.
+type Presented = Arc<Mutex<Vec<Option<String>>>>;
+
+/// A source that rotates rt-n to rt-(n+1) for each call, and whose first
+/// answer carries an access token that makes no header.
+fn rotating_to_an_unusable_answer_first() -> (impl Refresh + Clone, Presented) {
+    let presented = Presented::default();
     let recorded = Arc::clone(&presented);
     let source = refresh_fn(move |ctx: RefreshContext| {
         let mut presented = recorded.lock().unwrap();
@@ -506,21 +550,38 @@ async fn an_unusable_answer_that_rotated_the_refresh_token_is_stored_to_refresh_
             .with_expires_in(LIFETIME);
         async move { Ok::<_, RefreshError>(tokens) }
     });
-    let store = MemoryStore::new();
-    let layer = || {
-        TokenRefreshLayer::builder(source.clone())
-            .store(store.clone())
-            .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1"))
-            .build()
-    };
-    let (first, sibling) = (layer(), layer());
+    (source, presented)
+}
 
-    assert!(first.handle().force_refresh().await.is_err(), "refused");
-    sibling.handle().force_refresh().await.unwrap();
+/// Found in review: refused tokens refreshed under the lease from a
+/// sibling's version, neither written nor offered (the store failed
+/// twice), left the process knowing only the version before it; its next
+/// flight refreshed from the sibling's version again, whose refresh token
+/// it had spent. It now knows the version it refreshed from, as it does
+/// for installed tokens.
+#[tokio::test(start_paused = true)]
+async fn refused_tokens_left_unstored_are_refreshed_from_not_the_version_they_replaced() {
+    let (source, presented) = rotating_to_an_unusable_answer_first();
+    let store = FaultyLoads::default();
+    let layer = TokenRefreshLayer::builder(source)
+        .store(store.clone())
+        .build();
+    let expired = TokenSet::new("at-sibling")
+        .with_refresh_token("rt-1")
+        .with_expires_in(Duration::from_secs(60));
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let record = Record::new(2, crate::store::encode(&expired, an_hour_ago).to_vec());
+    store.inner.compare_and_swap(None, record).await.unwrap();
+
+    store.failing_writes.store(2, Ordering::SeqCst); // the write, then the offer
+    assert!(layer.handle().force_refresh().await.is_err(), "refused");
+    crate::test_support::settle().await;
+    tokio::time::advance(Duration::from_secs(2)).await; // past the backoff
+    layer.handle().force_refresh().await.unwrap();
 
     let sent = |n: u32| Some(format!("rt-{n}"));
     assert_eq!(*presented.lock().unwrap(), [sent(1), sent(2)]);
-    assert_eq!(store.load().await.unwrap().unwrap().version(), 2);
+    assert_eq!(layer.handle().stats().store_errors, 2);
 }
 
 /// Found in review: a refresh source that panicked under the lease left it
@@ -907,4 +968,138 @@ async fn the_next_flight_waits_for_an_outstanding_offer() {
 
     assert_eq!(idp.stored_live_version(&store.inner).await, 3);
     assert_eq!(idp.counts(), (1, 2, 0));
+}
+
+/// Found in review: a proactive refresh whose store load failed once
+/// refreshed on its own at once, though its token was good for tens of
+/// seconds more. A sibling holding the lease presented the same refresh
+/// token at the same time: `invalid_grant` here, and with an issuer that
+/// detects reuse, the revocation of the whole family. While the token is
+/// good, the refresh now waits for the store instead.
+#[tokio::test(start_paused = true)]
+async fn a_store_blip_ahead_of_need_puts_the_refresh_off_instead_of_racing_the_lease() {
+    let idp = Rotating {
+        delay: Duration::from_secs(1),
+        ..Rotating::default()
+    };
+    let store = FaultyLoads::default();
+    let (first, second) = (idp.layer_on(store.clone()), idp.layer_on(store.clone()));
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    crate::test_support::settle().await;
+    assert_eq!(second.handle().stats().adopted, 1, "version 1, announced");
+    tokio::time::advance(LIFETIME * 6 / 10).await; // advisory window, not mandatory
+
+    // The first layer's proactive refresh finds the store failing once.
+    store.fail_next.store(true, Ordering::SeqCst);
+    let client = ServiceBuilder::new()
+        .layer(first.clone())
+        .service(idp.api.clone());
+    assert!(all_ok(&burst(&client, 5).await), "sent with the good token");
+    let leased = second.handle().force_refresh().await; // rt-1 → rt-2, version 2
+    crate::test_support::settle().await;
+
+    assert_eq!(
+        idp.counts(),
+        (1, 1, 0),
+        "a spent refresh token was presented"
+    );
+    leased.unwrap();
+    let stats = first.handle().stats();
+    assert_eq!((stats.store_errors, stats.refresh_failures), (1, 1));
+    assert_eq!(stats.adopted, 1, "the first layer adopted version 2");
+    let tokens = first.handle().tokens().unwrap();
+    assert_eq!(tokens.refresh_token().unwrap().expose(), "rt-2");
+}
+
+/// A layer on a store that stays down, from tokens at-0 / rt-0 living
+/// `LIFETIME`, set up by `configure`, and a client through it.
+fn on_a_store_that_stays_down(
+    idp: &Rotating,
+    configure: impl FnOnce(crate::Builder) -> crate::Builder,
+) -> (TokenRefreshLayer, crate::TokenRefresh<Api>) {
+    idp.api.accept("at-0");
+    let store = Broken {
+        hang: false,
+        calls: Arc::default(),
+    };
+    let initial = TokenSet::new("at-0")
+        .with_refresh_token("rt-0")
+        .with_expires_in(LIFETIME);
+    let builder = TokenRefreshLayer::builder(idp.source())
+        .store(store)
+        .initial_tokens(initial);
+    let layer = configure(builder).build();
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(idp.api.clone());
+    (layer, client)
+}
+
+/// Put off while the token is good, backed off between tries of the
+/// store, the refresh runs without the store once the token enters its
+/// mandatory window (the last 10 s of 100), and no request fails.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_stays_down_is_refreshed_around_once_the_token_must_be_replaced() {
+    let idp = Rotating::default();
+    let (layer, client) = on_a_store_that_stays_down(&idp, |b| b);
+    tokio::time::advance(LIFETIME / 2).await; // the advisory window begins
+    for second in 50..90 {
+        assert!(all_ok(&burst(&client, 1).await), "at {second} s");
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        idp.counts(),
+        (0, 0, 0),
+        "refreshed while the token was good"
+    );
+    let deferred = layer.handle().stats().refresh_failures;
+    assert!(
+        (2..10).contains(&deferred),
+        "{deferred} tries of the store in 40 s, one a request would be 40"
+    );
+
+    tokio::time::advance(Duration::from_secs(1)).await; // mandatory window
+    assert!(all_ok(&burst(&client, 3).await));
+    assert_eq!(idp.counts(), (0, 1, 0), "refreshed without the store");
+    let tokens = layer.handle().tokens().unwrap();
+    assert_eq!(tokens.access_token().expose(), "at-1");
+}
+
+/// A token rejected while a store failure holds its refresh off is
+/// replaced without the store at once: the deferral is no failure that
+/// stops a request needing a new token.
+#[tokio::test(start_paused = true)]
+async fn a_token_rejected_while_the_refresh_is_put_off_is_replaced_without_the_store() {
+    let idp = Rotating::default();
+    let (layer, client) = on_a_store_that_stays_down(&idp, |b| b);
+    tokio::time::advance(LIFETIME * 6 / 10).await;
+    assert!(all_ok(&burst(&client, 1).await));
+    crate::test_support::settle().await;
+    assert_eq!(layer.handle().stats().refresh_failures, 1, "put off");
+
+    idp.api.revoke("at-0");
+    assert!(all_ok(&burst(&client, 3).await), "retried with a new token");
+    assert_eq!(idp.counts(), (0, 1, 0));
+}
+
+/// Without traffic, the background refresh puts itself off no further
+/// than the mandatory window: a backoff running past the token's expiry
+/// (30 to 60 s here, from 50 s before it) would let it lapse, and a
+/// sliding-refresh API cannot renew a lapsed token.
+#[tokio::test(start_paused = true)]
+async fn a_put_off_background_refresh_still_runs_before_the_token_expires() {
+    let idp = Rotating::default();
+    let long = crate::Backoff::new(Duration::from_secs(60), Duration::from_secs(60));
+    let (layer, _client) =
+        on_a_store_that_stays_down(&idp, |b| b.background_refresh(true).backoff(long));
+    for _ in 0..95 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        crate::test_support::settle().await;
+    }
+
+    assert_eq!(idp.counts(), (0, 1, 0), "refreshed before expiry");
+    assert!(
+        layer.handle().stats().refresh_failures >= 1,
+        "put off first"
+    );
 }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::failure::Failure;
 use super::fleet::Offer;
 use super::flight_wait::{FlightCell, FlightWait};
-use super::snapshot::{makes_header, Credential, Prepared, Snapshot};
+use super::snapshot::{makes_header, Credential, Freshness, Prepared, Snapshot};
 use super::{later, Control, Shared, TokenManager};
 use crate::error::ErrorKind;
 use crate::refresh::{DynRefresh, RefreshContext};
@@ -147,7 +147,18 @@ pub(super) struct FlightTask {
     /// The store version `current` came from, if any.
     pub(super) known_version: Option<u64>,
     /// Fetched tokens `prepare` refused that rotated the refresh token.
-    refused: Option<Arc<TokenSet>>,
+    refused: Option<Refused>,
+}
+
+/// Fetched tokens refused that rotated the refresh token: no request can
+/// use them, but theirs is the live refresh token.
+struct Refused {
+    tokens: Arc<TokenSet>,
+    /// The store version they supersede, as for installed tokens
+    /// ([`Obtained::version`]).
+    version: Option<u64>,
+    /// Their offer to the store, which failed to take them.
+    offer: Option<Offer>,
 }
 
 /// A failed call, and how the manager must treat it.
@@ -300,6 +311,19 @@ impl FlightTask {
         }
     }
 
+    /// Whether this flight's refresh can wait: it started ahead of need
+    /// (in the advisory window, or at the background timer's advisory
+    /// point) and the token it would replace may still be sent, outside
+    /// its mandatory window and not rejected.
+    pub(super) fn ahead_of_need(&self) -> bool {
+        let snapshot = self.shared.snapshot.load();
+        matches!(
+            self.reason,
+            RefreshReason::Proactive | RefreshReason::Scheduled
+        ) && snapshot.generation == self.from_generation
+            && snapshot.freshness(Instant::now()) != Freshness::Expired
+    }
+
     /// Validates the new tokens and, for tokens this process fetched, runs
     /// the hook. Adopted tokens were stored with their refresh token, and
     /// their hook ran in the process that fetched them.
@@ -328,39 +352,45 @@ impl FlightTask {
             (error, ErrorKind::RefreshFailed)
         };
         // Checked first, so that refused tokens are kept without a copy.
-        if !makes_header(&tokens) {
-            if rotated {
-                self.keep_refused(Arc::new(tokens)).await;
+        let (tokens, failed) = if makes_header(&tokens) {
+            let prepared =
+                Prepared::new(tokens, obtained_at, true).map_err(|_| invalid_header())?;
+            if !prepared.is_expired_at(Instant::now()) {
+                if !adopted {
+                    self.run_hook(prepared.shared_tokens()).await;
+                }
+                return Ok(Ready {
+                    prepared,
+                    version,
+                    adopted,
+                    offer,
+                });
             }
-            return Err(invalid_header());
-        }
-        let prepared = Prepared::new(tokens, obtained_at, true).map_err(|_| invalid_header())?;
-        // Installing it would send every waiting request straight back for
-        // another refresh; as a failure it is backed off.
-        if prepared.is_expired_at(Instant::now()) {
-            if rotated {
-                self.keep_refused(prepared.shared_tokens()).await;
-            }
+            // Installing it would send every waiting request straight back
+            // for another refresh; as a failure it is backed off.
             let error =
                 RefreshError::transient("the refresh returned a token that had already expired");
-            return Err((error, ErrorKind::RefreshFailed));
+            (prepared.shared_tokens(), (error, ErrorKind::RefreshFailed))
+        } else {
+            (Arc::new(tokens), invalid_header())
+        };
+        if rotated {
+            let refused = Refused {
+                tokens,
+                version,
+                offer,
+            };
+            self.keep_refused(refused).await;
         }
-        if !adopted {
-            self.run_hook(prepared.shared_tokens()).await;
-        }
-        Ok(Ready {
-            prepared,
-            version,
-            adopted,
-            offer,
-        })
+        Err(failed)
     }
 
     /// Keeps refused tokens that rotated the refresh token for the next
     /// flight, and shows them to the hook: what it persists must hold the
     /// live refresh token, or a restart would present the spent one.
-    async fn keep_refused(&mut self, tokens: Arc<TokenSet>) {
-        self.refused = Some(Arc::clone(&tokens));
+    async fn keep_refused(&mut self, refused: Refused) {
+        let tokens = Arc::clone(&refused.tokens);
+        self.refused = Some(refused);
         self.run_hook(tokens).await;
     }
 
@@ -433,6 +463,19 @@ impl FlightTask {
         let error = Arc::new(error);
         Counters::bump(&shared.stats.refresh_failures);
         let (mut control, current, superseded) = self.settle();
+        if let Some(refused) = refused {
+            // Their refresh token is the live one: the store gets it
+            // whoever decides next, and this process refreshes from it.
+            if let Some(offer) = refused.offer {
+                offer.start(shared, &mut control, Arc::clone(&refused.tokens), None);
+            }
+            if current && !superseded {
+                control.refused = Some(refused.tokens);
+                if refused.version.is_some() {
+                    control.store_version = refused.version;
+                }
+            }
+        }
         if superseded || !current {
             // Whoever overtook this flight decides; its tokens are not
             // blamed for this failure.
@@ -443,9 +486,6 @@ impl FlightTask {
                 Err(Error::with_refresh(kind, error))
             };
         }
-        if refused.is_some() {
-            control.refused = refused;
-        }
         control.consecutive_failures = control.consecutive_failures.saturating_add(1);
         let failure = Failure::new(
             Arc::clone(&error),
@@ -454,6 +494,13 @@ impl FlightTask {
             &shared.config.backoff,
             Instant::now(),
         );
+        // Put off while the token is good, the refresh is tried again at
+        // the latest when the token enters its mandatory window.
+        let failure = if kind == ErrorKind::RefreshDeferred {
+            failure.no_later_than(shared.snapshot.load().expired_at)
+        } else {
+            failure
+        };
         let gate = failure.until.map_or(u64::MAX, |until| shared.nanos(until));
         shared.proactive_gate.store(gate, Ordering::Release);
         control.failure = Some(failure);

@@ -379,7 +379,12 @@ impl TokenManager {
                                 return Poll::Ready(Ok(credential));
                             }
                         }
-                        return Poll::Ready(Err(error));
+                        // Put off while the token was good, which it is no
+                        // longer (rejected meanwhile): decided afresh,
+                        // which refreshes without the store.
+                        if !error.is_deferred() {
+                            return Poll::Ready(Err(error));
+                        }
                     }
                 }
             }
@@ -416,7 +421,7 @@ impl TokenManager {
             if let Some(flight) = control.flight.as_ref().filter(|f| f.is_live(now)) {
                 return Decision::Wait(flight.clone());
             }
-            if let Some(failure) = control.failure.as_ref().filter(|f| f.blocks(now)) {
+            if let Some(failure) = control.failure.as_ref().filter(|f| f.blocks_needed(now)) {
                 if snapshot.is_valid(now) {
                     return snapshot
                         .credential()
@@ -485,7 +490,8 @@ impl TokenManager {
     }
 
     /// Starts a refresh regardless of the token's freshness, honouring any
-    /// failure that still blocks refreshing.
+    /// failure that still blocks refreshing (a refresh put off because the
+    /// store failed does not).
     pub(crate) fn force(&self) -> Result<Flight, Error> {
         let launch = {
             let mut control = self.shared.lock();
@@ -493,7 +499,7 @@ impl TokenManager {
             if let Some(flight) = control.flight.as_ref().filter(|f| f.is_live(now)) {
                 return Ok(flight.clone());
             }
-            if let Some(failure) = control.failure.as_ref().filter(|f| f.blocks(now)) {
+            if let Some(failure) = control.failure.as_ref().filter(|f| f.blocks_needed(now)) {
                 return Err(failure.to_error());
             }
             let snapshot = self.shared.snapshot.load_full();

@@ -26,15 +26,23 @@
 //! replaces them at the next refresh or announcement.
 //!
 //! A store that fails or does not answer within the refresh timeout never
-//! fails a request: the process logs a warning and refreshes on its own, as
-//! it would without a store, and requests go on with any token still valid.
-//! It then offers the new tokens to the store from a task of their own
-//! (compare-and-swap over the version it found there, so never over a newer
-//! one): a source that rotates refresh tokens has spent the one the store
-//! may still hold. So does a process that refreshed under the lease and
-//! then failed to write; it keeps the lease until the offer has settled
-//! (within the lease's time to live), so that no other process refreshes
-//! from the spent token meanwhile.
+//! fails a request: the process logs a warning, and requests go on with any
+//! token still valid. While that token is outside its mandatory window,
+//! the refresh is put off and the store asked again after a backoff (never
+//! past the mandatory window): a refresh the fleet does not know of may
+//! present the refresh token a lease holder presents at the same time. A
+//! token that must be replaced (inside its mandatory window, rejected, or
+//! missing) is refreshed on its own at once, as it would be without a
+//! store, and so is a forced refresh. The process then offers the new
+//! tokens to the store from a task of their own (compare-and-swap over the
+//! version it found there, so never over a newer one): a source that
+//! rotates refresh tokens has spent the one the store may still hold. So
+//! does a process that refreshed under the lease and then failed to write;
+//! it keeps the lease until the offer has settled (within the lease's time
+//! to live), so that no other process refreshes from the spent token
+//! meanwhile. Tokens the layer refuses (an access token already expired,
+//! or not a header value) are offered too if they rotated the refresh
+//! token: no request can use them, but theirs is the live refresh token.
 //!
 //! Stores hold opaque bytes: the layer encodes the tokens (with an absolute
 //! expiry, so any process can read it) and, wrapped in

@@ -113,9 +113,10 @@ return 0
 ///
 /// Every store call fails within about the timeout with an
 /// [unavailable](StoreError::unavailable) error (never a hang, never a
-/// token in the message). The layer then logs a warning and refreshes on
-/// its own, as it would without a store, and a request that a valid local
-/// token can serve never fails because of Redis. Once Redis answers again,
+/// token in the message). The layer then logs a warning and, once its
+/// token must be replaced, refreshes on its own, as it would without a
+/// store (see the [module docs](crate::store)); a request that a valid
+/// local token can serve never fails because of Redis. Once Redis answers again,
 /// the processes share their tokens again.
 ///
 /// ```
