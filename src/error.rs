@@ -390,6 +390,9 @@ pub(crate) enum ErrorKind {
     /// token was still good (see `manager::fleet`): requests go on with
     /// it, and only a request that cannot finds this error.
     RefreshDeferred,
+    /// The request's own timeout (reqwest's) ran out while it waited for
+    /// a token.
+    DeadlineElapsed,
     InsecureTransport,
     NoRuntime,
 }
@@ -463,7 +466,9 @@ impl Error {
         )
     }
 
-    /// The refresh took longer than the configured refresh timeout.
+    /// The refresh took longer than the configured refresh timeout, or the
+    /// request's own timeout ran out while it waited for a token (a
+    /// request through the `reqwest` middleware).
     ///
     /// ```
     /// # fn check(err: &tower_token_refresh::Error) -> bool {
@@ -471,7 +476,10 @@ impl Error {
     /// # }
     /// ```
     pub fn is_timeout(&self) -> bool {
-        self.kind == ErrorKind::RefreshTimedOut
+        matches!(
+            self.kind,
+            ErrorKind::RefreshTimedOut | ErrorKind::DeadlineElapsed
+        )
     }
 
     /// The request had an explicit `http://` URI to a host that is not
@@ -506,6 +514,9 @@ impl fmt::Display for Error {
             ErrorKind::RefreshTimedOut => "token refresh timed out",
             ErrorKind::RefreshAborted => "token refresh task ended without a result",
             ErrorKind::RefreshDeferred => "token refresh deferred: the token store failed",
+            ErrorKind::DeadlineElapsed => {
+                "the request's timeout elapsed while it waited for a token"
+            }
             ErrorKind::InsecureTransport => {
                 "refusing to send a bearer token over plain http to a non-loopback host"
             }

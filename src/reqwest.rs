@@ -33,6 +33,16 @@
 //!   the request's headers and drops them only on such a hop, so a second
 //!   hop within the other origin carries the token again; turn redirects
 //!   off, `reqwest::redirect::Policy::none()`, where that matters.)
+//! - A request's own timeout ([`reqwest::RequestBuilder::timeout`]) covers
+//!   everything the middleware does for it: waiting for a token, the
+//!   first attempt, waiting for the refresh after a rejection and the
+//!   retry, each attempt sent with what is left of it. reqwest applies it
+//!   per attempt only, so without this a request could take the wait for a
+//!   refresh and then its whole timeout twice over. Past it the request
+//!   fails with an [`Error`] whose [`is_timeout`](Error::is_timeout) is
+//!   true (or reqwest's own timeout error, if an attempt ran it out). A
+//!   timeout set on the client ([`reqwest::ClientBuilder::timeout`]) is not
+//!   visible to middleware and still applies per attempt.
 //! - A request that cannot get a token fails with
 //!   [`reqwest_middleware::Error::Middleware`] holding this crate's
 //!   [`Error`]; [`token_error`] gets it back.
@@ -89,10 +99,11 @@ use ::reqwest::header::AUTHORIZATION;
 use ::reqwest::{Request, Response, Url};
 use http::{Extensions, Uri};
 use reqwest_middleware::{Middleware, Next};
+use tokio::time::Instant;
 
 use crate::classify::{ClassifyRejection, Unauthorized};
 use crate::error::ErrorKind;
-use crate::manager::Decision;
+use crate::manager::{later, Credential, Decision};
 use crate::service::drain::Drain;
 use crate::service::Core;
 use crate::{Error, TokenHandle, TokenRefreshLayer};
@@ -239,6 +250,11 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         if core.rules.is_insecure(&origin) {
             return Err(into_middleware(Error::new(ErrorKind::InsecureTransport)));
         }
+        // The caller's timeout, counted from here: reqwest counts it anew
+        // for each attempt, from when the attempt starts.
+        let deadline = request
+            .timeout()
+            .map(|timeout| later(Instant::now(), *timeout));
         let ready = {
             // The middleware is shared behind `&self`, so it cannot keep a
             // snapshot cache per caller as the tower service does; a fresh
@@ -249,13 +265,9 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         };
         let credential = match ready {
             Some(credential) => credential,
-            None => core
-                .manager
-                .clone()
-                .acquire()
-                .await
-                .map_err(into_middleware)?,
+            None => within(deadline, core.manager.clone().acquire()).await?,
         };
+        limit_to(&mut request, deadline)?;
         // Copied before the header goes in: the retry gets its own token.
         let retry = if core.reactive_retry {
             request.try_clone()
@@ -278,10 +290,11 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         let Some(mut retry) = retry else {
             return Ok(response);
         };
-        let wait_for = |flight| async {
-            let waited = core.manager.clone().wait(flight).await;
-            waited.map_err(into_middleware)
-        };
+        let wait_for = |flight| within(deadline, core.manager.clone().wait(flight));
+        let drain_bound = deadline.map_or(core.manager.refresh_timeout(), |deadline| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            left.min(core.manager.refresh_timeout())
+        });
         let credential = match decision {
             // No refresh can run now: the rejection is the answer, as in the
             // tower layer; later requests get the typed error.
@@ -289,11 +302,11 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
             // The rejection is read and released before retrying or
             // waiting: it frees the connection.
             Decision::Use(credential) => {
-                drain(response, core.manager.refresh_timeout()).await;
+                drain(response, drain_bound).await;
                 credential
             }
             Decision::Wait(flight) => {
-                drain(response, core.manager.refresh_timeout()).await;
+                drain(response, drain_bound).await;
                 wait_for(flight).await?
             }
         };
@@ -303,6 +316,7 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
             // is waited for, as after this request's own rejection.
             Err(flight) => wait_for(flight).await?,
         };
+        limit_to(&mut retry, deadline)?;
         core.manager.count_retry();
         credential.authorize(retry.headers_mut());
         let response = next.run(retry, extensions).await?;
@@ -317,6 +331,34 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         }
         Ok(response)
     }
+}
+
+/// `wait` for a token, given up at `deadline` (the request's own timeout).
+async fn within(
+    deadline: Option<Instant>,
+    wait: impl Future<Output = Result<Credential, Error>>,
+) -> reqwest_middleware::Result<Credential> {
+    let waited = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, wait)
+            .await
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::DeadlineElapsed))),
+        None => wait.await,
+    };
+    waited.map_err(into_middleware)
+}
+
+/// Gives `request` what is left until `deadline` as its timeout, or fails
+/// it if nothing is left.
+fn limit_to(request: &mut Request, deadline: Option<Instant>) -> reqwest_middleware::Result<()> {
+    let Some(deadline) = deadline else {
+        return Ok(());
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(into_middleware(Error::new(ErrorKind::DeadlineElapsed)));
+    }
+    *request.timeout_mut() = Some(left);
+    Ok(())
 }
 
 /// Reads a rejection's body to its end with the tower layer's [`Drain`]

@@ -363,12 +363,25 @@ async fn requests_carry_the_current_token() {
     .await;
 }
 
-/// Records whether the `Authorization` header a request reaches it with is
-/// marked sensitive; placed after the token middleware.
+/// Records each attempt that reaches it, placed after the token
+/// middleware: whether its `Authorization` header is marked sensitive, and
+/// its timeout.
 #[derive(Clone, Default)]
-struct SensitivityProbe(Arc<Mutex<Vec<bool>>>);
+struct AttemptProbe(Arc<Mutex<Vec<Attempt>>>);
 
-impl Middleware for SensitivityProbe {
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    sensitive: Option<bool>,
+    timeout: Option<Duration>,
+}
+
+impl AttemptProbe {
+    fn attempts(&self) -> Vec<Attempt> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl Middleware for AttemptProbe {
     // The expansion of `#[async_trait] async fn handle`.
     fn handle<'life0, 'life1, 'life2, 'async_trait>(
         &'life0 self,
@@ -388,9 +401,10 @@ impl Middleware for SensitivityProbe {
         'life2: 'async_trait,
         Self: 'async_trait,
     {
-        if let Some(value) = req.headers().get(AUTHORIZATION) {
-            self.0.lock().unwrap().push(value.is_sensitive());
-        }
+        self.0.lock().unwrap().push(Attempt {
+            sensitive: req.headers().get(AUTHORIZATION).map(|v| v.is_sensitive()),
+            timeout: req.timeout().copied(),
+        });
         next.run(req, extensions)
     }
 }
@@ -404,7 +418,7 @@ async fn injected_header_is_marked_sensitive_on_first_send_and_retry() {
             layer,
             ..
         } = setup(with_login).await;
-        let probe = SensitivityProbe::default();
+        let probe = AttemptProbe::default();
         let client = ClientBuilder::new(reqwest::Client::new())
             .with(layer.reqwest_middleware())
             .with(probe.clone())
@@ -415,7 +429,95 @@ async fn injected_header_is_marked_sensitive_on_first_send_and_retry() {
 
         assert_eq!(response.status(), StatusCode::OK);
         // The first attempt and the retry.
-        assert_eq!(*probe.0.lock().unwrap(), vec![true, true]);
+        let sensitive: Vec<_> = probe.attempts().iter().map(|a| a.sensitive).collect();
+        assert_eq!(sensitive, [Some(true), Some(true)]);
+    })
+    .await;
+}
+
+/// A source refreshing through `cognito`'s preset after `delay`.
+fn slow_by(cognito: &CognitoClient, delay: Duration) -> impl Refresh {
+    let preset = Arc::new(cognito.refresher());
+    refresh_fn(move |ctx| {
+        let preset = Arc::clone(&preset);
+        async move {
+            tokio::time::sleep(delay).await;
+            preset.refresh(ctx).await
+        }
+    })
+}
+
+/// Found in review: reqwest counts a request's timeout per attempt, from
+/// when the attempt starts, so a request waited for its token's refresh
+/// and then had its whole timeout again. The wait is bounded by it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_timeout_bounds_the_wait_for_a_token() {
+    bounded(async {
+        let expired = |builder: Builder, login: TokenSet| {
+            builder.initial_tokens(login.with_expires_in(Duration::ZERO))
+        };
+        let slow = |cognito: &CognitoClient| slow_by(cognito, Duration::from_secs(3));
+        let setup = setup_refreshing(slow, expired).await;
+        let request = setup
+            .client
+            .get(setup.api.url("/"))
+            .timeout(Duration::from_millis(300))
+            .send();
+
+        let answer = tokio::time::timeout(Duration::from_secs(2), request).await;
+        let error = answer.expect("waited out the refresh").unwrap_err();
+        let error = token_error(&error).expect("the token error");
+        assert!(error.is_timeout(), "{error}");
+        assert_eq!(setup.api.stats().requests, 0, "sent without a token");
+        // The refresh goes on, and the next request gets its token.
+        let response = setup.client.get(setup.api.url("/")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    })
+    .await;
+}
+
+/// Each attempt is sent with what is left of the request's timeout: the
+/// retry after a rejection does not get it whole again after the wait for
+/// the refresh. A wait that runs it out fails the request at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_attempt_gets_what_is_left_of_the_request_timeout() {
+    bounded(async {
+        let refresh = Duration::from_millis(500);
+        let slow = |cognito: &CognitoClient| slow_by(cognito, refresh);
+        // A token just refreshed may be rejected and refreshed again.
+        let configure =
+            |builder, login| with_login(builder, login).min_refresh_interval(Duration::ZERO);
+        let Setup {
+            identity: _identity,
+            api,
+            layer,
+            ..
+        } = setup_refreshing(slow, configure).await;
+        let probe = AttemptProbe::default();
+        let client = ClientBuilder::new(reqwest::Client::new())
+            .with(layer.reqwest_middleware())
+            .with(probe.clone())
+            .build();
+        let timeout = Duration::from_secs(10);
+
+        api.revoke_current();
+        let response = client.get(api.url("/")).timeout(timeout).send().await;
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+        let [first, retry] = probe.attempts()[..] else {
+            panic!("{:?}", probe.attempts());
+        };
+        let (first, retry) = (first.timeout.unwrap(), retry.timeout.unwrap());
+        assert!(first <= timeout, "{first:?}");
+        assert!(
+            retry <= timeout - refresh,
+            "{retry:?} after a {refresh:?} refresh"
+        );
+
+        api.revoke_current();
+        let short = client.get(api.url("/")).timeout(refresh / 2).send().await;
+        let error = token_error(short.as_ref().unwrap_err()).expect("the token error");
+        assert!(error.is_timeout(), "{error}");
+        assert_eq!(probe.attempts().len(), 3, "no retry past the timeout");
     })
     .await;
 }
@@ -856,16 +958,7 @@ async fn a_rejection_is_read_before_the_retry_so_its_connection_is_reused() {
         // A slow refresh: the rejection's connection, once its body is read, is
         // back in the pool well before the retry looks for one (it is returned
         // by the connection's own task, which a loaded machine may run late).
-        let slow = |cognito: &CognitoClient| {
-            let preset = Arc::new(cognito.refresher());
-            refresh_fn(move |ctx| {
-                let preset = Arc::clone(&preset);
-                async move {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    preset.refresh(ctx).await
-                }
-            })
-        };
+        let slow = |cognito: &CognitoClient| slow_by(cognito, Duration::from_millis(300));
         let setup = setup_refreshing(slow, with_login).await;
         let (api, client) = (&setup.api, &setup.client);
         // Read to its end, as the rejection must be: a response dropped before
