@@ -46,6 +46,43 @@
 //! # }
 //! ```
 //!
+//! # Timeouts
+//!
+//! A request may wait for a refresh (up to the
+//! [refresh timeout](Builder::refresh_timeout) and, in
+//! [fleet mode](store), for another process's lease), and a rejected one is
+//! sent twice. A timeout layered *below* this one (a `tower` timeout between
+//! it and the transport, or a tonic `Endpoint::timeout`) runs per attempt
+//! and sees none of the waiting. Put the caller's deadline *above* it, and
+//! it covers the whole exchange:
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use std::convert::Infallible;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // An identity server that never answers.
+//! let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+//!         std::future::pending::<Result<TokenSet, RefreshError>>().await
+//!     }))
+//!     .build();
+//! let client = ServiceBuilder::new()
+//!     .timeout(Duration::from_millis(50)) // the whole request, waits included
+//!     .layer(layer)
+//!     .service_fn(|_req: Request<_>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+//!
+//! let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+//! let error = client.oneshot(request).await.unwrap_err();
+//! assert!(error.is::<tower::timeout::error::Elapsed>());
+//! # }
+//! ```
+//!
+//! The `reqwest` middleware (feature `reqwest`) does this for a request's
+//! own timeout by itself.
+//!
 //! [tower]: https://docs.rs/tower
 
 #![forbid(unsafe_code)]

@@ -58,6 +58,15 @@
 //! a code of its own. [`token_error`] gets the crate's [`Error`] back either
 //! way, to tell "sign in again" from "try later".
 //!
+//! # Deadlines
+//!
+//! A channel's `Endpoint::timeout` and the `grpc-timeout` a call's
+//! `Request::set_timeout` sends are enforced below the layer, per attempt:
+//! they do not count the wait for a refresh, and the retry of a rejected
+//! call gets them whole again. To bound the whole call, put a
+//! `tower::timeout::TimeoutLayer` around the wrapped channel (see the
+//! [crate docs](crate#timeouts)).
+//!
 //! # URIs
 //!
 //! tonic clients send path-only URIs (`/package.Service/Method`); the
