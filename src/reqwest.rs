@@ -296,9 +296,12 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
             left.min(core.manager.refresh_timeout())
         });
         let credential = match decision {
-            // No refresh can run now: the rejection is the answer, as in the
-            // tower layer; later requests get the typed error.
-            Decision::GiveUp | Decision::Fail(_) => return Ok(response),
+            // The token is too young to refresh: the rejection is the
+            // answer, as in the tower layer.
+            Decision::GiveUp => return Ok(response),
+            // No refresh can run now: the failure's typed error, as for a
+            // request that waited for the refresh that failed.
+            Decision::Fail(error) => return Err(into_middleware(error)),
             // The rejection is read and released before retrying or
             // waiting: it frees the connection.
             Decision::Use(credential) => {

@@ -925,6 +925,11 @@ async fn dead_refresh_token_fails_with_reauth_required_and_spares_the_idp() {
             client,
             ..
         } = setup(with_login).await;
+        // One request is in flight with the token, held at the API, while
+        // the rest happens.
+        let hold = api.hold_next(1);
+        let in_flight = tokio::spawn(client.get(api.url("/v1/items")).send());
+        hold.arrived(1).await;
         identity.tokens().revoke_refresh_tokens();
         api.revoke_current();
 
@@ -932,6 +937,12 @@ async fn dead_refresh_token_fails_with_reauth_required_and_spares_the_idp() {
         let typed = token_error(&error).expect("the crate's error");
         assert!(typed.is_reauth_required(), "{typed}");
         assert_eq!(typed.refresh_error().and_then(|e| e.status()), Some(401));
+
+        // Its rejection arrives after the refresh failed: the same typed
+        // error, not the bare 401 (found in review).
+        hold.release();
+        let error = in_flight.await.unwrap().unwrap_err();
+        assert!(token_error(&error).is_some_and(|e| e.is_reauth_required()));
 
         // Later requests fail fast: the identity server is not called again.
         let error = client.get(api.url("/v1/items")).send().await.unwrap_err();
@@ -941,8 +952,9 @@ async fn dead_refresh_token_fails_with_reauth_required_and_spares_the_idp() {
         let stats = handle.stats();
         assert_eq!((stats.refreshes, stats.refresh_failures), (1, 1));
         assert!(handle.status().is_reauth_required());
-        // One request reached the API: the second never left the client.
-        assert_eq!(api.stats().requests, 1);
+        // Two requests reached the API, each once: the third never left the
+        // client.
+        assert_eq!(api.stats().requests, 2);
     })
     .await;
 }

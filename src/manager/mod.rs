@@ -565,8 +565,10 @@ impl TokenManager {
             match self.decide(Some(RefreshReason::Rejected)) {
                 Decision::Wait(flight) => return Err(flight),
                 Decision::Use(current) => return Ok(current),
-                // No refresh can run (a failure blocks it): sent as it is,
-                // its rejection is the answer, as for the rejected request.
+                // No refresh can run (a failure blocks it): sent as it is.
+                // A first attempt's rejection then meets that failure and
+                // fails with its typed error; a retry's answer is returned
+                // as it is, as every retry's is.
                 Decision::GiveUp | Decision::Fail(_) => {}
             }
         }

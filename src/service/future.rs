@@ -440,10 +440,16 @@ where
             return Some(response);
         };
         let next = match decision {
-            // No refresh can run now (a failure blocks it): the rejection is
-            // the answer, as when no retry is possible; later requests get
-            // the typed error.
-            Decision::GiveUp | Decision::Fail(_) => return Some(response),
+            // The token is too young to refresh: the rejection is the
+            // answer, as when no retry is possible.
+            Decision::GiveUp => return Some(response),
+            // No refresh can run now (a failure blocks it): the failure's
+            // typed error, as for a request that waited for the refresh
+            // that failed, and for the requests after it.
+            Decision::Fail(error) => {
+                this.state.set(State::Failed { error: Some(error) });
+                return None;
+            }
             Decision::Use(credential) => Next::Retry(credential),
             Decision::Wait(flight) => Next::Refresh(flight),
         };

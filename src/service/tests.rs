@@ -107,6 +107,48 @@ async fn rejection_of_an_already_replaced_token_retries_with_the_current_one_wit
     assert_eq!(stats.retries, 1);
 }
 
+/// Found in review: a rejected request whose refresh failed got the
+/// failure's typed error if it waited for that refresh, but the bare 401
+/// if the failure was already recorded when its rejection arrived. Both
+/// now get the typed error, as every request after them does.
+#[tokio::test(start_paused = true)]
+async fn a_rejection_after_the_refresh_failed_gets_the_typed_error_as_waiters_do() {
+    let api = Api::default();
+    api.accept("old");
+    let (source, calls) =
+        crate::test_support::failing(|| RefreshError::terminal("invalid_grant").with_status(400));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(HOUR))
+        .build();
+    let handle = layer.handle();
+    let (held, control) = hold(api.clone(), "old");
+    let client = ServiceBuilder::new().layer(layer).service(held);
+
+    // Two requests in flight with "old"; meanwhile the refresh token dies
+    // (a forced refresh fails terminally) and "old" is revoked.
+    let late = tokio::spawn({
+        let client = client.clone();
+        async move { burst(&client, 2).await }
+    });
+    control.wait_for(2).await;
+    assert!(handle
+        .force_refresh()
+        .await
+        .unwrap_err()
+        .is_reauth_required());
+    api.revoke("old");
+    control.release();
+
+    for result in late.await.unwrap() {
+        assert!(expect_error(result).is_reauth_required());
+    }
+    // One that waited for the failing refresh, for comparison.
+    handle.set_tokens(TokenSet::new("old")).unwrap();
+    let waited = send(&client, get()).await;
+    assert!(expect_error(waited).is_reauth_required());
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn dropping_the_request_that_started_the_refresh_does_not_stall_the_others() {
     let api = Api::default();
