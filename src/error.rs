@@ -388,10 +388,11 @@ pub(crate) enum ErrorKind {
     RefreshAborted,
     /// A refresh put off because the token store failed while the current
     /// token was still good (see `manager::fleet`): requests go on with
-    /// it, and only a request that cannot finds this error.
+    /// it, and decide afresh if they cannot; `force_refresh` tries again.
     RefreshDeferred,
     /// The request's own timeout (reqwest's) ran out while it waited for
     /// a token.
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     DeadlineElapsed,
     InsecureTransport,
     NoRuntime,

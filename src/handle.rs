@@ -138,7 +138,12 @@ impl TokenHandle {
     /// ```
     pub async fn force_refresh(&self) -> Result<(), Error> {
         let flight = self.manager.force()?;
-        flight.outcome().await.map(drop)
+        match flight.outcome().await {
+            // Joined a refresh put off because the store failed, which
+            // blocks no forced one: forced now.
+            Err(error) if error.is_deferred() => self.manager.force()?.outcome().await.map(drop),
+            outcome => outcome.map(drop),
+        }
     }
 
     /// Installs new tokens (e.g. after the user signed in again) and clears

@@ -20,7 +20,9 @@ pub struct Stats {
     /// Refreshes started, one per single-flight refresh: each calls the
     /// refresh source, the [login source](crate::Builder::login) (counted
     /// in [`logins`](Self::logins) too) or both, unless a
-    /// [store](crate::store) had newer tokens to adopt.
+    /// [store](crate::store) had newer tokens to adopt, or failed while the
+    /// token was still good (the refresh is then put off, and counted in
+    /// [`refresh_failures`](Self::refresh_failures)).
     pub refreshes: u64,
     /// Refresh calls that produced a token.
     pub refresh_successes: u64,
@@ -31,7 +33,7 @@ pub struct Stats {
     /// put in the [store](crate::store) instead of calling the source.
     pub adopted: u64,
     /// Store operations that failed or timed out; each time the refresh
-    /// went on without the store.
+    /// went on without the store, or was put off while the token was good.
     pub store_errors: u64,
     /// Calls to the login source (for the first tokens, or after the
     /// refresh credential was rejected); each happens inside a refresh.

@@ -5,9 +5,11 @@
 //! stored version if one is usable, else takes the lease, refreshes from
 //! the newest stored refresh token and stores the result, else waits for
 //! whoever holds the lease. Any store failure ends the protocol for this
-//! flight: it refreshes on its own, exactly as without a store, and then
-//! offers its tokens to the store in the background. Tokens refreshed under
-//! the lease whose write failed are offered the same way.
+//! flight: ahead of need (the token still good for more than a refresh
+//! timeout before its mandatory window) it puts the refresh off, to ask the
+//! store again; otherwise it refreshes on its own, as without a store, and
+//! then offers its tokens to the store in the background. Tokens refreshed
+//! under the lease whose write failed are offered the same way.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -414,12 +416,17 @@ impl Offer {
         tokens: Arc<TokenSet>,
         generation: Option<u64>,
     ) {
-        // Called by the flight's task, so on its runtime.
+        // Called by the flight's task, on its runtime, or by its drop
+        // guard, which may run while that runtime shuts down: then the
+        // offer is given up, and a lease it held lapses.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let next = next_version(self.expected, self.known);
         let (settled, pending) = watch::channel(());
         control.pending_offer = Some(pending);
         let shared = Arc::clone(shared);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             // Encoded here, not under the caller's lock.
             let record = record_of(&tokens, next, self.started);
             drop(tokens);

@@ -1036,14 +1036,15 @@ fn on_a_store_that_stays_down(
 }
 
 /// Put off while the token is good, backed off between tries of the
-/// store, the refresh runs without the store once the token enters its
-/// mandatory window (the last 10 s of 100), and no request fails.
+/// store, the refresh runs without the store one refresh timeout (10 s)
+/// before the token's mandatory window (the last 10 s of 100), while
+/// requests still use the token; no request fails or waits.
 #[tokio::test(start_paused = true)]
 async fn a_store_that_stays_down_is_refreshed_around_once_the_token_must_be_replaced() {
     let idp = Rotating::default();
     let (layer, client) = on_a_store_that_stays_down(&idp, |b| b);
     tokio::time::advance(LIFETIME / 2).await; // the advisory window begins
-    for second in 50..90 {
+    for second in 50..80 {
         assert!(all_ok(&burst(&client, 1).await), "at {second} s");
         tokio::time::advance(Duration::from_secs(1)).await;
     }
@@ -1055,12 +1056,14 @@ async fn a_store_that_stays_down_is_refreshed_around_once_the_token_must_be_repl
     let deferred = layer.handle().stats().refresh_failures;
     assert!(
         (2..10).contains(&deferred),
-        "{deferred} tries of the store in 40 s, one a request would be 40"
+        "{deferred} tries of the store in 30 s, one a request would be 30"
     );
 
-    tokio::time::advance(Duration::from_secs(1)).await; // mandatory window
+    tokio::time::advance(Duration::from_secs(1)).await; // past the horizon
     assert!(all_ok(&burst(&client, 3).await));
+    crate::test_support::settle().await;
     assert_eq!(idp.counts(), (0, 1, 0), "refreshed without the store");
+    assert_eq!(layer.handle().stats().waited, 0, "no request waited");
     let tokens = layer.handle().tokens().unwrap();
     assert_eq!(tokens.access_token().expose(), "at-1");
 }
@@ -1102,4 +1105,44 @@ async fn a_put_off_background_refresh_still_runs_before_the_token_expires() {
         layer.handle().stats().refresh_failures >= 1,
         "put off first"
     );
+}
+
+/// Found in review: deferrals counted as refresh failures in a row, so the
+/// first real failure after a few of them (here at 80 s, once the refresh
+/// runs without the store) backed off for tens of seconds, past the
+/// token's expiry. Deferrals back off on their own count now.
+#[tokio::test(start_paused = true)]
+async fn a_failure_after_deferrals_backs_off_from_the_start() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let source = refresh_fn(move |_| {
+        let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                return Err(RefreshError::transient("503 from the identity server"));
+            }
+            Ok(TokenSet::new("at-1").with_expires_in(LIFETIME))
+        }
+    });
+    let api = Api::default();
+    api.accept("at-0");
+    api.accept("at-1");
+    let layer = TokenRefreshLayer::builder(source)
+        .store(Broken {
+            hang: false,
+            calls: Arc::default(),
+        })
+        .initial_tokens(TokenSet::new("at-0").with_expires_in(LIFETIME))
+        .build();
+    let client = ServiceBuilder::new().layer(layer.clone()).service(api);
+    tokio::time::advance(LIFETIME / 2).await;
+    for second in 50..83 {
+        assert!(all_ok(&burst(&client, 1).await), "at {second} s");
+        crate::test_support::settle().await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "retried within seconds");
+    let tokens = layer.handle().tokens().unwrap();
+    assert_eq!(tokens.access_token().expose(), "at-1");
 }

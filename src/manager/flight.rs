@@ -317,11 +317,28 @@ impl FlightTask {
     /// its mandatory window and not rejected.
     pub(super) fn ahead_of_need(&self) -> bool {
         let snapshot = self.shared.snapshot.load();
+        let now = Instant::now();
         matches!(
             self.reason,
             RefreshReason::Proactive | RefreshReason::Scheduled
         ) && snapshot.generation == self.from_generation
-            && snapshot.freshness(Instant::now()) != Freshness::Expired
+            && snapshot.freshness(now) != Freshness::Expired
+            && self
+                .deferral_horizon(&snapshot)
+                .is_none_or(|horizon| now < horizon)
+    }
+
+    /// Until when a refresh of `snapshot`'s token may be put off: one
+    /// refresh timeout before its mandatory window, so that the refresh
+    /// made then without the store ends while requests still use the token
+    /// instead of waiting for it. `None` for a token that never expires.
+    fn deferral_horizon(&self, snapshot: &Snapshot) -> Option<Instant> {
+        let mandatory = snapshot.expired_at?;
+        Some(
+            mandatory
+                .checked_sub(self.shared.config.refresh_timeout)
+                .unwrap_or(mandatory),
+        )
     }
 
     /// Validates the new tokens and, for tokens this process fetched, runs
@@ -471,9 +488,8 @@ impl FlightTask {
             }
             if current && !superseded {
                 control.refused = Some(refused.tokens);
-                if refused.version.is_some() {
-                    control.store_version = refused.version;
-                }
+                // Never back: an offer may have moved it on meanwhile.
+                control.store_version = control.store_version.max(refused.version);
             }
         }
         if superseded || !current {
@@ -486,18 +502,24 @@ impl FlightTask {
                 Err(Error::with_refresh(kind, error))
             };
         }
-        control.consecutive_failures = control.consecutive_failures.saturating_add(1);
+        let deferred = kind == ErrorKind::RefreshDeferred;
+        let consecutive = if deferred {
+            &mut control.consecutive_deferrals
+        } else {
+            &mut control.consecutive_failures
+        };
+        *consecutive = consecutive.saturating_add(1);
         let failure = Failure::new(
             Arc::clone(&error),
             kind,
-            control.consecutive_failures,
+            *consecutive,
             &shared.config.backoff,
             Instant::now(),
         );
-        // Put off while the token is good, the refresh is tried again at
-        // the latest when the token enters its mandatory window.
-        let failure = if kind == ErrorKind::RefreshDeferred {
-            failure.no_later_than(shared.snapshot.load().expired_at)
+        // Put off while the token is good, the refresh is tried again by
+        // the end of the deferral at the latest.
+        let failure = if deferred {
+            failure.no_later_than(self.deferral_horizon(&shared.snapshot.load()))
         } else {
             failure
         };

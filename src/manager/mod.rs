@@ -149,6 +149,10 @@ struct Control {
     flight: Option<Flight>,
     failure: Option<Failure>,
     consecutive_failures: u32,
+    /// Refreshes put off in a row because the store failed ahead of need
+    /// (`fleet`): they back off on their own count, so that a real
+    /// failure after them starts its backoff afresh.
+    consecutive_deferrals: u32,
     /// Numbers flights, so a finishing task knows whether it is still the
     /// registered one.
     flights_started: u64,
@@ -514,6 +518,7 @@ impl TokenManager {
         let mut control = self.shared.lock();
         control.failure = None;
         control.consecutive_failures = 0;
+        control.consecutive_deferrals = 0;
         // A refresh still running started from the old tokens: its result
         // must not replace these (it would also carry the old refresh
         // token). It finds itself superseded when it ends; its waiters are
@@ -682,6 +687,7 @@ impl Shared {
         }
         control.failure = None;
         control.consecutive_failures = 0;
+        control.consecutive_deferrals = 0;
         let gate = snapshot.proactive_from.unwrap_or_else(Instant::now);
         self.proactive_gate
             .store(self.nanos(gate), Ordering::Release);

@@ -27,12 +27,12 @@
 //!
 //! A store that fails or does not answer within the refresh timeout never
 //! fails a request: the process logs a warning, and requests go on with any
-//! token still valid. While that token is outside its mandatory window,
-//! the refresh is put off and the store asked again after a backoff (never
-//! past the mandatory window): a refresh the fleet does not know of may
+//! token still valid. While that token is good for more than a refresh
+//! timeout before its mandatory window, the refresh is put off and the
+//! store asked again after a backoff (never later than that): a refresh the fleet does not know of may
 //! present the refresh token a lease holder presents at the same time. A
-//! token that must be replaced (inside its mandatory window, rejected, or
-//! missing) is refreshed on its own at once, as it would be without a
+//! token that must be replaced (that close to its mandatory window,
+//! rejected, or missing) is refreshed on its own at once, as it would be without a
 //! store, and so is a forced refresh. The process then offers the new
 //! tokens to the store from a task of their own (compare-and-swap over the
 //! version it found there, so never over a newer one): a source that
