@@ -292,8 +292,7 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         };
         let wait_for = |flight| within(deadline, core.manager.clone().wait(flight));
         let drain_bound = deadline.map_or(core.manager.refresh_timeout(), |deadline| {
-            let left = deadline.saturating_duration_since(Instant::now());
-            left.min(core.manager.refresh_timeout())
+            left_until(deadline).min(core.manager.refresh_timeout())
         });
         let credential = match decision {
             // The token is too young to refresh: the rejection is the
@@ -356,12 +355,17 @@ fn limit_to(request: &mut Request, deadline: Option<Instant>) -> reqwest_middlew
     let Some(deadline) = deadline else {
         return Ok(());
     };
-    let left = deadline.saturating_duration_since(Instant::now());
+    let left = left_until(deadline);
     if left.is_zero() {
         return Err(into_middleware(Error::new(ErrorKind::DeadlineElapsed)));
     }
     *request.timeout_mut() = Some(left);
     Ok(())
+}
+
+/// What is left from now until `deadline`.
+fn left_until(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 /// Reads a rejection's body to its end with the tower layer's [`Drain`]

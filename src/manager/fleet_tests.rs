@@ -268,6 +268,14 @@ struct Broken {
 }
 
 impl Broken {
+    /// A store that fails every call at once.
+    fn down() -> Self {
+        Self {
+            hang: false,
+            calls: Arc::default(),
+        }
+    }
+
     fn answer<T: Send>(&self) -> impl Future<Output = Result<T, StoreError>> + Send {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let hang = self.hang;
@@ -1018,10 +1026,7 @@ fn on_a_store_that_stays_down(
     configure: impl FnOnce(crate::Builder) -> crate::Builder,
 ) -> (TokenRefreshLayer, crate::TokenRefresh<Api>) {
     idp.api.accept("at-0");
-    let store = Broken {
-        hang: false,
-        calls: Arc::default(),
-    };
+    let store = Broken::down();
     let initial = TokenSet::new("at-0")
         .with_refresh_token("rt-0")
         .with_expires_in(LIFETIME);
@@ -1128,10 +1133,7 @@ async fn a_failure_after_deferrals_backs_off_from_the_start() {
     api.accept("at-0");
     api.accept("at-1");
     let layer = TokenRefreshLayer::builder(source)
-        .store(Broken {
-            hang: false,
-            calls: Arc::default(),
-        })
+        .store(Broken::down())
         .initial_tokens(TokenSet::new("at-0").with_expires_in(LIFETIME))
         .build();
     let client = ServiceBuilder::new().layer(layer.clone()).service(api);

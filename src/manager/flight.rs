@@ -313,8 +313,8 @@ impl FlightTask {
 
     /// Whether this flight's refresh can wait: it started ahead of need
     /// (in the advisory window, or at the background timer's advisory
-    /// point) and the token it would replace may still be sent, outside
-    /// its mandatory window and not rejected.
+    /// point) and the token it would replace may still be sent (not
+    /// rejected) until past its [deferral horizon](Self::deferral_horizon).
     pub(super) fn ahead_of_need(&self) -> bool {
         let snapshot = self.shared.snapshot.load();
         let now = Instant::now();
