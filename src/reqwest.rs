@@ -299,8 +299,13 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
             // answer, as in the tower layer.
             Decision::GiveUp => return Ok(response),
             // No refresh can run now: the failure's typed error, as for a
-            // request that waited for the refresh that failed.
-            Decision::Fail(error) => return Err(into_middleware(error)),
+            // request that waited for the refresh that failed. The
+            // rejection is read first, as below: the failure is no reason
+            // to close the connection it came on.
+            Decision::Fail(error) => {
+                drain(response, drain_bound).await;
+                return Err(into_middleware(error));
+            }
             // The rejection is read and released before retrying or
             // waiting: it frees the connection.
             Decision::Use(credential) => {

@@ -993,6 +993,56 @@ async fn a_rejection_is_read_before_the_retry_so_its_connection_is_reused() {
     .await;
 }
 
+/// The same when the rejection meets a refresh that has already failed:
+/// the failure is reported once the rejection has been read, so its
+/// connection stays in the pool for the requests after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_is_read_before_a_failed_refresh_is_reported() {
+    bounded(async {
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(with_login).await;
+        let warm = client.get(api.url("/v1/items")).send().await.expect("sent");
+        assert_eq!(warm.status(), StatusCode::OK);
+        warm.bytes().await.expect("body");
+
+        // Held at the API while the refresh token dies and the token is
+        // revoked: its rejection arrives after the refresh failed.
+        let hold = api.hold_next(1);
+        let in_flight = tokio::spawn(client.get(api.url("/v1/verbose-rejection")).send());
+        hold.arrived(1).await;
+        identity.tokens().revoke_refresh_tokens();
+        api.revoke_current();
+        let dead = handle.force_refresh().await.unwrap_err();
+        assert!(dead.is_reauth_required(), "{dead}");
+        hold.release();
+        let error = in_flight.await.unwrap().unwrap_err();
+        assert!(token_error(&error).is_some_and(|e| e.is_reauth_required()));
+
+        // Signed in again. The connection is returned to the pool by its
+        // own task, which a loaded machine may run late: a margin, not a
+        // measurement.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let access = identity
+            .tokens()
+            .issue_access_token(Duration::from_secs(3600));
+        handle.set_tokens(TokenSet::new(access)).unwrap();
+        let response = client.get(api.url("/v1/items")).send().await.expect("sent");
+        assert_eq!(response.status(), StatusCode::OK);
+        let ports = api.ports();
+        assert_eq!(ports.len(), 3, "{ports:?}");
+        assert!(
+            ports.iter().all(|port| *port == ports[0]),
+            "every request on one connection: {ports:?}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejection_from_another_origin_after_a_redirect_is_not_the_tokens() {
     bounded(async {

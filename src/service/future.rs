@@ -218,10 +218,12 @@ impl<R> Settle<R> {
     }
 }
 
-/// What to do once a rejected request's body is known to be replayable.
+/// What to do once a rejection has been read.
 enum Next {
     Retry(Credential),
     Refresh(Flight),
+    /// No refresh can run: the failure's typed error.
+    Fail(Error),
 }
 
 pin_project! {
@@ -446,8 +448,11 @@ where
             // No refresh can run now (a failure blocks it): the failure's
             // typed error, as for a request that waited for the refresh
             // that failed, and for the requests after it.
+            // The rejection is read first, as before a retry: the failure
+            // is no reason to close the connection it came on.
             Decision::Fail(error) => {
-                this.state.set(State::Failed { error: Some(error) });
+                this.state
+                    .set(drained_then(response, Next::Fail(error), core, cx));
                 return None;
             }
             Decision::Use(credential) => Next::Retry(credential),
@@ -461,22 +466,7 @@ where
         // had one): decide at once, without a timer.
         let state = match retry.body.poll_replayable(cx) {
             Poll::Ready(false) => return Some(response),
-            // An empty body (or one already read): nothing to drain.
-            Poll::Ready(true) if response.body().is_end_stream() => {
-                drop(response);
-                settled(next, core)
-            }
-            Poll::Ready(true) => {
-                // Its body usually came with its head: drained at once,
-                // without the settle box or its timer.
-                let mut drain = Drain::new(response);
-                match drain.poll(cx) {
-                    Poll::Ready(()) => settled(next, core),
-                    Poll::Pending => State::Settling {
-                        settle: Settle::boxed(Held::Draining(drain), next, core),
-                    },
-                }
-            }
+            Poll::Ready(true) => drained_then(response, next, core, cx),
             Poll::Pending => State::Settling {
                 settle: Settle::boxed(Held::Whole(response), next, core),
             },
@@ -648,9 +638,32 @@ where
     }
 }
 
-/// The step after a rejected request's body is known to be replayable.
+/// The step after a rejection that is not the answer: `next` once its
+/// body has been read. Its body usually came with its head: then it is
+/// read at once, without the settle box or its timer.
+fn drained_then<F, R: Body, C>(
+    rejection: R,
+    next: Next,
+    core: &Core<C>,
+    cx: &mut Context<'_>,
+) -> State<F, R> {
+    // An empty body (or one already read): nothing to drain.
+    if rejection.is_end_stream() {
+        return settled(next, core);
+    }
+    let mut drain = Drain::new(rejection);
+    match drain.poll(cx) {
+        Poll::Ready(()) => settled(next, core),
+        Poll::Pending => State::Settling {
+            settle: Settle::boxed(Held::Draining(drain), next, core),
+        },
+    }
+}
+
+/// The step after a rejection has been read (or given up on).
 fn settled<F, R, C>(next: Next, core: &Core<C>) -> State<F, R> {
     match next {
+        Next::Fail(error) => State::Failed { error: Some(error) },
         Next::Retry(credential) => State::Ready {
             credential: Some(credential),
         },

@@ -1,6 +1,6 @@
-//! What happens to a rejection's body when the request is retried: read to
-//! its end first, so that dropping it does not reset an HTTP/2 stream whose
-//! frames are still arriving.
+//! What happens to a rejection's body when the request is retried, or when
+//! its refresh has failed: read to its end first, so that dropping it does
+//! not reset an HTTP/2 stream whose frames are still arriving.
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -118,4 +118,36 @@ async fn a_rejection_whose_body_never_ends_holds_the_retry_only_until_the_bound(
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(calls.load(SeqCst), 2);
     drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_is_read_to_its_end_before_a_failed_refresh_is_reported() {
+    let (source, refreshes) =
+        crate::test_support::failing(|| RefreshError::terminal("invalid_grant").with_status(400));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("revoked").with_expires_in(Duration::from_secs(3600)))
+        .build();
+    // The refresh token dies before the request is rejected: no refresh can
+    // run for the rejection.
+    let dead = layer.handle().force_refresh().await.unwrap_err();
+    assert!(dead.is_reauth_required());
+
+    let (tx, calls, request) = send_through(layer);
+    settle().await;
+    // `Tx::data` asserts that the body is still being read.
+    tx.data("{\"error\":\"invalid_token\"}");
+    settle().await;
+    assert!(
+        !request.is_finished(),
+        "answered before the rejection ended"
+    );
+    drop(tx);
+
+    let error = request.await.unwrap().unwrap_err();
+    let error = error
+        .downcast_ref::<crate::Error>()
+        .expect("the typed error");
+    assert!(error.is_reauth_required());
+    assert_eq!(calls.load(SeqCst), 1, "no retry without a refresh");
+    assert_eq!(refreshes.load(SeqCst), 1);
 }
