@@ -83,6 +83,15 @@
 //! The `reqwest` middleware (feature `reqwest`) does this for a request's
 //! own timeout by itself.
 //!
+//! # Runtime
+//!
+//! Refreshes run in tasks spawned on the tokio runtime, bounded by tokio
+//! timers: build the runtime with them (`enable_time` or `enable_all`, as
+//! `#[tokio::main]` does). On a runtime without timers every refresh fails
+//! (its task panics setting the timeout), and requests that need one get
+//! an [`Error`] for which [`is_refresh_failed`](Error::is_refresh_failed)
+//! is true; none hangs.
+//!
 //! [tower]: https://docs.rs/tower
 
 #![forbid(unsafe_code)]

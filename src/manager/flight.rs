@@ -535,10 +535,16 @@ impl FlightTask {
 impl Drop for FlightTask {
     fn drop(&mut self) {
         if let Some(publish) = self.publish.take() {
-            let outcome = self.fail(
-                RefreshError::transient("the refresh task ended without a result"),
-                ErrorKind::RefreshAborted,
-            );
+            // Said apart for whoever reads the error: a panic is a bug to
+            // look for in the panic hook's output (its message is not
+            // carried here: a source's panic message may hold a token); the
+            // rest is the runtime shutting down or the task aborted.
+            let cause = if std::thread::panicking() {
+                "the refresh task panicked (its message went to the panic hook)"
+            } else {
+                "the refresh task was dropped before it finished"
+            };
+            let outcome = self.fail(RefreshError::transient(cause), ErrorKind::RefreshAborted);
             publish.publish(outcome);
         }
     }

@@ -250,9 +250,12 @@ async fn a_panicking_refresh_source_fails_its_waiters_and_later_refreshes_still_
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
 
     let results = burst(&client, 10).await;
-    assert!(results
-        .into_iter()
-        .all(|r| expect_error(r).is_refresh_failed()));
+    for result in results {
+        let error = expect_error(result);
+        assert!(error.is_refresh_failed());
+        let cause = error.refresh_error().expect("the cause").to_string();
+        assert!(cause.contains("panicked"), "{cause}");
+    }
 
     tokio::time::advance(Duration::from_millis(20)).await;
     assert_eq!(bearer(&send(&client, get()).await), "second");

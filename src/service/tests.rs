@@ -768,3 +768,27 @@ where
         Ok(response.status())
     }
 }
+
+#[test]
+fn on_a_runtime_without_timers_requests_fail_instead_of_hanging() {
+    // Built without `enable_time`: the refresh's timeout cannot be set.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let api = Api::default();
+        let (source, _issuer) = issuer(&api, Some(HOUR), Duration::ZERO);
+        let layer = TokenRefreshLayer::builder(source).build();
+        let client = ServiceBuilder::new().layer(layer).service(api.clone());
+        let results = tokio::spawn(async move { burst(&client, 5).await })
+            .await
+            .expect("the requests' task does not panic");
+        for result in results {
+            let error = expect_error(result);
+            assert!(error.is_refresh_failed(), "{error}");
+            let cause = error.refresh_error().expect("the cause").to_string();
+            assert!(cause.contains("panicked"), "{cause}");
+        }
+        assert_eq!(api.calls(), 0, "nothing sent without a token");
+    });
+}
