@@ -87,10 +87,12 @@
 //!
 //! Refreshes run in tasks spawned on the tokio runtime, bounded by tokio
 //! timers: build the runtime with them (`enable_time` or `enable_all`, as
-//! `#[tokio::main]` does). On a runtime without timers every refresh fails
-//! (its task panics setting the timeout), and requests that need one get
-//! an [`Error`] for which [`is_refresh_failed`](Error::is_refresh_failed)
-//! is true; none hangs.
+//! `#[tokio::main]` does). On a runtime without timers tokio panics where
+//! the layer sets one, and its message (to enable them) goes to the panic
+//! hook; the layer keeps going without them: every refresh fails, requests
+//! that need one get an [`Error`] for which
+//! [`is_refresh_failed`](Error::is_refresh_failed) is true, the rest are
+//! sent as usual, and no caller's task panics.
 //!
 //! [tower]: https://docs.rs/tower
 

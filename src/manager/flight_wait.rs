@@ -101,8 +101,10 @@ impl FlightWait {
     /// A timer for the flight's deadline when polled off its runtime.
     fn bound_here(&self) -> Option<Pin<Box<Sleep>>> {
         let handle = Handle::try_current().ok()?;
-        (handle.id() != self.flight.runtime)
-            .then(|| Box::pin(tokio::time::sleep_until(self.flight.deadline)))
+        if handle.id() == self.flight.runtime {
+            return None;
+        }
+        super::timer_at(self.flight.deadline)
     }
 
     /// The outcome, once published; or a timeout past the deadline.

@@ -17,6 +17,7 @@ mod thread_copy;
 mod timer;
 pub(crate) mod window;
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::task::{ready, Context, Poll};
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::ErrorKind;
 use crate::refresh::{BoxFuture, DynRefresh};
@@ -649,6 +650,17 @@ pub(crate) struct InvalidTokens;
 pub(crate) fn later(instant: Instant, span: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
     instant.checked_add(span.min(FAR)).unwrap_or(instant)
+}
+
+/// A timer at `deadline` for a bound on a request's wait, where one can be
+/// set: `None` outside a tokio runtime, and on one built without timers.
+/// There tokio panics setting a timer (its message, which says to enable
+/// them, still goes to the panic hook; tokio has no way to ask first):
+/// caught here, the request goes on without the bound instead of its
+/// caller's task failing.
+pub(crate) fn timer_at(deadline: Instant) -> Option<Pin<Box<Sleep>>> {
+    tokio::runtime::Handle::try_current().ok()?;
+    std::panic::catch_unwind(|| Box::pin(tokio::time::sleep_until(deadline))).ok()
 }
 
 impl Shared {

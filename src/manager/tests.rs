@@ -825,3 +825,37 @@ async fn a_stale_rejection_retries_with_a_replacement_that_arrived_inside_its_ma
     assert_eq!(issuer.calls(), 1, "a second refresh, back to back");
     assert_eq!(handle.stats().stale_rejections, 1);
 }
+
+#[test]
+fn on_a_runtime_without_timers_a_panicked_watcher_is_not_restarted_for_each_request() {
+    // Counts the panics of this thread: a current-thread runtime runs its
+    // spawned tasks here.
+    thread_local! {
+        static PANICS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.with(|panics| panics.set(panics.get() + 1));
+        previous(info);
+    }));
+    // Built without `enable_time`: the watcher panics setting its timer.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let api = Api::default();
+        api.accept("good");
+        let (source, _calls) = failing(|| RefreshError::transient("unused"));
+        let layer = TokenRefreshLayer::builder(source)
+            .initial_tokens(TokenSet::new("good").with_expires_in(Duration::from_secs(3600)))
+            .build();
+        let client = ServiceBuilder::new().layer(layer).service(api.clone());
+        for _ in 0..20 {
+            let (status, _) = send(&client, get()).await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            tokio::task::yield_now().await;
+        }
+    });
+    let panics = PANICS.with(std::cell::Cell::get);
+    assert!(panics <= 1, "{panics} panicking watchers for 20 requests");
+}

@@ -70,7 +70,11 @@ impl Drop for WatchGuard {
         if let Some(snapshot) = self.watching.upgrade() {
             snapshot.unwatch();
         }
-        if let Some(shared) = self.shared.upgrade() {
+        // Restarted by the next request, unless it panicked: it would
+        // panic again (on a runtime without timers, at once), and the hot
+        // path would spawn a panicking task per request. Requests read the
+        // clock themselves meanwhile (unwatched above).
+        if let Some(shared) = self.shared.upgrade().filter(|_| !std::thread::panicking()) {
             shared.timer_started.store(false, Ordering::Release);
         }
     }

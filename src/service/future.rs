@@ -10,7 +10,7 @@ use http::request::Parts;
 use http::{Extensions, Method, Request, Response, Version};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::drain::Drain;
@@ -20,7 +20,7 @@ use super::uri_copy::UriCopy;
 use super::Core;
 use crate::body::ReplayBody;
 use crate::classify::ClassifyRejection;
-use crate::manager::{Credential, Decision, Flight, Waiting};
+use crate::manager::{later, timer_at, Credential, Decision, Flight, Waiting};
 use crate::{BoxError, Error};
 
 /// What a retry needs: a copy of the request head, a replaying body and,
@@ -211,9 +211,7 @@ impl<R> Settle<R> {
         Box::new(Self {
             held,
             next: Some(next),
-            bound: tokio::runtime::Handle::try_current()
-                .ok()
-                .map(|_| Box::pin(tokio::time::sleep(core.manager.refresh_timeout()))),
+            bound: timer_at(later(Instant::now(), core.manager.refresh_timeout())),
         })
     }
 }
