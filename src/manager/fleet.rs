@@ -57,7 +57,7 @@ impl FlightTask {
         loop {
             let stored = match load(&self.shared, store).await {
                 Ok(stored) => stored,
-                Err(error) => return self.alone(shared_store, known, error, ctx, started).await,
+                Err(error) => return self.alone(shared_store, known, error, ctx).await,
             };
             if let Some(stored) = stored.filter(|s| usable(&self.shared.config, s, known)) {
                 return Ok(stored.into_obtained());
@@ -68,9 +68,7 @@ impl FlightTask {
                         store: Arc::clone(shared_store),
                         lease: Some(lease),
                     };
-                    let mut result = self
-                        .refresh_and_store(shared_store, known, ctx, started)
-                        .await;
+                    let mut result = self.refresh_and_store(shared_store, known, ctx).await;
                     // Tokens left to offer keep the lease until the offer
                     // has settled: released now, a sibling could take it
                     // and refresh from the refresh token this flight spent.
@@ -85,7 +83,7 @@ impl FlightTask {
                     return result;
                 }
                 Ok(None) => {}
-                Err(error) => return self.alone(shared_store, known, error, ctx, started).await,
+                Err(error) => return self.alone(shared_store, known, error, ctx).await,
             }
             if Instant::now() >= give_up {
                 return Err((
@@ -106,13 +104,12 @@ impl FlightTask {
         shared_store: &Arc<dyn DynStore>,
         known: Option<u64>,
         ctx: RefreshContext,
-        started: Instant,
     ) -> Result<Obtained, Failed> {
         let store = &**shared_store;
         // Someone may have stored a version between our load and the lease.
         let stored = match load(&self.shared, store).await {
             Ok(stored) => stored,
-            Err(error) => return self.alone(shared_store, known, error, ctx, started).await,
+            Err(error) => return self.alone(shared_store, known, error, ctx).await,
         };
         let expected = stored.as_ref().map(|s| s.version);
         let (ctx, base) = match stored {
@@ -127,7 +124,7 @@ impl FlightTask {
             stored => (ctx, stored.map(|s| s.version)),
         };
         let current = ctx.current().cloned();
-        let mut obtained = self.obtain(ctx, Some((store, base)), started).await?;
+        let mut obtained = self.obtain(ctx, Some((store, base))).await?;
         if obtained.adopted {
             return Ok(obtained);
         }
@@ -141,7 +138,7 @@ impl FlightTask {
             return Ok(obtained);
         }
         let next = next_version(expected, known);
-        let record = record_of(&obtained.tokens, next, started);
+        let record = record_of(&obtained.tokens, next, obtained.obtained_at);
         match call(
             &self.shared.config,
             store.compare_and_swap_boxed(expected, record),
@@ -162,7 +159,12 @@ impl FlightTask {
                 store_failed(&self.shared, &error, "storing the refreshed tokens");
                 let superseded = expected.max(known);
                 obtained.version = superseded;
-                obtained.offer = Some(Offer::new(shared_store, expected, superseded, started));
+                obtained.offer = Some(Offer::new(
+                    shared_store,
+                    expected,
+                    superseded,
+                    obtained.obtained_at,
+                ));
             }
         }
         Ok(obtained)
@@ -223,7 +225,6 @@ impl FlightTask {
         known: Option<u64>,
         error: StoreError,
         ctx: RefreshContext,
-        started: Instant,
     ) -> Result<Obtained, Failed> {
         // A record that does not read stays so: waiting would not help.
         if !error.is_corrupt() && self.ahead_of_need() {
@@ -239,12 +240,12 @@ impl FlightTask {
             return Err((deferred, ErrorKind::RefreshDeferred));
         }
         store_failed(&self.shared, &error, "refreshing without the store");
-        let mut obtained = self.obtain(ctx, None, started).await?;
+        let mut obtained = self.obtain(ctx, None).await?;
         // A record that does not read (corrupt, or not sealed with this
         // process's key) is refreshed around and never overwritten, even at
         // the version this process knew.
         if !error.is_corrupt() {
-            obtained.offer = Some(Offer::new(shared_store, known, known, started));
+            obtained.offer = Some(Offer::new(shared_store, known, known, obtained.obtained_at));
         }
         Ok(obtained)
     }
@@ -385,7 +386,8 @@ pub(super) struct Offer {
     /// the offer is stored, the process knows the new version only if it
     /// has not moved on from this one meanwhile.
     known: Option<u64>,
-    started: Instant,
+    /// When the tokens' lifetime started.
+    obtained_at: Instant,
     /// The refresh lease, if the flight held it: released once the offer
     /// has settled (or, dropped unstarted, from a task of its own).
     lease: Option<HeldLease>,
@@ -396,13 +398,13 @@ impl Offer {
         store: &Arc<dyn DynStore>,
         expected: Option<u64>,
         known: Option<u64>,
-        started: Instant,
+        obtained_at: Instant,
     ) -> Self {
         Self {
             store: Arc::clone(store),
             expected,
             known,
-            started,
+            obtained_at,
             lease: None,
         }
     }
@@ -428,7 +430,7 @@ impl Offer {
         let shared = Arc::clone(shared);
         runtime.spawn(async move {
             // Encoded here, not under the caller's lock.
-            let record = record_of(&tokens, next, self.started);
+            let record = record_of(&tokens, next, self.obtained_at);
             drop(tokens);
             let stored = call(
                 &shared.config,
@@ -468,11 +470,11 @@ fn store_failed(shared: &Shared, error: &StoreError, doing: &str) {
     tracing::warn!(error = %error, "token store failed; {doing}");
 }
 
-/// The record storing `tokens`, obtained by a flight that began at
-/// `started`, as `version`.
-fn record_of(tokens: &TokenSet, version: u64, started: Instant) -> Record {
+/// The record storing `tokens`, whose lifetime started at `obtained_at`,
+/// as `version`.
+fn record_of(tokens: &TokenSet, version: u64, obtained_at: Instant) -> Record {
     let issued = SystemTime::now()
-        .checked_sub(started.elapsed())
+        .checked_sub(obtained_at.elapsed())
         .unwrap_or_else(SystemTime::now);
     Record::new(version, store::encode(tokens, issued).to_vec())
 }

@@ -11,102 +11,9 @@ use http::StatusCode;
 use tower::ServiceBuilder;
 
 use crate::store::{Lease, MemoryStore, Record, StoreError, TokenStore};
+use crate::test_support::rotating::{Rotating, LIFETIME};
 use crate::test_support::{burst, Api};
 use crate::{refresh_fn, Refresh, RefreshContext, RefreshError, TokenRefreshLayer, TokenSet};
-
-const LIFETIME: Duration = Duration::from_secs(100);
-
-/// An identity server in miniature: rotates refresh tokens, refuses a spent
-/// one (`invalid_grant`) and counts what it saw.
-#[derive(Clone, Default)]
-struct Rotating {
-    api: Api,
-    state: Arc<Mutex<RotatingState>>,
-    delay: Duration,
-}
-
-#[derive(Default)]
-struct RotatingState {
-    live_refresh_token: u64,
-    refreshes: usize,
-    spent_presented: usize,
-    logins: usize,
-}
-
-impl Rotating {
-    fn source(&self) -> impl Refresh {
-        let this = self.clone();
-        refresh_fn(move |ctx: RefreshContext| {
-            let this = this.clone();
-            let presented = ctx.refresh_token().map(|t| t.expose().to_owned());
-            async move {
-                tokio::time::sleep(this.delay).await;
-                let mut state = this.state.lock().unwrap();
-                let Some(presented) = presented else {
-                    state.logins += 1;
-                    return Ok(this.issue(&mut state));
-                };
-                if presented != format!("rt-{}", state.live_refresh_token) {
-                    state.spent_presented += 1;
-                    return Err(RefreshError::terminal("invalid_grant").with_status(400));
-                }
-                state.refreshes += 1;
-                Ok(this.issue(&mut state))
-            }
-        })
-    }
-
-    fn issue(&self, state: &mut RotatingState) -> TokenSet {
-        state.live_refresh_token += 1;
-        let n = state.live_refresh_token;
-        self.api.accept(&format!("at-{n}"));
-        TokenSet::new(format!("at-{n}"))
-            .with_refresh_token(format!("rt-{n}"))
-            .with_expires_in(LIFETIME)
-    }
-
-    fn counts(&self) -> (usize, usize, usize) {
-        let state = self.state.lock().unwrap();
-        (state.logins, state.refreshes, state.spent_presented)
-    }
-
-    /// A layer on `store` refreshing from this identity server.
-    fn layer_on(&self, store: impl TokenStore) -> TokenRefreshLayer {
-        TokenRefreshLayer::builder(self.source())
-            .store(store)
-            .build()
-    }
-
-    /// The stored record's version, once it is checked to hold the refresh
-    /// token this identity server would accept now.
-    async fn stored_live_version(&self, store: &MemoryStore) -> u64 {
-        let stored = store.load().await.unwrap().unwrap();
-        let now = std::time::SystemTime::now();
-        let decoded = crate::store::decode(stored.payload(), now).unwrap();
-        let live = self.state.lock().unwrap().live_refresh_token;
-        assert_eq!(
-            decoded.tokens.refresh_token().unwrap().expose(),
-            format!("rt-{live}"),
-            "the store holds the issuer's live refresh token"
-        );
-        stored.version()
-    }
-
-    /// A layer on `store`, set up by `configure`, and a client sending to
-    /// this identity server's API through it.
-    fn layered(
-        &self,
-        store: &MemoryStore,
-        configure: impl FnOnce(crate::Builder) -> crate::Builder,
-    ) -> (TokenRefreshLayer, crate::TokenRefresh<Api>) {
-        let builder = TokenRefreshLayer::builder(self.source()).store(store.clone());
-        let layer = configure(builder).build();
-        let client = ServiceBuilder::new()
-            .layer(layer.clone())
-            .service(self.api.clone());
-        (layer, client)
-    }
-}
 
 fn all_ok(results: &[Result<(StatusCode, String), crate::BoxError>]) -> bool {
     results.iter().all(|r| matches!(r, Ok((StatusCode::OK, _))))
@@ -151,6 +58,34 @@ async fn layers_sharing_a_store_call_the_source_once_per_expiry() {
         "every other layer adopted each version: {adopted}"
     );
     assert_eq!(store.load().await.unwrap().unwrap().version(), 5);
+}
+
+/// Found by the fleet property test: a flight that waited for a sibling's
+/// lease counted its own tokens' lifetime from when it began waiting, not
+/// from when it asked for them. Tokens living 2 s that take 1.9 s to fetch
+/// then arrived "already expired" after the wait, and the request failed.
+/// Their lifetime now starts when the call is made.
+#[tokio::test(start_paused = true)]
+async fn tokens_fetched_after_waiting_for_the_lease_live_from_the_call_not_the_wait() {
+    let idp = Rotating {
+        lifetime: Duration::from_secs(2),
+        delay: Duration::from_millis(1900),
+        ..Rotating::default()
+    };
+    let store = MemoryStore::new();
+    let clients = (0..2).map(|_| {
+        ServiceBuilder::new()
+            .layer(idp.layer_on(store.clone()))
+            .service(idp.api.clone())
+    });
+    // The second waits for the first's login under the lease; what that
+    // stored is inside its mandatory window (0.2 s) by then, so it
+    // refreshes.
+    let bursts = clients.map(|client| async move { burst(&client, 1).await });
+    for results in futures_join_all(bursts).await {
+        assert!(all_ok(&results), "{results:?}");
+    }
+    assert_eq!(idp.counts(), (1, 1, 0));
 }
 
 /// Awaits every future of `futures`, concurrently.

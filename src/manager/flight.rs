@@ -181,11 +181,11 @@ pub(super) struct Obtained {
 }
 
 impl Obtained {
-    /// Tokens this process fetched in a flight that started at `started`.
-    pub(super) fn fetched(tokens: TokenSet, started: Instant) -> Self {
+    /// Tokens this process fetched with a call made at `sent`.
+    pub(super) fn fetched(tokens: TokenSet, sent: Instant) -> Self {
         Self {
             tokens,
-            obtained_at: started,
+            obtained_at: sent,
             version: None,
             adopted: false,
             offer: None,
@@ -212,7 +212,7 @@ impl FlightTask {
         let ctx = RefreshContext::new(self.reason, self.current.clone());
         let obtained = match self.shared.config.store.clone() {
             Some(store) => self.obtain_shared(&store, ctx, started).await,
-            None => self.obtain(ctx, None, started).await,
+            None => self.obtain(ctx, None).await,
         };
         let result = match obtained {
             Ok(obtained) => self.prepare(obtained).await,
@@ -263,7 +263,6 @@ impl FlightTask {
         &self,
         ctx: RefreshContext,
         reread: Option<(&dyn DynStore, Option<u64>)>,
-        started: Instant,
     ) -> Result<Obtained, Failed> {
         let shared = &self.shared;
         let login = shared.config.login.as_ref();
@@ -280,24 +279,30 @@ impl FlightTask {
                     }
                     tracing::info!(error = %error, "refresh credential rejected; logging in");
                 }
-                other => return other.map(|tokens| Obtained::fetched(tokens, started)),
+                other => return other.map(|(tokens, sent)| Obtained::fetched(tokens, sent)),
             }
         }
         let login = login.expect("checked above");
         Counters::bump(&shared.stats.logins);
         self.timed(Arc::clone(login), ctx)
             .await
-            .map(|tokens| Obtained::fetched(tokens, started))
+            .map(|(tokens, sent)| Obtained::fetched(tokens, sent))
     }
 
+    /// One call of `source`, bounded by the refresh timeout; with the
+    /// tokens, when the call was made: their lifetime is counted from
+    /// then, not from when the flight started, which may have been long
+    /// before (waiting for a sibling's lease, a refresh rejected before a
+    /// login).
     async fn timed(
         &self,
         source: Arc<dyn DynRefresh>,
         ctx: RefreshContext,
-    ) -> Result<TokenSet, Failed> {
+    ) -> Result<(TokenSet, Instant), Failed> {
         let timeout = self.shared.config.refresh_timeout;
+        let sent = Instant::now();
         match tokio::time::timeout(timeout, source.refresh_boxed(ctx)).await {
-            Ok(Ok(tokens)) => Ok(tokens),
+            Ok(Ok(tokens)) => Ok((tokens, sent)),
             Ok(Err(error)) => {
                 let kind = ErrorKind::of_refresh(&error);
                 Err((error, kind))

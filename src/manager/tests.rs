@@ -859,3 +859,32 @@ fn on_a_runtime_without_timers_a_panicked_watcher_is_not_restarted_for_each_requ
     let panics = PANICS.with(std::cell::Cell::get);
     assert!(panics <= 1, "{panics} panicking watchers for 20 requests");
 }
+
+/// A login after a rejected refresh: the login's tokens live from when the
+/// login was asked for, not from when the refresh began. Counted from the
+/// refresh, tokens living 2 s after a refresh rejected in 1.9 s arrived
+/// "already expired", and the request failed.
+#[tokio::test(start_paused = true)]
+async fn a_login_after_a_slow_rejected_refresh_counts_its_tokens_lifetime_from_the_login() {
+    let api = Api::default();
+    let source = refresh_fn(|_| async {
+        tokio::time::sleep(Duration::from_millis(1900)).await;
+        Err::<TokenSet, _>(RefreshError::terminal("invalid_grant").with_status(400))
+    });
+    let (login, logins) = issuer(
+        &api,
+        Some(Duration::from_secs(2)),
+        Duration::from_millis(200),
+    );
+    let layer = TokenRefreshLayer::builder(source)
+        .login(login)
+        .initial_tokens(
+            TokenSet::new("old")
+                .with_refresh_token("rt-old")
+                .with_expires_in(Duration::ZERO),
+        )
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    assert_eq!(bearer(&send(&client, get()).await), "tok-1");
+    assert_eq!(logins.calls(), 1);
+}

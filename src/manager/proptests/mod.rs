@@ -22,6 +22,7 @@
 //! - the stats add up: one refresh per call of the source, each a success
 //!   or a failure; one rejection per `401`; one retry per second attempt.
 
+mod fleet;
 mod world;
 
 use std::time::Duration;
