@@ -7,7 +7,9 @@
 //! Invariants, checked once idle:
 //!
 //! - every request and every forced refresh ends, and every error is a
-//!   typed [`Error`](crate::Error);
+//!   typed [`Error`](crate::Error), never a refresh put off because the
+//!   store failed (requests go on with the token meanwhile, and a forced
+//!   refresh is never put off);
 //! - while the store never failed: no refresh token is presented after
 //!   another layer has spent it, and no request or forced refresh fails
 //!   (the identity server answers every call in time);
@@ -17,36 +19,45 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tower::ServiceBuilder;
 
 use super::cases;
+use crate::error::ErrorKind;
 use crate::store::{Lease, MemoryStore, Record, StoreError, TokenStore};
 use crate::test_support::rotating::Rotating;
 use crate::test_support::{get, send, Api};
 use crate::{BoxError, TokenHandle, TokenRefresh, TokenRefreshLayer};
 
-/// A [`MemoryStore`] whose next calls, of any kind, fail while `failing`
-/// is above zero; `failed` counts the calls that did. Announcements still
-/// come.
+/// A [`MemoryStore`] whose calls, of any kind, fail while `failing` is
+/// above zero (each failed call counts it down) and until `down_until`;
+/// `failed` counts the calls that did. Announcements still come.
 #[derive(Clone, Default)]
 struct Outage {
     inner: MemoryStore,
     failing: Arc<AtomicUsize>,
+    down_until: Arc<Mutex<Option<Instant>>>,
     failed: Arc<AtomicUsize>,
 }
 
 impl Outage {
     /// Whether this call fails (and counts it if so).
     fn fails(&self) -> bool {
-        let fails = self
-            .failing
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+        let down = self
+            .down_until
+            .lock()
+            .unwrap()
+            .is_some_and(|until| Instant::now() < until);
+        let fails = down
+            || self
+                .failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
         if fails {
             self.failed.fetch_add(1, Ordering::SeqCst);
         }
@@ -105,6 +116,8 @@ enum Op {
     Force(usize),
     /// The next this many store calls fail.
     StoreFails(usize),
+    /// Every store call fails for this long from now.
+    StoreDown(Duration),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -114,10 +127,16 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Revoke),
         1 => any::<usize>().prop_map(Op::Force),
         2 => (1usize..=4).prop_map(Op::StoreFails),
+        1 => (1u64..=30).prop_map(|s| Op::StoreDown(Duration::from_secs(s))),
     ]
 }
 
 const STEP: Duration = Duration::from_millis(50);
+
+/// Short, so that a refresh put off for a store failure (which ends a
+/// refresh timeout before the mandatory window) happens with tokens of
+/// tens of seconds.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Lets every task the last change woke run before the clock moves on.
 async fn settle() {
@@ -142,6 +161,7 @@ impl Fleet {
         let layers = (0..size)
             .map(|_| {
                 let layer = TokenRefreshLayer::builder(idp.source())
+                    .refresh_timeout(REFRESH_TIMEOUT)
                     .store(store.clone())
                     .build();
                 let client = ServiceBuilder::new()
@@ -183,6 +203,9 @@ impl Fleet {
             Op::StoreFails(n) => {
                 self.store.failing.fetch_add(n, Ordering::SeqCst);
             }
+            Op::StoreDown(span) => {
+                *self.store.down_until.lock().unwrap() = Some(Instant::now() + span);
+            }
         }
         settle().await;
     }
@@ -200,6 +223,10 @@ impl Fleet {
             }
         };
         let mut untyped = Vec::new();
+        // A refresh put off for a store failure is the layer's own affair:
+        // requests go on with the token, and a forced refresh is never put
+        // off.
+        let mut deferred = Vec::new();
         let mut unfinished = 0;
         for request in self.requests {
             if !request.is_finished() {
@@ -209,6 +236,9 @@ impl Fleet {
             match request.await.expect("the request task ran") {
                 Ok(_) => {}
                 Err(error) => match error.downcast_ref::<crate::Error>() {
+                    Some(typed) if typed.kind() == ErrorKind::RefreshDeferred => {
+                        deferred.push(format!("a request failed: {typed}"));
+                    }
                     Some(typed) => unexpected(format!("a request failed: {typed}")),
                     None => untyped.push(format!("an untyped error: {error}")),
                 },
@@ -219,8 +249,12 @@ impl Fleet {
                 unfinished += 1;
                 continue;
             }
-            if let Err(error) = forced.await.expect("the forced refresh's task ran") {
-                unexpected(format!("a forced refresh failed: {error}"));
+            match forced.await.expect("the forced refresh's task ran") {
+                Ok(()) => {}
+                Err(error) if error.kind() == ErrorKind::RefreshDeferred => {
+                    deferred.push(format!("a forced refresh failed: {error}"));
+                }
+                Err(error) => unexpected(format!("a forced refresh failed: {error}")),
             }
         }
         let (_, _, spent) = self.idp.counts();
@@ -233,6 +267,7 @@ impl Fleet {
             ));
         }
         violations.extend(untyped);
+        violations.extend(deferred);
         let mut successes = 0;
         for (i, (handle, _)) in self.layers.iter().enumerate() {
             let stats = handle.stats();
@@ -277,16 +312,17 @@ fn run_case(size: usize, (lifetime, delay): (Duration, Duration), ops: Vec<Op>) 
 
 /// The identity server's token lifetime and answer delay: up to a quarter
 /// of the lifetime (a token that lives no longer than its refresh takes is
-/// refused, rightly), and within the default refresh timeout (10 s).
+/// refused, rightly), and within the refresh timeout.
 fn identity_server() -> impl Strategy<Value = (Duration, Duration)> {
     let lifetime = prop_oneof![
         Just(Duration::from_secs(2)),
         Just(Duration::from_secs(10)),
+        Just(Duration::from_secs(30)),
         Just(Duration::from_secs(100)),
     ];
     let share = prop_oneof![2 => Just(0u32), 3 => 1u32..=25];
     (lifetime, share).prop_map(|(lifetime, percent)| {
-        let delay = (lifetime * percent / 100).min(Duration::from_secs(5));
+        let delay = (lifetime * percent / 100).min(REFRESH_TIMEOUT * 5 / 6);
         (lifetime, delay)
     })
 }
