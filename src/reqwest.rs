@@ -103,7 +103,7 @@ use tokio::time::Instant;
 
 use crate::classify::{ClassifyRejection, Unauthorized};
 use crate::error::ErrorKind;
-use crate::manager::{later, Credential, Decision};
+use crate::manager::{later, timer_at, Credential, Decision};
 use crate::service::drain::Drain;
 use crate::service::Core;
 use crate::{Error, TokenHandle, TokenRefreshLayer};
@@ -382,8 +382,20 @@ fn left_until(deadline: Instant) -> Duration {
 async fn drain(response: Response, bound: Duration) {
     let mut drain = Drain::new(::http::Response::from(response).into_body());
     let read_at_once = std::future::poll_fn(|cx| Poll::Ready(drain.poll(cx).is_ready())).await;
-    if !read_at_once {
-        let _ = tokio::time::timeout(bound, std::future::poll_fn(|cx| drain.poll(cx))).await;
+    if read_at_once {
+        return;
+    }
+    let rest = std::future::poll_fn(|cx| drain.poll(cx));
+    // Unbounded on a runtime without timers (the read still stops at the
+    // drain's limit), rather than panicking in the caller's task.
+    match timer_at(later(Instant::now(), bound)) {
+        Some(bound) => {
+            tokio::select! {
+                () = rest => {}
+                () = bound => {}
+            }
+        }
+        None => rest.await,
     }
 }
 

@@ -1043,6 +1043,30 @@ async fn a_rejection_is_read_before_a_failed_refresh_is_reported() {
     .await;
 }
 
+/// On a runtime built without timers, the rejection is still read (without
+/// a bound) and the request ends in the layer's error, not in a panic of
+/// the caller's task: the refresh, spawned there too, cannot set its
+/// timeout. The servers run on a runtime of their own, with timers.
+#[test]
+fn on_a_runtime_without_timers_a_rejected_request_fails_without_a_panic() {
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Setup { api, client, .. } = servers.block_on(setup(with_login));
+    api.revoke_current();
+    let timerless = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let sent = timerless.block_on(client.get(api.url("/v1/verbose-rejection")).send());
+    let error = sent.expect_err("the refresh cannot run");
+    let typed = token_error(&error).expect("the crate's error");
+    assert!(typed.is_refresh_failed(), "{typed}");
+    assert_eq!(api.stats().unauthorized, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejection_from_another_origin_after_a_redirect_is_not_the_tokens() {
     bounded(async {

@@ -76,7 +76,8 @@ impl FlightCell {
 /// Waits for one flight's outcome. Never hangs: a task that dies publishes
 /// an error from its drop guard, and a waiter polled on another runtime
 /// than the flight's gives the flight up at its deadline, should that
-/// runtime stop driving it. On the flight's own runtime the waiter being
+/// runtime stop driving it (unless the waiter's runtime has no timers to
+/// set one with: there it waits on). On the flight's own runtime the waiter being
 /// polled means the flight is driven too, so it needs no timer; which
 /// runtime polls it is asked at each poll until it has one, as a future
 /// can move from one runtime to another.
@@ -87,6 +88,9 @@ pub(crate) struct FlightWait {
     /// (outside any runtime no timer exists); boxed, as only those pay for
     /// it.
     bound: Option<Pin<Box<Sleep>>>,
+    /// A runtime off the flight's found without timers: not asked again
+    /// (each time, tokio's panic would reach the panic hook).
+    timerless: Option<Id>,
 }
 
 impl FlightWait {
@@ -95,16 +99,21 @@ impl FlightWait {
             flight,
             slot: None,
             bound: None,
+            timerless: None,
         }
     }
 
     /// A timer for the flight's deadline when polled off its runtime.
-    fn bound_here(&self) -> Option<Pin<Box<Sleep>>> {
-        let handle = Handle::try_current().ok()?;
-        if handle.id() == self.flight.runtime {
+    fn bound_here(&mut self) -> Option<Pin<Box<Sleep>>> {
+        let here = Handle::try_current().ok()?.id();
+        if here == self.flight.runtime || self.timerless == Some(here) {
             return None;
         }
-        super::timer_at(self.flight.deadline)
+        let bound = super::timer_at(self.flight.deadline);
+        if bound.is_none() {
+            self.timerless = Some(here);
+        }
+        bound
     }
 
     /// The outcome, once published; or a timeout past the deadline.
@@ -269,6 +278,33 @@ mod tests {
 
     /// Off the flight's runtime, nothing vouches that the flight is driven:
     /// the waiter gives up at the deadline. On it, it waits for the task.
+    /// Off the flight's runtime, on one without timers: tokio panics when
+    /// the waiter sets its bound (caught), once, not at every poll.
+    #[test]
+    fn a_waiter_on_a_runtime_without_timers_tries_to_set_its_bound_once() {
+        let flights = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let cell = cell_on(flights.handle().id());
+        let before = crate::test_support::panics_on_this_thread();
+        let timerless = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        timerless.block_on(async {
+            let (_, waker) = counting_waker();
+            let mut waiter = FlightWait::new(Arc::clone(&cell));
+            for _ in 0..5 {
+                let outcome = waiter.poll_outcome(&mut Context::from_waker(&waker));
+                assert!(outcome.is_pending());
+            }
+            cell.publish(aborted());
+            let outcome = waiter.poll_outcome(&mut Context::from_waker(&waker));
+            assert_eq!(kind(outcome), Some(ErrorKind::RefreshAborted));
+        });
+        let panics = crate::test_support::panics_on_this_thread() - before;
+        assert_eq!(panics, 1, "asked for a timer {panics} times");
+    }
+
     #[test]
     fn only_a_waiter_off_the_flights_runtime_gives_up_at_the_deadline() {
         let paused = |builder: &mut tokio::runtime::Builder| {

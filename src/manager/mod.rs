@@ -187,6 +187,9 @@ pub(crate) struct Shared {
     /// Woken whenever the snapshot or the failure state changes.
     changed: Arc<Notify>,
     timer_started: AtomicBool,
+    /// The runtime a watcher panicked on (one without timers, at once),
+    /// where it is not started again: each request would spawn another.
+    watcher_panicked_on: Mutex<Option<tokio::runtime::Id>>,
 }
 
 impl Drop for Shared {
@@ -246,6 +249,7 @@ impl TokenManager {
                 proactive_gate: AtomicU64::new(0),
                 changed: Arc::new(Notify::new()),
                 timer_started: AtomicBool::new(false),
+                watcher_panicked_on: Mutex::new(None),
             }),
         };
         manager.ensure_timer();

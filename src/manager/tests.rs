@@ -10,7 +10,8 @@ use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::test_support::{
-    burst, expect_error, failing, get, issuer, old_token_layer, send, Api, TestBody,
+    burst, expect_error, failing, get, issuer, old_token_layer, panics_on_this_thread, send, Api,
+    TestBody,
 };
 use crate::{
     refresh_fn, Backoff, Builder, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet,
@@ -828,36 +829,42 @@ async fn a_stale_rejection_retries_with_a_replacement_that_arrived_inside_its_ma
 
 #[test]
 fn on_a_runtime_without_timers_a_panicked_watcher_is_not_restarted_for_each_request() {
-    // Counts the panics of this thread: a current-thread runtime runs its
-    // spawned tasks here.
-    thread_local! {
-        static PANICS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    }
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        PANICS.with(|panics| panics.set(panics.get() + 1));
-        previous(info);
-    }));
+    let before = panics_on_this_thread();
+    let api = Api::default();
+    api.accept("good");
+    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("good").with_expires_in(Duration::from_secs(10)))
+        .background_refresh(true)
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
     // Built without `enable_time`: the watcher panics setting its timer.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let timerless = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        let api = Api::default();
-        api.accept("good");
-        let (source, _calls) = failing(|| RefreshError::transient("unused"));
-        let layer = TokenRefreshLayer::builder(source)
-            .initial_tokens(TokenSet::new("good").with_expires_in(Duration::from_secs(3600)))
-            .build();
-        let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    timerless.block_on(async {
         for _ in 0..20 {
             let (status, _) = send(&client, get()).await.unwrap();
             assert_eq!(status, StatusCode::OK);
             tokio::task::yield_now().await;
         }
     });
-    let panics = PANICS.with(std::cell::Cell::get);
-    assert!(panics <= 1, "{panics} panicking watchers for 20 requests");
+    let panics = panics_on_this_thread() - before;
+    assert_eq!(panics, 1, "{panics} panicking watchers for 20 requests");
+
+    // On a runtime with timers the watcher runs again: the background
+    // refresh comes without traffic.
+    let timed = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    timed.block_on(async {
+        assert_eq!(bearer(&send(&client, get()).await), "good");
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(issuer.calls(), 1, "refreshed in the background");
+    });
 }
 
 /// A login after a rejected refresh: the login's tokens live from when the

@@ -16,13 +16,13 @@
 //!   process stored, so this one never sends a token the fleet replaced.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use tokio::runtime::RuntimeFlavor;
+use tokio::runtime::{Id, RuntimeFlavor};
 
 use super::snapshot::Snapshot;
 use super::{Control, Shared, TokenManager};
@@ -40,6 +40,10 @@ impl TokenManager {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let panicked_on = *lock(&shared.watcher_panicked_on);
+        if panicked_on == Some(runtime.id()) {
+            return;
+        }
         if shared.timer_started.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -47,6 +51,7 @@ impl TokenManager {
         // shutting down) still resets `timer_started`.
         let guard = WatchGuard {
             shared: Arc::downgrade(shared),
+            runtime: runtime.id(),
             watching: Weak::new(),
             // Only a multi-thread runtime keeps its timers running while
             // nothing awaits on it; a current-thread runtime may sit idle
@@ -61,6 +66,7 @@ impl TokenManager {
 /// Undoes the watcher's promises when its task ends, however it ends.
 struct WatchGuard {
     shared: Weak<Shared>,
+    runtime: Id,
     watching: Weak<Snapshot>,
     promise: bool,
 }
@@ -70,11 +76,14 @@ impl Drop for WatchGuard {
         if let Some(snapshot) = self.watching.upgrade() {
             snapshot.unwatch();
         }
-        // Restarted by the next request, unless it panicked: it would
-        // panic again (on a runtime without timers, at once), and the hot
-        // path would spawn a panicking task per request. Requests read the
-        // clock themselves meanwhile (unwatched above).
-        if let Some(shared) = self.shared.upgrade().filter(|_| !std::thread::panicking()) {
+        // Restarted by the next request, but not on the runtime it
+        // panicked on: it would panic again (on a runtime without timers,
+        // at once), and every request would spawn another. Requests there
+        // read the clock themselves (unwatched above).
+        if let Some(shared) = self.shared.upgrade() {
+            if std::thread::panicking() {
+                *lock(&shared.watcher_panicked_on) = Some(self.runtime);
+            }
             shared.timer_started.store(false, Ordering::Release);
         }
     }
@@ -214,4 +223,10 @@ fn next_due(control: &Control, snapshot: &Snapshot) -> Option<Instant> {
         None => Some(due),
         Some(failure) => failure.until.map(|until| until.max(due)),
     }
+}
+
+/// The runtime recorded as the watcher's last panic, whatever panicked
+/// while holding the lock (nothing can leave it inconsistent).
+fn lock(slot: &Mutex<Option<Id>>) -> MutexGuard<'_, Option<Id>> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
 }

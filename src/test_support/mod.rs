@@ -370,3 +370,24 @@ pub(crate) fn expect_error<T: std::fmt::Debug>(result: Result<T, BoxError>) -> c
         .expect("a tower_token_refresh::Error")
         .clone()
 }
+
+/// How many panics this thread has seen, counted by a hook installed once
+/// for the whole test binary (ahead of the default hook, which still
+/// prints). One hook for every test: tests that each swapped in their own
+/// would race and lose one another's. A current-thread runtime runs its
+/// spawned tasks on the thread that blocks on it, so their panics count
+/// there.
+pub(crate) fn panics_on_this_thread() -> usize {
+    thread_local! {
+        static PANICS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|panics| panics.set(panics.get() + 1));
+            previous(info);
+        }));
+    });
+    PANICS.with(std::cell::Cell::get)
+}
