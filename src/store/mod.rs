@@ -172,7 +172,9 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Stores `record` if the stored version is still `expected` (`None`:
     /// nothing stored yet), atomically; `Ok(false)` if another writer came
-    /// first. `record.version()` is always `expected + 1`.
+    /// first. `record.version()` is greater than `expected`: usually
+    /// `expected + 1`, more after a store that lost its data (the layers
+    /// never reuse a version they knew). Store it as given.
     ///
     /// ```
     /// use tower_token_refresh::store::{MemoryStore, Record, TokenStore};
