@@ -11,6 +11,7 @@
 //! then offers its tokens to the store in the background. Tokens refreshed
 //! under the lease whose write failed are offered the same way.
 
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +25,7 @@ use crate::error::ErrorKind;
 use crate::refresh::RefreshContext;
 use crate::stats::Counters;
 use crate::store::{self, Decoded, DynStore, Lease, Record, StoreError};
-use crate::{RefreshError, TokenSet};
+use crate::{RefreshError, Secret, TokenSet};
 
 /// A stored record, decoded.
 struct Stored {
@@ -59,7 +60,7 @@ impl FlightTask {
                 Ok(stored) => stored,
                 Err(error) => return self.alone(shared_store, known, error, ctx).await,
             };
-            if let Some(stored) = stored.filter(|s| usable(&self.shared.config, s, known)) {
+            if let Some(stored) = stored.filter(|s| usable(&self.shared, s, known)) {
                 return Ok(stored.into_obtained());
             }
             match call(config, store.try_lease_boxed(config.lease_ttl())).await {
@@ -113,8 +114,8 @@ impl FlightTask {
         };
         let expected = stored.as_ref().map(|s| s.version);
         let (ctx, base) = match stored {
-            Some(stored) if is_newer(stored.version, known) => {
-                if usable(&self.shared.config, &stored, known) {
+            Some(stored) if is_newer(stored.version, known) && !spent(&self.shared, &stored) => {
+                if usable(&self.shared, &stored, known) {
                     return Ok(stored.into_obtained());
                 }
                 // Past its time, but it carries the newest refresh token.
@@ -137,37 +138,70 @@ impl FlightTask {
             // record (`usable` refuses it); each refreshes from it.
             return Ok(obtained);
         }
-        let next = next_version(expected, known);
-        let record = record_of(&obtained.tokens, next, obtained.obtained_at);
-        match call(
-            &self.shared.config,
-            store.compare_and_swap_boxed(expected, record),
-        )
-        .await
-        {
-            Ok(true) => obtained.version = Some(next),
-            Ok(false) => tracing::warn!(
-                "another process stored tokens while this one held the refresh lease; \
-                 keeping this process's tokens without storing them"
-            ),
-            // The refresh token the store holds may just have been spent.
-            // Installed, the tokens supersede the version they were
-            // refreshed from (the newer of the stored and the known one),
-            // so no later flight refreshes from it again, even if the offer
-            // fails too; and they are offered, as after a solo refresh.
+        let mut expected = expected;
+        let mut replacing_spent = false;
+        loop {
+            let next = next_version(expected, known);
+            let record = record_of(&obtained.tokens, next, obtained.obtained_at);
+            match call(
+                &self.shared.config,
+                store.compare_and_swap_boxed(expected, record),
+            )
+            .await
+            {
+                Ok(true) => obtained.version = Some(next),
+                // A record written meanwhile that carries a refresh token
+                // this process has spent is stale: an offer whose write
+                // timed out here and reached the store late. Replaced,
+                // still under the lease (once); anything else is a
+                // sibling's, and kept.
+                Ok(false) if !replacing_spent => {
+                    if let Some(version) = self.spent_version(store).await {
+                        (expected, replacing_spent) = (Some(version), true);
+                        continue;
+                    }
+                    tracing::warn!(
+                        "another process stored tokens while this one held the refresh lease; \
+                         keeping this process's tokens without storing them"
+                    );
+                }
+                Ok(false) => tracing::warn!(
+                    "the token store changed again while this process held the refresh lease; \
+                     keeping this process's tokens without storing them"
+                ),
+                // The refresh token the store holds may just have been
+                // spent. Installed, the tokens supersede the version they
+                // were refreshed from (the newer of the stored and the
+                // known one), so no later flight refreshes from it again,
+                // even if the offer fails too; and they are offered, as
+                // after a solo refresh.
+                Err(error) => {
+                    store_failed(&self.shared, &error, "storing the refreshed tokens");
+                    let superseded = expected.max(known);
+                    obtained.version = superseded;
+                    obtained.offer = Some(Offer::new(
+                        shared_store,
+                        expected,
+                        superseded,
+                        obtained.obtained_at,
+                    ));
+                }
+            }
+            return Ok(obtained);
+        }
+    }
+
+    /// The stored version, if the record there carries a refresh token
+    /// this process has spent.
+    async fn spent_version(&self, store: &dyn DynStore) -> Option<u64> {
+        match load(&self.shared, store).await {
+            Ok(Some(stored)) if spent(&self.shared, &stored) => Some(stored.version),
+            Ok(_) => None,
             Err(error) => {
-                store_failed(&self.shared, &error, "storing the refreshed tokens");
-                let superseded = expected.max(known);
-                obtained.version = superseded;
-                obtained.offer = Some(Offer::new(
-                    shared_store,
-                    expected,
-                    superseded,
-                    obtained.obtained_at,
-                ));
+                store_failed(&self.shared, &error, "re-reading the store");
+                None
             }
         }
-        Ok(obtained)
     }
 
     /// After the refresh credential was rejected: newer tokens a sibling
@@ -179,7 +213,7 @@ impl FlightTask {
     ) -> Option<Obtained> {
         match load(&self.shared, store).await {
             Ok(stored) => stored
-                .filter(|s| usable(&self.shared.config, s, base))
+                .filter(|s| usable(&self.shared, s, base))
                 .map(Stored::into_obtained),
             Err(error) => {
                 store_failed(&self.shared, &error, "re-reading the store");
@@ -251,6 +285,55 @@ impl FlightTask {
     }
 }
 
+/// Fingerprints of the refresh tokens this process spent lately: presented
+/// to a source that answered with another one. A stored record that
+/// carries one is stale whatever its version says: an offer whose write
+/// timed out here but reached the store later, while this process went on
+/// refreshing, wrote it after the fact. Adopted, it would bring the spent
+/// token back, and the next refresh from it would be refused (or, by an
+/// issuer that detects reuse, revoke the whole family); so it is neither
+/// adopted nor refreshed from, and the next flight under the lease
+/// replaces it.
+///
+/// Keyed hashes, with keys of this process's own, not the tokens: nothing
+/// secret outlives its tokens here. The last few only: a record older
+/// than those has been replaced by the versions written since.
+#[derive(Default)]
+pub(super) struct Spent {
+    keys: RandomState,
+    last: [Option<u64>; 4],
+    next: usize,
+}
+
+impl Spent {
+    fn fingerprint(&self, token: &Secret) -> u64 {
+        self.keys.hash_one(token.expose())
+    }
+
+    /// Notes that `presented` was spent, if `answer` replaced it.
+    pub(super) fn note(&mut self, presented: Option<&TokenSet>, answer: &TokenSet) {
+        let Some(token) = presented.and_then(TokenSet::refresh_token) else {
+            return;
+        };
+        if answer.rotated_from(presented) {
+            self.last[self.next] = Some(self.fingerprint(token));
+            self.next = (self.next + 1) % self.last.len();
+        }
+    }
+
+    /// Whether `tokens` carry a refresh token this process spent.
+    fn holds(&self, tokens: &TokenSet) -> bool {
+        tokens
+            .refresh_token()
+            .is_some_and(|token| self.last.contains(&Some(self.fingerprint(token))))
+    }
+}
+
+/// Whether `stored` carries a refresh token this process has spent.
+fn spent(shared: &Shared, stored: &Stored) -> bool {
+    shared.lock().spent.holds(&stored.tokens)
+}
+
 /// The version to store tokens as: the one after the newer of the stored
 /// and the known one, so versions only grow, even past a store that lost
 /// its data. Saturated at `u64::MAX`, which `load` refuses as corrupt: the
@@ -319,7 +402,7 @@ impl TokenManager {
         let shared = &self.shared;
         let known = shared.lock().store_version;
         let stored = match load(shared, store).await {
-            Ok(Some(stored)) if usable(&shared.config, &stored, known) => stored,
+            Ok(Some(stored)) if usable(shared, &stored, known) => stored,
             Ok(_) => return,
             Err(error) => {
                 Counters::bump(&shared.stats.store_errors);
@@ -560,11 +643,12 @@ fn is_newer(version: u64, known: Option<u64>) -> bool {
 /// Whether `stored` is newer than `than` and may be sent now: not inside
 /// its mandatory window, computed from its whole lifetime as the process
 /// that stored it did.
-fn usable(config: &Config, stored: &Stored, than: Option<u64>) -> bool {
+fn usable(shared: &Shared, stored: &Stored, than: Option<u64>) -> bool {
     // A token that makes no header is refreshed from, not adopted.
-    if !is_newer(stored.version, than) || !makes_header(&stored.tokens) {
+    if !is_newer(stored.version, than) || !makes_header(&stored.tokens) || spent(shared, stored) {
         return false;
     }
+    let config = &shared.config;
     let Some(lifetime) = stored.tokens.expires_in() else {
         return true;
     };

@@ -1083,3 +1083,86 @@ async fn a_failure_after_deferrals_backs_off_from_the_start() {
     let tokens = layer.handle().tokens().unwrap();
     assert_eq!(tokens.access_token().expose(), "at-1");
 }
+
+/// A record holding `tokens`, stored as `version` over `expected`, as an
+/// offer this process gave up on (its write timed out) lands late.
+async fn land_late(store: &FaultyLoads, expected: u64, tokens: &TokenSet) {
+    let record = Record::new(
+        expected + 1,
+        crate::store::encode(tokens, std::time::SystemTime::now()).to_vec(),
+    );
+    let landed = store.inner.compare_and_swap(Some(expected), record).await;
+    assert!(landed.unwrap(), "the late write lands");
+}
+
+/// The tokens `Rotating` issued as its `n`th.
+fn issued(n: u64) -> TokenSet {
+    TokenSet::new(format!("at-{n}"))
+        .with_refresh_token(format!("rt-{n}"))
+        .with_expires_in(LIFETIME)
+}
+
+/// Found in review: an offer whose write timed out here may still reach
+/// the store later (Redis applies a command its client gave up waiting
+/// for). Its record carries a refresh token this process has since spent,
+/// at a version newer than any it knows: it was adopted (announced, or at
+/// the next flight), and the refresh after it presented the spent token.
+/// It is now never adopted, and the next flight replaces it.
+#[tokio::test(start_paused = true)]
+async fn a_record_landing_late_with_a_spent_refresh_token_is_not_adopted() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let layer = idp.layer_on(store.clone());
+    let handle = layer.handle();
+    handle.force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+                                           // Two refreshes whose writes and offers all fail: at-3 / rt-3 here,
+                                           // version 1 in the store.
+    store.failing_writes.store(4, Ordering::SeqCst);
+    handle.force_refresh().await.unwrap();
+    handle.force_refresh().await.unwrap();
+    assert_eq!(idp.counts(), (1, 2, 0));
+
+    // The first refresh's offer lands now, announced to the layer.
+    land_late(&store, 1, &issued(2)).await;
+    crate::test_support::settle().await;
+    let current = handle.tokens().unwrap();
+    assert_eq!(current.access_token().expose(), "at-3", "not adopted");
+
+    handle.force_refresh().await.unwrap();
+    assert_eq!(idp.counts(), (1, 3, 0), "no spent refresh token presented");
+    assert_eq!(idp.stored_live_version(&store.inner).await, 3);
+}
+
+/// The same record landing while the lease holder refreshes (after its
+/// read, before its write): the write finds it and replaces it, still under
+/// the lease, instead of leaving the spent token stored.
+#[tokio::test(start_paused = true)]
+async fn a_record_landing_late_under_the_lease_is_replaced_at_once() {
+    let idp = Rotating {
+        delay: Duration::from_secs(1),
+        ..Rotating::default()
+    };
+    let store = FaultyLoads::default();
+    let layer = idp.layer_on(store.clone());
+    let handle = layer.handle();
+    handle.force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+                                           // The write and the offer fail: at-2 / rt-2 here, version 1 stored.
+    store.failing_writes.store(2, Ordering::SeqCst);
+    handle.force_refresh().await.unwrap();
+
+    let refreshing = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.force_refresh().await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    land_late(&store, 1, &issued(2)).await; // rt-2, spent by this refresh
+    refreshing.await.unwrap().unwrap();
+    assert_eq!(idp.counts(), (1, 2, 0));
+    assert_eq!(idp.stored_live_version(&store.inner).await, 3);
+
+    // A sibling starting now gets the live tokens.
+    let sibling = idp.layer_on(store.clone()).handle();
+    sibling.force_refresh().await.unwrap();
+    assert_eq!(sibling.tokens().unwrap().access_token().expose(), "at-3");
+    assert_eq!(idp.counts().2, 0, "no spent refresh token presented");
+}

@@ -279,7 +279,13 @@ impl FlightTask {
                     }
                     tracing::info!(error = %error, "refresh credential rejected; logging in");
                 }
-                other => return other.map(|(tokens, sent)| Obtained::fetched(tokens, sent)),
+                other => {
+                    let (tokens, sent) = other?;
+                    if shared.config.store.is_some() {
+                        shared.lock().spent.note(ctx.current(), &tokens);
+                    }
+                    return Ok(Obtained::fetched(tokens, sent));
+                }
             }
         }
         let login = login.expect("checked above");

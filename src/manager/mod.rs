@@ -169,6 +169,9 @@ struct Control {
     /// new refresh token: the next flight refreshes from them. Cleared when
     /// tokens are installed.
     refused: Option<Arc<TokenSet>>,
+    /// The refresh tokens this process spent lately (`fleet::Spent`): a
+    /// stored record carrying one is neither adopted nor refreshed from.
+    spent: fleet::Spent,
 }
 
 pub(crate) struct Shared {

@@ -43,6 +43,10 @@
 //! meanwhile. Tokens the layer refuses (an access token already expired,
 //! or not a header value) are offered too if they rotated the refresh
 //! token: no request can use them, but theirs is the live refresh token.
+//! An offer whose write timed out may still reach the store later (Redis
+//! runs a command its client stopped waiting for): a record carrying a
+//! refresh token the process has since spent is never adopted by it, and
+//! its next write under the lease replaces it.
 //!
 //! Stores hold opaque bytes: the layer encodes the tokens (with an absolute
 //! expiry, so any process can read it) and, wrapped in
