@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 
-use super::cases;
+use super::{advance, cases, settle};
 use crate::error::ErrorKind;
 use crate::store::{Lease, MemoryStore, Record, StoreError, TokenStore};
 use crate::test_support::rotating::Rotating;
@@ -105,7 +105,7 @@ impl TokenStore for Outage {
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Moves the clock on, in steps of 50 ms.
+    /// Moves the clock on, in steps of [`STEP`](super::world::STEP).
     Advance(Duration),
     /// Sends this many requests at once through one layer (picked modulo
     /// the number of layers).
@@ -140,19 +140,10 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     any::<bool>().prop_flat_map(|faults| proptest::collection::vec(op(faults), 1..50))
 }
 
-const STEP: Duration = Duration::from_millis(50);
-
 /// Short, so that a refresh put off for a store failure (which ends a
 /// refresh timeout before the mandatory window) happens with tokens of
 /// tens of seconds.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Lets every task the last change woke run before the clock moves on.
-async fn settle() {
-    for _ in 0..32 {
-        tokio::task::yield_now().await;
-    }
-}
 
 type Sent = JoinHandle<Result<(http::StatusCode, String), BoxError>>;
 
@@ -190,13 +181,7 @@ impl Fleet {
 
     async fn run(&mut self, op: Op) {
         match op {
-            Op::Advance(span) => {
-                let steps = span.as_millis().div_ceil(STEP.as_millis()) as u32;
-                for _ in 0..steps {
-                    tokio::time::advance(STEP).await;
-                    settle().await;
-                }
-            }
+            Op::Advance(span) => advance(span, || {}).await,
             Op::Requests { layer, n } => {
                 let (_, client) = &self.layers[layer % self.layers.len()];
                 for _ in 0..n {

@@ -103,6 +103,17 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Moves the clock on by `span` in steps of [`STEP`], letting the woken
+/// tasks run after each step; then `after_each` checks what must hold.
+async fn advance(span: Duration, mut after_each: impl FnMut()) {
+    let steps = span.as_millis().div_ceil(STEP.as_millis()) as u32;
+    for _ in 0..steps {
+        tokio::time::advance(STEP).await;
+        settle().await;
+        after_each();
+    }
+}
+
 /// Lets every task the last change woke run before the clock moves on.
 async fn settle() {
     for _ in 0..32 {
@@ -126,14 +137,7 @@ struct Driver {
 impl Driver {
     async fn run(&mut self, op: Op) {
         match op {
-            Op::Advance(span) => {
-                let steps = span.as_millis().div_ceil(STEP.as_millis()) as u32;
-                for _ in 0..steps {
-                    tokio::time::advance(STEP).await;
-                    settle().await;
-                    self.check_generation();
-                }
-            }
+            Op::Advance(span) => advance(span, || self.check_generation()).await,
             Op::Requests(n) => {
                 for _ in 0..n {
                     self.next_id += 1;
