@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 
-use super::{advance, cases, settle};
+use super::{advance, cases, paused_runtime, settle};
 use crate::error::ErrorKind;
 use crate::store::{Lease, MemoryStore, Record, StoreError, TokenStore};
 use crate::test_support::rotating::Rotating;
@@ -290,12 +290,7 @@ fn run_case(size: usize, (lifetime, delay): (Duration, Duration), ops: Vec<Op>) 
         delay,
         ..Rotating::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async move {
+    paused_runtime().block_on(async move {
         let mut fleet = Fleet::new(idp, size);
         for op in ops {
             fleet.run(op).await;

@@ -114,6 +114,15 @@ async fn advance(span: Duration, mut after_each: impl FnMut()) {
     }
 }
 
+/// A fresh current-thread runtime on tokio's paused clock, one per case.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime")
+}
+
 /// Lets every task the last change woke run before the clock moves on.
 async fn settle() {
     for _ in 0..32 {
@@ -275,12 +284,7 @@ fn run_case(
     default: Option<Duration>,
     ops: Vec<Op>,
 ) -> Vec<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async move {
+    paused_runtime().block_on(async move {
         let world = World::new(default);
         let mut builder = TokenRefreshLayer::builder(world::scripted(&world))
             .refresh_timeout(world::REFRESH_TIMEOUT)
