@@ -292,16 +292,18 @@ impl FlightTask {
 /// refreshing, wrote it after the fact. Adopted, it would bring the spent
 /// token back, and the next refresh from it would be refused (or, by an
 /// issuer that detects reuse, revoke the whole family); so it is neither
-/// adopted nor refreshed from, and the next flight under the lease
-/// replaces it.
+/// adopted nor refreshed from, and the process replaces it with its own
+/// tokens as soon as it sees it (announced, or at its write under the
+/// lease), before a sibling that adopted it needs a refresh.
 ///
 /// Keyed hashes, with keys of this process's own, not the tokens: nothing
-/// secret outlives its tokens here. The last few only: a record older
-/// than those has been replaced by the versions written since.
+/// secret outlives its tokens here. The last 16 only: older ones have
+/// been superseded by the versions written since, unless every write
+/// failed for that many refreshes in a row.
 #[derive(Default)]
 pub(super) struct Spent {
     keys: RandomState,
-    last: [Option<u64>; 4],
+    last: [Option<u64>; 16],
     next: usize,
 }
 
@@ -403,6 +405,10 @@ impl TokenManager {
         let known = shared.lock().store_version;
         let stored = match load(shared, store).await {
             Ok(Some(stored)) if usable(shared, &stored, known) => stored,
+            Ok(Some(stored)) if is_newer(stored.version, known) && spent(shared, &stored) => {
+                self.replace_spent(stored.version);
+                return;
+            }
             Ok(_) => return,
             Err(error) => {
                 Counters::bump(&shared.stats.store_errors);
@@ -414,15 +420,9 @@ impl TokenManager {
             return;
         };
         let mut control = shared.lock();
-        let now = Instant::now();
         // While an offer is out, the announced version may be this
         // process's own tokens: the offer settles which it is.
-        let offering = control
-            .pending_offer
-            .as_ref()
-            .is_some_and(|pending| pending.has_changed().is_ok());
-        if offering
-            || control.flight.as_ref().is_some_and(|f| f.is_live(now))
+        if control.busy_with_store(Instant::now())
             || !is_newer(stored.version, control.store_version)
         {
             return;
@@ -435,6 +435,59 @@ impl TokenManager {
             "adopted tokens another process stored"
         );
         shared.changed.notify_waiters();
+    }
+}
+
+impl Control {
+    /// Whether a flight runs or an offer is out: either settles what the
+    /// store holds for this process.
+    fn busy_with_store(&self, now: Instant) -> bool {
+        let offering = self
+            .pending_offer
+            .as_ref()
+            .is_some_and(|pending| pending.has_changed().is_ok());
+        offering || self.flight.as_ref().is_some_and(|f| f.is_live(now))
+    }
+}
+
+impl TokenManager {
+    /// Offers this process's tokens over `version`, a record that carries
+    /// a refresh token this process has spent (`Spent`), before a sibling
+    /// adopts it and refreshes from it. Left to a flight that runs (its
+    /// write replaces it) or an offer that is out; tokens set by hand are
+    /// not this process's to store.
+    fn replace_spent(&self, version: u64) {
+        let shared = &self.shared;
+        let mut control = shared.lock();
+        let now = Instant::now();
+        if control.busy_with_store(now) {
+            return;
+        }
+        let snapshot = shared.snapshot.load_full();
+        let Some(tokens) = snapshot.tokens.clone() else {
+            return;
+        };
+        if snapshot.refreshed_at.is_none() || control.spent.holds(&tokens) {
+            return;
+        }
+        // When their lifetime started: their expiry less their lifetime.
+        let obtained_at = snapshot
+            .expires_at
+            .zip(tokens.expires_in())
+            .and_then(|(expires_at, lifetime)| expires_at.checked_sub(lifetime))
+            .unwrap_or(now);
+        tracing::warn!(
+            version,
+            "the token store holds a refresh token this process has spent; replacing it"
+        );
+        let known = control.store_version;
+        let store = shared.config.store.clone().expect("fleet mode has a store");
+        Offer::new(&store, Some(version), known, obtained_at).start(
+            shared,
+            &mut control,
+            tokens,
+            Some(snapshot.generation),
+        );
     }
 }
 

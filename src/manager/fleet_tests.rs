@@ -1107,9 +1107,11 @@ fn issued(n: u64) -> TokenSet {
 /// for). Its record carries a refresh token this process has since spent,
 /// at a version newer than any it knows: it was adopted (announced, or at
 /// the next flight), and the refresh after it presented the spent token.
-/// It is now never adopted, and the next flight replaces it.
+/// It is now never adopted, and the process replaces it with its own
+/// tokens as soon as it is announced, so that a sibling does not refresh
+/// from it either (found in a second review).
 #[tokio::test(start_paused = true)]
-async fn a_record_landing_late_with_a_spent_refresh_token_is_not_adopted() {
+async fn a_record_landing_late_with_a_spent_refresh_token_is_replaced_not_adopted() {
     let idp = Rotating::default();
     let store = FaultyLoads::default();
     let layer = idp.layer_on(store.clone());
@@ -1124,13 +1126,27 @@ async fn a_record_landing_late_with_a_spent_refresh_token_is_not_adopted() {
 
     // The first refresh's offer lands now, announced to the layer.
     land_late(&store, 1, &issued(2)).await;
-    crate::test_support::settle().await;
+    let replaced = async {
+        while store.inner.load().await.unwrap().map(|r| r.version()) != Some(3) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), replaced)
+        .await
+        .expect("the spent record is replaced");
     let current = handle.tokens().unwrap();
     assert_eq!(current.access_token().expose(), "at-3", "not adopted");
-
-    handle.force_refresh().await.unwrap();
-    assert_eq!(idp.counts(), (1, 3, 0), "no spent refresh token presented");
     assert_eq!(idp.stored_live_version(&store.inner).await, 3);
+    assert_eq!(idp.counts(), (1, 2, 0), "replaced without a refresh");
+
+    // A sibling starting now adopts the live tokens, and both refresh
+    // from the live token from then on.
+    let sibling = idp.layer_on(store.clone()).handle();
+    for handle in [&sibling, &handle, &sibling] {
+        handle.force_refresh().await.unwrap();
+    }
+    assert_eq!(idp.counts().2, 0, "no spent refresh token presented");
+    idp.stored_live_version(&store.inner).await;
 }
 
 /// The same record landing while the lease holder refreshes (after its

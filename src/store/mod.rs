@@ -46,7 +46,7 @@
 //! An offer whose write timed out may still reach the store later (Redis
 //! runs a command its client stopped waiting for): a record carrying a
 //! refresh token the process has since spent is never adopted by it, and
-//! its next write under the lease replaces it.
+//! it replaces that record with its own tokens as soon as it sees it.
 //!
 //! Stores hold opaque bytes: the layer encodes the tokens (with an absolute
 //! expiry, so any process can read it) and, wrapped in
