@@ -63,13 +63,17 @@ impl FlightTask {
             if let Some(stored) = stored.filter(|s| usable(&self.shared, s, known)) {
                 return Ok(stored.into_obtained());
             }
+            // Counted from before the call: the store's own count starts later.
+            let lease_ends = later(Instant::now(), config.lease_ttl());
             match call(config, store.try_lease_boxed(config.lease_ttl())).await {
                 Ok(Some(lease)) => {
                     let held = HeldLease {
                         store: Arc::clone(shared_store),
                         lease: Some(lease),
                     };
-                    let mut result = self.refresh_and_store(shared_store, known, ctx).await;
+                    let mut result = self
+                        .refresh_and_store(shared_store, known, ctx, lease_ends)
+                        .await;
                     // Tokens left to offer keep the lease until the offer
                     // has settled: released now, a sibling could take it
                     // and refresh from the refresh token this flight spent.
@@ -105,6 +109,7 @@ impl FlightTask {
         shared_store: &Arc<dyn DynStore>,
         known: Option<u64>,
         ctx: RefreshContext,
+        lease_ends: Instant,
     ) -> Result<Obtained, Failed> {
         let store = &**shared_store;
         // Someone may have stored a version between our load and the lease.
@@ -153,22 +158,17 @@ impl FlightTask {
                 // A record written meanwhile that carries a refresh token
                 // this process has spent is stale: an offer whose write
                 // timed out here and reached the store late. Replaced,
-                // still under the lease (once); anything else is a
-                // sibling's, and kept.
-                Ok(false) if !replacing_spent => {
+                // still under the lease (once, and only with time left
+                // for a load and a write: the lease's time to live does
+                // not count them); anything else is a sibling's, and kept.
+                Ok(false) if !replacing_spent && self.lease_lasts_for_two_calls(lease_ends) => {
                     if let Some(version) = self.spent_version(store).await {
                         (expected, replacing_spent) = (Some(version), true);
                         continue;
                     }
-                    tracing::warn!(
-                        "another process stored tokens while this one held the refresh lease; \
-                         keeping this process's tokens without storing them"
-                    );
+                    kept_unstored();
                 }
-                Ok(false) => tracing::warn!(
-                    "the token store changed again while this process held the refresh lease; \
-                     keeping this process's tokens without storing them"
-                ),
+                Ok(false) => kept_unstored(),
                 // The refresh token the store holds may just have been
                 // spent. Installed, the tokens supersede the version they
                 // were refreshed from (the newer of the stored and the
@@ -189,6 +189,13 @@ impl FlightTask {
             }
             return Ok(obtained);
         }
+    }
+
+    /// Whether two more store calls (each bounded by the refresh timeout)
+    /// end before the lease does.
+    fn lease_lasts_for_two_calls(&self, lease_ends: Instant) -> bool {
+        let two_calls = self.shared.config.refresh_timeout.saturating_mul(2);
+        later(Instant::now(), two_calls) <= lease_ends
     }
 
     /// The stored version, if the record there carries a refresh token
@@ -598,6 +605,14 @@ impl Offer {
             drop(settled);
         });
     }
+}
+
+/// Logs a write under the lease that found the store changed.
+fn kept_unstored() {
+    tracing::warn!(
+        "another writer changed the token store while this process held the refresh lease; \
+         keeping this process's tokens without storing them"
+    );
 }
 
 /// Counts and logs a failed store call.
