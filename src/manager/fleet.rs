@@ -134,8 +134,6 @@ impl FlightTask {
         if obtained.adopted {
             return Ok(obtained);
         }
-        // The stored record must carry the refresh token the source kept.
-        obtained.tokens = obtained.tokens.inherit_refresh_token(current.as_ref());
         if !makes_header(&obtained.tokens) && !obtained.tokens.rotated_from(current.as_ref()) {
             // The flight refuses it, and it holds nothing worth storing.
             // Stored when it rotated the refresh token: the store would

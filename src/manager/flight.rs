@@ -284,6 +284,10 @@ impl FlightTask {
                     if shared.config.store.is_some() {
                         shared.lock().spent.note(ctx.current(), &tokens);
                     }
+                    // Many issuers return no new refresh token on refresh:
+                    // the one presented stays valid. (Not after a login,
+                    // below: the one presented was just refused.)
+                    let tokens = tokens.inherit_refresh_token(ctx.current());
                     return Ok(Obtained::fetched(tokens, sent));
                 }
             }
@@ -368,11 +372,6 @@ impl FlightTask {
             adopted,
             offer,
         } = obtained;
-        let tokens = if adopted {
-            tokens
-        } else {
-            tokens.inherit_refresh_token(self.current.as_deref())
-        };
         let rotated = !adopted && tokens.rotated_from(self.current.as_deref());
         let invalid_header = || {
             let error =

@@ -895,3 +895,39 @@ async fn a_login_after_a_slow_rejected_refresh_counts_its_tokens_lifetime_from_t
     assert_eq!(bearer(&send(&client, get()).await), "tok-1");
     assert_eq!(logins.calls(), 1);
 }
+
+/// Found in review: after a refresh token was refused for good and a login
+/// replaced the tokens, the login's tokens (a client-credentials login
+/// gives no refresh token) kept the refused one, and every later refresh
+/// presented it again before logging in once more. A login's tokens keep
+/// no refresh token they did not bring.
+#[tokio::test(start_paused = true)]
+async fn tokens_from_a_login_after_a_refused_refresh_token_do_not_keep_it() {
+    let api = Api::default();
+    let presented = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let source = {
+        let presented = Arc::clone(&presented);
+        refresh_fn(move |ctx: crate::RefreshContext| {
+            let token = ctx.refresh_token().map(|t| t.expose().to_owned());
+            presented.lock().unwrap().push(token);
+            async { Err::<TokenSet, _>(RefreshError::terminal("invalid_grant").with_status(400)) }
+        })
+    };
+    let (login, logins) = issuer(&api, Some(HUNDRED), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .login(login)
+        .initial_tokens(
+            TokenSet::new("old")
+                .with_refresh_token("rt-refused")
+                .with_expires_in(Duration::ZERO),
+        )
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    assert_eq!(bearer(&send(&client, get()).await), "tok-1");
+    tokio::time::advance(HUNDRED).await;
+    assert_eq!(bearer(&send(&client, get()).await), "tok-2");
+
+    assert_eq!(logins.calls(), 2);
+    let presented = presented.lock().unwrap().clone();
+    assert_eq!(presented, [Some("rt-refused".to_owned()), None]);
+}
