@@ -506,6 +506,44 @@ async fn subscribe_announces_a_version_stored_by_another_store() {
     .await;
 }
 
+/// Found in review: a version stored while the feed had no subscription
+/// (its connection lost, say in a failover) was announced to no one, and
+/// an idle layer's watcher does not poll. Each subscription now nudges the
+/// watchers to load the record once.
+#[tokio::test]
+async fn a_version_stored_while_the_feed_was_down_is_signalled_once_it_is_back() {
+    with_redis(async |server| {
+        let listener = open(server, "app");
+        let writer = open(server, "app");
+        let mut changes = listener.subscribe().expect("a runtime is running");
+        wait_for_subscribers(server, "app:events", 1).await;
+        // The first subscription's signal, seen.
+        tokio::time::timeout(PROMPT, changes.changed())
+            .await
+            .expect("signalled on subscribing")
+            .unwrap();
+        changes.borrow_and_update();
+
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut raw(server).await)
+            .await
+            .unwrap();
+        wait_for_subscribers(server, "app:events", 0).await;
+        assert!(swap(&writer, None, 1, b"a").await); // published to no one
+
+        // Subscribed again (a second later), the feed signals a change.
+        tokio::time::timeout(PROMPT, changes.changed())
+            .await
+            .expect("signalled after subscribing again")
+            .unwrap();
+        wait_for_subscribers(server, "app:events", 1).await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn one_feed_serves_every_clone_and_ends_with_the_last() {
     with_redis(async |server| {
@@ -652,6 +690,12 @@ async fn stores_with_different_prefixes_do_not_interfere() {
 
         let mut changes = a.subscribe().unwrap();
         wait_for_subscribers(server, "tenant-a:events", 1).await;
+        // The subscription's own signal, seen.
+        tokio::time::timeout(PROMPT, changes.changed())
+            .await
+            .expect("signalled on subscribing")
+            .unwrap();
+        changes.borrow_and_update();
         assert!(swap(&b, Some(2), 3, b"b3").await);
         // Loopback pub/sub takes well under a millisecond: 300 ms of silence
         // means tenant-b's announcement did not reach tenant-a.

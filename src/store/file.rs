@@ -130,20 +130,20 @@ impl TokenStore for FileStore {
         record: Record,
     ) -> Result<bool, StoreError> {
         let inner = Arc::clone(&self.inner);
-        let version = record.version();
-        let swapped = blocking(move || {
+        blocking(move || {
             let _writing = inner.writing.lock().unwrap_or_else(PoisonError::into_inner);
             let path = &inner.path;
             if read(path)?.as_ref().map(Record::version) != expected {
                 return Ok(false);
             }
-            write(path, &record).map(|()| true)
+            write(path, &record)?;
+            // Announced by the write itself, in order: the caller may have
+            // stopped waiting (its refresh timeout), and the record is
+            // there all the same.
+            inner.local.announce(record.version());
+            Ok(true)
         })
-        .await?;
-        if swapped {
-            self.inner.local.announce(version);
-        }
-        Ok(swapped)
+        .await
     }
 
     fn try_lease(
@@ -332,6 +332,28 @@ mod tests {
         let stored = FileStore::new(store.path()).load().await.unwrap().unwrap();
         assert_eq!((stored.version(), stored.payload()), (2, &b"second"[..]));
         assert_eq!(dir.entries(), ["tokens.json"]);
+    }
+
+    /// Found in review: the caller announced the new version once the
+    /// write came back, so a caller that stopped waiting (the layer's
+    /// refresh timeout) left a stored version unannounced.
+    #[tokio::test]
+    async fn a_write_whose_caller_stopped_waiting_is_still_announced() {
+        let dir = TempDir::new();
+        let store = FileStore::new(dir.0.join("tokens.json"));
+        let mut changes = store.subscribe().unwrap();
+        // Another write holds the file: this one waits for it.
+        let other = store.inner.writing.lock().unwrap();
+        let swap = store.compare_and_swap(None, Record::new(1, b"first".to_vec()));
+        // Polled once, so that the write starts, then dropped.
+        let started = tokio::time::timeout(Duration::from_millis(50), swap).await;
+        assert!(started.is_err(), "the write waits for the other");
+        drop(other);
+        tokio::time::timeout(Duration::from_secs(10), changes.changed())
+            .await
+            .expect("announced")
+            .unwrap();
+        assert_eq!(*changes.borrow(), 1);
     }
 
     #[cfg(unix)]

@@ -237,7 +237,9 @@ pub trait TokenStore: Send + Sync + 'static {
     /// A signal carrying the newest version someone stored, if the store
     /// can announce changes. Without one the layer polls while it waits for
     /// another process's refresh, and adopts a newer record only when it
-    /// next needs a token. Default: `None`.
+    /// next needs a token. The layer reads the record on every signal and
+    /// not the value, so a store that may have missed changes (a lost
+    /// subscription) can signal without a new version. Default: `None`.
     ///
     /// ```
     /// use tower_token_refresh::store::{MemoryStore, Record, TokenStore};

@@ -107,7 +107,9 @@ return 0
 /// store (shared by its clones) that holds a separate pub/sub connection,
 /// subscribes again every second while Redis is away, and ends when the
 /// last clone is dropped. Versions announced while it was disconnected are
-/// not replayed: waiting processes [poll](Self::poll_every) meanwhile.
+/// not replayed: waiting processes [poll](Self::poll_every) meanwhile, and
+/// each time the feed subscribes it signals a change without a version of
+/// its own, so that every watcher loads the record once.
 ///
 /// # When Redis is unreachable
 ///
@@ -510,6 +512,10 @@ async fn run_feed(
         match subscribed {
             Ok((sink, messages)) => {
                 tracing::debug!(channel = %channel, "subscribed to token changes in Redis");
+                // What was stored while no subscription stood was announced
+                // to no one here: a signal without a version of its own has
+                // every watcher load the record once.
+                changes.send_modify(|_| {});
                 let lost = tokio::select! {
                     _ = &mut stop => return,
                     lost = forward(sink, messages, &changes, timeout) => lost,
