@@ -338,6 +338,10 @@ mod tests {
     /// write came back, so a caller that stopped waiting (the layer's
     /// refresh timeout) left a stored version unannounced.
     #[tokio::test]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the lock stands for another write in progress: held on purpose while the caller waits"
+    )]
     async fn a_write_whose_caller_stopped_waiting_is_still_announced() {
         let dir = TempDir::new();
         let store = FileStore::new(dir.0.join("tokens.json"));
