@@ -505,6 +505,7 @@ where
             .and_then(|uri| request::build(&self.settings.dialect.request, uri, &ctx));
         let mut client = self.client.clone();
         let settings = Arc::clone(&self.settings);
+        let current = ctx.current().cloned();
         async move {
             let request = request?.map(B::from);
             poll_fn(|cx| client.poll_ready(cx))
@@ -514,13 +515,18 @@ where
                 .call(request)
                 .await
                 .map_err(|e| unreachable_endpoint(e.into()))?;
-            answer(
+            let tokens = answer(
                 &settings.dialect,
                 settings.body_limit,
                 response,
                 SystemTime::now,
             )
-            .await
+            .await?;
+            Ok(keep_what_was_left_out(
+                tokens,
+                &settings.dialect,
+                current.as_ref(),
+            ))
         }
     }
 
@@ -531,6 +537,32 @@ where
             .credential
             .sends_access_token()
     }
+}
+
+/// The kept fields (`scope`, Ocient's `database`) an answer left out, as
+/// they stand: RFC 6749 §5.1 leaves `scope` out when it is the one asked
+/// for, which is the body field sent if there was one, and otherwise the
+/// scope granted before.
+fn keep_what_was_left_out(
+    mut tokens: TokenSet,
+    dialect: &Dialect,
+    current: Option<&TokenSet>,
+) -> TokenSet {
+    for (name, _) in &dialect.response.keep {
+        if tokens.extra(name).is_some() {
+            continue;
+        }
+        let sent = dialect
+            .request
+            .fields
+            .iter()
+            .find(|(field, _)| field == name);
+        let before = current.and_then(|current| current.extra(name));
+        if let Some(value) = sent.map(|(_, value)| value.as_str()).or(before) {
+            tokens = tokens.with_extra(name.as_str(), value);
+        }
+    }
+    tokens
 }
 
 /// What a refresh endpoint's answer means: the tokens of a `2xx`, or the

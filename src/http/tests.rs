@@ -483,3 +483,36 @@ async fn without_initial_tokens_the_login_source_gets_the_first() {
         "nothing to refresh yet"
     );
 }
+
+/// Found in review: an OAuth2 answer may leave `scope` out when it is the
+/// one asked for (RFC 6749 §5.1), and the token set then lost it. It now
+/// keeps the scope the refresh asked for, or else the one granted before.
+#[tokio::test]
+async fn a_scope_the_answer_leaves_out_is_the_one_asked_for_or_the_one_before() {
+    let (idp, _) = endpoint(ok_tokens); // no `scope`
+    let granted = TokenSet::new("old-access")
+        .with_refresh_token("old-refresh")
+        .with_extra("scope", "read write");
+    let ctx = || RefreshContext::new(RefreshReason::Forced, Some(Arc::new(granted.clone())));
+
+    let asked = HttpRefresher::oauth2("https://idp.example.com/token", idp.clone()).scope("read");
+    let tokens = asked.refresh(ctx()).await.unwrap();
+    assert_eq!(tokens.extra("scope"), Some("read"));
+
+    let unasked = HttpRefresher::oauth2("https://idp.example.com/token", idp);
+    let tokens = unasked.refresh(ctx()).await.unwrap();
+    assert_eq!(tokens.extra("scope"), Some("read write"));
+
+    // An answer that names a scope is taken at its word.
+    let (narrowed, _) = endpoint(|| {
+        json(
+            StatusCode::OK,
+            r#"{"access_token":"new","token_type":"Bearer","scope":"read"}"#,
+        )
+    });
+    let tokens = HttpRefresher::oauth2("https://idp.example.com/token", narrowed)
+        .refresh(ctx())
+        .await
+        .unwrap();
+    assert_eq!(tokens.extra("scope"), Some("read"));
+}
