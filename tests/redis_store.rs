@@ -778,6 +778,30 @@ async fn a_connection_gone_silent_is_replaced_after_one_timeout() {
     .await;
 }
 
+/// Found in review: the connection was dropped only when a call failed,
+/// so a call cut off first by the caller (the layer's refresh timeout, if
+/// set at or below the store's) left a silent connection in use for good.
+#[tokio::test]
+async fn a_call_cut_off_by_its_caller_gives_up_its_connection() {
+    with_redis(async |server| {
+        let relay = Relay::start(server.port()).await;
+        let store = RedisStore::open(&relay.url(), "app")
+            .unwrap()
+            .timeout(Duration::from_secs(5));
+        assert!(swap(&store, None, 1, b"a").await);
+
+        relay.silence_open_connections();
+        let cut_off = tokio::time::timeout(Duration::from_millis(200), store.load()).await;
+        assert!(cut_off.is_err(), "the silent connection answered");
+        let load = tokio::time::timeout(Duration::from_secs(2), store.load()).await;
+        assert_eq!(
+            load.expect("a fresh connection").unwrap(),
+            Some(record(1, b"a"))
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_store_works_again_after_redis_restarts() {
     with_redis(async |server| {

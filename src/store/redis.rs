@@ -324,17 +324,39 @@ impl RedisStore {
         Fut: Future<Output = RedisResult<T>>,
     {
         let Connection { id, manager } = self.connection().await?;
-        command(manager).await.map_err(|error| {
-            // `ConnectionManager` reconnects by itself only when an error says
-            // the connection dropped. A connection that went silent (a
-            // failover that black-holed the old address, a dropped NAT entry)
-            // only times out, call after call; one whose tasks died with
-            // their runtime fails the same way each time. A fresh connection
-            // on the next call recovers from all of them, and failures are
-            // rare enough that reconnecting costs nothing.
-            self.shared.discard(id);
-            StoreError::unavailable(what).with_source(error)
-        })
+        // `ConnectionManager` reconnects by itself only when an error says
+        // the connection dropped. A connection that went silent (a failover
+        // that black-holed the old address, a dropped NAT entry) only times
+        // out, call after call; one whose tasks died with their runtime
+        // fails the same way each time. A fresh connection on the next call
+        // recovers from all of them, and failures are rare enough that
+        // reconnecting costs nothing. So is a call its caller cut off
+        // first (the layer bounds each store call by its refresh timeout):
+        // a silent connection would otherwise stay in use for good.
+        let mut unsettled = Unsettled {
+            shared: &self.shared,
+            id,
+            settled: false,
+        };
+        let result = command(manager).await;
+        unsettled.settled = result.is_ok();
+        result.map_err(|error| StoreError::unavailable(what).with_source(error))
+    }
+}
+
+/// Discards its connection when dropped before its call succeeded: the
+/// call failed, or its caller stopped waiting.
+struct Unsettled<'a> {
+    shared: &'a Shared,
+    id: u64,
+    settled: bool,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shared.discard(self.id);
+        }
     }
 }
 
