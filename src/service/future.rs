@@ -186,9 +186,9 @@ impl<S, B> RetryCopy<S, B> {
 }
 
 /// A rejection held until the body is known to be replayable, then read
-/// to its end (boxed: a rare path, kept out of the size of every response
-/// future). The bound is a timer, so it exists only where a tokio timer
-/// does.
+/// to its end (or only read, before a failed refresh is reported); boxed:
+/// a rare path, kept out of the size of every response future. The bound
+/// is a timer, so it exists only where a tokio timer does.
 struct Settle<R> {
     held: Held<R>,
     next: Option<Next>,
@@ -234,7 +234,8 @@ pin_project! {
         // Rejected, retry planned: holds the rejection until the first
         // attempt has released the body (or it outgrew the cap, or the
         // bound passed), so that an unreplayable body still gets the
-        // original response back rather than a broken retry.
+        // original response back rather than a broken retry. Also reads a
+        // rejection before a failed refresh's error is returned.
         Settling { settle: Box<Settle<R>> },
         // Rejected: waiting for the refresh the rejection joined or started.
         Refreshing { waiting: Waiting },
