@@ -23,6 +23,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Secret;
+
 /// A boxed error, the error type of the service (as in tower-http).
 ///
 /// The layer's own failures are an [`Error`] inside it; the inner service's
@@ -122,6 +124,12 @@ pub struct RefreshError {
     code: Option<String>,
     request_id: Option<String>,
     source: Option<BoxError>,
+    /// A new refresh token in an answer refused for another reason (crate
+    /// private: the HTTP refresher sets it). The one presented is spent
+    /// once the issuer has answered with another, so the layer keeps this
+    /// one to refresh from. Never shown. Boxed: rare, and kept out of the
+    /// size of every `Result` that carries the error.
+    replacement: Option<Box<Secret>>,
 }
 
 impl RefreshError {
@@ -133,7 +141,24 @@ impl RefreshError {
             code: None,
             request_id: None,
             source: None,
+            replacement: None,
         }
+    }
+
+    /// Carries `refresh_token`, a new one the refused answer held.
+    pub(crate) fn with_replacement(mut self, refresh_token: Secret) -> Self {
+        self.replacement = Some(Box::new(refresh_token));
+        self
+    }
+
+    /// The new refresh token the refused answer held.
+    pub(crate) fn replacement(&self) -> Option<&Secret> {
+        self.replacement.as_deref()
+    }
+
+    /// The new refresh token the refused answer held, taken out.
+    pub(crate) fn take_replacement(&mut self) -> Option<Secret> {
+        self.replacement.take().map(|token| *token)
     }
 
     /// The credential can no longer be refreshed; a user must sign in again.

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::dialect::ResponseShape;
 use super::jwt;
-use crate::{RefreshError, TokenSet};
+use crate::{RefreshError, Secret, TokenSet};
 
 /// The token set in `body`, a `2xx` answer's bytes.
 pub(crate) fn tokens(
@@ -23,12 +23,33 @@ pub(crate) fn tokens(
 ) -> Result<TokenSet, RefreshError> {
     let json: Value = serde_json::from_slice(body)
         .map_err(|e| undecodable("the answer is not JSON").with_source(e))?;
+    let refresh_token = match &shape.refresh_token {
+        // An empty string means "no new one", as an absent field does.
+        Some(pointer) => string_at(&json, pointer)?.filter(|r| !r.is_empty()),
+        None => None,
+    };
+    // A successful answer is refused below for what it lacks; a new
+    // refresh token in it stays with the error, as the issuer has spent
+    // the one presented.
+    checked(shape, &json, now, refresh_token).map_err(|error| match refresh_token {
+        Some(token) => error.with_replacement(Secret::new(token)),
+        None => error,
+    })
+}
+
+/// The token set in `json`, a successful answer with `refresh_token` in it.
+fn checked(
+    shape: &ResponseShape,
+    json: &Value,
+    now: SystemTime,
+    refresh_token: Option<&str>,
+) -> Result<TokenSet, RefreshError> {
     if let Some(pointer) = &shape.success {
         if json.pointer(pointer) != Some(&Value::Bool(true)) {
             return Err(undecodable(format!("`{}` is not true", field(pointer))));
         }
     }
-    let access_token = string_at(&json, &shape.access_token)?
+    let access_token = string_at(json, &shape.access_token)?
         .ok_or_else(|| undecodable(format!("no `{}` string", field(&shape.access_token))))?;
     if access_token.is_empty() {
         return Err(undecodable(format!(
@@ -37,7 +58,7 @@ pub(crate) fn tokens(
         )));
     }
     if let Some(pointer) = &shape.token_type {
-        if let Some(kind) = string_at(&json, pointer)? {
+        if let Some(kind) = string_at(json, pointer)? {
             if !kind.eq_ignore_ascii_case("bearer") {
                 return Err(undecodable(format!(
                     "`{}` is not Bearer; only bearer tokens can be sent",
@@ -61,11 +82,8 @@ pub(crate) fn tokens(
     .or_else(|| jwt::expires_in(access_token, now));
 
     let mut tokens = TokenSet::new(access_token);
-    if let Some(pointer) = &shape.refresh_token {
-        // An empty string means "no new one", as an absent field does.
-        if let Some(refresh) = string_at(&json, pointer)?.filter(|r| !r.is_empty()) {
-            tokens = tokens.with_refresh_token(refresh);
-        }
+    if let Some(refresh) = refresh_token {
+        tokens = tokens.with_refresh_token(refresh);
     }
     if let Some(expires_in) = expires_in {
         tokens = tokens.with_expires_in(expires_in);

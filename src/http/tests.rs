@@ -516,3 +516,67 @@ async fn a_scope_the_answer_leaves_out_is_the_one_asked_for_or_the_one_before() 
         .unwrap();
     assert_eq!(tokens.extra("scope"), Some("read"));
 }
+
+/// Found in review: a successful answer refused for what it lacked (here
+/// an `expires_in` that is not a number) lost the new refresh token in
+/// it, and the next refresh presented the one the issuer had just spent
+/// (RFC 6749 §6: the client MUST replace it). It is kept now, as refused
+/// tokens' are, and the next refresh presents it.
+#[tokio::test(start_paused = true)]
+async fn a_refused_answer_keeps_the_new_refresh_token_in_it() {
+    let presented = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&presented);
+    let idp = tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let record = Arc::clone(&record);
+        async move {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            let first = {
+                let mut presented = record.lock().unwrap();
+                presented.push(body);
+                presented.len() == 1
+            };
+            Ok::<_, Infallible>(if first {
+                json(
+                    StatusCode::OK,
+                    r#"{"access_token":"a2","token_type":"Bearer","expires_in":"3600s","refresh_token":"r2"}"#,
+                )
+            } else {
+                json(
+                    StatusCode::OK,
+                    r#"{"access_token":"a3","token_type":"Bearer","expires_in":3600,"refresh_token":"r3"}"#,
+                )
+            })
+        }
+    });
+    let layer =
+        TokenRefreshLayer::builder(HttpRefresher::oauth2("https://idp.example.com/token", idp))
+            .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+            .build();
+    let handle = layer.handle();
+
+    let error = handle.force_refresh().await.unwrap_err();
+    assert!(
+        error.to_string().contains("token refresh failed"),
+        "{error}"
+    );
+    let cause = error.refresh_error().unwrap().to_string();
+    assert!(cause.contains("expires_in"), "{cause}");
+    assert!(
+        !cause.contains("r2"),
+        "the new refresh token is never shown: {cause}"
+    );
+    assert_eq!(handle.tokens().unwrap().access_token().expose(), "a1");
+
+    tokio::time::advance(Duration::from_secs(60)).await;
+    handle.force_refresh().await.unwrap();
+    assert_eq!(handle.tokens().unwrap().access_token().expose(), "a3");
+    let presented = presented.lock().unwrap().clone();
+    assert_eq!(
+        presented,
+        [
+            "grant_type=refresh_token&refresh_token=r1",
+            "grant_type=refresh_token&refresh_token=r2"
+        ]
+    );
+}

@@ -397,6 +397,7 @@ impl Stored {
             version: Some(self.version),
             adopted: true,
             offer: None,
+            refused: None,
         }
     }
 }

@@ -1182,3 +1182,53 @@ async fn a_record_landing_late_under_the_lease_is_replaced_at_once() {
     assert_eq!(sibling.tokens().unwrap().access_token().expose(), "at-3");
     assert_eq!(idp.counts().2, 0, "no spent refresh token presented");
 }
+
+/// An answer refused for what it lacks, with a new refresh token in it
+/// (the HTTP refresher's `RefreshError` carries it): stored for the fleet
+/// as refused tokens are, so that a sibling refreshes from the new refresh
+/// token, never from the spent one.
+#[tokio::test(start_paused = true)]
+async fn a_new_refresh_token_in_a_refused_answer_is_stored_for_the_fleet() {
+    let presented = Arc::new(Mutex::new(Vec::new()));
+    let source = {
+        let presented = Arc::clone(&presented);
+        refresh_fn(move |ctx: RefreshContext| {
+            let token = ctx.refresh_token().map(|t| t.expose().to_owned());
+            let first = {
+                let mut presented = presented.lock().unwrap();
+                presented.push(token);
+                presented.len() == 1
+            };
+            async move {
+                if first {
+                    let refused = RefreshError::transient("`expires_in` is not a number")
+                        .with_replacement(crate::Secret::new("rt-2"));
+                    return Err(refused);
+                }
+                Ok(TokenSet::new("at-3").with_refresh_token("rt-3"))
+            }
+        })
+    };
+    let store = MemoryStore::new();
+    let first = TokenRefreshLayer::builder(source.clone())
+        .store(store.clone())
+        .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1"))
+        .build();
+    let sibling = TokenRefreshLayer::builder(source)
+        .store(store.clone())
+        .build();
+
+    assert!(first.handle().force_refresh().await.is_err());
+    sibling.handle().force_refresh().await.unwrap();
+    let presented = presented.lock().unwrap().clone();
+    assert_eq!(
+        presented,
+        [Some("rt-1".to_owned()), Some("rt-2".to_owned())]
+    );
+    let stored = crate::store::decode(
+        store.load().await.unwrap().unwrap().payload(),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    assert_eq!(stored.tokens.refresh_token().unwrap().expose(), "rt-3");
+}

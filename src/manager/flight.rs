@@ -178,6 +178,9 @@ pub(super) struct Obtained {
     pub(super) adopted: bool,
     /// Not stored because the store failed: offered to it once installed.
     pub(super) offer: Option<Offer>,
+    /// Why the answer was refused, if it was: the tokens carry its new
+    /// refresh token only.
+    pub(super) refused: Option<Failed>,
 }
 
 impl Obtained {
@@ -189,9 +192,24 @@ impl Obtained {
             version: None,
             adopted: false,
             offer: None,
+            refused: None,
+        }
+    }
+
+    /// The new refresh token of an answer refused for `failed`, carried
+    /// by tokens no request can use.
+    fn refused(carrier: TokenSet, failed: Failed) -> Self {
+        Self {
+            refused: Some(failed),
+            ..Self::fetched(carrier, Instant::now())
         }
     }
 }
+
+/// The access token of tokens that carry only a refresh token: not a
+/// header value, so that no request sends it and no process adopts it
+/// from a store; each refreshes from the refresh token beside it.
+const NO_ACCESS_TOKEN: &str = "\n";
 
 /// Validated tokens, ready to install.
 struct Ready {
@@ -278,6 +296,16 @@ impl FlightTask {
                         return Err((error, kind));
                     }
                     tracing::info!(error = %error, "refresh credential rejected; logging in");
+                }
+                // An answer refused for what it lacks, with a new refresh
+                // token in it: kept as refused tokens are.
+                Err((mut error, kind)) if error.replacement().is_some() => {
+                    let replacement = error.take_replacement().expect("checked above");
+                    let carrier = TokenSet::new(NO_ACCESS_TOKEN).with_refresh_token(replacement);
+                    if shared.config.store.is_some() {
+                        shared.lock().spent.note(ctx.current(), &carrier);
+                    }
+                    return Ok(Obtained::refused(carrier, (error, kind)));
                 }
                 other => {
                     let (tokens, sent) = other?;
@@ -371,8 +399,21 @@ impl FlightTask {
             version,
             adopted,
             offer,
+            refused,
         } = obtained;
         let rotated = !adopted && tokens.rotated_from(self.current.as_deref());
+        if let Some(failed) = refused {
+            if rotated {
+                let tokens = Arc::new(tokens);
+                self.keep_refused(Refused {
+                    tokens,
+                    version,
+                    offer,
+                })
+                .await;
+            }
+            return Err(failed);
+        }
         let invalid_header = || {
             let error =
                 RefreshError::transient("the refreshed access token is not a valid header value");
