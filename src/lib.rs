@@ -92,7 +92,8 @@
 //! hook; the layer keeps going without them: every refresh fails, requests
 //! that need one get an [`Error`] for which
 //! [`is_refresh_failed`](Error::is_refresh_failed) is true, the rest are
-//! sent as usual, and no caller's task panics. (With `panic = "abort"`, the
+//! sent as usual, and no caller's task panics (a reqwest request's own
+//! timeout still needs them). (With `panic = "abort"`, the
 //! first of tokio's panics ends the process.)
 //!
 //! [tower]: https://docs.rs/tower

@@ -1026,7 +1026,7 @@ async fn a_rejection_is_read_before_a_failed_refresh_is_reported() {
         // Signed in again. The connection is returned to the pool by its
         // own task, which a loaded machine may run late: a margin, not a
         // measurement.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let access = identity
             .tokens()
             .issue_access_token(Duration::from_secs(3600));
@@ -1043,10 +1043,10 @@ async fn a_rejection_is_read_before_a_failed_refresh_is_reported() {
     .await;
 }
 
-/// On a runtime built without timers, the rejection is still read (without
-/// a bound) and the request ends in the layer's error, not in a panic of
-/// the caller's task: the refresh, spawned there too, cannot set its
-/// timeout. The servers run on a runtime of their own, with timers.
+/// On a runtime built without timers, a rejected request whose rejection
+/// must be read ends in the layer's error, not in a panic of the caller's
+/// task (reading it set a timer): the refresh, spawned there too, cannot
+/// set its timeout. The servers run on a runtime of their own, with timers.
 #[test]
 fn on_a_runtime_without_timers_a_rejected_request_fails_without_a_panic() {
     let servers = tokio::runtime::Builder::new_multi_thread()

@@ -539,10 +539,12 @@ where
     }
 }
 
-/// The kept fields (`scope`, Ocient's `database`) an answer left out, as
-/// they stand: RFC 6749 §5.1 leaves `scope` out when it is the one asked
-/// for, which is the body field sent if there was one, and otherwise the
-/// scope granted before.
+/// The kept fields an answer left out that the refresh asked for: the
+/// body field of that name it sent (`scope`, Ocient's `database`), and for
+/// `scope` without one, the scope granted before (RFC 6749 §5.1 leaves
+/// `scope` out when it is the one asked for, and a refresh that names none
+/// asks for the one granted). Other kept fields (Cognito's
+/// `requiresPasswordChange`) are the answer's alone.
 fn keep_what_was_left_out(
     mut tokens: TokenSet,
     dialect: &Dialect,
@@ -557,7 +559,9 @@ fn keep_what_was_left_out(
             .fields
             .iter()
             .find(|(field, _)| field == name);
-        let before = current.and_then(|current| current.extra(name));
+        let before = current
+            .filter(|_| name == "scope")
+            .and_then(|current| current.extra(name));
         if let Some(value) = sent.map(|(_, value)| value.as_str()).or(before) {
             tokens = tokens.with_extra(name.as_str(), value);
         }

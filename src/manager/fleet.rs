@@ -298,8 +298,9 @@ impl FlightTask {
 /// token back, and the next refresh from it would be refused (or, by an
 /// issuer that detects reuse, revoke the whole family); so it is neither
 /// adopted nor refreshed from, and the process replaces it with its own
-/// tokens as soon as it sees it (announced, or at its write under the
-/// lease), before a sibling that adopted it needs a refresh.
+/// tokens when it next sees it with no write of its own pending (announced,
+/// or at its write under the lease while the lease has time left), before
+/// a sibling that adopted it needs a refresh.
 ///
 /// Keyed hashes, with keys of this process's own, not the tokens: nothing
 /// secret outlives its tokens here. The last 16 only: older ones have
@@ -405,7 +406,9 @@ impl Stored {
 impl TokenManager {
     /// Adopts a version another process announced, unless a flight of ours
     /// runs (it adopts on its own) or the stored tokens are not usable (the
-    /// next request that needs a refresh handles them).
+    /// next request that needs a refresh handles them). A newer record
+    /// carrying a refresh token this process spent is replaced instead
+    /// (`replace_spent`).
     pub(super) async fn adopt_announced(&self, store: &dyn DynStore) {
         let shared = &self.shared;
         let known = shared.lock().store_version;
@@ -459,9 +462,9 @@ impl Control {
 impl TokenManager {
     /// Offers this process's tokens over `version`, a record that carries
     /// a refresh token this process has spent (`Spent`), before a sibling
-    /// adopts it and refreshes from it. Left to a flight that runs (its
-    /// write replaces it) or an offer that is out; tokens set by hand are
-    /// not this process's to store.
+    /// adopts it and refreshes from it. Not while a flight runs (its write
+    /// finds it) or an offer is out (the next announcement or flight finds
+    /// it); and tokens set by hand are not this process's to store.
     fn replace_spent(&self, version: u64) {
         let shared = &self.shared;
         let mut control = shared.lock();

@@ -1084,8 +1084,8 @@ async fn a_failure_after_deferrals_backs_off_from_the_start() {
     assert_eq!(tokens.access_token().expose(), "at-1");
 }
 
-/// A record holding `tokens`, stored as `version` over `expected`, as an
-/// offer this process gave up on (its write timed out) lands late.
+/// A record holding `tokens`, stored as `expected + 1` over `expected`, as
+/// an offer this process gave up on (its write timed out) lands late.
 async fn land_late(store: &FaultyLoads, expected: u64, tokens: &TokenSet) {
     let record = Record::new(
         expected + 1,
@@ -1095,37 +1095,31 @@ async fn land_late(store: &FaultyLoads, expected: u64, tokens: &TokenSet) {
     assert!(landed.unwrap(), "the late write lands");
 }
 
-/// The tokens `Rotating` issued as its `n`th.
-fn issued(n: u64) -> TokenSet {
-    TokenSet::new(format!("at-{n}"))
-        .with_refresh_token(format!("rt-{n}"))
-        .with_expires_in(LIFETIME)
-}
-
 /// Found in review: an offer whose write timed out here may still reach
 /// the store later (Redis applies a command its client gave up waiting
 /// for). Its record carries a refresh token this process has since spent,
 /// at a version newer than any it knows: it was adopted (announced, or at
 /// the next flight), and the refresh after it presented the spent token.
 /// It is now never adopted, and the process replaces it with its own
-/// tokens as soon as it is announced, so that a sibling does not refresh
-/// from it either (found in a second review).
+/// tokens once it is announced, so that a sibling does not refresh from it
+/// either (found in a second review).
 #[tokio::test(start_paused = true)]
 async fn a_record_landing_late_with_a_spent_refresh_token_is_replaced_not_adopted() {
     let idp = Rotating::default();
     let store = FaultyLoads::default();
     let layer = idp.layer_on(store.clone());
     let handle = layer.handle();
-    handle.force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
-                                           // Two refreshes whose writes and offers all fail: at-3 / rt-3 here,
-                                           // version 1 in the store.
+    // Logged in: at-1 / rt-1, version 1.
+    handle.force_refresh().await.unwrap();
+    // Two refreshes whose writes and offers all fail: at-3 / rt-3 here,
+    // version 1 in the store.
     store.failing_writes.store(4, Ordering::SeqCst);
     handle.force_refresh().await.unwrap();
     handle.force_refresh().await.unwrap();
     assert_eq!(idp.counts(), (1, 2, 0));
 
     // The first refresh's offer lands now, announced to the layer.
-    land_late(&store, 1, &issued(2)).await;
+    land_late(&store, 1, &idp.tokens(2)).await;
     let replaced = async {
         while store.inner.load().await.unwrap().map(|r| r.version()) != Some(3) {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -1161,8 +1155,9 @@ async fn a_record_landing_late_under_the_lease_is_replaced_at_once() {
     let store = FaultyLoads::default();
     let layer = idp.layer_on(store.clone());
     let handle = layer.handle();
-    handle.force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
-                                           // The write and the offer fail: at-2 / rt-2 here, version 1 stored.
+    // Logged in: at-1 / rt-1, version 1.
+    handle.force_refresh().await.unwrap();
+    // The write and the offer fail: at-2 / rt-2 here, version 1 stored.
     store.failing_writes.store(2, Ordering::SeqCst);
     handle.force_refresh().await.unwrap();
 
@@ -1171,7 +1166,7 @@ async fn a_record_landing_late_under_the_lease_is_replaced_at_once() {
         async move { handle.force_refresh().await }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    land_late(&store, 1, &issued(2)).await; // rt-2, spent by this refresh
+    land_late(&store, 1, &idp.tokens(2)).await; // rt-2, spent by this refresh
     refreshing.await.unwrap().unwrap();
     assert_eq!(idp.counts(), (1, 2, 0));
     assert_eq!(idp.stored_live_version(&store.inner).await, 3);

@@ -73,14 +73,14 @@ impl FlightCell {
     }
 }
 
-/// Waits for one flight's outcome. Never hangs: a task that dies publishes
-/// an error from its drop guard, and a waiter polled on another runtime
-/// than the flight's gives the flight up at its deadline, should that
-/// runtime stop driving it (unless the waiter's runtime has no timers to
-/// set one with: there it waits on). On the flight's own runtime the waiter being
-/// polled means the flight is driven too, so it needs no timer; which
-/// runtime polls it is asked at each poll until it has one, as a future
-/// can move from one runtime to another.
+/// Waits for one flight's outcome. Hangs only where no timer can be set: a
+/// task that dies publishes an error from its drop guard, and a waiter
+/// polled on another runtime than the flight's gives the flight up at its
+/// deadline, should that runtime stop driving it (a waiter's runtime
+/// without timers cannot: there it waits on). On the flight's own runtime
+/// the waiter being polled means the flight is driven too, so it needs no
+/// timer; which runtime polls it is asked at each poll until it has one,
+/// as a future can move from one runtime to another.
 pub(crate) struct FlightWait {
     flight: Arc<FlightCell>,
     slot: Option<usize>,
@@ -276,8 +276,6 @@ mod tests {
         assert_eq!(counter.count(), 0);
     }
 
-    /// Off the flight's runtime, nothing vouches that the flight is driven:
-    /// the waiter gives up at the deadline. On it, it waits for the task.
     /// Off the flight's runtime, on one without timers: tokio panics when
     /// the waiter sets its bound (caught), once, not at every poll.
     #[test]
@@ -305,6 +303,8 @@ mod tests {
         assert_eq!(panics, 1, "asked for a timer {panics} times");
     }
 
+    /// Off the flight's runtime, nothing vouches that the flight is driven:
+    /// the waiter gives up at the deadline. On it, it waits for the task.
     #[test]
     fn only_a_waiter_off_the_flights_runtime_gives_up_at_the_deadline() {
         let paused = |builder: &mut tokio::runtime::Builder| {

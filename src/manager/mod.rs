@@ -172,6 +172,11 @@ struct Control {
     /// The refresh tokens this process spent lately (`fleet::Spent`): a
     /// stored record carrying one is neither adopted nor refreshed from.
     spent: fleet::Spent,
+    /// The runtime the watcher last panicked on (at once on one without
+    /// timers), where it is not started again: each request would spawn
+    /// another. Background refresh and adoption stop there; requests read
+    /// the clock themselves.
+    watcher_panicked_on: Option<tokio::runtime::Id>,
 }
 
 pub(crate) struct Shared {
@@ -190,9 +195,6 @@ pub(crate) struct Shared {
     /// Woken whenever the snapshot or the failure state changes.
     changed: Arc<Notify>,
     timer_started: AtomicBool,
-    /// The runtime a watcher panicked on (one without timers, at once),
-    /// where it is not started again: each request would spawn another.
-    watcher_panicked_on: Mutex<Option<tokio::runtime::Id>>,
 }
 
 impl Drop for Shared {
@@ -252,7 +254,6 @@ impl TokenManager {
                 proactive_gate: AtomicU64::new(0),
                 changed: Arc::new(Notify::new()),
                 timer_started: AtomicBool::new(false),
-                watcher_panicked_on: Mutex::new(None),
             }),
         };
         manager.ensure_timer();

@@ -16,7 +16,7 @@
 //!   process stored, so this one never sends a token the fleet replaced.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -29,9 +29,10 @@ use super::{Control, Shared, TokenManager};
 use crate::RefreshReason;
 
 impl TokenManager {
-    /// Spawns the watcher once, if a runtime is available; called at
-    /// construction and again on use (after a runtime appears, or after the
-    /// previous runtime shut down and took the task with it).
+    /// Spawns the watcher once, if a runtime is available and the watcher
+    /// has not panicked on it; called at construction and again on use
+    /// (after a runtime appears, or after the previous runtime shut down
+    /// and took the task with it).
     pub(super) fn ensure_timer(&self) {
         let shared = &self.shared;
         if shared.timer_started.load(Ordering::Acquire) {
@@ -40,8 +41,7 @@ impl TokenManager {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let panicked_on = *lock(&shared.watcher_panicked_on);
-        if panicked_on == Some(runtime.id()) {
+        if shared.lock().watcher_panicked_on == Some(runtime.id()) {
             return;
         }
         if shared.timer_started.swap(true, Ordering::AcqRel) {
@@ -77,12 +77,13 @@ impl Drop for WatchGuard {
             snapshot.unwatch();
         }
         // Restarted by the next request, but not on the runtime it
-        // panicked on: it would panic again (on a runtime without timers,
-        // at once), and every request would spawn another. Requests there
-        // read the clock themselves (unwatched above).
+        // panicked on (whatever the panic): it would likely panic again (on
+        // a runtime without timers, at once), and every request would
+        // spawn another. Requests there read the clock themselves
+        // (unwatched above).
         if let Some(shared) = self.shared.upgrade() {
             if std::thread::panicking() {
-                *lock(&shared.watcher_panicked_on) = Some(self.runtime);
+                shared.lock().watcher_panicked_on = Some(self.runtime);
             }
             shared.timer_started.store(false, Ordering::Release);
         }
@@ -223,10 +224,4 @@ fn next_due(control: &Control, snapshot: &Snapshot) -> Option<Instant> {
         None => Some(due),
         Some(failure) => failure.until.map(|until| until.max(due)),
     }
-}
-
-/// The runtime recorded as the watcher's last panic, whatever panicked
-/// while holding the lock (nothing can leave it inconsistent).
-fn lock(slot: &Mutex<Option<Id>>) -> MutexGuard<'_, Option<Id>> {
-    slot.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -200,7 +200,8 @@ enum Held<R> {
     /// Whole while it may still be the answer: the request's body may
     /// turn out not to be replayable.
     Whole(R),
-    /// Being read to its end, the retry being certain.
+    /// Being read to its end, not the answer: a retry, a refresh or an
+    /// error follows.
     Draining(Drain<R>),
     /// Moved out.
     Taken,
@@ -521,8 +522,8 @@ where
                         *held = Held::Draining(Drain::new(rejection));
                     }
                     if let Held::Draining(drain) = held {
-                        // Past the bound, dropped unread: the retry waits
-                        // no longer.
+                        // Past the bound, dropped unread: what follows
+                        // waits no longer.
                         if drain.poll(cx).is_pending() {
                             match bound {
                                 Some(bound) => ready!(bound.as_mut().poll(cx)),

@@ -349,7 +349,7 @@ mod tests {
         // Another write holds the file: this one waits for it.
         let other = store.inner.writing.lock().unwrap();
         let swap = store.compare_and_swap(None, Record::new(1, b"first".to_vec()));
-        // Polled once, so that the write starts, then dropped.
+        // Polled until the write has started (for 50 ms), then dropped.
         let started = tokio::time::timeout(Duration::from_millis(50), swap).await;
         assert!(started.is_err(), "the write waits for the other");
         drop(other);

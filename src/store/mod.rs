@@ -46,7 +46,8 @@
 //! An offer whose write timed out may still reach the store later (Redis
 //! runs a command its client stopped waiting for): a record carrying a
 //! refresh token the process has since spent is never adopted by it, and
-//! it replaces that record with its own tokens as soon as it sees it.
+//! it replaces that record with its own tokens when it next sees it with
+//! no write of its own pending.
 //!
 //! Stores hold opaque bytes: the layer encodes the tokens (with an absolute
 //! expiry, so any process can read it) and, wrapped in

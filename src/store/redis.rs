@@ -98,8 +98,9 @@ return 0
 /// Nothing contacts Redis before the first store call, so a process may
 /// start while Redis is down. The first call connects; every call after
 /// reuses that connection. A call that fails for any reason, or that its
-/// caller stops waiting for, drops it, and the next call connects afresh: after Redis restarts (or fails over to a
-/// new address), the first call that notices fails and the next one works.
+/// caller stops waiting for, drops it, and the next call connects afresh:
+/// after Redis restarts (or fails over to a new address), the first call
+/// that notices fails and the next one works.
 /// Connecting and each command are bounded by the [timeout](Self::timeout),
 /// 1 s by default.
 ///

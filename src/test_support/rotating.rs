@@ -72,6 +72,11 @@ impl Rotating {
         state.live_refresh_token += 1;
         let n = state.live_refresh_token;
         self.api.accept(&format!("at-{n}"));
+        self.tokens(n)
+    }
+
+    /// The tokens this identity server issues as its `n`th.
+    pub(crate) fn tokens(&self, n: u64) -> TokenSet {
         TokenSet::new(format!("at-{n}"))
             .with_refresh_token(format!("rt-{n}"))
             .with_expires_in(self.lifetime)

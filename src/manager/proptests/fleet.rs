@@ -35,7 +35,7 @@ use crate::test_support::{get, send, Api};
 use crate::{BoxError, TokenHandle, TokenRefresh, TokenRefreshLayer};
 
 /// A [`MemoryStore`] whose calls, of any kind, fail while `failing` is
-/// above zero (each failed call counts it down) and until `down_until`;
+/// above zero (each failed call counts it down) or until `down_until`;
 /// `failed` counts the calls that did. Announcements still come.
 #[derive(Clone, Default)]
 struct Outage {

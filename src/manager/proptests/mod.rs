@@ -1,9 +1,10 @@
 //! Property tests of the token manager, through the layer and its handle:
 //! random interleavings of time, requests, revocations and spurious
-//! rejections (the API answering `401`), refresh outcomes (tokens of any lifetime, transient, terminal
-//! and rate-limited failures, calls that never answer), cancelled
-//! requests, forced refreshes and tokens set by hand, on tokio's paused
-//! clock in a current-thread runtime made per case.
+//! rejections (the API answering `401`), refresh outcomes (tokens of any
+//! lifetime, transient, terminal and rate-limited failures, calls that
+//! never answer), cancelled requests, forced refreshes and tokens set by
+//! hand, on tokio's paused clock in a current-thread runtime made per case.
+//! Fleet mode (layers sharing a failing store) has its own, in [`fleet`].
 //!
 //! Invariants, checked as things happen (see [`world`]) and once idle:
 //!
