@@ -262,6 +262,9 @@ impl<C> Builder<C> {
     /// refresh token: no request uses it, but its refresh token is the live
     /// one, and the next refresh starts from it (as it does when such
     /// tokens are given back as [initial tokens](Self::initial_tokens)).
+    /// An answer an [`HttpRefresher`](crate::http::HttpRefresher) refuses
+    /// for what it lacks comes as its new refresh token beside an access
+    /// token that is not a header value.
     /// Tokens a refresh overtaken by [`set_tokens`](crate::TokenHandle::set_tokens)
     /// fetched are shown too, though the layer keeps the tokens set.
     /// With a [store](Self::store), it runs only in the process that
