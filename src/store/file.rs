@@ -22,7 +22,9 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///
 /// - Writes are atomic: the record goes to a temporary file in the same
 ///   directory, is flushed to disk and renamed over the old file, so a
-///   crash leaves either the old record or the new one, never a mix.
+///   crash leaves either the old record or the new one, never a mix. A
+///   temporary file a crash left behind (`.<name>.<pid>.<random>.tmp`)
+///   is removed by a later write once it is ten minutes old.
 /// - On Unix the file is created with mode `0600`: only its owner can read
 ///   it. Wrap the store in [`Encrypted`](crate::store::Encrypted) to keep
 ///   the tokens unreadable even to a backup.
@@ -259,7 +261,38 @@ fn write(path: &Path, record: &Record) -> Result<(), StoreError> {
     if let Ok(dir) = File::open(dir) {
         let _ = dir.sync_all();
     }
+    remove_abandoned(dir, &name);
     Ok(())
+}
+
+/// How old a temporary file must be to count as abandoned: a write keeps
+/// one for as long as it takes to write and sync a few hundred bytes.
+const ABANDONED_AFTER: Duration = Duration::from_secs(600);
+
+/// Removes the temporary files of writes that never finished (a process
+/// killed between writing one and renaming it): each holds a record, so
+/// tokens, and nothing else would ever remove it. Best effort.
+fn remove_abandoned(dir: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if !file_name.starts_with(&prefix) || !file_name.ends_with(".tmp") {
+            continue;
+        }
+        let abandoned = entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age >= ABANDONED_AFTER);
+        if abandoned {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn create_private(path: &Path) -> io::Result<File> {
@@ -358,6 +391,37 @@ mod tests {
             .expect("announced")
             .unwrap();
         assert_eq!(*changes.borrow(), 1);
+    }
+
+    /// Found in review: a process killed between writing its temporary
+    /// file and renaming it left a file holding a record behind for good.
+    /// The next write removes such files once they are old enough to be
+    /// nobody's write in progress, and nothing else.
+    #[tokio::test]
+    async fn a_write_removes_temporary_files_abandoned_by_earlier_writes() {
+        let dir = TempDir::new();
+        let store = FileStore::new(dir.0.join("tokens.json"));
+        let left = |name: &str, age: Duration| {
+            let file = File::create(dir.0.join(name)).unwrap();
+            file.set_modified(std::time::SystemTime::now() - age)
+                .unwrap();
+        };
+        let hour = Duration::from_secs(3600);
+        left(".tokens.json.4242.00000000000000aa.tmp", hour);
+        left(".tokens.json.4243.00000000000000bb.tmp", Duration::ZERO);
+        left(".other.json.4242.00000000000000cc.tmp", hour);
+        assert!(store
+            .compare_and_swap(None, Record::new(1, b"first".to_vec()))
+            .await
+            .unwrap());
+        assert_eq!(
+            dir.entries(),
+            [
+                ".other.json.4242.00000000000000cc.tmp",
+                ".tokens.json.4243.00000000000000bb.tmp",
+                "tokens.json"
+            ]
+        );
     }
 
     #[cfg(unix)]
