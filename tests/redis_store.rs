@@ -339,6 +339,20 @@ async fn a_record_that_is_not_in_the_documented_form_is_corrupt() {
         assert!(error.is_corrupt(), "{error}");
         assert!(!everything_said(&error).contains("secret-payload"));
 
+        // A number the swap script would never match (it compares the
+        // plain form): reported, not read as 5 (found in review).
+        for version in ["05", "+5", " 5"] {
+            let _: () = redis::cmd("HSET")
+                .arg("app:tokens")
+                .arg("version")
+                .arg(version)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            let error = store.load().await.unwrap_err();
+            assert!(error.is_corrupt(), "{version:?}: {error}");
+        }
+
         let _: () = redis::cmd("HDEL")
             .arg("app:tokens")
             .arg("version")

@@ -402,12 +402,16 @@ impl TokenStore for RedisStore {
             match (version, payload.as_mut()) {
                 (None, None) => Ok(None),
                 (Some(version), Some(payload)) => {
+                    // In the one form the swap script compares with (the
+                    // stored string against the decimal the layer sends):
+                    // read as a number, "05" or "+5" would make every swap
+                    // fail unexplained.
                     let version = std::str::from_utf8(&version)
                         .ok()
-                        .and_then(|version| version.parse().ok())
+                        .and_then(|text| text.parse::<u64>().ok().filter(|n| n.to_string() == text))
                         .ok_or_else(|| {
                             StoreError::corrupt(format!(
-                                "the `version` field of the Redis hash `{key}` is not a decimal number"
+                                "the `version` field of the Redis hash `{key}` is not a decimal number in its plain form"
                             ))
                         })?;
                     Ok(Some(Record::new(version, std::mem::take(&mut **payload))))
