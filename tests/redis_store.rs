@@ -197,6 +197,17 @@ impl Relay {
     }
 }
 
+/// A store with `timeout` reaching the server through a [`Relay`], with
+/// version 1 stored through it.
+async fn behind_a_relay(server: &RedisServer, timeout: Duration) -> (Relay, RedisStore) {
+    let relay = Relay::start(server.port()).await;
+    let store = RedisStore::open(&relay.url(), "app")
+        .unwrap()
+        .timeout(timeout);
+    assert!(swap(&store, None, 1, b"a").await);
+    (relay, store)
+}
+
 impl Drop for Relay {
     fn drop(&mut self) {
         self.accept.abort();
@@ -789,11 +800,7 @@ async fn every_call_fails_within_the_timeout_while_redis_is_frozen() {
 #[tokio::test]
 async fn a_connection_gone_silent_is_replaced_after_one_timeout() {
     with_redis(async |server| {
-        let relay = Relay::start(server.port()).await;
-        let store = RedisStore::open(&relay.url(), "app")
-            .unwrap()
-            .timeout(Duration::from_millis(300));
-        assert!(swap(&store, None, 1, b"a").await);
+        let (relay, store) = behind_a_relay(server, Duration::from_millis(300)).await;
 
         relay.silence_open_connections();
         // The kept connection never answers again: one call times out, and
@@ -810,11 +817,7 @@ async fn a_connection_gone_silent_is_replaced_after_one_timeout() {
 #[tokio::test]
 async fn a_call_cut_off_by_its_caller_gives_up_its_connection() {
     with_redis(async |server| {
-        let relay = Relay::start(server.port()).await;
-        let store = RedisStore::open(&relay.url(), "app")
-            .unwrap()
-            .timeout(Duration::from_secs(5));
-        assert!(swap(&store, None, 1, b"a").await);
+        let (relay, store) = behind_a_relay(server, Duration::from_secs(5)).await;
 
         relay.silence_open_connections();
         let cut_off = tokio::time::timeout(Duration::from_millis(200), store.load()).await;
