@@ -172,11 +172,6 @@ struct Control {
     /// The refresh tokens this process spent lately (`fleet::Spent`): a
     /// stored record carrying one is neither adopted nor refreshed from.
     spent: fleet::Spent,
-    /// The runtime the watcher last panicked on (at once on one without
-    /// timers), where it is not started again: each request would spawn
-    /// another. Background refresh and adoption stop there; requests read
-    /// the clock themselves.
-    watcher_panicked_on: Option<tokio::runtime::Id>,
 }
 
 pub(crate) struct Shared {
@@ -195,6 +190,12 @@ pub(crate) struct Shared {
     /// Woken whenever the snapshot or the failure state changes.
     changed: Arc<Notify>,
     timer_started: AtomicBool,
+    /// The runtime the watcher last panicked on (at once on one without
+    /// timers; `timer::runtime_key`, 0 for none), where it is not started
+    /// again: each request would spawn another. Background refresh and
+    /// adoption stop there; requests read the clock themselves. Atomic:
+    /// requests there ask on every call, and the hot path takes no lock.
+    watcher_panicked_on: AtomicU64,
 }
 
 impl Drop for Shared {
@@ -254,6 +255,7 @@ impl TokenManager {
                 proactive_gate: AtomicU64::new(0),
                 changed: Arc::new(Notify::new()),
                 timer_started: AtomicBool::new(false),
+                watcher_panicked_on: AtomicU64::new(0),
             }),
         };
         manager.ensure_timer();

@@ -15,6 +15,7 @@
 //! - With a store that announces changes, it adopts the tokens another
 //!   process stored, so this one never sends a token the fleet replaced.
 
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
@@ -41,7 +42,7 @@ impl TokenManager {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if shared.lock().watcher_panicked_on == Some(runtime.id()) {
+        if shared.watcher_panicked_on.load(Ordering::Relaxed) == runtime_key(runtime.id()) {
             return;
         }
         if shared.timer_started.swap(true, Ordering::AcqRel) {
@@ -83,7 +84,9 @@ impl Drop for WatchGuard {
         // (unwatched above).
         if let Some(shared) = self.shared.upgrade() {
             if std::thread::panicking() {
-                shared.lock().watcher_panicked_on = Some(self.runtime);
+                shared
+                    .watcher_panicked_on
+                    .store(runtime_key(self.runtime), Ordering::Relaxed);
             }
             shared.timer_started.store(false, Ordering::Release);
         }
@@ -224,4 +227,12 @@ fn next_due(control: &Control, snapshot: &Snapshot) -> Option<Instant> {
         None => Some(due),
         Some(failure) => failure.until.map(|until| until.max(due)),
     }
+}
+
+/// A runtime's id as a number for an atomic (tokio gives no other way): a
+/// fixed hash, never 0, which stands for none.
+fn runtime_key(id: Id) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default()
+        .hash_one(id)
+        .max(1)
 }
