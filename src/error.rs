@@ -151,11 +151,6 @@ impl RefreshError {
         self
     }
 
-    /// The new refresh token the refused answer held.
-    pub(crate) fn replacement(&self) -> Option<&Secret> {
-        self.replacement.as_deref()
-    }
-
     /// The new refresh token the refused answer held, taken out.
     pub(crate) fn take_replacement(&mut self) -> Option<Secret> {
         self.replacement.take().map(|token| *token)

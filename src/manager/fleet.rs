@@ -117,7 +117,7 @@ impl FlightTask {
             Ok(stored) => stored,
             Err(error) => return self.alone(shared_store, known, error, ctx).await,
         };
-        let expected = stored.as_ref().map(|s| s.version);
+        let mut expected = stored.as_ref().map(|s| s.version);
         let (ctx, base) = match stored {
             Some(stored) if is_newer(stored.version, known) && !spent(&self.shared, &stored) => {
                 if usable(&self.shared, &stored, known) {
@@ -141,52 +141,61 @@ impl FlightTask {
             // record (`usable` refuses it); each refreshes from it.
             return Ok(obtained);
         }
-        let mut expected = expected;
-        let mut replacing_spent = false;
-        loop {
-            let next = next_version(expected, known);
-            let record = record_of(&obtained.tokens, next, obtained.obtained_at);
-            match call(
-                &self.shared.config,
-                store.compare_and_swap_boxed(expected, record),
-            )
-            .await
-            {
-                Ok(true) => obtained.version = Some(next),
-                // A record written meanwhile that carries a refresh token
-                // this process has spent is stale: an offer whose write
-                // timed out here and reached the store late. Replaced,
-                // still under the lease (once, and only with time left
-                // for a load and a write: the lease's time to live does
-                // not count them); anything else is a sibling's, and kept.
-                Ok(false) if !replacing_spent && self.lease_lasts_for_two_calls(lease_ends) => {
-                    if let Some(version) = self.spent_version(store).await {
-                        (expected, replacing_spent) = (Some(version), true);
-                        continue;
-                    }
-                    kept_unstored();
-                }
-                Ok(false) => kept_unstored(),
-                // The refresh token the store holds may just have been
-                // spent. Installed, the tokens supersede the version they
-                // were refreshed from (the newer of the stored and the
-                // known one), so no later flight refreshes from it again,
-                // even if the offer fails too; and they are offered, as
-                // after a solo refresh.
-                Err(error) => {
-                    store_failed(&self.shared, &error, "storing the refreshed tokens");
-                    let superseded = expected.max(known);
-                    obtained.version = superseded;
-                    obtained.offer = Some(Offer::new(
-                        shared_store,
-                        expected,
-                        superseded,
-                        obtained.obtained_at,
-                    ));
-                }
+        let mut written = self.write(store, expected, known, &obtained).await;
+        // A record written meanwhile that carries a refresh token this
+        // process has spent is stale: an offer whose write timed out here
+        // and reached the store late. Replaced, still under the lease (once,
+        // and only with time left for a load and a write: the lease's time
+        // to live does not count them); anything else is a sibling's.
+        if matches!(written, Ok(None)) && self.lease_lasts_for_two_calls(lease_ends) {
+            if let Some(version) = self.spent_version(store).await {
+                expected = Some(version);
+                written = self.write(store, expected, known, &obtained).await;
             }
-            return Ok(obtained);
         }
+        match written {
+            Ok(Some(version)) => obtained.version = Some(version),
+            Ok(None) => tracing::warn!(
+                "another writer changed the token store while this process held the refresh lease; \
+                 keeping this process's tokens without storing them"
+            ),
+            // The refresh token the store holds may just have been spent.
+            // Installed, the tokens supersede the version they were
+            // refreshed from (the newer of the stored and the known one),
+            // so no later flight refreshes from it again, even if the offer
+            // fails too; and they are offered, as after a solo refresh.
+            Err(error) => {
+                store_failed(&self.shared, &error, "storing the refreshed tokens");
+                let superseded = expected.max(known);
+                obtained.version = superseded;
+                obtained.offer = Some(Offer::new(
+                    shared_store,
+                    expected,
+                    superseded,
+                    obtained.obtained_at,
+                ));
+            }
+        }
+        Ok(obtained)
+    }
+
+    /// Stores `obtained`'s tokens over `expected`: the version stored, or
+    /// `None` if another writer came first.
+    async fn write(
+        &self,
+        store: &dyn DynStore,
+        expected: Option<u64>,
+        known: Option<u64>,
+        obtained: &Obtained,
+    ) -> Result<Option<u64>, StoreError> {
+        let next = next_version(expected, known);
+        let record = record_of(&obtained.tokens, next, obtained.obtained_at);
+        let stored = call(
+            &self.shared.config,
+            store.compare_and_swap_boxed(expected, record),
+        )
+        .await?;
+        Ok(stored.then_some(next))
     }
 
     /// Whether two more store calls (each bounded by the refresh timeout)
@@ -607,14 +616,6 @@ impl Offer {
             drop(settled);
         });
     }
-}
-
-/// Logs a write under the lease that found the store changed.
-fn kept_unstored() {
-    tracing::warn!(
-        "another writer changed the token store while this process held the refresh lease; \
-         keeping this process's tokens without storing them"
-    );
 }
 
 /// Counts and logs a failed store call.

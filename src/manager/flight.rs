@@ -297,21 +297,18 @@ impl FlightTask {
                     }
                     tracing::info!(error = %error, "refresh credential rejected; logging in");
                 }
-                // An answer refused for what it lacks, with a new refresh
-                // token in it: kept as refused tokens are.
-                Err((mut error, kind)) if error.replacement().is_some() => {
-                    let replacement = error.take_replacement().expect("checked above");
+                Err((mut error, kind)) => {
+                    // An answer refused for what it lacks, with a new
+                    // refresh token in it: kept as refused tokens are.
+                    let Some(replacement) = error.take_replacement() else {
+                        return Err((error, kind));
+                    };
                     let carrier = TokenSet::new(NO_ACCESS_TOKEN).with_refresh_token(replacement);
-                    if shared.config.store.is_some() {
-                        shared.lock().spent.note(ctx.current(), &carrier);
-                    }
+                    self.note_spent(&ctx, &carrier);
                     return Ok(Obtained::refused(carrier, (error, kind)));
                 }
-                other => {
-                    let (tokens, sent) = other?;
-                    if shared.config.store.is_some() {
-                        shared.lock().spent.note(ctx.current(), &tokens);
-                    }
+                Ok((tokens, sent)) => {
+                    self.note_spent(&ctx, &tokens);
                     // Many issuers return no new refresh token on refresh:
                     // the one presented stays valid. (Not after a login,
                     // below: the one presented was just refused.)
@@ -325,6 +322,14 @@ impl FlightTask {
         self.timed(Arc::clone(login), ctx)
             .await
             .map(|(tokens, sent)| Obtained::fetched(tokens, sent))
+    }
+
+    /// In fleet mode, notes the refresh token `ctx` presented as spent if
+    /// `answer` replaced it (`fleet::Spent`).
+    fn note_spent(&self, ctx: &RefreshContext, answer: &TokenSet) {
+        if self.shared.config.store.is_some() {
+            self.shared.lock().spent.note(ctx.current(), answer);
+        }
     }
 
     /// One call of `source`, bounded by the refresh timeout; with the
