@@ -109,6 +109,16 @@ async fn wait_for_subscribers(server: &RedisServer, channel: &str, count: u64) {
     }
 }
 
+/// Waits (bounded) for the next signal on `changes`, whatever its value,
+/// and marks it seen.
+async fn signalled(changes: &mut watch::Receiver<u64>, when: &str) {
+    tokio::time::timeout(PROMPT, changes.changed())
+        .await
+        .unwrap_or_else(|_| panic!("not signalled {when} within {PROMPT:?}"))
+        .expect("the change feed is still running");
+    changes.borrow_and_update();
+}
+
 /// Waits (bounded) until `changes` carries `version`.
 async fn announced(changes: &mut watch::Receiver<u64>, version: u64) {
     tokio::time::timeout(PROMPT, changes.wait_for(|seen| *seen == version))
@@ -547,12 +557,7 @@ async fn a_version_stored_while_the_feed_was_down_is_signalled_once_it_is_back()
         let writer = open(server, "app");
         let mut changes = listener.subscribe().expect("a runtime is running");
         wait_for_subscribers(server, "app:events", 1).await;
-        // The first subscription's signal, seen.
-        tokio::time::timeout(PROMPT, changes.changed())
-            .await
-            .expect("signalled on subscribing")
-            .unwrap();
-        changes.borrow_and_update();
+        signalled(&mut changes, "on subscribing").await;
 
         let _: redis::Value = redis::cmd("CLIENT")
             .arg("KILL")
@@ -572,10 +577,7 @@ async fn a_version_stored_while_the_feed_was_down_is_signalled_once_it_is_back()
         }
 
         // Subscribed again (a second later), the feed signals a change.
-        tokio::time::timeout(PROMPT, changes.changed())
-            .await
-            .expect("signalled after subscribing again")
-            .unwrap();
+        signalled(&mut changes, "after subscribing again").await;
         wait_for_subscribers(server, "app:events", 1).await;
     })
     .await;
@@ -727,12 +729,7 @@ async fn stores_with_different_prefixes_do_not_interfere() {
 
         let mut changes = a.subscribe().unwrap();
         wait_for_subscribers(server, "tenant-a:events", 1).await;
-        // The subscription's own signal, seen.
-        tokio::time::timeout(PROMPT, changes.changed())
-            .await
-            .expect("signalled on subscribing")
-            .unwrap();
-        changes.borrow_and_update();
+        signalled(&mut changes, "on subscribing").await;
         assert!(swap(&b, Some(2), 3, b"b3").await);
         // Loopback pub/sub takes well under a millisecond: 300 ms of silence
         // means tenant-b's announcement did not reach tenant-a.

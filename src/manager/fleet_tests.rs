@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -12,8 +12,8 @@ use tower::ServiceBuilder;
 
 use crate::store::{Lease, MemoryStore, Record, StoreError, TokenStore};
 use crate::test_support::rotating::{Rotating, LIFETIME};
-use crate::test_support::{burst, Api};
-use crate::{refresh_fn, Refresh, RefreshContext, RefreshError, TokenRefreshLayer, TokenSet};
+use crate::test_support::{burst, recording, Api, Presented};
+use crate::{refresh_fn, Refresh, RefreshError, TokenRefreshLayer, TokenSet};
 
 fn all_ok(results: &[Result<(StatusCode, String), crate::BoxError>]) -> bool {
     results.iter().all(|r| matches!(r, Ok((StatusCode::OK, _))))
@@ -471,29 +471,20 @@ async fn check_unusable_rotation_stored(fault: impl FnOnce(&FaultyLoads)) {
     assert_eq!(store.inner.load().await.unwrap().unwrap().version(), 2);
 }
 
-/// The refresh tokens presented so far.
-type Presented = Arc<Mutex<Vec<Option<String>>>>;
-
 /// A source that rotates rt-n to rt-(n+1) for each call, and whose first
 /// answer carries an access token that makes no header.
 fn rotating_to_an_unusable_answer_first() -> (impl Refresh + Clone, Presented) {
-    let presented = Presented::default();
-    let recorded = Arc::clone(&presented);
-    let source = refresh_fn(move |ctx: RefreshContext| {
-        let mut presented = recorded.lock().unwrap();
-        presented.push(ctx.refresh_token().map(|t| t.expose().to_owned()));
-        let n = presented.len() + 1;
+    recording(|call| {
+        let n = call + 1;
         let access = if n == 2 {
             "bad\r\nvalue".to_owned()
         } else {
             format!("at-{n}")
         };
-        let tokens = TokenSet::new(access)
+        Ok(TokenSet::new(access)
             .with_refresh_token(format!("rt-{n}"))
-            .with_expires_in(LIFETIME);
-        async move { Ok::<_, RefreshError>(tokens) }
-    });
-    (source, presented)
+            .with_expires_in(LIFETIME))
+    })
 }
 
 /// Found in review: refused tokens refreshed under the lease from a
@@ -1084,6 +1075,23 @@ async fn a_failure_after_deferrals_backs_off_from_the_start() {
     assert_eq!(tokens.access_token().expose(), "at-1");
 }
 
+/// A layer on `store`, logged in (at-1 / rt-1, stored as version 1), then
+/// refreshed `times` with every write and offer failing: it holds the
+/// issuer's latest tokens, the store still version 1.
+async fn ahead_of_the_store(
+    idp: &Rotating,
+    store: &FaultyLoads,
+    times: usize,
+) -> crate::TokenHandle {
+    let handle = idp.layer_on(store.clone()).handle();
+    handle.force_refresh().await.unwrap();
+    store.failing_writes.store(2 * times, Ordering::SeqCst);
+    for _ in 0..times {
+        handle.force_refresh().await.unwrap();
+    }
+    handle
+}
+
 /// A record holding `tokens`, stored as `expected + 1` over `expected`, as
 /// an offer this process gave up on (its write timed out) lands late.
 async fn land_late(store: &FaultyLoads, expected: u64, tokens: &TokenSet) {
@@ -1107,15 +1115,7 @@ async fn land_late(store: &FaultyLoads, expected: u64, tokens: &TokenSet) {
 async fn a_record_landing_late_with_a_spent_refresh_token_is_replaced_not_adopted() {
     let idp = Rotating::default();
     let store = FaultyLoads::default();
-    let layer = idp.layer_on(store.clone());
-    let handle = layer.handle();
-    // Logged in: at-1 / rt-1, version 1.
-    handle.force_refresh().await.unwrap();
-    // Two refreshes whose writes and offers all fail: at-3 / rt-3 here,
-    // version 1 in the store.
-    store.failing_writes.store(4, Ordering::SeqCst);
-    handle.force_refresh().await.unwrap();
-    handle.force_refresh().await.unwrap();
+    let handle = ahead_of_the_store(&idp, &store, 2).await; // at-3 / rt-3
     assert_eq!(idp.counts(), (1, 2, 0));
 
     // The first refresh's offer lands now, announced to the layer.
@@ -1153,13 +1153,7 @@ async fn a_record_landing_late_under_the_lease_is_replaced_at_once() {
         ..Rotating::default()
     };
     let store = FaultyLoads::default();
-    let layer = idp.layer_on(store.clone());
-    let handle = layer.handle();
-    // Logged in: at-1 / rt-1, version 1.
-    handle.force_refresh().await.unwrap();
-    // The write and the offer fail: at-2 / rt-2 here, version 1 stored.
-    store.failing_writes.store(2, Ordering::SeqCst);
-    handle.force_refresh().await.unwrap();
+    let handle = ahead_of_the_store(&idp, &store, 1).await; // at-2 / rt-2
 
     let refreshing = tokio::spawn({
         let handle = handle.clone();
@@ -1184,26 +1178,11 @@ async fn a_record_landing_late_under_the_lease_is_replaced_at_once() {
 /// token, never from the spent one.
 #[tokio::test(start_paused = true)]
 async fn a_new_refresh_token_in_a_refused_answer_is_stored_for_the_fleet() {
-    let presented = Arc::new(Mutex::new(Vec::new()));
-    let source = {
-        let presented = Arc::clone(&presented);
-        refresh_fn(move |ctx: RefreshContext| {
-            let token = ctx.refresh_token().map(|t| t.expose().to_owned());
-            let first = {
-                let mut presented = presented.lock().unwrap();
-                presented.push(token);
-                presented.len() == 1
-            };
-            async move {
-                if first {
-                    let refused = RefreshError::transient("`expires_in` is not a number")
-                        .with_replacement(crate::Secret::new("rt-2"));
-                    return Err(refused);
-                }
-                Ok(TokenSet::new("at-3").with_refresh_token("rt-3"))
-            }
-        })
-    };
+    let (source, presented) = recording(|call| match call {
+        1 => Err(RefreshError::transient("`expires_in` is not a number")
+            .with_replacement(crate::Secret::new("rt-2"))),
+        _ => Ok(TokenSet::new("at-3").with_refresh_token("rt-3")),
+    });
     let store = MemoryStore::new();
     let first = TokenRefreshLayer::builder(source.clone())
         .store(store.clone())

@@ -10,8 +10,8 @@ use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::test_support::{
-    burst, expect_error, failing, get, issuer, old_token_layer, panics_on_this_thread, send, Api,
-    TestBody,
+    burst, expect_error, failing, get, issuer, old_token_layer, panics_on_this_thread, recording,
+    send, Api, TestBody,
 };
 use crate::{
     refresh_fn, Backoff, Builder, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet,
@@ -883,17 +883,27 @@ async fn a_login_after_a_slow_rejected_refresh_counts_its_tokens_lifetime_from_t
         Some(Duration::from_secs(2)),
         Duration::from_millis(200),
     );
-    let layer = TokenRefreshLayer::builder(source)
-        .login(login)
-        .initial_tokens(
-            TokenSet::new("old")
-                .with_refresh_token("rt-old")
-                .with_expires_in(Duration::ZERO),
-        )
-        .build();
-    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    let client = expired_with_login(&api, source, login, "rt-old");
     assert_eq!(bearer(&send(&client, get()).await), "tok-1");
     assert_eq!(logins.calls(), 1);
+}
+
+/// A client whose initial tokens have expired, `refresh_token` beside
+/// them, with `login` to fall back on.
+fn expired_with_login(
+    api: &Api,
+    source: impl crate::Refresh,
+    login: impl crate::Refresh,
+    refresh_token: &str,
+) -> crate::TokenRefresh<Api> {
+    let expired = TokenSet::new("old")
+        .with_refresh_token(refresh_token)
+        .with_expires_in(Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .login(login)
+        .initial_tokens(expired)
+        .build();
+    ServiceBuilder::new().layer(layer).service(api.clone())
 }
 
 /// Found in review: after a refresh token was refused for good and a login
@@ -904,25 +914,10 @@ async fn a_login_after_a_slow_rejected_refresh_counts_its_tokens_lifetime_from_t
 #[tokio::test(start_paused = true)]
 async fn tokens_from_a_login_after_a_refused_refresh_token_do_not_keep_it() {
     let api = Api::default();
-    let presented = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let source = {
-        let presented = Arc::clone(&presented);
-        refresh_fn(move |ctx: crate::RefreshContext| {
-            let token = ctx.refresh_token().map(|t| t.expose().to_owned());
-            presented.lock().unwrap().push(token);
-            async { Err::<TokenSet, _>(RefreshError::terminal("invalid_grant").with_status(400)) }
-        })
-    };
+    let (source, presented) =
+        recording(|_| Err(RefreshError::terminal("invalid_grant").with_status(400)));
     let (login, logins) = issuer(&api, Some(HUNDRED), Duration::ZERO);
-    let layer = TokenRefreshLayer::builder(source)
-        .login(login)
-        .initial_tokens(
-            TokenSet::new("old")
-                .with_refresh_token("rt-refused")
-                .with_expires_in(Duration::ZERO),
-        )
-        .build();
-    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    let client = expired_with_login(&api, source, login, "rt-refused");
     assert_eq!(bearer(&send(&client, get()).await), "tok-1");
     tokio::time::advance(HUNDRED).await;
     assert_eq!(bearer(&send(&client, get()).await), "tok-2");

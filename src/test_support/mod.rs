@@ -184,6 +184,29 @@ pub(crate) fn failing(
     (source, calls)
 }
 
+/// The refresh tokens a source was shown, call by call.
+pub(crate) type Presented = Arc<Mutex<Vec<Option<String>>>>;
+
+/// A source that records the refresh token each call presents and answers
+/// its `n`th call (from 1) with `answer(n)`.
+pub(crate) fn recording(
+    answer: impl Fn(usize) -> Result<TokenSet, RefreshError> + Send + Sync + 'static,
+) -> (impl Refresh + Clone, Presented) {
+    let presented = Presented::default();
+    let recorded = Arc::clone(&presented);
+    let answer = Arc::new(answer);
+    let source = refresh_fn(move |ctx: RefreshContext| {
+        let n = {
+            let mut presented = recorded.lock().unwrap();
+            presented.push(ctx.refresh_token().map(|t| t.expose().to_owned()));
+            presented.len()
+        };
+        let answer = answer(n);
+        async move { answer }
+    });
+    (source, presented)
+}
+
 pub(crate) fn get() -> Request<TestBody> {
     Request::new(Full::new(Bytes::new()))
 }
