@@ -54,7 +54,8 @@
 //! sent twice. A timeout layered *below* this one (a `tower` timeout between
 //! it and the transport, or a tonic `Endpoint::timeout`) runs per attempt
 //! and sees none of the waiting. Put the caller's deadline *above* it, and
-//! it covers the whole exchange:
+//! it covers the whole exchange (with the `tonic` feature,
+//! `tonic::GrpcDeadline` holds a gRPC call's own `grpc-timeout` that way):
 //!
 //! ```
 //! use std::time::Duration;

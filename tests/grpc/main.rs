@@ -20,6 +20,7 @@ mod wire;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, TE};
@@ -172,6 +173,57 @@ async fn unary_calls_carry_the_current_token() {
             (1, 0, 0)
         );
         assert_counters_agree(&handle, &identity, &server, 4);
+    })
+    .await;
+}
+
+/// A `grpc-timeout` as tonic writes it (`n`, `u` or `m`).
+fn grpc_timeout(value: &str) -> Duration {
+    let (amount, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = amount.parse().expect("digits");
+    match unit {
+        "n" => Duration::from_nanos(amount),
+        "u" => Duration::from_micros(amount),
+        "m" => Duration::from_millis(amount),
+        _ => panic!("unit {unit:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_call_tells_the_server_only_what_is_left_of_its_timeout() {
+    bounded(async {
+        let Setup {
+            identity: _running,
+            server,
+            mut client,
+            ..
+        } = setup().await;
+        server.revoke_current();
+        let hold = server.hold_next(1);
+
+        let call = tokio::spawn(async move {
+            let mut request = tonic::Request::new(Bytes::from_static(b"hi"));
+            request.set_timeout(Duration::from_secs(10));
+            client.unary(request).await
+        });
+        hold.arrived(1).await;
+        // The first attempt spends this long at the server before it is
+        // rejected: the retry must not get it back.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hold.release();
+        call.await.expect("call task").expect("retried call");
+
+        let timeouts = server.timeouts();
+        let [first, retry] = timeouts.as_slice() else {
+            panic!("two attempts, got {timeouts:?}");
+        };
+        let first = grpc_timeout(first.as_deref().expect("sent"));
+        let retry = grpc_timeout(retry.as_deref().expect("sent"));
+        assert!(first <= Duration::from_secs(10), "{first:?}");
+        assert!(
+            retry <= first - Duration::from_millis(300),
+            "{retry:?} after {first:?}"
+        );
     })
     .await;
 }

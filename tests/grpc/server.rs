@@ -21,7 +21,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -74,6 +74,8 @@ pub struct GrpcStats {
 
 struct State {
     tokens: TokenStore,
+    /// The `grpc-timeout` of each call received, in order.
+    timeouts: Mutex<Vec<Option<String>>>,
     gate: Gate,
     stats: watch::Sender<GrpcStats>,
     /// Bumped by `recheck_streams`: open `Watch` streams check their token.
@@ -92,6 +94,7 @@ impl GrpcServer {
     pub async fn start(issuer: &impl Issuer) -> Self {
         let state = Arc::new(State {
             tokens: issuer.token_store(),
+            timeouts: Mutex::default(),
             gate: Gate::default(),
             stats: watch::channel(GrpcStats::default()).0,
             recheck: watch::channel(0).0,
@@ -143,6 +146,11 @@ impl GrpcServer {
         self.state.recheck.send_modify(|epoch| *epoch += 1);
     }
 
+    /// The `grpc-timeout` header of each call received so far, as sent.
+    pub fn timeouts(&self) -> Vec<Option<String>> {
+        self.state.timeouts.lock().unwrap().clone()
+    }
+
     pub fn stats(&self) -> GrpcStats {
         *self.state.stats.borrow()
     }
@@ -189,6 +197,9 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let inner = self.inner.clone();
         let state = Arc::clone(&self.state);
+        let timeout = request.headers().get("grpc-timeout");
+        let timeout = timeout.map(|value| value.to_str().expect("ASCII").to_owned());
+        state.timeouts.lock().unwrap().push(timeout);
         Box::pin(async move {
             state.count(|s| s.calls += 1);
             state.gate.pass().await;

@@ -60,10 +60,16 @@
 //!
 //! # Deadlines
 //!
-//! A channel's `Endpoint::timeout` and the `grpc-timeout` a call's
-//! `Request::set_timeout` sends are enforced below the layer, per attempt:
-//! they do not count the wait for a refresh, and the retry of a rejected
-//! call gets them whole again. To bound the whole call, put a
+//! A call's `grpc-timeout` (tonic's `Request::set_timeout`) bounds the
+//! whole call, as in a gRPC client that refreshes its own credentials:
+//! [`GrpcDeadline`], which [`with_token_refresh`] puts above the layer,
+//! counts it from when the call enters, so the wait for a token and the
+//! retry of a rejected call are inside it. A call still waiting when its
+//! time is up fails with [`tonic::TimeoutExpired`] (`Code::Cancelled`, as
+//! tonic reports its channel's timeouts), and each attempt tells the
+//! channel and the server only the time left, not the whole timeout again.
+//! A channel's `Endpoint::timeout` still runs below the layer, per
+//! attempt; to bound every call whether or not it sets a timeout, put a
 //! `tower::timeout::TimeoutLayer` around the wrapped channel (see the
 //! [crate docs](crate#timeouts)).
 //!
@@ -93,6 +99,13 @@ use tower_service::Service;
 use crate::classify::Grpc;
 use crate::{BoxError, Error, TokenRefresh, TokenRefreshLayer};
 
+mod deadline;
+#[cfg(test)]
+mod tests;
+mod timeout_header;
+
+pub use deadline::{DeadlineFuture, GrpcDeadline};
+
 /// A tonic channel (or any service taking `Request<tonic::body::Body>`)
 /// behind the token layer, as [`with_token_refresh`] makes it: the type to
 /// name in a field or a generated client's type parameter.
@@ -120,14 +133,15 @@ use crate::{BoxError, Error, TokenRefresh, TokenRefreshLayer};
 /// # let _ = api.client;
 /// # }
 /// ```
-pub type GrpcTokenRefresh<S, C = Grpc> = TokenRefresh<IntoTonicBody<S>, C>;
+pub type GrpcTokenRefresh<S, C = Grpc> = GrpcDeadline<TokenRefresh<IntoTonicBody<S>, C>>;
 
 /// Wraps `service` (usually a `tonic::transport::Channel`) in `layer`, for
 /// a generated client to take as it would take the channel.
 ///
 /// The layer must classify with [`Grpc`]: with the default (`401` only),
 /// an UNAUTHENTICATED call would reach the caller without a refresh. For a
-/// classifier of your own, write `layer.layer(IntoTonicBody::new(service))`.
+/// classifier of your own, write
+/// `GrpcDeadline::new(layer.layer(IntoTonicBody::new(service)))`.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -164,7 +178,7 @@ pub type GrpcTokenRefresh<S, C = Grpc> = TokenRefresh<IntoTonicBody<S>, C>;
 /// # }
 /// ```
 pub fn with_token_refresh<S>(service: S, layer: &TokenRefreshLayer<Grpc>) -> GrpcTokenRefresh<S> {
-    layer.layer(IntoTonicBody::new(service))
+    GrpcDeadline::new(layer.layer(IntoTonicBody::new(service)))
 }
 
 /// The crate's [`Error`] behind a call's `Status`, if the layer failed the
@@ -202,10 +216,12 @@ pub fn token_error(status: &tonic::Status) -> Option<&Error> {
 
 /// Turns the request body into a `tonic::body::Body` (the body type of
 /// `tonic::transport::Channel`), so that a channel can sit below
-/// [`TokenRefresh`], which sends `Request<ReplayBody<B>>`.
+/// [`TokenRefresh`], which sends `Request<ReplayBody<B>>`. Below a
+/// [`GrpcDeadline`], it also sets each attempt's `grpc-timeout` to what is
+/// left of the call's.
 ///
 /// [`with_token_refresh`] uses it; with `ServiceBuilder`, put it below the
-/// layer:
+/// layer (and [`GrpcDeadline`] above it):
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -308,7 +324,10 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(deadline) = req.extensions().get::<deadline::CallDeadline>().copied() {
+            deadline.write_remaining(req.headers_mut());
+        }
         // An empty body becomes tonic's allocation-free empty body; anything
         // else is boxed once, as tonic boxes every body it sends.
         self.inner.call(req.map(tonic::body::Body::new))

@@ -1,0 +1,157 @@
+//! The call deadline through the layer, with tokio's paused clock: the wait
+//! for a token and the retry count against a call's `grpc-timeout`.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
+use tower::util::BoxCloneService;
+use tower::ServiceExt;
+
+use super::{with_token_refresh, GrpcTokenRefresh};
+use crate::classify::Grpc;
+use crate::test_support::expect_error;
+use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+
+/// The `grpc-timeout` each attempt reached the channel with.
+type Seen = Arc<Mutex<Vec<Option<HeaderValue>>>>;
+
+/// What the tests wrap: a channel in a box.
+type Channel = BoxCloneService<Request<tonic::body::Body>, Response<tonic::body::Body>, Infallible>;
+
+/// A channel that records each attempt's `grpc-timeout` and accepts only
+/// `Bearer new`, answering anything else with a trailers-only
+/// UNAUTHENTICATED.
+fn channel(seen: &Seen) -> Channel {
+    let seen = Arc::clone(seen);
+    BoxCloneService::new(tower::service_fn(
+        move |request: Request<tonic::body::Body>| {
+            let timeout = request.headers().get("grpc-timeout").cloned();
+            seen.lock().unwrap().push(timeout);
+            let status = if request.headers()["authorization"] == "Bearer new" {
+                tonic::Status::ok("")
+            } else {
+                tonic::Status::unauthenticated("token revoked")
+            };
+            async move { Ok::<_, Infallible>(status.into_http()) }
+        },
+    ))
+}
+
+/// A layer starting from `Bearer old`, whose refresh to `new` takes
+/// `refresh_takes`.
+fn layer(refresh_takes: Duration) -> TokenRefreshLayer<Grpc> {
+    TokenRefreshLayer::builder(refresh_fn(move |_| async move {
+        tokio::time::sleep(refresh_takes).await;
+        Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(Duration::from_secs(3600)))
+    }))
+    .classifier(Grpc)
+    .refresh_timeout(Duration::from_secs(600))
+    .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_secs(3600)))
+    .build()
+}
+
+fn call(timeout: Option<&'static str>) -> Request<tonic::body::Body> {
+    let mut request = Request::new(tonic::body::Body::empty());
+    if let Some(timeout) = timeout {
+        let value = HeaderValue::from_static(timeout);
+        request.headers_mut().insert("grpc-timeout", value);
+    }
+    request
+}
+
+fn wrapped(seen: &Seen, layer: &TokenRefreshLayer<Grpc>) -> GrpcTokenRefresh<Channel> {
+    with_token_refresh(channel(seen), layer)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_is_sent_with_what_is_left_of_the_call_timeout() {
+    let seen = Seen::default();
+    let layer = layer(Duration::from_secs(3));
+    let response = wrapped(&seen, &layer).oneshot(call(Some("10S"))).await;
+
+    assert_eq!(response.unwrap().headers()["grpc-status"], "0");
+    // Written in the most precise unit that fits eight digits.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [Some("10000000u"), Some("7000000u")].map(|v| v.map(HeaderValue::from_static))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_its_token_past_its_deadline_fails_with_tonics_timeout() {
+    let seen = Seen::default();
+    let layer = layer(Duration::from_secs(60));
+    let started = tokio::time::Instant::now();
+    let error = wrapped(&seen, &layer)
+        .oneshot(call(Some("2S")))
+        .await
+        .unwrap_err();
+
+    assert!(error.is::<tonic::TimeoutExpired>(), "{error}");
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(
+        tonic::Status::from_error(error).code(),
+        tonic::Code::Cancelled
+    );
+    // Rejected once, then held waiting for the refresh: no second attempt.
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // The refresh goes on for the calls that come after.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let response = wrapped(&seen, &layer).oneshot(call(None)).await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_without_a_timeout_or_with_one_that_does_not_parse_pass_untouched() {
+    let seen = Seen::default();
+    let layer = layer(Duration::from_secs(3));
+    let client = wrapped(&seen, &layer);
+    client.clone().oneshot(call(None)).await.unwrap();
+    client.oneshot(call(Some("10 seconds"))).await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let expected = [None, None, Some("10 seconds")];
+    assert_eq!(seen, expected.map(|v| v.map(HeaderValue::from_static)));
+}
+
+#[test]
+fn without_timers_a_call_goes_on_without_its_deadline() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime without timers");
+    let seen = Seen::default();
+    // There every refresh fails (see the crate docs' "Runtime"): start
+    // with the token the channel accepts.
+    let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+        Ok::<_, RefreshError>(TokenSet::new("new"))
+    }))
+    .classifier(Grpc)
+    .initial_tokens(TokenSet::new("new"))
+    .build();
+    let response = runtime.block_on(wrapped(&seen, &layer).oneshot(call(Some("2S"))));
+
+    assert_eq!(response.unwrap().headers()["grpc-status"], "0");
+    // Not rewritten: with no timer to end the call, the channel's and the
+    // server's are the only ones.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Some(HeaderValue::from_static("2S"))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_failure_is_not_taken_for_a_timeout() {
+    let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+        Err::<TokenSet, _>(RefreshError::terminal("refresh token revoked"))
+    }))
+    .classifier(Grpc)
+    .build();
+    let result = wrapped(&Seen::default(), &layer)
+        .oneshot(call(Some("2S")))
+        .await;
+
+    assert!(expect_error(result.map(drop)).is_reauth_required());
+}
