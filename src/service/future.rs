@@ -509,7 +509,13 @@ where
                                     ready!(bound.as_mut().poll(cx));
                                     false
                                 }
-                                None => return Poll::Pending,
+                                // No timer to bound the wait (a runtime
+                                // without timers): the first attempt may
+                                // hold the body for ever (a duplex body
+                                // whose producer waits for this very
+                                // response), so the rejection is the
+                                // answer now.
+                                None => false,
                             },
                         };
                         let Held::Whole(rejection) = std::mem::replace(held, Held::Taken) else {
@@ -523,12 +529,11 @@ where
                     }
                     if let Held::Draining(drain) = held {
                         // Past the bound, dropped unread: what follows
-                        // waits no longer.
-                        if drain.poll(cx).is_pending() {
-                            match bound {
-                                Some(bound) => ready!(bound.as_mut().poll(cx)),
-                                None => return Poll::Pending,
-                            }
+                        // waits no longer. Without a timer for a bound, not
+                        // waited for at all: a body that never ends must
+                        // not hold the request.
+                        if let (Poll::Pending, Some(bound)) = (drain.poll(cx), bound) {
+                            ready!(bound.as_mut().poll(cx));
                         }
                     }
                     // Dropped before waiting: frees the connection.

@@ -4,6 +4,7 @@
 mod readiness;
 mod rejected_meanwhile;
 mod rejection_body;
+mod without_timers;
 
 use std::sync::Arc;
 use std::time::Duration;

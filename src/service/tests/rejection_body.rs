@@ -151,25 +151,3 @@ async fn a_rejection_is_read_to_its_end_before_a_failed_refresh_is_reported() {
     assert_eq!(calls.load(SeqCst), 1, "no retry without a refresh");
     assert_eq!(refreshes.load(SeqCst), 1);
 }
-
-#[test]
-fn on_a_runtime_without_timers_a_held_rejection_ends_in_an_error_not_a_panic() {
-    // Built without `enable_time`: neither the refresh's timeout nor the
-    // bound on holding the rejection can be set.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (tx, calls, request) = send_through(layer(Duration::from_secs(60)));
-        settle().await;
-        tx.data("{\"error\":\"invalid_token\"}");
-        drop(tx);
-        let result = request.await.expect("the request's task does not panic");
-        let error = result.unwrap_err();
-        let error = error
-            .downcast_ref::<crate::Error>()
-            .expect("the typed error");
-        assert!(error.is_refresh_failed(), "{error}");
-        assert_eq!(calls.load(SeqCst), 1, "no retry without a refresh");
-    });
-}
