@@ -28,9 +28,16 @@
 //!   response is done, which is always before a retry is sent).
 //! - Recorded frames are replayed in order, trailers last; frames read by a
 //!   replaying instance are recorded too, so a later clone sees them all.
-//! - Once more than `cap` bytes were read, the recording is dropped:
-//!   [`ReplayBody::is_capped`] turns true and an instance that would need the
-//!   dropped bytes yields a [`Capped`] error instead of a truncated body.
+//! - Once more than `cap` bytes were read, or more frames than `cap / 64`
+//!   (at least 64: each frame kept costs bookkeeping besides its bytes), the
+//!   recording is dropped: [`ReplayBody::is_capped`] turns true and an
+//!   instance that would need the dropped bytes yields a [`Capped`] error
+//!   instead of a truncated body.
+//! - A body the layer records for its retry stops recording the same way
+//!   once the instance reading it is the only one left: with the retry's
+//!   clone gone (dropped once a response is accepted, while the transport
+//!   may stream the body for long after), what it reads would be kept for
+//!   nobody.
 //! - An empty body (`is_end_stream` at creation) costs no allocation.
 
 use std::fmt;
@@ -178,6 +185,8 @@ struct Shared<B> {
     slot: Mutex<Slot<B>>,
     capped: AtomicBool,
     cap: usize,
+    /// Recording stops while the reading instance is the only one left.
+    while_cloned: bool,
     initial_hint: SizeHint,
 }
 
@@ -207,6 +216,17 @@ where
     /// assert!(ReplayBody::try_new(big, 10).is_err());
     /// ```
     pub fn try_new(body: B, cap: usize) -> Result<Self, B> {
+        Self::recorded(body, cap, false)
+    }
+
+    /// As [`try_new`](Self::try_new), for a body the layer sends with a
+    /// clone kept for its retry: recording stops once that clone (and any
+    /// other) is gone, since no retry can follow.
+    pub(crate) fn try_new_for_retry(body: B, cap: usize) -> Result<Self, B> {
+        Self::recorded(body, cap, true)
+    }
+
+    fn recorded(body: B, cap: usize, while_cloned: bool) -> Result<Self, B> {
         if body.is_end_stream() {
             return Ok(Self::empty());
         }
@@ -221,6 +241,7 @@ where
             }),
             capped: AtomicBool::new(false),
             cap,
+            while_cloned,
             initial_hint: hint,
         });
         let recording = Box::pin(Recording {
@@ -460,7 +481,11 @@ where
             match frame.into_data() {
                 Ok(mut data) => {
                     let chunk = data.copy_to_bytes(data.remaining());
-                    log.record(&chunk, &self.shared);
+                    // Alone, this instance is the only one left: no clone
+                    // exists to replay what it reads, and in the layer
+                    // none is made from an instance being sent.
+                    let alone = self.shared.while_cloned && Arc::strong_count(&self.shared) == 1;
+                    log.record(&chunk, &self.shared, alone);
                     cursor.frames_sent += 1;
                     cursor.bytes_sent += chunk.len();
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -534,16 +559,26 @@ where
     }
 }
 
+/// What each kept frame costs besides its bytes: its slot in the log and
+/// the shared count a cloned `Bytes` may allocate.
+const FRAME_COST: usize = 64;
+
+/// Frames kept whatever the cap, so that a small cap still records a body
+/// in a few frames.
+const MIN_FRAMES: usize = 64;
+
 impl Log {
-    fn record<B>(&mut self, chunk: &Bytes, shared: &Shared<B>) {
+    fn record<B>(&mut self, chunk: &Bytes, shared: &Shared<B>, alone: bool) {
         self.frames_read += 1;
         if shared.capped.load(Ordering::Relaxed) {
             return;
         }
         self.recorded_bytes += chunk.len();
         // Frames count too: each one kept costs memory, an empty one as
-        // much as any, and only empty ones outnumber the bytes.
-        if self.recorded_bytes > shared.cap || self.frames_read > shared.cap {
+        // much as any, so a body in tiny frames is held to about as much
+        // bookkeeping as the cap allows bytes.
+        let max_frames = (shared.cap / FRAME_COST).max(MIN_FRAMES);
+        if alone || self.recorded_bytes > shared.cap || self.frames_read > max_frames {
             // Keep streaming for the current reader, but free the memory:
             // nobody can replay this body any more.
             shared.capped.store(true, Ordering::Release);

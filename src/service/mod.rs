@@ -277,7 +277,7 @@ impl<S, C> TokenRefresh<S, C> {
 #[inline]
 fn replay_body<B: Body, C>(core: &Core<C>, body: B) -> ReplayBody<B> {
     if core.reactive_retry {
-        ReplayBody::try_new(body, core.replay_cap).unwrap_or_else(ReplayBody::passthrough)
+        ReplayBody::try_new_for_retry(body, core.replay_cap).unwrap_or_else(ReplayBody::passthrough)
     } else {
         ReplayBody::passthrough(body)
     }

@@ -101,18 +101,93 @@ async fn one_byte_over_the_cap_is_capped() {
 }
 
 /// Found in review: empty data frames were kept without counting, so a
-/// stream of them grew the recording without bound.
+/// stream of them grew the recording without bound. Frames beyond
+/// `cap / 64` (at least 64) cap the recording, empty or not.
 #[tokio::test]
 async fn empty_frames_count_towards_the_cap() {
-    let frames = (0..9).map(|_| data("")).collect();
+    let frames = (0..101).map(|_| data("")).collect();
     let body = TestBody::new(frames).with_hint(SizeHint::new());
-    let mut original = ReplayBody::try_new(body, 8).unwrap();
-    for _ in 0..8 {
+    let mut original = ReplayBody::try_new(body, 6400).unwrap();
+    for _ in 0..100 {
         assert_eq!(next_data(&mut original).await, "");
     }
-    assert!(!original.is_capped(), "8 frames with a cap of 8");
+    assert!(!original.is_capped(), "100 frames with a cap of 6400 bytes");
     assert_eq!(next_data(&mut original).await, "");
-    assert!(original.is_capped(), "9 frames with a cap of 8");
+    assert!(original.is_capped(), "101 frames with a cap of 6400 bytes");
+}
+
+/// Found in review: with one frame allowed per byte of the cap, a body of
+/// 65,536 one-byte frames was kept whole under the default cap: 64 KiB of
+/// data in megabytes of frame bookkeeping.
+#[tokio::test]
+async fn a_body_in_tiny_frames_is_capped_by_its_frame_count_not_its_bytes() {
+    let frames = (0..2000).map(|_| data("x")).collect();
+    let body = TestBody::new(frames).with_hint(SizeHint::new());
+    let mut original = ReplayBody::try_new(body, CAP).unwrap();
+    let retry = original.try_clone().expect("replayable");
+    for _ in 0..CAP / 64 {
+        assert_eq!(next_data(&mut original).await, "x");
+    }
+    assert!(!retry.is_capped(), "1,024 frames with the default cap");
+    assert_eq!(next_data(&mut original).await, "x");
+    assert!(
+        retry.is_capped(),
+        "1,025 one-byte frames: far under the cap in bytes"
+    );
+
+    // The reader streams on; a retry would need what was dropped.
+    let rest = original.collect().await.unwrap().to_bytes();
+    assert_eq!(rest.len(), 2000 - CAP / 64 - 1);
+    let error = retry.collect().await.expect_err("not a truncated body");
+    assert!(is_capped_error(&error), "{error}");
+}
+
+/// A small cap still records a body in a few frames.
+#[tokio::test]
+async fn a_small_cap_still_allows_a_few_frames() {
+    let frames = (0..64)
+        .map(|_| data(""))
+        .chain([data("12345678")])
+        .collect();
+    let body = TestBody::new(frames).with_hint(SizeHint::new());
+    let original = ReplayBody::try_new(body, 8).unwrap();
+    let retry = original.try_clone().expect("replayable");
+    let mut original = original;
+    for _ in 0..64 {
+        assert_eq!(next_data(&mut original).await, "");
+    }
+    assert!(!retry.is_capped(), "64 frames whatever the cap");
+    assert_eq!(next_data(&mut original).await, "12345678");
+    assert!(retry.is_capped(), "the 65th frame");
+}
+
+/// Found in review: once the layer's retry clone was gone (the response
+/// accepted), the transport could go on streaming the body for the whole
+/// life of the stream, every frame recorded for a retry that could no
+/// longer happen.
+#[tokio::test]
+async fn the_layers_recording_stops_once_no_clone_is_left() {
+    let (tx, body) = TestBody::channel();
+    let mut sent = ReplayBody::try_new_for_retry(body, CAP).unwrap();
+    let retry = sent.try_clone().expect("replayable");
+    tx.data("kept for the retry");
+    assert_eq!(next_data(&mut sent).await, "kept for the retry");
+    assert!(!sent.is_capped());
+
+    drop(retry); // the response was accepted
+    tx.data("read on for nobody");
+    assert_eq!(next_data(&mut sent).await, "read on for nobody");
+    assert!(sent.is_capped(), "recording stopped and its memory freed");
+    drop(tx);
+    assert!(sent.frame().await.is_none(), "the body still ends cleanly");
+
+    // A body wrapped by anyone else may be cloned after it was read.
+    let body = TestBody::new(vec![data("abc")]).with_hint(SizeHint::new());
+    let mut alone = ReplayBody::try_new(body, CAP).unwrap();
+    assert_eq!(next_data(&mut alone).await, "abc");
+    let later = alone.try_clone().expect("replayable");
+    drop(alone);
+    assert_eq!(later.collect().await.unwrap().to_bytes(), "abc");
 }
 
 #[tokio::test]

@@ -1,0 +1,46 @@
+//! What the layer records of a request body, and for how long.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::test_support::body::TestBody;
+use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
+
+/// A streamed upload answered before its body is read (as a server that
+/// answers early does, or an HTTP/2 stream whose response comes first):
+/// once the layer has accepted the response it keeps no retry clone, and
+/// what the transport reads afterwards is not recorded.
+#[tokio::test]
+async fn a_body_read_after_the_response_was_accepted_is_not_recorded() {
+    let kept = Arc::new(Mutex::new(None));
+    let api = tower::service_fn({
+        let kept = Arc::clone(&kept);
+        move |req: Request<ReplayBody<TestBody>>| {
+            *kept.lock().unwrap() = Some(req.into_body());
+            async { Ok::<_, std::convert::Infallible>(Response::new(TestBody::empty())) }
+        }
+    });
+    let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+        Ok::<_, RefreshError>(TokenSet::new("access"))
+    }))
+    .initial_tokens(TokenSet::new("access"))
+    .build();
+    let client = ServiceBuilder::new().layer(layer).service(api);
+    let (tx, upload) = TestBody::channel();
+    let response = client.oneshot(Request::new(upload)).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let mut body = kept.lock().unwrap().take().expect("the body the API kept");
+    assert!(!body.is_capped(), "nothing read yet");
+    tx.data("streamed after the response");
+    drop(tx);
+    let read = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(read, "streamed after the response");
+    assert!(
+        body.is_capped(),
+        "kept for a retry that can no longer happen"
+    );
+}
