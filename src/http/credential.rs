@@ -47,8 +47,27 @@ impl Credential {
     /// string, following the request's body format).
     ///
     /// ```
-    /// let credential = tower_token_refresh::http::Credential::field("refresh_token");
-    /// # let _ = credential;
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
+    /// use tower_token_refresh::http::{Credential, HttpRefresher};
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, "token=r1"); // a form field, as the body is a form
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
+    ///     .form_body()
+    ///     .credential(Credential::field("token"));
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// # }
     /// ```
     pub fn field(name: impl Into<String>) -> Self {
         Self {
@@ -60,8 +79,27 @@ impl Credential {
     /// The refresh token as `Authorization: Bearer <token>`.
     ///
     /// ```
-    /// let credential = tower_token_refresh::http::Credential::bearer_header();
-    /// # let _ = credential;
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
+    /// use tower_token_refresh::http::{Credential, HttpRefresher};
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     assert_eq!(request.headers()["authorization"], "Bearer r1");
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, "{}"); // and not in the body
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
+    ///     .credential(Credential::bearer_header());
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// # }
     /// ```
     pub fn bearer_header() -> Self {
         Self {
@@ -74,8 +112,29 @@ impl Credential {
     /// the proof (OAuth2 `client_credentials`).
     ///
     /// ```
-    /// let credential = tower_token_refresh::http::Credential::none();
-    /// # let _ = credential;
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
+    /// use tower_token_refresh::http::{Credential, HttpRefresher};
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let idp = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     // The client's id and secret ("svc" / "s3cret"), and no token.
+    ///     assert_eq!(request.headers()["authorization"], "Basic c3ZjOnMzY3JldA==");
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, "{}");
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a1"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://idp.example.com/token", idp)
+    ///     .credential(Credential::none())
+    ///     .client_id("svc")
+    ///     .client_secret("s3cret");
+    /// // No tokens to start from, and none needed.
+    /// let handle = TokenRefreshLayer::builder(refresher).build().handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "a1");
+    /// # }
     /// ```
     pub fn none() -> Self {
         Self {
@@ -90,8 +149,28 @@ impl Credential {
     /// by default.
     ///
     /// ```
-    /// let credential = tower_token_refresh::http::Credential::bearer_header().with_access_token();
-    /// # let _ = credential;
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
+    /// use tower_token_refresh::http::{Credential, HttpRefresher};
+    /// use tower_token_refresh::{BoxError, Refresh, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     // The current access token, not the refresh token `r1`.
+    ///     assert_eq!(request.headers()["authorization"], "Bearer a1");
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/session", api)
+    ///     .credential(Credential::bearer_header().with_access_token());
+    /// assert!(refresher.needs_background_refresh());
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "a2");
+    /// # }
     /// ```
     pub fn with_access_token(mut self) -> Self {
         self.token = TokenKind::Access;

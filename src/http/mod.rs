@@ -29,6 +29,42 @@
 //! The client can be the very one the layer wraps: a
 //! `hyper_util` client for `ReplayBody<B>` bodies works, because
 //! [`ReplayBody`](crate::ReplayBody) can be made from bytes.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::{Empty, Full};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_token_refresh::http::HttpRefresher;
+//! use tower_token_refresh::{BoxError, ReplayBody, TokenRefreshLayer, TokenSet};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // Stand-ins for the identity provider and the API; HTTP clients in real use.
+//! let idp = tower::service_fn(|_: Request<Full<Bytes>>| async {
+//!     let answer = r#"{"access_token":"a2","token_type":"Bearer","expires_in":3600}"#;
+//!     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+//! });
+//! let api = tower::service_fn(|request: Request<ReplayBody<Empty<Bytes>>>| async move {
+//!     let current = request.headers()["authorization"] == "Bearer a2";
+//!     let status = if current { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+//!     Ok::<_, Infallible>(Response::builder().status(status).body(Empty::<Bytes>::new()).unwrap())
+//! });
+//!
+//! let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp).client_id("app");
+//! let layer = TokenRefreshLayer::builder(refresher)
+//!     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+//!     .build();
+//! let handle = layer.handle();
+//! let client = ServiceBuilder::new().layer(layer).service(api);
+//!
+//! // Sent with a1, rejected, refreshed through the preset, retried with a2.
+//! let response = client.oneshot(Request::new(Empty::<Bytes>::new())).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::OK);
+//! assert_eq!(handle.stats().refreshes, 1);
+//! assert_eq!(handle.tokens().unwrap().refresh_token().unwrap().expose(), "r1"); // kept
+//! # }
+//! ```
 
 mod credential;
 mod decode;
@@ -99,8 +135,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// method works on every preset.
 ///
 /// Each preset's documentation has a runnable example against a stand-in
-/// server; `tests/dialects.rs` runs every preset against real loopback
-/// servers through a `hyper_util` client.
+/// server; the `dialects` integration tests (`tests/dialects/main.rs` and
+/// its modules) run every preset against real loopback servers through a
+/// `hyper_util` client.
 ///
 /// ```
 /// use bytes::Bytes;
@@ -212,8 +249,12 @@ where
 
     /// RFC 6749 §4.4: `POST` form `grant_type=client_credentials`, the client
     /// authenticated by its id and secret alone. It needs no tokens, so it
-    /// serves as a [login source](crate::Builder::login): for the first
-    /// token, and when a refresh token is rejected.
+    /// serves as a [login source](crate::Builder::login) beside a refresher
+    /// that uses refresh tokens: for the first token, and when a refresh
+    /// token is rejected (or, as the grant usually issues none, missing),
+    /// each login counted in [`Stats::logins`](crate::Stats::logins). It
+    /// can also be the refresh source itself: each refresh is then a new
+    /// grant, and no login is counted.
     ///
     /// ```
     /// use bytes::Bytes;
@@ -230,15 +271,18 @@ where
     ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
     /// });
     ///
-    /// let login = HttpRefresher::client_credentials("https://idp.example.com/oauth/token", idp)
+    /// let url = "https://idp.example.com/oauth/token";
+    /// let login = HttpRefresher::client_credentials(url, idp)
     ///     .client_id("svc")
     ///     .client_secret("s3cret")
     ///     .client_auth(ClientAuthMethod::Post);
-    /// // Without a refresh token to use, every refresh is a login.
-    /// let layer = TokenRefreshLayer::builder(login).build();
+    /// // Refreshes use a refresh token; with no tokens yet, the layer logs in.
+    /// let refresher = HttpRefresher::oauth2(url, idp).client_id("svc").client_secret("s3cret");
+    /// let layer = TokenRefreshLayer::builder(refresher).login(login).build();
     /// let handle = layer.handle();
     /// handle.force_refresh().await.unwrap();
     /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "a1");
+    /// assert_eq!(handle.stats().logins, 1);
     /// # }
     /// ```
     pub fn client_credentials<U>(url: U, client: C) -> Self

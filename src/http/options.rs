@@ -1,7 +1,10 @@
 //! The builder methods of [`HttpRefresher`]: they work on every preset.
 //!
-//! In the examples, `client` stands for any HTTP client service, such as a
-//! `hyper_util` client.
+//! In the examples, a `tower::service_fn` stands in for the endpoint and
+//! checks what it is sent; in real use the refresher gets an HTTP client
+//! service, such as a `hyper_util` client. A refresh is started with
+//! [`TokenHandle::force_refresh`](crate::TokenHandle::force_refresh); a
+//! failed check in the stand-in fails that refresh.
 
 use std::time::Duration;
 
@@ -17,11 +20,29 @@ impl<C, B> HttpRefresher<C, B> {
     /// public client and only sends `client_id` in the body.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::HttpRefresher;
-    /// // A public client (RFC 6749 §2.1): no secret.
-    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/token", client).client_id("cli");
-    /// # let _ = refresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let idp = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     // A public client (RFC 6749 §2.1): no secret, so no Basic auth;
+    ///     // it only names itself in the body.
+    ///     assert!(request.headers().get("authorization").is_none());
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, "grant_type=refresh_token&refresh_token=r1&client_id=cli");
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp).client_id("cli");
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "a2");
+    /// # }
     /// ```
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.client_mut().id = id.into();
@@ -47,13 +68,30 @@ impl<C, B> HttpRefresher<C, B> {
     /// fields.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::{ClientAuthMethod, HttpRefresher};
-    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/token", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let idp = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     // `client_secret_post`: in the body, not in a Basic header.
+    ///     assert!(request.headers().get("authorization").is_none());
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, "grant_type=refresh_token&refresh_token=r1&client_id=app&client_secret=s3cret");
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp)
     ///     .client_id("app")
     ///     .client_secret("s3cret")
     ///     .client_auth(ClientAuthMethod::Post);
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// # }
     /// ```
     pub fn client_auth(mut self, method: ClientAuthMethod) -> Self {
         self.client_mut().method = method;
@@ -64,10 +102,26 @@ impl<C, B> HttpRefresher<C, B> {
     /// refresh).
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/token", client).scope("read write");
-    /// # let _ = refresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let idp = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, "grant_type=refresh_token&refresh_token=r1&scope=read");
+    ///     // No `scope` in the answer: the one asked for (RFC 6749 §5.1).
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// // Granted `read write`, narrowed to `read` on refresh.
+    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp).scope("read");
+    /// let granted = TokenSet::new("a1").with_refresh_token("r1").with_extra("scope", "read write");
+    /// let handle = TokenRefreshLayer::builder(refresher).initial_tokens(granted).build().handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().extra("scope"), Some("read"));
+    /// # }
     /// ```
     pub fn scope(self, scope: impl Into<String>) -> Self {
         self.field("scope", scope)
@@ -77,11 +131,28 @@ impl<C, B> HttpRefresher<C, B> {
     /// defaults to `system`).
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::ocient("https://sql-node.example.com/v1/token_refresh", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let ocient = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, r#"{"database":"retail_analytics"}"#);
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::ocient("https://sql-node.example.com/v1/token_refresh", ocient)
     ///     .database("retail_analytics");
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// // Kept on the tokens, as the answer left it out.
+    /// assert_eq!(handle.tokens().unwrap().extra("database"), Some("retail_analytics"));
+    /// # }
     /// ```
     pub fn database(self, database: impl Into<String>) -> Self {
         self.field("database", database)
@@ -92,11 +163,28 @@ impl<C, B> HttpRefresher<C, B> {
     /// [`client_secret`](Self::client_secret) or the [`Credential`].
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
+    /// use serde_json::{json, Value};
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", client)
-    ///     .field("audience", "api.example.com");
-    /// # let _ = refresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     let sent: Value = serde_json::from_slice(&request.into_body().collect().await?.to_bytes())?;
+    ///     assert_eq!(sent, json!({"refresh_token": "r1", "audience": "api.example.com"}));
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
+    ///     .field("audience", "staging.example.com")
+    ///     .field("audience", "api.example.com"); // replaces the first
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// # }
     /// ```
     pub fn field(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         let (name, value) = (name.into(), value.into());
@@ -111,11 +199,26 @@ impl<C, B> HttpRefresher<C, B> {
     /// The HTTP method of the refresh call. Default: `POST`.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
+    /// use http::Method;
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::custom("https://api.example.com/session", client)
-    ///     .method(http::Method::PUT);
-    /// # let _ = refresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     assert_eq!(request.method(), Method::PUT);
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/session", api)
+    ///     .method(Method::PUT);
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// # }
     /// ```
     pub fn method(mut self, method: Method) -> Self {
         self.dialect().request.method = method;
@@ -125,10 +228,26 @@ impl<C, B> HttpRefresher<C, B> {
     /// Sends the body as `application/x-www-form-urlencoded`.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", client).form_body();
-    /// # let _ = refresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     assert_eq!(request.headers()["content-type"], "application/x-www-form-urlencoded");
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, "refresh_token=r1"); // `{"refresh_token":"r1"}` without form_body
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api).form_body();
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// # }
     /// ```
     pub fn form_body(mut self) -> Self {
         self.dialect().request.format = BodyFormat::Form;
@@ -138,10 +257,26 @@ impl<C, B> HttpRefresher<C, B> {
     /// Sends the body as a JSON object of strings.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/token", client).json_body();
-    /// # let _ = refresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let idp = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     assert_eq!(request.headers()["content-type"], "application/json");
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, r#"{"grant_type":"refresh_token","refresh_token":"r1"}"#);
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp).json_body();
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// # }
     /// ```
     pub fn json_body(mut self) -> Self {
         self.dialect().request.format = BodyFormat::Json;
@@ -151,11 +286,26 @@ impl<C, B> HttpRefresher<C, B> {
     /// Which token the call sends and where.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::{Credential, HttpRefresher};
-    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     let sent = request.into_body().collect().await?.to_bytes();
+    ///     assert_eq!(sent, r#"{"token":"r1"}"#); // not the default `refresh_token`
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
     ///     .credential(Credential::field("token"));
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// # }
     /// ```
     pub fn credential(mut self, credential: Credential) -> Self {
         self.dialect().request.credential = credential;
@@ -166,10 +316,29 @@ impl<C, B> HttpRefresher<C, B> {
     /// success flag). A JSON pointer (`/ok`) or a top-level field name.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", client).success_at("/ok");
-    /// # let _ = refresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    ///     let answer = r#"{"ok":false,"access_token":"a2"}"#;
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
+    ///     .success_at("/ok");
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// // The envelope says the call failed: its token is not taken.
+    /// let error = handle.force_refresh().await.unwrap_err();
+    /// let cause = error.refresh_error().unwrap();
+    /// assert!(cause.is_transient() && cause.message().contains("`ok` is not true"), "{error}");
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "a1");
+    /// # }
     /// ```
     pub fn success_at(mut self, path: &str) -> Self {
         self.dialect().response.success = Some(pointer(path));
@@ -179,11 +348,26 @@ impl<C, B> HttpRefresher<C, B> {
     /// Where the access token is. A JSON pointer or a top-level field name.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    ///     let answer = r#"{"data":{"token":"a2"}}"#;
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
     ///     .access_token_at("/data/token");
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "a2");
+    /// # }
     /// ```
     pub fn access_token_at(mut self, path: &str) -> Self {
         self.dialect().response.access_token = pointer(path);
@@ -194,11 +378,27 @@ impl<C, B> HttpRefresher<C, B> {
     /// Without it, a JWT access token's `exp` is used.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    ///     let answer = r#"{"access_token":"a2","data":{"ttl":"900"}}"#;
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
     ///     .expires_in_at("/data/ttl");
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// let lifetime = handle.tokens().unwrap().expires_in();
+    /// assert_eq!(lifetime, Some(std::time::Duration::from_secs(900)));
+    /// # }
     /// ```
     pub fn expires_in_at(mut self, path: &str) -> Self {
         self.dialect().response.expires_in = Some(pointer(path));
@@ -208,11 +408,27 @@ impl<C, B> HttpRefresher<C, B> {
     /// Where a new (rotated) refresh token is, if the API sends one.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    ///     let answer = r#"{"access_token":"a2","data":{"refresh":"r2"}}"#;
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
     ///     .refresh_token_at("/data/refresh");
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// // Rotated: r1 would have been kept had the answer carried none.
+    /// assert_eq!(handle.tokens().unwrap().refresh_token().unwrap().expose(), "r2");
+    /// # }
     /// ```
     pub fn refresh_token_at(mut self, path: &str) -> Self {
         self.dialect().response.refresh_token = Some(pointer(path));
@@ -222,11 +438,29 @@ impl<C, B> HttpRefresher<C, B> {
     /// Where the token type is; when present it must say `Bearer`.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    ///     let answer = r#"{"access_token":"a2","data":{"kind":"MAC"}}"#;
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
     ///     .token_type_at("/data/kind");
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// // Not a bearer token: refused, and the current one kept.
+    /// let error = handle.force_refresh().await.unwrap_err();
+    /// let cause = error.refresh_error().unwrap();
+    /// assert!(cause.message().contains("`kind` is not Bearer"), "{error}");
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "a1");
+    /// # }
     /// ```
     pub fn token_type_at(mut self, path: &str) -> Self {
         self.dialect().response.token_type = Some(pointer(path));
@@ -237,11 +471,26 @@ impl<C, B> HttpRefresher<C, B> {
     /// `name` ([`TokenSet::extra`](crate::TokenSet::extra)).
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    ///     let answer = r#"{"access_token":"a2","data":{"tenant":"acme"}}"#;
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
     ///     .keep_at("tenant", "/data/tenant");
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().extra("tenant"), Some("acme"));
+    /// # }
     /// ```
     pub fn keep_at(mut self, name: impl Into<String>, path: &str) -> Self {
         self.dialect()
@@ -254,11 +503,27 @@ impl<C, B> HttpRefresher<C, B> {
     /// Where an error answer's message is; tried before the preset's own.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response, StatusCode};
+    /// # use http_body_util::Full;
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    ///     let problem = r#"{"problem":{"detail":"refresh token revoked","type":"revoked","instance":"req-42"}}"#;
+    ///     let answer = Response::builder().status(StatusCode::BAD_REQUEST);
+    ///     Ok::<_, BoxError>(answer.body(Full::<Bytes>::from(problem))?)
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
     ///     .error_message_at("/problem/detail");
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// let error = handle.force_refresh().await.unwrap_err();
+    /// assert_eq!(error.refresh_error().unwrap().message(), "refresh token revoked");
+    /// # }
     /// ```
     pub fn error_message_at(mut self, path: &str) -> Self {
         self.dialect().errors.message.insert(0, pointer(path));
@@ -268,11 +533,27 @@ impl<C, B> HttpRefresher<C, B> {
     /// Where an error answer's machine-readable code is.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response, StatusCode};
+    /// # use http_body_util::Full;
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    ///     let problem = r#"{"problem":{"detail":"refresh token revoked","type":"revoked","instance":"req-42"}}"#;
+    ///     let answer = Response::builder().status(StatusCode::BAD_REQUEST);
+    ///     Ok::<_, BoxError>(answer.body(Full::<Bytes>::from(problem))?)
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
     ///     .error_code_at("/problem/type");
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// let error = handle.force_refresh().await.unwrap_err();
+    /// assert_eq!(error.refresh_error().unwrap().code(), Some("revoked"));
+    /// # }
     /// ```
     pub fn error_code_at(mut self, path: &str) -> Self {
         self.dialect().errors.code = Some(pointer(path));
@@ -282,11 +563,27 @@ impl<C, B> HttpRefresher<C, B> {
     /// Where an error answer's request id is.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response, StatusCode};
+    /// # use http_body_util::Full;
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let api = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    ///     let problem = r#"{"problem":{"detail":"refresh token revoked","type":"revoked","instance":"req-42"}}"#;
+    ///     let answer = Response::builder().status(StatusCode::BAD_REQUEST);
+    ///     Ok::<_, BoxError>(answer.body(Full::<Bytes>::from(problem))?)
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
     ///     .error_request_id_at("/problem/instance");
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// let error = handle.force_refresh().await.unwrap_err();
+    /// assert_eq!(error.refresh_error().unwrap().request_id(), Some("req-42"));
+    /// # }
     /// ```
     pub fn error_request_id_at(mut self, path: &str) -> Self {
         self.dialect().errors.request_id = Some(pointer(path));
@@ -298,11 +595,33 @@ impl<C, B> HttpRefresher<C, B> {
     /// networks you trust. Default: refused.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::Full;
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::ocient("http://oc1-lts0:9090/v1/token_refresh", client)
-    ///     .allow_insecure_http(true);
-    /// # let _ = refresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let ocient = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    /// #     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// # });
+    /// let url = "http://oc1-lts0:9090/v1/token_refresh";
+    /// // Refused by default, before anything is sent.
+    /// let handle = TokenRefreshLayer::builder(HttpRefresher::ocient(url, ocient))
+    ///     .initial_tokens(TokenSet::new("a1"))
+    ///     .build()
+    ///     .handle();
+    /// let error = handle.force_refresh().await.unwrap_err();
+    /// assert!(error.refresh_error().unwrap().message().contains("plain http"), "{error}");
+    ///
+    /// let refresher = HttpRefresher::ocient(url, ocient).allow_insecure_http(true);
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "a2");
+    /// # }
     /// ```
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
         self.settings().allow_insecure = allow;
@@ -321,13 +640,31 @@ impl<C, B> HttpRefresher<C, B> {
     /// presets, whose endpoints document no limit.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response, StatusCode};
+    /// # use http_body_util::Full;
     /// use std::time::Duration;
     /// use tower_token_refresh::http::HttpRefresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // A 429 that names no wait (no `Retry-After`).
+    /// let idp = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    ///     let answer = Response::builder().status(StatusCode::TOO_MANY_REQUESTS);
+    ///     Ok::<_, BoxError>(answer.body(Full::<Bytes>::default())?)
+    /// });
     /// // An endpoint allowing 10 calls a minute.
-    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/oauth2/token", client)
+    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/oauth2/token", idp)
     ///     .rate_limit_wait(Duration::from_secs(6));
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// let error = handle.force_refresh().await.unwrap_err();
+    /// let cause = error.refresh_error().unwrap();
+    /// assert!(cause.is_rate_limited(), "{error}");
+    /// assert_eq!(cause.retry_after(), Some(Duration::from_secs(6)));
+    /// # }
     /// ```
     pub fn rate_limit_wait(mut self, wait: Duration) -> Self {
         self.dialect().rate_limit_wait = (!wait.is_zero()).then_some(wait);
@@ -338,11 +675,29 @@ impl<C, B> HttpRefresher<C, B> {
     /// transient failure. Default: [`DEFAULT_BODY_LIMIT`](super::DEFAULT_BODY_LIMIT) (64 KiB).
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::Full;
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::cognito("https://api.example.com/api/auth/refresh-token", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // A valid answer of some 20 KB: within the default limit, not within 16 KiB.
+    /// let api = tower::service_fn(|_: Request<Full<Bytes>>| async {
+    ///     let answer = format!(r#"{{"accessToken":"a2","padding":"{}"}}"#, "x".repeat(20_000));
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer)))
+    /// });
+    /// let refresher = HttpRefresher::cognito("https://api.example.com/api/auth/refresh-token", api)
     ///     .body_limit(16 * 1024);
-    /// # let _ = refresher;
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// let error = handle.force_refresh().await.unwrap_err();
+    /// let cause = error.refresh_error().unwrap();
+    /// assert!(cause.is_transient(), "{error}");
+    /// assert_eq!(cause.message(), "the refresh answer is larger than 16384 bytes");
+    /// # }
     /// ```
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.settings().body_limit = bytes;

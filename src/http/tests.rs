@@ -1,7 +1,7 @@
 //! `HttpRefresher` against in-process stand-in servers: transport rules,
 //! body cap, redirects, client errors, and login recovery through the
 //! layer. The same behaviours are proven over loopback in
-//! `tests/dialects.rs`.
+//! `tests/dialects/`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};

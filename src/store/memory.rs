@@ -24,7 +24,7 @@ use super::{Lease, Record, StoreError, TokenStore};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let store = MemoryStore::new();
 /// assert!(store.compare_and_swap(None, Record::new(1, b"a".to_vec())).await.unwrap());
-/// // A writer that read version 0 comes too late.
+/// // A second writer that also found nothing stored comes too late.
 /// assert!(!store.compare_and_swap(None, Record::new(1, b"b".to_vec())).await.unwrap());
 /// assert_eq!(store.load().await.unwrap().unwrap().payload(), b"a");
 ///

@@ -126,13 +126,13 @@ pub(crate) use codec::{decode, encode, Decoded};
 ///
 /// ```
 /// use std::future::Future;
-/// use std::sync::Mutex;
+/// use std::sync::{Arc, Mutex};
 /// use std::time::Duration;
 /// use tower_token_refresh::store::{Lease, Record, StoreError, TokenStore};
 ///
 /// /// A store of one process, with a lease that is always free.
-/// #[derive(Default)]
-/// struct Simple(Mutex<Option<Record>>);
+/// #[derive(Clone, Default)]
+/// struct Simple(Arc<Mutex<Option<Record>>>);
 ///
 /// impl TokenStore for Simple {
 ///     fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
@@ -159,6 +159,26 @@ pub(crate) use codec::{decode, encode, Decoded};
 ///         async { Ok(()) }
 ///     }
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+///
+/// let store = Simple::default();
+/// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+///         Ok::<_, RefreshError>(TokenSet::new("access").with_expires_in(Duration::from_secs(60)))
+///     }))
+///     .store(store.clone())
+///     .build();
+/// let client = ServiceBuilder::new().layer(layer).service_fn(|_req: http::Request<_>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+/// });
+/// client.oneshot(http::Request::new(http_body_util::Empty::<bytes::Bytes>::new())).await.unwrap();
+///
+/// // The first token, fetched for the first request, was stored for the others.
+/// let stored = store.load().await.unwrap().expect("stored");
+/// assert_eq!(stored.version(), 1);
+/// # }
 /// ```
 pub trait TokenStore: Send + Sync + 'static {
     /// The newest stored record, if any.

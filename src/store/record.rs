@@ -14,10 +14,11 @@ use zeroize::Zeroize;
 /// ```
 /// use tower_token_refresh::store::Record;
 ///
-/// let record = Record::new(3, b"payload".to_vec());
+/// let record = Record::new(3, b"secret".to_vec());
 /// assert_eq!(record.version(), 3);
-/// assert_eq!(record.payload(), b"payload");
-/// assert!(!format!("{record:?}").contains("payload\""));
+/// assert_eq!(record.payload(), b"secret");
+/// // Neither the text nor its bytes (b's' is 115) are printed.
+/// assert_eq!(format!("{record:?}"), "Record { version: 3, payload_len: 6 }");
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Record {
@@ -38,7 +39,9 @@ impl Record {
         Self { version, payload }
     }
 
-    /// Versions start at 1 and grow by one with each stored refresh.
+    /// Versions start at 1 and grow with each stored refresh: usually by
+    /// one, by more after a store that lost its data (see
+    /// [`TokenStore::compare_and_swap`](crate::store::TokenStore::compare_and_swap)).
     ///
     /// ```
     /// use tower_token_refresh::store::Record;

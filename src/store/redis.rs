@@ -224,7 +224,7 @@ impl RedisStore {
     ///
     /// let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
     /// let store = RedisStore::new(client, "billing-api");
-    /// # let _ = store;
+    /// assert_eq!(store.prefix(), "billing-api");
     /// ```
     pub fn new(client: Client, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
@@ -268,12 +268,20 @@ impl RedisStore {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tower_token_refresh::store::RedisStore;
+    /// use tower_token_refresh::store::{RedisStore, TokenStore};
     ///
-    /// let store = RedisStore::open("redis://127.0.0.1/", "billing-api")
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// // A server that takes connections and never answers.
+    /// let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let url = format!("redis://{}/", silent.local_addr().unwrap());
+    /// let store = RedisStore::open(&url, "billing-api")
     ///     .unwrap()
     ///     .timeout(Duration::from_millis(300));
-    /// # let _ = store;
+    ///
+    /// let started = tokio::time::Instant::now();
+    /// assert!(store.load().await.is_err());
+    /// assert!(started.elapsed() < Duration::from_secs(1), "not the default second");
+    /// # }
     /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
