@@ -163,6 +163,25 @@ struct ReadmeDoctests;
 /// {
 ///     Pending { future: service.call(request) }
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tower::ServiceExt;
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+///
+/// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+///         Ok::<_, RefreshError>(TokenSet::new("access"))
+///     }))
+///     .build();
+/// let mut service = tower::ServiceBuilder::new().layer(layer).service_fn(
+///     |req: Request<ReplayBody<Body>>| async move {
+///         assert_eq!(req.headers()["authorization"], "Bearer access");
+///         Ok::<_, Infallible>(Response::new(Body::new()))
+///     },
+/// );
+/// service.ready().await.unwrap();
+/// let pending = call(&mut service, Request::new(Body::new()));
+/// assert_eq!(pending.future.await.unwrap().status(), 200);
+/// # }
 /// ```
 pub mod future {
     pub use crate::service::ResponseFuture;

@@ -119,13 +119,35 @@ use crate::{Error, TokenHandle, TokenRefreshLayer};
 /// ```
 /// use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 /// use tower_token_refresh::reqwest::TokenRefreshMiddleware;
-/// use tower_token_refresh::TokenRefreshLayer;
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 ///
 /// fn client(layer: &TokenRefreshLayer) -> ClientWithMiddleware {
 ///     ClientBuilder::new(reqwest::Client::new())
 ///         .with(TokenRefreshMiddleware::new(layer))
 ///         .build()
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// # // An API on loopback that answers with the Authorization it got.
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// # let url = format!("http://{}/items", listener.local_addr().unwrap());
+/// # tokio::spawn(async move {
+/// #     let (mut socket, _) = listener.accept().await.unwrap();
+/// #     let mut request = vec![0; 4096];
+/// #     let read = socket.read(&mut request).await.unwrap();
+/// #     let request = String::from_utf8_lossy(&request[..read]).to_lowercase();
+/// #     let auth = request.lines().find_map(|l| l.strip_prefix("authorization: ")).unwrap_or("");
+/// #     let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{auth}", auth.len());
+/// #     socket.write_all(answer.as_bytes()).await.unwrap();
+/// # });
+/// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+///         Ok::<_, RefreshError>(TokenSet::new("access"))
+///     }))
+///     .build();
+/// let response = client(&layer).get(url).send().await.unwrap();
+/// assert_eq!(response.text().await.unwrap(), "bearer access");
+/// # }
 /// ```
 ///
 /// # Clone
@@ -144,11 +166,18 @@ impl<C> TokenRefreshMiddleware<C> {
     /// use tower_token_refresh::reqwest::TokenRefreshMiddleware;
     /// use tower_token_refresh::TokenRefreshLayer;
     ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
     /// let layer = TokenRefreshLayer::builder(source).build();
-    /// let middleware = TokenRefreshMiddleware::new(&layer);
-    /// // The tower services made from `layer` see the same refreshes.
-    /// assert_eq!(middleware.handle().stats(), layer.handle().stats());
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(TokenRefreshMiddleware::new(&layer))
+    ///     .build();
+    /// // Nothing listens there: the token is fetched, then the send fails.
+    /// assert!(client.get("http://127.0.0.1:1/").send().await.is_err());
+    /// // The layer (and the tower services made from it) saw that refresh.
+    /// assert_eq!(layer.handle().stats().refreshes, 1);
+    /// assert_eq!(layer.handle().tokens().unwrap().access_token().expose(), "t");
+    /// # }
     /// ```
     pub fn new(layer: &TokenRefreshLayer<C>) -> Self {
         Self {
@@ -180,12 +209,16 @@ impl<C> TokenRefreshLayer<C> {
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenSet};
     /// use tower_token_refresh::TokenRefreshLayer;
     ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
     /// let layer = TokenRefreshLayer::builder(source).build();
     /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
     ///     .with(layer.reqwest_middleware())
     ///     .build();
-    /// # let _ = client;
+    /// // Nothing listens there: the token is fetched, then the send fails.
+    /// assert!(client.get("http://127.0.0.1:1/").send().await.is_err());
+    /// assert_eq!(layer.handle().stats().refreshes, 1);
+    /// # }
     /// ```
     pub fn reqwest_middleware(&self) -> TokenRefreshMiddleware<C> {
         TokenRefreshMiddleware::new(self)

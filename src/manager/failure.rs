@@ -31,12 +31,17 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Backoff starting at `initial` and never exceeding `max`.
+    /// Backoff starting at `initial` and never exceeding `max` (taken as
+    /// `initial` if it is smaller: the first wait is never cut short).
     ///
     /// ```
     /// use std::time::Duration;
     /// let b = tower_token_refresh::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     /// assert!(b.delay(1) <= Duration::from_millis(100));
+    ///
+    /// let upside_down = tower_token_refresh::Backoff::new(Duration::from_secs(5), Duration::from_secs(1));
+    /// assert!(upside_down.delay(1) >= Duration::from_millis(2500), "half of 5 s at least");
+    /// assert!(upside_down.delay(10) <= Duration::from_secs(5));
     /// ```
     pub fn new(initial: Duration, max: Duration) -> Self {
         Self {

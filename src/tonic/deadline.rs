@@ -94,11 +94,20 @@ impl<S> GrpcDeadline<S> {
     /// Wraps `inner`.
     ///
     /// ```
-    /// # use tower_token_refresh::tonic::GrpcDeadline;
-    /// let service = GrpcDeadline::new(tower::service_fn(|_: http::Request<tonic::body::Body>| async {
-    ///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    /// use std::time::Duration;
+    /// use tower::ServiceExt;
+    /// use tower_token_refresh::tonic::GrpcDeadline;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// // A server that never answers.
+    /// let service = GrpcDeadline::new(tower::service_fn(|_: http::Request<tonic::body::Body>| {
+    ///     std::future::pending::<Result<http::Response<()>, std::convert::Infallible>>()
     /// }));
-    /// # let _ = service;
+    /// let mut call = http::Request::new(tonic::body::Body::empty());
+    /// call.headers_mut().insert("grpc-timeout", "250m".parse().unwrap());
+    /// let error = service.oneshot(call).await.unwrap_err();
+    /// assert!(error.is::<tonic::TimeoutExpired>());
+    /// # }
     /// ```
     pub fn new(inner: S) -> Self {
         Self { inner }
@@ -171,7 +180,20 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The response future of [`GrpcDeadline`].
+    /// The response future of [`GrpcDeadline`], for naming it in types.
+    ///
+    /// ```
+    /// use tower::{Service, ServiceExt};
+    /// use tower_token_refresh::tonic::{DeadlineFuture, GrpcDeadline};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let mut service = GrpcDeadline::new(tower::service_fn(|_: http::Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new("answer"))
+    /// }));
+    /// let future: DeadlineFuture<_> = service.ready().await.unwrap().call(http::Request::new(()));
+    /// assert_eq!(*future.await.unwrap().body(), "answer");
+    /// # }
+    /// ```
     pub struct DeadlineFuture<F> {
         #[pin]
         inner: F,

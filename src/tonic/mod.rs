@@ -7,7 +7,7 @@
 //! [`GrpcTokenRefresh`], which a generated client (or `tonic::client::Grpc`)
 //! takes as it would take the channel:
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use tonic::transport::Channel;
 //! use tower_token_refresh::classify::Grpc;
@@ -23,12 +23,16 @@
 //!     .build();
 //! let handle = layer.handle();
 //!
-//! let channel = Channel::from_static("https://api.example.com").connect().await?;
+//! // Or `.connect().await?`; a lazy channel connects on the first call.
+//! let channel = Channel::from_static("https://api.example.com").connect_lazy();
 //! let channel: GrpcTokenRefresh<Channel> = with_token_refresh(channel, &layer);
 //! // Generated code: `GreeterClient::new(channel)`.
-//! let mut client = tonic::client::Grpc::new(channel);
-//! # let _ = (&mut client, handle);
+//! let client = tonic::client::Grpc::new(channel);
+//! // Nothing is fetched before the first call needs a token.
+//! assert_eq!(handle.stats().refreshes, 0);
+//! # let _ = client;
 //! # Ok(()) }
+//! # #[tokio::main(flavor = "current_thread")] async fn main() { run().await.unwrap() }
 //! ```
 //!
 //! # What is retried
@@ -112,13 +116,14 @@ pub use deadline::{DeadlineFuture, GrpcDeadline};
 ///
 /// ```
 /// use tonic::transport::Channel;
+/// use tower::ServiceExt;
 /// use tower_token_refresh::classify::Grpc;
 /// use tower_token_refresh::tonic::{with_token_refresh, GrpcTokenRefresh};
 /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 ///
 /// // Generated code: `GreeterClient<GrpcTokenRefresh<Channel>>`.
 /// struct Api {
-///     client: tonic::client::Grpc<GrpcTokenRefresh<Channel>>,
+///     channel: GrpcTokenRefresh<Channel>,
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -127,10 +132,15 @@ pub use deadline::{DeadlineFuture, GrpcDeadline};
 ///     }))
 ///     .classifier(Grpc)
 ///     .build();
-/// // Connects on the first call.
-/// let channel = Channel::from_static("http://127.0.0.1:50051").connect_lazy();
-/// let api = Api { client: tonic::client::Grpc::new(with_token_refresh(channel, &layer)) };
-/// # let _ = api.client;
+/// // Connects on the first call; nothing listens there.
+/// let channel = Channel::from_static("http://127.0.0.1:1").connect_lazy();
+/// let api = Api { channel: with_token_refresh(channel, &layer) };
+///
+/// let call = http::Request::new(tonic::body::Body::empty());
+/// let error = api.channel.oneshot(call).await.unwrap_err();
+/// // The token came first; then the channel could not connect.
+/// assert_eq!(layer.handle().stats().refreshes, 1);
+/// assert_eq!(tonic::Status::from_error(error).code(), tonic::Code::Unavailable);
 /// # }
 /// ```
 pub type GrpcTokenRefresh<S, C = Grpc> = GrpcDeadline<TokenRefresh<IntoTonicBody<S>, C>>;
@@ -263,11 +273,18 @@ impl<S> IntoTonicBody<S> {
     /// Wraps `inner`.
     ///
     /// ```
-    /// # use tower_token_refresh::tonic::IntoTonicBody;
-    /// let service = IntoTonicBody::new(tower::service_fn(|_: http::Request<tonic::body::Body>| async {
-    ///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    /// use http_body::Body as _;
+    /// use tower::ServiceExt;
+    /// use tower_token_refresh::tonic::IntoTonicBody;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let service = IntoTonicBody::new(tower::service_fn(|req: http::Request<tonic::body::Body>| async move {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(req.body().size_hint().exact()))
     /// }));
-    /// # let _ = service;
+    /// let request = http::Request::new(http_body_util::Full::new(bytes::Bytes::from("hello")));
+    /// let response = service.oneshot(request).await.unwrap();
+    /// assert_eq!(*response.body(), Some(5));
+    /// # }
     /// ```
     pub fn new(inner: S) -> Self {
         Self { inner }
