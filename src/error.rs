@@ -381,11 +381,31 @@ impl StdError for RefreshError {
 
 /// Why the layer could not send a request with a valid token.
 ///
-/// Returned (boxed, as [`BoxError`]) by [`TokenRefresh`](crate::TokenRefresh)
-/// and by [`TokenHandle`](crate::TokenHandle) methods. Downcast to inspect:
+/// [`TokenRefresh`](crate::TokenRefresh) returns it boxed, as a
+/// [`BoxError`] (downcast to inspect it, as below), and
+/// [`TokenHandle::force_refresh`](crate::TokenHandle::force_refresh) as it
+/// is; [`TokenHandle::set_tokens`](crate::TokenHandle::set_tokens) fails
+/// with an [`InvalidTokenError`](crate::InvalidTokenError) instead.
+///
+/// Its predicates ([`is_reauth_required`](Self::is_reauth_required),
+/// [`is_refresh_failed`](Self::is_refresh_failed),
+/// [`is_timeout`](Self::is_timeout),
+/// [`is_insecure_transport`](Self::is_insecure_transport)) say what went
+/// wrong, and at least one of them is true for every error but one: outside
+/// any tokio runtime (a future polled by another executor) no refresh can
+/// start, so a request that has to wait for one (no token yet, a token
+/// inside its mandatory window, or a rejected one to retry), and
+/// `force_refresh`, fail with an `Error` for which every predicate is false
+/// and [`refresh_error`](Self::refresh_error) is `None`; it displays as
+/// "token refresh needs a tokio runtime". Requests whose token can still be
+/// sent go out as usual there.
 ///
 /// ```
-/// # use tower_token_refresh::{BoxError, Error};
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_token_refresh::{refresh_fn, BoxError, Error, RefreshError, TokenRefreshLayer, TokenSet};
+///
 /// fn explain(err: &BoxError) -> &'static str {
 ///     match err.downcast_ref::<Error>() {
 ///         Some(e) if e.is_reauth_required() => "sign in again",
@@ -393,6 +413,20 @@ impl StdError for RefreshError {
 ///         None => "transport error",
 ///     }
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // An identity server that revoked the credential.
+/// let source = refresh_fn(|_| async { Err::<TokenSet, _>(RefreshError::terminal("revoked")) });
+/// let client = ServiceBuilder::new()
+///     .layer(TokenRefreshLayer::builder(source).build())
+///     .service_fn(|_req: Request<_>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+/// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+/// let error = client.oneshot(request).await.unwrap_err();
+/// assert_eq!(explain(&error), "sign in again");
+///
+/// let io: BoxError = std::io::Error::other("connection reset").into();
+/// assert_eq!(explain(&io), "transport error");
+/// # }
 /// ```
 #[derive(Clone)]
 pub struct Error {
@@ -461,8 +495,26 @@ impl Error {
     /// [`TokenHandle::set_tokens`](crate::TokenHandle::set_tokens).
     ///
     /// ```
-    /// # fn check(err: &tower_token_refresh::Error) -> bool {
-    /// err.is_reauth_required()
+    /// # use std::convert::Infallible;
+    /// # use http::{Request, Response};
+    /// # use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_token_refresh::{refresh_fn, Error, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // The identity server revoked the credential.
+    /// let source = refresh_fn(|_| async { Err::<TokenSet, _>(RefreshError::terminal("revoked")) });
+    /// let layer = TokenRefreshLayer::builder(source).build();
+    /// let handle = layer.handle();
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|_req: Request<_>| async {
+    ///     Ok::<_, Infallible>(Response::new(String::new()))
+    /// });
+    /// let send = || client.clone().oneshot(Request::new(http_body_util::Empty::<bytes::Bytes>::new()));
+    ///
+    /// let error = send().await.unwrap_err();
+    /// assert!(error.downcast_ref::<Error>().unwrap().is_reauth_required());
+    /// // Tokens set by hand (the user signed in again) clear it.
+    /// handle.set_tokens(TokenSet::new("signed-in")).unwrap();
+    /// assert!(send().await.is_ok());
     /// # }
     /// ```
     pub fn is_reauth_required(&self) -> bool {
@@ -473,8 +525,22 @@ impl Error {
     /// was left to send; later requests may succeed.
     ///
     /// ```
-    /// # fn check(err: &tower_token_refresh::Error) -> bool {
-    /// err.is_refresh_failed()
+    /// # use std::convert::Infallible;
+    /// # use http::{Request, Response};
+    /// # use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_token_refresh::{refresh_fn, Error, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // The identity server is down, and there is no token yet.
+    /// let source = refresh_fn(|_| async { Err::<TokenSet, _>(RefreshError::transient("503")) });
+    /// let client = ServiceBuilder::new()
+    ///     .layer(TokenRefreshLayer::builder(source).build())
+    ///     .service_fn(|_req: Request<_>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+    /// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+    /// let error = client.oneshot(request).await.unwrap_err();
+    /// let error = error.downcast_ref::<Error>().unwrap();
+    /// assert!(error.is_refresh_failed());
+    /// assert!(!error.is_reauth_required(), "a later request may succeed");
     /// # }
     /// ```
     pub fn is_refresh_failed(&self) -> bool {
@@ -492,8 +558,23 @@ impl Error {
     /// request through the `reqwest` middleware).
     ///
     /// ```
-    /// # fn check(err: &tower_token_refresh::Error) -> bool {
-    /// err.is_timeout()
+    /// # use std::{convert::Infallible, time::Duration};
+    /// # use http::{Request, Response};
+    /// # use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_token_refresh::{refresh_fn, Error, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// // An identity server that never answers.
+    /// let source = refresh_fn(|_| std::future::pending::<Result<TokenSet, RefreshError>>());
+    /// let layer = TokenRefreshLayer::builder(source).refresh_timeout(Duration::from_secs(2)).build();
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|_req: Request<_>| async {
+    ///     Ok::<_, Infallible>(Response::new(String::new()))
+    /// });
+    /// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+    /// let error = client.oneshot(request).await.unwrap_err();
+    /// let error = error.downcast_ref::<Error>().unwrap();
+    /// assert!(error.is_timeout());
+    /// assert!(error.is_refresh_failed(), "a refresh that timed out failed");
     /// # }
     /// ```
     pub fn is_timeout(&self) -> bool {
@@ -507,8 +588,26 @@ impl Error {
     /// loopback, and insecure transport was not allowed.
     ///
     /// ```
-    /// # fn check(err: &tower_token_refresh::Error) -> bool {
-    /// err.is_insecure_transport()
+    /// # use std::convert::Infallible;
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::Empty;
+    /// # use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_token_refresh::{refresh_fn, Error, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let layer = TokenRefreshLayer::builder(source).initial_tokens(TokenSet::new("t")).build();
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|_req: Request<_>| async {
+    ///     Ok::<_, Infallible>(Response::new(String::new()))
+    /// });
+    /// let get = |uri: &'static str| client.clone().oneshot(Request::get(uri).body(Empty::<Bytes>::new()).unwrap());
+    ///
+    /// let error = get("http://api.example.com/").await.unwrap_err();
+    /// assert!(error.downcast_ref::<Error>().unwrap().is_insecure_transport());
+    /// // https, or plain http to a loopback host, is fine.
+    /// assert!(get("https://api.example.com/").await.is_ok());
+    /// assert!(get("http://127.0.0.1:8080/").await.is_ok());
     /// # }
     /// ```
     pub fn is_insecure_transport(&self) -> bool {
@@ -518,8 +617,23 @@ impl Error {
     /// The refresh source's own error, when a refresh failed.
     ///
     /// ```
-    /// # fn check(err: &tower_token_refresh::Error) -> Option<u16> {
-    /// err.refresh_error().and_then(|e| e.status())
+    /// # use std::convert::Infallible;
+    /// # use http::{Request, Response};
+    /// # use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_token_refresh::{refresh_fn, Error, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let source = refresh_fn(|_| async {
+    ///     Err::<TokenSet, _>(RefreshError::transient("bad gateway").with_status(502))
+    /// });
+    /// let client = ServiceBuilder::new()
+    ///     .layer(TokenRefreshLayer::builder(source).build())
+    ///     .service_fn(|_req: Request<_>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+    /// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+    /// let error = client.oneshot(request).await.unwrap_err();
+    /// let cause = error.downcast_ref::<Error>().unwrap().refresh_error().unwrap();
+    /// assert_eq!(cause.status(), Some(502));
+    /// assert_eq!(cause.message(), "bad gateway");
     /// # }
     /// ```
     pub fn refresh_error(&self) -> Option<&RefreshError> {

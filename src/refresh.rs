@@ -2,14 +2,18 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_token_refresh::{refresh_fn, RefreshContext, RefreshError, TokenSet};
+//! use tower_token_refresh::{refresh_fn, RefreshContext, RefreshError, TokenRefreshLayer, TokenSet};
 //!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let source = refresh_fn(|ctx: RefreshContext| async move {
 //!     // A real source calls an identity server with `ctx.refresh_token()`.
 //!     let _reason = ctx.reason();
 //!     Ok::<_, RefreshError>(TokenSet::new("new-access").with_expires_in(Duration::from_secs(300)))
 //! });
-//! # let _ = source;
+//! let handle = TokenRefreshLayer::builder(source).build().handle();
+//! handle.force_refresh().await.unwrap();
+//! assert_eq!(handle.tokens().unwrap().access_token().expose(), "new-access");
+//! # }
 //! ```
 
 use std::fmt;
@@ -55,8 +59,9 @@ pub enum RefreshReason {
 /// What a [`Refresh`] source is told about the refresh it must perform.
 ///
 /// ```
-/// use tower_token_refresh::{refresh_fn, RefreshContext, RefreshError, TokenSet};
+/// use tower_token_refresh::{refresh_fn, RefreshContext, RefreshError, TokenRefreshLayer, TokenSet};
 ///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// // Refreshes from the refresh token it is given, rotating it.
 /// let source = refresh_fn(|ctx: RefreshContext| {
 ///     let next = ctx.refresh_token().map(|token| format!("{}'", token.expose()));
@@ -65,7 +70,15 @@ pub enum RefreshReason {
 ///         Ok(TokenSet::new("access").with_refresh_token(next))
 ///     }
 /// });
-/// # let _ = source;
+/// let handle = TokenRefreshLayer::builder(source)
+///     .initial_tokens(TokenSet::new("a").with_refresh_token("r"))
+///     .build()
+///     .handle();
+/// handle.force_refresh().await.unwrap();
+/// handle.force_refresh().await.unwrap();
+/// // Each refresh was given the refresh token the one before returned.
+/// assert_eq!(handle.tokens().unwrap().refresh_token().unwrap().expose(), "r''");
+/// # }
 /// ```
 #[derive(Clone)]
 pub struct RefreshContext {
@@ -89,8 +102,12 @@ impl RefreshContext {
     /// Why this refresh runs.
     ///
     /// ```
-    /// use tower_token_refresh::{refresh_fn, RefreshError, RefreshReason, TokenSet};
+    /// # use std::convert::Infallible;
+    /// # use http::{Request, Response};
+    /// # use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_token_refresh::{refresh_fn, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet};
     ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let source = refresh_fn(|ctx| async move {
     ///     match ctx.reason() {
     ///         // No tokens yet: sign in rather than refresh.
@@ -98,7 +115,17 @@ impl RefreshContext {
     ///         _ => Err(RefreshError::terminal("this source only signs in")),
     ///     }
     /// });
-    /// # let _ = source;
+    /// let layer = TokenRefreshLayer::builder(source).build();
+    /// let handle = layer.handle();
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|req: Request<_>| async move {
+    ///     Ok::<_, Infallible>(Response::new(req.headers()["authorization"].to_str().unwrap().to_owned()))
+    /// });
+    /// // The first request finds no token: the source signs in.
+    /// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+    /// assert_eq!(client.oneshot(request).await.unwrap().body(), "Bearer signed-in");
+    /// // A forced refresh is refused.
+    /// assert!(handle.force_refresh().await.unwrap_err().is_reauth_required());
+    /// # }
     /// ```
     pub fn reason(&self) -> RefreshReason {
         self.reason
@@ -207,7 +234,10 @@ impl fmt::Debug for RefreshContext {
 ///
 /// ```
 /// use std::future::Future;
-/// use tower_token_refresh::{Refresh, RefreshContext, RefreshError, TokenSet};
+/// # use std::convert::Infallible;
+/// # use http::{Request, Response};
+/// # use tower::{ServiceBuilder, ServiceExt};
+/// use tower_token_refresh::{Refresh, RefreshContext, RefreshError, TokenRefreshLayer, TokenSet};
 ///
 /// struct Static;
 ///
@@ -217,6 +247,18 @@ impl fmt::Debug for RefreshContext {
 ///         async { Ok(TokenSet::new("static-token")) }
 ///     }
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let client = ServiceBuilder::new()
+///     .layer(TokenRefreshLayer::builder(Static).build())
+///     .service_fn(|req: Request<_>| async move {
+///         let bearer = req.headers()["authorization"].to_str().unwrap().to_owned();
+///         Ok::<_, Infallible>(Response::new(bearer))
+///     });
+/// // No token yet: the layer asks `Static` for one before sending.
+/// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+/// assert_eq!(client.oneshot(request).await.unwrap().body(), "Bearer static-token");
+/// # }
 /// ```
 pub trait Refresh: Send + Sync + 'static {
     /// Obtains a new token set.
@@ -308,15 +350,27 @@ pub struct RefreshFn<F> {
 /// Makes a [`Refresh`] source from a closure returning a future.
 ///
 /// ```
-/// use tower_token_refresh::{refresh_fn, RefreshError, TokenSet};
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 ///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let source = refresh_fn(|ctx| async move {
 ///     match ctx.refresh_token() {
 ///         Some(_) => Ok(TokenSet::new("next")),
 ///         None => Err(RefreshError::terminal("no refresh token")),
 ///     }
 /// });
-/// # let _ = source;
+/// let handle = TokenRefreshLayer::builder(source.clone())
+///     .initial_tokens(TokenSet::new("first").with_refresh_token("r"))
+///     .build()
+///     .handle();
+/// handle.force_refresh().await.unwrap();
+/// assert_eq!(handle.tokens().unwrap().access_token().expose(), "next");
+///
+/// // With nothing to refresh from, the closure's terminal error is the answer.
+/// let empty = TokenRefreshLayer::builder(source).build().handle();
+/// let error = empty.force_refresh().await.unwrap_err();
+/// assert_eq!(error.refresh_error().unwrap().message(), "no refresh token");
+/// # }
 /// ```
 pub fn refresh_fn<F, Fut>(f: F) -> RefreshFn<F>
 where

@@ -9,9 +9,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// A point-in-time copy of the manager's counters.
 ///
 /// ```
-/// # async fn example(handle: tower_token_refresh::TokenHandle) {
+/// # use std::convert::Infallible;
+/// # use http::{Request, Response, StatusCode};
+/// # use tower::{ServiceBuilder, ServiceExt};
+/// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("new")) });
+/// let layer = TokenRefreshLayer::builder(source).initial_tokens(TokenSet::new("old")).build();
+/// let handle = layer.handle();
+/// // An API that only accepts the new token.
+/// let client = ServiceBuilder::new().layer(layer).service_fn(|req: Request<_>| async move {
+///     let ok = req.headers()["authorization"] == "Bearer new";
+///     let status = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+///     Ok::<_, Infallible>(Response::builder().status(status).body(String::new()).unwrap())
+/// });
+/// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+/// assert_eq!(client.oneshot(request).await.unwrap().status(), StatusCode::OK);
+///
 /// let stats = handle.stats();
 /// assert!(stats.refresh_successes + stats.refresh_failures <= stats.refreshes);
+/// // "old" was rejected, refreshed once, and the request retried with "new".
+/// assert_eq!((stats.rejections, stats.refreshes, stats.refresh_successes), (1, 1, 1));
+/// assert_eq!((stats.retries, stats.stale_rejections, stats.logins), (1, 0, 0));
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

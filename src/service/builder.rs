@@ -18,10 +18,13 @@ use crate::{Refresh, TokenSet};
 /// Configures a [`TokenRefreshLayer`]; made by [`TokenRefreshLayer::builder`].
 ///
 /// ```
+/// use std::convert::Infallible;
 /// use std::time::Duration;
-/// use tower_token_refresh::{refresh_fn, RefreshError, RefreshWindow, TokenRefreshLayer, TokenSet};
+/// use http::{Request, Response};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_token_refresh::{refresh_fn, RefreshError, RefreshWindow, TokenRefreshLayer, TokenSet, TokenState};
 ///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 /// let layer = TokenRefreshLayer::builder(refresh_fn(|_ctx| async {
 ///         Ok::<_, RefreshError>(TokenSet::new("t").with_expires_in(Duration::from_secs(60)))
 ///     }))
@@ -29,7 +32,18 @@ use crate::{Refresh, TokenSet};
 ///     .refresh_timeout(Duration::from_secs(5))
 ///     .replay_cap(16 * 1024)
 ///     .build();
-/// # let _ = layer;
+/// let handle = layer.handle();
+/// let client = ServiceBuilder::new().layer(layer).service_fn(|req: Request<_>| async move {
+///     let bearer = req.headers()["authorization"].to_str().unwrap().to_owned();
+///     Ok::<_, Infallible>(Response::new(bearer))
+/// });
+/// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+/// assert_eq!(client.oneshot(request).await.unwrap().body(), "Bearer t");
+/// // The 60 s token turns stale 10 s before its expiry, not before.
+/// tokio::time::advance(Duration::from_secs(49)).await;
+/// assert_eq!(handle.status().state(), TokenState::Fresh);
+/// tokio::time::advance(Duration::from_secs(2)).await;
+/// assert_eq!(handle.status().state(), TokenState::Stale);
 /// # }
 /// ```
 pub struct Builder<C = Unauthorized> {
@@ -89,13 +103,31 @@ impl<C> Builder<C> {
     /// refresh runs. Default: `min(lifetime / 2, 5 min)` before expiry.
     ///
     /// ```
-    /// # use std::time::Duration;
+    /// # use std::{convert::Infallible, time::Duration};
+    /// # use http::{Request, Response};
+    /// # use tower::{ServiceBuilder, ServiceExt};
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
-    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("new")) });
     /// use tower_token_refresh::RefreshWindow;
-    /// let builder = TokenRefreshLayer::builder(source)
-    ///     .advisory_window(RefreshWindow::fraction(0.25).at_most(Duration::from_secs(60)));
-    /// # let _ = builder;
+    /// let layer = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_secs(100)))
+    ///     // Stale from 40 s (the default, half the lifetime, would wait until 50 s).
+    ///     .advisory_window(RefreshWindow::fraction(0.6).at_most(Duration::from_secs(300)))
+    ///     .build();
+    /// let handle = layer.handle();
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|req: Request<_>| async move {
+    ///     Ok::<_, Infallible>(Response::new(req.headers()["authorization"].to_str().unwrap().to_owned()))
+    /// });
+    /// let send = || client.clone().oneshot(Request::new(http_body_util::Empty::<bytes::Bytes>::new()));
+    ///
+    /// tokio::time::advance(Duration::from_secs(41)).await;
+    /// // Sent with the stale token at once, while one refresh runs in the background.
+    /// assert_eq!(send().await.unwrap().body(), "Bearer old");
+    /// assert_eq!((handle.stats().refreshes, handle.stats().waited), (1, 0));
+    /// tokio::time::sleep(Duration::from_secs(1)).await;
+    /// assert_eq!(send().await.unwrap().body(), "Bearer new");
+    /// # }
     /// ```
     pub fn advisory_window(mut self, window: RefreshWindow) -> Self {
         self.config.advisory = window;
@@ -107,13 +139,29 @@ impl<C> Builder<C> {
     /// advisory window.
     ///
     /// ```
-    /// # use std::time::Duration;
+    /// # use std::{convert::Infallible, time::Duration};
+    /// # use http::{Request, Response};
+    /// # use tower::{ServiceBuilder, ServiceExt};
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
-    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("new")) });
     /// use tower_token_refresh::RefreshWindow;
-    /// let builder = TokenRefreshLayer::builder(source)
-    ///     .mandatory_window(RefreshWindow::fixed(Duration::from_secs(30)));
-    /// # let _ = builder;
+    /// let layer = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_secs(100)))
+    ///     // Expired from 70 s (the default, 10 s, would send it until 90 s).
+    ///     .mandatory_window(RefreshWindow::fixed(Duration::from_secs(30)))
+    ///     .build();
+    /// let handle = layer.handle();
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|req: Request<_>| async move {
+    ///     Ok::<_, Infallible>(Response::new(req.headers()["authorization"].to_str().unwrap().to_owned()))
+    /// });
+    ///
+    /// tokio::time::advance(Duration::from_secs(71)).await;
+    /// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+    /// // Not sent with "old": the request waited for the new token.
+    /// assert_eq!(client.oneshot(request).await.unwrap().body(), "Bearer new");
+    /// assert_eq!(handle.stats().waited, 1);
+    /// # }
     /// ```
     pub fn mandatory_window(mut self, window: RefreshWindow) -> Self {
         self.config.mandatory = window;
@@ -124,11 +172,26 @@ impl<C> Builder<C> {
     /// failure. Default: 10 s.
     ///
     /// ```
-    /// # use std::time::Duration;
-    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
-    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
-    /// let builder = TokenRefreshLayer::builder(source).refresh_timeout(Duration::from_secs(3));
-    /// # let _ = builder;
+    /// # use std::{convert::Infallible, time::Duration};
+    /// # use http::{Request, Response};
+    /// # use tower::{ServiceBuilder, ServiceExt};
+    /// # use tower_token_refresh::{refresh_fn, Error, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// // An identity server that never answers.
+    /// let source = refresh_fn(|_| std::future::pending::<Result<TokenSet, RefreshError>>());
+    /// let layer = TokenRefreshLayer::builder(source).refresh_timeout(Duration::from_secs(3)).build();
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|_req: Request<_>| async {
+    ///     Ok::<_, Infallible>(Response::new(String::new()))
+    /// });
+    ///
+    /// let started = tokio::time::Instant::now();
+    /// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+    /// let error = client.oneshot(request).await.unwrap_err();
+    /// assert!(error.downcast_ref::<Error>().unwrap().is_timeout());
+    /// // Given up after 3 s, not the default 10 s.
+    /// let waited = started.elapsed();
+    /// assert!(waited >= Duration::from_secs(3) && waited < Duration::from_secs(4), "{waited:?}");
+    /// # }
     /// ```
     pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
         self.config.refresh_timeout = timeout;
@@ -140,11 +203,28 @@ impl<C> Builder<C> {
     /// the identity server from an API that misuses 401. Default: 5 s.
     ///
     /// ```
-    /// # use std::time::Duration;
+    /// # use std::{convert::Infallible, time::Duration};
+    /// # use http::{Request, Response, StatusCode};
+    /// # use tower::{ServiceBuilder, ServiceExt};
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
     /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
-    /// let builder = TokenRefreshLayer::builder(source).min_refresh_interval(Duration::from_secs(1));
-    /// # let _ = builder;
+    /// let layer = TokenRefreshLayer::builder(source).min_refresh_interval(Duration::from_secs(1)).build();
+    /// let handle = layer.handle();
+    /// // An API that rejects every token.
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|_req: Request<_>| async {
+    ///     Ok::<_, Infallible>(Response::builder().status(StatusCode::UNAUTHORIZED).body(String::new()).unwrap())
+    /// });
+    /// let send = || client.clone().oneshot(Request::new(http_body_util::Empty::<bytes::Bytes>::new()));
+    ///
+    /// // Its token was refreshed just now (the first one): the rejection is returned.
+    /// assert_eq!(send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    /// assert_eq!((handle.stats().refreshes, handle.stats().retries), (1, 0));
+    /// // Past the interval (the default, 5 s, is not): refreshed, and retried once.
+    /// tokio::time::sleep(Duration::from_secs(2)).await;
+    /// assert_eq!(send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    /// assert_eq!((handle.stats().refreshes, handle.stats().retries), (2, 1));
+    /// # }
     /// ```
     pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
         self.config.min_refresh_interval = interval;
@@ -156,13 +236,32 @@ impl<C> Builder<C> {
     /// Default: 1 s doubling to 60 s, with jitter.
     ///
     /// ```
-    /// # use std::time::Duration;
+    /// # use std::{convert::Infallible, time::Duration};
+    /// # use http::{Request, Response};
+    /// # use tower::{ServiceBuilder, ServiceExt};
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
-    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
     /// use tower_token_refresh::Backoff;
-    /// let builder = TokenRefreshLayer::builder(source)
-    ///     .backoff(Backoff::new(Duration::from_millis(250), Duration::from_secs(30)));
-    /// # let _ = builder;
+    /// // An identity server that is down.
+    /// let source = refresh_fn(|_| async { Err::<TokenSet, _>(RefreshError::transient("503")) });
+    /// let layer = TokenRefreshLayer::builder(source)
+    ///     // The first wait: 5 to 10 s (the default's is 0.5 to 1 s).
+    ///     .backoff(Backoff::new(Duration::from_secs(10), Duration::from_secs(60)))
+    ///     .build();
+    /// let handle = layer.handle();
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|_req: Request<_>| async {
+    ///     Ok::<_, Infallible>(Response::new(String::new()))
+    /// });
+    /// let send = || client.clone().oneshot(Request::new(http_body_util::Empty::<bytes::Bytes>::new()));
+    ///
+    /// assert!(send().await.is_err()); // the first refresh failed
+    /// tokio::time::sleep(Duration::from_secs(4)).await;
+    /// assert!(send().await.is_err()); // failed fast: no refresh inside the backoff
+    /// assert_eq!(handle.stats().refreshes, 1);
+    /// tokio::time::sleep(Duration::from_secs(7)).await;
+    /// assert!(send().await.is_err()); // past it: tried (and failed) again
+    /// assert_eq!(handle.stats().refreshes, 2);
+    /// # }
     /// ```
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.config.backoff = backoff;
@@ -246,9 +345,20 @@ impl<C> Builder<C> {
     /// ```
     /// # use std::time::Duration;
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
-    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
-    /// let builder = TokenRefreshLayer::builder(source).background_refresh(true);
-    /// # let _ = builder;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("new")) });
+    /// let layer = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_secs(100)))
+    ///     .background_refresh(true)
+    ///     .build();
+    /// let handle = layer.handle();
+    /// // No request at all: the timer refreshes at the advisory point, 50 s here.
+    /// tokio::time::sleep(Duration::from_secs(49)).await;
+    /// assert_eq!(handle.stats().refreshes, 0);
+    /// tokio::time::sleep(Duration::from_secs(2)).await;
+    /// assert_eq!(handle.stats().refreshes, 1);
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "new");
+    /// # }
     /// ```
     pub fn background_refresh(mut self, enabled: bool) -> Self {
         self.config.background = enabled;
@@ -272,14 +382,24 @@ impl<C> Builder<C> {
     ///
     /// ```
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
-    /// let builder = TokenRefreshLayer::builder(refresh_fn(|_| async {
-    ///         Ok::<_, RefreshError>(TokenSet::new("t"))
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let saved = Arc::new(Mutex::new(None));
+    /// let vault = Arc::clone(&saved);
+    /// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+    ///         Ok::<_, RefreshError>(TokenSet::new("t").with_refresh_token("rotated"))
     ///     }))
-    ///     .on_refresh(|tokens: &TokenSet| {
-    ///         let has_refresh = tokens.refresh_token().is_some();
-    ///         async move { let _ = has_refresh; /* write to disk, a vault, … */ }
-    ///     });
-    /// # let _ = builder;
+    ///     .on_refresh(move |tokens: &TokenSet| {
+    ///         let rotated = tokens.refresh_token().map(|r| r.expose().to_owned());
+    ///         let vault = Arc::clone(&vault);
+    ///         async move { *vault.lock().unwrap() = rotated; /* write to disk, a vault, … */ }
+    ///     })
+    ///     .build();
+    /// layer.handle().force_refresh().await.unwrap();
+    /// // The hook ran before the refresh was done.
+    /// assert_eq!(saved.lock().unwrap().as_deref(), Some("rotated"));
+    /// # }
     /// ```
     pub fn on_refresh<F, Fut>(mut self, hook: F) -> Self
     where
@@ -295,13 +415,30 @@ impl<C> Builder<C> {
     /// Which responses count as a token rejection. Default: `401`.
     ///
     /// ```
+    /// # use std::convert::Infallible;
+    /// # use http::{Request, Response};
+    /// # use tower::{ServiceBuilder, ServiceExt};
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// use tower_token_refresh::classify::Grpc;
-    /// let builder = TokenRefreshLayer::builder(refresh_fn(|_| async {
-    ///         Ok::<_, RefreshError>(TokenSet::new("t"))
+    /// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+    ///         Ok::<_, RefreshError>(TokenSet::new("new"))
     ///     }))
-    ///     .classifier(Grpc);
-    /// # let _ = builder;
+    ///     .classifier(Grpc)
+    ///     .initial_tokens(TokenSet::new("old"))
+    ///     .build();
+    /// let handle = layer.handle();
+    /// // A gRPC server: HTTP 200, with `grpc-status: 16` (UNAUTHENTICATED) for "old".
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|req: Request<_>| async move {
+    ///     let status = if req.headers()["authorization"] == "Bearer old" { "16" } else { "0" };
+    ///     Ok::<_, Infallible>(Response::builder().header("grpc-status", status).body(String::new()).unwrap())
+    /// });
+    /// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+    /// let response = client.oneshot(request).await.unwrap();
+    /// // Taken for a rejection (the default, `401` only, would not): refreshed and retried.
+    /// assert_eq!(response.headers()["grpc-status"], "0");
+    /// assert_eq!(handle.stats().retries, 1);
+    /// # }
     /// ```
     pub fn classifier<C2: ClassifyRejection>(self, classifier: C2) -> Builder<C2> {
         Builder {
@@ -320,11 +457,30 @@ impl<C> Builder<C> {
     /// what a static header costs; rejections still trigger a refresh.
     ///
     /// ```
-    /// # use std::time::Duration;
+    /// # use std::convert::Infallible;
+    /// # use http::{Request, Response, StatusCode};
+    /// # use tower::{ServiceBuilder, ServiceExt};
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
-    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
-    /// let builder = TokenRefreshLayer::builder(source).reactive_retry(false);
-    /// # let _ = builder;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("new")) });
+    /// let layer = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("old"))
+    ///     .reactive_retry(false)
+    ///     .build();
+    /// let handle = layer.handle();
+    /// // An API that only accepts the new token.
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|req: Request<_>| async move {
+    ///     let ok = req.headers()["authorization"] == "Bearer new";
+    ///     let status = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+    ///     Ok::<_, Infallible>(Response::builder().status(status).body(String::new()).unwrap())
+    /// });
+    /// let send = || client.clone().oneshot(Request::new(http_body_util::Empty::<bytes::Bytes>::new()));
+    ///
+    /// // The rejection is the answer; the refresh it started serves the next request.
+    /// assert_eq!(send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    /// assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+    /// assert_eq!((handle.stats().refreshes, handle.stats().retries), (1, 0));
+    /// # }
     /// ```
     pub fn reactive_retry(mut self, enabled: bool) -> Self {
         self.reactive_retry = enabled;
@@ -332,15 +488,40 @@ impl<C> Builder<C> {
     }
 
     /// How many body bytes are kept for a retry; larger bodies are not
-    /// retried, nor are bodies of more data frames than that (each frame
-    /// kept costs memory, an empty one too). Default: 64 KiB.
+    /// retried, nor are bodies of more data frames than `cap / 64` (at
+    /// least 64: each frame kept costs memory besides its bytes, an empty
+    /// one too). Nothing is kept once a response is accepted, even while
+    /// the transport still sends the body. Default: 64 KiB.
     ///
     /// ```
-    /// # use std::time::Duration;
+    /// # use std::convert::Infallible;
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response, StatusCode};
+    /// # use http_body_util::Full;
+    /// # use tower::{ServiceBuilder, ServiceExt};
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
-    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
-    /// let builder = TokenRefreshLayer::builder(source).replay_cap(1024 * 1024);
-    /// # let _ = builder;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("new")) });
+    /// let layer = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("old"))
+    ///     .replay_cap(4)
+    ///     .build();
+    /// let handle = layer.handle();
+    /// // An API that only accepts the new token.
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|req: Request<_>| async move {
+    ///     let ok = req.headers()["authorization"] == "Bearer new";
+    ///     let status = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+    ///     Ok::<_, Infallible>(Response::builder().status(status).body(String::new()).unwrap())
+    /// });
+    /// let send = |body: &'static str| client.clone().oneshot(Request::new(Full::new(Bytes::from(body))));
+    ///
+    /// // 2 bytes fit the cap: "old" is rejected, the request sent again with "new".
+    /// assert_eq!(send("ok").await.unwrap().status(), StatusCode::OK);
+    /// // 7 bytes do not: the rejection is the answer.
+    /// handle.set_tokens(TokenSet::new("old")).unwrap();
+    /// assert_eq!(send("payload").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    /// assert_eq!(handle.stats().retries, 1);
+    /// # }
     /// ```
     pub fn replay_cap(mut self, cap: usize) -> Self {
         self.replay_cap = cap;
@@ -351,11 +532,31 @@ impl<C> Builder<C> {
     /// Default: refused with [`Error::is_insecure_transport`](crate::Error::is_insecure_transport).
     ///
     /// ```
-    /// # use std::time::Duration;
-    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # use std::convert::Infallible;
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::Empty;
+    /// # use tower::{ServiceBuilder, ServiceExt};
+    /// # use tower_token_refresh::{refresh_fn, Error, RefreshError, TokenRefreshLayer, TokenSet};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
-    /// let builder = TokenRefreshLayer::builder(source).allow_insecure_http(true);
-    /// # let _ = builder;
+    /// let api = tower::service_fn(|req: Request<_>| async move {
+    ///     Ok::<_, Infallible>(Response::new(req.headers()["authorization"].to_str().unwrap().to_owned()))
+    /// });
+    /// let plain = || Request::get("http://api.example.com/").body(Empty::<Bytes>::new()).unwrap();
+    ///
+    /// let allowed = TokenRefreshLayer::builder(source.clone())
+    ///     .initial_tokens(TokenSet::new("t"))
+    ///     .allow_insecure_http(true)
+    ///     .build();
+    /// let client = ServiceBuilder::new().layer(allowed).service(api.clone());
+    /// assert_eq!(client.oneshot(plain()).await.unwrap().body(), "Bearer t");
+    ///
+    /// // Without it, nothing is sent.
+    /// let refused = TokenRefreshLayer::builder(source).initial_tokens(TokenSet::new("t")).build();
+    /// let error = ServiceBuilder::new().layer(refused).service(api).oneshot(plain()).await.unwrap_err();
+    /// assert!(error.downcast_ref::<Error>().unwrap().is_insecure_transport());
+    /// # }
     /// ```
     pub fn allow_insecure_http(mut self, allowed: bool) -> Self {
         self.rules.allow_insecure = allowed;
@@ -380,12 +581,30 @@ impl<C> Builder<C> {
     /// rejection wherever it came from.
     ///
     /// ```
+    /// # use std::convert::Infallible;
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::Empty;
+    /// # use tower::{ServiceBuilder, ServiceExt};
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
-    /// let builder = TokenRefreshLayer::builder(refresh_fn(|_| async {
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
     ///         Ok::<_, RefreshError>(TokenSet::new("t"))
     ///     }))
-    ///     .allowed_origins([http::Uri::from_static("https://api.example.com")]);
-    /// # let _ = builder;
+    ///     .initial_tokens(TokenSet::new("t"))
+    ///     .allowed_origins([http::Uri::from_static("https://api.example.com")])
+    ///     .build();
+    /// // Answers with the `Authorization` it got, or "none".
+    /// let client = ServiceBuilder::new().layer(layer).service_fn(|req: Request<_>| async move {
+    ///     let auth = req.headers().get("authorization").map_or("none", |v| v.to_str().unwrap());
+    ///     Ok::<_, Infallible>(Response::new(auth.to_owned()))
+    /// });
+    /// let get = |uri: &'static str| client.clone().oneshot(Request::get(uri).body(Empty::<Bytes>::new()).unwrap());
+    ///
+    /// assert_eq!(get("https://api.example.com/v1/items").await.unwrap().body(), "Bearer t");
+    /// // Another origin gets no token.
+    /// assert_eq!(get("https://cdn.example.com/logo.png").await.unwrap().body(), "none");
+    /// # }
     /// ```
     pub fn allowed_origins<I>(mut self, origins: I) -> Self
     where

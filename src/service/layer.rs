@@ -74,10 +74,17 @@ impl TokenRefreshLayer<Unauthorized> {
     ///
     /// ```
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
-    /// let builder = TokenRefreshLayer::builder(refresh_fn(|_| async {
-    ///     Ok::<_, RefreshError>(TokenSet::new("t"))
-    /// }));
-    /// # let _ = builder;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+    ///     Ok::<_, RefreshError>(TokenSet::new("from-refresher"))
+    /// }))
+    /// .build();
+    /// let handle = layer.handle();
+    /// assert_eq!(handle.stats().refreshes, 0, "not called before a token is needed");
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "from-refresher");
+    /// # }
     /// ```
     pub fn builder<R: Refresh>(refresher: R) -> Builder<Unauthorized> {
         Builder::new(refresher)
