@@ -328,7 +328,9 @@ def tables(data):
         "",
         "**Refresh storms** on loopback servers (`benches/storm.rs`): 10,000 "
         "requests arriving with an expired token, and 10,000 requests in flight "
-        "when the server revokes their token. *Added* latency is the storm's "
+        "when the server revokes their token. Every burst arrives at one "
+        "instant (its requests wait at a gate that opens once all are spawned) "
+        "and each request is timed from it. *Added* latency is the storm's "
         "latency minus that of the same burst with a fresh token, per "
         "percentile; *outside the client* is each request's time minus the time "
         "its attempts spent in the HTTP client. The refresh round trip includes "
