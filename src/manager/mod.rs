@@ -667,10 +667,22 @@ pub(crate) fn later(instant: Instant, span: Duration) -> Instant {
 /// There tokio panics setting a timer (its message, which says to enable
 /// them, still goes to the panic hook; tokio has no way to ask first):
 /// caught here, the request goes on without the bound instead of its
-/// caller's task failing.
+/// caller's task failing. The runtime is remembered, so that a path taken
+/// by every request (a gRPC call's deadline) does not panic each time.
 pub(crate) fn timer_at(deadline: Instant) -> Option<Pin<Box<Sleep>>> {
-    tokio::runtime::Handle::try_current().ok()?;
-    std::panic::catch_unwind(|| Box::pin(tokio::time::sleep_until(deadline))).ok()
+    /// The last runtime found without timers ([`timer::runtime_key`]; 0:
+    /// none). One process-wide slot: a process rarely runs more than one
+    /// such runtime, and one it forgot only costs another caught panic.
+    static WITHOUT_TIMERS: AtomicU64 = AtomicU64::new(0);
+    let runtime = timer::runtime_key(tokio::runtime::Handle::try_current().ok()?.id());
+    if WITHOUT_TIMERS.load(Ordering::Relaxed) == runtime {
+        return None;
+    }
+    let timer = std::panic::catch_unwind(|| Box::pin(tokio::time::sleep_until(deadline))).ok();
+    if timer.is_none() {
+        WITHOUT_TIMERS.store(runtime, Ordering::Relaxed);
+    }
+    timer
 }
 
 impl Shared {

@@ -231,7 +231,7 @@ fn next_due(control: &Control, snapshot: &Snapshot) -> Option<Instant> {
 
 /// A runtime's id as a number for an atomic (tokio gives no other way): a
 /// fixed hash, never 0, which stands for none.
-fn runtime_key(id: Id) -> u64 {
+pub(crate) fn runtime_key(id: Id) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default()
         .hash_one(id)
         .max(1)

@@ -40,7 +40,7 @@ impl CallDeadline {
 ///
 /// [`with_token_refresh`](super::with_token_refresh) puts it above the
 /// layer. A call without a `grpc-timeout` (or with one that does not
-/// parse, which tonic ignores too) passes through untouched. The rewriting
+/// parse, which tonic's channel ignores too) passes through untouched. The rewriting
 /// of each attempt's header happens in [`IntoTonicBody`](super::IntoTonicBody),
 /// below the layer, so both are needed:
 ///

@@ -11,7 +11,7 @@ use tower::ServiceExt;
 
 use super::{with_token_refresh, GrpcTokenRefresh};
 use crate::classify::Grpc;
-use crate::test_support::expect_error;
+use crate::test_support::{expect_error, panics_on_this_thread};
 use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 
 /// The `grpc-timeout` each attempt reached the channel with.
@@ -139,6 +139,19 @@ fn without_timers_a_call_goes_on_without_its_deadline() {
     assert_eq!(
         *seen.lock().unwrap(),
         [Some(HeaderValue::from_static("2S"))]
+    );
+
+    // tokio panics (caught) where a timer is set there; the runtime is
+    // remembered, so the calls after the first do not panic each time.
+    let panics = panics_on_this_thread();
+    for _ in 0..3 {
+        let response = runtime.block_on(wrapped(&seen, &layer).oneshot(call(Some("2S"))));
+        assert_eq!(response.unwrap().headers()["grpc-status"], "0");
+    }
+    assert_eq!(
+        panics_on_this_thread(),
+        panics,
+        "one caught panic per runtime"
     );
 }
 

@@ -12,12 +12,17 @@ pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
 /// The largest value the header may carry: eight digits.
 const MAX_VALUE: u128 = 99_999_999;
 
-/// The timeout `value` gives, or `None` if it does not follow the grammar
-/// (tonic's channel ignores such a value too).
+/// The timeout `value` gives, or `None` if it does not follow the grammar,
+/// read as tonic's channel reads it: its number parser also takes a
+/// leading `+`, counted among the eight characters.
 pub(crate) fn parse(value: &HeaderValue) -> Option<Duration> {
     let bytes = value.as_bytes();
-    let (unit, digits) = bytes.split_last()?;
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+    let (unit, number) = bytes.split_last()?;
+    if number.len() > 8 {
+        return None;
+    }
+    let digits = number.strip_prefix(b"+").unwrap_or(number);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
     let amount = digits
@@ -71,6 +76,8 @@ mod tests {
         assert_eq!(parsed("500m"), Some(Duration::from_millis(500)));
         assert_eq!(parsed("30000000u"), Some(Duration::from_secs(30)));
         assert_eq!(parsed("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        // As tonic's channel reads it.
+        assert_eq!(parsed("+5S"), Some(Duration::from_secs(5)));
     }
 
     #[test]
@@ -83,7 +90,9 @@ mod tests {
             "1s",
             "-1S",
             "1 S",
-            "+1S",
+            "+S",
+            "++1S",
+            "+12345678m",
             "1.5S",
         ] {
             assert_eq!(parsed(text), None, "{text:?}");
