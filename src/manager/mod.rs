@@ -662,6 +662,14 @@ pub(crate) fn later(instant: Instant, span: Duration) -> Instant {
     instant.checked_add(span.min(FAR)).unwrap_or(instant)
 }
 
+/// The last runtime found without timers ([`timer::runtime_key`]; 0:
+/// none). One process-wide slot: a process rarely runs more than one such
+/// runtime, and one it forgot only costs another caught panic.
+static WITHOUT_TIMERS: AtomicU64 = AtomicU64::new(0);
+
+/// The last runtime [`timers_usable`] found with timers.
+static WITH_TIMERS: AtomicU64 = AtomicU64::new(0);
+
 /// A timer at `deadline` for a bound on a request's wait, where one can be
 /// set: `None` outside a tokio runtime, and on one built without timers.
 /// There tokio panics setting a timer (its message, which says to enable
@@ -670,10 +678,6 @@ pub(crate) fn later(instant: Instant, span: Duration) -> Instant {
 /// caller's task failing. The runtime is remembered, so that a path taken
 /// by every request (a gRPC call's deadline) does not panic each time.
 pub(crate) fn timer_at(deadline: Instant) -> Option<Pin<Box<Sleep>>> {
-    /// The last runtime found without timers ([`timer::runtime_key`]; 0:
-    /// none). One process-wide slot: a process rarely runs more than one
-    /// such runtime, and one it forgot only costs another caught panic.
-    static WITHOUT_TIMERS: AtomicU64 = AtomicU64::new(0);
     let runtime = timer::runtime_key(tokio::runtime::Handle::try_current().ok()?.id());
     if WITHOUT_TIMERS.load(Ordering::Relaxed) == runtime {
         return None;
@@ -683,6 +687,27 @@ pub(crate) fn timer_at(deadline: Instant) -> Option<Pin<Box<Sleep>>> {
         WITHOUT_TIMERS.store(runtime, Ordering::Relaxed);
     }
     timer
+}
+
+/// Whether [`timer_at`] can set a timer here, asked before a wait that
+/// only a timer could bound: found out once per runtime (the last one
+/// either way is remembered) rather than with a timer per wait.
+pub(crate) fn timers_usable() -> bool {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    let runtime = timer::runtime_key(handle.id());
+    if WITH_TIMERS.load(Ordering::Relaxed) == runtime {
+        return true;
+    }
+    if WITHOUT_TIMERS.load(Ordering::Relaxed) == runtime {
+        return false;
+    }
+    let usable = timer_at(Instant::now()).is_some();
+    if usable {
+        WITH_TIMERS.store(runtime, Ordering::Relaxed);
+    }
+    usable
 }
 
 impl Shared {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::test_support::body::TestBody;
@@ -59,7 +60,7 @@ fn a_rejection_is_the_answer_while_the_first_attempt_still_holds_the_body() {
 }
 
 #[test]
-fn a_rejection_whose_body_never_ends_is_not_waited_for() {
+fn a_rejection_still_arriving_is_the_answer_not_read_and_not_dropped() {
     runtime_without_timers().block_on(async {
         let (tx, rejection) = TestBody::channel();
         let rejection = Arc::new(Mutex::new(Some(rejection)));
@@ -77,14 +78,35 @@ fn a_rejection_whose_body_never_ends_is_not_waited_for() {
         let request = tokio::spawn(client.oneshot(get()));
         settle().await;
 
-        // The rejection's sender stays open: its body never ends.
+        // Its body has not ended: waiting for it could last for ever, and
+        // dropping it unread would reset an HTTP/2 stream.
         assert!(
             request.is_finished(),
-            "waited for a rejection that never ends"
+            "waited for a rejection still arriving"
         );
-        let error = expect_error(request.await.unwrap());
-        assert!(error.is_refresh_failed(), "{error}");
-        assert_eq!(calls.load(SeqCst), 1, "no retry without a refresh");
+        let response = request.await.unwrap().expect("the rejection");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(calls.load(SeqCst), 1, "not retried");
+        // `Tx::data` asserts that the body is still there to be read.
+        tx.data("{\"error\":\"invalid_token\"}");
         drop(tx);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "{\"error\":\"invalid_token\"}");
+    });
+}
+
+#[test]
+fn a_rejection_that_has_ended_still_leads_to_the_refresh_and_its_error() {
+    runtime_without_timers().block_on(async {
+        let client = ServiceBuilder::new()
+            .layer(layer())
+            .service(tower::service_fn(
+                |_: Request<ReplayBody<RequestBody>>| async {
+                    let rejection = Response::builder().status(StatusCode::UNAUTHORIZED);
+                    Ok::<_, std::convert::Infallible>(rejection.body(TestBody::empty()).unwrap())
+                },
+            ));
+        let error = expect_error(client.oneshot(get()).await);
+        assert!(error.is_refresh_failed(), "{error}");
     });
 }
