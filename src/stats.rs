@@ -66,8 +66,9 @@ pub struct Stats {
     pub rejections: u64,
     /// Rejected requests that were sent again with a new token.
     pub retries: u64,
-    /// Rejections of a token that had already been replaced: retried with
-    /// the current token without a new refresh.
+    /// Rejections of a token that had already been replaced: the current
+    /// token was at hand without a new refresh, and the request was retried
+    /// with it where it could be (see [`retries`](Self::retries)).
     pub stale_rejections: u64,
 }
 
