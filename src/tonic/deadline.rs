@@ -113,39 +113,7 @@ impl<S> GrpcDeadline<S> {
         Self { inner }
     }
 
-    /// The inner service.
-    ///
-    /// ```
-    /// use tower_token_refresh::tonic::GrpcDeadline;
-    /// let service = GrpcDeadline::new(vec!["layer"]);
-    /// assert_eq!(service.get_ref(), &["layer"]);
-    /// ```
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    ///
-    /// ```
-    /// use tower_token_refresh::tonic::GrpcDeadline;
-    /// let mut service = GrpcDeadline::new(vec!["layer"]);
-    /// service.get_mut().push("changed");
-    /// assert_eq!(service.get_ref(), &["layer", "changed"]);
-    /// ```
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    ///
-    /// ```
-    /// use tower_token_refresh::tonic::GrpcDeadline;
-    /// let service = GrpcDeadline::new(vec!["layer"]);
-    /// assert_eq!(service.into_inner(), ["layer"]);
-    /// ```
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!(GrpcDeadline);
 }
 
 impl<S, B> Service<Request<B>> for GrpcDeadline<S>

@@ -103,6 +103,43 @@ use tower_service::Service;
 use crate::classify::Grpc;
 use crate::{BoxError, Error, TokenRefresh, TokenRefreshLayer};
 
+/// `get_ref`, `get_mut` and `into_inner` for a wrapper of this module
+/// made with `new(inner)`, each with its example.
+macro_rules! inner_accessors {
+    ($wrapper:ident) => {
+        #[doc = concat!(
+                    "The inner service.\n\n```\n",
+                    "use tower_token_refresh::tonic::", stringify!($wrapper), ";\n",
+                    "let service = ", stringify!($wrapper), "::new(vec![\"inner\"]);\n",
+                    "assert_eq!(service.get_ref(), &[\"inner\"]);\n```"
+                )]
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        #[doc = concat!(
+                    "The inner service, mutably.\n\n```\n",
+                    "use tower_token_refresh::tonic::", stringify!($wrapper), ";\n",
+                    "let mut service = ", stringify!($wrapper), "::new(vec![\"inner\"]);\n",
+                    "service.get_mut().push(\"changed\");\n",
+                    "assert_eq!(service.get_ref(), &[\"inner\", \"changed\"]);\n```"
+                )]
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        #[doc = concat!(
+                    "Consumes `self`, returning the inner service.\n\n```\n",
+                    "use tower_token_refresh::tonic::", stringify!($wrapper), ";\n",
+                    "let service = ", stringify!($wrapper), "::new(vec![\"inner\"]);\n",
+                    "assert_eq!(service.into_inner(), [\"inner\"]);\n```"
+                )]
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+
 mod deadline;
 #[cfg(test)]
 mod tests;
@@ -290,39 +327,7 @@ impl<S> IntoTonicBody<S> {
         Self { inner }
     }
 
-    /// The inner service.
-    ///
-    /// ```
-    /// use tower_token_refresh::tonic::IntoTonicBody;
-    /// let service = IntoTonicBody::new(vec!["channel"]);
-    /// assert_eq!(service.get_ref(), &["channel"]);
-    /// ```
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    ///
-    /// ```
-    /// use tower_token_refresh::tonic::IntoTonicBody;
-    /// let mut service = IntoTonicBody::new(vec!["channel"]);
-    /// service.get_mut().push("changed");
-    /// assert_eq!(service.get_ref(), &["channel", "changed"]);
-    /// ```
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    ///
-    /// ```
-    /// use tower_token_refresh::tonic::IntoTonicBody;
-    /// let service = IntoTonicBody::new(vec!["channel"]);
-    /// assert_eq!(service.into_inner(), ["channel"]);
-    /// ```
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!(IntoTonicBody);
 }
 
 impl<S, B> Service<Request<B>> for IntoTonicBody<S>
