@@ -108,32 +108,32 @@ use crate::{BoxError, Error, TokenRefresh, TokenRefreshLayer};
 macro_rules! inner_accessors {
     ($wrapper:ident) => {
         #[doc = concat!(
-                    "The inner service.\n\n```\n",
-                    "use tower_token_refresh::tonic::", stringify!($wrapper), ";\n",
-                    "let service = ", stringify!($wrapper), "::new(vec![\"inner\"]);\n",
-                    "assert_eq!(service.get_ref(), &[\"inner\"]);\n```"
-                )]
+                            "The inner service.\n\n```\n",
+                            "use tower_token_refresh::tonic::", stringify!($wrapper), ";\n",
+                            "let service = ", stringify!($wrapper), "::new(vec![\"inner\"]);\n",
+                            "assert_eq!(service.get_ref(), &[\"inner\"]);\n```"
+                        )]
         pub fn get_ref(&self) -> &S {
             &self.inner
         }
 
         #[doc = concat!(
-                    "The inner service, mutably.\n\n```\n",
-                    "use tower_token_refresh::tonic::", stringify!($wrapper), ";\n",
-                    "let mut service = ", stringify!($wrapper), "::new(vec![\"inner\"]);\n",
-                    "service.get_mut().push(\"changed\");\n",
-                    "assert_eq!(service.get_ref(), &[\"inner\", \"changed\"]);\n```"
-                )]
+                            "The inner service, mutably.\n\n```\n",
+                            "use tower_token_refresh::tonic::", stringify!($wrapper), ";\n",
+                            "let mut service = ", stringify!($wrapper), "::new(vec![\"inner\"]);\n",
+                            "service.get_mut().push(\"changed\");\n",
+                            "assert_eq!(service.get_ref(), &[\"inner\", \"changed\"]);\n```"
+                        )]
         pub fn get_mut(&mut self) -> &mut S {
             &mut self.inner
         }
 
         #[doc = concat!(
-                    "Consumes `self`, returning the inner service.\n\n```\n",
-                    "use tower_token_refresh::tonic::", stringify!($wrapper), ";\n",
-                    "let service = ", stringify!($wrapper), "::new(vec![\"inner\"]);\n",
-                    "assert_eq!(service.into_inner(), [\"inner\"]);\n```"
-                )]
+                            "Consumes `self`, returning the inner service.\n\n```\n",
+                            "use tower_token_refresh::tonic::", stringify!($wrapper), ";\n",
+                            "let service = ", stringify!($wrapper), "::new(vec![\"inner\"]);\n",
+                            "assert_eq!(service.into_inner(), [\"inner\"]);\n```"
+                        )]
         pub fn into_inner(self) -> S {
             self.inner
         }
