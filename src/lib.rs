@@ -90,15 +90,15 @@
 //! timers: build the runtime with them (`enable_time` or `enable_all`, as
 //! `#[tokio::main]` does). On a runtime without timers tokio panics where
 //! the layer sets one, and its message (to enable them) goes to the panic
-//! hook; the layer keeps going without them: every
-//! refresh fails, requests that need one get an [`Error`] for which
+//! hook; the layer keeps going without them: every refresh fails, requests
+//! that need one get an [`Error`] for which
 //! [`is_refresh_failed`](Error::is_refresh_failed) is true, the rest are
 //! sent as usual, and no caller's task panics (a reqwest request's own
 //! timeout still needs them). No wait that only a timer could bound is
-//! taken: a rejected request whose body the transport still holds, or whose
-//! rejection is still arriving, gets the rejection itself back (unread), not
-//! a retry. (With `panic = "abort"`, the first of tokio's panics ends the
-//! process.)
+//! taken: a rejected request whose body the transport still holds gets
+//! the rejection back, not a retry, and a rejection's body that is not
+//! there when first read is dropped unread (over HTTP/2, a reset stream).
+//! (With `panic = "abort"`, the first of tokio's panics ends the process.)
 //!
 //! [tower]: https://docs.rs/tower
 

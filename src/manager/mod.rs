@@ -17,6 +17,7 @@ mod thread_copy;
 mod timer;
 pub(crate) mod window;
 
+use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
@@ -662,14 +663,6 @@ pub(crate) fn later(instant: Instant, span: Duration) -> Instant {
     instant.checked_add(span.min(FAR)).unwrap_or(instant)
 }
 
-/// The last runtime found without timers ([`timer::runtime_key`]; 0:
-/// none). One process-wide slot: a process rarely runs more than one such
-/// runtime, and one it forgot only costs another caught panic.
-static WITHOUT_TIMERS: AtomicU64 = AtomicU64::new(0);
-
-/// The last runtime [`timers_usable`] found with timers.
-static WITH_TIMERS: AtomicU64 = AtomicU64::new(0);
-
 /// A timer at `deadline` for a bound on a request's wait, where one can be
 /// set: `None` outside a tokio runtime, and on one built without timers.
 /// There tokio panics setting a timer (its message, which says to enable
@@ -678,36 +671,22 @@ static WITH_TIMERS: AtomicU64 = AtomicU64::new(0);
 /// caller's task failing. The runtime is remembered, so that a path taken
 /// by every request (a gRPC call's deadline) does not panic each time.
 pub(crate) fn timer_at(deadline: Instant) -> Option<Pin<Box<Sleep>>> {
+    thread_local! {
+        /// The last runtime this thread found without timers
+        /// ([`timer::runtime_key`]; 0: none). Per thread, not per process:
+        /// a runtime's tasks run on its own threads, so one slot each is
+        /// enough, and runtimes elsewhere in the process cannot evict it.
+        static WITHOUT_TIMERS: Cell<u64> = const { Cell::new(0) };
+    }
     let runtime = timer::runtime_key(tokio::runtime::Handle::try_current().ok()?.id());
-    if WITHOUT_TIMERS.load(Ordering::Relaxed) == runtime {
+    if WITHOUT_TIMERS.with(Cell::get) == runtime {
         return None;
     }
     let timer = std::panic::catch_unwind(|| Box::pin(tokio::time::sleep_until(deadline))).ok();
     if timer.is_none() {
-        WITHOUT_TIMERS.store(runtime, Ordering::Relaxed);
+        WITHOUT_TIMERS.with(|slot| slot.set(runtime));
     }
     timer
-}
-
-/// Whether [`timer_at`] can set a timer here, asked before a wait that
-/// only a timer could bound: found out once per runtime (the last one
-/// either way is remembered) rather than with a timer per wait.
-pub(crate) fn timers_usable() -> bool {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return false;
-    };
-    let runtime = timer::runtime_key(handle.id());
-    if WITH_TIMERS.load(Ordering::Relaxed) == runtime {
-        return true;
-    }
-    if WITHOUT_TIMERS.load(Ordering::Relaxed) == runtime {
-        return false;
-    }
-    let usable = timer_at(Instant::now()).is_some();
-    if usable {
-        WITH_TIMERS.store(runtime, Ordering::Relaxed);
-    }
-    usable
 }
 
 impl Shared {

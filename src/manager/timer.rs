@@ -15,7 +15,7 @@
 //! - With a store that announces changes, it adopts the tokens another
 //!   process stored, so this one never sends a token the fleet replaced.
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
@@ -229,10 +229,50 @@ fn next_due(control: &Control, snapshot: &Snapshot) -> Option<Instant> {
     }
 }
 
-/// A runtime's id as a number for an atomic (tokio gives no other way): a
-/// fixed hash, never 0, which stands for none.
+/// A runtime's id as a number for an atomic (tokio gives no other way):
+/// the number tokio hashes it as, exactly, so that no two runtimes share a
+/// key (tokio never reuses an id); never 0, which stands for none.
 pub(crate) fn runtime_key(id: Id) -> u64 {
-    BuildHasherDefault::<DefaultHasher>::default()
-        .hash_one(id)
-        .max(1)
+    /// Keeps the last number written: an `Id` hashes as one `u64`.
+    #[derive(Default)]
+    struct Exact(u64);
+
+    impl Hasher for Exact {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+
+        fn write(&mut self, bytes: &[u8]) {
+            // Not how an `Id` hashes today; folded in should that change.
+            for &byte in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+            }
+        }
+
+        fn write_u64(&mut self, n: u64) {
+            self.0 = n;
+        }
+    }
+
+    let mut hasher = Exact::default();
+    id.hash(&mut hasher);
+    hasher.finish().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runtime_key;
+
+    #[test]
+    fn a_runtimes_key_is_its_id_exactly() {
+        let runtime = |_| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+        };
+        let [one, two] = [1, 2].map(runtime);
+        let (one, two) = (one.handle().id(), two.handle().id());
+        assert_eq!(runtime_key(one).to_string(), one.to_string());
+        assert_ne!(runtime_key(one), runtime_key(two));
+    }
 }

@@ -20,7 +20,7 @@ use super::uri_copy::UriCopy;
 use super::Core;
 use crate::body::ReplayBody;
 use crate::classify::ClassifyRejection;
-use crate::manager::{later, timer_at, timers_usable, Credential, Decision, Flight, Waiting};
+use crate::manager::{later, timer_at, Credential, Decision, Flight, Waiting};
 use crate::{BoxError, Error};
 
 /// What a retry needs: a copy of the request head, a replaying body and,
@@ -441,13 +441,6 @@ where
         let Some(retry) = this.pending.take().filter(|r| !r.body.is_capped()) else {
             return Some(response);
         };
-        // Reading a rejection still arriving is a wait only a timer can
-        // bound. Without timers (a runtime built without them) it is the
-        // answer, unread: dropped unread instead, it would reset its HTTP/2
-        // stream (see `Drain`).
-        if !response.is_end_stream() && !timers_usable() {
-            return Some(response);
-        }
         let next = match decision {
             // The token is too young to refresh: the rejection is the
             // answer, as when no retry is possible.
@@ -536,9 +529,9 @@ where
                     }
                     if let Held::Draining(drain) = held {
                         // Past the bound, dropped unread: what follows
-                        // waits no longer. (Without timers no rejection
-                        // still arriving gets here: see `rejected`. Should
-                        // one, it is not waited for.)
+                        // waits no longer. Without a timer for a bound, not
+                        // waited for at all: a body that never ends must
+                        // not hold the request.
                         if let (Poll::Pending, Some(bound)) = (drain.poll(cx), bound) {
                             ready!(bound.as_mut().poll(cx));
                         }
