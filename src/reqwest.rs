@@ -136,8 +136,11 @@ use crate::{Error, TokenHandle, TokenRefreshLayer};
 /// #     let (mut socket, _) = listener.accept().await.unwrap();
 /// #     let mut request = vec![0; 4096];
 /// #     let read = socket.read(&mut request).await.unwrap();
-/// #     let request = String::from_utf8_lossy(&request[..read]).to_lowercase();
-/// #     let auth = request.lines().find_map(|l| l.strip_prefix("authorization: ")).unwrap_or("");
+/// #     let request = String::from_utf8_lossy(&request[..read]).into_owned();
+/// #     let auth = request.lines().find_map(|line| {
+/// #         let (name, value) = line.split_once(": ")?;
+/// #         name.eq_ignore_ascii_case("authorization").then_some(value)
+/// #     }).unwrap_or("");
 /// #     let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{auth}", auth.len());
 /// #     socket.write_all(answer.as_bytes()).await.unwrap();
 /// # });
@@ -146,7 +149,7 @@ use crate::{Error, TokenHandle, TokenRefreshLayer};
 ///     }))
 ///     .build();
 /// let response = client(&layer).get(url).send().await.unwrap();
-/// assert_eq!(response.text().await.unwrap(), "bearer access");
+/// assert_eq!(response.text().await.unwrap(), "Bearer access");
 /// # }
 /// ```
 ///

@@ -119,7 +119,9 @@ use dialect::{pointer, Client, Dialect};
 ///     .build()
 ///     .handle();
 /// let error = handle.force_refresh().await.unwrap_err();
-/// assert!(error.refresh_error().unwrap().is_transient(), "{error}");
+/// let refused = error.refresh_error().unwrap();
+/// assert!(refused.is_transient(), "{error}");
+/// assert!(refused.message().contains("larger than 65536 bytes"), "{error}");
 /// # }
 /// ```
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;

@@ -52,12 +52,29 @@ impl<C, B> HttpRefresher<C, B> {
     /// The OAuth2 client secret. It never appears in `Debug` output.
     ///
     /// ```
-    /// # let client = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<bytes::Bytes>::default())) });
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::Full;
     /// use tower_token_refresh::http::HttpRefresher;
-    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/token", client)
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let idp = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     // HTTP Basic (RFC 6749 §2.3.1): base64 of "app:s3cret".
+    ///     assert_eq!(request.headers()["authorization"], "Basic YXBwOnMzY3JldA==");
+    ///     Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(r#"{"access_token":"a2"}"#)))
+    /// });
+    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp)
     ///     .client_id("app")
     ///     .client_secret("s3cret");
     /// assert!(!format!("{refresher:?}").contains("s3cret"));
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "a2");
+    /// # }
     /// ```
     pub fn client_secret(mut self, secret: impl Into<Secret>) -> Self {
         self.client_mut().secret = Some(secret.into());

@@ -311,7 +311,8 @@ impl<C> Builder<C> {
     /// [refresh timeout](Self::refresh_timeout)) plus a second. A request
     /// that has to wait for a token (none yet, expired, or rejected) may
     /// wait out the lease of a holder that crashed, then the refresh that
-    /// takes over: at most twice that. Default: no store.
+    /// takes over: at most twice that, plus the store's poll interval.
+    /// Default: no store.
     ///
     /// ```
     /// # use std::time::Duration;
