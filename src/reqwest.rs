@@ -422,16 +422,14 @@ async fn drain(response: Response, bound: Duration) {
         return;
     }
     let rest = std::future::poll_fn(|cx| drain.poll(cx));
-    // Unbounded on a runtime without timers (the read still stops at the
-    // drain's limit), rather than panicking in the caller's task.
-    match timer_at(later(Instant::now(), bound)) {
-        Some(bound) => {
-            tokio::select! {
-                () = rest => {}
-                () = bound => {}
-            }
+    // On a runtime without timers no bound can be set: not waited for at
+    // all, as in the tower layer, since a body that never ends must not
+    // hold the request (nor panic in the caller's task).
+    if let Some(bound) = timer_at(later(Instant::now(), bound)) {
+        tokio::select! {
+            () = rest => {}
+            () = bound => {}
         }
-        None => rest.await,
     }
 }
 
@@ -527,6 +525,21 @@ mod tests {
         );
         let v6 = origin_of("http://[::1]:9000/").unwrap();
         assert_eq!((v6.host(), v6.port_u16()), (Some("[::1]"), Some(9000)));
+    }
+
+    #[test]
+    fn without_timers_a_rejection_body_still_arriving_is_not_waited_for() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime without timers");
+        runtime.block_on(async {
+            // Its sender stays open: the body never ends.
+            let (_tx, body) = crate::test_support::body::TestBody::channel();
+            let rejection = ::http::Response::new(reqwest::Body::wrap(body));
+            let drained = tokio::spawn(drain(rejection.into(), Duration::from_secs(60)));
+            crate::test_support::settle().await;
+            assert!(drained.is_finished(), "waited for a body that never ends");
+        });
     }
 
     #[test]
