@@ -325,9 +325,11 @@ impl<C> Builder<C> {
     /// let a = TokenRefreshLayer::builder(source()).store(store.clone()).build();
     /// let b = TokenRefreshLayer::builder(source()).store(store).build();
     /// a.handle().force_refresh().await.unwrap();
-    /// // `b` was told of the new version and adopted it, with no refresh.
-    /// tokio::task::yield_now().await;
-    /// # for _ in 0..10 { tokio::task::yield_now().await; }
+    /// // `b` is told of the new version and adopts it, with no refresh, once
+    /// // its watcher task has run.
+    /// for _ in 0..10 {
+    ///     tokio::task::yield_now().await;
+    /// }
     /// assert_eq!(b.handle().tokens().unwrap().access_token().expose(), "t");
     /// assert_eq!(b.handle().stats().refreshes, 0);
     /// # }
