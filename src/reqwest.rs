@@ -529,10 +529,7 @@ mod tests {
 
     #[test]
     fn without_timers_a_rejection_body_still_arriving_is_not_waited_for() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a runtime without timers");
-        runtime.block_on(async {
+        crate::test_support::runtime_without_timers().block_on(async {
             // Its sender stays open: the body never ends.
             let (_tx, body) = crate::test_support::body::TestBody::channel();
             let rejection = ::http::Response::new(reqwest::Body::wrap(body));

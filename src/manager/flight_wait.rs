@@ -285,9 +285,7 @@ mod tests {
             .unwrap();
         let cell = cell_on(flights.handle().id());
         let before = crate::test_support::panics_on_this_thread();
-        let timerless = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let timerless = crate::test_support::runtime_without_timers();
         timerless.block_on(async {
             let (_, waker) = counting_waker();
             let mut waiter = FlightWait::new(Arc::clone(&cell));

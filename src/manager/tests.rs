@@ -840,9 +840,7 @@ fn on_a_runtime_without_timers_a_panicked_watcher_is_not_restarted_for_each_requ
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
 
     // Built without `enable_time`: the watcher panics setting its timer.
-    let timerless = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let timerless = crate::test_support::runtime_without_timers();
     timerless.block_on(async {
         for _ in 0..20 {
             let (status, _) = send(&client, get()).await.unwrap();

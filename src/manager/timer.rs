@@ -265,12 +265,7 @@ mod tests {
 
     #[test]
     fn a_runtimes_key_is_its_id_exactly() {
-        let runtime = |_| {
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap()
-        };
-        let [one, two] = [1, 2].map(runtime);
+        let [one, two] = [(); 2].map(|()| crate::test_support::runtime_without_timers());
         let (one, two) = (one.handle().id(), two.handle().id());
         assert_eq!(runtime_key(one).to_string(), one.to_string());
         assert_ne!(runtime_key(one), runtime_key(two));

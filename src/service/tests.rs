@@ -774,9 +774,7 @@ where
 #[test]
 fn on_a_runtime_without_timers_requests_fail_instead_of_hanging() {
     // Built without `enable_time`: the refresh's timeout cannot be set.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let runtime = crate::test_support::runtime_without_timers();
     runtime.block_on(async {
         let api = Api::default();
         let (source, _issuer) = issuer(&api, Some(HOUR), Duration::ZERO);

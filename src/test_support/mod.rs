@@ -378,6 +378,14 @@ pub(crate) fn counting_waker() -> (Arc<WakeCounter>, Waker) {
     (counter, waker)
 }
 
+/// A current-thread runtime built without `enable_time`: tokio panics
+/// where a timer is set on it (see the crate docs' "Runtime").
+pub(crate) fn runtime_without_timers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime without timers")
+}
+
 /// Lets spawned tasks run until they wait on something outside them.
 pub(crate) async fn settle() {
     for _ in 0..10 {

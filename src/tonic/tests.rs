@@ -11,7 +11,7 @@ use tower::ServiceExt;
 
 use super::{with_token_refresh, GrpcTokenRefresh};
 use crate::classify::Grpc;
-use crate::test_support::{expect_error, panics_on_this_thread};
+use crate::test_support::{expect_error, panics_on_this_thread, runtime_without_timers};
 use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 
 /// The `grpc-timeout` each attempt reached the channel with.
@@ -119,9 +119,7 @@ async fn calls_without_a_timeout_or_with_one_that_does_not_parse_pass_untouched(
 
 #[test]
 fn without_timers_a_call_goes_on_without_its_deadline() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a runtime without timers");
+    let runtime = runtime_without_timers();
     let seen = Seen::default();
     // There every refresh fails (see the crate docs' "Runtime"): start
     // with the token the channel accepts.

@@ -9,16 +9,11 @@ use http::{Request, Response, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::test_support::body::{data, TestBody};
-use crate::test_support::{expect_error, get, post, settle, TestBody as RequestBody};
+use crate::test_support::{
+    expect_error, get, post, runtime_without_timers, settle, TestBody as RequestBody,
+};
 use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
 use http_body::Body as _;
-
-/// A current-thread runtime without `enable_time`.
-fn runtime_without_timers() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a runtime without timers")
-}
 
 /// A layer whose token the API rejects. Its refresh would succeed, but
 /// without timers every refresh fails (crate docs, "Runtime").
