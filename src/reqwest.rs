@@ -536,6 +536,7 @@ mod tests {
             let drained = tokio::spawn(drain(rejection.into(), Duration::from_secs(60)));
             crate::test_support::settle().await;
             assert!(drained.is_finished(), "waited for a body that never ends");
+            drained.await.expect("the drain does not panic");
         });
     }
 

@@ -280,9 +280,7 @@ mod tests {
     /// the waiter sets its bound (caught), once, not at every poll.
     #[test]
     fn a_waiter_on_a_runtime_without_timers_tries_to_set_its_bound_once() {
-        let flights = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let flights = crate::test_support::runtime_without_timers();
         let cell = cell_on(flights.handle().id());
         let before = crate::test_support::panics_on_this_thread();
         let timerless = crate::test_support::runtime_without_timers();

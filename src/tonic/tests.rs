@@ -98,10 +98,14 @@ async fn a_call_waiting_for_its_token_past_its_deadline_fails_with_tonics_timeou
     );
     // Rejected once, then held waiting for the refresh: no second attempt.
     assert_eq!(seen.lock().unwrap().len(), 1);
-    // The refresh goes on for the calls that come after.
+    // The refresh goes on for the calls that come after: the next call
+    // gets its token with no refresh of its own, and at once.
     tokio::time::sleep(Duration::from_secs(60)).await;
+    let started = tokio::time::Instant::now();
     let response = wrapped(&seen, &layer).oneshot(call(None)).await.unwrap();
     assert_eq!(response.headers()["grpc-status"], "0");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(layer.handle().stats().refreshes, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -129,7 +133,13 @@ fn without_timers_a_call_goes_on_without_its_deadline() {
     .classifier(Grpc)
     .initial_tokens(TokenSet::new("new"))
     .build();
+    let before = panics_on_this_thread();
     let response = runtime.block_on(wrapped(&seen, &layer).oneshot(call(Some("2S"))));
+    // tokio panicked (caught) where the deadline's timer was set.
+    assert!(
+        panics_on_this_thread() > before,
+        "the first call tried a timer"
+    );
 
     assert_eq!(response.unwrap().headers()["grpc-status"], "0");
     // Not rewritten: with no timer to end the call, the channel's and the
@@ -139,8 +149,7 @@ fn without_timers_a_call_goes_on_without_its_deadline() {
         [Some(HeaderValue::from_static("2S"))]
     );
 
-    // tokio panics (caught) where a timer is set there; the runtime is
-    // remembered, so the calls after the first do not panic each time.
+    // The runtime is remembered: the calls after the first do not panic.
     let panics = panics_on_this_thread();
     for _ in 0..3 {
         let response = runtime.block_on(wrapped(&seen, &layer).oneshot(call(Some("2S"))));
@@ -149,7 +158,7 @@ fn without_timers_a_call_goes_on_without_its_deadline() {
     assert_eq!(
         panics_on_this_thread(),
         panics,
-        "one caught panic per runtime"
+        "no further panic after the first call"
     );
 }
 

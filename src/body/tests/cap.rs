@@ -118,14 +118,14 @@ async fn empty_frames_count_towards_the_cap() {
 
 /// Found in review: with one frame allowed per byte of the cap, a body of
 /// 65,536 one-byte frames was kept whole under the default cap: 64 KiB of
-/// data in megabytes of frame bookkeeping.
+/// data in 32 bytes of log slot per frame and more (2 MiB at least).
 #[tokio::test]
 async fn a_body_in_tiny_frames_is_capped_by_its_frame_count_not_its_bytes() {
     let frames = (0..2000).map(|_| data("x")).collect();
     let body = TestBody::new(frames).with_hint(SizeHint::new());
-    let mut original = ReplayBody::try_new(body, CAP).unwrap();
+    let mut original = ReplayBody::try_new(body, crate::body::DEFAULT_REPLAY_CAP).unwrap();
     let retry = original.try_clone().expect("replayable");
-    for _ in 0..CAP / 64 {
+    for _ in 0..crate::body::DEFAULT_REPLAY_CAP / 64 {
         assert_eq!(next_data(&mut original).await, "x");
     }
     assert!(!retry.is_capped(), "1,024 frames with the default cap");
@@ -137,7 +137,7 @@ async fn a_body_in_tiny_frames_is_capped_by_its_frame_count_not_its_bytes() {
 
     // The reader streams on; a retry would need what was dropped.
     let rest = original.collect().await.unwrap().to_bytes();
-    assert_eq!(rest.len(), 2000 - CAP / 64 - 1);
+    assert_eq!(rest.len(), 2000 - crate::body::DEFAULT_REPLAY_CAP / 64 - 1);
     let error = retry.collect().await.expect_err("not a truncated body");
     assert!(is_capped_error(&error), "{error}");
 }
@@ -177,7 +177,7 @@ async fn the_layers_recording_stops_once_no_clone_is_left() {
     drop(retry); // the response was accepted
     tx.data("read on for nobody");
     assert_eq!(next_data(&mut sent).await, "read on for nobody");
-    assert!(sent.is_capped(), "recording stopped and its memory freed");
+    assert!(sent.is_capped(), "recording stopped once no clone is left");
     drop(tx);
     assert!(sent.frame().await.is_none(), "the body still ends cleanly");
 
