@@ -1,6 +1,7 @@
 //! Behaviour of the layer end to end, against in-process fakes and tokio's
 //! paused clock (no real sleeps).
 
+mod apis;
 mod body_recording;
 mod readiness;
 mod rejected_meanwhile;

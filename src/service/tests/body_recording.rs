@@ -1,13 +1,12 @@
 //! What the layer records of a request body, and for how long.
 
-use std::sync::{Arc, Mutex};
-
-use http::{Request, Response};
+use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::{ServiceBuilder, ServiceExt};
 
+use super::apis::api_keeping_requests;
 use crate::test_support::body::TestBody;
-use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
+use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 
 /// A streamed upload answered before its body is read (as a server that
 /// answers early does, or an HTTP/2 stream whose response comes first):
@@ -15,14 +14,7 @@ use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
 /// what the transport reads afterwards is not recorded.
 #[tokio::test]
 async fn a_body_read_after_the_response_was_accepted_is_not_recorded() {
-    let kept = Arc::new(Mutex::new(None));
-    let api = tower::service_fn({
-        let kept = Arc::clone(&kept);
-        move |req: Request<ReplayBody<TestBody>>| {
-            *kept.lock().unwrap() = Some(req.into_body());
-            async { Ok::<_, std::convert::Infallible>(Response::new(TestBody::empty())) }
-        }
-    });
+    let (api, kept) = api_keeping_requests::<TestBody>(StatusCode::OK);
     let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
         Ok::<_, RefreshError>(TokenSet::new("access"))
     }))
@@ -33,7 +25,12 @@ async fn a_body_read_after_the_response_was_accepted_is_not_recorded() {
     let response = client.oneshot(Request::new(upload)).await.unwrap();
     assert_eq!(response.status(), 200);
 
-    let mut body = kept.lock().unwrap().take().expect("the body the API kept");
+    let mut body = kept
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("the request the API kept")
+        .into_body();
     assert!(!body.is_capped(), "nothing read yet");
     tx.data("streamed after the response");
     drop(tx);

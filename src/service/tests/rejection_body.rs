@@ -2,66 +2,20 @@
 //! its refresh has failed: read to its end first, so that dropping it does
 //! not reset an HTTP/2 stream whose frames are still arriving.
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
-use tokio::task::JoinHandle;
-use tower::{ServiceBuilder, ServiceExt};
+use http::StatusCode;
 
-use crate::test_support::body::{TestBody, Tx};
-use crate::test_support::{get, settle, TestBody as RequestBody};
-use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
-
-/// An API that accepts only `Bearer fresh` and answers the first request
-/// it rejects with `rejection` as the body; counts the requests it gets.
-fn api_rejecting_with(
-    rejection: TestBody,
-    calls: &Arc<AtomicUsize>,
-) -> impl tower::Service<
-    Request<ReplayBody<RequestBody>>,
-    Response = Response<TestBody>,
-    Error = std::convert::Infallible,
-    Future = impl Send,
-> + Clone
-       + Send {
-    let rejection = Arc::new(Mutex::new(Some(rejection)));
-    let calls = Arc::clone(calls);
-    tower::service_fn(move |req: Request<ReplayBody<RequestBody>>| {
-        calls.fetch_add(1, SeqCst);
-        let accepted = req.headers()["authorization"] == "Bearer fresh";
-        let (status, body) = if accepted {
-            (StatusCode::OK, TestBody::empty())
-        } else {
-            let body = rejection.lock().unwrap().take().expect("one rejection");
-            (StatusCode::UNAUTHORIZED, body)
-        };
-        async move { Ok(Response::builder().status(status).body(body).unwrap()) }
-    })
-}
+use super::apis::{revoked_then_fresh, send_through};
+use crate::test_support::settle;
+use crate::{RefreshError, TokenRefreshLayer, TokenSet};
 
 /// A layer holding a token the API rejects, refreshed to one it accepts.
 fn layer(refresh_timeout: Duration) -> TokenRefreshLayer {
-    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("fresh")) });
-    TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("revoked"))
+    revoked_then_fresh()
         .refresh_timeout(refresh_timeout)
         .build()
-}
-
-/// The request in flight, as spawned.
-type InFlight = JoinHandle<Result<Response<TestBody>, crate::BoxError>>;
-
-/// Sends a GET through `layer` to an API whose rejection's body is fed
-/// through the returned [`Tx`]; also returns the API's request count.
-fn send_through(layer: TokenRefreshLayer) -> (Tx, Arc<AtomicUsize>, InFlight) {
-    let (tx, rejection) = TestBody::channel();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let client = ServiceBuilder::new()
-        .layer(layer)
-        .service(api_rejecting_with(rejection, &calls));
-    (tx, calls, tokio::spawn(client.oneshot(get())))
 }
 
 #[tokio::test(start_paused = true)]

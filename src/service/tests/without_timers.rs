@@ -2,44 +2,30 @@
 //! response future takes none that could last for ever: every request ends
 //! with a response or an error.
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering::SeqCst;
 
 use http::{Request, Response, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
 
+use super::apis::{api_keeping_requests, revoked_then_fresh, send_through};
 use crate::test_support::body::{data, TestBody};
 use crate::test_support::{
     expect_error, get, post, runtime_without_timers, settle, TestBody as RequestBody,
 };
-use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
+use crate::{ReplayBody, TokenRefreshLayer};
 use http_body::Body as _;
 
 /// A layer whose token the API rejects. Its refresh would succeed, but
 /// without timers every refresh fails (crate docs, "Runtime").
 fn layer() -> TokenRefreshLayer {
-    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("fresh")) });
-    TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("revoked"))
-        .build()
+    revoked_then_fresh().build()
 }
 
 #[test]
 fn a_rejection_is_the_answer_while_the_first_attempt_still_holds_the_body() {
     runtime_without_timers().block_on(async {
-        // The API answers 401 at once and keeps the request, body and all,
-        // as a transport still sending a duplex body would.
-        let kept = Arc::new(Mutex::new(Vec::new()));
-        let api = tower::service_fn({
-            let kept = Arc::clone(&kept);
-            move |req: Request<ReplayBody<RequestBody>>| {
-                kept.lock().unwrap().push(req);
-                let rejection = Response::builder().status(StatusCode::UNAUTHORIZED);
-                async move {
-                    Ok::<_, std::convert::Infallible>(rejection.body(TestBody::empty()).unwrap())
-                }
-            }
-        });
+        // The API answers 401 at once and keeps the request, body and all.
+        let (api, kept) = api_keeping_requests::<RequestBody>(StatusCode::UNAUTHORIZED);
         let client = ServiceBuilder::new().layer(layer()).service(api);
         let request = tokio::spawn(client.oneshot(post("payload")));
         settle().await;
@@ -57,20 +43,7 @@ fn a_rejection_is_the_answer_while_the_first_attempt_still_holds_the_body() {
 #[test]
 fn a_rejection_whose_body_never_ends_is_not_waited_for() {
     runtime_without_timers().block_on(async {
-        let (tx, rejection) = TestBody::channel();
-        let rejection = Arc::new(Mutex::new(Some(rejection)));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let api = tower::service_fn({
-            let calls = Arc::clone(&calls);
-            move |_: Request<ReplayBody<RequestBody>>| {
-                calls.fetch_add(1, SeqCst);
-                let body = rejection.lock().unwrap().take().expect("one call");
-                let rejection = Response::builder().status(StatusCode::UNAUTHORIZED);
-                async move { Ok::<_, std::convert::Infallible>(rejection.body(body).unwrap()) }
-            }
-        });
-        let client = ServiceBuilder::new().layer(layer()).service(api);
-        let request = tokio::spawn(client.oneshot(get()));
+        let (tx, calls, request) = send_through(layer());
         settle().await;
 
         // The rejection's sender stays open: its body never ends.
