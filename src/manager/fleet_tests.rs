@@ -3,7 +3,7 @@
 //! The multi-process proof against Redis lives in `tests/fleet.rs`.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -542,8 +542,9 @@ async fn a_refresh_source_that_panics_under_the_lease_releases_it() {
 
 /// A store whose loads hang while `hang` is set, whose next load fails
 /// once `fail_next` is set, whose next `failing_writes` writes fail
-/// unwritten, and whose writes take a second while `slow_writes` is set;
-/// announcements still come. `loads` counts the loads begun.
+/// unwritten, and whose loads and writes take `slow_loads` and
+/// `slow_writes` milliseconds; announcements still come. `loads` counts
+/// the loads begun.
 #[derive(Clone, Default)]
 struct FaultyLoads {
     inner: MemoryStore,
@@ -551,19 +552,22 @@ struct FaultyLoads {
     hang: Arc<AtomicBool>,
     fail_next: Arc<AtomicBool>,
     failing_writes: Arc<AtomicUsize>,
-    slow_writes: Arc<AtomicBool>,
+    slow_loads: Arc<AtomicU64>,
+    slow_writes: Arc<AtomicU64>,
 }
 
 impl TokenStore for FaultyLoads {
     fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
         self.loads.fetch_add(1, Ordering::SeqCst);
         let hang = self.hang.load(Ordering::SeqCst);
+        let slow = Duration::from_millis(self.slow_loads.load(Ordering::SeqCst));
         let fail = self.fail_next.swap(false, Ordering::SeqCst);
         let load = self.inner.load();
         async move {
             if hang {
                 std::future::pending::<()>().await;
             }
+            tokio::time::sleep(slow).await;
             if fail {
                 return Err(StoreError::unavailable("injected load failure"));
             }
@@ -575,15 +579,14 @@ impl TokenStore for FaultyLoads {
         expected: Option<u64>,
         record: Record,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let (slow, inner) = (self.slow_writes.load(Ordering::SeqCst), self.inner.clone());
+        let slow = Duration::from_millis(self.slow_writes.load(Ordering::SeqCst));
+        let inner = self.inner.clone();
         let fail = self
             .failing_writes
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         async move {
-            if slow {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            tokio::time::sleep(slow).await;
             if fail {
                 return Err(StoreError::unavailable("injected write failure"));
             }
@@ -895,7 +898,7 @@ async fn the_next_flight_waits_for_an_outstanding_offer() {
     let layer = idp.layer_on(store.clone());
     layer.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
     store.fail_next.store(true, Ordering::SeqCst);
-    store.slow_writes.store(true, Ordering::SeqCst);
+    store.slow_writes.store(1000, Ordering::SeqCst);
     layer.handle().force_refresh().await.unwrap(); // alone: rt-2, offered (1 s)
     layer.handle().force_refresh().await.unwrap(); // from rt-2, once offered
     crate::test_support::settle().await;
@@ -1170,6 +1173,59 @@ async fn a_record_landing_late_under_the_lease_is_replaced_at_once() {
     sibling.force_refresh().await.unwrap();
     assert_eq!(sibling.tokens().unwrap().access_token().expose(), "at-3");
     assert_eq!(idp.counts().2, 0, "no spent refresh token presented");
+}
+
+/// The same record landing while the lease holder refreshes, when the
+/// calls under the lease have taken so long that another load and write
+/// might end after the lease does: the holder writes nothing more (past
+/// the lease, a sibling may hold it), keeps its tokens, and its next flight
+/// replaces the record, from its own refresh token.
+#[tokio::test(start_paused = true)]
+async fn a_record_landing_late_near_the_end_of_the_lease_is_replaced_by_the_next_flight() {
+    // A 2 s refresh timeout: a 9 s lease (the refresh and the hook, two
+    // store calls, and a second). The load, the refresh and the write
+    // under it take 1.9 s each, leaving 3.3 s: short of two more calls.
+    let idp = Rotating {
+        delay: Duration::from_millis(1900),
+        ..Rotating::default()
+    };
+    let store = FaultyLoads::default();
+    let handle = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .refresh_timeout(Duration::from_secs(2))
+        .build()
+        .handle();
+    handle.force_refresh().await.unwrap(); // at-1 / rt-1, stored as 1
+    store.failing_writes.store(2, Ordering::SeqCst);
+    handle.force_refresh().await.unwrap(); // at-2 / rt-2, unstored
+    assert_eq!(store.inner.load().await.unwrap().unwrap().version(), 1);
+
+    let slow = [&store.slow_loads, &store.slow_writes];
+    for call in slow {
+        call.store(1900, Ordering::SeqCst);
+    }
+    let loads = store.loads.load(Ordering::SeqCst);
+    let refreshing = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.force_refresh().await }
+    });
+    // Both loads done (3.8 s), the refresh from rt-2 under way.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    land_late(&store, 1, &idp.tokens(2)).await;
+    refreshing.await.unwrap().unwrap();
+    assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-3");
+    let stored = store.inner.load().await.unwrap().unwrap().version();
+    assert_eq!(stored, 2, "written over after the lease's time");
+    // The flight's two loads, and the watcher's of the landed version.
+    assert_eq!(store.loads.load(Ordering::SeqCst) - loads, 3, "read again");
+
+    for call in slow {
+        call.store(0, Ordering::SeqCst);
+    }
+    handle.force_refresh().await.unwrap();
+    assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-4");
+    assert_eq!(idp.stored_live_version(&store.inner).await, 3);
+    assert_eq!(idp.counts(), (1, 3, 0), "no spent refresh token presented");
 }
 
 /// An answer refused for what it lacks, with a new refresh token in it
