@@ -12,7 +12,7 @@
 //! new one replaces it. Its late result then changes nothing: it installs
 //! no tokens over newer ones and records no failure against them.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
@@ -110,9 +110,12 @@ impl TokenManager {
         ));
         let flight = Flight(Arc::clone(&cell));
         control.flight = Some(flight.clone());
-        self.shared
-            .proactive_gate
-            .store(u64::MAX, Ordering::Release);
+        // Shut until the flight settles, or until its deadline should its
+        // runtime stop driving it: past that a new flight may replace it,
+        // and a gate left shut would hold every proactive refresh back
+        // until requests had to wait for the token.
+        let gate = self.shared.nanos(cell.deadline);
+        self.shared.proactive_gate.store(gate, Ordering::Release);
         Counters::bump(&self.shared.stats.refreshes);
         let task = FlightTask {
             shared: Arc::clone(&self.shared),
@@ -123,6 +126,9 @@ impl TokenManager {
             // Refused tokens that rotated the refresh token are refreshed
             // from whole: the access token stays paired with its own.
             current: control.refused.clone().or_else(|| snapshot.tokens.clone()),
+            refresh_token_dead: control.refused.is_none()
+                && control.refresh_rejected_at == Some(snapshot.generation),
+            refresh_rejected: AtomicBool::new(false),
             known_version: control.store_version,
             refused: None,
         };
@@ -144,6 +150,12 @@ pub(super) struct FlightTask {
     reason: RefreshReason,
     from_generation: u64,
     current: Option<Arc<TokenSet>>,
+    /// An earlier flight's refresh from `current` was rejected for good:
+    /// this one logs in without presenting it again.
+    refresh_token_dead: bool,
+    /// This flight's refresh was rejected for good (set by `obtain`, read
+    /// by `fail`). Atomic only because `obtain` borrows the task shared.
+    refresh_rejected: AtomicBool,
     /// The store version `current` came from, if any.
     pub(super) known_version: Option<u64>,
     /// Fetched tokens `prepare` refused that rotated the refresh token.
@@ -284,9 +296,11 @@ impl FlightTask {
     ) -> Result<Obtained, Failed> {
         let shared = &self.shared;
         let login = shared.config.login.as_ref();
-        if ctx.current().is_some() || login.is_none() {
+        let refresh_first = ctx.current().is_some() && !self.refresh_token_dead;
+        if refresh_first || login.is_none() {
             match self.timed(Arc::clone(&shared.refresher), ctx.clone()).await {
                 Err((error, kind)) if error.is_terminal() => {
+                    self.refresh_rejected.store(true, Ordering::Relaxed);
                     if let Some((store, base)) = reread {
                         if let Some(adopted) = self.adopt_newer(store, base).await {
                             return Ok(adopted);
@@ -557,6 +571,11 @@ impl FlightTask {
             } else {
                 Err(Error::with_refresh(kind, error))
             };
+        }
+        if self.refresh_token_dead || self.refresh_rejected.load(Ordering::Relaxed) {
+            // The login that followed failed too (or the refresh's own
+            // failure is terminal, which blocks every flight anyway).
+            control.refresh_rejected_at = Some(self.from_generation);
         }
         let deferred = kind == ErrorKind::RefreshDeferred;
         let consecutive = if deferred {

@@ -170,6 +170,12 @@ struct Control {
     /// new refresh token: the next flight refreshes from them. Cleared when
     /// tokens are installed.
     refused: Option<Arc<TokenSet>>,
+    /// The generation whose refresh token the source rejected for good
+    /// when a login then failed too: the flights after it, until new tokens
+    /// are installed, go straight to the login instead of presenting the
+    /// dead refresh token again each backoff cycle (a wasted round trip
+    /// that also spends a rate-limited endpoint's budget).
+    refresh_rejected_at: Option<u64>,
     /// The refresh tokens this process spent lately (`fleet::Spent`): a
     /// stored record carrying one is neither adopted nor refreshed from.
     spent: fleet::Spent,
@@ -184,8 +190,8 @@ pub(crate) struct Shared {
     /// Origin of `proactive_gate`'s clock.
     epoch: Instant,
     /// Nanoseconds since `epoch` before which no proactive refresh may start:
-    /// `u64::MAX` while one runs or after a terminal failure, the backoff
-    /// deadline after a failure, 0 otherwise. Lets a request in the stale
+    /// the deadline of the flight that runs, `u64::MAX` after a terminal
+    /// failure, the backoff deadline after a failure, 0 otherwise. Lets a request in the stale
     /// window decide without taking the lock.
     proactive_gate: AtomicU64,
     /// Woken whenever the snapshot or the failure state changes.

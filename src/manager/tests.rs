@@ -924,3 +924,65 @@ async fn tokens_from_a_login_after_a_refused_refresh_token_do_not_keep_it() {
     let presented = presented.lock().unwrap().clone();
     assert_eq!(presented, [Some("rt-refused".to_owned()), None]);
 }
+
+/// Found in review: after the refresh token was refused for good and the
+/// login that followed failed for a while, each flight after the backoff
+/// presented the dead refresh token again before logging in: a wasted call
+/// each cycle, and one more against a rate-limited endpoint's budget.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_token_refused_for_good_is_not_presented_again_while_the_login_fails() {
+    let api = Api::default();
+    api.accept("tok-login");
+    let (source, presented) =
+        recording(|_| Err(RefreshError::terminal("invalid_grant").with_status(400)));
+    let (login, logins) = recording(|n| match n {
+        1 | 2 => Err(RefreshError::transient("identity provider unavailable")),
+        _ => Ok(TokenSet::new("tok-login").with_expires_in(HUNDRED)),
+    });
+    let client = expired_with_login(&api, source, login, "rt-dead");
+    for _ in 0..2 {
+        expect_error(send(&client, get()).await);
+        tokio::time::advance(Duration::from_secs(5)).await;
+    }
+    assert_eq!(bearer(&send(&client, get()).await), "tok-login");
+
+    assert_eq!(logins.lock().unwrap().len(), 3, "one login per flight");
+    let presented = presented.lock().unwrap().clone();
+    assert_eq!(presented, [Some("rt-dead".to_owned())], "presented once");
+}
+
+/// Found in review: a flight shut the proactive gate for good, and only
+/// its settling opened it. A flight whose runtime stopped driving it never
+/// settled, so past its deadline no request in the advisory window started
+/// the refresh that replaces it: they all waited for the mandatory window.
+#[test]
+fn a_flight_whose_runtime_stopped_driving_it_holds_proactive_refreshes_back_only_until_its_deadline(
+) {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+    };
+    let api = Api::default();
+    // 100 s token: advisory window from 50 s, mandatory from 90 s; the
+    // flight's deadline is 21 s after it starts (two 10 s calls and 1 s).
+    let (layer, _issuer) = old_token_layer(&api, HUNDRED, Duration::from_secs(1), |b| b);
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    let (stalled, driven) = (paused(), paused());
+    stalled.block_on(async {
+        tokio::time::advance(Duration::from_secs(55)).await;
+        assert_eq!(bearer(&send(&client, get()).await), "old");
+    });
+    // `stalled` is not driven from here on: its flight never settles.
+    driven.block_on(async {
+        // Past the stalled flight's deadline (55 + 21 s), before the
+        // mandatory window.
+        tokio::time::advance(Duration::from_secs(80)).await;
+        assert_eq!(bearer(&send(&client, get()).await), "old");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = bearer(&send(&client, get()).await);
+        assert!(after.starts_with("tok-"), "still {after} at 82 s");
+    });
+}
