@@ -7,6 +7,10 @@
 //! | `429` | rate limited, honouring `Retry-After` (seconds or an HTTP date); without it, the wait the endpoint's documented limit implies, if it has one (`cognito`: 12 s) |
 //! | `503` with `Retry-After` | rate limited, honouring it: the server said when to come back |
 //! | `408`, `5xx`, `3xx` (redirects are never followed), anything else | transient |
+//!
+//! The server's text is quoted with the secrets the request carried (the
+//! token it presented, the client secret) redacted: a server that echoes
+//! what it was sent must not put them in an error, and so in a log.
 
 use std::time::{Duration, SystemTime};
 
@@ -24,9 +28,10 @@ pub(crate) fn classify(
     headers: &HeaderMap,
     body: &[u8],
     dialect: &Dialect,
+    sent: &SentSecrets<'_>,
     now: SystemTime,
 ) -> RefreshError {
-    let said = Said::read(&dialect.errors, body);
+    let said = Said::read(&dialect.errors, body, sent);
     let error = if status == StatusCode::TOO_MANY_REQUESTS {
         RefreshError::rate_limited(retry_after(headers, now).or(dialect.rate_limit_wait))
     } else if let Some(wait) = (status == StatusCode::SERVICE_UNAVAILABLE)
@@ -58,13 +63,17 @@ pub(crate) struct Said {
 }
 
 impl Said {
-    pub(crate) fn read(shape: &ErrorShape, body: &[u8]) -> Self {
+    pub(crate) fn read(shape: &ErrorShape, body: &[u8], sent: &SentSecrets<'_>) -> Self {
         let Ok(json) = serde_json::from_slice::<Value>(body) else {
             // An HTML error page or a proxy's text: too unpredictable to
             // quote (it could echo the request), so it is not.
             return Self::default();
         };
-        let text = |pointer: &String| json.pointer(pointer).and_then(plain_text).map(loggable);
+        let text = |pointer: &String| {
+            json.pointer(pointer)
+                .and_then(plain_text)
+                .map(|text| loggable(sent.redact(text)))
+        };
         let message = shape.message.iter().find_map(text).map(|mut message| {
             for (label, pointer) in &shape.details {
                 if let Some(value) = text(pointer) {
@@ -91,6 +100,30 @@ impl Said {
             error = error.with_request_id(request_id);
         }
         error
+    }
+}
+
+/// The secrets a refresh request carried, to redact from the server's
+/// text: as sent, and percent-encoded as in a form body.
+#[derive(Default)]
+pub(crate) struct SentSecrets<'a>(pub(crate) Vec<&'a str>);
+
+/// What a secret quoted by the server is replaced with.
+const REDACTED: &str = "[redacted]";
+
+impl SentSecrets<'_> {
+    /// `text` without any of the secrets. Done before the text is cut, so
+    /// that no cut leaves a secret's beginning behind.
+    fn redact(&self, mut text: String) -> String {
+        for secret in self.0.iter().filter(|secret| !secret.is_empty()) {
+            let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+            for form in [*secret, encoded.as_str()] {
+                if text.contains(form) {
+                    text = text.replace(form, REDACTED);
+                }
+            }
+        }
+        text
     }
 }
 
@@ -172,6 +205,7 @@ mod tests {
             &HeaderMap::new(),
             body.to_string().as_bytes(),
             &dialect,
+            &SentSecrets::default(),
             now(),
         )
     }
@@ -208,7 +242,14 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
         let unavailable = StatusCode::SERVICE_UNAVAILABLE;
-        let err = classify(unavailable, &headers, b"", &Dialect::oauth2(), now());
+        let err = classify(
+            unavailable,
+            &headers,
+            b"",
+            &Dialect::oauth2(),
+            &SentSecrets::default(),
+            now(),
+        );
         assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
         assert_eq!(err.status(), Some(503));
         assert!(err.to_string().contains("503"), "{err}");
@@ -217,6 +258,7 @@ mod tests {
             &headers,
             b"",
             &Dialect::oauth2(),
+            &SentSecrets::default(),
             now(),
         );
         assert!(busy.is_transient(), "only a 503 says when to come back");
@@ -232,13 +274,27 @@ mod tests {
         let body =
             br#"{"statusCode":429,"message":"Too many requests","error":"Too Many Requests"}"#;
         let cognito = Dialect::cognito();
-        let err = classify(too_many, &HeaderMap::new(), body, &cognito, now());
+        let err = classify(
+            too_many,
+            &HeaderMap::new(),
+            body,
+            &cognito,
+            &SentSecrets::default(),
+            now(),
+        );
         assert_eq!(err.retry_after(), Some(Duration::from_secs(12)));
         assert!(err.to_string().contains("Too many requests"), "{err}");
 
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("30"));
-        let err = classify(too_many, &headers, body, &cognito, now());
+        let err = classify(
+            too_many,
+            &headers,
+            body,
+            &cognito,
+            &SentSecrets::default(),
+            now(),
+        );
         assert_eq!(
             err.retry_after(),
             Some(Duration::from_secs(30)),
@@ -246,7 +302,14 @@ mod tests {
         );
 
         let oauth2 = Dialect::oauth2();
-        let err = classify(too_many, &HeaderMap::new(), b"", &oauth2, now());
+        let err = classify(
+            too_many,
+            &HeaderMap::new(),
+            b"",
+            &oauth2,
+            &SentSecrets::default(),
+            now(),
+        );
         assert!(err.is_rate_limited());
         assert_eq!(
             err.retry_after(),
@@ -342,6 +405,40 @@ mod tests {
         assert_eq!(err.code(), Some("28000"));
     }
 
+    /// Redacted before the cut: a secret the 256-character cut would
+    /// have split left its beginning in the quote. Its percent-encoded
+    /// form (a server quoting the form body it was sent) goes too.
+    #[test]
+    fn a_sent_secret_is_redacted_whole_before_the_quote_is_cut_and_when_percent_encoded() {
+        let secret = "s3cr3t/with+symbols=";
+        let sent = SentSecrets(vec![secret, ""]);
+        let description = format!("{}{secret}{secret}", "x".repeat(250));
+        let body = json!({ "error": "invalid_grant", "error_description": description });
+        let err = classify(
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            body.to_string().as_bytes(),
+            &Dialect::oauth2(),
+            &sent,
+            now(),
+        );
+        let shown = err.to_string();
+        assert!(!shown.contains("s3cr"), "{shown}");
+        // The cut falls inside the marker, never inside the secret.
+        assert!(
+            shown.contains(&format!("{}[redac…", "x".repeat(250))),
+            "{shown}"
+        );
+
+        let encoded = "refresh_token=s3cr3t%2Fwith%2Bsymbols%3D&grant_type=refresh_token";
+        let quoted = sent.redact(format!("bad form: {encoded}"));
+        assert_eq!(
+            quoted,
+            "bad form: refresh_token=[redacted]&grant_type=refresh_token"
+        );
+        assert_eq!(sent.redact("nothing to hide".into()), "nothing to hide");
+    }
+
     #[test]
     fn a_body_that_is_not_json_is_not_quoted() {
         let err = classify(
@@ -349,6 +446,7 @@ mod tests {
             &HeaderMap::new(),
             b"<html>upstream said refresh_token=abc</html>",
             &Dialect::oauth2(),
+            &SentSecrets::default(),
             now(),
         );
         assert!(!err.to_string().contains("abc"), "{err}");

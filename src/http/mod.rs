@@ -24,7 +24,8 @@
 //! documented limit implies; 408, 5xx, transport errors and undecodable
 //! answers transient, except a 503 with `Retry-After`, which is honoured
 //! as a rate limit) and carry the server's own message, code and request
-//! id, never a token.
+//! id, never a token: one the server echoes back (the tokens in use, the
+//! client secret) is quoted as `[redacted]`.
 //!
 //! The client can be the very one the layer wraps: a
 //! `hyper_util` client for `ReplayBody<B>` bodies works, because
@@ -97,6 +98,7 @@ pub use credential::{ClientAuthMethod, Credential};
 
 use crate::{BoxError, Refresh, RefreshContext, RefreshError, TokenSet};
 use dialect::{pointer, Client, Dialect};
+use failure::SentSecrets;
 
 /// How much of a refresh answer is read before it counts as hostile.
 ///
@@ -551,7 +553,6 @@ where
             .and_then(|uri| request::build(&self.settings.dialect.request, uri, &ctx));
         let mut client = self.client.clone();
         let settings = Arc::clone(&self.settings);
-        let current = ctx.current().cloned();
         async move {
             let request = request?.map(B::from);
             poll_fn(|cx| client.poll_ready(cx))
@@ -561,17 +562,19 @@ where
                 .call(request)
                 .await
                 .map_err(|e| unreachable_endpoint(e.into()))?;
+            let sent = request::secrets(&settings.dialect.request, &ctx);
             let tokens = answer(
                 &settings.dialect,
                 settings.body_limit,
                 response,
+                &sent,
                 SystemTime::now,
             )
             .await?;
             Ok(keep_what_was_left_out(
                 tokens,
                 &settings.dialect,
-                current.as_ref(),
+                ctx.current(),
             ))
         }
     }
@@ -627,6 +630,7 @@ async fn answer<ResB>(
     dialect: &Dialect,
     body_limit: usize,
     response: Response<ResB>,
+    sent: &SentSecrets<'_>,
     now: impl FnOnce() -> SystemTime,
 ) -> Result<TokenSet, RefreshError>
 where
@@ -648,6 +652,7 @@ where
         &parts.headers,
         &body,
         dialect,
+        sent,
         now(),
     ))
 }

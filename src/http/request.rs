@@ -10,10 +10,23 @@ use serde_json::{Map, Value};
 
 use super::credential::{BodyFormat, ClientAuthMethod, Placement, TokenKind};
 use super::dialect::{Client, RequestShape};
-use crate::{RefreshContext, RefreshError};
+use super::failure::SentSecrets;
+use crate::{RefreshContext, RefreshError, Secret};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const JSON: &str = "application/json";
+
+/// The secrets a refresh with `shape` and `ctx` may send, whichever it
+/// sends: the tokens in use and the client secret. A server's error text
+/// quoting one of them has it redacted.
+pub(crate) fn secrets<'a>(shape: &'a RequestShape, ctx: &'a RefreshContext) -> SentSecrets<'a> {
+    let client_secret = shape
+        .client
+        .as_ref()
+        .and_then(|client| client.secret.as_ref());
+    let secrets = [ctx.refresh_token(), ctx.access_token(), client_secret];
+    SentSecrets(secrets.into_iter().flatten().map(Secret::expose).collect())
+}
 
 /// The request to send, or a terminal error when the tokens in use cannot
 /// make one (no refresh token to refresh with: a login is needed).

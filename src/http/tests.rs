@@ -580,3 +580,32 @@ async fn a_refused_answer_keeps_the_new_refresh_token_in_it() {
         ]
     );
 }
+
+/// Found in review: a server that echoed what it was sent in its error
+/// text (`"refresh token old-refresh is expired"`) had the token quoted in
+/// the error, and so in every log of it. The secrets the refresh could send
+/// are redacted from the server's words, whichever field quotes them.
+#[tokio::test]
+async fn a_server_echoing_the_sent_secrets_has_them_redacted_from_the_error() {
+    let (idp, _) = endpoint(|| {
+        json(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"invalid_grant: old-refresh",
+                "error_description":"token old-refresh (client secret client-secret-value, access old-access) is expired"}"#,
+        )
+    });
+    let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp)
+        .client_id("app")
+        .client_secret("client-secret-value");
+    let err = refresher.refresh(ctx()).await.unwrap_err();
+    assert!(err.is_terminal(), "{err}");
+    let shown = format!("{err} {err:?} {:?}", err.code());
+    for secret in ["old-refresh", "client-secret-value", "old-access"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(
+        shown.contains("token [redacted] (client secret [redacted]"),
+        "{shown}"
+    );
+    assert_eq!(err.code(), Some("invalid_grant: [redacted]"));
+}
