@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::Method;
 
+use super::call_budget::RateLimit;
 use super::credential::{BodyFormat, ClientAuthMethod, Credential};
 use crate::Secret;
 
@@ -21,6 +22,9 @@ pub(crate) struct Dialect {
     /// The wait after a `429` that names none (no `Retry-After`): what the
     /// endpoint's documented limit implies. `None`: the layer's backoff.
     pub(crate) rate_limit_wait: Option<Duration>,
+    /// The endpoint's documented limit, kept on the client's side
+    /// ([`call_budget`](super::call_budget)). `None`: no limit known.
+    pub(crate) rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone)]
@@ -72,10 +76,16 @@ pub(crate) struct ErrorShape {
     pub(crate) details: Vec<(String, String)>,
 }
 
-/// Seed 002 allows 5 refreshes a minute per IP and its `429` names no
-/// wait: one layer's calls, a minute / 5 apart, never exceed the limit on
-/// their own (several layers or processes behind one IP still may).
-pub(crate) const COGNITO_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60 / 5);
+/// Seed 002 allows 5 refreshes a minute per IP.
+const COGNITO_RATE_LIMIT: RateLimit = RateLimit {
+    calls: 5,
+    per: Duration::from_secs(60),
+};
+
+/// Seed 002's `429` names no wait: calls a minute / 5 apart never exceed
+/// its limit.
+pub(crate) const COGNITO_RATE_LIMIT_WAIT: Duration =
+    Duration::from_secs(COGNITO_RATE_LIMIT.per.as_secs() / COGNITO_RATE_LIMIT.calls as u64);
 
 fn pointers(list: &[&str]) -> Vec<String> {
     list.iter().map(|p| (*p).to_owned()).collect()
@@ -103,6 +113,7 @@ impl Dialect {
             response: oauth2_response(),
             errors: oauth2_errors(),
             rate_limit_wait: None,
+            rate_limit: None,
         }
     }
 
@@ -142,6 +153,7 @@ impl Dialect {
                 details: Vec::new(),
             },
             rate_limit_wait: None,
+            rate_limit: None,
         }
     }
 
@@ -167,6 +179,7 @@ impl Dialect {
                 details: Vec::new(),
             },
             rate_limit_wait: Some(COGNITO_RATE_LIMIT_WAIT),
+            rate_limit: Some(COGNITO_RATE_LIMIT),
         }
     }
 
@@ -193,6 +206,7 @@ impl Dialect {
                 details: named(&[("vendor code", "/status/vendor_code")]),
             },
             rate_limit_wait: None,
+            rate_limit: None,
         }
     }
 
@@ -210,6 +224,7 @@ impl Dialect {
                 details: Vec::new(),
             },
             rate_limit_wait: None,
+            rate_limit: None,
         }
     }
 }

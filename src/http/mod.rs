@@ -67,6 +67,7 @@
 //! # }
 //! ```
 
+mod call_budget;
 mod credential;
 mod decode;
 mod dialect;
@@ -97,6 +98,7 @@ use tower_service::Service;
 pub use credential::{ClientAuthMethod, Credential};
 
 use crate::{BoxError, Refresh, RefreshContext, RefreshError, TokenSet};
+use call_budget::CallLog;
 use dialect::{pointer, Client, Dialect};
 use failure::SentSecrets;
 
@@ -183,6 +185,9 @@ struct Settings {
     dialect: Dialect,
     allow_insecure: bool,
     body_limit: usize,
+    /// The calls made, for the dialect's rate limit: shared by clones, which
+    /// call the same endpoint.
+    calls: Arc<CallLog>,
 }
 
 impl<C, B> HttpRefresher<C, B>
@@ -201,6 +206,7 @@ where
                 dialect,
                 allow_insecure: false,
                 body_limit: DEFAULT_BODY_LIMIT,
+                calls: Arc::default(),
             }),
             _body: PhantomData,
         }
@@ -342,12 +348,13 @@ where
     /// JSON `{"refreshToken"}`, answered with `{accessToken, refreshToken,
     /// expiresIn, requiresPasswordChange}`; errors `{statusCode, message,
     /// error}`. The endpoint allows 5 refreshes a minute per IP: the layer's
-    /// single flight keeps it to one per expiry, and after a `429`, which
-    /// names no wait, the next call waits at least 12 s (a minute / 5, so
-    /// that retries alone never exceed the limit; see
-    /// [`rate_limit_wait`](Self::rate_limit_wait)) while the current token
-    /// stays in use. `requiresPasswordChange` is
-    /// kept as an [extra](TokenSet::extra).
+    /// single flight keeps it to one per expiry, a sixth call in a minute is
+    /// not sent (see [`rate_limit`](Self::rate_limit)), and after a `429`
+    /// (calls from elsewhere behind the same IP), which names no wait, the
+    /// next call waits at least 12 s (a minute / 5; see
+    /// [`rate_limit_wait`](Self::rate_limit_wait)). Either way the current
+    /// token stays in use while valid. `requiresPasswordChange` is kept as
+    /// an [extra](TokenSet::extra).
     ///
     /// ```
     /// use bytes::Bytes;
@@ -558,6 +565,11 @@ where
             poll_fn(|cx| client.poll_ready(cx))
                 .await
                 .map_err(|e| unreachable_endpoint(e.into()))?;
+            // Held until the answer is read: the call counts from its end.
+            let _slot = match settings.dialect.rate_limit {
+                Some(limit) => Some(settings.calls.admit(limit)?),
+                None => None,
+            };
             let response = client
                 .call(request)
                 .await

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use http::Method;
 
+use super::call_budget::RateLimit;
 use super::credential::{BodyFormat, ClientAuthMethod, Credential};
 use super::{pointer, HttpRefresher};
 use crate::Secret;
@@ -645,10 +646,64 @@ impl<C, B> HttpRefresher<C, B> {
         self
     }
 
+    /// The endpoint's rate limit, at most `calls` calls in any `per`, kept
+    /// on this side: a refresh past it is not sent but fails at once as
+    /// rate limited, naming when the next call may go, and the layer keeps
+    /// the current token and waits as after a `429`. A server that counts
+    /// refused calls too (seed 002 does) would otherwise stay refused
+    /// while backoff retries after a run of `5xx`s, or forced refreshes,
+    /// called it again. A call counts from when its answer has been read.
+    ///
+    /// The count is this refresher's and its clones': processes sharing
+    /// the limit (one IP address) still meet the server's `429`. Zero
+    /// `calls` or `per`: no limit. Default: 5 calls a minute for
+    /// [`cognito`](Self::cognito); none for the other presets, whose
+    /// endpoints document no limit.
+    ///
+    /// ```
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response};
+    /// # use http_body_util::Full;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tower_token_refresh::http::HttpRefresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let calls = Arc::new(AtomicUsize::new(0));
+    /// let counted = Arc::clone(&calls);
+    /// let idp = tower::service_fn(move |_: Request<Full<Bytes>>| {
+    ///     counted.fetch_add(1, Ordering::SeqCst);
+    ///     let answer = r#"{"access_token":"a2","expires_in":3600}"#;
+    ///     async move { Ok::<_, BoxError>(Response::new(Full::<Bytes>::from(answer))) }
+    /// });
+    /// // An endpoint allowing 2 calls an hour.
+    /// let refresher = HttpRefresher::oauth2("https://idp.example.com/oauth2/token", idp)
+    ///     .rate_limit(2, Duration::from_secs(3600));
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// handle.force_refresh().await.unwrap();
+    /// handle.force_refresh().await.unwrap();
+    /// let error = handle.force_refresh().await.unwrap_err();
+    /// let cause = error.refresh_error().unwrap();
+    /// assert!(cause.is_rate_limited(), "{error}");
+    /// assert!(cause.retry_after().unwrap() > Duration::from_secs(3599));
+    /// assert_eq!(calls.load(Ordering::SeqCst), 2, "the third was not sent");
+    /// # }
+    /// ```
+    pub fn rate_limit(mut self, calls: u32, per: Duration) -> Self {
+        self.dialect().rate_limit =
+            (calls > 0 && !per.is_zero()).then_some(RateLimit { calls, per });
+        self
+    }
+
     /// How long to wait after a `429` that names no wait (no
     /// `Retry-After`) before the next refresh call: the spacing the
-    /// endpoint's rate limit allows, so that this layer's calls alone never
-    /// exceed it (processes sharing one IP each wait on their own). The
+    /// endpoint's rate limit allows, so that the calls retried after it
+    /// never exceed that limit. The
     /// layer's [backoff](crate::Backoff) still applies when longer, and
     /// `Duration::ZERO` leaves it alone to decide (the error then names no
     /// wait). However long the wait, refreshing is blocked for an hour at

@@ -9,6 +9,9 @@
 //! - A body that is not JSON, or lacks the string fields → `400`; another
 //!   method → `405`; another path → `404`. Errors use the NestJS shape
 //!   `{statusCode, message, error}`.
+//! - Armed faults ([`InjectFaults`]) answer refreshes the limiter admitted,
+//!   as an upstream failing behind the rate-limiting middleware would: they
+//!   count towards the limit.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +24,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::faults::{Failure, Faults, InjectFaults};
 use super::json;
 use super::rate_limit::RateLimiter;
 use super::server::{ResBody, Server};
@@ -63,12 +67,15 @@ pub struct IdentityStats {
     pub rate_limited: u64,
     /// Requests answered `400`.
     pub bad_requests: u64,
+    /// Refresh requests answered with an armed fault.
+    pub injected: u64,
 }
 
 struct State {
     tokens: TokenStore,
     lifetime: Duration,
     limiter: RateLimiter,
+    faults: Faults,
     counters: Counters,
 }
 
@@ -80,6 +87,7 @@ struct Counters {
     unauthorized: AtomicU64,
     rate_limited: AtomicU64,
     bad_requests: AtomicU64,
+    injected: AtomicU64,
 }
 
 impl IdentityServer {
@@ -111,7 +119,15 @@ impl IdentityServer {
             unauthorized: read(&c.unauthorized),
             rate_limited: read(&c.rate_limited),
             bad_requests: read(&c.bad_requests),
+            injected: read(&c.injected),
         }
+    }
+}
+
+/// Injected failures are answered in the NestJS error shape.
+impl InjectFaults for IdentityServer {
+    fn faults(&self) -> &Faults {
+        &self.state.faults
     }
 }
 
@@ -141,6 +157,7 @@ impl IdentityBuilder {
             tokens: TokenStore::default(),
             lifetime: self.lifetime,
             limiter: RateLimiter::new(self.limit, self.window),
+            faults: Faults::default(),
             counters: Counters::default(),
         });
         let shared = Arc::clone(&state);
@@ -212,6 +229,25 @@ async fn refresh(state: &State, request: Request<Incoming>, peer: SocketAddr) ->
     if !state.limiter.admit(peer.ip(), Instant::now()) {
         return json::error(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
     }
+    let shape = |failure: &Failure| {
+        let status = failure.status();
+        failure.respond(json::error(
+            status,
+            status.canonical_reason().unwrap_or("Error"),
+        ))
+    };
+    state
+        .faults
+        .answer(
+            &state.counters.injected,
+            shape,
+            refresh_admitted(state, request),
+        )
+        .await
+}
+
+/// A refresh the limiter admitted and no fault answered.
+async fn refresh_admitted(state: &State, request: Request<Incoming>) -> Response<ResBody> {
     let body = match read_json(request).await {
         Ok(body) => body,
         Err(response) => return response,
