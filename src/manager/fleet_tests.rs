@@ -554,6 +554,12 @@ struct FaultyLoads {
     failing_writes: Arc<AtomicUsize>,
     slow_loads: Arc<AtomicU64>,
     slow_writes: Arc<AtomicU64>,
+    slow_leases: Arc<AtomicU64>,
+}
+
+/// Sleeps for the milliseconds `setting` holds, read now.
+fn slowed_by(setting: &AtomicU64) -> tokio::time::Sleep {
+    tokio::time::sleep(Duration::from_millis(setting.load(Ordering::SeqCst)))
 }
 
 impl TokenStore for FaultyLoads {
@@ -597,10 +603,20 @@ impl TokenStore for FaultyLoads {
         &self,
         ttl: Duration,
     ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
-        self.inner.try_lease(ttl)
+        let slow = slowed_by(&self.slow_leases);
+        let inner = self.inner.clone();
+        async move {
+            slow.await;
+            inner.try_lease(ttl).await
+        }
     }
     fn release(&self, lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.release(lease)
+        let slow = slowed_by(&self.slow_leases);
+        let inner = self.inner.clone();
+        async move {
+            slow.await;
+            inner.release(lease).await
+        }
     }
     fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.subscribe()
@@ -1261,4 +1277,46 @@ async fn a_new_refresh_token_in_a_refused_answer_is_stored_for_the_fleet() {
     )
     .unwrap();
     assert_eq!(stored.tokens.refresh_token().unwrap().expose(), "rt-3");
+}
+
+/// Found in review: a fleet flight's deadline (two leases and a poll) was
+/// shorter than the work it is allowed: the load and lease attempt begun
+/// just before it stops waiting for another holder's lease, the release
+/// and the hook each take up to a refresh timeout on top. Past the
+/// deadline a flight counts as not driven: the next caller started a
+/// second one beside it, still working.
+#[tokio::test(start_paused = true)]
+async fn a_fleet_flight_doing_all_it_may_is_joined_until_it_ends() {
+    // A 2 s refresh timeout: a 9 s lease, a 250 ms poll. Every store call,
+    // the refresh and the hook take 1.9 s.
+    let idp = Rotating {
+        delay: Duration::from_millis(1900),
+        ..Rotating::default()
+    };
+    let store = FaultyLoads::default();
+    for call in [&store.slow_loads, &store.slow_writes, &store.slow_leases] {
+        call.store(1900, Ordering::SeqCst);
+    }
+    // Another process holds the lease and never releases it.
+    let held = store.inner.try_lease(Duration::from_secs(9)).await.unwrap();
+    assert!(held.is_some());
+    let handle = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .refresh_timeout(Duration::from_secs(2))
+        .on_refresh(|_: &TokenSet| tokio::time::sleep(Duration::from_millis(1900)))
+        .build()
+        .handle();
+    // Waits out the lease (load and attempt, 3.8 s, then a poll: taken at
+    // 11.9 s), loads, refreshes and writes under it (17.6 s), releases it
+    // (19.5 s) and runs the hook (21.4 s): past the old 19.25 s deadline.
+    let first = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.force_refresh().await }
+    });
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(!first.is_finished(), "still working at 20 s");
+    handle.force_refresh().await.expect("joined the first");
+    first.await.unwrap().expect("the flight's own result");
+    assert_eq!(handle.stats().refreshes, 1, "one flight");
+    assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-1");
 }

@@ -83,14 +83,20 @@ impl Config {
     /// The longest a flight may run: each of its calls (refresh, login if
     /// the refresh credential was rejected, the `on_refresh` hook) has the
     /// whole refresh timeout.
+    ///
+    /// With a store: waiting for another holder's lease (given up a lease
+    /// and a poll after the start, but the load and lease attempt begun just
+    /// before may each take a refresh timeout), then the work under the
+    /// lease (a lease at most), then releasing it and running the hook,
+    /// each bounded by the refresh timeout.
     pub(crate) fn flight_budget(&self) -> Duration {
         match &self.store {
             None => self.work_budget(),
-            // Waiting out another holder's lease, then holding it.
             Some(store) => self
                 .lease_ttl()
                 .saturating_mul(2)
-                .saturating_add(store.poll_interval_dyn()),
+                .saturating_add(store.poll_interval_dyn())
+                .saturating_add(self.refresh_timeout.saturating_mul(4)),
         }
     }
 
