@@ -574,23 +574,24 @@ impl TokenManager {
     /// sent: a request that waited for its service to be ready (or a retry
     /// for its body) goes out with the newest token. That is the current
     /// credential if it is newer than `credential` and usable, else
-    /// `credential` itself, unless another request's answer has rejected
-    /// that very token since it was handed out: then the refresh that
-    /// rejection joined or started, to wait for (`Err`), as the rejected
-    /// request itself does. Sent anyway, it would only be rejected again.
+    /// `credential` itself, unless that very token was rejected by another
+    /// request's answer since it was handed out, or a newer one exists but
+    /// cannot be used (expired, or rejected in turn): then the refresh to
+    /// wait for (`Err`), as a request arriving now would. Sent anyway, the
+    /// older token would only be rejected again.
     pub(crate) fn newest(&self, credential: Credential) -> Result<Credential, Flight> {
         let snapshot = self.shared.snapshot.load();
-        if snapshot.generation > credential.generation
-            && snapshot.freshness(Instant::now()) != Freshness::Expired
-        {
+        let newer = snapshot.generation > credential.generation;
+        if newer && snapshot.freshness(Instant::now()) != Freshness::Expired {
             if let Some(newer) = snapshot.credential() {
                 return Ok(newer);
             }
         }
-        let rejected = snapshot.generation == credential.generation
-            && snapshot.rejected.load(Ordering::Acquire);
+        let outdated = newer
+            || (snapshot.generation == credential.generation
+                && snapshot.rejected.load(Ordering::Acquire));
         drop(snapshot);
-        if rejected {
+        if outdated {
             match self.decide(Some(RefreshReason::Rejected)) {
                 Decision::Wait(flight) => return Err(flight),
                 Decision::Use(current) => return Ok(current),

@@ -127,3 +127,30 @@ async fn a_retry_waits_for_the_service_to_be_ready() {
     assert!(body.starts_with("Bearer tok-1|replayed"), "{body}");
     assert_eq!((api.calls(), handle.stats().retries), (2, 1));
 }
+
+/// Found in review: a request held with a token went out with it even
+/// when a newer one had come meanwhile and could not be used (expired, or
+/// rejected by another request's answer): a token older than one already
+/// unusable. It waits for the refresh instead, as a request arriving then
+/// does.
+#[tokio::test(start_paused = true)]
+async fn a_request_ready_after_a_newer_token_turned_unusable_waits_for_the_refresh() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, None, Duration::from_secs(1));
+    let layer = TokenRefreshLayer::builder(source).build();
+    let handle = layer.handle();
+    let (client, gate) = gated(layer, &api);
+
+    let request = tokio::spawn(send(&client, get()));
+    settle().await;
+    token_arrives_while_closed(&gate, &issuer).await; // tok-1
+    api.accept("set-by-hand");
+    let expired = TokenSet::new("set-by-hand").with_expires_in(Duration::ZERO);
+    handle.set_tokens(expired).unwrap();
+
+    gate.set(true);
+    let (status, body) = answered(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("Bearer tok-2|"), "{body}");
+    assert_eq!(issuer.calls(), 2, "refreshed for the held request");
+}
