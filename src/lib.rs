@@ -100,6 +100,14 @@
 //! there when first read is dropped unread (over HTTP/2, a reset stream).
 //! (With `panic = "abort"`, the first of tokio's panics ends the process.)
 //!
+//! A request waits for a refresh on the runtime the refresh runs on, and
+//! counts on that runtime to drive it. On a `current_thread` runtime only
+//! `Runtime::block_on` does: a request awaited there through
+//! `Handle::block_on` from another thread, while nothing runs
+//! `Runtime::block_on`, waits until something does, as tokio documents for
+//! every task and timer of such a runtime. A request awaited on another
+//! runtime gives up on the refresh at its deadline instead.
+//!
 //! [tower]: https://docs.rs/tower
 
 #![forbid(unsafe_code)]
