@@ -12,8 +12,8 @@
 //! new one replaces it. Its late result then changes nothing: it installs
 //! no tokens over newer ones and records no failure against them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -28,7 +28,7 @@ use crate::error::ErrorKind;
 use crate::refresh::{DynRefresh, RefreshContext};
 use crate::stats::Counters;
 use crate::store::DynStore;
-use crate::{Error, RefreshError, RefreshReason, TokenSet};
+use crate::{Error, RefreshError, RefreshReason, Secret, TokenSet};
 
 /// A flight's result: the new credential, `Ok(None)` when `set_tokens`
 /// overtook it (its waiters decide afresh from the tokens set), or the
@@ -126,9 +126,8 @@ impl TokenManager {
             // Refused tokens that rotated the refresh token are refreshed
             // from whole: the access token stays paired with its own.
             current: control.refused.clone().or_else(|| snapshot.tokens.clone()),
-            refresh_token_dead: control.refused.is_none()
-                && control.refresh_rejected_at == Some(snapshot.generation),
-            refresh_rejected: AtomicBool::new(false),
+            dead_refresh_token: control.dead_refresh_token.clone(),
+            refused_for_good: OnceLock::new(),
             known_version: control.store_version,
             refused: None,
         };
@@ -150,12 +149,12 @@ pub(super) struct FlightTask {
     reason: RefreshReason,
     from_generation: u64,
     current: Option<Arc<TokenSet>>,
-    /// An earlier flight's refresh from `current` was rejected for good:
-    /// this one logs in without presenting it again.
-    refresh_token_dead: bool,
-    /// This flight's refresh was rejected for good (set by `obtain`, read
-    /// by `fail`). Atomic only because `obtain` borrows the task shared.
-    refresh_rejected: AtomicBool,
+    /// A refresh token an earlier flight's refresh presented and had
+    /// rejected for good: this one logs in rather than present it again.
+    dead_refresh_token: Option<Secret>,
+    /// The refresh token this flight's refresh presented and had rejected
+    /// for good (set by `obtain`, read by `fail`).
+    refused_for_good: OnceLock<Secret>,
     /// The store version `current` came from, if any.
     pub(super) known_version: Option<u64>,
     /// Fetched tokens `prepare` refused that rotated the refresh token.
@@ -296,11 +295,14 @@ impl FlightTask {
     ) -> Result<Obtained, Failed> {
         let shared = &self.shared;
         let login = shared.config.login.as_ref();
-        let refresh_first = ctx.current().is_some() && !self.refresh_token_dead;
-        if refresh_first || login.is_none() {
+        let presented = ctx.refresh_token();
+        let dead = presented.is_some() && presented == self.dead_refresh_token.as_ref();
+        if (ctx.current().is_some() && !dead) || login.is_none() {
             match self.timed(Arc::clone(&shared.refresher), ctx.clone()).await {
                 Err((error, kind)) if error.is_terminal() => {
-                    self.refresh_rejected.store(true, Ordering::Relaxed);
+                    if let Some(presented) = presented {
+                        let _ = self.refused_for_good.set(presented.clone());
+                    }
                     if let Some((store, base)) = reread {
                         if let Some(adopted) = self.adopt_newer(store, base).await {
                             return Ok(adopted);
@@ -572,10 +574,10 @@ impl FlightTask {
                 Err(Error::with_refresh(kind, error))
             };
         }
-        if self.refresh_token_dead || self.refresh_rejected.load(Ordering::Relaxed) {
+        if let Some(dead) = self.refused_for_good.get() {
             // The login that followed failed too (or the refresh's own
             // failure is terminal, which blocks every flight anyway).
-            control.refresh_rejected_at = Some(self.from_generation);
+            control.dead_refresh_token = Some(dead.clone());
         }
         let deferred = kind == ErrorKind::RefreshDeferred;
         let consecutive = if deferred {

@@ -85,17 +85,17 @@ impl Config {
     /// whole refresh timeout.
     ///
     /// With a store: waiting for another holder's lease (given up a lease
-    /// and a poll after the start, but the load and lease attempt begun just
-    /// before may each take a refresh timeout), then the work under the
-    /// lease (a lease at most), then releasing it and running the hook,
-    /// each bounded by the refresh timeout.
+    /// and a poll after the start, but the last load and lease attempt may
+    /// begin up to a poll after that and each take a refresh timeout), then
+    /// the work under the lease (a lease at most), then releasing it and
+    /// running the hook, each bounded by the refresh timeout.
     pub(crate) fn flight_budget(&self) -> Duration {
         match &self.store {
             None => self.work_budget(),
             Some(store) => self
                 .lease_ttl()
                 .saturating_mul(2)
-                .saturating_add(store.poll_interval_dyn())
+                .saturating_add(store.poll_interval_dyn().saturating_mul(2))
                 .saturating_add(self.refresh_timeout.saturating_mul(4)),
         }
     }
@@ -176,12 +176,14 @@ struct Control {
     /// new refresh token: the next flight refreshes from them. Cleared when
     /// tokens are installed.
     refused: Option<Arc<TokenSet>>,
-    /// The generation whose refresh token the source rejected for good
-    /// when a login then failed too: the flights after it, until new tokens
-    /// are installed, go straight to the login instead of presenting the
-    /// dead refresh token again each backoff cycle (a wasted round trip
-    /// that also spends a rate-limited endpoint's budget).
-    refresh_rejected_at: Option<u64>,
+    /// The refresh token the source rejected for good when a login then
+    /// failed too: a flight whose refresh would present it goes straight to
+    /// the login instead, rather than present it again each backoff cycle
+    /// (a wasted round trip that also spends a rate-limited endpoint's
+    /// budget). Kept by value, not by generation: the flight may refresh
+    /// from refused tokens or, in fleet mode, from a stored record.
+    /// Cleared when tokens are installed.
+    dead_refresh_token: Option<crate::Secret>,
     /// The refresh tokens this process spent lately (`fleet::Spent`): a
     /// stored record carrying one is neither adopted nor refreshed from.
     spent: fleet::Spent,
@@ -197,7 +199,8 @@ pub(crate) struct Shared {
     epoch: Instant,
     /// Nanoseconds since `epoch` before which no proactive refresh may start:
     /// the deadline of the flight that runs, `u64::MAX` after a terminal
-    /// failure, the backoff deadline after a failure, 0 otherwise. Lets a request in the stale
+    /// failure, the backoff deadline after a failure, the installed token's
+    /// `proactive_from` after a refresh, 0 after tokens set by hand. Lets a request in the stale
     /// window decide without taking the lock.
     proactive_gate: AtomicU64,
     /// Woken whenever the snapshot or the failure state changes.
@@ -550,6 +553,7 @@ impl TokenManager {
         // for it (up to its deadline, if the identity server hangs).
         let overtaken = control.flight.take();
         control.refused = None;
+        control.dead_refresh_token = None;
         self.shared.install(prepared);
         self.shared.proactive_gate.store(0, Ordering::Release);
         drop(control);
@@ -576,9 +580,9 @@ impl TokenManager {
     /// credential if it is newer than `credential` and usable, else
     /// `credential` itself, unless that very token was rejected by another
     /// request's answer since it was handed out, or a newer one exists but
-    /// cannot be used (expired, or rejected in turn): then the refresh to
-    /// wait for (`Err`), as a request arriving now would. Sent anyway, the
-    /// older token would only be rejected again.
+    /// cannot be used (in its mandatory window, or rejected in turn): then
+    /// the refresh to wait for (`Err`), as a request arriving now would.
+    /// Sent anyway, the older token would only be rejected again.
     pub(crate) fn newest(&self, credential: Credential) -> Result<Credential, Flight> {
         let snapshot = self.shared.snapshot.load();
         let newer = snapshot.generation > credential.generation;
@@ -587,12 +591,11 @@ impl TokenManager {
                 return Ok(newer);
             }
         }
-        let outdated = newer
-            || (snapshot.generation == credential.generation
-                && snapshot.rejected.load(Ordering::Acquire));
+        // This token or the newer one, rejected by another request's answer.
+        let rejected = snapshot.rejected.load(Ordering::Acquire);
         drop(snapshot);
-        if outdated {
-            match self.decide(Some(RefreshReason::Rejected)) {
+        if newer || rejected {
+            match self.decide(rejected.then_some(RefreshReason::Rejected)) {
                 Decision::Wait(flight) => return Err(flight),
                 Decision::Use(current) => return Ok(current),
                 // No refresh can run (a failure blocks it): sent as it is.
@@ -733,6 +736,7 @@ impl Shared {
     ) -> Arc<Snapshot> {
         let snapshot = self.install(prepared);
         control.refused = None;
+        control.dead_refresh_token = None;
         if version.is_some() {
             control.store_version = version;
         }

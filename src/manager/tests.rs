@@ -986,3 +986,37 @@ fn a_flight_whose_runtime_stopped_driving_it_holds_proactive_refreshes_back_only
         assert!(after.starts_with("tok-"), "still {after} at 82 s");
     });
 }
+
+/// Found in review: the refresh token refused for good was remembered by
+/// generation, and only when no refused tokens were kept: one carried by
+/// refused tokens (an answer already expired that rotated it) was
+/// presented again each backoff cycle while the login failed.
+#[tokio::test(start_paused = true)]
+async fn a_rotated_refresh_token_refused_for_good_is_not_presented_again_while_the_login_fails() {
+    let api = Api::default();
+    api.accept("tok-login");
+    let (source, presented) = recording(|n| match n {
+        1 => Ok(TokenSet::new("at-expired")
+            .with_refresh_token("rt-2")
+            .with_expires_in(Duration::ZERO)),
+        _ => Err(RefreshError::terminal("invalid_grant").with_status(400)),
+    });
+    let (login, logins) = recording(|n| match n {
+        1 | 2 => Err(RefreshError::transient("identity provider unavailable")),
+        _ => Ok(TokenSet::new("tok-login").with_expires_in(HUNDRED)),
+    });
+    let client = expired_with_login(&api, source, login, "rt-1");
+    for _ in 0..3 {
+        expect_error(send(&client, get()).await);
+        tokio::time::advance(Duration::from_secs(10)).await;
+    }
+    assert_eq!(bearer(&send(&client, get()).await), "tok-login");
+
+    assert_eq!(logins.lock().unwrap().len(), 3);
+    let presented = presented.lock().unwrap().clone();
+    assert_eq!(
+        presented,
+        [Some("rt-1".to_owned()), Some("rt-2".to_owned())],
+        "each presented once"
+    );
+}
