@@ -11,9 +11,13 @@
 //!
 //! Only this process's calls are counted: clients sharing the limit (one IP
 //! address, many processes) still meet the server's `429`, handled as
-//! before.
+//! before. A call that never reached the server (its connection refused)
+//! is not counted; one that a client below retries on its own, or sends
+//! after the refresh gave up on it (a queue such as tower's `Buffer`), is
+//! counted once.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -27,39 +31,58 @@ pub(crate) struct RateLimit {
     pub(crate) per: Duration,
 }
 
-/// The calls made lately through one refresher and its clones.
+/// The calls made lately through one refresher and its clones, under the
+/// limit they share: a refresher given another limit starts a log of its
+/// own.
 #[derive(Debug, Default)]
 pub(crate) struct CallLog {
+    limit: Option<RateLimit>,
     state: Mutex<Calls>,
 }
 
 #[derive(Debug, Default)]
 struct Calls {
     /// When recent calls ended, oldest first.
-    ended: Vec<Instant>,
+    ended: VecDeque<Instant>,
     /// Calls under way: each counts until it ends.
     under_way: u32,
 }
 
 impl CallLog {
-    /// A slot for one call within `limit`, or the rate-limited error naming
-    /// when one frees up.
-    pub(crate) fn admit(self: &Arc<Self>, limit: RateLimit) -> Result<CallSlot, RefreshError> {
+    /// A log of calls under `limit` (`None`: every call admitted).
+    pub(crate) fn new(limit: Option<RateLimit>) -> Self {
+        Self {
+            limit,
+            state: Mutex::default(),
+        }
+    }
+
+    /// A slot for one call within the limit (`None` when there is no
+    /// limit), or the rate-limited error naming when one frees up.
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Option<CallSlot>, RefreshError> {
+        let Some(limit) = self.limit else {
+            return Ok(None);
+        };
         let now = Instant::now();
-        let mut calls = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        calls
+        let mut calls = self.lock();
+        while calls
             .ended
-            .retain(|&ended| now.saturating_duration_since(ended) < limit.per);
+            .front()
+            .is_some_and(|&ended| now.saturating_duration_since(ended) >= limit.per)
+        {
+            calls.ended.pop_front();
+        }
         let counted = calls.ended.len() as u64 + u64::from(calls.under_way);
         if counted < u64::from(limit.calls) {
             calls.under_way += 1;
-            return Ok(CallSlot {
+            return Ok(Some(CallSlot {
                 log: Arc::clone(self),
-            });
+                counts: true,
+            }));
         }
         // The oldest ended call leaves the window first; with every counted
         // call still under way, a whole window is the safe guess.
-        let wait = calls.ended.first().map_or(limit.per, |&oldest| {
+        let wait = calls.ended.front().map_or(limit.per, |&oldest| {
             limit
                 .per
                 .saturating_sub(now.saturating_duration_since(oldest))
@@ -68,6 +91,10 @@ impl CallLog {
             "not called: the refresh endpoint allows {} calls per {:?}, all made",
             limit.calls, limit.per
         )))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Calls> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -78,17 +105,24 @@ impl CallLog {
 #[derive(Debug)]
 pub(crate) struct CallSlot {
     log: Arc<CallLog>,
+    counts: bool,
+}
+
+impl CallSlot {
+    /// Frees the slot without counting the call: it never reached the
+    /// server.
+    pub(crate) fn not_sent(mut self) {
+        self.counts = false;
+    }
 }
 
 impl Drop for CallSlot {
     fn drop(&mut self) {
-        let mut calls = self
-            .log
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut calls = self.log.lock();
         calls.under_way -= 1;
-        calls.ended.push(Instant::now());
+        if self.counts {
+            calls.ended.push_back(Instant::now());
+        }
     }
 }
 
@@ -96,30 +130,26 @@ impl Drop for CallSlot {
 mod tests {
     use super::*;
 
-    const FIVE_A_MINUTE: RateLimit = RateLimit {
-        calls: 5,
-        per: Duration::from_secs(60),
-    };
+    fn log(calls: u32, per: Duration) -> Arc<CallLog> {
+        Arc::new(CallLog::new(Some(RateLimit { calls, per })))
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_call_past_the_limit_waits_for_the_oldest_to_leave_the_window() {
-        let log = Arc::new(CallLog::default());
+        let log = log(5, Duration::from_secs(60));
         for _ in 0..5 {
-            drop(log.admit(FIVE_A_MINUTE).expect("within the limit"));
+            drop(log.admit().expect("within the limit"));
             tokio::time::advance(Duration::from_secs(2)).await;
         }
         // 10 s after the first ended: it leaves the window in 50 s.
-        let refused = log.admit(FIVE_A_MINUTE).expect_err("a sixth in the minute");
+        let refused = log.admit().expect_err("a sixth in the minute");
         assert!(refused.is_rate_limited(), "{refused}");
         assert_eq!(refused.retry_after(), Some(Duration::from_secs(50)));
         assert!(refused.to_string().contains("5 calls per 60s"), "{refused}");
 
         tokio::time::advance(Duration::from_secs(50)).await;
-        let slot = log.admit(FIVE_A_MINUTE).expect("the first left the window");
-        assert!(
-            log.admit(FIVE_A_MINUTE).is_err(),
-            "the slot counts while held"
-        );
+        let slot = log.admit().expect("the first left the window");
+        assert!(log.admit().is_err(), "the slot counts while held");
         drop(slot);
     }
 
@@ -127,20 +157,28 @@ mod tests {
     /// reaches the server's window no earlier than it ends.
     #[tokio::test(start_paused = true)]
     async fn a_call_counts_while_under_way_and_from_when_it_ends() {
-        let log = Arc::new(CallLog::default());
-        let one = RateLimit {
-            calls: 1,
-            per: Duration::from_secs(10),
-        };
-        let slot = log.admit(one).unwrap();
-        let refused = log.admit(one).expect_err("one under way");
+        let log = log(1, Duration::from_secs(10));
+        let slot = log.admit().unwrap();
+        let refused = log.admit().expect_err("one under way");
         assert_eq!(refused.retry_after(), Some(Duration::from_secs(10)));
         tokio::time::advance(Duration::from_secs(8)).await;
         drop(slot);
         tokio::time::advance(Duration::from_secs(9)).await;
-        let refused = log.admit(one).expect_err("ended 9 s ago");
+        let refused = log.admit().expect_err("ended 9 s ago");
         assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(log.admit(one).is_ok());
+        assert!(log.admit().unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_not_sent_is_not_counted_and_without_a_limit_nothing_is() {
+        let log = log(1, Duration::from_secs(10));
+        for _ in 0..3 {
+            log.admit().unwrap().expect("a slot").not_sent();
+        }
+        drop(log.admit().unwrap());
+        assert!(log.admit().is_err(), "the sent call counts");
+        let unlimited = Arc::new(CallLog::new(None));
+        assert!(unlimited.admit().unwrap().is_none());
     }
 }

@@ -12,6 +12,7 @@
 //! token it presented, the client secret) redacted: a server that echoes
 //! what it was sent must not put them in an error, and so in a log.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use http::header::RETRY_AFTER;
@@ -104,27 +105,98 @@ impl Said {
 }
 
 /// The secrets a refresh request carried, to redact from the server's
-/// text: as sent, and percent-encoded as in a form body.
+/// text in every form a server is likely to echo them in: as sent,
+/// percent-encoded (as in a form body or a query, either case of hex
+/// digit, a space as `+` or `%20`) and JSON-escaped (as in a JSON body
+/// quoted inside a message). A secret of a few characters is redacted
+/// wherever those characters occur, codes included: harmless, if less
+/// readable.
 #[derive(Default)]
-pub(crate) struct SentSecrets<'a>(pub(crate) Vec<&'a str>);
+pub(crate) struct SentSecrets<'a>(Vec<Cow<'a, str>>);
 
 /// What a secret quoted by the server is replaced with.
 const REDACTED: &str = "[redacted]";
 
-impl SentSecrets<'_> {
-    /// `text` without any of the secrets. Done before the text is cut, so
-    /// that no cut leaves a secret's beginning behind.
-    fn redact(&self, mut text: String) -> String {
-        for secret in self.0.iter().filter(|secret| !secret.is_empty()) {
-            let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-            for form in [*secret, encoded.as_str()] {
-                if text.contains(form) {
-                    text = text.replace(form, REDACTED);
-                }
-            }
-        }
-        text
+impl<'a> SentSecrets<'a> {
+    pub(crate) fn new(secrets: impl IntoIterator<Item = Cow<'a, str>>) -> Self {
+        Self(secrets.into_iter().filter(|s| !s.is_empty()).collect())
     }
+
+    /// `text` without any of the secrets. Done before the text is cut, so
+    /// that no cut leaves a secret's beginning behind, and in one pass over
+    /// the text, so that secrets that overlap (one inside another, or
+    /// sharing a stretch of text) go whole and the marker is not searched.
+    fn redact(&self, text: String) -> String {
+        let mut found: Vec<(usize, usize)> = self
+            .0
+            .iter()
+            .flat_map(|secret| echoed_forms(secret))
+            .flat_map(|form| {
+                let len = form.len();
+                text.match_indices(form.as_str())
+                    .map(move |(at, _)| (at, at + len))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if found.is_empty() {
+            return text;
+        }
+        found.sort_unstable();
+        let mut out = String::with_capacity(text.len());
+        let mut copied = 0;
+        let mut found = found.into_iter().peekable();
+        while let Some((start, mut end)) = found.next() {
+            while let Some(&(next, next_end)) = found.peek() {
+                if next > end {
+                    break;
+                }
+                end = end.max(next_end);
+                found.next();
+            }
+            out.push_str(&text[copied..start]);
+            out.push_str(REDACTED);
+            copied = end;
+        }
+        out.push_str(&text[copied..]);
+        out
+    }
+}
+
+/// `secret` as a server may echo it back.
+fn echoed_forms(secret: &str) -> Vec<String> {
+    let percent: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let percent_space = percent.replace('+', "%20");
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let json = json.trim_matches('"').to_owned();
+    let mut forms = vec![
+        secret.to_owned(),
+        lower_hex(&percent),
+        lower_hex(&percent_space),
+        percent,
+        percent_space,
+        json.replace('/', "\\/"),
+        json,
+    ];
+    forms.retain(|form| !form.is_empty());
+    forms.sort_unstable();
+    forms.dedup();
+    forms
+}
+
+/// Percent-encoded text with its hex digits in lower case.
+fn lower_hex(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut hex_left = 0;
+    for c in encoded.chars() {
+        if hex_left > 0 {
+            out.push(c.to_ascii_lowercase());
+            hex_left -= 1;
+        } else {
+            hex_left = if c == '%' { 2 } else { 0 };
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The longest piece of a server's text quoted, in characters; the body
@@ -411,7 +483,7 @@ mod tests {
     #[test]
     fn a_sent_secret_is_redacted_whole_before_the_quote_is_cut_and_when_percent_encoded() {
         let secret = "s3cr3t/with+symbols=";
-        let sent = SentSecrets(vec![secret, ""]);
+        let sent = SentSecrets::new([secret.into(), "".into()]);
         let description = format!("{}{secret}{secret}", "x".repeat(250));
         let body = json!({ "error": "invalid_grant", "error_description": description });
         let err = classify(
@@ -437,6 +509,38 @@ mod tests {
             "bad form: refresh_token=[redacted]&grant_type=refresh_token"
         );
         assert_eq!(sent.redact("nothing to hide".into()), "nothing to hide");
+    }
+
+    /// Found in review: secrets replaced one after another let a longer
+    /// one that contained or overlapped a shorter one show its tail, and
+    /// later secrets were looked for inside the marker.
+    #[test]
+    fn overlapping_secrets_go_whole_and_the_marker_is_left_alone() {
+        let sent = SentSecrets::new(["abc".into(), "abc/def".into(), "e".into()]);
+        assert_eq!(sent.redact("t=abc%2Fdef;".into()), "t=[redacted];");
+        assert_eq!(sent.redact("abc/def".into()), "[redacted]");
+        assert_eq!(sent.redact("xabcx".into()), "x[redacted]x");
+    }
+
+    /// Found in review: a JSON body quoted inside a message keeps its
+    /// escapes after one parse, and percent-encoders differ in the case of
+    /// their hex digits and in how they write a space.
+    #[test]
+    fn secrets_echoed_json_escaped_or_percent_encoded_otherwise_are_redacted() {
+        let secret = r#"k"ey/with space"#;
+        let sent = SentSecrets::new([secret.into()]);
+        for echoed in [
+            r#"got {"token":"k\"ey/with space"}"#,
+            r#"got {"token":"k\"ey\/with space"}"#,
+            "got k%22ey%2fwith%20space",
+            "got k%22ey%2Fwith+space",
+        ] {
+            let quoted = sent.redact(echoed.into());
+            assert!(
+                quoted.contains(REDACTED) && !quoted.contains("with"),
+                "{echoed} → {quoted}"
+            );
+        }
     }
 
     #[test]

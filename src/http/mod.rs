@@ -24,8 +24,10 @@
 //! documented limit implies; 408, 5xx, transport errors and undecodable
 //! answers transient, except a 503 with `Retry-After`, which is honoured
 //! as a rate limit) and carry the server's own message, code and request
-//! id, never a token: one the server echoes back (the tokens in use, the
-//! client secret) is quoted as `[redacted]`.
+//! id, never a token: a secret the request carried that the server echoes
+//! back (the tokens in use, the client secret and its Basic credentials,
+//! a key in the endpoint's URI), as sent, percent-encoded or JSON-escaped,
+//! is quoted as `[redacted]`.
 //!
 //! The client can be the very one the layer wraps: a
 //! `hyper_util` client for `ReplayBody<B>` bodies works, because
@@ -203,10 +205,10 @@ where
             client,
             settings: Arc::new(Settings {
                 endpoint: url.try_into().map_err(|e| e.to_string()),
+                calls: Arc::new(CallLog::new(dialect.rate_limit)),
                 dialect,
                 allow_insecure: false,
                 body_limit: DEFAULT_BODY_LIMIT,
-                calls: Arc::default(),
             }),
             _body: PhantomData,
         }
@@ -566,15 +568,19 @@ where
                 .await
                 .map_err(|e| unreachable_endpoint(e.into()))?;
             // Held until the answer is read: the call counts from its end.
-            let _slot = match settings.dialect.rate_limit {
-                Some(limit) => Some(settings.calls.admit(limit)?),
-                None => None,
+            let slot = settings.calls.admit()?;
+            let response = match client.call(request).await {
+                Ok(response) => response,
+                Err(error) => {
+                    let error = error.into();
+                    if let Some(slot) = slot.filter(|_| never_reached_the_server(&*error)) {
+                        slot.not_sent();
+                    }
+                    return Err(unreachable_endpoint(error));
+                }
             };
-            let response = client
-                .call(request)
-                .await
-                .map_err(|e| unreachable_endpoint(e.into()))?;
-            let sent = request::secrets(&settings.dialect.request, &ctx);
+            let uri = settings.endpoint.as_ref().ok();
+            let sent = request::secrets(&settings.dialect.request, uri, &ctx);
             let tokens = answer(
                 &settings.dialect,
                 settings.body_limit,
@@ -583,6 +589,7 @@ where
                 SystemTime::now,
             )
             .await?;
+            drop(slot);
             Ok(keep_what_was_left_out(
                 tokens,
                 &settings.dialect,
@@ -667,6 +674,26 @@ where
         sent,
         now(),
     ))
+}
+
+/// Whether a client's error says the request never reached the server: a
+/// connection refused, wherever in the error's causes (hyper-util wraps
+/// it in its own errors).
+fn never_reached_the_server(error: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::ConnectionRefused {
+            return true;
+        }
+        // An `io::Error` wrapping another names that one's cause as its
+        // own source, skipping the one it wraps.
+        if io
+            .get_ref()
+            .is_some_and(|inner| never_reached_the_server(inner))
+        {
+            return true;
+        }
+    }
+    error.source().is_some_and(never_reached_the_server)
 }
 
 fn unreachable_endpoint(error: BoxError) -> RefreshError {

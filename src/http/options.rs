@@ -6,11 +6,12 @@
 //! [`TokenHandle::force_refresh`](crate::TokenHandle::force_refresh); a
 //! failed check in the stand-in fails that refresh.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 
-use super::call_budget::RateLimit;
+use super::call_budget::{CallLog, RateLimit};
 use super::credential::{BodyFormat, ClientAuthMethod, Credential};
 use super::{pointer, HttpRefresher};
 use crate::Secret;
@@ -652,11 +653,14 @@ impl<C, B> HttpRefresher<C, B> {
     /// the current token and waits as after a `429`. A server that counts
     /// refused calls too (seed 002 does) would otherwise stay refused
     /// while backoff retries after a run of `5xx`s, or forced refreshes,
-    /// called it again. A call counts from when its answer has been read.
+    /// called it again. A call counts from when its answer has been read;
+    /// one whose connection was refused does not count.
     ///
-    /// The count is this refresher's and its clones': processes sharing
-    /// the limit (one IP address) still meet the server's `429`. Zero
-    /// `calls` or `per`: no limit. Default: 5 calls a minute for
+    /// The count is this refresher's and its clones' (those made after this
+    /// call: a clone made before keeps its own limit and count). Processes
+    /// sharing the limit (one IP address) still meet the server's `429`,
+    /// and a client that retries calls on its own spends more of the limit
+    /// than is counted. Zero `calls` or `per`: no limit. Default: 5 calls a minute for
     /// [`cognito`](Self::cognito); none for the other presets, whose
     /// endpoints document no limit.
     ///
@@ -695,8 +699,10 @@ impl<C, B> HttpRefresher<C, B> {
     /// # }
     /// ```
     pub fn rate_limit(mut self, calls: u32, per: Duration) -> Self {
-        self.dialect().rate_limit =
-            (calls > 0 && !per.is_zero()).then_some(RateLimit { calls, per });
+        let limit = (calls > 0 && !per.is_zero()).then_some(RateLimit { calls, per });
+        self.dialect().rate_limit = limit;
+        // Counted apart from any clone made before, which keeps its limit.
+        self.settings().calls = Arc::new(CallLog::new(limit));
         self
     }
 

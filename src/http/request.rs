@@ -1,6 +1,8 @@
 //! Building the refresh request from a [`RequestShape`] and the tokens in
 //! use.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -11,21 +13,56 @@ use serde_json::{Map, Value};
 use super::credential::{BodyFormat, ClientAuthMethod, Placement, TokenKind};
 use super::dialect::{Client, RequestShape};
 use super::failure::SentSecrets;
-use crate::{RefreshContext, RefreshError, Secret};
+use crate::{RefreshContext, RefreshError};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const JSON: &str = "application/json";
 
-/// The secrets a refresh with `shape` and `ctx` may send, whichever it
-/// sends: the tokens in use and the client secret. A server's error text
-/// quoting one of them has it redacted.
-pub(crate) fn secrets<'a>(shape: &'a RequestShape, ctx: &'a RefreshContext) -> SentSecrets<'a> {
-    let client_secret = shape
+/// The secrets a refresh with `shape` and `ctx` to `uri` may send,
+/// whichever it sends: the tokens in use, the client secret (and the Basic
+/// credentials made from it), and what the endpoint's URI may carry (its
+/// userinfo, and query values long enough to be keys). A server's error
+/// text quoting one of them has it redacted.
+pub(crate) fn secrets<'a>(
+    shape: &'a RequestShape,
+    uri: Option<&'a Uri>,
+    ctx: &'a RefreshContext,
+) -> SentSecrets<'a> {
+    let tokens = [ctx.refresh_token(), ctx.access_token()];
+    let mut secrets: Vec<Cow<'a, str>> = tokens
+        .into_iter()
+        .flatten()
+        .map(|token| Cow::Borrowed(token.expose()))
+        .collect();
+    if let Some((client, secret)) = shape
         .client
         .as_ref()
-        .and_then(|client| client.secret.as_ref());
-    let secrets = [ctx.refresh_token(), ctx.access_token(), client_secret];
-    SentSecrets(secrets.into_iter().flatten().map(Secret::expose).collect())
+        .and_then(|client| Some((client, client.secret.as_ref()?)))
+    {
+        secrets.push(Cow::Borrowed(secret.expose()));
+        let basic = basic_auth(client, secret);
+        let credentials = basic.trim_start_matches("Basic ");
+        secrets.push(Cow::Owned(credentials.trim_end_matches('=').to_owned()));
+    }
+    if let Some(uri) = uri {
+        if let Some((userinfo, _)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) {
+            secrets.push(Cow::Borrowed(userinfo));
+            if let Some((_, password)) = userinfo.split_once(':') {
+                secrets.push(Cow::Borrowed(password));
+            }
+        }
+        // A short value (`v=2`) is no key, and redacted it would blot out
+        // every `2` in the server's words.
+        const KEY_LENGTH: usize = 8;
+        let query = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes());
+        secrets.extend(
+            query
+                .map(|(_, value)| value)
+                .filter(|value| value.len() >= KEY_LENGTH)
+                .map(|value| Cow::Owned(value.into_owned())),
+        );
+    }
+    SentSecrets::new(secrets)
 }
 
 /// The request to send, or a terminal error when the tokens in use cannot

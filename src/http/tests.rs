@@ -609,3 +609,69 @@ async fn a_server_echoing_the_sent_secrets_has_them_redacted_from_the_error() {
     );
     assert_eq!(err.code(), Some("invalid_grant: [redacted]"));
 }
+
+/// Found in review: the client's Basic credentials (base64 of `id:secret`)
+/// and a key in the endpoint's query were quoted as the server echoed
+/// them.
+#[tokio::test]
+async fn echoed_basic_credentials_and_endpoint_keys_are_redacted_too() {
+    use base64::Engine as _;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("app:client-secret-value")
+    );
+    let echo = format!(
+        r#"{{"error":"invalid_client","error_description":"bad header {basic}, url ?key=endpoint-key-value&v=2"}}"#
+    );
+    let (idp, _) = endpoint(move || json(StatusCode::UNAUTHORIZED, &echo));
+    let refresher = HttpRefresher::oauth2(
+        "https://idp.example.com/token?key=endpoint-key-value&v=2",
+        idp,
+    )
+    .client_id("app")
+    .client_secret("client-secret-value");
+    let err = refresher.refresh(ctx()).await.unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains(&basic[6..]), "{shown}");
+    assert!(!shown.contains("endpoint-key-value"), "{shown}");
+    assert!(shown.contains("bad header Basic [redacted]"), "{shown}");
+    assert!(shown.contains("&v=2"), "a short value is no key: {shown}");
+}
+
+/// A call whose connection was refused never reached the server and does
+/// not count against the endpoint's limit: an outage does not leave the
+/// client refusing itself for a minute after the server is back.
+#[tokio::test]
+async fn a_refused_connection_does_not_count_against_the_rate_limit() {
+    let refused = tower::service_fn(|_: Request<Full<Bytes>>| async {
+        let cause = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        Err::<Answer, BoxError>(Box::new(std::io::Error::other(cause)))
+    });
+    let refresher = HttpRefresher::cognito(COGNITO_URL, refused);
+    for _ in 0..10 {
+        let err = refresher.refresh(ctx()).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(!err.is_rate_limited(), "{err}");
+    }
+    // Other transport failures may have reached the server: they count.
+    let reset = tower::service_fn(|_: Request<Full<Bytes>>| async {
+        let cause = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        Err::<Answer, BoxError>(Box::new(cause))
+    });
+    let refresher = HttpRefresher::cognito(COGNITO_URL, reset);
+    let errors: Vec<_> = refresh_errors(&refresher, 6).await;
+    assert!(errors[..5].iter().all(|e| !e.is_rate_limited()));
+    assert!(errors[5].is_rate_limited(), "{}", errors[5]);
+}
+
+/// `n` refreshes one after the other, their errors.
+async fn refresh_errors<C>(refresher: &HttpRefresher<C>, n: usize) -> Vec<RefreshError>
+where
+    HttpRefresher<C>: Refresh,
+{
+    let mut errors = Vec::new();
+    for _ in 0..n {
+        errors.push(refresher.refresh(ctx()).await.unwrap_err());
+    }
+    errors
+}
