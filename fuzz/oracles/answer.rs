@@ -23,7 +23,8 @@
 //! length of its body; a `429` waits what its `Retry-After` asks for, or
 //! without one what the dialect's documented limit implies; a `503` with a
 //! `Retry-After` is a rate limit too; no error's `Display` or `Debug`
-//! quotes a token from the answer.
+//! quotes a token from the answer, nor the secret the request carried
+//! (`__fuzz::SENT_SECRET`) wherever the server echoes it.
 //!
 //! Shared by the fuzz target (`fuzz/fuzz_targets/answer.rs`) and
 //! `tests/fuzz_seeds.rs`, which replays the committed seeds through
@@ -64,6 +65,41 @@ pub fn check(data: &[u8]) {
             assert!(!shown.contains(CANARY), "a token leaked: {shown}");
         }
     }
+    if let Some(body) = echoing_the_secret(&input) {
+        let result = input.run(&body, now);
+        check_result(&input, &result, now);
+        assert_no_sent_secret(&result);
+    }
+    assert_no_sent_secret(&result);
+}
+
+fn assert_no_sent_secret(result: &Result<TokenSet, RefreshError>) {
+    if let Err(error) = result {
+        let shown = format!("{error} {error:?}");
+        assert!(
+            !shown.contains(__fuzz::SENT_SECRET),
+            "the sent secret leaked: {shown}"
+        );
+    }
+}
+
+/// A failure's JSON body with every string in it echoing the secret the
+/// request carried, as a server quoting the request back would.
+fn echoing_the_secret(input: &Input<'_>) -> Option<Vec<u8>> {
+    if input.status.is_success() {
+        return None;
+    }
+    fn echo(value: &mut Value) {
+        match value {
+            Value::String(text) => *text = format!("{text} {} {text}", __fuzz::SENT_SECRET),
+            Value::Array(items) => items.iter_mut().for_each(echo),
+            Value::Object(fields) => fields.values_mut().for_each(echo),
+            _ => {}
+        }
+    }
+    let mut json: Value = serde_json::from_slice(input.body).ok()?;
+    echo(&mut json);
+    serde_json::to_vec(&json).ok()
 }
 
 impl<'a> Input<'a> {

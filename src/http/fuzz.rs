@@ -42,10 +42,14 @@ fn dialect(name: &str) -> Dialect {
     }
 }
 
+/// The secret [`answer`] tells the answer handling the request carried:
+/// no error may quote it, however the server echoes it.
+pub const SENT_SECRET: &str = "\u{2603}sent-secret\u{2603}";
+
 /// What `dialect`'s refresher makes of an answer with `head`'s status and
 /// headers and a body arriving as `chunks`: the same code a refresh runs
 /// once the response head has arrived, body cap included, with `now` as
-/// the wall clock.
+/// the wall clock, for a request that carried [`SENT_SECRET`].
 ///
 /// # Panics
 ///
@@ -59,7 +63,7 @@ pub fn answer(
 ) -> Result<TokenSet, RefreshError> {
     let dialect = dialect(dialect_name);
     let response = head.map(|()| Chunks(chunks.into()));
-    let sent = super::SentSecrets::default();
+    let sent = super::SentSecrets::new([SENT_SECRET.into()]);
     let mut future = pin!(super::answer(&dialect, body_limit, response, &sent, || now));
     let waker = Waker::from(Arc::new(NoWake));
     let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
