@@ -178,7 +178,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::test_support::{counting_waker, finishes};
+    use crate::test_support::{counting_waker, finishes, paused_runtime};
 
     fn cell_on(runtime: Id) -> Arc<FlightCell> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -385,14 +385,7 @@ mod tests {
     /// another (its future moved) waited there for a flight nothing drove.
     #[test]
     fn a_waiter_moved_off_the_flights_runtime_gives_up_at_the_deadline() {
-        let paused = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .expect("runtime")
-        };
-        let (flights, elsewhere) = (paused(), paused());
+        let (flights, elsewhere) = (paused_runtime(), paused_runtime());
         let (_counted, waker) = counting_waker();
         let (_cell, mut waiter) = flights.block_on(async {
             let cell = cell_on(Handle::current().id());

@@ -10,8 +10,8 @@ use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::test_support::{
-    burst, expect_error, failing, get, issuer, old_token_layer, panics_on_this_thread, recording,
-    send, Api, TestBody,
+    burst, expect_error, failing, get, issuer, old_token_layer, panics_on_this_thread,
+    paused_runtime, recording, send, Api, TestBody,
 };
 use crate::{
     refresh_fn, Backoff, Builder, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet,
@@ -958,19 +958,12 @@ async fn a_refresh_token_refused_for_good_is_not_presented_again_while_the_login
 #[test]
 fn a_flight_whose_runtime_stopped_driving_it_holds_proactive_refreshes_back_only_until_its_deadline(
 ) {
-    let paused = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .expect("runtime")
-    };
     let api = Api::default();
     // 100 s token: advisory window from 50 s, mandatory from 90 s; the
     // flight's deadline is 21 s after it starts (two 10 s calls and 1 s).
     let (layer, _issuer) = old_token_layer(&api, HUNDRED, Duration::from_secs(1), |b| b);
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
-    let (stalled, driven) = (paused(), paused());
+    let (stalled, driven) = (paused_runtime(), paused_runtime());
     stalled.block_on(async {
         tokio::time::advance(Duration::from_secs(55)).await;
         assert_eq!(bearer(&send(&client, get()).await), "old");

@@ -386,6 +386,16 @@ pub(crate) fn runtime_without_timers() -> tokio::runtime::Runtime {
         .expect("a runtime without timers")
 }
 
+/// A current-thread runtime with timers on a paused clock, for tests that
+/// drive two runtimes (`#[tokio::test]` gives one).
+pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a paused runtime")
+}
+
 /// Lets spawned tasks run until they wait on something outside them.
 pub(crate) async fn settle() {
     for _ in 0..10 {

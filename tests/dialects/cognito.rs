@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 use tower_token_refresh::http::{Credential, HttpRefresher};
-use tower_token_refresh::{Backoff, TokenRefreshLayer, TokenSet};
+use tower_token_refresh::{Backoff, TokenHandle, TokenRefreshLayer, TokenSet};
 
 use crate::support::faults::{Failure, InjectFaults};
 use crate::support::{
-    get, send, ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER,
+    get, send, ApiServer, AuthedClient, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER,
 };
 use crate::{all_ok, bounded, layered, refresh_client, RefreshClient};
 
@@ -168,20 +168,24 @@ async fn two_hundred_concurrent_requests_per_expiry_cause_one_refresh_each_and_n
     .await;
 }
 
+/// The seed's server (5 refreshes a minute), its API, and a layer holding
+/// fresh tokens from a login.
+async fn logged_in_at_the_seeds_limit() -> (IdentityServer, ApiServer, TokenHandle, AuthedClient) {
+    let identity = IdentityServer::builder().start().await;
+    let api = ApiServer::start(&identity).await;
+    let (handle, client) = layered(
+        TokenRefreshLayer::builder(refresher(&identity)).initial_tokens(login(&identity).await),
+    );
+    (identity, api, handle, client)
+}
+
 /// The sixth refresh in a minute is not sent: the server counts refused
 /// calls too, so a client that learnt of the limit from its `429` would
 /// stay refused while it kept calling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_refresh_past_the_limit_is_not_sent_and_the_valid_token_is_kept() {
     bounded(async {
-        let identity = IdentityServer::builder()
-            .rate_limit(5, Duration::from_secs(60))
-            .start()
-            .await;
-        let api = ApiServer::start(&identity).await;
-        let (handle, client) = layered(
-            TokenRefreshLayer::builder(refresher(&identity)).initial_tokens(login(&identity).await),
-        );
+        let (identity, api, handle, client) = logged_in_at_the_seeds_limit().await;
         // Forced refreshes spend the minute's five.
         for _ in 0..5 {
             handle.force_refresh().await.unwrap();
@@ -222,14 +226,7 @@ async fn the_refresh_past_the_limit_is_not_sent_and_the_valid_token_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_for_calls_made_elsewhere_is_waited_out_with_the_valid_token() {
     bounded(async {
-        let identity = IdentityServer::builder()
-            .rate_limit(5, Duration::from_secs(60))
-            .start()
-            .await;
-        let api = ApiServer::start(&identity).await;
-        let (handle, client) = layered(
-            TokenRefreshLayer::builder(refresher(&identity)).initial_tokens(login(&identity).await),
-        );
+        let (identity, api, handle, client) = logged_in_at_the_seeds_limit().await;
         let elsewhere = TokenRefreshLayer::builder(refresher(&identity))
             .initial_tokens(login(&identity).await)
             .build()
@@ -262,10 +259,8 @@ async fn a_429_for_calls_made_elsewhere_is_waited_out_with_the_valid_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_after_upstream_failures_stay_within_the_limit() {
     bounded(async {
-        let identity = IdentityServer::builder()
-            .rate_limit(5, Duration::from_secs(60))
-            .start()
-            .await;
+        // The seed's limit, the builder's default: 5 a minute.
+        let identity = IdentityServer::builder().start().await;
         identity.fail_next_refreshes(10, Failure::new(StatusCode::BAD_GATEWAY));
         let api = ApiServer::start(&identity).await;
         let expired = login(&identity).await.with_expires_in(Duration::ZERO);
