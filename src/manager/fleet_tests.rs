@@ -1320,3 +1320,67 @@ async fn a_fleet_flight_doing_all_it_may_is_joined_until_it_ends() {
     assert_eq!(handle.stats().refreshes, 1, "one flight");
     assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-1");
 }
+
+/// Found in review: the refresh token refused for good (while the login
+/// after it failed) was remembered by generation. A record a sibling
+/// stored meanwhile, past its time but carrying a live refresh token, is
+/// refreshed from without changing the generation, so its live token was
+/// skipped for a login, which kept failing. Only the refused token itself
+/// is skipped.
+#[tokio::test(start_paused = true)]
+async fn a_siblings_stored_refresh_token_is_refreshed_from_after_ours_was_refused() {
+    let (source, presented) = presenting(|presented| match presented {
+        Some("rt-sibling") => Ok(TokenSet::new("at-new").with_refresh_token("rt-new")),
+        _ => Err(RefreshError::terminal("invalid_grant").with_status(400)),
+    });
+    let (login, logins) = recording(|_| Err(RefreshError::transient("login down")));
+    let store = FaultyLoads::default();
+    let handle = TokenRefreshLayer::builder(source)
+        .login(login)
+        .store(store.clone())
+        .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1"))
+        .build()
+        .handle();
+    assert!(
+        handle.force_refresh().await.is_err(),
+        "refused, then no login"
+    );
+
+    // A sibling logs in and stores its tokens, already past their time.
+    let sibling = TokenSet::new("at-sibling")
+        .with_refresh_token("rt-sibling")
+        .with_expires_in(Duration::ZERO);
+    let record = Record::new(
+        1,
+        crate::store::encode(&sibling, std::time::SystemTime::now()).to_vec(),
+    );
+    assert!(store.inner.compare_and_swap(None, record).await.unwrap());
+    tokio::time::advance(Duration::from_secs(10)).await;
+
+    handle
+        .force_refresh()
+        .await
+        .expect("refreshed from the sibling's");
+    assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-new");
+    let presented = presented.lock().unwrap().clone();
+    assert_eq!(
+        presented,
+        [Some("rt-1".to_owned()), Some("rt-sibling".to_owned())]
+    );
+    assert_eq!(logins.lock().unwrap().len(), 1, "no second login");
+}
+
+/// A source answering by the refresh token presented, recording each.
+fn presenting(
+    answer: impl Fn(Option<&str>) -> Result<TokenSet, RefreshError> + Send + Sync + 'static,
+) -> (impl Refresh, Presented) {
+    let presented = Presented::default();
+    let recorded = Arc::clone(&presented);
+    let source = refresh_fn(move |ctx: crate::RefreshContext| {
+        let token = ctx.refresh_token().map(|t| t.expose().to_owned());
+        recorded.lock().unwrap().push(token.clone());
+        let answer = answer(token.as_deref());
+        async move { answer }
+    });
+    (source, presented)
+}
