@@ -149,11 +149,12 @@ pub(super) struct FlightTask {
     reason: RefreshReason,
     from_generation: u64,
     current: Option<Arc<TokenSet>>,
-    /// A refresh token an earlier flight's refresh presented and had
-    /// rejected for good: this one logs in rather than present it again.
+    /// A refresh credential (`refresh_credential`) an earlier flight's
+    /// refresh presented and had rejected for good: this one logs in rather
+    /// than present it again.
     dead_refresh_token: Option<Secret>,
-    /// The refresh token this flight's refresh presented and had rejected
-    /// for good (set by `obtain`, read by `fail`).
+    /// The refresh credential this flight's refresh presented and had
+    /// rejected for good (set by `obtain`, read by `fail`).
     refused_for_good: OnceLock<Secret>,
     /// The store version `current` came from, if any.
     pub(super) known_version: Option<u64>,
@@ -215,6 +216,13 @@ impl Obtained {
             ..Self::fetched(carrier, Instant::now())
         }
     }
+}
+
+/// The token a refresh from `ctx` presents, as far as the manager can
+/// tell: the refresh token, or without one the access token (a sliding
+/// session, Ocient's, refreshes with it).
+fn refresh_credential(ctx: &RefreshContext) -> Option<&Secret> {
+    ctx.refresh_token().or_else(|| ctx.access_token())
 }
 
 /// The access token of tokens that carry only a refresh token: not a
@@ -295,7 +303,7 @@ impl FlightTask {
     ) -> Result<Obtained, Failed> {
         let shared = &self.shared;
         let login = shared.config.login.as_ref();
-        let presented = ctx.refresh_token();
+        let presented = refresh_credential(&ctx);
         let dead = presented.is_some() && presented == self.dead_refresh_token.as_ref();
         if (ctx.current().is_some() && !dead) || login.is_none() {
             match self.timed(Arc::clone(&shared.refresher), ctx.clone()).await {

@@ -176,11 +176,12 @@ struct Control {
     /// new refresh token: the next flight refreshes from them. Cleared when
     /// tokens are installed.
     refused: Option<Arc<TokenSet>>,
-    /// The refresh token the source rejected for good when a login then
-    /// failed too: a flight whose refresh would present it goes straight to
-    /// the login instead, rather than present it again each backoff cycle
-    /// (a wasted round trip that also spends a rate-limited endpoint's
-    /// budget). Kept by value, not by generation: the flight may refresh
+    /// The refresh token (or, for tokens without one, the access token a
+    /// sliding session refreshes with) the source rejected for good when a
+    /// login then failed too: a flight whose refresh would present it goes
+    /// straight to the login instead, rather than present it again each
+    /// backoff cycle (a wasted round trip that also spends a rate-limited
+    /// endpoint's budget). Kept by value, not by generation: the flight may refresh
     /// from refused tokens or, in fleet mode, from a stored record.
     /// Cleared when tokens are installed.
     dead_refresh_token: Option<crate::Secret>,

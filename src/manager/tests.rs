@@ -1013,3 +1013,30 @@ async fn a_rotated_refresh_token_refused_for_good_is_not_presented_again_while_t
         "each presented once"
     );
 }
+
+/// Found in review: keyed to the refresh token alone, the mark missed a
+/// sliding session (Ocient's), whose tokens carry none and whose refresh
+/// presents the access token: it was presented again each cycle.
+#[tokio::test(start_paused = true)]
+async fn a_sliding_sessions_token_refused_for_good_is_not_presented_again_while_the_login_fails() {
+    let api = Api::default();
+    api.accept("tok-login");
+    let (source, calls) = failing(|| RefreshError::terminal("session expired").with_status(401));
+    let (login, logins) = recording(|n| match n {
+        1 | 2 => Err(RefreshError::transient("identity provider unavailable")),
+        _ => Ok(TokenSet::new("tok-login").with_expires_in(HUNDRED)),
+    });
+    let expired = TokenSet::new("session-1").with_expires_in(Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .login(login)
+        .initial_tokens(expired)
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    for _ in 0..2 {
+        expect_error(send(&client, get()).await);
+        tokio::time::advance(Duration::from_secs(10)).await;
+    }
+    assert_eq!(bearer(&send(&client, get()).await), "tok-login");
+    assert_eq!(logins.lock().unwrap().len(), 3);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "presented once");
+}
