@@ -24,7 +24,8 @@
 //! without one what the dialect's documented limit implies; a `503` with a
 //! `Retry-After` is a rate limit too; no error's `Display` or `Debug`
 //! quotes a token from the answer, nor the secret the request carried
-//! (`__fuzz::SENT_SECRET`) wherever the server echoes it.
+//! (`__fuzz::SENT_SECRET`), which a failure's JSON body echoes in every
+//! string (its encoded forms are left to the unit tests and the fuzzer).
 //!
 //! Shared by the fuzz target (`fuzz/fuzz_targets/answer.rs`) and
 //! `tests/fuzz_seeds.rs`, which replays the committed seeds through

@@ -13,6 +13,7 @@
 //! what it was sent must not put them in an error, and so in a log.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use http::header::RETRY_AFTER;
@@ -105,39 +106,68 @@ impl Said {
 }
 
 /// The secrets a refresh request carried, to redact from the server's
-/// text in every form a server is likely to echo them in: as sent,
-/// percent-encoded (as in a form body or a query, either case of hex
+/// text (and from the client's errors) in the forms a server is likely to
+/// echo them in: as sent, percent-encoded throughout (either case of hex
 /// digit, a space as `+` or `%20`) and JSON-escaped (as in a JSON body
-/// quoted inside a message). A secret of a few characters is redacted
-/// wherever those characters occur, codes included: harmless, if less
-/// readable.
+/// quoted inside a message). An encoder that leaves some characters raw
+/// and escapes others, or a secret the server cut short, is not caught. A
+/// secret of a few characters is redacted wherever those characters occur,
+/// codes included: harmless, if less readable.
 #[derive(Default)]
-pub(crate) struct SentSecrets<'a>(Vec<Cow<'a, str>>);
+pub(crate) struct SentSecrets<'a> {
+    secrets: Vec<Cow<'a, str>>,
+    /// Every form of every secret, made at the first redaction: a refresh
+    /// that redacts nothing makes no copies of its secrets.
+    forms: OnceLock<Vec<String>>,
+}
 
 /// What a secret quoted by the server is replaced with.
 const REDACTED: &str = "[redacted]";
 
 impl<'a> SentSecrets<'a> {
+    /// Blank secrets (a placeholder access token, `"\n"`) are no secrets.
     pub(crate) fn new(secrets: impl IntoIterator<Item = Cow<'a, str>>) -> Self {
-        Self(secrets.into_iter().filter(|s| !s.is_empty()).collect())
+        Self {
+            secrets: secrets
+                .into_iter()
+                .filter(|s| !s.trim().is_empty())
+                .collect(),
+            forms: OnceLock::new(),
+        }
+    }
+
+    fn forms(&self) -> &[String] {
+        self.forms.get_or_init(|| {
+            let mut forms: Vec<String> = self
+                .secrets
+                .iter()
+                .flat_map(|secret| echoed_forms(secret))
+                .collect();
+            forms.sort_unstable();
+            forms.dedup();
+            forms
+        })
     }
 
     /// `text` without any of the secrets. Done before the text is cut, so
     /// that no cut leaves a secret's beginning behind, and in one pass over
     /// the text, so that secrets that overlap (one inside another, or
-    /// sharing a stretch of text) go whole and the marker is not searched.
-    fn redact(&self, text: String) -> String {
-        let mut found: Vec<(usize, usize)> = self
-            .0
-            .iter()
-            .flat_map(|secret| echoed_forms(secret))
-            .flat_map(|form| {
-                let len = form.len();
-                text.match_indices(form.as_str())
-                    .map(move |(at, _)| (at, at + len))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+    /// sharing a stretch of text, or one secret's occurrences overlapping)
+    /// go whole and the marker is not searched.
+    pub(crate) fn redact(&self, text: String) -> String {
+        if self.secrets.is_empty() {
+            return text;
+        }
+        let mut found: Vec<(usize, usize)> = Vec::new();
+        for form in self.forms() {
+            let mut from = 0;
+            while let Some(at) = text[from..].find(form.as_str()) {
+                let start = from + at;
+                found.push((start, start + form.len()));
+                // On to the next character: occurrences may overlap.
+                from = start + text[start..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
         if found.is_empty() {
             return text;
         }
@@ -166,9 +196,13 @@ impl<'a> SentSecrets<'a> {
 fn echoed_forms(secret: &str) -> Vec<String> {
     let percent: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
     let percent_space = percent.replace('+', "%20");
-    let json = serde_json::to_string(secret).unwrap_or_default();
-    let json = json.trim_matches('"').to_owned();
-    let mut forms = vec![
+    let quoted = serde_json::to_string(secret).unwrap_or_default();
+    // Within its quotes (a trim would also take the `"` of a final `\"`).
+    let json = quoted
+        .get(1..quoted.len().saturating_sub(1))
+        .unwrap_or_default()
+        .to_owned();
+    let forms = [
         secret.to_owned(),
         lower_hex(&percent),
         lower_hex(&percent_space),
@@ -177,10 +211,7 @@ fn echoed_forms(secret: &str) -> Vec<String> {
         json.replace('/', "\\/"),
         json,
     ];
-    forms.retain(|form| !form.is_empty());
-    forms.sort_unstable();
-    forms.dedup();
-    forms
+    forms.into_iter().filter(|form| !form.is_empty()).collect()
 }
 
 /// Percent-encoded text with its hex digits in lower case.
@@ -541,6 +572,23 @@ mod tests {
                 "{echoed} → {quoted}"
             );
         }
+    }
+
+    /// Found in a third look: one secret's overlapping occurrences left a
+    /// tail, a secret ending in `"` left that `"` after the marker, and the
+    /// placeholder access token of refused tokens (`"\n"`) blotted out
+    /// every line break's escape.
+    #[test]
+    fn overlapping_occurrences_a_final_quote_and_blank_secrets() {
+        let sent = SentSecrets::new(["aba".into()]);
+        assert_eq!(sent.redact("xababax".into()), "x[redacted]x");
+        let quoted = SentSecrets::new([r#"tok""#.into()]);
+        assert_eq!(
+            quoted.redact(r#"got "tok\"" back"#.into()),
+            r#"got "[redacted]" back"#
+        );
+        let blank = SentSecrets::new(["\n".into(), " ".into()]);
+        assert_eq!(blank.redact("a\nb %0A c".into()), "a\nb %0A c");
     }
 
     #[test]

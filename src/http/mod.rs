@@ -24,10 +24,12 @@
 //! documented limit implies; 408, 5xx, transport errors and undecodable
 //! answers transient, except a 503 with `Retry-After`, which is honoured
 //! as a rate limit) and carry the server's own message, code and request
-//! id, never a token: a secret the request carried that the server echoes
-//! back (the tokens in use, the client secret and its Basic credentials,
-//! a key in the endpoint's URI), as sent, percent-encoded or JSON-escaped,
-//! is quoted as `[redacted]`.
+//! id. A secret the request carried that the server (or the client's own
+//! error) echoes back is quoted as `[redacted]`: the tokens in use, the
+//! client secret and its Basic credentials, the endpoint URI's userinfo
+//! and query values of 8 characters or more; each as sent, percent-encoded
+//! throughout or JSON-escaped. An echo in another encoding, or cut short
+//! by the server, is not recognised.
 //!
 //! The client can be the very one the layer wraps: a
 //! `hyper_util` client for `ReplayBody<B>` bodies works, because
@@ -567,6 +569,8 @@ where
             poll_fn(|cx| client.poll_ready(cx))
                 .await
                 .map_err(|e| unreachable_endpoint(e.into()))?;
+            let uri = settings.endpoint.as_ref().ok();
+            let sent = request::secrets(&settings.dialect.request, uri, &ctx);
             // Held until the answer is read: the call counts from its end.
             let slot = settings.calls.admit()?;
             let response = match client.call(request).await {
@@ -576,11 +580,9 @@ where
                     if let Some(slot) = slot.filter(|_| never_reached_the_server(&*error)) {
                         slot.not_sent();
                     }
-                    return Err(unreachable_endpoint(error));
+                    return Err(unreachable_endpoint(without_secrets(error, &sent)));
                 }
             };
-            let uri = settings.endpoint.as_ref().ok();
-            let sent = request::secrets(&settings.dialect.request, uri, &ctx);
             let tokens = answer(
                 &settings.dialect,
                 settings.body_limit,
@@ -694,6 +696,23 @@ fn never_reached_the_server(error: &(dyn std::error::Error + 'static)) -> bool {
         }
     }
     error.source().is_some_and(never_reached_the_server)
+}
+
+/// The client's error, or, if it or a cause quotes a secret the request
+/// carried (a client naming the URL it called, query key and all), its
+/// text with the secrets redacted, as a stand-in without causes.
+fn without_secrets(error: BoxError, sent: &SentSecrets<'_>) -> BoxError {
+    let mut text = format!("{error}");
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text = format!("{text}: {next}");
+        cause = next.source();
+    }
+    let told = format!("{text} {error:?}");
+    if sent.redact(told.clone()) == told {
+        return error;
+    }
+    sent.redact(text).into()
 }
 
 fn unreachable_endpoint(error: BoxError) -> RefreshError {

@@ -54,12 +54,13 @@ pub(crate) fn secrets<'a>(
         // A short value (`v=2`) is no key, and redacted it would blot out
         // every `2` in the server's words.
         const KEY_LENGTH: usize = 8;
-        let query = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes());
+        let query = uri.query().unwrap_or_default();
+        let raw = query.split('&').filter_map(|pair| pair.split_once('='));
+        let decoded = form_urlencoded::parse(query.as_bytes());
         secrets.extend(
-            query
-                .map(|(_, value)| value)
-                .filter(|value| value.len() >= KEY_LENGTH)
-                .map(|value| Cow::Owned(value.into_owned())),
+            raw.map(|(_, value)| Cow::Borrowed(value))
+                .chain(decoded.map(|(_, value)| Cow::Owned(value.into_owned())))
+                .filter(|value| value.len() >= KEY_LENGTH),
         );
     }
     SentSecrets::new(secrets)

@@ -675,3 +675,51 @@ where
     }
     errors
 }
+
+/// Found in a third look: the client's own error was kept whole as the
+/// refresh error's cause, and a client that names the URL it called (query
+/// key and all) put the key in the error.
+#[tokio::test]
+async fn a_client_error_quoting_the_endpoints_key_is_redacted() {
+    let url = "https://idp.example.com/token?key=endpoint-key-value";
+    let quoting = tower::service_fn(move |_: Request<Full<Bytes>>| async move {
+        Err::<Answer, BoxError>(format!("error sending request for url ({url})").into())
+    });
+    let err = HttpRefresher::oauth2(url, quoting)
+        .refresh(ctx())
+        .await
+        .unwrap_err();
+    let mut shown = format!("{err} {err:?}");
+    let mut cause = std::error::Error::source(&err);
+    while let Some(next) = cause {
+        shown += &format!(" {next} {next:?}");
+        cause = next.source();
+    }
+    assert!(!shown.contains("endpoint-key-value"), "{shown}");
+    assert!(shown.contains("?key=[redacted]"), "{shown}");
+}
+
+/// A refusal found through `source()`, as hyper-util reports it (its
+/// error, then a connect error, then the `io::Error`), is not counted.
+#[tokio::test]
+async fn a_refused_connection_behind_the_clients_own_errors_does_not_count() {
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    let refused = tower::service_fn(|_: Request<Full<Bytes>>| async {
+        let cause = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        Err::<Answer, BoxError>(Box::new(Wrapped(cause)))
+    });
+    let refresher = HttpRefresher::cognito(COGNITO_URL, refused);
+    let errors = refresh_errors(&refresher, 10).await;
+    assert!(errors.iter().all(|e| !e.is_rate_limited()), "{}", errors[9]);
+}
