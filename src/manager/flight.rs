@@ -13,7 +13,7 @@
 //! no tokens over newer ones and records no failure against them.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard, OnceLock};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -126,8 +126,6 @@ impl TokenManager {
             // Refused tokens that rotated the refresh token are refreshed
             // from whole: the access token stays paired with its own.
             current: control.refused.clone().or_else(|| snapshot.tokens.clone()),
-            dead_refresh_token: control.dead_refresh_token.clone(),
-            refused_for_good: OnceLock::new(),
             known_version: control.store_version,
             refused: None,
         };
@@ -149,13 +147,6 @@ pub(super) struct FlightTask {
     reason: RefreshReason,
     from_generation: u64,
     current: Option<Arc<TokenSet>>,
-    /// A refresh credential (`refresh_credential`) an earlier flight's
-    /// refresh presented and had rejected for good: this one logs in rather
-    /// than present it again.
-    dead_refresh_token: Option<Secret>,
-    /// The refresh credential this flight's refresh presented and had
-    /// rejected for good (set by `obtain`, read by `fail`).
-    refused_for_good: OnceLock<Secret>,
     /// The store version `current` came from, if any.
     pub(super) known_version: Option<u64>,
     /// Fetched tokens `prepare` refused that rotated the refresh token.
@@ -303,14 +294,15 @@ impl FlightTask {
     ) -> Result<Obtained, Failed> {
         let shared = &self.shared;
         let login = shared.config.login.as_ref();
+        // A credential refused for good is not presented again (see
+        // `Control::dead_refresh_token`).
         let presented = refresh_credential(&ctx);
-        let dead = presented.is_some() && presented == self.dead_refresh_token.as_ref();
+        let dead = presented
+            .is_some_and(|presented| shared.lock().dead_refresh_token.as_ref() == Some(presented));
         if (ctx.current().is_some() && !dead) || login.is_none() {
             match self.timed(Arc::clone(&shared.refresher), ctx.clone()).await {
                 Err((error, kind)) if error.is_terminal() => {
-                    if let Some(presented) = presented {
-                        let _ = self.refused_for_good.set(presented.clone());
-                    }
+                    shared.lock().dead_refresh_token = presented.cloned();
                     if let Some((store, base)) = reread {
                         if let Some(adopted) = self.adopt_newer(store, base).await {
                             return Ok(adopted);
@@ -581,11 +573,6 @@ impl FlightTask {
             } else {
                 Err(Error::with_refresh(kind, error))
             };
-        }
-        if let Some(dead) = self.refused_for_good.get() {
-            // The login that followed failed too (or the refresh's own
-            // failure is terminal, which blocks every flight anyway).
-            control.dead_refresh_token = Some(dead.clone());
         }
         let deferred = kind == ErrorKind::RefreshDeferred;
         let consecutive = if deferred {

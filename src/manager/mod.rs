@@ -177,13 +177,13 @@ struct Control {
     /// tokens are installed.
     refused: Option<Arc<TokenSet>>,
     /// The refresh token (or, for tokens without one, the access token a
-    /// sliding session refreshes with) the source rejected for good when a
-    /// login then failed too: a flight whose refresh would present it goes
-    /// straight to the login instead, rather than present it again each
-    /// backoff cycle (a wasted round trip that also spends a rate-limited
-    /// endpoint's budget). Kept by value, not by generation: the flight may refresh
-    /// from refused tokens or, in fleet mode, from a stored record.
-    /// Cleared when tokens are installed.
+    /// sliding session refreshes with) the source last rejected for good:
+    /// a flight whose refresh would present it goes straight to the login
+    /// instead, rather than present it again each backoff cycle while the
+    /// login fails (a wasted round trip that also spends a rate-limited
+    /// endpoint's budget). Kept by value, not by generation: the flight may
+    /// refresh from refused tokens or, in fleet mode, from a stored record.
+    /// Cleared when tokens are installed; a login that succeeds installs.
     dead_refresh_token: Option<crate::Secret>,
     /// The refresh tokens this process spent lately (`fleet::Spent`): a
     /// stored record carrying one is neither adopted nor refreshed from.
@@ -201,8 +201,8 @@ pub(crate) struct Shared {
     /// Nanoseconds since `epoch` before which no proactive refresh may start:
     /// the deadline of the flight that runs, `u64::MAX` after a terminal
     /// failure, the backoff deadline after a failure, the installed token's
-    /// `proactive_from` after a refresh, 0 after tokens set by hand. Lets a request in the stale
-    /// window decide without taking the lock.
+    /// `proactive_from` after a refresh, 0 after tokens set by hand. Lets a
+    /// request in the stale window decide without taking the lock.
     proactive_gate: AtomicU64,
     /// Woken whenever the snapshot or the failure state changes.
     changed: Arc<Notify>,
