@@ -31,12 +31,11 @@ pub(crate) struct RateLimit {
     pub(crate) per: Duration,
 }
 
-/// The calls made lately through one refresher and its clones, under the
-/// limit they share: a refresher given another limit starts a log of its
-/// own.
+/// The calls made lately through one refresher and its clones, counted
+/// against the limit they share (the dialect's): a refresher given another
+/// limit starts a log of its own.
 #[derive(Debug, Default)]
 pub(crate) struct CallLog {
-    limit: Option<RateLimit>,
     state: Mutex<Calls>,
 }
 
@@ -49,18 +48,13 @@ struct Calls {
 }
 
 impl CallLog {
-    /// A log of calls under `limit` (`None`: every call admitted).
-    pub(crate) fn new(limit: Option<RateLimit>) -> Self {
-        Self {
-            limit,
-            state: Mutex::default(),
-        }
-    }
-
-    /// A slot for one call within the limit (`None` when there is no
-    /// limit), or the rate-limited error naming when one frees up.
-    pub(crate) fn admit(self: &Arc<Self>) -> Result<Option<CallSlot>, RefreshError> {
-        let Some(limit) = self.limit else {
+    /// A slot for one call within `limit` (none when there is no limit),
+    /// or the rate-limited error naming when one frees up.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        limit: Option<RateLimit>,
+    ) -> Result<Option<CallSlot>, RefreshError> {
+        let Some(limit) = limit else {
             return Ok(None);
         };
         let now = Instant::now();
@@ -130,26 +124,30 @@ impl Drop for CallSlot {
 mod tests {
     use super::*;
 
-    fn log(calls: u32, per: Duration) -> Arc<CallLog> {
-        Arc::new(CallLog::new(Some(RateLimit { calls, per })))
+    fn limit(calls: u32, per: Duration) -> Option<RateLimit> {
+        Some(RateLimit { calls, per })
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_call_past_the_limit_waits_for_the_oldest_to_leave_the_window() {
-        let log = log(5, Duration::from_secs(60));
+        let log = Arc::new(CallLog::default());
+        let five_a_minute = limit(5, Duration::from_secs(60));
         for _ in 0..5 {
-            drop(log.admit().expect("within the limit"));
+            drop(log.admit(five_a_minute).expect("within the limit"));
             tokio::time::advance(Duration::from_secs(2)).await;
         }
         // 10 s after the first ended: it leaves the window in 50 s.
-        let refused = log.admit().expect_err("a sixth in the minute");
+        let refused = log.admit(five_a_minute).expect_err("a sixth in the minute");
         assert!(refused.is_rate_limited(), "{refused}");
         assert_eq!(refused.retry_after(), Some(Duration::from_secs(50)));
         assert!(refused.to_string().contains("5 calls per 60s"), "{refused}");
 
         tokio::time::advance(Duration::from_secs(50)).await;
-        let slot = log.admit().expect("the first left the window");
-        assert!(log.admit().is_err(), "the slot counts while held");
+        let slot = log.admit(five_a_minute).expect("the first left the window");
+        assert!(
+            log.admit(five_a_minute).is_err(),
+            "the slot counts while held"
+        );
         drop(slot);
     }
 
@@ -157,28 +155,29 @@ mod tests {
     /// reaches the server's window no earlier than it ends.
     #[tokio::test(start_paused = true)]
     async fn a_call_counts_while_under_way_and_from_when_it_ends() {
-        let log = log(1, Duration::from_secs(10));
-        let slot = log.admit().unwrap();
-        let refused = log.admit().expect_err("one under way");
+        let log = Arc::new(CallLog::default());
+        let one = limit(1, Duration::from_secs(10));
+        let slot = log.admit(one).unwrap();
+        let refused = log.admit(one).expect_err("one under way");
         assert_eq!(refused.retry_after(), Some(Duration::from_secs(10)));
         tokio::time::advance(Duration::from_secs(8)).await;
         drop(slot);
         tokio::time::advance(Duration::from_secs(9)).await;
-        let refused = log.admit().expect_err("ended 9 s ago");
+        let refused = log.admit(one).expect_err("ended 9 s ago");
         assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(log.admit().unwrap().is_some());
+        assert!(log.admit(one).unwrap().is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_call_not_sent_is_not_counted_and_without_a_limit_nothing_is() {
-        let log = log(1, Duration::from_secs(10));
+        let log = Arc::new(CallLog::default());
+        let one = limit(1, Duration::from_secs(10));
         for _ in 0..3 {
-            log.admit().unwrap().expect("a slot").not_sent();
+            log.admit(one).unwrap().expect("a slot").not_sent();
         }
-        drop(log.admit().unwrap());
-        assert!(log.admit().is_err(), "the sent call counts");
-        let unlimited = Arc::new(CallLog::new(None));
-        assert!(unlimited.admit().unwrap().is_none());
+        drop(log.admit(one).unwrap());
+        assert!(log.admit(one).is_err(), "the sent call counts");
+        assert!(log.admit(None).unwrap().is_none(), "no limit, no count");
     }
 }

@@ -8,9 +8,9 @@
 //! | `503` with `Retry-After` | rate limited, honouring it: the server said when to come back |
 //! | `408`, `5xx`, `3xx` (redirects are never followed), anything else | transient |
 //!
-//! The server's text is quoted with the secrets the request carried (the
-//! token it presented, the client secret) redacted: a server that echoes
-//! what it was sent must not put them in an error, and so in a log.
+//! The server's text is quoted with the secrets the request carried
+//! redacted ([`SentSecrets`]): a server that echoes what it was sent must
+//! not put them in an error, and so in a log.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -147,6 +147,11 @@ impl<'a> SentSecrets<'a> {
             forms.dedup();
             forms
         })
+    }
+
+    /// Whether `text` quotes any of the secrets.
+    pub(crate) fn quoted_in(&self, text: &str) -> bool {
+        !self.secrets.is_empty() && self.forms().iter().any(|form| text.contains(form.as_str()))
     }
 
     /// `text` without any of the secrets. Done before the text is cut, so
@@ -303,11 +308,27 @@ mod tests {
     }
 
     fn answer(status: u16, dialect: Dialect, body: Value) -> RefreshError {
-        classify(
-            StatusCode::from_u16(status).unwrap(),
+        let status = StatusCode::from_u16(status).unwrap();
+        classified(
+            status,
             &HeaderMap::new(),
             body.to_string().as_bytes(),
             &dialect,
+        )
+    }
+
+    /// `classify` for a request that carried no secret, at `now()`.
+    fn classified(
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        dialect: &Dialect,
+    ) -> RefreshError {
+        classify(
+            status,
+            headers,
+            body,
+            dialect,
             &SentSecrets::default(),
             now(),
         )
@@ -345,24 +366,15 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
         let unavailable = StatusCode::SERVICE_UNAVAILABLE;
-        let err = classify(
-            unavailable,
-            &headers,
-            b"",
-            &Dialect::oauth2(),
-            &SentSecrets::default(),
-            now(),
-        );
+        let err = classified(unavailable, &headers, b"", &Dialect::oauth2());
         assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
         assert_eq!(err.status(), Some(503));
         assert!(err.to_string().contains("503"), "{err}");
-        let busy = classify(
+        let busy = classified(
             StatusCode::INTERNAL_SERVER_ERROR,
             &headers,
             b"",
             &Dialect::oauth2(),
-            &SentSecrets::default(),
-            now(),
         );
         assert!(busy.is_transient(), "only a 503 says when to come back");
     }
@@ -377,27 +389,13 @@ mod tests {
         let body =
             br#"{"statusCode":429,"message":"Too many requests","error":"Too Many Requests"}"#;
         let cognito = Dialect::cognito();
-        let err = classify(
-            too_many,
-            &HeaderMap::new(),
-            body,
-            &cognito,
-            &SentSecrets::default(),
-            now(),
-        );
+        let err = classified(too_many, &HeaderMap::new(), body, &cognito);
         assert_eq!(err.retry_after(), Some(Duration::from_secs(12)));
         assert!(err.to_string().contains("Too many requests"), "{err}");
 
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("30"));
-        let err = classify(
-            too_many,
-            &headers,
-            body,
-            &cognito,
-            &SentSecrets::default(),
-            now(),
-        );
+        let err = classified(too_many, &headers, body, &cognito);
         assert_eq!(
             err.retry_after(),
             Some(Duration::from_secs(30)),
@@ -405,14 +403,7 @@ mod tests {
         );
 
         let oauth2 = Dialect::oauth2();
-        let err = classify(
-            too_many,
-            &HeaderMap::new(),
-            b"",
-            &oauth2,
-            &SentSecrets::default(),
-            now(),
-        );
+        let err = classified(too_many, &HeaderMap::new(), b"", &oauth2);
         assert!(err.is_rate_limited());
         assert_eq!(
             err.retry_after(),
@@ -593,13 +584,11 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_json_is_not_quoted() {
-        let err = classify(
+        let err = classified(
             StatusCode::BAD_GATEWAY,
             &HeaderMap::new(),
             b"<html>upstream said refresh_token=abc</html>",
             &Dialect::oauth2(),
-            &SentSecrets::default(),
-            now(),
         );
         assert!(!err.to_string().contains("abc"), "{err}");
         assert!(err.to_string().contains("502"), "{err}");

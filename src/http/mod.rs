@@ -190,7 +190,7 @@ struct Settings {
     allow_insecure: bool,
     body_limit: usize,
     /// The calls made, for the dialect's rate limit: shared by clones, which
-    /// call the same endpoint.
+    /// call the same endpoint, until one is given another limit.
     calls: Arc<CallLog>,
 }
 
@@ -207,7 +207,7 @@ where
             client,
             settings: Arc::new(Settings {
                 endpoint: url.try_into().map_err(|e| e.to_string()),
-                calls: Arc::new(CallLog::new(dialect.rate_limit)),
+                calls: Arc::default(),
                 dialect,
                 allow_insecure: false,
                 body_limit: DEFAULT_BODY_LIMIT,
@@ -572,7 +572,7 @@ where
             let uri = settings.endpoint.as_ref().ok();
             let sent = request::secrets(&settings.dialect.request, uri, &ctx);
             // Held until the answer is read: the call counts from its end.
-            let slot = settings.calls.admit()?;
+            let slot = settings.calls.admit(settings.dialect.rate_limit)?;
             let response = match client.call(request).await {
                 Ok(response) => response,
                 Err(error) => {
@@ -702,14 +702,9 @@ fn never_reached_the_server(error: &(dyn std::error::Error + 'static)) -> bool {
 /// carried (a client naming the URL it called, query key and all), its
 /// text with the secrets redacted, as a stand-in without causes.
 fn without_secrets(error: BoxError, sent: &SentSecrets<'_>) -> BoxError {
-    let mut text = format!("{error}");
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        text = format!("{text}: {next}");
-        cause = next.source();
-    }
-    let told = format!("{text} {error:?}");
-    if sent.redact(told.clone()) == told {
+    let causes = std::iter::successors(error.source(), |cause| cause.source());
+    let text = causes.fold(error.to_string(), |text, cause| format!("{text}: {cause}"));
+    if !sent.quoted_in(&text) && !sent.quoted_in(&format!("{error:?}")) {
         return error;
     }
     sent.redact(text).into()

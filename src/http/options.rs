@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use super::call_budget::{CallLog, RateLimit};
+use super::call_budget::RateLimit;
 use super::credential::{BodyFormat, ClientAuthMethod, Credential};
 use super::{pointer, HttpRefresher};
 use crate::Secret;
@@ -702,7 +702,7 @@ impl<C, B> HttpRefresher<C, B> {
         let limit = (calls > 0 && !per.is_zero()).then_some(RateLimit { calls, per });
         self.dialect().rate_limit = limit;
         // Counted apart from any clone made before, which keeps its limit.
-        self.settings().calls = Arc::new(CallLog::new(limit));
+        self.settings().calls = Arc::default();
         self
     }
 
