@@ -648,8 +648,7 @@ async fn a_refused_connection_does_not_count_against_the_rate_limit() {
         Err::<Answer, BoxError>(Box::new(std::io::Error::other(cause)))
     });
     let refresher = HttpRefresher::cognito(COGNITO_URL, refused);
-    for _ in 0..10 {
-        let err = refresher.refresh(ctx()).await.unwrap_err();
+    for err in refresh_errors(&refresher, 10).await {
         assert!(err.is_transient(), "{err}");
         assert!(!err.is_rate_limited(), "{err}");
     }
@@ -659,7 +658,7 @@ async fn a_refused_connection_does_not_count_against_the_rate_limit() {
         Err::<Answer, BoxError>(Box::new(cause))
     });
     let refresher = HttpRefresher::cognito(COGNITO_URL, reset);
-    let errors: Vec<_> = refresh_errors(&refresher, 6).await;
+    let errors = refresh_errors(&refresher, 6).await;
     assert!(errors[..5].iter().all(|e| !e.is_rate_limited()));
     assert!(errors[5].is_rate_limited(), "{}", errors[5]);
 }
@@ -689,12 +688,10 @@ async fn a_client_error_quoting_the_endpoints_key_is_redacted() {
         .refresh(ctx())
         .await
         .unwrap_err();
-    let mut shown = format!("{err} {err:?}");
-    let mut cause = std::error::Error::source(&err);
-    while let Some(next) = cause {
-        shown += &format!(" {next} {next:?}");
-        cause = next.source();
-    }
+    let causes = std::iter::successors(std::error::Error::source(&err), |e| e.source());
+    let shown = causes.fold(format!("{err} {err:?}"), |shown, cause| {
+        format!("{shown} {cause} {cause:?}")
+    });
     assert!(!shown.contains("endpoint-key-value"), "{shown}");
     assert!(shown.contains("?key=[redacted]"), "{shown}");
 }

@@ -566,14 +566,14 @@ impl TokenStore for FaultyLoads {
     fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
         self.loads.fetch_add(1, Ordering::SeqCst);
         let hang = self.hang.load(Ordering::SeqCst);
-        let slow = Duration::from_millis(self.slow_loads.load(Ordering::SeqCst));
+        let slow = slowed_by(&self.slow_loads);
         let fail = self.fail_next.swap(false, Ordering::SeqCst);
         let load = self.inner.load();
         async move {
             if hang {
                 std::future::pending::<()>().await;
             }
-            tokio::time::sleep(slow).await;
+            slow.await;
             if fail {
                 return Err(StoreError::unavailable("injected load failure"));
             }
@@ -585,14 +585,14 @@ impl TokenStore for FaultyLoads {
         expected: Option<u64>,
         record: Record,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let slow = Duration::from_millis(self.slow_writes.load(Ordering::SeqCst));
+        let slow = slowed_by(&self.slow_writes);
         let inner = self.inner.clone();
         let fail = self
             .failing_writes
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         async move {
-            tokio::time::sleep(slow).await;
+            slow.await;
             if fail {
                 return Err(StoreError::unavailable("injected write failure"));
             }
@@ -1329,9 +1329,11 @@ async fn a_fleet_flight_doing_all_it_may_is_joined_until_it_ends() {
 /// is skipped.
 #[tokio::test(start_paused = true)]
 async fn a_siblings_stored_refresh_token_is_refreshed_from_after_ours_was_refused() {
-    let (source, presented) = presenting(|presented| match presented {
-        Some("rt-sibling") => Ok(TokenSet::new("at-new").with_refresh_token("rt-new")),
-        _ => Err(RefreshError::terminal("invalid_grant").with_status(400)),
+    // The first call (from rt-1) is refused; the second must come from the
+    // sibling's refresh token (checked below).
+    let (source, presented) = recording(|call| match call {
+        1 => Err(RefreshError::terminal("invalid_grant").with_status(400)),
+        _ => Ok(TokenSet::new("at-new").with_refresh_token("rt-new")),
     });
     let (login, logins) = recording(|_| Err(RefreshError::transient("login down")));
     let store = FaultyLoads::default();
@@ -1368,19 +1370,4 @@ async fn a_siblings_stored_refresh_token_is_refreshed_from_after_ours_was_refuse
         [Some("rt-1".to_owned()), Some("rt-sibling".to_owned())]
     );
     assert_eq!(logins.lock().unwrap().len(), 1, "no second login");
-}
-
-/// A source answering by the refresh token presented, recording each.
-fn presenting(
-    answer: impl Fn(Option<&str>) -> Result<TokenSet, RefreshError> + Send + Sync + 'static,
-) -> (impl Refresh, Presented) {
-    let presented = Presented::default();
-    let recorded = Arc::clone(&presented);
-    let source = refresh_fn(move |ctx: crate::RefreshContext| {
-        let token = ctx.refresh_token().map(|t| t.expose().to_owned());
-        recorded.lock().unwrap().push(token.clone());
-        let answer = answer(token.as_deref());
-        async move { answer }
-    });
-    (source, presented)
 }

@@ -925,6 +925,16 @@ async fn tokens_from_a_login_after_a_refused_refresh_token_do_not_keep_it() {
     assert_eq!(presented, [Some("rt-refused".to_owned()), None]);
 }
 
+/// A login source that fails twice (the identity provider down), then
+/// gives `tok-login`, which `api` accepts; with the calls it got.
+fn login_failing_twice(api: &Api) -> (impl crate::Refresh, crate::test_support::Presented) {
+    api.accept("tok-login");
+    recording(|n| match n {
+        1 | 2 => Err(RefreshError::transient("identity provider unavailable")),
+        _ => Ok(TokenSet::new("tok-login").with_expires_in(HUNDRED)),
+    })
+}
+
 /// Found in review: after the refresh token was refused for good and the
 /// login that followed failed for a while, each flight after the backoff
 /// presented the dead refresh token again before logging in: a wasted call
@@ -932,13 +942,9 @@ async fn tokens_from_a_login_after_a_refused_refresh_token_do_not_keep_it() {
 #[tokio::test(start_paused = true)]
 async fn a_refresh_token_refused_for_good_is_not_presented_again_while_the_login_fails() {
     let api = Api::default();
-    api.accept("tok-login");
     let (source, presented) =
         recording(|_| Err(RefreshError::terminal("invalid_grant").with_status(400)));
-    let (login, logins) = recording(|n| match n {
-        1 | 2 => Err(RefreshError::transient("identity provider unavailable")),
-        _ => Ok(TokenSet::new("tok-login").with_expires_in(HUNDRED)),
-    });
+    let (login, logins) = login_failing_twice(&api);
     let client = expired_with_login(&api, source, login, "rt-dead");
     for _ in 0..2 {
         expect_error(send(&client, get()).await);
@@ -987,17 +993,13 @@ fn a_flight_whose_runtime_stopped_driving_it_holds_proactive_refreshes_back_only
 #[tokio::test(start_paused = true)]
 async fn a_rotated_refresh_token_refused_for_good_is_not_presented_again_while_the_login_fails() {
     let api = Api::default();
-    api.accept("tok-login");
     let (source, presented) = recording(|n| match n {
         1 => Ok(TokenSet::new("at-expired")
             .with_refresh_token("rt-2")
             .with_expires_in(Duration::ZERO)),
         _ => Err(RefreshError::terminal("invalid_grant").with_status(400)),
     });
-    let (login, logins) = recording(|n| match n {
-        1 | 2 => Err(RefreshError::transient("identity provider unavailable")),
-        _ => Ok(TokenSet::new("tok-login").with_expires_in(HUNDRED)),
-    });
+    let (login, logins) = login_failing_twice(&api);
     let client = expired_with_login(&api, source, login, "rt-1");
     for _ in 0..3 {
         expect_error(send(&client, get()).await);
@@ -1020,12 +1022,8 @@ async fn a_rotated_refresh_token_refused_for_good_is_not_presented_again_while_t
 #[tokio::test(start_paused = true)]
 async fn a_sliding_sessions_token_refused_for_good_is_not_presented_again_while_the_login_fails() {
     let api = Api::default();
-    api.accept("tok-login");
     let (source, calls) = failing(|| RefreshError::terminal("session expired").with_status(401));
-    let (login, logins) = recording(|n| match n {
-        1 | 2 => Err(RefreshError::transient("identity provider unavailable")),
-        _ => Ok(TokenSet::new("tok-login").with_expires_in(HUNDRED)),
-    });
+    let (login, logins) = login_failing_twice(&api);
     let expired = TokenSet::new("session-1").with_expires_in(Duration::ZERO);
     let layer = TokenRefreshLayer::builder(source)
         .login(login)
