@@ -63,8 +63,8 @@ pub fn answer(
 ) -> Result<TokenSet, RefreshError> {
     let dialect = dialect(dialect_name);
     let response = head.map(|()| Chunks(chunks.into()));
-    let sent = super::SentSecrets::new([SENT_SECRET.into()]);
-    let mut future = pin!(super::answer(&dialect, body_limit, response, &sent, || now));
+    let sent = || super::SentSecrets::new([SENT_SECRET.into()]);
+    let mut future = pin!(super::answer(&dialect, body_limit, response, sent, || now));
     let waker = Waker::from(Arc::new(NoWake));
     let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
     match polled {

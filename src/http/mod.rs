@@ -569,8 +569,11 @@ where
             poll_fn(|cx| client.poll_ready(cx))
                 .await
                 .map_err(|e| unreachable_endpoint(e.into()))?;
-            let uri = settings.endpoint.as_ref().ok();
-            let sent = request::secrets(&settings.dialect.request, uri, &ctx);
+            // Gathered (copies, the Basic credentials) only for a failure.
+            let sent = || {
+                let uri = settings.endpoint.as_ref().ok();
+                request::secrets(&settings.dialect.request, uri, &ctx)
+            };
             // Held until the answer is read: the call counts from its end.
             let slot = settings.calls.admit(settings.dialect.rate_limit)?;
             let response = match client.call(request).await {
@@ -580,14 +583,14 @@ where
                     if let Some(slot) = slot.filter(|_| never_reached_the_server(&*error)) {
                         slot.not_sent();
                     }
-                    return Err(unreachable_endpoint(without_secrets(error, &sent)));
+                    return Err(unreachable_endpoint(without_secrets(error, &sent())));
                 }
             };
             let tokens = answer(
                 &settings.dialect,
                 settings.body_limit,
                 response,
-                &sent,
+                sent,
                 SystemTime::now,
             )
             .await?;
@@ -643,15 +646,16 @@ fn keep_what_was_left_out(
 /// error a failure status stands for. The body is read up to `body_limit`
 /// bytes first: a longer or unreadable `2xx` is a transient failure, and a
 /// failure status keeps its class without the body's message. `now` is read
-/// once the body has arrived, for `Retry-After` dates and JWT `exp`.
+/// once the body has arrived, for `Retry-After` dates and JWT `exp`; `sent`
+/// gives the secrets to redact from a failure's text.
 ///
 /// Everything after the response head arrives goes through here, so the
 /// fuzz targets (`__fuzz`) exercise exactly what a refresh does.
-async fn answer<ResB>(
+async fn answer<'a, ResB>(
     dialect: &Dialect,
     body_limit: usize,
     response: Response<ResB>,
-    sent: &SentSecrets<'_>,
+    sent: impl FnOnce() -> SentSecrets<'a>,
     now: impl FnOnce() -> SystemTime,
 ) -> Result<TokenSet, RefreshError>
 where
@@ -673,7 +677,7 @@ where
         &parts.headers,
         &body,
         dialect,
-        sent,
+        &sent(),
         now(),
     ))
 }
