@@ -584,8 +584,9 @@ impl Error {
         )
     }
 
-    /// The request had an explicit `http://` URI to a host that is not
-    /// loopback, and insecure transport was not allowed.
+    /// The request's URI named a scheme other than `https` (`http://`, or
+    /// `https` spelled in capitals when the URI was built from parts) and a
+    /// host that is not loopback, and insecure transport was not allowed.
     ///
     /// ```
     /// # use std::convert::Infallible;
@@ -653,7 +654,7 @@ impl fmt::Display for Error {
                 "the request's timeout elapsed while it waited for a token"
             }
             ErrorKind::InsecureTransport => {
-                "refusing to send a bearer token over plain http to a non-loopback host"
+                "refusing to send a bearer token to a non-loopback host without https"
             }
             ErrorKind::NoRuntime => "token refresh needs a tokio runtime",
         })

@@ -531,7 +531,8 @@ impl<C> Builder<C> {
         self
     }
 
-    /// Send the token over plain `http://` to hosts that are not loopback.
+    /// Send the token over plain `http://` (or any scheme other than
+    /// `https`) to hosts that are not loopback.
     /// Default: refused with [`Error::is_insecure_transport`](crate::Error::is_insecure_transport).
     ///
     /// ```

@@ -68,13 +68,20 @@ impl TransportRules {
         }
     }
 
-    /// Whether sending the token would expose it on the wire: an explicit
-    /// `http://` URI to a host that is not loopback.
+    /// Whether sending the token could expose it on the wire: an explicit
+    /// scheme other than `https` (`http://`, or one spelled otherwise) to a
+    /// host that is not loopback.
+    ///
+    /// Only the exact `https` counts: a URI built with the scheme `"HTTPS"`
+    /// holds it as spelled (only a parsed URI string is lowercased), and
+    /// connectors choose TLS by comparing with `https`, so such a request
+    /// would go out in clear. A URI without a scheme (a path handed to a
+    /// connection, as tonic does) names no transport and is not refused.
     #[inline]
     pub(crate) fn is_insecure(&self, uri: &Uri) -> bool {
         !self.allow_insecure
             // A string compare, inlined; `Scheme`'s `PartialEq` is a call.
-            && uri.scheme_str() == Some("http")
+            && uri.scheme_str().is_some_and(|scheme| scheme != "https")
             && !is_loopback_authority(uri)
     }
 }
@@ -160,6 +167,28 @@ mod tests {
         assert!(!rules.is_insecure(&uri("http://user@127.0.0.1:80/")));
         // No scheme (e.g. a relative URI handed to a connection) is not "explicit http".
         assert!(!rules.is_insecure(&uri("/path")));
+        // A scheme is what it is spelled: only `https` is sent over TLS.
+        let built = |scheme: &str, host: &str| {
+            Uri::builder()
+                .scheme(scheme)
+                .authority(host)
+                .path_and_query("/")
+                .build()
+                .unwrap()
+        };
+        for scheme in ["HTTPS", "Https", "HTTP", "ws", "wss", "h2c"] {
+            assert!(
+                rules.is_insecure(&built(scheme, "api.example.com")),
+                "{scheme}"
+            );
+            assert!(
+                !rules.is_insecure(&built(scheme, "127.0.0.1:80")),
+                "{scheme}"
+            );
+        }
+        assert!(!rules.is_insecure(&built("https", "api.example.com")));
+        assert!(rules.is_insecure(&uri("HTTP://api.example.com/")));
+        assert!(!rules.is_insecure(&uri("HTTPS://api.example.com/")));
         let permissive = TransportRules {
             allow_insecure: true,
             ..TransportRules::default()
