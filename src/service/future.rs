@@ -407,6 +407,10 @@ where
             .classifier
             .is_rejection(response.status(), response.headers())
         {
+            // No retry can follow: the copy's body clone would otherwise
+            // go on recording what the transport reads, for as long as a
+            // caller keeps this finished future.
+            *this.pending = None;
             return Poll::Ready(Ok(response));
         }
         match self.as_mut().rejected(response, cx) {

@@ -2,7 +2,7 @@
 
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 use super::apis::api_keeping_requests;
 use crate::test_support::body::TestBody;
@@ -40,4 +40,41 @@ async fn a_body_read_after_the_response_was_accepted_is_not_recorded() {
         body.is_capped(),
         "kept for a retry that can no longer happen"
     );
+}
+
+/// Found in review: the same, with the finished response future kept
+/// alive: the retry copy it held kept the body recording until it was
+/// dropped. An accepted response lets go of the copy at once.
+#[tokio::test]
+async fn a_body_read_while_the_finished_response_future_is_kept_is_not_recorded() {
+    let (api, kept) = api_keeping_requests::<TestBody>(StatusCode::OK);
+    let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+        Ok::<_, RefreshError>(TokenSet::new("access"))
+    }))
+    .initial_tokens(TokenSet::new("access"))
+    .build();
+    let mut client = ServiceBuilder::new().layer(layer).service(api);
+    let (tx, upload) = TestBody::channel();
+    // Kept alive once finished, as a hand-rolled combinator may keep it:
+    // `oneshot` and `.await` drop it at once.
+    let mut future = Box::pin(client.ready().await.unwrap().call(Request::new(upload)));
+    let response = (&mut future).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let mut body = kept
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("the request the API kept")
+        .into_body();
+    assert!(!body.is_capped(), "nothing read yet");
+    tx.data("streamed after the response");
+    drop(tx);
+    let read = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(read, "streamed after the response");
+    assert!(
+        body.is_capped(),
+        "kept for a retry that can no longer happen"
+    );
+    drop(future);
 }
