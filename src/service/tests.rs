@@ -220,11 +220,12 @@ async fn post_body_is_replayed_byte_for_byte_when_the_server_rejects_before_read
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_retry_is_sent_with_the_first_attempts_method_uri_version_and_headers() {
+async fn the_retry_is_sent_with_the_first_attempts_method_uri_version_headers_and_extensions() {
     let api = Api::default();
     let (client, _issuer) = revoked_client(&api, |b| b);
     let request = Request::put("https://api.example.com:8443/v1/items/7?dry-run=1&tag=a%20b")
         .version(http::Version::HTTP_2)
+        .extension(crate::test_support::Marker("m-1"))
         .header("x-trace", "t-1")
         .header(http::header::ACCEPT, "application/json")
         .header(http::header::ACCEPT, "text/plain")
@@ -239,7 +240,7 @@ async fn the_retry_is_sent_with_the_first_attempts_method_uri_version_and_header
     assert_eq!(
         heads[0],
         "PUT https://api.example.com:8443/v1/items/7?dry-run=1&tag=a%20b HTTP/2.0 \
-         x-trace=\"t-1\" accept=\"application/json\" accept=\"text/plain\""
+         x-trace=\"t-1\" accept=\"application/json\" accept=\"text/plain\" extension=\"m-1\""
     );
     assert_eq!(
         heads[1], heads[0],

@@ -31,8 +31,8 @@ pub(crate) struct Api {
     pub(crate) calls: Arc<AtomicUsize>,
     /// Bearer values of every request, in arrival order.
     pub(crate) seen: Arc<Mutex<Vec<String>>>,
-    /// Every request's method, URI, version and headers other than
-    /// `Authorization`, in arrival order.
+    /// Every request's method, URI, version, headers other than
+    /// `Authorization` and [`Marker`] extension, in arrival order.
     pub(crate) heads: Arc<Mutex<Vec<String>>>,
 }
 
@@ -108,8 +108,15 @@ fn head_without_authorization<B>(req: &Request<B>) -> String {
             head += &format!(" {name}={value:?}");
         }
     }
+    if let Some(Marker(marker)) = req.extensions().get() {
+        head += &format!(" extension={marker:?}");
+    }
     head
 }
+
+/// A request extension the test API lists in each request's head.
+#[derive(Clone, Debug)]
+pub(crate) struct Marker(pub(crate) &'static str);
 
 /// An issuer that registers each token it hands out with `api`.
 pub(crate) struct Issuer {
