@@ -3,7 +3,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -31,7 +31,10 @@ use super::{Lease, Record, StoreError, TokenStore};
 /// - A file that cannot be read as a record is reported as
 ///   [corrupt](StoreError::is_corrupt) (naming the path, never its
 ///   content) and is never overwritten: the layer refreshes on its own and
-///   the file waits for someone to look at it.
+///   the file waits for someone to look at it. So is, on Unix, a file
+///   other users may read or write (any group or other permission bit):
+///   this store never makes one, and tokens another user could have put
+///   there are not adopted.
 /// - The lease and the change signal live in this process: several layers
 ///   of one process share a `FileStore` through its clones. It does not
 ///   coordinate processes; use [`RedisStore`](crate::store::RedisStore)
@@ -185,16 +188,24 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn read(path: &Path) -> Result<Option<Record>, StoreError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => Zeroizing::new(bytes),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => {
-            return Err(
-                StoreError::unavailable(format!("cannot read {}", path.display()))
-                    .with_source(error),
-            )
-        }
+    let unreadable = |error: io::Error| {
+        StoreError::unavailable(format!("cannot read {}", path.display())).with_source(error)
     };
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(unreadable(error)),
+    };
+    let metadata = file.metadata().map_err(unreadable)?;
+    refuse_shared(path, &metadata)?;
+    // Sized up front, as `fs::read` does: a buffer grown while reading
+    // would leave unwiped copies of the tokens behind.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(
+        usize::try_from(metadata.len())
+            .unwrap_or(0)
+            .saturating_add(1),
+    ));
+    file.read_to_end(&mut bytes).map_err(unreadable)?;
     let corrupt = || {
         StoreError::corrupt(format!(
             "{} is not a token file (expected {{\"version\": n, \"payload\": base64}})",
@@ -214,6 +225,31 @@ fn read(path: &Path) -> Result<Option<Record>, StoreError> {
         .ok_or_else(corrupt)?;
     let payload = STANDARD.decode(payload.as_bytes()).map_err(|_| corrupt())?;
     Ok(Some(Record::new(version, payload)))
+}
+
+/// A token file others may read or write is not trusted. This store
+/// writes its files with mode `0600`; one with any group or other
+/// permission was put there by someone else (another user, in a shared
+/// directory, fixing the tokens this process would adopt) or loosened by
+/// hand, and its tokens may have been read. Checked on the open file, so a
+/// symbolic link is judged by what it points to.
+#[cfg(unix)]
+fn refuse_shared(path: &Path, metadata: &fs::Metadata) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    Err(StoreError::corrupt(format!(
+        "{} is open to other users (mode {mode:04o}); a token file must be private (0600): \
+         remove it, or chmod 600 it if it is yours",
+        path.display()
+    )))
+}
+
+#[cfg(not(unix))]
+fn refuse_shared(_: &Path, _: &fs::Metadata) -> Result<(), StoreError> {
+    Ok(())
 }
 
 /// Writes `record` next to `path`, flushes it and renames it into place.
@@ -438,6 +474,50 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    /// Writes `bytes` to `path` with mode `0600`, as the store does.
+    fn write_private(path: &Path, bytes: &[u8]) {
+        let _ = fs::remove_file(path);
+        create_private(path).unwrap().write_all(bytes).unwrap();
+    }
+
+    /// Found in review: the file was read whoever could write it. In a
+    /// shared directory another user could put tokens of their own there
+    /// first, and this process would adopt them.
+    #[tokio::test]
+    async fn a_file_other_users_may_read_or_write_is_refused_as_corrupt() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new();
+        let path = dir.0.join("tokens.json");
+        let store = FileStore::new(&path);
+        store
+            .compare_and_swap(None, Record::new(1, b"planted".to_vec()))
+            .await
+            .unwrap();
+        let link = dir.0.join("link.json");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        for mode in [0o644, 0o660, 0o602, 0o640] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            for read_through in [&path, &link] {
+                let err = FileStore::new(read_through).load().await.unwrap_err();
+                assert!(err.is_corrupt(), "{mode:o}: {err}");
+                assert!(
+                    err.to_string().contains(&format!("mode 0{mode:o}")),
+                    "{err}"
+                );
+                assert!(!err.to_string().contains("cGxhbnRlZA"), "{err}");
+            }
+            let swap = store
+                .compare_and_swap(Some(1), Record::new(2, b"new".to_vec()))
+                .await;
+            assert!(swap.unwrap_err().is_corrupt(), "never overwritten");
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        for read_through in [&path, &link] {
+            let record = FileStore::new(read_through).load().await.unwrap().unwrap();
+            assert_eq!(record.payload(), b"planted");
+        }
+    }
+
     #[tokio::test]
     async fn a_corrupt_file_is_reported_by_path_and_never_overwritten() {
         let dir = TempDir::new();
@@ -447,7 +527,7 @@ mod tests {
             b"{\"version\":\"one\",\"payload\":\"\"}",
             b"{\"version\":1,\"payload\":\"not base64!\"}",
         ] {
-            fs::write(&path, garbage).unwrap();
+            write_private(&path, garbage);
             let store = FileStore::new(&path);
             let err = store.load().await.unwrap_err();
             assert!(err.is_corrupt(), "{err}");
