@@ -78,9 +78,16 @@ impl fmt::Debug for StoreKey {
 ///
 /// Each record gets a random 192-bit nonce, and its version is
 /// authenticated with it, so a sealed record cannot be replayed under
-/// another version. A record that is not sealed, or not with this key, is
-/// [corrupt](StoreError::is_corrupt): the layer refreshes without it and
-/// never overwrites it. Requires the `encryption` feature.
+/// another version. A record that is not sealed, or not with this key (and
+/// [context](Encrypted::bound_to)), is [corrupt](StoreError::is_corrupt):
+/// the layer refreshes without it and never overwrites it. Requires the
+/// `encryption` feature.
+///
+/// When one key seals several stores (one secret shared by several
+/// services, each with its own Redis prefix), give each its own context
+/// with [`bound_to`](Encrypted::bound_to): otherwise a record copied from
+/// one store into another opens there, and the second service would use
+/// the first one's tokens.
 ///
 /// ```
 /// use tower_token_refresh::store::{Encrypted, MemoryStore, Record, StoreKey, TokenStore};
@@ -103,6 +110,8 @@ impl fmt::Debug for StoreKey {
 pub struct Encrypted<S> {
     inner: S,
     cipher: XChaCha20Poly1305,
+    /// Authenticated with every record: see [`Encrypted::bound_to`].
+    context: Box<[u8]>,
 }
 
 impl<S: TokenStore> Encrypted<S> {
@@ -124,7 +133,36 @@ impl<S: TokenStore> Encrypted<S> {
         Self {
             inner,
             cipher: XChaCha20Poly1305::new(&key.0.into()),
+            context: Box::default(),
         }
+    }
+
+    /// Binds every record to `context`, a name for what the store holds
+    /// (the service, the Redis prefix, the credential): authenticated with
+    /// each record, it must match for the record to open. A record copied
+    /// in from a store sealed with the same key under another context (or
+    /// none) is [corrupt](StoreError::is_corrupt), not adopted. Without
+    /// it, records carry no context, as before it existed.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::{Encrypted, MemoryStore, Record, StoreKey, TokenStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (billing, reports) = (MemoryStore::new(), MemoryStore::new());
+    /// let key = || StoreKey::from_bytes([7; 32]);
+    /// let sealed = Encrypted::new(billing.clone(), key()).bound_to("billing");
+    /// sealed.compare_and_swap(None, Record::new(1, b"billing's tokens".to_vec())).await.unwrap();
+    ///
+    /// // Copied into the other service's store, the record does not open there.
+    /// let copied = billing.load().await.unwrap().unwrap();
+    /// reports.compare_and_swap(None, copied).await.unwrap();
+    /// let other = Encrypted::new(reports, key()).bound_to("reports");
+    /// assert!(other.load().await.unwrap_err().is_corrupt());
+    /// # }
+    /// ```
+    pub fn bound_to(mut self, context: impl AsRef<[u8]>) -> Self {
+        self.context = context.as_ref().into();
+        self
     }
 
     /// The wrapped store.
@@ -141,7 +179,7 @@ impl<S: TokenStore> Encrypted<S> {
 
     fn seal(&self, record: &Record) -> Result<Record, StoreError> {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let aad = associated_data(record.version());
+        let aad = associated_data(record.version(), &self.context);
         let sealed = self
             .cipher
             .encrypt(
@@ -166,7 +204,7 @@ impl<S: TokenStore> Encrypted<S> {
             .filter(|rest| rest.len() >= NONCE_LEN)
             .ok_or_else(|| StoreError::corrupt("the stored tokens are not sealed"))?;
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        let aad = associated_data(record.version());
+        let aad = associated_data(record.version(), &self.context);
         let plain = self
             .cipher
             .decrypt(
@@ -185,10 +223,14 @@ impl<S: TokenStore> Encrypted<S> {
     }
 }
 
-fn associated_data(version: u64) -> [u8; 30] {
-    let mut aad = [0; 30];
-    aad[..22].copy_from_slice(b"tower-token-refresh/v1");
-    aad[22..].copy_from_slice(&version.to_be_bytes());
+/// The format's name, the version and the context. Only the last part
+/// varies in length, so no two inputs give one string; without a context
+/// it is what records were sealed with before contexts existed.
+fn associated_data(version: u64, context: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(30 + context.len());
+    aad.extend_from_slice(b"tower-token-refresh/v1");
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad.extend_from_slice(context);
     aad
 }
 
@@ -263,6 +305,57 @@ mod tests {
         let moved = Record::new(2, sealed.payload().to_vec());
         assert!(inner.compare_and_swap(Some(1), moved).await.unwrap());
         assert!(store.load().await.unwrap_err().is_corrupt());
+    }
+
+    /// Found in review: nothing tied a record to the store it was sealed
+    /// for, so with one key shared by two services a record copied from
+    /// one store into the other opened there.
+    #[tokio::test]
+    async fn a_record_copied_to_a_store_of_another_context_does_not_open() {
+        let key = || StoreKey::from_bytes([3; 32]);
+        let (a, b) = (MemoryStore::new(), MemoryStore::new());
+        let sealed_a = Encrypted::new(a.clone(), key()).bound_to("service-a");
+        sealed_a
+            .compare_and_swap(None, Record::new(5, b"a's tokens".to_vec()))
+            .await
+            .unwrap();
+        let copied = a.load().await.unwrap().unwrap();
+        assert!(b.compare_and_swap(None, copied).await.unwrap());
+
+        let as_b = Encrypted::new(b.clone(), key()).bound_to("service-b");
+        assert!(as_b.load().await.unwrap_err().is_corrupt());
+        let unbound = Encrypted::new(b.clone(), key());
+        assert!(unbound.load().await.unwrap_err().is_corrupt());
+        let as_a = Encrypted::new(b, key()).bound_to("service-a");
+        assert_eq!(as_a.load().await.unwrap().unwrap().payload(), b"a's tokens");
+    }
+
+    /// Records sealed before contexts existed still open without one.
+    #[tokio::test]
+    async fn a_record_sealed_without_a_context_opens_as_before() {
+        let cipher = XChaCha20Poly1305::new(&[3; 32].into());
+        let nonce = XNonce::from([9; NONCE_LEN]);
+        let mut aad = b"tower-token-refresh/v1".to_vec();
+        aad.extend_from_slice(&4u64.to_be_bytes());
+        let payload = Payload {
+            msg: b"old tokens".as_slice(),
+            aad: &aad,
+        };
+        let sealed = [
+            MAGIC.as_slice(),
+            &nonce,
+            &cipher.encrypt(&nonce, payload).unwrap(),
+        ]
+        .concat();
+        let (inner, store) = store();
+        inner
+            .compare_and_swap(None, Record::new(4, sealed))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.load().await.unwrap().unwrap().payload(),
+            b"old tokens"
+        );
     }
 
     #[tokio::test]
