@@ -178,6 +178,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        // A deadline already past (a task woken late, after its token came
+        // and its time ran out) ends the call before the inner future is
+        // polled again: polled, it could send the retry with no time left,
+        // a call the server would get after the client gave up on it.
+        if this.timer.as_ref().is_some_and(|timer| timer.is_elapsed()) {
+            return Poll::Ready(Err(tonic::TimeoutExpired(()).into()));
+        }
         if let Poll::Ready(output) = this.inner.poll(cx) {
             return Poll::Ready(output.map_err(Into::into));
         }

@@ -2,12 +2,14 @@
 //! for a token and the retry count against a call's `grpc-timeout`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
 use tower::util::BoxCloneService;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use super::{with_token_refresh, GrpcTokenRefresh};
 use crate::classify::Grpc;
@@ -106,6 +108,38 @@ async fn a_call_waiting_for_its_token_past_its_deadline_fails_with_tonics_timeou
     assert_eq!(response.headers()["grpc-status"], "0");
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(layer.handle().stats().refreshes, 1);
+}
+
+/// Found in review: a call woken only once both its token had come and its
+/// deadline had passed (a busy runtime) still sent its retry, with
+/// `grpc-timeout: 1n`: a call the client then reported as timed out.
+#[tokio::test(start_paused = true)]
+async fn a_call_woken_after_its_deadline_sends_no_retry() {
+    let seen = Seen::default();
+    let layer = layer(Duration::from_secs(1));
+    let mut service = wrapped(&seen, &layer);
+    let ready = ServiceExt::<Request<tonic::body::Body>>::ready(&mut service).await;
+    let future = ready.unwrap().call(call(Some("2S")));
+    let mut future = std::pin::pin!(future);
+    let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "waiting for the refresh");
+    assert_eq!(seen.lock().unwrap().len(), 1, "the first attempt, rejected");
+    crate::test_support::settle().await; // the refresh starts
+
+    // The refresh ends at 1 s and the deadline passes at 2 s before the
+    // call is polled again.
+    tokio::time::advance(Duration::from_secs(3)).await;
+    crate::test_support::settle().await;
+    assert_eq!(
+        layer.handle().stats().refresh_successes,
+        1,
+        "the token has come"
+    );
+    let error = future.await.unwrap_err();
+
+    assert!(error.is::<tonic::TimeoutExpired>(), "{error}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "no retry past the deadline: {seen:?}");
 }
 
 #[tokio::test(start_paused = true)]
