@@ -21,9 +21,12 @@ use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, CONNECTION, HOST};
+use axum::http::header::{
+    HeaderName, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use axum::http::uri::{PathAndQuery, Uri};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -70,10 +73,38 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
     let mut target = gateway.upstream.into_parts();
     target.path_and_query = Some(path);
     parts.uri = Uri::from_parts(target).expect("upstream base plus a path");
-    // A caller's own credentials must not reach the upstream (and a request
-    // that already carries Authorization would pass the layer untouched);
-    // Host and hop-by-hop headers belong to the caller's connection.
-    for name in [AUTHORIZATION, HOST, CONNECTION] {
+    // The caller's connection is not the upstream's: the upstream client
+    // speaks HTTP/1.1 whatever version the caller used (it refuses an
+    // HTTP/2 request), and Host and the hop-by-hop headers (RFC 9110 §7.6.1,
+    // with those the caller's Connection header names) stay behind.
+    parts.version = Version::HTTP_11;
+    let named_by_connection: Vec<HeaderName> = parts
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    let hop_by_hop = [
+        HOST,
+        CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        PROXY_AUTHORIZATION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ];
+    // A caller's own credentials must not reach the upstream either (and a
+    // request that already carries Authorization would pass the layer
+    // untouched).
+    for name in hop_by_hop
+        .into_iter()
+        .chain(named_by_connection)
+        .chain([AUTHORIZATION])
+    {
         parts.headers.remove(name);
     }
     match gateway

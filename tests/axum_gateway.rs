@@ -15,7 +15,7 @@ use hyper::header::AUTHORIZATION;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower_token_refresh::TokenRefreshLayer;
+use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 
 use gateway::support::bounded;
 use gateway::support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
@@ -85,6 +85,88 @@ async fn callers_never_see_the_token_and_a_revocation_costs_one_refresh() {
             api.ok, 300,
             "the caller's own credential never reached the API"
         );
+    })
+    .await;
+}
+
+/// Found in review: the gateway forwarded the caller's HTTP version, and
+/// the upstream client (HTTP/1) refused an HTTP/2 caller's request, so
+/// such callers got a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_caller_is_forwarded_to_the_http1_upstream() {
+    bounded(async {
+        let identity = IdentityServer::builder().start().await;
+        let api = ApiServer::start(&identity).await;
+        let cognito = CognitoClient::new(identity.base_url());
+        let tokens = cognito.login(DEMO_USER, DEMO_PASSWORD).await.unwrap();
+        let layer = TokenRefreshLayer::builder(cognito.refresher())
+            .initial_tokens(tokens)
+            .build();
+        let addr = gateway::serve(gateway::router(api.url("").parse().unwrap(), layer)).await;
+        let caller: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+
+        let request = hyper::Request::post(format!("http://{addr}/v1/orders/7"))
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"order":7}"#))
+            .unwrap();
+        let response = caller.request(request).await.expect("gateway reachable");
+
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, 200, "{body:?}");
+        assert_eq!(body, r#"{"order":7}"#.as_bytes());
+    })
+    .await;
+}
+
+/// The caller's hop-by-hop headers (and those its `Connection` names) and
+/// its proxy credentials stay at the gateway; end-to-end headers go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_not_forwarded() {
+    bounded(async {
+        // An upstream that answers with the names of the headers it got.
+        let upstream = axum::Router::new().fallback(|headers: hyper::HeaderMap| async move {
+            let mut names: Vec<&str> = headers.keys().map(|name| name.as_str()).collect();
+            names.sort_unstable();
+            names.join(",")
+        });
+        let upstream = gateway::serve(upstream).await;
+        let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
+        let layer = TokenRefreshLayer::builder(source)
+            .initial_tokens(TokenSet::new("upstream-token"))
+            .build();
+        let addr = gateway::serve(gateway::router(
+            format!("http://{upstream}").parse().unwrap(),
+            layer,
+        ))
+        .await;
+        let caller: Client<HttpConnector, Body> =
+            Client::builder(TokioExecutor::new()).build_http();
+
+        let request = hyper::Request::get(format!("http://{addr}/v1/items"))
+            .header("connection", "x-hop, keep-alive")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authorization", "Basic Y2FsbGVyOnNlY3JldA==")
+            .header("x-kept", "1")
+            .body(Body::empty())
+            .unwrap();
+        let response = caller.request(request).await.expect("gateway reachable");
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+
+        let names: Vec<&str> = std::str::from_utf8(&body).unwrap().split(',').collect();
+        assert!(names.contains(&"x-kept"), "{names:?}");
+        assert!(
+            names.contains(&"authorization"),
+            "the layer's token: {names:?}"
+        );
+        for dropped in ["connection", "x-hop", "keep-alive", "proxy-authorization"] {
+            assert!(!names.contains(&dropped), "{dropped} forwarded: {names:?}");
+        }
     })
     .await;
 }
