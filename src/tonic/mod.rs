@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tonic::transport::Channel;
+//! use tonic::transport::{Channel, Endpoint};
 //! use tower_token_refresh::classify::Grpc;
 //! use tower_token_refresh::tonic::{with_token_refresh, GrpcTokenRefresh};
 //! use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
@@ -23,11 +23,14 @@
 //!     .build();
 //! let handle = layer.handle();
 //!
+//! let endpoint = Endpoint::from_static("https://api.example.com");
+//! // Given to the client, the channel's origin lets the layer see each
+//! // call's scheme and host (see "URIs" below).
+//! let origin = endpoint.uri().clone();
 //! // Or `.connect().await?`; a lazy channel connects on the first call.
-//! let channel = Channel::from_static("https://api.example.com").connect_lazy();
-//! let channel: GrpcTokenRefresh<Channel> = with_token_refresh(channel, &layer);
-//! // Generated code: `GreeterClient::new(channel)`.
-//! let client = tonic::client::Grpc::new(channel);
+//! let channel: GrpcTokenRefresh<Channel> = with_token_refresh(endpoint.connect_lazy(), &layer);
+//! // Generated code: `GreeterClient::with_origin(channel, origin)`.
+//! let client = tonic::client::Grpc::with_origin(channel, origin);
 //! // Nothing is fetched before the first call needs a token.
 //! assert_eq!(handle.stats().refreshes, 0);
 //! # let _ = client;
@@ -83,8 +86,8 @@
 //! channel adds its endpoint's origin below the layer. So an
 //! [`allowed_origins`](crate::Builder::allowed_origins) list matches no
 //! call, and the check that refuses tokens over plain `http://` to other
-//! hosts cannot see the scheme. If you need either, give the client the
-//! origin above the wrapped channel, e.g.
+//! hosts cannot see the scheme. Give the client the origin above the
+//! wrapped channel, as the example above does, e.g.
 //! `GreeterClient::with_origin(with_token_refresh(channel, &layer), origin)`
 //! (or `tonic::client::Grpc::with_origin`): the layer then sees the full
 //! URI. Give it the URI the channel connects to (`endpoint.uri()`): the

@@ -33,6 +33,14 @@ where
         }
     }
 
+    /// As generated clients' `with_origin`: calls carry `origin`'s scheme
+    /// and authority instead of a path alone.
+    pub fn with_origin(inner: T, origin: http::Uri) -> Self {
+        Self {
+            inner: Grpc::with_origin(inner, origin),
+        }
+    }
+
     pub async fn unary(
         &mut self,
         request: impl IntoRequest<Bytes>,

@@ -421,3 +421,53 @@ async fn a_call_the_layer_fails_carries_its_typed_error() {
     })
     .await;
 }
+
+/// What the module docs advise for gRPC: the channel's origin given to the
+/// client above the wrapped channel. The layer then sees each call's scheme
+/// and host, so an allow-list of origins and the plain-http check apply to
+/// gRPC calls as to any other; without it, calls are path-only and an
+/// allow-list matches none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_given_to_the_client_lets_the_layer_judge_each_call() {
+    bounded(async {
+        let identity = IdentityServer::builder().start().await;
+        let server = GrpcServer::start(&identity).await;
+        let cognito = CognitoClient::new(identity.base_url());
+        let login = cognito.login(DEMO_USER, DEMO_PASSWORD).await.unwrap();
+        let token = login.access_token().expose().to_owned();
+        let endpoint: http::Uri = server.endpoint().parse().unwrap();
+        let layer = TokenRefreshLayer::builder(cognito.refresher())
+            .classifier(Grpc)
+            .initial_tokens(login)
+            .allowed_origins([endpoint.clone()])
+            .build();
+        let channel = connect(&server).await;
+        let wrapped = || with_token_refresh(channel.clone(), &layer);
+
+        let mut with_origin = EchoClient::with_origin(wrapped(), endpoint);
+        let answer = with_origin.unary(Bytes::from_static(b"hi")).await;
+        assert_eq!(answer.expect("sent with the token").into_inner(), token);
+
+        let mut path_only = EchoClient::new(wrapped());
+        let status = path_only
+            .unary(Bytes::from_static(b"hi"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "no token: {status}");
+
+        // Shown a plain-http origin on another host, the layer refuses to
+        // send the token, whatever the channel connects to.
+        let remote = "http://10.1.2.3:50051".parse().unwrap();
+        let open = TokenRefreshLayer::builder(cognito.refresher())
+            .classifier(Grpc)
+            .initial_tokens(TokenSet::new("never-sent"))
+            .build();
+        let mut plain = EchoClient::with_origin(with_token_refresh(channel.clone(), &open), remote);
+        let calls_before = server.stats().calls;
+        let status = plain.unary(Bytes::from_static(b"hi")).await.unwrap_err();
+        let error = token_error(&status).expect("the layer's error");
+        assert!(error.is_insecure_transport(), "{error}");
+        assert_eq!(server.stats().calls, calls_before, "nothing was sent");
+    })
+    .await;
+}
