@@ -583,14 +583,26 @@ impl Offer {
         control.pending_offer = Some(pending);
         let shared = Arc::clone(shared);
         runtime.spawn(async move {
+            let config = &shared.config;
             // Encoded here, not under the caller's lock.
             let record = record_of(&tokens, next, self.obtained_at);
-            drop(tokens);
-            let stored = call(
-                &shared.config,
+            let mut stored = call(
+                config,
                 self.store.compare_and_swap_boxed(self.expected, record),
             )
             .await;
+            // Refused over a version, the swap may have found a store that
+            // lost its data (a Redis restarted without persistence) rather
+            // than a sibling's newer tokens: then they go in as its record,
+            // or the store stays empty and a sibling logs in.
+            if matches!(stored, Ok(false)) && self.expected.is_some() {
+                if let Ok(None) = call(config, self.store.load_boxed()).await {
+                    tracing::warn!("the token store was found empty; storing the refreshed tokens");
+                    let record = record_of(&tokens, next, self.obtained_at);
+                    stored = call(config, self.store.compare_and_swap_boxed(None, record)).await;
+                }
+            }
+            drop(tokens);
             match stored {
                 // The process knows it as its own, unless it has moved on
                 // (adopted or stored a version, or installed other tokens).

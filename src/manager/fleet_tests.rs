@@ -541,7 +541,9 @@ async fn a_refresh_source_that_panics_under_the_lease_releases_it() {
 }
 
 /// A store whose loads hang while `hang` is set, whose next load fails
-/// once `fail_next` is set, whose next `failing_writes` writes fail
+/// once `fail_next` is set (losing the record too, as a store restarted
+/// without its data, if `restarts_empty` is set), whose next
+/// `failing_writes` writes fail
 /// unwritten, and whose loads and writes take `slow_loads` and
 /// `slow_writes` milliseconds; announcements still come. `loads` counts
 /// the loads begun.
@@ -551,6 +553,7 @@ struct FaultyLoads {
     loads: Arc<AtomicUsize>,
     hang: Arc<AtomicBool>,
     fail_next: Arc<AtomicBool>,
+    restarts_empty: Arc<AtomicBool>,
     failing_writes: Arc<AtomicUsize>,
     slow_loads: Arc<AtomicU64>,
     slow_writes: Arc<AtomicU64>,
@@ -568,6 +571,9 @@ impl TokenStore for FaultyLoads {
         let hang = self.hang.load(Ordering::SeqCst);
         let slow = slowed_by(&self.slow_loads);
         let fail = self.fail_next.swap(false, Ordering::SeqCst);
+        if fail && self.restarts_empty.load(Ordering::SeqCst) {
+            self.inner.lose_record();
+        }
         let load = self.inner.load();
         async move {
             if hang {
@@ -758,6 +764,29 @@ async fn check_offered_after(fault: impl FnOnce(&FaultyLoads)) {
     assert_eq!(idp.counts(), (1, 2, 0));
     assert_eq!(store.inner.load().await.unwrap().unwrap().version(), 3);
     assert_eq!(first.handle().stats().adopted, 0);
+}
+
+/// Found in review: tokens refreshed without the store were offered over
+/// the version the process knew. A store that had lost its data meanwhile
+/// (a Redis restarted without persistence) refused that swap, the offer
+/// was dropped as if a sibling had stored newer tokens, and the store
+/// stayed empty: a sibling would have logged in instead of adopting them.
+#[tokio::test(start_paused = true)]
+async fn tokens_refreshed_without_the_store_fill_it_when_it_comes_back_empty() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    store.restarts_empty.store(true, Ordering::SeqCst);
+    store.fail_next.store(true, Ordering::SeqCst);
+    first.handle().force_refresh().await.unwrap(); // rt-1 spent without the store
+    crate::test_support::settle().await; // the offer runs on its own task
+
+    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+    let sibling = idp.layer_on(store.clone());
+    sibling.handle().force_refresh().await.unwrap();
+    assert_eq!(idp.counts(), (1, 1, 0), "no login, no refresh");
+    assert_eq!(sibling.handle().stats().adopted, 1);
 }
 
 /// Under the lease a flight may refresh from a version newer than the one

@@ -67,6 +67,12 @@ impl MemoryStore {
         }
     }
 
+    /// Loses the record, as a store restarted without its data does.
+    #[cfg(test)]
+    pub(crate) fn lose_record(&self) {
+        *self.record() = None;
+    }
+
     fn record(&self) -> MutexGuard<'_, Option<Record>> {
         // Plain data, always left consistent: a panic elsewhere must not
         // wedge the store.

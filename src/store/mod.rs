@@ -35,7 +35,9 @@
 //! rejected, or missing) is refreshed on its own at once, as it would be without a
 //! store, and so is a forced refresh. The process then offers the new
 //! tokens to the store from a task of their own (compare-and-swap over the
-//! version it found there, so never over a newer one): a source that
+//! version it found there, so never over a newer one; into the store as
+//! its first record if it has lost its data meanwhile, as a Redis restarted
+//! without persistence has): a source that
 //! rotates refresh tokens has spent the one the store may still hold. So
 //! does a process that refreshed under the lease and then failed to write;
 //! it keeps the lease until the offer has settled (within the lease's time
