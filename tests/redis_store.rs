@@ -387,6 +387,35 @@ async fn a_record_that_is_not_in_the_documented_form_is_corrupt() {
     .await;
 }
 
+/// Found in review: a key of another kind (a string where the record's
+/// hash belongs) was reported as Redis being unavailable, so the fleet put
+/// its refreshes off as for an outage, and each call reconnected.
+#[tokio::test]
+async fn a_tokens_key_of_another_kind_is_corrupt_not_unavailable() {
+    with_redis(async |server| {
+        let store = open(server, "app");
+        let mut con = raw(server).await;
+        let _: () = redis::cmd("SET")
+            .arg("app:tokens")
+            .arg("secret-string")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let error = store.load().await.unwrap_err();
+        assert!(error.is_corrupt(), "{error}");
+        assert!(!everything_said(&error).contains("secret-string"));
+        let swap = store.compare_and_swap(None, record(1, b"t")).await;
+        assert!(swap.unwrap_err().is_corrupt(), "never overwritten");
+        let kept: String = redis::cmd("GET")
+            .arg("app:tokens")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(kept, "secret-string");
+    })
+    .await;
+}
+
 // ---- lease ----
 
 #[tokio::test]

@@ -348,8 +348,18 @@ impl RedisStore {
             settled: false,
         };
         let result = command(manager).await;
-        unsettled.settled = result.is_ok();
-        result.map_err(|error| StoreError::unavailable(what).with_source(error))
+        // A key of another kind answers every call the same way: that is
+        // a record that does not read, not Redis failing (and the
+        // connection that carried the answer is sound).
+        let wrong_type = matches!(&result, Err(error) if error.code() == Some("WRONGTYPE"));
+        unsettled.settled = result.is_ok() || wrong_type;
+        result.map_err(|error| {
+            if wrong_type {
+                StoreError::corrupt(format!("{what}: a key holds another kind of value"))
+            } else {
+                StoreError::unavailable(what).with_source(error)
+            }
+        })
     }
 }
 
