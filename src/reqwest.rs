@@ -33,6 +33,12 @@
 //!   the request's headers and drops them only on such a hop, so a second
 //!   hop within the other origin carries the token again; turn redirects
 //!   off, `reqwest::redirect::Policy::none()`, where that matters.)
+//! - reqwest sends through the proxies its environment names
+//!   (`HTTP_PROXY`, `HTTPS_PROXY`), loopback destinations included unless
+//!   `NO_PROXY` exempts them. The plain-http rule judges the request's
+//!   URL, so a plain-http request to loopback goes to such a proxy with
+//!   its token, in clear: exempt loopback with `NO_PROXY`, or build the
+//!   client with [`reqwest::ClientBuilder::no_proxy`], where that matters.
 //! - A request's own timeout ([`reqwest::RequestBuilder::timeout`]) covers
 //!   everything the middleware does for it: waiting for a token, the
 //!   first attempt, waiting for the refresh after a rejection and the

@@ -83,6 +83,14 @@ impl fmt::Debug for StoreKey {
 /// the layer refreshes without it and never overwrites it. Requires the
 /// `encryption` feature.
 ///
+/// To change the key, deploy the new one, then delete the record (the
+/// file, or Redis's `{prefix}:tokens`): a record sealed with the old key
+/// does not open under the new one, and until it is gone every process
+/// refreshes on its own, never overwriting it (a process still on the old
+/// key would otherwise take the new record for damage, and the two keys
+/// would overwrite each other). The next refresh stores a record sealed
+/// with the new key.
+///
 /// When one key seals several stores (one secret shared by several
 /// services, each with its own Redis prefix), give each its own context
 /// with [`bound_to`](Encrypted::bound_to): otherwise a record copied from
