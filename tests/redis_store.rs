@@ -17,9 +17,12 @@ pub mod support;
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error as _;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -158,10 +161,13 @@ fn everything_said(error: &StoreError) -> String {
 /// A TCP relay in front of the server whose open connections can be made
 /// to go silent (nothing relayed, nothing closed: a dropped NAT entry, a
 /// failover that black-holes the old address) while new connections are
-/// relayed as before.
+/// relayed as before, and which can drop the server's replies on its open
+/// connections while their commands still reach it.
 struct Relay {
     port: u16,
     silence: watch::Sender<u64>,
+    /// Each connection's switch for losing the server's replies.
+    replies_lost: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     accept: JoinHandle<()>,
 }
 
@@ -170,6 +176,8 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (silence, silenced) = watch::channel(0);
+        let replies_lost = Arc::new(Mutex::new(Vec::new()));
+        let switches = Arc::clone(&replies_lost);
         let accept = tokio::spawn(async move {
             // Dropped with this task, closing every connection.
             let mut connections = JoinSet::new();
@@ -178,9 +186,26 @@ impl Relay {
                 let mut server = TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
                 let mut silenced = silenced.clone();
                 silenced.borrow_and_update();
+                let lost = Arc::new(AtomicBool::new(false));
+                switches.lock().unwrap().push(Arc::clone(&lost));
                 connections.spawn(async move {
+                    let (mut from_client, mut to_client) = client.split();
+                    let (mut from_server, mut to_server) = server.split();
+                    let replies = async {
+                        let mut buffer = [0; 4096];
+                        loop {
+                            let n = from_server.read(&mut buffer).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            if !lost.load(Ordering::SeqCst) {
+                                to_client.write_all(&buffer[..n]).await?;
+                            }
+                        }
+                    };
                     let silent = tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        _ = tokio::io::copy(&mut from_client, &mut to_server) => false,
+                        _ = replies => false,
                         _ = silenced.changed() => true,
                     };
                     if silent {
@@ -193,7 +218,17 @@ impl Relay {
         Self {
             port,
             silence,
+            replies_lost,
             accept,
+        }
+    }
+
+    /// From now on the server's replies on every connection open now are
+    /// dropped: their commands still run. New connections are relayed as
+    /// before.
+    fn lose_replies_on_open_connections(&self) {
+        for lost in self.replies_lost.lock().unwrap().iter() {
+            lost.store(true, Ordering::SeqCst);
         }
     }
 
@@ -819,6 +854,30 @@ async fn every_call_fails_within_the_timeout_while_redis_is_frozen() {
         }
         server.thaw();
         assert_eq!(store.load().await.unwrap(), Some(record(1, b"a")));
+    })
+    .await;
+}
+
+/// Found in review: a lease whose `SET` ran but whose answer was lost (or
+/// came after its caller stopped waiting) stayed in Redis with no holder,
+/// keeping every process from the lease for its whole time to live.
+#[tokio::test]
+async fn a_lease_whose_answer_was_lost_is_released() {
+    with_redis(async |server| {
+        let (relay, store) = behind_a_relay(server, Duration::from_millis(300)).await;
+        relay.lose_replies_on_open_connections();
+        let error = store.try_lease(Duration::from_secs(60)).await;
+        assert!(!error.unwrap_err().is_corrupt());
+
+        let direct = open(server, "app");
+        let started = Instant::now();
+        while take_lease(&direct, Duration::from_secs(60)).await.is_none() {
+            assert!(
+                started.elapsed() < PROMPT,
+                "the lost lease was never released"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
     .await;
 }

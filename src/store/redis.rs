@@ -89,7 +89,11 @@ return 0
 ///
 /// A compare-and-swap is one Lua script (check `version`, `HSET`, `PUBLISH`),
 /// and so is giving the lease back (delete it only if it still names this
-/// owner). The payload is the layer's encoding of the tokens: wrap the store
+/// owner). A lease asked for whose answer never came (lost with its
+/// connection, or past its caller's patience) may have been taken all the
+/// same, so it is given back at once rather than left to lapse; a key of
+/// another type where the record belongs is a [corrupt](StoreError::is_corrupt)
+/// record. The payload is the layer's encoding of the tokens: wrap the store
 /// in [`Encrypted`](crate::store::Encrypted) so that Redis, its replicas and
 /// its dumps hold only sealed bytes.
 ///
@@ -363,6 +367,33 @@ impl RedisStore {
     }
 }
 
+/// A lease asked for and not yet answered. The `SET` may have run with
+/// its reply lost, or come after its caller stopped waiting: then the lease
+/// is in Redis with no one knowing they hold it, and every process would
+/// wait out its time to live. Dropped unanswered, it releases the lease on
+/// a task of its own, as far as that gets; the release deletes only a
+/// lease this owner holds, so it is harmless if the `SET` never ran.
+struct Unanswered {
+    store: RedisStore,
+    owner: Option<String>,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        let Some(owner) = self.owner.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            runtime.spawn(async move {
+                if let Err(error) = store.release(Lease::new(owner)).await {
+                    tracing::debug!(error = %error, "releasing an unanswered lease failed");
+                }
+            });
+        }
+    }
+}
+
 /// Discards its connection when dropped before its call succeeded: the
 /// call failed, or its caller stopped waiting.
 struct Unsettled<'a> {
@@ -481,6 +512,10 @@ impl TokenStore for RedisStore {
             .arg("NX")
             .arg("PX")
             .arg(ttl_ms);
+        let mut unanswered = Unanswered {
+            store: self.clone(),
+            owner: Some(owner),
+        };
         async move {
             let answer: Value = self
                 .run(
@@ -488,6 +523,7 @@ impl TokenStore for RedisStore {
                     |mut manager| async move { command.query_async(&mut manager).await },
                 )
                 .await?;
+            let owner = unanswered.owner.take().expect("taken once, here");
             // `SET … NX` answers nil when the key exists, OK when it set it.
             Ok((!matches!(answer, Value::Nil)).then(|| Lease::new(owner)))
         }
