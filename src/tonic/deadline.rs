@@ -23,10 +23,15 @@ pub(crate) struct CallDeadline(Instant);
 impl CallDeadline {
     /// Sets `headers`' `grpc-timeout` to the time left until the deadline,
     /// so that the channel's per-attempt timer and the server's deadline
-    /// end with the call's.
-    pub(crate) fn write_remaining(self, headers: &mut HeaderMap) {
+    /// end with the call's. `false`, with nothing written, if no time is
+    /// left: the attempt must not be sent.
+    pub(crate) fn write_remaining(self, headers: &mut HeaderMap) -> bool {
         let left = self.0.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
         headers.insert(GRPC_TIMEOUT, timeout_header::encode(left));
+        true
     }
 }
 
@@ -36,7 +41,9 @@ impl CallDeadline {
 /// when its time is up fails with [`tonic::TimeoutExpired`] (which tonic
 /// reports as `Code::Cancelled`, as it reports its channel's own timeouts),
 /// and each attempt carries the time left in its `grpc-timeout`, not the
-/// whole timeout again.
+/// whole timeout again; an attempt due with no time left (its task woken
+/// late, after its token came and its time ran out) is not sent and fails
+/// the same way.
 ///
 /// [`with_token_refresh`](super::with_token_refresh) puts it above the
 /// layer. A call without a `grpc-timeout` (or with one that does not
@@ -178,13 +185,6 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        // A deadline already past (a task woken late, after its token came
-        // and its time ran out) ends the call before the inner future is
-        // polled again: polled, it could send the retry with no time left,
-        // a call the server would get after the client gave up on it.
-        if this.timer.as_ref().is_some_and(|timer| timer.is_elapsed()) {
-            return Poll::Ready(Err(tonic::TimeoutExpired(()).into()));
-        }
         if let Poll::Ready(output) = this.inner.poll(cx) {
             return Poll::Ready(output.map_err(Into::into));
         }

@@ -336,25 +336,98 @@ impl<S> IntoTonicBody<S> {
 impl<S, B> Service<Request<B>> for IntoTonicBody<S>
 where
     S: Service<Request<tonic::body::Body>>,
+    S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+    type Error = BoxError;
+    type Future = AttemptFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     #[inline]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if let Some(deadline) = req.extensions().get::<deadline::CallDeadline>().copied() {
-            deadline.write_remaining(req.headers_mut());
+            // Past the deadline (a task woken late, after its token came
+            // and its time ran out) the attempt is not sent: the server
+            // would get a call the client has given up on.
+            if !deadline.write_remaining(req.headers_mut()) {
+                return AttemptFuture {
+                    state: Attempt::Expired,
+                };
+            }
         }
         // An empty body becomes tonic's allocation-free empty body; anything
         // else is boxed once, as tonic boxes every body it sends.
-        self.inner.call(req.map(tonic::body::Body::new))
+        let fut = self.inner.call(req.map(tonic::body::Body::new));
+        AttemptFuture {
+            state: Attempt::Sent { fut },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`IntoTonicBody`]: the inner service's, or
+    /// [`tonic::TimeoutExpired`] for an attempt due after its call's
+    /// deadline (set by [`GrpcDeadline`] above the layer), which is not
+    /// sent.
+    ///
+    /// ```
+    /// use tower::{Service, ServiceExt};
+    /// use tower_token_refresh::tonic::{AttemptFuture, IntoTonicBody};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let mut service = IntoTonicBody::new(tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new("answer"))
+    /// }));
+    /// let request = http::Request::new(tonic::body::Body::empty());
+    /// let ready = ServiceExt::<http::Request<tonic::body::Body>>::ready(&mut service).await;
+    /// let future: AttemptFuture<_> = ready.unwrap().call(request);
+    /// assert_eq!(*future.await.unwrap().body(), "answer");
+    /// # }
+    /// ```
+    pub struct AttemptFuture<F> {
+        #[pin]
+        state: Attempt<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = AttemptProj]
+    enum Attempt<F> {
+        Sent {
+            #[pin]
+            fut: F,
+        },
+        // Not sent: no time was left.
+        Expired,
+    }
+}
+
+impl<F, T, E> std::future::Future for AttemptFuture<F>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            AttemptProj::Sent { fut } => fut.poll(cx).map_err(Into::into),
+            AttemptProj::Expired => Poll::Ready(Err(tonic::TimeoutExpired(()).into())),
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for AttemptFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sent = matches!(self.state, Attempt::Sent { .. });
+        f.debug_struct("AttemptFuture")
+            .field("sent", &sent)
+            .finish_non_exhaustive()
     }
 }
