@@ -32,9 +32,8 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///   [corrupt](StoreError::is_corrupt) (naming the path, never its
 ///   content) and is never overwritten: the layer refreshes on its own and
 ///   the file waits for someone to look at it. So is, on Unix, a file
-///   other users may read or write (any group or other permission bit):
-///   this store never makes one, and tokens another user could have put
-///   there are not adopted.
+///   another user could have written (one they own, or one anyone may
+///   write): tokens planted there are not adopted.
 /// - The lease and the change signal live in this process: several layers
 ///   of one process share a `FileStore` through its clones. It does not
 ///   coordinate processes; use [`RedisStore`](crate::store::RedisStore)
@@ -197,7 +196,7 @@ fn read(path: &Path) -> Result<Option<Record>, StoreError> {
         Err(error) => return Err(unreadable(error)),
     };
     let metadata = file.metadata().map_err(unreadable)?;
-    refuse_shared(path, &metadata)?;
+    refuse_foreign(path, &metadata)?;
     // Sized up front, as `fs::read` does: a buffer grown while reading
     // would leave unwiped copies of the tokens behind.
     let mut bytes = Zeroizing::new(Vec::with_capacity(
@@ -227,28 +226,35 @@ fn read(path: &Path) -> Result<Option<Record>, StoreError> {
     Ok(Some(Record::new(version, payload)))
 }
 
-/// A token file others may read or write is not trusted. This store
-/// writes its files with mode `0600`; one with any group or other
-/// permission was put there by someone else (another user, in a shared
-/// directory, fixing the tokens this process would adopt) or loosened by
-/// hand, and its tokens may have been read. Checked on the open file, so a
-/// symbolic link is judged by what it points to.
+/// A token file another user could have written is not trusted: one they
+/// own (put in a shared directory before this process wrote there, to
+/// have it use their tokens), or one anyone may write. Group write is
+/// allowed: volumes shared within a Kubernetes pod (`fsGroup`) make files
+/// group-writable, and the group is then the pod's. Checked on the open
+/// file, so a symbolic link is judged by what it points to.
 #[cfg(unix)]
-fn refuse_shared(path: &Path, metadata: &fs::Metadata) -> Result<(), StoreError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 == 0 {
-        return Ok(());
+fn refuse_foreign(path: &Path, metadata: &fs::Metadata) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let (owner, me) = (metadata.uid(), rustix::process::geteuid().as_raw());
+    if owner != me {
+        return Err(StoreError::corrupt(format!(
+            "{} belongs to another user (uid {owner}; this process runs as {me}): \
+             a token file must be this process's own; remove it",
+            path.display()
+        )));
     }
-    Err(StoreError::corrupt(format!(
-        "{} is open to other users (mode {mode:04o}); a token file must be private (0600): \
-         remove it, or chmod 600 it if it is yours",
-        path.display()
-    )))
+    let mode = metadata.mode() & 0o777;
+    if mode & 0o002 != 0 {
+        return Err(StoreError::corrupt(format!(
+            "{} may be written by any user (mode {mode:04o}); chmod 600 it, or remove it",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(not(unix))]
-fn refuse_shared(_: &Path, _: &fs::Metadata) -> Result<(), StoreError> {
+fn refuse_foreign(_: &Path, _: &fs::Metadata) -> Result<(), StoreError> {
     Ok(())
 }
 
@@ -484,7 +490,7 @@ mod tests {
     /// shared directory another user could put tokens of their own there
     /// first, and this process would adopt them.
     #[tokio::test]
-    async fn a_file_other_users_may_read_or_write_is_refused_as_corrupt() {
+    async fn a_file_another_user_could_have_written_is_refused_as_corrupt() {
         use std::os::unix::fs::PermissionsExt;
         let dir = TempDir::new();
         let path = dir.0.join("tokens.json");
@@ -495,10 +501,14 @@ mod tests {
             .unwrap();
         let link = dir.0.join("link.json");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        for mode in [0o644, 0o660, 0o602, 0o640] {
+        let loaded = |path: &Path| {
+            let store = FileStore::new(path);
+            async move { store.load().await }
+        };
+        for mode in [0o602, 0o666, 0o777] {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
             for read_through in [&path, &link] {
-                let err = FileStore::new(read_through).load().await.unwrap_err();
+                let err = loaded(read_through).await.unwrap_err();
                 assert!(err.is_corrupt(), "{mode:o}: {err}");
                 assert!(
                     err.to_string().contains(&format!("mode 0{mode:o}")),
@@ -511,11 +521,29 @@ mod tests {
                 .await;
             assert!(swap.unwrap_err().is_corrupt(), "never overwritten");
         }
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        for read_through in [&path, &link] {
-            let record = FileStore::new(read_through).load().await.unwrap().unwrap();
-            assert_eq!(record.payload(), b"planted");
+        // The process's own file, readable or writable by its group (a
+        // Kubernetes `fsGroup` volume) or readable by others: read.
+        for mode in [0o600, 0o660, 0o640, 0o644] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            for read_through in [&path, &link] {
+                let record = loaded(read_through).await.unwrap().unwrap();
+                assert_eq!(record.payload(), b"planted", "{mode:o}");
+            }
         }
+
+        // A file another user owns: made so here when running as root,
+        // else one of root's.
+        let foreign = if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            path.clone()
+        } else {
+            let link = dir.0.join("roots.json");
+            std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+            link
+        };
+        let err = loaded(&foreign).await.unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+        assert!(err.to_string().contains("belongs to another user"), "{err}");
     }
 
     #[tokio::test]
