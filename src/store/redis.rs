@@ -355,7 +355,7 @@ impl RedisStore {
         // A key of another kind answers every call the same way: that is
         // a record that does not read, not Redis failing (and the
         // connection that carried the answer is sound).
-        let wrong_type = matches!(&result, Err(error) if error.code() == Some("WRONGTYPE"));
+        let wrong_type = matches!(&result, Err(error) if is_wrong_type(error));
         unsettled.settled = result.is_ok() || wrong_type;
         result.map_err(|error| {
             if wrong_type {
@@ -365,6 +365,14 @@ impl RedisStore {
             }
         })
     }
+}
+
+/// Whether Redis refused a command for a key of another kind: `WRONGTYPE`,
+/// or before Redis 7 the `ERR Error running script` that wraps it when the
+/// command ran in a script.
+fn is_wrong_type(error: &RedisError) -> bool {
+    error.code() == Some("WRONGTYPE")
+        || (error.code() == Some("ERR") && error.detail().is_some_and(|d| d.contains("WRONGTYPE")))
 }
 
 /// A lease asked for and not yet answered. The `SET` may have run with
@@ -706,5 +714,35 @@ impl fmt::Debug for RedisStore {
             .field("poll_interval", &self.poll_interval)
             .field("timeout", &self.timeout)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a client makes of the server's error `reply`.
+    fn server_error(reply: &str) -> RedisError {
+        match ::redis::parse_redis_value(format!("-{reply}\r\n").as_bytes()) {
+            Ok(value) => value.extract_error().expect_err("an error reply"),
+            Err(error) => error,
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_kind_is_told_apart_whichever_redis_reports_it() {
+        let wrong = "WRONGTYPE Operation against a key holding the wrong kind of value";
+        assert!(is_wrong_type(&server_error(wrong)));
+        // Redis 6 and earlier wrap it when the command ran in a script.
+        let scripted =
+            format!("ERR Error running script (call to f_0a1b): @user_script:1: {wrong}");
+        assert!(is_wrong_type(&server_error(&scripted)));
+        for other in [
+            "ERR unknown command 'HGETALL'",
+            "LOADING Redis is loading the dataset in memory",
+            "NOSCRIPT No matching script",
+        ] {
+            assert!(!is_wrong_type(&server_error(other)), "{other}");
+        }
     }
 }
