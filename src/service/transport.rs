@@ -76,12 +76,16 @@ impl TransportRules {
     /// holds it as spelled (only a parsed URI string is lowercased), and
     /// connectors choose TLS by comparing with `https`, so such a request
     /// would go out in clear. A URI without a scheme (a path handed to a
-    /// connection, as tonic does) names no transport and is not refused.
+    /// connection, as tonic does) names no transport and is not refused,
+    /// nor is `unix` (a Unix domain socket, as hyperlocal addresses one),
+    /// which never leaves the host.
     #[inline]
     pub(crate) fn is_insecure(&self, uri: &Uri) -> bool {
         !self.allow_insecure
-            // A string compare, inlined; `Scheme`'s `PartialEq` is a call.
-            && uri.scheme_str().is_some_and(|scheme| scheme != "https")
+            // String compares, inlined; `Scheme`'s `PartialEq` is a call.
+            && uri
+                .scheme_str()
+                .is_some_and(|scheme| scheme != "https" && scheme != "unix")
             && !is_loopback_authority(uri)
     }
 }
@@ -187,6 +191,8 @@ mod tests {
             );
         }
         assert!(!rules.is_insecure(&built("https", "api.example.com")));
+        // A Unix domain socket, as hyperlocal addresses one.
+        assert!(!rules.is_insecure(&built("unix", "2f746d702f736f636b:0")));
         assert!(rules.is_insecure(&uri("HTTP://api.example.com/")));
         assert!(!rules.is_insecure(&uri("HTTPS://api.example.com/")));
         let permissive = TransportRules {

@@ -152,6 +152,10 @@ impl<S: TokenStore> Encrypted<S> {
     /// none) is [corrupt](StoreError::is_corrupt), not adopted. Without
     /// it, records carry no context, as before it existed.
     ///
+    /// Adding or changing the context of a store in use is a change of
+    /// key: the record already there no longer opens, so follow the
+    /// procedure on [`Encrypted`] (deploy, then delete the record).
+    ///
     /// ```
     /// use tower_token_refresh::store::{Encrypted, MemoryStore, Record, StoreKey, TokenStore};
     ///

@@ -91,7 +91,7 @@ return 0
 /// and so is giving the lease back (delete it only if it still names this
 /// owner). A lease asked for whose answer never came (lost with its
 /// connection, or past its caller's patience) may have been taken all the
-/// same, so it is given back at once rather than left to lapse; a key of
+/// same, so it is given back a timeout later rather than left to lapse; a key of
 /// another type where the record belongs is a [corrupt](StoreError::is_corrupt)
 /// record. The payload is the layer's encoding of the tokens: wrap the store
 /// in [`Encrypted`](crate::store::Encrypted) so that Redis, its replicas and
@@ -379,8 +379,9 @@ fn is_wrong_type(error: &RedisError) -> bool {
 /// its reply lost, or come after its caller stopped waiting: then the lease
 /// is in Redis with no one knowing they hold it, and every process would
 /// wait out its time to live. Dropped unanswered, it releases the lease on
-/// a task of its own, as far as that gets; the release deletes only a
-/// lease this owner holds, so it is harmless if the `SET` never ran.
+/// a task of its own, one timeout later, as far as that gets; the release
+/// deletes only a lease this owner holds, so it is harmless if the `SET`
+/// never ran.
 struct Unanswered {
     store: RedisStore,
     owner: Option<String>,
@@ -394,6 +395,10 @@ impl Drop for Unanswered {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = self.store.clone();
             runtime.spawn(async move {
+                // After a timeout: a `SET` still on its way over the old
+                // connection lands first (or is lost with it), and the
+                // release goes over a fresh connection.
+                tokio::time::sleep(store.timeout).await;
                 if let Err(error) = store.release(Lease::new(owner)).await {
                     tracing::debug!(error = %error, "releasing an unanswered lease failed");
                 }
