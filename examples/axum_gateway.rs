@@ -22,8 +22,8 @@ use std::net::SocketAddr;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{
-    HeaderName, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use axum::http::uri::{PathAndQuery, Uri};
 use axum::http::{StatusCode, Version};
@@ -75,36 +75,13 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
     parts.uri = Uri::from_parts(target).expect("upstream base plus a path");
     // The caller's connection is not the upstream's: the upstream client
     // speaks HTTP/1.1 whatever version the caller used (it refuses an
-    // HTTP/2 request), and Host and the hop-by-hop headers (RFC 9110 §7.6.1,
-    // with those the caller's Connection header names) stay behind.
-    parts.version = Version::HTTP_11;
-    let named_by_connection: Vec<HeaderName> = parts
-        .headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    let hop_by_hop = [
-        HOST,
-        CONNECTION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-        PROXY_AUTHORIZATION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ];
-    // A caller's own credentials must not reach the upstream either (and a
-    // request that already carries Authorization would pass the layer
+    // HTTP/2 request), and Host and the hop-by-hop headers stay behind.
+    // So do the caller's own credentials, for the gateway or the upstream
+    // (a request that already carries Authorization would pass the layer
     // untouched).
-    for name in hop_by_hop
-        .into_iter()
-        .chain(named_by_connection)
-        .chain([AUTHORIZATION])
-    {
+    parts.version = Version::HTTP_11;
+    remove_hop_by_hop(&mut parts.headers);
+    for name in [HOST, PROXY_AUTHORIZATION, AUTHORIZATION] {
         parts.headers.remove(name);
     }
     match gateway
@@ -112,10 +89,39 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
         .oneshot(Request::from_parts(parts, body))
         .await
     {
-        Ok(response) => response.map(Body::new).into_response(),
+        Ok(mut response) => {
+            // Likewise, the upstream connection's own headers go no
+            // further than the gateway.
+            remove_hop_by_hop(response.headers_mut());
+            response.headers_mut().remove(PROXY_AUTHENTICATE);
+            response.map(Body::new).into_response()
+        }
         // The typed error says what went wrong (re-authentication needed,
         // refresh failing, ...) and never holds the token.
         Err(error) => (StatusCode::BAD_GATEWAY, format!("upstream: {error}")).into_response(),
+    }
+}
+
+/// Removes the fields that belong to one connection (RFC 9110 §7.6.1):
+/// `Connection`, the fields it names, and the hop-by-hop fields.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named_by_connection: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    let hop_by_hop = [
+        CONNECTION,
+        TE,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ];
+    for name in hop_by_hop.into_iter().chain(named_by_connection) {
+        headers.remove(name);
     }
 }
 

@@ -123,15 +123,23 @@ async fn an_http2_caller_is_forwarded_to_the_http1_upstream() {
 }
 
 /// The caller's hop-by-hop headers (and those its `Connection` names) and
-/// its proxy credentials stay at the gateway; end-to-end headers go on.
+/// its proxy credentials stay at the gateway, and so do the upstream's own
+/// on the way back; end-to-end headers go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_not_forwarded() {
     bounded(async {
-        // An upstream that answers with the names of the headers it got.
+        // An upstream that answers with the names of the headers it got,
+        // and hop-by-hop headers of its own.
         let upstream = axum::Router::new().fallback(|headers: hyper::HeaderMap| async move {
             let mut names: Vec<&str> = headers.keys().map(|name| name.as_str()).collect();
             names.sort_unstable();
-            names.join(",")
+            let own = [
+                ("connection", "x-upstream-hop"),
+                ("x-upstream-hop", "1"),
+                ("keep-alive", "timeout=7"),
+                ("x-upstream-kept", "1"),
+            ];
+            (own, names.join(","))
         });
         let upstream = gateway::serve(upstream).await;
         let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
@@ -156,7 +164,13 @@ async fn hop_by_hop_headers_are_not_forwarded() {
             .unwrap();
         let response = caller.request(request).await.expect("gateway reachable");
         assert_eq!(response.status(), 200);
+        let back = response.headers().clone();
         let body = response.into_body().collect().await.unwrap().to_bytes();
+
+        assert!(back.contains_key("x-upstream-kept"), "{back:?}");
+        for dropped in ["x-upstream-hop", "keep-alive"] {
+            assert!(!back.contains_key(dropped), "{dropped} returned: {back:?}");
+        }
 
         let names: Vec<&str> = std::str::from_utf8(&body).unwrap().split(',').collect();
         assert!(names.contains(&"x-kept"), "{names:?}");
