@@ -20,19 +20,46 @@ use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet}
 use gateway::support::bounded;
 use gateway::support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 
+/// The identity server, the API and a gateway in front of it, logged in.
+struct Gateway {
+    identity: IdentityServer,
+    api: ApiServer,
+    handle: tower_token_refresh::TokenHandle,
+    /// The API's access token, which callers must never see.
+    secret: String,
+    addr: std::net::SocketAddr,
+}
+
+async fn gateway_in_front_of_the_api() -> Gateway {
+    let identity = IdentityServer::builder().start().await;
+    let api = ApiServer::start(&identity).await;
+    let cognito = CognitoClient::new(identity.base_url());
+    let tokens = cognito.login(DEMO_USER, DEMO_PASSWORD).await.unwrap();
+    let secret = tokens.access_token().expose().to_owned();
+    let layer = TokenRefreshLayer::builder(cognito.refresher())
+        .initial_tokens(tokens)
+        .build();
+    let handle = layer.handle();
+    let addr = gateway::serve(gateway::router(api.url("").parse().unwrap(), layer)).await;
+    Gateway {
+        identity,
+        api,
+        handle,
+        secret,
+        addr,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_never_see_the_token_and_a_revocation_costs_one_refresh() {
     bounded(async {
-        let identity = IdentityServer::builder().start().await;
-        let api = ApiServer::start(&identity).await;
-        let cognito = CognitoClient::new(identity.base_url());
-        let tokens = cognito.login(DEMO_USER, DEMO_PASSWORD).await.unwrap();
-        let secret = tokens.access_token().expose().to_owned();
-        let layer = TokenRefreshLayer::builder(cognito.refresher())
-            .initial_tokens(tokens)
-            .build();
-        let handle = layer.handle();
-        let addr = gateway::serve(gateway::router(api.url("").parse().unwrap(), layer)).await;
+        let Gateway {
+            identity,
+            api,
+            handle,
+            secret,
+            addr,
+        } = gateway_in_front_of_the_api().await;
         let caller: Client<HttpConnector, Body> =
             Client::builder(TokioExecutor::new()).build_http();
 
@@ -95,14 +122,8 @@ async fn callers_never_see_the_token_and_a_revocation_costs_one_refresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_caller_is_forwarded_to_the_http1_upstream() {
     bounded(async {
-        let identity = IdentityServer::builder().start().await;
-        let api = ApiServer::start(&identity).await;
-        let cognito = CognitoClient::new(identity.base_url());
-        let tokens = cognito.login(DEMO_USER, DEMO_PASSWORD).await.unwrap();
-        let layer = TokenRefreshLayer::builder(cognito.refresher())
-            .initial_tokens(tokens)
-            .build();
-        let addr = gateway::serve(gateway::router(api.url("").parse().unwrap(), layer)).await;
+        let gateway = gateway_in_front_of_the_api().await;
+        let addr = gateway.addr;
         let caller: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build_http();
