@@ -335,6 +335,15 @@ impl<B> ReplayBody<B> {
         Some(Self { inner })
     }
 
+    /// Lets go of the recording this clone shares (it becomes an empty
+    /// body), so that the original stops recording for it.
+    #[inline]
+    pub(crate) fn stop_sharing(&mut self) {
+        if matches!(self.inner, Inner::Replay { .. }) {
+            *self = Self::empty();
+        }
+    }
+
     /// Whether the body grew past the cap (or was never recorded), so a
     /// clone could not replay it.
     ///
