@@ -1038,3 +1038,46 @@ async fn a_sliding_sessions_token_refused_for_good_is_not_presented_again_while_
     assert_eq!(logins.lock().unwrap().len(), 3);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "presented once");
 }
+
+/// Found in review: tokens set by hand overtake a running refresh, whose
+/// call to the source goes on; a refresh started meanwhile called the
+/// source beside it, though `Refresh` promises its source one call at a
+/// time. It now waits for the overtaken call to end.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_after_tokens_set_by_hand_waits_for_the_overtaken_call_to_end() {
+    let (in_flight, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let source = {
+        let (in_flight, most, calls) = (in_flight.clone(), most.clone(), calls.clone());
+        refresh_fn(move |_| {
+            let (in_flight, most) = (in_flight.clone(), most.clone());
+            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, RefreshError>(TokenSet::new(format!("call-{call}")))
+            }
+        })
+    };
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("initial"))
+        .build();
+    let handle = layer.handle();
+
+    let first = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.force_refresh().await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(in_flight.load(Ordering::SeqCst), 1, "the first call runs");
+    handle.set_tokens(TokenSet::new("by-hand")).unwrap();
+    handle.force_refresh().await.expect("refreshed");
+
+    let current = handle.tokens().expect("tokens");
+    assert_eq!(current.access_token().expose(), "call-2");
+    first.await.unwrap().ok();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(most.load(Ordering::SeqCst), 1, "two calls at once");
+}
