@@ -175,8 +175,8 @@ impl fmt::Debug for TokenHandle {
     }
 }
 
-/// The access token cannot be sent in an HTTP header (it contains control
-/// characters or non-visible bytes).
+/// The access token cannot be sent in an HTTP header: it is empty or
+/// blank, or it contains control characters or bytes that are not visible.
 ///
 /// ```
 /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
@@ -186,6 +186,7 @@ impl fmt::Debug for TokenHandle {
 /// let error = handle.set_tokens(TokenSet::new("line\r\nbreak")).unwrap_err();
 /// assert_eq!(error.to_string(), "access token is not a valid HTTP header value");
 /// assert!(!handle.status().has_token(), "nothing was installed");
+/// assert!(handle.set_tokens(TokenSet::new("")).is_err(), "blank");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidTokenError(());

@@ -53,7 +53,9 @@ pub(crate) struct Prepared {
 /// copy of the token to free.
 pub(crate) fn makes_header(tokens: &TokenSet) -> bool {
     let valid = |b: u8| (b >= 0x20 && b != 0x7f) || b == b'\t';
-    tokens.access_token().expose().bytes().all(valid)
+    let token = tokens.access_token().expose();
+    // A blank token would send `Bearer ` with nothing to check.
+    token.bytes().all(valid) && token.bytes().any(|b| b != b' ' && b != b'\t')
 }
 
 /// `Authorization: Bearer <access token>`, if the token makes a valid
@@ -299,6 +301,17 @@ mod tests {
 
     /// The check that makes no header agrees with `HeaderValue` itself on
     /// every byte, so a token it passes is one the header takes.
+    /// Found in review: an empty access token was installed, and sent as
+    /// `Authorization: Bearer ` with nothing after it.
+    #[test]
+    fn a_blank_access_token_makes_no_header() {
+        for blank in ["", " ", "\t", " \t "] {
+            assert!(!makes_header(&TokenSet::new(blank)), "{blank:?}");
+            assert!(bearer_header(&TokenSet::new(blank)).is_err(), "{blank:?}");
+        }
+        assert!(makes_header(&TokenSet::new(" t ")));
+    }
+
     #[test]
     fn makes_header_agrees_with_header_value_on_every_byte() {
         for byte in 0..=u8::MAX {
