@@ -272,7 +272,9 @@ impl RefreshError {
         matches!(self.class, FailureClass::RateLimited { .. })
     }
 
-    /// Whether a later attempt may succeed.
+    /// Whether the failure is of the transient class: retried after a
+    /// backoff. A [rate limit](Self::is_rate_limited) may pass later too,
+    /// but is a class of its own.
     ///
     /// ```
     /// assert!(!tower_token_refresh::RefreshError::terminal("x").is_transient());

@@ -49,11 +49,14 @@ pub struct Stats {
     /// Refresh calls that failed or timed out, and refreshes put off
     /// because the [store](crate::store) failed while the token was good.
     pub refresh_failures: u64,
-    /// Refreshes that adopted newer tokens another process (or layer) had
-    /// put in the [store](crate::store) instead of calling the source.
+    /// Newer tokens adopted from the [store](crate::store), put there by
+    /// another process (or layer), instead of calling the source: by a
+    /// refresh, or by the watcher when a sibling announced them (not
+    /// counted in [`refreshes`](Self::refreshes)).
     pub adopted: u64,
-    /// Store operations that failed or timed out; each time the refresh
-    /// went on without the store, or was put off while the token was good.
+    /// Store operations that failed or timed out: in a refresh (which then
+    /// went on without the store, or was put off while the token was good),
+    /// or in the watcher's adoption of an announced version.
     pub store_errors: u64,
     /// Calls to the login source (for the first tokens, or after the
     /// refresh credential was rejected); each happens inside a refresh.

@@ -136,7 +136,10 @@ impl<C> Builder<C> {
 
     /// When a token counts as expired: requests wait for a new one. Default:
     /// `min(lifetime / 10, 10 s)` before expiry. Never larger than the
-    /// advisory window.
+    /// advisory window. A token just refreshed that arrives already inside
+    /// this window is still sent, until it expires, for the
+    /// [minimum refresh interval](Self::min_refresh_interval) after it came:
+    /// refreshing again at once would only get another like it.
     ///
     /// ```
     /// # use std::{convert::Infallible, time::Duration};
@@ -169,7 +172,9 @@ impl<C> Builder<C> {
     }
 
     /// How long one refresh call may take before it counts as a transient
-    /// failure. Default: 10 s.
+    /// failure. Default: 10 s. It also bounds the `on_refresh` hook and each
+    /// store call, so a very short timeout (zero: every call that does not
+    /// answer at its first poll) fails refreshes that would have succeeded.
     ///
     /// ```
     /// # use std::{convert::Infallible, time::Duration};
@@ -200,7 +205,9 @@ impl<C> Builder<C> {
 
     /// A token we refreshed less than this long ago is not refreshed again
     /// when a server rejects it; the rejection is returned as it is. Protects
-    /// the identity server from an API that misuses 401. Default: 5 s.
+    /// the identity server from an API that misuses 401. Default: 5 s. It
+    /// also holds back proactive refresh for that long (or half the token's
+    /// lifetime, if shorter) after a refresh.
     ///
     /// ```
     /// # use std::{convert::Infallible, time::Duration};
@@ -233,7 +240,9 @@ impl<C> Builder<C> {
 
     /// Backoff after transient failures and rate limits; a rate limit's
     /// `Retry-After` is waited out in full, and never less than this.
-    /// Default: 1 s doubling to 60 s, with jitter.
+    /// Default: 1 s doubling to 60 s, with jitter. A zero backoff waits
+    /// for nothing: while the source fails, each request that needs a
+    /// token tries again.
     ///
     /// ```
     /// # use std::{convert::Infallible, time::Duration};
@@ -631,8 +640,10 @@ impl<C> Builder<C> {
         self
     }
 
-    /// Builds the layer. Spawns nothing unless background refresh is on and
-    /// a tokio runtime is running (otherwise the timer starts on first use).
+    /// Builds the layer. Inside a tokio runtime this spawns its watcher task
+    /// (which marks tokens stale on time and, with a store, adopts what
+    /// siblings announce; it also runs background refresh when that is on);
+    /// outside one, the watcher starts on first use.
     ///
     /// ```
     /// # use std::time::Duration;
