@@ -359,14 +359,6 @@ impl FlightTask {
         ctx: RefreshContext,
     ) -> Result<(TokenSet, Instant), Failed> {
         let timeout = self.shared.config.refresh_timeout;
-        // One call at a time, as `Refresh` promises: a flight overtaken by
-        // tokens set by hand goes on to the end of its call (at most a
-        // refresh timeout) while a new flight may start. Waited for before
-        // the timeout starts, so that the new call still gets all of it.
-        // (A flight that waits so past its own deadline counts as not
-        // driven, and the next refresh starts a flight that waits here in
-        // turn: the sources still see one call at a time.)
-        let _one_at_a_time = self.shared.source_calls.lock().await;
         let sent = Instant::now();
         match tokio::time::timeout(timeout, source.refresh_boxed(ctx)).await {
             Ok(Ok(tokens)) => Ok((tokens, sent)),

@@ -206,10 +206,6 @@ pub(crate) struct Shared {
     proactive_gate: AtomicU64,
     /// Woken whenever the snapshot or the failure state changes.
     changed: Arc<Notify>,
-    /// Held for each call to a source (refresh or login), so that the
-    /// sources see one call at a time even when a flight was overtaken
-    /// and a new one started (see `FlightTask::timed`).
-    source_calls: tokio::sync::Mutex<()>,
     timer_started: AtomicBool,
     /// The runtime the watcher last panicked on (at once on one without
     /// timers; `timer::runtime_key`, 0 for none), where it is not started
@@ -275,7 +271,6 @@ impl TokenManager {
                 epoch,
                 proactive_gate: AtomicU64::new(0),
                 changed: Arc::new(Notify::new()),
-                source_calls: tokio::sync::Mutex::new(()),
                 timer_started: AtomicBool::new(false),
                 watcher_panicked_on: AtomicU64::new(0),
             }),
