@@ -227,10 +227,18 @@ impl fmt::Debug for RefreshContext {
 
 /// A source of fresh tokens.
 ///
-/// Implementations perform one refresh per call; the manager guarantees that
-/// at most one call is in flight, runs it in its own task with a timeout, and
-/// shares the result with every waiting request. A returned set without a
-/// refresh token keeps the previous refresh token.
+/// Implementations perform one refresh per call; the manager makes one call
+/// at a time, runs it in its own task with a timeout, and shares the result
+/// with every waiting request. A returned set without a refresh token keeps
+/// the previous refresh token.
+///
+/// Two cases leave a call running while the next one starts, so a source
+/// must not rely on having a single caller: a refresh overtaken by
+/// [`TokenHandle::set_tokens`](crate::TokenHandle::set_tokens) goes on
+/// to its end (its result is discarded), and a refresh whose runtime
+/// stopped driving it past its deadline is replaced by one on a runtime
+/// that still runs (waiting for it could hold every request up for as
+/// long as that runtime stays idle).
 ///
 /// ```
 /// use std::future::Future;
@@ -263,8 +271,9 @@ impl fmt::Debug for RefreshContext {
 pub trait Refresh: Send + Sync + 'static {
     /// Obtains a new token set.
     ///
-    /// Called by the layer, at most one call at a time per layer; an error
-    /// says by its [class](crate::FailureClass) what the layer does next.
+    /// Called by the layer, one call at a time per layer but for the two
+    /// cases above; an error says by its [class](crate::FailureClass)
+    /// what the layer does next.
     ///
     /// ```
     /// use std::future::Future;
