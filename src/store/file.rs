@@ -480,12 +480,6 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
-    /// Writes `bytes` to `path` with mode `0600`, as the store does.
-    fn write_private(path: &Path, bytes: &[u8]) {
-        let _ = fs::remove_file(path);
-        create_private(path).unwrap().write_all(bytes).unwrap();
-    }
-
     /// Found in review: the file was read whoever could write it. In a
     /// shared directory another user could put tokens of their own there
     /// first, and this process would adopt them.
@@ -555,7 +549,7 @@ mod tests {
             b"{\"version\":\"one\",\"payload\":\"\"}",
             b"{\"version\":1,\"payload\":\"not base64!\"}",
         ] {
-            write_private(&path, garbage);
+            fs::write(&path, garbage).unwrap();
             let store = FileStore::new(&path);
             let err = store.load().await.unwrap_err();
             assert!(err.is_corrupt(), "{err}");
