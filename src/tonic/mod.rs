@@ -356,16 +356,13 @@ where
             // and its time ran out) the attempt is not sent: the server
             // would get a call the client has given up on.
             if !deadline.write_remaining(req.headers_mut()) {
-                return AttemptFuture {
-                    state: Attempt::Expired,
-                };
+                return AttemptFuture { sent: None };
             }
         }
         // An empty body becomes tonic's allocation-free empty body; anything
         // else is boxed once, as tonic boxes every body it sends.
-        let fut = self.inner.call(req.map(tonic::body::Body::new));
         AttemptFuture {
-            state: Attempt::Sent { fut },
+            sent: Some(self.inner.call(req.map(tonic::body::Body::new))),
         }
     }
 }
@@ -391,20 +388,9 @@ pin_project_lite::pin_project! {
     /// # }
     /// ```
     pub struct AttemptFuture<F> {
+        // `None`: not sent, no time was left.
         #[pin]
-        state: Attempt<F>,
-    }
-}
-
-pin_project_lite::pin_project! {
-    #[project = AttemptProj]
-    enum Attempt<F> {
-        Sent {
-            #[pin]
-            fut: F,
-        },
-        // Not sent: no time was left.
-        Expired,
+        sent: Option<F>,
     }
 }
 
@@ -416,18 +402,17 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            AttemptProj::Sent { fut } => fut.poll(cx).map_err(Into::into),
-            AttemptProj::Expired => Poll::Ready(Err(tonic::TimeoutExpired(()).into())),
+        match self.project().sent.as_pin_mut() {
+            Some(fut) => fut.poll(cx).map_err(Into::into),
+            None => Poll::Ready(Err(tonic::TimeoutExpired(()).into())),
         }
     }
 }
 
 impl<F> std::fmt::Debug for AttemptFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sent = matches!(self.state, Attempt::Sent { .. });
         f.debug_struct("AttemptFuture")
-            .field("sent", &sent)
+            .field("sent", &self.sent.is_some())
             .finish_non_exhaustive()
     }
 }
