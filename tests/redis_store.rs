@@ -17,8 +17,8 @@ pub mod support;
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error as _;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -166,8 +166,9 @@ fn everything_said(error: &StoreError) -> String {
 struct Relay {
     port: u16,
     silence: watch::Sender<u64>,
-    /// Each connection's switch for losing the server's replies.
-    replies_lost: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// Bumped to lose the replies of the connections open then: each
+    /// connection notes the count it was accepted at.
+    replies_lost: Arc<AtomicU64>,
     accept: JoinHandle<()>,
 }
 
@@ -176,8 +177,8 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (silence, silenced) = watch::channel(0);
-        let replies_lost = Arc::new(Mutex::new(Vec::new()));
-        let switches = Arc::clone(&replies_lost);
+        let replies_lost = Arc::new(AtomicU64::new(0));
+        let losing = Arc::clone(&replies_lost);
         let accept = tokio::spawn(async move {
             // Dropped with this task, closing every connection.
             let mut connections = JoinSet::new();
@@ -186,8 +187,8 @@ impl Relay {
                 let mut server = TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
                 let mut silenced = silenced.clone();
                 silenced.borrow_and_update();
-                let lost = Arc::new(AtomicBool::new(false));
-                switches.lock().unwrap().push(Arc::clone(&lost));
+                let accepted_at = losing.load(Ordering::SeqCst);
+                let losing = Arc::clone(&losing);
                 connections.spawn(async move {
                     let (mut from_client, mut to_client) = client.split();
                     let (mut from_server, mut to_server) = server.split();
@@ -198,7 +199,7 @@ impl Relay {
                             if n == 0 {
                                 return Ok::<_, std::io::Error>(());
                             }
-                            if !lost.load(Ordering::SeqCst) {
+                            if losing.load(Ordering::SeqCst) == accepted_at {
                                 to_client.write_all(&buffer[..n]).await?;
                             }
                         }
@@ -227,9 +228,7 @@ impl Relay {
     /// dropped: their commands still run. New connections are relayed as
     /// before.
     fn lose_replies_on_open_connections(&self) {
-        for lost in self.replies_lost.lock().unwrap().iter() {
-            lost.store(true, Ordering::SeqCst);
-        }
+        self.replies_lost.fetch_add(1, Ordering::SeqCst);
     }
 
     fn url(&self) -> String {
