@@ -13,7 +13,6 @@
 //! not put them in an error, and so in a log.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use http::header::RETRY_AFTER;
@@ -30,7 +29,7 @@ pub(crate) fn classify(
     headers: &HeaderMap,
     body: &[u8],
     dialect: &Dialect,
-    sent: &SentSecrets<'_>,
+    sent: &SentSecrets,
     now: SystemTime,
 ) -> RefreshError {
     let said = Said::read(&dialect.errors, body, sent);
@@ -65,7 +64,7 @@ pub(crate) struct Said {
 }
 
 impl Said {
-    pub(crate) fn read(shape: &ErrorShape, body: &[u8], sent: &SentSecrets<'_>) -> Self {
+    pub(crate) fn read(shape: &ErrorShape, body: &[u8], sent: &SentSecrets) -> Self {
         let Ok(json) = serde_json::from_slice::<Value>(body) else {
             // An HTML error page or a proxy's text: too unpredictable to
             // quote (it could echo the request), so it is not.
@@ -113,45 +112,34 @@ impl Said {
 /// and escapes others, or a secret the server cut short, is not caught. A
 /// secret of a few characters is redacted wherever those characters occur,
 /// codes included: harmless, if less readable.
+///
+/// Made only once a refresh has failed, so a refresh that succeeds makes
+/// no copies of its secrets.
 #[derive(Default)]
-pub(crate) struct SentSecrets<'a> {
-    secrets: Vec<Cow<'a, str>>,
-    /// Every form of every secret, made at the first redaction: a refresh
-    /// that redacts nothing makes no copies of its secrets.
-    forms: OnceLock<Vec<String>>,
+pub(crate) struct SentSecrets {
+    /// Every form of every secret, sorted, without repeats.
+    forms: Vec<String>,
 }
 
 /// What a secret quoted by the server is replaced with.
 const REDACTED: &str = "[redacted]";
 
-impl<'a> SentSecrets<'a> {
+impl SentSecrets {
     /// Blank secrets (a placeholder access token, `"\n"`) are no secrets.
-    pub(crate) fn new(secrets: impl IntoIterator<Item = Cow<'a, str>>) -> Self {
-        Self {
-            secrets: secrets
-                .into_iter()
-                .filter(|s| !s.trim().is_empty())
-                .collect(),
-            forms: OnceLock::new(),
-        }
-    }
-
-    fn forms(&self) -> &[String] {
-        self.forms.get_or_init(|| {
-            let mut forms: Vec<String> = self
-                .secrets
-                .iter()
-                .flat_map(|secret| echoed_forms(secret))
-                .collect();
-            forms.sort_unstable();
-            forms.dedup();
-            forms
-        })
+    pub(crate) fn new<'a>(secrets: impl IntoIterator<Item = Cow<'a, str>>) -> Self {
+        let mut forms: Vec<String> = secrets
+            .into_iter()
+            .filter(|secret| !secret.trim().is_empty())
+            .flat_map(|secret| echoed_forms(&secret))
+            .collect();
+        forms.sort_unstable();
+        forms.dedup();
+        Self { forms }
     }
 
     /// Whether `text` quotes any of the secrets.
     pub(crate) fn quoted_in(&self, text: &str) -> bool {
-        !self.secrets.is_empty() && self.forms().iter().any(|form| text.contains(form.as_str()))
+        self.forms.iter().any(|form| text.contains(form.as_str()))
     }
 
     /// `text` without any of the secrets. Done before the text is cut, so
@@ -160,11 +148,8 @@ impl<'a> SentSecrets<'a> {
     /// sharing a stretch of text, or one secret's occurrences overlapping)
     /// go whole and the marker is not searched.
     pub(crate) fn redact(&self, text: String) -> String {
-        if self.secrets.is_empty() {
-            return text;
-        }
         let mut found: Vec<(usize, usize)> = Vec::new();
-        for form in self.forms() {
+        for form in &self.forms {
             let mut from = 0;
             while let Some(at) = text[from..].find(form.as_str()) {
                 let start = from + at;

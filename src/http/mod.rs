@@ -651,11 +651,11 @@ fn keep_what_was_left_out(
 ///
 /// Everything after the response head arrives goes through here, so the
 /// fuzz targets (`__fuzz`) exercise exactly what a refresh does.
-async fn answer<'a, ResB>(
+async fn answer<ResB>(
     dialect: &Dialect,
     body_limit: usize,
     response: Response<ResB>,
-    sent: impl FnOnce() -> SentSecrets<'a>,
+    sent: impl FnOnce() -> SentSecrets,
     now: impl FnOnce() -> SystemTime,
 ) -> Result<TokenSet, RefreshError>
 where
@@ -705,7 +705,7 @@ fn never_reached_the_server(error: &(dyn std::error::Error + 'static)) -> bool {
 /// The client's error, or, if it or a cause quotes a secret the request
 /// carried (a client naming the URL it called, query key and all), its
 /// text with the secrets redacted, as a stand-in without causes.
-fn without_secrets(error: BoxError, sent: &SentSecrets<'_>) -> BoxError {
+fn without_secrets(error: BoxError, sent: &SentSecrets) -> BoxError {
     let causes = std::iter::successors(error.source(), |cause| cause.source());
     let text = causes.fold(error.to_string(), |text, cause| format!("{text}: {cause}"));
     if !sent.quoted_in(&text) && !sent.quoted_in(&format!("{error:?}")) {

@@ -27,7 +27,7 @@ pub(crate) fn secrets<'a>(
     shape: &'a RequestShape,
     uri: Option<&'a Uri>,
     ctx: &'a RefreshContext,
-) -> SentSecrets<'a> {
+) -> SentSecrets {
     let tokens = [ctx.refresh_token(), ctx.access_token()];
     let mut secrets: Vec<Cow<'a, str>> = tokens
         .into_iter()
