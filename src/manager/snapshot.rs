@@ -299,8 +299,6 @@ mod tests {
         (now, snap)
     }
 
-    /// The check that makes no header agrees with `HeaderValue` itself on
-    /// every byte, so a token it passes is one the header takes.
     /// Found in review: an empty access token was installed, and sent as
     /// `Authorization: Bearer ` with nothing after it.
     #[test]
@@ -312,6 +310,8 @@ mod tests {
         assert!(makes_header(&TokenSet::new(" t ")));
     }
 
+    /// The check that makes no header agrees with `HeaderValue` itself on
+    /// every byte, so a token it passes is one the header takes.
     #[test]
     fn makes_header_agrees_with_header_value_on_every_byte() {
         for byte in 0..=u8::MAX {
