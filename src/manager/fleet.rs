@@ -117,7 +117,8 @@ impl FlightTask {
             Ok(stored) => stored,
             Err(error) => return self.alone(shared_store, known, error, ctx).await,
         };
-        let mut expected = stored.as_ref().map(|s| s.version);
+        let loaded = stored.as_ref().map(|s| s.version);
+        let mut expected = loaded;
         let (ctx, base) = match stored {
             Some(stored) if is_newer(stored.version, known) && !spent(&self.shared, &stored) => {
                 if usable(&self.shared, &stored, known) {
@@ -141,16 +142,20 @@ impl FlightTask {
             // record (`usable` refuses it); each refreshes from it.
             return Ok(obtained);
         }
-        let mut written = self.write(store, expected, known, &obtained).await;
-        // A record written meanwhile that carries a refresh token this
-        // process has spent is stale: an offer whose write timed out here
-        // and reached the store late. Replaced, still under the lease (once,
-        // and only with time left for a load and a write: the lease's time
-        // to live does not count them); anything else is a sibling's.
+        let mut next = next_version(expected, known);
+        let mut written = self.write(store, expected, next, &obtained).await;
+        // A store emptied meanwhile, or a record written meanwhile that
+        // carries a refresh token this process has spent (an offer whose
+        // write timed out here and reached the store late), holds nothing
+        // to keep. Replaced, still under the lease (once, and only with
+        // time left for a load and a write: the lease's time to live does
+        // not count them); anything else is a sibling's.
         if matches!(written, Ok(None)) && self.lease_lasts_for_two_calls(lease_ends) {
-            if let Some(version) = self.spent_version(store).await {
-                expected = Some(version);
-                written = self.write(store, expected, known, &obtained).await;
+            if let Some(over) = replaceable(&self.shared, store).await {
+                // Versions only grow, even past a store that lost its data.
+                next = next_version(over.max(loaded), known);
+                expected = over;
+                written = self.write(store, expected, next, &obtained).await;
             }
         }
         match written {
@@ -161,12 +166,12 @@ impl FlightTask {
             ),
             // The refresh token the store holds may just have been spent.
             // Installed, the tokens supersede the version they were
-            // refreshed from (the newer of the stored and the known one),
+            // refreshed from (the newest of the stored and the known ones),
             // so no later flight refreshes from it again, even if the offer
             // fails too; and they are offered, as after a solo refresh.
             Err(error) => {
                 store_failed(&self.shared, &error, "storing the refreshed tokens");
-                let superseded = expected.max(known);
+                let superseded = expected.max(loaded).max(known);
                 obtained.version = superseded;
                 obtained.offer = Some(Offer::new(
                     shared_store,
@@ -179,16 +184,15 @@ impl FlightTask {
         Ok(obtained)
     }
 
-    /// Stores `obtained`'s tokens over `expected`: the version stored, or
-    /// `None` if another writer came first.
+    /// Stores `obtained`'s tokens as `next` over `expected`: the version
+    /// stored, or `None` if another writer came first.
     async fn write(
         &self,
         store: &dyn DynStore,
         expected: Option<u64>,
-        known: Option<u64>,
+        next: u64,
         obtained: &Obtained,
     ) -> Result<Option<u64>, StoreError> {
-        let next = next_version(expected, known);
         let record = record_of(&obtained.tokens, next, obtained.obtained_at);
         let stored = call(
             &self.shared.config,
@@ -203,19 +207,6 @@ impl FlightTask {
     fn lease_lasts_for_two_calls(&self, lease_ends: Instant) -> bool {
         let two_calls = self.shared.config.refresh_timeout.saturating_mul(2);
         later(Instant::now(), two_calls) <= lease_ends
-    }
-
-    /// The stored version, if the record there carries a refresh token
-    /// this process has spent.
-    async fn spent_version(&self, store: &dyn DynStore) -> Option<u64> {
-        match load(&self.shared, store).await {
-            Ok(Some(stored)) if spent(&self.shared, &stored) => Some(stored.version),
-            Ok(_) => None,
-            Err(error) => {
-                store_failed(&self.shared, &error, "re-reading the store");
-                None
-            }
-        }
     }
 
     /// After the refresh credential was rejected: newer tokens a sibling
@@ -578,7 +569,7 @@ impl Offer {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let next = next_version(self.expected, self.known);
+        let mut next = next_version(self.expected, self.known);
         let (settled, pending) = watch::channel(());
         control.pending_offer = Some(pending);
         let shared = Arc::clone(shared);
@@ -588,21 +579,21 @@ impl Offer {
             let record = record_of(&tokens, next, self.obtained_at);
             let mut stored = call(
                 config,
-                self.store.compare_and_swap_boxed(self.expected, record),
+                self.store
+                    .compare_and_swap_boxed(self.expected, record.clone()),
             )
             .await;
-            // Refused over a version, the swap may have found a store that
-            // lost its data (a Redis restarted without persistence) rather
-            // than a sibling's newer tokens: then they go in as its record,
-            // or the store stays empty and a sibling logs in.
-            if matches!(stored, Ok(false)) && self.expected.is_some() {
-                if let Ok(None) = call(config, self.store.load_boxed()).await {
-                    tracing::warn!("the token store was found empty; storing the refreshed tokens");
-                    let record = record_of(&tokens, next, self.obtained_at);
-                    stored = call(config, self.store.compare_and_swap_boxed(None, record)).await;
+            // Refused, the swap may have found no sibling's newer tokens
+            // but a store that lost its data, or a late write of this
+            // process's: the tokens replace them, or the store stays empty
+            // (a sibling logs in) or spent (a sibling refreshes in vain).
+            if matches!(stored, Ok(false)) {
+                if let Some(over) = replaceable(&shared, &*self.store).await {
+                    next = next_version(over.max(self.expected), self.known);
+                    let record = Record::new(next, record.payload().to_vec());
+                    stored = call(config, self.store.compare_and_swap_boxed(over, record)).await;
                 }
             }
-            drop(tokens);
             match stored {
                 // The process knows it as its own, unless it has moved on
                 // (adopted or stored a version, or installed other tokens).
@@ -627,6 +618,27 @@ impl Offer {
             // moved is there for whoever waited.
             drop(settled);
         });
+    }
+}
+
+/// After a swap was refused: the version to store over instead, when what
+/// the store holds now is nothing to keep: `Some(None)` for a store found
+/// empty (it lost its data, as a Redis restarted without persistence
+/// does), `Some(version)` for a record carrying a refresh token this
+/// process has spent (a write of its own that timed out and landed late).
+/// `None` for a sibling's record, or a store that cannot be read.
+async fn replaceable(shared: &Shared, store: &dyn DynStore) -> Option<Option<u64>> {
+    match load(shared, store).await {
+        Ok(None) => {
+            tracing::warn!("the token store was found empty; storing the refreshed tokens");
+            Some(None)
+        }
+        Ok(Some(stored)) if spent(shared, &stored) => Some(Some(stored.version)),
+        Ok(Some(_)) => None,
+        Err(error) => {
+            store_failed(shared, &error, "re-reading the store");
+            None
+        }
     }
 }
 

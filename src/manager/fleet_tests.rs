@@ -789,6 +789,36 @@ async fn tokens_refreshed_without_the_store_fill_it_when_it_comes_back_empty() {
     assert_eq!(sibling.handle().stats().adopted, 1);
 }
 
+/// Found in a second review: the same loss while the lease holder
+/// refreshes (after its read, before its write). The write over the
+/// version it read was refused, taken for a sibling's, and the store
+/// stayed empty. It now stores the tokens, still under the lease, at a
+/// version past the one lost.
+#[tokio::test(start_paused = true)]
+async fn a_store_emptied_under_the_lease_gets_the_refreshed_tokens_at_once() {
+    let idp = Rotating {
+        delay: Duration::from_secs(1),
+        ..Rotating::default()
+    };
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+
+    let refreshing = tokio::spawn({
+        let handle = first.handle();
+        async move { handle.force_refresh().await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.inner.lose_record();
+    refreshing.await.unwrap().unwrap();
+    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+
+    let sibling = idp.layer_on(store.clone());
+    sibling.handle().force_refresh().await.unwrap();
+    assert_eq!(idp.counts(), (1, 1, 0), "no login, no refresh");
+    assert_eq!(sibling.handle().stats().adopted, 1);
+}
+
 /// Under the lease a flight may refresh from a version newer than the one
 /// its process knew (a sibling's, past its time). Its offer swaps over
 /// that version, not the known one, which would find the store moved on
@@ -1189,6 +1219,29 @@ async fn a_record_landing_late_with_a_spent_refresh_token_is_replaced_not_adopte
     }
     assert_eq!(idp.counts().2, 0, "no spent refresh token presented");
     idp.stored_live_version(&store.inner).await;
+}
+
+/// Found in a second review: the same record landing while an offer is
+/// out. Its announcement is left to the offer, which settles what the
+/// store holds; but the offer, refused, was dropped as if a sibling had
+/// stored newer tokens, and the spent token stayed stored until the
+/// process's next flight. The offer now replaces it.
+#[tokio::test(start_paused = true)]
+async fn a_record_landing_late_while_an_offer_is_out_is_replaced_by_the_offer() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let handle = ahead_of_the_store(&idp, &store, 1).await; // at-2 / rt-2
+    store.failing_writes.store(1, Ordering::SeqCst);
+    store.slow_writes.store(1000, Ordering::SeqCst);
+    // At-3 / rt-3: the write under the lease fails after a second, and
+    // the offer's write is under way when the record lands.
+    handle.force_refresh().await.unwrap();
+    land_late(&store, 1, &idp.tokens(2)).await; // rt-2, spent
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    assert_eq!(idp.stored_live_version(&store.inner).await, 3);
+    assert_eq!(idp.counts(), (1, 2, 0), "replaced without a refresh");
+    assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-3");
 }
 
 /// The same record landing while the lease holder refreshes (after its
