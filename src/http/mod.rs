@@ -566,14 +566,16 @@ where
         let settings = Arc::clone(&self.settings);
         async move {
             let request = request?.map(B::from);
-            poll_fn(|cx| client.poll_ready(cx))
-                .await
-                .map_err(|e| unreachable_endpoint(e.into()))?;
             // Gathered (copies, the Basic credentials) only for a failure.
             let sent = || {
                 let uri = settings.endpoint.as_ref().ok();
                 request::secrets(&settings.dialect.request, uri, &ctx)
             };
+            // A readiness error may quote an earlier request's URL (a
+            // buffer's worker reports the error that stopped it).
+            poll_fn(|cx| client.poll_ready(cx))
+                .await
+                .map_err(|error| unreachable_endpoint(without_secrets(error.into(), &sent())))?;
             // Held until the answer is read: the call counts from its end.
             let slot = settings.calls.admit(settings.dialect.rate_limit)?;
             let response = match client.call(request).await {

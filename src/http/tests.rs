@@ -688,12 +688,53 @@ async fn a_client_error_quoting_the_endpoints_key_is_redacted() {
         .refresh(ctx())
         .await
         .unwrap_err();
-    let causes = std::iter::successors(std::error::Error::source(&err), |e| e.source());
+    assert_key_redacted(&err);
+
+    // Found in review: a readiness error was kept as it came.
+    let err = HttpRefresher::oauth2(url, FailingReadiness(url))
+        .refresh(ctx())
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_key_redacted(&err);
+}
+
+/// `err`, its causes and their `Debug` show the endpoint's key only
+/// redacted.
+fn assert_key_redacted(err: &RefreshError) {
+    let causes = std::iter::successors(std::error::Error::source(err), |e| e.source());
     let shown = causes.fold(format!("{err} {err:?}"), |shown, cause| {
         format!("{shown} {cause} {cause:?}")
     });
     assert!(!shown.contains("endpoint-key-value"), "{shown}");
     assert!(shown.contains("?key=[redacted]"), "{shown}");
+}
+
+/// A client whose readiness fails with an error quoting the URL of a
+/// request it sent before, as a buffer's worker reports the error that
+/// stopped it.
+#[derive(Clone)]
+struct FailingReadiness(&'static str);
+
+impl Service<Request<Full<Bytes>>> for FailingReadiness {
+    type Response = Answer;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Answer, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        let error = format!(
+            "buffered service failed: error sending request for url ({})",
+            self.0
+        );
+        std::task::Poll::Ready(Err(error.into()))
+    }
+
+    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+        std::future::ready(Err("called without being ready".into()))
+    }
 }
 
 /// A refusal found through `source()`, as hyper-util reports it (its
