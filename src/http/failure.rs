@@ -41,7 +41,7 @@ pub(crate) fn classify(
     {
         // RFC 9110 §10.2.3: how long the service expects to be unavailable.
         RefreshError::rate_limited(Some(wait)).with_message(default_message(status))
-    } else if status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
+    } else if retried_elsewhere(status) || status.is_server_error() {
         RefreshError::transient(default_message(status))
     } else if status.is_redirection() {
         RefreshError::transient(format!(
@@ -53,6 +53,15 @@ pub(crate) fn classify(
         RefreshError::transient(default_message(status))
     };
     said.apply(error.with_status(status.as_u16()))
+}
+
+/// The client errors a later call may not meet: a request that took the
+/// server too long (408), one sent over a connection to the wrong server
+/// (421 Misdirected Request, RFC 9110 §15.5.20) or in TLS early data (425
+/// Too Early, RFC 8470). Terminal, they stopped refreshes until new
+/// tokens were set, over a passing connection's trouble.
+fn retried_elsewhere(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 421 | 425)
 }
 
 /// What an error body says, when it is JSON in the dialect's error shape.
@@ -271,7 +280,10 @@ fn default_message(status: StatusCode) -> String {
 /// date in the past means "now".
 pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many seconds to count is the longest wait there is (the
+        // manager caps it), not no wait at all.
+        let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
         return Some(Duration::from_secs(seconds));
     }
     let at = httpdate::parse_http_date(value).ok()?;
@@ -327,6 +339,8 @@ mod tests {
             (403, "terminal"),
             (404, "terminal"),
             (408, "transient"),
+            (421, "transient"),
+            (425, "transient"),
             (429, "rate limited"),
             (500, "transient"),
             (503, "transient"),
@@ -603,5 +617,22 @@ mod tests {
         assert_eq!(retry_after(&headers, now()), Some(Duration::ZERO));
         headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers, now()), None);
+    }
+
+    /// Found in review: seconds past `u64::MAX` read as neither form, and
+    /// the backoff (a second at first) called back at once.
+    #[test]
+    fn retry_after_too_long_to_count_is_the_longest_wait() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("18446744073709551616"),
+        );
+        assert_eq!(
+            retry_after(&headers, now()),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("+17"));
+        assert_eq!(retry_after(&headers, now()), None, "not delay-seconds");
     }
 }
