@@ -446,6 +446,12 @@ pub(crate) enum ErrorKind {
     /// token was still good (see `manager::fleet`): requests go on with
     /// it, and decide afresh if they cannot; `force_refresh` tries again.
     RefreshDeferred,
+    /// A flight stopped being driven: its task was dropped unfinished (its
+    /// runtime shutting down), or a waiter off its runtime gave up on it
+    /// at its deadline. Nothing of the refresh failed, so nothing is
+    /// backed off: waiters decide afresh, which starts a replacement on
+    /// their own runtime; `force_refresh` tries again.
+    FlightAbandoned,
     /// The request's own timeout (reqwest's) ran out while it waited for
     /// a token.
     #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
@@ -477,6 +483,12 @@ impl Error {
     /// still start one (see [`ErrorKind::RefreshDeferred`]).
     pub(crate) fn is_deferred(&self) -> bool {
         self.kind == ErrorKind::RefreshDeferred
+    }
+
+    /// Whether the flight waited for stopped being driven (see
+    /// [`ErrorKind::FlightAbandoned`]): deciding afresh starts another.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.kind == ErrorKind::FlightAbandoned
     }
 
     /// What went wrong, for tests that tell kinds without a public
@@ -552,6 +564,7 @@ impl Error {
                 | ErrorKind::RefreshTimedOut
                 | ErrorKind::RefreshAborted
                 | ErrorKind::RefreshDeferred
+                | ErrorKind::FlightAbandoned
         )
     }
 
@@ -582,7 +595,7 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::RefreshTimedOut | ErrorKind::DeadlineElapsed
+            ErrorKind::RefreshTimedOut | ErrorKind::FlightAbandoned | ErrorKind::DeadlineElapsed
         )
     }
 
@@ -652,6 +665,7 @@ impl fmt::Display for Error {
             ErrorKind::RefreshTimedOut => "token refresh timed out",
             ErrorKind::RefreshAborted => "token refresh task ended without a result",
             ErrorKind::RefreshDeferred => "token refresh deferred: the token store failed",
+            ErrorKind::FlightAbandoned => "token refresh abandoned: its runtime stopped driving it",
             ErrorKind::DeadlineElapsed => {
                 "the request's timeout elapsed while it waited for a token"
             }

@@ -140,8 +140,11 @@ impl TokenHandle {
         let flight = self.manager.force()?;
         match flight.outcome().await {
             // Joined a refresh put off because the store failed, which
-            // blocks no forced one: forced now.
-            Err(error) if error.is_deferred() => self.manager.force()?.outcome().await.map(drop),
+            // blocks no forced one, or one whose runtime stopped driving
+            // it: forced now.
+            Err(error) if error.is_deferred() || error.is_abandoned() => {
+                self.manager.force()?.outcome().await.map(drop)
+            }
             outcome => outcome.map(drop),
         }
     }

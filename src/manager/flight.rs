@@ -59,6 +59,11 @@ impl Flight {
         now < self.0.deadline
     }
 
+    /// Past this, a new flight may replace it.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.0.deadline
+    }
+
     fn id(&self) -> u64 {
         self.0.id
     }
@@ -546,17 +551,20 @@ impl FlightTask {
             .ok_or_else(|| Error::new(ErrorKind::RefreshAborted))
     }
 
-    fn fail(&mut self, error: RefreshError, kind: ErrorKind) -> Outcome {
-        let refused = self.refused.take();
-        let shared = &self.shared;
-        let error = Arc::new(error);
-        Counters::bump(&shared.stats.refresh_failures);
+    /// Settles a flight that ends without tokens to install, keeping the
+    /// `refused` tokens it holds; as `settle`.
+    fn settle_without_tokens(
+        &self,
+        refused: Option<Refused>,
+    ) -> (MutexGuard<'_, Control>, bool, bool) {
+        Counters::bump(&self.shared.stats.refresh_failures);
         let (mut control, current, superseded) = self.settle();
         if let Some(refused) = refused {
             // Their refresh token is the live one: the store gets it
             // whoever decides next, and this process refreshes from it.
             if let Some(offer) = refused.offer {
-                offer.start(shared, &mut control, Arc::clone(&refused.tokens), None);
+                let tokens = Arc::clone(&refused.tokens);
+                offer.start(&self.shared, &mut control, tokens, None);
             }
             if current && !superseded {
                 control.refused = Some(refused.tokens);
@@ -564,6 +572,34 @@ impl FlightTask {
                 control.store_version = control.store_version.max(refused.version);
             }
         }
+        (control, current, superseded)
+    }
+
+    /// The task was dropped unfinished: its runtime shut down, or it was
+    /// aborted. Nothing of the refresh failed, so nothing is backed off or
+    /// blamed on the tokens: the gate opens as it was before the flight,
+    /// and waiters (on runtimes still running) decide afresh.
+    fn abandon(&mut self) -> Outcome {
+        let refused = self.refused.take();
+        let (control, current, superseded) = self.settle_without_tokens(refused);
+        if current && !superseded {
+            let gate = control.failure.as_ref().map_or(0, |failure| {
+                failure
+                    .until
+                    .map_or(u64::MAX, |until| self.shared.nanos(until))
+            });
+            self.shared.proactive_gate.store(gate, Ordering::Release);
+        }
+        drop(control);
+        self.shared.changed.notify_waiters();
+        Err(Error::new(ErrorKind::FlightAbandoned))
+    }
+
+    fn fail(&mut self, error: RefreshError, kind: ErrorKind) -> Outcome {
+        let error = Arc::new(error);
+        let refused = self.refused.take();
+        let (mut control, current, superseded) = self.settle_without_tokens(refused);
+        let shared = &self.shared;
         if superseded || !current {
             // Whoever overtook this flight decides; its tokens are not
             // blamed for this failure.
@@ -607,16 +643,18 @@ impl FlightTask {
 impl Drop for FlightTask {
     fn drop(&mut self) {
         if let Some(publish) = self.publish.take() {
-            // Said apart for whoever reads the error: a panic is a bug to
-            // look for in the panic hook's output (its message is not
-            // carried here: a source's panic message may hold a token); the
-            // rest is the runtime shutting down or the task aborted.
-            let cause = if std::thread::panicking() {
-                "the refresh task panicked (its message went to the panic hook)"
+            // A panic is a bug, backed off as a failure, to look for in the
+            // panic hook's output (its message is not carried here: a
+            // source's panic message may hold a token). Anything else is
+            // the runtime shutting down or the task aborted: no failure of
+            // the refresh's, which requests on other runtimes would have
+            // been refused for until the backoff ended.
+            let outcome = if std::thread::panicking() {
+                let cause = "the refresh task panicked (its message went to the panic hook)";
+                self.fail(RefreshError::transient(cause), ErrorKind::RefreshAborted)
             } else {
-                "the refresh task was dropped before it finished"
+                self.abandon()
             };
-            let outcome = self.fail(RefreshError::transient(cause), ErrorKind::RefreshAborted);
             publish.publish(outcome);
         }
     }

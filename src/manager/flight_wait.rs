@@ -144,7 +144,7 @@ impl FlightWait {
         }
         if let Some(bound) = &mut self.bound {
             if bound.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(Error::new(ErrorKind::RefreshTimedOut)));
+                return Poll::Ready(Err(Error::new(ErrorKind::FlightAbandoned)));
             }
         }
         Poll::Pending
@@ -323,7 +323,7 @@ mod tests {
             match outcome {
                 Ok(Err(error)) => {
                     assert!(gives_up, "gave up on its own runtime's flight");
-                    assert_eq!(error.kind(), ErrorKind::RefreshTimedOut);
+                    assert_eq!(error.kind(), ErrorKind::FlightAbandoned);
                 }
                 Ok(Ok(_)) => panic!("no outcome was published"),
                 Err(_) => assert!(!gives_up, "waited past the deadline of a foreign flight"),
@@ -400,6 +400,6 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(60), wait).await
         });
         let outcome = outcome.expect("waited past the deadline");
-        assert_eq!(kind(Poll::Ready(outcome)), Some(ErrorKind::RefreshTimedOut));
+        assert_eq!(kind(Poll::Ready(outcome)), Some(ErrorKind::FlightAbandoned));
     }
 }

@@ -413,8 +413,10 @@ impl TokenManager {
                         }
                         // Put off while the token was good, which it is no
                         // longer (rejected meanwhile): decided afresh,
-                        // which refreshes without the store.
-                        if !error.is_deferred() {
+                        // which refreshes without the store. Abandoned (its
+                        // runtime stopped driving it): decided afresh, which
+                        // replaces it on this runtime.
+                        if !error.is_deferred() && !error.is_abandoned() {
                             return Poll::Ready(Err(error));
                         }
                     }

@@ -211,10 +211,15 @@ fn start_scheduled(manager: TokenManager) {
 /// When the background refresh should run: at the advisory point (never
 /// before the token's `proactive_from`), or now when there is no token;
 /// never while a refresh runs or a failure blocks.
+///
+/// While a refresh runs, the time to look again is its deadline: past it,
+/// a flight whose runtime stopped driving it (it never settles, so nothing
+/// wakes the watcher) is replaced. Found in review: the watcher slept until
+/// some change that never came, and the token expired without traffic.
 fn next_due(control: &Control, snapshot: &Snapshot) -> Option<Instant> {
     let now = Instant::now();
-    if control.flight.as_ref().is_some_and(|f| f.is_live(now)) {
-        return None;
+    if let Some(flight) = control.flight.as_ref().filter(|f| f.is_live(now)) {
+        return Some(flight.deadline());
     }
     let due = if snapshot.header.is_none() {
         now
