@@ -37,6 +37,12 @@ pub(crate) struct RequestShape {
     /// Body fields sent as they are, after the credential (`scope`,
     /// `database`).
     pub(crate) fields: Vec<(String, String)>,
+    /// Body fields sent, unless fixed in `fields`, with the value the
+    /// tokens in use keep under the same name ([`TokenSet::extra`]): the
+    /// session's own, which the endpoint would otherwise reset.
+    ///
+    /// [`TokenSet::extra`]: crate::TokenSet::extra
+    pub(crate) carried: &'static [&'static str],
     /// The OAuth2 client, if the endpoint authenticates one.
     pub(crate) client: Option<Client>,
 }
@@ -108,6 +114,7 @@ impl Dialect {
                 credential: Credential::field("refresh_token"),
                 grant_type: Some("refresh_token"),
                 fields: Vec::new(),
+                carried: &[],
                 client: None,
             },
             response: oauth2_response(),
@@ -190,7 +197,13 @@ impl Dialect {
     pub(crate) fn ocient() -> Self {
         Self {
             name: "ocient",
-            request: json_request(Credential::bearer_header().with_access_token()),
+            // Without a database named, the endpoint moves the session to
+            // `system`: the one the session is in, kept from the login or
+            // the last answer, is named unless one is set.
+            request: RequestShape {
+                carried: &["database"],
+                ..json_request(Credential::bearer_header().with_access_token())
+            },
             response: ResponseShape {
                 success: None,
                 access_token: "/access_token".into(),
@@ -236,6 +249,7 @@ fn json_request(credential: Credential) -> RequestShape {
         credential,
         grant_type: None,
         fields: Vec::new(),
+        carried: &[],
         client: None,
     }
 }

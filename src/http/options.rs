@@ -146,8 +146,11 @@ impl<C, B> HttpRefresher<C, B> {
         self.field("scope", scope)
     }
 
-    /// The Ocient target database (a `database` body field; the server
-    /// defaults to `system`).
+    /// The Ocient target database (a `database` body field). Without one,
+    /// a refresh names the database the tokens in use are for (their
+    /// `database` [extra](crate::TokenSet::extra), kept from the last
+    /// answer or set with the login's tokens), and none if they name none:
+    /// the server then moves the session to `system`.
     ///
     /// ```
     /// # use bytes::Bytes;

@@ -98,6 +98,12 @@ pub(crate) fn build(
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str())),
     );
+    let kept = |name: &&'static str| {
+        let fixed = shape.fields.iter().any(|(fixed, _)| fixed == name);
+        let value = ctx.current().and_then(|tokens| tokens.extra(name));
+        value.filter(|_| !fixed).map(|value| (*name, value))
+    };
+    fields.extend(shape.carried.iter().filter_map(kept));
     let mut basic = None;
     if let Some(client) = &shape.client {
         if client.id.is_empty() && client.secret.is_some() {
@@ -279,9 +285,15 @@ mod tests {
         assert_eq!(auth, "Bearer current");
         assert!(auth.is_sensitive());
         assert_eq!(body(&request), "{}");
+        // The session's database, kept on the tokens, unless one is set.
+        let in_session = TokenSet::new("current").with_extra("database", "sales");
+        let request = build(&shape, &uri(), &ctx(in_session.clone())).unwrap();
+        assert_eq!(body(&request), r#"{"database":"sales"}"#);
         shape.fields.push(("database".into(), "retail".into()));
-        let request = build(&shape, &uri(), &ctx(TokenSet::new("current"))).unwrap();
-        assert_eq!(body(&request), r#"{"database":"retail"}"#);
+        for tokens in [TokenSet::new("current"), in_session] {
+            let request = build(&shape, &uri(), &ctx(tokens)).unwrap();
+            assert_eq!(body(&request), r#"{"database":"retail"}"#);
+        }
     }
 
     #[test]

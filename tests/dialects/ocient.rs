@@ -77,6 +77,34 @@ async fn an_idle_client_keeps_its_sliding_token_alive_in_the_background() {
     .await;
 }
 
+/// With no database set on the refresher, a refresh stays in the
+/// session's database, kept from the login's answer. Found in review: it
+/// sent `{}`, which the endpoint answers by moving the session to
+/// `system`.
+#[tokio::test]
+async fn a_refresh_stays_in_the_sessions_database() {
+    bounded(async {
+        let server = start(Duration::from_secs(3600)).await;
+        let login = json!({"username": USER, "password": PASSWORD, "database": DATABASE});
+        let (status, answer) = post_json(&server.login_url(), login).await;
+        assert_eq!(status, 200, "{answer}");
+        let logged_in = TokenSet::new(answer["access_token"].as_str().unwrap())
+            .with_extra("database", answer["database"].as_str().unwrap());
+        let refresher = HttpRefresher::ocient(server.refresh_url(), refresh_client());
+        let handle = TokenRefreshLayer::builder(refresher)
+            .background_refresh(false)
+            .initial_tokens(logged_in)
+            .build()
+            .handle();
+
+        handle.force_refresh().await.unwrap();
+        assert_eq!(server.stats().refreshed, 1);
+        let current = handle.tokens().unwrap();
+        assert_eq!(current.extra("database"), Some(DATABASE));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn errors_carry_reason_sql_state_and_vendor_code() {
     bounded(async {
