@@ -58,7 +58,11 @@ async fn refresh_scoped(oauth: &OAuth2Server, refresh_token: &str, scope: &str) 
 pub(crate) fn assert_error(answer: &Answer, status: StatusCode, code: &str) {
     assert_eq!(answer.status, status, "{}", answer.body);
     assert_eq!(answer.body["error"], code, "{}", answer.body);
-    assert!(answer.body["error_description"].is_string());
+    let description = answer.body["error_description"].as_str().unwrap();
+    // §5.2: "Values for the "error_description" parameter MUST NOT include
+    // characters outside the set %x20-21 / %x23-5B / %x5D-7E."
+    let outside = |b: u8| !matches!(b, 0x20..=0x21 | 0x23..=0x5b | 0x5d..=0x7e);
+    assert!(!description.bytes().any(outside), "{description:?}");
 }
 
 #[tokio::test]
@@ -286,6 +290,8 @@ async fn malformed_token_requests_are_answered_per_section_5_2() {
                 "invalid_request",
             ),
             (vec![("grant_type", "password")], "unsupported_grant_type"),
+            // Quoted in the description only as §5.2 allows.
+            (vec![("grant_type", "a\"b\\é")], "unsupported_grant_type"),
             (
                 vec![
                     ("grant_type", "refresh_token"),
@@ -300,7 +306,7 @@ async fn malformed_token_requests_are_answered_per_section_5_2() {
         let stats = oauth.stats();
         assert_eq!(
             (stats.token_calls, stats.other_errors, stats.invalid_grant),
-            (8, 7, 1)
+            (9, 8, 1)
         );
         assert_eq!(stats.refreshed, 0);
     })

@@ -75,9 +75,9 @@ async fn client_secret_post_authenticates_with_body_parameters() {
         let answer = post("wrong").send().await;
         assert_error(&answer, StatusCode::UNAUTHORIZED, "invalid_client");
         assert!(answer.headers.get(WWW_AUTHENTICATE).is_none());
-        // Registered for the body, it may not use Basic.
+        // Basic with a wrong password is refused with a Basic challenge.
         let answer = call(Method::POST, &oauth.token_url())
-            .header(AUTHORIZATION, &basic(POST_ID, POST_SECRET))
+            .header(AUTHORIZATION, &basic(POST_ID, "wrong"))
             .form(&refresh_form(refresh_token))
             .send()
             .await;
@@ -85,7 +85,8 @@ async fn client_secret_post_authenticates_with_body_parameters() {
         assert!(header(&answer, WWW_AUTHENTICATE)
             .unwrap()
             .starts_with("Basic"));
-        // And a Basic client may not use the body.
+        // A Basic client may not use the body (RFC 6749 §2.3.1 leaves body
+        // credentials to the server).
         let basic_family = oauth.authorize(BASIC_ID, "read");
         let mut form = refresh_form(&basic_family.refresh_token);
         form.extend([("client_id", BASIC_ID), ("client_secret", BASIC_SECRET)]);
@@ -98,6 +99,25 @@ async fn client_secret_post_authenticates_with_body_parameters() {
         let answer = post(POST_SECRET).send().await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
         assert!(answer.body["refresh_token"].is_string());
+    })
+    .await;
+}
+
+/// RFC 6749 §2.3.1: "The authorization server MUST support the HTTP Basic
+/// authentication scheme for authenticating clients that were issued a
+/// client password": a client registered for the body may use Basic too.
+#[tokio::test]
+async fn a_client_registered_for_the_body_may_use_basic() {
+    bounded(async {
+        let oauth = server(true).await;
+        let family = oauth.authorize(POST_ID, "read");
+        let answer = call(Method::POST, &oauth.token_url())
+            .header(AUTHORIZATION, &basic(POST_ID, POST_SECRET))
+            .form(&refresh_form(&family.refresh_token))
+            .send()
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(oauth.stats().refreshed, 1);
     })
     .await;
 }

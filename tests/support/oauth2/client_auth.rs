@@ -1,6 +1,8 @@
 //! Client authentication at the token endpoint (RFC 6749 §2.3): which
-//! registered client is calling, proven by exactly the one method it is
-//! registered for.
+//! registered client is calling. A client issued a password may always use
+//! HTTP Basic (§2.3.1: the server "MUST support" it); the body's
+//! `client_secret` only a client registered for it (RFC 7591's
+//! `client_secret_post`, which §2.3.1 leaves to the server: "MAY").
 
 use std::collections::HashMap;
 
@@ -121,7 +123,13 @@ pub(super) fn authenticate<'a>(
             "client_id does not match the Authorization header",
         ));
     }
-    registered(clients, &id, &Method::SecretBasic(secret), true)
+    clients
+        .get(&id)
+        .filter(|client| match &client.method {
+            Method::SecretBasic(password) | Method::SecretPost(password) => *password == secret,
+            Method::Public => false,
+        })
+        .ok_or_else(|| Rejection::invalid_client("client authentication failed", true))
 }
 
 /// The client `id`, if it is registered for exactly `presented`.

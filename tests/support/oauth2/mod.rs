@@ -369,8 +369,15 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<ResBo
     }
 }
 
-/// `{error, error_description}` (§5.2).
+/// `{error, error_description}` (§5.2). The description may quote what
+/// the client sent; §5.2 allows it only `%x20-21 / %x23-5B / %x5D-7E`, so
+/// any other character is sent as `?`.
 fn error(status: StatusCode, code: &str, description: &str) -> Response<ResBody> {
+    let allowed = |c: char| matches!(c, '\x20'..='\x21' | '\x23'..='\x5b' | '\x5d'..='\x7e');
+    let description: String = description
+        .chars()
+        .map(|c| if allowed(c) { c } else { '?' })
+        .collect();
     json::response(
         status,
         &json!({ "error": code, "error_description": description }),
