@@ -377,9 +377,11 @@ fn a_watcher_lost_with_its_runtime_hands_freshness_back_to_the_clock() {
     let first = runtime();
     let (layer, client) = first.block_on(async {
         let layer = TokenRefreshLayer::builder(source)
-            // Stale 300 ms after the start, expired 100 ms before the end.
-            .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_millis(600)))
-            .advisory_window(crate::RefreshWindow::fixed(Duration::from_millis(300)))
+            // Stale 300 ms after the start, expired 100 ms before the end:
+            // a stale window of 2.6 s, so that the request below, however
+            // late a loaded machine runs it, finds the token stale.
+            .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_millis(3000)))
+            .advisory_window(crate::RefreshWindow::fixed(Duration::from_millis(2700)))
             .mandatory_window(crate::RefreshWindow::fixed(Duration::from_millis(100)))
             .build();
         let client = ServiceBuilder::new()
@@ -399,6 +401,7 @@ fn a_watcher_lost_with_its_runtime_hands_freshness_back_to_the_clock() {
         let result = send(&client, get()).await;
         assert!(result.is_ok(), "{result:?}");
         let handle = layer.handle();
+        assert_eq!(handle.stats().waited, 0, "served at once, as stale");
         tokio::time::timeout(Duration::from_secs(5), async {
             while handle.stats().refresh_successes == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
