@@ -16,7 +16,8 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_token_refresh::{
-    refresh_fn, BoxError, RefreshError, RefreshWindow, ReplayBody, TokenRefreshLayer, TokenSet,
+    refresh_fn, BoxError, Refresh, RefreshError, RefreshWindow, ReplayBody, TokenRefreshLayer,
+    TokenSet,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -198,10 +199,7 @@ async fn set_tokens_with_a_huge_lifetime_does_not_panic() {
     result.expect("set_tokens panicked").unwrap();
     assert_eq!(handle.tokens().unwrap().access_token().expose(), "t");
     let left = handle.status().expires_in().unwrap();
-    assert!(
-        left > Duration::from_secs(20 * 365 * 24 * 3600),
-        "{left:?}"
-    );
+    assert!(left > Duration::from_secs(20 * 365 * 24 * 3600), "{left:?}");
 }
 
 /// A panicking `on_refresh` hook loses nothing: the refreshed tokens,
@@ -262,59 +260,53 @@ where
     });
 }
 
-/// A refresh spawned on a runtime that is alive but not driven (a
-/// current-thread runtime between `block_on` calls) does not strand the
-/// requests of another runtime: they give up on it at its deadline and a
-/// new refresh replaces it. Found in review: they gave up with an error
-/// ("token refresh timed out") instead, with no refresh ever tried; this
-/// test only checked that they did not wait past a timeout.
-#[test]
-fn a_refresh_stuck_on_an_idle_runtime_does_not_strand_requests_on_another() {
-    let source = refresh_fn(|_ctx| async {
-        Ok::<_, RefreshError>(TokenSet::new("t").with_expires_in(HOUR))
-    });
-    let layer = TokenRefreshLayer::builder(source)
-        .refresh_timeout(Duration::from_secs(1))
-        .build();
-    let client = ServiceBuilder::new().layer(layer).service(echo());
-
-    let idle = paused_current_thread();
-    start_a_refresh_on(&idle, &client);
-
-    let outcome = paused_current_thread()
-        .block_on(async { tokio::time::timeout(Duration::from_secs(5), bearer(&client)).await });
-    let sent =
-        outcome.expect("the request waited 5 s on a refresh (deadline 3 s) that nobody runs");
-    assert_eq!(sent.unwrap(), "Bearer t");
-    drop(idle);
+/// A source issuing `t1`, `t2`, … as it is called, counted in `calls`;
+/// its first call never answers if `first_hangs`.
+fn numbered(calls: &Arc<AtomicUsize>, first_hangs: bool) -> impl Refresh {
+    let counter = Arc::clone(calls);
+    refresh_fn(move |_ctx| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if first_hangs && n == 1 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, RefreshError>(TokenSet::new(format!("t{n}")).with_expires_in(HOUR))
+        }
+    })
 }
 
-/// `force_refresh` joining a refresh stuck on an idle runtime forces a new
-/// one at the stuck one's deadline, as a request does.
+/// A refresh spawned on a runtime that is alive but not driven (a
+/// current-thread runtime between `block_on` calls) strands neither the
+/// requests nor a `force_refresh` of another runtime: they give up on it
+/// at its deadline and a new refresh replaces it. Found in review: they
+/// gave up with an error ("token refresh timed out") instead, with no
+/// refresh ever tried; this test only checked that they did not wait past
+/// a timeout.
 #[test]
-fn force_refresh_replaces_a_refresh_stuck_on_an_idle_runtime() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    let source = refresh_fn(move |_ctx| {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        async move { Ok::<_, RefreshError>(TokenSet::new(format!("t{n}")).with_expires_in(HOUR)) }
-    });
-    let layer = TokenRefreshLayer::builder(source)
-        .refresh_timeout(Duration::from_secs(1))
-        .build();
-    let handle = layer.handle();
-    let client = ServiceBuilder::new().layer(layer).service(echo());
+fn a_refresh_stuck_on_an_idle_runtime_is_replaced_for_callers_on_another() {
+    for forced in [false, true] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = TokenRefreshLayer::builder(numbered(&calls, false))
+            .refresh_timeout(Duration::from_secs(1))
+            .build();
+        let handle = layer.handle();
+        let client = ServiceBuilder::new().layer(layer).service(echo());
 
-    let idle = paused_current_thread();
-    start_a_refresh_on(&idle, &client);
-    paused_current_thread().block_on(async {
-        let forced = tokio::time::timeout(Duration::from_secs(5), handle.force_refresh()).await;
-        forced
-            .expect("waited past the stuck refresh's deadline")
-            .unwrap();
-    });
-    assert_eq!(handle.tokens().unwrap().access_token().expose(), "t1");
-    drop(idle);
+        let idle = paused_current_thread();
+        start_a_refresh_on(&idle, &client);
+        let outcome = paused_current_thread().block_on(async {
+            let sent = async {
+                if forced {
+                    handle.force_refresh().await?;
+                }
+                bearer(&client).await
+            };
+            tokio::time::timeout(Duration::from_secs(5), sent).await
+        });
+        let sent = outcome.expect("waited 5 s on a refresh (deadline 3 s) that nobody runs");
+        assert_eq!(sent.unwrap(), "Bearer t1", "forced: {forced}");
+        drop(idle);
+    }
 }
 
 /// A refresh whose runtime shut down under it failed nothing: requests on
@@ -324,18 +316,8 @@ fn force_refresh_replaces_a_refresh_stuck_on_an_idle_runtime() {
 #[test]
 fn a_refresh_dropped_with_its_runtime_does_not_fail_requests_on_another() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    let source = refresh_fn(move |_ctx| {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        async move {
-            if n == 1 {
-                // The first refresh is still calling when its runtime goes.
-                std::future::pending::<()>().await;
-            }
-            Ok::<_, RefreshError>(TokenSet::new(format!("t{n}")).with_expires_in(HOUR))
-        }
-    });
-    let layer = TokenRefreshLayer::builder(source).build();
+    // The first refresh is still calling when its runtime goes.
+    let layer = TokenRefreshLayer::builder(numbered(&calls, true)).build();
     let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(echo());
 
