@@ -152,10 +152,7 @@ impl TokenStore for NoLease {
 
 #[tokio::test(start_paused = true)]
 async fn a_refresh_token_rejected_after_a_siblings_rotation_is_replaced_from_the_store() {
-    let idp = Rotating {
-        delay: Duration::from_millis(100),
-        ..Rotating::default()
-    };
+    let idp = Rotating::taking(Duration::from_millis(100));
     let store = NoLease::default();
     // Both start from the same tokens; nothing is stored yet.
     let first = idp.issue(&mut idp.state.lock().unwrap());
@@ -796,10 +793,7 @@ async fn tokens_refreshed_without_the_store_fill_it_when_it_comes_back_empty() {
 /// version past the one lost.
 #[tokio::test(start_paused = true)]
 async fn a_store_emptied_under_the_lease_gets_the_refreshed_tokens_at_once() {
-    let idp = Rotating {
-        delay: Duration::from_secs(1),
-        ..Rotating::default()
-    };
+    let idp = Rotating::taking(Duration::from_secs(1));
     let store = FaultyLoads::default();
     let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
@@ -990,10 +984,7 @@ async fn the_next_flight_waits_for_an_outstanding_offer() {
 /// good, the refresh now waits for the store instead.
 #[tokio::test(start_paused = true)]
 async fn a_store_blip_ahead_of_need_puts_the_refresh_off_instead_of_racing_the_lease() {
-    let idp = Rotating {
-        delay: Duration::from_secs(1),
-        ..Rotating::default()
-    };
+    let idp = Rotating::taking(Duration::from_secs(1));
     let store = FaultyLoads::default();
     let (first, second) = (idp.layer_on(store.clone()), idp.layer_on(store.clone()));
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
@@ -1249,10 +1240,7 @@ async fn a_record_landing_late_while_an_offer_is_out_is_replaced_by_the_offer() 
 /// the lease, instead of leaving the spent token stored.
 #[tokio::test(start_paused = true)]
 async fn a_record_landing_late_under_the_lease_is_replaced_at_once() {
-    let idp = Rotating {
-        delay: Duration::from_secs(1),
-        ..Rotating::default()
-    };
+    let idp = Rotating::taking(Duration::from_secs(1));
     let store = FaultyLoads::default();
     let handle = ahead_of_the_store(&idp, &store, 1).await; // at-2 / rt-2
 
@@ -1283,10 +1271,7 @@ async fn a_record_landing_late_near_the_end_of_the_lease_is_replaced_by_the_next
     // A 2 s refresh timeout: a 9 s lease (the refresh and the hook, two
     // store calls, and a second). The load, the refresh and the write
     // under it take 1.9 s each, leaving 3.3 s: short of two more calls.
-    let idp = Rotating {
-        delay: Duration::from_millis(1900),
-        ..Rotating::default()
-    };
+    let idp = Rotating::taking(Duration::from_millis(1900));
     let store = FaultyLoads::default();
     let handle = TokenRefreshLayer::builder(idp.source())
         .store(store.clone())
@@ -1371,10 +1356,7 @@ async fn a_new_refresh_token_in_a_refused_answer_is_stored_for_the_fleet() {
 async fn a_fleet_flight_doing_all_it_may_is_joined_until_it_ends() {
     // A 2 s refresh timeout: a 9 s lease, a 250 ms poll. Every store call,
     // the refresh and the hook take 1.9 s.
-    let idp = Rotating {
-        delay: Duration::from_millis(1900),
-        ..Rotating::default()
-    };
+    let idp = Rotating::taking(Duration::from_millis(1900));
     let store = FaultyLoads::default();
     for call in [&store.slow_loads, &store.slow_writes, &store.slow_leases] {
         call.store(1900, Ordering::SeqCst);

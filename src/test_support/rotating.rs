@@ -46,6 +46,14 @@ pub(crate) struct RotatingState {
 }
 
 impl Rotating {
+    /// An identity server whose refresh calls each take `delay`.
+    pub(crate) fn taking(delay: Duration) -> Self {
+        Self {
+            delay,
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn source(&self) -> impl Refresh {
         let this = self.clone();
         refresh_fn(move |ctx: RefreshContext| {
