@@ -9,11 +9,12 @@
 //!
 //! - `oauth2`: RFC 6749 refresh grant, `client_secret_basic`, a rotated
 //!   refresh token on every refresh and reuse detection armed.
-//! - `dynamosql`: seed 000's JSON envelope; the first token comes from a
-//!   login closure.
-//! - `cognito`: seed 002, limited to 5 refreshes a minute per IP.
-//! - `ocient`: seed 003, the access token refreshing itself; the preset's
-//!   background refresh keeps it alive through an idle pause.
+//! - `dynamosql`: the DynamoSQL API's JSON envelope; the first token comes
+//!   from a login closure.
+//! - `cognito`: the Cognito-backed API, limited to 5 refreshes a minute per
+//!   IP.
+//! - `ocient`: Ocient's token refresh, the access token refreshing itself;
+//!   the preset's background refresh keeps it alive through an idle pause.
 //!
 //! Run it with `cargo run --example dialects`.
 

@@ -411,7 +411,7 @@ def targets(data):
     scale = {n: scaling(data, n) for n in hot}
     alloc = data["allocations"]["empty"]
     lines = [
-        "**Targets** (issue 5), as measured above:",
+        "**Targets**, as measured above:",
         "",
         "| target | measured | |",
         "|---|---|---|",

@@ -83,8 +83,12 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FailureClass {
-    /// The credential is dead (`invalid_grant`, 401, 403 from the refresh
-    /// endpoint). No further refresh is attempted until new tokens are set.
+    /// The credential is dead: for an
+    /// [`HttpRefresher`](crate::http::HttpRefresher), every 4xx answer other
+    /// than 408, 421, 425 and 429 (`invalid_grant`, 401 and 403 among them).
+    /// The credential is not presented again: a configured
+    /// [login source](crate::Builder::login) is called once in its place;
+    /// without one, no refresh is attempted until new tokens are set.
     Terminal,
     /// The endpoint asked us to slow down (429), or said when it will be
     /// back (503 with `Retry-After`). No refresh call is made before
@@ -97,8 +101,10 @@ pub enum FailureClass {
         /// `rate_limit_wait`), if anything.
         retry_after: Option<Duration>,
     },
-    /// Anything that may succeed if tried again later: 5xx, 408, timeouts,
-    /// connection errors, undecodable responses. Retried with backoff.
+    /// Anything that may succeed if tried again later: 3xx (never
+    /// followed), 408, 421, 425 and 5xx (except a 503 with `Retry-After`),
+    /// timeouts, connection errors, undecodable responses. Retried with
+    /// backoff.
     Transient,
 }
 

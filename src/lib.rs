@@ -2,7 +2,10 @@
 //! without the caller noticing.
 //!
 //! - **Lock-free hot path**: the token sits in an `ArcSwap`; a request with a
-//!   fresh token costs a pointer load and a reference-count bump.
+//!   fresh token costs a cached pointer compare, two reference-count bumps
+//!   (the precomputed header's bytes and the shared state its response
+//!   future keeps) and, with reactive retry on, a copy of the request head
+//!   for the retry.
 //! - **Proactive refresh**: inside the advisory window requests keep going
 //!   while one background refresh runs; inside the mandatory window they
 //!   wait for it. An optional timer refreshes even without traffic.
@@ -48,12 +51,16 @@
 //!
 //! # Timeouts
 //!
-//! A request may wait for a refresh (up to the
-//! [refresh timeout](Builder::refresh_timeout) and, in
-//! [fleet mode](store), for another process's lease), and a rejected one is
-//! sent twice. A timeout layered *below* this one (a `tower` timeout between
-//! it and the transport, or a tonic `Endpoint::timeout`) runs per attempt
-//! and sees none of the waiting. Put the caller's deadline *above* it, and
+//! A request may wait for a refresh (before its first send, and again
+//! before its retry), and a rejected one is sent twice. The refresh call, a
+//! [login](Builder::login) call and the [`on_refresh`](Builder::on_refresh)
+//! hook each get the whole [refresh timeout](Builder::refresh_timeout), so
+//! a refresh it waits for runs at most twice that timeout (three times
+//! with a login source) plus a second; in [fleet mode](store) it may also wait out
+//! another process's lease, which takes longer (see [`Builder::store`]).
+//! A timeout layered *below* this one (a `tower` timeout between it and
+//! the transport, or a tonic `Endpoint::timeout`) runs per attempt and
+//! sees none of the waiting. Put the caller's deadline *above* it, and
 //! it covers the whole exchange (with the `tonic` feature,
 //! `tonic::GrpcDeadline` holds a gRPC call's own `grpc-timeout` that way):
 //!
@@ -111,6 +118,7 @@
 //! [tower]: https://docs.rs/tower
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(
     missing_docs,
     missing_debug_implementations,

@@ -1,20 +1,22 @@
 //! A refresh endpoint's documented rate limit, kept on the client's side.
 //!
-//! A server that limits calls per client and counts refused ones too (seed
-//! 002: "more than 5 requests in 1 minute" → `429`) punishes a client that
-//! learns of the limit only from the `429`: backoff retries after a run of
-//! `5xx`, a refresh after each early `401`, forced refreshes, each spends
-//! the budget, and the one past it is refused. Counting its own calls, the
-//! client does not make that call: it fails at once as rate limited, naming
-//! when the next call may go, and the layer keeps the current token and
-//! waits as it does for a `429`.
+//! A server that limits calls per client and counts refused ones too (the
+//! Cognito-backed API: "more than 5 requests in 1 minute" → `429`)
+//! punishes a client that learns of the limit only from the `429`: backoff
+//! retries after a run of `5xx`, a refresh after each early `401`, forced
+//! refreshes, each spends the budget, and the one past it is refused.
+//! Counting its own calls, the client does not make that call: it fails at
+//! once as rate limited, naming when the next call may go, and the layer
+//! keeps the current token and waits as it does for a `429`.
 //!
-//! Only this process's calls are counted: clients sharing the limit (one IP
-//! address, many processes) still meet the server's `429`, handled as
-//! before. A call that never reached the server (its connection refused)
-//! is not counted; one that a client below retries on its own, or sends
-//! after the refresh gave up on it (a queue such as tower's `Buffer`), is
-//! counted once.
+//! Each refresher built keeps a call log of its own, shared only by its
+//! clones (a clone given another limit starts a log of its own): calls
+//! that other refreshers make to the same endpoint, in this process or
+//! others behind the same IP address, are not counted, and a server that
+//! counts per client IP may still answer `429`, handled as before. A call
+//! that never reached the server (its connection refused) is not counted;
+//! one that a client below retries on its own, or sends after the refresh
+//! gave up on it (a queue such as tower's `Buffer`), is counted once.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

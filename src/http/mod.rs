@@ -19,13 +19,16 @@
 //! without it a JWT access token's `exp` is used (unverified: it only tells
 //! when to refresh); a `token_type` other than Bearer is refused; a
 //! response without a new refresh token keeps the old one. Failures are
-//! classified as the design demands (400, 401, 403 terminal; 429 rate
-//! limited with `Retry-After`, or without it the wait the endpoint's
-//! documented limit implies; 408, 5xx, transport errors and undecodable
-//! answers transient, except a 503 with `Retry-After`, which is honoured
-//! as a rate limit) and carry the server's own message, code and request
-//! id. A secret the request carried that the server (or the client's own
-//! error) echoes back is quoted as `[redacted]`: the tokens in use, the
+//! classified by status: every 4xx other than 408, 421, 425 and 429 is
+//! terminal (`400 invalid_grant`, 401 and 403 among them: a configured
+//! [login source](crate::Builder::login) then runs once, otherwise new
+//! tokens must be set); 429 is rate limited, waiting out its `Retry-After`
+//! or, without one, what the endpoint's documented limit implies, and so
+//! is a 503 with `Retry-After`; 3xx (never followed), 408, 421, 425, other
+//! 5xx, transport errors and undecodable answers are transient. Each
+//! failure carries the server's own message, code and request id. A
+//! secret the request carried that the server (or the client's own error)
+//! echoes back is quoted as `[redacted]`: the tokens in use, the
 //! client secret and its Basic credentials, the endpoint URI's userinfo
 //! and query values of 8 characters or more; each as sent, percent-encoded
 //! throughout or JSON-escaped. An echo in another encoding, or cut short
@@ -307,7 +310,7 @@ where
         Self::with_dialect(url, client, Dialect::client_credentials())
     }
 
-    /// Seed 000 (DynamoSQL): `POST /v1/auth/refresh` with JSON
+    /// The DynamoSQL API: `POST /v1/auth/refresh` with JSON
     /// `{"refreshToken"}`, answered with `{success, data: {accessToken,
     /// expiresIn, tokenType}}`. No new refresh token is issued, so the old
     /// one is kept. Errors `{success: false, error: {message, code,
@@ -348,17 +351,26 @@ where
         Self::with_dialect(url, client, Dialect::dynamosql())
     }
 
-    /// Seed 002 (a Cognito-backed API): `POST /api/auth/refresh-token` with
-    /// JSON `{"refreshToken"}`, answered with `{accessToken, refreshToken,
+    /// The Cognito-backed API: `POST /api/auth/refresh-token` with JSON
+    /// `{"refreshToken"}`, answered with `{accessToken, refreshToken,
     /// expiresIn, requiresPasswordChange}`; errors `{statusCode, message,
-    /// error}`. The endpoint allows 5 refreshes a minute per IP: the layer's
-    /// single flight keeps it to one per expiry, a sixth call in a minute is
-    /// not sent (see [`rate_limit`](Self::rate_limit)), and after a `429`
-    /// (calls from elsewhere behind the same IP), which names no wait, the
-    /// next call waits at least 12 s (a minute / 5; see
+    /// error}`. The endpoint allows 5 refreshes a minute per client IP: the
+    /// layer's single flight keeps it to one per expiry, a sixth call in a
+    /// minute is not sent (see [`rate_limit`](Self::rate_limit)), and after
+    /// a `429` (calls from elsewhere behind the same IP), which names no
+    /// wait, the next call waits at least 12 s (a minute / 5; see
     /// [`rate_limit_wait`](Self::rate_limit_wait)). Either way the current
     /// token stays in use while valid. `requiresPasswordChange` is kept as
     /// an [extra](TokenSet::extra).
+    ///
+    /// The server counts every call from the client's IP address, but a
+    /// refresher counts only its own calls and its clones': each one built
+    /// with this constructor keeps a count of its own. Several layers
+    /// refreshing against one such endpoint should use clones of one
+    /// refresher, so that they share one count; where they cannot
+    /// (several processes behind one address), give each a smaller
+    /// [`rate_limit`](Self::rate_limit), so that together they stay within
+    /// 5 a minute.
     ///
     /// ```
     /// use bytes::Bytes;
@@ -369,7 +381,7 @@ where
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// // Stands in for a hyper-util client: an identity server answering as
-    /// // seed 002 documents.
+    /// // the Cognito-backed API documents.
     /// let idp = tower::service_fn(|request: Request<Full<Bytes>>| async move {
     ///     assert_eq!(request.uri().path(), "/api/auth/refresh-token");
     ///     let sent = request.into_body().collect().await?.to_bytes();
@@ -395,12 +407,13 @@ where
         Self::with_dialect(url, client, Dialect::cognito())
     }
 
-    /// Seed 003 (Ocient): `POST /v1/token_refresh` with `Authorization:
-    /// Bearer <current access token>` and JSON `{"database"}` if
-    /// [`database`](Self::database) is set (else `{}`), answered with
-    /// `{access_token, username, database, expires_in, status: {reason,
-    /// sql_state, vendor_code}}`. `username` and `database` are kept as
-    /// [extras](TokenSet::extra).
+    /// Ocient's token refresh: `POST /v1/token_refresh` with `Authorization:
+    /// Bearer <current access token>` and JSON `{"database"}`: the one
+    /// [`database`](Self::database) sets, else the session's own (the
+    /// tokens' `database` extra), else none (`{}`, which the server takes
+    /// as `system`). Answered with `{access_token, username, database,
+    /// expires_in, status: {reason, sql_state, vendor_code}}`; `username`
+    /// and `database` are kept as [extras](TokenSet::extra).
     ///
     /// The access token is its own refresh credential and cannot refresh
     /// itself once expired, so this preset turns on the layer's background

@@ -654,18 +654,24 @@ impl<C, B> HttpRefresher<C, B> {
     /// on this side: a refresh past it is not sent but fails at once as
     /// rate limited, naming when the next call may go, and the layer keeps
     /// the current token and waits as after a `429`. A server that counts
-    /// refused calls too (seed 002 does) would otherwise stay refused
-    /// while backoff retries after a run of `5xx`s, or forced refreshes,
-    /// called it again. A call counts from when its answer has been read;
-    /// one whose connection was refused does not count.
+    /// refused calls too (the Cognito-backed API does) would otherwise stay
+    /// refused while backoff retries after a run of `5xx`s, or forced
+    /// refreshes, called it again. A call counts from when its answer has
+    /// been read; one whose connection was refused does not count.
     ///
     /// The count is this refresher's and its clones' (those made after this
-    /// call: a clone made before keeps its own limit and count). Processes
-    /// sharing the limit (one IP address) still meet the server's `429`,
-    /// and a client that retries calls on its own spends more of the limit
-    /// than is counted. Zero `calls` or `per`: no limit. Default: 5 calls a minute for
-    /// [`cognito`](Self::cognito); none for the other presets, whose
-    /// endpoints document no limit.
+    /// call: a clone made before keeps its own limit and count); a
+    /// refresher built separately keeps a count of its own. A server that
+    /// limits calls per client IP address, as the Cognito-backed API does,
+    /// counts every call from that address: several layers refreshing
+    /// against one such endpoint should use clones of one refresher, or
+    /// each be given a smaller limit so that together they stay within the
+    /// server's. Processes behind one address count apart, and meet the
+    /// server's `429` unless their limits add up to no more than its. A
+    /// client that retries calls on its own spends more of the limit than
+    /// is counted. Zero `calls` or `per`: no limit. Default: 5 calls a
+    /// minute for [`cognito`](Self::cognito); none for the other presets,
+    /// whose endpoints document no limit.
     ///
     /// ```
     /// # use bytes::Bytes;

@@ -239,7 +239,8 @@ impl<C> Builder<C> {
     }
 
     /// Backoff after transient failures and rate limits; a rate limit's
-    /// `Retry-After` is waited out in full, and never less than this.
+    /// `Retry-After` is waited out up to an hour (a longer one is cut to an
+    /// hour), and never less than this.
     /// Default: 1 s doubling to 60 s, with jitter. A zero backoff waits
     /// for nothing: while the source fails, each request that needs a
     /// token tries again.
@@ -315,12 +316,16 @@ impl<C> Builder<C> {
 
     /// Shares tokens through `store` with other processes (or layers), or
     /// keeps them across restarts: see [`store`](crate::store) for the
-    /// protocol. The lease a refresh holds lives for its whole budget (the
-    /// refresh, login and hook calls, two store calls, each bounded by the
+    /// protocol. The lease a refresh holds lives for the work under it (the
+    /// refresh call, the login call if a [login source](Self::login) is
+    /// set, the hook, and two store calls, each bounded by the
     /// [refresh timeout](Self::refresh_timeout)) plus a second. A request
     /// that has to wait for a token (none yet, expired, or rejected) may
     /// wait out the lease of a holder that crashed, then the refresh that
-    /// takes over: at most twice that, plus the store's poll interval.
+    /// takes over: at most twice the lease, plus twice the store's
+    /// [poll interval](TokenStore::poll_interval), plus four refresh
+    /// timeouts and a second. With the defaults (a 10 s refresh timeout, no
+    /// login source, a 250 ms poll interval) that is about two minutes.
     /// Default: no store.
     ///
     /// ```

@@ -7,8 +7,11 @@ use crate::BoxError;
 
 /// A store operation that failed.
 ///
-/// The layer never fails a request because of one: it logs the error and
-/// refreshes on its own. The message never contains a token.
+/// The layer never fails a request because of one: it logs the error and,
+/// while the current token is still good, puts the refresh off and keeps
+/// sending that token. It refreshes without the store only once the token
+/// must be replaced, or at once when the record is
+/// [corrupt](Self::is_corrupt). The message never contains a token.
 ///
 /// ```
 /// use tower_token_refresh::store::StoreError;

@@ -122,9 +122,16 @@ pub(crate) use codec::{decode, encode, Decoded};
 /// described in the [module docs](self); a store only has to make each
 /// operation atomic.
 ///
-/// Every method may fail with a [`StoreError`]; the layer then refreshes on
-/// its own for that flight. Futures that never finish are cut off at the
-/// refresh timeout.
+/// Every method may fail with a [`StoreError`], and no request fails
+/// because of one. When a load or a lease fails while the current token
+/// is still good (more than a refresh timeout before its mandatory
+/// window), the refresh is put off and the store asked again after a
+/// backoff, and the token keeps being sent; the layer refreshes without
+/// the store only once the token must be replaced (or for a forced
+/// refresh), or at once when the record is
+/// [corrupt](StoreError::is_corrupt). Refreshed tokens whose write failed
+/// are kept, and offered to the store in the background. Futures that
+/// never finish are cut off at the refresh timeout.
 ///
 /// ```
 /// use std::future::Future;

@@ -139,15 +139,17 @@ return 0
 /// assert!(!format!("{store:?}").contains("hunter2"));
 ///
 /// // Nothing listens on port 1: the call fails fast, and the layer would
-/// // refresh on its own.
+/// // put its refresh off while its token is good.
 /// let err = store.load().await.unwrap_err();
 /// assert!(!err.is_corrupt());
 /// # }
 /// ```
 ///
-/// Sharing a layer's tokens across processes:
+/// Sharing a layer's tokens across processes (built outside a runtime, as
+/// here, nothing is contacted; the store connects once the layer runs on a
+/// tokio runtime):
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
 /// use tower_token_refresh::store::RedisStore;
 /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
