@@ -576,7 +576,10 @@ impl Error {
 
     /// The refresh took longer than the configured refresh timeout, or the
     /// request's own timeout ran out while it waited for a token (a
-    /// request through the `reqwest` middleware).
+    /// request through the `reqwest` middleware), or
+    /// [`force_refresh`](crate::TokenHandle::force_refresh) found a refresh,
+    /// and then its replacement, given up past their deadlines (their
+    /// runtime stopped driving them).
     ///
     /// ```
     /// # use std::{convert::Infallible, time::Duration};
