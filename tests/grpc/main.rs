@@ -219,11 +219,10 @@ async fn a_retried_call_tells_the_server_only_what_is_left_of_its_timeout() {
         };
         let first = grpc_timeout(first.as_deref().expect("sent"));
         let retry = grpc_timeout(retry.as_deref().expect("sent"));
-        // What tonic wrote (10 s), less what passed before the first send.
-        assert!(
-            first <= Duration::from_secs(10) && first > Duration::from_secs(9),
-            "{first:?}"
-        );
+        // What tonic wrote (10 s), less what passed before the first send
+        // (any amount: a loaded machine may take its time).
+        assert!(first <= Duration::from_secs(10), "{first:?}");
+        // The 300 ms held at the server, at least, came off the retry's.
         assert!(
             retry <= first - Duration::from_millis(300),
             "{retry:?} after {first:?}"

@@ -12,10 +12,12 @@
 //!
 //! The server keeps nothing on disk (`--save '' --appendonly no`): a
 //! [restart](RedisServer::restart) starts empty, like a Redis that lost its
-//! data. Talking to it needs no Redis client: readiness is a raw `PING`.
+//! data. Talking to it needs no Redis client: readiness is a raw
+//! `INFO server` whose `process_id` is the child's, so that another test's
+//! server that took the port meanwhile is never mistaken for this one.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -137,13 +139,14 @@ impl RedisServer {
         assert!(status.success(), "kill {signal} {pid}: {status}");
     }
 
-    /// Whether the server runs and answers `PING`.
+    /// Whether the server runs and answers on its port.
     pub fn is_running(&mut self) -> bool {
-        let exited = match self.child.as_mut() {
-            Some(child) => !matches!(child.try_wait(), Ok(None)),
-            None => true,
-        };
-        !exited && ping(self.port)
+        match self.child.as_mut() {
+            Some(child) => {
+                matches!(child.try_wait(), Ok(None)) && answers_as(self.port, child.id())
+            }
+            None => false,
+        }
     }
 
     /// Starts the child on `self.port` and waits until it answers.
@@ -172,7 +175,10 @@ impl RedisServer {
                     read_log(&log_path)
                 ));
             }
-            if ping(self.port) {
+            // The port was free a moment ago, but a restart finds it as
+            // the last server left it, and a parallel test's server may
+            // have taken it since: only this child's answer will do.
+            if answers_as(self.port, child.id()) {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -180,8 +186,9 @@ impl RedisServer {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
-                    "port {}: no answer to PING within {READY_LIMIT:?}:\n{}",
+                    "port {}: no answer from pid {} within {READY_LIMIT:?}:\n{}",
                     self.port,
+                    child.id(),
                     read_log(&log_path)
                 ));
             }
@@ -231,17 +238,35 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Whether a Redis server on `port` answers `PING` with `+PONG`.
-fn ping(port: u16) -> bool {
+/// Whether the Redis server answering on `port` is the process `pid`, as
+/// its `INFO server` reply says.
+fn answers_as(port: u16, pid: u32) -> bool {
+    server_pid(port) == Some(pid)
+}
+
+/// The `process_id` in the `INFO server` reply of whatever answers on
+/// `port`; `None` when nothing answers, or not as Redis does.
+fn server_pid(port: u16) -> Option<u32> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut answer = [0; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut answer).is_ok()
-        && &answer == b"+PONG\r\n"
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    // A bulk string: `$<length>\r\n<text>\r\n`.
+    let mut reply = BufReader::new(stream);
+    let mut header = String::new();
+    reply.read_line(&mut header).ok()?;
+    let length: usize = header.strip_prefix('$')?.trim_end().parse().ok()?;
+    let mut text = vec![0; length];
+    reply.read_exact(&mut text).ok()?;
+    String::from_utf8(text)
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn read_log(path: &Path) -> String {
