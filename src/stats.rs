@@ -119,7 +119,14 @@ impl Counters {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{mpsc, Arc};
+
     use super::*;
+
+    /// Refreshes (each with its rejection) the churning thread must be seen
+    /// to start and end while copies are taken.
+    const CHURNED: u64 = 1_000_000;
 
     /// Found in review: `refreshes` was read first, so a copy taken while a
     /// refresh started and ended could count it as ended but not started.
@@ -127,11 +134,13 @@ mod tests {
     /// as it can never break the invariant the `Stats` docs show.
     #[test]
     fn a_copy_never_shows_more_refreshes_ended_than_started() {
-        let counters = std::sync::Arc::new(Counters::default());
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (started, churning) = mpsc::channel();
         let churn = {
             let (counters, stop) = (counters.clone(), stop.clone());
             std::thread::spawn(move || {
+                started.send(()).unwrap();
                 while !stop.load(Ordering::Relaxed) {
                     Counters::bump(&counters.refreshes);
                     Counters::bump(&counters.refresh_successes);
@@ -140,16 +149,28 @@ mod tests {
                 }
             })
         };
+        // Copies count only while the counters move: not before the thread
+        // runs, and not until they have moved by `CHURNED` (however slowly
+        // a loaded machine lets it run).
+        churning.recv().unwrap();
+        let first = counters.snapshot();
         let mut broken = None;
-        for _ in 0..200_000 {
+        let mut copies = 0_u64;
+        loop {
             let stats = counters.snapshot();
+            copies += 1;
             if stats.refresh_successes > stats.refreshes || stats.retries > stats.rejections {
                 broken = Some(stats);
+                break;
+            }
+            if stats.refreshes - first.refreshes >= CHURNED
+                && stats.rejections - first.rejections >= CHURNED
+            {
                 break;
             }
         }
         stop.store(true, Ordering::Relaxed);
         churn.join().unwrap();
-        assert_eq!(broken, None);
+        assert_eq!(broken, None, "after {copies} copies");
     }
 }

@@ -50,9 +50,85 @@ fn every_answer_seed_keeps_the_answer_properties() {
     replay("answer", answer::check);
 }
 
+/// What a committed `2xx` answer seed must decode to.
+#[derive(Debug, Clone, Copy)]
+enum Decodes {
+    /// Tokens, with this access token.
+    To(&'static str),
+    /// A transient error whose message says this: the answer is
+    /// malformed, refused, or over the cap.
+    Not(&'static str),
+}
+
+/// Every committed `2xx` answer seed, by file name, with what it must
+/// decode to. The properties let a `2xx` give tokens or a transient error,
+/// so without this a decoding that failed on every answer would pass.
+const SUCCESS_SEEDS: [(&str, Decodes); 11] = [
+    (
+        "client-credentials-rfc6749-4.4.3",
+        Decodes::To("2YotnFZFEjr1zCsicMWpAA"),
+    ),
+    (
+        "cognito-jwt-exp",
+        Decodes::To(
+            "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJqZG9lIiwiZXhwIjoxNzAwMDAwMzAwfQ.c2lnbmF0dXJl",
+        ),
+    ),
+    ("cognito-ok", Decodes::To("eyJraWQiOiJxYz...")),
+    ("custom-ok", Decodes::To("a2")),
+    ("dynamosql-not-success", Decodes::Not("`success` is not true")),
+    (
+        "dynamosql-ok",
+        Decodes::To(
+            "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJqZG9lIiwiZXhwIjoxNzAwMDAwMzAwfQ.c2lnbmF0dXJl",
+        ),
+    ),
+    ("oauth2-bearer-rotated", Decodes::To("2YotnFZFEjr1zCsicMWpAA")),
+    ("oauth2-expires-in-string", Decodes::To("a")),
+    ("oauth2-over-cap", Decodes::Not("larger than 32 bytes")),
+    // RFC 6749's example names `token_type` "example": not a bearer token.
+    ("oauth2-rfc6749-5.1", Decodes::Not("`token_type` is not Bearer")),
+    ("ocient-ok", Decodes::To("eyJhb...")),
+];
+
+#[test]
+fn every_success_seed_decodes_to_what_it_must() {
+    let mut wrong = Vec::new();
+    let mut listed: Vec<&str> = SUCCESS_SEEDS.iter().map(|(name, _)| *name).collect();
+    for (path, data) in seeds("answer") {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let (status, result) = answer::checked(&data);
+        let expected = SUCCESS_SEEDS.iter().find(|(seed, _)| *seed == name);
+        listed.retain(|seed| *seed != name);
+        let Some(&(_, expected)) = expected else {
+            if status.is_success() {
+                wrong.push(format!("{name}: a {status} seed not in SUCCESS_SEEDS"));
+            }
+            continue;
+        };
+        let decoded = match (expected, &result) {
+            (Decodes::To(token), Ok(tokens)) => tokens.access_token().expose() == token,
+            (Decodes::Not(reason), Err(error)) => error.to_string().contains(reason),
+            _ => false,
+        };
+        if !status.is_success() || !decoded {
+            wrong.push(format!("{name} ({status}): {expected:?}, not {result:?}"));
+        }
+    }
+    wrong.extend(listed.iter().map(|seed| format!("{seed}: no such seed")));
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
 #[test]
 fn every_retry_after_seed_keeps_the_retry_after_properties() {
     replay("retry_after", retry_after::check);
+}
+
+/// The oracle lets go of bytes that are no header value (they never reach
+/// a refresh): a committed seed that is none would check nothing.
+#[test]
+fn every_retry_after_seed_is_a_header_value_the_oracle_checks() {
+    replay("retry_after", |data| assert!(retry_after::checked(data)));
 }
 
 /// Between fuzzing runs, the same properties over generated answers: every
