@@ -2,11 +2,78 @@
 //! revocation costs one refresh, and every request still succeeds, retried
 //! once with the new token.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::{assert_all_ok, bounded, traffic, Rig, Settings};
+use crate::{assert_all_ok, bounded, send, Rig, Sent, Settings, EVERY};
+
+/// How long the layer may take to get past a revocation. Generous: it only
+/// catches a layer that stopped refreshing, and a loaded machine may take
+/// its time.
+const STEP_LIMIT: Duration = Duration::from_secs(20);
+
+/// The rig's minimum refresh interval: a token rejected sooner after it
+/// came is not refreshed (the rejection is returned as it is), so each
+/// revocation waits at least this long after the token it revokes came.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Requests under way, by the generation of the token the layer held when
+/// each started.
+#[derive(Clone, Default)]
+struct InFlight(Arc<Mutex<BTreeMap<u64, usize>>>);
+
+impl InFlight {
+    fn start(&self, generation: u64) -> Started {
+        *self.0.lock().unwrap().entry(generation).or_default() += 1;
+        Started {
+            in_flight: self.clone(),
+            generation,
+        }
+    }
+
+    /// Whether a request that started before `generation` is under way.
+    fn any_before(&self, generation: u64) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .range(..generation)
+            .any(|(_, &count)| count > 0)
+    }
+}
+
+/// One request under way; counted off when dropped.
+struct Started {
+    in_flight: InFlight,
+    generation: u64,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        *self
+            .in_flight
+            .0
+            .lock()
+            .unwrap()
+            .get_mut(&self.generation)
+            .unwrap() -= 1;
+    }
+}
+
+/// Waits (bounded by [`STEP_LIMIT`]) until `ready` holds.
+async fn wait_until(what: &str, ready: impl Fn() -> bool) {
+    let give_up = Instant::now() + STEP_LIMIT;
+    while !ready() {
+        assert!(
+            Instant::now() < give_up,
+            "not within {STEP_LIMIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_mid_stream_cost_one_refresh_each_and_every_request_succeeds() {
@@ -20,19 +87,59 @@ async fn revocations_mid_stream_cost_one_refresh_each_and_every_request_succeeds
             ..Settings::default()
         })
         .await;
+        // No later than the first token came.
+        let mut token_came = Instant::now();
         let revocations = 3;
-        let until = Instant::now() + Duration::from_millis(2600);
-        // Four streams of requests at once.
+        let stop = Arc::new(AtomicBool::new(false));
+        let in_flight = InFlight::default();
+        // Four streams of requests at once, each a `GET` every `EVERY`
+        // from its own task, until the last revocation is over.
         let streams: Vec<_> = (0..4)
             .map(|_| {
                 let (client, url, bound) = (rig.client.clone(), rig.url(), rig.request_bound());
-                tokio::spawn(async move { traffic(&client, &url, bound, until).await })
+                let (handle, stop, in_flight) =
+                    (rig.handle.clone(), Arc::clone(&stop), in_flight.clone());
+                tokio::spawn(async move {
+                    let mut tasks = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let started = in_flight.start(handle.status().generation());
+                        let (client, url) = (client.clone(), url.clone());
+                        tasks.push(tokio::spawn(async move {
+                            let sent = send(&client, &url, bound).await;
+                            drop(started);
+                            sent
+                        }));
+                        tokio::time::sleep(EVERY).await;
+                    }
+                    let mut sent: Vec<Sent> = Vec::with_capacity(tasks.len());
+                    for task in tasks {
+                        sent.push(task.await.expect("a request task panicked"));
+                    }
+                    sent
+                })
             })
             .collect();
         for _ in 0..revocations {
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            // At least (never only) the interval: a later revocation is as
+            // good.
+            tokio::time::sleep_until(token_came + MIN_REFRESH_INTERVAL).await;
+            let generation = rig.handle.status().generation();
+            // A request rejected with the previous token is retried with
+            // this one: revoked before that retry arrived, it would fail.
+            // So each revocation waits for the requests of the previous
+            // token to end.
+            wait_until("the previous token's requests ended", || {
+                !in_flight.any_before(generation)
+            })
+            .await;
             assert!(rig.api.revoke_current() >= 1, "a live token was revoked");
+            wait_until("a new token after the revocation", || {
+                rig.handle.status().generation() > generation
+            })
+            .await;
+            token_came = Instant::now();
         }
+        stop.store(true, Ordering::SeqCst);
         let mut sent = Vec::new();
         for stream in streams {
             sent.push(stream.await.expect("a stream panicked"));

@@ -13,9 +13,14 @@ use crate::support::faults::{Failure, InjectFaults};
 use crate::support::front::Front;
 use crate::support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 use crate::{
-    assert_all_ok, assert_spaced, bounded, refresh_client, traffic, Calls, Rig, Settings,
-    BACKOFF_INITIAL, BACKOFF_MAX, MANDATORY, STALE_AFTER,
+    assert_all_ok, assert_spaced, bounded, refresh_client, send, traffic, Call, Calls, Rig, Sent,
+    Settings, BACKOFF_INITIAL, BACKOFF_MAX, EVERY, MANDATORY, STALE_AFTER,
 };
+
+/// How long the layer may take to make the refresh calls a test waits for.
+/// Generous: it only catches a layer that stopped calling, and a loaded
+/// machine may take its time.
+const CALLS_LIMIT: Duration = Duration::from_secs(20);
 
 /// Sends requests (which start the refreshes) until the layer holds a
 /// token newer than generation `after`.
@@ -24,6 +29,45 @@ async fn new_token_after(rig: &Rig, after: u64) {
         let _ = rig.get().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Sends a `GET` every [`EVERY`], each from its own task, until the
+/// refresh calls the client made satisfy `done`; then awaits the requests
+/// and any refresh still under way, so that the calls and counts read next
+/// are final (no request is left to start another refresh).
+async fn traffic_until_calls(rig: &Rig, what: &str, done: impl Fn(&[Call]) -> bool) -> Vec<Sent> {
+    let give_up = Instant::now() + CALLS_LIMIT;
+    let mut tasks = Vec::new();
+    while !done(&rig.calls()) {
+        assert!(
+            Instant::now() < give_up,
+            "{what}: not within {CALLS_LIMIT:?}; calls {:?}",
+            rig.calls()
+        );
+        let (client, url, bound) = (rig.client.clone(), rig.url(), rig.request_bound());
+        tasks.push(tokio::spawn(
+            async move { send(&client, &url, bound).await },
+        ));
+        tokio::time::sleep(EVERY).await;
+    }
+    let mut sent = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        sent.push(task.await.expect("a request task panicked"));
+    }
+    loop {
+        let stats = rig.handle.stats();
+        if stats.refresh_successes + stats.refresh_failures == stats.refreshes {
+            break;
+        }
+        assert!(Instant::now() < give_up, "{what}: a refresh never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sent
+}
+
+/// Whether call `i` has been answered with `status`.
+fn answered(calls: &[Call], i: usize, status: StatusCode) -> bool {
+    calls.get(i).is_some_and(|call| call.status == Some(status))
 }
 
 /// The calls' statuses, checking the front accepted each of them.
@@ -40,24 +84,33 @@ async fn bursts_of_500s_are_backed_off_while_the_valid_token_serves() {
         let rig = Rig::start(Settings::default()).await;
         rig.oauth
             .fail_next_refreshes(3, Failure::new(StatusCode::INTERNAL_SERVER_ERROR));
-        let sent = rig
-            .traffic_until(Instant::now() + Duration::from_millis(1500))
-            .await;
+        // Until the three failures, backed off, and a success: however long
+        // a loaded machine takes, requests are served meanwhile.
+        let sent = traffic_until_calls(&rig, "the first burst", |calls| {
+            answered(calls, 3, StatusCode::OK)
+        })
+        .await;
         assert_all_ok(&sent, "during the first burst");
         assert_eq!(rig.oauth.stats().injected, 3);
-        assert!(rig.oauth.stats().refreshed >= 1, "the burst ended");
 
         // The next burst starts with the next call after a fresh token.
         let generation = rig.handle.status().generation();
         new_token_after(&rig, generation).await;
-        let before = rig.calls().len();
         rig.oauth
             .fail_next_refreshes(4, Failure::new(StatusCode::SERVICE_UNAVAILABLE));
-        let sent = rig
-            .traffic_until(Instant::now() + Duration::from_secs(2))
-            .await;
+        // The burst is the next run of failures (a call already under way
+        // when it was armed may be its first).
+        let burst = |calls: &[Call]| {
+            (4..calls.len()).find(|&i| calls[i].status.is_some_and(|s| s.is_server_error()))
+        };
+        let sent = traffic_until_calls(&rig, "the second burst", |calls| {
+            burst(calls)
+                .is_some_and(|before| calls.get(before + 4).is_some_and(|c| c.status.is_some()))
+        })
+        .await;
         assert_all_ok(&sent, "during the second burst");
         assert_eq!(rig.oauth.stats().injected, 7);
+        let before = burst(&rig.calls()).expect("a second burst");
 
         let (accepted, statuses) = statuses(&rig);
         let failed = |i: usize| statuses[i] != Some(StatusCode::OK);
@@ -86,12 +139,17 @@ async fn rate_limit_with_retry_after_means_no_call_before_it_and_the_token_serve
             Failure::new(StatusCode::TOO_MANY_REQUESTS).retry_after("2"),
         );
         // The first call (at 0.5 s) is told to wait 2 s; the token lives 4 s.
-        let sent = rig.traffic_until(rig.still_valid_until()).await;
+        // Until the call after the wait has been answered: requests are
+        // served meanwhile, with the valid token or (on a machine slow
+        // enough to reach its last 1.5 s) after waiting for that call.
+        let sent = traffic_until_calls(&rig, "a call after Retry-After", |calls| {
+            calls.get(1).is_some_and(|call| call.status.is_some())
+        })
+        .await;
         assert_all_ok(&sent, "while rate limited");
 
         let (accepted, statuses) = statuses(&rig);
         assert_eq!(statuses[0], Some(StatusCode::TOO_MANY_REQUESTS));
-        assert!(accepted.len() >= 2, "a call after Retry-After");
         assert_eq!(statuses[1], Some(StatusCode::OK));
         let waited = accepted[1] - accepted[0];
         assert!(

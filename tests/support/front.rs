@@ -27,7 +27,8 @@ pub type Respond = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
 pub enum Mode {
     /// Relays bytes to and from the server behind.
     Forward,
-    /// Listens on nothing: connecting is refused.
+    /// No listener on the port (which stays the front's): connecting is
+    /// refused.
     Refuse,
     /// Accepts, reads everything, never answers.
     BlackHole,
@@ -53,6 +54,13 @@ pub struct Front {
     upstream: SocketAddr,
     accepted: Arc<Mutex<Vec<Instant>>>,
     accept: Mutex<Option<JoinHandle<()>>>,
+    /// Bound to the front's port, never listening, for as long as the front
+    /// runs. A connection to a port with no listener is refused even so,
+    /// but the kernel gives the port to no one who asks for a free one:
+    /// while refusing, the front keeps its port from a test running beside
+    /// it, which would otherwise get connections meant for the front, or
+    /// keep it from listening again.
+    _reserved: TcpSocket,
 }
 
 impl Front {
@@ -62,13 +70,18 @@ impl Front {
             .trim_start_matches("http://")
             .parse()
             .expect("an http://ip:port base URL");
-        let listener = listen("127.0.0.1:0".parse().unwrap());
-        let addr = listener.local_addr().expect("local address");
+        let reserved = reuse_addr_socket();
+        reserved
+            .bind("127.0.0.1:0".parse().unwrap())
+            .expect("bind a free loopback port");
+        let addr = reserved.local_addr().expect("local address");
+        let listener = listen(addr);
         let front = Self {
             addr,
             upstream,
             accepted: Arc::default(),
             accept: Mutex::new(None),
+            _reserved: reserved,
         };
         front.serve(listener, Mode::Forward);
         front
@@ -128,9 +141,17 @@ impl Drop for Front {
     }
 }
 
-fn listen(addr: SocketAddr) -> TcpListener {
+/// A socket with `SO_REUSEADDR`: on Linux, sockets that all set it may be
+/// bound to one port as long as at most one listens.
+fn reuse_addr_socket() -> TcpSocket {
     let socket = TcpSocket::new_v4().expect("a socket");
     socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket
+}
+
+/// Listens on `addr`, the front's port (held by its reserved socket).
+fn listen(addr: SocketAddr) -> TcpListener {
+    let socket = reuse_addr_socket();
     socket.bind(addr).expect("bind the front's port");
     socket.listen(128).expect("listen")
 }
@@ -142,8 +163,8 @@ async fn handle(mut stream: TcpStream, mode: Mode, upstream: SocketAddr) {
                 let _ = tokio::io::copy_bidirectional(&mut stream, &mut server).await;
             }
         }
-        // Dropping the listener is what refuses; connections accepted
-        // before the switch are closed with it.
+        // Having no listener is what refuses; connections accepted before
+        // the switch are closed with the one there was.
         Mode::Refuse => {}
         Mode::BlackHole => {
             let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
