@@ -199,4 +199,12 @@ fn a_fresh_token_request_allocates_no_more_than_the_baselines() {
         ours.allocations <= limit.allocations && ours.bytes <= limit.bytes,
         "retry off, 1 KiB: {ours:?} allocates more than AddAuthorization {limit:?}"
     );
+    // Retry on keeps the body for a replay: its shared state and its
+    // recording up front, and the list of recorded chunks, which refer to
+    // the body's bytes rather than copy them.
+    let ours = find(&kib, "token_refresh");
+    assert!(
+        ours.allocations <= 3.0 && ours.bytes < 1024.0,
+        "retry on, 1 KiB: {ours:?}, more than the replay's three allocations, or a copy of the body"
+    );
 }
