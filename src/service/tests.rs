@@ -182,6 +182,27 @@ async fn dropping_the_request_that_started_the_refresh_does_not_stall_the_others
     assert_eq!(issuer.calls(), 1);
 }
 
+/// A timeout layered above the layer covers the whole exchange, as the
+/// crate docs say: the first send, the wait for the refresh its rejection
+/// started, and the retry. Here it runs out during that wait.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_above_the_layer_covers_the_wait_for_a_refresh_after_a_rejection() {
+    let api = Api::default();
+    let (layer, issuer) = old_token_layer(&api, HOUR, Duration::from_secs(2), |b| b);
+    api.revoke("old");
+    let client = ServiceBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .layer(layer)
+        .service(api.clone());
+
+    let started = tokio::time::Instant::now();
+    let err = client.oneshot(get()).await.unwrap_err();
+    assert!(err.is::<tower::timeout::error::Elapsed>(), "{err}");
+    assert_eq!(started.elapsed(), Duration::from_secs(1), "paused clock");
+    assert_eq!(api.calls(), 1, "rejected once, and the retry never sent");
+    assert_eq!(issuer.calls(), 1, "the refresh the rejection started");
+}
+
 #[tokio::test(start_paused = true)]
 async fn second_rejection_on_the_retry_is_returned_to_the_caller_without_a_loop() {
     let api = Api::default(); // accepts nothing
