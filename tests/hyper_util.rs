@@ -301,8 +301,12 @@ async fn over_http1_the_retry_reuses_the_connection_that_carried_the_rejection()
             }
         })
         .await;
+        // The client's connection task puts the connection back in the
+        // pool once the rejection is let go; the refresh gives it time to,
+        // as the reqwest twin does (a margin for a loaded machine, not a
+        // measurement).
         let refresher = refresh_fn(|_| async {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
             Ok::<_, RefreshError>(TokenSet::new("new"))
         });
         let layer = TokenRefreshLayer::builder(refresher)
