@@ -26,6 +26,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::ErrorKind;
 use crate::manager::TokenManager;
 use crate::{Error, RefreshError, Stats, TokenSet};
 
@@ -116,7 +117,9 @@ impl TokenHandle {
     /// Joins a refresh already running; honours a rate limit, a backoff or
     /// a terminal failure still in force (returning its error), but not a
     /// refresh put off because the [store](crate::store) failed: that one
-    /// is tried now, without the store if it fails again.
+    /// is tried now, without the store if it fails again. A joined refresh
+    /// that another runtime stopped driving is given up at its deadline and
+    /// replaced once.
     ///
     /// ```
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
@@ -138,13 +141,16 @@ impl TokenHandle {
     /// ```
     pub async fn force_refresh(&self) -> Result<(), Error> {
         let flight = self.manager.force()?;
+        let ran_here = flight.ran_here();
         match flight.outcome().await {
             // Joined a refresh put off because the store failed, which
-            // blocks no forced one, or one whose runtime stopped driving
-            // it: forced now.
-            Err(error) if error.is_deferred() || error.is_abandoned() => {
+            // blocks no forced one, or one that another runtime stopped
+            // driving: forced now.
+            Err(error) if error.is_deferred() || (error.is_abandoned() && !ran_here) => {
                 self.manager.force()?.outcome().await.map(drop)
             }
+            // Dropped by this runtime, which is shutting down.
+            Err(error) if error.is_abandoned() => Err(Error::new(ErrorKind::RefreshAborted)),
             outcome => outcome.map(drop),
         }
     }

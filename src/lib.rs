@@ -56,8 +56,11 @@
 //! [login](Builder::login) call and the [`on_refresh`](Builder::on_refresh)
 //! hook each get the whole [refresh timeout](Builder::refresh_timeout), so
 //! a refresh it waits for runs at most twice that timeout (three times
-//! with a login source) plus a second; in [fleet mode](store) it may also wait out
-//! another process's lease, which takes longer (see [`Builder::store`]).
+//! with a login source) plus a second; in [fleet mode](store) it may also
+//! wait out another process's lease, which takes longer (see
+//! [`Builder::store`]). A refresh whose runtime stops driving it (an idle
+//! current-thread runtime) is given up at that bound and replaced, up to
+//! three times, so a wait is bounded, but by a few such terms.
 //! A timeout layered *below* this one (a `tower` timeout between it and
 //! the transport, or a tonic `Endpoint::timeout`) runs per attempt and
 //! sees none of the waiting. Put the caller's deadline *above* it, and

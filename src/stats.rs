@@ -46,8 +46,10 @@ pub struct Stats {
     pub refreshes: u64,
     /// Refresh calls that produced a token.
     pub refresh_successes: u64,
-    /// Refresh calls that failed or timed out, and refreshes put off
-    /// because the [store](crate::store) failed while the token was good.
+    /// Refresh calls that failed or timed out, refreshes put off because
+    /// the [store](crate::store) failed while the token was good, and
+    /// refreshes whose task was dropped unfinished with its runtime (those
+    /// back nothing off: the next caller starts another).
     pub refresh_failures: u64,
     /// Newer tokens adopted from the [store](crate::store), put there by
     /// another process (or layer), instead of calling the source: by a

@@ -335,6 +335,138 @@ fn a_refresh_dropped_with_its_runtime_does_not_fail_requests_on_another() {
     assert_eq!(handle.stats().refresh_failures, 1, "the dropped one ended");
 }
 
+/// A refresh source that panics makes a failed refresh, backed off like
+/// any other, whose error says so (the panic's message stays with the
+/// panic hook: it may hold a token).
+#[tokio::test(start_paused = true)]
+async fn a_panicking_source_is_a_failure_that_is_backed_off() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = refresh_fn(move |_ctx| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async {
+            if true {
+                panic!("a bug in the refresh source");
+            }
+            Ok::<_, RefreshError>(TokenSet::new("never"))
+        }
+    });
+    let handle = TokenRefreshLayer::builder(source).build().handle();
+
+    let error = handle.force_refresh().await.unwrap_err();
+    let cause = error.refresh_error().expect("the refresh's error");
+    assert!(cause.to_string().contains("panicked"), "{cause}");
+    assert!(handle.force_refresh().await.is_err());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "called again within the backoff"
+    );
+}
+
+/// A runtime dropped while something else unwinds (a panicking test that
+/// owns it) takes its refresh task with it: that is no panic of the
+/// refresh's own, and nothing is backed off. Found in a second review: the
+/// drop was told apart from a panic only by the thread's state.
+#[test]
+fn a_refresh_dropped_with_its_runtime_during_an_unrelated_panic_is_not_a_failure() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = TokenRefreshLayer::builder(numbered(&calls, false)).build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(echo());
+
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let first = paused_current_thread();
+        start_a_refresh_on(&first, &client);
+        panic!("an unrelated panic, with the runtime still owned");
+    }));
+    assert!(unwound.is_err());
+
+    let sent = paused_current_thread().block_on(bearer(&client));
+    assert_eq!(sent.unwrap(), "Bearer t1");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the dropped one never called"
+    );
+    assert_eq!(handle.stats().refresh_failures, 1, "the dropped one ended");
+}
+
+/// A refresh abandoned with its runtime leaves the refresh point of the
+/// tokens it would have replaced where it was: requests elsewhere do not
+/// start another before it. Found in a second review: the gate was opened
+/// outright, and a token stale on arrival was refreshed back to back.
+#[test]
+fn a_refresh_abandoned_with_its_runtime_keeps_the_tokens_refresh_point() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = refresh_fn(move |_ctx| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if n == 2 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, RefreshError>(TokenSet::new(format!("t{n}")).with_expires_in(HOUR))
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        // Stale on arrival: refreshed in the background once the minimum
+        // interval after a refresh has passed.
+        .advisory_window(RefreshWindow::fraction(1.0))
+        .min_refresh_interval(Duration::from_secs(10))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(echo());
+
+    let first = paused_current_thread();
+    first.block_on(async {
+        handle.force_refresh().await.unwrap(); // t1
+        let forcing = handle.clone();
+        tokio::spawn(async move { forcing.force_refresh().await });
+        while calls.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+    });
+    drop(first); // the second refresh with it
+
+    paused_current_thread().block_on(async {
+        assert_eq!(bearer(&client).await.unwrap(), "Bearer t1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "refreshed back to back");
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(bearer(&client).await.unwrap(), "Bearer t1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "no background refresh");
+        assert_eq!(bearer(&client).await.unwrap(), "Bearer t3");
+    });
+}
+
+/// Requests on a runtime that has shut down (still entered) cannot run a
+/// refresh: each fails at once, having started one flight, which that
+/// runtime drops. Found in a second review: each decided afresh after the
+/// drop and started flight after flight.
+#[test]
+fn requests_on_a_shut_down_runtime_start_one_flight_each() {
+    let runtime = current_thread();
+    let shut_down = runtime.handle().clone();
+    drop(runtime);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = TokenRefreshLayer::builder(numbered(&calls, false)).build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(echo());
+
+    let sent = shut_down.block_on(bearer(&client));
+    let error = sent.expect_err("no runtime to refresh on");
+    let error = error.downcast_ref::<tower_token_refresh::Error>().unwrap();
+    assert!(error.is_refresh_failed(), "{error}");
+    assert_eq!(handle.stats().refreshes, 1);
+    let forced = shut_down.block_on(handle.force_refresh());
+    assert!(forced.unwrap_err().is_refresh_failed());
+    assert_eq!(handle.stats().refreshes, 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
 /// The background timer does not wait on a refresh stuck on an idle
 /// runtime: past its deadline it starts one of its own, without traffic.
 /// Found in review: it waited for the stuck refresh to settle, which it

@@ -12,8 +12,12 @@
 //! new one replaces it. Its late result then changes nothing: it installs
 //! no tokens over newer ones and records no failure against them.
 
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -64,6 +68,11 @@ impl Flight {
         self.0.deadline
     }
 
+    /// See [`FlightCell::ran_here`].
+    pub(crate) fn ran_here(&self) -> bool {
+        self.0.ran_here()
+    }
+
     fn id(&self) -> u64 {
         self.0.id
     }
@@ -86,7 +95,9 @@ pub(crate) struct Launch {
 
 impl Launch {
     pub(crate) fn spawn(self) -> Flight {
-        self.runtime.spawn(self.task.run());
+        self.runtime.spawn(Polled {
+            task: self.task.run(),
+        });
         self.flight
     }
 }
@@ -139,6 +150,37 @@ impl TokenManager {
             task,
             runtime,
         })
+    }
+}
+
+thread_local! {
+    /// Whether this thread is polling a flight's task: a task dropped while
+    /// the thread panics is one whose own code panicked only then, not one
+    /// dropped with its runtime while something else unwinds.
+    static POLLING_A_FLIGHT: Cell<bool> = const { Cell::new(false) };
+}
+
+pin_project_lite::pin_project! {
+    /// A flight's task, marking the thread while it is polled.
+    struct Polled<F> {
+        #[pin]
+        task: F,
+    }
+}
+
+impl<F: Future> Future for Polled<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        /// Restores the mark on the way out, unwinding included.
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                POLLING_A_FLIGHT.with(|polling| polling.set(self.0));
+            }
+        }
+        let _restore = Restore(POLLING_A_FLIGHT.with(|polling| polling.replace(true)));
+        self.project().task.poll(cx)
     }
 }
 
@@ -577,18 +619,20 @@ impl FlightTask {
 
     /// The task was dropped unfinished: its runtime shut down, or it was
     /// aborted. Nothing of the refresh failed, so nothing is backed off or
-    /// blamed on the tokens: the gate opens as it was before the flight,
-    /// and waiters (on runtimes still running) decide afresh.
+    /// blamed on the tokens: the gate is set as it was before the flight
+    /// (shut until the tokens' own refresh point, or a failure's end), and
+    /// waiters (on runtimes still running) decide afresh.
     fn abandon(&mut self) -> Outcome {
         let refused = self.refused.take();
         let (control, current, superseded) = self.settle_without_tokens(refused);
         if current && !superseded {
-            let gate = control.failure.as_ref().map_or(0, |failure| {
-                failure
-                    .until
-                    .map_or(u64::MAX, |until| self.shared.nanos(until))
+            let shared = &self.shared;
+            let failure_ends = control.failure.as_ref().map_or(0, |failure| {
+                failure.until.map_or(u64::MAX, |until| shared.nanos(until))
             });
-            self.shared.proactive_gate.store(gate, Ordering::Release);
+            let refresh_point = shared.snapshot.load().proactive_from;
+            let gate = failure_ends.max(refresh_point.map_or(0, |at| shared.nanos(at)));
+            shared.proactive_gate.store(gate, Ordering::Release);
         }
         drop(control);
         self.shared.changed.notify_waiters();
@@ -649,7 +693,9 @@ impl Drop for FlightTask {
             // the runtime shutting down or the task aborted: no failure of
             // the refresh's, which requests on other runtimes would have
             // been refused for until the backoff ended.
-            let outcome = if std::thread::panicking() {
+            let panicked =
+                std::thread::panicking() && POLLING_A_FLIGHT.with(|polling| polling.get());
+            let outcome = if panicked {
                 let cause = "the refresh task panicked (its message went to the panic hook)";
                 self.fail(RefreshError::transient(cause), ErrorKind::RefreshAborted)
             } else {

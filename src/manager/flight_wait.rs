@@ -53,6 +53,13 @@ impl FlightCell {
         }
     }
 
+    /// Whether the flight's task runs on the runtime the caller is on. One
+    /// abandoned there was dropped by that runtime (it is shutting down):
+    /// a new flight there would be dropped too.
+    pub(super) fn ran_here(&self) -> bool {
+        Handle::try_current().is_ok_and(|here| here.id() == self.runtime)
+    }
+
     /// Publishes the flight's result and wakes every waiter; only the first
     /// call counts.
     pub(super) fn publish(&self, outcome: Outcome) {
@@ -116,7 +123,13 @@ impl FlightWait {
         bound
     }
 
-    /// The outcome, once published; or a timeout past the deadline.
+    /// See [`FlightCell::ran_here`].
+    pub(crate) fn ran_here(&self) -> bool {
+        self.flight.ran_here()
+    }
+
+    /// The outcome, once published; or, off the flight's runtime, the
+    /// flight given up as abandoned past its deadline.
     pub(crate) fn poll_outcome(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
         if let Some(outcome) = self.flight.outcome.get() {
             return Poll::Ready(outcome.clone());

@@ -415,7 +415,11 @@ impl TokenManager {
                         // longer (rejected meanwhile): decided afresh,
                         // which refreshes without the store. Abandoned (its
                         // runtime stopped driving it): decided afresh, which
-                        // replaces it on this runtime.
+                        // replaces it on this runtime, unless this is the
+                        // runtime that dropped it.
+                        if error.is_abandoned() && flight.ran_here() {
+                            return Poll::Ready(Err(Error::new(ErrorKind::RefreshAborted)));
+                        }
                         if !error.is_deferred() && !error.is_abandoned() {
                             return Poll::Ready(Err(error));
                         }
