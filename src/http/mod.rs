@@ -628,11 +628,12 @@ where
 }
 
 /// The kept fields an answer left out that the refresh asked for: the
-/// body field of that name it sent (`scope`, Ocient's `database`), and for
-/// `scope` without one, the scope granted before (RFC 6749 §5.1 leaves
-/// `scope` out when it is the one asked for, and a refresh that names none
-/// asks for the one granted). Other kept fields (Cognito's
-/// `requiresPasswordChange`) are the answer's alone.
+/// body field of that name it sent (`scope`, Ocient's `database`), whether
+/// fixed or carried from the tokens in use, and for `scope` without one,
+/// the scope granted before (RFC 6749 §5.1 leaves `scope` out when it is
+/// the one asked for, and a refresh that names none asks for the one
+/// granted). Other kept fields (Cognito's `requiresPasswordChange`) are
+/// the answer's alone.
 fn keep_what_was_left_out(
     mut tokens: TokenSet,
     dialect: &Dialect,
@@ -647,9 +648,11 @@ fn keep_what_was_left_out(
             .fields
             .iter()
             .find(|(field, _)| field == name);
+        let carried = name == "scope" || dialect.request.carried.contains(&name.as_str());
         let before = current
-            .filter(|_| name == "scope")
-            .and_then(|current| current.extra(name));
+            .filter(|_| carried)
+            .and_then(|current| current.extra(name))
+            .filter(|value| !value.is_empty());
         if let Some(value) = sent.map(|(_, value)| value.as_str()).or(before) {
             tokens = tokens.with_extra(name.as_str(), value);
         }

@@ -101,7 +101,10 @@ pub(crate) fn build(
     let kept = |name: &&'static str| {
         let fixed = shape.fields.iter().any(|(fixed, _)| fixed == name);
         let value = ctx.current().and_then(|tokens| tokens.extra(name));
-        value.filter(|_| !fixed).map(|value| (*name, value))
+        // An empty name is none (the server would refuse it).
+        value
+            .filter(|value| !fixed && !value.is_empty())
+            .map(|value| (*name, value))
     };
     fields.extend(shape.carried.iter().filter_map(kept));
     let mut basic = None;
@@ -289,6 +292,9 @@ mod tests {
         let in_session = TokenSet::new("current").with_extra("database", "sales");
         let request = build(&shape, &uri(), &ctx(in_session.clone())).unwrap();
         assert_eq!(body(&request), r#"{"database":"sales"}"#);
+        let blank = TokenSet::new("current").with_extra("database", "");
+        let request = build(&shape, &uri(), &ctx(blank)).unwrap();
+        assert_eq!(body(&request), "{}", "an empty name is none");
         shape.fields.push(("database".into(), "retail".into()));
         for tokens in [TokenSet::new("current"), in_session] {
             let request = build(&shape, &uri(), &ctx(tokens)).unwrap();

@@ -517,6 +517,21 @@ async fn a_scope_the_answer_leaves_out_is_the_one_asked_for_or_the_one_before() 
     assert_eq!(tokens.extra("scope"), Some("read"));
 }
 
+/// Found in a second review: an Ocient answer that left `database` out
+/// lost the session's database carried from the tokens in use, and the
+/// refresh after it sent `{}`, moving the session to `system`.
+#[tokio::test]
+async fn an_ocient_database_the_answer_leaves_out_is_the_sessions() {
+    let (idp, _) = endpoint(|| json(StatusCode::OK, r#"{"access_token":"new"}"#));
+    let in_session = TokenSet::new("old-access").with_extra("database", "sales");
+    let ctx = RefreshContext::new(RefreshReason::Forced, Some(Arc::new(in_session)));
+    let tokens = HttpRefresher::ocient("https://sql.example.com/v1/token_refresh", idp)
+        .refresh(ctx)
+        .await
+        .unwrap();
+    assert_eq!(tokens.extra("database"), Some("sales"));
+}
+
 /// Found in review: a successful answer refused for what it lacked (here
 /// an `expires_in` that is not a number) lost the new refresh token in
 /// it, and the next refresh presented the one the issuer had just spent
