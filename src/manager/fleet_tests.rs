@@ -813,6 +813,32 @@ async fn a_store_emptied_under_the_lease_gets_the_refreshed_tokens_at_once() {
     assert_eq!(sibling.handle().stats().adopted, 1);
 }
 
+/// The same loss when the version the holder read was a sibling's, newer
+/// than the one its process knew: the tokens go in past the version read,
+/// so that a process that knew it takes them as newer.
+#[tokio::test(start_paused = true)]
+async fn a_store_emptied_under_the_lease_gets_a_version_past_the_one_read() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let expired = TokenSet::new("at-sibling")
+        .with_refresh_token("rt-1")
+        .with_expires_in(Duration::from_secs(60));
+    let record = Record::new(5, crate::store::encode(&expired, an_hour_ago).to_vec());
+    store.inner.compare_and_swap(Some(1), record).await.unwrap();
+
+    let refreshing = tokio::spawn({
+        let handle = first.handle();
+        async move { handle.force_refresh().await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.inner.lose_record();
+    refreshing.await.unwrap().unwrap();
+    assert_eq!(idp.stored_live_version(&store.inner).await, 6);
+}
+
 /// Under the lease a flight may refresh from a version newer than the one
 /// its process knew (a sibling's, past its time). Its offer swaps over
 /// that version, not the known one, which would find the store moved on
