@@ -6,6 +6,7 @@ mod body_recording;
 mod readiness;
 mod rejected_meanwhile;
 mod rejection_body;
+mod robustness;
 mod without_timers;
 
 use std::sync::Arc;

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::{
+    refresh_fn, BoxError, Refresh, RefreshError, RefreshWindow, ReplayBody, TokenRefreshLayer,
+    TokenSet,
+};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_token_refresh::{
-    refresh_fn, BoxError, Refresh, RefreshError, RefreshWindow, ReplayBody, TokenRefreshLayer,
-    TokenSet,
-};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -458,7 +458,7 @@ fn requests_on_a_shut_down_runtime_start_one_flight_each() {
 
     let sent = shut_down.block_on(bearer(&client));
     let error = sent.expect_err("no runtime to refresh on");
-    let error = error.downcast_ref::<tower_token_refresh::Error>().unwrap();
+    let error = error.downcast_ref::<crate::Error>().unwrap();
     assert!(error.is_refresh_failed(), "{error}");
     assert_eq!(handle.stats().refreshes, 1);
     let forced = shut_down.block_on(handle.force_refresh());
