@@ -11,14 +11,15 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use crate::{
-    refresh_fn, BoxError, Refresh, RefreshError, RefreshWindow, ReplayBody, TokenRefreshLayer,
-    TokenSet,
-};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};
+
+use crate::{
+    refresh_fn, BoxError, Refresh, RefreshError, RefreshWindow, ReplayBody, TokenRefreshLayer,
+    TokenSet,
+};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
