@@ -406,16 +406,26 @@ impl Stored {
 impl TokenManager {
     /// Adopts a version another process announced, unless a flight of ours
     /// runs (it adopts on its own) or the stored tokens are not usable (the
-    /// next request that needs a refresh handles them). A newer record
-    /// carrying a refresh token this process spent is replaced instead
-    /// (`replace_spent`).
+    /// next request that needs a refresh handles them). A record there is
+    /// no keeping is replaced instead (`replace_stale`): a newer one
+    /// carrying a refresh token this process spent, or one older than the
+    /// version this process knows (the store went back: a Redis restarted
+    /// from its last snapshot, a file restored from a backup), whose
+    /// refresh token a later version's refresh spent. Found in review: a
+    /// process starting then adopted the old record and refreshed from its
+    /// spent token, which an issuer detecting reuse answers by revoking
+    /// the whole family.
     pub(super) async fn adopt_announced(&self, store: &dyn DynStore) {
         let shared = &self.shared;
         let known = shared.lock().store_version;
         let stored = match load(shared, store).await {
             Ok(Some(stored)) if usable(shared, &stored, known) => stored,
             Ok(Some(stored)) if is_newer(stored.version, known) && spent(shared, &stored) => {
-                self.replace_spent(stored.version);
+                self.replace_stale(stored.version);
+                return;
+            }
+            Ok(Some(stored)) if known.is_some_and(|known| stored.version < known) => {
+                self.replace_stale(stored.version);
                 return;
             }
             Ok(_) => return,
@@ -461,11 +471,11 @@ impl Control {
 
 impl TokenManager {
     /// Offers this process's tokens over `version`, a record that carries
-    /// a refresh token this process has spent (`Spent`), before a sibling
-    /// adopts it and refreshes from it. Not while a flight runs (its write
-    /// finds it) or an offer is out (the next announcement or flight finds
-    /// it); and tokens set by hand are not this process's to store.
-    fn replace_spent(&self, version: u64) {
+    /// a spent refresh token, before a sibling adopts it and refreshes from
+    /// it. Not while a flight runs (its write finds it) or an offer is out
+    /// (the next announcement or flight finds it); and tokens set by hand
+    /// are not this process's to store.
+    fn replace_stale(&self, version: u64) {
         let shared = &self.shared;
         let mut control = shared.lock();
         let now = Instant::now();
@@ -487,7 +497,7 @@ impl TokenManager {
             .unwrap_or(now);
         tracing::warn!(
             version,
-            "the token store holds a refresh token this process has spent; replacing it"
+            "the token store holds a refresh token since spent; replacing it"
         );
         let known = control.store_version;
         let store = shared.config.store.clone().expect("fleet mode has a store");

@@ -1261,6 +1261,36 @@ async fn a_record_landing_late_while_an_offer_is_out_is_replaced_by_the_offer() 
     assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-3");
 }
 
+/// Found in review: a store that went back to an older version (a Redis
+/// restarted from its last snapshot) held a refresh token a later
+/// refresh had spent. A process that knew the newer version left it
+/// there, and a process starting then adopted it and refreshed from the
+/// spent token. The process that knows better now replaces it when it is
+/// announced.
+#[tokio::test(start_paused = true)]
+async fn a_store_gone_back_to_an_older_version_is_replaced_by_a_process_that_knew_newer() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    let snapshot = store.inner.load().await.unwrap().unwrap();
+    first.handle().force_refresh().await.unwrap(); // rt-1 spent: version 2
+    first.handle().force_refresh().await.unwrap(); // rt-2 spent: version 3
+
+    store.inner.roll_back_to(snapshot);
+    crate::test_support::settle().await;
+    assert_eq!(idp.stored_live_version(&store.inner).await, 4);
+
+    let starting = idp.layer_on(store.clone());
+    starting.handle().force_refresh().await.unwrap();
+    assert_eq!(idp.counts().2, 0, "no spent refresh token presented");
+    assert_eq!(
+        starting.handle().tokens().unwrap().access_token().expose(),
+        "at-3",
+        "adopted the live tokens"
+    );
+}
+
 /// The same record landing while the lease holder refreshes (after its
 /// read, before its write): the write finds it and replaces it, still under
 /// the lease, instead of leaving the spent token stored.

@@ -73,6 +73,15 @@ impl MemoryStore {
         *self.record() = None;
     }
 
+    /// Puts `record` back in place of the one stored, and announces it, as
+    /// a store restored from an older snapshot does.
+    #[cfg(test)]
+    pub(crate) fn roll_back_to(&self, record: Record) {
+        let version = record.version();
+        *self.record() = Some(record);
+        self.inner.local.announce(version);
+    }
+
     fn record(&self) -> MutexGuard<'_, Option<Record>> {
         // Plain data, always left consistent: a panic elsewhere must not
         // wedge the store.
