@@ -258,8 +258,34 @@ fn refuse_foreign(_: &Path, _: &fs::Metadata) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes `record` next to `path`, flushes it and renames it into place.
+/// The file `path` names, through any symbolic links: the one a write
+/// replaces. Found in review: renamed over, a link (to a file on a
+/// persistent volume, say) became a plain file itself, and the file it
+/// pointed at kept the old record, read again after a restart with its
+/// refresh token long spent. A link whose target does not exist yet names
+/// where the file will be; a loop of links is left to fail as a path.
+fn followed(path: &Path) -> PathBuf {
+    /// As many links as Linux follows in one path.
+    const MOST_LINKS: usize = 40;
+    let mut path = path.to_path_buf();
+    for _ in 0..MOST_LINKS {
+        let Ok(target) = fs::read_link(&path) else {
+            break;
+        };
+        // A relative target is relative to the link's own directory; an
+        // absolute one replaces the path whole.
+        path = match path.parent() {
+            Some(dir) => dir.join(target),
+            None => target,
+        };
+    }
+    path
+}
+
+/// Writes `record` next to the file `path` names, flushes it and renames
+/// it into place.
 fn write(path: &Path, record: &Record) -> Result<(), StoreError> {
+    let path = &followed(path);
     let failed = |doing: &str, error: io::Error| {
         StoreError::unavailable(format!("cannot {doing} {}", path.display())).with_source(error)
     };
@@ -439,6 +465,38 @@ mod tests {
     /// file and renaming it left a file holding a record behind for good.
     /// The next write removes such files once they are old enough to be
     /// nobody's write in progress, and nothing else.
+    /// A token file reached through a symbolic link (to a persistent
+    /// volume) is written where the link points, and the link stays.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_write_through_a_symbolic_link_replaces_the_file_it_names() {
+        let (volume, app) = (TempDir::new(), TempDir::new());
+        let target = volume.0.join("tokens.json");
+        let link = app.0.join("tokens.json");
+        // Relative, as an image may ship it, and dangling until the first write.
+        let relative = Path::new("..")
+            .join(volume.0.file_name().unwrap())
+            .join("tokens.json");
+        std::os::unix::fs::symlink(&relative, &link).unwrap();
+
+        let store = FileStore::new(&link);
+        for (expected, version) in [(None, 1), (Some(1), 2)] {
+            let record = Record::new(version, vec![7; 8]);
+            assert!(store.compare_and_swap(expected, record).await.unwrap());
+        }
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let stored = FileStore::new(&target).load().await.unwrap().unwrap();
+        assert_eq!(stored.version(), 2);
+        assert_eq!(
+            app.entries(),
+            ["tokens.json"],
+            "nothing written beside the link"
+        );
+    }
+
     #[tokio::test]
     async fn a_write_removes_temporary_files_abandoned_by_earlier_writes() {
         let dir = TempDir::new();
