@@ -586,14 +586,16 @@ impl TokenManager {
     /// for its body) goes out with the newest token. That is the current
     /// credential if it is newer than `credential` and usable, else
     /// `credential` itself, unless that very token was rejected by another
-    /// request's answer since it was handed out, or a newer one exists but
-    /// cannot be used (in its mandatory window, or rejected in turn): then
+    /// request's answer since it was handed out, or reached its mandatory
+    /// window since, or a newer one exists but cannot be used (in its
+    /// mandatory window, or rejected in turn): then
     /// the refresh to wait for (`Err`), as a request arriving now would.
     /// Sent anyway, the older token would only be rejected again.
     pub(crate) fn newest(&self, credential: Credential) -> Result<Credential, Flight> {
         let snapshot = self.shared.snapshot.load();
         let newer = snapshot.generation > credential.generation;
-        if newer && snapshot.freshness(Instant::now()) != Freshness::Expired {
+        let expired = snapshot.freshness(Instant::now()) == Freshness::Expired;
+        if newer && !expired {
             if let Some(newer) = snapshot.credential() {
                 return Ok(newer);
             }
@@ -601,7 +603,10 @@ impl TokenManager {
         // This token or the newer one, rejected by another request's answer.
         let rejected = snapshot.rejected.load(Ordering::Acquire);
         drop(snapshot);
-        if newer || rejected {
+        // This very token may also have reached its mandatory window while
+        // the request was held (its service slow to be ready). Found in
+        // review: it went out even past its expiry, only to be rejected.
+        if newer || rejected || expired {
             match self.decide(rejected.then_some(RefreshReason::Rejected)) {
                 Decision::Wait(flight) => return Err(flight),
                 Decision::Use(current) => return Ok(current),

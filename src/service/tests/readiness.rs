@@ -128,6 +128,31 @@ async fn a_retry_waits_for_the_service_to_be_ready() {
     assert_eq!((api.calls(), handle.stats().retries), (2, 1));
 }
 
+/// Found in review: a request held with its token until the token's
+/// mandatory window (its service not ready for that long) went out with
+/// it, past its expiry, only to be rejected. It waits for the refresh, as
+/// a request arriving then does.
+#[tokio::test(start_paused = true)]
+async fn a_request_held_until_its_token_expired_waits_for_the_refresh() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, Some(Duration::from_secs(10)), Duration::from_secs(1));
+    let layer = TokenRefreshLayer::builder(source)
+        .background_refresh(false)
+        .build();
+    let (client, gate) = gated(layer, &api);
+
+    let request = tokio::spawn(send(&client, get()));
+    settle().await;
+    token_arrives_while_closed(&gate, &issuer).await; // tok-1, for 10 s
+    tokio::time::advance(Duration::from_secs(11)).await;
+
+    gate.set(true);
+    let (status, body) = answered(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("Bearer tok-2|"), "{body}");
+    assert_eq!(api.calls(), 1, "sent once, with the new token");
+}
+
 /// Found in review: a request held with a token went out with it even
 /// when a newer one had come meanwhile and could not be used (expired, or
 /// rejected by another request's answer): a token older than one already
