@@ -401,12 +401,17 @@ where
             StateProj::Passthrough { fut } => return fut.poll(cx).map_err(Into::into),
             _ => return self.poll_steps(cx),
         };
-        let response = ready!(fut.poll(cx)).map_err(Into::into)?;
+        let answer = ready!(fut.poll(cx));
         let core = &this.shared.as_ref().expect("set for managed requests").core;
-        if !core
-            .classifier
-            .is_rejection(response.status(), response.headers())
-        {
+        let accepted = match &answer {
+            Ok(response) => !core
+                .classifier
+                .is_rejection(response.status(), response.headers()),
+            // No retry follows an error either (found in review: the body
+            // went on being recorded after one).
+            Err(_) => true,
+        };
+        if accepted {
             // No retry can follow: the copy's body clone would otherwise
             // go on recording what the transport reads, for as long as a
             // caller keeps this finished future. Only the body is let go:
@@ -415,8 +420,9 @@ where
             if let Some(copy) = this.pending {
                 copy.body.stop_sharing();
             }
-            return Poll::Ready(Ok(response));
+            return Poll::Ready(answer.map_err(Into::into));
         }
+        let response = answer.map_err(Into::into)?;
         match self.as_mut().rejected(response, cx) {
             Some(answer) => Poll::Ready(Ok(answer)),
             None => self.poll_steps(cx),

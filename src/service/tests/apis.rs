@@ -9,7 +9,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::test_support::body::{TestBody, Tx};
 use crate::test_support::{get, TestBody as RequestBody};
-use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
+use crate::{refresh_fn, BoxError, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
 
 /// A layer holding `revoked`, a token the APIs here reject, whose refresh
 /// gives `fresh`, which they accept.
@@ -63,16 +63,17 @@ pub(super) fn send_through(layer: TokenRefreshLayer) -> (Tx, Arc<AtomicUsize>, I
 /// The requests an [`api_keeping_requests`] was sent, bodies unread.
 pub(super) type Kept<B> = Arc<Mutex<Vec<Request<ReplayBody<B>>>>>;
 
-/// An API that answers every request with `status` at once and keeps the
-/// request, body and all, unread: as a transport still sending a streamed
-/// or duplex body does.
+/// An API that answers every request at once, with `status` (or, for
+/// `None`, an error, as a transport's timeout) and keeps the request, body
+/// and all, unread: as a transport still sending a streamed or duplex body
+/// does.
 pub(super) fn api_keeping_requests<B: Send + 'static>(
-    status: StatusCode,
+    status: Option<StatusCode>,
 ) -> (
     impl tower::Service<
             Request<ReplayBody<B>>,
             Response = Response<TestBody>,
-            Error = std::convert::Infallible,
+            Error = BoxError,
             Future = impl Send,
         > + Clone
         + Send,
@@ -83,8 +84,11 @@ pub(super) fn api_keeping_requests<B: Send + 'static>(
         let kept = Arc::clone(&kept);
         move |req: Request<ReplayBody<B>>| {
             kept.lock().unwrap().push(req);
-            let response = Response::builder().status(status);
-            async move { Ok(response.body(TestBody::empty()).unwrap()) }
+            async move {
+                let status = status.ok_or("timed out while the body was being sent")?;
+                let response = Response::builder().status(status);
+                Ok(response.body(TestBody::empty()).unwrap())
+            }
         }
     });
     (api, kept)

@@ -25,7 +25,7 @@ fn layer() -> TokenRefreshLayer {
 fn a_rejection_is_the_answer_while_the_first_attempt_still_holds_the_body() {
     runtime_without_timers().block_on(async {
         // The API answers 401 at once and keeps the request, body and all.
-        let (api, kept) = api_keeping_requests::<RequestBody>(StatusCode::UNAUTHORIZED);
+        let (api, kept) = api_keeping_requests::<RequestBody>(Some(StatusCode::UNAUTHORIZED));
         let client = ServiceBuilder::new().layer(layer()).service(api);
         let request = tokio::spawn(client.oneshot(post("payload")));
         settle().await;
