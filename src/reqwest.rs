@@ -31,8 +31,12 @@
 //!   retried: it is not about the token, which reqwest drops on a hop that
 //!   changes host, port or scheme. (reqwest 0.13 rebuilds each hop from
 //!   the request's headers and drops them only on such a hop, so a second
-//!   hop within the other origin carries the token again; turn redirects
-//!   off, `reqwest::redirect::Policy::none()`, where that matters.)
+//!   hop within the other origin carries the token again: build the
+//!   client with [`same_origin_redirects`], or with redirects off,
+//!   `reqwest::redirect::Policy::none()`, where a redirect may lead
+//!   elsewhere.) A request that is not idempotent (a `POST`) rejected after
+//!   a redirect is not retried: it may have taken effect at an earlier
+//!   hop. The refresh still runs.
 //! - reqwest sends through the proxies its environment names
 //!   (`HTTP_PROXY`, `HTTPS_PROXY`), loopback destinations included unless
 //!   `NO_PROXY` exempts them. The plain-http rule judges the request's
@@ -234,6 +238,37 @@ impl<C> TokenRefreshLayer<C> {
     }
 }
 
+/// A redirect policy that follows redirects within the origin a request was
+/// sent to (up to 10 hops) and stops at one to any other origin, returning
+/// that redirect as the answer. reqwest drops `Authorization` only on a
+/// hop that changes origin, and rebuilds the next hop from the request's
+/// headers again: a second hop within another origin would carry the
+/// token there.
+///
+/// ```
+/// use tower_token_refresh::reqwest::same_origin_redirects;
+///
+/// let client = reqwest::Client::builder()
+///     .redirect(same_origin_redirects())
+///     .build()
+///     .unwrap();
+/// # drop(client);
+/// ```
+pub fn same_origin_redirects() -> ::reqwest::redirect::Policy {
+    /// reqwest's own default limit.
+    const MOST_HOPS: usize = 10;
+    ::reqwest::redirect::Policy::custom(|attempt| {
+        let first = attempt.previous().first().map(Url::origin);
+        if attempt.previous().len() > MOST_HOPS {
+            attempt.error("too many redirects")
+        } else if first == Some(attempt.url().origin()) {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
 /// This crate's [`Error`] inside a [`reqwest_middleware::Error`], if that is
 /// what it holds: why a request could not get a token (re-authentication
 /// required, a failed refresh, plain `http://` refused).
@@ -328,8 +363,15 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         let decision = core.manager.rejected(generation);
         // The refresh (if the decision started one) runs in its own task;
         // without a clone of the request the rejection is the answer, and
-        // the next request gets the new token.
-        let Some(mut retry) = retry else {
+        // the next request gets the new token. So it is after a redirect,
+        // for a request that is not idempotent: the rejection came from a
+        // later hop, and the request may have taken effect at an earlier
+        // one (a POST answered `303 See Other`, then a `GET` of the result
+        // rejected); sent again, it would take effect twice.
+        let redirected = |retry: &Request| response.url() != retry.url();
+        let Some(mut retry) =
+            retry.filter(|retry| retry.method().is_idempotent() || !redirected(retry))
+        else {
             return Ok(response);
         };
         let wait_for = |flight| within(deadline, core.manager.clone().wait(flight));

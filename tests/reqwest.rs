@@ -1103,3 +1103,69 @@ async fn a_rejection_from_another_origin_after_a_redirect_is_not_the_tokens() {
     })
     .await;
 }
+
+/// Found in review: a `POST` answered `303 See Other` (it took effect),
+/// whose `GET` of the result was rejected, was sent again whole, and took
+/// effect twice. A request that is not idempotent is not retried after a
+/// redirect; the refresh still runs.
+#[tokio::test]
+async fn a_post_rejected_after_a_redirect_is_not_sent_again() {
+    bounded(async {
+        let servers = Redirects::start().await;
+        let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+            Ok::<_, tower_token_refresh::RefreshError>(TokenSet::new("fresh"))
+        }))
+        .initial_tokens(TokenSet::new("stale"))
+        .build();
+        let handle = layer.handle();
+        let client = ClientBuilder::new(reqwest::Client::new())
+            .with(layer.reqwest_middleware())
+            .build();
+
+        let url = servers.url("/create");
+        let response = client.post(&url).body("order").send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(servers.created(), 1, "sent again after it took effect");
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.rejections, stats.refreshes, stats.retries),
+            (1, 1, 0)
+        );
+
+        // The refreshed token serves the next one.
+        let response = client.post(&url).body("order").send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(servers.created(), 2);
+    })
+    .await;
+}
+
+/// With `same_origin_redirects`, a redirect to another origin is the
+/// answer, not followed: no second hop there can carry the token. One
+/// within the origin is followed as before.
+#[tokio::test]
+async fn same_origin_redirects_stop_at_another_origin() {
+    bounded(async {
+        let servers = Redirects::start().await;
+        let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+            Ok::<_, tower_token_refresh::RefreshError>(TokenSet::new("fresh"))
+        }))
+        .initial_tokens(TokenSet::new("stale"))
+        .build();
+        let reqwest = reqwest::Client::builder()
+            .redirect(tower_token_refresh::reqwest::same_origin_redirects())
+            .build()
+            .unwrap();
+        let client = ClientBuilder::new(reqwest)
+            .with(layer.reqwest_middleware())
+            .build();
+
+        let response = client.get(servers.url("/away")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FOUND);
+        assert!(servers.elsewhere_saw().is_empty(), "followed elsewhere");
+        let response = client.get(servers.url("/here")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(layer.handle().stats().retries, 1);
+    })
+    .await;
+}
