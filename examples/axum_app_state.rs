@@ -106,6 +106,10 @@ async fn main() {
     // Start as if the app had been idle past the token's expiry.
     let layer = TokenRefreshLayer::builder(cognito.refresher())
         .initial_tokens(login.with_expires_in(Duration::ZERO))
+        // For this demo only, which revokes a token right after it was
+        // refreshed: keep the default (5 s) in an application, or a server
+        // that answers 401 for other reasons makes every rejection a
+        // refresh, and this API allows 5 a minute.
         .min_refresh_interval(Duration::ZERO)
         .build();
     let handle = layer.handle();
