@@ -407,8 +407,8 @@ impl TokenManager {
     /// Adopts a version another process announced, unless a flight of ours
     /// runs (it adopts on its own) or the stored tokens are not usable (the
     /// next request that needs a refresh handles them). A record there is
-    /// no keeping is replaced instead (`replace_stale`): a newer one
-    /// carrying a refresh token this process spent, or one older than the
+    /// no keeping is replaced instead (`replace_stale`): one carrying a
+    /// refresh token this process spent, or one older than the
     /// version this process knows (the store went back: a Redis restarted
     /// from its last snapshot, a file restored from a backup), whose
     /// refresh token a later version's refresh spent. Found in review: a
@@ -420,7 +420,10 @@ impl TokenManager {
         let known = shared.lock().store_version;
         let stored = match load(shared, store).await {
             Ok(Some(stored)) if usable(shared, &stored, known) => stored,
-            Ok(Some(stored)) if is_newer(stored.version, known) && spent(shared, &stored) => {
+            // Whatever its version: a process a version behind may offer
+            // tokens whose refresh token a sibling spent, at the version
+            // that sibling knows (found in a second review).
+            Ok(Some(stored)) if spent(shared, &stored) => {
                 self.replace_stale(stored.version);
                 return;
             }

@@ -1291,6 +1291,29 @@ async fn a_store_gone_back_to_an_older_version_is_replaced_by_a_process_that_kne
     );
 }
 
+/// Found in a second review: a process a version behind (it missed an
+/// announcement) may offer tokens whose refresh token a sibling has
+/// spent, at the very version that sibling knows. The sibling, finding no
+/// newer version, left it there. It replaces a record carrying a spent
+/// refresh token whatever its version.
+#[tokio::test(start_paused = true)]
+async fn a_record_at_the_known_version_carrying_a_spent_token_is_replaced() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    first.handle().force_refresh().await.unwrap(); // rt-1 spent: version 2
+
+    let behind = Record::new(
+        2,
+        crate::store::encode(&idp.tokens(1), std::time::SystemTime::now()).to_vec(),
+    );
+    store.inner.roll_back_to(behind);
+    crate::test_support::settle().await;
+    assert_eq!(idp.stored_live_version(&store.inner).await, 3);
+    assert_eq!(idp.counts(), (1, 1, 0), "replaced without a refresh");
+}
+
 /// The same record landing while the lease holder refreshes (after its
 /// read, before its write): the write finds it and replaces it, still under
 /// the lease, instead of leaving the spent token stored.
