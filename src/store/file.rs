@@ -263,8 +263,10 @@ fn refuse_foreign(_: &Path, _: &fs::Metadata) -> Result<(), StoreError> {
 /// persistent volume, say) became a plain file itself, and the file it
 /// pointed at kept the old record, read again after a restart with its
 /// refresh token long spent. A link whose target does not exist yet names
-/// where the file will be; a loop of links is left to fail as a path.
-fn followed(path: &Path) -> PathBuf {
+/// where the file will be; a loop of links is left to fail as a path. A
+/// link another user owns is refused, as a file they own is: planted in a
+/// shared directory, it would choose where the tokens are written.
+fn followed(path: &Path) -> Result<PathBuf, StoreError> {
     /// As many links as Linux follows in one path.
     const MOST_LINKS: usize = 40;
     let mut path = path.to_path_buf();
@@ -272,6 +274,7 @@ fn followed(path: &Path) -> PathBuf {
         let Ok(target) = fs::read_link(&path) else {
             break;
         };
+        refuse_foreign_link(&path)?;
         // A relative target is relative to the link's own directory; an
         // absolute one replaces the path whole.
         path = match path.parent() {
@@ -279,13 +282,35 @@ fn followed(path: &Path) -> PathBuf {
             None => target,
         };
     }
-    path
+    Ok(path)
+}
+
+#[cfg(unix)]
+fn refuse_foreign_link(link: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(metadata) = fs::symlink_metadata(link) else {
+        return Ok(());
+    };
+    let (owner, me) = (metadata.uid(), rustix::process::geteuid().as_raw());
+    if owner != me {
+        return Err(StoreError::corrupt(format!(
+            "{} is a symbolic link another user owns (uid {owner}; this process runs as {me}): \
+             a link to the token file must be this process's own; remove it",
+            link.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn refuse_foreign_link(_: &Path) -> Result<(), StoreError> {
+    Ok(())
 }
 
 /// Writes `record` next to the file `path` names, flushes it and renames
 /// it into place.
 fn write(path: &Path, record: &Record) -> Result<(), StoreError> {
-    let path = &followed(path);
+    let path = &followed(path)?;
     let failed = |doing: &str, error: io::Error| {
         StoreError::unavailable(format!("cannot {doing} {}", path.display())).with_source(error)
     };
@@ -461,12 +486,9 @@ mod tests {
         assert_eq!(*changes.borrow(), 1);
     }
 
-    /// Found in review: a process killed between writing its temporary
-    /// file and renaming it left a file holding a record behind for good.
-    /// The next write removes such files once they are old enough to be
-    /// nobody's write in progress, and nothing else.
     /// A token file reached through a symbolic link (to a persistent
-    /// volume) is written where the link points, and the link stays.
+    /// volume) is written where the link points, and the link stays; a
+    /// link another user owns is refused, its target never written.
     #[cfg(unix)]
     #[tokio::test]
     async fn a_write_through_a_symbolic_link_replaces_the_file_it_names() {
@@ -495,8 +517,31 @@ mod tests {
             ["tokens.json"],
             "nothing written beside the link"
         );
+
+        // Only root can give a link to another user; CI runs as root.
+        if rustix::process::geteuid().is_root() {
+            let planted = app.0.join("planted.json");
+            let chosen = volume.0.join("chosen.json");
+            std::os::unix::fs::symlink(&chosen, &planted).unwrap();
+            std::os::unix::fs::lchown(&planted, Some(65534), None).unwrap();
+            let store = FileStore::new(&planted);
+            let err = store
+                .compare_and_swap(None, Record::new(1, vec![7; 8]))
+                .await
+                .unwrap_err();
+            assert!(err.is_corrupt(), "{err}");
+            assert!(err.to_string().contains("another user owns"), "{err}");
+            assert!(
+                !chosen.exists(),
+                "written where another user's link pointed"
+            );
+        }
     }
 
+    /// Found in review: a process killed between writing its temporary
+    /// file and renaming it left a file holding a record behind for good.
+    /// The next write removes such files once they are old enough to be
+    /// nobody's write in progress, and nothing else.
     #[tokio::test]
     async fn a_write_removes_temporary_files_abandoned_by_earlier_writes() {
         let dir = TempDir::new();
