@@ -545,6 +545,11 @@ async fn lease_lapses_after_its_ttl() {
             pttl > 0 && u128::try_from(pttl).unwrap() <= ttl.as_millis(),
             "PTTL {pttl} for a {ttl:?} lease"
         );
+        assert_eq!(
+            take_lease(&next, ttl).await,
+            None,
+            "held: no one else gets it"
+        );
 
         // Redis frees it at most `ttl` from now; the bound only catches a
         // lease that never lapses.
