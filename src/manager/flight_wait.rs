@@ -123,9 +123,13 @@ impl FlightWait {
         bound
     }
 
-    /// See [`FlightCell::ran_here`].
-    pub(crate) fn ran_here(&self) -> bool {
-        self.flight.ran_here()
+    /// Whether the flight was abandoned by the runtime the caller is on
+    /// (see [`FlightCell::ran_here`]), not given up by this waiter at its
+    /// deadline (a waiter moved back onto the flight's runtime after its
+    /// timer ran out elsewhere).
+    pub(crate) fn dropped_here(&self) -> bool {
+        let gave_up = self.bound.as_ref().is_some_and(|bound| bound.is_elapsed());
+        !gave_up && self.flight.ran_here()
     }
 
     /// The outcome, once published; or, off the flight's runtime, the
@@ -400,7 +404,7 @@ mod tests {
     fn a_waiter_moved_off_the_flights_runtime_gives_up_at_the_deadline() {
         let (flights, elsewhere) = (paused_runtime(), paused_runtime());
         let (_counted, waker) = counting_waker();
-        let (_cell, mut waiter) = flights.block_on(async {
+        let (cell, mut waiter) = flights.block_on(async {
             let cell = cell_on(Handle::current().id());
             let mut waiter = FlightWait::new(Arc::clone(&cell));
             let polled = waiter.poll_outcome(&mut Context::from_waker(&waker));
@@ -414,5 +418,13 @@ mod tests {
         });
         let outcome = outcome.expect("waited past the deadline");
         assert_eq!(kind(Poll::Ready(outcome)), Some(ErrorKind::FlightAbandoned));
+        // Given up by this waiter, not dropped by the flight's runtime,
+        // even when asked there.
+        let _on_the_flights_runtime = flights.enter();
+        assert!(!waiter.dropped_here());
+        assert!(
+            FlightWait::new(cell).dropped_here(),
+            "a waiter that gave nothing up"
+        );
     }
 }

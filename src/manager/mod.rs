@@ -417,7 +417,7 @@ impl TokenManager {
                         // runtime stopped driving it): decided afresh, which
                         // replaces it on this runtime, unless this is the
                         // runtime that dropped it.
-                        if error.is_abandoned() && flight.ran_here() {
+                        if error.is_abandoned() && flight.dropped_here() {
                             return Poll::Ready(Err(Error::new(ErrorKind::RefreshAborted)));
                         }
                         if !error.is_deferred() && !error.is_abandoned() {
