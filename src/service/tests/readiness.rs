@@ -130,27 +130,33 @@ async fn a_retry_waits_for_the_service_to_be_ready() {
 
 /// Found in review: a request held with its token until the token's
 /// mandatory window (its service not ready for that long) went out with
-/// it, past its expiry, only to be rejected. It waits for the refresh, as
-/// a request arriving then does.
+/// it, even past its expiry, only to be rejected. It waits for the
+/// refresh, as a request arriving then does: inside the window, and past
+/// the expiry.
 #[tokio::test(start_paused = true)]
-async fn a_request_held_until_its_token_expired_waits_for_the_refresh() {
-    let api = Api::default();
-    let (source, issuer) = issuer(&api, Some(Duration::from_secs(10)), Duration::from_secs(1));
-    let layer = TokenRefreshLayer::builder(source)
-        .background_refresh(false)
-        .build();
-    let (client, gate) = gated(layer, &api);
+async fn a_request_held_into_its_tokens_mandatory_window_waits_for_the_refresh() {
+    // tok-1 is dated from its call at 0 s and lives 10 s; the mandatory
+    // window (a tenth) opens at 9 s. Held until 9.5 s, then until 13 s.
+    for held in [Duration::from_millis(7500), Duration::from_secs(11)] {
+        let api = Api::default();
+        let (source, issuer) = issuer(&api, Some(Duration::from_secs(10)), Duration::from_secs(1));
+        let layer = TokenRefreshLayer::builder(source)
+            .background_refresh(false)
+            .build();
+        let (client, gate) = gated(layer, &api);
 
-    let request = tokio::spawn(send(&client, get()));
-    settle().await;
-    token_arrives_while_closed(&gate, &issuer).await; // tok-1, for 10 s
-    tokio::time::advance(Duration::from_secs(11)).await;
+        let request = tokio::spawn(send(&client, get()));
+        settle().await;
+        token_arrives_while_closed(&gate, &issuer).await; // tok-1, at 2 s
+        tokio::time::advance(held).await;
 
-    gate.set(true);
-    let (status, body) = answered(request).await;
-    assert_eq!(status, StatusCode::OK);
-    assert!(body.starts_with("Bearer tok-2|"), "{body}");
-    assert_eq!(api.calls(), 1, "sent once, with the new token");
+        gate.set(true);
+        let (status, body) = answered(request).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with("Bearer tok-2|"), "held {held:?}: {body}");
+        assert_eq!(api.calls(), 1, "sent once, with the new token");
+        assert_eq!(issuer.calls(), 2);
+    }
 }
 
 /// Found in review: a request held with a token went out with it even
