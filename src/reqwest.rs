@@ -50,9 +50,11 @@
 //!   per attempt only, so without this a request could take the wait for a
 //!   refresh and then its whole timeout twice over. Past it the request
 //!   fails with an [`Error`] whose [`is_timeout`](Error::is_timeout) is
-//!   true (or reqwest's own timeout error, if an attempt ran it out). A
-//!   timeout set on the client ([`reqwest::ClientBuilder::timeout`]) is not
-//!   visible to middleware and still applies per attempt.
+//!   true (or reqwest's own timeout error, if an attempt ran it out). That
+//!   error is a [`reqwest_middleware::Error::Middleware`], whose own
+//!   `is_timeout` is false: ask [`token_error`] instead. A timeout set on
+//!   the client ([`reqwest::ClientBuilder::timeout`]) is not visible to
+//!   middleware and still applies per attempt.
 //! - A request that cannot get a token fails with
 //!   [`reqwest_middleware::Error::Middleware`] holding this crate's
 //!   [`Error`]; [`token_error`] gets it back.
