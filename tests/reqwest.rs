@@ -1067,15 +1067,26 @@ fn on_a_runtime_without_timers_a_rejected_request_fails_without_a_panic() {
     assert_eq!(api.stats().unauthorized, 1);
 }
 
+/// The handle's counts of rejections, refreshes and retries.
+fn rejections_refreshes_retries(handle: &TokenHandle) -> (u64, u64, u64) {
+    let stats = handle.stats();
+    (stats.rejections, stats.refreshes, stats.retries)
+}
+
+/// A layer holding the token `stale`, which refreshes to `fresh`.
+fn stale_then_fresh() -> TokenRefreshLayer {
+    TokenRefreshLayer::builder(refresh_fn(|_| async {
+        Ok::<_, tower_token_refresh::RefreshError>(TokenSet::new("fresh"))
+    }))
+    .initial_tokens(TokenSet::new("stale"))
+    .build()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejection_from_another_origin_after_a_redirect_is_not_the_tokens() {
     bounded(async {
         let servers = Redirects::start().await;
-        let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
-            Ok::<_, tower_token_refresh::RefreshError>(TokenSet::new("fresh"))
-        }))
-        .initial_tokens(TokenSet::new("stale"))
-        .build();
+        let layer = stale_then_fresh();
         let handle = layer.handle();
         let client = ClientBuilder::new(reqwest::Client::new())
             .with(layer.reqwest_middleware())
@@ -1085,21 +1096,13 @@ async fn a_rejection_from_another_origin_after_a_redirect_is_not_the_tokens() {
         let response = client.get(servers.url("/away")).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(servers.elsewhere_saw(), vec![None]);
-        let stats = handle.stats();
-        assert_eq!(
-            (stats.rejections, stats.refreshes, stats.retries),
-            (0, 0, 0)
-        );
+        assert_eq!(rejections_refreshes_retries(&handle), (0, 0, 0));
 
         // Within the origin the token went along: a rejection, refreshed
         // and retried.
         let response = client.get(servers.url("/here")).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        let stats = handle.stats();
-        assert_eq!(
-            (stats.rejections, stats.refreshes, stats.retries),
-            (1, 1, 1)
-        );
+        assert_eq!(rejections_refreshes_retries(&handle), (1, 1, 1));
     })
     .await;
 }
@@ -1112,11 +1115,7 @@ async fn a_rejection_from_another_origin_after_a_redirect_is_not_the_tokens() {
 async fn a_post_rejected_after_a_redirect_is_not_sent_again() {
     bounded(async {
         let servers = Redirects::start().await;
-        let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
-            Ok::<_, tower_token_refresh::RefreshError>(TokenSet::new("fresh"))
-        }))
-        .initial_tokens(TokenSet::new("stale"))
-        .build();
+        let layer = stale_then_fresh();
         let handle = layer.handle();
         let client = ClientBuilder::new(reqwest::Client::new())
             .with(layer.reqwest_middleware())
@@ -1126,11 +1125,7 @@ async fn a_post_rejected_after_a_redirect_is_not_sent_again() {
         let response = client.post(&url).body("order").send().await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(servers.created(), 1, "sent again after it took effect");
-        let stats = handle.stats();
-        assert_eq!(
-            (stats.rejections, stats.refreshes, stats.retries),
-            (1, 1, 0)
-        );
+        assert_eq!(rejections_refreshes_retries(&handle), (1, 1, 0));
 
         // The refreshed token serves the next one.
         let response = client.post(&url).body("order").send().await.unwrap();
@@ -1147,11 +1142,7 @@ async fn a_post_rejected_after_a_redirect_is_not_sent_again() {
 async fn same_origin_redirects_stop_at_another_origin() {
     bounded(async {
         let servers = Redirects::start().await;
-        let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
-            Ok::<_, tower_token_refresh::RefreshError>(TokenSet::new("fresh"))
-        }))
-        .initial_tokens(TokenSet::new("stale"))
-        .build();
+        let layer = stale_then_fresh();
         let reqwest = reqwest::Client::builder()
             .redirect(tower_token_refresh::reqwest::same_origin_redirects())
             .build()

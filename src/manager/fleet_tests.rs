@@ -497,12 +497,7 @@ async fn refused_tokens_left_unstored_are_refreshed_from_not_the_version_they_re
     let layer = TokenRefreshLayer::builder(source)
         .store(store.clone())
         .build();
-    let expired = TokenSet::new("at-sibling")
-        .with_refresh_token("rt-1")
-        .with_expires_in(Duration::from_secs(60));
-    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    let record = Record::new(2, crate::store::encode(&expired, an_hour_ago).to_vec());
-    store.inner.compare_and_swap(None, record).await.unwrap();
+    store_an_expired_siblings_record(&store.inner, None, 2).await;
 
     store.failing_writes.store(2, Ordering::SeqCst); // the write, then the offer
     assert!(layer.handle().force_refresh().await.is_err(), "refused");
@@ -780,10 +775,7 @@ async fn tokens_refreshed_without_the_store_fill_it_when_it_comes_back_empty() {
     crate::test_support::settle().await; // the offer runs on its own task
 
     assert_eq!(idp.stored_live_version(&store.inner).await, 2);
-    let sibling = idp.layer_on(store.clone());
-    sibling.handle().force_refresh().await.unwrap();
-    assert_eq!(idp.counts(), (1, 1, 0), "no login, no refresh");
-    assert_eq!(sibling.handle().stats().adopted, 1);
+    a_sibling_adopts_the_stored_tokens(&idp, &store).await;
 }
 
 /// Found in a second review: the same loss while the lease holder
@@ -798,15 +790,45 @@ async fn a_store_emptied_under_the_lease_gets_the_refreshed_tokens_at_once() {
     let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
 
+    refresh_while_the_store_is_emptied(&first, &store).await;
+    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+
+    a_sibling_adopts_the_stored_tokens(&idp, &store).await;
+}
+
+/// Stores, in place of `expected`, version `version`: a sibling's tokens
+/// carrying `rt-1`, expired an hour ago.
+async fn store_an_expired_siblings_record(
+    store: &MemoryStore,
+    expected: Option<u64>,
+    version: u64,
+) {
+    let expired = TokenSet::new("at-sibling")
+        .with_refresh_token("rt-1")
+        .with_expires_in(Duration::from_secs(60));
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let record = Record::new(
+        version,
+        crate::store::encode(&expired, an_hour_ago).to_vec(),
+    );
+    store.compare_and_swap(expected, record).await.unwrap();
+}
+
+/// Refreshes through `layer` with an identity server taking 1 s, and
+/// empties the store halfway through, after the lease holder's read.
+async fn refresh_while_the_store_is_emptied(layer: &TokenRefreshLayer, store: &FaultyLoads) {
     let refreshing = tokio::spawn({
-        let handle = first.handle();
+        let handle = layer.handle();
         async move { handle.force_refresh().await }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     store.inner.lose_record();
     refreshing.await.unwrap().unwrap();
-    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+}
 
+/// A layer starting now on `store` adopts what it holds: no login and no
+/// refresh beyond the first process's one of each.
+async fn a_sibling_adopts_the_stored_tokens(idp: &Rotating, store: &FaultyLoads) {
     let sibling = idp.layer_on(store.clone());
     sibling.handle().force_refresh().await.unwrap();
     assert_eq!(idp.counts(), (1, 1, 0), "no login, no refresh");
@@ -822,20 +844,9 @@ async fn a_store_emptied_under_the_lease_gets_a_version_past_the_one_read() {
     let store = FaultyLoads::default();
     let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
-    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    let expired = TokenSet::new("at-sibling")
-        .with_refresh_token("rt-1")
-        .with_expires_in(Duration::from_secs(60));
-    let record = Record::new(5, crate::store::encode(&expired, an_hour_ago).to_vec());
-    store.inner.compare_and_swap(Some(1), record).await.unwrap();
+    store_an_expired_siblings_record(&store.inner, Some(1), 5).await;
 
-    let refreshing = tokio::spawn({
-        let handle = first.handle();
-        async move { handle.force_refresh().await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    store.inner.lose_record();
-    refreshing.await.unwrap().unwrap();
+    refresh_while_the_store_is_emptied(&first, &store).await;
     assert_eq!(idp.stored_live_version(&store.inner).await, 6);
 }
 
@@ -870,12 +881,7 @@ async fn refresh_from_an_expired_sibling_failing_writes(
     let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
 
-    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    let expired = TokenSet::new("at-sibling")
-        .with_refresh_token("rt-1")
-        .with_expires_in(Duration::from_secs(60));
-    let record = Record::new(2, crate::store::encode(&expired, an_hour_ago).to_vec());
-    store.inner.compare_and_swap(Some(1), record).await.unwrap();
+    store_an_expired_siblings_record(&store.inner, Some(1), 2).await;
 
     store.failing_writes.store(failing, Ordering::SeqCst);
     first.handle().force_refresh().await.unwrap(); // from version 2

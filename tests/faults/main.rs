@@ -379,8 +379,19 @@ enum Sent {
 /// `GET url` every [`EVERY`] until `until`, each from its own task and
 /// bounded by `bound`, all awaited.
 async fn traffic(client: &AuthedClient, url: &str, bound: Duration, until: Instant) -> Vec<Sent> {
+    traffic_while(client, url, bound, || Instant::now() < until).await
+}
+
+/// `GET url` every [`EVERY`] for as long as `more` says, each from its own
+/// task and bounded by `bound`, all awaited.
+async fn traffic_while(
+    client: &AuthedClient,
+    url: &str,
+    bound: Duration,
+    mut more: impl FnMut() -> bool,
+) -> Vec<Sent> {
     let mut tasks = Vec::new();
-    while Instant::now() < until {
+    while more() {
         let client = client.clone();
         let url = url.to_owned();
         tasks.push(tokio::spawn(

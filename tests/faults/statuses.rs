@@ -13,8 +13,8 @@ use crate::support::faults::{Failure, InjectFaults};
 use crate::support::front::Front;
 use crate::support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 use crate::{
-    assert_all_ok, assert_spaced, bounded, refresh_client, send, traffic, Call, Calls, Rig, Sent,
-    Settings, BACKOFF_INITIAL, BACKOFF_MAX, EVERY, MANDATORY, STALE_AFTER,
+    assert_all_ok, assert_spaced, bounded, refresh_client, traffic, traffic_while, Call, Calls,
+    Rig, Sent, Settings, BACKOFF_INITIAL, BACKOFF_MAX, MANDATORY, STALE_AFTER,
 };
 
 /// How long the layer may take to make the refresh calls a test waits for.
@@ -31,29 +31,22 @@ async fn new_token_after(rig: &Rig, after: u64) {
     }
 }
 
-/// Sends a `GET` every [`EVERY`], each from its own task, until the
+/// Sends a `GET` every `EVERY`, each from its own task, until the
 /// refresh calls the client made satisfy `done`; then awaits the requests
 /// and any refresh still under way, so that the calls and counts read next
 /// are final (no request is left to start another refresh).
 async fn traffic_until_calls(rig: &Rig, what: &str, done: impl Fn(&[Call]) -> bool) -> Vec<Sent> {
     let give_up = Instant::now() + CALLS_LIMIT;
-    let mut tasks = Vec::new();
-    while !done(&rig.calls()) {
+    let more = || {
+        let calls = rig.calls();
+        let more = !done(&calls);
         assert!(
-            Instant::now() < give_up,
-            "{what}: not within {CALLS_LIMIT:?}; calls {:?}",
-            rig.calls()
+            !more || Instant::now() < give_up,
+            "{what}: not within {CALLS_LIMIT:?}; calls {calls:?}"
         );
-        let (client, url, bound) = (rig.client.clone(), rig.url(), rig.request_bound());
-        tasks.push(tokio::spawn(
-            async move { send(&client, &url, bound).await },
-        ));
-        tokio::time::sleep(EVERY).await;
-    }
-    let mut sent = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        sent.push(task.await.expect("a request task panicked"));
-    }
+        more
+    };
+    let sent = traffic_while(&rig.client, &rig.url(), rig.request_bound(), more).await;
     loop {
         let stats = rig.handle.stats();
         if stats.refresh_successes + stats.refresh_failures == stats.refreshes {
