@@ -5,7 +5,10 @@
 //! wrapped in `TokenRefreshLayer`, so the upstream's token, its expiry, its
 //! refreshes and its revocations stay behind the gateway: a caller never
 //! sees any of them. Request bodies stream through (the layer records them
-//! only up to its replay cap, for the one retry after a rejection).
+//! only up to its replay cap, for the one retry after a rejection). When
+//! the gateway's own credentials fail, callers get the gateway statuses
+//! (`502`, `503` with `Retry-After`, `504`), never a challenge to
+//! authenticate themselves.
 //!
 //! On loopback this starts the Cognito-style identity server, the API
 //! server and the gateway, sends bursts of requests to the gateway, has the
@@ -23,17 +26,17 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{
     HeaderMap, HeaderName, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
+    PROXY_AUTHORIZATION, RETRY_AFTER, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use axum::http::uri::{PathAndQuery, Uri};
-use axum::http::{StatusCode, Version};
+use axum::http::{HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_token_refresh::{ReplayBody, TokenRefresh, TokenRefreshLayer};
+use tower_token_refresh::{Error, RefreshError, ReplayBody, TokenRefresh, TokenRefreshLayer};
 
 /// The layered client the gateway forwards with.
 pub type Upstream = TokenRefresh<Client<HttpConnector, ReplayBody<Body>>>;
@@ -89,6 +92,15 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
         .oneshot(Request::from_parts(parts, body))
         .await
     {
+        // The layer already refreshed and retried once: a rejection that
+        // comes out of it refuses the gateway's credentials, not the
+        // caller's, who sent none the upstream saw. A `401` with the
+        // upstream's challenge would ask the caller to authenticate.
+        Ok(response) if response.status() == StatusCode::UNAUTHORIZED => (
+            StatusCode::BAD_GATEWAY,
+            "upstream: the gateway's credentials were refused",
+        )
+            .into_response(),
         Ok(mut response) => {
             // Likewise, the upstream connection's own headers go no
             // further than the gateway.
@@ -96,10 +108,38 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
             response.headers_mut().remove(PROXY_AUTHENTICATE);
             response.map(Body::new).into_response()
         }
-        // The typed error says what went wrong (re-authentication needed,
-        // refresh failing, ...) and never holds the token.
-        Err(error) => (StatusCode::BAD_GATEWAY, format!("upstream: {error}")).into_response(),
+        Err(error) => upstream_failed(&*error),
     }
+}
+
+/// The gateway's answer when no upstream response came back. The layer's
+/// typed error says why, and never holds the token: a token that did not
+/// come in time is a `504`; a refresh that failed is a `503` (the
+/// gateway's own credentials are the trouble), with the identity server's
+/// `Retry-After` where it gave one; anything else, such as an unreachable
+/// upstream, is a `502`.
+fn upstream_failed(error: &(dyn std::error::Error + 'static)) -> Response {
+    let typed = error.downcast_ref::<Error>();
+    let status = match typed {
+        Some(typed) if typed.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+        Some(typed) if typed.is_refresh_failed() || typed.is_reauth_required() => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let mut response = (status, format!("upstream: {error}")).into_response();
+    let wait = typed
+        .and_then(Error::refresh_error)
+        .and_then(RefreshError::retry_after);
+    if let Some(wait) = wait {
+        // Whole seconds, rounded up: a caller coming back early would
+        // only meet the same limit.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// Removes the fields that belong to one connection (RFC 9110 §7.6.1):

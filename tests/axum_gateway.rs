@@ -9,6 +9,9 @@
 #[allow(dead_code, unused_imports)]
 mod gateway;
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use axum::body::Body;
 use http_body_util::BodyExt;
 use hyper::header::AUTHORIZATION;
@@ -60,8 +63,7 @@ async fn callers_never_see_the_token_and_a_revocation_costs_one_refresh() {
             secret,
             addr,
         } = gateway_in_front_of_the_api().await;
-        let caller: Client<HttpConnector, Body> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let caller = caller();
 
         // Each caller sends its own (worthless) credentials and a body.
         let call = |i: usize| {
@@ -162,18 +164,12 @@ async fn hop_by_hop_headers_are_not_forwarded() {
             ];
             (own, names.join(","))
         });
-        let upstream = gateway::serve(upstream).await;
         let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
         let layer = TokenRefreshLayer::builder(source)
             .initial_tokens(TokenSet::new("upstream-token"))
             .build();
-        let addr = gateway::serve(gateway::router(
-            format!("http://{upstream}").parse().unwrap(),
-            layer,
-        ))
-        .await;
-        let caller: Client<HttpConnector, Body> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let addr = gateway_in_front_of(upstream, layer).await;
+        let caller = caller();
 
         let request = hyper::Request::get(format!("http://{addr}/v1/items"))
             .header("connection", "x-hop, keep-alive")
@@ -202,6 +198,132 @@ async fn hop_by_hop_headers_are_not_forwarded() {
         for dropped in ["connection", "x-hop", "keep-alive", "proxy-authorization"] {
             assert!(!names.contains(&dropped), "{dropped} forwarded: {names:?}");
         }
+    })
+    .await;
+}
+
+/// A gateway through `layer` in front of `upstream`, both on loopback.
+async fn gateway_in_front_of(upstream: axum::Router, layer: TokenRefreshLayer) -> SocketAddr {
+    let upstream = gateway::serve(upstream).await;
+    gateway::serve(gateway::router(
+        format!("http://{upstream}").parse().unwrap(),
+        layer,
+    ))
+    .await
+}
+
+fn caller() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// The gateway's answer to `GET /v1/items`, with its body as text.
+async fn get_items(addr: SocketAddr) -> (hyper::StatusCode, hyper::HeaderMap, String) {
+    let request = hyper::Request::get(format!("http://{addr}/v1/items"))
+        .body(Body::empty())
+        .unwrap();
+    let response = caller().request(request).await.expect("gateway reachable");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+/// An upstream that answers every request `200`, for tests whose token
+/// never gets that far.
+fn answering_ok() -> axum::Router {
+    axum::Router::new().fallback(|| async { "ok" })
+}
+
+/// Found in review: the upstream's `401` (with its challenge) went back
+/// to a caller who sent no credentials the upstream saw, asking it to
+/// authenticate. Once the layer has refreshed and retried, the rejection
+/// is the gateway's trouble: a `502`, without the challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_refusing_the_refreshed_token_is_a_bad_gateway_not_a_challenge() {
+    bounded(async {
+        let upstream = axum::Router::new().fallback(|| async {
+            (
+                hyper::StatusCode::UNAUTHORIZED,
+                [("www-authenticate", r#"Bearer error="invalid_token""#)],
+            )
+        });
+        let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("refused-too")) });
+        let layer = TokenRefreshLayer::builder(source)
+            .initial_tokens(TokenSet::new("refused"))
+            .build();
+        let handle = layer.handle();
+        let addr = gateway_in_front_of(upstream, layer).await;
+
+        let (status, headers, body) = get_items(addr).await;
+        assert_eq!(status, 502, "{body}");
+        assert!(!headers.contains_key("www-authenticate"), "{headers:?}");
+        assert!(!body.contains("refused-too"), "{body}");
+        let stats = handle.stats();
+        assert_eq!((stats.refreshes, stats.retries), (1, 1));
+    })
+    .await;
+}
+
+/// A refresh the identity server rate limited is a `503` carrying its
+/// `Retry-After`; one it refused for good a `503` without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_refresh_is_service_unavailable_with_the_identity_servers_wait() {
+    bounded(async {
+        let limited = refresh_fn(|_| async {
+            Err::<TokenSet, _>(RefreshError::rate_limited(Some(Duration::from_millis(
+                29_500,
+            ))))
+        });
+        let addr =
+            gateway_in_front_of(answering_ok(), TokenRefreshLayer::builder(limited).build()).await;
+        let (status, headers, body) = get_items(addr).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(headers["retry-after"], "30", "rounded up");
+
+        let revoked =
+            refresh_fn(|_| async { Err::<TokenSet, _>(RefreshError::terminal("revoked")) });
+        let addr =
+            gateway_in_front_of(answering_ok(), TokenRefreshLayer::builder(revoked).build()).await;
+        let (status, headers, body) = get_items(addr).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(!headers.contains_key("retry-after"), "{headers:?}");
+        assert!(body.contains("re-authentication required"), "{body}");
+    })
+    .await;
+}
+
+/// A token that does not come within the refresh timeout is a `504`; an
+/// upstream that cannot be reached at all a `502`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_timing_out_is_a_gateway_timeout_and_a_dead_upstream_a_bad_gateway() {
+    bounded(async {
+        let hung = refresh_fn(|_| std::future::pending::<Result<TokenSet, RefreshError>>());
+        let layer = TokenRefreshLayer::builder(hung)
+            .refresh_timeout(Duration::from_millis(200))
+            .build();
+        let addr = gateway_in_front_of(answering_ok(), layer).await;
+        let (status, _, body) = get_items(addr).await;
+        assert_eq!(status, 504, "{body}");
+
+        // A port nothing listens on any more.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = closed.local_addr().unwrap();
+        drop(closed);
+        let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
+        let layer = TokenRefreshLayer::builder(source)
+            .initial_tokens(TokenSet::new("upstream-token"))
+            .build();
+        let addr = gateway::serve(gateway::router(
+            format!("http://{gone}").parse().unwrap(),
+            layer,
+        ))
+        .await;
+        let (status, _, body) = get_items(addr).await;
+        assert_eq!(status, 502, "{body}");
+        assert!(!body.contains("upstream-token"), "{body}");
     })
     .await;
 }
