@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tower_token_refresh::store::{Lease, Record, RedisStore, StoreError, TokenStore};
+use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 
 use support::bounded;
 use support::redis::RedisServer;
@@ -598,6 +599,84 @@ async fn release_by_the_owner_frees_the_lease() {
             .unwrap();
         assert!(!exists);
         assert!(take_lease(&other, Duration::from_secs(10)).await.is_some());
+    })
+    .await;
+}
+
+/// Found in review: a lease key that never lapses (a string set by hand,
+/// a key made persistent, a key of another kind) answered "held" to every
+/// `SET … NX`, and every refresh in the fleet waited out the lease's time
+/// to live and failed. It is reported unavailable instead, without its
+/// content; a key of another kind that does lapse is a holder like any.
+#[tokio::test]
+async fn a_lease_key_that_never_lapses_is_unavailable_not_held() {
+    with_redis(async |server| {
+        let store = open(server, "app");
+        let mut con = raw(server).await;
+        let _: () = redis::cmd("SET")
+            .arg("app:lease")
+            .arg("set-by-hand")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let error = store.try_lease(Duration::from_secs(10)).await.unwrap_err();
+        assert!(!error.is_corrupt(), "{error}");
+        let said = everything_said(&error);
+        assert!(
+            said.contains("app:lease") && said.contains("never lapses"),
+            "{said}"
+        );
+        assert!(!said.contains("set-by-hand"), "{said}");
+
+        let _: () = redis::cmd("DEL")
+            .arg("app:lease")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg("app:lease")
+            .arg("field")
+            .arg("value")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(store.try_lease(Duration::from_secs(10)).await.is_err());
+        let _: () = redis::cmd("PEXPIRE")
+            .arg("app:lease")
+            .arg(60_000)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(take_lease(&store, Duration::from_secs(10)).await, None);
+    })
+    .await;
+}
+
+/// The same key met by a layer: it refreshes without the store's lease at
+/// once, and offers what it got to the store, which still works.
+#[tokio::test]
+async fn a_layer_refreshes_around_a_lease_key_that_never_lapses() {
+    with_redis(async |server| {
+        let _: () = redis::cmd("SET")
+            .arg("app:lease")
+            .arg("set-by-hand")
+            .query_async(&mut raw(server).await)
+            .await
+            .unwrap();
+        let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("fresh")) });
+        let layer = TokenRefreshLayer::builder(source)
+            .store(open(server, "app"))
+            .build();
+        let refreshed = tokio::time::timeout(PROMPT, layer.handle().force_refresh()).await;
+        refreshed.expect("not waiting on the lease").unwrap();
+
+        let reader = open(server, "app");
+        let started = Instant::now();
+        while reader.load().await.unwrap().is_none() {
+            assert!(started.elapsed() < PROMPT, "the tokens were never offered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(reader.load().await.unwrap().unwrap().version(), 1);
     })
     .await;
 }

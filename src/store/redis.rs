@@ -56,6 +56,28 @@ return 1
     )
 });
 
+/// `KEYS[1]`: the lease. `ARGV`: the new owner, the time to live in ms.
+/// Answers 1 when the lease was taken, 0 when someone holds it, and -1
+/// when the key exists but never lapses.
+///
+/// Every lease this store writes lapses by itself. A key without a time to
+/// live (set by hand, or made persistent), of whatever kind, would answer
+/// "held" to `SET … NX` forever; told apart in the same script, it is an
+/// error to report rather than a holder to wait for.
+static TAKE_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+if redis.call('PTTL', KEYS[1]) == -1 then
+  return -1
+end
+return 0
+",
+    )
+});
+
 /// `KEYS[1]`: the lease. `ARGV[1]`: the owner giving it back.
 ///
 /// A plain `DEL` could remove a lease that lapsed and was taken by another
@@ -88,8 +110,11 @@ return 0
 /// | `billing-api:events` | pub/sub channel | each version stored, in decimal, published in the same script that stores it |
 ///
 /// A compare-and-swap is one Lua script (check `version`, `HSET`, `PUBLISH`),
-/// and so is giving the lease back (delete it only if it still names this
-/// owner). A lease asked for whose answer never came (lost with its
+/// and so are taking the lease (`SET … NX PX`, and on a held key a check
+/// that it lapses: a lease key that never does, set by hand or made
+/// persistent, is reported [unavailable](StoreError::unavailable), so the
+/// layer refreshes without the store instead of waiting on it) and giving
+/// it back (delete it only if it still names this owner). A lease asked for whose answer never came (lost with its
 /// connection, or past its caller's patience) may have been taken all the
 /// same, so it is given back a timeout later rather than left to lapse; a key of
 /// another type where the record belongs is a [corrupt](StoreError::is_corrupt)
@@ -520,27 +545,29 @@ impl TokenStore for RedisStore {
         let ttl_ms = u64::try_from(ttl.as_millis())
             .unwrap_or(u64::MAX)
             .clamp(1, MAX_LEASE_MS);
-        let mut command = ::redis::cmd("SET");
-        command
-            .arg(&self.shared.lease_key)
-            .arg(&owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms);
+        let mut invocation = TAKE_LEASE.key(&self.shared.lease_key);
+        invocation.arg(&owner).arg(ttl_ms);
         let mut unanswered = Unanswered {
             store: self.clone(),
             owner: Some(owner),
         };
         async move {
-            let answer: Value = self
+            let answer: i64 = self
                 .run(
                     "taking the refresh lease in Redis",
-                    |mut manager| async move { command.query_async(&mut manager).await },
+                    |mut manager| async move { invocation.invoke_async(&mut manager).await },
                 )
                 .await?;
             let owner = unanswered.owner.take().expect("taken once, here");
-            // `SET … NX` answers nil when the key exists, OK when it set it.
-            Ok((!matches!(answer, Value::Nil)).then(|| Lease::new(owner)))
+            match answer {
+                1 => Ok(Some(Lease::new(owner))),
+                -1 => Err(StoreError::unavailable(format!(
+                    "the refresh lease key `{}` exists and never lapses (no time to \
+                     live): this store never writes one; delete the key",
+                    self.shared.lease_key
+                ))),
+                _ => Ok(None),
+            }
         }
     }
 
