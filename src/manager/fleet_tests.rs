@@ -547,6 +547,8 @@ struct FaultyLoads {
     fail_next: Arc<AtomicBool>,
     restarts_empty: Arc<AtomicBool>,
     failing_writes: Arc<AtomicUsize>,
+    /// Writes that go through before `failing_writes` start to fail.
+    writes_passing_first: Arc<AtomicUsize>,
     slow_loads: Arc<AtomicU64>,
     slow_writes: Arc<AtomicU64>,
     slow_leases: Arc<AtomicU64>,
@@ -585,10 +587,11 @@ impl TokenStore for FaultyLoads {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let slow = slowed_by(&self.slow_writes);
         let inner = self.inner.clone();
-        let fail = self
-            .failing_writes
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+        let count_down = |n: &AtomicUsize| {
+            n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        };
+        let fail = !count_down(&self.writes_passing_first) && count_down(&self.failing_writes);
         async move {
             slow.await;
             if fail {
@@ -847,6 +850,26 @@ async fn a_store_emptied_under_the_lease_gets_a_version_past_the_one_read() {
     store_an_expired_siblings_record(&store.inner, Some(1), 5).await;
 
     refresh_while_the_store_is_emptied(&first, &store).await;
+    assert_eq!(idp.stored_live_version(&store.inner).await, 6);
+}
+
+/// The same loss, with the write that replaces the emptied record failing
+/// too: the tokens supersede the version read, not just the one known, and
+/// the offer that follows stores them past it.
+#[tokio::test(start_paused = true)]
+async fn a_store_emptied_under_the_lease_then_failing_gets_a_version_past_the_one_read() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    store_an_expired_siblings_record(&store.inner, Some(1), 5).await;
+    // The write over version 5 finds the store empty; the one replacing
+    // the emptied record fails.
+    store.writes_passing_first.store(1, Ordering::SeqCst);
+    store.failing_writes.store(1, Ordering::SeqCst);
+
+    refresh_while_the_store_is_emptied(&first, &store).await;
+    crate::test_support::settle().await; // the offer runs on its own task
     assert_eq!(idp.stored_live_version(&store.inner).await, 6);
 }
 
