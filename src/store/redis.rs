@@ -110,17 +110,19 @@ return 0
 /// | `billing-api:events` | pub/sub channel | each version stored, in decimal, published in the same script that stores it |
 ///
 /// A compare-and-swap is one Lua script (check `version`, `HSET`, `PUBLISH`),
-/// and so are taking the lease (`SET … NX PX`, and on a held key a check
-/// that it lapses: a lease key that never does, set by hand or made
-/// persistent, is reported [unavailable](StoreError::unavailable), so the
-/// layer refreshes without the store instead of waiting on it) and giving
-/// it back (delete it only if it still names this owner). A lease asked for whose answer never came (lost with its
-/// connection, or past its caller's patience) may have been taken all the
-/// same, so it is given back a timeout later rather than left to lapse; a key of
-/// another type where the record belongs is a [corrupt](StoreError::is_corrupt)
-/// record. The payload is the layer's encoding of the tokens: wrap the store
-/// in [`Encrypted`](crate::store::Encrypted) so that Redis, its replicas and
-/// its dumps hold only sealed bytes.
+/// and so are taking the lease (`SET … NX PX`, and on a held key a check that
+/// it lapses: a lease key that never does, set by hand or made persistent, is
+/// reported [unavailable](StoreError::unavailable), so the layer refreshes
+/// without the store instead of waiting on it) and giving it back (delete it
+/// only if it still names this owner). A lease asked for whose answer never
+/// came (lost with its connection, or past its caller's patience) may have been
+/// taken all the same, so it is given back a timeout later (and again until
+/// that lands, or the lease would have lapsed) rather than left to lapse; a key
+/// of another type where the record belongs is a
+/// [corrupt](StoreError::is_corrupt) record. The payload is the layer's
+/// encoding of the tokens: wrap the store in
+/// [`Encrypted`](crate::store::Encrypted) so that Redis, its replicas and its
+/// dumps hold only sealed bytes.
 ///
 /// # Connections
 ///
@@ -406,12 +408,14 @@ fn is_wrong_type(error: &RedisError) -> bool {
 /// its reply lost, or come after its caller stopped waiting: then the lease
 /// is in Redis with no one knowing they hold it, and every process would
 /// wait out its time to live. Dropped unanswered, it releases the lease on
-/// a task of its own, one timeout later, as far as that gets; the release
-/// deletes only a lease this owner holds, so it is harmless if the `SET`
-/// never ran.
+/// a task of its own, one timeout later, and again after each failure
+/// (Redis may be out of reach for longer) until the lease would have lapsed
+/// anyway; the release deletes only a lease this owner holds, so it is
+/// harmless if the `SET` never ran.
 struct Unanswered {
     store: RedisStore,
     owner: Option<String>,
+    ttl: Duration,
 }
 
 impl Drop for Unanswered {
@@ -421,13 +425,21 @@ impl Drop for Unanswered {
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = self.store.clone();
+            let ttl = self.ttl;
             runtime.spawn(async move {
-                // After a timeout: a `SET` still on its way over the old
-                // connection lands first (or is lost with it), and the
-                // release goes over a fresh connection.
-                tokio::time::sleep(store.timeout).await;
-                if let Err(error) = store.release(Lease::new(owner)).await {
-                    tracing::debug!(error = %error, "releasing an unanswered lease failed");
+                let lapsed = tokio::time::Instant::now() + ttl;
+                loop {
+                    // After a timeout: a `SET` still on its way over the old
+                    // connection lands first (or is lost with it), and the
+                    // release goes over a fresh connection.
+                    tokio::time::sleep(store.timeout).await;
+                    let Err(error) = store.release(Lease::new(owner.clone())).await else {
+                        return;
+                    };
+                    if tokio::time::Instant::now() >= lapsed {
+                        tracing::debug!(error = %error, "releasing an unanswered lease failed");
+                        return;
+                    }
                 }
             });
         }
@@ -550,6 +562,7 @@ impl TokenStore for RedisStore {
         let mut unanswered = Unanswered {
             store: self.clone(),
             owner: Some(owner),
+            ttl: Duration::from_millis(ttl_ms),
         };
         async move {
             let answer: i64 = self
