@@ -27,7 +27,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tower_token_refresh::store::{Lease, Record, RedisStore, StoreError, TokenStore};
-use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 
 use support::bounded;
 use support::redis::RedisServer;
@@ -606,10 +605,10 @@ async fn release_by_the_owner_frees_the_lease() {
 /// Found in review: a lease key that never lapses (a string set by hand,
 /// a key made persistent, a key of another kind) answered "held" to every
 /// `SET … NX`, and every refresh in the fleet waited out the lease's time
-/// to live and failed. It is reported unavailable instead, without its
-/// content; a key of another kind that does lapse is a holder like any.
+/// to live and failed, for as long as the key stayed. Such a key is given
+/// the lease's time to live: held once, then free.
 #[tokio::test]
-async fn a_lease_key_that_never_lapses_is_unavailable_not_held() {
+async fn a_lease_key_that_never_lapses_lapses_like_a_lease() {
     with_redis(async |server| {
         let store = open(server, "app");
         let mut con = raw(server).await;
@@ -619,20 +618,9 @@ async fn a_lease_key_that_never_lapses_is_unavailable_not_held() {
             .query_async(&mut con)
             .await
             .unwrap();
-        let error = store.try_lease(Duration::from_secs(10)).await.unwrap_err();
-        assert!(!error.is_corrupt(), "{error}");
-        let said = everything_said(&error);
-        assert!(
-            said.contains("app:lease") && said.contains("never lapses"),
-            "{said}"
-        );
-        assert!(!said.contains("set-by-hand"), "{said}");
+        assert_eq!(take_lease(&store, Duration::from_millis(300)).await, None);
+        taken_once_lapsed(&store, server).await;
 
-        let _: () = redis::cmd("DEL")
-            .arg("app:lease")
-            .query_async(&mut con)
-            .await
-            .unwrap();
         let _: () = redis::cmd("HSET")
             .arg("app:lease")
             .arg("field")
@@ -640,45 +628,30 @@ async fn a_lease_key_that_never_lapses_is_unavailable_not_held() {
             .query_async(&mut con)
             .await
             .unwrap();
-        assert!(store.try_lease(Duration::from_secs(10)).await.is_err());
-        let _: () = redis::cmd("PEXPIRE")
-            .arg("app:lease")
-            .arg(60_000)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        assert_eq!(take_lease(&store, Duration::from_secs(10)).await, None);
+        assert_eq!(take_lease(&store, Duration::from_millis(300)).await, None);
+        taken_once_lapsed(&store, server).await;
     })
     .await;
 }
 
-/// The same key met by a layer: it refreshes without the store's lease at
-/// once, and offers what it got to the store, which still works.
-#[tokio::test]
-async fn a_layer_refreshes_around_a_lease_key_that_never_lapses() {
-    with_redis(async |server| {
-        let _: () = redis::cmd("SET")
-            .arg("app:lease")
-            .arg("set-by-hand")
-            .query_async(&mut raw(server).await)
-            .await
-            .unwrap();
-        let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("fresh")) });
-        let layer = TokenRefreshLayer::builder(source)
-            .store(open(server, "app"))
-            .build();
-        let refreshed = tokio::time::timeout(PROMPT, layer.handle().force_refresh()).await;
-        refreshed.expect("not waiting on the lease").unwrap();
-
-        let reader = open(server, "app");
-        let started = Instant::now();
-        while reader.load().await.unwrap().is_none() {
-            assert!(started.elapsed() < PROMPT, "the tokens were never offered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+/// Checks that the lease key now lapses within the 300 ms asked for, and
+/// that the lease can be taken then; gives it back.
+async fn taken_once_lapsed(store: &RedisStore, server: &RedisServer) {
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("app:lease")
+        .query_async(&mut raw(server).await)
+        .await
+        .unwrap();
+    assert!((1..=300).contains(&ttl), "lapses in {ttl} ms");
+    let started = Instant::now();
+    let lease = loop {
+        if let Some(lease) = take_lease(store, Duration::from_secs(10)).await {
+            break lease;
         }
-        assert_eq!(reader.load().await.unwrap().unwrap().version(), 1);
-    })
-    .await;
+        assert!(started.elapsed() < PROMPT, "the key never lapsed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    store.release(lease).await.unwrap();
 }
 
 #[tokio::test]
@@ -1015,11 +988,13 @@ async fn every_call_fails_within_the_timeout_while_redis_is_frozen() {
 #[tokio::test]
 async fn a_lease_whose_answer_was_lost_is_released() {
     with_redis(async |server| {
-        let (relay, store) = behind_a_relay(server, Duration::from_millis(300)).await;
+        let (relay, store) = behind_a_relay(server, Duration::from_secs(1)).await;
         load_the_lease_script(&store).await;
         relay.lose_replies_on_open_connections();
         let error = store.try_lease(Duration::from_secs(60)).await;
         assert!(!error.unwrap_err().is_corrupt());
+        // Taken, its answer lost (given back a timeout from now).
+        assert!(lease_owner(server, "app").await.is_some());
 
         let direct = open(server, "app");
         let started = Instant::now();

@@ -58,12 +58,17 @@ return 1
 
 /// `KEYS[1]`: the lease. `ARGV`: the new owner, the time to live in ms.
 /// Answers 1 when the lease was taken, 0 when someone holds it, and -1
-/// when the key exists but never lapses.
+/// when the key existed but never lapsed: it lapses now.
 ///
 /// Every lease this store writes lapses by itself. A key without a time to
 /// live (set by hand, or made persistent), of whatever kind, would answer
-/// "held" to `SET … NX` forever; told apart in the same script, it is an
-/// error to report rather than a holder to wait for.
+/// "held" to `SET … NX` forever, and every refresh in the fleet would wait
+/// for it and fail. Reported as a store failure instead, it would switch
+/// the fleet's coordination off for good: each process would refresh on
+/// its own, from the same refresh token. Given a lease's time to live, it
+/// is a holder like any other, waited for once. (The write comes after a
+/// read of the clock: fine with script effects replication, the default
+/// since Redis 5, and on Redis 4, where `PTTL` is not a random command.)
 static TAKE_LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -71,6 +76,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
 end
 if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return -1
 end
 return 0
@@ -112,9 +118,9 @@ return 0
 /// A compare-and-swap is one Lua script (check `version`, `HSET`, `PUBLISH`),
 /// and so are taking the lease (`SET … NX PX`, and on a held key a check that
 /// it lapses: a lease key that never does, set by hand or made persistent, is
-/// reported [unavailable](StoreError::unavailable), so the layer refreshes
-/// without the store instead of waiting on it) and giving it back (delete it
-/// only if it still names this owner). A lease asked for whose answer never
+/// given the lease's time to live, with a warning, so that it keeps the fleet
+/// waiting once rather than for ever) and giving it back (delete it only if
+/// it still names this owner). A lease asked for whose answer never
 /// came (lost with its connection, or past its caller's patience) may have been
 /// taken all the same, so it is given back a timeout later (and again until
 /// that lands, or the lease would have lapsed) rather than left to lapse; a key
@@ -436,7 +442,8 @@ impl Drop for Unanswered {
                     let Err(error) = store.release(Lease::new(owner.clone())).await else {
                         return;
                     };
-                    if tokio::time::Instant::now() >= lapsed {
+                    // A key of another kind will not turn into a lease.
+                    if error.is_corrupt() || tokio::time::Instant::now() >= lapsed {
                         tracing::debug!(error = %error, "releasing an unanswered lease failed");
                         return;
                     }
@@ -572,15 +579,14 @@ impl TokenStore for RedisStore {
                 )
                 .await?;
             let owner = unanswered.owner.take().expect("taken once, here");
-            match answer {
-                1 => Ok(Some(Lease::new(owner))),
-                -1 => Err(StoreError::unavailable(format!(
-                    "the refresh lease key `{}` exists and never lapses (no time to \
-                     live): this store never writes one; delete the key",
-                    self.shared.lease_key
-                ))),
-                _ => Ok(None),
+            if answer == -1 {
+                tracing::warn!(
+                    key = %self.shared.lease_key,
+                    "the refresh lease key had no time to live, so no process could take the lease; \
+                     it now lapses like a lease (something other than this store wrote or changed it)"
+                );
             }
+            Ok((answer == 1).then(|| Lease::new(owner)))
         }
     }
 
