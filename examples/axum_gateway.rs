@@ -21,12 +21,13 @@
 pub mod support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{
     HeaderMap, HeaderName, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, RETRY_AFTER, TE, TRANSFER_ENCODING, UPGRADE,
+    PROXY_AUTHORIZATION, RETRY_AFTER, TE, TRANSFER_ENCODING, UPGRADE, WWW_AUTHENTICATE,
 };
 use axum::http::uri::{PathAndQuery, Uri};
 use axum::http::{HeaderValue, StatusCode, Version};
@@ -92,20 +93,31 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
         .oneshot(Request::from_parts(parts, body))
         .await
     {
-        // The layer already refreshed and retried once: a rejection that
-        // comes out of it refuses the gateway's credentials, not the
-        // caller's, who sent none the upstream saw. A `401` with the
-        // upstream's challenge would ask the caller to authenticate.
-        Ok(response) if response.status() == StatusCode::UNAUTHORIZED => (
-            StatusCode::BAD_GATEWAY,
-            "upstream: the gateway's credentials were refused",
-        )
-            .into_response(),
+        // A rejection that comes out of the layer (after its refresh and
+        // retry, where it could make them) refuses the gateway's
+        // credentials, not the caller's, who sent none the upstream saw: a
+        // `401` with the upstream's challenge would ask the caller to
+        // authenticate. So would a `407` for the gateway's own proxy.
+        Ok(response)
+            if matches!(
+                response.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::PROXY_AUTHENTICATION_REQUIRED
+            ) =>
+        {
+            (
+                StatusCode::BAD_GATEWAY,
+                "upstream: the gateway's credentials were refused",
+            )
+                .into_response()
+        }
         Ok(mut response) => {
             // Likewise, the upstream connection's own headers go no
-            // further than the gateway.
+            // further than the gateway, nor do challenges about the
+            // gateway's credentials (a `403` for a missing scope, say).
             remove_hop_by_hop(response.headers_mut());
-            response.headers_mut().remove(PROXY_AUTHENTICATE);
+            for name in [PROXY_AUTHENTICATE, WWW_AUTHENTICATE] {
+                response.headers_mut().remove(name);
+            }
             response.map(Body::new).into_response()
         }
         Err(error) => upstream_failed(&*error),
@@ -114,24 +126,30 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
 
 /// The gateway's answer when no upstream response came back. The layer's
 /// typed error says why, and never holds the token: a token that did not
-/// come in time is a `504`; a refresh that failed is a `503` (the
-/// gateway's own credentials are the trouble), with the identity server's
-/// `Retry-After` where it gave one; anything else, such as an unreachable
+/// come in time is a `504`; a refresh that failed for now is a `503`, with
+/// the identity server's `Retry-After` where it gave one; credentials that
+/// need someone to sign in again are a `502`, as a rejection is; a request
+/// the layer refused to send in the clear is the gateway's own
+/// misconfiguration, a `500`; anything else, such as an unreachable
 /// upstream, is a `502`.
 fn upstream_failed(error: &(dyn std::error::Error + 'static)) -> Response {
+    /// The longest wait the layer itself keeps to (it caps what identity
+    /// servers ask for at an hour).
+    const LONGEST_WAIT: Duration = Duration::from_secs(3600);
     let typed = error.downcast_ref::<Error>();
     let status = match typed {
         Some(typed) if typed.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
-        Some(typed) if typed.is_refresh_failed() || typed.is_reauth_required() => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Some(typed) if typed.is_reauth_required() => StatusCode::BAD_GATEWAY,
+        Some(typed) if typed.is_refresh_failed() => StatusCode::SERVICE_UNAVAILABLE,
+        Some(typed) if typed.is_insecure_transport() => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_GATEWAY,
     };
     let mut response = (status, format!("upstream: {error}")).into_response();
     let wait = typed
+        .filter(|typed| typed.is_refresh_failed())
         .and_then(Error::refresh_error)
         .and_then(RefreshError::retry_after);
-    if let Some(wait) = wait {
+    if let Some(wait) = wait.map(|wait| wait.min(LONGEST_WAIT)) {
         // Whole seconds, rounded up: a caller coming back early would
         // only meet the same limit.
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

@@ -268,27 +268,30 @@ async fn an_upstream_refusing_the_refreshed_token_is_a_bad_gateway_not_a_challen
 }
 
 /// A refresh the identity server rate limited is a `503` carrying its
-/// `Retry-After`; one it refused for good a `503` without one.
+/// `Retry-After` (no more than the hour the layer keeps to); credentials
+/// refused for good are the gateway's trouble, a `502` without one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_refresh_is_service_unavailable_with_the_identity_servers_wait() {
     bounded(async {
-        let limited = refresh_fn(|_| async {
-            Err::<TokenSet, _>(RefreshError::rate_limited(Some(Duration::from_millis(
-                29_500,
-            ))))
-        });
-        let addr =
-            gateway_in_front_of(answering_ok(), TokenRefreshLayer::builder(limited).build()).await;
-        let (status, headers, body) = get_items(addr).await;
-        assert_eq!(status, 503, "{body}");
-        assert_eq!(headers["retry-after"], "30", "rounded up");
+        for (asked, advertised) in [(29_500, "30"), (7_200_000, "3600")] {
+            let limited = refresh_fn(move |_| async move {
+                Err::<TokenSet, _>(RefreshError::rate_limited(Some(Duration::from_millis(
+                    asked,
+                ))))
+            });
+            let layer = TokenRefreshLayer::builder(limited).build();
+            let addr = gateway_in_front_of(answering_ok(), layer).await;
+            let (status, headers, body) = get_items(addr).await;
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(headers["retry-after"], advertised, "for {asked} ms");
+        }
 
         let revoked =
             refresh_fn(|_| async { Err::<TokenSet, _>(RefreshError::terminal("revoked")) });
-        let addr =
-            gateway_in_front_of(answering_ok(), TokenRefreshLayer::builder(revoked).build()).await;
+        let layer = TokenRefreshLayer::builder(revoked).build();
+        let addr = gateway_in_front_of(answering_ok(), layer).await;
         let (status, headers, body) = get_items(addr).await;
-        assert_eq!(status, 503, "{body}");
+        assert_eq!(status, 502, "{body}");
         assert!(!headers.contains_key("retry-after"), "{headers:?}");
         assert!(body.contains("re-authentication required"), "{body}");
     })
@@ -296,7 +299,7 @@ async fn a_failing_refresh_is_service_unavailable_with_the_identity_servers_wait
 }
 
 /// A token that does not come within the refresh timeout is a `504`; an
-/// upstream that cannot be reached at all a `502`.
+/// upstream that closes every connection unanswered a `502`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_timing_out_is_a_gateway_timeout_and_a_dead_upstream_a_bad_gateway() {
     bounded(async {
@@ -308,22 +311,49 @@ async fn a_refresh_timing_out_is_a_gateway_timeout_and_a_dead_upstream_a_bad_gat
         let (status, _, body) = get_items(addr).await;
         assert_eq!(status, 504, "{body}");
 
-        // A port nothing listens on any more.
-        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let gone = closed.local_addr().unwrap();
-        drop(closed);
+        let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = closing.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((connection, _)) = closing.accept().await {
+                drop(connection);
+            }
+        });
         let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
         let layer = TokenRefreshLayer::builder(source)
             .initial_tokens(TokenSet::new("upstream-token"))
             .build();
-        let addr = gateway::serve(gateway::router(
-            format!("http://{gone}").parse().unwrap(),
-            layer,
-        ))
-        .await;
+        let upstream = format!("http://{dead}").parse().unwrap();
+        let addr = gateway::serve(gateway::router(upstream, layer)).await;
         let (status, _, body) = get_items(addr).await;
         assert_eq!(status, 502, "{body}");
         assert!(!body.contains("upstream-token"), "{body}");
+    })
+    .await;
+}
+
+/// A challenge about the gateway's credentials stays at the gateway on
+/// any status: a `403` asking for another scope goes on without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_challenge_on_a_forbidden_answer_stays_at_the_gateway() {
+    bounded(async {
+        let upstream = axum::Router::new().fallback(|| async {
+            (
+                hyper::StatusCode::FORBIDDEN,
+                [("www-authenticate", r#"Bearer error="insufficient_scope""#)],
+                "forbidden",
+            )
+        });
+        let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
+        let layer = TokenRefreshLayer::builder(source)
+            .initial_tokens(TokenSet::new("upstream-token"))
+            .build();
+        let addr = gateway_in_front_of(upstream, layer).await;
+        let (status, headers, body) = get_items(addr).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (hyper::StatusCode::FORBIDDEN, "forbidden")
+        );
+        assert!(!headers.contains_key("www-authenticate"), "{headers:?}");
     })
     .await;
 }
