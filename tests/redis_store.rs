@@ -65,6 +65,24 @@ async fn lease_owner(server: &RedisServer, prefix: &str) -> Option<String> {
         .unwrap()
 }
 
+/// Runs `name` with `args` on a raw connection: keys written by hand.
+async fn command(con: &mut MultiplexedConnection, name: &str, args: &[&str]) {
+    let _: () = redis::cmd(name).arg(args).query_async(con).await.unwrap();
+}
+
+/// The lease for `ttl`, asked for every few milliseconds until it is
+/// free; `failure` if not within `bound`.
+async fn lease_within(store: &RedisStore, ttl: Duration, bound: Duration, failure: &str) -> Lease {
+    let started = Instant::now();
+    loop {
+        if let Some(lease) = take_lease(store, ttl).await {
+            return lease;
+        }
+        assert!(started.elapsed() < bound, "{failure}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Runs `test` against a fresh server, bounded; skips (loudly, unless
 /// under CI) without `redis-server`.
 async fn with_redis(test: impl AsyncFnOnce(&mut RedisServer)) {
@@ -419,15 +437,12 @@ async fn a_record_that_is_not_in_the_documented_form_is_corrupt() {
     with_redis(async |server| {
         let store = open(server, "app");
         let mut con = raw(server).await;
-        let _: () = redis::cmd("HSET")
-            .arg("app:tokens")
-            .arg("version")
-            .arg("nine")
-            .arg("payload")
-            .arg("secret-payload")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        command(
+            &mut con,
+            "HSET",
+            &["app:tokens", "version", "nine", "payload", "secret-payload"],
+        )
+        .await;
         let error = store.load().await.unwrap_err();
         assert!(error.is_corrupt(), "{error}");
         assert!(!everything_said(&error).contains("secret-payload"));
@@ -435,23 +450,12 @@ async fn a_record_that_is_not_in_the_documented_form_is_corrupt() {
         // A number the swap script would never match (it compares the
         // plain form): reported, not read as 5 (found in review).
         for version in ["05", "+5", " 5"] {
-            let _: () = redis::cmd("HSET")
-                .arg("app:tokens")
-                .arg("version")
-                .arg(version)
-                .query_async(&mut con)
-                .await
-                .unwrap();
+            command(&mut con, "HSET", &["app:tokens", "version", version]).await;
             let error = store.load().await.unwrap_err();
             assert!(error.is_corrupt(), "{version:?}: {error}");
         }
 
-        let _: () = redis::cmd("HDEL")
-            .arg("app:tokens")
-            .arg("version")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        command(&mut con, "HDEL", &["app:tokens", "version"]).await;
         let error = store.load().await.unwrap_err();
         assert!(error.is_corrupt(), "{error}");
         assert!(!everything_said(&error).contains("secret-payload"));
@@ -467,12 +471,7 @@ async fn a_tokens_key_of_another_kind_is_corrupt_not_unavailable() {
     with_redis(async |server| {
         let store = open(server, "app");
         let mut con = raw(server).await;
-        let _: () = redis::cmd("SET")
-            .arg("app:tokens")
-            .arg("secret-string")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        command(&mut con, "SET", &["app:tokens", "secret-string"]).await;
         let error = store.load().await.unwrap_err();
         assert!(error.is_corrupt(), "{error}");
         assert!(!everything_said(&error).contains("secret-string"));
@@ -553,14 +552,13 @@ async fn lease_lapses_after_its_ttl() {
 
         // Redis frees it at most `ttl` from now; the bound only catches a
         // lease that never lapses.
-        let started = Instant::now();
-        let current = loop {
-            if let Some(lease) = take_lease(&next, Duration::from_secs(60)).await {
-                break lease;
-            }
-            assert!(started.elapsed() < ttl + PROMPT, "the lease never lapsed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let current = lease_within(
+            &next,
+            Duration::from_secs(60),
+            ttl + PROMPT,
+            "the lease never lapsed",
+        )
+        .await;
         // The lapsed lease is the next holder's now, and with a minute left
         // it keeps the other process out in turn.
         let owner = lease_owner(server, "app").await;
@@ -612,22 +610,11 @@ async fn a_lease_key_that_never_lapses_lapses_like_a_lease() {
     with_redis(async |server| {
         let store = open(server, "app");
         let mut con = raw(server).await;
-        let _: () = redis::cmd("SET")
-            .arg("app:lease")
-            .arg("set-by-hand")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        command(&mut con, "SET", &["app:lease", "set-by-hand"]).await;
         assert_eq!(take_lease(&store, Duration::from_millis(300)).await, None);
         taken_once_lapsed(&store, server).await;
 
-        let _: () = redis::cmd("HSET")
-            .arg("app:lease")
-            .arg("field")
-            .arg("value")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        command(&mut con, "HSET", &["app:lease", "field", "value"]).await;
         assert_eq!(take_lease(&store, Duration::from_millis(300)).await, None);
         taken_once_lapsed(&store, server).await;
     })
@@ -643,14 +630,13 @@ async fn taken_once_lapsed(store: &RedisStore, server: &RedisServer) {
         .await
         .unwrap();
     assert!((1..=300).contains(&ttl), "lapses in {ttl} ms");
-    let started = Instant::now();
-    let lease = loop {
-        if let Some(lease) = take_lease(store, Duration::from_secs(10)).await {
-            break lease;
-        }
-        assert!(started.elapsed() < PROMPT, "the key never lapsed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let lease = lease_within(
+        store,
+        Duration::from_secs(10),
+        PROMPT,
+        "the key never lapsed",
+    )
+    .await;
     store.release(lease).await.unwrap();
 }
 
@@ -660,14 +646,13 @@ async fn releasing_a_lapsed_lease_leaves_the_next_holders_lease() {
         let slow = open(server, "app");
         let next = open(server, "app");
         let stale = take_lease(&slow, Duration::from_millis(100)).await.unwrap();
-        let started = Instant::now();
-        let current = loop {
-            if let Some(lease) = take_lease(&next, Duration::from_secs(10)).await {
-                break lease;
-            }
-            assert!(started.elapsed() < PROMPT, "the lease never lapsed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let current = lease_within(
+            &next,
+            Duration::from_secs(10),
+            PROMPT,
+            "the lease never lapsed",
+        )
+        .await;
         // The slow holder finishes late and gives back what it thinks it holds.
         slow.release(stale).await.unwrap();
         assert_eq!(take_lease(&slow, Duration::from_secs(10)).await, None);
@@ -997,14 +982,13 @@ async fn a_lease_whose_answer_was_lost_is_released() {
         assert!(lease_owner(server, "app").await.is_some());
 
         let direct = open(server, "app");
-        let started = Instant::now();
-        while take_lease(&direct, Duration::from_secs(60)).await.is_none() {
-            assert!(
-                started.elapsed() < PROMPT,
-                "the lost lease was never released"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        lease_within(
+            &direct,
+            Duration::from_secs(60),
+            PROMPT,
+            "the lost lease was never released",
+        )
+        .await;
     })
     .await;
 }
@@ -1039,14 +1023,13 @@ async fn a_lease_whose_answer_was_lost_is_released_once_redis_is_back() {
         );
         relay.refuse_new_connections(false);
 
-        let started = Instant::now();
-        while take_lease(&direct, Duration::from_secs(60)).await.is_none() {
-            assert!(
-                started.elapsed() < PROMPT,
-                "the lost lease was never released"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        lease_within(
+            &direct,
+            Duration::from_secs(60),
+            PROMPT,
+            "the lost lease was never released",
+        )
+        .await;
     })
     .await;
 }
