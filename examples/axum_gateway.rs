@@ -21,7 +21,6 @@
 pub mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -37,7 +36,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_token_refresh::{Error, RefreshError, ReplayBody, TokenRefresh, TokenRefreshLayer};
+use tower_token_refresh::{Error, ReplayBody, TokenRefresh, TokenRefreshLayer, TokenStatus};
 
 /// The layered client the gateway forwards with.
 pub type Upstream = TokenRefresh<Client<HttpConnector, ReplayBody<Body>>>;
@@ -88,6 +87,7 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
     for name in [HOST, PROXY_AUTHORIZATION, AUTHORIZATION] {
         parts.headers.remove(name);
     }
+    let handle = gateway.client.handle();
     match gateway
         .client
         .oneshot(Request::from_parts(parts, body))
@@ -120,38 +120,34 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
             }
             response.map(Body::new).into_response()
         }
-        Err(error) => upstream_failed(&*error),
+        Err(error) => upstream_failed(&*error, &handle.status()),
     }
 }
 
 /// The gateway's answer when no upstream response came back. The layer's
 /// typed error says why, and never holds the token: a token that did not
 /// come in time is a `504`; a refresh that failed for now is a `503`, with
-/// the identity server's `Retry-After` where it gave one; credentials that
-/// need someone to sign in again are a `502`, as a rejection is; a request
-/// the layer refused to send in the clear is the gateway's own
-/// misconfiguration, a `500`; anything else, such as an unreachable
-/// upstream, is a `502`.
-fn upstream_failed(error: &(dyn std::error::Error + 'static)) -> Response {
-    /// The longest wait the layer itself keeps to (it caps what identity
-    /// servers ask for at an hour).
-    const LONGEST_WAIT: Duration = Duration::from_secs(3600);
+/// a `Retry-After` of what is left of the layer's backoff (or of the wait a
+/// rate limit asked for); credentials that need someone to sign in again
+/// are a `502`, as a rejection is; a request the layer refused to send in
+/// the clear is the gateway's own misconfiguration, a `500`; anything
+/// else, such as an unreachable upstream, is a `502`.
+fn upstream_failed(error: &(dyn std::error::Error + 'static), status: &TokenStatus) -> Response {
     let typed = error.downcast_ref::<Error>();
-    let status = match typed {
+    let code = match typed {
         Some(typed) if typed.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
         Some(typed) if typed.is_reauth_required() => StatusCode::BAD_GATEWAY,
         Some(typed) if typed.is_refresh_failed() => StatusCode::SERVICE_UNAVAILABLE,
         Some(typed) if typed.is_insecure_transport() => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_GATEWAY,
     };
-    let mut response = (status, format!("upstream: {error}")).into_response();
-    let wait = typed
-        .filter(|typed| typed.is_refresh_failed())
-        .and_then(Error::refresh_error)
-        .and_then(RefreshError::retry_after);
-    if let Some(wait) = wait.map(|wait| wait.min(LONGEST_WAIT)) {
+    let mut response = (code, format!("upstream: {error}")).into_response();
+    let wait = status
+        .refreshes_resume_in()
+        .filter(|_| code == StatusCode::SERVICE_UNAVAILABLE);
+    if let Some(wait) = wait {
         // Whole seconds, rounded up: a caller coming back early would
-        // only meet the same limit.
+        // only meet the same wait.
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         response
             .headers_mut()

@@ -259,6 +259,7 @@ pub struct TokenStatus {
     pub(crate) expires_in: Option<Duration>,
     pub(crate) refreshing: bool,
     pub(crate) last_error: Option<Arc<RefreshError>>,
+    pub(crate) refreshes_resume_in: Option<Duration>,
 }
 
 impl TokenStatus {
@@ -410,6 +411,36 @@ impl TokenStatus {
     pub fn last_error(&self) -> Option<&RefreshError> {
         self.last_error.as_deref()
     }
+
+    /// How long the last failure still holds refreshes off: its backoff,
+    /// or the wait a rate limit asked for (at most an hour). A request
+    /// that needs a new token before then fails at once, so this is what a
+    /// server in front of the layer can advertise in `Retry-After`. `None`
+    /// when nothing holds refreshes off, and after a terminal failure, which
+    /// holds them off until new tokens are set (see
+    /// [`is_reauth_required`](Self::is_reauth_required)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let source = refresh_fn(|_| async {
+    ///     Err::<TokenSet, _>(RefreshError::rate_limited(Some(Duration::from_secs(30))))
+    /// });
+    /// let handle = TokenRefreshLayer::builder(source).build().handle();
+    /// assert_eq!(handle.status().refreshes_resume_in(), None);
+    /// assert!(handle.force_refresh().await.is_err());
+    /// assert_eq!(handle.status().refreshes_resume_in(), Some(Duration::from_secs(30)));
+    /// tokio::time::advance(Duration::from_secs(12)).await;
+    /// assert_eq!(handle.status().refreshes_resume_in(), Some(Duration::from_secs(18)));
+    /// tokio::time::advance(Duration::from_secs(18)).await;
+    /// assert_eq!(handle.status().refreshes_resume_in(), None, "over");
+    /// # }
+    /// ```
+    pub fn refreshes_resume_in(&self) -> Option<Duration> {
+        self.refreshes_resume_in
+    }
 }
 
 impl fmt::Debug for TokenStatus {
@@ -421,6 +452,7 @@ impl fmt::Debug for TokenStatus {
             .field("expires_in", &self.expires_in)
             .field("refreshing", &self.refreshing)
             .field("last_error", &self.last_error)
+            .field("refreshes_resume_in", &self.refreshes_resume_in)
             .finish()
     }
 }

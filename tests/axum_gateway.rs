@@ -18,7 +18,7 @@ use hyper::header::AUTHORIZATION;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+use tower_token_refresh::{refresh_fn, Backoff, RefreshError, TokenRefreshLayer, TokenSet};
 
 use gateway::support::bounded;
 use gateway::support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
@@ -268,8 +268,9 @@ async fn an_upstream_refusing_the_refreshed_token_is_a_bad_gateway_not_a_challen
 }
 
 /// A refresh the identity server rate limited is a `503` carrying its
-/// `Retry-After` (no more than the hour the layer keeps to); credentials
-/// refused for good are the gateway's trouble, a `502` without one.
+/// `Retry-After` (no more than the hour the layer keeps to), one failing
+/// for now a `503` with the backoff left; credentials refused for good are
+/// the gateway's trouble, a `502` without a wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_refresh_is_service_unavailable_with_the_identity_servers_wait() {
     bounded(async {
@@ -285,6 +286,23 @@ async fn a_failing_refresh_is_service_unavailable_with_the_identity_servers_wait
             assert_eq!(status, 503, "{body}");
             assert_eq!(headers["retry-after"], advertised, "for {asked} ms");
         }
+
+        // An identity server failing for now: what is left of the backoff.
+        let down = refresh_fn(|_| async { Err::<TokenSet, _>(RefreshError::transient("down")) });
+        let layer = TokenRefreshLayer::builder(down)
+            .backoff(Backoff::new(
+                Duration::from_secs(8),
+                Duration::from_secs(60),
+            ))
+            .build();
+        let addr = gateway_in_front_of(answering_ok(), layer).await;
+        let (status, headers, body) = get_items(addr).await;
+        assert_eq!(status, 503, "{body}");
+        let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(
+            (4..=8).contains(&wait),
+            "half the first wait or more: {wait}"
+        );
 
         let revoked =
             refresh_fn(|_| async { Err::<TokenSet, _>(RefreshError::terminal("revoked")) });

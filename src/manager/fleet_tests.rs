@@ -1053,6 +1053,11 @@ async fn a_store_blip_ahead_of_need_puts_the_refresh_off_instead_of_racing_the_l
         .layer(first.clone())
         .service(idp.api.clone());
     assert!(all_ok(&burst(&client, 5).await), "sent with the good token");
+    crate::test_support::settle().await;
+    let status = first.handle().status();
+    assert!(status.last_error().is_some(), "the deferral is recorded");
+    // It holds off only refreshes ahead of need: one needed would go.
+    assert_eq!(status.refreshes_resume_in(), None);
     let leased = second.handle().force_refresh().await; // rt-1 → rt-2, version 2
     crate::test_support::settle().await;
 
