@@ -126,9 +126,9 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
 
 /// The gateway's answer when no upstream response came back. The layer's
 /// typed error says why, and never holds the token: a token that did not
-/// come in time is a `504`; a refresh that failed for now is a `503`, with
-/// a `Retry-After` of what is left of the layer's backoff (or of the wait a
-/// rate limit asked for); credentials that need someone to sign in again
+/// come in time is a `504`; a refresh that failed for now is a `503`; both
+/// with a `Retry-After` of what is left of the layer's backoff (or of the
+/// wait a rate limit asked for); credentials that need someone to sign in again
 /// are a `502`, as a rejection is; a request the layer refused to send in
 /// the clear is the gateway's own misconfiguration, a `500`; anything
 /// else, such as an unreachable upstream, is a `502`.
@@ -142,9 +142,14 @@ fn upstream_failed(error: &(dyn std::error::Error + 'static), status: &TokenStat
         _ => StatusCode::BAD_GATEWAY,
     };
     let mut response = (code, format!("upstream: {error}")).into_response();
-    let wait = status
-        .refreshes_resume_in()
-        .filter(|_| code == StatusCode::SERVICE_UNAVAILABLE);
+    // A timed-out refresh is backed off too: its `504` says when to come
+    // back as well.
+    let wait = status.refreshes_resume_in().filter(|_| {
+        matches!(
+            code,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        )
+    });
     if let Some(wait) = wait {
         // Whole seconds, rounded up: a caller coming back early would
         // only meet the same wait.

@@ -413,11 +413,12 @@ impl TokenStatus {
     }
 
     /// How long the last failure still holds refreshes off: its backoff,
-    /// or the wait a rate limit asked for (at most an hour). A request
-    /// that needs a new token before then fails at once, so this is what a
-    /// server in front of the layer can advertise in `Retry-After`. `None`
-    /// when nothing holds refreshes off, and after a terminal failure, which
-    /// holds them off until new tokens are set (see
+    /// or for a rate limit the longer of that and the wait the server asked
+    /// for (capped at an hour). A request that needs a new token before
+    /// then fails at once, so this is what a server in front of the layer
+    /// can advertise in `Retry-After`. `None` when no failure holds
+    /// refreshes off, and after a terminal failure, which holds them off
+    /// until new tokens are set (see
     /// [`is_reauth_required`](Self::is_reauth_required)).
     ///
     /// ```

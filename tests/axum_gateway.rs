@@ -324,10 +324,18 @@ async fn a_refresh_timing_out_is_a_gateway_timeout_and_a_dead_upstream_a_bad_gat
         let hung = refresh_fn(|_| std::future::pending::<Result<TokenSet, RefreshError>>());
         let layer = TokenRefreshLayer::builder(hung)
             .refresh_timeout(Duration::from_millis(200))
+            .backoff(Backoff::new(
+                Duration::from_secs(8),
+                Duration::from_secs(60),
+            ))
             .build();
         let addr = gateway_in_front_of(answering_ok(), layer).await;
-        let (status, _, body) = get_items(addr).await;
-        assert_eq!(status, 504, "{body}");
+        for attempt in ["timed out", "backed off"] {
+            let (status, headers, body) = get_items(addr).await;
+            assert_eq!(status, 504, "{attempt}: {body}");
+            let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((3..=8).contains(&wait), "{attempt}: {wait}");
+        }
 
         let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let dead = closing.local_addr().unwrap();
