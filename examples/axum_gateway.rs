@@ -35,7 +35,7 @@ use axum::Router;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_token_refresh::{Error, ReplayBody, TokenRefresh, TokenRefreshLayer, TokenStatus};
 
 /// The layered client the gateway forwards with.
@@ -87,12 +87,14 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
     for name in [HOST, PROXY_AUTHORIZATION, AUTHORIZATION] {
         parts.headers.remove(name);
     }
-    let handle = gateway.client.handle();
-    match gateway
-        .client
-        .oneshot(Request::from_parts(parts, body))
-        .await
-    {
+    // Called in place rather than with `oneshot`, so that a failure can
+    // read the layer's status through the same client afterwards.
+    let mut client = gateway.client;
+    let sent = match client.ready().await {
+        Ok(ready) => ready.call(Request::from_parts(parts, body)).await,
+        Err(error) => Err(error),
+    };
+    match sent {
         // A rejection that comes out of the layer (after its refresh and
         // retry, where it could make them) refuses the gateway's
         // credentials, not the caller's, who sent none the upstream saw: a
@@ -120,7 +122,7 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
             }
             response.map(Body::new).into_response()
         }
-        Err(error) => upstream_failed(&*error, &handle.status()),
+        Err(error) => upstream_failed(&*error, &client.handle().status()),
     }
 }
 
@@ -128,10 +130,10 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
 /// typed error says why, and never holds the token: a token that did not
 /// come in time is a `504`; a refresh that failed for now is a `503`; both
 /// with a `Retry-After` of what is left of the layer's backoff (or of the
-/// wait a rate limit asked for); credentials that need someone to sign in again
-/// are a `502`, as a rejection is; a request the layer refused to send in
-/// the clear is the gateway's own misconfiguration, a `500`; anything
-/// else, such as an unreachable upstream, is a `502`.
+/// wait a rate limit asked for); credentials that need someone to sign in
+/// again are a `502`, as a rejection is; a request the layer refused to
+/// send in the clear is the gateway's own misconfiguration, a `500`;
+/// anything else, such as an unreachable upstream, is a `502`.
 fn upstream_failed(error: &(dyn std::error::Error + 'static), status: &TokenStatus) -> Response {
     let typed = error.downcast_ref::<Error>();
     let code = match typed {
