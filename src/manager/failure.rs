@@ -129,6 +129,16 @@ impl Failure {
         self.kind != ErrorKind::RefreshDeferred && self.blocks(now)
     }
 
+    /// How much longer it [blocks needed refreshes](Self::blocks_needed),
+    /// when that ends by itself: `None` when it does not block them, or
+    /// blocks them until new tokens are set (terminal).
+    pub(crate) fn needed_resume_in(&self, now: Instant) -> Option<Duration> {
+        if !self.blocks_needed(now) {
+            return None;
+        }
+        self.until.map(|until| until.saturating_duration_since(now))
+    }
+
     /// Ends the wait no later than `at`, if given.
     pub(crate) fn no_later_than(mut self, at: Option<Instant>) -> Self {
         if let (Some(until), Some(at)) = (self.until, at) {

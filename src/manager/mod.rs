@@ -657,14 +657,10 @@ impl TokenManager {
             // A flight past its deadline is given up on: nothing runs.
             refreshing: control.flight.as_ref().is_some_and(|f| f.is_live(now)),
             last_error: control.failure.as_ref().map(|f| Arc::clone(&f.error)),
-            // A deferral holds off only refreshes ahead of need.
             refreshes_resume_in: control
                 .failure
                 .as_ref()
-                .filter(|f| f.kind != ErrorKind::RefreshDeferred)
-                .and_then(|f| f.until)
-                .map(|until| until.saturating_duration_since(now))
-                .filter(|left| !left.is_zero()),
+                .and_then(|f| f.needed_resume_in(now)),
         }
     }
 
