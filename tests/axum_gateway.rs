@@ -164,10 +164,7 @@ async fn hop_by_hop_headers_are_not_forwarded() {
             ];
             (own, names.join(","))
         });
-        let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
-        let layer = TokenRefreshLayer::builder(source)
-            .initial_tokens(TokenSet::new("upstream-token"))
-            .build();
+        let layer = holding_upstream_token();
         let addr = gateway_in_front_of(upstream, layer).await;
         let caller = caller();
 
@@ -229,6 +226,15 @@ async fn get_items(addr: SocketAddr) -> (hyper::StatusCode, hyper::HeaderMap, St
         parts.headers,
         String::from_utf8(body.to_vec()).unwrap(),
     )
+}
+
+/// A layer holding the token `upstream-token`, which it never needs to
+/// refresh.
+fn holding_upstream_token() -> TokenRefreshLayer {
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
+    TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("upstream-token"))
+        .build()
 }
 
 /// An upstream that answers every request `200`, for tests whose token
@@ -344,10 +350,7 @@ async fn a_refresh_timing_out_is_a_gateway_timeout_and_a_dead_upstream_a_bad_gat
                 drop(connection);
             }
         });
-        let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
-        let layer = TokenRefreshLayer::builder(source)
-            .initial_tokens(TokenSet::new("upstream-token"))
-            .build();
+        let layer = holding_upstream_token();
         let upstream = format!("http://{dead}").parse().unwrap();
         let addr = gateway::serve(gateway::router(upstream, layer)).await;
         let (status, _, body) = get_items(addr).await;
@@ -369,10 +372,7 @@ async fn an_upstream_challenge_on_a_forbidden_answer_stays_at_the_gateway() {
                 "forbidden",
             )
         });
-        let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
-        let layer = TokenRefreshLayer::builder(source)
-            .initial_tokens(TokenSet::new("upstream-token"))
-            .build();
+        let layer = holding_upstream_token();
         let addr = gateway_in_front_of(upstream, layer).await;
         let (status, headers, body) = get_items(addr).await;
         assert_eq!(

@@ -982,15 +982,16 @@ async fn a_lease_whose_answer_was_lost_is_released() {
         assert!(lease_owner(server, "app").await.is_some());
 
         let direct = open(server, "app");
-        lease_within(
-            &direct,
-            Duration::from_secs(60),
-            PROMPT,
-            "the lost lease was never released",
-        )
-        .await;
+        lost_lease_released(&direct).await;
     })
     .await;
+}
+
+/// Waits, within [`PROMPT`], until `store` can take the lease a lost reply
+/// left behind: its owner released it.
+async fn lost_lease_released(store: &RedisStore) {
+    let msg = "the lost lease was never released";
+    lease_within(store, Duration::from_secs(60), PROMPT, msg).await;
 }
 
 /// Takes and gives back a lease, so that Redis has the script that takes
@@ -1023,13 +1024,7 @@ async fn a_lease_whose_answer_was_lost_is_released_once_redis_is_back() {
         );
         relay.refuse_new_connections(false);
 
-        lease_within(
-            &direct,
-            Duration::from_secs(60),
-            PROMPT,
-            "the lost lease was never released",
-        )
-        .await;
+        lost_lease_released(&direct).await;
     })
     .await;
 }
