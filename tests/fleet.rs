@@ -1,7 +1,8 @@
 //! Fleet mode across separate OS processes: replicas (this executable,
 //! started again with `TTR_FLEET_ROLE` set) share one token through a real
-//! `redis-server` on loopback, against one OAuth2 token endpoint that
-//! rotates refresh tokens and revokes a whole family on reuse.
+//! `redis-server` on loopback, or through one token file, against one
+//! OAuth2 token endpoint that rotates refresh tokens and revokes a whole
+//! family on reuse.
 //!
 //! A custom harness (`harness = false`): the same binary is the test and
 //! its replicas. Scenarios run one after another, each bounded; any failed
@@ -48,6 +49,7 @@ mod scenarios {
     pub(super) async fn run_all() {
         let started = Instant::now();
         file_store_restart_resumes_with_the_rotated_refresh_token().await;
+        three_processes_sharing_a_token_file_make_one_refresh_call_per_expiry().await;
         match RedisServer::start() {
             Some(redis) => {
                 four_processes_make_one_refresh_call_per_expiry(&redis).await;
@@ -179,6 +181,47 @@ mod scenarios {
                 "a credential is readable in Redis"
             );
         }
+    }
+
+    /// 3 processes keep their tokens in one file (no Redis), 2 s tokens,
+    /// 8 s of traffic: the lock file beside it makes them refresh as one,
+    /// exactly as through Redis. Without it, processes reaching the
+    /// half-life together each refreshed from the same rotating refresh
+    /// token, and the identity server revoked the family.
+    async fn three_processes_sharing_a_token_file_make_one_refresh_call_per_expiry() {
+        let lifetime = Duration::from_secs(2);
+        let world = World::start(lifetime, true).await;
+        let dir = std::env::temp_dir().join(format!("ttr-fleet-shared-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("tokens.json");
+        let config = ReplicaConfig {
+            file: Some(path.to_string_lossy().into_owned()),
+            run_for: Duration::from_secs(8),
+            ..world.config(lifetime)
+        };
+        let reports = reports(spawn(3, &config), Duration::from_secs(60)).await;
+        let idp = world.idp.stats();
+        eprintln!("three processes, one file: idp {idp:?}");
+        for r in &reports {
+            eprintln!("  replica {r:?}");
+        }
+        assert_no_failures(&reports);
+        assert_eq!(idp.reuse_detected, 0, "no refresh token presented twice");
+        assert_eq!(idp.invalid_grant, 0);
+        assert_eq!(idp.client_credentials, 0, "nobody had to log in");
+        assert!(idp.refreshed >= 3, "at least 3 expiries: {}", idp.refreshed);
+        let fetched: u64 = reports.iter().map(|r| r.stats.refresh_successes).sum();
+        assert_eq!(
+            fetched, idp.refreshed,
+            "each refresh call made by exactly one process"
+        );
+        let adopters = reports.iter().filter(|r| r.stats.adopted > 0).count();
+        assert!(
+            adopters >= 2,
+            "the others adopted from the file: {adopters}"
+        );
+        assert!(reports.iter().all(|r| r.stats.store_errors == 0));
+        std::fs::remove_dir_all(&dir).expect("temp dir removed");
     }
 
     /// Every value under `prefix`, as raw bytes.

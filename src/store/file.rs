@@ -1,12 +1,15 @@
-//! [`FileStore`]: tokens that survive a restart of one process.
+//! [`FileStore`]: tokens that survive a restart, shared by the processes of
+//! one host.
+
+mod lock;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -34,10 +37,22 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///   the file waits for someone to look at it. So is, on Unix, a file
 ///   another user could have written (one they own, or one anyone may
 ///   write): tokens planted there are not adopted.
-/// - The lease and the change signal live in this process: several layers
-///   of one process share a `FileStore` through its clones. It does not
-///   coordinate processes; use [`RedisStore`](crate::store::RedisStore)
-///   for that.
+/// - The processes of one host that keep their tokens in the same file
+///   share them as a fleet does through Redis: one refreshes while the
+///   others wait for its result, so a rotating refresh token is never
+///   presented twice. On Unix, each compare-and-swap and each take or
+///   release of the lease holds an `flock` on the lock file beside the
+///   token file (`.<name>.lock`, mode `0600`, kept); the lease is that
+///   file's content, and lapses by the wall clock after its time to live,
+///   as a Redis lease does. A process that dies loses the lock at once and
+///   its lease at its end. Elsewhere, only the clones of one `FileStore`
+///   are coordinated.
+/// - The change signal lives in this process: the layers of another
+///   process see a new record when they look at the file (while they wait
+///   for the lease holder's result, every
+///   [`poll_interval`](TokenStore::poll_interval), and whenever they need
+///   a token). Use [`RedisStore`](crate::store::RedisStore) for processes
+///   on several hosts.
 ///
 /// Requires the `file` feature. The file holds JSON:
 /// `{"version": 3, "payload": "<base64>"}`.
@@ -64,7 +79,9 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///
 /// # Clone
 ///
-/// Clones share the file, the lease and the change signal.
+/// Clones share the file, the lease and the change signal; a `FileStore`
+/// made anew for the same file (in this process or another) shares the
+/// file and the lease.
 #[derive(Clone)]
 pub struct FileStore {
     inner: Arc<Inner>,
@@ -72,11 +89,12 @@ pub struct FileStore {
 
 struct Inner {
     path: PathBuf,
-    /// Serializes this process's compare-and-swaps on the file. Taken by
-    /// the blocking task itself: held by the awaiting caller instead, it
-    /// was released when a stalled write outlived the caller's timeout,
-    /// and a second compare-and-swap could read the version the first was
-    /// still replacing.
+    /// Serializes the critical sections of this store's clones (the lock
+    /// file serializes them with everyone else's, but is polled for).
+    /// Taken by the blocking task itself: held by the awaiting caller
+    /// instead, it was released when a stalled write outlived the caller's
+    /// timeout, and a second compare-and-swap could read the version the
+    /// first was still replacing.
     writing: Mutex<()>,
     local: Local,
 }
@@ -135,7 +153,7 @@ impl TokenStore for FileStore {
     ) -> Result<bool, StoreError> {
         let inner = Arc::clone(&self.inner);
         blocking(move || {
-            let _writing = inner.writing.lock().unwrap_or_else(PoisonError::into_inner);
+            let _locked = inner.lock()?;
             let path = &inner.path;
             if read(path)?.as_ref().map(Record::version) != expected {
                 return Ok(false);
@@ -150,20 +168,47 @@ impl TokenStore for FileStore {
         .await
     }
 
-    fn try_lease(
-        &self,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
-        std::future::ready(Ok(self.inner.local.try_lease(ttl)))
+    async fn try_lease(&self, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.lock()?.try_lease(ttl, SystemTime::now())).await
     }
 
-    fn release(&self, lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.local.release(&lease);
-        std::future::ready(Ok(()))
+    async fn release(&self, lease: Lease) -> Result<(), StoreError> {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.lock()?.release(&lease)).await
     }
 
     fn subscribe(&self) -> Option<watch::Receiver<u64>> {
         Some(self.inner.local.subscribe())
+    }
+}
+
+impl Inner {
+    /// Enters a critical section on the file: this store's clones wait on
+    /// the mutex, everyone else on the lock file.
+    fn lock(&self) -> Result<Section<'_>, StoreError> {
+        let writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let locked = lock::Locked::take(lock::beside(&followed(&self.path)?))?;
+        Ok(Section {
+            locked,
+            _writing: writing,
+        })
+    }
+}
+
+/// A critical section on the token file, ended on drop.
+struct Section<'a> {
+    // Dropped first: the lock file is unlocked before this store's next
+    // clone may go for it.
+    locked: lock::Locked,
+    _writing: MutexGuard<'a, ()>,
+}
+
+impl std::ops::Deref for Section<'_> {
+    type Target = lock::Locked;
+
+    fn deref(&self) -> &lock::Locked {
+        &self.locked
     }
 }
 
@@ -404,10 +449,10 @@ mod tests {
     use super::*;
 
     /// A fresh directory under the system's temporary one, removed on drop.
-    struct TempDir(PathBuf);
+    pub(super) struct TempDir(pub(super) PathBuf);
 
     impl TempDir {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
             let dir = std::env::temp_dir().join(format!(
                 "ttr-file-store-{}-{:016x}",
                 std::process::id(),
@@ -417,7 +462,7 @@ mod tests {
             Self(dir)
         }
 
-        fn entries(&self) -> Vec<String> {
+        pub(super) fn entries(&self) -> Vec<String> {
             let mut names: Vec<_> = fs::read_dir(&self.0)
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -457,7 +502,7 @@ mod tests {
         assert_eq!(*changes.borrow_and_update(), 2);
         let stored = FileStore::new(store.path()).load().await.unwrap().unwrap();
         assert_eq!((stored.version(), stored.payload()), (2, &b"second"[..]));
-        assert_eq!(dir.entries(), ["tokens.json"]);
+        assert_eq!(dir.entries(), [".tokens.json.lock", "tokens.json"]);
     }
 
     /// Found in review: the caller announced the new version once the
@@ -564,6 +609,7 @@ mod tests {
             [
                 ".other.json.4242.00000000000000cc.tmp",
                 ".tokens.json.4243.00000000000000bb.tmp",
+                ".tokens.json.lock",
                 "tokens.json"
             ]
         );
@@ -684,6 +730,6 @@ mod tests {
         assert!(!err.is_corrupt());
         assert!(err.to_string().contains("missing"), "{err}");
         assert_eq!(store.load().await.unwrap().unwrap().payload(), b"old");
-        assert_eq!(dir.entries(), ["tokens.json"]);
+        assert_eq!(dir.entries(), [".tokens.json.lock", "tokens.json"]);
     }
 }
