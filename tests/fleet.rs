@@ -130,6 +130,48 @@ mod scenarios {
         }
     }
 
+    /// What every run of replicas sharing one store must show: no failed
+    /// request, no refresh token presented twice, no login, at least
+    /// `expiries` refresh calls, each made by exactly one replica and none
+    /// early, and no store error. The tokens last 2 s.
+    fn assert_one_refresh_call_per_expiry(
+        world: &World,
+        reports: &[ReplicaReport],
+        scenario: &str,
+        expiries: u64,
+    ) {
+        let idp = world.idp.stats();
+        eprintln!("{scenario}: idp {idp:?}");
+        for r in reports {
+            eprintln!("  replica {r:?}");
+        }
+        assert_no_failures(reports);
+        assert_eq!(idp.reuse_detected, 0, "no refresh token presented twice");
+        assert_eq!(idp.invalid_grant, 0);
+        assert_eq!(idp.client_credentials, 0, "nobody had to log in");
+        assert!(
+            idp.refreshed >= expiries,
+            "at least {expiries} expiries: {}",
+            idp.refreshed
+        );
+        let fetched: u64 = reports.iter().map(|r| r.stats.refresh_successes).sum();
+        assert_eq!(
+            fetched, idp.refreshed,
+            "each refresh call made by exactly one replica"
+        );
+        assert!(reports.iter().all(|r| r.stats.store_errors == 0));
+
+        // One token per refresh, each refreshed no sooner than its
+        // half-life (1 s of 2): no expiry was refreshed twice, none early.
+        let issued = world.idp.tokens().access_token_expiries();
+        let gaps: Vec<_> = issued.windows(2).map(|w| w[1] - w[0]).collect();
+        let shortest = gaps.iter().min().copied().unwrap_or_default();
+        assert!(
+            shortest >= Duration::from_millis(900),
+            "two refreshes {shortest:?} apart: {gaps:?}"
+        );
+    }
+
     /// 4 processes, 2 s tokens, 12 s of traffic (6 lifetimes; a refresh at
     /// each half-life): exactly one refresh call per token, no reuse, no
     /// login, no failed request, and a Redis dump holds no credential.
@@ -142,36 +184,10 @@ mod scenarios {
             ..world.config(lifetime)
         };
         let reports = reports(spawn(4, &config), Duration::from_secs(60)).await;
-        assert_no_failures(&reports);
-
-        let idp = world.idp.stats();
-        eprintln!("four processes: idp {idp:?}");
-        for r in &reports {
-            eprintln!("  replica {r:?}");
-        }
-        assert_eq!(idp.reuse_detected, 0, "no refresh token presented twice");
-        assert_eq!(idp.invalid_grant, 0);
-        assert_eq!(idp.client_credentials, 0, "nobody had to log in");
-        assert!(idp.refreshed >= 5, "at least 5 expiries: {}", idp.refreshed);
-        let fetched: u64 = reports.iter().map(|r| r.stats.refresh_successes).sum();
-        assert_eq!(
-            fetched, idp.refreshed,
-            "each refresh call made by exactly one replica"
-        );
+        assert_one_refresh_call_per_expiry(&world, &reports, "four processes", 5);
         assert!(
             reports.iter().all(|r| r.stats.adopted > 0),
             "everyone adopted"
-        );
-        assert!(reports.iter().all(|r| r.stats.store_errors == 0));
-
-        // One token per refresh, each refreshed no sooner than its
-        // half-life: no expiry was refreshed twice, none early.
-        let issued = world.idp.tokens().access_token_expiries();
-        let gaps: Vec<_> = issued.windows(2).map(|w| w[1] - w[0]).collect();
-        let shortest = gaps.iter().min().copied().unwrap_or_default();
-        assert!(
-            shortest >= Duration::from_millis(900),
-            "two refreshes {shortest:?} apart: {gaps:?}"
         );
 
         let dump = redis_dump(&redis.url(), &config.prefix);
@@ -200,27 +216,12 @@ mod scenarios {
             ..world.config(lifetime)
         };
         let reports = reports(spawn(3, &config), Duration::from_secs(60)).await;
-        let idp = world.idp.stats();
-        eprintln!("three processes, one file: idp {idp:?}");
-        for r in &reports {
-            eprintln!("  replica {r:?}");
-        }
-        assert_no_failures(&reports);
-        assert_eq!(idp.reuse_detected, 0, "no refresh token presented twice");
-        assert_eq!(idp.invalid_grant, 0);
-        assert_eq!(idp.client_credentials, 0, "nobody had to log in");
-        assert!(idp.refreshed >= 3, "at least 3 expiries: {}", idp.refreshed);
-        let fetched: u64 = reports.iter().map(|r| r.stats.refresh_successes).sum();
-        assert_eq!(
-            fetched, idp.refreshed,
-            "each refresh call made by exactly one process"
-        );
+        assert_one_refresh_call_per_expiry(&world, &reports, "three processes, one file", 3);
         let adopters = reports.iter().filter(|r| r.stats.adopted > 0).count();
         assert!(
             adopters >= 2,
             "the others adopted from the file: {adopters}"
         );
-        assert!(reports.iter().all(|r| r.stats.store_errors == 0));
         std::fs::remove_dir_all(&dir).expect("temp dir removed");
     }
 
