@@ -199,6 +199,15 @@ mod scenarios {
         }
     }
 
+    /// A fresh directory for a scenario's token file, and the file's path.
+    fn token_file(scenario: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ttr-fleet-{scenario}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("tokens.json");
+        (dir, path)
+    }
+
     /// 3 processes keep their tokens in one file (no Redis), 2 s tokens,
     /// 8 s of traffic: the lock file beside it makes them refresh as one,
     /// exactly as through Redis. Without it, processes reaching the
@@ -207,9 +216,7 @@ mod scenarios {
     async fn three_processes_sharing_a_token_file_make_one_refresh_call_per_expiry() {
         let lifetime = Duration::from_secs(2);
         let world = World::start(lifetime, true).await;
-        let dir = std::env::temp_dir().join(format!("ttr-fleet-shared-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("tokens.json");
+        let (dir, path) = token_file("shared");
         let config = ReplicaConfig {
             file: Some(path.to_string_lossy().into_owned()),
             run_for: Duration::from_secs(8),
@@ -393,10 +400,7 @@ mod scenarios {
     async fn file_store_restart_resumes_with_the_rotated_refresh_token() {
         let lifetime = Duration::from_secs(2);
         let world = World::start(lifetime, true).await;
-        let dir = std::env::temp_dir().join(format!("ttr-fleet-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("tokens.json");
-        let _ = std::fs::remove_file(&path);
+        let (dir, path) = token_file("restart");
         let first = ReplicaConfig {
             file: Some(path.to_string_lossy().into_owned()),
             run_for: Duration::from_millis(3_500),
