@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD;
@@ -41,12 +41,16 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///   share them as a fleet does through Redis: one refreshes while the
 ///   others wait for its result, so a rotating refresh token is never
 ///   presented twice. On Unix, each compare-and-swap and each take or
-///   release of the lease holds an `flock` on the lock file beside the
-///   token file (`.<name>.lock`, mode `0600`, kept); the lease is that
-///   file's content, and lapses by the wall clock after its time to live,
-///   as a Redis lease does. A process that dies loses the lock at once and
-///   its lease at its end. Elsewhere, only the clones of one `FileStore`
-///   are coordinated.
+///   give-back of the lease holds an `flock` on a lock file beside the
+///   token file (`.<name>.lock`, mode `0600`, kept; on a local file
+///   system: over NFS `flock` may not lock). The lease is that file's
+///   content, and lapses by the wall clock after its time to live, as a
+///   Redis lease does; it also ends at once with a holder that dies (its
+///   lock on `.<name>.lease` goes with its descriptors), so a process
+///   killed while refreshing, or restarted, holds nobody back. A lock
+///   file another user owns or anyone may write, or one that is a
+///   symbolic link, is refused as the store being unavailable. Off Unix,
+///   only the clones of one `FileStore` are coordinated.
 /// - The change signal lives in this process: the layers of another
 ///   process see a new record when they look at the file (while they wait
 ///   for the lease holder's result, every
@@ -90,12 +94,12 @@ pub struct FileStore {
 struct Inner {
     path: PathBuf,
     /// Serializes the critical sections of this store's clones (the lock
-    /// file serializes them with everyone else's, but is polled for).
-    /// Taken by the blocking task itself: held by the awaiting caller
-    /// instead, it was released when a stalled write outlived the caller's
-    /// timeout, and a second compare-and-swap could read the version the
-    /// first was still replacing.
-    writing: Mutex<()>,
+    /// file serializes them with everyone else's), and keeps the liveness
+    /// locks of the leases they hold. Taken by the blocking task itself:
+    /// held by the awaiting caller instead, it was released when a stalled
+    /// write outlived the caller's timeout, and a second compare-and-swap
+    /// could read the version the first was still replacing.
+    sections: Mutex<lock::Holders>,
     local: Local,
 }
 
@@ -120,7 +124,7 @@ impl FileStore {
         Self {
             inner: Arc::new(Inner {
                 path: path.as_ref().to_path_buf(),
-                writing: Mutex::new(()),
+                sections: Mutex::default(),
                 local: Local::new(),
             }),
         }
@@ -153,12 +157,11 @@ impl TokenStore for FileStore {
     ) -> Result<bool, StoreError> {
         let inner = Arc::clone(&self.inner);
         blocking(move || {
-            let _locked = inner.lock()?;
-            let path = &inner.path;
-            if read(path)?.as_ref().map(Record::version) != expected {
+            let section = inner.section()?;
+            if read(&inner.path)?.as_ref().map(Record::version) != expected {
                 return Ok(false);
             }
-            write(path, &record)?;
+            write(section.locked.target(), &record)?;
             // Announced by the write itself, in order: the caller may have
             // stopped waiting (its refresh timeout), and the record is
             // there all the same.
@@ -170,12 +173,32 @@ impl TokenStore for FileStore {
 
     async fn try_lease(&self, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         let inner = Arc::clone(&self.inner);
-        blocking(move || inner.lock()?.try_lease(ttl, SystemTime::now())).await
+        // A caller that stopped waiting (its refresh timeout) takes no
+        // lease: nobody would release it, and every process would wait
+        // for it to lapse.
+        let caller = Arc::new(());
+        let waiting = Arc::downgrade(&caller);
+        let taken = blocking(move || {
+            let mut section = inner.section()?;
+            if waiting.strong_count() == 0 {
+                return Ok(None);
+            }
+            let Section { locked, holders } = &mut section;
+            locked.try_lease(ttl, SystemTime::now(), holders)
+        })
+        .await;
+        drop(caller);
+        taken
     }
 
     async fn release(&self, lease: Lease) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
-        blocking(move || inner.lock()?.release(&lease)).await
+        blocking(move || {
+            let mut section = inner.section()?;
+            let Section { locked, holders } = &mut section;
+            locked.release(&lease, holders)
+        })
+        .await
     }
 
     fn subscribe(&self) -> Option<watch::Receiver<u64>> {
@@ -185,14 +208,25 @@ impl TokenStore for FileStore {
 
 impl Inner {
     /// Enters a critical section on the file: this store's clones wait on
-    /// the mutex, everyone else on the lock file.
-    fn lock(&self) -> Result<Section<'_>, StoreError> {
-        let writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
-        let locked = lock::Locked::take(lock::beside(&followed(&self.path)?))?;
-        Ok(Section {
-            locked,
-            _writing: writing,
+    /// the mutex, everyone else on the lock file, each for at most
+    /// [`lock::WAIT_AT_MOST`] in all.
+    fn section(&self) -> Result<Section<'_>, StoreError> {
+        let give_up = std::time::Instant::now() + lock::WAIT_AT_MOST;
+        let holders = lock::poll_until(give_up, || match self.sections.try_lock() {
+            Ok(holders) => Some(holders),
+            // Plain data, always left consistent.
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
         })
+        .ok_or_else(|| {
+            StoreError::unavailable(format!(
+                "another write to {} has taken {:?}",
+                self.path.display(),
+                lock::WAIT_AT_MOST
+            ))
+        })?;
+        let locked = lock::Locked::take(followed(&self.path)?, give_up)?;
+        Ok(Section { locked, holders })
     }
 }
 
@@ -201,15 +235,7 @@ struct Section<'a> {
     // Dropped first: the lock file is unlocked before this store's next
     // clone may go for it.
     locked: lock::Locked,
-    _writing: MutexGuard<'a, ()>,
-}
-
-impl std::ops::Deref for Section<'_> {
-    type Target = lock::Locked;
-
-    fn deref(&self) -> &lock::Locked {
-        &self.locked
-    }
+    holders: MutexGuard<'a, lock::Holders>,
 }
 
 impl fmt::Debug for FileStore {
@@ -352,10 +378,10 @@ fn refuse_foreign_link(_: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes `record` next to the file `path` names, flushes it and renames
+/// Writes `record` beside `path` (the token file, links already
+/// [followed]: the file the section's lock guards), flushes it and renames
 /// it into place.
 fn write(path: &Path, record: &Record) -> Result<(), StoreError> {
-    let path = &followed(path)?;
     let failed = |doing: &str, error: io::Error| {
         StoreError::unavailable(format!("cannot {doing} {}", path.display())).with_source(error)
     };
@@ -518,7 +544,7 @@ mod tests {
         let store = FileStore::new(dir.0.join("tokens.json"));
         let mut changes = store.subscribe().unwrap();
         // Another write holds the file: this one waits for it.
-        let other = store.inner.writing.lock().unwrap();
+        let other = store.inner.sections.lock().unwrap();
         let swap = store.compare_and_swap(None, Record::new(1, b"first".to_vec()));
         // Polled until the write has started (for 50 ms), then dropped.
         let started = tokio::time::timeout(Duration::from_millis(50), swap).await;

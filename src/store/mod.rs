@@ -58,8 +58,8 @@
 //!
 //! - [`MemoryStore`]: one process, any number of layers (tests, or several
 //!   clients sharing one credential).
-//! - [`FileStore`] (feature `file`): the processes of one host, and across
-//!   restarts.
+//! - [`FileStore`] (feature `file`): the processes of one host (on Unix),
+//!   and across restarts.
 //! - [`RedisStore`] (feature `redis`): a fleet of processes.
 //!
 //! ```

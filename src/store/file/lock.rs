@@ -1,63 +1,101 @@
-//! The lock file beside a token file: what makes a [`FileStore`]'s
+//! The lock files beside a token file: what makes a [`FileStore`]'s
 //! compare-and-swap and lease atomic across the processes of one host.
 //!
-//! `.<name>.lock` is locked with `flock` for each short critical section
-//! (a compare-and-swap, taking or giving back the lease). A process that
-//! dies inside one loses the lock with its descriptor, so a crash never
-//! leaves the file locked. The lease itself is the lock file's content,
-//! `<owner> <lapses at, in ms since the Unix epoch>`: it lapses on its own,
-//! as a Redis lease does, and a holder that hangs without dying holds the
-//! others back no longer than its time to live. Leases lapse by the wall
-//! clock, the one clock every process of a host shares.
+//! - `.<name>.lock` is locked with `flock` for each short critical section
+//!   (a compare-and-swap, taking or giving back the lease). A process that
+//!   dies inside one loses the lock with its descriptor.
+//! - The lease is that file's content: `<owner> <lapses at, in ms since
+//!   the Unix epoch> <watched>`. It lapses on its own by the wall clock (the
+//!   one clock every process of a host shares), so a holder that hangs
+//!   holds the others back no longer than its time to live, as in Redis.
+//! - A *watched* lease (`1`) also ends with its holder: the holder keeps
+//!   `.<name>.lease` locked for as long as it holds the lease, and a
+//!   taker that can lock it finds the holder gone (killed mid-refresh, or
+//!   restarted), and takes the lease over at once instead of waiting out
+//!   a time to live that may be minutes long. A lease is unwatched (`0`)
+//!   where that lock cannot be had: off Unix, or while a holder whose
+//!   lease lapsed still lives and keeps it.
 //!
-//! Without `flock` (off Unix) the sections are serialized among the clones
-//! of one store only.
+//! Off Unix, nothing is locked: the sections are serialized among the
+//! clones of one store only.
 //!
 //! [`FileStore`]: super::FileStore
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::refuse_foreign;
 use crate::store::{Lease, StoreError};
 
-/// How long a critical section waits for another process's to end. Each
-/// takes a read and a synced write of a few hundred bytes; past this the
-/// holder is stuck (a stopped process), and the operation fails as the
-/// store being unavailable, which the layer outlives.
-const WAIT_AT_MOST: Duration = Duration::from_secs(5);
+/// How long a critical section waits for another one to end. Each takes a
+/// read and a synced write of a few hundred bytes; past this the holder is
+/// stuck (a stopped process, a hung disk), and the operation fails as the
+/// store being unavailable, which the layer outlives. Polled against, so
+/// that no thread waits longer.
+pub(super) const WAIT_AT_MOST: Duration = Duration::from_secs(5);
 
-/// The lock file guarding the token file at `path` (the file itself, links
-/// followed: every link to one file shares one lock).
-pub(super) fn beside(path: &Path) -> PathBuf {
-    let name = path
+/// Runs `attempt` every millisecond until it yields something, or until
+/// `give_up`.
+pub(super) fn poll_until<T>(give_up: Instant, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+    loop {
+        if let Some(done) = attempt() {
+            return Some(done);
+        }
+        if Instant::now() >= give_up {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// `.<name><suffix>` beside the token file at `target` (the file itself,
+/// symbolic links followed: every symbolic link to one file shares its
+/// locks).
+fn beside(target: &Path, suffix: &str) -> PathBuf {
+    let name = target
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.lock"))
+    target.with_file_name(format!(".{name}{suffix}"))
 }
 
-/// The lock file, locked until dropped.
+/// The liveness locks of the leases one store holds, by owner: each keeps
+/// `.<name>.lease` locked until its lease is given back.
+#[derive(Default)]
+pub(super) struct Holders(Vec<(Box<str>, File)>);
+
+/// A critical section: the lock file beside `target`, locked until dropped.
 pub(super) struct Locked {
     file: File,
     path: PathBuf,
+    target: PathBuf,
 }
 
 impl Locked {
     /// Opens (creating it, private to this user) and locks the lock file
-    /// at `path`, waiting for another process's section to end.
-    pub(super) fn take(path: PathBuf) -> Result<Self, StoreError> {
-        let file = open(&path).map_err(|error| unavailable("open", &path, error))?;
-        let metadata = file
-            .metadata()
-            .map_err(|error| unavailable("open", &path, error))?;
-        // A lock file another user could write could hold a lease that
-        // never lapses: not trusted, as a token file of theirs is not.
-        refuse_foreign(&path, &metadata)?;
-        exclusive(&file, &path)?;
-        Ok(Self { file, path })
+    /// beside the token file `target`, waiting for another process's
+    /// section to end until `give_up`.
+    pub(super) fn take(target: PathBuf, give_up: Instant) -> Result<Self, StoreError> {
+        let path = beside(&target, ".lock");
+        let file = open_own(&path)?;
+        if cfg!(unix) {
+            let locked = poll_until(give_up, || match try_exclusive(&file, &path) {
+                Ok(false) => None,
+                done => Some(done),
+            });
+            match locked {
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(error),
+                None => {
+                    return Err(StoreError::unavailable(format!(
+                        "another process has held {} for {WAIT_AT_MOST:?}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        Ok(Self { file, path, target })
     }
 
     /// Takes the lease for `ttl` unless someone holds it at `now`.
@@ -65,41 +103,77 @@ impl Locked {
         &self,
         ttl: Duration,
         now: SystemTime,
+        holders: &mut Holders,
     ) -> Result<Option<Lease>, StoreError> {
         let now = millis_since_epoch(now);
-        if self.holder()?.is_some_and(|(_, lapses)| lapses > now) {
-            return Ok(None);
+        let held = self.holder()?;
+        // This store's liveness locks of leases that are no longer the
+        // current one (lapsed, and taken or never given back) end here:
+        // kept, they would keep the next lease unwatched.
+        let current = held.as_ref().map(|held| &*held.owner);
+        holders.0.retain(|(owner, _)| Some(&**owner) == current);
+        let liveness_path = beside(&self.target, ".lease");
+        let liveness = open_own(&liveness_path)?;
+        let watched = try_exclusive(&liveness, &liveness_path)?;
+        if let Some(held) = held.filter(|held| held.lapses > now) {
+            // A watched holder that still lives keeps the liveness lock;
+            // one that died let go of it with its descriptors.
+            if !(held.watched && watched) {
+                return Ok(None);
+            }
         }
         let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let lease = Lease::new(Lease::random_owner());
-        self.replace(&format!("{} {}\n", lease.owner(), now.saturating_add(ttl)))?;
+        let line = format!(
+            "{} {} {}\n",
+            lease.owner(),
+            now.saturating_add(ttl),
+            u8::from(watched)
+        );
+        self.replace(&line)?;
+        if watched {
+            holders.0.push((lease.owner().into(), liveness));
+        }
         Ok(Some(lease))
     }
 
-    /// Gives the lease back if `lease` still holds it.
-    pub(super) fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+    /// Gives the lease back if `lease` still holds it, and lets go of its
+    /// liveness lock either way.
+    pub(super) fn release(&self, lease: &Lease, holders: &mut Holders) -> Result<(), StoreError> {
         if self
             .holder()?
-            .is_some_and(|(owner, _)| owner == lease.owner())
+            .is_some_and(|held| &*held.owner == lease.owner())
         {
             self.replace("")?;
         }
+        holders.0.retain(|(owner, _)| &**owner != lease.owner());
         Ok(())
     }
 
-    /// The lease's holder and when it lapses; `None` for a free lease, or
-    /// for content that does not parse (only a holder that died while
-    /// writing leaves that, and its lease ends with it).
-    fn holder(&self) -> Result<Option<(String, u64)>, StoreError> {
+    /// The resolved token file this section guards: the one to write.
+    pub(super) fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// The lease as the lock file has it; `None` for a free lease, or for
+    /// content that does not parse (left by a holder that died while
+    /// writing it, whose lease ended with it).
+    fn holder(&self) -> Result<Option<Held>, StoreError> {
         let (mut file, mut content) = (&self.file, String::new());
         file.rewind()
             .and_then(|()| file.read_to_string(&mut content))
             .map_err(|error| unavailable("read", &self.path, error))?;
-        let parsed = content
-            .trim_end()
-            .rsplit_once(' ')
-            .and_then(|(owner, lapses)| Some((owner.to_owned(), lapses.parse::<u64>().ok()?)));
-        Ok(parsed)
+        let mut fields = content.split_whitespace();
+        let (Some(owner), Some(lapses), Some(watched), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Ok(None);
+        };
+        Ok(lapses.parse().ok().map(|lapses| Held {
+            owner: owner.into(),
+            lapses,
+            watched: watched == "1",
+        }))
     }
 
     /// Replaces the lock file's content. Not synced: a lease need not
@@ -113,45 +187,82 @@ impl Locked {
     }
 }
 
-fn open(path: &Path) -> io::Result<File> {
+/// A lease as the lock file has it.
+struct Held {
+    owner: Box<str>,
+    /// In ms since the Unix epoch.
+    lapses: u64,
+    /// Whether its holder keeps the liveness lock.
+    watched: bool,
+}
+
+/// Opens (creating it) a lock file of this user's own: never through a
+/// symbolic link, never one another user owns or anyone may write (planted
+/// in a group-writable directory, such a file could hold a lease that
+/// never lapses, or name a file of ours to overwrite), never anything but
+/// a regular file. A refused file is reported as the store being
+/// unavailable, not corrupt: the layer then puts a refresh off while its
+/// token is good instead of refreshing alone at once, which would present
+/// a rotating refresh token that other processes present too.
+fn open_own(path: &Path) -> Result<File, StoreError> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
+        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
     }
-    options.open(path)
+    let opened = options
+        .open(path)
+        .and_then(|file| Ok((file.metadata()?, file)));
+    let (metadata, file) = opened.map_err(|error| unavailable("open", path, error))?;
+    if !metadata.is_file() {
+        return Err(refused(path, "is not a regular file"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (owner, me) = (metadata.uid(), rustix::process::geteuid().as_raw());
+        if owner != me {
+            let why = format!("belongs to another user (uid {owner}; this process runs as {me})");
+            return Err(refused(path, &why));
+        }
+        let mode = metadata.mode() & 0o777;
+        if mode & 0o002 != 0 {
+            return Err(refused(
+                path,
+                &format!("may be written by any user (mode {mode:04o})"),
+            ));
+        }
+    }
+    Ok(file)
+}
+
+fn refused(path: &Path, why: &str) -> StoreError {
+    StoreError::unavailable(format!(
+        "{} {why}: the token file's lock file must be this process's own; remove it",
+        path.display()
+    ))
 }
 
 /// Locks `file` against every other descriptor of it, in this process or
-/// another, waiting at most [`WAIT_AT_MOST`]. Polled rather than blocked
-/// on: a blocking `flock` could hold its thread forever.
+/// another, if no one holds it; `Ok(false)` if someone does (and always
+/// off Unix, where nothing is locked: a lease is never watched there).
 #[cfg(unix)]
-fn exclusive(file: &File, path: &Path) -> Result<(), StoreError> {
+fn try_exclusive(file: &File, path: &Path) -> Result<bool, StoreError> {
     use rustix::fs::{flock, FlockOperation};
     use rustix::io::Errno;
-    let give_up = std::time::Instant::now() + WAIT_AT_MOST;
-    loop {
-        match flock(file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(()),
-            Err(Errno::WOULDBLOCK | Errno::INTR) if std::time::Instant::now() < give_up => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(Errno::WOULDBLOCK) => {
-                return Err(StoreError::unavailable(format!(
-                    "another process has held {} for {WAIT_AT_MOST:?}",
-                    path.display()
-                )))
-            }
-            Err(errno) => return Err(unavailable("lock", path, errno.into())),
-        }
+    match flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(Errno::WOULDBLOCK | Errno::INTR) => Ok(false),
+        Err(errno) => Err(unavailable("lock", path, errno.into())),
     }
 }
 
 #[cfg(not(unix))]
-fn exclusive(_: &File, _: &Path) -> Result<(), StoreError> {
-    Ok(())
+fn try_exclusive(_: &File, _: &Path) -> Result<bool, StoreError> {
+    Ok(false)
 }
 
 fn millis_since_epoch(time: SystemTime) -> u64 {
@@ -166,49 +277,80 @@ fn unavailable(doing: &str, path: &Path, error: io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use std::fs;
+    use std::sync::Arc;
 
     use super::super::tests::TempDir;
     use crate::store::{FileStore, Record, TokenStore};
 
     use super::*;
 
+    const TTL: Duration = Duration::from_secs(60);
+
     /// Two stores made for one file stand for two processes: each opens
-    /// the lock file on its own, as another process would.
+    /// the lock files on its own, as another process would.
     #[tokio::test]
     async fn stores_made_apart_for_one_file_share_its_lease() {
         let dir = TempDir::new();
         let path = dir.0.join("tokens.json");
         let (first, second) = (FileStore::new(&path), FileStore::new(&path));
-        let ttl = Duration::from_secs(60);
 
-        let lease = first.try_lease(ttl).await.unwrap().expect("free");
+        let lease = first.try_lease(TTL).await.unwrap().expect("free");
         assert_eq!(
-            second.try_lease(ttl).await.unwrap(),
+            second.try_lease(TTL).await.unwrap(),
             None,
             "held by the first"
         );
         assert_eq!(
-            first.try_lease(ttl).await.unwrap(),
+            first.try_lease(TTL).await.unwrap(),
             None,
             "held, even for its holder"
         );
         // Only the holder's own lease gives it back.
         second.release(Lease::new("someone else")).await.unwrap();
-        assert_eq!(second.try_lease(ttl).await.unwrap(), None, "still held");
+        assert_eq!(second.try_lease(TTL).await.unwrap(), None, "still held");
         first.release(lease).await.unwrap();
-        let taken = second.try_lease(ttl).await.unwrap();
-        assert!(taken.is_some(), "free once given back");
-        assert_eq!(dir.entries(), [".tokens.json.lock"], "no token file yet");
+        assert!(
+            second.try_lease(TTL).await.unwrap().is_some(),
+            "free once given back"
+        );
+        let entries = dir.entries();
+        assert_eq!(
+            entries,
+            [".tokens.json.lease", ".tokens.json.lock"],
+            "no token file yet"
+        );
+    }
+
+    /// A holder that dies lets go of its descriptors, and with them of the
+    /// lease, however long its time to live: here its store is dropped,
+    /// which closes them as the process's end would.
+    #[tokio::test]
+    async fn a_lease_whose_holder_is_gone_is_taken_over_at_once() {
+        let dir = TempDir::new();
+        let path = dir.0.join("tokens.json");
+        let (holder, next) = (FileStore::new(&path), FileStore::new(&path));
+        let _lease = holder.try_lease(TTL).await.unwrap().expect("free");
+        assert_eq!(next.try_lease(TTL).await.unwrap(), None, "its holder lives");
+        drop(holder);
+        assert!(
+            next.try_lease(TTL).await.unwrap().is_some(),
+            "its holder is gone"
+        );
     }
 
     /// A holder that hangs without dying holds the lease no longer than its
-    /// time to live; once lapsed, its late release leaves the next
-    /// holder's lease alone.
+    /// time to live. Its liveness lock is still held, so the next lease is
+    /// unwatched: it ends by its time to live only. Once lapsed, the hung
+    /// holder's late release leaves the next holder's lease alone.
     #[tokio::test]
     async fn a_lease_lapses_after_its_time_to_live_for_every_store_of_the_file() {
         let dir = TempDir::new();
         let path = dir.0.join("tokens.json");
-        let (hung, next) = (FileStore::new(&path), FileStore::new(&path));
+        let (hung, next, third) = (
+            FileStore::new(&path),
+            FileStore::new(&path),
+            FileStore::new(&path),
+        );
         let stale = hung
             .try_lease(Duration::from_millis(1))
             .await
@@ -216,39 +358,85 @@ mod tests {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
 
-        let ttl = Duration::from_secs(60);
-        let held = next.try_lease(ttl).await.unwrap().expect("lapsed");
+        let held = next.try_lease(TTL).await.unwrap().expect("lapsed");
+        assert_eq!(
+            third.try_lease(TTL).await.unwrap(),
+            None,
+            "unwatched, yet held"
+        );
         hung.release(stale).await.unwrap();
         assert_eq!(
-            hung.try_lease(ttl).await.unwrap(),
+            hung.try_lease(TTL).await.unwrap(),
             None,
             "the next holder's stays"
         );
         next.release(held).await.unwrap();
+        assert!(third.try_lease(TTL).await.unwrap().is_some());
     }
 
-    /// Only a holder that died while writing leaves content that does not
-    /// parse; its lease died with it.
+    /// What the lock file may hold, as no store of this process wrote it.
     #[tokio::test]
-    async fn a_lock_file_that_does_not_parse_is_a_free_lease() {
+    async fn what_the_lock_file_holds_decides_the_lease() {
         let dir = TempDir::new();
         let path = dir.0.join("tokens.json");
-        for torn in ["4f2a", "4f2a 17", "4f2a 9999999999999999999999", "\n"] {
-            fs::write(beside(&path), torn).unwrap();
-            let lease = FileStore::new(&path)
-                .try_lease(Duration::from_secs(60))
-                .await
-                .unwrap();
-            assert!(lease.is_some(), "{torn:?}");
+        let lapses_later = millis_since_epoch(SystemTime::now()) + 60_000;
+        let cases = [
+            // Torn by a holder that died while writing it.
+            ("4f2a", true),
+            ("4f2a 1", true),
+            ("4f2a soon 1", true),
+            ("4f2a 1 1 more", true),
+            ("\n", true),
+            // Lapsed.
+            ("4f2a 17 1", true),
+            // Watched, and nobody keeps the liveness lock: the holder died.
+            (&*format!("4f2a {lapses_later} 1"), true),
+            // Unwatched: held until it lapses.
+            (&*format!("4f2a {lapses_later} 0"), false),
+        ];
+        for (content, free) in cases {
+            fs::write(beside(&path, ".lock"), content).unwrap();
+            let lease = FileStore::new(&path).try_lease(TTL).await.unwrap();
+            assert_eq!(lease.is_some(), free, "{content:?}");
         }
     }
 
+    /// A caller that stopped waiting (its refresh timeout) while another
+    /// section held the file takes no lease when the section ends: nobody
+    /// would give it back.
+    #[tokio::test]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the lock stands for another section in progress: held on purpose while the caller waits"
+    )]
+    async fn a_lease_is_not_taken_for_a_caller_that_stopped_waiting() {
+        let dir = TempDir::new();
+        let path = dir.0.join("tokens.json");
+        let store = FileStore::new(&path);
+        let other_section = store.inner.sections.lock().unwrap();
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), store.try_lease(TTL)).await;
+        assert!(gave_up.is_err(), "waited for the other section");
+        drop(other_section);
+        // The abandoned task lets go of the store once done.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&store.inner) > 1 {
+            assert!(Instant::now() < deadline, "the abandoned task never ended");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let other = FileStore::new(&path);
+        assert!(
+            other.try_lease(TTL).await.unwrap().is_some(),
+            "no lease was left"
+        );
+    }
+
     /// Another process's compare-and-swap holds the lock file (here the
-    /// test holds it, then stores a record itself as that process would):
+    /// test holds it, and stores a record itself as that process would):
     /// this one waits, then finds the version it expected gone and stores
-    /// nothing. Found missing: without the lock file, both read "nothing
-    /// stored" and both wrote, the second over the first's refresh.
-    #[cfg(unix)]
+    /// nothing. Without the lock file, both read "nothing stored" and both
+    /// wrote, the second over the first's refresh. That the swap waits is
+    /// seen in the process's open files, not guessed from a delay.
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_compare_and_swap_waits_for_another_processs_section() {
         use rustix::fs::{flock, FlockOperation};
@@ -256,7 +444,8 @@ mod tests {
         let path = dir.0.join("tokens.json");
         let store = FileStore::new(&path);
 
-        let other = open(&beside(&path)).unwrap();
+        let lock_path = beside(&path, ".lock");
+        let other = open_own(&lock_path).unwrap();
         flock(&other, FlockOperation::LockExclusive).unwrap();
         let swap = tokio::spawn({
             let store = store.clone();
@@ -266,10 +455,16 @@ mod tests {
                     .await
             }
         });
-        // Long enough for an unguarded swap to have read and written.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!swap.is_finished(), "waits for the other section");
-        super::super::write(&path, &Record::new(1, b"first".to_vec())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while descriptors_of(&lock_path) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the swap never opened the lock file"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The other process's record, written while it holds the lock.
+        fs::write(&path, "{\"version\":1,\"payload\":\"Zmlyc3Q=\"}").unwrap();
         drop(other);
 
         assert!(
@@ -284,21 +479,39 @@ mod tests {
         );
     }
 
-    /// A lock file anyone may write could hold a lease that never lapses:
-    /// refused as corrupt, which makes the layer refresh on its own.
+    /// How many of this process's open descriptors name `path`.
+    #[cfg(target_os = "linux")]
+    fn descriptors_of(path: &Path) -> usize {
+        let open = fs::read_dir("/proc/self/fd").unwrap().flatten();
+        open.filter(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
+            .count()
+    }
+
+    /// A lock file anyone may write could hold a lease that never lapses,
+    /// and one reached through a symbolic link could be a file of ours to
+    /// overwrite: both refused as the store being unavailable (not
+    /// corrupt, which would make the layer refresh alone at once), the
+    /// link's target untouched.
     #[cfg(unix)]
     #[tokio::test]
-    async fn a_lock_file_anyone_may_write_is_refused_as_corrupt() {
+    async fn a_lock_file_not_this_process_own_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = TempDir::new();
         let path = dir.0.join("tokens.json");
-        fs::write(beside(&path), "").unwrap();
-        fs::set_permissions(beside(&path), fs::Permissions::from_mode(0o666)).unwrap();
-        let error = FileStore::new(&path)
-            .try_lease(Duration::from_secs(60))
-            .await
-            .unwrap_err();
-        assert!(error.is_corrupt(), "{error}");
+        let lock_path = beside(&path, ".lock");
+        fs::write(&lock_path, "").unwrap();
+        fs::set_permissions(&lock_path, fs::Permissions::from_mode(0o666)).unwrap();
+        let error = FileStore::new(&path).try_lease(TTL).await.unwrap_err();
+        assert!(!error.is_corrupt(), "{error}");
         assert!(error.to_string().contains(".tokens.json.lock"), "{error}");
+        assert!(error.to_string().contains("any user"), "{error}");
+
+        fs::remove_file(&lock_path).unwrap();
+        let precious = dir.0.join("precious");
+        fs::write(&precious, "keep").unwrap();
+        std::os::unix::fs::symlink(&precious, &lock_path).unwrap();
+        let error = FileStore::new(&path).try_lease(TTL).await.unwrap_err();
+        assert!(!error.is_corrupt(), "{error}");
+        assert_eq!(fs::read_to_string(&precious).unwrap(), "keep");
     }
 }
