@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use zeroize::Zeroizing;
 
 use super::local::Local;
@@ -42,15 +42,18 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///   others wait for its result, so a rotating refresh token is never
 ///   presented twice. On Unix, each compare-and-swap and each take or
 ///   give-back of the lease holds an `flock` on a lock file beside the
-///   token file (`.<name>.lock`, mode `0600`, kept; on a local file
-///   system: over NFS `flock` may not lock). The lease is that file's
-///   content, and lapses by the wall clock after its time to live, as a
-///   Redis lease does; it also ends at once with a holder that dies (its
-///   lock on `.<name>.lease` goes with its descriptors), so a process
-///   killed while refreshing, or restarted, holds nobody back. A lock
-///   file another user owns or anyone may write, or one that is a
-///   symbolic link, is refused as the store being unavailable. Off Unix,
-///   only the clones of one `FileStore` are coordinated.
+///   token file (`.<name>.lock`, mode `0600`, kept). The lease is that
+///   file's content, and lapses by the wall clock after its time to live,
+///   as a Redis lease does (a step of the clock forward shortens it by as
+///   much). A lease also ends at once with a holder that dies, which lets
+///   go of its lock on `.<name>.lease` (unless a holder whose lease lapsed
+///   still lives and holds that lock: the next lease then ends by its
+///   time only), so a process killed while refreshing, or restarted,
+///   holds nobody back. A lock file that is a link, another user's, or
+///   writable by anyone is refused as the store being unavailable. Over
+///   NFS, where `flock` is emulated with POSIX locks, give the layers of
+///   one process clones of one `FileStore`. Off Unix, only the clones of
+///   one `FileStore` are coordinated.
 /// - The change signal lives in this process: the layers of another
 ///   process see a new record when they look at the file (while they wait
 ///   for the lease holder's result, every
@@ -85,7 +88,7 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///
 /// Clones share the file, the lease and the change signal; a `FileStore`
 /// made anew for the same file (in this process or another) shares the
-/// file and the lease.
+/// file, and on Unix the lease.
 #[derive(Clone)]
 pub struct FileStore {
     inner: Arc<Inner>,
@@ -173,30 +176,37 @@ impl TokenStore for FileStore {
 
     async fn try_lease(&self, ttl: Duration) -> Result<Option<Lease>, StoreError> {
         let inner = Arc::clone(&self.inner);
-        // A caller that stopped waiting (its refresh timeout) takes no
-        // lease: nobody would release it, and every process would wait
-        // for it to lapse.
-        let caller = Arc::new(());
-        let waiting = Arc::downgrade(&caller);
-        let taken = blocking(move || {
-            let mut section = inner.section()?;
-            if waiting.strong_count() == 0 {
-                return Ok(None);
+        let (deliver, delivered) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let mut section = match inner.section() {
+                Ok(section) => section,
+                Err(error) => return drop(deliver.send(Err(error))),
+            };
+            // A caller that stopped waiting (its refresh timeout) gets no
+            // lease: nobody would give it back, and every process would
+            // wait for it to lapse. Told apart by the delivery itself, so
+            // that a caller gone before it gets nothing held in its name.
+            if deliver.is_closed() {
+                return;
             }
-            let Section { locked, holders } = &mut section;
-            locked.try_lease(ttl, SystemTime::now(), holders)
+            let taken = section.try_lease(ttl);
+            if let Err(Ok(Some(lease))) = deliver.send(taken) {
+                let _ = section.release(&lease);
+            }
+        });
+        delivered.await.unwrap_or_else(|_| {
+            Err(StoreError::unavailable(
+                "the file task taking the lease failed",
+            ))
         })
-        .await;
-        drop(caller);
-        taken
     }
 
     async fn release(&self, lease: Lease) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         blocking(move || {
-            let mut section = inner.section()?;
-            let Section { locked, holders } = &mut section;
-            locked.release(&lease, holders)
+            inner
+                .section_after(|holders| holders.forget(&lease))?
+                .release(&lease)
         })
         .await
     }
@@ -211,8 +221,18 @@ impl Inner {
     /// the mutex, everyone else on the lock file, each for at most
     /// [`lock::WAIT_AT_MOST`] in all.
     fn section(&self) -> Result<Section<'_>, StoreError> {
+        self.section_after(|_| {})
+    }
+
+    /// [`section`](Self::section), with `first` run on this store's
+    /// leases as soon as it has them, before the lock file is taken (which
+    /// may fail).
+    fn section_after(
+        &self,
+        first: impl FnOnce(&mut lock::Holders),
+    ) -> Result<Section<'_>, StoreError> {
         let give_up = std::time::Instant::now() + lock::WAIT_AT_MOST;
-        let holders = lock::poll_until(give_up, || match self.sections.try_lock() {
+        let mut holders = lock::poll_until(give_up, || match self.sections.try_lock() {
             Ok(holders) => Some(holders),
             // Plain data, always left consistent.
             Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
@@ -225,6 +245,7 @@ impl Inner {
                 lock::WAIT_AT_MOST
             ))
         })?;
+        first(&mut holders);
         let locked = lock::Locked::take(followed(&self.path)?, give_up)?;
         Ok(Section { locked, holders })
     }
@@ -236,6 +257,18 @@ struct Section<'a> {
     // clone may go for it.
     locked: lock::Locked,
     holders: MutexGuard<'a, lock::Holders>,
+}
+
+impl Section<'_> {
+    fn try_lease(&mut self, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        self.locked
+            .try_lease(ttl, SystemTime::now(), &mut self.holders)
+    }
+
+    fn release(&mut self, lease: &Lease) -> Result<(), StoreError> {
+        self.holders.forget(lease);
+        self.locked.release(lease)
+    }
 }
 
 impl fmt::Debug for FileStore {

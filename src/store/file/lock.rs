@@ -5,17 +5,25 @@
 //!   (a compare-and-swap, taking or giving back the lease). A process that
 //!   dies inside one loses the lock with its descriptor.
 //! - The lease is that file's content: `<owner> <lapses at, in ms since
-//!   the Unix epoch> <watched>`. It lapses on its own by the wall clock (the
-//!   one clock every process of a host shares), so a holder that hangs
-//!   holds the others back no longer than its time to live, as in Redis.
-//! - A *watched* lease (`1`) also ends with its holder: the holder keeps
-//!   `.<name>.lease` locked for as long as it holds the lease, and a
-//!   taker that can lock it finds the holder gone (killed mid-refresh, or
+//!   the Unix epoch> <liveness>`. It lapses on its own by the wall clock
+//!   (the one clock every process of a host shares), so a holder that
+//!   hangs holds the others back no longer than its time to live, as in
+//!   Redis.
+//! - A *watched* lease also ends with its holder: the holder keeps
+//!   `.<name>.lease` locked for as long as it holds the lease, and the
+//!   lease names that file (`<device>:<inode>`). A taker that can lock
+//!   the same file finds the holder gone (killed mid-refresh, or
 //!   restarted), and takes the lease over at once instead of waiting out
 //!   a time to live that may be minutes long. A lease is unwatched (`0`)
 //!   where that lock cannot be had: off Unix, or while a holder whose
 //!   lease lapsed still lives and keeps it.
 //!
+//! `flock` locks an open file description: two opens of a file exclude
+//! each other even in one process, which is what lets two stores made
+//! apart for one file coordinate. Where `flock` is emulated with POSIX
+//! locks (NFS on Linux), locks of one process never exclude each other:
+//! processes are still told apart, and a store's clones by its mutex and
+//! its own list of leases, but not two stores made apart in one process.
 //! Off Unix, nothing is locked: the sections are serialized among the
 //! clones of one store only.
 //!
@@ -60,10 +68,29 @@ fn beside(target: &Path, suffix: &str) -> PathBuf {
     target.with_file_name(format!(".{name}{suffix}"))
 }
 
-/// The liveness locks of the leases one store holds, by owner: each keeps
-/// `.<name>.lease` locked until its lease is given back.
+/// The liveness locks of the leases one store holds: each keeps
+/// `.<name>.lease` locked until its lease is given back or lapses.
 #[derive(Default)]
-pub(super) struct Holders(Vec<(Box<str>, File)>);
+pub(super) struct Holders(Vec<Holder>);
+
+struct Holder {
+    owner: Box<str>,
+    /// In ms since the Unix epoch.
+    lapses: u64,
+    /// Kept open: its lock lasts as long as it does.
+    _liveness: File,
+}
+
+impl Holders {
+    /// Lets go of `lease`'s liveness lock: its holder is done with it.
+    pub(super) fn forget(&mut self, lease: &Lease) {
+        self.0.retain(|holder| &*holder.owner != lease.owner());
+    }
+
+    fn holds(&self, owner: &str) -> bool {
+        self.0.iter().any(|holder| &*holder.owner == owner)
+    }
+}
 
 /// A critical section: the lock file beside `target`, locked until dropped.
 pub(super) struct Locked {
@@ -78,7 +105,7 @@ impl Locked {
     /// section to end until `give_up`.
     pub(super) fn take(target: PathBuf, give_up: Instant) -> Result<Self, StoreError> {
         let path = beside(&target, ".lock");
-        let file = open_own(&path)?;
+        let (file, _) = open_own(&path)?;
         if cfg!(unix) {
             let locked = poll_until(give_up, || match try_exclusive(&file, &path) {
                 Ok(false) => None,
@@ -98,7 +125,8 @@ impl Locked {
         Ok(Self { file, path, target })
     }
 
-    /// Takes the lease for `ttl` unless someone holds it at `now`.
+    /// Takes the lease for `ttl` unless someone holds it at `now`; a
+    /// watched lease's liveness lock goes to `holders`.
     pub(super) fn try_lease(
         &self,
         ttl: Duration,
@@ -106,47 +134,67 @@ impl Locked {
         holders: &mut Holders,
     ) -> Result<Option<Lease>, StoreError> {
         let now = millis_since_epoch(now);
-        let held = self.holder()?;
-        // This store's liveness locks of leases that are no longer the
-        // current one (lapsed, and taken or never given back) end here:
-        // kept, they would keep the next lease unwatched.
+        let held = self.holder()?.filter(|held| held.lapses > now);
+        // This store's liveness locks of leases no longer current (lapsed,
+        // or replaced) end here; kept, they would keep every next lease on
+        // the host unwatched.
         let current = held.as_ref().map(|held| &*held.owner);
-        holders.0.retain(|(owner, _)| Some(&**owner) == current);
+        holders
+            .0
+            .retain(|holder| holder.lapses > now && Some(&*holder.owner) == current);
         let liveness_path = beside(&self.target, ".lease");
-        let liveness = open_own(&liveness_path)?;
-        let watched = try_exclusive(&liveness, &liveness_path)?;
-        if let Some(held) = held.filter(|held| held.lapses > now) {
-            // A watched holder that still lives keeps the liveness lock;
-            // one that died let go of it with its descriptors.
-            if !(held.watched && watched) {
+        let (liveness, identity) = open_own(&liveness_path)?;
+        if let Some(held) = held {
+            // A clone's own lease lives (asked first: under POSIX-emulated
+            // locks this process's own lock would not hold a fresh open
+            // off); another's while its holder keeps the liveness lock on
+            // this very file (one removed and made anew says nothing of the
+            // holder's), or until it lapses if unwatched.
+            let gone = !holders.holds(&held.owner)
+                && held.liveness.as_deref() == Some(&*identity)
+                && try_exclusive(&liveness, &liveness_path)?;
+            if !gone {
                 return Ok(None);
             }
+        } else if !try_exclusive(&liveness, &liveness_path)? {
+            // A holder whose lease lapsed but who lives on keeps the
+            // liveness lock: this lease goes unwatched.
+            return self.take_lease(ttl, now, None, holders);
         }
+        self.take_lease(ttl, now, Some((liveness, identity)), holders)
+    }
+
+    fn take_lease(
+        &self,
+        ttl: Duration,
+        now: u64,
+        liveness: Option<(File, String)>,
+        holders: &mut Holders,
+    ) -> Result<Option<Lease>, StoreError> {
         let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let lapses = now.saturating_add(ttl);
         let lease = Lease::new(Lease::random_owner());
-        let line = format!(
-            "{} {} {}\n",
-            lease.owner(),
-            now.saturating_add(ttl),
-            u8::from(watched)
-        );
-        self.replace(&line)?;
-        if watched {
-            holders.0.push((lease.owner().into(), liveness));
+        let watched = liveness.as_ref().map_or("0", |(_, identity)| identity);
+        self.replace(&format!("{} {lapses} {watched}\n", lease.owner()))?;
+        if let Some((liveness, _)) = liveness {
+            let owner = lease.owner().into();
+            holders.0.push(Holder {
+                owner,
+                lapses,
+                _liveness: liveness,
+            });
         }
         Ok(Some(lease))
     }
 
-    /// Gives the lease back if `lease` still holds it, and lets go of its
-    /// liveness lock either way.
-    pub(super) fn release(&self, lease: &Lease, holders: &mut Holders) -> Result<(), StoreError> {
+    /// Gives the lease back if `lease` still holds it.
+    pub(super) fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         if self
             .holder()?
             .is_some_and(|held| &*held.owner == lease.owner())
         {
             self.replace("")?;
         }
-        holders.0.retain(|(owner, _)| &**owner != lease.owner());
         Ok(())
     }
 
@@ -164,7 +212,7 @@ impl Locked {
             .and_then(|()| file.read_to_string(&mut content))
             .map_err(|error| unavailable("read", &self.path, error))?;
         let mut fields = content.split_whitespace();
-        let (Some(owner), Some(lapses), Some(watched), None) =
+        let (Some(owner), Some(lapses), Some(liveness), None) =
             (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             return Ok(None);
@@ -172,7 +220,7 @@ impl Locked {
         Ok(lapses.parse().ok().map(|lapses| Held {
             owner: owner.into(),
             lapses,
-            watched: watched == "1",
+            liveness: (liveness != "0").then(|| liveness.into()),
         }))
     }
 
@@ -192,19 +240,22 @@ struct Held {
     owner: Box<str>,
     /// In ms since the Unix epoch.
     lapses: u64,
-    /// Whether its holder keeps the liveness lock.
-    watched: bool,
+    /// For a watched lease, which liveness file its holder keeps locked
+    /// (`<device>:<inode>`).
+    liveness: Option<Box<str>>,
 }
 
-/// Opens (creating it) a lock file of this user's own: never through a
-/// symbolic link, never one another user owns or anyone may write (planted
+/// Opens (creating it) a lock file of this user's own, and says which file
+/// it is (`<device>:<inode>`; `0` off Unix): never through a symbolic
+/// link, never one another user owns or anyone may write, never one with
+/// another name (a hard link), never anything but a regular file. Planted
 /// in a group-writable directory, such a file could hold a lease that
-/// never lapses, or name a file of ours to overwrite), never anything but
-/// a regular file. A refused file is reported as the store being
-/// unavailable, not corrupt: the layer then puts a refresh off while its
-/// token is good instead of refreshing alone at once, which would present
-/// a rotating refresh token that other processes present too.
-fn open_own(path: &Path) -> Result<File, StoreError> {
+/// never lapses, or be a file of ours to overwrite. A refused file is
+/// reported as the store being unavailable, not corrupt: the layer then
+/// puts a refresh off while its token is good instead of refreshing alone
+/// at once, which would present a rotating refresh token that other
+/// processes present too.
+fn open_own(path: &Path) -> Result<(File, String), StoreError> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true);
     #[cfg(unix)]
@@ -235,8 +286,13 @@ fn open_own(path: &Path) -> Result<File, StoreError> {
                 &format!("may be written by any user (mode {mode:04o})"),
             ));
         }
+        if metadata.nlink() != 1 {
+            return Err(refused(path, "has other names (hard links)"));
+        }
+        Ok((file, format!("{}:{}", metadata.dev(), metadata.ino())))
     }
-    Ok(file)
+    #[cfg(not(unix))]
+    Ok((file, String::from("0")))
 }
 
 fn refused(path: &Path, why: &str) -> StoreError {
@@ -359,6 +415,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         let held = next.try_lease(TTL).await.unwrap().expect("lapsed");
+        let line = fs::read_to_string(beside(&path, ".lock")).unwrap();
+        assert!(line.starts_with(held.owner()), "{line}");
+        assert!(line.ends_with(" 0\n"), "unwatched: {line}");
         assert_eq!(
             third.try_lease(TTL).await.unwrap(),
             None,
@@ -379,26 +438,68 @@ mod tests {
     async fn what_the_lock_file_holds_decides_the_lease() {
         let dir = TempDir::new();
         let path = dir.0.join("tokens.json");
-        let lapses_later = millis_since_epoch(SystemTime::now()) + 60_000;
+        let (_, liveness) = open_own(&beside(&path, ".lease")).unwrap();
+        let later = millis_since_epoch(SystemTime::now()) + 60_000;
         let cases = [
             // Torn by a holder that died while writing it.
             ("4f2a", true),
             ("4f2a 1", true),
-            ("4f2a soon 1", true),
-            ("4f2a 1 1 more", true),
+            ("4f2a soon 0", true),
+            ("4f2a 1 0 more", true),
             ("\n", true),
             // Lapsed.
-            ("4f2a 17 1", true),
+            ("4f2a 17 0", true),
             // Watched, and nobody keeps the liveness lock: the holder died.
-            (&*format!("4f2a {lapses_later} 1"), true),
+            (&*format!("4f2a {later} {liveness}"), !cfg!(not(unix))),
+            // Watched through a liveness file since removed and made anew:
+            // nothing is known of the holder.
+            (&*format!("4f2a {later} 1:1"), false),
             // Unwatched: held until it lapses.
-            (&*format!("4f2a {lapses_later} 0"), false),
+            (&*format!("4f2a {later} 0"), false),
         ];
         for (content, free) in cases {
-            fs::write(beside(&path, ".lock"), content).unwrap();
+            write_own(&beside(&path, ".lock"), content);
             let lease = FileStore::new(&path).try_lease(TTL).await.unwrap();
             assert_eq!(lease.is_some(), free, "{content:?}");
         }
+    }
+
+    /// Writes `content` to `path`, private to this user whatever the umask.
+    fn write_own(path: &Path, content: &str) {
+        fs::write(path, content).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+
+    /// A release that cannot reach the lock file (refused here, stuck
+    /// elsewhere) still lets go of the lease's liveness lock: the lease
+    /// ends as its holder's would, for the next taker to take over.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_release_that_fails_still_ends_the_lease() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new();
+        let path = dir.0.join("tokens.json");
+        let (holder, next) = (FileStore::new(&path), FileStore::new(&path));
+        let lease = holder.try_lease(TTL).await.unwrap().expect("free");
+        let lock_path = beside(&path, ".lock");
+        let anyones = fs::Permissions::from_mode(0o666);
+        fs::set_permissions(&lock_path, anyones).unwrap();
+        assert!(
+            holder.release(lease).await.is_err(),
+            "the lock file is refused"
+        );
+
+        fs::set_permissions(&lock_path, fs::Permissions::from_mode(0o600)).unwrap();
+        let line = fs::read_to_string(&lock_path).unwrap();
+        assert!(
+            !line.ends_with(" 0\n") && !line.is_empty(),
+            "still held, watched: {line}"
+        );
+        assert!(next.try_lease(TTL).await.unwrap().is_some(), "taken over");
     }
 
     /// A caller that stopped waiting (its refresh timeout) while another
@@ -445,7 +546,7 @@ mod tests {
         let store = FileStore::new(&path);
 
         let lock_path = beside(&path, ".lock");
-        let other = open_own(&lock_path).unwrap();
+        let (other, _) = open_own(&lock_path).unwrap();
         flock(&other, FlockOperation::LockExclusive).unwrap();
         let swap = tokio::spawn({
             let store = store.clone();
@@ -455,6 +556,7 @@ mod tests {
                     .await
             }
         });
+        let lock_path = fs::canonicalize(&lock_path).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while descriptors_of(&lock_path) < 2 {
             assert!(
@@ -464,7 +566,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // The other process's record, written while it holds the lock.
-        fs::write(&path, "{\"version\":1,\"payload\":\"Zmlyc3Q=\"}").unwrap();
+        write_own(&path, "{\"version\":1,\"payload\":\"Zmlyc3Q=\"}");
         drop(other);
 
         assert!(
@@ -499,19 +601,30 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.0.join("tokens.json");
         let lock_path = beside(&path, ".lock");
-        fs::write(&lock_path, "").unwrap();
+        write_own(&lock_path, "");
         fs::set_permissions(&lock_path, fs::Permissions::from_mode(0o666)).unwrap();
         let error = FileStore::new(&path).try_lease(TTL).await.unwrap_err();
         assert!(!error.is_corrupt(), "{error}");
         assert!(error.to_string().contains(".tokens.json.lock"), "{error}");
         assert!(error.to_string().contains("any user"), "{error}");
 
-        fs::remove_file(&lock_path).unwrap();
         let precious = dir.0.join("precious");
-        fs::write(&precious, "keep").unwrap();
-        std::os::unix::fs::symlink(&precious, &lock_path).unwrap();
-        let error = FileStore::new(&path).try_lease(TTL).await.unwrap_err();
-        assert!(!error.is_corrupt(), "{error}");
-        assert_eq!(fs::read_to_string(&precious).unwrap(), "keep");
+        write_own(&precious, "keep");
+        type Link = fn(&Path, &Path) -> std::io::Result<()>;
+        let links: [(Link, &str); 2] = [
+            (
+                |target, link| std::os::unix::fs::symlink(target, link),
+                "open",
+            ),
+            (|target, link| fs::hard_link(target, link), "hard links"),
+        ];
+        for (link, named) in links {
+            fs::remove_file(&lock_path).unwrap();
+            link(&precious, &lock_path).unwrap();
+            let error = FileStore::new(&path).try_lease(TTL).await.unwrap_err();
+            assert!(!error.is_corrupt(), "{error}");
+            assert!(error.to_string().contains(named), "{error}");
+            assert_eq!(fs::read_to_string(&precious).unwrap(), "keep");
+        }
     }
 }
