@@ -342,13 +342,20 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(60);
 
-    /// Two stores made for one file stand for two processes: each opens
-    /// the lock files on its own, as another process would.
-    #[tokio::test]
-    async fn stores_made_apart_for_one_file_share_its_lease() {
+    /// A fresh directory, its `tokens.json`, and `N` stores made apart for
+    /// it: each opens the lock files on its own, as a process of its own
+    /// would.
+    fn stores_apart<const N: usize>() -> (TempDir, PathBuf, [FileStore; N]) {
         let dir = TempDir::new();
         let path = dir.0.join("tokens.json");
-        let (first, second) = (FileStore::new(&path), FileStore::new(&path));
+        let stores = std::array::from_fn(|_| FileStore::new(&path));
+        (dir, path, stores)
+    }
+
+    /// Two stores made apart for one file stand for two processes.
+    #[tokio::test]
+    async fn stores_made_apart_for_one_file_share_its_lease() {
+        let (dir, _, [first, second]) = stores_apart();
 
         let lease = first.try_lease(TTL).await.unwrap().expect("free");
         assert_eq!(
@@ -382,9 +389,7 @@ mod tests {
     /// which closes them as the process's end would.
     #[tokio::test]
     async fn a_lease_whose_holder_is_gone_is_taken_over_at_once() {
-        let dir = TempDir::new();
-        let path = dir.0.join("tokens.json");
-        let (holder, next) = (FileStore::new(&path), FileStore::new(&path));
+        let (_dir, _, [holder, next]) = stores_apart();
         let _lease = holder.try_lease(TTL).await.unwrap().expect("free");
         assert_eq!(next.try_lease(TTL).await.unwrap(), None, "its holder lives");
         drop(holder);
@@ -400,13 +405,7 @@ mod tests {
     /// holder's late release leaves the next holder's lease alone.
     #[tokio::test]
     async fn a_lease_lapses_after_its_time_to_live_for_every_store_of_the_file() {
-        let dir = TempDir::new();
-        let path = dir.0.join("tokens.json");
-        let (hung, next, third) = (
-            FileStore::new(&path),
-            FileStore::new(&path),
-            FileStore::new(&path),
-        );
+        let (_dir, path, [hung, next, third]) = stores_apart();
         let stale = hung
             .try_lease(Duration::from_millis(1))
             .await
@@ -436,8 +435,7 @@ mod tests {
     /// What the lock file may hold, as no store of this process wrote it.
     #[tokio::test]
     async fn what_the_lock_file_holds_decides_the_lease() {
-        let dir = TempDir::new();
-        let path = dir.0.join("tokens.json");
+        let (_dir, path, []) = stores_apart();
         let (_, liveness) = open_own(&beside(&path, ".lease")).unwrap();
         let later = millis_since_epoch(SystemTime::now()) + 60_000;
         let cases = [
@@ -481,9 +479,7 @@ mod tests {
     #[tokio::test]
     async fn a_release_that_fails_still_ends_the_lease() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = TempDir::new();
-        let path = dir.0.join("tokens.json");
-        let (holder, next) = (FileStore::new(&path), FileStore::new(&path));
+        let (_dir, path, [holder, next]) = stores_apart();
         let lease = holder.try_lease(TTL).await.unwrap().expect("free");
         let lock_path = beside(&path, ".lock");
         let anyones = fs::Permissions::from_mode(0o666);
@@ -511,9 +507,7 @@ mod tests {
         reason = "the lock stands for another section in progress: held on purpose while the caller waits"
     )]
     async fn a_lease_is_not_taken_for_a_caller_that_stopped_waiting() {
-        let dir = TempDir::new();
-        let path = dir.0.join("tokens.json");
-        let store = FileStore::new(&path);
+        let (_dir, path, [store]) = stores_apart();
         let other_section = store.inner.sections.lock().unwrap();
         let gave_up = tokio::time::timeout(Duration::from_millis(50), store.try_lease(TTL)).await;
         assert!(gave_up.is_err(), "waited for the other section");
@@ -541,9 +535,7 @@ mod tests {
     #[tokio::test]
     async fn a_compare_and_swap_waits_for_another_processs_section() {
         use rustix::fs::{flock, FlockOperation};
-        let dir = TempDir::new();
-        let path = dir.0.join("tokens.json");
-        let store = FileStore::new(&path);
+        let (_dir, path, [store]) = stores_apart();
 
         let lock_path = beside(&path, ".lock");
         let (other, _) = open_own(&lock_path).unwrap();
@@ -598,8 +590,7 @@ mod tests {
     #[tokio::test]
     async fn a_lock_file_not_this_process_own_is_refused() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = TempDir::new();
-        let path = dir.0.join("tokens.json");
+        let (dir, path, []) = stores_apart();
         let lock_path = beside(&path, ".lock");
         write_own(&lock_path, "");
         fs::set_permissions(&lock_path, fs::Permissions::from_mode(0o666)).unwrap();
