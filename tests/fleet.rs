@@ -50,6 +50,7 @@ mod scenarios {
         let started = Instant::now();
         file_store_restart_resumes_with_the_rotated_refresh_token().await;
         three_processes_sharing_a_token_file_make_one_refresh_call_per_expiry().await;
+        killed_file_lease_holder_is_taken_over_at_once().await;
         match RedisServer::start() {
             Some(redis) => {
                 four_processes_make_one_refresh_call_per_expiry(&redis).await;
@@ -251,13 +252,37 @@ mod scenarios {
     /// connection). A survivor refreshes once the 5 s lease lapses; every
     /// request of the survivors succeeds and nothing was spent twice.
     async fn killed_lease_holder_is_taken_over_after_the_lease_lapses() {
-        let (idp, reports) = kill_the_lease_holder(false).await;
-        assert_no_failures(&reports);
+        let redis = RedisServer::start().expect("redis-server");
+        let (idp, reports) =
+            kill_the_lease_holder(false, Shared::Redis(redis), Duration::from_secs(1)).await;
+        assert_taken_over(&idp, &reports);
         assert_eq!(idp.refreshed, 1, "one survivor completed the refresh");
+    }
+
+    /// The same with 3 processes sharing a token file, and a refresh
+    /// timeout of 60 s: the lease's time to live is over two minutes, so
+    /// only its holder's death ends it within the 9 s run. The survivor
+    /// that takes it over finds the holder gone from its lock on the
+    /// liveness file, which the kernel let go of with the killed process;
+    /// taken over at once, the new tokens are refreshed again within the
+    /// run.
+    async fn killed_file_lease_holder_is_taken_over_at_once() {
+        let (dir, path) = token_file("killed");
+        let (idp, reports) =
+            kill_the_lease_holder(false, Shared::File(path), Duration::from_secs(60)).await;
+        assert_taken_over(&idp, &reports);
+        std::fs::remove_dir_all(&dir).expect("temp dir removed");
+    }
+
+    /// A survivor completed the killed holder's refresh, each refresh was
+    /// made by one survivor alone, and nothing failed or was spent twice.
+    fn assert_taken_over(idp: &OAuth2Stats, reports: &[ReplicaReport]) {
+        assert_no_failures(reports);
+        assert!(idp.refreshed >= 1, "a survivor completed the refresh");
         assert_eq!(idp.reuse_detected, 0, "the killed refresh spent nothing");
         assert_eq!(idp.client_credentials, 0);
         let fetched: u64 = reports.iter().map(|r| r.stats.refresh_successes).sum();
-        assert_eq!(fetched, 1);
+        assert_eq!(fetched, idp.refreshed, "each by one survivor");
         assert!(
             reports.iter().any(|r| r.stats.adopted > 0),
             "the other survivor adopted its tokens"
@@ -270,7 +295,9 @@ mod scenarios {
     /// reuse (the family is revoked), the store has nothing newer, and one
     /// login recovers the fleet: still no failed request.
     async fn killed_after_the_idp_rotated_recovers_with_one_login() {
-        let (idp, reports) = kill_the_lease_holder(true).await;
+        let redis = RedisServer::start().expect("redis-server");
+        let (idp, reports) =
+            kill_the_lease_holder(true, Shared::Redis(redis), Duration::from_secs(1)).await;
         assert_no_failures(&reports);
         assert_eq!(idp.refreshed, 1, "only the dead holder's refresh");
         assert_eq!(
@@ -282,23 +309,61 @@ mod scenarios {
         assert_eq!(logins, 1);
     }
 
-    /// Runs 3 replicas, kills the lease holder while the IdP holds its
-    /// refresh (before the work, or after it when `rotated`), and returns
-    /// the IdP's counters and the survivors' reports.
-    async fn kill_the_lease_holder(rotated: bool) -> (OAuth2Stats, Vec<ReplicaReport>) {
-        let redis = RedisServer::start().expect("redis-server");
+    /// Where the replicas of a kill scenario share their tokens.
+    enum Shared {
+        Redis(RedisServer),
+        /// The token file's path.
+        File(std::path::PathBuf),
+    }
+
+    impl Shared {
+        fn configure(&self, config: ReplicaConfig) -> ReplicaConfig {
+            match self {
+                Shared::Redis(redis) => ReplicaConfig {
+                    redis_url: Some(redis.url()),
+                    ..config
+                },
+                Shared::File(path) => ReplicaConfig {
+                    file: Some(path.to_string_lossy().into_owned()),
+                    ..config
+                },
+            }
+        }
+
+        /// The lease's owner (`{pid}-…`), if someone holds it.
+        fn lease_owner(&self, prefix: &str) -> Option<String> {
+            match self {
+                Shared::Redis(redis) => lease_owner(&redis.url(), prefix),
+                Shared::File(path) => {
+                    let lock = path.with_file_name(".tokens.json.lock");
+                    let line = std::fs::read_to_string(lock).ok()?;
+                    line.split_whitespace().next().map(str::to_owned)
+                }
+            }
+        }
+    }
+
+    /// Runs 3 replicas sharing `shared` with `refresh_timeout`, kills the
+    /// lease holder while the IdP holds its refresh (before the work, or
+    /// after it when `rotated`), and returns the IdP's counters and the
+    /// survivors' reports.
+    async fn kill_the_lease_holder(
+        rotated: bool,
+        shared: Shared,
+        refresh_timeout: Duration,
+    ) -> (OAuth2Stats, Vec<ReplicaReport>) {
         let lifetime = Duration::from_secs(10);
         let world = World::start(lifetime, true).await;
-        let config = ReplicaConfig {
-            redis_url: Some(redis.url()),
+        let config = shared.configure(ReplicaConfig {
             run_for: Duration::from_secs(9),
-            refresh_timeout: Duration::from_secs(1),
+            // With 1 s, the lease is 3 calls x 1 s + 2 store calls x 1 s
+            // + 1 s = 6 s.
+            refresh_timeout,
             // Refresh at 2 s; requests wait only in the last second.
             windows: (0.8, 0.1),
-            // Lease: 3 calls x 1 s + 2 store calls x 1 s + 1 s = 6 s.
             login: true,
             ..world.config(lifetime)
-        };
+        });
         let hold = |d| {
             if rotated {
                 world.idp.delay_refreshes(d)
@@ -314,7 +379,7 @@ mod scenarios {
             assert!(Instant::now() < deadline, "no refresh started");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let owner = lease_owner(&redis.url(), &config.prefix).expect("a lease holder");
+        let owner = shared.lease_owner(&config.prefix).expect("a lease holder");
         let pid: u32 = owner
             .split('-')
             .next()

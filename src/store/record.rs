@@ -127,4 +127,10 @@ impl Lease {
     pub(crate) fn random_owner() -> String {
         format!("{:032x}", fastrand::u128(..))
     }
+
+    /// A fresh lease of this process, for a store others can read: its
+    /// owner, `{pid}-{128 random bits in hex}`, says which process holds it.
+    pub(crate) fn of_this_process() -> Self {
+        Self::new(format!("{}-{}", std::process::id(), Self::random_owner()))
+    }
 }

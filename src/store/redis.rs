@@ -560,7 +560,7 @@ impl TokenStore for RedisStore {
         &self,
         ttl: Duration,
     ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
-        let owner = format!("{}-{}", std::process::id(), Lease::random_owner());
+        let owner = Lease::of_this_process().owner().to_owned();
         let ttl_ms = u64::try_from(ttl.as_millis())
             .unwrap_or(u64::MAX)
             .clamp(1, MAX_LEASE_MS);

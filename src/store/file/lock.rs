@@ -5,10 +5,10 @@
 //!   (a compare-and-swap, taking or giving back the lease). A process that
 //!   dies inside one loses the lock with its descriptor.
 //! - The lease is that file's content: `<owner> <lapses at, in ms since
-//!   the Unix epoch> <liveness>`. It lapses on its own by the wall clock
-//!   (the one clock every process of a host shares), so a holder that
-//!   hangs holds the others back no longer than its time to live, as in
-//!   Redis.
+//!   the Unix epoch> <liveness>`, its owner `{pid}-{random}` (which
+//!   process holds it). It lapses on its own by the wall clock (the one
+//!   clock every process of a host shares), so a holder that hangs holds
+//!   the others back no longer than its time to live, as in Redis.
 //! - A *watched* lease also ends with its holder: the holder keeps
 //!   `.<name>.lease` locked for as long as it holds the lease, and the
 //!   lease names that file (`<device>:<inode>`). A taker that can lock
@@ -173,7 +173,7 @@ impl Locked {
     ) -> Result<Option<Lease>, StoreError> {
         let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let lapses = now.saturating_add(ttl);
-        let lease = Lease::new(Lease::random_owner());
+        let lease = Lease::of_this_process();
         let watched = liveness.as_ref().map_or("0", |(_, identity)| identity);
         self.replace(&format!("{} {lapses} {watched}\n", lease.owner()))?;
         if let Some((liveness, _)) = liveness {
