@@ -374,10 +374,22 @@ mod scenarios {
         hold(Duration::from_secs(60));
         let mut children = spawn(3, &config);
 
+        // Held before the work: waited for until the holder's request
+        // has read its stall, so that lifting the stall before the kill
+        // leaves it held, while a survivor taking over at once (a token
+        // file) is not held. Held after the work: lifted only once the
+        // holder is dead, or it would get its answer.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while world.idp.stats().token_calls == 0 {
+        let started = || match rotated {
+            false => world.idp.faults().stalled() > 0,
+            true => world.idp.stats().token_calls > 0,
+        };
+        while !started() {
             assert!(Instant::now() < deadline, "no refresh started");
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !rotated {
+            hold(Duration::ZERO);
         }
         let owner = shared.lease_owner(&config.prefix).expect("a lease holder");
         let pid: u32 = owner
@@ -392,7 +404,9 @@ mod scenarios {
         let mut killed = children.remove(holder);
         killed.kill().expect("holder killed");
         killed.wait().expect("holder reaped");
-        hold(Duration::ZERO);
+        if rotated {
+            hold(Duration::ZERO);
+        }
         eprintln!("killed lease holder {pid} in the middle of its refresh (rotated: {rotated})");
 
         let reports = reports(children, Duration::from_secs(60)).await;

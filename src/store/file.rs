@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD;
@@ -45,21 +45,23 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///   token file (`.<name>.lock`, mode `0600`, kept). The lease is that
 ///   file's content, and lapses by the wall clock after its time to live,
 ///   as a Redis lease does (a step of the clock forward shortens it by as
-///   much). A lease also ends at once with a holder that dies, which lets
-///   go of its lock on `.<name>.lease` (unless a holder whose lease lapsed
-///   still lives and holds that lock: the next lease then ends by its
-///   time only), so a process killed while refreshing, or restarted,
-///   holds nobody back. A lock file that is a link, another user's, or
-///   writable by anyone is refused as the store being unavailable. Over
-///   NFS, where `flock` is emulated with POSIX locks, give the layers of
-///   one process clones of one `FileStore`. Off Unix, only the clones of
-///   one `FileStore` are coordinated.
-/// - The change signal lives in this process: the layers of another
-///   process see a new record when they look at the file (while they wait
-///   for the lease holder's result, every
-///   [`poll_interval`](TokenStore::poll_interval), and whenever they need
-///   a token). Use [`RedisStore`](crate::store::RedisStore) for processes
-///   on several hosts.
+///   much, a step back lengthens it). A lease also ends with a holder
+///   that dies, which lets go of its lock on `.<name>.lease`: the next
+///   process to look takes it over, so a process killed while
+///   refreshing, or restarted, holds nobody back (unless a holder whose
+///   lease lapsed still lives and holds that lock: the next lease then
+///   ends by its time only). A lock file that is a link, another user's,
+///   or writable by anyone is refused as the store being unavailable.
+///   Over NFS, where `flock` is emulated with POSIX locks, give the
+///   layers of one process clones of one `FileStore`. Off Unix, only the
+///   clones of one `FileStore` are coordinated.
+/// - The change signal lives in this store and its clones: the layers of
+///   another process (or of a store made apart) see a new record when
+///   they look at the file (while they wait for the lease holder's
+///   result, every [`poll_interval`](TokenStore::poll_interval), and
+///   whenever they need a token). Use
+///   [`RedisStore`](crate::store::RedisStore) for processes on several
+///   hosts.
 ///
 /// Requires the `file` feature. The file holds JSON:
 /// `{"version": 3, "payload": "<base64>"}`.
@@ -97,12 +99,16 @@ pub struct FileStore {
 struct Inner {
     path: PathBuf,
     /// Serializes the critical sections of this store's clones (the lock
-    /// file serializes them with everyone else's), and keeps the liveness
-    /// locks of the leases they hold. Taken by the blocking task itself:
-    /// held by the awaiting caller instead, it was released when a stalled
-    /// write outlived the caller's timeout, and a second compare-and-swap
-    /// could read the version the first was still replacing.
-    sections: Mutex<lock::Holders>,
+    /// file serializes them with everyone else's). Taken by the blocking
+    /// task itself: held by the awaiting caller instead, it was released
+    /// when a stalled write outlived the caller's timeout, and a second
+    /// compare-and-swap could read the version the first was still
+    /// replacing.
+    sections: Mutex<()>,
+    /// The liveness locks of the leases this store holds. A mutex of its
+    /// own, held briefly and never while waiting for the lock file: a
+    /// release lets go of its lock even while a section is stuck.
+    holders: Mutex<lock::Holders>,
     local: Local,
 }
 
@@ -128,6 +134,7 @@ impl FileStore {
             inner: Arc::new(Inner {
                 path: path.as_ref().to_path_buf(),
                 sections: Mutex::default(),
+                holders: Mutex::default(),
                 local: Local::new(),
             }),
         }
@@ -149,6 +156,9 @@ impl FileStore {
 
 impl TokenStore for FileStore {
     fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        // A process that only adopts never enters a section: its lapsed
+        // liveness locks end here.
+        self.inner.holders().prune(SystemTime::now());
         let path = self.inner.path.clone();
         async move { blocking(move || read(&path)).await }
     }
@@ -175,26 +185,32 @@ impl TokenStore for FileStore {
     }
 
     async fn try_lease(&self, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        let (deliver, received) = oneshot::channel();
+        let mut delivery = Delivery {
+            received,
+            inner: Arc::clone(&self.inner),
+        };
         let inner = Arc::clone(&self.inner);
-        let (deliver, delivered) = oneshot::channel();
-        tokio::task::spawn_blocking(move || {
-            let mut section = match inner.section() {
+        let task = tokio::task::spawn_blocking(move || {
+            let section = match inner.section() {
                 Ok(section) => section,
                 Err(error) => return drop(deliver.send(Err(error))),
             };
             // A caller that stopped waiting (its refresh timeout) gets no
             // lease: nobody would give it back, and every process would
-            // wait for it to lapse. Told apart by the delivery itself, so
-            // that a caller gone before it gets nothing held in its name.
+            // wait for it to lapse.
             if deliver.is_closed() {
                 return;
             }
             let taken = section.try_lease(ttl);
             if let Err(Ok(Some(lease))) = deliver.send(taken) {
-                let _ = section.release(&lease);
+                inner.holders().forget(&lease);
+                let _ = section.locked.release(&lease);
             }
         });
-        delivered.await.unwrap_or_else(|_| {
+        // Awaited whole: once this returns, the section is over.
+        let _ = task.await;
+        delivery.received.try_recv().unwrap_or_else(|_| {
             Err(StoreError::unavailable(
                 "the file task taking the lease failed",
             ))
@@ -203,12 +219,7 @@ impl TokenStore for FileStore {
 
     async fn release(&self, lease: Lease) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
-        blocking(move || {
-            inner
-                .section_after(|holders| holders.forget(&lease))?
-                .release(&lease)
-        })
-        .await
+        blocking(move || inner.give_back(&lease)).await
     }
 
     fn subscribe(&self) -> Option<watch::Receiver<u64>> {
@@ -219,22 +230,13 @@ impl TokenStore for FileStore {
 impl Inner {
     /// Enters a critical section on the file: this store's clones wait on
     /// the mutex, everyone else on the lock file, each for at most
-    /// [`lock::WAIT_AT_MOST`] in all.
+    /// [`lock::WAIT_AT_MOST`] in all. Lapsed liveness locks end first.
     fn section(&self) -> Result<Section<'_>, StoreError> {
-        self.section_after(|_| {})
-    }
-
-    /// [`section`](Self::section), with `first` run on this store's
-    /// leases as soon as it has them, before the lock file is taken (which
-    /// may fail).
-    fn section_after(
-        &self,
-        first: impl FnOnce(&mut lock::Holders),
-    ) -> Result<Section<'_>, StoreError> {
+        self.holders().prune(SystemTime::now());
         let give_up = std::time::Instant::now() + lock::WAIT_AT_MOST;
-        let mut holders = lock::poll_until(give_up, || match self.sections.try_lock() {
-            Ok(holders) => Some(holders),
-            // Plain data, always left consistent.
+        let serial = lock::poll_until(give_up, || match self.sections.try_lock() {
+            Ok(serial) => Some(serial),
+            // Guards no data.
             Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
             Err(TryLockError::WouldBlock) => None,
         })
@@ -245,9 +247,24 @@ impl Inner {
                 lock::WAIT_AT_MOST
             ))
         })?;
-        first(&mut holders);
         let locked = lock::Locked::take(followed(&self.path)?, give_up)?;
-        Ok(Section { locked, holders })
+        Ok(Section {
+            locked,
+            inner: self,
+            _serial: serial,
+        })
+    }
+
+    fn holders(&self) -> MutexGuard<'_, lock::Holders> {
+        // Plain data, always left consistent.
+        self.holders.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gives `lease` back: its liveness lock first, which nothing can keep
+    /// from ending it, then the lock file's line, if still its.
+    fn give_back(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.holders().forget(lease);
+        self.section()?.locked.release(lease)
     }
 }
 
@@ -256,18 +273,39 @@ struct Section<'a> {
     // Dropped first: the lock file is unlocked before this store's next
     // clone may go for it.
     locked: lock::Locked,
-    holders: MutexGuard<'a, lock::Holders>,
+    inner: &'a Inner,
+    _serial: MutexGuard<'a, ()>,
 }
 
 impl Section<'_> {
-    fn try_lease(&mut self, ttl: Duration) -> Result<Option<Lease>, StoreError> {
-        self.locked
-            .try_lease(ttl, SystemTime::now(), &mut self.holders)
+    fn try_lease(&self, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        let mut holders = self.inner.holders();
+        self.locked.try_lease(ttl, SystemTime::now(), &mut holders)
     }
+}
 
-    fn release(&mut self, lease: &Lease) -> Result<(), StoreError> {
-        self.holders.forget(lease);
-        self.locked.release(lease)
+/// Where a lease taken on the blocking pool reaches its caller. Dropped
+/// with a lease still in it (the caller gone, as its refresh timeout cut
+/// it off, after the lease was sent), it gives the lease back: nobody
+/// else would, and every process would wait for it to lapse.
+struct Delivery {
+    received: oneshot::Receiver<Result<Option<Lease>, StoreError>>,
+    inner: Arc<Inner>,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        // Closed first: a lease sent from now on is given back by its
+        // task; one sent before is here.
+        self.received.close();
+        let Ok(Ok(Some(lease))) = self.received.try_recv() else {
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        // Without a runtime, it lapses at its time to live.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || inner.give_back(&lease));
+        }
     }
 }
 
@@ -771,8 +809,23 @@ mod tests {
         }
     }
 
+    /// A write whose rename fails (here over a directory in the token
+    /// file's place) removes its temporary file and changes nothing.
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let dir = TempDir::new();
+        let taken = dir.0.join("tokens.json");
+        fs::create_dir_all(taken.join("in-the-way")).unwrap();
+        let err = write(&taken, &Record::new(1, b"new".to_vec())).unwrap_err();
+        assert!(!err.is_corrupt());
+        assert!(err.to_string().contains("cannot replace"), "{err}");
+        assert_eq!(dir.entries(), ["tokens.json"]);
+    }
+
+    /// A token file in a directory that does not exist: every swap fails,
+    /// naming the path, and the file's neighbours are untouched.
     #[tokio::test]
-    async fn a_failed_write_leaves_the_old_record_and_no_temporary_file() {
+    async fn a_token_file_in_a_missing_directory_fails_naming_it() {
         let dir = TempDir::new();
         let path = dir.0.join("tokens.json");
         let store = FileStore::new(&path);
@@ -780,7 +833,6 @@ mod tests {
             .compare_and_swap(None, Record::new(1, b"old".to_vec()))
             .await
             .unwrap();
-        // A directory where the temporary file would go makes the write fail.
         let blocked = FileStore::new(dir.0.join("missing").join("tokens.json"));
         let err = blocked
             .compare_and_swap(None, Record::new(1, b"new".to_vec()))

@@ -65,6 +65,8 @@ pub struct Faults {
     pending: Mutex<VecDeque<Failure>>,
     delay: Mutex<Duration>,
     stall: Mutex<Duration>,
+    /// Requests that began waiting out a stall.
+    stalled: AtomicU64,
 }
 
 impl Faults {
@@ -90,8 +92,15 @@ impl Faults {
     pub async fn stall(&self) {
         let stall = *self.stall.lock().unwrap();
         if !stall.is_zero() {
+            self.stalled.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(stall).await;
         }
+    }
+
+    /// Requests that began waiting out a stall so far: each has read the
+    /// stall it waits out, which lifting it no longer shortens.
+    pub fn stalled(&self) -> u64 {
+        self.stalled.load(Ordering::SeqCst)
     }
 
     /// One refresh request's answer: after the stall, the pending failure

@@ -87,6 +87,13 @@ impl Holders {
         self.0.retain(|holder| &*holder.owner != lease.owner());
     }
 
+    /// Lets go of the liveness locks of leases lapsed by `now`: kept, they
+    /// would keep every next lease on the host unwatched.
+    pub(super) fn prune(&mut self, now: SystemTime) {
+        let now = millis_since_epoch(now);
+        self.0.retain(|holder| holder.lapses > now);
+    }
+
     fn holds(&self, owner: &str) -> bool {
         self.0.iter().any(|holder| &*holder.owner == owner)
     }
@@ -142,16 +149,20 @@ impl Locked {
         holders
             .0
             .retain(|holder| holder.lapses > now && Some(&*holder.owner) == current);
+        // A clone's own lease lives. Asked before the liveness file is
+        // opened at all: where `flock` is emulated with POSIX locks,
+        // closing any descriptor of a file ends every lock this process
+        // holds on it, the holder's too.
+        if held.as_ref().is_some_and(|held| holders.holds(&held.owner)) {
+            return Ok(None);
+        }
         let liveness_path = beside(&self.target, ".lease");
         let (liveness, identity) = open_own(&liveness_path)?;
         if let Some(held) = held {
-            // A clone's own lease lives (asked first: under POSIX-emulated
-            // locks this process's own lock would not hold a fresh open
-            // off); another's while its holder keeps the liveness lock on
-            // this very file (one removed and made anew says nothing of the
-            // holder's), or until it lapses if unwatched.
-            let gone = !holders.holds(&held.owner)
-                && held.liveness.as_deref() == Some(&*identity)
+            // Another's lives while its holder keeps the liveness lock on
+            // this very file (one removed and made anew says nothing of
+            // the holder's), or, unwatched, until it lapses.
+            let gone = held.liveness.as_deref() == Some(&*identity)
                 && try_exclusive(&liveness, &liveness_path)?;
             if !gone {
                 return Ok(None);
@@ -399,6 +410,73 @@ mod tests {
         );
     }
 
+    /// A lease sent to a caller that was gone before it took it (cut off
+    /// by its refresh timeout) is given back, for the next taker.
+    #[tokio::test]
+    async fn a_lease_delivered_to_a_caller_gone_is_given_back() {
+        let (_dir, _, [store, other]) = stores_apart();
+        let lease = store.try_lease(TTL).await.unwrap().expect("free");
+        assert_eq!(other.try_lease(TTL).await.unwrap(), None, "held");
+        let (deliver, received) = tokio::sync::oneshot::channel();
+        deliver.send(Ok(Some(lease))).unwrap();
+        let inner = Arc::clone(&store.inner);
+        drop(super::super::Delivery { received, inner });
+        settled(&store).await;
+        assert!(other.try_lease(TTL).await.unwrap().is_some(), "given back");
+    }
+
+    /// A release lets go of the lease's liveness lock at once, even while
+    /// a clone's section holds the store (stuck on a hung disk, say): the
+    /// lease ends for the next taker long before that section gives up.
+    #[tokio::test]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the lock stands for a clone's stuck section: held on purpose while the release runs"
+    )]
+    async fn a_release_ends_the_lease_while_a_section_is_stuck() {
+        let (_dir, _, [holder, next]) = stores_apart();
+        let lease = holder.try_lease(TTL).await.unwrap().expect("free");
+        let stuck = holder.inner.sections.lock().unwrap();
+        let releasing = tokio::spawn({
+            let holder = holder.clone();
+            async move { holder.release(lease).await }
+        });
+        let deadline = Instant::now() + WAIT_AT_MOST / 2;
+        while next.try_lease(TTL).await.unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the lease outlived its release");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(stuck);
+        releasing.await.unwrap().unwrap();
+    }
+
+    /// A store that only reads the file after its lease lapsed lets go of
+    /// the lapsed lease's liveness lock: the next lease, another store's,
+    /// is watched.
+    #[tokio::test]
+    async fn a_load_ends_the_liveness_lock_of_a_lapsed_lease() {
+        let (_dir, path, [reader, next]) = stores_apart();
+        let _lapsed = reader.try_lease(Duration::from_millis(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(reader.load().await.unwrap(), None);
+        let held = next.try_lease(TTL).await.unwrap().expect("lapsed");
+        let line = fs::read_to_string(beside(&path, ".lock")).unwrap();
+        assert!(line.starts_with(held.owner()), "{line}");
+        assert!(!line.ends_with(" 0\n"), "watched: {line}");
+    }
+
+    /// Waits until no task holds `store`'s state any more.
+    async fn settled(store: &FileStore) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&store.inner) > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "a task never let go of the store"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// A holder that hangs without dying holds the lease no longer than its
     /// time to live. Its liveness lock is still held, so the next lease is
     /// unwatched: it ends by its time to live only. Once lapsed, the hung
@@ -513,11 +591,7 @@ mod tests {
         assert!(gave_up.is_err(), "waited for the other section");
         drop(other_section);
         // The abandoned task lets go of the store once done.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Arc::strong_count(&store.inner) > 1 {
-            assert!(Instant::now() < deadline, "the abandoned task never ended");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        settled(&store).await;
         let other = FileStore::new(&path);
         assert!(
             other.try_lease(TTL).await.unwrap().is_some(),
