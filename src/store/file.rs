@@ -157,8 +157,12 @@ impl FileStore {
 impl TokenStore for FileStore {
     fn load(&self) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
         // A process that only adopts never enters a section: its lapsed
-        // liveness locks end here.
-        self.inner.holders().prune(SystemTime::now());
+        // liveness locks end here. Never waited for on a runtime worker (a
+        // section may hold the list while it writes the lock file): the
+        // next load prunes them.
+        if let Ok(mut holders) = self.inner.holders.try_lock() {
+            holders.prune(SystemTime::now());
+        }
         let path = self.inner.path.clone();
         async move { blocking(move || read(&path)).await }
     }
