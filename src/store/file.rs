@@ -82,6 +82,16 @@ use super::{Lease, Record, StoreError, TokenStore};
 /// // A new process (here: a new store) reads it back.
 /// let restarted = FileStore::new(&path);
 /// assert_eq!(restarted.load().await.unwrap().unwrap().version(), 1);
+///
+/// // Another process (here: a store made apart) waits while one holds
+/// // the lease.
+/// let ttl = std::time::Duration::from_secs(30);
+/// let lease = store.try_lease(ttl).await.unwrap().expect("free");
+/// if cfg!(unix) {
+///     assert!(restarted.try_lease(ttl).await.unwrap().is_none(), "held");
+/// }
+/// store.release(lease).await.unwrap();
+/// assert!(restarted.try_lease(ttl).await.unwrap().is_some(), "free again");
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// # }
 /// ```
