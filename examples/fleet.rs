@@ -1,17 +1,21 @@
-//! Several replicas, one token: fleet mode through Redis.
+//! Several replicas, one token: fleet mode through Redis, or through a
+//! token file on one host.
 //!
-//! Starts its own `redis-server` on a free loopback port, an OAuth2 token
+//! Starts its own `redis-server` on a free loopback port (with `--file`:
+//! a token file in a new temporary directory instead), an OAuth2 token
 //! endpoint that rotates refresh tokens and revokes a whole family when a
 //! spent one comes back, and an API accepting its tokens. Then it runs
 //! this executable again as 3 replica processes, deployed with the same
 //! credential. Each wraps a hyper-util client in `TokenRefreshLayer` with
-//! a sealed `RedisStore`, and sends requests for 10 s while tokens live
-//! 2 s, each refreshed at half its life. At the end it prints the identity
-//! server's refresh count beside what one process alone would make: one
-//! refresh per token for the whole fleet, and no reuse detected.
+//! a sealed `RedisStore` (or `FileStore`), and sends requests for 10 s
+//! while tokens live 2 s, each refreshed at half its life. At the end it
+//! prints the identity server's refresh count beside what one process
+//! alone would make: one refresh per token for the whole fleet, and no
+//! reuse detected.
 //!
 //! Run it with `cargo run --example fleet --features redis,file,encryption`
-//! (needs `redis-server`: `apt-get install redis-server`).
+//! (needs `redis-server`: `apt-get install redis-server`), or add
+//! `-- --file` to share a token file (on Unix; no Redis needed).
 
 // `pub`: the example uses only part of the shared fixtures.
 #[path = "../tests/support/mod.rs"]
@@ -35,9 +39,10 @@ fn main() {
     if std::env::var_os(ROLE).is_some() {
         return run_replica();
     }
-    let Some(redis) = RedisServer::start() else {
-        eprintln!("fleet: redis-server is missing (Debian package `redis-server`)");
-        std::process::exit(1);
+    let shared = if std::env::args().skip(1).any(|arg| arg == "--file") {
+        Shared::file()
+    } else {
+        Shared::redis()
     };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let failed = runtime.block_on(async {
@@ -51,7 +56,8 @@ fn main() {
         let config = ReplicaConfig {
             token_url: idp.token_url(),
             api_url: api.url("/data"),
-            redis_url: Some(redis.url()),
+            redis_url: shared.redis.as_ref().map(RedisServer::url),
+            file: shared.file.clone(),
             prefix: "fleet-example".into(),
             key: Some(base64::engine::general_purpose::STANDARD.encode([7u8; 32])),
             initial: Some((granted.access_token, granted.refresh_token, LIFETIME)),
@@ -60,11 +66,10 @@ fn main() {
             refresh_timeout: Duration::from_secs(2),
             windows: (0.5, 0.2),
             login: true,
-            ..ReplicaConfig::default()
         };
         println!(
-            "{REPLICAS} replicas, tokens living {LIFETIME:?}, {RUN_FOR:?} of traffic, Redis at {}",
-            redis.url()
+            "{REPLICAS} replicas, tokens living {LIFETIME:?}, {RUN_FOR:?} of traffic, sharing {}",
+            shared.describe()
         );
         let children: Vec<_> = (0..REPLICAS)
             .map(|i| spawn_replica(&format!("replica-{i}"), &config, &[]))
@@ -109,7 +114,58 @@ fn main() {
         );
         failed + stats.reuse_detected
     });
+    // Stopped (or removed) before any exit, which runs no destructors.
+    drop(shared);
     if failed > 0 {
         std::process::exit(1);
+    }
+}
+
+/// Where the replicas share their tokens: a Redis server of the example's
+/// own, or a token file in a temporary directory, removed at the end.
+struct Shared {
+    redis: Option<RedisServer>,
+    file: Option<String>,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Shared {
+    fn redis() -> Self {
+        let Some(redis) = RedisServer::start() else {
+            eprintln!("fleet: redis-server is missing (Debian package `redis-server`; or run with --file)");
+            std::process::exit(1);
+        };
+        Self {
+            redis: Some(redis),
+            file: None,
+            dir: None,
+        }
+    }
+
+    fn file() -> Self {
+        let dir = std::env::temp_dir().join(format!("ttr-fleet-example-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let file = dir.join("tokens.json").to_string_lossy().into_owned();
+        Self {
+            redis: None,
+            file: Some(file),
+            dir: Some(dir),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (&self.redis, &self.file) {
+            (Some(redis), _) => format!("Redis at {}", redis.url()),
+            (None, Some(file)) => format!("the token file {file}"),
+            (None, None) => unreachable!("one or the other"),
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
