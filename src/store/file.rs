@@ -124,6 +124,9 @@ struct Inner {
 
 impl FileStore {
     /// A store kept at `path`; nothing is read or created until first use.
+    /// A relative `path` is taken from the current directory now: a
+    /// process that changes directory later keeps the same file (and the
+    /// same lock files as the other processes).
     ///
     /// ```
     /// use tower_token_refresh::store::{FileStore, Record, TokenStore};
@@ -142,7 +145,8 @@ impl FileStore {
     pub fn new(path: impl AsRef<Path>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                path: path.as_ref().to_path_buf(),
+                path: std::path::absolute(path.as_ref())
+                    .unwrap_or_else(|_| path.as_ref().to_path_buf()),
                 sections: Mutex::default(),
                 holders: Mutex::default(),
                 local: Local::new(),
@@ -150,7 +154,7 @@ impl FileStore {
         }
     }
 
-    /// Where the tokens are kept.
+    /// Where the tokens are kept: the path given, made absolute.
     ///
     /// ```
     /// use std::path::Path;
@@ -158,6 +162,10 @@ impl FileStore {
     ///
     /// let store = FileStore::new("/var/lib/app/tokens");
     /// assert_eq!(store.path(), Path::new("/var/lib/app/tokens"));
+    ///
+    /// let here = FileStore::new("tokens.json");
+    /// let cwd = std::env::current_dir().unwrap();
+    /// assert_eq!(here.path(), cwd.join("tokens.json"));
     /// ```
     pub fn path(&self) -> &Path {
         &self.inner.path
