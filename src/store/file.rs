@@ -390,36 +390,41 @@ fn read(path: &Path) -> Result<Option<Record>, StoreError> {
     Ok(Some(Record::new(version, payload)))
 }
 
-/// A token file another user could have written is not trusted: one they
-/// own (put in a shared directory before this process wrote there, to
-/// have it use their tokens), or one anyone may write. Group write is
-/// allowed: volumes shared within a Kubernetes pod (`fsGroup`) make files
-/// group-writable, and the group is then the pod's. Checked on the open
-/// file, so a symbolic link is judged by what it points to.
-#[cfg(unix)]
+/// A token file another user could have written is not trusted (see
+/// [`not_own`]). Checked on the open file, so a symbolic link is judged by
+/// what it points to.
 fn refuse_foreign(path: &Path, metadata: &fs::Metadata) -> Result<(), StoreError> {
+    match not_own(metadata) {
+        Some(why) => Err(StoreError::corrupt(format!(
+            "{} {why}: a token file must be this process's alone; remove it \
+             (or chmod 600 it, if this process owns it)",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Why a file is not this process's own, if it is not: another user owns
+/// it (put in a shared directory before this process wrote there, to have
+/// it use their tokens or their lease), or anyone may write it. Group
+/// write is allowed: volumes shared within a Kubernetes pod (`fsGroup`)
+/// make files group-writable, and the group is then the pod's.
+#[cfg(unix)]
+fn not_own(metadata: &fs::Metadata) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let (owner, me) = (metadata.uid(), rustix::process::geteuid().as_raw());
     if owner != me {
-        return Err(StoreError::corrupt(format!(
-            "{} belongs to another user (uid {owner}; this process runs as {me}): \
-             a token file must be this process's own; remove it",
-            path.display()
-        )));
+        return Some(format!(
+            "belongs to another user (uid {owner}; this process runs as {me})"
+        ));
     }
     let mode = metadata.mode() & 0o777;
-    if mode & 0o002 != 0 {
-        return Err(StoreError::corrupt(format!(
-            "{} may be written by any user (mode {mode:04o}); chmod 600 it, or remove it",
-            path.display()
-        )));
-    }
-    Ok(())
+    (mode & 0o002 != 0).then(|| format!("may be written by any user (mode {mode:04o})"))
 }
 
 #[cfg(not(unix))]
-fn refuse_foreign(_: &Path, _: &fs::Metadata) -> Result<(), StoreError> {
-    Ok(())
+fn not_own(_: &fs::Metadata) -> Option<String> {
+    None
 }
 
 /// The file `path` names, through any symbolic links: the one a write
@@ -553,14 +558,19 @@ fn remove_abandoned(dir: &Path, name: &str) {
 }
 
 fn create_private(path: &Path) -> io::Result<File> {
+    private_options().write(true).create_new(true).open(path)
+}
+
+/// Options that create a file only its owner may read or write (mode
+/// `0600` on Unix).
+fn private_options() -> OpenOptions {
     let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    options.open(path)
+    options
 }
 
 #[cfg(test)]

@@ -29,11 +29,12 @@
 //!
 //! [`FileStore`]: super::FileStore
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::{not_own, private_options};
 use crate::store::{Lease, StoreError};
 
 /// How long a critical section waits for another one to end. Each takes a
@@ -146,9 +147,7 @@ impl Locked {
         // or replaced) end here; kept, they would keep every next lease on
         // the host unwatched.
         let current = held.as_ref().map(|held| &*held.owner);
-        holders
-            .0
-            .retain(|holder| holder.lapses > now && Some(&*holder.owner) == current);
+        holders.0.retain(|holder| Some(&*holder.owner) == current);
         // A clone's own lease lives. Asked before the liveness file is
         // opened at all: where `flock` is emulated with POSIX locks,
         // closing any descriptor of a file ends every lock this process
@@ -267,12 +266,11 @@ struct Held {
 /// at once, which would present a rotating refresh token that other
 /// processes present too.
 fn open_own(path: &Path) -> Result<(File, String), StoreError> {
-    let mut options = OpenOptions::new();
+    let mut options = private_options();
     options.read(true).write(true).create(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
         options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
     }
     let opened = options
@@ -282,21 +280,12 @@ fn open_own(path: &Path) -> Result<(File, String), StoreError> {
     if !metadata.is_file() {
         return Err(refused(path, "is not a regular file"));
     }
+    if let Some(why) = not_own(&metadata) {
+        return Err(refused(path, &why));
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let (owner, me) = (metadata.uid(), rustix::process::geteuid().as_raw());
-        if owner != me {
-            let why = format!("belongs to another user (uid {owner}; this process runs as {me})");
-            return Err(refused(path, &why));
-        }
-        let mode = metadata.mode() & 0o777;
-        if mode & 0o002 != 0 {
-            return Err(refused(
-                path,
-                &format!("may be written by any user (mode {mode:04o})"),
-            ));
-        }
         if metadata.nlink() != 1 {
             return Err(refused(path, "has other names (hard links)"));
         }
