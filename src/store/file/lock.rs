@@ -342,6 +342,11 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(60);
 
+    /// A time to live that is over as soon as the lease is taken: a lease
+    /// that lapsed, without waiting for it (leases lapse by the wall
+    /// clock, which tokio's paused clock does not move).
+    const LAPSED: Duration = Duration::ZERO;
+
     /// A fresh directory, its `tokens.json`, and `N` stores made apart for
     /// it: each opens the lock files on its own, as a process of its own
     /// would.
@@ -357,12 +362,7 @@ mod tests {
     async fn stores_made_apart_for_one_file_share_its_lease() {
         let (dir, _, [first, second]) = stores_apart();
 
-        let lease = first.try_lease(TTL).await.unwrap().expect("free");
-        assert_eq!(
-            second.try_lease(TTL).await.unwrap(),
-            None,
-            "held by the first"
-        );
+        let lease = taken_by(&first, &second).await;
         assert_eq!(
             first.try_lease(TTL).await.unwrap(),
             None,
@@ -390,8 +390,7 @@ mod tests {
     #[tokio::test]
     async fn a_lease_whose_holder_is_gone_is_taken_over_at_once() {
         let (_dir, _, [holder, next]) = stores_apart();
-        let _lease = holder.try_lease(TTL).await.unwrap().expect("free");
-        assert_eq!(next.try_lease(TTL).await.unwrap(), None, "its holder lives");
+        let _lease = taken_by(&holder, &next).await;
         drop(holder);
         assert!(
             next.try_lease(TTL).await.unwrap().is_some(),
@@ -404,8 +403,7 @@ mod tests {
     #[tokio::test]
     async fn a_lease_delivered_to_a_caller_gone_is_given_back() {
         let (_dir, _, [store, other]) = stores_apart();
-        let lease = store.try_lease(TTL).await.unwrap().expect("free");
-        assert_eq!(other.try_lease(TTL).await.unwrap(), None, "held");
+        let lease = taken_by(&store, &other).await;
         let (deliver, received) = tokio::sync::oneshot::channel();
         deliver.send(Ok(Some(lease))).unwrap();
         let inner = Arc::clone(&store.inner);
@@ -445,13 +443,19 @@ mod tests {
     #[tokio::test]
     async fn a_load_ends_the_liveness_lock_of_a_lapsed_lease() {
         let (_dir, path, [reader, next]) = stores_apart();
-        let _lapsed = reader.try_lease(Duration::from_millis(1)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _lapsed = reader.try_lease(LAPSED).await.unwrap();
         assert_eq!(reader.load().await.unwrap(), None);
         let held = next.try_lease(TTL).await.unwrap().expect("lapsed");
         let line = fs::read_to_string(beside(&path, ".lock")).unwrap();
         assert!(line.starts_with(held.owner()), "{line}");
         assert!(!line.ends_with(" 0\n"), "watched: {line}");
+    }
+
+    /// `holder` takes the lease, which `other` then finds held.
+    async fn taken_by(holder: &FileStore, other: &FileStore) -> Lease {
+        let lease = holder.try_lease(TTL).await.unwrap().expect("free");
+        assert_eq!(other.try_lease(TTL).await.unwrap(), None, "held");
+        lease
     }
 
     /// Waits until no task holds `store`'s state any more.
@@ -473,12 +477,7 @@ mod tests {
     #[tokio::test]
     async fn a_lease_lapses_after_its_time_to_live_for_every_store_of_the_file() {
         let (_dir, path, [hung, next, third]) = stores_apart();
-        let stale = hung
-            .try_lease(Duration::from_millis(1))
-            .await
-            .unwrap()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let stale = hung.try_lease(LAPSED).await.unwrap().unwrap();
 
         let held = next.try_lease(TTL).await.unwrap().expect("lapsed");
         let line = fs::read_to_string(beside(&path, ".lock")).unwrap();
