@@ -420,13 +420,13 @@ fn is_wrong_type(error: &RedisError) -> bool {
 /// harmless if the `SET` never ran.
 struct Unanswered {
     store: RedisStore,
-    owner: Option<String>,
+    lease: Option<Lease>,
     ttl: Duration,
 }
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        let Some(owner) = self.owner.take() else {
+        let Some(lease) = self.lease.take() else {
             return;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -439,7 +439,7 @@ impl Drop for Unanswered {
                     // connection lands first (or is lost with it), and the
                     // release goes over a fresh connection.
                     tokio::time::sleep(store.timeout).await;
-                    let Err(error) = store.release(Lease::new(owner.clone())).await else {
+                    let Err(error) = store.release(lease.clone()).await else {
                         return;
                     };
                     // A key of another kind will not turn into a lease.
@@ -560,15 +560,15 @@ impl TokenStore for RedisStore {
         &self,
         ttl: Duration,
     ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
-        let owner = Lease::of_this_process().owner().to_owned();
+        let lease = Lease::of_this_process();
         let ttl_ms = u64::try_from(ttl.as_millis())
             .unwrap_or(u64::MAX)
             .clamp(1, MAX_LEASE_MS);
         let mut invocation = TAKE_LEASE.key(&self.shared.lease_key);
-        invocation.arg(&owner).arg(ttl_ms);
+        invocation.arg(lease.owner()).arg(ttl_ms);
         let mut unanswered = Unanswered {
             store: self.clone(),
-            owner: Some(owner),
+            lease: Some(lease),
             ttl: Duration::from_millis(ttl_ms),
         };
         async move {
@@ -578,7 +578,7 @@ impl TokenStore for RedisStore {
                     |mut manager| async move { invocation.invoke_async(&mut manager).await },
                 )
                 .await?;
-            let owner = unanswered.owner.take().expect("taken once, here");
+            let lease = unanswered.lease.take().expect("taken once, here");
             if answer == -1 {
                 tracing::warn!(
                     key = %self.shared.lease_key,
@@ -586,7 +586,7 @@ impl TokenStore for RedisStore {
                      it now lapses like a lease (something other than this store wrote or changed it)"
                 );
             }
-            Ok((answer == 1).then(|| Lease::new(owner)))
+            Ok((answer == 1).then_some(lease))
         }
     }
 
