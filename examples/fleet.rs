@@ -25,10 +25,9 @@ use std::time::Duration;
 
 use base64::Engine;
 
-use support::fleet::{report, run_replica, spawn_replica, ReplicaConfig, ROLE};
+use support::fleet::{report, run_replica, spawn_replica, ReplicaConfig, SharedStore, ROLE};
 use support::fleet::{CLIENT_ID, CLIENT_SECRET};
 use support::oauth2::{OAuth2Server, RegisteredClient};
-use support::redis::RedisServer;
 use support::ApiServer;
 
 const REPLICAS: usize = 3;
@@ -40,9 +39,15 @@ fn main() {
         return run_replica();
     }
     let shared = if std::env::args().skip(1).any(|arg| arg == "--file") {
-        Shared::file()
+        SharedStore::file("example")
     } else {
-        Shared::redis()
+        let Some(redis) = SharedStore::redis() else {
+            eprintln!(
+                "fleet: redis-server is missing (Debian package `redis-server`; or run with --file)"
+            );
+            std::process::exit(1);
+        };
+        redis
     };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let failed = runtime.block_on(async {
@@ -53,11 +58,9 @@ fn main() {
             .await;
         let api = ApiServer::start(&idp).await;
         let granted = idp.authorize(CLIENT_ID, "read");
-        let config = ReplicaConfig {
+        let config = shared.configure(ReplicaConfig {
             token_url: idp.token_url(),
             api_url: api.url("/data"),
-            redis_url: shared.redis.as_ref().map(RedisServer::url),
-            file: shared.file.clone(),
             prefix: "fleet-example".into(),
             key: Some(base64::engine::general_purpose::STANDARD.encode([7u8; 32])),
             initial: Some((granted.access_token, granted.refresh_token, LIFETIME)),
@@ -66,7 +69,8 @@ fn main() {
             refresh_timeout: Duration::from_secs(2),
             windows: (0.5, 0.2),
             login: true,
-        };
+            ..ReplicaConfig::default()
+        });
         println!(
             "{REPLICAS} replicas, tokens living {LIFETIME:?}, {RUN_FOR:?} of traffic, sharing {}",
             shared.describe()
@@ -118,54 +122,5 @@ fn main() {
     drop(shared);
     if failed > 0 {
         std::process::exit(1);
-    }
-}
-
-/// Where the replicas share their tokens: a Redis server of the example's
-/// own, or a token file in a temporary directory, removed at the end.
-struct Shared {
-    redis: Option<RedisServer>,
-    file: Option<String>,
-    dir: Option<std::path::PathBuf>,
-}
-
-impl Shared {
-    fn redis() -> Self {
-        let Some(redis) = RedisServer::start() else {
-            eprintln!("fleet: redis-server is missing (Debian package `redis-server`; or run with --file)");
-            std::process::exit(1);
-        };
-        Self {
-            redis: Some(redis),
-            file: None,
-            dir: None,
-        }
-    }
-
-    fn file() -> Self {
-        let dir = std::env::temp_dir().join(format!("ttr-fleet-example-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temporary directory");
-        let file = dir.join("tokens.json").to_string_lossy().into_owned();
-        Self {
-            redis: None,
-            file: Some(file),
-            dir: Some(dir),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match (&self.redis, &self.file) {
-            (Some(redis), _) => format!("Redis at {}", redis.url()),
-            (None, Some(file)) => format!("the token file {file}"),
-            (None, None) => unreachable!("one or the other"),
-        }
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }

@@ -37,7 +37,7 @@ mod scenarios {
 
     use super::support::faults::InjectFaults;
     use super::support::fleet::{
-        report, spawn_replica, ReplicaConfig, ReplicaReport, CLIENT_ID, CLIENT_SECRET,
+        report, spawn_replica, ReplicaConfig, ReplicaReport, SharedStore, CLIENT_ID, CLIENT_SECRET,
     };
     use super::support::oauth2::{OAuth2Server, OAuth2Stats, RegisteredClient};
     use super::support::redis::RedisServer;
@@ -200,15 +200,6 @@ mod scenarios {
         }
     }
 
-    /// A fresh directory for a scenario's token file, and the file's path.
-    fn token_file(scenario: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("ttr-fleet-{scenario}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("tokens.json");
-        (dir, path)
-    }
-
     /// 3 processes keep their tokens in one file (no Redis), 2 s tokens,
     /// 8 s of traffic: the lock file beside it makes them refresh as one,
     /// exactly as through Redis. Without it, processes reaching the
@@ -217,12 +208,11 @@ mod scenarios {
     async fn three_processes_sharing_a_token_file_make_one_refresh_call_per_expiry() {
         let lifetime = Duration::from_secs(2);
         let world = World::start(lifetime, true).await;
-        let (dir, path) = token_file("shared");
-        let config = ReplicaConfig {
-            file: Some(path.to_string_lossy().into_owned()),
+        let file = SharedStore::file("shared");
+        let config = file.configure(ReplicaConfig {
             run_for: Duration::from_secs(8),
             ..world.config(lifetime)
-        };
+        });
         let reports = reports(spawn(3, &config), Duration::from_secs(60)).await;
         assert_one_refresh_call_per_expiry(&world, &reports, "three processes, one file", 3);
         let adopters = reports.iter().filter(|r| r.stats.adopted > 0).count();
@@ -230,7 +220,6 @@ mod scenarios {
             adopters >= 2,
             "the others adopted from the file: {adopters}"
         );
-        std::fs::remove_dir_all(&dir).expect("temp dir removed");
     }
 
     /// Every value under `prefix`, as raw bytes.
@@ -252,9 +241,8 @@ mod scenarios {
     /// connection). A survivor refreshes once the 5 s lease lapses; every
     /// request of the survivors succeeds and nothing was spent twice.
     async fn killed_lease_holder_is_taken_over_after_the_lease_lapses() {
-        let redis = RedisServer::start().expect("redis-server");
-        let (idp, reports) =
-            kill_the_lease_holder(false, Shared::Redis(redis), Duration::from_secs(1)).await;
+        let redis = SharedStore::redis().expect("redis-server");
+        let (idp, reports) = kill_the_lease_holder(false, redis, Duration::from_secs(1)).await;
         assert_taken_over(&idp, &reports);
         assert_eq!(idp.refreshed, 1, "one survivor completed the refresh");
     }
@@ -267,11 +255,9 @@ mod scenarios {
     /// taken over at once, the new tokens are refreshed again within the
     /// run.
     async fn killed_file_lease_holder_is_taken_over_at_once() {
-        let (dir, path) = token_file("killed");
-        let (idp, reports) =
-            kill_the_lease_holder(false, Shared::File(path), Duration::from_secs(60)).await;
+        let file = SharedStore::file("killed");
+        let (idp, reports) = kill_the_lease_holder(false, file, Duration::from_secs(60)).await;
         assert_taken_over(&idp, &reports);
-        std::fs::remove_dir_all(&dir).expect("temp dir removed");
     }
 
     /// A survivor completed the killed holder's refresh, each refresh was
@@ -295,9 +281,8 @@ mod scenarios {
     /// reuse (the family is revoked), the store has nothing newer, and one
     /// login recovers the fleet: still no failed request.
     async fn killed_after_the_idp_rotated_recovers_with_one_login() {
-        let redis = RedisServer::start().expect("redis-server");
-        let (idp, reports) =
-            kill_the_lease_holder(true, Shared::Redis(redis), Duration::from_secs(1)).await;
+        let redis = SharedStore::redis().expect("redis-server");
+        let (idp, reports) = kill_the_lease_holder(true, redis, Duration::from_secs(1)).await;
         assert_no_failures(&reports);
         assert_eq!(idp.refreshed, 1, "only the dead holder's refresh");
         assert_eq!(
@@ -309,47 +294,13 @@ mod scenarios {
         assert_eq!(logins, 1);
     }
 
-    /// Where the replicas of a kill scenario share their tokens.
-    enum Shared {
-        Redis(RedisServer),
-        /// The token file's path.
-        File(std::path::PathBuf),
-    }
-
-    impl Shared {
-        fn configure(&self, config: ReplicaConfig) -> ReplicaConfig {
-            match self {
-                Shared::Redis(redis) => ReplicaConfig {
-                    redis_url: Some(redis.url()),
-                    ..config
-                },
-                Shared::File(path) => ReplicaConfig {
-                    file: Some(path.to_string_lossy().into_owned()),
-                    ..config
-                },
-            }
-        }
-
-        /// The lease's owner (`{pid}-…`), if someone holds it.
-        fn lease_owner(&self, prefix: &str) -> Option<String> {
-            match self {
-                Shared::Redis(redis) => lease_owner(&redis.url(), prefix),
-                Shared::File(path) => {
-                    let lock = path.with_file_name(".tokens.json.lock");
-                    let line = std::fs::read_to_string(lock).ok()?;
-                    line.split_whitespace().next().map(str::to_owned)
-                }
-            }
-        }
-    }
-
     /// Runs 3 replicas sharing `shared` with `refresh_timeout`, kills the
     /// lease holder while the IdP holds its refresh (before the work, or
     /// after it when `rotated`), and returns the IdP's counters and the
     /// survivors' reports.
     async fn kill_the_lease_holder(
         rotated: bool,
-        shared: Shared,
+        shared: SharedStore,
         refresh_timeout: Duration,
     ) -> (OAuth2Stats, Vec<ReplicaReport>) {
         let lifetime = Duration::from_secs(10);
@@ -418,15 +369,6 @@ mod scenarios {
         (idp, reports)
     }
 
-    fn lease_owner(url: &str, prefix: &str) -> Option<String> {
-        let client = redis::Client::open(url).expect("url");
-        let mut conn = client.get_connection().expect("connection");
-        redis::cmd("GET")
-            .arg(format!("{prefix}:lease"))
-            .query(&mut conn)
-            .expect("GET lease")
-    }
-
     /// 3 processes on 2 s tokens (no rotation: without a store, replicas
     /// sharing a rotating refresh token would set off reuse detection,
     /// which is why fleet mode exists); Redis is killed after 4 s of 12.
@@ -479,13 +421,13 @@ mod scenarios {
     async fn file_store_restart_resumes_with_the_rotated_refresh_token() {
         let lifetime = Duration::from_secs(2);
         let world = World::start(lifetime, true).await;
-        let (dir, path) = token_file("restart");
-        let first = ReplicaConfig {
-            file: Some(path.to_string_lossy().into_owned()),
+        let file = SharedStore::file("restart");
+        let path = file.path().expect("a token file");
+        let first = file.configure(ReplicaConfig {
             run_for: Duration::from_millis(3_500),
             workers: 2,
             ..world.config(lifetime)
-        };
+        });
         let before = reports(spawn(1, &first), Duration::from_secs(30)).await;
         let before = before[0];
         assert_no_failures(&[before]);
@@ -532,6 +474,5 @@ mod scenarios {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        std::fs::remove_dir_all(&dir).expect("temp dir removed");
     }
 }

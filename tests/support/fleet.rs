@@ -305,3 +305,83 @@ fn sealed<S: TokenStore>(builder: Builder, store: S, key: Option<StoreKey>) -> B
         None => builder.store(store),
     }
 }
+
+/// Where replicas share their tokens: a `redis-server` of their own, or a
+/// token file (`tokens.json`) in a fresh temporary directory, removed on
+/// drop.
+pub enum SharedStore {
+    Redis(super::redis::RedisServer),
+    File { dir: std::path::PathBuf },
+}
+
+impl SharedStore {
+    /// A `redis-server` of its own; `None` if it is not installed.
+    pub fn redis() -> Option<Self> {
+        super::redis::RedisServer::start().map(Self::Redis)
+    }
+
+    /// A token file in a new directory named after `name`.
+    pub fn file(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ttr-fleet-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        Self::File { dir }
+    }
+
+    /// The token file, for a file store.
+    pub fn path(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Self::Redis(_) => None,
+            Self::File { dir } => Some(dir.join("tokens.json")),
+        }
+    }
+
+    /// `config`, pointed at this store.
+    pub fn configure(&self, config: ReplicaConfig) -> ReplicaConfig {
+        match self {
+            Self::Redis(redis) => ReplicaConfig {
+                redis_url: Some(redis.url()),
+                ..config
+            },
+            Self::File { .. } => ReplicaConfig {
+                file: self.path().map(|path| path.to_string_lossy().into_owned()),
+                ..config
+            },
+        }
+    }
+
+    /// The lease's owner (`{pid}-…`), if someone holds it (in Redis, under
+    /// `prefix`).
+    pub fn lease_owner(&self, prefix: &str) -> Option<String> {
+        match self {
+            Self::Redis(redis) => {
+                let client = redis::Client::open(redis.url()).expect("url");
+                let mut conn = client.get_connection().expect("connection");
+                redis::cmd("GET")
+                    .arg(format!("{prefix}:lease"))
+                    .query(&mut conn)
+                    .expect("GET lease")
+            }
+            Self::File { dir } => {
+                let line = std::fs::read_to_string(dir.join(".tokens.json.lock")).ok()?;
+                line.split_whitespace().next().map(str::to_owned)
+            }
+        }
+    }
+
+    /// What it is, for a person.
+    pub fn describe(&self) -> String {
+        match (self, self.path()) {
+            (Self::Redis(redis), _) => format!("Redis at {}", redis.url()),
+            (Self::File { .. }, path) => format!("the token file {}", path.unwrap().display()),
+        }
+    }
+}
+
+impl Drop for SharedStore {
+    fn drop(&mut self) {
+        if let Self::File { dir } = self {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
