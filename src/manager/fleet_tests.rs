@@ -843,14 +843,7 @@ async fn a_sibling_adopts_the_stored_tokens(idp: &Rotating, store: &FaultyLoads)
 /// so that a process that knew it takes them as newer.
 #[tokio::test(start_paused = true)]
 async fn a_store_emptied_under_the_lease_gets_a_version_past_the_one_read() {
-    let idp = Rotating::taking(Duration::from_secs(1));
-    let store = FaultyLoads::default();
-    let first = idp.layer_on(store.clone());
-    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
-    store_an_expired_siblings_record(&store.inner, Some(1), 5).await;
-
-    refresh_while_the_store_is_emptied(&first, &store).await;
-    assert_eq!(idp.stored_live_version(&store.inner).await, 6);
+    emptied_under_the_lease_after_a_siblings_version(false).await;
 }
 
 /// The same loss, with the write that replaces the emptied record failing
@@ -858,18 +851,28 @@ async fn a_store_emptied_under_the_lease_gets_a_version_past_the_one_read() {
 /// the offer that follows stores them past it.
 #[tokio::test(start_paused = true)]
 async fn a_store_emptied_under_the_lease_then_failing_gets_a_version_past_the_one_read() {
+    emptied_under_the_lease_after_a_siblings_version(true).await;
+}
+
+/// A process knows version 1, a sibling stored version 5, and the store is
+/// emptied while the process refreshes under the lease (the write that
+/// replaces the emptied record failing too if `replacement_fails`): the
+/// tokens end up stored as version 6.
+async fn emptied_under_the_lease_after_a_siblings_version(replacement_fails: bool) {
     let idp = Rotating::taking(Duration::from_secs(1));
     let store = FaultyLoads::default();
     let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
     store_an_expired_siblings_record(&store.inner, Some(1), 5).await;
-    // The write over version 5 finds the store empty; the one replacing
-    // the emptied record fails.
-    store.writes_passing_first.store(1, Ordering::SeqCst);
-    store.failing_writes.store(1, Ordering::SeqCst);
+    if replacement_fails {
+        // The write over version 5 finds the store empty; the one
+        // replacing the emptied record fails.
+        store.writes_passing_first.store(1, Ordering::SeqCst);
+        store.failing_writes.store(1, Ordering::SeqCst);
+    }
 
     refresh_while_the_store_is_emptied(&first, &store).await;
-    crate::test_support::settle().await; // the offer runs on its own task
+    crate::test_support::settle().await; // an offer runs on its own task
     assert_eq!(idp.stored_live_version(&store.inner).await, 6);
 }
 
