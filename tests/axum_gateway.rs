@@ -237,6 +237,14 @@ fn holding_upstream_token() -> TokenRefreshLayer {
         .build()
 }
 
+/// An upstream that answers every request `status` with the challenge
+/// `challenge` and a body naming the status (`forbidden`, say).
+fn challenging(status: hyper::StatusCode, challenge: &'static str) -> axum::Router {
+    let body = status.canonical_reason().unwrap_or_default().to_lowercase();
+    axum::Router::new()
+        .fallback(move || async move { (status, [("www-authenticate", challenge)], body) })
+}
+
 /// An upstream that answers every request `200`, for tests whose token
 /// never gets that far.
 fn answering_ok() -> axum::Router {
@@ -250,12 +258,10 @@ fn answering_ok() -> axum::Router {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_refusing_the_refreshed_token_is_a_bad_gateway_not_a_challenge() {
     bounded(async {
-        let upstream = axum::Router::new().fallback(|| async {
-            (
-                hyper::StatusCode::UNAUTHORIZED,
-                [("www-authenticate", r#"Bearer error="invalid_token""#)],
-            )
-        });
+        let upstream = challenging(
+            hyper::StatusCode::UNAUTHORIZED,
+            r#"Bearer error="invalid_token""#,
+        );
         let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("refused-too")) });
         let layer = TokenRefreshLayer::builder(source)
             .initial_tokens(TokenSet::new("refused"))
@@ -365,13 +371,10 @@ async fn a_refresh_timing_out_is_a_gateway_timeout_and_a_dead_upstream_a_bad_gat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_challenge_on_a_forbidden_answer_stays_at_the_gateway() {
     bounded(async {
-        let upstream = axum::Router::new().fallback(|| async {
-            (
-                hyper::StatusCode::FORBIDDEN,
-                [("www-authenticate", r#"Bearer error="insufficient_scope""#)],
-                "forbidden",
-            )
-        });
+        let upstream = challenging(
+            hyper::StatusCode::FORBIDDEN,
+            r#"Bearer error="insufficient_scope""#,
+        );
         let layer = holding_upstream_token();
         let addr = gateway_in_front_of(upstream, layer).await;
         let (status, headers, body) = get_items(addr).await;
