@@ -130,6 +130,7 @@ impl Lease {
 
     /// A fresh lease of this process, for a store others can read: its
     /// owner, `{pid}-{128 random bits in hex}`, says which process holds it.
+    #[cfg(any(feature = "file", feature = "redis"))]
     pub(crate) fn of_this_process() -> Self {
         Self::new(format!("{}-{}", std::process::id(), Self::random_owner()))
     }
