@@ -464,6 +464,10 @@ pub(crate) enum ErrorKind {
     DeadlineElapsed,
     InsecureTransport,
     NoRuntime,
+    /// A token handed out by the handle was reported rejected less than
+    /// `min_refresh_interval` after it came from a refresh: not refreshed
+    /// again.
+    FreshTokenRejected,
 }
 
 impl ErrorKind {
@@ -639,6 +643,31 @@ impl Error {
         self.kind == ErrorKind::InsecureTransport
     }
 
+    /// A token [`TokenHandle::bearer_rejected`](crate::TokenHandle::bearer_rejected)
+    /// was told of had come from a refresh less than the
+    /// [minimum refresh interval](crate::Builder::min_refresh_interval)
+    /// before: another refresh would likely bring a token rejected the
+    /// same way (a server that misuses its rejection, or a clock or
+    /// audience mismatch), so none was made. The rejection stands; a
+    /// request through the layer gets the server's rejection back instead.
+    ///
+    /// ```
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let handle = TokenRefreshLayer::builder(source).build().handle();
+    /// let bearer = handle.bearer().await.unwrap(); // just refreshed
+    /// let error = handle.bearer_rejected(&bearer).await.unwrap_err();
+    /// assert!(error.is_fresh_token_rejected());
+    /// assert!(!error.is_refresh_failed(), "no refresh was tried");
+    /// assert_eq!(handle.stats().refreshes, 1);
+    /// # }
+    /// ```
+    pub fn is_fresh_token_rejected(&self) -> bool {
+        self.kind == ErrorKind::FreshTokenRejected
+    }
+
     /// The refresh source's own error, when a refresh failed.
     ///
     /// ```
@@ -682,6 +711,10 @@ impl fmt::Display for Error {
                 "refusing to send a bearer token to a non-loopback host without https"
             }
             ErrorKind::NoRuntime => "token refresh needs a tokio runtime",
+            ErrorKind::FreshTokenRejected => {
+                "a token refreshed moments ago was rejected: not refreshing again \
+                 within the minimum refresh interval"
+            }
         })
     }
 }

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::ErrorKind;
-use crate::manager::TokenManager;
-use crate::{Error, RefreshError, Stats, TokenSet};
+use crate::manager::{Decision, TokenManager};
+use crate::{Bearer, Error, RefreshError, Stats, TokenSet};
 
 /// A handle on the token state shared by a layer and all its services.
 ///
@@ -153,6 +153,99 @@ impl TokenHandle {
             Err(error) if error.is_abandoned() => Err(Error::new(ErrorKind::RefreshAborted)),
             outcome => outcome.map(drop),
         }
+    }
+
+    /// A token to send now, outside the layer (see [`Bearer`]): the one a
+    /// request through the layer would be sent with. A fresh token is
+    /// handed out at once, without a lock; a stale one too, while one
+    /// background refresh runs; for an expired or missing one this waits
+    /// for the refresh, joining one already running, as a request does.
+    /// Fails as such a request would: [`Error::is_reauth_required`] after
+    /// a terminal failure, [`Error::is_refresh_failed`] when the refresh
+    /// failed and no valid token is left. A wait counts in
+    /// [`Stats::waited`]. The layer's transport rules (no plain `http://`
+    /// beyond loopback, the [allowed origins](crate::Builder::allowed_origins))
+    /// cannot apply: where the token goes is the caller's to decide.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let calls = Arc::new(AtomicUsize::new(0));
+    /// let counted = Arc::clone(&calls);
+    /// let handle = TokenRefreshLayer::builder(refresh_fn(move |_| {
+    ///     let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+    ///     async move { Ok::<_, RefreshError>(TokenSet::new(format!("t{n}"))) }
+    /// }))
+    /// .build()
+    /// .handle();
+    /// // No token yet: the callers wait for one refresh between them.
+    /// let (a, b) = tokio::join!(handle.bearer(), handle.bearer());
+    /// assert_eq!((a.unwrap().expose(), b.unwrap().expose()), ("t1", "t1"));
+    /// assert_eq!(calls.load(Ordering::SeqCst), 1);
+    /// # }
+    /// ```
+    pub async fn bearer(&self) -> Result<Bearer, Error> {
+        let ready = self.manager.ready(&mut self.manager.snapshot_cache());
+        let credential = match ready {
+            Some(credential) => credential,
+            None => self.manager.clone().acquire().await?,
+        };
+        Ok(Bearer::new(credential))
+    }
+
+    /// The token to use after a server rejected `rejected`, with the
+    /// layer's rules for a rejected request: if a newer token came
+    /// meanwhile, it at once, without a refresh (the rejection was
+    /// stale); otherwise one refresh, joined by every other rejection of
+    /// the same token, and the token it brings. Counted in
+    /// [`Stats::rejections`] (and [`Stats::stale_rejections`]).
+    ///
+    /// A token refreshed less than the
+    /// [minimum refresh interval](crate::Builder::min_refresh_interval)
+    /// ago is not refreshed again (another would likely be rejected too):
+    /// that fails with an error for which
+    /// [`Error::is_fresh_token_rejected`] is true. Other failures are as
+    /// for [`bearer`](Self::bearer).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let handle = TokenRefreshLayer::builder(refresh_fn(|_| async {
+    ///     Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(Duration::from_secs(3600)))
+    /// }))
+    /// .initial_tokens(TokenSet::new("revoked"))
+    /// .build()
+    /// .handle();
+    /// let bearer = handle.bearer().await.unwrap();
+    /// // The server closed the connection: its token was revoked.
+    /// let (a, b) = tokio::join!(handle.bearer_rejected(&bearer), handle.bearer_rejected(&bearer));
+    /// assert_eq!((a.unwrap().expose(), b.unwrap().expose()), ("new", "new"));
+    /// assert_eq!(handle.stats().refreshes, 1);
+    /// // Rejected again at once: refreshing again would not help.
+    /// let again = handle.bearer().await.unwrap();
+    /// assert!(handle.bearer_rejected(&again).await.unwrap_err().is_fresh_token_rejected());
+    /// # }
+    /// ```
+    pub async fn bearer_rejected(&self, rejected: &Bearer) -> Result<Bearer, Error> {
+        let manager = &self.manager;
+        let credential = match manager.rejected(rejected.generation()) {
+            Decision::Use(credential) => credential,
+            Decision::Wait(flight) => manager.clone().wait(flight).await?,
+            Decision::Fail(error) => return Err(error),
+            Decision::GiveUp => return Err(Error::new(ErrorKind::FreshTokenRejected)),
+        };
+        // As before a retry: a token rejected meanwhile by another answer
+        // (or expired while waiting) is waited past.
+        let credential = match manager.newest(credential) {
+            Ok(credential) => credential,
+            Err(flight) => manager.clone().wait(flight).await?,
+        };
+        Ok(Bearer::new(credential))
     }
 
     /// Installs new tokens (e.g. after the user signed in again) and clears
@@ -457,3 +550,6 @@ impl fmt::Debug for TokenStatus {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,6 +19,10 @@
 //!   jitter, keep using a still-valid token).
 //! - **No leaks**: tokens are redacted in every `Debug`, the header is marked
 //!   sensitive.
+//! - **Outside the layer too**: [`TokenHandle::bearer`] hands the same token
+//!   to connections that are not tower requests (a WebSocket, a broker or
+//!   database login), and [`TokenHandle::bearer_rejected`] the next one
+//!   after a rejection, with the same single flight.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -129,6 +133,7 @@
     unreachable_pub
 )]
 
+mod bearer;
 pub mod body;
 pub mod classify;
 mod error;
@@ -148,6 +153,7 @@ pub mod tonic;
 #[cfg(test)]
 mod test_support;
 
+pub use bearer::Bearer;
 pub use body::ReplayBody;
 pub use error::{BoxError, Error, FailureClass, RefreshError};
 pub use handle::{InvalidTokenError, TokenHandle, TokenState, TokenStatus};

@@ -490,3 +490,76 @@ async fn streamed_body_crossing_the_replay_cap_after_the_401_returns_the_401() {
     })
     .await;
 }
+
+/// A `GET` of `url` sent outside the layer, by a plain hyper client, with
+/// `bearer`'s header: the status the API server answers.
+async fn get_outside_the_layer(url: &str, bearer: &tower_token_refresh::Bearer) -> StatusCode {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::get(url)
+        .header(hyper::header::AUTHORIZATION, bearer.header_value().clone())
+        .body(Full::default())
+        .unwrap();
+    let response = client.request(request).await.expect("API server answers");
+    response.status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_sent_outside_the_layer_are_replaced_after_a_revocation_with_one_refresh() {
+    bounded(async {
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+        } = setup(IdentityServer::builder().start().await, |layer, login| {
+            layer.initial_tokens(login)
+        })
+        .await;
+        let url = api.url("/v1/items");
+
+        // 50 connections of another protocol, say, each authenticated with
+        // the handle's token; then the token is revoked and each one is
+        // rejected, asks for the next token and authenticates again.
+        let mut connections = tokio::task::JoinSet::new();
+        let revoked = Arc::new(tokio::sync::Barrier::new(51));
+        for _ in 0..50 {
+            let (handle, url, revoked) = (handle.clone(), url.clone(), Arc::clone(&revoked));
+            connections.spawn(async move {
+                let bearer = handle.bearer().await.expect("a token");
+                assert_eq!(get_outside_the_layer(&url, &bearer).await, StatusCode::OK);
+                revoked.wait().await;
+                assert_eq!(
+                    get_outside_the_layer(&url, &bearer).await,
+                    StatusCode::UNAUTHORIZED
+                );
+                let next = handle
+                    .bearer_rejected(&bearer)
+                    .await
+                    .expect("the next token");
+                assert!(next.generation() > bearer.generation());
+                get_outside_the_layer(&url, &next).await
+            });
+        }
+        while api.stats().ok < 50 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(api.revoke_current(), 1, "the login token was live");
+        revoked.wait().await;
+        while let Some(status) = connections.join_next().await {
+            assert_eq!(status.expect("connection task"), StatusCode::OK);
+        }
+        assert_eq!(
+            identity.stats().refresh_calls,
+            1,
+            "one refresh for 50 rejections"
+        );
+        let stats = handle.stats();
+        assert_eq!((stats.refreshes, stats.rejections), (1, 50));
+
+        // Requests through the layer send the same new token.
+        let response = send(&client, get(&url)).await.expect("through the layer");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(identity.stats().refresh_calls, 1);
+    })
+    .await;
+}

@@ -272,6 +272,8 @@ async fn scenario(server: &OAuth2Server, client_secret: &str, seen: &Seen) {
     handle.force_refresh().await.expect("forced refresh");
     let spent = granted.refresh_token;
     snapshot("TokenHandle (rotated)");
+    let bearer = handle.bearer().await.expect("the rotated token");
+    seen.debug("Bearer", &bearer);
 
     // 503, then 429 with Retry-After: errors, and the valid token stays in use.
     server.fail_next_refreshes(1, Failure::new(StatusCode::SERVICE_UNAVAILABLE));

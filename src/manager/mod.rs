@@ -314,7 +314,6 @@ impl TokenManager {
 
     /// [`poll_waiting`](Self::poll_waiting) from [`Waiting::undecided`],
     /// awaited.
-    #[cfg(feature = "reqwest")]
     pub(crate) async fn acquire(self) -> Result<Credential, Error> {
         let mut waiting = Waiting::undecided();
         std::future::poll_fn(|cx| self.poll_waiting(&mut waiting, cx)).await
@@ -357,7 +356,6 @@ impl TokenManager {
     }
 
     /// [`poll_waiting`](Self::poll_waiting), awaited.
-    #[cfg(feature = "reqwest")]
     pub(crate) async fn wait(self, flight: Flight) -> Result<Credential, Error> {
         let mut waiting = self.waiting(flight);
         std::future::poll_fn(|cx| self.poll_waiting(&mut waiting, cx)).await

@@ -1,0 +1,147 @@
+//! The handle's [`Bearer`](crate::Bearer) tokens, on tokio's paused clock:
+//! the layer's windows, single flight and rejection rules, without a
+//! request through the layer.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tower::ServiceBuilder;
+
+use crate::test_support::{burst, failing, issuer, old_token_layer, Api};
+use crate::{Bearer, Error, RefreshError, TokenHandle, TokenRefreshLayer};
+
+const HUNDRED: Duration = Duration::from_secs(100);
+
+/// `n` callers at once, each in a task of its own with a clone of `handle`.
+async fn callers<F, Fut>(handle: &TokenHandle, n: usize, call: F) -> Vec<Result<Bearer, Error>>
+where
+    F: Fn(TokenHandle) -> Fut,
+    Fut: Future<Output = Result<Bearer, Error>> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(call(handle.clone()))).collect();
+    let mut results = Vec::with_capacity(n);
+    for task in tasks {
+        results.push(task.await.expect("caller task"));
+    }
+    results
+}
+
+/// Whether every result is `token`.
+fn all_got(results: &[Result<Bearer, Error>], token: &str) -> bool {
+    results
+        .iter()
+        .all(|r| r.as_ref().expect("a token").expose() == token)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_token_is_handed_out_at_once_and_a_stale_one_while_one_background_refresh_runs() {
+    let api = Api::default();
+    // 100 s token: advisory window 50 s, mandatory 10 s.
+    let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::from_secs(5), |b| b);
+    let handle = layer.handle();
+
+    let fresh = handle.bearer().await.unwrap();
+    assert_eq!((fresh.expose(), issuer.calls()), ("old", 0));
+
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let stale = callers(&handle, 50, |h| async move { h.bearer().await }).await;
+    assert!(all_got(&stale, "old"));
+    assert_eq!(issuer.calls(), 1, "one background refresh for 50 callers");
+    assert_eq!(handle.stats().waited, 0, "nobody waited");
+
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let next = handle.bearer().await.unwrap();
+    assert_eq!((next.expose(), next.generation()), ("tok-1", 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_of_an_expired_token_wait_for_one_refresh() {
+    let api = Api::default();
+    let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::from_secs(1), |b| {
+        b.background_refresh(false)
+    });
+    let handle = layer.handle();
+    tokio::time::advance(Duration::from_secs(95)).await;
+
+    let waited = callers(&handle, 100, |h| async move { h.bearer().await }).await;
+    assert!(all_got(&waited, "tok-1"));
+    assert_eq!(issuer.calls(), 1);
+    assert_eq!(handle.stats().waited, 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_refreshes_once_for_every_caller_and_a_stale_one_not_at_all() {
+    let api = Api::default();
+    let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::from_secs(1), |b| b);
+    let handle = layer.handle();
+    let old = handle.bearer().await.unwrap();
+
+    let renewed = callers(&handle, 100, |h| {
+        let old = old.clone();
+        async move { h.bearer_rejected(&old).await }
+    })
+    .await;
+    assert!(all_got(&renewed, "tok-1"));
+    assert_eq!(issuer.calls(), 1, "one refresh for 100 rejections");
+
+    // Told late of the old token's rejection: the current token, no refresh.
+    let late = handle.bearer_rejected(&old).await.unwrap();
+    assert_eq!(late.expose(), "tok-1");
+    assert_eq!(issuer.calls(), 1);
+    let stats = handle.stats();
+    assert_eq!((stats.rejections, stats.stale_rejections), (101, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_rejected_soon_after_its_refresh_is_not_refreshed_again() {
+    let api = Api::default();
+    let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::ZERO, |b| {
+        b.min_refresh_interval(Duration::from_secs(10))
+    });
+    let handle = layer.handle();
+    let old = handle.bearer().await.unwrap();
+    let first = handle.bearer_rejected(&old).await.unwrap();
+
+    let error = handle.bearer_rejected(&first).await.unwrap_err();
+    assert!(error.is_fresh_token_rejected(), "{error}");
+    assert_eq!(issuer.calls(), 1);
+
+    // Past the interval a rejection refreshes again.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let second = handle.bearer_rejected(&first).await.unwrap();
+    assert_eq!((second.expose(), issuer.calls()), ("tok-2", 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_are_the_typed_errors_a_request_gets() {
+    let (source, calls) = failing(|| RefreshError::terminal("revoked"));
+    let handle = TokenRefreshLayer::builder(source).build().handle();
+    let error = handle.bearer().await.unwrap_err();
+    assert!(error.is_reauth_required(), "{error}");
+    // Failing fast now, without another call to the identity server.
+    assert!(handle.bearer().await.unwrap_err().is_reauth_required());
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let (source, _) = failing(|| RefreshError::transient("503"));
+    let handle = TokenRefreshLayer::builder(source).build().handle();
+    assert!(handle.bearer().await.unwrap_err().is_refresh_failed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn handle_callers_and_requests_share_one_refresh() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::from_secs(1));
+    let layer = TokenRefreshLayer::builder(source).build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    let (tokens, responses) = tokio::join!(
+        callers(&handle, 20, |h| async move { h.bearer().await }),
+        burst(&client, 20)
+    );
+    assert!(all_got(&tokens, "tok-1"));
+    assert!(responses
+        .iter()
+        .all(|r| r.as_ref().unwrap().1.starts_with("Bearer tok-1")));
+    assert_eq!(issuer.calls(), 1);
+}
