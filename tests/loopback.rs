@@ -66,6 +66,17 @@ async fn setup(
     }
 }
 
+/// [`setup`] with the layer starting from the login tokens (`configure`
+/// adds the test's own settings). Tokens handed in (not refreshed by the
+/// layer) are never held back by `min_refresh_interval`, though they are
+/// milliseconds old.
+async fn with_login_tokens(configure: impl FnOnce(Builder) -> Builder) -> Setup {
+    setup(IdentityServer::builder().start().await, |layer, login| {
+        configure(layer.initial_tokens(login))
+    })
+    .await
+}
+
 /// 16 KiB that are not all the same byte.
 fn payload(len: usize) -> Bytes {
     (0..len)
@@ -104,13 +115,12 @@ async fn thousand_concurrent_requests_with_an_expired_token_cause_one_refresh() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_requests_rejected_after_revocation_refresh_once_and_are_retried() {
     bounded(async {
-        let Setup { identity, api, handle, client } =
-            // Tokens handed in (not refreshed by the layer) are never held
-            // back by min_refresh_interval: this one is milliseconds old.
-            setup(IdentityServer::builder().start().await, |layer, login| {
-                layer.initial_tokens(login)
-            })
-            .await;
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+        } = with_login_tokens(|layer| layer).await;
 
         // All 1,000 reach the API server with the login token, then it is
         // revoked and they are checked: every one is rejected.
@@ -144,10 +154,7 @@ async fn post_body_is_replayed_when_the_server_rejects_before_reading_it() {
             api,
             handle,
             client,
-        } = setup(IdentityServer::builder().start().await, |layer, login| {
-            layer.initial_tokens(login)
-        })
-        .await;
+        } = with_login_tokens(|layer| layer).await;
         api.revoke_current();
 
         // 16 KiB of unknown length, streamed in 1 KiB pieces 2 ms apart:
@@ -181,10 +188,7 @@ async fn body_over_the_replay_cap_is_not_retried_and_the_401_is_returned() {
             api,
             handle,
             client,
-        } = setup(IdentityServer::builder().start().await, |layer, login| {
-            layer.initial_tokens(login).replay_cap(1024)
-        })
-        .await;
+        } = with_login_tokens(|layer| layer.replay_cap(1024)).await;
         api.revoke_current();
         let data = payload(4 * 1024);
         let url = api.url("/v1/upload");
@@ -340,10 +344,7 @@ async fn revoked_refresh_token_fails_fast_with_reauth_required() {
             api,
             handle,
             client,
-        } = setup(IdentityServer::builder().start().await, |layer, login| {
-            layer.initial_tokens(login)
-        })
-        .await;
+        } = with_login_tokens(|layer| layer).await;
         identity.tokens().revoke_refresh_tokens();
         api.revoke_current();
         let url = api.url("/v1/items");
@@ -469,10 +470,7 @@ async fn streamed_body_crossing_the_replay_cap_after_the_401_returns_the_401() {
             api,
             client,
             ..
-        } = setup(IdentityServer::builder().start().await, |layer, login| {
-            layer.initial_tokens(login).replay_cap(1024)
-        })
-        .await;
+        } = with_login_tokens(|layer| layer.replay_cap(1024)).await;
         api.revoke_current();
         let url = api.url("/v1/upload");
 
@@ -511,10 +509,7 @@ async fn tokens_sent_outside_the_layer_are_replaced_after_a_revocation_with_one_
             api,
             handle,
             client,
-        } = setup(IdentityServer::builder().start().await, |layer, login| {
-            layer.initial_tokens(login)
-        })
-        .await;
+        } = with_login_tokens(|layer| layer).await;
         let url = api.url("/v1/items");
 
         // 50 connections of another protocol, say, each authenticated with
