@@ -1,10 +1,12 @@
 //! [`Bearer`]: the layer's token, handed out for a use outside the layer.
 
 use std::fmt;
+use std::time::Duration;
 
 use http::HeaderValue;
+use tokio::time::Instant;
 
-use crate::manager::Credential;
+use crate::manager::{Credential, ManagerId};
 
 /// The scheme every header the layer makes starts with.
 const SCHEME: &str = "Bearer ";
@@ -15,9 +17,9 @@ const SCHEME: &str = "Bearer ";
 ///
 /// It is the token a request through the layer would be sent with at the
 /// same moment, and it knows which token that was: when a server rejects
-/// it, [`TokenHandle::bearer_rejected`] gets the next one with the layer's
-/// own rules (one refresh for any number of rejections, none for a token
-/// already replaced).
+/// it, [`TokenHandle::bearer_after_rejection`] gets the next one with the
+/// layer's own rules (one refresh for any number of rejections, none for a
+/// token already replaced by a usable one).
 ///
 /// Its `Debug` shows the token's generation only.
 ///
@@ -37,13 +39,30 @@ const SCHEME: &str = "Bearer ";
 /// ```
 ///
 /// [`TokenHandle::bearer`]: crate::TokenHandle::bearer
-/// [`TokenHandle::bearer_rejected`]: crate::TokenHandle::bearer_rejected
+/// [`TokenHandle::bearer_after_rejection`]: crate::TokenHandle::bearer_after_rejection
 #[derive(Clone)]
-pub struct Bearer(Credential);
+pub struct Bearer {
+    credential: Credential,
+    expires_at: Option<Instant>,
+    from: ManagerId,
+}
 
 impl Bearer {
-    pub(crate) fn new(credential: Credential) -> Self {
-        Self(credential)
+    pub(crate) fn new(
+        credential: Credential,
+        expires_at: Option<Instant>,
+        from: ManagerId,
+    ) -> Self {
+        Self {
+            credential,
+            expires_at,
+            from,
+        }
+    }
+
+    /// The manager that handed it out.
+    pub(crate) fn from(&self) -> &ManagerId {
+        &self.from
     }
 
     /// `Bearer <access token>`, the value of an `Authorization` header;
@@ -64,7 +83,7 @@ impl Bearer {
     /// # }
     /// ```
     pub fn header_value(&self) -> &HeaderValue {
-        &self.0.header
+        &self.credential.header
     }
 
     /// The access token alone, for a protocol that carries it in a field
@@ -87,7 +106,7 @@ impl Bearer {
     /// ```
     pub fn expose(&self) -> &str {
         // The header was made as `Bearer ` and the access token, a `str`.
-        std::str::from_utf8(&self.0.header.as_bytes()[SCHEME.len()..])
+        std::str::from_utf8(&self.credential.header.as_bytes()[SCHEME.len()..])
             .expect("made from the access token, a str")
     }
 
@@ -105,14 +124,42 @@ impl Bearer {
     /// # }
     /// ```
     pub fn generation(&self) -> u64 {
-        self.0.generation
+        self.credential.generation
+    }
+
+    /// How long until this token expires, as the identity server gave its
+    /// lifetime (`expires_in`, or a JWT's `exp`); zero once past. `None` for
+    /// a token whose lifetime is not known. A connection signed in with it
+    /// may need to sign in again by then (a SASL `OAUTHBEARER` client takes
+    /// it as the token's lifetime); the layer's own refresh starts earlier,
+    /// at the token's refresh point.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let lifetime = Duration::from_secs(3600);
+    /// let handle = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("a").with_expires_in(lifetime))
+    ///     .build()
+    ///     .handle();
+    /// let bearer = handle.bearer().await.unwrap();
+    /// tokio::time::advance(Duration::from_secs(600)).await;
+    /// assert_eq!(bearer.expires_in(), Some(Duration::from_secs(3000)));
+    /// # }
+    /// ```
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.expires_at
+            .map(|at| at.saturating_duration_since(Instant::now()))
     }
 }
 
 impl fmt::Debug for Bearer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bearer")
-            .field("generation", &self.0.generation)
+            .field("generation", &self.credential.generation)
             .finish_non_exhaustive()
     }
 }

@@ -391,19 +391,23 @@ impl StdError for RefreshError {
 ///
 /// [`TokenRefresh`](crate::TokenRefresh) returns it boxed, as a
 /// [`BoxError`] (downcast to inspect it, as below), and
-/// [`TokenHandle::force_refresh`](crate::TokenHandle::force_refresh) as it
-/// is; [`TokenHandle::set_tokens`](crate::TokenHandle::set_tokens) fails
-/// with an [`InvalidTokenError`](crate::InvalidTokenError) instead.
+/// [`TokenHandle::force_refresh`](crate::TokenHandle::force_refresh),
+/// [`TokenHandle::bearer`](crate::TokenHandle::bearer) and
+/// [`TokenHandle::bearer_after_rejection`](crate::TokenHandle::bearer_after_rejection)
+/// as it is; [`TokenHandle::set_tokens`](crate::TokenHandle::set_tokens)
+/// fails with an [`InvalidTokenError`](crate::InvalidTokenError) instead.
 ///
 /// Its predicates ([`is_reauth_required`](Self::is_reauth_required),
 /// [`is_refresh_failed`](Self::is_refresh_failed),
 /// [`is_timeout`](Self::is_timeout),
-/// [`is_insecure_transport`](Self::is_insecure_transport)) say what went
+/// [`is_insecure_transport`](Self::is_insecure_transport),
+/// [`is_rejected_too_soon`](Self::is_rejected_too_soon)) say what went
 /// wrong, and at least one of them is true for every error but one: outside
 /// any tokio runtime (a future polled by another executor) no refresh can
 /// start, so a request that has to wait for one (no token yet, a token
 /// inside its mandatory window, or a rejected one to retry), and
-/// `force_refresh`, fail with an `Error` for which every predicate is false
+/// `force_refresh` or the handle's `bearer` in the same case, fail with an
+/// `Error` for which every predicate is false
 /// and [`refresh_error`](Self::refresh_error) is `None`; it displays as
 /// "token refresh needs a tokio runtime". Requests whose token can still be
 /// sent go out as usual there.
@@ -464,10 +468,10 @@ pub(crate) enum ErrorKind {
     DeadlineElapsed,
     InsecureTransport,
     NoRuntime,
-    /// A token handed out by the handle was reported rejected less than
+    /// A token handed out by the handle was told rejected less than
     /// `min_refresh_interval` after it came from a refresh: not refreshed
-    /// again.
-    FreshTokenRejected,
+    /// again yet.
+    RejectedTooSoon,
 }
 
 impl ErrorKind {
@@ -643,13 +647,15 @@ impl Error {
         self.kind == ErrorKind::InsecureTransport
     }
 
-    /// A token [`TokenHandle::bearer_rejected`](crate::TokenHandle::bearer_rejected)
-    /// was told of had come from a refresh less than the
+    /// A token told of to
+    /// [`TokenHandle::bearer_after_rejection`](crate::TokenHandle::bearer_after_rejection)
+    /// had come from a refresh less than the
     /// [minimum refresh interval](crate::Builder::min_refresh_interval)
     /// before: another refresh would likely bring a token rejected the
     /// same way (a server that misuses its rejection, or a clock or
-    /// audience mismatch), so none was made. The rejection stands; a
-    /// request through the layer gets the server's rejection back instead.
+    /// audience mismatch), so none was made. The rejection stands; told
+    /// again once the interval has passed, the handle refreshes. (A request
+    /// through the layer gets the server's rejection back in this case.)
     ///
     /// ```
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
@@ -658,14 +664,14 @@ impl Error {
     /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
     /// let handle = TokenRefreshLayer::builder(source).build().handle();
     /// let bearer = handle.bearer().await.unwrap(); // just refreshed
-    /// let error = handle.bearer_rejected(&bearer).await.unwrap_err();
-    /// assert!(error.is_fresh_token_rejected());
+    /// let error = handle.bearer_after_rejection(&bearer).await.unwrap_err();
+    /// assert!(error.is_rejected_too_soon());
     /// assert!(!error.is_refresh_failed(), "no refresh was tried");
     /// assert_eq!(handle.stats().refreshes, 1);
     /// # }
     /// ```
-    pub fn is_fresh_token_rejected(&self) -> bool {
-        self.kind == ErrorKind::FreshTokenRejected
+    pub fn is_rejected_too_soon(&self) -> bool {
+        self.kind == ErrorKind::RejectedTooSoon
     }
 
     /// The refresh source's own error, when a refresh failed.
@@ -711,9 +717,9 @@ impl fmt::Display for Error {
                 "refusing to send a bearer token to a non-loopback host without https"
             }
             ErrorKind::NoRuntime => "token refresh needs a tokio runtime",
-            ErrorKind::FreshTokenRejected => {
-                "a token refreshed moments ago was rejected: not refreshing again \
-                 within the minimum refresh interval"
+            ErrorKind::RejectedTooSoon => {
+                "a token was rejected within the minimum refresh interval of its \
+                 refresh: not refreshed again yet"
             }
         })
     }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::ErrorKind;
-use crate::manager::{Decision, TokenManager};
+use crate::manager::{Credential, Decision, Recheck, TokenManager};
 use crate::{Bearer, Error, RefreshError, Stats, TokenSet};
 
 /// A handle on the token state shared by a layer and all its services.
@@ -163,7 +163,8 @@ impl TokenHandle {
     /// Fails as such a request would: [`Error::is_reauth_required`] after
     /// a terminal failure, [`Error::is_refresh_failed`] when the refresh
     /// failed and no valid token is left. A wait counts in
-    /// [`Stats::waited`]. The layer's transport rules (no plain `http://`
+    /// [`Stats::waited`]. Needs a tokio runtime to refresh on, as a request
+    /// does. The layer's transport rules (no plain `http://`
     /// beyond loopback, the [allowed origins](crate::Builder::allowed_origins))
     /// cannot apply: where the token goes is the caller's to decide.
     ///
@@ -193,22 +194,24 @@ impl TokenHandle {
             Some(credential) => credential,
             None => self.manager.clone().acquire().await?,
         };
-        Ok(Bearer::new(credential))
+        self.hand_out(credential).await
     }
 
     /// The token to use after a server rejected `rejected`, with the
-    /// layer's rules for a rejected request: if a newer token came
-    /// meanwhile, it at once, without a refresh (the rejection was
+    /// layer's rules for a rejected request: if a newer, usable token came
+    /// meanwhile, that one at once, without a refresh (the rejection was
     /// stale); otherwise one refresh, joined by every other rejection of
-    /// the same token, and the token it brings. Counted in
-    /// [`Stats::rejections`] (and [`Stats::stale_rejections`]).
+    /// the same token (and by requests through the layer), and the token it
+    /// brings. Counted in [`Stats::rejections`] (and
+    /// [`Stats::stale_rejections`]).
     ///
     /// A token refreshed less than the
     /// [minimum refresh interval](crate::Builder::min_refresh_interval)
     /// ago is not refreshed again (another would likely be rejected too):
-    /// that fails with an error for which
-    /// [`Error::is_fresh_token_rejected`] is true. Other failures are as
-    /// for [`bearer`](Self::bearer).
+    /// that fails with an error for which [`Error::is_rejected_too_soon`]
+    /// is true, and the token is left as it is. Reported again once the
+    /// interval has passed, it is refreshed. Other failures are as for
+    /// [`bearer`](Self::bearer).
     ///
     /// ```
     /// use std::time::Duration;
@@ -223,29 +226,66 @@ impl TokenHandle {
     /// .handle();
     /// let bearer = handle.bearer().await.unwrap();
     /// // The server closed the connection: its token was revoked.
-    /// let (a, b) = tokio::join!(handle.bearer_rejected(&bearer), handle.bearer_rejected(&bearer));
+    /// let (a, b) = tokio::join!(
+    ///     handle.bearer_after_rejection(&bearer),
+    ///     handle.bearer_after_rejection(&bearer),
+    /// );
     /// assert_eq!((a.unwrap().expose(), b.unwrap().expose()), ("new", "new"));
     /// assert_eq!(handle.stats().refreshes, 1);
     /// // Rejected again at once: refreshing again would not help.
     /// let again = handle.bearer().await.unwrap();
-    /// assert!(handle.bearer_rejected(&again).await.unwrap_err().is_fresh_token_rejected());
+    /// let error = handle.bearer_after_rejection(&again).await.unwrap_err();
+    /// assert!(error.is_rejected_too_soon());
     /// # }
     /// ```
-    pub async fn bearer_rejected(&self, rejected: &Bearer) -> Result<Bearer, Error> {
+    ///
+    /// # Panics
+    ///
+    /// If `rejected` came from another layer's handle: its generation
+    /// would name a token of this one.
+    pub async fn bearer_after_rejection(&self, rejected: &Bearer) -> Result<Bearer, Error> {
         let manager = &self.manager;
+        assert!(
+            manager.is(rejected.from()),
+            "a Bearer told to the handle of another layer than the one that handed it out"
+        );
         let credential = match manager.rejected(rejected.generation()) {
             Decision::Use(credential) => credential,
             Decision::Wait(flight) => manager.clone().wait(flight).await?,
             Decision::Fail(error) => return Err(error),
-            Decision::GiveUp => return Err(Error::new(ErrorKind::FreshTokenRejected)),
+            Decision::GiveUp => return Err(Error::new(ErrorKind::RejectedTooSoon)),
         };
-        // As before a retry: a token rejected meanwhile by another answer
-        // (or expired while waiting) is waited past.
-        let credential = match manager.newest(credential) {
-            Ok(credential) => credential,
-            Err(flight) => manager.clone().wait(flight).await?,
-        };
-        Ok(Bearer::new(credential))
+        self.hand_out(credential).await
+    }
+
+    /// `credential`, handed out after the check a request makes as it is
+    /// sent: a token rejected or expired meanwhile is waited past, and a
+    /// failure that blocks the refresh it needs is returned (a request
+    /// would meet it in the server's answer).
+    async fn hand_out(&self, mut credential: Credential) -> Result<Bearer, Error> {
+        /// Each further round means yet another token replaced the one
+        /// just checked, in the instant between the two looks.
+        const ROUNDS: usize = 4;
+        let manager = &self.manager;
+        for _ in 0..ROUNDS {
+            credential = match manager.recheck(credential) {
+                Recheck::Send(credential) => credential,
+                Recheck::Wait(flight) => manager.clone().wait(flight).await?,
+                Recheck::Blocked {
+                    failure: Some(error),
+                    ..
+                } => return Err(error),
+                Recheck::Blocked {
+                    held,
+                    failure: None,
+                } => held,
+            };
+            if let Some(expires_at) = manager.expiry_of(credential.generation) {
+                return Ok(Bearer::new(credential, expires_at, manager.id()));
+            }
+        }
+        // Replaced as fast as it is looked at: its lifetime is not known.
+        Ok(Bearer::new(credential, None, manager.id()))
     }
 
     /// Installs new tokens (e.g. after the user signed in again) and clears

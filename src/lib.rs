@@ -21,7 +21,7 @@
 //!   sensitive.
 //! - **Outside the layer too**: [`TokenHandle::bearer`] hands the same token
 //!   to connections that are not tower requests (a WebSocket, a broker or
-//!   database login), and [`TokenHandle::bearer_rejected`] the next one
+//!   database login), and [`TokenHandle::bearer_after_rejection`] the next one
 //!   after a rejection, with the same single flight.
 //!
 //! ```

@@ -66,8 +66,11 @@ pub struct Stats {
     /// Waits for a refresh before a send: a request counts once for each
     /// (before its first send, before its retry, and again if the token it
     /// was to be sent with was rejected by another request's answer first).
+    /// A token the [handle](crate::TokenHandle::bearer) hands out counts
+    /// the same way.
     pub waited: u64,
-    /// Responses classified as an authentication rejection.
+    /// Responses classified as an authentication rejection, and rejections
+    /// told to [`TokenHandle::bearer_after_rejection`](crate::TokenHandle::bearer_after_rejection).
     pub rejections: u64,
     /// Rejected requests that were sent again with a new token.
     pub retries: u64,

@@ -528,7 +528,7 @@ async fn tokens_sent_outside_the_layer_are_replaced_after_a_revocation_with_one_
                     StatusCode::UNAUTHORIZED
                 );
                 let next = handle
-                    .bearer_rejected(&bearer)
+                    .bearer_after_rejection(&bearer)
                     .await
                     .expect("the next token");
                 assert!(next.generation() > bearer.generation());

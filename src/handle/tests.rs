@@ -3,12 +3,13 @@
 //! request through the layer.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tower::ServiceBuilder;
 
 use crate::test_support::{burst, failing, issuer, old_token_layer, Api};
-use crate::{Bearer, Error, RefreshError, TokenHandle, TokenRefreshLayer};
+use crate::{Bearer, Error, RefreshError, TokenHandle, TokenRefreshLayer, TokenSet};
 
 const HUNDRED: Duration = Duration::from_secs(100);
 
@@ -46,20 +47,26 @@ async fn a_fresh_token_is_handed_out_at_once_and_a_stale_one_while_one_backgroun
     tokio::time::advance(Duration::from_secs(60)).await;
     let stale = callers(&handle, 50, |h| async move { h.bearer().await }).await;
     assert!(all_got(&stale, "old"));
-    assert_eq!(issuer.calls(), 1, "one background refresh for 50 callers");
+    // Counted as the refresh starts: the source runs in its own task.
+    assert_eq!(
+        handle.stats().refreshes,
+        1,
+        "one background refresh for 50 callers"
+    );
     assert_eq!(handle.stats().waited, 0, "nobody waited");
 
     tokio::time::sleep(Duration::from_secs(6)).await;
     let next = handle.bearer().await.unwrap();
     assert_eq!((next.expose(), next.generation()), ("tok-1", 2));
+    assert_eq!(issuer.calls(), 1);
+    // Its lifetime counts from when the refresh asked for it, at 60 s.
+    assert_eq!(next.expires_in(), Some(Duration::from_secs(94)));
 }
 
 #[tokio::test(start_paused = true)]
 async fn callers_of_an_expired_token_wait_for_one_refresh() {
     let api = Api::default();
-    let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::from_secs(1), |b| {
-        b.background_refresh(false)
-    });
+    let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::from_secs(1), |b| b);
     let handle = layer.handle();
     tokio::time::advance(Duration::from_secs(95)).await;
 
@@ -78,18 +85,87 @@ async fn a_rejection_refreshes_once_for_every_caller_and_a_stale_one_not_at_all(
 
     let renewed = callers(&handle, 100, |h| {
         let old = old.clone();
-        async move { h.bearer_rejected(&old).await }
+        async move { h.bearer_after_rejection(&old).await }
     })
     .await;
     assert!(all_got(&renewed, "tok-1"));
     assert_eq!(issuer.calls(), 1, "one refresh for 100 rejections");
 
     // Told late of the old token's rejection: the current token, no refresh.
-    let late = handle.bearer_rejected(&old).await.unwrap();
+    let late = handle.bearer_after_rejection(&old).await.unwrap();
     assert_eq!(late.expose(), "tok-1");
     assert_eq!(issuer.calls(), 1);
     let stats = handle.stats();
     assert_eq!((stats.rejections, stats.stale_rejections), (101, 1));
+    // Nor is the current token marked rejected by it.
+    let current = handle.bearer().await.unwrap();
+    assert_eq!(current.expose(), "tok-1");
+    assert_eq!((handle.stats().waited, issuer.calls()), (stats.waited, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_rejection_whose_successor_was_rejected_too_waits_for_its_refresh() {
+    let api = Api::default();
+    let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::from_secs(1), |b| {
+        b.min_refresh_interval(Duration::ZERO)
+    });
+    let handle = layer.handle();
+    let old = handle.bearer().await.unwrap();
+    let first = handle.bearer_after_rejection(&old).await.unwrap();
+    assert_eq!(first.expose(), "tok-1");
+
+    // tok-1 rejected in turn; while its refresh runs, the old token's
+    // rejection is told late: the successor cannot be used, so it waits.
+    let rejecting = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.bearer_after_rejection(&first).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let late = handle.bearer_after_rejection(&old).await.unwrap();
+    assert_eq!(late.expose(), "tok-2");
+    assert_eq!(rejecting.await.unwrap().unwrap().expose(), "tok-2");
+    assert_eq!(issuer.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_after_a_terminal_failure_gets_its_typed_error_without_another_call() {
+    let (source, calls) = failing(|| RefreshError::terminal("revoked"));
+    let handle = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_refresh_token("dead"))
+        .build()
+        .handle();
+    let old = handle.bearer().await.unwrap();
+    let error = handle.bearer_after_rejection(&old).await.unwrap_err();
+    assert!(error.is_reauth_required(), "{error}");
+    let again = handle.bearer_after_rejection(&old).await.unwrap_err();
+    assert!(again.is_reauth_required(), "{again}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+#[should_panic(expected = "another layer")]
+async fn a_bearer_told_to_another_layers_handle_panics() {
+    let api = Api::default();
+    let (one, _) = old_token_layer(&api, HUNDRED, Duration::ZERO, |b| b);
+    let (other, _) = old_token_layer(&api, HUNDRED, Duration::ZERO, |b| b);
+    let bearer = one.handle().bearer().await.unwrap();
+    // Same generation, another layer's token: never taken for its own.
+    let _ = other.handle().bearer_after_rejection(&bearer).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_past_ascii_is_exposed_as_it_was_given() {
+    let api = Api::default();
+    let (layer, _) = old_token_layer(&api, HUNDRED, Duration::ZERO, |b| b);
+    let handle = layer.handle();
+    handle.set_tokens(TokenSet::new("tøken-ü")).unwrap();
+    let bearer = handle.bearer().await.unwrap();
+    assert_eq!(bearer.expose(), "tøken-ü");
+    assert_eq!(
+        bearer.header_value().as_bytes(),
+        "Bearer tøken-ü".as_bytes()
+    );
+    assert_eq!(bearer.expires_in(), None, "set without a lifetime");
 }
 
 #[tokio::test(start_paused = true)]
@@ -100,15 +176,15 @@ async fn a_token_rejected_soon_after_its_refresh_is_not_refreshed_again() {
     });
     let handle = layer.handle();
     let old = handle.bearer().await.unwrap();
-    let first = handle.bearer_rejected(&old).await.unwrap();
+    let first = handle.bearer_after_rejection(&old).await.unwrap();
 
-    let error = handle.bearer_rejected(&first).await.unwrap_err();
-    assert!(error.is_fresh_token_rejected(), "{error}");
+    let error = handle.bearer_after_rejection(&first).await.unwrap_err();
+    assert!(error.is_rejected_too_soon(), "{error}");
     assert_eq!(issuer.calls(), 1);
 
     // Past the interval a rejection refreshes again.
     tokio::time::advance(Duration::from_secs(11)).await;
-    let second = handle.bearer_rejected(&first).await.unwrap();
+    let second = handle.bearer_after_rejection(&first).await.unwrap();
     assert_eq!((second.expose(), issuer.calls()), ("tok-2", 2));
 }
 
@@ -120,7 +196,7 @@ async fn failures_are_the_typed_errors_a_request_gets() {
     assert!(error.is_reauth_required(), "{error}");
     // Failing fast now, without another call to the identity server.
     assert!(handle.bearer().await.unwrap_err().is_reauth_required());
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     let (source, _) = failing(|| RefreshError::transient("503"));
     let handle = TokenRefreshLayer::builder(source).build().handle();
@@ -144,4 +220,34 @@ async fn handle_callers_and_requests_share_one_refresh() {
         .iter()
         .all(|r| r.as_ref().unwrap().1.starts_with("Bearer tok-1")));
     assert_eq!(issuer.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_rejected_between_its_refresh_and_its_hand_out_is_waited_past() {
+    let api = Api::default();
+    let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::from_secs(1), |b| {
+        b.min_refresh_interval(Duration::ZERO)
+    });
+    let handle = layer.handle();
+    tokio::time::advance(Duration::from_secs(95)).await;
+
+    // Both wait for the refresh of the expired token. The first one woken
+    // rejects tok-1 at once, before the second is handed it: the second
+    // must not get a token already known rejected.
+    let first = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            let bearer = handle.bearer().await.unwrap();
+            assert_eq!(bearer.expose(), "tok-1");
+            handle.bearer_after_rejection(&bearer).await
+        }
+    });
+    tokio::task::yield_now().await;
+    let second = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.bearer().await }
+    });
+    assert_eq!(second.await.unwrap().unwrap().expose(), "tok-2");
+    assert_eq!(first.await.unwrap().unwrap().expose(), "tok-2");
+    assert_eq!(issuer.calls(), 2);
 }

@@ -20,7 +20,7 @@ pub(crate) mod window;
 use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -128,6 +128,26 @@ pub(crate) enum Decision {
     /// Return the rejection as it is: a refresh would not help.
     GiveUp,
 }
+
+/// What [`TokenManager::recheck`] found for a held credential.
+pub(crate) enum Recheck {
+    /// Send with this one: the held credential, or a newer usable one.
+    Send(Credential),
+    /// Wait for this refresh first.
+    Wait(Flight),
+    /// A refresh is needed and cannot run: `held` as it is, and the
+    /// failure that blocks the refresh, if one does.
+    Blocked {
+        held: Credential,
+        failure: Option<Error>,
+    },
+}
+
+/// Which manager a handed-out token came from. Weak, so a token kept
+/// after its layer is gone holds none of it, but its allocation: the
+/// address cannot be reused by another manager while this is held.
+#[derive(Clone)]
+pub(crate) struct ManagerId(Weak<Shared>);
 
 /// A request waiting for a usable token: nameable, so that a response
 /// future holds it in place instead of boxing an `async` one (see
@@ -590,12 +610,28 @@ impl TokenManager {
     /// the refresh to wait for (`Err`), as a request arriving now would.
     /// Sent anyway, the older token would only be rejected again.
     pub(crate) fn newest(&self, credential: Credential) -> Result<Credential, Flight> {
+        match self.recheck(credential) {
+            Recheck::Send(credential) => Ok(credential),
+            Recheck::Wait(flight) => Err(flight),
+            // No refresh can run (a failure blocks it): sent as it is. A
+            // first attempt's rejection then meets that failure and fails
+            // with its typed error; a retry's answer is returned as it is,
+            // as every retry's is.
+            Recheck::Blocked { held, .. } => Ok(held),
+        }
+    }
+
+    /// What [`newest`](Self::newest) decides, with the failure that blocks
+    /// a needed refresh kept: a token handed out to be sent outside the
+    /// layer gets that failure, as a request arriving now would, where a
+    /// request is sent anyway and meets it in the server's answer.
+    pub(crate) fn recheck(&self, credential: Credential) -> Recheck {
         let snapshot = self.shared.snapshot.load();
         let newer = snapshot.generation > credential.generation;
         let expired = snapshot.freshness(Instant::now()) == Freshness::Expired;
         if newer && !expired {
             if let Some(newer) = snapshot.credential() {
-                return Ok(newer);
+                return Recheck::Send(newer);
             }
         }
         // This token or the newer one, rejected by another request's answer.
@@ -605,17 +641,38 @@ impl TokenManager {
         // the request was held (its service slow to be ready). Found in
         // review: it went out even past its expiry, only to be rejected.
         if newer || rejected || expired {
-            match self.decide(rejected.then_some(RefreshReason::Rejected)) {
-                Decision::Wait(flight) => return Err(flight),
-                Decision::Use(current) => return Ok(current),
-                // No refresh can run (a failure blocks it): sent as it is.
-                // A first attempt's rejection then meets that failure and
-                // fails with its typed error; a retry's answer is returned
-                // as it is, as every retry's is.
-                Decision::GiveUp | Decision::Fail(_) => {}
-            }
+            return match self.decide(rejected.then_some(RefreshReason::Rejected)) {
+                Decision::Wait(flight) => Recheck::Wait(flight),
+                Decision::Use(current) => Recheck::Send(current),
+                Decision::GiveUp => Recheck::Blocked {
+                    held: credential,
+                    failure: None,
+                },
+                Decision::Fail(error) => Recheck::Blocked {
+                    held: credential,
+                    failure: Some(error),
+                },
+            };
         }
-        Ok(credential)
+        Recheck::Send(credential)
+    }
+
+    /// When the token of `generation` expires, if it is still the current
+    /// one: `Some(None)` for a token without a known expiry, `None` once
+    /// another has replaced it.
+    pub(crate) fn expiry_of(&self, generation: u64) -> Option<Option<Instant>> {
+        let snapshot = self.shared.snapshot.load();
+        (snapshot.generation == generation).then_some(snapshot.expires_at)
+    }
+
+    /// Which manager this is, for a token handed out to be told of later.
+    pub(crate) fn id(&self) -> ManagerId {
+        ManagerId(Arc::downgrade(&self.shared))
+    }
+
+    /// Whether `id` is this manager's.
+    pub(crate) fn is(&self, id: &ManagerId) -> bool {
+        std::ptr::eq(id.0.as_ptr(), Arc::as_ptr(&self.shared))
     }
 
     /// Counts a rejection without acting on it (the retry's own rejection:
