@@ -48,9 +48,9 @@ pub(crate) struct Prepared {
 }
 
 /// Whether the access token makes a valid header value: the bytes
-/// `HeaderValue` accepts (visible ASCII, space, tab, and any byte past
-/// ASCII). Checked without making the header, which would leave one more
-/// copy of the token to free.
+/// `HeaderValue` accepts from bytes (visible ASCII, space, tab, and any
+/// byte past ASCII, an opaque byte to HTTP). Checked without making the
+/// header, which would leave one more copy of the token to free.
 pub(crate) fn makes_header(tokens: &TokenSet) -> bool {
     let valid = |b: u8| (b >= 0x20 && b != 0x7f) || b == b'\t';
     let token = tokens.access_token().expose();
@@ -64,8 +64,11 @@ pub(crate) fn bearer_header(tokens: &TokenSet) -> Result<HeaderValue, InvalidTok
     if !makes_header(tokens) {
         return Err(InvalidToken);
     }
-    let mut header = HeaderValue::try_from(format!("Bearer {}", tokens.access_token().expose()))
-        .map_err(|_| InvalidToken)?;
+    // Made from bytes: since http 1.6 a `String` makes a header of visible
+    // ASCII only, and a token past ASCII taken by one http release would be
+    // refused by the next.
+    let header = format!("Bearer {}", tokens.access_token().expose());
+    let mut header = HeaderValue::try_from(header.into_bytes()).map_err(|_| InvalidToken)?;
     // Sensitive headers are never HPACK-indexed and are redacted by http's
     // own Debug.
     header.set_sensitive(true);
@@ -316,7 +319,7 @@ mod tests {
     fn makes_header_agrees_with_header_value_on_every_byte() {
         for byte in 0..=u8::MAX {
             let token = String::from_utf8_lossy(&[b'a', byte, b'z']).into_owned();
-            let by_http = HeaderValue::try_from(format!("Bearer {token}")).is_ok();
+            let by_http = HeaderValue::from_bytes(format!("Bearer {token}").as_bytes()).is_ok();
             let tokens = TokenSet::new(token.as_str());
             assert_eq!(makes_header(&tokens), by_http, "byte {byte:#04x}");
             assert_eq!(bearer_header(&tokens).is_ok(), by_http, "byte {byte:#04x}");
