@@ -127,9 +127,10 @@ impl Bearer {
         self.credential.generation
     }
 
-    /// How long until this token expires, as the identity server gave its
-    /// lifetime (`expires_in`, or a JWT's `exp`); zero once past. `None` for
-    /// a token whose lifetime is not known. A connection signed in with it
+    /// How long until this token expires, by the lifetime its tokens came
+    /// with ([`TokenSet::with_expires_in`](crate::TokenSet::with_expires_in);
+    /// the HTTP refresher's answer `expires_in`, or else a JWT's `exp`); zero
+    /// once past. `None` for a token whose lifetime is not known. A connection signed in with it
     /// may need to sign in again by then (a SASL `OAUTHBEARER` client takes
     /// it as the token's lifetime); the layer's own refresh starts earlier,
     /// at the token's refresh point.

@@ -406,7 +406,8 @@ impl StdError for RefreshError {
 /// any tokio runtime (a future polled by another executor) no refresh can
 /// start, so a request that has to wait for one (no token yet, a token
 /// inside its mandatory window, or a rejected one to retry), and
-/// `force_refresh` or the handle's `bearer` in the same case, fail with an
+/// `force_refresh` or the handle's `bearer` and `bearer_after_rejection` in
+/// the same case, fail with an
 /// `Error` for which every predicate is false
 /// and [`refresh_error`](Self::refresh_error) is `None`; it displays as
 /// "token refresh needs a tokio runtime". Requests whose token can still be

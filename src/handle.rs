@@ -259,33 +259,35 @@ impl TokenHandle {
     }
 
     /// `credential`, handed out after the check a request makes as it is
-    /// sent: a token rejected or expired meanwhile is waited past, and a
-    /// failure that blocks the refresh it needs is returned (a request
-    /// would meet it in the server's answer).
+    /// sent: a token rejected or expired meanwhile is waited past (and the
+    /// one waited for checked in turn), and a failure that blocks the
+    /// refresh it needs is returned (a request would meet it in the
+    /// server's answer).
     async fn hand_out(&self, mut credential: Credential) -> Result<Bearer, Error> {
-        /// Each further round means yet another token replaced the one
-        /// just checked, in the instant between the two looks.
+        /// Each round ends with another token than the one checked: one
+        /// waited for, or one that replaced it in the instant between the
+        /// check and the look at its expiry. Past a few, the caller is
+        /// better off with an error, as a waiting request is.
         const ROUNDS: usize = 4;
         let manager = &self.manager;
         for _ in 0..ROUNDS {
             credential = match manager.recheck(credential) {
-                Recheck::Send(credential) => credential,
+                Recheck::Send(checked) => match manager.expiry_of(checked.generation) {
+                    Some(expires_at) => return Ok(Bearer::new(checked, expires_at, manager.id())),
+                    None => checked,
+                },
                 Recheck::Wait(flight) => manager.clone().wait(flight).await?,
                 Recheck::Blocked {
                     failure: Some(error),
                     ..
                 } => return Err(error),
-                Recheck::Blocked {
-                    held,
-                    failure: None,
-                } => held,
+                // A token that needs a refresh no failure blocks, and none
+                // started: not handed out (`decide` gives up only for a
+                // usable token without a header, which is never made).
+                Recheck::Blocked { failure: None, .. } => break,
             };
-            if let Some(expires_at) = manager.expiry_of(credential.generation) {
-                return Ok(Bearer::new(credential, expires_at, manager.id()));
-            }
         }
-        // Replaced as fast as it is looked at: its lifetime is not known.
-        Ok(Bearer::new(credential, None, manager.id()))
+        Err(Error::new(ErrorKind::RefreshAborted))
     }
 
     /// Installs new tokens (e.g. after the user signed in again) and clears

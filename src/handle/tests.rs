@@ -3,12 +3,16 @@
 //! request through the layer.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tower::ServiceBuilder;
 
-use crate::test_support::{burst, failing, issuer, old_token_layer, Api};
+use crate::test_support::{
+    burst, counting_waker, failing, issuer, old_token_layer, recording, settle, Api,
+};
 use crate::{Bearer, Error, RefreshError, TokenHandle, TokenRefreshLayer, TokenSet};
 
 const HUNDRED: Duration = Duration::from_secs(100);
@@ -222,8 +226,32 @@ async fn handle_callers_and_requests_share_one_refresh() {
     assert_eq!(issuer.calls(), 1);
 }
 
+/// A caller held between the polls of its future: `poll` polls it once,
+/// as a task that has not been woken yet is not.
+struct Held<F>(Pin<Box<F>>);
+
+impl<F: Future> Held<F> {
+    fn new(future: F) -> Self {
+        Self(Box::pin(future))
+    }
+
+    fn poll(&mut self) -> Poll<F::Output> {
+        let (_, waker) = counting_waker();
+        self.0.as_mut().poll(&mut Context::from_waker(&waker))
+    }
+}
+
+/// In a task of its own: the current token, rejected at once.
+fn reject_current(handle: &TokenHandle) -> tokio::task::JoinHandle<Result<Bearer, Error>> {
+    let handle = handle.clone();
+    tokio::spawn(async move {
+        let current = handle.bearer().await?;
+        handle.bearer_after_rejection(&current).await
+    })
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_token_rejected_between_its_refresh_and_its_hand_out_is_waited_past() {
+async fn a_token_rejected_before_its_waiter_takes_it_is_waited_past_each_time() {
     let api = Api::default();
     let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::from_secs(1), |b| {
         b.min_refresh_interval(Duration::ZERO)
@@ -231,23 +259,46 @@ async fn a_token_rejected_between_its_refresh_and_its_hand_out_is_waited_past() 
     let handle = layer.handle();
     tokio::time::advance(Duration::from_secs(95)).await;
 
-    // Both wait for the refresh of the expired token. The first one woken
-    // rejects tok-1 at once, before the second is handed it: the second
-    // must not get a token already known rejected.
-    let first = tokio::spawn({
-        let handle = handle.clone();
-        async move {
-            let bearer = handle.bearer().await.unwrap();
-            assert_eq!(bearer.expose(), "tok-1");
-            handle.bearer_after_rejection(&bearer).await
-        }
-    });
-    tokio::task::yield_now().await;
-    let second = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.bearer().await }
-    });
-    assert_eq!(second.await.unwrap().unwrap().expose(), "tok-2");
+    // Waits for the refresh of the expired token, then is not polled until
+    // tok-1 has been rejected: it must not be handed tok-1.
+    let mut waiter = Held::new(handle.bearer());
+    assert!(waiter.poll().is_pending());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let first = reject_current(&handle);
+    settle().await;
+    assert!(waiter.poll().is_pending(), "waits for tok-2");
+    // Again between tok-2's refresh and its waiter's next poll.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(first.await.unwrap().unwrap().expose(), "tok-2");
-    assert_eq!(issuer.calls(), 2);
+    let second = reject_current(&handle);
+    settle().await;
+
+    assert_eq!(waiter.0.await.unwrap().expose(), "tok-3");
+    assert_eq!(second.await.unwrap().unwrap().expose(), "tok-3");
+    assert_eq!(issuer.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_that_blocks_the_refresh_a_token_needs_before_its_hand_out_is_returned() {
+    let (source, presented) = recording(|n| match n {
+        1 => Ok(TokenSet::new("tok-1")
+            .with_refresh_token("r")
+            .with_expires_in(HUNDRED)),
+        _ => Err(RefreshError::terminal("revoked")),
+    });
+    let handle = TokenRefreshLayer::builder(source)
+        .min_refresh_interval(Duration::ZERO)
+        .build()
+        .handle();
+    let mut waiter = Held::new(handle.bearer());
+    assert!(waiter.poll().is_pending());
+    settle().await;
+    // tok-1 came, and is rejected before its waiter takes it; the refresh
+    // for it fails for good.
+    let rejected = reject_current(&handle).await.unwrap().unwrap_err();
+    assert!(rejected.is_reauth_required(), "{rejected}");
+
+    let error = waiter.0.await.unwrap_err();
+    assert!(error.is_reauth_required(), "{error}");
+    assert_eq!(presented.lock().unwrap().len(), 2);
 }

@@ -672,7 +672,7 @@ impl TokenManager {
 
     /// Whether `id` is this manager's.
     pub(crate) fn is(&self, id: &ManagerId) -> bool {
-        std::ptr::eq(id.0.as_ptr(), Arc::as_ptr(&self.shared))
+        Weak::ptr_eq(&id.0, &Arc::downgrade(&self.shared))
     }
 
     /// Counts a rejection without acting on it (the retry's own rejection:
