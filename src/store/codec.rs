@@ -63,7 +63,7 @@ fn encoded_capacity(tokens: &TokenSet) -> usize {
     160 + string(tokens.access_token().expose()) + refresh + extras
 }
 
-fn unix_millis(at: SystemTime) -> u64 {
+pub(super) fn unix_millis(at: SystemTime) -> u64 {
     let millis = at
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

@@ -17,7 +17,6 @@ use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 use zeroize::Zeroizing;
 
-use super::local::Local;
 use super::{Lease, Record, StoreError, TokenStore};
 
 /// Keeps the tokens in a file, so a restarted process resumes with the
@@ -119,7 +118,9 @@ struct Inner {
     /// own, held briefly and never while waiting for the lock file: a
     /// release lets go of its lock even while a section is stuck.
     holders: Mutex<lock::Holders>,
-    local: Local,
+    /// Each version this store (or a clone) wrote, for the layers of this
+    /// process; the lease is the lock file's, not this process's.
+    changes: watch::Sender<u64>,
 }
 
 impl FileStore {
@@ -149,7 +150,7 @@ impl FileStore {
                     .unwrap_or_else(|_| path.as_ref().to_path_buf()),
                 sections: Mutex::default(),
                 holders: Mutex::default(),
-                local: Local::new(),
+                changes: watch::Sender::new(0),
             }),
         }
     }
@@ -193,14 +194,16 @@ impl TokenStore for FileStore {
         let inner = Arc::clone(&self.inner);
         blocking(move || {
             let section = inner.section()?;
-            if read(&inner.path)?.as_ref().map(Record::version) != expected {
+            // The file the lock guards, links followed once for both.
+            let target = section.locked.target();
+            if read(target)?.as_ref().map(Record::version) != expected {
                 return Ok(false);
             }
-            write(section.locked.target(), &record)?;
+            write(target, &record)?;
             // Announced by the write itself, in order: the caller may have
             // stopped waiting (its refresh timeout), and the record is
             // there all the same.
-            inner.local.announce(record.version());
+            inner.changes.send_replace(record.version());
             Ok(true)
         })
         .await
@@ -224,7 +227,9 @@ impl TokenStore for FileStore {
             if deliver.is_closed() {
                 return;
             }
-            let taken = section.try_lease(ttl);
+            let taken = section
+                .locked
+                .try_lease(ttl, SystemTime::now(), &mut inner.holders());
             if let Err(Ok(Some(lease))) = deliver.send(taken) {
                 inner.holders().forget(&lease);
                 let _ = section.locked.release(&lease);
@@ -245,7 +250,7 @@ impl TokenStore for FileStore {
     }
 
     fn subscribe(&self) -> Option<watch::Receiver<u64>> {
-        Some(self.inner.local.subscribe())
+        Some(self.inner.changes.subscribe())
     }
 }
 
@@ -264,7 +269,7 @@ impl Inner {
         })
         .ok_or_else(|| {
             StoreError::unavailable(format!(
-                "another write to {} has taken {:?}",
+                "another section on {} has taken {:?}",
                 self.path.display(),
                 lock::WAIT_AT_MOST
             ))
@@ -272,7 +277,6 @@ impl Inner {
         let locked = lock::Locked::take(followed(&self.path)?, give_up)?;
         Ok(Section {
             locked,
-            inner: self,
             _serial: serial,
         })
     }
@@ -295,15 +299,7 @@ struct Section<'a> {
     // Dropped first: the lock file is unlocked before this store's next
     // clone may go for it.
     locked: lock::Locked,
-    inner: &'a Inner,
     _serial: MutexGuard<'a, ()>,
-}
-
-impl Section<'_> {
-    fn try_lease(&self, ttl: Duration) -> Result<Option<Lease>, StoreError> {
-        let mut holders = self.inner.holders();
-        self.locked.try_lease(ttl, SystemTime::now(), &mut holders)
-    }
 }
 
 /// Where a lease taken on the blocking pool reaches its caller. Dropped
@@ -350,10 +346,13 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
+/// The store cannot `doing` the file at `path`, for `error`.
+fn unavailable(doing: &str, path: &Path, error: io::Error) -> StoreError {
+    StoreError::unavailable(format!("cannot {doing} {}", path.display())).with_source(error)
+}
+
 fn read(path: &Path) -> Result<Option<Record>, StoreError> {
-    let unreadable = |error: io::Error| {
-        StoreError::unavailable(format!("cannot read {}", path.display())).with_source(error)
-    };
+    let unreadable = |error| unavailable("read", path, error);
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -480,9 +479,7 @@ fn refuse_foreign_link(_: &Path) -> Result<(), StoreError> {
 /// [followed]: the file the section's lock guards), flushes it and renames
 /// it into place.
 fn write(path: &Path, record: &Record) -> Result<(), StoreError> {
-    let failed = |doing: &str, error: io::Error| {
-        StoreError::unavailable(format!("cannot {doing} {}", path.display())).with_source(error)
-    };
+    let failed = |doing, error| unavailable(doing, path, error);
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

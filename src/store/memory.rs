@@ -14,8 +14,9 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///
 /// Layers given clones of one `MemoryStore` refresh once between them and
 /// announce each new version to the others at once. Nothing survives the
-/// process; see [`FileStore`](crate::store::FileStore) for that, and
-/// [`RedisStore`](crate::store::RedisStore) for several processes.
+/// process; see [`FileStore`](crate::store::FileStore) for that (and for
+/// the processes of one host), and [`RedisStore`](crate::store::RedisStore)
+/// for several hosts.
 ///
 /// ```
 /// use std::time::Duration;

@@ -410,14 +410,14 @@ fn is_wrong_type(error: &RedisError) -> bool {
         || (error.code() == Some("ERR") && error.detail().is_some_and(|d| d.contains("WRONGTYPE")))
 }
 
-/// A lease asked for and not yet answered. The `SET` may have run with
+/// A lease asked for and not yet answered. The lease script may have run with
 /// its reply lost, or come after its caller stopped waiting: then the lease
 /// is in Redis with no one knowing they hold it, and every process would
 /// wait out its time to live. Dropped unanswered, it releases the lease on
 /// a task of its own, one timeout later, and again after each failure
 /// (Redis may be out of reach for longer) until the lease would have lapsed
 /// anyway; the release deletes only a lease this owner holds, so it is
-/// harmless if the `SET` never ran.
+/// harmless if the script never ran.
 struct Unanswered {
     store: RedisStore,
     lease: Option<Lease>,
@@ -435,7 +435,7 @@ impl Drop for Unanswered {
             runtime.spawn(async move {
                 let lapsed = tokio::time::Instant::now() + ttl;
                 loop {
-                    // After a timeout: a `SET` still on its way over the old
+                    // After a timeout: a script still on its way over the old
                     // connection lands first (or is lost with it), and the
                     // release goes over a fresh connection.
                     tokio::time::sleep(store.timeout).await;

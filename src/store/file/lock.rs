@@ -30,15 +30,16 @@
 //! [`FileStore`]: super::FileStore
 
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::{not_own, private_options};
+use super::{not_own, private_options, unavailable};
+use crate::store::codec::unix_millis;
 use crate::store::{Lease, StoreError};
 
 /// How long a critical section waits for another one to end. Each takes a
-/// read and a synced write of a few hundred bytes; past this the holder is
+/// read and a write of a few hundred bytes (synced for a record); past this the holder is
 /// stuck (a stopped process, a hung disk), and the operation fails as the
 /// store being unavailable, which the layer outlives. Polled against, so
 /// that no thread waits longer.
@@ -91,7 +92,7 @@ impl Holders {
     /// Lets go of the liveness locks of leases lapsed by `now`: kept, they
     /// would keep every next lease on the host unwatched.
     pub(super) fn prune(&mut self, now: SystemTime) {
-        let now = millis_since_epoch(now);
+        let now = unix_millis(now);
         self.0.retain(|holder| holder.lapses > now);
     }
 
@@ -124,7 +125,7 @@ impl Locked {
                 Some(Err(error)) => return Err(error),
                 None => {
                     return Err(StoreError::unavailable(format!(
-                        "another process has held {} for {WAIT_AT_MOST:?}",
+                        "another process (or a store made apart) has held {} for {WAIT_AT_MOST:?}",
                         path.display()
                     )))
                 }
@@ -141,7 +142,7 @@ impl Locked {
         now: SystemTime,
         holders: &mut Holders,
     ) -> Result<Option<Lease>, StoreError> {
-        let now = millis_since_epoch(now);
+        let now = unix_millis(now);
         let held = self.holder()?.filter(|held| held.lapses > now);
         // This store's liveness locks of leases no longer current (lapsed,
         // or replaced) end here; kept, they would keep every next lease on
@@ -321,15 +322,6 @@ fn try_exclusive(_: &File, _: &Path) -> Result<bool, StoreError> {
     Ok(false)
 }
 
-fn millis_since_epoch(time: SystemTime) -> u64 {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn unavailable(doing: &str, path: &Path, error: io::Error) -> StoreError {
-    StoreError::unavailable(format!("cannot {doing} {}", path.display())).with_source(error)
-}
-
 #[cfg(test)]
 mod tests {
     use std::fs;
@@ -503,7 +495,7 @@ mod tests {
     async fn what_the_lock_file_holds_decides_the_lease() {
         let (_dir, path, []) = stores_apart();
         let (_, liveness) = open_own(&beside(&path, ".lease")).unwrap();
-        let later = millis_since_epoch(SystemTime::now()) + 60_000;
+        let later = unix_millis(SystemTime::now()) + 60_000;
         let cases = [
             // Torn by a holder that died while writing it.
             ("4f2a", true),
@@ -514,7 +506,7 @@ mod tests {
             // Lapsed.
             ("4f2a 17 0", true),
             // Watched, and nobody keeps the liveness lock: the holder died.
-            (&*format!("4f2a {later} {liveness}"), !cfg!(not(unix))),
+            (&*format!("4f2a {later} {liveness}"), cfg!(unix)),
             // Watched through a liveness file since removed and made anew:
             // nothing is known of the holder.
             (&*format!("4f2a {later} 1:1"), false),
@@ -573,13 +565,19 @@ mod tests {
         reason = "the lock stands for another section in progress: held on purpose while the caller waits"
     )]
     async fn a_lease_is_not_taken_for_a_caller_that_stopped_waiting() {
-        let (_dir, path, [store]) = stores_apart();
+        let (dir, path, [store]) = stores_apart();
         let other_section = store.inner.sections.lock().unwrap();
         let gave_up = tokio::time::timeout(Duration::from_millis(50), store.try_lease(TTL)).await;
         assert!(gave_up.is_err(), "waited for the other section");
         drop(other_section);
         // The abandoned task lets go of the store once done.
         settled(&store).await;
+        // Never taken, rather than taken and given back: only a lease
+        // taken makes its liveness file.
+        assert!(
+            !dir.0.join(".tokens.json.lease").exists(),
+            "a lease was taken"
+        );
         let other = FileStore::new(&path);
         assert!(
             other.try_lease(TTL).await.unwrap().is_some(),
