@@ -273,6 +273,8 @@ async fn an_upstream_refusing_the_refreshed_token_is_a_bad_gateway_not_a_challen
         assert_eq!(status, 502, "{body}");
         assert!(!headers.contains_key("www-authenticate"), "{headers:?}");
         assert!(!body.contains("refused-too"), "{body}");
+        // The gateway's own words, not the upstream's challenge.
+        assert_eq!(body, "upstream: the gateway's credentials were refused");
         let stats = handle.stats();
         assert_eq!((stats.refreshes, stats.retries), (1, 1));
     })

@@ -238,7 +238,7 @@ mod scenarios {
     /// 3 processes, 10 s tokens refreshed at 2 s; the IdP holds the first
     /// refresh request before doing any work, and the process holding the
     /// lease is killed meanwhile (the IdP drops its request with the
-    /// connection). A survivor refreshes once the 5 s lease lapses; every
+    /// connection). A survivor refreshes once the 6 s lease lapses; every
     /// request of the survivors succeeds and nothing was spent twice.
     async fn killed_lease_holder_is_taken_over_after_the_lease_lapses() {
         let redis = SharedStore::redis().expect("redis-server");
@@ -248,12 +248,12 @@ mod scenarios {
     }
 
     /// The same with 3 processes sharing a token file, and a refresh
-    /// timeout of 60 s: the lease's time to live is over two minutes, so
-    /// only its holder's death ends it within the 9 s run. The survivor
-    /// that takes it over finds the holder gone from its lock on the
-    /// liveness file, which the kernel let go of with the killed process;
-    /// taken over at once, the new tokens are refreshed again within the
-    /// run.
+    /// timeout of 60 s: the lease's time to live is 301 s (3 calls and 2
+    /// store calls of 60 s, and a second), so only its holder's death ends
+    /// it within the 9 s run. The survivor that takes it over finds the
+    /// holder gone from its lock on the liveness file, which the kernel let
+    /// go of with the killed process; taken over at once, the refresh
+    /// completes within the run.
     async fn killed_file_lease_holder_is_taken_over_at_once() {
         let file = SharedStore::file("killed");
         let (idp, reports) = kill_the_lease_holder(false, file, Duration::from_secs(60)).await;

@@ -516,12 +516,16 @@ async fn tokens_sent_outside_the_layer_are_replaced_after_a_revocation_with_one_
         // the handle's token; then the token is revoked and each one is
         // rejected, asks for the next token and authenticates again.
         let mut connections = tokio::task::JoinSet::new();
+        // Every connection and this test: all authenticated, then revoked.
+        let authenticated = Arc::new(tokio::sync::Barrier::new(51));
         let revoked = Arc::new(tokio::sync::Barrier::new(51));
         for _ in 0..50 {
-            let (handle, url, revoked) = (handle.clone(), url.clone(), Arc::clone(&revoked));
+            let (handle, url) = (handle.clone(), url.clone());
+            let (authenticated, revoked) = (Arc::clone(&authenticated), Arc::clone(&revoked));
             connections.spawn(async move {
                 let bearer = handle.bearer().await.expect("a token");
                 assert_eq!(get_outside_the_layer(&url, &bearer).await, StatusCode::OK);
+                authenticated.wait().await;
                 revoked.wait().await;
                 assert_eq!(
                     get_outside_the_layer(&url, &bearer).await,
@@ -535,9 +539,7 @@ async fn tokens_sent_outside_the_layer_are_replaced_after_a_revocation_with_one_
                 get_outside_the_layer(&url, &next).await
             });
         }
-        while api.stats().ok < 50 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        authenticated.wait().await;
         assert_eq!(api.revoke_current(), 1, "the login token was live");
         revoked.wait().await;
         while let Some(status) = connections.join_next().await {

@@ -209,6 +209,8 @@ struct Relay {
     silence: watch::Sender<u64>,
     /// While set, each new connection is closed unrelayed.
     refusing: Arc<AtomicBool>,
+    /// How many connections were turned away so far.
+    turned_away: watch::Receiver<u64>,
     /// Bumped to lose the replies of the connections open then: each
     /// connection notes the count it was accepted at.
     replies_lost: Arc<AtomicU64>,
@@ -224,6 +226,7 @@ impl Relay {
         let losing = Arc::clone(&replies_lost);
         let refusing = Arc::new(AtomicBool::new(false));
         let turning_away = Arc::clone(&refusing);
+        let (count_turned_away, turned_away) = watch::channel(0);
         let accept = tokio::spawn(async move {
             // Dropped with this task, closing every connection.
             let mut connections = JoinSet::new();
@@ -231,6 +234,7 @@ impl Relay {
                 let (mut client, _) = listener.accept().await.unwrap();
                 if turning_away.load(Ordering::SeqCst) {
                     drop(client);
+                    count_turned_away.send_modify(|n| *n += 1);
                     continue;
                 }
                 let mut server = TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
@@ -269,6 +273,7 @@ impl Relay {
             port,
             silence,
             refusing,
+            turned_away,
             replies_lost,
             accept,
         }
@@ -289,6 +294,12 @@ impl Relay {
     /// (open ones are left as they are).
     fn refuse_new_connections(&self, refuse: bool) {
         self.refusing.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Waits until `n` connections in all have been turned away.
+    async fn wait_turned_away(&self, n: u64) {
+        let mut count = self.turned_away.clone();
+        count.wait_for(|turned| *turned >= n).await.unwrap();
     }
 
     /// Every connection open now goes silent.
@@ -1016,8 +1027,9 @@ async fn a_lease_whose_answer_was_lost_is_released_once_redis_is_back() {
         relay.lose_replies_on_open_connections();
         relay.refuse_new_connections(true);
         assert!(store.try_lease(Duration::from_secs(60)).await.is_err());
-        // A few release attempts fail before Redis is reachable again.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // A few release attempts fail before Redis is reachable again: the
+        // store tries a new connection for each, turned away.
+        relay.wait_turned_away(3).await;
         let direct = open(server, "app");
         assert_eq!(
             take_lease(&direct, Duration::from_secs(60)).await,

@@ -124,7 +124,8 @@ async fn a_stale_rejection_whose_successor_was_rejected_too_waits_for_its_refres
         let handle = handle.clone();
         async move { handle.bearer_after_rejection(&first).await }
     });
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    settle().await;
+    assert!(handle.status().is_refreshing(), "tok-1's refresh runs");
     let late = handle.bearer_after_rejection(&old).await.unwrap();
     assert_eq!(late.expose(), "tok-2");
     assert_eq!(rejecting.await.unwrap().unwrap().expose(), "tok-2");
