@@ -6,10 +6,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use crate::manager::{Credential, ManagerId};
-
-/// The scheme every header the layer makes starts with.
-const SCHEME: &str = "Bearer ";
+use crate::manager::{Credential, ManagerId, BEARER};
 
 /// An access token handed out by [`TokenHandle::bearer`], to send outside
 /// the layer: a WebSocket handshake, a database or message-broker login
@@ -106,7 +103,7 @@ impl Bearer {
     /// ```
     pub fn expose(&self) -> &str {
         // The header was made as `Bearer ` and the access token, a `str`.
-        std::str::from_utf8(&self.credential.header.as_bytes()[SCHEME.len()..])
+        std::str::from_utf8(&self.credential.header.as_bytes()[BEARER.len()..])
             .expect("made from the access token, a str")
     }
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::ErrorKind;
-use crate::manager::{Credential, Decision, Recheck, TokenManager};
+use crate::manager::{Credential, Decision, TokenManager};
 use crate::{Bearer, Error, RefreshError, Stats, TokenSet};
 
 /// A handle on the token state shared by a layer and all its services.
@@ -189,12 +189,16 @@ impl TokenHandle {
     /// # }
     /// ```
     pub async fn bearer(&self) -> Result<Bearer, Error> {
-        let ready = self.manager.ready(&mut self.manager.snapshot_cache());
-        let credential = match ready {
-            Some(credential) => credential,
-            None => self.manager.clone().acquire().await?,
-        };
-        self.hand_out(credential).await
+        let manager = &self.manager;
+        loop {
+            let credential = match manager.ready(&mut manager.snapshot_cache()) {
+                Some(credential) => credential,
+                None => manager.clone().acquire().await?,
+            };
+            if let Some(bearer) = self.bearer_of(credential) {
+                return Ok(bearer);
+            }
+        }
     }
 
     /// The token to use after a server rejected `rejected`, with the
@@ -255,39 +259,18 @@ impl TokenHandle {
             Decision::Fail(error) => return Err(error),
             Decision::GiveUp => return Err(Error::new(ErrorKind::RejectedTooSoon)),
         };
-        self.hand_out(credential).await
+        match self.bearer_of(credential) {
+            Some(bearer) => Ok(bearer),
+            None => self.bearer().await,
+        }
     }
 
-    /// `credential`, handed out after the check a request makes as it is
-    /// sent: a token rejected or expired meanwhile is waited past (and the
-    /// one waited for checked in turn), and a failure that blocks the
-    /// refresh it needs is returned (a request would meet it in the
-    /// server's answer).
-    async fn hand_out(&self, mut credential: Credential) -> Result<Bearer, Error> {
-        /// Each round ends with another token than the one checked: one
-        /// waited for, or one that replaced it in the instant between the
-        /// check and the look at its expiry. Past a few, the caller is
-        /// better off with an error, as a waiting request is.
-        const ROUNDS: usize = 4;
-        let manager = &self.manager;
-        for _ in 0..ROUNDS {
-            credential = match manager.recheck(credential) {
-                Recheck::Send(checked) => match manager.expiry_of(checked.generation) {
-                    Some(expires_at) => return Ok(Bearer::new(checked, expires_at, manager.id())),
-                    None => checked,
-                },
-                Recheck::Wait(flight) => manager.clone().wait(flight).await?,
-                Recheck::Blocked {
-                    failure: Some(error),
-                    ..
-                } => return Err(error),
-                // A token that needs a refresh no failure blocks, and none
-                // started: not handed out (`decide` gives up only for a
-                // usable token without a header, which is never made).
-                Recheck::Blocked { failure: None, .. } => break,
-            };
-        }
-        Err(Error::new(ErrorKind::RefreshAborted))
+    /// `credential` with its token's expiry, read from the current state;
+    /// `None` if another token replaced it in the instant since it came:
+    /// the caller looks again.
+    fn bearer_of(&self, credential: Credential) -> Option<Bearer> {
+        let expires_at = self.manager.expiry_of(credential.generation)?;
+        Some(Bearer::new(credential, expires_at, self.manager.id()))
     }
 
     /// Installs new tokens (e.g. after the user signed in again) and clears

@@ -40,7 +40,7 @@ pub(crate) use flight::Flight;
 use flight_wait::FlightWait;
 pub(crate) use snapshot::Snapshot;
 use snapshot::{makes_header, Prepared};
-pub(crate) use snapshot::{Credential, Freshness};
+pub(crate) use snapshot::{Credential, Freshness, BEARER};
 use window::RefreshWindow;
 
 /// Called with the new tokens after each successful refresh, before any
@@ -127,20 +127,6 @@ pub(crate) enum Decision {
     Fail(Error),
     /// Return the rejection as it is: a refresh would not help.
     GiveUp,
-}
-
-/// What [`TokenManager::recheck`] found for a held credential.
-pub(crate) enum Recheck {
-    /// Send with this one: the held credential, or a newer usable one.
-    Send(Credential),
-    /// Wait for this refresh first.
-    Wait(Flight),
-    /// A refresh is needed and cannot run: `held` as it is, and the
-    /// failure that blocks the refresh, if one does.
-    Blocked {
-        held: Credential,
-        failure: Option<Error>,
-    },
 }
 
 /// Which manager a handed-out token came from. Weak, so a token kept
@@ -407,7 +393,9 @@ impl TokenManager {
     /// A flight overtaken by `set_tokens` hands out nothing: the tokens set
     /// may have passed their refresh point, or expired, while it ran. Each
     /// waiter then decides afresh, as a new request would, joining or
-    /// starting a refresh from those tokens if they need one.
+    /// starting a refresh from those tokens if they need one. So does a
+    /// waiter whose new token a server rejected before the waiter was
+    /// polled: handed out, it would only be rejected again.
     pub(crate) fn poll_waiting(
         &self,
         waiting: &mut Waiting,
@@ -417,8 +405,16 @@ impl TokenManager {
         /// past a few, the caller is better off with an error.
         const ROUNDS: u8 = 3;
         loop {
+            let mut reason = None;
             if let Some(flight) = &mut waiting.flight {
                 match ready!(flight.poll_outcome(cx)) {
+                    // Rejected by another answer between its refresh and
+                    // this poll, it is not handed out: decided afresh
+                    // below, as for a request arriving now, which joins or
+                    // starts the refresh the rejection needs.
+                    Ok(Some(credential)) if self.rejected_since(&credential) => {
+                        reason = Some(RefreshReason::Rejected);
+                    }
                     Ok(Some(credential)) => return Poll::Ready(Ok(credential)),
                     // Overtaken: decided afresh below.
                     Ok(None) => {}
@@ -444,7 +440,7 @@ impl TokenManager {
                     }
                 }
             }
-            match self.decide(None) {
+            match self.decide(reason) {
                 Decision::Use(credential) => return Poll::Ready(Ok(credential)),
                 Decision::Wait(next) if waiting.rounds < ROUNDS => self.join(waiting, next),
                 // Only rejections give up; should that ever change, fail the
@@ -610,28 +606,12 @@ impl TokenManager {
     /// the refresh to wait for (`Err`), as a request arriving now would.
     /// Sent anyway, the older token would only be rejected again.
     pub(crate) fn newest(&self, credential: Credential) -> Result<Credential, Flight> {
-        match self.recheck(credential) {
-            Recheck::Send(credential) => Ok(credential),
-            Recheck::Wait(flight) => Err(flight),
-            // No refresh can run (a failure blocks it): sent as it is. A
-            // first attempt's rejection then meets that failure and fails
-            // with its typed error; a retry's answer is returned as it is,
-            // as every retry's is.
-            Recheck::Blocked { held, .. } => Ok(held),
-        }
-    }
-
-    /// What [`newest`](Self::newest) decides, with the failure that blocks
-    /// a needed refresh kept: a token handed out to be sent outside the
-    /// layer gets that failure, as a request arriving now would, where a
-    /// request is sent anyway and meets it in the server's answer.
-    pub(crate) fn recheck(&self, credential: Credential) -> Recheck {
         let snapshot = self.shared.snapshot.load();
         let newer = snapshot.generation > credential.generation;
         let expired = snapshot.freshness(Instant::now()) == Freshness::Expired;
         if newer && !expired {
             if let Some(newer) = snapshot.credential() {
-                return Recheck::Send(newer);
+                return Ok(newer);
             }
         }
         // This token or the newer one, rejected by another request's answer.
@@ -641,20 +621,24 @@ impl TokenManager {
         // the request was held (its service slow to be ready). Found in
         // review: it went out even past its expiry, only to be rejected.
         if newer || rejected || expired {
-            return match self.decide(rejected.then_some(RefreshReason::Rejected)) {
-                Decision::Wait(flight) => Recheck::Wait(flight),
-                Decision::Use(current) => Recheck::Send(current),
-                Decision::GiveUp => Recheck::Blocked {
-                    held: credential,
-                    failure: None,
-                },
-                Decision::Fail(error) => Recheck::Blocked {
-                    held: credential,
-                    failure: Some(error),
-                },
-            };
+            match self.decide(rejected.then_some(RefreshReason::Rejected)) {
+                Decision::Wait(flight) => return Err(flight),
+                Decision::Use(current) => return Ok(current),
+                // No refresh can run (a failure blocks it): sent as it is.
+                // A first attempt's rejection then meets that failure and
+                // fails with its typed error; a retry's answer is returned
+                // as it is, as every retry's is.
+                Decision::GiveUp | Decision::Fail(_) => {}
+            }
         }
-        Recheck::Send(credential)
+        Ok(credential)
+    }
+
+    /// Whether `credential`'s token is the current one and a server has
+    /// rejected it since it came.
+    fn rejected_since(&self, credential: &Credential) -> bool {
+        let snapshot = self.shared.snapshot.load();
+        snapshot.generation == credential.generation && snapshot.rejected.load(Ordering::Acquire)
     }
 
     /// When the token of `generation` expires, if it is still the current

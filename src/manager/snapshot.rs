@@ -58,6 +58,9 @@ pub(crate) fn makes_header(tokens: &TokenSet) -> bool {
     token.bytes().all(valid) && token.bytes().any(|b| b != b' ' && b != b'\t')
 }
 
+/// What every header the layer makes starts with.
+pub(crate) const BEARER: &str = "Bearer ";
+
 /// `Authorization: Bearer <access token>`, if the token makes a valid
 /// header value.
 pub(crate) fn bearer_header(tokens: &TokenSet) -> Result<HeaderValue, InvalidToken> {
@@ -67,7 +70,7 @@ pub(crate) fn bearer_header(tokens: &TokenSet) -> Result<HeaderValue, InvalidTok
     // Made from bytes: since http 1.6 a `String` makes a header of visible
     // ASCII only, and a token past ASCII taken by one http release would be
     // refused by the next.
-    let header = format!("Bearer {}", tokens.access_token().expose());
+    let header = format!("{BEARER}{}", tokens.access_token().expose());
     let mut header = HeaderValue::try_from(header.into_bytes()).map_err(|_| InvalidToken)?;
     // Sensitive headers are never HPACK-indexed and are redacted by http's
     // own Debug.
