@@ -874,6 +874,9 @@ async fn emptied_under_the_lease_after_a_siblings_version(replacement_fails: boo
     refresh_while_the_store_is_emptied(&first, &store).await;
     crate::test_support::settle().await; // an offer runs on its own task
     assert_eq!(idp.stored_live_version(&store.inner).await, 6);
+    // The failing replacement was met, not passed by.
+    let store_errors = first.handle().stats().store_errors;
+    assert_eq!(store_errors, u64::from(replacement_fails));
 }
 
 /// Under the lease a flight may refresh from a version newer than the one
