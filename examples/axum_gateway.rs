@@ -35,8 +35,10 @@ use axum::Router;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_token_refresh::{Error, ReplayBody, TokenRefresh, TokenRefreshLayer, TokenStatus};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_token_refresh::{
+    Error, ReplayBody, TokenHandle, TokenRefresh, TokenRefreshLayer, TokenStatus,
+};
 
 /// The layered client the gateway forwards with.
 pub type Upstream = TokenRefresh<Client<HttpConnector, ReplayBody<Body>>>;
@@ -46,16 +48,21 @@ struct Gateway {
     /// `scheme://authority` of the upstream API.
     upstream: Uri,
     client: Upstream,
+    /// The client's token state, read when a request fails.
+    handle: TokenHandle,
 }
 
 /// A gateway forwarding everything to `upstream` (`http://host:port`)
 /// through `layer`.
 pub fn router(upstream: Uri, layer: TokenRefreshLayer) -> Router {
     let http = Client::builder(TokioExecutor::new()).build_http();
+    let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(http);
-    Router::new()
-        .fallback(forward)
-        .with_state(Gateway { upstream, client })
+    Router::new().fallback(forward).with_state(Gateway {
+        upstream,
+        client,
+        handle,
+    })
 }
 
 /// Serves `router` on a fresh loopback port.
@@ -87,14 +94,11 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
     for name in [HOST, PROXY_AUTHORIZATION, AUTHORIZATION] {
         parts.headers.remove(name);
     }
-    // Called in place rather than with `oneshot`, so that a failure can
-    // read the layer's status through the same client afterwards.
-    let mut client = gateway.client;
-    let sent = match client.ready().await {
-        Ok(ready) => ready.call(Request::from_parts(parts, body)).await,
-        Err(error) => Err(error),
-    };
-    match sent {
+    match gateway
+        .client
+        .oneshot(Request::from_parts(parts, body))
+        .await
+    {
         // A rejection that comes out of the layer (after its refresh and
         // retry, where it could make them) refuses the gateway's
         // credentials, not the caller's, who sent none the upstream saw: a
@@ -122,7 +126,7 @@ async fn forward(State(gateway): State<Gateway>, request: Request) -> Response {
             }
             response.map(Body::new).into_response()
         }
-        Err(error) => upstream_failed(&*error, &client.handle().status()),
+        Err(error) => upstream_failed(&*error, &gateway.handle.status()),
     }
 }
 

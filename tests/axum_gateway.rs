@@ -1,6 +1,12 @@
 //! `examples/axum_gateway.rs` under test: callers of the gateway never see
 //! the upstream's token, and a burst after an upstream revocation costs
-//! one refresh.
+//! one refresh; HTTP/2 callers reach the HTTP/1 upstream, hop-by-hop headers
+//! stay behind, and each way the gateway's credentials can fail has its own
+//! status: 502 for an upstream refusing the refreshed token, for credentials
+//! refused for good and for an upstream that never answers; 503 with the
+//! wait for a refresh held off; 504 for a token that did not come in time.
+//! An upstream's challenge about the gateway's credentials never reaches
+//! its callers, on any status.
 #![cfg(feature = "axum")]
 
 // The example itself, so the test exercises exactly what it shows; its
