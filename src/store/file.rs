@@ -216,32 +216,30 @@ impl TokenStore for FileStore {
             inner: Arc::clone(&self.inner),
         };
         let inner = Arc::clone(&self.inner);
-        let task = tokio::task::spawn_blocking(move || {
-            let section = match inner.section() {
-                Ok(section) => section,
-                Err(error) => return drop(deliver.send(Err(error))),
-            };
+        blocking(move || {
+            let section = inner.section()?;
             // A caller that stopped waiting (its refresh timeout) gets no
             // lease: nobody would give it back, and every process would
             // wait for it to lapse.
             if deliver.is_closed() {
-                return;
+                return Ok(());
             }
             let taken = section
                 .locked
-                .try_lease(ttl, SystemTime::now(), &mut inner.holders());
-            if let Err(Ok(Some(lease))) = deliver.send(taken) {
+                .try_lease(ttl, SystemTime::now(), &mut inner.holders())?;
+            if let Err(Some(lease)) = deliver.send(taken) {
                 inner.holders().forget(&lease);
                 let _ = section.locked.release(&lease);
             }
-        });
-        // Awaited whole: once this returns, the section is over.
-        let _ = task.await;
-        delivery.received.try_recv().unwrap_or_else(|_| {
-            Err(StoreError::unavailable(
-                "the file task taking the lease failed",
-            ))
+            Ok(())
         })
+        .await?;
+        // The task has ended, so the section is over and whatever it took
+        // is here.
+        delivery
+            .received
+            .try_recv()
+            .map_err(|_| StoreError::unavailable("the file task taking the lease failed"))
     }
 
     async fn release(&self, lease: Lease) -> Result<(), StoreError> {
@@ -307,7 +305,7 @@ struct Section<'a> {
 /// it off, after the lease was sent), it gives the lease back: nobody
 /// else would, and every process would wait for it to lapse.
 struct Delivery {
-    received: oneshot::Receiver<Result<Option<Lease>, StoreError>>,
+    received: oneshot::Receiver<Option<Lease>>,
     inner: Arc<Inner>,
 }
 
@@ -316,7 +314,7 @@ impl Drop for Delivery {
         // Closed first: a lease sent from now on is given back by its
         // task; one sent before is here.
         self.received.close();
-        let Ok(Ok(Some(lease))) = self.received.try_recv() else {
+        let Ok(Some(lease)) = self.received.try_recv() else {
             return;
         };
         let inner = Arc::clone(&self.inner);

@@ -120,16 +120,12 @@ impl Locked {
                 Ok(false) => None,
                 done => Some(done),
             });
-            match locked {
-                Some(Ok(_)) => {}
-                Some(Err(error)) => return Err(error),
-                None => {
-                    return Err(StoreError::unavailable(format!(
-                        "another process (or a store made apart) has held {} for {WAIT_AT_MOST:?}",
-                        path.display()
-                    )))
-                }
-            }
+            locked.ok_or_else(|| {
+                StoreError::unavailable(format!(
+                    "another process (or a store made apart) has held {} for {WAIT_AT_MOST:?}",
+                    path.display()
+                ))
+            })??;
         }
         Ok(Self { file, path, target })
     }
@@ -158,21 +154,24 @@ impl Locked {
         }
         let liveness_path = beside(&self.target, ".lease");
         let (liveness, identity) = open_own(&liveness_path)?;
-        if let Some(held) = held {
+        let watched = match held {
             // Another's lives while its holder keeps the liveness lock on
             // this very file (one removed and made anew says nothing of
             // the holder's), or, unwatched, until it lapses.
-            let gone = held.liveness.as_deref() == Some(&*identity)
-                && try_exclusive(&liveness, &liveness_path)?;
-            if !gone {
-                return Ok(None);
+            Some(held) => {
+                let gone = held.liveness.as_deref() == Some(&*identity)
+                    && try_exclusive(&liveness, &liveness_path)?;
+                if !gone {
+                    return Ok(None);
+                }
+                true
             }
-        } else if !try_exclusive(&liveness, &liveness_path)? {
             // A holder whose lease lapsed but who lives on keeps the
             // liveness lock: this lease goes unwatched.
-            return self.take_lease(ttl, now, None, holders);
-        }
-        self.take_lease(ttl, now, Some((liveness, identity)), holders)
+            None => try_exclusive(&liveness, &liveness_path)?,
+        };
+        let liveness = watched.then_some((liveness, identity));
+        self.take_lease(ttl, now, liveness, holders)
     }
 
     fn take_lease(
@@ -397,7 +396,7 @@ mod tests {
         let (_dir, _, [store, other]) = stores_apart();
         let lease = taken_by(&store, &other).await;
         let (deliver, received) = tokio::sync::oneshot::channel();
-        deliver.send(Ok(Some(lease))).unwrap();
+        deliver.send(Some(lease)).unwrap();
         let inner = Arc::clone(&store.inner);
         drop(super::super::Delivery { received, inner });
         settled(&store).await;
