@@ -539,6 +539,11 @@ impl TokenStatus {
     /// until new tokens are set (see
     /// [`is_reauth_required`](Self::is_reauth_required)).
     ///
+    /// Failures are all it counts. A rejected token that was refreshed
+    /// less than [`min_refresh_interval`](crate::Builder::min_refresh_interval)
+    /// ago is not refreshed again whatever this says: the request gets the
+    /// rejection, the handle [`is_rejected_too_soon`](crate::Error::is_rejected_too_soon).
+    ///
     /// ```
     /// use std::time::Duration;
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};

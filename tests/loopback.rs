@@ -490,7 +490,8 @@ async fn streamed_body_crossing_the_replay_cap_after_the_401_returns_the_401() {
 }
 
 /// A `GET` of `url` sent outside the layer, by a plain hyper client, with
-/// `bearer`'s header: the status the API server answers.
+/// `bearer`'s header: the status the API server answers. A client of its
+/// own each time, as each call stands for a connection of its own.
 async fn get_outside_the_layer(url: &str, bearer: &tower_token_refresh::Bearer) -> StatusCode {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let request = Request::get(url)
