@@ -27,7 +27,7 @@ use crate::{BoxError, Error};
 /// once the retry is due, a clone of the inner service (polled ready
 /// before the retry). A request held before its first send is kept here
 /// whole, with a clone of the inner service polled ready once its token
-/// has come.
+/// has come; that clone then stays, for the retry.
 ///
 /// The service is boxed: it is only there on the slow paths, and inline
 /// it would make every response future as large as a client (304 bytes
@@ -118,9 +118,9 @@ impl<S, B> RetryCopy<S, B> {
     }
 
     /// The request to send, in parts and without its `Authorization`
-    /// header: a caller copies it for a retry first, so the copy never
-    /// holds the token.
-    fn into_parts(self) -> (Parts, ReplayBody<B>) {
+    /// header (a caller copies it for a retry first, so the copy never
+    /// holds the token), and the service held here, if any.
+    fn into_parts(self) -> (Option<Box<S>>, Parts, ReplayBody<B>) {
         let Head {
             method,
             uri,
@@ -138,7 +138,7 @@ impl<S, B> RetryCopy<S, B> {
         parts.version = version;
         parts.headers = headers;
         parts.extensions = extensions;
-        (parts, self.body)
+        (self.service, parts, self.body)
     }
 
     /// Replaces the service held here (polled, but not ready then) with an
@@ -155,28 +155,26 @@ impl<S, B> RetryCopy<S, B> {
         }
     }
 
-    /// The service to send through, polled ready: the one held here, or a
-    /// clone of the instance kept for retries, held here only while it is
-    /// not ready.
+    /// Polls a service to send through ready: the one held here, which
+    /// stays in its box (`None`), or else a clone of the instance kept for
+    /// retries (`Some`), held here only while it is not ready.
     fn poll_service<C>(
         &mut self,
         shared: &Shared<S, C>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<S, BoxError>>
+    ) -> Poll<Result<Option<S>, BoxError>>
     where
         S: Service<Request<ReplayBody<B>>> + Clone,
         S::Error: Into<BoxError>,
     {
-        // Polled in its box while it is pending: taken out and boxed again
-        // on each poll, it cost an allocation per poll.
+        // Polled in its box: taken out and boxed again on each poll, it
+        // cost an allocation per poll.
         if let Some(held) = &mut self.service {
-            ready!(held.poll_ready(cx)).map_err(Into::into)?;
-            let held = self.service.take().expect("held: matched above");
-            return Poll::Ready(Ok(*held));
+            return held.poll_ready(cx).map_ok(|()| None).map_err(Into::into);
         }
         let mut service = shared.retry_service().expect("kept by RetryCopy::of");
         match service.poll_ready(cx) {
-            Poll::Ready(ready) => Poll::Ready(ready.map(|()| service).map_err(Into::into)),
+            Poll::Ready(ready) => Poll::Ready(ready.map(|()| Some(service)).map_err(Into::into)),
             Poll::Pending => {
                 self.service = Some(Box::new(service));
                 Poll::Pending
@@ -632,7 +630,7 @@ where
                 }));
             }
         };
-        let mut service = match request.poll_service(shared, cx) {
+        let mut unboxed = match request.poll_service(shared, cx) {
             Poll::Ready(service) => service?,
             Poll::Pending => {
                 *credential = Some(current);
@@ -641,14 +639,33 @@ where
         };
         let credential = current;
         let request = pending.take().expect("request kept");
-        let (mut parts, body) = request.into_parts();
+        let (mut held, mut parts, body) = request.into_parts();
+        let service = match (&mut unboxed, &mut held) {
+            (Some(service), _) => service,
+            (None, Some(held)) => &mut **held,
+            (None, None) => unreachable!("poll_service holds the service it leaves boxed"),
+        };
         if first {
-            *pending = RetryCopy::of(&parts, &body, shared, &service);
+            *pending = RetryCopy::of(&parts, &body, shared, service);
         } else {
             manager.count_retry();
         }
         *generation = credential.authorize(&mut parts.headers);
         let fut = service.call(Request::from_parts(parts, body));
+        if first {
+            // A request that waited for its first token keeps the instance
+            // it was sent through, boxed as it was, for its retry: polled
+            // ready again, as any service may be after a call, and holding
+            // no readiness in between, as a called instance holds none. So
+            // the retry takes no clone of the instance kept for retries
+            // (behind its lock), and the burst of sends after a refresh
+            // does not also drop a clone each (an inner client's
+            // reference counts, written by every request): it goes with
+            // the response future.
+            if let (Some(copy), Some(held)) = (pending.as_mut(), held) {
+                copy.service = Some(held);
+            }
+        }
         Poll::Ready(Ok(if first {
             State::Sent { fut }
         } else {

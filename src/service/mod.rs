@@ -84,7 +84,9 @@ pub(crate) use transport::is_loopback;
 /// instance is taken at the first request that could be retried, once per
 /// lane: the clones of this service share one lane per core (at most 8),
 /// each clone using one, so that clones used on different threads do not
-/// write one reference count on each request.
+/// write one reference count on each request. A request that waited for
+/// its first token has a clone of its own already, made to wait with: it
+/// is retried through that one.
 ///
 /// ```
 /// use std::convert::Infallible;

@@ -606,19 +606,40 @@ async fn a_closure_classifier_decides_what_counts_as_a_rejection() {
     assert_eq!(handle.stats().rejections, 0);
 }
 
-/// The API, counting how often it is cloned.
+/// The API, counting how often it is cloned. Each instance has its own
+/// number, recorded by each call it sends, and must be polled ready before
+/// each call (a clone starts unpolled).
 struct CountingClones {
     api: Api,
     clones: Arc<std::sync::atomic::AtomicUsize>,
+    instance: usize,
+    ready: bool,
+    sent_through: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl CountingClones {
+    fn new(api: &Api, clones: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        Self {
+            api: api.clone(),
+            clones: Arc::clone(clones),
+            instance: 0,
+            ready: false,
+            sent_through: Arc::default(),
+        }
+    }
 }
 
 impl Clone for CountingClones {
     fn clone(&self) -> Self {
-        self.clones
+        let clones = self
+            .clones
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Self {
             api: self.api.clone(),
             clones: Arc::clone(&self.clones),
+            instance: clones + 1,
+            ready: false,
+            sent_through: Arc::clone(&self.sent_through),
         }
     }
 }
@@ -635,10 +656,15 @@ where
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.api.poll_ready(cx)
+        let polled = self.api.poll_ready(cx);
+        self.ready = polled.is_ready();
+        polled
     }
 
     fn call(&mut self, req: Request<crate::ReplayBody<B>>) -> Self::Future {
+        assert!(self.ready, "instance {} called unpolled", self.instance);
+        self.ready = false;
+        self.sent_through.lock().unwrap().push(self.instance);
         self.api.call(req)
     }
 }
@@ -651,10 +677,7 @@ async fn requests_do_not_clone_the_inner_service_and_a_retry_clones_it_once() {
     api.accept("old");
     let clones = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (layer, _issuer) = old_token_layer(&api, HOUR, Duration::ZERO, |b| b);
-    let inner = CountingClones {
-        api: api.clone(),
-        clones: Arc::clone(&clones),
-    };
+    let inner = CountingClones::new(&api, &clones);
     let mut client = ServiceBuilder::new().layer(layer).service(inner);
 
     for _ in 0..10 {
@@ -724,6 +747,47 @@ async fn a_request_that_waited_for_the_first_token_is_retried_when_that_token_is
     );
     assert_eq!(refreshes.load(SeqCst), 2);
     assert_eq!(handle.stats().retries, 1);
+}
+
+/// A request that waited for its first token has its own clone of the
+/// inner service: its retry goes through that instance, polled ready
+/// again, and clones nothing more.
+#[tokio::test(start_paused = true)]
+async fn a_request_that_waited_for_its_first_token_is_retried_through_its_own_instance() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let api = Api::default();
+    api.accept("second");
+    let source = refresh_fn({
+        let refreshes = AtomicUsize::new(0);
+        move |_| {
+            let token = match refreshes.fetch_add(1, SeqCst) {
+                0 => "first", // the API never accepts it
+                _ => "second",
+            };
+            async move { Ok::<_, RefreshError>(TokenSet::new(token)) }
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .min_refresh_interval(Duration::ZERO)
+        .build();
+    let clones = Arc::new(AtomicUsize::new(0));
+    let inner = CountingClones::new(&api, &clones);
+    let sent_through = Arc::clone(&inner.sent_through);
+    let client = ServiceBuilder::new().layer(layer).service(inner);
+
+    let result = send(&client, post("sent twice")).await;
+
+    assert!(ok_with(&result, "second"), "{result:?}");
+    let sent_through = sent_through.lock().unwrap().clone();
+    assert_eq!(sent_through.len(), 2, "sent, then retried");
+    assert_eq!(
+        sent_through[0], sent_through[1],
+        "retried through the instance it was first sent with"
+    );
+    // `send`'s clone of the client, the request's clone to wait with and
+    // the one it leaves the client, and the instance kept for other
+    // requests' retries: none for this retry.
+    assert_eq!(clones.load(SeqCst), 4);
 }
 
 /// Found in review: a request waiting for its first token kept the inner
