@@ -9,6 +9,15 @@ use serde_json::Value;
 
 /// How long until `token`'s `exp`, if it is a JWT with a numeric `exp`.
 /// An `exp` in the past gives zero.
+///
+/// `exp` is on the issuer's clock and `now` on ours. With a numeric `iat`
+/// before `exp`, the time left is capped at the lifetime the token was
+/// issued with (`exp - iat`): a clock running behind the issuer's would
+/// otherwise stretch the token's life by as much, and requests would go
+/// out with it past its end. A clock running ahead only shortens it, so
+/// it refreshes early. A token issued a while before it came (an issuer
+/// handing out a cached token) is counted from our clock, as without
+/// `iat`: the cap is never the later of the two.
 pub(crate) fn expires_in(token: &str, now: SystemTime) -> Option<Duration> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
@@ -24,7 +33,15 @@ pub(crate) fn expires_in(token: &str, now: SystemTime) -> Option<Duration> {
         return None;
     }
     let since_epoch = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-    Some(Duration::try_from_secs_f64((exp - since_epoch).max(0.0)).unwrap_or(Duration::MAX))
+    let mut left = exp - since_epoch;
+    let issued = claims.get("iat").and_then(Value::as_f64);
+    if let Some(lifetime) = issued
+        .map(|iat| exp - iat)
+        .filter(|l| l.is_finite() && *l > 0.0)
+    {
+        left = left.min(lifetime);
+    }
+    Some(Duration::try_from_secs_f64(left.max(0.0)).unwrap_or(Duration::MAX))
 }
 
 #[cfg(test)]
@@ -60,6 +77,40 @@ mod tests {
     fn a_past_exp_gives_zero() {
         let token = token_with_claims(&json!({"exp": 10}));
         assert_eq!(expires_in(&token, at(1_000)), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_clock_behind_the_issuers_does_not_stretch_the_issued_lifetime() {
+        // Issued at 1,000,000 for 900 s; our clock is 120 s behind.
+        let token = token_with_claims(&json!({"iat": 1_000_000, "exp": 1_000_900}));
+        assert_eq!(
+            expires_in(&token, at(999_880)),
+            Some(Duration::from_secs(900))
+        );
+        // Ahead by 120 s: the time left by our clock, the shorter.
+        assert_eq!(
+            expires_in(&token, at(1_000_120)),
+            Some(Duration::from_secs(780))
+        );
+    }
+
+    #[test]
+    fn an_iat_that_gives_no_lifetime_is_left_out() {
+        // At or after `exp`, not a number: the time left by our clock.
+        // Ages ago: a lifetime longer than the time left, so no cap.
+        for iat in [
+            json!(1_000_900),
+            json!(1_001_000),
+            json!("earlier"),
+            json!(-1e300),
+        ] {
+            let token = token_with_claims(&json!({"iat": iat, "exp": 1_000_900}));
+            assert_eq!(
+                expires_in(&token, at(1_000_000)),
+                Some(Duration::from_secs(900)),
+                "iat {iat}"
+            );
+        }
     }
 
     #[test]

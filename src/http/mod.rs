@@ -17,7 +17,8 @@
 //! says otherwise. Answers are read up to a cap (64 KiB by default); unknown
 //! fields are ignored; `expires_in` may be a number or a numeric string, and
 //! without it a JWT access token's `exp` is used (unverified: it only tells
-//! when to refresh); a `token_type` other than Bearer is refused; a
+//! when to refresh), the time left capped at `exp - iat` so that a clock
+//! behind the issuer's does not stretch it; a `token_type` other than Bearer is refused; a
 //! response without a new refresh token keeps the old one. Failures are
 //! classified by status: every 4xx other than 408, 421, 425 and 429 is
 //! terminal (`400 invalid_grant`, 401 and 403 among them: a configured

@@ -397,7 +397,8 @@ impl<C, B> HttpRefresher<C, B> {
     }
 
     /// Where the lifetime in seconds is (a number or a numeric string).
-    /// Without it, a JWT access token's `exp` is used.
+    /// Without it, a JWT access token's `exp` is used (the time left capped
+    /// at `exp - iat`, where it has an `iat`).
     ///
     /// ```
     /// # use bytes::Bytes;
