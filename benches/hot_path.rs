@@ -36,7 +36,7 @@ fn hot_path(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let settle = || settle(&runtime);
                     // Each thread sent `iters` requests.
-                    run_variant(name, iters as usize, threads, settle).elapsed / threads as u32
+                    run_variant(name, iters as usize, threads, settle) / threads as u32
                 })
             });
         }

@@ -3,9 +3,8 @@
 //! see `scripts/count-instructions.sh`.
 //!
 //! `cargo bench --bench hot_path_count -- VARIANT N [THREADS]` (with
-//! THREADS, each of that many threads sends N requests: for quick checks
-//! of scaling, not for callgrind). Prints the wall-clock and the threads'
-//! CPU time per request on standard error.
+//! THREADS, each of that many threads sends N requests: for quick
+//! wall-clock checks of scaling, not for callgrind).
 
 mod support;
 
@@ -25,15 +24,5 @@ fn main() {
     let runtime = runtime();
     let _entered = runtime.enter();
     let settle = || settle(&runtime);
-    let timing = support::hot_path_variants::run_variant(&variant, n, threads, settle);
-    let requests = (n * threads) as u32;
-    eprint!("{variant}: wall {:?}/request", timing.elapsed / requests);
-    if let Some(used) = timing.threads {
-        eprint!(
-            ", on CPU {:?}/request, waited {:?} in all",
-            used.on_cpu / requests,
-            used.waiting
-        );
-    }
-    eprintln!();
+    support::hot_path_variants::run_variant(&variant, n, threads, settle);
 }

@@ -17,7 +17,7 @@
 mod env;
 mod support;
 
-use support::hot_path_variants::{run_variant, runtime, settle, Timing};
+use support::hot_path_variants::{run_variant, runtime, settle};
 
 /// Compared in each thread count: (variant, baseline).
 const PAIRS: [(&str, &str); 9] = [
@@ -41,9 +41,10 @@ fn main() {
     let chunk = env::number("PAIRS_CHUNK", 20_000);
     let runtime = runtime();
     let _entered = runtime.enter();
-    let run = |name: &str, threads: usize| PerRequest {
-        timing: run_variant(name, chunk, threads, || settle(&runtime)),
-        requests: chunk * threads,
+    // Wall-clock time per request of `name` on `threads` threads.
+    let per_request = |name: &str, threads: usize| {
+        let elapsed = run_variant(name, chunk, threads, || settle(&runtime));
+        elapsed.as_secs_f64() / (chunk * threads) as f64
     };
     for threads in [1, 2] {
         for (variant, baseline) in PAIRS {
@@ -51,8 +52,11 @@ fn main() {
             if !wanted(&label) {
                 continue;
             }
-            let runs = paired(rounds, || run(variant, threads), || run(baseline, threads));
-            let ratios = runs.iter().map(|(a, b)| a.wall() / b.wall()).collect();
+            let ratios = paired(
+                rounds,
+                || per_request(variant, threads),
+                || per_request(baseline, threads),
+            );
             print_line(&label, ratios, chunk);
         }
     }
@@ -61,71 +65,26 @@ fn main() {
         if !wanted(&label) {
             continue;
         }
-        let runs = paired(rounds, || run(variant, 1), || run(variant, 2));
-        let ratios = runs
-            .iter()
-            .map(|(one, two)| one.wall() / two.wall())
-            .collect();
+        let ratios = paired(
+            rounds,
+            || per_request(variant, 1),
+            || per_request(variant, 2),
+        );
         print_line(&label, ratios, chunk);
-        // The same runs, by the threads' own CPU time: what sharing one
-        // layer costs each thread, whether or not another process took a
-        // core for part of the chunk. Two threads that ran all the time
-        // and slowed each other in nothing give 2.00, as wall-clock would.
-        let cpu: Option<Vec<f64>> = runs
-            .iter()
-            .map(|(one, two)| Some(2.0 * one.on_cpu()? / two.on_cpu()?))
-            .collect();
-        if let Some(cpu) = cpu {
-            // The share of the two-thread chunks' thread time spent waiting
-            // for a core: what the wall-clock scaling carries and this not.
-            let mut waited: Vec<f64> = runs.iter().filter_map(|(_, two)| two.waited()).collect();
-            waited.sort_by(f64::total_cmp);
-            let label = format!(
-                "cpu_scaling variant={variant} waited_median={:.4} waited_max={:.4}",
-                waited[waited.len() / 2],
-                waited[waited.len() - 1],
-            );
-            print_line(&label, cpu, chunk);
-        }
     }
 }
 
-/// One chunk's timing, per request.
-struct PerRequest {
-    timing: Timing,
-    requests: usize,
-}
-
-impl PerRequest {
-    /// Wall-clock time per request, over all threads.
-    fn wall(&self) -> f64 {
-        self.timing.elapsed.as_secs_f64() / self.requests as f64
-    }
-
-    /// The threads' own CPU time per request.
-    fn on_cpu(&self) -> Option<f64> {
-        Some(self.timing.threads?.on_cpu.as_secs_f64() / self.requests as f64)
-    }
-
-    /// The share of the threads' time spent in the run queue.
-    fn waited(&self) -> Option<f64> {
-        let threads = self.timing.threads?;
-        let waiting = threads.waiting.as_secs_f64();
-        Some(waiting / (waiting + threads.on_cpu.as_secs_f64()))
-    }
-}
-
-/// A's run and B's, `rounds` times, running A first in even rounds and
+/// A's time over B's, `rounds` times, running A first in even rounds and
 /// B first in odd ones.
-fn paired<T>(rounds: usize, a: impl Fn() -> T, b: impl Fn() -> T) -> Vec<(T, T)> {
+fn paired(rounds: usize, a: impl Fn() -> f64, b: impl Fn() -> f64) -> Vec<f64> {
     (0..rounds)
         .map(|round| {
             if round % 2 == 0 {
                 let a = a();
-                (a, b())
+                a / b()
             } else {
                 let b = b();
-                (a(), b)
+                a() / b
             }
         })
         .collect()

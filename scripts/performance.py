@@ -113,23 +113,19 @@ def pairs():
     PAIR_PROCESSES processes."""
     processes = [pairs_once() for _ in range(PAIR_PROCESSES)]
     found = {"processes": processes, "rounds": processes[0]["rounds"],
-             "chunk": processes[0]["chunk"], "pair": {}, "scaling": {},
-             "cpu_scaling": {}}
-    for kind in ("pair", "scaling", "cpu_scaling"):
+             "chunk": processes[0]["chunk"], "pair": {}, "scaling": {}}
+    for kind in ("pair", "scaling"):
         for key in processes[0][kind]:
             medians = [p[kind][key]["median"] for p in processes]
             found[kind][key] = {"median": median(medians),
                                 "low": min(medians), "high": max(medians)}
-            if kind == "cpu_scaling":
-                found[kind][key]["waited_median"] = median(
-                    [p[kind][key]["waited_median"] for p in processes])
     return found
 
 
 def pairs_once():
     out = run("cargo", "bench", "--bench", "hot_path_pairs")
-    found = {"pair": {}, "scaling": {}, "cpu_scaling": {}}
-    for kind, line in re.findall(r"^(pair|scaling|cpu_scaling) (.*)$", out, re.M):
+    found = {"pair": {}, "scaling": {}}
+    for kind, line in re.findall(r"^(pair|scaling) (.*)$", out, re.M):
         fields = key_values(line)
         found["rounds"], found["chunk"] = int(fields["rounds"]), int(fields["chunk"])
         if kind == "pair":
@@ -137,8 +133,6 @@ def pairs_once():
         else:
             key = fields["variant"]
         found[kind][key] = {k: fields[k] for k in ("median", "q1", "q3")}
-        if kind == "cpu_scaling":
-            found[kind][key]["waited_median"] = fields["waited_median"]
     return found
 
 
@@ -261,17 +255,9 @@ def ns(value):
     return f"{value:,.0f}"
 
 
-def scaling(data, name, kind="scaling"):
-    """One-thread time over two-thread time per request, from the paired
-    runs: wall-clock (`scaling`) or the threads' own CPU time
-    (`cpu_scaling`, twice the ratio, so that 2.00 is perfect either way)."""
-    return data["pairs"][kind][name]["median"]
-
-
-def waited(data):
-    """The share of two-thread chunks' thread time spent in the run queue:
-    the median over variants of the medians over processes."""
-    return median([v["waited_median"] for v in data["pairs"]["cpu_scaling"].values()])
+def scaling(data, name):
+    """One-thread time over two-thread time per request, from the paired runs."""
+    return data["pairs"]["scaling"][name]["median"]
 
 
 def ratio(data, name, column):
@@ -311,24 +297,18 @@ def tables(data):
         "docs/performance.json). With two threads, each thread "
         "has a clone of one service; the time is per request over both threads, "
         "and scaling is the one-thread time over it, paired the same way (2.00 "
-        "is perfect). *Scaling, CPU time* pairs the same runs by the threads' "
-        "own CPU time (`/proc/thread-self/schedstat`), which leaves out any "
-        "time another process held a thread's core; the threads spent a median "
-        f"of {100 * waited(data):.1f}% of a two-thread chunk waiting for a core, "
-        "so the spread in scaling comes from the cores slowing each other, "
-        "not from the run queue.",
+        "is perfect).",
         "",
-        "| variant | instructions | ratio | median, 1 thread | ratio | median, 2 threads "
-        "| scaling | scaling, CPU time |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | instructions | ratio | median, 1 thread | ratio | median, 2 threads | scaling |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, label in VARIANTS:
         r = rows[name]
+        scales = scaling(data, name)
         lines.append(
             f"| {label} | {r['instructions']} | {ratio(data, name, 'instructions')} "
             f"| {ns(r['hot_path'])} ns | {ratio(data, name, 'hot_path')} "
-            f"| {ns(r['hot_path_2_threads'])} ns | {scaling(data, name):.2f} "
-            f"| {scaling(data, name, 'cpu_scaling'):.2f} |")
+            f"| {ns(r['hot_path_2_threads'])} ns | {scales:.2f} |")
     lines += ["", "![hot path chart](docs/performance.svg)", ""]
 
     alloc = data["allocations"]
@@ -429,7 +409,6 @@ def targets(data):
     off_i = count["token_refresh_no_retry"] / count["static_header"]
     off_t, off_low, off_high = pair(data, "token_refresh_no_retry", "static_header")
     scale = {n: scaling(data, n) for n in hot}
-    cpu = {n: scaling(data, n, "cpu_scaling") for n in hot}
     alloc = data["allocations"]["empty"]
     lines = [
         "**Targets**, as measured above:",
@@ -459,10 +438,7 @@ def targets(data):
             f"scaling {scale['token_refresh']:.2f} (retry on), "
             f"{scale['token_refresh_no_retry']:.2f} (off), floor "
             f"{scale['static_header_with_head_copy']:.2f}, RwLock {scale['rwlock']:.2f}, "
-            f"Mutex {scale['mutex']:.2f} (judged on these; by CPU time "
-            f"{cpu['token_refresh']:.2f} / {cpu['token_refresh_no_retry']:.2f}, floor "
-            f"{cpu['static_header_with_head_copy']:.2f}, RwLock {cpu['rwlock']:.2f}, "
-            f"Mutex {cpu['mutex']:.2f})",
+            f"Mutex {scale['mutex']:.2f}",
             all(scale[ours] >= scale["static_header_with_head_copy"]
                 and scale[ours] >= max(scale["rwlock"], scale["mutex"]) + CLEARLY
                 for ours in ("token_refresh", "token_refresh_no_retry"))),

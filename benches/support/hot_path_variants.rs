@@ -19,12 +19,6 @@ use tower::{Layer, Service, ServiceBuilder};
 use tower_http::auth::AddAuthorizationLayer;
 use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 
-// Resolved next to this file whether it is a module of the benches'
-// `support` or included on its own by `tests/allocations.rs`.
-#[path = "schedstat.rs"]
-mod schedstat;
-pub use schedstat::SchedStat;
-
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
 
 /// A service that answers at once. It reads the request body first, as an
@@ -279,41 +273,30 @@ where
 /// state, shared by all), as tower services are shared between tasks.
 /// `settle` lets the runtime run (the layer's watcher task) before timing.
 ///
-/// Times the requests, and only them: building the layer, the first
-/// request, `settle` (a sleep of several milliseconds) and spawning the
-/// threads are left out. Timed from the outside, a sample of a few
-/// thousand requests carried the sleep as hundreds of nanoseconds per
+/// Returns the time the requests took, and only that: building the layer,
+/// the first request, `settle` (a sleep of several milliseconds) and
+/// spawning the threads are left out. Timed from the outside, a sample of
+/// a few thousand requests carried the sleep as hundreds of nanoseconds per
 /// request, more in the short samples than in the long ones.
-pub fn run_variant(name: &str, n: usize, threads: usize, settle: impl Fn()) -> Timing {
-    let timing = Cell::new(Timing::default());
+pub fn run_variant(name: &str, n: usize, threads: usize, settle: impl Fn()) -> Duration {
+    let elapsed = Cell::new(Duration::ZERO);
     with_variant(
         name,
         Runner {
             n,
             threads,
             settle,
-            timing: &timing,
+            elapsed: &elapsed,
         },
     );
-    timing.get()
-}
-
-/// How long a run of requests took.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Timing {
-    /// Wall-clock time, from the first request to the last thread's end.
-    pub elapsed: Duration,
-    /// The requesting threads' own CPU and run-queue time, summed over the
-    /// threads (`None` where the kernel does not give it).
-    #[allow(dead_code)] // The criterion bench has only wall-clock time.
-    pub threads: Option<SchedStat>,
+    elapsed.get()
 }
 
 struct Runner<'a, F> {
     n: usize,
     threads: usize,
     settle: F,
-    timing: &'a Cell<Timing>,
+    elapsed: &'a Cell<Duration>,
 }
 
 impl<F: Fn()> UseService<Empty<Bytes>> for Runner<'_, F> {
@@ -326,7 +309,7 @@ impl<F: Fn()> UseService<Empty<Bytes>> for Runner<'_, F> {
             n,
             threads,
             settle,
-            timing,
+            elapsed,
         } = self;
         let waker = Waker::from(Arc::new(NoopWaker));
         // One request before timing: lazily built state (the layer's
@@ -339,15 +322,10 @@ impl<F: Fn()> UseService<Empty<Bytes>> for Runner<'_, F> {
                 drive(&mut service, request(), &mut cx);
             }
         };
-        // The scheduler's figures are read outside the wall-clock window,
-        // which they would otherwise lengthen by a file read each.
         if threads == 1 {
-            let before = SchedStat::now();
             let started = Instant::now();
             requests(service);
-            let elapsed = started.elapsed();
-            let threads = SchedStat::since(before);
-            timing.set(Timing { elapsed, threads });
+            elapsed.set(started.elapsed());
             return;
         }
         let requests = &requests;
@@ -358,28 +336,17 @@ impl<F: Fn()> UseService<Empty<Bytes>> for Runner<'_, F> {
                 .map(|_| {
                     let service = service.clone();
                     scope.spawn(move || {
-                        let before = SchedStat::now();
                         start.wait();
-                        requests(service);
-                        let ended = Instant::now();
-                        (ended, SchedStat::since(before))
+                        requests(service)
                     })
                 })
                 .collect();
             start.wait();
             let started = Instant::now();
-            let ends: Vec<_> = workers
-                .into_iter()
-                .map(|worker| worker.join().expect("requests do not panic"))
-                .collect();
-            let ended = ends.iter().map(|(ended, _)| *ended).max();
-            let threads = ends
-                .iter()
-                .map(|(_, used)| *used)
-                .reduce(|a, b| Some(a?.plus(b?)))
-                .flatten();
-            let elapsed = ended.expect("at least one thread") - started;
-            timing.set(Timing { elapsed, threads });
+            for worker in workers {
+                worker.join().expect("requests do not panic");
+            }
+            elapsed.set(started.elapsed());
         });
     }
 }
