@@ -541,8 +541,11 @@ impl TokenStatus {
     ///
     /// Failures are all it counts. A rejected token that was refreshed
     /// less than [`min_refresh_interval`](crate::Builder::min_refresh_interval)
-    /// ago is not refreshed again whatever this says: the request gets the
-    /// rejection, the handle [`is_rejected_too_soon`](crate::Error::is_rejected_too_soon).
+    /// ago is not refreshed again whatever this says: a request through the
+    /// layer gets the rejection back, and
+    /// [`TokenHandle::bearer_after_rejection`] an error for which
+    /// [`Error::is_rejected_too_soon`](crate::Error::is_rejected_too_soon)
+    /// is true.
     ///
     /// ```
     /// use std::time::Duration;

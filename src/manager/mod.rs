@@ -1,7 +1,8 @@
 //! `TokenManager`: the one place where token state lives.
 //!
 //! Every front end (the tower layer, the reqwest middleware, the handle's
-//! `bearer`) asks the manager for a credential and reports rejections to it; the manager decides when to refresh and
+//! `bearer` and `bearer_after_rejection`) asks the manager for a credential
+//! and reports rejections to it; the manager decides when to refresh and
 //! makes sure only one refresh runs at a time.
 //!
 //! Reading the token is lock-free: the current [`Snapshot`] sits in an

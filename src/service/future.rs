@@ -657,11 +657,10 @@ where
             // it was sent through, boxed as it was, for its retry: polled
             // ready again, as any service may be after a call, and holding
             // no readiness in between, as a called instance holds none. So
-            // the retry takes no clone of the instance kept for retries
-            // (behind its lock), and the burst of sends after a refresh
-            // does not also drop a clone each (an inner client's
-            // reference counts, written by every request): it goes with
-            // the response future.
+            // a retry takes no clone of the instance kept for retries (nor
+            // its lock), and the clone's drop (an inner client's reference
+            // counts, which every request writes) moves out of the burst
+            // of sends after a refresh, to the end of each response.
             if let (Some(copy), Some(held)) = (pending.as_mut(), held) {
                 copy.service = Some(held);
             }

@@ -657,7 +657,7 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
         let polled = self.api.poll_ready(cx);
-        self.ready = polled.is_ready();
+        self.ready = matches!(polled, std::task::Poll::Ready(Ok(())));
         polled
     }
 

@@ -236,10 +236,9 @@ impl TokenStore for FileStore {
         .await?;
         // The task has ended, so the section is over and whatever it took
         // is here.
-        delivery
-            .received
-            .try_recv()
-            .map_err(|_| StoreError::unavailable("the file task taking the lease failed"))
+        delivery.received.try_recv().map_err(|_| {
+            StoreError::unavailable("the file task ended without handing over the lease")
+        })
     }
 
     async fn release(&self, lease: Lease) -> Result<(), StoreError> {

@@ -120,6 +120,7 @@ impl Locked {
                 Ok(false) => None,
                 done => Some(done),
             });
+            // Given up on, or failed; else locked (`Ok(true)`).
             locked.ok_or_else(|| {
                 StoreError::unavailable(format!(
                     "another process (or a store made apart) has held {} for {WAIT_AT_MOST:?}",
