@@ -201,7 +201,10 @@ fn check_result(input: &Input<'_>, result: &Result<TokenSet, RefreshError>, now:
             // The status and headers decide the class; an oversized body
             // only loses the server's message.
             assert_eq!(error.status(), Some(status.as_u16()), "{shown}");
-            let retry_after = __fuzz::retry_after(&head_of(input), now);
+            // A date counts from the answer's own `Date`, if it has one.
+            let head = head_of(input);
+            let clock = __fuzz::server_date(&head).unwrap_or(now);
+            let retry_after = __fuzz::retry_after(&head, clock);
             let expected = if status == StatusCode::TOO_MANY_REQUESTS {
                 let retry_after = retry_after.or(documented_wait(input.dialect));
                 FailureClass::RateLimited { retry_after }

@@ -93,6 +93,12 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     super::failure::retry_after(headers, now)
 }
 
+/// The answer's `Date`, as a refresh reads it: what its `Retry-After`
+/// date counts from (and [`answer`]'s `now` only without one).
+pub fn server_date(headers: &HeaderMap) -> Option<SystemTime> {
+    super::server_date(headers)
+}
+
 /// A body whose frames are all ready.
 struct Chunks(VecDeque<Bytes>);
 

@@ -17,9 +17,10 @@
 //! says otherwise. Answers are read up to a cap (64 KiB by default); unknown
 //! fields are ignored; `expires_in` may be a number or a numeric string, and
 //! without it a JWT access token's `exp` is used (unverified: it only tells
-//! when to refresh), the time left capped at `exp - iat` so that a clock
-//! behind the issuer's does not stretch it; a `token_type` other than Bearer is refused; a
-//! response without a new refresh token keeps the old one. Failures are
+//! when to refresh), counted from the answer's `Date` and capped at
+//! `exp - iat`, so that a client clock off from the issuer's moves it
+//! neither way; a `token_type` other than Bearer is refused; a response
+//! without a new refresh token keeps the old one. Failures are
 //! classified by status: every 4xx other than 408, 421, 425 and 429 is
 //! terminal (`400 invalid_grant`, 401 and 403 among them: a configured
 //! [login source](crate::Builder::login) then runs once, otherwise new
@@ -94,7 +95,7 @@ use std::fmt;
 use std::future::{poll_fn, Future};
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::uri::Scheme;
@@ -665,8 +666,17 @@ fn keep_what_was_left_out(
 /// error a failure status stands for. The body is read up to `body_limit`
 /// bytes first: a longer or unreadable `2xx` is a transient failure, and a
 /// failure status keeps its class without the body's message. `now` is read
-/// once the body has arrived, for `Retry-After` dates and JWT `exp`; `sent`
-/// gives the secrets to redact from a failure's text.
+/// once the body has arrived, for `Retry-After` dates and JWT `exp` in an
+/// answer without a `Date`; `sent` gives the secrets to redact from a
+/// failure's text.
+///
+/// A JWT's `exp` and a `Retry-After` date are on the server's clock, so
+/// they count from its `Date` where it sent one: a client clock off from
+/// the server's (by minutes, or by more than a token's lifetime, which
+/// read every new token as expired on arrival) moves neither. `Date` has
+/// whole seconds and is stamped before the body is sent: a token's time
+/// left counts from a second past it, so that it is never more than the
+/// server's own count, and a wait from `Date` itself, never less.
 ///
 /// Everything after the response head arrives goes through here, so the
 /// fuzz targets (`__fuzz`) exercise exactly what a refresh does.
@@ -682,9 +692,11 @@ where
     ResB::Error: Into<BoxError>,
 {
     let (parts, body) = response.into_parts();
+    let date = server_date(&parts.headers);
     if parts.status.is_success() {
         let body = read_capped(body, body_limit).await?;
-        return decode::tokens(&dialect.response, &body, now());
+        let now = date.map_or_else(now, |date| date + Duration::from_secs(1));
+        return decode::tokens(&dialect.response, &body, now);
     }
     // The status and headers decide a failure's class; the body adds only
     // the server's message. Lost with a body too long or unreadable, the
@@ -697,8 +709,15 @@ where
         &body,
         dialect,
         &sent(),
-        now(),
+        date.unwrap_or_else(now),
     ))
+}
+
+/// The server's clock when it answered: its `Date` (RFC 9110 §6.6.1, which
+/// an origin server with a clock must send), if that parses.
+pub(crate) fn server_date(headers: &http::HeaderMap) -> Option<SystemTime> {
+    let date = headers.get(http::header::DATE)?.to_str().ok()?;
+    httpdate::parse_http_date(date.trim()).ok()
 }
 
 /// Whether a client's error says the request never reached the server: a

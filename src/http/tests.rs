@@ -95,6 +95,25 @@ async fn an_error_answer_past_the_body_limit_keeps_its_status_class() {
     assert_eq!(err.retry_after(), Some(Duration::from_secs(12)), "{err}");
 }
 
+/// A `Retry-After` date counts from the answer's `Date`, on the server's
+/// clock: an hour ahead of this client's, its "two minutes from now" read
+/// as an hour and two minutes (cut to the hour the layer waits at most).
+#[tokio::test]
+async fn a_retry_after_date_counts_from_the_answers_date() {
+    let (idp, _) = endpoint(|| {
+        let their_now = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let mut answer = cognito_too_many();
+        let headers = answer.headers_mut();
+        let date = |at| http::HeaderValue::try_from(httpdate::fmt_http_date(at)).unwrap();
+        headers.insert(http::header::DATE, date(their_now));
+        headers.insert("retry-after", date(their_now + Duration::from_secs(120)));
+        answer
+    });
+    let refresher = HttpRefresher::cognito(COGNITO_URL, idp);
+    let err = refresher.refresh(ctx()).await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(120)), "{err}");
+}
+
 /// Found in review: `rate_limit_wait(Duration::ZERO)`, documented as
 /// leaving the backoff alone to decide, made errors say "rate limited for
 /// 0s" and report a zero wait as if the server had named one.

@@ -1,7 +1,8 @@
 //! `HttpRefresher` against loopback endpoints that answer at the edges of
 //! what the dialects allow: `expires_in` as a string, no `expires_in` but a
-//! JWT `exp`, an oversized answer, a redirect, and a plain-http URL to a
-//! host that is not loopback.
+//! JWT `exp` (also from a server whose clock is off from the client's), an
+//! oversized answer, a redirect, and a plain-http URL to a host that is not
+//! loopback.
 //!
 //! Each endpoint is a real hyper server on `127.0.0.1`, reached through a
 //! `hyper_util` client; the layer is driven with `force_refresh`.
@@ -79,10 +80,12 @@ async fn expires_in_as_a_numeric_string_sets_the_lifetime() {
 
 /// An unsigned JWT whose `exp` is `lifetime` from now.
 fn jwt_expiring_in(lifetime: Duration) -> String {
-    let exp = (SystemTime::now() + lifetime)
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    jwt_expiring_at(SystemTime::now() + lifetime)
+}
+
+/// An unsigned JWT whose `exp` is `at`.
+fn jwt_expiring_at(at: SystemTime) -> String {
+    let exp = at.duration_since(UNIX_EPOCH).unwrap().as_secs();
     let part = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
     format!(
         "{}.{}.c2lnbmF0dXJl",
@@ -109,6 +112,36 @@ async fn without_expires_in_the_jwt_exp_sets_the_lifetime() {
             "{lifetime:?}"
         );
         assert!(handle.status().expires_in().is_some());
+    })
+    .await;
+}
+
+/// An identity server whose clock is an hour behind this client's: its
+/// JWT lives 600 s by its own clock, so by the client's it had expired on
+/// arrival, and every refresh failed as "already expired". Counted from
+/// the answer's `Date`, it lives 600 s (less the second `Date` rounds).
+#[tokio::test]
+async fn a_jwt_lifetime_counts_from_the_identity_servers_date_not_the_clients_clock() {
+    bounded(async {
+        let (server, _) = endpoint(move || {
+            let their_now = SystemTime::now() - Duration::from_secs(3600);
+            let jwt = jwt_expiring_at(their_now + Duration::from_secs(600));
+            let mut answer = json_answer(
+                json!({"accessToken": jwt, "refreshToken": "old-refresh", "requiresPasswordChange": false}),
+            );
+            let date = httpdate::fmt_http_date(their_now).parse().unwrap();
+            answer.headers_mut().insert(hyper::header::DATE, date);
+            answer
+        })
+        .await;
+        let url = format!("{}/api/auth/refresh-token", server.base_url());
+        let handle = handle_for(HttpRefresher::cognito(url, refresh_client()));
+        handle.force_refresh().await.unwrap();
+        let lifetime = handle.tokens().unwrap().expires_in().expect("from exp");
+        assert!(
+            lifetime <= Duration::from_secs(600) && lifetime >= Duration::from_secs(590),
+            "{lifetime:?}"
+        );
     })
     .await;
 }
