@@ -710,27 +710,37 @@ async fn requests_do_not_clone_the_inner_service_and_a_retry_clones_it_once() {
     assert_eq!(clones.load(SeqCst) - by_send, kept + 1, "and one per retry");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_request_that_waited_for_the_first_token_is_retried_when_that_token_is_rejected() {
+/// A layer with no tokens whose source issues `first`, which `api` never
+/// accepts, then `second`, which it does; and its count of refreshes.
+/// Refreshed again at once: without that, a token rejected as soon as it
+/// is issued is not refreshed again (see the test above).
+fn refused_first_then_accepted(
+    api: &Api,
+) -> (TokenRefreshLayer, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-    let api = Api::default();
     api.accept("second");
     let refreshes = Arc::new(AtomicUsize::new(0));
     let source = refresh_fn({
         let refreshes = Arc::clone(&refreshes);
         move |_| {
             let token = match refreshes.fetch_add(1, SeqCst) {
-                0 => "first", // the API never accepts it
+                0 => "first",
                 _ => "second",
             };
             async move { Ok::<_, RefreshError>(TokenSet::new(token)) }
         }
     });
-    // Without this, a token rejected as soon as it is issued is not
-    // refreshed again (see the test above).
     let layer = TokenRefreshLayer::builder(source)
         .min_refresh_interval(Duration::ZERO)
         .build();
+    (layer, refreshes)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_waited_for_the_first_token_is_retried_when_that_token_is_rejected() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let api = Api::default();
+    let (layer, refreshes) = refused_first_then_accepted(&api);
     let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
 
@@ -756,20 +766,7 @@ async fn a_request_that_waited_for_the_first_token_is_retried_when_that_token_is
 async fn a_request_that_waited_for_its_first_token_is_retried_through_its_own_instance() {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     let api = Api::default();
-    api.accept("second");
-    let source = refresh_fn({
-        let refreshes = AtomicUsize::new(0);
-        move |_| {
-            let token = match refreshes.fetch_add(1, SeqCst) {
-                0 => "first", // the API never accepts it
-                _ => "second",
-            };
-            async move { Ok::<_, RefreshError>(TokenSet::new(token)) }
-        }
-    });
-    let layer = TokenRefreshLayer::builder(source)
-        .min_refresh_interval(Duration::ZERO)
-        .build();
+    let (layer, _) = refused_first_then_accepted(&api);
     let clones = Arc::new(AtomicUsize::new(0));
     let inner = CountingClones::new(&api, &clones);
     let sent_through = Arc::clone(&inner.sent_through);

@@ -94,24 +94,36 @@ fn jwt_expiring_at(at: SystemTime) -> String {
     )
 }
 
+/// A Cognito answer carrying `jwt` and no `expiresIn`.
+fn cognito_answer_with(jwt: &str) -> Response<ResBody> {
+    json_answer(
+        json!({"accessToken": jwt, "refreshToken": "old-refresh", "requiresPasswordChange": false}),
+    )
+}
+
+/// The lifetime a refresh reads from an endpoint answering `answer()`
+/// (a Cognito answer without `expiresIn`), checked to be the 600 s its
+/// JWT was issued for: whole seconds, less the time the round trip took.
+async fn lifetime_read_from(
+    answer: impl Fn() -> Response<ResBody> + Clone + Send + Sync + 'static,
+) {
+    let (server, _) = endpoint(answer).await;
+    let url = format!("{}/api/auth/refresh-token", server.base_url());
+    let handle = handle_for(HttpRefresher::cognito(url, refresh_client()));
+    handle.force_refresh().await.unwrap();
+    let lifetime = handle.tokens().unwrap().expires_in().expect("from exp");
+    assert!(
+        lifetime <= Duration::from_secs(600) && lifetime >= Duration::from_secs(590),
+        "{lifetime:?}"
+    );
+    assert!(handle.status().expires_in().is_some());
+}
+
 #[tokio::test]
 async fn without_expires_in_the_jwt_exp_sets_the_lifetime() {
     bounded(async {
         let jwt = jwt_expiring_in(Duration::from_secs(600));
-        let (server, _) = endpoint(move || {
-            json_answer(json!({"accessToken": jwt, "refreshToken": "old-refresh", "requiresPasswordChange": false}))
-        })
-        .await;
-        let url = format!("{}/api/auth/refresh-token", server.base_url());
-        let handle = handle_for(HttpRefresher::cognito(url, refresh_client()));
-        handle.force_refresh().await.unwrap();
-        let lifetime = handle.tokens().unwrap().expires_in().expect("from exp");
-        // Whole seconds, minus the time the round trip took.
-        assert!(
-            lifetime <= Duration::from_secs(600) && lifetime >= Duration::from_secs(590),
-            "{lifetime:?}"
-        );
-        assert!(handle.status().expires_in().is_some());
+        lifetime_read_from(move || cognito_answer_with(&jwt)).await;
     })
     .await;
 }
@@ -123,25 +135,15 @@ async fn without_expires_in_the_jwt_exp_sets_the_lifetime() {
 #[tokio::test]
 async fn a_jwt_lifetime_counts_from_the_identity_servers_date_not_the_clients_clock() {
     bounded(async {
-        let (server, _) = endpoint(move || {
+        lifetime_read_from(|| {
             let their_now = SystemTime::now() - Duration::from_secs(3600);
-            let jwt = jwt_expiring_at(their_now + Duration::from_secs(600));
-            let mut answer = json_answer(
-                json!({"accessToken": jwt, "refreshToken": "old-refresh", "requiresPasswordChange": false}),
-            );
+            let mut answer =
+                cognito_answer_with(&jwt_expiring_at(their_now + Duration::from_secs(600)));
             let date = httpdate::fmt_http_date(their_now).parse().unwrap();
             answer.headers_mut().insert(hyper::header::DATE, date);
             answer
         })
         .await;
-        let url = format!("{}/api/auth/refresh-token", server.base_url());
-        let handle = handle_for(HttpRefresher::cognito(url, refresh_client()));
-        handle.force_refresh().await.unwrap();
-        let lifetime = handle.tokens().unwrap().expires_in().expect("from exp");
-        assert!(
-            lifetime <= Duration::from_secs(600) && lifetime >= Duration::from_secs(590),
-            "{lifetime:?}"
-        );
     })
     .await;
 }
