@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -1065,6 +1065,51 @@ fn on_a_runtime_without_timers_a_rejected_request_fails_without_a_panic() {
     let typed = token_error(&error).expect("the crate's error");
     assert!(typed.is_refresh_failed(), "{typed}");
     assert_eq!(api.stats().unauthorized, 1);
+}
+
+/// A request waiting for a token that is rejected elsewhere (here through
+/// the handle, as a WebSocket's login would) between its refresh and the
+/// request's next poll does not send it: it waits for the refresh that
+/// rejection started. Polled by hand, so the order does not depend on
+/// the runtime's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rejected_before_a_waiting_request_takes_it_is_not_sent() {
+    bounded(async {
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(|builder, login| {
+            builder
+                .initial_tokens(login.with_expires_in(Duration::ZERO))
+                .min_refresh_interval(Duration::ZERO)
+        })
+        .await;
+
+        // Waits for the refresh of the expired token...
+        let mut request = Box::pin(client.get(api.url("/v1/items")).send());
+        let polled = request
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        assert!(polled.is_pending(), "waits for the refresh");
+        // ...which brings a token that is turned down before the request
+        // is polled again.
+        let refreshed = handle.bearer().await.expect("the refreshed token");
+        let next = handle
+            .bearer_after_rejection(&refreshed)
+            .await
+            .expect("the next token");
+        assert!(next.generation() > refreshed.generation());
+
+        let response = request.await.expect("answered");
+        assert_eq!(response.status(), StatusCode::OK);
+        let sent: Vec<_> = api.seen().into_iter().map(|(auth, _)| auth).collect();
+        assert_eq!(sent, [Some(format!("Bearer {}", next.expose()))]);
+        assert_refreshed(&identity.stats(), 2);
+    })
+    .await;
 }
 
 /// The handle's counts of rejections, refreshes and retries.

@@ -130,6 +130,16 @@ pub(crate) enum Decision {
     GiveUp,
 }
 
+/// What has become of a refreshed token by the time its waiter is polled.
+enum Since {
+    /// Still the current token, and not rejected.
+    Current,
+    /// Still current, but a server has rejected it.
+    Rejected,
+    /// Another token has replaced it.
+    Replaced,
+}
+
 /// Which manager a handed-out token came from. Weak, so a token kept
 /// after its layer is gone holds none of it, but its allocation: the
 /// address cannot be reused by another manager while this is held.
@@ -396,7 +406,8 @@ impl TokenManager {
     /// waiter then decides afresh, as a new request would, joining or
     /// starting a refresh from those tokens if they need one. So does a
     /// waiter whose new token a server rejected before the waiter was
-    /// polled: handed out, it would only be rejected again.
+    /// polled, whether or not its successor has come by then: handed out,
+    /// it would only be rejected again.
     pub(crate) fn poll_waiting(
         &self,
         waiting: &mut Waiting,
@@ -409,14 +420,22 @@ impl TokenManager {
             let mut reason = None;
             if let Some(flight) = &mut waiting.flight {
                 match ready!(flight.poll_outcome(cx)) {
-                    // Rejected by another answer between its refresh and
-                    // this poll, it is not handed out: decided afresh
-                    // below, as for a request arriving now, which joins or
-                    // starts the refresh the rejection needs.
-                    Ok(Some(credential)) if self.rejected_since(&credential) => {
-                        reason = Some(RefreshReason::Rejected);
-                    }
-                    Ok(Some(credential)) => return Poll::Ready(Ok(credential)),
+                    Ok(Some(credential)) => match self.since_it_came(&credential) {
+                        Since::Current => return Poll::Ready(Ok(credential)),
+                        // Rejected by another answer between its refresh
+                        // and this poll, it is not handed out: decided
+                        // afresh below, as for a request arriving now,
+                        // which joins or starts the refresh the rejection
+                        // needs.
+                        Since::Rejected => reason = Some(RefreshReason::Rejected),
+                        // Replaced (say, rejected and the refresh that
+                        // started done before this poll): decided afresh
+                        // below, which hands out its successor. Found by a
+                        // reqwest test: the request, which uses what this
+                        // hands out as it is, went out with the rejected
+                        // token.
+                        Since::Replaced => {}
+                    },
                     // Overtaken: decided afresh below.
                     Ok(None) => {}
                     Err(error) => {
@@ -635,11 +654,16 @@ impl TokenManager {
         Ok(credential)
     }
 
-    /// Whether `credential`'s token is the current one and a server has
-    /// rejected it since it came.
-    fn rejected_since(&self, credential: &Credential) -> bool {
+    /// What has become of `credential`'s token since it came.
+    fn since_it_came(&self, credential: &Credential) -> Since {
         let snapshot = self.shared.snapshot.load();
-        snapshot.generation == credential.generation && snapshot.rejected.load(Ordering::Acquire)
+        if snapshot.generation != credential.generation {
+            Since::Replaced
+        } else if snapshot.rejected.load(Ordering::Acquire) {
+            Since::Rejected
+        } else {
+            Since::Current
+        }
     }
 
     /// When the token of `generation` expires, if it is still the current
