@@ -1068,10 +1068,10 @@ fn on_a_runtime_without_timers_a_rejected_request_fails_without_a_panic() {
 }
 
 /// A request waiting for a token that is rejected elsewhere (here through
-/// the handle, as a WebSocket's login would) between its refresh and the
-/// request's next poll does not send it: it waits for the refresh that
-/// rejection started. Polled by hand, so the order does not depend on
-/// the runtime's.
+/// the handle, as a WebSocket's login would), and replaced, between its
+/// refresh and the request's next poll does not send it: it goes out with
+/// the replacement. Polled by hand, so the order does not depend on the
+/// runtime's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_rejected_before_a_waiting_request_takes_it_is_not_sent() {
     bounded(async {

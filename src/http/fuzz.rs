@@ -49,7 +49,8 @@ pub const SENT_SECRET: &str = "\u{2603}sent-secret\u{2603}";
 /// What `dialect`'s refresher makes of an answer with `head`'s status and
 /// headers and a body arriving as `chunks`: the same code a refresh runs
 /// once the response head has arrived, body cap included, with `now` as
-/// the wall clock, for a request that carried [`SENT_SECRET`].
+/// the wall clock (for dates, where the answer has no `Date`), for a
+/// request that carried [`SENT_SECRET`].
 ///
 /// # Panics
 ///
@@ -91,12 +92,6 @@ pub fn token_pointers(dialect_name: &str) -> Vec<String> {
 /// reads it (delay-seconds or an HTTP date, relative to `now`).
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     super::failure::retry_after(headers, now)
-}
-
-/// The answer's `Date`, as a refresh reads it: what its `Retry-After`
-/// date counts from (and [`answer`]'s `now` only without one).
-pub fn server_date(headers: &HeaderMap) -> Option<SystemTime> {
-    super::server_date(headers)
 }
 
 /// A body whose frames are all ready.
@@ -172,6 +167,44 @@ mod tests {
         assert!(
             err.is_terminal(),
             "an oversized failure keeps its status's class: {err}"
+        );
+    }
+
+    /// A JWT's time left counts from a second past the answer's `Date`
+    /// (here an hour behind `now`), from `now` without a `Date` or with one
+    /// that does not parse.
+    #[test]
+    fn a_jwt_exp_counts_from_the_answers_date() {
+        let issued = |at: SystemTime| {
+            let exp = at.duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
+            let jwt = super::super::jwt::token_with_claims(&serde_json::json!({"exp": exp}));
+            ok(&format!(
+                r#"{{"accessToken":"{jwt}","requiresPasswordChange":false}}"#
+            ))
+        };
+        let dated = |date: &str| {
+            let mut head = Response::new(());
+            head.headers_mut()
+                .insert(http::header::DATE, date.parse().unwrap());
+            head
+        };
+        let lifetime = |head, body| {
+            let tokens = answer("cognito", 1024, head, body, now()).unwrap();
+            tokens.expires_in().unwrap()
+        };
+        let an_hour_behind = now() - Duration::from_secs(3600);
+        let date = httpdate::fmt_http_date(an_hour_behind);
+        assert_eq!(
+            lifetime(dated(&date), issued(an_hour_behind)),
+            Duration::from_secs(599)
+        );
+        assert_eq!(
+            lifetime(Response::new(()), issued(now())),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            lifetime(dated("yesterday"), issued(now())),
+            Duration::from_secs(600)
         );
     }
 

@@ -10,14 +10,14 @@ use serde_json::Value;
 /// How long until `token`'s `exp`, if it is a JWT with a numeric `exp`.
 /// An `exp` in the past gives zero.
 ///
-/// `exp` is on the issuer's clock and `now` on ours. With a numeric `iat`
-/// before `exp`, the time left is capped at the lifetime the token was
-/// issued with (`exp - iat`): a clock running behind the issuer's would
-/// otherwise stretch the token's life by as much, and requests would go
-/// out with it past its end. A clock running ahead only shortens it, so
-/// it refreshes early. A token issued a while before it came (an issuer
-/// handing out a cached token) is counted from our clock, as without
-/// `iat`: the cap is never the later of the two.
+/// `exp` is on the issuer's clock; `now` is too where the answer had a
+/// `Date` (a second past it), and is ours otherwise. With a numeric `iat`
+/// before `exp`, the time left is also capped at the lifetime the token
+/// was issued with (`exp - iat`): without a `Date`, a clock running behind
+/// the issuer's would otherwise stretch the token's life by as much, and
+/// requests would go out with it past its end. A token issued a while
+/// before it came (an issuer handing out a cached token) is counted from
+/// `now`: the cap is never the later of the two.
 pub(crate) fn expires_in(token: &str, now: SystemTime) -> Option<Duration> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);

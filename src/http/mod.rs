@@ -17,9 +17,9 @@
 //! says otherwise. Answers are read up to a cap (64 KiB by default); unknown
 //! fields are ignored; `expires_in` may be a number or a numeric string, and
 //! without it a JWT access token's `exp` is used (unverified: it only tells
-//! when to refresh), counted from the answer's `Date` and capped at
-//! `exp - iat`, so that a client clock off from the issuer's moves it
-//! neither way; a `token_type` other than Bearer is refused; a response
+//! when to refresh), counted from the answer's `Date` (from the client's
+//! clock without one) and capped at `exp - iat`, so that a client clock off
+//! from the issuer's moves it neither way; a `token_type` other than Bearer is refused; a response
 //! without a new refresh token keeps the old one. Failures are
 //! classified by status: every 4xx other than 408, 421, 425 and 429 is
 //! terminal (`400 invalid_grant`, 401 and 403 among them: a configured
@@ -713,9 +713,12 @@ where
     ))
 }
 
-/// The server's clock when it answered: its `Date` (RFC 9110 §6.6.1, which
-/// an origin server with a clock must send), if that parses.
-pub(crate) fn server_date(headers: &http::HeaderMap) -> Option<SystemTime> {
+/// The server's clock when it answered: its `Date`, if that parses. RFC
+/// 9110 §6.6.1 has an origin server with a clock send one on every `2xx`,
+/// `3xx` and `4xx` answer (a `429` among them); a `5xx` may come without,
+/// and then its `Retry-After` date counts from the client's clock. A
+/// `Date` that a proxy in front added speaks for the proxy's clock.
+fn server_date(headers: &http::HeaderMap) -> Option<SystemTime> {
     let date = headers.get(http::header::DATE)?.to_str().ok()?;
     httpdate::parse_http_date(date.trim()).ok()
 }

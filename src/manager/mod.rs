@@ -134,9 +134,10 @@ pub(crate) enum Decision {
 enum Since {
     /// Still the current token, and not rejected.
     Current,
-    /// Still current, but a server has rejected it.
+    /// The current token, this one or one that replaced it, has been
+    /// rejected by a server.
     Rejected,
-    /// Another token has replaced it.
+    /// Another token has replaced it, and no server has rejected that one.
     Replaced,
 }
 
@@ -406,15 +407,18 @@ impl TokenManager {
     /// waiter then decides afresh, as a new request would, joining or
     /// starting a refresh from those tokens if they need one. So does a
     /// waiter whose new token a server rejected before the waiter was
-    /// polled, whether or not its successor has come by then: handed out,
-    /// it would only be rejected again.
+    /// polled: handed out, it would only be rejected again. And a waiter
+    /// whose new token another replaced meanwhile (its rejection's refresh,
+    /// say) decides afresh too, which hands out the newest if it is usable.
     pub(crate) fn poll_waiting(
         &self,
         waiting: &mut Waiting,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Credential, Error>> {
-        /// Each round outlives a refresh that tokens set by hand overtook;
-        /// past a few, the caller is better off with an error.
+        /// Each round outlives a refresh whose outcome the waiter could not
+        /// use (overtaken by tokens set by hand, its token rejected or
+        /// replaced before this poll, put off or abandoned); past a few,
+        /// the caller is better off with an error.
         const ROUNDS: u8 = 3;
         loop {
             let mut reason = None;
@@ -423,17 +427,20 @@ impl TokenManager {
                     Ok(Some(credential)) => match self.since_it_came(&credential) {
                         Since::Current => return Poll::Ready(Ok(credential)),
                         // Rejected by another answer between its refresh
-                        // and this poll, it is not handed out: decided
-                        // afresh below, as for a request arriving now,
-                        // which joins or starts the refresh the rejection
-                        // needs.
+                        // and this poll (it, or the token that replaced
+                        // it), it is not handed out: decided afresh below,
+                        // as for a request arriving now, which joins or
+                        // starts the refresh the rejection needs.
                         Since::Rejected => reason = Some(RefreshReason::Rejected),
-                        // Replaced (say, rejected and the refresh that
-                        // started done before this poll): decided afresh
-                        // below, which hands out its successor. Found by a
-                        // reqwest test: the request, which uses what this
-                        // hands out as it is, went out with the rejected
-                        // token.
+                        // Replaced (by the refresh its rejection started,
+                        // tokens set by hand, a proactive refresh, a
+                        // store's): decided afresh below, which hands out
+                        // the newest token if it is usable and otherwise
+                        // waits for its refresh or fails, as a request
+                        // arriving now would. Found by a reqwest test: the
+                        // request, which sends what this hands out as it
+                        // is, went out with a token rejected and replaced
+                        // before it was polled.
                         Since::Replaced => {}
                     },
                     // Overtaken: decided afresh below.
@@ -657,10 +664,10 @@ impl TokenManager {
     /// What has become of `credential`'s token since it came.
     fn since_it_came(&self, credential: &Credential) -> Since {
         let snapshot = self.shared.snapshot.load();
-        if snapshot.generation != credential.generation {
-            Since::Replaced
-        } else if snapshot.rejected.load(Ordering::Acquire) {
+        if snapshot.rejected.load(Ordering::Acquire) {
             Since::Rejected
+        } else if snapshot.generation != credential.generation {
+            Since::Replaced
         } else {
             Since::Current
         }

@@ -713,7 +713,8 @@ async fn requests_do_not_clone_the_inner_service_and_a_retry_clones_it_once() {
 /// A layer with no tokens whose source issues `first`, which `api` never
 /// accepts, then `second`, which it does; and its count of refreshes.
 /// Refreshed again at once: without that, a token rejected as soon as it
-/// is issued is not refreshed again (see the test above).
+/// is issued is not refreshed again (see
+/// `a_new_token_rejected_at_once_is_not_refreshed_again`).
 fn refused_first_then_accepted(
     api: &Api,
 ) -> (TokenRefreshLayer, Arc<std::sync::atomic::AtomicUsize>) {

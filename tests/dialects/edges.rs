@@ -103,7 +103,8 @@ fn cognito_answer_with(jwt: &str) -> Response<ResBody> {
 
 /// The lifetime a refresh reads from an endpoint answering `answer()`
 /// (a Cognito answer without `expiresIn`), checked to be the 600 s its
-/// JWT was issued for: whole seconds, less the time the round trip took.
+/// JWT was issued for: whole seconds, less the time the round trip took
+/// and the second a `Date` rounds off.
 async fn lifetime_read_from(
     answer: impl Fn() -> Response<ResBody> + Clone + Send + Sync + 'static,
 ) {
