@@ -978,6 +978,7 @@ async fn a_rejection_is_read_before_the_retry_so_its_connection_is_reused() {
         let warm = client.get(api.url("/v1/items")).send().await.expect("sent");
         assert_eq!(warm.status(), StatusCode::OK);
         warm.bytes().await.expect("body");
+        pooled_again().await;
         api.revoke_current();
 
         let response = client.get(api.url("/v1/verbose-rejection")).send().await;
@@ -1009,6 +1010,7 @@ async fn a_rejection_is_read_before_a_failed_refresh_is_reported() {
         let warm = client.get(api.url("/v1/items")).send().await.expect("sent");
         assert_eq!(warm.status(), StatusCode::OK);
         warm.bytes().await.expect("body");
+        pooled_again().await;
 
         // Held at the API while the refresh token dies and the token is
         // revoked: its rejection arrives after the refresh failed.
@@ -1023,10 +1025,8 @@ async fn a_rejection_is_read_before_a_failed_refresh_is_reported() {
         let error = in_flight.await.unwrap().unwrap_err();
         assert!(token_error(&error).is_some_and(|e| e.is_reauth_required()));
 
-        // Signed in again. The connection is returned to the pool by its
-        // own task, which a loaded machine may run late: a margin, not a
-        // measurement.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Signed in again, once the rejection's connection is back.
+        pooled_again().await;
         let access = identity
             .tokens()
             .issue_access_token(Duration::from_secs(3600));
@@ -1041,6 +1041,14 @@ async fn a_rejection_is_read_before_a_failed_refresh_is_reported() {
         );
     })
     .await;
+}
+
+/// Waits for a connection whose answer was read to be back in the
+/// client's pool. Its own task puts it back, which a loaded machine may
+/// run late (under a busy loop, the next request opened a new connection
+/// about one run in ten): a margin, not a measurement.
+async fn pooled_again() {
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// On a runtime built without timers, a rejected request whose rejection
