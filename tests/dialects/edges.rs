@@ -10,10 +10,8 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, LOCATION};
@@ -26,6 +24,7 @@ use serde_json::{json, Value};
 use tower_token_refresh::http::HttpRefresher;
 use tower_token_refresh::{TokenHandle, TokenRefreshLayer, TokenSet};
 
+use crate::support::jwt;
 use crate::support::server::{ResBody, Server};
 use crate::{bounded, refresh_client};
 
@@ -80,18 +79,7 @@ async fn expires_in_as_a_numeric_string_sets_the_lifetime() {
 
 /// An unsigned JWT whose `exp` is `lifetime` from now.
 fn jwt_expiring_in(lifetime: Duration) -> String {
-    jwt_expiring_at(SystemTime::now() + lifetime)
-}
-
-/// An unsigned JWT whose `exp` is `at`.
-fn jwt_expiring_at(at: SystemTime) -> String {
-    let exp = at.duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let part = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
-    format!(
-        "{}.{}.c2lnbmF0dXJl",
-        part(json!({"alg": "RS256", "typ": "JWT"})),
-        part(json!({"sub": "svc", "exp": exp}))
-    )
+    jwt::expiring_at(SystemTime::now() + lifetime)
 }
 
 /// A Cognito answer carrying `jwt` and no `expiresIn`.
@@ -139,7 +127,7 @@ async fn a_jwt_lifetime_counts_from_the_identity_servers_date_not_the_clients_cl
         lifetime_read_from(|| {
             let their_now = SystemTime::now() - Duration::from_secs(3600);
             let mut answer =
-                cognito_answer_with(&jwt_expiring_at(their_now + Duration::from_secs(600)));
+                cognito_answer_with(&jwt::expiring_at(their_now + Duration::from_secs(600)));
             let date = httpdate::fmt_http_date(their_now).parse().unwrap();
             answer.headers_mut().insert(hyper::header::DATE, date);
             answer

@@ -3,16 +3,14 @@
 //! that has expired by the time it arrives (a late answer, or a JWT whose
 //! `exp` has passed).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
+use std::time::{Duration, SystemTime};
 
 use hyper::StatusCode;
 use tokio::time::Instant;
 use tower_token_refresh::{Error, TokenState};
 
 use crate::support::front::{self, Mode};
+use crate::support::jwt;
 use crate::support::tokens::TokenStore;
 use crate::{bounded, transient_fault, Rig, Sent, Settings};
 
@@ -132,17 +130,7 @@ async fn token_that_expires_before_it_arrives_is_a_transient_failure() {
 async fn jwt_whose_exp_has_passed_is_a_token_expired_on_arrival() {
     bounded(async {
         // No expires_in: the lifetime comes from the JWT's exp, an hour ago.
-        let exp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            - 3600;
-        let encode = |json: String| URL_SAFE_NO_PAD.encode(json);
-        let jwt = format!(
-            "{}.{}.signature",
-            encode(r#"{"alg":"RS256","typ":"JWT"}"#.to_owned()),
-            encode(format!(r#"{{"sub":"svc","exp":{exp}}}"#)),
-        );
+        let jwt = jwt::expiring_at(SystemTime::now() - Duration::from_secs(3600));
         let fault = Mode::answer(move || {
             front::json_ok(&serde_json::json!({"access_token": jwt, "token_type": "Bearer"}))
         });

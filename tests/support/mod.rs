@@ -17,6 +17,7 @@
 //! - `redirects`: two origins, one redirecting to the other.
 //! - `front`: a TCP front that forwards to a fixture server or injects a
 //!   fault below HTTP (refused, black-holed, reset, raw answers).
+//! - `jwt`: unsigned JWTs with a chosen `exp`.
 //!
 //! Items only the tests use are `#[cfg(test)]`: integration tests are built
 //! with `--cfg test`, examples are not, so neither build sees dead code.
@@ -42,6 +43,9 @@ pub mod front;
 pub mod gate;
 pub mod identity;
 pub mod json;
+#[cfg(test)]
+#[allow(dead_code)]
+pub mod jwt;
 #[allow(dead_code)]
 pub mod oauth2;
 #[allow(dead_code)]
