@@ -118,9 +118,9 @@ impl<S, B> RetryCopy<S, B> {
     }
 
     /// The request to send, in parts and without its `Authorization`
-    /// header (a caller copies it for a retry first, so the copy never
-    /// holds the token), and the service held here, if any.
-    fn into_parts(self) -> (Option<Box<S>>, Parts, ReplayBody<B>) {
+    /// header: a caller copies it for a retry first, so the copy never
+    /// holds the token.
+    fn into_parts(self) -> (Parts, ReplayBody<B>) {
         let Head {
             method,
             uri,
@@ -138,7 +138,7 @@ impl<S, B> RetryCopy<S, B> {
         parts.version = version;
         parts.headers = headers;
         parts.extensions = extensions;
-        (self.service, parts, self.body)
+        (parts, self.body)
     }
 
     /// Replaces the service held here (polled, but not ready then) with an
@@ -638,13 +638,13 @@ where
             }
         };
         let credential = current;
-        let request = pending.take().expect("request kept");
-        let (mut held, mut parts, body) = request.into_parts();
-        let service = match (&mut unboxed, &mut held) {
-            (Some(service), _) => service,
-            (None, Some(held)) => &mut **held,
-            (None, None) => unreachable!("poll_service holds the service it leaves boxed"),
+        let mut request = pending.take().expect("request kept");
+        let mut held = request.service.take();
+        let service = match &mut unboxed {
+            Some(service) => service,
+            None => held.as_deref_mut().expect("left boxed by poll_service"),
         };
+        let (mut parts, body) = request.into_parts();
         if first {
             *pending = RetryCopy::of(&parts, &body, shared, service);
         } else {
