@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use super::credential::{BodyFormat, ClientAuthMethod, Placement, TokenKind};
 use super::dialect::{Client, RequestShape};
 use super::failure::SentSecrets;
+use crate::manager::BEARER;
 use crate::{RefreshContext, RefreshError};
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -88,7 +89,7 @@ pub(crate) fn build(
             .ok_or_else(|| missing_credential(shape.credential.token))?;
             match placement {
                 Placement::Field(name) => fields.push((name.as_str(), token.expose())),
-                _ => bearer = Some(format!("Bearer {}", token.expose())),
+                _ => bearer = Some(format!("{BEARER}{}", token.expose())),
             }
         }
     }
