@@ -1046,7 +1046,7 @@ async fn a_rejection_is_read_before_a_failed_refresh_is_reported() {
 /// Waits for a connection whose answer was read to be back in the
 /// client's pool. Its own task puts it back, which a loaded machine may
 /// run late (under a busy loop, the next request opened a new connection
-/// about one run in ten): a margin, not a measurement.
+/// in 1 to 3 of 12 runs of this file): a margin, not a measurement.
 async fn pooled_again() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
