@@ -3,14 +3,12 @@
 //! request through the layer.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tower::ServiceBuilder;
 
-use crate::test_support::{burst, failing, issuer, old_token_layer, recording, settle, Api};
+use crate::test_support::{burst, failing, issuer, old_token_layer, recording, settle, Api, Held};
 use crate::{Bearer, Error, RefreshError, TokenHandle, TokenRefreshLayer, TokenSet};
 
 const HUNDRED: Duration = Duration::from_secs(100);
@@ -223,22 +221,6 @@ async fn handle_callers_and_requests_share_one_refresh() {
         .iter()
         .all(|r| r.as_ref().unwrap().1.starts_with("Bearer tok-1")));
     assert_eq!(issuer.calls(), 1);
-}
-
-/// A caller held between the polls of its future: `poll` polls it once,
-/// as a task that has not been woken yet is not.
-struct Held<F>(Pin<Box<F>>);
-
-impl<F: Future> Held<F> {
-    fn new(future: F) -> Self {
-        Self(Box::pin(future))
-    }
-
-    fn poll(&mut self) -> Poll<F::Output> {
-        self.0
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-    }
 }
 
 /// In a task of its own: the current token, rejected at once.

@@ -1041,3 +1041,60 @@ async fn a_sliding_sessions_token_refused_for_good_is_not_presented_again_while_
     assert_eq!(logins.lock().unwrap().len(), 3);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "presented once");
 }
+
+/// What a waiter hands out when its refresh's token was replaced between
+/// the refresh and the waiter's next poll. Seen through `acquire`, whose
+/// caller (the reqwest middleware) sends what it gets as it is: the layer's
+/// requests and the handle look at the newest token again as they send.
+mod replaced_before_the_waiter_takes_it {
+    use super::*;
+    use crate::test_support::{settle, Held};
+
+    const DELAY: Duration = Duration::from_secs(1);
+
+    /// A waiter for the refresh of the expired "old", polled once; then
+    /// tok-1 arrives, and `replace` runs before the waiter is polled again.
+    async fn waiter_after(
+        replace: impl FnOnce(&crate::manager::TokenManager),
+    ) -> (Result<String, crate::Error>, crate::test_support::Issuer) {
+        let api = Api::default();
+        let (layer, issuer) = old_token_layer(&api, HUNDRED, DELAY, |b| b);
+        let manager = layer.core.manager.clone();
+        tokio::time::advance(HUNDRED).await;
+        let mut waiter = Held::new(manager.clone().acquire());
+        assert!(waiter.poll().is_pending(), "waits for the refresh");
+        tokio::time::sleep(DELAY * 2).await;
+        settle().await;
+        assert_eq!(issuer.calls(), 1, "tok-1 came");
+        replace(&manager);
+        let header = waiter.0.await.map(|credential| {
+            let header = credential.header.to_str().expect("ASCII");
+            header.trim_start_matches("Bearer ").to_owned()
+        });
+        (header, issuer)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_set_by_hand_are_handed_out_instead() {
+        let (token, issuer) = waiter_after(|manager| {
+            let set = TokenSet::new("by-hand").with_expires_in(HUNDRED);
+            manager.set_tokens(set).expect("valid tokens");
+        })
+        .await;
+        assert_eq!(token.unwrap(), "by-hand");
+        assert_eq!(issuer.calls(), 1);
+    }
+
+    /// A successor that cannot be used (set already expired) is refreshed,
+    /// as for a request arriving now, and the waiter gets what that brings.
+    #[tokio::test(start_paused = true)]
+    async fn an_unusable_successor_is_refreshed_first() {
+        let (token, issuer) = waiter_after(|manager| {
+            let set = TokenSet::new("expired").with_expires_in(Duration::ZERO);
+            manager.set_tokens(set).expect("valid tokens");
+        })
+        .await;
+        assert_eq!(token.unwrap(), "tok-2");
+        assert_eq!(issuer.calls(), 2);
+    }
+}

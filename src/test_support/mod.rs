@@ -404,6 +404,22 @@ pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
 }
 
 /// Lets spawned tasks run until they wait on something outside them.
+/// A caller held between the polls of its future: `poll` polls it once,
+/// as a task that has not been woken yet is not.
+pub(crate) struct Held<F>(pub(crate) Pin<Box<F>>);
+
+impl<F: Future> Held<F> {
+    pub(crate) fn new(future: F) -> Self {
+        Self(Box::pin(future))
+    }
+
+    pub(crate) fn poll(&mut self) -> Poll<F::Output> {
+        self.0
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+    }
+}
+
 pub(crate) async fn settle() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
