@@ -274,7 +274,10 @@ impl TokenHandle {
     }
 
     /// Installs new tokens (e.g. after the user signed in again) and clears
-    /// any failure, including re-authentication required.
+    /// any failure, including re-authentication required, but a rate limit
+    /// still in force: the identity server said when it may be called again
+    /// (`429`, `Retry-After`), whatever tokens the caller holds, so until
+    /// then the new tokens are used and not refreshed.
     ///
     /// ```
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};

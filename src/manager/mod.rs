@@ -587,12 +587,25 @@ impl TokenManager {
         Ok(launch.spawn())
     }
 
-    /// Replaces the tokens and clears any failure, terminal included.
+    /// Replaces the tokens and clears any failure, terminal included, but
+    /// a rate limit still in force.
     pub(crate) fn set_tokens(&self, tokens: TokenSet) -> Result<(), InvalidTokens> {
         let prepared = Prepared::new(tokens, Instant::now(), false).map_err(|_| InvalidTokens)?;
         let mut control = self.shared.lock();
-        control.failure = None;
-        control.consecutive_failures = 0;
+        // A rate limit still in force is the server's word on when it may
+        // be called again, whatever tokens the caller holds (DESIGN, 429:
+        // no refresh call before `Retry-After`): kept, with the count its
+        // next backoff grows from. Every other failure was about the old
+        // tokens (terminal), or is cleared with them.
+        let now = Instant::now();
+        let rate_limited = control
+            .failure
+            .as_ref()
+            .is_some_and(|failure| failure.error.is_rate_limited() && failure.blocks(now));
+        if !rate_limited {
+            control.failure = None;
+            control.consecutive_failures = 0;
+        }
         control.consecutive_deferrals = 0;
         // A refresh still running started from the old tokens: its result
         // must not replace these (it would also carry the old refresh

@@ -156,6 +156,52 @@ async fn rate_limit_with_retry_after_means_no_refresh_call_before_it_elapses() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// Found in review: `set_tokens` cleared every failure, a rate limit
+/// included, so the next refresh (forced here) called the endpoint before
+/// its `Retry-After` had passed.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_outlasts_tokens_set_by_hand() {
+    let api = Api::default();
+    api.accept("by-hand");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let accept = api.clone();
+    let source = refresh_fn(move |_| {
+        let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+        let api = accept.clone();
+        async move {
+            if first {
+                return Err(RefreshError::rate_limited(Some(Duration::from_secs(300))));
+            }
+            api.accept("granted");
+            Ok(TokenSet::new("granted").with_expires_in(HUNDRED))
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source).build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    let error = handle.force_refresh().await.unwrap_err();
+    assert!(error.refresh_error().unwrap().is_rate_limited());
+    handle
+        .set_tokens(TokenSet::new("by-hand").with_expires_in(HUNDRED))
+        .unwrap();
+    assert_eq!(bearer(&send(&client, get()).await), "by-hand");
+    tokio::time::advance(Duration::from_secs(299)).await;
+    let error = handle.force_refresh().await.unwrap_err();
+    assert!(error.refresh_error().unwrap().is_rate_limited(), "{error}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no call inside Retry-After"
+    );
+
+    tokio::time::advance(Duration::from_secs(1)).await;
+    handle.force_refresh().await.unwrap();
+    assert_eq!(bearer(&send(&client, get()).await), "granted");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limited_refresh_keeps_using_the_still_valid_token() {
     let api = Api::default();
