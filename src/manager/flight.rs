@@ -139,9 +139,7 @@ impl TokenManager {
             id: flight.id(),
             reason,
             from_generation: snapshot.generation,
-            // Refused tokens that rotated the refresh token are refreshed
-            // from whole: the access token stays paired with its own.
-            current: control.refused.clone().or_else(|| snapshot.tokens.clone()),
+            current: refresh_from(control.refused.as_ref(), snapshot.tokens.as_ref()),
             known_version: control.store_version,
             refused: None,
         };
@@ -267,6 +265,30 @@ fn refresh_credential(ctx: &RefreshContext) -> Option<&Secret> {
 /// header value, so that no request sends it and no process adopts it
 /// from a store; each refreshes from the refresh token beside it.
 const NO_ACCESS_TOKEN: &str = "\n";
+
+/// The tokens a flight refreshes from. Refused tokens that rotated the
+/// refresh token are taken whole: their access token stays paired with its
+/// own refresh token. Those that carry the refresh token alone (an answer
+/// refused before its tokens could be read) are paired with the installed
+/// access token instead of the placeholder, for a source that presents the
+/// access token too (a sliding session with a refresh token in its
+/// answers): found in review, the placeholder was sent as its credential,
+/// which the source refused for good.
+fn refresh_from(
+    refused: Option<&Arc<TokenSet>>,
+    installed: Option<&Arc<TokenSet>>,
+) -> Option<Arc<TokenSet>> {
+    match (refused, installed) {
+        (Some(refused), Some(installed)) if refused.access_token().expose() == NO_ACCESS_TOKEN => {
+            let paired = refused
+                .refresh_token()
+                .map(|rotated| TokenSet::clone(installed).with_refresh_token(rotated.clone()));
+            Some(paired.map_or_else(|| Arc::clone(refused), Arc::new))
+        }
+        (Some(refused), _) => Some(Arc::clone(refused)),
+        (None, installed) => installed.cloned(),
+    }
+}
 
 /// Validated tokens, ready to install.
 struct Ready {

@@ -568,6 +568,41 @@ async fn the_next_refresh_starts_from_refused_tokens_that_rotated_the_refresh_to
     }
 }
 
+/// Found in review: an answer refused before its tokens could be read, with
+/// a new refresh token in it, was kept as that refresh token beside a
+/// placeholder access token, and a source that presents the access token
+/// too (a sliding session whose answers also carry a refresh token) was
+/// sent the placeholder, which it refused for good. The next refresh now
+/// presents the installed access token beside the new refresh token.
+#[tokio::test(start_paused = true)]
+async fn a_new_refresh_token_in_an_unreadable_answer_is_presented_with_the_installed_access_token()
+{
+    let presented = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&presented);
+    let source = refresh_fn(move |ctx: crate::RefreshContext| {
+        let mut presented = recorded.lock().unwrap();
+        let token = |t: Option<&crate::Secret>| t.map(|t| t.expose().to_owned());
+        presented.push((token(ctx.access_token()), token(ctx.refresh_token())));
+        let answer = match presented.len() {
+            1 => Err(RefreshError::transient("`expires_in` is not a number")
+                .with_replacement(crate::Secret::new("rt-2"))),
+            _ => Ok(TokenSet::new("at-3").with_refresh_token("rt-3")),
+        };
+        async move { answer }
+    });
+    let handle = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1"))
+        .backoff(Backoff::new(Duration::from_secs(1), Duration::from_secs(1)))
+        .build()
+        .handle();
+
+    assert!(handle.force_refresh().await.is_err());
+    tokio::time::advance(Duration::from_secs(2)).await; // past the backoff
+    handle.force_refresh().await.unwrap();
+    let expected = [sent("at-1", "rt-1"), sent("at-1", "rt-2")];
+    assert_eq!(*presented.lock().unwrap(), expected);
+}
+
 /// Found in review: the `on_refresh` hook never saw refused tokens, so
 /// what it persisted kept the refresh token they had replaced, and a
 /// restart would present that spent one. It now sees them, before the
