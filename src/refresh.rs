@@ -21,7 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::{RefreshError, Secret, TokenSet};
+use crate::{RefreshError, RefreshWindow, Secret, TokenSet};
 
 /// Why a refresh was started.
 ///
@@ -329,6 +329,47 @@ pub trait Refresh: Send + Sync + 'static {
     /// ```
     fn needs_background_refresh(&self) -> bool {
         false
+    }
+
+    /// The advisory window this source's tokens need, where the layer's
+    /// default (`min(lifetime / 2, 5 min)` before expiry) leaves too little
+    /// time: for a sliding session, half the lifetime (what Ocient's
+    /// `token_refresh` documents as common practice), as its credential
+    /// dies with the access token and the server may stop renewing it
+    /// sooner. [`Builder::advisory_window`](crate::Builder::advisory_window)
+    /// overrides it. Default: `None`, the layer's default.
+    ///
+    /// ```
+    /// use std::future::Future;
+    /// use std::time::Duration;
+    /// use tower_token_refresh::{
+    ///     Refresh, RefreshContext, RefreshError, RefreshWindow, TokenRefreshLayer, TokenSet,
+    ///     TokenState,
+    /// };
+    ///
+    /// struct Sliding;
+    ///
+    /// impl Refresh for Sliding {
+    ///     fn refresh(&self, _ctx: RefreshContext)
+    ///         -> impl Future<Output = Result<TokenSet, RefreshError>> + Send {
+    ///         async { Ok(TokenSet::new("renewed").with_expires_in(Duration::from_secs(3600))) }
+    ///     }
+    ///
+    ///     fn advisory_window(&self) -> Option<RefreshWindow> {
+    ///         Some(RefreshWindow::fraction(0.5))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let hour = TokenSet::new("first").with_expires_in(Duration::from_secs(3600));
+    /// let handle = TokenRefreshLayer::builder(Sliding).initial_tokens(hour).build().handle();
+    /// // Stale at half its hour, not 5 minutes before its end.
+    /// tokio::time::advance(Duration::from_secs(1801)).await;
+    /// assert_eq!(handle.status().state(), TokenState::Stale);
+    /// # }
+    /// ```
+    fn advisory_window(&self) -> Option<RefreshWindow> {
+        None
     }
 }
 

@@ -106,7 +106,7 @@ use tower_service::Service;
 
 pub use credential::{ClientAuthMethod, Credential};
 
-use crate::{BoxError, Refresh, RefreshContext, RefreshError, TokenSet};
+use crate::{BoxError, Refresh, RefreshContext, RefreshError, RefreshWindow, TokenSet};
 use call_budget::CallLog;
 use dialect::{pointer, Client, Dialect};
 use failure::SentSecrets;
@@ -420,8 +420,12 @@ where
     /// The access token is its own refresh credential and cannot refresh
     /// itself once expired, so this preset turns on the layer's background
     /// refresh: the token is renewed in its advisory window even when no
-    /// request is sent. Set a [login source](crate::Builder::login) for the
-    /// first token and for recovery after a long pause.
+    /// request is sent. That window opens at half the token's lifetime (the
+    /// endpoint's documented common practice), not 5 minutes before its
+    /// end: the server may stop renewing a token before it expires (its
+    /// refresh lifetime), and a refresh that keeps failing near the end
+    /// would lose the session. Set a [login source](crate::Builder::login)
+    /// for the first token and for recovery after a long pause.
     ///
     /// ```
     /// use bytes::Bytes;
@@ -621,6 +625,20 @@ where
     }
 
     fn needs_background_refresh(&self) -> bool {
+        self.sends_access_token()
+    }
+
+    /// Half the lifetime for a sliding session (see
+    /// [`Refresh::advisory_window`]).
+    fn advisory_window(&self) -> Option<RefreshWindow> {
+        self.sends_access_token()
+            .then(|| RefreshWindow::fraction(0.5))
+    }
+}
+
+impl<C, B> HttpRefresher<C, B> {
+    /// Whether the refresh presents the access token: a sliding session.
+    fn sends_access_token(&self) -> bool {
         self.settings
             .dialect
             .request

@@ -415,16 +415,29 @@ async fn debug_shows_the_endpoint_without_userinfo_or_query() {
     assert!(!invalid.contains("password-value"), "{invalid}");
 }
 
+/// Sliding sessions (the credential dies with the access token) refresh in
+/// the background, from half the lifetime; the others when needed, in the
+/// layer's default advisory window.
 #[tokio::test]
-async fn only_sliding_dialects_need_background_refresh() {
+async fn only_sliding_dialects_need_background_refresh_from_half_the_lifetime() {
     let (idp, _) = endpoint(ok_tokens);
     let url = "https://x.example.com/";
-    assert!(HttpRefresher::ocient(url, idp.clone()).needs_background_refresh());
-    assert!(!HttpRefresher::oauth2(url, idp.clone()).needs_background_refresh());
-    assert!(!HttpRefresher::cognito(url, idp.clone()).needs_background_refresh());
-    let sliding =
-        HttpRefresher::custom(url, idp).credential(Credential::bearer_header().with_access_token());
+    let half = Some(RefreshWindow::fraction(0.5));
+    let ocient = HttpRefresher::ocient(url, idp.clone());
+    assert!(ocient.needs_background_refresh());
+    assert_eq!(ocient.advisory_window(), half);
+    let sliding = HttpRefresher::custom(url, idp.clone())
+        .credential(Credential::bearer_header().with_access_token());
     assert!(sliding.needs_background_refresh());
+    assert_eq!(sliding.advisory_window(), half);
+    for other in [
+        HttpRefresher::oauth2(url, idp.clone()),
+        HttpRefresher::cognito(url, idp.clone()),
+        HttpRefresher::dynamosql(url, idp),
+    ] {
+        assert!(!other.needs_background_refresh(), "{other:?}");
+        assert_eq!(other.advisory_window(), None, "{other:?}");
+    }
 }
 
 #[tokio::test]

@@ -58,9 +58,11 @@ pub struct Builder<C = Unauthorized> {
 
 impl Builder<Unauthorized> {
     pub(super) fn new<R: Refresh>(refresher: R) -> Self {
+        let defaults = Config::default();
         let config = Config {
             background: refresher.needs_background_refresh(),
-            ..Config::default()
+            advisory: refresher.advisory_window().unwrap_or(defaults.advisory),
+            ..defaults
         };
         Self {
             refresher: Arc::new(refresher),
@@ -100,7 +102,9 @@ impl<C> Builder<C> {
     }
 
     /// When a token turns stale: requests still use it while one background
-    /// refresh runs. Default: `min(lifetime / 2, 5 min)` before expiry.
+    /// refresh runs. Default: `min(lifetime / 2, 5 min)` before expiry, or
+    /// the refresh source's [own](crate::Refresh::advisory_window) (the
+    /// `ocient` preset's is half the lifetime).
     ///
     /// ```
     /// # use std::{convert::Infallible, time::Duration};
