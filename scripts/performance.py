@@ -278,8 +278,10 @@ def tables(data):
         f"Measured on {data['machine']['cpu']}, {data['machine']['cores']} cores, "
         f"{data['machine']['os']}, {data['machine']['rustc']} (load average "
         f"{data['machine']['load_at_start']} at the start: the machine is shared)."
-        + "".join(f" Rerun since: {', '.join(r['sections'])} (load average "
-                  f"{r['machine']['load_at_start']} at the start)."
+        + "".join(f" Rerun since: {', '.join(r['sections'])} ("
+                  + (f"on {r['machine']['cpu']}, another machine; "
+                     if r["machine"]["cpu"] != data["machine"]["cpu"] else "")
+                  + f"load average {r['machine']['load_at_start']} at the start)."
                   for r in data.get("reruns", []))
         + " Reproduce with `python3 scripts/performance.py`.",
         "",
