@@ -78,8 +78,8 @@ impl Default for Backoff {
 
 /// The longest `Retry-After` honoured. A longer one (a misconfigured or
 /// hostile server, or an HTTP date years ahead) would block every refresh,
-/// `force_refresh` included, until new tokens were set by hand; past this,
-/// the server is asked again, once.
+/// `force_refresh` included, for as long (tokens set by hand do not lift a
+/// rate limit); past this, the server is asked again, once.
 pub(crate) const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// A failed refresh and until when it blocks the next one.
@@ -196,7 +196,7 @@ mod tests {
 
     /// Found in review: a `Retry-After` of years (or a date years ahead)
     /// was honoured up to the clock's 30-year cap, blocking every refresh,
-    /// `force_refresh` included, until tokens were set by hand.
+    /// `force_refresh` included, for as long.
     #[test]
     fn a_retry_after_past_an_hour_waits_an_hour() {
         let now = Instant::now();

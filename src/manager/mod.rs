@@ -219,7 +219,8 @@ pub(crate) struct Shared {
     /// Nanoseconds since `epoch` before which no proactive refresh may start:
     /// the deadline of the flight that runs, `u64::MAX` after a terminal
     /// failure, the backoff deadline after a failure, the installed token's
-    /// `proactive_from` after a refresh, 0 after tokens set by hand. Lets a
+    /// `proactive_from` after a refresh, 0 after tokens set by hand (the
+    /// end of a rate limit they outlast). Lets a
     /// request in the stale window decide without taking the lock.
     proactive_gate: AtomicU64,
     /// Woken whenever the snapshot or the failure state changes.
@@ -598,11 +599,12 @@ impl TokenManager {
         // next backoff grows from. Every other failure was about the old
         // tokens (terminal), or is cleared with them.
         let now = Instant::now();
-        let rate_limited = control
+        let kept_until = control
             .failure
             .as_ref()
-            .is_some_and(|failure| failure.error.is_rate_limited() && failure.blocks(now));
-        if !rate_limited {
+            .filter(|failure| failure.error.is_rate_limited() && failure.blocks(now))
+            .and_then(|failure| failure.until);
+        if kept_until.is_none() {
             control.failure = None;
             control.consecutive_failures = 0;
         }
@@ -616,7 +618,10 @@ impl TokenManager {
         control.refused = None;
         control.dead_refresh_token = None;
         self.shared.install(prepared);
-        self.shared.proactive_gate.store(0, Ordering::Release);
+        // Shut until a kept rate limit ends, as after any failure: requests
+        // in the stale window would otherwise each take the lock to find it.
+        let gate = kept_until.map_or(0, |until| self.shared.nanos(until));
+        self.shared.proactive_gate.store(gate, Ordering::Release);
         drop(control);
         if let Some(flight) = overtaken {
             flight.overtaken();

@@ -202,6 +202,32 @@ async fn a_rate_limit_outlasts_tokens_set_by_hand() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// Unlike a rate limit, a backoff after a transient failure ends with tokens
+/// set by hand: a refresh may run at once.
+#[tokio::test(start_paused = true)]
+async fn a_transient_backoff_ends_with_tokens_set_by_hand() {
+    let (source, presented) = recording(|call| match call {
+        1 => Err(RefreshError::transient("503")),
+        _ => Ok(TokenSet::new("granted").with_expires_in(HUNDRED)),
+    });
+    let handle = TokenRefreshLayer::builder(source)
+        .backoff(Backoff::new(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ))
+        .build()
+        .handle();
+
+    assert!(handle.force_refresh().await.is_err());
+    assert!(handle.force_refresh().await.is_err(), "backed off");
+    handle
+        .set_tokens(TokenSet::new("by-hand").with_refresh_token("r"))
+        .unwrap();
+    handle.force_refresh().await.unwrap();
+    assert_eq!(handle.tokens().unwrap().access_token().expose(), "granted");
+    assert_eq!(presented.lock().unwrap().len(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limited_refresh_keeps_using_the_still_valid_token() {
     let api = Api::default();

@@ -66,6 +66,13 @@ pub(super) enum Outcome {
 enum Block {
     Open,
     Until(Instant),
+    /// A rate limit: no call before `from`; the layer's own end, jittered
+    /// by the backoff floor, comes by `upto`. Tokens set by hand do not
+    /// lift it.
+    RateLimited {
+        from: Instant,
+        upto: Instant,
+    },
     Terminal,
 }
 
@@ -164,12 +171,22 @@ impl World {
     }
 
     /// Tokens for the layer's `initial_tokens` or `set_tokens`, issued now.
-    /// Clears whatever blocked refreshing, as `set_tokens` does.
+    /// Clears whatever blocked refreshing, as `set_tokens` does, but a rate
+    /// limit that may still hold. Its count of failures is kept only while
+    /// the limit surely holds; past its earliest end the layer's may have
+    /// been cleared, and a lower count only shortens the waits checked.
     pub(super) fn handed_tokens(&mut self, lifetime: Option<Duration>, initial: bool) -> TokenSet {
         if !initial {
             self.epoch += 1;
-            self.block = Block::Open;
-            self.consecutive_failures = 0;
+            let now = Instant::now();
+            match self.block {
+                Block::RateLimited { from, .. } if now < from => {}
+                Block::RateLimited { upto, .. } if now < upto => self.consecutive_failures = 0,
+                _ => {
+                    self.block = Block::Open;
+                    self.consecutive_failures = 0;
+                }
+            }
         }
         let token = self.issue("set", lifetime, Instant::now());
         let tokens = TokenSet::new(token).with_refresh_token("r");
@@ -203,7 +220,7 @@ impl World {
             Block::Terminal => {
                 self.violation("a refresh call after a terminal failure".into());
             }
-            Block::Until(until) if now < until => {
+            Block::Until(until) | Block::RateLimited { from: until, .. } if now < until => {
                 self.violation(format!(
                     "a refresh call {:?} before the failure allowed one",
                     until - now
@@ -238,23 +255,33 @@ impl World {
                 self.consecutive_failures = 0;
             }
             Ended::Terminal => self.block = Block::Terminal,
-            Ended::RateLimited(Some(wait)) => {
+            Ended::RateLimited(retry_after) => {
                 self.consecutive_failures += 1;
-                self.block = Block::Until(now + wait);
+                let floor = min_backoff(self.consecutive_failures);
+                let from = now + retry_after.unwrap_or(floor);
+                // The layer waits `max(Retry-After, backoff)`, the backoff
+                // at most twice its floor.
+                let upto = now + retry_after.unwrap_or_default().max(floor * 2) + STEP;
+                self.block = Block::RateLimited { from, upto };
             }
-            Ended::RateLimited(None) | Ended::Transient => {
+            Ended::Transient => {
                 self.consecutive_failures += 1;
                 self.block = Block::Until(now + min_backoff(self.consecutive_failures));
             }
         }
     }
 
-    /// Whether a refresh call failed after `since` and by `now`.
+    /// Whether a refresh call failed after `since` and by `now`, or a rate
+    /// limit from before (which tokens set by hand do not lift) may still
+    /// block refreshing.
     fn failed_since(&self, since: Instant, now: Instant) -> bool {
-        self.calls
-            .iter()
-            .filter_map(|c| c.ended)
-            .any(|(at, failed)| failed && at >= since && at <= now)
+        let limited = matches!(self.block, Block::RateLimited { upto, .. } if now < upto);
+        limited
+            || self
+                .calls
+                .iter()
+                .filter_map(|c| c.ended)
+                .any(|(at, failed)| failed && at >= since && at <= now)
     }
 
     /// The API receives attempt of request `id` with `bearer`: never a

@@ -687,10 +687,11 @@ async fn the_background_timer_does_not_refresh_back_to_back() {
     drop(layer);
 }
 
-/// Tokens set after a recorded rate limit clear it: once they turn stale, a
-/// request starts a background refresh.
+/// Tokens set during a rate limit do not lift it: turning stale inside it,
+/// they are used without a refresh call until it ends; then a request in
+/// their stale window starts a background refresh.
 #[tokio::test(start_paused = true)]
-async fn tokens_set_after_a_rate_limit_are_refreshed_in_their_stale_window() {
+async fn tokens_set_during_a_rate_limit_are_refreshed_in_their_stale_window_once_it_ends() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
     let source = refresh_fn(move |_ctx| {
@@ -708,11 +709,19 @@ async fn tokens_set_after_a_rate_limit_are_refreshed_in_their_stale_window() {
     let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(echo());
     let _ = handle.force_refresh().await;
+    // Stale from 20 s (half its 40 s), inside the 30 s limit.
     handle
-        .set_tokens(TokenSet::new("b").with_expires_in(Duration::from_secs(100)))
+        .set_tokens(TokenSet::new("b").with_expires_in(Duration::from_secs(40)))
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(handle.status().state(), crate::TokenState::Stale);
+    assert_eq!(bearer(&client).await.unwrap(), "Bearer b");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no call inside the limit");
+
+    tokio::time::sleep(Duration::from_secs(5)).await; // past it
     assert_eq!(bearer(&client).await.unwrap(), "Bearer b");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(bearer(&client).await.unwrap(), "Bearer next");
 }
