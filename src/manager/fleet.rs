@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::flight::{Failed, FlightTask, Obtained};
+use super::flight::{paired_with_installed, Failed, FlightTask, Obtained};
 use super::snapshot::makes_header;
 use super::{later, Config, Control, Prepared, Shared, TokenManager};
 use crate::error::ErrorKind;
@@ -126,7 +126,9 @@ impl FlightTask {
                 }
                 // Past its time, but it carries the newest refresh token.
                 let version = stored.version;
-                (ctx.with_current(Arc::new(stored.tokens)), Some(version))
+                let installed = self.shared.snapshot.load().tokens.clone();
+                let tokens = paired_with_installed(&Arc::new(stored.tokens), installed.as_ref());
+                (ctx.with_current(tokens), Some(version))
             }
             stored => (ctx, stored.map(|s| s.version)),
         };

@@ -1465,6 +1465,43 @@ async fn a_new_refresh_token_in_a_refused_answer_is_stored_for_the_fleet() {
     assert_eq!(stored.tokens.refresh_token().unwrap().expose(), "rt-3");
 }
 
+/// Found in review: a process refreshing from such a record took its
+/// placeholder access token as its own, and a source that presents the
+/// access token too (a sliding session whose answers carry a refresh
+/// token) was sent it, and refused it for good. The record's refresh token
+/// now goes beside the process's installed access token, as in the process
+/// that stored it.
+#[tokio::test(start_paused = true)]
+async fn a_stored_new_refresh_token_is_presented_with_the_installed_access_token() {
+    let presented = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&presented);
+    let source = refresh_fn(move |ctx: crate::RefreshContext| {
+        let mut presented = recorded.lock().unwrap();
+        let token = |t: Option<&crate::Secret>| t.map(|t| t.expose().to_owned());
+        presented.push((token(ctx.access_token()), token(ctx.refresh_token())));
+        let answer = match presented.len() {
+            1 => Err(RefreshError::transient("`expires_in` is not a number")
+                .with_replacement(crate::Secret::new("rt-2"))),
+            _ => Ok(TokenSet::new("at-3").with_refresh_token("rt-3")),
+        };
+        async move { answer }
+    });
+    let store = MemoryStore::new();
+    let layer = |source| {
+        TokenRefreshLayer::builder(source)
+            .store(store.clone())
+            .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1"))
+            .build()
+    };
+    let (first, sibling) = (layer(source.clone()), layer(source));
+
+    assert!(first.handle().force_refresh().await.is_err());
+    sibling.handle().force_refresh().await.unwrap();
+    let sent = |access: &str, refresh: &str| (Some(access.to_owned()), Some(refresh.to_owned()));
+    let expected = [sent("at-1", "rt-1"), sent("at-1", "rt-2")];
+    assert_eq!(*presented.lock().unwrap(), expected);
+}
+
 /// Found in review: a fleet flight's deadline (two leases and a poll) was
 /// shorter than the work it is allowed: the load and lease attempt begun
 /// just before it stops waiting for another holder's lease, the release

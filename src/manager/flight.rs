@@ -266,30 +266,38 @@ fn refresh_credential(ctx: &RefreshContext) -> Option<&Secret> {
 /// from a store; each refreshes from the refresh token beside it.
 const NO_ACCESS_TOKEN: &str = "\n";
 
-/// The tokens a flight refreshes from. Refused tokens that rotated the
-/// refresh token are taken whole: their access token stays paired with its
-/// own refresh token. Those that carry the refresh token alone (an answer
-/// refused before its tokens could be read) are paired with the installed
-/// access token instead of the placeholder, for a source that presents the
-/// access token too (a sliding session with a refresh token in its
-/// answers): found in review, the placeholder was sent as its credential,
-/// which the source refused for good.
+/// The tokens a flight refreshes from: refused tokens that rotated the
+/// refresh token, if any (see [`paired_with_installed`]), else the
+/// installed ones.
 fn refresh_from(
     refused: Option<&Arc<TokenSet>>,
     installed: Option<&Arc<TokenSet>>,
 ) -> Option<Arc<TokenSet>> {
-    match (refused, installed) {
-        (Some(refused), Some(installed)) if refused.access_token().expose() == NO_ACCESS_TOKEN => {
-            let paired = refused
-                .refresh_token()
-                .map(|rotated| TokenSet::clone(installed).with_refresh_token(rotated.clone()));
-            Some(paired.map_or_else(|| Arc::clone(refused), Arc::new))
-        }
-        (Some(refused), _) => Some(Arc::clone(refused)),
-        (None, installed) => installed.cloned(),
+    match refused {
+        Some(refused) => Some(paired_with_installed(refused, installed)),
+        None => installed.cloned(),
     }
 }
 
+/// Tokens to refresh from that rotated the refresh token (refused here, or
+/// a stored record of them). Taken whole, their access token stays paired
+/// with its own refresh token. Those that carry the refresh token alone
+/// (an answer refused before its tokens could be read) are paired with the
+/// installed access token instead of the placeholder, for a source that
+/// presents the access token too (a sliding session with a refresh token
+/// in its answers): found in review, the placeholder was sent as its
+/// credential, which the source refused for good.
+pub(super) fn paired_with_installed(
+    tokens: &Arc<TokenSet>,
+    installed: Option<&Arc<TokenSet>>,
+) -> Arc<TokenSet> {
+    match (tokens.refresh_token(), installed) {
+        (Some(rotated), Some(installed)) if tokens.access_token().expose() == NO_ACCESS_TOKEN => {
+            Arc::new(TokenSet::clone(installed).with_refresh_token(rotated.clone()))
+        }
+        _ => Arc::clone(tokens),
+    }
+}
 /// Validated tokens, ready to install.
 struct Ready {
     prepared: Prepared,
