@@ -440,6 +440,32 @@ async fn only_sliding_dialects_need_background_refresh_from_half_the_lifetime() 
     }
 }
 
+/// The Ocient preset's half-lifetime advisory window, in a layer, and the
+/// builder's own window over it.
+#[tokio::test(start_paused = true)]
+async fn the_builders_advisory_window_overrides_the_sliding_sessions_half() {
+    let (idp, _) = endpoint(ok_tokens);
+    let hour = || TokenSet::new("current").with_expires_in(Duration::from_secs(3600));
+    let preset =
+        TokenRefreshLayer::builder(HttpRefresher::ocient("https://x.example.com/", idp.clone()))
+            .initial_tokens(hour())
+            .background_refresh(false)
+            .build()
+            .handle();
+    let overridden =
+        TokenRefreshLayer::builder(HttpRefresher::ocient("https://x.example.com/", idp))
+            .initial_tokens(hour())
+            .background_refresh(false)
+            .advisory_window(RefreshWindow::fixed(Duration::from_secs(600)))
+            .build()
+            .handle();
+    tokio::time::advance(Duration::from_secs(1801)).await;
+    assert_eq!(preset.status().state(), crate::TokenState::Stale);
+    assert_eq!(overridden.status().state(), crate::TokenState::Fresh);
+    tokio::time::advance(Duration::from_secs(1200)).await; // 10 min left
+    assert_eq!(overridden.status().state(), crate::TokenState::Stale);
+}
+
 #[tokio::test]
 async fn a_rejected_refresh_token_leads_to_one_login() {
     let (idp, refreshes) = endpoint(|| {
