@@ -403,7 +403,6 @@ pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
         .expect("a paused runtime")
 }
 
-/// Lets spawned tasks run until they wait on something outside them.
 /// A caller held between the polls of its future: `poll` polls it once,
 /// as a task that has not been woken yet is not.
 pub(crate) struct Held<F>(pub(crate) Pin<Box<F>>);
@@ -420,6 +419,7 @@ impl<F: Future> Held<F> {
     }
 }
 
+/// Lets spawned tasks run until they wait on something outside them.
 pub(crate) async fn settle() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
