@@ -12,7 +12,7 @@ use tower::ServiceBuilder;
 
 use crate::store::{Lease, MemoryStore, Record, StoreError, TokenStore};
 use crate::test_support::rotating::{Rotating, LIFETIME};
-use crate::test_support::{burst, recording, Api, Presented};
+use crate::test_support::{burst, recording, recording_pairs, sent, Api, Presented};
 use crate::{refresh_fn, Refresh, RefreshError, TokenRefreshLayer, TokenSet};
 
 fn all_ok(results: &[Result<(StatusCode, String), crate::BoxError>]) -> bool {
@@ -1473,18 +1473,10 @@ async fn a_new_refresh_token_in_a_refused_answer_is_stored_for_the_fleet() {
 /// that stored it.
 #[tokio::test(start_paused = true)]
 async fn a_stored_new_refresh_token_is_presented_with_the_installed_access_token() {
-    let presented = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let recorded = Arc::clone(&presented);
-    let source = refresh_fn(move |ctx: crate::RefreshContext| {
-        let mut presented = recorded.lock().unwrap();
-        let token = |t: Option<&crate::Secret>| t.map(|t| t.expose().to_owned());
-        presented.push((token(ctx.access_token()), token(ctx.refresh_token())));
-        let answer = match presented.len() {
-            1 => Err(RefreshError::transient("`expires_in` is not a number")
-                .with_replacement(crate::Secret::new("rt-2"))),
-            _ => Ok(TokenSet::new("at-3").with_refresh_token("rt-3")),
-        };
-        async move { answer }
+    let (source, presented) = recording_pairs(|call| match call {
+        1 => Err(RefreshError::transient("`expires_in` is not a number")
+            .with_replacement(crate::Secret::new("rt-2"))),
+        _ => Ok(TokenSet::new("at-3").with_refresh_token("rt-3")),
     });
     let store = MemoryStore::new();
     let layer = |source| {
@@ -1497,7 +1489,6 @@ async fn a_stored_new_refresh_token_is_presented_with_the_installed_access_token
 
     assert!(first.handle().force_refresh().await.is_err());
     sibling.handle().force_refresh().await.unwrap();
-    let sent = |access: &str, refresh: &str| (Some(access.to_owned()), Some(refresh.to_owned()));
     let expected = [sent("at-1", "rt-1"), sent("at-1", "rt-2")];
     assert_eq!(*presented.lock().unwrap(), expected);
 }

@@ -11,7 +11,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::test_support::{
     burst, expect_error, failing, get, issuer, old_token_layer, panics_on_this_thread,
-    paused_runtime, recording, send, Api, TestBody,
+    paused_runtime, recording, recording_pairs, send, sent, Api, TestBody,
 };
 use crate::{
     refresh_fn, Backoff, Builder, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet,
@@ -118,23 +118,30 @@ async fn terminal_failure_fails_fast_and_calls_the_source_once_until_new_tokens_
     assert_eq!(bearer(&send(&client, get()).await), "signed-in-again");
 }
 
-#[tokio::test(start_paused = true)]
-async fn rate_limit_with_retry_after_means_no_refresh_call_before_it_elapses() {
-    let api = Api::default();
+/// A source whose first call is rate limited for `retry_after` and whose
+/// later ones grant "granted" (accepted by `api`), with its call count.
+fn rate_limited_first(api: &Api, retry_after: Duration) -> (impl crate::Refresh, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
     let accept = api.clone();
     let source = refresh_fn(move |_| {
-        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
         let api = accept.clone();
         async move {
-            if n == 0 {
-                return Err(RefreshError::rate_limited(Some(Duration::from_secs(30))));
+            if first {
+                return Err(RefreshError::rate_limited(Some(retry_after)));
             }
             api.accept("granted");
             Ok(TokenSet::new("granted").with_expires_in(HUNDRED))
         }
     });
+    (source, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_with_retry_after_means_no_refresh_call_before_it_elapses() {
+    let api = Api::default();
+    let (source, calls) = rate_limited_first(&api, Duration::from_secs(30));
     let layer = TokenRefreshLayer::builder(source).build();
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
 
@@ -163,20 +170,7 @@ async fn rate_limit_with_retry_after_means_no_refresh_call_before_it_elapses() {
 async fn a_rate_limit_outlasts_tokens_set_by_hand() {
     let api = Api::default();
     api.accept("by-hand");
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    let accept = api.clone();
-    let source = refresh_fn(move |_| {
-        let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
-        let api = accept.clone();
-        async move {
-            if first {
-                return Err(RefreshError::rate_limited(Some(Duration::from_secs(300))));
-            }
-            api.accept("granted");
-            Ok(TokenSet::new("granted").with_expires_in(HUNDRED))
-        }
-    });
+    let (source, calls) = rate_limited_first(&api, Duration::from_secs(300));
     let layer = TokenRefreshLayer::builder(source).build();
     let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
@@ -568,10 +562,6 @@ fn refusing_first(
     (configure(builder).build(), presented)
 }
 
-fn sent(access: &str, refresh: &str) -> (Option<String>, Option<String>) {
-    (Some(access.to_owned()), Some(refresh.to_owned()))
-}
-
 /// Found in review: tokens refused at install (an access token expired on
 /// arrival, or one that makes no header) were dropped whole, so the next
 /// refresh presented the refresh token the refused answer had replaced: a
@@ -603,18 +593,10 @@ async fn the_next_refresh_starts_from_refused_tokens_that_rotated_the_refresh_to
 #[tokio::test(start_paused = true)]
 async fn a_new_refresh_token_in_an_unreadable_answer_is_presented_with_the_installed_access_token()
 {
-    let presented = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let recorded = Arc::clone(&presented);
-    let source = refresh_fn(move |ctx: crate::RefreshContext| {
-        let mut presented = recorded.lock().unwrap();
-        let token = |t: Option<&crate::Secret>| t.map(|t| t.expose().to_owned());
-        presented.push((token(ctx.access_token()), token(ctx.refresh_token())));
-        let answer = match presented.len() {
-            1 => Err(RefreshError::transient("`expires_in` is not a number")
-                .with_replacement(crate::Secret::new("rt-2"))),
-            _ => Ok(TokenSet::new("at-3").with_refresh_token("rt-3")),
-        };
-        async move { answer }
+    let (source, presented) = recording_pairs(|call| match call {
+        1 => Err(RefreshError::transient("`expires_in` is not a number")
+            .with_replacement(crate::Secret::new("rt-2"))),
+        _ => Ok(TokenSet::new("at-3").with_refresh_token("rt-3")),
     });
     let handle = TokenRefreshLayer::builder(source)
         .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1"))

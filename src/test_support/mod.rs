@@ -199,19 +199,48 @@ pub(crate) type Presented = Arc<Mutex<Vec<Option<String>>>>;
 pub(crate) fn recording(
     answer: impl Fn(usize) -> Result<TokenSet, RefreshError> + Send + Sync + 'static,
 ) -> (impl Refresh + Clone, Presented) {
-    let presented = Presented::default();
+    recording_what(|ctx| exposed(ctx.refresh_token()), answer)
+}
+
+/// The access and refresh token each call presented.
+pub(crate) type PresentedPairs = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
+
+/// As [`recording`], recording the access token beside the refresh token.
+pub(crate) fn recording_pairs(
+    answer: impl Fn(usize) -> Result<TokenSet, RefreshError> + Send + Sync + 'static,
+) -> (impl Refresh + Clone, PresentedPairs) {
+    let pair = |ctx: &RefreshContext| (exposed(ctx.access_token()), exposed(ctx.refresh_token()));
+    recording_what(pair, answer)
+}
+
+fn exposed(token: Option<&crate::Secret>) -> Option<String> {
+    token.map(|t| t.expose().to_owned())
+}
+
+/// A source that records `what` of each call's context and answers its
+/// `n`th call (from 1) with `answer(n)`.
+fn recording_what<T: Send + 'static>(
+    what: impl Fn(&RefreshContext) -> T + Send + Sync + 'static,
+    answer: impl Fn(usize) -> Result<TokenSet, RefreshError> + Send + Sync + 'static,
+) -> (impl Refresh + Clone, Arc<Mutex<Vec<T>>>) {
+    let presented = Arc::new(Mutex::new(Vec::new()));
     let recorded = Arc::clone(&presented);
-    let answer = Arc::new(answer);
+    let (what, answer) = (Arc::new(what), Arc::new(answer));
     let source = refresh_fn(move |ctx: RefreshContext| {
         let n = {
             let mut presented = recorded.lock().unwrap();
-            presented.push(ctx.refresh_token().map(|t| t.expose().to_owned()));
+            presented.push(what(&ctx));
             presented.len()
         };
         let answer = answer(n);
         async move { answer }
     });
     (source, presented)
+}
+
+/// A [`PresentedPairs`] entry.
+pub(crate) fn sent(access: &str, refresh: &str) -> (Option<String>, Option<String>) {
+    (Some(access.to_owned()), Some(refresh.to_owned()))
 }
 
 pub(crate) fn get() -> Request<TestBody> {
