@@ -416,7 +416,10 @@ impl TokenManager {
     /// refresh token a later version's refresh spent. Found in review: a
     /// process starting then adopted the old record and refreshed from its
     /// spent token, which an issuer detecting reuse answers by revoking
-    /// the whole family.
+    /// the whole family. So is no record at all where this process knows a
+    /// version (a Redis restarted without its data): found in a later
+    /// review, a process starting then refreshed from the tokens it was
+    /// given, long spent, or logged in and began a second family.
     pub(super) async fn adopt_announced(&self, store: &dyn DynStore) {
         let shared = &self.shared;
         let known = shared.lock().store_version;
@@ -426,11 +429,15 @@ impl TokenManager {
             // tokens whose refresh token a sibling spent, at the version
             // that sibling knows (found in a second review).
             Ok(Some(stored)) if spent(shared, &stored) => {
-                self.replace_stale(stored.version);
+                self.replace_stale(Some(stored.version));
                 return;
             }
             Ok(Some(stored)) if known.is_some_and(|known| stored.version < known) => {
-                self.replace_stale(stored.version);
+                self.replace_stale(Some(stored.version));
+                return;
+            }
+            Ok(None) if known.is_some() => {
+                self.replace_stale(None);
                 return;
             }
             Ok(_) => return,
@@ -475,12 +482,14 @@ impl Control {
 }
 
 impl TokenManager {
-    /// Offers this process's tokens over `version`, a record that carries
-    /// a spent refresh token, before a sibling adopts it and refreshes from
-    /// it. Not while a flight runs (its write finds it) or an offer is out
-    /// (the next announcement or flight finds it); and tokens set by hand
-    /// are not this process's to store.
-    fn replace_stale(&self, version: u64) {
+    /// Offers this process's tokens over `found`, the version of a record
+    /// that carries a spent refresh token (or `None`, no record), before a
+    /// sibling adopts it (or, finding none, starts from the tokens it was
+    /// given) and refreshes from a spent token. Not while a flight runs
+    /// (its write finds it) or an offer is out (the next announcement or
+    /// flight finds it); and tokens set by hand are not this process's to
+    /// store.
+    fn replace_stale(&self, found: Option<u64>) {
         let shared = &self.shared;
         let mut control = shared.lock();
         let now = Instant::now();
@@ -500,13 +509,16 @@ impl TokenManager {
             .zip(tokens.expires_in())
             .and_then(|(expires_at, lifetime)| expires_at.checked_sub(lifetime))
             .unwrap_or(now);
-        tracing::warn!(
-            version,
-            "the token store holds a refresh token since spent; replacing it"
-        );
+        match found {
+            Some(version) => tracing::warn!(
+                version,
+                "the token store holds a refresh token since spent; replacing it"
+            ),
+            None => tracing::warn!("the token store lost its record; storing the tokens again"),
+        }
         let known = control.store_version;
         let store = shared.config.store.clone().expect("fleet mode has a store");
-        Offer::new(&store, Some(version), known, obtained_at).start(
+        Offer::new(&store, found, known, obtained_at).start(
             shared,
             &mut control,
             tokens,

@@ -1331,6 +1331,33 @@ async fn a_store_gone_back_to_an_older_version_is_replaced_by_a_process_that_kne
     );
 }
 
+/// Found in a later review: a store emptied (a Redis restarted without its
+/// data) was left empty when its watchers were signalled, and a process
+/// starting then found nothing: it logged in (a second token family) or
+/// refreshed from the tokens it was given, long spent. A process that knew
+/// a version now stores its tokens again.
+#[tokio::test(start_paused = true)]
+async fn an_emptied_store_is_filled_again_by_a_process_that_knew_a_version() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    first.handle().force_refresh().await.unwrap(); // rt-1 spent: version 2
+
+    store.inner.restart_empty();
+    crate::test_support::settle().await;
+    assert_eq!(idp.stored_live_version(&store.inner).await, 3);
+
+    let starting = idp.layer_on(store.clone());
+    starting.handle().force_refresh().await.unwrap();
+    assert_eq!(idp.counts(), (1, 1, 0), "adopted: no login, no refresh");
+    assert_eq!(
+        starting.handle().tokens().unwrap().access_token().expose(),
+        "at-2",
+        "adopted the live tokens"
+    );
+}
+
 /// Found in a second review: a process a version behind (it missed an
 /// announcement) may offer tokens whose refresh token a sibling has
 /// spent, at the very version that sibling knows. The sibling, finding no

@@ -56,6 +56,13 @@ impl Local {
         self.changes.send_replace(version);
     }
 
+    /// Has every watcher load the record, with no version of its own to
+    /// announce (as a Redis subscription restored does).
+    #[cfg(test)]
+    pub(super) fn signal(&self) {
+        self.changes.send_modify(|_| {});
+    }
+
     pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }

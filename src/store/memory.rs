@@ -74,6 +74,14 @@ impl MemoryStore {
         *self.record() = None;
     }
 
+    /// Loses the record and has every watcher load it, as a Redis restarted
+    /// without its data does once its subscribers are back.
+    #[cfg(test)]
+    pub(crate) fn restart_empty(&self) {
+        *self.record() = None;
+        self.inner.local.signal();
+    }
+
     /// Puts `record` back in place of the one stored, and announces it, as
     /// a store restored from an older snapshot does.
     #[cfg(test)]
