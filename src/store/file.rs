@@ -409,7 +409,7 @@ fn refuse_foreign(path: &Path, metadata: &fs::Metadata) -> Result<(), StoreError
 fn not_own(metadata: &fs::Metadata) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let (owner, me) = (metadata.uid(), rustix::process::geteuid().as_raw());
-    if owner != me {
+    if !trusted_link_owner(owner, me) {
         return Some(format!(
             "belongs to another user (uid {owner}; this process runs as {me})"
         ));
@@ -430,7 +430,10 @@ fn not_own(_: &fs::Metadata) -> Option<String> {
 /// refresh token long spent. A link whose target does not exist yet names
 /// where the file will be; a loop of links is left to fail as a path. A
 /// link another user owns is refused, as a file they own is: planted in a
-/// shared directory, it would choose where the tokens are written.
+/// shared directory, it would choose where the tokens are written. One
+/// root owns is not (an image's link into a data volume, say): root could
+/// write the tokens anywhere anyway. Found in review: refused, it left
+/// every process of a non-root fleet refreshing on its own.
 fn followed(path: &Path) -> Result<PathBuf, StoreError> {
     /// As many links as Linux follows in one path.
     const MOST_LINKS: usize = 40;
@@ -460,11 +463,18 @@ fn refuse_foreign_link(link: &Path) -> Result<(), StoreError> {
     if owner != me {
         return Err(StoreError::corrupt(format!(
             "{} is a symbolic link another user owns (uid {owner}; this process runs as {me}): \
-             a link to the token file must be this process's own; remove it",
+             a link to the token file must be this process's own or root's; remove it",
             link.display()
         )));
     }
     Ok(())
+}
+
+/// Whether a link `owner` owns may name the token file of a process
+/// running as `me`: its own, or root's.
+#[cfg(unix)]
+fn trusted_link_owner(owner: u32, me: u32) -> bool {
+    owner == me || owner == 0
 }
 
 #[cfg(not(unix))]
@@ -704,6 +714,18 @@ mod tests {
                 "written where another user's link pointed"
             );
         }
+    }
+
+    /// A link to the token file is trusted from this process's user and
+    /// from root (the owner of an image's links), from no one else.
+    #[cfg(unix)]
+    #[test]
+    fn a_link_is_trusted_from_its_own_user_and_from_root_only() {
+        assert!(trusted_link_owner(1000, 1000));
+        assert!(trusted_link_owner(0, 1000));
+        assert!(trusted_link_owner(0, 0));
+        assert!(!trusted_link_owner(65534, 1000));
+        assert!(!trusted_link_owner(1000, 0));
     }
 
     /// Found in review: a process killed between writing its temporary
