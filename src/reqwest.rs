@@ -115,7 +115,7 @@ use tokio::time::Instant;
 
 use crate::classify::{ClassifyRejection, Unauthorized};
 use crate::error::ErrorKind;
-use crate::manager::{later, timer_at, Credential, Decision};
+use crate::manager::{later, timer_at, Credential, Decision, Newest};
 use crate::service::drain::Drain;
 use crate::service::Core;
 use crate::{Error, TokenHandle, TokenRefreshLayer};
@@ -404,10 +404,12 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
             }
         };
         let credential = match core.manager.newest(credential) {
-            Ok(credential) => credential,
+            Newest::Send(credential) => credential,
             // Rejected meanwhile by another request's answer: its refresh
-            // is waited for, as after this request's own rejection.
-            Err(flight) => wait_for(flight).await?,
+            // is waited for, as after this request's own rejection, or the
+            // failure that blocks it returned.
+            Newest::Wait(flight) => wait_for(flight).await?,
+            Newest::Fail(error) => return Err(into_middleware(error)),
         };
         limit_to(&mut retry, deadline)?;
         core.manager.count_retry();

@@ -130,6 +130,17 @@ pub(crate) enum Decision {
     GiveUp,
 }
 
+/// What a request held before it is sent does (see
+/// [`TokenManager::newest`]).
+pub(crate) enum Newest {
+    /// Goes out with this credential.
+    Send(Credential),
+    /// Waits for this refresh first.
+    Wait(Flight),
+    /// Fails with this error: no refresh can run for the token it needs.
+    Fail(Error),
+}
+
 /// What has become of a refreshed token by the time its waiter is polled.
 enum Since {
     /// Still the current token, and not rejected.
@@ -647,16 +658,16 @@ impl TokenManager {
     /// `credential` itself, unless that very token was rejected by another
     /// request's answer since it was handed out, or reached its mandatory
     /// window since, or a newer one exists but cannot be used (in its
-    /// mandatory window, or rejected in turn): then
-    /// the refresh to wait for (`Err`), as a request arriving now would.
-    /// Sent anyway, the older token would only be rejected again.
-    pub(crate) fn newest(&self, credential: Credential) -> Result<Credential, Flight> {
+    /// mandatory window, or rejected in turn): then the refresh to wait
+    /// for, or the failure that blocks it, as a request arriving now would
+    /// get. Sent anyway, the older token would only be rejected again.
+    pub(crate) fn newest(&self, credential: Credential) -> Newest {
         let snapshot = self.shared.snapshot.load();
         let newer = snapshot.generation > credential.generation;
         let expired = snapshot.freshness(Instant::now()) == Freshness::Expired;
         if newer && !expired {
             if let Some(newer) = snapshot.credential() {
-                return Ok(newer);
+                return Newest::Send(newer);
             }
         }
         // This token or the newer one, rejected by another request's answer.
@@ -667,16 +678,19 @@ impl TokenManager {
         // review: it went out even past its expiry, only to be rejected.
         if newer || rejected || expired {
             match self.decide(rejected.then_some(RefreshReason::Rejected)) {
-                Decision::Wait(flight) => return Err(flight),
-                Decision::Use(current) => return Ok(current),
-                // No refresh can run (a failure blocks it): sent as it is.
-                // A first attempt's rejection then meets that failure and
-                // fails with its typed error; a retry's answer is returned
-                // as it is, as every retry's is.
-                Decision::GiveUp | Decision::Fail(_) => {}
+                Decision::Wait(flight) => return Newest::Wait(flight),
+                Decision::Use(current) => return Newest::Send(current),
+                // No refresh can run (a failure blocks it): its typed
+                // error, as a request arriving now gets (DESIGN: requests
+                // fail fast with a clear error). Found in review (twice):
+                // sent anyway, the request was only rejected, and a
+                // retry's rejection was returned as it was.
+                Decision::Fail(error) => return Newest::Fail(error),
+                // Only rejections give up.
+                Decision::GiveUp => {}
             }
         }
-        Ok(credential)
+        Newest::Send(credential)
     }
 
     /// What has become of `credential`'s token since it came.

@@ -20,7 +20,7 @@ use super::uri_copy::UriCopy;
 use super::Core;
 use crate::body::ReplayBody;
 use crate::classify::ClassifyRejection;
-use crate::manager::{later, timer_at, Credential, Decision, Flight, Waiting};
+use crate::manager::{later, timer_at, Credential, Decision, Flight, Newest, Waiting};
 use crate::{BoxError, Error};
 
 /// What a retry needs: a copy of the request head, a replaying body and,
@@ -619,8 +619,8 @@ where
         let request = pending.as_mut().expect("request kept");
         let held = credential.take().expect("credential set before readiness");
         let current = match manager.newest(held) {
-            Ok(current) => current,
-            Err(flight) => {
+            Newest::Send(current) => current,
+            Newest::Wait(flight) => {
                 request.release_readiness();
                 let waiting = manager.waiting(flight);
                 return Poll::Ready(Ok(if first {
@@ -628,6 +628,10 @@ where
                 } else {
                     State::Refreshing { waiting }
                 }));
+            }
+            Newest::Fail(error) => {
+                *pending = None;
+                return Poll::Ready(Err(error.into()));
             }
         };
         let mut unboxed = match request.poll_service(shared, cx) {

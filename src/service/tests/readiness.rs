@@ -3,7 +3,7 @@
 //! the instance held with the request, or a clone of the one kept for
 //! retries. One that is not ready then is waited for.
 
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -12,8 +12,10 @@ use http::{Request, StatusCode};
 use tokio::task::JoinHandle;
 use tower::{Service, ServiceBuilder};
 
-use crate::test_support::{get, issuer, post, send, settle, Api, Issuer, TestBody};
-use crate::{BoxError, ReplayBody, TokenRefresh, TokenRefreshLayer, TokenSet};
+use crate::test_support::{expect_error, get, issuer, post, send, settle, Api, Issuer, TestBody};
+use crate::{
+    refresh_fn, BoxError, RefreshError, ReplayBody, TokenRefresh, TokenRefreshLayer, TokenSet,
+};
 
 /// Ready while its gate (shared by every clone) is open.
 #[derive(Clone)]
@@ -184,4 +186,50 @@ async fn a_request_ready_after_a_newer_token_turned_unusable_waits_for_the_refre
     assert_eq!(status, StatusCode::OK);
     assert!(body.starts_with("Bearer tok-2|"), "{body}");
     assert_eq!(issuer.calls(), 2, "refreshed for the held request");
+}
+
+/// Found in review (twice): a request held with a token that another
+/// request's answer then rejected, and whose refresh then failed for good,
+/// went out with it anyway, only to be rejected. It fails with the
+/// failure's typed error, as a request arriving then does, unsent.
+#[tokio::test(start_paused = true)]
+async fn a_request_held_with_a_token_rejected_meanwhile_whose_refresh_failed_is_not_sent() {
+    let api = Api::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let accept = api.clone();
+    let source = refresh_fn(move |_| {
+        let first = counter.fetch_add(1, SeqCst) == 0;
+        let api = accept.clone();
+        async move {
+            if !first {
+                return Err(RefreshError::terminal("revoked"));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            api.accept("tok-1");
+            Ok(TokenSet::new("tok-1").with_refresh_token("r"))
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .min_refresh_interval(Duration::ZERO)
+        .build();
+    let handle = layer.handle();
+    let (client, gate) = gated(layer, &api);
+
+    let request = tokio::spawn(send(&client, get()));
+    settle().await;
+    gate.set(false);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await; // tok-1 came; the request holds it, its service not ready
+    api.revoke("tok-1");
+    let bearer = handle.bearer().await.unwrap();
+    let refused = handle.bearer_after_rejection(&bearer).await.unwrap_err();
+    assert!(refused.is_reauth_required(), "{refused}");
+
+    gate.set(true);
+    let answer = tokio::time::timeout(Duration::from_secs(60), request).await;
+    let error = expect_error(answer.expect("answered once ready").unwrap());
+    assert!(error.is_reauth_required(), "{error}");
+    assert_eq!(api.calls(), 0, "not sent with the token known rejected");
+    assert_eq!(calls.load(SeqCst), 2);
 }
