@@ -36,7 +36,14 @@
 //!   `reqwest::redirect::Policy::none()`, where a redirect may lead
 //!   elsewhere.) A request that is not idempotent (a `POST`) rejected after
 //!   a redirect is not retried: it may have taken effect at an earlier
-//!   hop. The refresh still runs.
+//!   hop. The refresh still runs. A response tells only the URL it came
+//!   from, so two chains look like none: one back to the request's own URL
+//!   (a `POST` answered `303 See Other` with its own URL, then the `GET`
+//!   rejected), whose `POST` is sent again; and one that leaves the origin
+//!   and comes back, whose last hop carries no token and whose rejection
+//!   is taken for the token's. Where either can happen, build the client
+//!   with redirects off (the second is also ruled out by
+//!   [`same_origin_redirects`]).
 //! - reqwest sends through the proxies its environment names
 //!   (`HTTP_PROXY`, `HTTPS_PROXY`), loopback destinations included unless
 //!   `NO_PROXY` exempts them. The plain-http rule judges the request's
