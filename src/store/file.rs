@@ -348,15 +348,37 @@ fn unavailable(doing: &str, path: &Path, error: io::Error) -> StoreError {
     StoreError::unavailable(format!("cannot {doing} {}", path.display())).with_source(error)
 }
 
+/// The largest token file read: a record is a token set, a few kilobytes
+/// at most. Past this the file is not one.
+const LARGEST_FILE: u64 = 1 << 20;
+
 fn read(path: &Path) -> Result<Option<Record>, StoreError> {
     let unreadable = |error| unavailable("read", path, error);
-    let mut file = match File::open(path) {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    // Opened without waiting: a FIFO at the path would block the open (and
+    // a blocking-pool thread) until a writer came. Refused below.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    }
+    let file = match options.open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(unreadable(error)),
     };
     let metadata = file.metadata().map_err(unreadable)?;
+    // Found in review: a FIFO or a device at the path held a thread for
+    // good, and a huge file was read whole.
+    if !metadata.is_file() || metadata.len() > LARGEST_FILE {
+        return Err(StoreError::corrupt(format!(
+            "{} is not a token file (not a regular file of at most {LARGEST_FILE} bytes)",
+            path.display()
+        )));
+    }
     refuse_foreign(path, &metadata)?;
+    let mut file = file.take(LARGEST_FILE);
     // Sized up front, as `fs::read` does: a buffer grown while reading
     // would leave unwiped copies of the tokens behind.
     let mut bytes = Zeroizing::new(Vec::with_capacity(
@@ -409,7 +431,7 @@ fn refuse_foreign(path: &Path, metadata: &fs::Metadata) -> Result<(), StoreError
 fn not_own(metadata: &fs::Metadata) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let (owner, me) = (metadata.uid(), rustix::process::geteuid().as_raw());
-    if !trusted_link_owner(owner, me) {
+    if owner != me {
         return Some(format!(
             "belongs to another user (uid {owner}; this process runs as {me})"
         ));
@@ -460,7 +482,7 @@ fn refuse_foreign_link(link: &Path) -> Result<(), StoreError> {
         return Ok(());
     };
     let (owner, me) = (metadata.uid(), rustix::process::geteuid().as_raw());
-    if owner != me {
+    if !trusted_link_owner(owner, me) {
         return Err(StoreError::corrupt(format!(
             "{} is a symbolic link another user owns (uid {owner}; this process runs as {me}): \
              a link to the token file must be this process's own or root's; remove it",
@@ -714,6 +736,40 @@ mod tests {
                 "written where another user's link pointed"
             );
         }
+    }
+
+    /// Found in review: a FIFO at the token file's path blocked each load,
+    /// and a blocking-pool thread, until a writer came; a huge file was
+    /// read whole. Both are refused at once as not token files.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_fifo_or_a_huge_file_at_the_path_is_refused_at_once() {
+        use rustix::fs::{mknodat, FileType, Mode, CWD};
+        let dir = TempDir::new();
+        let fifo = dir.0.join("tokens.json");
+        mknodat(CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        let store = FileStore::new(&fifo);
+        let loaded = tokio::time::timeout(Duration::from_secs(10), store.load()).await;
+        let Ok(loaded) = loaded else {
+            // Lets the blocked open through, so that the runtime can end.
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut writer = OpenOptions::new();
+            writer.write(true);
+            writer.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+            let _writer = writer.open(&fifo);
+            panic!("the load blocked on a FIFO");
+        };
+        let err = loaded.unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+
+        let huge = dir.0.join("huge.json");
+        let size = usize::try_from(LARGEST_FILE).unwrap() + 1;
+        fs::write(&huge, vec![b' '; size]).unwrap();
+        let err = FileStore::new(&huge).load().await.unwrap_err();
+        assert!(
+            err.to_string().contains("not a regular file of at most"),
+            "{err}"
+        );
     }
 
     /// A link to the token file is trusted from this process's user and
