@@ -357,11 +357,13 @@ fn read(path: &Path) -> Result<Option<Record>, StoreError> {
     let mut options = OpenOptions::new();
     options.read(true);
     // Opened without waiting: a FIFO at the path would block the open (and
-    // a blocking-pool thread) until a writer came. Refused below.
+    // a blocking-pool thread) until a writer came. Nor may a terminal there
+    // become this process's. Refused below.
     #[cfg(unix)]
     {
+        use rustix::fs::OFlags;
         use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        options.custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32);
     }
     let file = match options.open(path) {
         Ok(file) => file,
@@ -533,6 +535,13 @@ fn write(path: &Path, record: &Record) -> Result<(), StoreError> {
         .encode_slice(record.payload(), &mut contents[start..])
         .map_err(|_| StoreError::unavailable("the record is too large to write"))?;
     contents.extend_from_slice(b"\"}\n");
+    // Written larger, it could never be read back (nor written over: a
+    // file that does not read is not).
+    if contents.len() as u64 > LARGEST_FILE {
+        return Err(StoreError::unavailable(format!(
+            "the record is too large to write (over {LARGEST_FILE} bytes)"
+        )));
+    }
     let written = create_private(&temp)
         .and_then(|mut file| {
             file.write_all(&contents)?;
@@ -740,14 +749,15 @@ mod tests {
 
     /// Found in review: a FIFO at the token file's path blocked each load,
     /// and a blocking-pool thread, until a writer came; a huge file was
-    /// read whole. Both are refused at once as not token files.
+    /// read whole. Both are refused at once as not token files, and a
+    /// record too large to read back is not written.
     #[cfg(unix)]
     #[tokio::test]
     async fn a_fifo_or_a_huge_file_at_the_path_is_refused_at_once() {
-        use rustix::fs::{mknodat, FileType, Mode, CWD};
         let dir = TempDir::new();
         let fifo = dir.0.join("tokens.json");
-        mknodat(CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.expect("mkfifo runs").success());
         let store = FileStore::new(&fifo);
         let loaded = tokio::time::timeout(Duration::from_secs(10), store.load()).await;
         let Ok(loaded) = loaded else {
@@ -770,6 +780,16 @@ mod tests {
             err.to_string().contains("not a regular file of at most"),
             "{err}"
         );
+
+        // Nor is one written that could not be read back.
+        let big = dir.0.join("big.json");
+        let record = Record::new(1, vec![7; usize::try_from(LARGEST_FILE).unwrap()]);
+        let err = FileStore::new(&big)
+            .compare_and_swap(None, record)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("too large to write"), "{err}");
+        assert!(!big.exists());
     }
 
     /// A link to the token file is trusted from this process's user and
