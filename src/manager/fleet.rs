@@ -496,11 +496,14 @@ impl TokenManager {
         if control.busy_with_store(now) {
             return;
         }
+        // Tokens refused for good are no one's to store: a process started
+        // with new tokens would take them over its own (found in review).
+        let refused_for_good = control.failure.as_ref().is_some_and(|f| f.until.is_none());
         let snapshot = shared.snapshot.load_full();
         let Some(tokens) = snapshot.tokens.clone() else {
             return;
         };
-        if snapshot.refreshed_at.is_none() || control.spent.holds(&tokens) {
+        if refused_for_good || snapshot.refreshed_at.is_none() || control.spent.holds(&tokens) {
             return;
         }
         // When their lifetime started: their expiry less their lifetime.

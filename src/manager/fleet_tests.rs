@@ -1358,6 +1358,32 @@ async fn an_emptied_store_is_filled_again_by_a_process_that_knew_a_version() {
     );
 }
 
+/// But not with tokens refused for good: a process started with new tokens
+/// would take those over its own.
+#[tokio::test(start_paused = true)]
+async fn an_emptied_store_is_not_filled_with_tokens_refused_for_good() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    first.handle().force_refresh().await.unwrap(); // rt-1 spent: version 2
+                                                   // Another client of the family spends rt-2; the first's next refresh
+                                                   // presents it, and is refused for good.
+    let elsewhere = TokenRefreshLayer::builder(idp.source())
+        .initial_tokens(idp.tokens(2))
+        .build();
+    elsewhere.handle().force_refresh().await.unwrap();
+    let refused = first.handle().force_refresh().await.unwrap_err();
+    assert!(refused.is_reauth_required(), "{refused}");
+
+    store.inner.restart_empty();
+    crate::test_support::settle().await;
+    assert!(
+        store.inner.load().await.unwrap().is_none(),
+        "stored dead tokens"
+    );
+}
+
 /// Found in a second review: a process a version behind (it missed an
 /// announcement) may offer tokens whose refresh token a sibling has
 /// spent, at the very version that sibling knows. The sibling, finding no
