@@ -188,13 +188,9 @@ async fn a_request_ready_after_a_newer_token_turned_unusable_waits_for_the_refre
     assert_eq!(issuer.calls(), 2, "refreshed for the held request");
 }
 
-/// Found in review (twice): a request held with a token that another
-/// request's answer then rejected, and whose refresh then failed for good,
-/// went out with it anyway, only to be rejected. It fails with the
-/// failure's typed error, as a request arriving then does, unsent.
-#[tokio::test(start_paused = true)]
-async fn a_request_held_with_a_token_rejected_meanwhile_whose_refresh_failed_is_not_sent() {
-    let api = Api::default();
+/// A source whose first refresh brings tok-1 (accepted by `api`) after a
+/// second, and whose next ones are refused for good; with its call count.
+fn tok_1_then_refused_for_good(api: &Api) -> (impl crate::Refresh, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
     let accept = api.clone();
@@ -210,26 +206,73 @@ async fn a_request_held_with_a_token_rejected_meanwhile_whose_refresh_failed_is_
             Ok(TokenSet::new("tok-1").with_refresh_token("r"))
         }
     });
+    (source, calls)
+}
+
+/// Closes the gate, lets tok-1 arrive, and has another request's answer
+/// reject it, whose refresh is refused for good.
+async fn tok_1_rejected_while_closed(gate: &Gate, api: &Api, handle: &crate::TokenHandle) {
+    gate.set(false);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await;
+    api.revoke("tok-1");
+    let bearer = handle.bearer().await.unwrap();
+    assert_eq!(bearer.expose(), "tok-1");
+    let refused = handle.bearer_after_rejection(&bearer).await.unwrap_err();
+    assert!(refused.is_reauth_required(), "{refused}");
+}
+
+/// The spawned request's typed error once the gate reopens.
+async fn failed(request: JoinHandle<Result<(StatusCode, String), BoxError>>) -> crate::Error {
+    let answer = tokio::time::timeout(Duration::from_secs(60), request).await;
+    expect_error(answer.expect("answered once ready").unwrap())
+}
+
+/// Found in review (twice): a request held with a token that another
+/// request's answer then rejected, and whose refresh then failed for good,
+/// went out with it anyway, only to be rejected. It fails with the
+/// failure's typed error, as a request arriving then does, unsent: a first
+/// send, and a retry (whose rejection was returned as it was).
+#[tokio::test(start_paused = true)]
+async fn a_request_held_with_a_token_rejected_meanwhile_whose_refresh_failed_is_not_sent() {
+    let api = Api::default();
+    let (source, calls) = tok_1_then_refused_for_good(&api);
     let layer = TokenRefreshLayer::builder(source)
         .min_refresh_interval(Duration::ZERO)
         .build();
     let handle = layer.handle();
     let (client, gate) = gated(layer, &api);
 
+    // Held for its first token, then for its service.
     let request = tokio::spawn(send(&client, get()));
     settle().await;
-    gate.set(false);
-    tokio::time::advance(Duration::from_secs(2)).await;
-    settle().await; // tok-1 came; the request holds it, its service not ready
-    api.revoke("tok-1");
-    let bearer = handle.bearer().await.unwrap();
-    let refused = handle.bearer_after_rejection(&bearer).await.unwrap_err();
-    assert!(refused.is_reauth_required(), "{refused}");
-
+    tok_1_rejected_while_closed(&gate, &api, &handle).await;
     gate.set(true);
-    let answer = tokio::time::timeout(Duration::from_secs(60), request).await;
-    let error = expect_error(answer.expect("answered once ready").unwrap());
+    let error = failed(request).await;
     assert!(error.is_reauth_required(), "{error}");
     assert_eq!(api.calls(), 0, "not sent with the token known rejected");
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_held_with_a_token_rejected_meanwhile_whose_refresh_failed_is_not_sent() {
+    let api = Api::default();
+    let (source, calls) = tok_1_then_refused_for_good(&api);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_refresh_token("r0"))
+        .min_refresh_interval(Duration::ZERO)
+        .build();
+    let handle = layer.handle();
+    let (client, gate) = gated(layer, &api);
+
+    // Rejected ("old" is not accepted), then held for tok-1 and its service.
+    let request = tokio::spawn(send(&client, post("replayed")));
+    settle().await;
+    assert_eq!(api.calls(), 1, "the first attempt, rejected");
+    tok_1_rejected_while_closed(&gate, &api, &handle).await;
+    gate.set(true);
+    let error = failed(request).await;
+    assert!(error.is_reauth_required(), "{error}");
+    assert_eq!(api.calls(), 1, "no retry with the token known rejected");
     assert_eq!(calls.load(SeqCst), 2);
 }
