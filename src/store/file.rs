@@ -432,13 +432,22 @@ fn refuse_foreign(path: &Path, metadata: &fs::Metadata) -> Result<(), StoreError
 #[cfg(unix)]
 fn not_own(metadata: &fs::Metadata) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let (owner, me) = (metadata.uid(), rustix::process::geteuid().as_raw());
+    let me = rustix::process::geteuid().as_raw();
+    not_own_by(metadata.uid(), metadata.mode(), me)
+}
+
+/// [`not_own`] for a file `owner` owns with `mode`, to a process running
+/// as `me`. Root's files are not trusted, unlike root's links (see
+/// [`trusted_link_owner`]): a file root owns was put there for another
+/// process than this one.
+#[cfg(unix)]
+fn not_own_by(owner: u32, mode: u32, me: u32) -> Option<String> {
     if owner != me {
         return Some(format!(
             "belongs to another user (uid {owner}; this process runs as {me})"
         ));
     }
-    let mode = metadata.mode() & 0o777;
+    let mode = mode & 0o777;
     (mode & 0o002 != 0).then(|| format!("may be written by any user (mode {mode:04o})"))
 }
 
@@ -790,6 +799,21 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("too large to write"), "{err}");
         assert!(!big.exists());
+    }
+
+    /// A token or lock file is this process's own: its user's, and not
+    /// writable by everyone (its group may write it). Root's is not, unlike
+    /// root's link to one.
+    #[cfg(unix)]
+    #[test]
+    fn a_file_is_its_own_users_and_not_writable_by_everyone() {
+        assert_eq!(not_own_by(1000, 0o600, 1000), None);
+        assert_eq!(not_own_by(1000, 0o660, 1000), None, "group write allowed");
+        assert!(not_own_by(1000, 0o666, 1000).unwrap().contains("any user"));
+        assert!(not_own_by(0, 0o600, 1000).unwrap().contains("another user"));
+        assert!(not_own_by(65534, 0o600, 0)
+            .unwrap()
+            .contains("another user"));
     }
 
     /// A link to the token file is trusted from this process's user and
