@@ -116,6 +116,18 @@ impl Failure {
         Self { error, kind, until }
     }
 
+    /// Refused for good: blocks until new tokens are set.
+    pub(crate) fn is_terminal(&self) -> bool {
+        self.until.is_none()
+    }
+
+    /// A rate limit still in force at `now`: the identity server's word on
+    /// when it may be called again, whatever tokens the caller holds, so
+    /// new tokens set by hand do not lift it.
+    pub(crate) fn limits_calls(&self, now: Instant) -> bool {
+        self.error.is_rate_limited() && self.blocks(now)
+    }
+
     /// Whether no refresh may start at `now`.
     pub(crate) fn blocks(&self, now: Instant) -> bool {
         self.until.is_none_or(|until| now < until)

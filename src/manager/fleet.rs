@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::flight::{paired_with_installed, Failed, FlightTask, Obtained};
 use super::snapshot::makes_header;
-use super::{later, Config, Control, Prepared, Shared, TokenManager};
+use super::{later, Config, Control, Failure, Prepared, Shared, TokenManager};
 use crate::error::ErrorKind;
 use crate::refresh::RefreshContext;
 use crate::stats::Counters;
@@ -498,7 +498,7 @@ impl TokenManager {
         }
         // Tokens refused for good are no one's to store: a process started
         // with new tokens would take them over its own (found in review).
-        let refused_for_good = control.failure.as_ref().is_some_and(|f| f.until.is_none());
+        let refused_for_good = control.failure.as_ref().is_some_and(Failure::is_terminal);
         let snapshot = shared.snapshot.load_full();
         let Some(tokens) = snapshot.tokens.clone() else {
             return;

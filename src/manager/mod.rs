@@ -604,16 +604,15 @@ impl TokenManager {
     pub(crate) fn set_tokens(&self, tokens: TokenSet) -> Result<(), InvalidTokens> {
         let prepared = Prepared::new(tokens, Instant::now(), false).map_err(|_| InvalidTokens)?;
         let mut control = self.shared.lock();
-        // A rate limit still in force is the server's word on when it may
-        // be called again, whatever tokens the caller holds (DESIGN, 429:
-        // no refresh call before `Retry-After`): kept, with the count its
-        // next backoff grows from. Every other failure was about the old
-        // tokens (terminal), or is cleared with them.
+        // A rate limit still in force is kept (DESIGN, 429: no refresh call
+        // before `Retry-After`), with the count its next backoff grows
+        // from. Every other failure was about the old tokens (terminal), or
+        // is cleared with them.
         let now = Instant::now();
         let kept_until = control
             .failure
             .as_ref()
-            .filter(|failure| failure.error.is_rate_limited() && failure.blocks(now))
+            .filter(|failure| failure.limits_calls(now))
             .and_then(|failure| failure.until);
         if kept_until.is_none() {
             control.failure = None;
@@ -738,7 +737,7 @@ impl TokenManager {
         let control = self.shared.lock();
         let snapshot = self.shared.snapshot.load_full();
         let now = Instant::now();
-        let terminal = control.failure.as_ref().is_some_and(|f| f.until.is_none());
+        let terminal = control.failure.as_ref().is_some_and(Failure::is_terminal);
         let state = match snapshot.freshness(now) {
             Freshness::Expired if terminal => TokenState::ReauthRequired,
             _ if snapshot.header.is_none() => TokenState::Missing,
