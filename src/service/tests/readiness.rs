@@ -209,23 +209,48 @@ fn tok_1_then_refused_for_good(api: &Api) -> (impl crate::Refresh, Arc<AtomicUsi
     (source, calls)
 }
 
-/// Closes the gate, lets tok-1 arrive, and has another request's answer
-/// reject it, whose refresh is refused for good.
-async fn tok_1_rejected_while_closed(gate: &Gate, api: &Api, handle: &crate::TokenHandle) {
+/// A request sent while the layer holds `initial` (none, or a token the
+/// API does not accept), held until tok-1 has come and, with its service
+/// not ready, been rejected by another request's answer and its refresh
+/// refused for good. Once the service is ready, the request must fail with
+/// the typed error, the API having seen only its `sent_before` attempts.
+async fn held_while_its_token_is_refused(
+    initial: Option<TokenSet>,
+    request: Request<TestBody>,
+    sent_before: usize,
+) {
+    let api = Api::default();
+    let (source, calls) = tok_1_then_refused_for_good(&api);
+    let mut builder = TokenRefreshLayer::builder(source).min_refresh_interval(Duration::ZERO);
+    if let Some(initial) = initial {
+        builder = builder.initial_tokens(initial);
+    }
+    let layer = builder.build();
+    let handle = layer.handle();
+    let (client, gate) = gated(layer, &api);
+
+    let request = tokio::spawn(send(&client, request));
+    settle().await;
+    assert_eq!(api.calls(), sent_before);
     gate.set(false);
     tokio::time::advance(Duration::from_secs(2)).await;
-    settle().await;
+    settle().await; // tok-1 came; the request holds it
     api.revoke("tok-1");
     let bearer = handle.bearer().await.unwrap();
     assert_eq!(bearer.expose(), "tok-1");
     let refused = handle.bearer_after_rejection(&bearer).await.unwrap_err();
     assert!(refused.is_reauth_required(), "{refused}");
-}
 
-/// The spawned request's typed error once the gate reopens.
-async fn failed(request: JoinHandle<Result<(StatusCode, String), BoxError>>) -> crate::Error {
+    gate.set(true);
     let answer = tokio::time::timeout(Duration::from_secs(60), request).await;
-    expect_error(answer.expect("answered once ready").unwrap())
+    let error = expect_error(answer.expect("answered once ready").unwrap());
+    assert!(error.is_reauth_required(), "{error}");
+    assert_eq!(
+        api.calls(),
+        sent_before,
+        "not sent with the token known rejected"
+    );
+    assert_eq!(calls.load(SeqCst), 2);
 }
 
 /// Found in review (twice): a request held with a token that another
@@ -235,44 +260,13 @@ async fn failed(request: JoinHandle<Result<(StatusCode, String), BoxError>>) -> 
 /// send, and a retry (whose rejection was returned as it was).
 #[tokio::test(start_paused = true)]
 async fn a_request_held_with_a_token_rejected_meanwhile_whose_refresh_failed_is_not_sent() {
-    let api = Api::default();
-    let (source, calls) = tok_1_then_refused_for_good(&api);
-    let layer = TokenRefreshLayer::builder(source)
-        .min_refresh_interval(Duration::ZERO)
-        .build();
-    let handle = layer.handle();
-    let (client, gate) = gated(layer, &api);
-
     // Held for its first token, then for its service.
-    let request = tokio::spawn(send(&client, get()));
-    settle().await;
-    tok_1_rejected_while_closed(&gate, &api, &handle).await;
-    gate.set(true);
-    let error = failed(request).await;
-    assert!(error.is_reauth_required(), "{error}");
-    assert_eq!(api.calls(), 0, "not sent with the token known rejected");
-    assert_eq!(calls.load(SeqCst), 2);
+    held_while_its_token_is_refused(None, get(), 0).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_held_with_a_token_rejected_meanwhile_whose_refresh_failed_is_not_sent() {
-    let api = Api::default();
-    let (source, calls) = tok_1_then_refused_for_good(&api);
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("old").with_refresh_token("r0"))
-        .min_refresh_interval(Duration::ZERO)
-        .build();
-    let handle = layer.handle();
-    let (client, gate) = gated(layer, &api);
-
     // Rejected ("old" is not accepted), then held for tok-1 and its service.
-    let request = tokio::spawn(send(&client, post("replayed")));
-    settle().await;
-    assert_eq!(api.calls(), 1, "the first attempt, rejected");
-    tok_1_rejected_while_closed(&gate, &api, &handle).await;
-    gate.set(true);
-    let error = failed(request).await;
-    assert!(error.is_reauth_required(), "{error}");
-    assert_eq!(api.calls(), 1, "no retry with the token known rejected");
-    assert_eq!(calls.load(SeqCst), 2);
+    let old = TokenSet::new("old").with_refresh_token("r0");
+    held_while_its_token_is_refused(Some(old), post("replayed"), 1).await;
 }
