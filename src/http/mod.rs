@@ -19,12 +19,12 @@
 //! without it a JWT access token's `exp` is used (unverified: it only tells
 //! when to refresh), counted from the answer's `Date` (from the client's
 //! clock without one) and capped at `exp - iat`, so that a client clock off
-//! from the issuer's moves it neither way; a `token_type` other than Bearer is refused; a response
-//! without a new refresh token keeps the old one. Failures are
-//! classified by status: every 4xx other than 408, 421, 425 and 429 is
-//! terminal (`400 invalid_grant`, 401 and 403 among them: a configured
-//! [login source](crate::Builder::login) then runs once, otherwise new
-//! tokens must be set); 429 is rate limited, waiting out its `Retry-After`
+//! from the issuer's moves it neither way; a `token_type` other than Bearer
+//! is refused; a response without a new refresh token keeps the old one.
+//! Failures are classified by status: every 4xx other than 408, 421, 425
+//! and 429 is terminal (`400 invalid_grant`, 401 and 403 among them: a
+//! configured [login source](crate::Builder::login) then runs once,
+//! otherwise new tokens must be set); 429 is rate limited, waiting out its `Retry-After`
 //! or, without one, what the endpoint's documented limit implies, and so
 //! is a 503 with `Retry-After`; 3xx (never followed), 408, 421, 425, other
 //! 5xx, transport errors and undecodable answers are transient. Each
