@@ -53,7 +53,9 @@ use support::{CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 /// - `POST` any path with `Content-Type: application/json` → `200` echoing
 ///   the body; another content type → `415`.
 /// - A missing, unknown or revoked token → `401` with `WWW-Authenticate`,
-///   decided from the headers alone: the body is not read first.
+///   decided from the headers alone: the body is not read first. On
+///   `/v1/held-rejection`, the rejection's body stops after its first
+///   chunk at the hold ([`AxumApi::hold_next`]), as a request does.
 struct AxumApi {
     base_url: String,
     state: Arc<ApiState>,
@@ -183,6 +185,15 @@ async fn api(State(state): State<Arc<ApiState>>, request: Request) -> Response {
         tokio::spawn(async move {
             let _ = axum::body::to_bytes(body, usize::MAX).await;
         });
+        if uri_path == "/v1/held-rejection" {
+            let (rest, body) = HeldBody::new("{\"statusCode\": 401, ");
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                state.gate.pass().await;
+                let _ = rest.send(Bytes::from_static(b"\"message\": \"Unauthorized\"}"));
+            });
+            return (StatusCode::UNAUTHORIZED, axum::body::Body::new(body)).into_response();
+        }
         if uri_path == "/v1/verbose-rejection" {
             // As a proxy's HTML error page: more than one read's worth.
             return (StatusCode::UNAUTHORIZED, "x".repeat(48 * 1024)).into_response();
@@ -214,6 +225,47 @@ async fn api(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     };
     state.ok.fetch_add(1, Ordering::SeqCst);
     response
+}
+
+/// A response body of two chunks: the first at once, the second once it is
+/// sent through the returned sender.
+struct HeldBody {
+    first: Option<Bytes>,
+    rest: Option<tokio::sync::oneshot::Receiver<Bytes>>,
+}
+
+impl HeldBody {
+    fn new(first: &'static str) -> (tokio::sync::oneshot::Sender<Bytes>, Self) {
+        let (send, rest) = tokio::sync::oneshot::channel();
+        let first = Some(Bytes::from_static(first.as_bytes()));
+        (
+            send,
+            Self {
+                first,
+                rest: Some(rest),
+            },
+        )
+    }
+}
+
+impl Body for HeldBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        let Some(rest) = self.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let rest = std::task::ready!(Pin::new(rest).poll(cx));
+        self.rest = None;
+        Poll::Ready(rest.ok().map(|chunk| Ok(Frame::data(chunk))))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1116,6 +1168,56 @@ async fn a_token_rejected_before_a_waiting_request_takes_it_is_not_sent() {
         let sent: Vec<_> = api.seen().into_iter().map(|(auth, _)| auth).collect();
         assert_eq!(sent, [Some(format!("Bearer {}", next.expose()))]);
         assert_refreshed(&identity.stats(), 2);
+    })
+    .await;
+}
+
+/// A retry's token rejected by another answer while the rejection before
+/// it is being read, and the refresh that would replace it failed for good:
+/// the retry is not sent with the token known rejected, and the caller gets
+/// the failure's typed error, as the tower layer's held retry does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_whose_token_is_rejected_while_its_rejection_is_read_is_not_sent() {
+    bounded(async {
+        let Setup {
+            identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(|builder, login| {
+            builder
+                .initial_tokens(login)
+                .min_refresh_interval(Duration::ZERO)
+        })
+        .await;
+        // Sent with the login token, held at the API while that token is
+        // revoked and refreshed: its rejection will find a newer token.
+        let request = api.hold_next(1);
+        let sent = tokio::spawn(client.get(api.url("/v1/held-rejection")).send());
+        request.arrived(1).await;
+        api.revoke_current();
+        let login = handle.bearer().await.expect("the login token");
+        let newer = handle
+            .bearer_after_rejection(&login)
+            .await
+            .expect("refreshed");
+
+        // Its rejection's body stops halfway, while the newer token is
+        // rejected in turn and its refresh token turns out dead.
+        let rejection_body = api.hold_next(1);
+        request.release();
+        rejection_body.arrived(1).await;
+        identity.tokens().revoke_refresh_tokens();
+        let refused = handle.bearer_after_rejection(&newer).await.unwrap_err();
+        assert!(refused.is_reauth_required(), "{refused}");
+        rejection_body.release();
+
+        let error = sent.await.unwrap().unwrap_err();
+        let typed = token_error(&error).expect("the crate's error");
+        assert!(typed.is_reauth_required(), "{typed}");
+        assert_eq!(api.stats().requests, 1, "the retry never left the client");
+        assert_eq!(handle.stats().retries, 0);
     })
     .await;
 }
