@@ -365,19 +365,28 @@ fn read(path: &Path) -> Result<Option<Record>, StoreError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32);
     }
+    let not_a_token_file = || {
+        StoreError::corrupt(format!(
+            "{} is not a token file (not a regular file of at most {LARGEST_FILE} bytes)",
+            path.display()
+        ))
+    };
     let file = match options.open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // A socket at the path cannot be opened at all (`ENXIO`): found in
+        // review, it was reported as the store being unavailable, a state
+        // that passes, rather than as what a FIFO there is.
+        Err(_) if fs::metadata(path).is_ok_and(|found| !found.is_file()) => {
+            return Err(not_a_token_file())
+        }
         Err(error) => return Err(unreadable(error)),
     };
     let metadata = file.metadata().map_err(unreadable)?;
     // Found in review: a FIFO or a device at the path held a thread for
     // good, and a huge file was read whole.
     if !metadata.is_file() || metadata.len() > LARGEST_FILE {
-        return Err(StoreError::corrupt(format!(
-            "{} is not a token file (not a regular file of at most {LARGEST_FILE} bytes)",
-            path.display()
-        )));
+        return Err(not_a_token_file());
     }
     refuse_foreign(path, &metadata)?;
     let mut file = file.take(LARGEST_FILE);
@@ -762,7 +771,7 @@ mod tests {
     /// record too large to read back is not written.
     #[cfg(unix)]
     #[tokio::test]
-    async fn a_fifo_or_a_huge_file_at_the_path_is_refused_at_once() {
+    async fn a_fifo_a_socket_or_a_huge_file_at_the_path_is_refused_at_once() {
         let dir = TempDir::new();
         let fifo = dir.0.join("tokens.json");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
@@ -779,6 +788,12 @@ mod tests {
             panic!("the load blocked on a FIFO");
         };
         let err = loaded.unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+
+        // A socket cannot even be opened.
+        let socket = dir.0.join("socket.json");
+        let _listening = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let err = FileStore::new(&socket).load().await.unwrap_err();
         assert!(err.is_corrupt(), "{err}");
 
         let huge = dir.0.join("huge.json");
