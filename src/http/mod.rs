@@ -31,8 +31,9 @@
 //! failure carries the server's own message, code and request id. A
 //! secret the request carried that the server (or the client's own error)
 //! echoes back is quoted as `[redacted]`: the tokens in use, the
-//! client secret and its Basic credentials, the endpoint URI's userinfo
-//! and query values of 8 characters or more; each as sent, percent-encoded
+//! client secret and its Basic credentials, the endpoint URI's userinfo,
+//! query values of 8 characters or more and path segments of 8 or more
+//! that are not lowercase names (a key in the path); each as sent, percent-encoded
 //! throughout or JSON-escaped. An echo in another encoding, or cut short
 //! by the server, is not recognised.
 //!
@@ -80,6 +81,7 @@ mod call_budget;
 mod credential;
 mod decode;
 mod dialect;
+mod endpoint;
 mod failure;
 mod jwt;
 mod options;
@@ -712,7 +714,7 @@ where
     let (parts, body) = response.into_parts();
     let date = server_date(&parts.headers);
     if parts.status.is_success() {
-        let body = read_capped(body, body_limit).await?;
+        let body = read_capped(body, body_limit, sent).await?;
         let now = date.map_or_else(now, |date| date + Duration::from_secs(1));
         return decode::tokens(&dialect.response, &body, now);
     }
@@ -720,7 +722,9 @@ where
     // the server's message. Lost with a body too long or unreadable, the
     // class was too: a 400 `invalid_grant` became transient and was
     // retried for ever, and a 429 lost its `Retry-After`.
-    let body = read_capped(body, body_limit).await.unwrap_or_default();
+    let body = read_capped(body, body_limit, SentSecrets::default)
+        .await
+        .unwrap_or_default();
     Err(failure::classify(
         parts.status,
         &parts.headers,
@@ -777,8 +781,14 @@ fn unreachable_endpoint(error: BoxError) -> RefreshError {
     RefreshError::transient("the refresh endpoint could not be reached").with_source(error)
 }
 
-/// The whole body, unless it is longer than `limit` bytes.
-async fn read_capped<ResB>(body: ResB, limit: usize) -> Result<Bytes, RefreshError>
+/// The whole body, unless it is longer than `limit` bytes. The client's
+/// error, if reading fails, loses the secrets `sent` gives, as its other
+/// errors do.
+async fn read_capped<ResB>(
+    body: ResB,
+    limit: usize,
+    sent: impl FnOnce() -> SentSecrets,
+) -> Result<Bytes, RefreshError>
 where
     ResB: Body,
     ResB::Error: Into<BoxError>,
@@ -788,9 +798,10 @@ where
         Err(e) if e.is::<LengthLimitError>() => Err(RefreshError::transient(format!(
             "the refresh answer is larger than {limit} bytes"
         ))),
-        Err(e) => {
-            Err(RefreshError::transient("the refresh answer could not be read").with_source(e))
-        }
+        Err(e) => Err(
+            RefreshError::transient("the refresh answer could not be read")
+                .with_source(without_secrets(e, &sent())),
+        ),
     }
 }
 
@@ -810,28 +821,11 @@ impl<C, B> fmt::Debug for HttpRefresher<C, B> {
         let client_id = settings.dialect.request.client.as_ref().map(|c| &c.id);
         f.debug_struct("HttpRefresher")
             .field("dialect", &settings.dialect.name)
-            .field("endpoint", &EndpointForDebug(&settings.endpoint))
+            .field("endpoint", &endpoint::ForDebug(&settings.endpoint))
             .field("client_id", &client_id)
             .field("allow_insecure_http", &settings.allow_insecure)
             .field("body_limit", &settings.body_limit)
             .finish_non_exhaustive()
-    }
-}
-
-/// An endpoint as `Debug` shows it: scheme, host, port and path. Userinfo
-/// and the query are left out: either may carry a credential
-/// (`?api_key=…`), as may an endpoint that did not parse.
-struct EndpointForDebug<'a>(&'a Result<Uri, String>);
-
-impl fmt::Debug for EndpointForDebug<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Ok(uri) = self.0 else {
-            return f.write_str("<invalid>");
-        };
-        let scheme = uri.scheme_str().unwrap_or_default();
-        let host = uri.host().unwrap_or_default();
-        let port = uri.port().map(|p| format!(":{p}")).unwrap_or_default();
-        write!(f, "\"{scheme}://{host}{port}{}\"", uri.path())
     }
 }
 

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::credential::{BodyFormat, ClientAuthMethod, Placement, TokenKind};
 use super::dialect::{Client, RequestShape};
+use super::endpoint;
 use super::failure::SentSecrets;
 use crate::manager::BEARER;
 use crate::{RefreshContext, RefreshError};
@@ -21,9 +22,9 @@ const JSON: &str = "application/json";
 
 /// The secrets a refresh with `shape` and `ctx` to `uri` may send,
 /// whichever it sends: the tokens in use, the client secret (and the Basic
-/// credentials made from it), and what the endpoint's URI may carry (its
-/// userinfo, and query values long enough to be keys). A server's error
-/// text quoting one of them has it redacted.
+/// credentials made from it), and what the endpoint's URI may carry
+/// ([`endpoint::secrets`]). A server's error text quoting one of them has
+/// it redacted.
 pub(crate) fn secrets<'a>(
     shape: &'a RequestShape,
     uri: Option<&'a Uri>,
@@ -46,23 +47,7 @@ pub(crate) fn secrets<'a>(
         secrets.push(Cow::Owned(credentials.trim_end_matches('=').to_owned()));
     }
     if let Some(uri) = uri {
-        if let Some((userinfo, _)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) {
-            secrets.push(Cow::Borrowed(userinfo));
-            if let Some((_, password)) = userinfo.split_once(':') {
-                secrets.push(Cow::Borrowed(password));
-            }
-        }
-        // A short value (`v=2`) is no key, and redacted it would blot out
-        // every `2` in the server's words.
-        const KEY_LENGTH: usize = 8;
-        let query = uri.query().unwrap_or_default();
-        let raw = query.split('&').filter_map(|pair| pair.split_once('='));
-        let decoded = form_urlencoded::parse(query.as_bytes());
-        secrets.extend(
-            raw.map(|(_, value)| Cow::Borrowed(value))
-                .chain(decoded.map(|(_, value)| Cow::Owned(value.into_owned())))
-                .filter(|value| value.len() >= KEY_LENGTH),
-        );
+        secrets.extend(endpoint::secrets(uri));
     }
     SentSecrets::new(secrets)
 }

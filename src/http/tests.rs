@@ -408,6 +408,13 @@ async fn debug_shows_the_endpoint_without_userinfo_or_query() {
     for secret in ["password-value", "key-value", "user"] {
         assert!(!debug.contains(secret), "{debug}");
     }
+    // Found in review: a key in the path showed.
+    let url = "https://idp.example.com/v1/key/Zk9aQ2xNf1/refresh";
+    let debug = format!("{:?}", HttpRefresher::cognito(url, idp.clone()));
+    assert!(
+        debug.contains("\"https://idp.example.com/v1/key/[redacted]/refresh\""),
+        "{debug}"
+    );
     let invalid = format!(
         "{:?}",
         HttpRefresher::oauth2("not a uri password-value", idp)
@@ -711,6 +718,32 @@ async fn echoed_basic_credentials_and_endpoint_keys_are_redacted_too() {
     assert!(shown.contains("&v=2"), "a short value is no key: {shown}");
 }
 
+/// Found in review: a key in the endpoint's path was not among the sent
+/// secrets, so a server quoting the path it was called on (a web
+/// framework's `Cannot POST /…` for an unknown route) put the key in the
+/// error, and in every log of it.
+#[tokio::test]
+async fn a_server_quoting_a_key_in_the_endpoints_path_has_it_redacted() {
+    let (idp, _) = endpoint(|| {
+        json(
+            StatusCode::NOT_FOUND,
+            r#"{"statusCode":404,"message":"Cannot POST /v1/key/Zk9aQ2xNf1/refresh","error":"Not Found"}"#,
+        )
+    });
+    let url = "https://idp.example.com/v1/key/Zk9aQ2xNf1/refresh";
+    let err = HttpRefresher::cognito(url, idp)
+        .refresh(ctx())
+        .await
+        .unwrap_err();
+    assert!(err.is_terminal(), "{err}");
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("Zk9aQ2xNf1"), "{shown}");
+    assert!(
+        shown.contains("Cannot POST /v1/key/[redacted]/refresh"),
+        "{shown}"
+    );
+}
+
 /// A call whose connection was refused never reached the server and does
 /// not count against the endpoint's limit: an outage does not leave the
 /// client refusing itself for a minute after the server is back.
@@ -770,6 +803,38 @@ async fn a_client_error_quoting_the_endpoints_key_is_redacted() {
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert_key_redacted(&err);
+}
+
+/// Found in review: an error reading the answer's body was kept as it
+/// came, unlike the client's other errors.
+#[tokio::test]
+async fn an_error_reading_the_answer_quoting_the_endpoints_key_is_redacted() {
+    let url = "https://idp.example.com/token?key=endpoint-key-value";
+    let failing_body = tower::service_fn(move |_: Request<Full<Bytes>>| async move {
+        let error = format!("error decoding response body for url ({url})");
+        Ok::<_, Infallible>(Response::new(FailingBody(Some(error.into()))))
+    });
+    let err = HttpRefresher::oauth2(url, failing_body)
+        .refresh(ctx())
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_key_redacted(&err);
+}
+
+/// A body whose first read fails with its error.
+struct FailingBody(Option<BoxError>);
+
+impl http_body::Body for FailingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::task::Poll::Ready(self.0.take().map(Err))
+    }
 }
 
 /// `err`, its causes and their `Debug` show the endpoint's key only

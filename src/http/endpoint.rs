@@ -1,0 +1,180 @@
+//! What of a refresh endpoint's URI may be a credential: left out of
+//! `Debug`, and redacted wherever the server or the client quotes it.
+//!
+//! Some APIs take a key in the URI rather than in a header: in the
+//! userinfo (`https://key@host`), in the query (`?api_key=…`, or a bare
+//! `?KEY`) or in the path (`/v1/key/Zk9aQ2xN…/refresh`). Nothing in a URI
+//! says which part is a key, so a part is taken for one by its looks: a
+//! query value of 8 characters or more, and a path segment of 8 or more
+//! that is not a plain lowercase name (`refresh-token`, `authorize`).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use http::Uri;
+
+/// A value shorter than this is no key (`v=2`, `oauth2`), and redacted it
+/// would blot out every `2` in the server's words.
+const KEY_LENGTH: usize = 8;
+
+/// What a path segment that may be a key is shown as in `Debug`.
+const HIDDEN: &str = "[redacted]";
+
+/// Whether the path segment `segment` may be a key: long enough, and not
+/// a lowercase name (letters, `-`, `_`, `.`). Capitals, digits and
+/// percent-escapes mark a key, a GUID or an id: harmless to hide.
+fn segment_may_be_key(segment: &str) -> bool {
+    segment.len() >= KEY_LENGTH
+        && !segment
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The parts of `uri` that may be credentials, as they appear in it and
+/// percent-decoded: the userinfo whole, its password, and its user name
+/// if that is long enough to be a key, path segments that may be keys, and query values (or bare query
+/// entries) of [`KEY_LENGTH`] or more.
+pub(super) fn secrets(uri: &Uri) -> Vec<Cow<'_, str>> {
+    let mut found: Vec<Cow<'_, str>> = Vec::new();
+    if let Some((userinfo, _)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) {
+        found.push(Cow::Borrowed(userinfo));
+        // A client may print either alone (`username: "…"`). A short user
+        // name is a name; a key sent as the user is the userinfo whole.
+        if let Some((user, password)) = userinfo.split_once(':') {
+            found.push(Cow::Borrowed(password));
+            if user.len() >= KEY_LENGTH {
+                found.push(Cow::Borrowed(user));
+            }
+        }
+    }
+    found.extend(
+        uri.path()
+            .split('/')
+            .filter(|segment| segment_may_be_key(segment))
+            .map(Cow::Borrowed),
+    );
+    let query = uri.query().unwrap_or_default();
+    // A bare entry (`?KEY`) is its own value.
+    let values = query
+        .split('&')
+        .map(|entry| entry.split_once('=').map_or(entry, |(_, value)| value));
+    found.extend(
+        values
+            .filter(|value| value.len() >= KEY_LENGTH)
+            .map(Cow::Borrowed),
+    );
+    let decoded: Vec<Cow<'_, str>> = found
+        .iter()
+        .filter_map(|raw| {
+            let decoded = percent_decoded(raw);
+            (decoded != **raw).then_some(Cow::Owned(decoded))
+        })
+        .collect();
+    found.extend(decoded);
+    found.retain(|part| !part.is_empty());
+    found
+}
+
+/// `raw` with its percent-escapes (and a query's `+` for a space) decoded.
+fn percent_decoded(raw: &str) -> String {
+    form_urlencoded::parse(format!("k={raw}").as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default()
+}
+
+/// An endpoint as `Debug` shows it: scheme, host, port and path, with path
+/// segments that may be keys hidden. Userinfo and the query are left out:
+/// either may carry a credential, as may an endpoint that did not parse.
+pub(super) struct ForDebug<'a>(pub(super) &'a Result<Uri, String>);
+
+impl fmt::Debug for ForDebug<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Ok(uri) = self.0 else {
+            return f.write_str("<invalid>");
+        };
+        let scheme = uri.scheme_str().unwrap_or_default();
+        let host = uri.host().unwrap_or_default();
+        let port = uri.port().map(|p| format!(":{p}")).unwrap_or_default();
+        write!(f, "\"{scheme}://{host}{port}")?;
+        for (i, segment) in uri.path().split('/').enumerate() {
+            if i > 0 {
+                f.write_str("/")?;
+            }
+            let shown = if segment_may_be_key(segment) {
+                HIDDEN
+            } else {
+                segment
+            };
+            f.write_str(shown)?;
+        }
+        f.write_str("\"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(uri: &str) -> Vec<String> {
+        let uri: Uri = uri.parse().unwrap();
+        let mut found: Vec<String> = secrets(&uri).into_iter().map(Cow::into_owned).collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn names_in_a_path_are_no_keys_and_ids_and_keys_are() {
+        for name in [
+            "refresh-token",
+            "token_refresh",
+            "authorize",
+            "oauth2",
+            "v2.0",
+            "token",
+        ] {
+            assert!(!segment_may_be_key(name), "{name}");
+        }
+        for key in [
+            "Zk9aQ2xN",
+            "8d3c4f1e-0b6a-4c1e-9f00-5a1b2c3d4e5f",
+            "key%2Fvalue",
+        ] {
+            assert!(segment_may_be_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn every_part_that_may_be_a_credential_is_found_raw_and_decoded() {
+        assert_eq!(
+            found("https://user-name:pass%2Fword@h/v1/key/Zk9aQ2xN/refresh?v=2&api_key=abcdefgh&BAREKEY99"),
+            [
+                "BAREKEY99",
+                "Zk9aQ2xN",
+                "abcdefgh",
+                "pass%2Fword",
+                "pass/word",
+                "user-name",
+                "user-name:pass%2Fword",
+                "user-name:pass/word",
+            ]
+        );
+        assert!(found("https://idp.example.com/oauth2/v2.0/token?v=2").is_empty());
+    }
+
+    #[test]
+    fn debug_hides_path_segments_that_may_be_keys() {
+        let uri = Ok("https://u:p@h:8443/v1/key/Zk9aQ2xN/refresh?k=v"
+            .parse()
+            .unwrap());
+        assert_eq!(
+            format!("{:?}", ForDebug(&uri)),
+            "\"https://h:8443/v1/key/[redacted]/refresh\""
+        );
+        let uri = Ok("https://h/oauth2/v2.0/token".parse().unwrap());
+        assert_eq!(
+            format!("{:?}", ForDebug(&uri)),
+            "\"https://h/oauth2/v2.0/token\""
+        );
+    }
+}
