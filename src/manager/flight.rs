@@ -142,6 +142,7 @@ impl TokenManager {
             current: refresh_from(control.refused.as_ref(), snapshot.tokens.as_ref()),
             known_version: control.store_version,
             refused: None,
+            hooked: None,
         };
         Ok(Launch {
             flight,
@@ -196,6 +197,10 @@ pub(super) struct FlightTask {
     pub(super) known_version: Option<u64>,
     /// Fetched tokens `prepare` refused that rotated the refresh token.
     refused: Option<Refused>,
+    /// Fetched tokens ready to install, held here while the `on_refresh`
+    /// hook runs: should the task be dropped meanwhile (its runtime shut
+    /// down), they are installed rather than lost with it.
+    hooked: Option<Ready>,
 }
 
 /// Fetched tokens refused that rotated the refresh token: no request can
@@ -522,15 +527,19 @@ impl FlightTask {
             let prepared =
                 Prepared::new(tokens, obtained_at, true).map_err(|_| invalid_header())?;
             if !prepared.is_expired_at(Instant::now()) {
-                if !adopted {
-                    self.run_hook(prepared.shared_tokens()).await;
-                }
-                return Ok(Ready {
+                let ready = Ready {
                     prepared,
                     version,
                     adopted,
                     offer,
-                });
+                };
+                if adopted {
+                    return Ok(ready);
+                }
+                let tokens = ready.prepared.shared_tokens();
+                self.hooked = Some(ready);
+                self.run_hook(tokens).await;
+                return Ok(self.hooked.take().expect("taken only here and on drop"));
             }
             // Installing it would send every waiting request straight back
             // for another refresh; as a failure it is backed off.
@@ -725,7 +734,15 @@ impl Drop for FlightTask {
             // been refused for until the backoff ended.
             let panicked =
                 std::thread::panicking() && POLLING_A_FLIGHT.with(|polling| polling.get());
-            let outcome = if panicked {
+            let outcome = if let Some(ready) = self.hooked.take() {
+                // Dropped while the hook ran (which the hook's task may
+                // outlive, or not): the tokens came, and a rotating
+                // server has already spent the refresh token they
+                // replace. Found in review: they were dropped, and the
+                // next refresh presented the spent one.
+                tracing::warn!("refresh task dropped while the on_refresh hook ran; tokens kept");
+                self.succeed(ready)
+            } else if panicked {
                 let cause = "the refresh task panicked (its message went to the panic hook)";
                 self.fail(RefreshError::transient(cause), ErrorKind::RefreshAborted)
             } else {

@@ -399,7 +399,10 @@ impl<C> Builder<C> {
     /// Tokens a refresh overtaken by [`set_tokens`](crate::TokenHandle::set_tokens)
     /// fetched are shown too, though the layer keeps the tokens set.
     /// With a [store](Self::store), it runs only in the process that
-    /// fetched the tokens, not in those that adopt them.
+    /// fetched the tokens, not in those that adopt them. Should the
+    /// refresh's runtime shut down while the hook runs, the tokens are
+    /// installed all the same (the server may already have spent the
+    /// refresh token they replace), whether or not the hook finished.
     ///
     /// ```
     /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};

@@ -336,6 +336,61 @@ fn a_refresh_dropped_with_its_runtime_does_not_fail_requests_on_another() {
     assert_eq!(handle.stats().refresh_failures, 1, "the dropped one ended");
 }
 
+/// Tokens fetched before the refresh's runtime shut down, while the
+/// `on_refresh` hook ran, are installed: a rotating server has already
+/// spent the refresh token they replace. Found in review: they were
+/// dropped with the task, and the next refresh presented the spent one.
+#[test]
+fn tokens_fetched_before_the_runtime_shut_down_during_the_hook_are_kept() {
+    let presented = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&presented);
+    let source = refresh_fn(move |ctx| {
+        let given = ctx.refresh_token().map(|r| r.expose().to_owned());
+        let mut seen = seen.lock().unwrap();
+        seen.push(given);
+        let n = seen.len();
+        async move {
+            Ok::<_, RefreshError>(
+                TokenSet::new(format!("t{n}"))
+                    .with_refresh_token(format!("r{}", n + 1))
+                    .with_expires_in(HOUR),
+            )
+        }
+    });
+    let hook_ran = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hook_ran);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(
+            TokenSet::new("t0")
+                .with_refresh_token("r1")
+                .with_expires_in(Duration::ZERO),
+        )
+        .on_refresh(move |_tokens: &TokenSet| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(5))
+        })
+        .build();
+    let client = ServiceBuilder::new().layer(layer).service(echo());
+
+    let first = paused_current_thread();
+    start_a_refresh_on(&first, &client);
+    first.block_on(async {
+        while hook_ran.load(Ordering::SeqCst) < 1 {
+            tokio::task::yield_now().await;
+        }
+    });
+    drop(first);
+
+    let sent = paused_current_thread().block_on(bearer(&client));
+    assert_eq!(sent.unwrap(), "Bearer t1");
+    let presented = presented.lock().unwrap().clone();
+    assert_eq!(
+        presented,
+        [Some("r1".to_owned())],
+        "no refresh from the spent r1"
+    );
+}
+
 /// A refresh source that panics makes a failed refresh, backed off like
 /// any other, whose error says so (the panic's message stays with the
 /// panic hook: it may hold a token).
