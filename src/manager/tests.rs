@@ -345,6 +345,38 @@ async fn without_initial_tokens_the_first_request_acquires_one() {
     assert_eq!(handle.status().generation(), 1);
 }
 
+/// On a current-thread runtime requests read the clock, so the watcher
+/// keeps no timer for the advisory point. Found in review: on a paused
+/// clock, that timer was one the clock jumped to while the runtime waited
+/// on another thread (as for a loopback server's answer), and the token
+/// aged by most of its lifetime at once.
+#[tokio::test(start_paused = true)]
+async fn on_a_current_thread_runtime_the_watcher_gives_a_paused_clock_nothing_to_jump_to() {
+    let api = Api::default();
+    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(HUNDRED))
+        .build();
+    api.accept("old");
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    assert_eq!(bearer(&send(&client, get()).await), "old");
+
+    let started = tokio::time::Instant::now();
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        answer.send(())
+    });
+    answered.await.unwrap();
+    let jumped = started.elapsed();
+    assert!(
+        jumped < Duration::from_secs(1),
+        "the clock jumped {jumped:?}"
+    );
+    assert_eq!(bearer(&send(&client, get()).await), "old");
+    assert_eq!(issuer.calls(), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn background_timer_refreshes_at_the_advisory_point_without_traffic() {
     let api = Api::default();

@@ -115,7 +115,14 @@ async fn run(mut guard: WatchGuard, changed: Arc<Notify>) {
             return;
         };
         let snapshot = shared.snapshot.load_full();
-        let stale_due = snapshot.watch(Instant::now(), guard.promise);
+        // Without a promise, requests read the clock and `stale` tells
+        // them nothing: no timer for it. Found in review: on a paused
+        // clock, that timer was one the clock jumped to whenever the
+        // runtime waited on anything else (a loopback server's answer),
+        // ageing the token by most of its lifetime at once.
+        let stale_due = snapshot
+            .watch(Instant::now(), guard.promise)
+            .filter(|_| guard.promise);
         guard.watching = Arc::downgrade(&snapshot);
         let refresh_due = if shared.config.background {
             next_due(&shared.lock(), &snapshot)
