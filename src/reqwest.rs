@@ -533,14 +533,20 @@ fn answered_by(response: &Response, origin: &Uri) -> bool {
 }
 
 /// The origin of `url` as the `http::Uri` the layer's transport rules read,
-/// or `None` for a URL without a host.
+/// or `None` for a URL without a host. Without the userinfo, which may be
+/// a credential: the rules read only the host and port, and a value kept
+/// by the middleware holds no secret it does not need (found in review).
 fn origin(url: &Url) -> Option<Uri> {
     if !url.has_host() {
         return None;
     }
+    let authority = url.authority();
+    let host_and_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host_and_port)| host_and_port);
     Uri::builder()
         .scheme(url.scheme())
-        .authority(url.authority())
+        .authority(host_and_port)
         .path_and_query("/")
         .build()
         .ok()
@@ -577,6 +583,11 @@ mod tests {
         assert_eq!(uri.scheme_str(), Some("https"));
         assert_eq!(uri.host(), Some("api.example.com"));
         assert_eq!(uri.port_u16(), Some(8443));
+        assert_eq!(
+            uri.authority().unwrap(),
+            "api.example.com:8443",
+            "no userinfo"
+        );
         // The scheme's default port is implied, as the transport rules expect.
         assert_eq!(
             origin_of("https://h.example:443/").unwrap().port_u16(),

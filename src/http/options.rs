@@ -722,8 +722,9 @@ impl<C, B> HttpRefresher<C, B> {
     /// never exceed that limit. The
     /// layer's [backoff](crate::Backoff) still applies when longer, and
     /// `Duration::ZERO` leaves it alone to decide (the error then names no
-    /// wait). However long the wait, refreshing is blocked for an hour at
-    /// most, as after a server's `Retry-After`. Default: 12 s for
+    /// wait). However long the wait, it blocks refreshing for an hour at
+    /// most, as a server's `Retry-After` does (the backoff's own delay,
+    /// if longer, still applies). Default: 12 s for
     /// [`cognito`](Self::cognito) (5 calls a minute); none for the other
     /// presets, whose endpoints document no limit.
     ///
