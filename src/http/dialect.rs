@@ -37,6 +37,9 @@ pub(crate) struct RequestShape {
     /// Body fields sent as they are, after the credential (`scope`,
     /// `database`).
     pub(crate) fields: Vec<(String, String)>,
+    /// Body fields whose fixed value is a secret (a static API key): sent
+    /// after `fields`, and redacted wherever the server quotes them.
+    pub(crate) secret_fields: Vec<(String, Secret)>,
     /// Body fields sent, unless fixed in `fields`, with the value the
     /// tokens in use keep under the same name ([`TokenSet::extra`]): the
     /// session's own, which the endpoint would otherwise reset.
@@ -114,6 +117,7 @@ impl Dialect {
                 credential: Credential::field("refresh_token"),
                 grant_type: Some("refresh_token"),
                 fields: Vec::new(),
+                secret_fields: Vec::new(),
                 carried: &[],
                 client: None,
             },
@@ -249,6 +253,7 @@ fn json_request(credential: Credential) -> RequestShape {
         credential,
         grant_type: None,
         fields: Vec::new(),
+        secret_fields: Vec::new(),
         carried: &[],
         client: None,
     }

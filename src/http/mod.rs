@@ -30,12 +30,12 @@
 //! 5xx, transport errors and undecodable answers are transient. Each
 //! failure carries the server's own message, code and request id. A
 //! secret the request carried that the server (or the client's own error)
-//! echoes back is quoted as `[redacted]`: the tokens in use, the
-//! client secret and its Basic credentials, the endpoint URI's userinfo,
-//! query values of 8 characters or more and path segments of 8 or more
-//! that are not lowercase names (a key in the path); each as sent, percent-encoded
-//! throughout or JSON-escaped. An echo in another encoding, or cut short
-//! by the server, is not recognised.
+//! echoes back is quoted as `[redacted]`: the tokens in use, the secret
+//! body fields, the client secret and its Basic credentials, the endpoint
+//! URI's userinfo, query values of 8 characters or more and path segments
+//! of 8 or more that are not lowercase names (a key in the path); each as
+//! sent, percent-encoded throughout or JSON-escaped. An echo in another
+//! encoding, or cut short by the server, is not recognised.
 //!
 //! The client can be the very one the layer wraps: a
 //! `hyper_util` client for `ReplayBody<B>` bodies works, because

@@ -182,6 +182,7 @@ impl<C, B> HttpRefresher<C, B> {
 
     /// Sends a body field with a fixed value, replacing an earlier one of
     /// the same name. Never put a secret here: use
+    /// [`secret_field`](Self::secret_field),
     /// [`client_secret`](Self::client_secret) or the [`Credential`].
     ///
     /// ```
@@ -210,10 +211,57 @@ impl<C, B> HttpRefresher<C, B> {
     /// ```
     pub fn field(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         let (name, value) = (name.into(), value.into());
-        let fields = &mut self.dialect().request.fields;
-        match fields.iter_mut().find(|(n, _)| *n == name) {
+        let request = &mut self.dialect().request;
+        request.secret_fields.retain(|(n, _)| *n != name);
+        match request.fields.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = value,
-            None => fields.push((name, value)),
+            None => request.fields.push((name, value)),
+        }
+        self
+    }
+
+    /// Sends a body field whose fixed value is a secret (a static API key
+    /// some endpoints take beside the refresh token), replacing an earlier
+    /// field of the same name. Unlike [`field`](Self::field), its value is
+    /// never shown by `Debug`, and is redacted from the server's words (and
+    /// the client's errors) wherever they quote it, as the tokens are.
+    ///
+    /// ```
+    /// # use bytes::Bytes;
+    /// # use http::{Request, Response, StatusCode};
+    /// # use http_body_util::{BodyExt, Full};
+    /// use serde_json::{json, Value};
+    /// use tower_token_refresh::http::HttpRefresher;
+    /// use tower_token_refresh::{BoxError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // An endpoint that quotes the key it was sent in its error.
+    /// let api = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+    ///     let sent: Value = serde_json::from_slice(&request.into_body().collect().await?.to_bytes())?;
+    ///     assert_eq!(sent, json!({"refresh_token": "r1", "api_key": "k-29f1c0de"}));
+    ///     let answer = format!(r#"{{"message":"api_key {} is disabled"}}"#, sent["api_key"].as_str().unwrap());
+    ///     Ok::<_, BoxError>(Response::builder().status(StatusCode::FORBIDDEN).body(Full::<Bytes>::from(answer))?)
+    /// });
+    /// let refresher = HttpRefresher::custom("https://api.example.com/refresh", api)
+    ///     .secret_field("api_key", "k-29f1c0de");
+    /// assert!(!format!("{refresher:?}").contains("k-29f1c0de"));
+    /// let handle = TokenRefreshLayer::builder(refresher)
+    ///     .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+    ///     .build()
+    ///     .handle();
+    /// let error = handle.force_refresh().await.unwrap_err();
+    /// let shown = format!("{error} {error:?}");
+    /// assert!(shown.contains("api_key [redacted] is disabled"), "{shown}");
+    /// assert!(!shown.contains("k-29f1c0de"), "{shown}");
+    /// # }
+    /// ```
+    pub fn secret_field(mut self, name: impl Into<String>, value: impl Into<Secret>) -> Self {
+        let (name, value) = (name.into(), value.into());
+        let request = &mut self.dialect().request;
+        request.fields.retain(|(n, _)| *n != name);
+        match request.secret_fields.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => request.secret_fields.push((name, value)),
         }
         self
     }

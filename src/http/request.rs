@@ -21,7 +21,8 @@ const FORM: &str = "application/x-www-form-urlencoded";
 const JSON: &str = "application/json";
 
 /// The secrets a refresh with `shape` and `ctx` to `uri` may send,
-/// whichever it sends: the tokens in use, the client secret (and the Basic
+/// whichever it sends: the tokens in use, secret body fields, the client
+/// secret (and the Basic
 /// credentials made from it), and what the endpoint's URI may carry
 /// ([`endpoint::secrets`]). A server's error text quoting one of them has
 /// it redacted.
@@ -31,10 +32,12 @@ pub(crate) fn secrets<'a>(
     ctx: &'a RefreshContext,
 ) -> SentSecrets {
     let tokens = [ctx.refresh_token(), ctx.access_token()];
+    let fixed = shape.secret_fields.iter().map(|(_, value)| value);
     let mut secrets: Vec<Cow<'a, str>> = tokens
         .into_iter()
         .flatten()
-        .map(|token| Cow::Borrowed(token.expose()))
+        .chain(fixed)
+        .map(|secret| Cow::Borrowed(secret.expose()))
         .collect();
     if let Some((client, secret)) = shape
         .client
@@ -82,10 +85,17 @@ pub(crate) fn build(
         shape
             .fields
             .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str())),
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .chain(
+                shape
+                    .secret_fields
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.expose())),
+            ),
     );
     let kept = |name: &&'static str| {
-        let fixed = shape.fields.iter().any(|(fixed, _)| fixed == name);
+        let fixed = shape.fields.iter().any(|(fixed, _)| fixed == name)
+            || shape.secret_fields.iter().any(|(fixed, _)| fixed == name);
         let value = ctx.current().and_then(|tokens| tokens.extra(name));
         // An empty name is none (the server would refuse it).
         value

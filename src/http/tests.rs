@@ -214,6 +214,7 @@ async fn a_fixed_field_cannot_take_the_name_of_one_the_refresh_sets() {
             .client_auth(ClientAuthMethod::Post)
             .field("client_id", "other"),
         HttpRefresher::oauth2(url, idp.clone()).field("grant_type", "password"),
+        HttpRefresher::dynamosql(url, idp.clone()).secret_field("refreshToken", "x"),
     ] {
         let err = refresher.refresh(ctx()).await.unwrap_err();
         assert!(err.is_terminal(), "{err}");
@@ -222,6 +223,37 @@ async fn a_fixed_field_cannot_take_the_name_of_one_the_refresh_sets() {
     assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
     let audience = HttpRefresher::oauth2(url, idp).field("audience", "api");
     assert!(audience.refresh(ctx()).await.is_ok());
+}
+
+/// A field and a secret field of one name replace each other, as two
+/// fields do: the body has the last one set, once.
+#[tokio::test]
+async fn a_secret_field_and_a_field_of_one_name_replace_each_other() {
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&sent);
+    let idp = tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8(body.to_vec()).unwrap());
+            Ok::<_, Infallible>(ok_tokens())
+        }
+    });
+    let url = "https://idp.example.com/token";
+    let secret_last = HttpRefresher::oauth2(url, idp.clone())
+        .field("api_key", "plain")
+        .secret_field("api_key", "secret");
+    secret_last.refresh(ctx()).await.unwrap();
+    let plain_last = HttpRefresher::oauth2(url, idp)
+        .secret_field("api_key", "secret")
+        .field("api_key", "plain");
+    plain_last.refresh(ctx()).await.unwrap();
+    let sent = sent.lock().unwrap();
+    assert!(sent[0].ends_with("&api_key=secret"), "{}", sent[0]);
+    assert!(sent[1].ends_with("&api_key=plain"), "{}", sent[1]);
+    assert!(sent.iter().all(|body| body.matches("api_key").count() == 1));
 }
 
 #[tokio::test]
