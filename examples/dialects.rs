@@ -1,11 +1,12 @@
 //! Every refresh dialect against its own loopback server.
 //!
-//! For each preset this starts a server implementing its document (tokens
-//! live 1 s here), an API server that accepts only its current tokens, and
-//! a hyper-util client wrapped in `TokenRefreshLayer` with the preset as
-//! the refresh source. 50 concurrent requests go out at each of three
-//! expiries, and one more burst after the API revoked the token; then the
-//! server's own counters are printed beside the layer's.
+//! For each preset this starts a server implementing its document, an API
+//! server that accepts only its current tokens, and a hyper-util client
+//! wrapped in `TokenRefreshLayer` with the preset as the refresh source;
+//! then the server's own counters are printed beside the layer's. For
+//! `oauth2`, `dynamosql` and `cognito`, tokens live 1 s, and 50 concurrent
+//! requests go out at each of three expiries and once more after the API
+//! revoked the token; `ocient`'s run is below.
 //!
 //! - `oauth2`: RFC 6749 refresh grant, `client_secret_basic`, a rotated
 //!   refresh token on every refresh and reuse detection armed.
@@ -13,8 +14,10 @@
 //!   from a login closure.
 //! - `cognito`: the Cognito-backed API, limited to 5 refreshes a minute per
 //!   IP.
-//! - `ocient`: Ocient's token refresh, the access token refreshing itself;
-//!   the preset's background refresh keeps it alive through an idle pause.
+//! - `ocient`: Ocient's token refresh, the access token refreshing itself:
+//!   tokens live 2 s, and a burst goes out before and after an idle pause
+//!   of 6 s, through which the preset's background refresh keeps the
+//!   session alive.
 //!
 //! Run it with `cargo run --example dialects`.
 

@@ -11,15 +11,17 @@
 //! | [`custom`](HttpRefresher::custom) | method, body format, credential placement and fields of your choice | JSON pointers of your choice |
 //!
 //! Every preset follows the same rules. The refresh call goes straight to
-//! the client you pass in, never through the token layer, and never
-//! follows a redirect. A refresh URL must be `https`, unless its host is
+//! the client you pass in, never through the token layer, and follows no
+//! redirect (a `3xx` is a transient failure), unless that client follows
+//! redirects itself: pass one that does not. A refresh URL must be `https`, unless its host is
 //! loopback or [`allow_insecure_http`](HttpRefresher::allow_insecure_http)
 //! says otherwise. Answers are read up to a cap (64 KiB by default); unknown
 //! fields are ignored; `expires_in` may be a number or a numeric string, and
 //! without it a JWT access token's `exp` is used (unverified: it only tells
-//! when to refresh), counted from the answer's `Date` (from the client's
-//! clock without one) and capped at `exp - iat`, so that a client clock off
-//! from the issuer's moves it neither way; a `token_type` other than Bearer
+//! when to refresh), counted from the answer's `Date`, so that a client
+//! clock off from the issuer's does not move it (without a `Date`, from the
+//! client's clock, and then capped at `exp - iat`, which bounds only a
+//! lifetime too long); a `token_type` other than Bearer
 //! is refused; a response without a new refresh token keeps the old one.
 //! Failures are classified by status: every 4xx other than 408, 421, 425
 //! and 429 is terminal (`400 invalid_grant`, 401 and 403 among them: a
@@ -153,8 +155,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 ///
 /// Each preset's documentation has a runnable example against a stand-in
 /// server; the `dialects` integration tests (`tests/dialects/main.rs` and
-/// its modules) run every preset against real loopback servers through a
-/// `hyper_util` client.
+/// its modules) run `oauth2`, `client_credentials`, `dynamosql`, `cognito`
+/// and `ocient` against real loopback servers through a `hyper_util`
+/// client (`custom` is what those presets are made of).
 ///
 /// ```
 /// use bytes::Bytes;
