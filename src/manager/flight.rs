@@ -474,17 +474,21 @@ impl FlightTask {
                 .is_none_or(|horizon| now < horizon)
     }
 
-    /// Until when a refresh of `snapshot`'s token may be put off: one
-    /// refresh timeout before its mandatory window, so that the refresh
-    /// made then without the store ends while requests still use the token
-    /// instead of waiting for it. `None` for a token that never expires.
+    /// Until when a refresh of `snapshot`'s token may be put off: far
+    /// enough before its mandatory window that the flight started then ends
+    /// while requests still use the token instead of waiting for it. Such a
+    /// flight may first wait for an offer still out and for a store load
+    /// that hangs (each up to the refresh timeout), and then refresh alone
+    /// (up to one more). Found in review: with one refresh timeout of room,
+    /// a hung store's load ran into the mandatory window, and requests
+    /// waited for the refresh after it. `None` for a token that never
+    /// expires.
     fn deferral_horizon(&self, snapshot: &Snapshot) -> Option<Instant> {
+        /// The offer's wait, the store load, the refresh.
+        const CALLS: u32 = 3;
         let mandatory = snapshot.expired_at?;
-        Some(
-            mandatory
-                .checked_sub(self.shared.config.refresh_timeout)
-                .unwrap_or(mandatory),
-        )
+        let room = self.shared.config.refresh_timeout.saturating_mul(CALLS);
+        Some(mandatory.checked_sub(room).unwrap_or(mandatory))
     }
 
     /// Validates the new tokens and, for tokens this process fetched, runs

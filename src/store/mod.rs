@@ -125,8 +125,9 @@ pub(crate) use codec::{decode, encode, Decoded};
 ///
 /// Every method may fail with a [`StoreError`], and no request fails
 /// because of one. When a load or a lease fails while the current token
-/// is still good (more than a refresh timeout before its mandatory
-/// window), the refresh is put off and the store asked again after a
+/// is still good (more than three refresh timeouts before its mandatory
+/// window: a store load, the wait for an earlier offer and the refresh
+/// itself each take up to one), the refresh is put off and the store asked again after a
 /// backoff, and the token keeps being sent; the layer refreshes without
 /// the store only once the token must be replaced (or for a forced
 /// refresh), or at once when the record is

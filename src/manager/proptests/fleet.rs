@@ -140,8 +140,8 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     any::<bool>().prop_flat_map(|faults| proptest::collection::vec(op(faults), 1..50))
 }
 
-/// Short, so that a refresh put off for a store failure (which ends a
-/// refresh timeout before the mandatory window) happens with tokens of
+/// Short, so that a refresh put off for a store failure (which ends three
+/// refresh timeouts before the mandatory window) happens with tokens of
 /// tens of seconds.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
 
