@@ -16,7 +16,9 @@
 //!   restarted), and takes the lease over at once instead of waiting out
 //!   a time to live that may be minutes long. A lease is unwatched (`0`)
 //!   where that lock cannot be had: off Unix, or while a holder whose
-//!   lease lapsed still lives and keeps it.
+//!   lease lapsed still lives and keeps it. A lock file made anew while
+//!   someone keeps that lock (the old one was removed under a live lease)
+//!   records the lease as that holder's, watched through the same lock.
 //!
 //! `flock` locks an open file description: two opens of a file exclude
 //! each other even in one process, which is what lets two stores made
@@ -106,6 +108,8 @@ pub(super) struct Locked {
     file: File,
     path: PathBuf,
     target: PathBuf,
+    /// Whether this section made the lock file: it had no lease to tell.
+    made: bool,
 }
 
 impl Locked {
@@ -114,7 +118,7 @@ impl Locked {
     /// section to end until `give_up`.
     pub(super) fn take(target: PathBuf, give_up: Instant) -> Result<Self, StoreError> {
         let path = beside(&target, ".lock");
-        let (file, _) = open_own(&path)?;
+        let (file, _, made) = open_own_telling_if_made(&path)?;
         if cfg!(unix) {
             let locked = poll_until(give_up, || match try_exclusive(&file, &path) {
                 Ok(false) => None,
@@ -128,7 +132,12 @@ impl Locked {
                 ))
             })??;
         }
-        Ok(Self { file, path, target })
+        Ok(Self {
+            file,
+            path,
+            target,
+            made,
+        })
     }
 
     /// Takes the lease for `ttl` unless someone holds it at `now`; a
@@ -167,9 +176,28 @@ impl Locked {
                 }
                 true
             }
-            // A holder whose lease lapsed but who lives on keeps the
-            // liveness lock: this lease goes unwatched.
-            None => try_exclusive(&liveness, &liveness_path)?,
+            None => {
+                let free = try_exclusive(&liveness, &liveness_path)?;
+                if !free && self.made {
+                    // The lock file was just made, yet someone keeps the
+                    // liveness lock: its holder's lease may live on, its
+                    // record lost with the file (removed by hand, or by a
+                    // clean-up of old files). Found in review: the lease
+                    // went to this store too, and both refreshed from one
+                    // refresh token. It is recorded as a lease of that
+                    // holder's, watched through its liveness lock: it ends
+                    // when the holder lets go, or after `ttl`.
+                    let lost = format!(
+                        "{LOST_HOLDER} {} {identity}\n",
+                        now.saturating_add(millis(ttl))
+                    );
+                    self.replace(&lost)?;
+                    return Ok(None);
+                }
+                // A holder whose lease lapsed but who lives on keeps the
+                // liveness lock: this lease goes unwatched.
+                free
+            }
         };
         let liveness = watched.then_some((liveness, identity));
         self.take_lease(ttl, now, liveness, holders)
@@ -182,8 +210,7 @@ impl Locked {
         liveness: Option<(File, String)>,
         holders: &mut Holders,
     ) -> Result<Option<Lease>, StoreError> {
-        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let lapses = now.saturating_add(ttl);
+        let lapses = now.saturating_add(millis(ttl));
         let lease = Lease::of_this_process();
         let watched = liveness.as_ref().map_or("0", |(_, identity)| identity);
         self.replace(&format!("{} {lapses} {watched}\n", lease.owner()))?;
@@ -246,6 +273,15 @@ impl Locked {
     }
 }
 
+/// The owner of a lease whose record was lost with its lock file: no
+/// process's ([`Lease::of_this_process`] names the process first).
+const LOST_HOLDER: &str = "lost";
+
+/// `duration` in whole milliseconds, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A lease as the lock file has it.
 struct Held {
     owner: Box<str>,
@@ -267,17 +303,35 @@ struct Held {
 /// at once, which would present a rotating refresh token that other
 /// processes present too.
 fn open_own(path: &Path) -> Result<(File, String), StoreError> {
-    let mut options = private_options();
-    options.read(true).write(true).create(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
-    }
-    let opened = options
-        .open(path)
-        .and_then(|file| Ok((file.metadata()?, file)));
-    let (metadata, file) = opened.map_err(|error| unavailable("open", path, error))?;
+    open_own_telling_if_made(path).map(|(file, identity, _)| (file, identity))
+}
+
+/// As [`open_own`], and tells whether this call made the file.
+fn open_own_telling_if_made(path: &Path) -> Result<(File, String, bool), StoreError> {
+    let open = |anew: bool| {
+        let mut options = private_options();
+        options.read(true).write(true);
+        if anew {
+            options.create_new(true);
+        } else {
+            options.create(true);
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+        }
+        options.open(path)
+    };
+    let opened = match open(true) {
+        Ok(file) => Ok((file, true)),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            open(false).map(|file| (file, false))
+        }
+        Err(error) => Err(error),
+    };
+    let opened = opened.and_then(|(file, made)| Ok((file.metadata()?, file, made)));
+    let (metadata, file, made) = opened.map_err(|error| unavailable("open", path, error))?;
     if !metadata.is_file() {
         return Err(refused(path, "is not a regular file"));
     }
@@ -290,10 +344,10 @@ fn open_own(path: &Path) -> Result<(File, String), StoreError> {
         if metadata.nlink() != 1 {
             return Err(refused(path, "has other names (hard links)"));
         }
-        Ok((file, format!("{}:{}", metadata.dev(), metadata.ino())))
+        Ok((file, format!("{}:{}", metadata.dev(), metadata.ino()), made))
     }
     #[cfg(not(unix))]
-    Ok((file, String::from("0")))
+    Ok((file, String::from("0"), made))
 }
 
 fn refused(path: &Path, why: &str) -> StoreError {
@@ -387,6 +441,25 @@ mod tests {
         assert!(
             next.try_lease(TTL).await.unwrap().is_some(),
             "its holder is gone"
+        );
+    }
+
+    /// A lock file removed while its lease is held (by hand, or by a
+    /// clean-up of old files) does not hand the lease to a second holder:
+    /// the lease is taken again only once its holder lets go. Found in
+    /// review: the next store made the file anew, found no lease in it,
+    /// and took one, and both refreshed from one refresh token.
+    #[tokio::test]
+    async fn a_lease_whose_lock_file_was_removed_is_not_taken_while_its_holder_keeps_it() {
+        let (_dir, path, [holder, next]) = stores_apart();
+        let lease = taken_by(&holder, &next).await;
+        fs::remove_file(beside(&path, ".lock")).unwrap();
+        assert_eq!(next.try_lease(TTL).await.unwrap(), None, "held still");
+        assert_eq!(next.try_lease(TTL).await.unwrap(), None, "and again");
+        holder.release(lease).await.unwrap();
+        assert!(
+            next.try_lease(TTL).await.unwrap().is_some(),
+            "taken once its holder let go"
         );
     }
 
