@@ -84,12 +84,15 @@ impl fmt::Debug for StoreKey {
 /// `encryption` feature.
 ///
 /// To change the key, deploy the new one, then delete the record (the
-/// file, or Redis's `{prefix}:tokens`): a record sealed with the old key
-/// does not open under the new one, and until it is gone every process
-/// refreshes on its own, never overwriting it (a process still on the old
-/// key would otherwise take the new record for damage, and the two keys
-/// would overwrite each other). The next refresh stores a record sealed
-/// with the new key.
+/// file, or Redis's `{prefix}:tokens`) at once: a record sealed with the
+/// old key does not open under the new one, and until it is gone every
+/// process refreshes on its own, never overwriting it (a process still on
+/// the old key would otherwise take the new record for damage, and the
+/// two keys would overwrite each other). With an issuer that rotates
+/// refresh tokens, the processes refreshing on their own meanwhile
+/// present refresh tokens the first of them spent, which are refused (see
+/// [`TokenStore`](crate::store::TokenStore)). The next refresh stores a
+/// record sealed with the new key.
 ///
 /// When one key seals several stores (one secret shared by several
 /// services, each with its own Redis prefix), give each its own context

@@ -127,13 +127,22 @@ pub(crate) use codec::{decode, encode, Decoded};
 /// because of one. When a load or a lease fails while the current token
 /// is still good (more than three refresh timeouts before its mandatory
 /// window: a store load, the wait for an earlier offer and the refresh
-/// itself each take up to one), the refresh is put off and the store asked again after a
-/// backoff, and the token keeps being sent; the layer refreshes without
-/// the store only once the token must be replaced (or for a forced
-/// refresh), or at once when the record is
+/// itself each take up to one), the refresh is put off and the store
+/// asked again after a backoff, and the token keeps being sent; the layer
+/// refreshes without the store only once the token must be replaced (or
+/// for a forced refresh), or at once when the record is
 /// [corrupt](StoreError::is_corrupt). Refreshed tokens whose write failed
 /// are kept, and offered to the store in the background. Futures that
 /// never finish are cut off at the refresh timeout.
+///
+/// A corrupt record is never overwritten (it may be another key's, or
+/// another version's of this crate, or planted), so while it stays, each
+/// process refreshes on its own. With an issuer that rotates refresh
+/// tokens, every process but the first then presents a refresh token
+/// another one spent: it is refused, and a [login
+/// source](crate::Builder::login) runs, if there is one. Remove a corrupt
+/// record as soon as it is reported (`stats().store_errors`, and a
+/// `tracing` warning naming it).
 ///
 /// ```
 /// use std::future::Future;
