@@ -49,10 +49,11 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///   process to look takes it over, so a process killed while
 ///   refreshing, or restarted, holds nobody back (unless a holder whose
 ///   lease lapsed still lives and holds that lock: the next lease then
-///   ends by its time only). A lock file removed while its lease is held
-///   is made anew holding that lease, which ends when its holder lets go
-///   of `.<name>.lease` (or after a time to live): the lease never goes to
-///   a second holder meanwhile. A lock file that is a link, another user's,
+///   ends by its time only). A watched lease is kept in `.<name>.lease`
+///   too: should the lock file be removed under it (by hand, or by a
+///   clean-up of old files), the lease is put back in the file made anew,
+///   and goes to no second holder. Removing both files while processes
+///   run loses it. A lock file that is a link, another user's,
 ///   or writable by anyone is refused as the store being unavailable.
 ///   Over NFS, where `flock` is emulated with POSIX locks, give the
 ///   layers of one process clones of one `FileStore`. Off Unix, only the

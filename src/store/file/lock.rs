@@ -16,9 +16,11 @@
 //!   restarted), and takes the lease over at once instead of waiting out
 //!   a time to live that may be minutes long. A lease is unwatched (`0`)
 //!   where that lock cannot be had: off Unix, or while a holder whose
-//!   lease lapsed still lives and keeps it. A lock file made anew while
-//!   someone keeps that lock (the old one was removed under a live lease)
-//!   records the lease as that holder's, watched through the same lock.
+//!   lease lapsed still lives and keeps it. The holder of a watched lease
+//!   writes it into `.<name>.lease` too: should `.<name>.lock` be removed
+//!   under a live lease (by hand, or by a clean-up of old files), a taker
+//!   finds it there, and the lease goes to no second holder meanwhile.
+//!   Removing both files loses it.
 //!
 //! `flock` locks an open file description: two opens of a file exclude
 //! each other even in one process, which is what lets two stores made
@@ -81,6 +83,8 @@ struct Holder {
     owner: Box<str>,
     /// In ms since the Unix epoch.
     lapses: u64,
+    /// The lease as the lock file holds it, to restore it there.
+    line: Box<str>,
     /// Kept open: its lock lasts as long as it does.
     _liveness: File,
 }
@@ -108,8 +112,6 @@ pub(super) struct Locked {
     file: File,
     path: PathBuf,
     target: PathBuf,
-    /// Whether this section made the lock file: it had no lease to tell.
-    made: bool,
 }
 
 impl Locked {
@@ -118,7 +120,7 @@ impl Locked {
     /// section to end until `give_up`.
     pub(super) fn take(target: PathBuf, give_up: Instant) -> Result<Self, StoreError> {
         let path = beside(&target, ".lock");
-        let (file, _, made) = open_own_telling_if_made(&path)?;
+        let (file, _) = open_own(&path)?;
         if cfg!(unix) {
             let locked = poll_until(give_up, || match try_exclusive(&file, &path) {
                 Ok(false) => None,
@@ -132,12 +134,7 @@ impl Locked {
                 ))
             })??;
         }
-        Ok(Self {
-            file,
-            path,
-            target,
-            made,
-        })
+        Ok(Self { file, path, target })
     }
 
     /// Takes the lease for `ttl` unless someone holds it at `now`; a
@@ -152,14 +149,29 @@ impl Locked {
         let held = self.holder()?.filter(|held| held.lapses > now);
         // This store's liveness locks of leases no longer current (lapsed,
         // or replaced) end here; kept, they would keep every next lease on
-        // the host unwatched.
+        // the host unwatched. With no record at all, only the lapsed ones:
+        // a live one's record may have been lost with the lock file.
         let current = held.as_ref().map(|held| &*held.owner);
-        holders.0.retain(|holder| Some(&*holder.owner) == current);
+        holders.0.retain(|holder| match current {
+            Some(current) => &*holder.owner == current,
+            None => holder.lapses > now,
+        });
         // A clone's own lease lives. Asked before the liveness file is
         // opened at all: where `flock` is emulated with POSIX locks,
         // closing any descriptor of a file ends every lock this process
         // holds on it, the holder's too.
         if held.as_ref().is_some_and(|held| holders.holds(&held.owner)) {
+            return Ok(None);
+        }
+        // So is one whose record was lost with the lock file (removed by
+        // hand, or by a clean-up of old files): it is put back, and for the
+        // same reason without opening the liveness file. Found in review:
+        // the lease went to a second layer on this store, and both
+        // refreshed from one refresh token. (Past the `retain` above, with
+        // no record, only live ones are left.)
+        let own_lost = held.is_none().then(|| holders.0.first()).flatten();
+        if let Some(own) = own_lost {
+            self.replace(&own.line)?;
             return Ok(None);
         }
         let liveness_path = beside(&self.target, ".lease");
@@ -178,21 +190,18 @@ impl Locked {
             }
             None => {
                 let free = try_exclusive(&liveness, &liveness_path)?;
-                if !free && self.made {
-                    // The lock file was just made, yet someone keeps the
-                    // liveness lock: its holder's lease may live on, its
-                    // record lost with the file (removed by hand, or by a
-                    // clean-up of old files). Found in review: the lease
-                    // went to this store too, and both refreshed from one
-                    // refresh token. It is recorded as a lease of that
-                    // holder's, watched through its liveness lock: it ends
-                    // when the holder lets go, or after `ttl`.
-                    let lost = format!(
-                        "{LOST_HOLDER} {} {identity}\n",
-                        now.saturating_add(millis(ttl))
-                    );
-                    self.replace(&lost)?;
-                    return Ok(None);
+                if !free {
+                    // Kept by another process's live lease whose record
+                    // was lost with the lock file: found in review, it
+                    // went to this store too. Its holder wrote it here as
+                    // well; it is restored.
+                    let live = read_lease(&liveness, &liveness_path)?
+                        .filter(|lost| lost.lapses > now)
+                        .filter(|lost| lost.liveness.as_deref() == Some(&*identity));
+                    if let Some(lost) = live {
+                        self.replace(&lost.line())?;
+                        return Ok(None);
+                    }
                 }
                 // A holder whose lease lapsed but who lives on keeps the
                 // liveness lock: this lease goes unwatched.
@@ -210,15 +219,23 @@ impl Locked {
         liveness: Option<(File, String)>,
         holders: &mut Holders,
     ) -> Result<Option<Lease>, StoreError> {
-        let lapses = now.saturating_add(millis(ttl));
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let lapses = now.saturating_add(ttl);
         let lease = Lease::of_this_process();
         let watched = liveness.as_ref().map_or("0", |(_, identity)| identity);
-        self.replace(&format!("{} {lapses} {watched}\n", lease.owner()))?;
+        let line = format!("{} {lapses} {watched}\n", lease.owner());
+        if let Some((liveness, _)) = &liveness {
+            // Where a taker finds it if the lock file goes.
+            let path = beside(&self.target, ".lease");
+            overwrite(liveness, &path, &line)?;
+        }
+        self.replace(&line)?;
         if let Some((liveness, _)) = liveness {
             let owner = lease.owner().into();
             holders.0.push(Holder {
                 owner,
                 lapses,
+                line: line.into(),
                 _liveness: liveness,
             });
         }
@@ -245,41 +262,41 @@ impl Locked {
     /// content that does not parse (left by a holder that died while
     /// writing it, whose lease ended with it).
     fn holder(&self) -> Result<Option<Held>, StoreError> {
-        let (mut file, mut content) = (&self.file, String::new());
-        file.rewind()
-            .and_then(|()| file.read_to_string(&mut content))
-            .map_err(|error| unavailable("read", &self.path, error))?;
-        let mut fields = content.split_whitespace();
-        let (Some(owner), Some(lapses), Some(liveness), None) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
-        else {
-            return Ok(None);
-        };
-        Ok(lapses.parse().ok().map(|lapses| Held {
-            owner: owner.into(),
-            lapses,
-            liveness: (liveness != "0").then(|| liveness.into()),
-        }))
+        read_lease(&self.file, &self.path)
     }
 
-    /// Replaces the lock file's content. Not synced: a lease need not
-    /// outlive the machine.
+    /// Replaces the lock file's content.
     fn replace(&self, content: &str) -> Result<(), StoreError> {
-        let mut file = &self.file;
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(content.as_bytes()))
-            .map_err(|error| unavailable("write", &self.path, error))
+        overwrite(&self.file, &self.path, content)
     }
 }
 
-/// The owner of a lease whose record was lost with its lock file: no
-/// process's ([`Lease::of_this_process`] names the process first).
-const LOST_HOLDER: &str = "lost";
+/// The lease `file` (at `path`) holds, as [`Locked::holder`] reads it.
+fn read_lease(mut file: &File, path: &Path) -> Result<Option<Held>, StoreError> {
+    let mut content = String::new();
+    file.rewind()
+        .and_then(|()| file.read_to_string(&mut content))
+        .map_err(|error| unavailable("read", path, error))?;
+    let mut fields = content.split_whitespace();
+    let (Some(owner), Some(lapses), Some(liveness), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Ok(None);
+    };
+    Ok(lapses.parse().ok().map(|lapses| Held {
+        owner: owner.into(),
+        lapses,
+        liveness: (liveness != "0").then(|| liveness.into()),
+    }))
+}
 
-/// `duration` in whole milliseconds, saturating.
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+/// Replaces `file`'s content (at `path`). Not synced: a lease need not
+/// outlive the machine.
+fn overwrite(mut file: &File, path: &Path, content: &str) -> Result<(), StoreError> {
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(content.as_bytes()))
+        .map_err(|error| unavailable("write", path, error))
 }
 
 /// A lease as the lock file has it.
@@ -290,6 +307,14 @@ struct Held {
     /// For a watched lease, which liveness file its holder keeps locked
     /// (`<device>:<inode>`).
     liveness: Option<Box<str>>,
+}
+
+impl Held {
+    /// The lease as a lock file holds it.
+    fn line(&self) -> String {
+        let liveness = self.liveness.as_deref().unwrap_or("0");
+        format!("{} {} {liveness}\n", self.owner, self.lapses)
+    }
 }
 
 /// Opens (creating it) a lock file of this user's own, and says which file
@@ -303,35 +328,17 @@ struct Held {
 /// at once, which would present a rotating refresh token that other
 /// processes present too.
 fn open_own(path: &Path) -> Result<(File, String), StoreError> {
-    open_own_telling_if_made(path).map(|(file, identity, _)| (file, identity))
-}
-
-/// As [`open_own`], and tells whether this call made the file.
-fn open_own_telling_if_made(path: &Path) -> Result<(File, String, bool), StoreError> {
-    let open = |anew: bool| {
-        let mut options = private_options();
-        options.read(true).write(true);
-        if anew {
-            options.create_new(true);
-        } else {
-            options.create(true);
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
-        }
-        options.open(path)
-    };
-    let opened = match open(true) {
-        Ok(file) => Ok((file, true)),
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            open(false).map(|file| (file, false))
-        }
-        Err(error) => Err(error),
-    };
-    let opened = opened.and_then(|(file, made)| Ok((file.metadata()?, file, made)));
-    let (metadata, file, made) = opened.map_err(|error| unavailable("open", path, error))?;
+    let mut options = private_options();
+    options.read(true).write(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    let opened = options
+        .open(path)
+        .and_then(|file| Ok((file.metadata()?, file)));
+    let (metadata, file) = opened.map_err(|error| unavailable("open", path, error))?;
     if !metadata.is_file() {
         return Err(refused(path, "is not a regular file"));
     }
@@ -344,10 +351,10 @@ fn open_own_telling_if_made(path: &Path) -> Result<(File, String, bool), StoreEr
         if metadata.nlink() != 1 {
             return Err(refused(path, "has other names (hard links)"));
         }
-        Ok((file, format!("{}:{}", metadata.dev(), metadata.ino()), made))
+        Ok((file, format!("{}:{}", metadata.dev(), metadata.ino())))
     }
     #[cfg(not(unix))]
-    Ok((file, String::from("0"), made))
+    Ok((file, String::from("0")))
 }
 
 fn refused(path: &Path, why: &str) -> StoreError {
@@ -445,17 +452,29 @@ mod tests {
     }
 
     /// A lock file removed while its lease is held (by hand, or by a
-    /// clean-up of old files) does not hand the lease to a second holder:
-    /// the lease is taken again only once its holder lets go. Found in
-    /// review: the next store made the file anew, found no lease in it,
-    /// and took one, and both refreshed from one refresh token.
+    /// clean-up of old files) does not hand the lease to a second holder,
+    /// whichever section comes first, nor to another layer on the holder's
+    /// own store: the lease is taken again only once its holder lets go.
+    /// Found in review: the next store made the file anew, found no lease
+    /// in it, and took one, and both refreshed from one refresh token.
     #[tokio::test]
     async fn a_lease_whose_lock_file_was_removed_is_not_taken_while_its_holder_keeps_it() {
         let (_dir, path, [holder, next]) = stores_apart();
         let lease = taken_by(&holder, &next).await;
-        fs::remove_file(beside(&path, ".lock")).unwrap();
+        let lock_file = beside(&path, ".lock");
+
+        fs::remove_file(&lock_file).unwrap();
+        let written = next.compare_and_swap(None, Record::new(1, b"t".to_vec()));
+        assert!(written.await.unwrap(), "a section of another kind first");
         assert_eq!(next.try_lease(TTL).await.unwrap(), None, "held still");
+        fs::remove_file(&lock_file).unwrap();
+        assert_eq!(
+            holder.clone().try_lease(TTL).await.unwrap(),
+            None,
+            "held for the holder's own store too"
+        );
         assert_eq!(next.try_lease(TTL).await.unwrap(), None, "and again");
+
         holder.release(lease).await.unwrap();
         assert!(
             next.try_lease(TTL).await.unwrap().is_some(),
