@@ -6,7 +6,8 @@
 //! `?KEY`) or in the path (`/v1/key/Zk9aQ2xN…/refresh`). Nothing in a URI
 //! says which part is a key, so a part is taken for one by its looks: a
 //! query value of 8 characters or more, and a path segment of 8 or more
-//! that is not a plain lowercase name (`refresh-token`, `authorize`).
+//! that is not a name (letters, `-`, `_` and `.` only: `refresh-token`,
+//! `refreshToken`). A key of letters alone in the path is taken for a name.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -21,56 +22,55 @@ const KEY_LENGTH: usize = 8;
 const HIDDEN: &str = "[redacted]";
 
 /// Whether the path segment `segment` may be a key: long enough, and not
-/// a lowercase name (letters, `-`, `_`, `.`). Capitals, digits and
-/// percent-escapes mark a key, a GUID or an id: harmless to hide.
+/// a name (letters, `-`, `_`, `.`). Digits and percent-escapes mark a key,
+/// a GUID or an id: harmless to hide. Found in review: capitals alone
+/// hid names (`refreshToken`), and redacted them from the server's words.
 fn segment_may_be_key(segment: &str) -> bool {
     segment.len() >= KEY_LENGTH
         && !segment
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || matches!(b, b'-' | b'_' | b'.'))
+            .all(|b| b.is_ascii_alphabetic() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The parts of `uri` that may be credentials, as they appear in it and
 /// percent-decoded: the userinfo whole, its password, and its user name
-/// if that is long enough to be a key, path segments that may be keys, and query values (or bare query
-/// entries) of [`KEY_LENGTH`] or more.
+/// if that is long enough to be a key; path segments that may be keys;
+/// query values (or bare query entries) of [`KEY_LENGTH`] or more.
 pub(super) fn secrets(uri: &Uri) -> Vec<Cow<'_, str>> {
-    let mut found: Vec<Cow<'_, str>> = Vec::new();
+    let mut credentials: Vec<&str> = Vec::new();
     if let Some((userinfo, _)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) {
-        found.push(Cow::Borrowed(userinfo));
+        credentials.push(userinfo);
         // A client may print either alone (`username: "…"`). A short user
         // name is a name; a key sent as the user is the userinfo whole.
         if let Some((user, password)) = userinfo.split_once(':') {
-            found.push(Cow::Borrowed(password));
+            credentials.push(password);
             if user.len() >= KEY_LENGTH {
-                found.push(Cow::Borrowed(user));
+                credentials.push(user);
             }
         }
     }
-    found.extend(
-        uri.path()
-            .split('/')
-            .filter(|segment| segment_may_be_key(segment))
-            .map(Cow::Borrowed),
-    );
-    let query = uri.query().unwrap_or_default();
+    let segments = uri.path().split('/').filter(|s| segment_may_be_key(s));
     // A bare entry (`?KEY`) is its own value.
-    let values = query
+    let values = uri
+        .query()
+        .unwrap_or_default()
         .split('&')
-        .map(|entry| entry.split_once('=').map_or(entry, |(_, value)| value));
-    found.extend(
-        values
-            .filter(|value| value.len() >= KEY_LENGTH)
-            .map(Cow::Borrowed),
-    );
-    let decoded: Vec<Cow<'_, str>> = found
-        .iter()
-        .filter_map(|raw| {
+        .map(|entry| entry.split_once('=').map_or(entry, |(_, value)| value))
+        .filter(|value| value.len() >= KEY_LENGTH);
+    let keys: Vec<&str> = segments.chain(values).collect();
+
+    let mut found: Vec<Cow<'_, str>> = Vec::new();
+    for (parts, whatever_length) in [(credentials, true), (keys, false)] {
+        for raw in parts {
             let decoded = percent_decoded(raw);
-            (decoded != **raw).then_some(Cow::Owned(decoded))
-        })
-        .collect();
-    found.extend(decoded);
+            // Decoded, a key may be short: `%2F%2F%2F` is `///`, and
+            // redacted it would blot out every `///` in the server's words.
+            if decoded != raw && (whatever_length || decoded.len() >= KEY_LENGTH) {
+                found.push(Cow::Owned(decoded));
+            }
+            found.push(Cow::Borrowed(raw));
+        }
+    }
     found.retain(|part| !part.is_empty());
     found
 }
@@ -128,6 +128,8 @@ mod tests {
         for name in [
             "refresh-token",
             "token_refresh",
+            "refreshToken",
+            "RefreshToken",
             "authorize",
             "oauth2",
             "v2.0",
@@ -160,6 +162,8 @@ mod tests {
             ]
         );
         assert!(found("https://idp.example.com/oauth2/v2.0/token?v=2").is_empty());
+        // Decoded, too short to be a key.
+        assert_eq!(found("https://h/t?sig=%2F%2F%2F%2F"), ["%2F%2F%2F%2F"]);
     }
 
     #[test]

@@ -20,8 +20,8 @@
 //! without it a JWT access token's `exp` is used (unverified: it only tells
 //! when to refresh), counted from the answer's `Date`, so that a client
 //! clock off from the issuer's does not move it (without a `Date`, from the
-//! client's clock, and then capped at `exp - iat`, which bounds only a
-//! lifetime too long); a `token_type` other than Bearer
+//! client's clock), and capped at `exp - iat` either way, which bounds a
+//! lifetime only from above; a `token_type` other than Bearer
 //! is refused; a response without a new refresh token keeps the old one.
 //! Failures are classified by status: every 4xx other than 408, 421, 425
 //! and 429 is terminal (`400 invalid_grant`, 401 and 403 among them: a
@@ -35,9 +35,10 @@
 //! echoes back is quoted as `[redacted]`: the tokens in use, the secret
 //! body fields, the client secret and its Basic credentials, the endpoint
 //! URI's userinfo, query values of 8 characters or more and path segments
-//! of 8 or more that are not lowercase names (a key in the path); each as
-//! sent, percent-encoded throughout or JSON-escaped. An echo in another
-//! encoding, or cut short by the server, is not recognised.
+//! of 8 or more with a digit or an escape (a key in the path, not a name
+//! such as `refreshToken`); each as sent, percent-encoded throughout or
+//! JSON-escaped. An echo in another encoding, or cut short by the server,
+//! is not recognised.
 //!
 //! The client can be the very one the layer wraps: a
 //! `hyper_util` client for `ReplayBody<B>` bodies works, because
