@@ -200,6 +200,10 @@ pub(crate) struct Snapshot {
 /// token's life.
 pub(crate) const WATCH_LEAD: Duration = Duration::from_millis(100);
 
+/// A token that expires less than this after its advisory point is not
+/// watched (see [`Snapshot::watch`]).
+const UNWATCHED_WITHIN: Duration = Duration::from_secs(1);
+
 impl Snapshot {
     pub(crate) fn empty(generation: u64) -> Self {
         Self {
@@ -259,6 +263,11 @@ impl Snapshot {
     /// (a millisecond at least, more on a busy runtime). Found in review:
     /// with an advisory window of zero, `stale_at` is the expiry itself, and
     /// until the late watcher ran, requests went out with an expired token.
+    ///
+    /// No promise is made for a token whose real expiry is less than
+    /// [`UNWATCHED_WITHIN`] after its advisory point (an advisory window
+    /// of zero puts them together): a watcher late by more than the lead
+    /// would let it go out expired. Requests read the clock for it.
     pub(crate) fn watch(&self, now: Instant, promise: bool) -> Option<Instant> {
         let stale_at = self.stale_at?;
         let due = stale_at.checked_sub(WATCH_LEAD).unwrap_or(stale_at);
@@ -267,7 +276,10 @@ impl Snapshot {
         if now >= due {
             self.stale.store(true, Ordering::Release);
         }
-        if promise {
+        let expires_soon_after = self
+            .expires_at
+            .is_some_and(|expiry| expiry.saturating_duration_since(stale_at) < UNWATCHED_WITHIN);
+        if promise && !expires_soon_after {
             self.watched.store(true, Ordering::Release);
         }
         (now < due).then_some(due)
@@ -391,29 +403,38 @@ mod tests {
         assert_eq!(snap.freshness_fast(), Freshness::Stale);
     }
 
-    /// With no advisory window, the advisory point is the expiry: the
-    /// watcher is due before it, so that a timer firing late (here by a
-    /// millisecond) does not keep an expired token fresh.
+    /// The watcher is due before the advisory point, so that a timer
+    /// firing late (here by a millisecond) keeps no token fresh past it.
     #[tokio::test(start_paused = true)]
-    async fn a_watcher_running_late_does_not_keep_an_expired_token_fresh() {
+    async fn a_watcher_running_late_keeps_no_token_fresh_past_its_advisory_point() {
+        let (now, snap) = snapshot(Some(100));
+        let stale_at = now + Duration::from_secs(50);
+        let due = snap.watch(now, true).expect("a wake-up");
+        tokio::time::advance(due + Duration::from_millis(1) - now).await;
+        assert_eq!(snap.watch(Instant::now(), true), None, "raised when run");
+        assert_eq!(snap.freshness_fast(), Freshness::Fresh, "by the clock");
+        tokio::time::advance(stale_at - Instant::now()).await;
+        assert_eq!(snap.freshness_fast(), Freshness::Stale);
+    }
+
+    /// With no advisory window, the advisory point is the expiry: no
+    /// promise is made, and however late the watcher, requests see the
+    /// token expire. Found in review: until the late watcher ran, they
+    /// went out with the expired token.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_expiring_at_its_advisory_point_is_left_to_the_clock() {
         let config = Config {
             advisory: RefreshWindow::fixed(Duration::ZERO),
             ..Config::default()
         };
         let now = Instant::now();
-        let expiry = now + Duration::from_secs(100);
-        let tokens = TokenSet::new("t").with_expires_in(expiry - now);
+        let tokens = TokenSet::new("t").with_expires_in(Duration::from_secs(100));
         let snap = Prepared::new(tokens, now, true)
             .unwrap()
             .into_snapshot(1, now, &config);
-        let due = snap.watch(now, true).expect("a wake-up");
-        let late = due + Duration::from_millis(1);
-        if late < expiry {
-            tokio::time::advance(late - now).await;
-            assert_eq!(snap.watch(Instant::now(), true), None, "raised when run");
-            assert_eq!(snap.freshness_fast(), Freshness::Fresh, "by the clock");
-        }
-        tokio::time::advance(expiry - Instant::now()).await;
+        snap.watch(now, true).expect("a wake-up");
+        assert!(!snap.watched.load(Ordering::Acquire), "no promise");
+        tokio::time::advance(Duration::from_secs(100)).await;
         assert_eq!(snap.freshness_fast(), Freshness::Expired);
     }
 

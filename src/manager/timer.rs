@@ -3,7 +3,8 @@
 //!
 //! Three jobs, one task:
 //!
-//! - It raises each snapshot's `stale` flag at its advisory point, so the
+//! - It raises each snapshot's `stale` flag shortly before its advisory
+//!   point (from then on requests read the clock), so the
 //!   hot path reads no clock while a token is fresh (a clock read is the
 //!   most expensive part of a fresh-token request on many machines, and a
 //!   system call on some virtual ones). If the task dies, its guard hands
