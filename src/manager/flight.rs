@@ -478,16 +478,16 @@ impl FlightTask {
     /// enough before its mandatory window that the flight started then ends
     /// while requests still use the token instead of waiting for it. Such a
     /// flight may first wait for an offer still out and for a store load
-    /// that hangs (each up to the refresh timeout), and then refresh alone
-    /// (up to one more). Found in review: with one refresh timeout of room,
-    /// a hung store's load ran into the mandatory window, and requests
-    /// waited for the refresh after it. `None` for a token that never
-    /// expires.
+    /// that hangs, then refresh alone and run the `on_refresh` hook: each
+    /// up to the refresh timeout. Found in review: with one refresh timeout
+    /// of room, a hung store's load ran into the mandatory window, and
+    /// requests waited for the refresh after it. `None` for a token that
+    /// never expires.
     fn deferral_horizon(&self, snapshot: &Snapshot) -> Option<Instant> {
-        /// The offer's wait, the store load, the refresh.
-        const CALLS: u32 = 3;
+        let config = &self.shared.config;
+        let calls = 3 + u32::from(config.on_refresh.is_some());
         let mandatory = snapshot.expired_at?;
-        let room = self.shared.config.refresh_timeout.saturating_mul(CALLS);
+        let room = config.refresh_timeout.saturating_mul(calls);
         Some(mandatory.checked_sub(room).unwrap_or(mandatory))
     }
 

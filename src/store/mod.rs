@@ -27,9 +27,10 @@
 //!
 //! A store that fails or does not answer within the refresh timeout never
 //! fails a request: the process logs a warning, and requests go on with any
-//! token still valid. While that token is good for more than a refresh
-//! timeout before its mandatory window, the refresh is put off and the
-//! store asked again after a backoff (never later than that): a refresh the fleet does not know of may
+//! token still valid. While that token is good for more than three refresh
+//! timeouts before its mandatory window (four with an `on_refresh` hook),
+//! the refresh is put off and the store asked again after a backoff (never
+//! later than that): a refresh the fleet does not know of may
 //! present the refresh token a lease holder presents at the same time. A
 //! token that must be replaced (that close to its mandatory window,
 //! rejected, or missing) is refreshed on its own at once, as it would be without a
@@ -127,7 +128,8 @@ pub(crate) use codec::{decode, encode, Decoded};
 /// because of one. When a load or a lease fails while the current token
 /// is still good (more than three refresh timeouts before its mandatory
 /// window: a store load, the wait for an earlier offer and the refresh
-/// itself each take up to one), the refresh is put off and the store
+/// itself each take up to one, and an `on_refresh` hook a fourth), the
+/// refresh is put off and the store
 /// asked again after a backoff, and the token keeps being sent; the layer
 /// refreshes without the store only once the token must be replaced (or
 /// for a forced refresh), or at once when the record is
@@ -139,8 +141,9 @@ pub(crate) use codec::{decode, encode, Decoded};
 /// another version's of this crate, or planted), so while it stays, each
 /// process refreshes on its own. With an issuer that rotates refresh
 /// tokens, every process but the first then presents a refresh token
-/// another one spent: it is refused, and a [login
-/// source](crate::Builder::login) runs, if there is one. Remove a corrupt
+/// another one spent: it is refused (and an issuer that detects reuse
+/// revokes the whole family, the first process's new tokens included),
+/// and a [login source](crate::Builder::login) runs, if there is one. Remove a corrupt
 /// record as soon as it is reported (`stats().store_errors`, and a
 /// `tracing` warning naming it).
 ///
