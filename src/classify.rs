@@ -61,25 +61,67 @@ pub trait ClassifyRejection: Clone + Send + Sync + 'static {
     fn is_rejection(&self, status: StatusCode, headers: &HeaderMap) -> bool;
 }
 
-/// `401 Unauthorized` is a rejection (the default).
+/// `401 Unauthorized` is a rejection (the default), unless its Bearer
+/// challenge says `error="insufficient_scope"` (RFC 6750 §3.1, which asks
+/// for a `403` there, though some servers answer `401`): the token is good,
+/// only not for this resource, and a refresh of the same grant brings the
+/// same scope. Taken for a rejection, it marked the token rejected for
+/// every request and held them all for a refresh that could not help.
 ///
 /// ```
-/// use http::{HeaderMap, StatusCode};
+/// use http::{HeaderMap, HeaderValue, StatusCode};
+/// use http::header::WWW_AUTHENTICATE;
 /// use tower_token_refresh::classify::{ClassifyRejection, Unauthorized};
 ///
-/// assert!(Unauthorized.is_rejection(StatusCode::UNAUTHORIZED, &HeaderMap::new()));
+/// let mut headers = HeaderMap::new();
+/// assert!(Unauthorized.is_rejection(StatusCode::UNAUTHORIZED, &headers));
+/// let expired = r#"Bearer realm="api", error="invalid_token""#;
+/// headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(expired));
+/// assert!(Unauthorized.is_rejection(StatusCode::UNAUTHORIZED, &headers));
+/// let narrow = r#"Bearer realm="api", error="insufficient_scope", scope="admin""#;
+/// headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(narrow));
+/// assert!(!Unauthorized.is_rejection(StatusCode::UNAUTHORIZED, &headers));
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unauthorized;
 
 impl ClassifyRejection for Unauthorized {
     #[inline]
-    fn is_rejection(&self, status: StatusCode, _headers: &HeaderMap) -> bool {
-        status == StatusCode::UNAUTHORIZED
+    fn is_rejection(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        status == StatusCode::UNAUTHORIZED && !scope_too_narrow(headers)
     }
 }
 
-/// gRPC: a `401`, or `grpc-status: 16` (UNAUTHENTICATED) in the response
+/// Whether a `WWW-Authenticate` challenge of the response says the token
+/// lacks the scope the resource needs: an auth-param (RFC 7235)
+/// `error="insufficient_scope"`, quoted or not, in any case.
+fn scope_too_narrow(headers: &HeaderMap) -> bool {
+    let insufficient_scope = |param: &str| {
+        // The first param of a challenge follows its scheme (`Bearer `).
+        let param = match param.trim().split_once([' ', '\t']) {
+            Some((scheme, rest))
+                if !scheme.contains('=') && !rest.trim_start().starts_with('=') =>
+            {
+                rest
+            }
+            _ => param,
+        };
+        param.split_once('=').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("error")
+                && value
+                    .trim()
+                    .trim_matches('"')
+                    .eq_ignore_ascii_case("insufficient_scope")
+        })
+    };
+    headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|challenges| challenges.split(',').any(insufficient_scope))
+}
+
+/// gRPC: a `401` (as [`Unauthorized`] reads it), or `grpc-status: 16` (UNAUTHENTICATED) in the response
 /// headers (a trailers-only response, which is how servers reject a call
 /// before sending any message).
 ///
@@ -107,7 +149,7 @@ pub struct Grpc;
 impl ClassifyRejection for Grpc {
     #[inline]
     fn is_rejection(&self, status: StatusCode, headers: &HeaderMap) -> bool {
-        status == StatusCode::UNAUTHORIZED
+        Unauthorized.is_rejection(status, headers)
             || headers
                 .get("grpc-status")
                 .is_some_and(|value| value.as_bytes() == b"16")
@@ -195,5 +237,41 @@ mod tests {
         }
         assert!(Grpc.is_rejection(StatusCode::UNAUTHORIZED, &HeaderMap::new()));
         assert!(!Unauthorized.is_rejection(StatusCode::OK, &headers));
+    }
+
+    #[test]
+    fn a_challenge_for_a_wider_scope_is_no_rejection_however_it_is_spelled() {
+        let rejected = |challenges: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for challenge in challenges {
+                headers.append(http::header::WWW_AUTHENTICATE, challenge.parse().unwrap());
+            }
+            let unauthorized = Unauthorized.is_rejection(StatusCode::UNAUTHORIZED, &headers);
+            assert_eq!(
+                Grpc.is_rejection(StatusCode::UNAUTHORIZED, &headers),
+                unauthorized
+            );
+            unauthorized
+        };
+        for narrow in [
+            r#"Bearer error="insufficient_scope""#,
+            r#"bearer realm="api", ERROR = "Insufficient_Scope", scope="admin""#,
+            "Bearer error=insufficient_scope",
+        ] {
+            assert!(!rejected(&[narrow]), "{narrow}");
+        }
+        assert!(!rejected(&[
+            "Basic realm=x",
+            r#"Bearer error="insufficient_scope""#
+        ]));
+        for expired in [
+            r#"Bearer error="invalid_token", error_description="expired""#,
+            r#"Bearer error_description="not insufficient_scope_at_all""#,
+            r#"Bearer error_description="error=insufficient_scope, said twice""#,
+            "Basic realm=x",
+        ] {
+            assert!(rejected(&[expired]), "{expired}");
+        }
+        assert!(rejected(&[]));
     }
 }

@@ -204,6 +204,59 @@ async fn a_timeout_above_the_layer_covers_the_wait_for_a_refresh_after_a_rejecti
     assert_eq!(issuer.calls(), 1, "the refresh the rejection started");
 }
 
+/// A `401` whose challenge asks for a wider scope is the answer: the
+/// token is not marked rejected, nothing is refreshed or retried, and the
+/// other requests go on with the token. Found in review: it held every
+/// request for a refresh that brings the same scope.
+#[tokio::test(start_paused = true)]
+async fn a_401_asking_for_a_wider_scope_is_returned_without_a_refresh() {
+    let narrow = tower::service_fn(|req: Request<ReplayBody<Full<Bytes>>>| async move {
+        let challenge = r#"Bearer error="insufficient_scope", scope="admin""#;
+        let status = if req.uri().path() == "/admin" {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        let response = http::Response::builder()
+            .status(status)
+            .header(http::header::WWW_AUTHENTICATE, challenge)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let source = refresh_fn(move |_| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(HOUR)) }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("old").with_expires_in(HOUR))
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(narrow);
+
+    let admin = Request::get("/admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = client.clone().oneshot(admin).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    let items = Request::get("/items")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        client.oneshot(items).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let stats = handle.stats();
+    assert_eq!(
+        (stats.rejections, stats.refreshes, stats.retries),
+        (0, 0, 0)
+    );
+    assert_eq!(stats.waited, 0);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn second_rejection_on_the_retry_is_returned_to_the_caller_without_a_loop() {
     let api = Api::default(); // accepts nothing
