@@ -138,12 +138,14 @@ impl Prepared {
         };
         // A refreshed token is not refreshed proactively again before
         // min_refresh_interval (a token stale from birth would otherwise be
-        // refreshed back to back), nor later than half its lifetime, so
-        // short-lived tokens still refresh in the background.
+        // refreshed back to back), nor before a second whatever that
+        // interval (found in review: set to zero, with a window as long as
+        // the lifetime, the background refresh ran in a tight loop), nor
+        // later than half its lifetime, so short-lived tokens still
+        // refresh in the background.
         let proactive_from = self.refreshed.then(|| {
-            let spacing = lifetime.map_or(config.min_refresh_interval, |(_, lifetime)| {
-                config.min_refresh_interval.min(lifetime / 2)
-            });
+            let spacing = config.min_refresh_interval.max(PROACTIVE_SPACING_AT_LEAST);
+            let spacing = lifetime.map_or(spacing, |(_, lifetime)| spacing.min(lifetime / 2));
             later(installed_at, spacing)
         });
         Snapshot {
@@ -199,6 +201,10 @@ pub(crate) struct Snapshot {
 /// be late, little enough that the clock is read for a moment of each
 /// token's life.
 pub(crate) const WATCH_LEAD: Duration = Duration::from_millis(100);
+
+/// The least time between a refresh and the next proactive one, whatever
+/// `min_refresh_interval` says (but never past half the token's lifetime).
+const PROACTIVE_SPACING_AT_LEAST: Duration = Duration::from_secs(1);
 
 /// A token that expires less than this after its advisory point is not
 /// watched (see [`Snapshot::watch`]).

@@ -210,8 +210,8 @@ impl<C> Builder<C> {
     /// A token we refreshed less than this long ago is not refreshed again
     /// when a server rejects it; the rejection is returned as it is. Protects
     /// the identity server from an API that misuses 401. Default: 5 s. It
-    /// also holds back proactive refresh for that long (or half the token's
-    /// lifetime, if shorter) after a refresh.
+    /// also holds back proactive refresh for that long (one second at
+    /// least, or half the token's lifetime, if shorter) after a refresh.
     ///
     /// ```
     /// # use std::{convert::Infallible, time::Duration};
