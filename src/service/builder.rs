@@ -595,8 +595,11 @@ impl<C> Builder<C> {
     /// token; others pass through untouched. Without a port, an origin
     /// means its scheme's default port; one given as a bare host (no
     /// scheme) matches that host on every scheme and port, plain http
-    /// still refused unless allowed. An origin without a host matches
-    /// nothing. Default: every origin.
+    /// still refused unless allowed. A fully qualified host
+    /// (`api.example.com.`) is the same host. A path or query is ignored
+    /// (the whole origin gets the token), and an origin without a host or
+    /// with port 0 matches nothing: each is logged as a warning, as is a
+    /// list that matches nothing at all. Default: every origin.
     ///
     /// # Redirects
     ///
@@ -638,17 +641,20 @@ impl<C> Builder<C> {
     where
         I: IntoIterator<Item = Uri>,
     {
-        let parsed = origins
+        let parsed: Vec<Origin> = origins
             .into_iter()
             .filter_map(|uri| {
-                let origin = Origin::of(&uri);
-                if origin.is_none() {
-                    // Not quoted: a path or query can hold a key.
-                    tracing::warn!("an allowed origin without a host matches no request");
+                if let Some(doubt) = Origin::doubt(&uri) {
+                    // Only the host: a path or query can hold a key.
+                    let host = uri.host().unwrap_or_default();
+                    tracing::warn!(host, "an allowed origin {doubt}");
                 }
-                origin
+                Origin::of(&uri)
             })
             .collect();
+        if parsed.is_empty() {
+            tracing::warn!("the allowed origins match no request: none gets the token");
+        }
         self.rules.origins = Some(parsed);
         self
     }

@@ -17,17 +17,32 @@ impl Origin {
     pub(crate) fn of(uri: &Uri) -> Option<Self> {
         Some(Self {
             scheme: uri.scheme().cloned(),
-            host: uri.host()?.to_ascii_lowercase(),
+            host: without_root_dot(uri.host()?).to_ascii_lowercase(),
             // "https://host" means port 443, not any port.
             port: effective_port(uri),
         })
+    }
+
+    /// What in `uri`, given as an allowed origin, does not do what it
+    /// seems to, to warn of. Found in review: each was taken in silence.
+    pub(crate) fn doubt(uri: &Uri) -> Option<&'static str> {
+        if uri.host().is_none() {
+            Some("has no host: it matches no request")
+        } else if uri.port_u16() == Some(0) {
+            Some("has port 0: it matches no request")
+        } else if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            Some("has a path or query, which is ignored: its whole origin gets the token")
+        } else {
+            None
+        }
     }
 
     fn matches(&self, uri: &Uri) -> bool {
         let Some(host) = uri.host() else {
             return false;
         };
-        if !host.eq_ignore_ascii_case(&self.host) {
+        // `api.example.com.` (fully qualified) is `api.example.com`.
+        if !without_root_dot(host).eq_ignore_ascii_case(&self.host) {
             return false;
         }
         if let Some(scheme) = &self.scheme {
@@ -40,6 +55,11 @@ impl Origin {
             Some(port) => effective_port(uri) == Some(port),
         }
     }
+}
+
+/// `host` without the dot of a fully qualified name.
+fn without_root_dot(host: &str) -> &str {
+    host.strip_suffix('.').unwrap_or(host)
 }
 
 fn effective_port(uri: &Uri) -> Option<u16> {
@@ -146,6 +166,33 @@ mod tests {
 
     fn uri(s: &str) -> Uri {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_origin_matches_with_or_without_the_root_dot() {
+        for (allowed, sent) in [
+            ("https://api.example.com.", "https://api.example.com/x"),
+            ("https://api.example.com", "https://API.example.com./x"),
+        ] {
+            let origin = Origin::of(&uri(allowed)).unwrap();
+            assert!(origin.matches(&uri(sent)), "{allowed} {sent}");
+        }
+        let origin = Origin::of(&uri("https://api.example.com")).unwrap();
+        assert!(!origin.matches(&uri("https://api.example.co/x")));
+    }
+
+    #[test]
+    fn an_allowed_origin_that_does_not_do_what_it_seems_is_doubted() {
+        assert_eq!(Origin::doubt(&uri("https://api.example.com")), None);
+        assert_eq!(Origin::doubt(&uri("https://api.example.com:8443/")), None);
+        for doubtful in [
+            "/v1",
+            "https://api.example.com:0",
+            "https://gw.example.com/team-a/",
+            "https://api.example.com/?key=k",
+        ] {
+            assert!(Origin::doubt(&uri(doubtful)).is_some(), "{doubtful}");
+        }
     }
 
     #[test]
