@@ -179,6 +179,9 @@ impl<C> Builder<C> {
     /// failure. Default: 10 s. It also bounds the `on_refresh` hook and each
     /// store call, so a very short timeout (zero: every call that does not
     /// answer at its first poll) fails refreshes that would have succeeded.
+    /// A timeout too long for the clock (`Duration::MAX`) means no bound at
+    /// all: a call that never answers then holds its waiting requests for
+    /// good, unless a timeout of their own (above the layer) ends them.
     ///
     /// ```
     /// # use std::{convert::Infallible, time::Duration};
