@@ -162,6 +162,39 @@ impl TokenSet {
         }
     }
 
+    /// A token set holding only a refresh token: what a process starts
+    /// from when it persisted the refresh token (in an
+    /// [`on_refresh`](crate::Builder::on_refresh) hook) and not the access
+    /// token. Given as [initial tokens](crate::Builder::initial_tokens), it
+    /// is never sent: the first request refreshes from it.
+    ///
+    /// ```
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // Read back from where the hook saved it.
+    /// let saved = "refresh-7";
+    /// let source = refresh_fn(|ctx| {
+    ///     let presented = ctx.refresh_token().map(|r| r.expose().to_owned());
+    ///     async move {
+    ///         assert_eq!(presented.as_deref(), Some("refresh-7"));
+    ///         Ok::<_, RefreshError>(TokenSet::new("access-8").with_refresh_token("refresh-8"))
+    ///     }
+    /// });
+    /// let layer = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::from_refresh_token(saved))
+    ///     .build();
+    /// let handle = layer.handle();
+    /// assert!(!handle.status().has_token(), "nothing to send yet");
+    /// assert_eq!(handle.bearer().await.unwrap().expose(), "access-8");
+    /// assert_eq!(handle.stats().refreshes, 1);
+    /// # }
+    /// ```
+    pub fn from_refresh_token(refresh_token: impl Into<Secret>) -> Self {
+        // An empty access token is no header value: never sent.
+        Self::new("").with_refresh_token(refresh_token)
+    }
+
     /// Adds the credential used to obtain the next access token.
     ///
     /// ```
