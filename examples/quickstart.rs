@@ -13,20 +13,30 @@
 //!
 //! Run it with `cargo run --example quickstart`.
 
+// `pub`: the example uses only part of the shared fixtures (its own
+// client is built below, as yours would be).
 #[path = "../tests/support/mod.rs"]
-mod support;
+pub mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
-use tower_token_refresh::{refresh_fn, Refresh, RefreshContext, RefreshWindow, TokenRefreshLayer};
-
-use support::body::full;
-use support::{
-    authed_client, get, post, send, ApiServer, AuthedClient, CognitoClient, IdentityServer,
+use tower::ServiceBuilder;
+use tower_token_refresh::{
+    refresh_fn, Refresh, RefreshContext, RefreshWindow, ReplayBody, TokenRefresh, TokenRefreshLayer,
 };
+
+use support::body::{full, ReqBody};
+use support::{get, post, send, ApiServer, CognitoClient, IdentityServer};
+
+/// The layered client, as a struct field would name it: the inner client
+/// takes the request's body wrapped in `ReplayBody` (kept for a retry).
+type AuthedClient = TokenRefresh<Client<HttpConnector, ReplayBody<ReqBody>>>;
 
 const TOKEN_LIFETIME: Duration = Duration::from_secs(5);
 const RUN_FOR: Duration = Duration::from_secs(10);
@@ -63,7 +73,8 @@ async fn main() {
         .min_refresh_interval(Duration::from_secs(1))
         .build();
     let handle = layer.handle();
-    let client = authed_client(layer);
+    let http = Client::builder(TokioExecutor::new()).build_http();
+    let client: AuthedClient = ServiceBuilder::new().layer(layer).service(http);
 
     // 4. Traffic: 8 workers sending GETs and POSTs for 10 s.
     let tally = Arc::new(Tally::default());

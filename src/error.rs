@@ -413,6 +413,13 @@ impl StdError for RefreshError {
 /// "token refresh needs a tokio runtime". Requests whose token can still be
 /// sent go out as usual there.
 ///
+/// Its `Display` says what failed ("token refresh failed"), not why: the
+/// why is its [`source`](StdError::source), the
+/// [`refresh_error`](Self::refresh_error) (the server's own words, or the
+/// client's error, with secrets redacted) and that one's sources in turn,
+/// as Rust errors go. Log the whole chain (with `anyhow`'s `{:#}`, or by
+/// walking `source()`), not the `Display` alone.
+///
 /// ```
 /// use std::convert::Infallible;
 /// use http::{Request, Response};

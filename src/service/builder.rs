@@ -82,8 +82,9 @@ impl<C> Builder<C> {
     /// An access token that is not a valid header value is never sent:
     /// with a refresh token beside it (a refused answer the
     /// [`on_refresh`](Self::on_refresh) hook persisted), the first request
-    /// refreshes from them; without one, the layer starts as if no tokens
-    /// were given: the first request gets a token from the
+    /// refreshes from them ([`TokenSet::from_refresh_token`] makes such a
+    /// set from a saved refresh token alone); without one, the layer starts
+    /// as if no tokens were given: the first request gets a token from the
     /// [login source](Self::login) if one is set, and otherwise from the
     /// refresh source (which a client-credentials source can serve).
     ///
@@ -402,7 +403,11 @@ impl<C> Builder<C> {
     /// Tokens a refresh overtaken by [`set_tokens`](crate::TokenHandle::set_tokens)
     /// fetched are shown too, though the layer keeps the tokens set.
     /// With a [store](Self::store), it runs only in the process that
-    /// fetched the tokens, not in those that adopt them. Should the
+    /// fetched the tokens, not in those that adopt them. The hook's future
+    /// outlives the call (`'static`): copy what it needs out of `tokens`
+    /// before its `async move`, as below. A process that saved only the
+    /// refresh token starts again from
+    /// [`TokenSet::from_refresh_token`](crate::TokenSet::from_refresh_token). Should the
     /// refresh's runtime shut down while the hook runs, the tokens are
     /// installed all the same (the server may already have spent the
     /// refresh token they replace), whether or not the hook finished.

@@ -72,6 +72,10 @@ pub(crate) use transport::is_loopback;
 /// `Authorization` header, or that go to an origin outside the allow-list,
 /// pass through untouched and are never retried.
 ///
+/// The inner service receives `Request<ReplayBody<B>>` for the caller's
+/// `Request<B>`: a hyper-util client wrapped for bodies `B` is a
+/// `Client<_, ReplayBody<B>>` (see [`ReplayBody`]).
+///
 /// # Clone
 ///
 /// Cloning clones the inner service and shares the token state.
