@@ -986,7 +986,10 @@ async fn every_call_fails_within_the_timeout_while_redis_is_frozen() {
 #[tokio::test]
 async fn a_lease_whose_answer_was_lost_is_released() {
     with_redis(async |server| {
-        let (relay, store) = behind_a_relay(server, Duration::from_secs(1)).await;
+        // The store's timeout, 2 s, is how long the test has to see the
+        // lease taken (however loaded the machine), and the release comes
+        // that long after the lost answer, well within `PROMPT`.
+        let (relay, store) = behind_a_relay(server, Duration::from_secs(2)).await;
         load_the_lease_script(&store).await;
         relay.lose_replies_on_open_connections();
         let error = store.try_lease(Duration::from_secs(60)).await;
@@ -1063,12 +1066,15 @@ async fn a_connection_gone_silent_is_replaced_after_one_timeout() {
 #[tokio::test]
 async fn a_call_cut_off_by_its_caller_gives_up_its_connection() {
     with_redis(async |server| {
-        let (relay, store) = behind_a_relay(server, Duration::from_secs(5)).await;
+        // The store's own timeout (60 s) is far past the bound below (20 s):
+        // only a fresh connection answers within it, however loaded the
+        // machine.
+        let (relay, store) = behind_a_relay(server, Duration::from_secs(60)).await;
 
         relay.silence_open_connections();
         let cut_off = tokio::time::timeout(Duration::from_millis(200), store.load()).await;
         assert!(cut_off.is_err(), "the silent connection answered");
-        let load = tokio::time::timeout(Duration::from_secs(2), store.load()).await;
+        let load = tokio::time::timeout(Duration::from_secs(20), store.load()).await;
         assert_eq!(
             load.expect("a fresh connection").unwrap(),
             Some(record(1, b"a"))

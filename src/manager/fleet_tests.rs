@@ -634,7 +634,10 @@ impl TokenStore for FaultyLoads {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fresh() {
     let store = FaultyLoads::default();
-    let layer = watched_layer(&store, Duration::from_secs(2));
+    // Long enough that a loaded machine's watcher still promises well
+    // before the advisory point (2 s, less the watcher's lead).
+    let lifetime = Duration::from_secs(4);
+    let layer = watched_layer(&store, lifetime);
     let manager = &layer.core.manager;
     let mut cache = manager.snapshot_cache();
     assert!(manager.ready(&mut cache).is_some(), "fresh at first");
@@ -649,7 +652,7 @@ async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fre
     );
 
     announce_while_loads_hang(&store).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await; // past the expiry
+    tokio::time::sleep(lifetime + Duration::from_millis(100)).await; // past the expiry
 
     assert!(
         manager.ready(&mut cache).is_none(),

@@ -512,8 +512,19 @@ fn a_watcher_lost_with_its_runtime_hands_freshness_back_to_the_clock() {
             .layer(layer.clone())
             .service(api.clone());
         assert_eq!(bearer(&send(&client, get()).await), "old");
-        // Let the watcher run and promise to mark the token stale.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The watcher runs and promises to mark the token stale: the
+        // promise its task's end must take back.
+        let watched = || {
+            let snapshot = layer.core.manager.shared.snapshot.load();
+            snapshot.watched.load(std::sync::atomic::Ordering::Acquire)
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !watched() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the watcher promised");
         (layer, client)
     });
     drop(first); // takes the watcher task with it
