@@ -306,7 +306,7 @@ async fn over_http1_the_retry_reuses_the_connection_that_carried_the_rejection()
         // as the reqwest twin does (a margin for a loaded machine, not a
         // measurement).
         let refresher = refresh_fn(|_| async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
             Ok::<_, RefreshError>(TokenSet::new("new"))
         });
         let layer = TokenRefreshLayer::builder(refresher)

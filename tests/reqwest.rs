@@ -1024,7 +1024,7 @@ async fn a_rejection_is_read_before_the_retry_so_its_connection_is_reused() {
         // A slow refresh: the rejection's connection, once its body is read, is
         // back in the pool well before the retry looks for one (it is returned
         // by the connection's own task, which a loaded machine may run late).
-        let slow = |cognito: &CognitoClient| slow_by(cognito, Duration::from_millis(300));
+        let slow = |cognito: &CognitoClient| slow_by(cognito, Duration::from_secs(1));
         let setup = setup_refreshing(slow, with_login).await;
         let (api, client) = (&setup.api, &setup.client);
         // Read to its end, as the rejection must be: a response dropped before
