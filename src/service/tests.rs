@@ -19,7 +19,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::test_support::body::{data, trailers, Item, TestBody};
 use crate::test_support::{
-    burst, expect_error, get, hold, issuer, old_token_layer, post, send, Api, Issuer,
+    burst, expect_error, get, hold, issuer, old_token_layer, post, send, yield_until, Api, Issuer,
 };
 use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefresh, TokenRefreshLayer, TokenSet};
 
@@ -165,16 +165,12 @@ async fn dropping_the_request_that_started_the_refresh_does_not_stall_the_others
         let client = client.clone();
         async move { send(&client, get()).await }
     });
-    while handle.stats().refreshes == 0 {
-        tokio::task::yield_now().await;
-    }
+    yield_until("the refresh starts", || handle.stats().refreshes > 0).await;
     let others = tokio::spawn({
         let client = client.clone();
         async move { burst(&client, 50).await }
     });
-    while handle.stats().waited < 51 {
-        tokio::task::yield_now().await;
-    }
+    yield_until("all wait", || handle.stats().waited >= 51).await;
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
 

@@ -312,9 +312,8 @@ pub(crate) struct HoldControl {
 impl HoldControl {
     /// Yields until `n` held requests have arrived.
     pub(crate) async fn wait_for(&self, n: usize) {
-        while self.arrived.load(Ordering::SeqCst) < n {
-            tokio::task::yield_now().await;
-        }
+        let arrived = || self.arrived.load(Ordering::SeqCst) >= n;
+        yield_until("the held requests arrive", arrived).await;
     }
 
     pub(crate) fn release(&self) {
@@ -446,6 +445,21 @@ impl<F: Future> Held<F> {
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()))
     }
+}
+
+/// Yields until `done`; fails, naming `what`, after a bound of yields that
+/// no passing test comes near. On a paused clock a loop of yields never
+/// lets time move, so without the bound a regression would spin for good
+/// (found in an audit of the suite).
+pub(crate) async fn yield_until(what: &str, done: impl Fn() -> bool) {
+    const AT_MOST: u32 = 1_000_000;
+    for _ in 0..AT_MOST {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{what}: not after {AT_MOST} yields");
 }
 
 /// Lets spawned tasks run until they wait on something outside them.

@@ -16,6 +16,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
+use crate::test_support::yield_until;
 use crate::{
     refresh_fn, BoxError, Refresh, RefreshError, RefreshWindow, ReplayBody, TokenRefreshLayer,
     TokenSet,
@@ -325,9 +326,10 @@ fn a_refresh_dropped_with_its_runtime_does_not_fail_requests_on_another() {
     let first = paused_current_thread();
     start_a_refresh_on(&first, &client);
     first.block_on(async {
-        while calls.load(Ordering::SeqCst) < 1 {
-            tokio::task::yield_now().await;
-        }
+        yield_until("the refresh is called", || {
+            calls.load(Ordering::SeqCst) >= 1
+        })
+        .await;
     });
     drop(first);
 
@@ -375,9 +377,7 @@ fn tokens_fetched_before_the_runtime_shut_down_during_the_hook_are_kept() {
     let first = paused_current_thread();
     start_a_refresh_on(&first, &client);
     first.block_on(async {
-        while hook_ran.load(Ordering::SeqCst) < 1 {
-            tokio::task::yield_now().await;
-        }
+        yield_until("the hook runs", || hook_ran.load(Ordering::SeqCst) >= 1).await;
     });
     drop(first);
 
@@ -479,9 +479,10 @@ fn a_refresh_abandoned_with_its_runtime_keeps_the_tokens_refresh_point() {
         handle.force_refresh().await.unwrap(); // t1
         let forcing = handle.clone();
         tokio::spawn(async move { forcing.force_refresh().await });
-        while calls.load(Ordering::SeqCst) < 2 {
-            tokio::task::yield_now().await;
-        }
+        yield_until("the second refresh is called", || {
+            calls.load(Ordering::SeqCst) >= 2
+        })
+        .await;
     });
     drop(first); // the second refresh with it
 
