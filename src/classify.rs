@@ -92,33 +92,66 @@ impl ClassifyRejection for Unauthorized {
     }
 }
 
-/// Whether a `WWW-Authenticate` challenge of the response says the token
-/// lacks the scope the resource needs: an auth-param (RFC 7235)
-/// `error="insufficient_scope"`, quoted or not, in any case.
+/// Whether a Bearer challenge of the response's `WWW-Authenticate` says
+/// the token lacks the scope the resource needs: an auth-param (RFC 7235)
+/// `error="insufficient_scope"`, quoted or not, in any case. Commas inside
+/// quoted strings do not split, and another scheme's params do not count
+/// (found in review of the first version, which read a quoted
+/// `error_description` mentioning it, and any scheme's `error`).
 fn scope_too_narrow(headers: &HeaderMap) -> bool {
-    let insufficient_scope = |param: &str| {
-        // The first param of a challenge follows its scheme (`Bearer `).
-        let param = match param.trim().split_once([' ', '\t']) {
-            Some((scheme, rest))
-                if !scheme.contains('=') && !rest.trim_start().starts_with('=') =>
-            {
-                rest
-            }
-            _ => param,
-        };
-        param.split_once('=').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("error")
-                && value
-                    .trim()
-                    .trim_matches('"')
-                    .eq_ignore_ascii_case("insufficient_scope")
-        })
-    };
     headers
         .get_all(http::header::WWW_AUTHENTICATE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .any(|challenges| challenges.split(',').any(insufficient_scope))
+        .any(|challenges| {
+            let mut scheme = "";
+            split_outside_quotes(challenges).any(|item| {
+                let item = item.trim();
+                let param = param_of(item).or_else(|| {
+                    // Not a param: a challenge starts, its scheme first.
+                    let (first, rest) = item.split_once([' ', '\t']).unwrap_or((item, ""));
+                    scheme = first;
+                    param_of(rest.trim())
+                });
+                param.is_some_and(|(name, value)| {
+                    scheme.eq_ignore_ascii_case("bearer")
+                        && name.eq_ignore_ascii_case("error")
+                        && value.eq_ignore_ascii_case("insufficient_scope")
+                })
+            })
+        })
+}
+
+/// `text` split at the commas outside quoted strings (in which `\\`
+/// escapes the next character).
+fn split_outside_quotes(text: &str) -> impl Iterator<Item = &str> {
+    let (mut quoted, mut escaped) = (false, false);
+    let mut commas = text.char_indices().filter_map(move |(at, c)| {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => return Some(at),
+            _ => {}
+        }
+        None
+    });
+    let mut start = Some(0);
+    std::iter::from_fn(move || {
+        let from = start?;
+        let end = commas.next();
+        start = end.map(|at| at + 1);
+        Some(&text[from..end.unwrap_or(text.len())])
+    })
+}
+
+/// `name=value` (spaces around `=` allowed, the value unquoted), if `item`
+/// is one: its name a single token.
+fn param_of(item: &str) -> Option<(&str, &str)> {
+    let (name, value) = item.split_once('=')?;
+    let name = name.trim();
+    let is_token = !name.is_empty() && !name.contains([' ', '\t', '"']);
+    is_token.then(|| (name, value.trim().trim_matches('"')))
 }
 
 /// gRPC: a `401` (as [`Unauthorized`] reads it), or `grpc-status: 16` (UNAUTHENTICATED) in the response
@@ -264,10 +297,16 @@ mod tests {
             "Basic realm=x",
             r#"Bearer error="insufficient_scope""#
         ]));
+        let two = r#"Basic realm="a, b", Bearer realm="api", error="insufficient_scope""#;
+        assert!(!rejected(&[two]));
         for expired in [
             r#"Bearer error="invalid_token", error_description="expired""#,
             r#"Bearer error_description="not insufficient_scope_at_all""#,
             r#"Bearer error_description="error=insufficient_scope, said twice""#,
+            r#"Bearer error="invalid_token", error_description="Denied, see error=insufficient_scope""#,
+            r#"Bearer error_description="a \" , error=insufficient_scope""#,
+            r#"DPoP error="insufficient_scope""#,
+            "Basic realm=x, error=insufficient_scope",
             "Basic realm=x",
         ] {
             assert!(rejected(&[expired]), "{expired}");
