@@ -211,8 +211,15 @@ impl RefreshContext {
     /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "s+");
     /// # }
     /// ```
+    ///
+    /// `None` too for one that could never be sent (blank, or not a header
+    /// value), as in tokens started from a saved refresh token alone
+    /// ([`TokenSet::from_refresh_token`]): found in review, a sliding
+    /// session presented it as `Authorization: Bearer ` with nothing after.
     pub fn access_token(&self) -> Option<&Secret> {
-        self.current().map(TokenSet::access_token)
+        self.current()
+            .filter(|tokens| crate::manager::makes_header(tokens))
+            .map(TokenSet::access_token)
     }
 }
 

@@ -166,7 +166,12 @@ impl TokenSet {
     /// from when it persisted the refresh token (in an
     /// [`on_refresh`](crate::Builder::on_refresh) hook) and not the access
     /// token. Given as [initial tokens](crate::Builder::initial_tokens), it
-    /// is never sent: the first request refreshes from it.
+    /// is never sent: the first request refreshes from it. (For
+    /// [`set_tokens`](crate::TokenHandle::set_tokens), which needs an
+    /// access token to send, it is an error.) A refresh source that
+    /// presents the access token (a sliding session) has none to present
+    /// ([`RefreshContext::access_token`](crate::RefreshContext::access_token)
+    /// is `None`).
     ///
     /// ```
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
@@ -176,8 +181,10 @@ impl TokenSet {
     /// let saved = "refresh-7";
     /// let source = refresh_fn(|ctx| {
     ///     let presented = ctx.refresh_token().map(|r| r.expose().to_owned());
+    ///     let no_access_token = ctx.access_token().is_none();
     ///     async move {
     ///         assert_eq!(presented.as_deref(), Some("refresh-7"));
+    ///         assert!(no_access_token, "none to present");
     ///         Ok::<_, RefreshError>(TokenSet::new("access-8").with_refresh_token("refresh-8"))
     ///     }
     /// });
@@ -186,6 +193,7 @@ impl TokenSet {
     ///     .build();
     /// let handle = layer.handle();
     /// assert!(!handle.status().has_token(), "nothing to send yet");
+    /// assert!(handle.status().has_refresh_token());
     /// assert_eq!(handle.bearer().await.unwrap().expose(), "access-8");
     /// assert_eq!(handle.stats().refreshes, 1);
     /// # }

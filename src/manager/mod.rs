@@ -39,8 +39,9 @@ pub use failure::Backoff;
 use failure::Failure;
 pub(crate) use flight::Flight;
 use flight_wait::FlightWait;
+pub(crate) use snapshot::makes_header;
+use snapshot::Prepared;
 pub(crate) use snapshot::Snapshot;
-use snapshot::{makes_header, Prepared};
 pub(crate) use snapshot::{Credential, Freshness, BEARER};
 use window::RefreshWindow;
 
@@ -738,6 +739,12 @@ impl TokenManager {
         let snapshot = self.shared.snapshot.load_full();
         let now = Instant::now();
         let terminal = control.failure.as_ref().is_some_and(Failure::is_terminal);
+        // Or held beside no usable access token (found in review: tokens
+        // started from a saved refresh token said none).
+        let holds_refresh =
+            |tokens: Option<&Arc<TokenSet>>| tokens.is_some_and(|t| t.refresh_token().is_some());
+        let has_refresh =
+            holds_refresh(snapshot.tokens.as_ref()) || holds_refresh(control.refused.as_ref());
         let state = match snapshot.freshness(now) {
             Freshness::Expired if terminal => TokenState::ReauthRequired,
             _ if snapshot.header.is_none() => TokenState::Missing,
@@ -749,10 +756,7 @@ impl TokenManager {
             generation: snapshot.generation,
             state,
             has_token: snapshot.header.is_some(),
-            has_refresh_token: snapshot
-                .tokens
-                .as_ref()
-                .is_some_and(|t| t.refresh_token().is_some()),
+            has_refresh_token: has_refresh,
             expires_in: snapshot
                 .expires_at
                 .map(|e| e.saturating_duration_since(now)),
