@@ -86,13 +86,22 @@ struct Holder {
     /// The lease as the lock file holds it, to restore it there.
     line: Box<str>,
     /// Kept open: its lock lasts as long as it does.
-    _liveness: File,
+    liveness: File,
 }
 
 impl Holders {
-    /// Lets go of `lease`'s liveness lock: its holder is done with it.
+    /// Lets go of `lease`'s liveness lock: its holder is done with it. The
+    /// lease it wrote into the liveness file goes first (best effort): left
+    /// there, a taker finding the lock held by someone who does not write
+    /// it (an older version of this crate) would restore this lease.
     pub(super) fn forget(&mut self, lease: &Lease) {
-        self.0.retain(|holder| &*holder.owner != lease.owner());
+        self.0.retain(|holder| {
+            let done = &*holder.owner == lease.owner();
+            if done {
+                let _ = holder.liveness.set_len(0);
+            }
+            !done
+        });
     }
 
     /// Lets go of the liveness locks of leases lapsed by `now`: kept, they
@@ -236,7 +245,7 @@ impl Locked {
                 owner,
                 lapses,
                 line: line.into(),
-                _liveness: liveness,
+                liveness,
             });
         }
         Ok(Some(lease))
@@ -476,6 +485,8 @@ mod tests {
         assert_eq!(next.try_lease(TTL).await.unwrap(), None, "and again");
 
         holder.release(lease).await.unwrap();
+        let kept = fs::read_to_string(beside(&path, ".lease")).unwrap();
+        assert_eq!(kept, "", "given back, it is gone from the liveness file");
         assert!(
             next.try_lease(TTL).await.unwrap().is_some(),
             "taken once its holder let go"
