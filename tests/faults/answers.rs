@@ -158,11 +158,16 @@ async fn absurdly_large_expires_in_saturates_and_the_token_is_used() {
                 "request {i}: {outcome:?}"
             );
         }
-        // On a loaded machine the refresh may still be under way.
-        while rig.handle.status().generation() < 2 {
-            let _ = rig.get().await;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // On a loaded machine the refresh the traffic started may still be
+        // under way: waited for, sending nothing that could start one.
+        let refreshed = async {
+            while rig.handle.status().generation() < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), refreshed)
+            .await
+            .expect("the refresh the traffic started ends");
         let status = rig.handle.status();
         assert_eq!(status.generation(), 2);
         assert_eq!(status.state(), TokenState::Fresh);
