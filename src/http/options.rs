@@ -213,10 +213,7 @@ impl<C, B> HttpRefresher<C, B> {
         let (name, value) = (name.into(), value.into());
         let request = &mut self.dialect().request;
         request.secret_fields.retain(|(n, _)| *n != name);
-        match request.fields.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = value,
-            None => request.fields.push((name, value)),
-        }
+        set_named(&mut request.fields, name, value);
         self
     }
 
@@ -259,10 +256,7 @@ impl<C, B> HttpRefresher<C, B> {
         let (name, value) = (name.into(), value.into());
         let request = &mut self.dialect().request;
         request.fields.retain(|(n, _)| *n != name);
-        match request.secret_fields.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = value,
-            None => request.secret_fields.push((name, value)),
-        }
+        set_named(&mut request.secret_fields, name, value);
         self
     }
 
@@ -839,5 +833,14 @@ impl<C, B> HttpRefresher<C, B> {
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.settings().body_limit = bytes;
         self
+    }
+}
+
+/// Sets `name` to `value` among `fields`: in its place if it is there,
+/// else last.
+fn set_named<T>(fields: &mut Vec<(String, T)>, name: String, value: T) {
+    match fields.iter_mut().find(|(n, _)| *n == name) {
+        Some(slot) => slot.1 = value,
+        None => fields.push((name, value)),
     }
 }
