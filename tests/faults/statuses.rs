@@ -13,8 +13,8 @@ use crate::support::faults::{Failure, InjectFaults};
 use crate::support::front::Front;
 use crate::support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 use crate::{
-    assert_all_ok, assert_spaced, bounded, refresh_client, traffic, traffic_while, Call, Calls,
-    Rig, Sent, Settings, BACKOFF_INITIAL, BACKOFF_MAX, MANDATORY, STALE_AFTER,
+    assert_all_ok, assert_spaced, bounded, refresh_client, traffic_while, Call, Calls, Rig, Sent,
+    Settings, BACKOFF_INITIAL, BACKOFF_MAX, MANDATORY, STALE_AFTER,
 };
 
 /// How long the layer may take to make the refresh calls a test waits for.
@@ -196,10 +196,34 @@ async fn identity_server_rate_limit_without_retry_after_is_backed_off() {
         let handle = layer.handle();
         let client = crate::support::authed_client(layer);
 
-        let until = Instant::now() + Duration::from_millis(4500);
+        // Traffic until the limit was hit and a later call succeeded, not
+        // for a fixed time: on a loaded machine the calls come later.
+        let give_up = Instant::now() + CALLS_LIMIT;
+        let more = || {
+            let stats = identity.stats();
+            let more = stats.rate_limited == 0 || stats.refreshed < 2;
+            assert!(
+                !more || Instant::now() < give_up,
+                "not limited then recovered within {CALLS_LIMIT:?}: {stats:?}"
+            );
+            more
+        };
         let bound = Duration::from_secs(5);
-        let sent = traffic(&client, &api.url("/v1/reports"), bound, until).await;
+        let sent = traffic_while(&client, &api.url("/v1/reports"), bound, more).await;
         assert_all_ok(&sent, "while rate limited");
+        // No refresh still under way, so that the counts below are final.
+        let settled = async {
+            loop {
+                let stats = handle.stats();
+                if stats.refresh_successes + stats.refresh_failures == stats.refreshes {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), settled)
+            .await
+            .expect("the last refresh ends");
 
         let accepted = front.accepted();
         let statuses: Vec<_> = calls.lock().unwrap().iter().map(|c| c.status).collect();
