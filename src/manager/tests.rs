@@ -383,15 +383,8 @@ async fn on_a_current_thread_runtime_the_watcher_gives_a_paused_clock_nothing_to
 /// landed, as fast as the identity server answered.
 #[tokio::test(start_paused = true)]
 async fn a_token_stale_from_birth_is_not_refreshed_back_to_back() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&calls);
-    let source = refresh_fn(move |_| {
-        counted.fetch_add(1, Ordering::SeqCst);
-        async {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            Ok::<_, RefreshError>(TokenSet::new("t").with_expires_in(Duration::from_secs(60)))
-        }
-    });
+    let lifetime = Duration::from_secs(60);
+    let (source, issuer) = issuer(&Api::default(), Some(lifetime), Duration::from_millis(10));
     let layer = TokenRefreshLayer::builder(source)
         .advisory_window(crate::RefreshWindow::fraction(1.0))
         .min_refresh_interval(Duration::ZERO)
@@ -399,7 +392,7 @@ async fn a_token_stale_from_birth_is_not_refreshed_back_to_back() {
         .build();
     layer.handle().force_refresh().await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let calls = calls.load(Ordering::SeqCst);
+    let calls = issuer.calls();
     assert!((5..=12).contains(&calls), "{calls} refreshes in 10 s");
 }
 
