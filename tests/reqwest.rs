@@ -26,6 +26,7 @@ use axum::Json;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Extensions, Method, StatusCode, Uri};
+use http_body_util::channel::Channel;
 use hyper::body::{Body, Frame};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use serde_json::{json, Value};
@@ -186,11 +187,14 @@ async fn api(State(state): State<Arc<ApiState>>, request: Request) -> Response {
             let _ = axum::body::to_bytes(body, usize::MAX).await;
         });
         if uri_path == "/v1/held-rejection" {
-            let (rest, body) = HeldBody::new("{\"statusCode\": 401, ");
+            let (mut sender, body) = Channel::<Bytes, Infallible>::new(1);
             let state = Arc::clone(&state);
             tokio::spawn(async move {
+                let _ = sender.send_data("{\"statusCode\": 401, ".into()).await;
                 state.gate.pass().await;
-                let _ = rest.send(Bytes::from_static(b"\"message\": \"Unauthorized\"}"));
+                let _ = sender
+                    .send_data("\"message\": \"Unauthorized\"}".into())
+                    .await;
             });
             return (StatusCode::UNAUTHORIZED, axum::body::Body::new(body)).into_response();
         }
@@ -225,47 +229,6 @@ async fn api(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     };
     state.ok.fetch_add(1, Ordering::SeqCst);
     response
-}
-
-/// A response body of two chunks: the first at once, the second once it is
-/// sent through the returned sender.
-struct HeldBody {
-    first: Option<Bytes>,
-    rest: Option<tokio::sync::oneshot::Receiver<Bytes>>,
-}
-
-impl HeldBody {
-    fn new(first: &'static str) -> (tokio::sync::oneshot::Sender<Bytes>, Self) {
-        let (send, rest) = tokio::sync::oneshot::channel();
-        let first = Some(Bytes::from_static(first.as_bytes()));
-        (
-            send,
-            Self {
-                first,
-                rest: Some(rest),
-            },
-        )
-    }
-}
-
-impl Body for HeldBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(first))));
-        }
-        let Some(rest) = self.rest.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let rest = std::task::ready!(Pin::new(rest).poll(cx));
-        self.rest = None;
-        Poll::Ready(rest.ok().map(|chunk| Ok(Frame::data(chunk))))
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1210,6 +1173,18 @@ async fn a_retry_whose_token_is_rejected_while_its_rejection_is_read_is_not_sent
         let rejection_body = api.hold_next(1);
         request.release();
         rejection_body.arrived(1).await;
+        // The body's sender got there; wait for the middleware to have
+        // taken the rejection (its head), so that it decided on `newer`
+        // before `newer` is refused (found in review: otherwise it could
+        // decide after, taking another branch to the same error).
+        let taken = async {
+            while handle.stats().rejections < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), taken)
+            .await
+            .expect("the middleware took the rejection");
         identity.tokens().revoke_refresh_tokens();
         let refused = handle.bearer_after_rejection(&newer).await.unwrap_err();
         assert!(refused.is_reauth_required(), "{refused}");
