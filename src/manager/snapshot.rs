@@ -188,11 +188,13 @@ pub(crate) struct Snapshot {
     /// snapshot, so marking it needs no swap and is scoped to its generation.
     pub(crate) rejected: AtomicBool,
     /// Set by the manager's watcher task while it promises to raise `stale`
-    /// at `stale_at`; cleared if that task dies. While it holds, a request
-    /// for a token that is not yet stale needs no clock read.
+    /// on time ([`Snapshot::watch`]); cleared if that task dies. While it
+    /// holds, a request for a token that is not yet stale needs no clock
+    /// read.
     pub(crate) watched: AtomicBool,
-    /// Raised by the watcher shortly before `stale_at` ([`WATCH_LEAD`]):
-    /// from then on, requests read the clock.
+    /// Raised by the watcher shortly before `stale_at`, or before the
+    /// expiry when that is close behind: from then on, requests read the
+    /// clock.
     pub(crate) stale: AtomicBool,
 }
 
@@ -206,9 +208,9 @@ pub(crate) const WATCH_LEAD: Duration = Duration::from_millis(100);
 /// `min_refresh_interval` says (but never past half the token's lifetime).
 const PROACTIVE_SPACING_AT_LEAST: Duration = Duration::from_secs(1);
 
-/// A token that expires less than this after its advisory point is not
-/// watched (see [`Snapshot::watch`]).
-const UNWATCHED_WITHIN: Duration = Duration::from_secs(1);
+/// How long before a token's real expiry the watcher hands requests back
+/// to the clock at the latest (see [`Snapshot::watch`]).
+const EXPIRY_LEAD: Duration = Duration::from_secs(1);
 
 impl Snapshot {
     pub(crate) fn empty(generation: u64) -> Self {
@@ -229,7 +231,8 @@ impl Snapshot {
 
     /// Where the token stands, for the hot path: trusts the watcher's flags
     /// while they hold, so a fresh token costs no clock read; reads the clock
-    /// only in the stale window or when no watcher runs.
+    /// once the watcher raised `stale` (just before the stale window), or
+    /// when no watcher runs.
     #[inline]
     pub(crate) fn freshness_fast(&self) -> Freshness {
         if self.header.is_none() || self.rejected.load(Ordering::Acquire) {
@@ -262,33 +265,34 @@ impl Snapshot {
 
     /// Called by the watcher: raises `stale` if due and, when `promise`
     /// (the watcher's runtime keeps its timers running), promises to raise
-    /// it by `stale_at`. Returns when the watcher must wake, if ever.
+    /// it when due. Returns when the watcher must wake, if ever.
     ///
-    /// Due [`WATCH_LEAD`] before `stale_at`: `stale` only sends requests to
-    /// the clock, which tells the windows exactly, while a timer fires late
-    /// (a millisecond at least, more on a busy runtime). Found in review:
-    /// with an advisory window of zero, `stale_at` is the expiry itself, and
-    /// until the late watcher ran, requests went out with an expired token.
-    ///
-    /// No promise is made for a token whose real expiry is less than
-    /// [`UNWATCHED_WITHIN`] after its advisory point (an advisory window
-    /// of zero puts them together): a watcher late by more than the lead
-    /// would let it go out expired. Requests read the clock for it.
+    /// `stale` only sends requests to the clock, which tells the windows
+    /// exactly, so it is raised early, for a timer that fires late (a
+    /// millisecond at least, more on a busy runtime): [`WATCH_LEAD`] before
+    /// `stale_at`, and [`EXPIRY_LEAD`] before the expiry at the latest.
+    /// Found in review: with an advisory window of zero, `stale_at` is the
+    /// expiry itself, and until a late watcher ran, requests went out with
+    /// the expired token.
     pub(crate) fn watch(&self, now: Instant, promise: bool) -> Option<Instant> {
-        let stale_at = self.stale_at?;
-        let due = stale_at.checked_sub(WATCH_LEAD).unwrap_or(stale_at);
+        let due = self.watch_due()?;
         // Raised before `watched`, so no request can see a due token as
         // watched-and-fresh.
         if now >= due {
             self.stale.store(true, Ordering::Release);
         }
-        let expires_soon_after = self
-            .expires_at
-            .is_some_and(|expiry| expiry.saturating_duration_since(stale_at) < UNWATCHED_WITHIN);
-        if promise && !expires_soon_after {
+        if promise {
             self.watched.store(true, Ordering::Release);
         }
         (now < due).then_some(due)
+    }
+
+    /// When the watcher raises `stale` (see [`watch`](Self::watch)).
+    fn watch_due(&self) -> Option<Instant> {
+        let before = |at: Instant, lead| at.checked_sub(lead).unwrap_or(at);
+        let advisory = before(self.stale_at?, WATCH_LEAD);
+        let expiry = self.expires_at.map(|at| before(at, EXPIRY_LEAD));
+        Some(expiry.map_or(advisory, |expiry| advisory.min(expiry)))
     }
 
     /// Called when the watcher stops: requests read the clock again.
@@ -423,12 +427,13 @@ mod tests {
         assert_eq!(snap.freshness_fast(), Freshness::Stale);
     }
 
-    /// With no advisory window, the advisory point is the expiry: no
-    /// promise is made, and however late the watcher, requests see the
-    /// token expire. Found in review: until the late watcher ran, they
+    /// With no advisory window, the advisory point is the expiry: the
+    /// watcher hands the token to the clock a second before it, so that a
+    /// watcher late by less than that (here half a second) keeps it fresh
+    /// no longer. Found in review: until the late watcher ran, requests
     /// went out with the expired token.
     #[tokio::test(start_paused = true)]
-    async fn a_token_expiring_at_its_advisory_point_is_left_to_the_clock() {
+    async fn a_token_with_no_advisory_window_is_handed_to_the_clock_before_it_expires() {
         let config = Config {
             advisory: RefreshWindow::fixed(Duration::ZERO),
             ..Config::default()
@@ -438,9 +443,16 @@ mod tests {
         let snap = Prepared::new(tokens, now, true)
             .unwrap()
             .into_snapshot(1, now, &config);
-        snap.watch(now, true).expect("a wake-up");
-        assert!(!snap.watched.load(Ordering::Acquire), "no promise");
-        tokio::time::advance(Duration::from_secs(100)).await;
+        let due = snap.watch(now, true).expect("a wake-up");
+        assert_eq!(snap.freshness_fast(), Freshness::Fresh, "watched: no clock");
+        let expiry = now + Duration::from_secs(100);
+        // The watcher runs half a second late, if that is before the expiry.
+        let late = due + Duration::from_millis(500);
+        if late < expiry {
+            tokio::time::advance(late - now).await;
+            assert_eq!(snap.watch(Instant::now(), true), None, "raised when run");
+        }
+        tokio::time::advance(expiry - Instant::now()).await;
         assert_eq!(snap.freshness_fast(), Freshness::Expired);
     }
 
