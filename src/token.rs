@@ -18,6 +18,10 @@ use std::time::Duration;
 
 use zeroize::Zeroize;
 
+/// What stands for a secret wherever one would show: in `Debug`, and in
+/// errors quoting one.
+pub(crate) const REDACTED: &str = "[redacted]";
+
 /// A secret string (an access or refresh token).
 ///
 /// `Debug` and `Display` print `"[redacted]"`; the value is only reachable
@@ -88,13 +92,13 @@ impl Drop for Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
+        f.write_str(REDACTED)
     }
 }
 
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
+        f.write_str(REDACTED)
     }
 }
 
@@ -327,7 +331,7 @@ impl fmt::Debug for TokenSet {
             .field("access_token", &self.access_token)
             .field(
                 "refresh_token",
-                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+                &self.refresh_token.as_ref().map(|_| REDACTED),
             )
             .field("expires_in", &self.expires_in)
             // Names only: a user could store anything in an extra.

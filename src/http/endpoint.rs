@@ -14,12 +14,11 @@ use std::fmt;
 
 use http::Uri;
 
+use crate::token::REDACTED;
+
 /// A value shorter than this is no key (`v=2`, `oauth2`), and redacted it
 /// would blot out every `2` in the server's words.
 const KEY_LENGTH: usize = 8;
-
-/// What a path segment that may be a key is shown as in `Debug`.
-const HIDDEN: &str = "[redacted]";
 
 /// Whether the path segment `segment` may be a key: long enough, and not
 /// a name (letters, `-`, `_`, `.`). Digits and percent-escapes mark a key,
@@ -37,50 +36,47 @@ fn segment_may_be_key(segment: &str) -> bool {
 /// if that is long enough to be a key; path segments that may be keys;
 /// query values (or bare query entries) of [`KEY_LENGTH`] or more.
 pub(super) fn secrets(uri: &Uri) -> Vec<Cow<'_, str>> {
-    let mut credentials: Vec<&str> = Vec::new();
+    let mut found: Vec<Cow<'_, str>> = Vec::new();
+    // `raw` as it appears, and decoded if that differs and is at least
+    // `least` long: decoded, a key may be short (`%2F%2F%2F` is `///`, and
+    // redacted it would blot out every `///` in the server's words).
+    let mut push = |raw, decoded: String, least: usize| {
+        if decoded != raw && decoded.len() >= least {
+            found.push(Cow::Owned(decoded));
+        }
+        found.push(Cow::Borrowed(raw));
+    };
     if let Some((userinfo, _)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) {
-        credentials.push(userinfo);
+        push(userinfo, percent_decoded(userinfo), 0);
         // A client may print either alone (`username: "…"`). A short user
         // name is a name; a key sent as the user is the userinfo whole.
         if let Some((user, password)) = userinfo.split_once(':') {
-            credentials.push(password);
+            push(password, percent_decoded(password), 0);
             if user.len() >= KEY_LENGTH {
-                credentials.push(user);
+                push(user, percent_decoded(user), 0);
             }
         }
     }
-    let segments = uri.path().split('/').filter(|s| segment_may_be_key(s));
+    for segment in uri.path().split('/').filter(|s| segment_may_be_key(s)) {
+        push(segment, percent_decoded(segment), KEY_LENGTH);
+    }
     // A bare entry (`?KEY`) is its own value.
-    let values = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .map(|entry| entry.split_once('=').map_or(entry, |(_, value)| value))
-        .filter(|value| value.len() >= KEY_LENGTH);
-    let keys: Vec<&str> = segments.chain(values).collect();
-
-    let mut found: Vec<Cow<'_, str>> = Vec::new();
-    for (parts, whatever_length) in [(credentials, true), (keys, false)] {
-        for raw in parts {
-            let decoded = percent_decoded(raw);
-            // Decoded, a key may be short: `%2F%2F%2F` is `///`, and
-            // redacted it would blot out every `///` in the server's words.
-            if decoded != raw && (whatever_length || decoded.len() >= KEY_LENGTH) {
-                found.push(Cow::Owned(decoded));
-            }
-            found.push(Cow::Borrowed(raw));
-        }
+    let entries = uri.query().unwrap_or_default().split('&');
+    let values = entries.map(|entry| entry.split_once('=').map_or(entry, |(_, value)| value));
+    for value in values.filter(|value| value.len() >= KEY_LENGTH) {
+        // In a query (only), `+` is a space.
+        push(value, percent_decoded(&value.replace('+', " ")), KEY_LENGTH);
     }
-    found.retain(|part| !part.is_empty());
     found
 }
 
-/// `raw` with its percent-escapes (and a query's `+` for a space) decoded.
+/// `raw` with its percent-escapes decoded (nothing else: found in review,
+/// decoding it as a form cut it at `&` and took `+` for a space, both
+/// literal in userinfo and paths).
 fn percent_decoded(raw: &str) -> String {
-    form_urlencoded::parse(format!("k={raw}").as_bytes())
-        .next()
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// An endpoint as `Debug` shows it: scheme, host, port and path, with path
@@ -102,7 +98,7 @@ impl fmt::Debug for ForDebug<'_> {
                 f.write_str("/")?;
             }
             let shown = if segment_may_be_key(segment) {
-                HIDDEN
+                REDACTED
             } else {
                 segment
             };
@@ -162,6 +158,11 @@ mod tests {
             ]
         );
         assert!(found("https://idp.example.com/oauth2/v2.0/token?v=2").is_empty());
+        // `&` and `+` are themselves in userinfo and paths, not cut or spaces.
+        assert_eq!(
+            found("https://u:p%26ss+word@h/"),
+            ["p%26ss+word", "p&ss+word", "u:p%26ss+word", "u:p&ss+word"]
+        );
         // Decoded, too short to be a key.
         assert_eq!(found("https://h/t?sig=%2F%2F%2F%2F"), ["%2F%2F%2F%2F"]);
     }

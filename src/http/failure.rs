@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use super::decode::plain_text;
 use super::dialect::{Dialect, ErrorShape};
+use crate::token::REDACTED;
 use crate::RefreshError;
 
 /// The error for a non-`2xx` answer.
@@ -130,9 +131,6 @@ pub(crate) struct SentSecrets {
     /// Every form of every secret, sorted, without repeats.
     forms: Vec<String>,
 }
-
-/// What a secret quoted by the server is replaced with.
-const REDACTED: &str = "[redacted]";
 
 impl SentSecrets {
     /// Blank secrets (a placeholder access token, `"\n"`) are no secrets.

@@ -35,8 +35,9 @@
 //! echoes back is quoted as `[redacted]`: the tokens in use, the secret
 //! body fields, the client secret and its Basic credentials, the endpoint
 //! URI's userinfo, query values of 8 characters or more and path segments
-//! of 8 or more with a digit or an escape (a key in the path, not a name
-//! such as `refreshToken`); each as sent, percent-encoded throughout or
+//! of 8 or more with anything but letters, `-`, `_` and `.` in them (a
+//! digit, an escape: a key in the path, not a name such as
+//! `refreshToken`); each as sent, percent-encoded throughout or
 //! JSON-escaped. An echo in another encoding, or cut short by the server,
 //! is not recognised.
 //!
