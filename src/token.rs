@@ -22,6 +22,11 @@ use zeroize::Zeroize;
 /// errors quoting one.
 pub(crate) const REDACTED: &str = "[redacted]";
 
+/// The access token of tokens that carry only a refresh token: not a
+/// header value, so that no request sends it and no process adopts it
+/// from a store; each refreshes from the refresh token beside it.
+pub(crate) const NO_ACCESS_TOKEN: &str = "\n";
+
 /// A secret string (an access or refresh token).
 ///
 /// `Debug` and `Display` print `"[redacted]"`; the value is only reachable
@@ -203,8 +208,7 @@ impl TokenSet {
     /// # }
     /// ```
     pub fn from_refresh_token(refresh_token: impl Into<Secret>) -> Self {
-        // An empty access token is no header value: never sent.
-        Self::new("").with_refresh_token(refresh_token)
+        Self::new(NO_ACCESS_TOKEN).with_refresh_token(refresh_token)
     }
 
     /// Adds the credential used to obtain the next access token.

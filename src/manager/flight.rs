@@ -32,6 +32,7 @@ use crate::error::ErrorKind;
 use crate::refresh::{DynRefresh, RefreshContext};
 use crate::stats::Counters;
 use crate::store::DynStore;
+use crate::token::NO_ACCESS_TOKEN;
 use crate::{Error, RefreshError, RefreshReason, Secret, TokenSet};
 
 /// A flight's result: the new credential, `Ok(None)` when `set_tokens`
@@ -266,11 +267,6 @@ fn refresh_credential(ctx: &RefreshContext) -> Option<&Secret> {
     ctx.refresh_token().or_else(|| ctx.access_token())
 }
 
-/// The access token of tokens that carry only a refresh token: not a
-/// header value, so that no request sends it and no process adopts it
-/// from a store; each refreshes from the refresh token beside it.
-const NO_ACCESS_TOKEN: &str = "\n";
-
 /// The tokens a flight refreshes from: refused tokens that rotated the
 /// refresh token, if any (see [`paired_with_installed`]), else the
 /// installed ones.
@@ -286,9 +282,10 @@ fn refresh_from(
 
 /// Tokens to refresh from that rotated the refresh token (refused here, or
 /// a stored record of them). Taken whole, their access token stays paired
-/// with its own refresh token. Those that carry the refresh token alone
-/// (an answer refused before its tokens could be read) are paired with the
-/// installed access token instead of the placeholder, for a source that
+/// with its own refresh token. Those whose access token no request could
+/// send (the placeholder of an answer refused before its tokens could be
+/// read, or one that is no header value) are paired with the installed
+/// access token instead, for a source that
 /// presents the access token too (a sliding session with a refresh token
 /// in its answers): found in review, the placeholder was sent as its
 /// credential, which the source refused for good.
@@ -297,7 +294,7 @@ pub(super) fn paired_with_installed(
     installed: Option<&Arc<TokenSet>>,
 ) -> Arc<TokenSet> {
     match (tokens.refresh_token(), installed) {
-        (Some(rotated), Some(installed)) if tokens.access_token().expose() == NO_ACCESS_TOKEN => {
+        (Some(rotated), Some(installed)) if !makes_header(tokens) => {
             Arc::new(TokenSet::clone(installed).with_refresh_token(rotated.clone()))
         }
         _ => Arc::clone(tokens),

@@ -201,10 +201,12 @@ struct Control {
     /// (`fleet::Offer`); its channel closes once it has settled, and a
     /// closed one stands for none.
     pending_offer: Option<tokio::sync::watch::Receiver<()>>,
-    /// Tokens the last flight fetched but could not install (an access
-    /// token already expired, or not a valid header value) that carry a
-    /// new refresh token: the next flight refreshes from them. Cleared when
-    /// tokens are installed.
+    /// Tokens that carry a live refresh token beside an access token no
+    /// request can use: fetched by the last flight but not installed (the
+    /// access token already expired, or not a valid header value), or
+    /// given as initial tokens (a saved refresh token alone, or refused
+    /// tokens the hook persisted). The next flight refreshes from them.
+    /// Cleared when tokens are installed.
     refused: Option<Arc<TokenSet>>,
     /// The refresh token (or, for tokens without one, the access token a
     /// sliding session refreshes with) the source last rejected for good:
@@ -275,11 +277,13 @@ impl TokenManager {
             Some(tokens) if makes_header(&tokens) => Prepared::new(tokens, epoch, false)
                 .expect("the header was checked valid above")
                 .into_snapshot(1, epoch, &config),
-            // Tokens the `on_refresh` hook saw refused, persisted and given
-            // back: no request can use the access token, but the refresh
-            // token is the live one, and the first refresh starts from them.
+            // A saved refresh token alone (`TokenSet::from_refresh_token`),
+            // or tokens the `on_refresh` hook saw refused, persisted and
+            // given back: no request can use the access token, but the
+            // refresh token is the live one, and the first refresh starts
+            // from them.
             Some(tokens) if tokens.refresh_token().is_some() => {
-                tracing::info!("initial access token is not a valid header value; the first request refreshes from the refresh token beside it");
+                tracing::info!("no initial access token to send; the first request refreshes from the refresh token");
                 control.refused = Some(Arc::new(tokens));
                 Snapshot::empty(0)
             }

@@ -11,7 +11,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::test_support::{
     burst, expect_error, failing, get, issuer, old_token_layer, panics_on_this_thread,
-    paused_runtime, recording, recording_pairs, send, sent, Api, TestBody,
+    paused_runtime, recording, recording_pairs, send, sent, Api, PresentedPairs, TestBody,
 };
 use crate::{
     refresh_fn, Backoff, Builder, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet,
@@ -592,21 +592,6 @@ async fn a_token_expired_on_arrival_is_a_failure_backed_off_not_a_refresh_loop()
     assert!((1..=3).contains(&calls), "{calls} refresh calls");
 }
 
-/// What the refresh after the refused answer `first` / rt-2 is shown: its
-/// access token, unless that makes no header
-/// ([`RefreshContext::access_token`](crate::RefreshContext::access_token)
-/// is then `None`: it could never be presented).
-fn refused_pair(first: &str) -> (Option<String>, Option<String>) {
-    let access = first
-        .parse::<http::HeaderValue>()
-        .is_ok()
-        .then(|| first.to_owned());
-    (access, Some("rt-2".to_owned()))
-}
-
-/// What a refresh source was sent: (access token, refresh token) per call.
-type Presented = Arc<std::sync::Mutex<Vec<(Option<String>, Option<String>)>>>;
-
 /// A layer starting from at-1 / rt-1 on a source that rotates refresh
 /// tokens and records what it was sent. Its first answer is `first` with
 /// rt-2, which the layer refuses; its n-th after that is at-n+1 / rt-n+1.
@@ -614,21 +599,15 @@ fn refusing_first(
     first: &'static str,
     lifetime: Duration,
     configure: impl FnOnce(Builder) -> Builder,
-) -> (TokenRefreshLayer, Presented) {
-    let presented = Presented::default();
-    let recorded = Arc::clone(&presented);
-    let source = refresh_fn(move |ctx: crate::RefreshContext| {
-        let mut presented = recorded.lock().unwrap();
-        let token = |t: Option<&crate::Secret>| t.map(|t| t.expose().to_owned());
-        presented.push((token(ctx.access_token()), token(ctx.refresh_token())));
-        let n = presented.len() + 1;
-        let tokens = if n == 2 {
+) -> (TokenRefreshLayer, PresentedPairs) {
+    let (source, presented) = recording_pairs(move |call| {
+        let n = call + 1;
+        let tokens = if call == 1 {
             TokenSet::new(first).with_expires_in(lifetime)
         } else {
             TokenSet::new(format!("at-{n}")).with_expires_in(HUNDRED)
         };
-        let tokens = tokens.with_refresh_token(format!("rt-{n}"));
-        async move { Ok::<_, RefreshError>(tokens) }
+        Ok(tokens.with_refresh_token(format!("rt-{n}")))
     });
     let builder = TokenRefreshLayer::builder(source)
         .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1"))
@@ -641,10 +620,15 @@ fn refusing_first(
 /// refresh presented the refresh token the refused answer had replaced: a
 /// source that rotates them answers that with `invalid_grant`. The next
 /// refresh now starts from the refused answer, whose refresh token is the
-/// live one (its access token stays paired with its own refresh token).
+/// live one. Its access token stays paired with its own refresh token,
+/// unless no request could send it: then the installed one is.
 #[tokio::test(start_paused = true)]
 async fn the_next_refresh_starts_from_refused_tokens_that_rotated_the_refresh_token() {
-    for (first, lifetime) in [("at-2", Duration::ZERO), ("at-2\r\n", HUNDRED)] {
+    let cases = [
+        ("at-2", Duration::ZERO, sent("at-2", "rt-2")),
+        ("at-2\r\n", HUNDRED, sent("at-1", "rt-2")),
+    ];
+    for (first, lifetime, then) in cases {
         let (layer, presented) = refusing_first(first, lifetime, |b| b);
         let handle = layer.handle();
 
@@ -652,7 +636,7 @@ async fn the_next_refresh_starts_from_refused_tokens_that_rotated_the_refresh_to
         tokio::time::advance(Duration::from_secs(2)).await; // past the backoff
         handle.force_refresh().await.unwrap();
 
-        let expected = [sent("at-1", "rt-1"), refused_pair(first)];
+        let expected = [sent("at-1", "rt-1"), then];
         assert_eq!(*presented.lock().unwrap(), expected, "{first:?}");
         assert_eq!(handle.stats().refresh_successes, 1);
     }
@@ -719,7 +703,13 @@ async fn the_hook_sees_refused_tokens_that_rotated_the_refresh_token() {
 /// refreshes from them.
 #[tokio::test(start_paused = true)]
 async fn refused_tokens_the_hook_persisted_start_a_restarted_layer() {
-    for (first, lifetime) in [("at-2", Duration::ZERO), ("at-2\r\n", HUNDRED)] {
+    // With nothing installed, an access token no request could send is
+    // presented as none (`RefreshContext::access_token`).
+    let cases = [
+        ("at-2", Duration::ZERO, sent("at-2", "rt-2")),
+        ("at-2\r\n", HUNDRED, (None, Some("rt-2".to_owned()))),
+    ];
+    for (first, lifetime, then) in cases {
         let persisted = Arc::new(std::sync::Mutex::new(None));
         let keep = Arc::clone(&persisted);
         let (layer, _presented) = refusing_first(first, lifetime, |builder| {
@@ -734,7 +724,7 @@ async fn refused_tokens_the_hook_persisted_start_a_restarted_layer() {
         let (restarted, presented) = refusing_first(first, lifetime, |b| b.initial_tokens(saved));
         let _ = restarted.handle().force_refresh().await;
         let presented = presented.lock().unwrap();
-        assert_eq!(presented.first(), Some(&refused_pair(first)), "{first:?}");
+        assert_eq!(presented.first(), Some(&then), "{first:?}");
     }
 }
 
