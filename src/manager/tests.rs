@@ -353,11 +353,7 @@ async fn without_initial_tokens_the_first_request_acquires_one() {
 #[tokio::test(start_paused = true)]
 async fn on_a_current_thread_runtime_the_watcher_gives_a_paused_clock_nothing_to_jump_to() {
     let api = Api::default();
-    let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::ZERO);
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("old").with_expires_in(HUNDRED))
-        .build();
-    api.accept("old");
+    let (layer, issuer) = old_token_layer(&api, HUNDRED, Duration::ZERO, |b| b);
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
     assert_eq!(bearer(&send(&client, get()).await), "old");
 

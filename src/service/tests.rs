@@ -220,15 +220,7 @@ async fn a_401_asking_for_a_wider_scope_is_returned_without_a_refresh() {
             .unwrap();
         Ok::<_, std::convert::Infallible>(response)
     });
-    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = Arc::clone(&calls);
-    let source = refresh_fn(move |_| {
-        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        async { Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(HOUR)) }
-    });
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("old").with_expires_in(HOUR))
-        .build();
+    let (layer, issuer) = old_token_layer(&Api::default(), HOUR, Duration::ZERO, |b| b);
     let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(narrow);
 
@@ -250,7 +242,7 @@ async fn a_401_asking_for_a_wider_scope_is_returned_without_a_refresh() {
         (0, 0, 0)
     );
     assert_eq!(stats.waited, 0);
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(issuer.calls(), 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -16,7 +16,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-use crate::test_support::yield_until;
+use crate::test_support::{recording, yield_until};
 use crate::{
     refresh_fn, BoxError, Refresh, RefreshError, RefreshWindow, ReplayBody, TokenRefreshLayer,
     TokenSet,
@@ -344,20 +344,9 @@ fn a_refresh_dropped_with_its_runtime_does_not_fail_requests_on_another() {
 /// dropped with the task, and the next refresh presented the spent one.
 #[test]
 fn tokens_fetched_before_the_runtime_shut_down_during_the_hook_are_kept() {
-    let presented = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = Arc::clone(&presented);
-    let source = refresh_fn(move |ctx| {
-        let given = ctx.refresh_token().map(|r| r.expose().to_owned());
-        let mut seen = seen.lock().unwrap();
-        seen.push(given);
-        let n = seen.len();
-        async move {
-            Ok::<_, RefreshError>(
-                TokenSet::new(format!("t{n}"))
-                    .with_refresh_token(format!("r{}", n + 1))
-                    .with_expires_in(HOUR),
-            )
-        }
+    let (source, presented) = recording(|n| {
+        let tokens = TokenSet::new(format!("t{n}")).with_refresh_token(format!("r{}", n + 1));
+        Ok(tokens.with_expires_in(HOUR))
     });
     let hook_ran = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&hook_ran);
