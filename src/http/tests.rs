@@ -38,6 +38,38 @@ fn endpoint(
     (service, calls)
 }
 
+/// The request bodies a [`recording_endpoint`] received.
+type Received = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A stand-in endpoint recording each request's body and answering its
+/// `n`th call (from 1) with `answer(n)`.
+fn recording_endpoint(
+    answer: impl Fn(usize) -> Answer + Clone + Send + Sync + 'static,
+) -> (
+    impl Service<Request<Full<Bytes>>, Response = Answer, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Received,
+) {
+    let received = Received::default();
+    let record = Arc::clone(&received);
+    let service = tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let (record, answer) = (Arc::clone(&record), answer.clone());
+        async move {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let n = {
+                let mut received = record.lock().unwrap();
+                received.push(String::from_utf8(body.to_vec()).unwrap());
+                received.len()
+            };
+            Ok::<_, Infallible>(answer(n))
+        }
+    });
+    (service, received)
+}
+
 fn json(status: StatusCode, body: &str) -> Answer {
     Response::builder()
         .status(status)
@@ -229,18 +261,7 @@ async fn a_fixed_field_cannot_take_the_name_of_one_the_refresh_sets() {
 /// fields do: the body has the last one set, once.
 #[tokio::test]
 async fn a_secret_field_and_a_field_of_one_name_replace_each_other() {
-    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = Arc::clone(&sent);
-    let idp = tower::service_fn(move |request: Request<Full<Bytes>>| {
-        let seen = Arc::clone(&seen);
-        async move {
-            let body = request.into_body().collect().await.unwrap().to_bytes();
-            seen.lock()
-                .unwrap()
-                .push(String::from_utf8(body.to_vec()).unwrap());
-            Ok::<_, Infallible>(ok_tokens())
-        }
-    });
+    let (idp, sent) = recording_endpoint(|_| ok_tokens());
     let url = "https://idp.example.com/token";
     let secret_last = HttpRefresher::oauth2(url, idp.clone())
         .field("api_key", "plain")
@@ -636,29 +657,17 @@ async fn an_ocient_database_the_answer_leaves_out_is_the_sessions() {
 /// tokens' are, and the next refresh presents it.
 #[tokio::test(start_paused = true)]
 async fn a_refused_answer_keeps_the_new_refresh_token_in_it() {
-    let presented = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = Arc::clone(&presented);
-    let idp = tower::service_fn(move |request: Request<Full<Bytes>>| {
-        let record = Arc::clone(&record);
-        async move {
-            let body = request.into_body().collect().await.unwrap().to_bytes();
-            let body = String::from_utf8(body.to_vec()).unwrap();
-            let first = {
-                let mut presented = record.lock().unwrap();
-                presented.push(body);
-                presented.len() == 1
-            };
-            Ok::<_, Infallible>(if first {
-                json(
-                    StatusCode::OK,
-                    r#"{"access_token":"a2","token_type":"Bearer","expires_in":"3600s","refresh_token":"r2"}"#,
-                )
-            } else {
-                json(
-                    StatusCode::OK,
-                    r#"{"access_token":"a3","token_type":"Bearer","expires_in":3600,"refresh_token":"r3"}"#,
-                )
-            })
+    let (idp, presented) = recording_endpoint(|n| {
+        if n == 1 {
+            json(
+                StatusCode::OK,
+                r#"{"access_token":"a2","token_type":"Bearer","expires_in":"3600s","refresh_token":"r2"}"#,
+            )
+        } else {
+            json(
+                StatusCode::OK,
+                r#"{"access_token":"a3","token_type":"Bearer","expires_in":3600,"refresh_token":"r3"}"#,
+            )
         }
     });
     let layer =
@@ -841,10 +850,12 @@ async fn a_client_error_quoting_the_endpoints_key_is_redacted() {
 /// came, unlike the client's other errors.
 #[tokio::test]
 async fn an_error_reading_the_answer_quoting_the_endpoints_key_is_redacted() {
+    use crate::test_support::body::{Item, TestBody};
     let url = "https://idp.example.com/token?key=endpoint-key-value";
-    let failing_body = tower::service_fn(move |_: Request<Full<Bytes>>| async move {
-        let error = format!("error decoding response body for url ({url})");
-        Ok::<_, Infallible>(Response::new(FailingBody(Some(error.into()))))
+    let failing_body = tower::service_fn(|_: Request<Full<Bytes>>| async {
+        let error = "error decoding response body for url \
+                     (https://idp.example.com/token?key=endpoint-key-value)";
+        Ok::<_, Infallible>(Response::new(TestBody::new(vec![Item::Error(error)])))
     });
     let err = HttpRefresher::oauth2(url, failing_body)
         .refresh(ctx())
@@ -852,21 +863,6 @@ async fn an_error_reading_the_answer_quoting_the_endpoints_key_is_redacted() {
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert_key_redacted(&err);
-}
-
-/// A body whose first read fails with its error.
-struct FailingBody(Option<BoxError>);
-
-impl http_body::Body for FailingBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        std::task::Poll::Ready(self.0.take().map(Err))
-    }
 }
 
 /// `err`, its causes and their `Debug` show the endpoint's key only
