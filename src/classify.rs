@@ -1,6 +1,8 @@
 //! Deciding whether a response means "your token was rejected".
 //!
-//! HTTP APIs answer `401 Unauthorized` ([`Unauthorized`], the default). gRPC
+//! HTTP APIs answer `401 Unauthorized` ([`Unauthorized`], the default; not
+//! one whose challenge says `insufficient_scope`, which a new token would
+//! not cure). gRPC
 //! answers HTTP 200 with `grpc-status: 16` (UNAUTHENTICATED) in the headers of
 //! a trailers-only response ([`Grpc`]). Anything else can be expressed as a
 //! closure through [`classify_fn`].
@@ -99,27 +101,32 @@ impl ClassifyRejection for Unauthorized {
 /// (found in review of the first version, which read a quoted
 /// `error_description` mentioning it, and any scheme's `error`).
 fn scope_too_narrow(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .any(|challenges| {
-            let mut scheme = "";
-            split_outside_quotes(challenges).any(|item| {
-                let item = item.trim();
-                let param = param_of(item).or_else(|| {
-                    // Not a param: a challenge starts, its scheme first.
+    let challenges = headers.get_all(http::header::WWW_AUTHENTICATE);
+    for value in challenges.iter().filter_map(|value| value.to_str().ok()) {
+        let mut scheme = "";
+        for item in split_outside_quotes(value).map(str::trim) {
+            let param = match param_of(item) {
+                Some(param) => param,
+                // Not a param: a challenge starts, its scheme first.
+                None => {
                     let (first, rest) = item.split_once([' ', '\t']).unwrap_or((item, ""));
                     scheme = first;
-                    param_of(rest.trim())
-                });
-                param.is_some_and(|(name, value)| {
-                    scheme.eq_ignore_ascii_case("bearer")
-                        && name.eq_ignore_ascii_case("error")
-                        && value.eq_ignore_ascii_case("insufficient_scope")
-                })
-            })
-        })
+                    let Some(param) = param_of(rest.trim()) else {
+                        continue;
+                    };
+                    param
+                }
+            };
+            let (name, value) = param;
+            if scheme.eq_ignore_ascii_case("bearer")
+                && name.eq_ignore_ascii_case("error")
+                && value.eq_ignore_ascii_case("insufficient_scope")
+            {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// `text` split at the commas outside quoted strings (in which `\\`

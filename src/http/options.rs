@@ -219,9 +219,9 @@ impl<C, B> HttpRefresher<C, B> {
 
     /// Sends a body field whose fixed value is a secret (a static API key
     /// some endpoints take beside the refresh token), replacing an earlier
-    /// field of the same name. Unlike [`field`](Self::field), its value is
-    /// never shown by `Debug`, and is redacted from the server's words (and
-    /// the client's errors) wherever they quote it, as the tokens are.
+    /// field of the same name. Unlike [`field`](Self::field)'s, its value is
+    /// redacted from the server's words (and the client's errors) wherever
+    /// they quote it, as the tokens are; neither is shown by `Debug`.
     ///
     /// ```
     /// # use bytes::Bytes;

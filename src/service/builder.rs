@@ -652,12 +652,16 @@ impl<C> Builder<C> {
         let parsed: Vec<Origin> = origins
             .into_iter()
             .filter_map(|uri| {
-                if let Some(doubt) = Origin::doubt(&uri) {
-                    // Only the host: a path or query can hold a key.
-                    let host = uri.host().unwrap_or_default();
-                    tracing::warn!(host, "an allowed origin {doubt}");
+                // Only the host is logged: a path or query can hold a key.
+                let host = uri.host().unwrap_or_default();
+                let Some(origin) = Origin::of(&uri) else {
+                    tracing::warn!(host, "an allowed origin without a host, or with port 0, matches no request");
+                    return None;
+                };
+                if Origin::has_path_or_query(&uri) {
+                    tracing::warn!(host, "an allowed origin's path and query are ignored: its whole origin gets the token");
                 }
-                Origin::of(&uri)
+                Some(origin)
             })
             .collect();
         if parsed.is_empty() {
