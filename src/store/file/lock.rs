@@ -80,11 +80,8 @@ fn beside(target: &Path, suffix: &str) -> PathBuf {
 pub(super) struct Holders(Vec<Holder>);
 
 struct Holder {
-    owner: Box<str>,
-    /// In ms since the Unix epoch.
-    lapses: u64,
-    /// The lease as the lock file holds it, to restore it there.
-    line: Box<str>,
+    /// The lease, as the lock file holds it (to restore it there).
+    held: Held,
     /// Kept open: its lock lasts as long as it does.
     liveness: File,
 }
@@ -96,7 +93,7 @@ impl Holders {
     /// it (an older version of this crate) would restore this lease.
     pub(super) fn forget(&mut self, lease: &Lease) {
         self.0.retain(|holder| {
-            let done = &*holder.owner == lease.owner();
+            let done = &*holder.held.owner == lease.owner();
             if done {
                 let _ = holder.liveness.set_len(0);
             }
@@ -108,11 +105,11 @@ impl Holders {
     /// would keep every next lease on the host unwatched.
     pub(super) fn prune(&mut self, now: SystemTime) {
         let now = unix_millis(now);
-        self.0.retain(|holder| holder.lapses > now);
+        self.0.retain(|holder| holder.held.lapses > now);
     }
 
     fn holds(&self, owner: &str) -> bool {
-        self.0.iter().any(|holder| &*holder.owner == owner)
+        self.0.iter().any(|holder| &*holder.held.owner == owner)
     }
 }
 
@@ -162,8 +159,8 @@ impl Locked {
         // a live one's record may have been lost with the lock file.
         let current = held.as_ref().map(|held| &*held.owner);
         holders.0.retain(|holder| match current {
-            Some(current) => &*holder.owner == current,
-            None => holder.lapses > now,
+            Some(current) => &*holder.held.owner == current,
+            None => holder.held.lapses > now,
         });
         // A clone's own lease lives. Asked before the liveness file is
         // opened at all: where `flock` is emulated with POSIX locks,
@@ -180,7 +177,7 @@ impl Locked {
         // no record, only live ones are left.)
         let own_lost = held.is_none().then(|| holders.0.first()).flatten();
         if let Some(own) = own_lost {
-            self.replace(&own.line)?;
+            self.replace(&own.held.line())?;
             return Ok(None);
         }
         let liveness_path = beside(&self.target, ".lease");
@@ -229,10 +226,15 @@ impl Locked {
         holders: &mut Holders,
     ) -> Result<Option<Lease>, StoreError> {
         let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let lapses = now.saturating_add(ttl);
         let lease = Lease::of_this_process();
-        let watched = liveness.as_ref().map_or("0", |(_, identity)| identity);
-        let line = format!("{} {lapses} {watched}\n", lease.owner());
+        let held = Held {
+            owner: lease.owner().into(),
+            lapses: now.saturating_add(ttl),
+            liveness: liveness
+                .as_ref()
+                .map(|(_, identity)| identity.as_str().into()),
+        };
+        let line = held.line();
         if let Some((liveness, _)) = &liveness {
             // Where a taker finds it if the lock file goes.
             let path = beside(&self.target, ".lease");
@@ -240,13 +242,7 @@ impl Locked {
         }
         self.replace(&line)?;
         if let Some((liveness, _)) = liveness {
-            let owner = lease.owner().into();
-            holders.0.push(Holder {
-                owner,
-                lapses,
-                line: line.into(),
-                liveness,
-            });
+            holders.0.push(Holder { held, liveness });
         }
         Ok(Some(lease))
     }
