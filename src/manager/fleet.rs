@@ -255,8 +255,8 @@ impl FlightTask {
     /// refresh token at the same time, which an issuer that rotates
     /// refresh tokens answers by revoking the whole family. A store blip
     /// ahead of need is therefore waited out: the refresh is put off (a
-    /// backoff, ending three refresh timeouts before the token's mandatory
-    /// window at the latest) and the store asked again, while requests go
+    /// backoff, ending [`Config::deferral_room`] before the token's
+    /// mandatory window at the latest) and the store asked again, while requests go
     /// on with the token. Only a token past that point (or rejected, or
     /// missing), a forced refresh, or a stored record that does not read is
     /// refreshed without the store.

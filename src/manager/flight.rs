@@ -472,19 +472,17 @@ impl FlightTask {
     }
 
     /// Until when a refresh of `snapshot`'s token may be put off: far
-    /// enough before its mandatory window that the flight started then ends
-    /// while requests still use the token instead of waiting for it. Such a
-    /// flight may first wait for an offer still out and for a store load
-    /// that hangs, then refresh alone and run the `on_refresh` hook: each
-    /// up to the refresh timeout. Found in review: with one refresh timeout
+    /// enough before its mandatory window ([`Config::deferral_room`]) that
+    /// the flight started then ends while requests still use the token
+    /// instead of waiting for it. Found in review: with one refresh timeout
     /// of room, a hung store's load ran into the mandatory window, and
     /// requests waited for the refresh after it. `None` for a token that
     /// never expires.
+    ///
+    /// [`Config::deferral_room`]: super::Config::deferral_room
     fn deferral_horizon(&self, snapshot: &Snapshot) -> Option<Instant> {
-        let config = &self.shared.config;
-        let calls = 3 + u32::from(config.on_refresh.is_some());
         let mandatory = snapshot.expired_at?;
-        let room = config.refresh_timeout.saturating_mul(calls);
+        let room = self.shared.config.deferral_room();
         Some(mandatory.checked_sub(room).unwrap_or(mandatory))
     }
 

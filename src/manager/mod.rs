@@ -108,6 +108,20 @@ impl Config {
         self.refresh_timeout.saturating_mul(calls)
     }
 
+    /// How long before a token's mandatory window a refresh put off for a
+    /// failing store may still be put off (see `FlightTask::deferral_horizon`):
+    /// the flight started then may wait for an offer still out and for a
+    /// store load that hangs, then refresh alone, log in if the refresh
+    /// credential is refused, and run the `on_refresh` hook, each up to the
+    /// refresh timeout. Unlike [`work_budget`](Self::work_budget), which
+    /// bounds deadlines and errs long, a login or hook not configured takes
+    /// no room here: the room is time the refresh is not put off.
+    pub(crate) fn deferral_room(&self) -> Duration {
+        let optional = [self.login.is_some(), self.on_refresh.is_some()];
+        let calls = 3 + optional.into_iter().map(u32::from).sum::<u32>();
+        self.refresh_timeout.saturating_mul(calls)
+    }
+
     /// How long a store's refresh lease lives: the work under it (a second
     /// load, the refresh and login, the compare-and-swap; each store call
     /// bounded by the refresh timeout) and a second of slack. A holder that

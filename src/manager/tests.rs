@@ -392,6 +392,34 @@ async fn a_token_stale_from_birth_is_not_refreshed_back_to_back() {
     assert!((5..=12).contains(&calls), "{calls} refreshes in 10 s");
 }
 
+/// A refresh put off for a failing store keeps room for what the flight
+/// started at the deferral's end may take: two store waits and the
+/// refresh, and a login and the hook only where they are configured.
+#[test]
+fn the_deferral_room_counts_a_login_and_a_hook_only_where_there_are_any() {
+    fn login(b: Builder) -> Builder {
+        b.login(refresh_fn(|_| async { Ok(TokenSet::new("l")) }))
+    }
+    fn hook(b: Builder) -> Builder {
+        b.on_refresh(|_: &TokenSet| async {})
+    }
+    let room = |configure: fn(Builder) -> Builder| {
+        let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+        let builder = TokenRefreshLayer::builder(source).refresh_timeout(Duration::from_secs(10));
+        configure(builder)
+            .build()
+            .core
+            .manager
+            .shared
+            .config
+            .deferral_room()
+    };
+    assert_eq!(room(|b| b), Duration::from_secs(30));
+    assert_eq!(room(login), Duration::from_secs(40));
+    assert_eq!(room(hook), Duration::from_secs(40));
+    assert_eq!(room(|b| hook(login(b))), Duration::from_secs(50));
+}
+
 #[tokio::test(start_paused = true)]
 async fn background_timer_refreshes_at_the_advisory_point_without_traffic() {
     let api = Api::default();

@@ -28,7 +28,8 @@
 //! A store that fails or does not answer within the refresh timeout never
 //! fails a request: the process logs a warning, and requests go on with any
 //! token still valid. While that token is good for more than three refresh
-//! timeouts before its mandatory window (four with an `on_refresh` hook),
+//! timeouts before its mandatory window (one more for a login source, one
+//! more for an `on_refresh` hook),
 //! the refresh is put off and the store asked again after a backoff (never
 //! later than that): a refresh the fleet does not know of may
 //! present the refresh token a lease holder presents at the same time. A
@@ -128,7 +129,8 @@ pub(crate) use codec::{decode, encode, Decoded};
 /// because of one. When a load or a lease fails while the current token
 /// is still good (more than three refresh timeouts before its mandatory
 /// window: a store load, the wait for an earlier offer and the refresh
-/// itself each take up to one, and an `on_refresh` hook a fourth), the
+/// itself each take up to one, and so do a login and an `on_refresh` hook
+/// when there are any), the
 /// refresh is put off and the store
 /// asked again after a backoff, and the token keeps being sent; the layer
 /// refreshes without the store only once the token must be replaced (or
