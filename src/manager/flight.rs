@@ -665,9 +665,7 @@ impl FlightTask {
         let (control, current, superseded) = self.settle_without_tokens(refused);
         if current && !superseded {
             let shared = &self.shared;
-            let failure_ends = control.failure.as_ref().map_or(0, |failure| {
-                failure.until.map_or(u64::MAX, |until| shared.nanos(until))
-            });
+            let failure_ends = shared.gate_after(control.failure.as_ref());
             let refresh_point = shared.snapshot.load().proactive_from;
             let gate = failure_ends.max(refresh_point.map_or(0, |at| shared.nanos(at)));
             shared.proactive_gate.store(gate, Ordering::Release);
@@ -713,7 +711,7 @@ impl FlightTask {
         } else {
             failure
         };
-        let gate = failure.until.map_or(u64::MAX, |until| shared.nanos(until));
+        let gate = shared.gate_after(Some(&failure));
         shared.proactive_gate.store(gate, Ordering::Release);
         control.failure = Some(failure);
         drop(control);

@@ -649,7 +649,7 @@ impl TokenManager {
         self.shared.install(prepared);
         // Shut until a kept rate limit ends, as after any failure: requests
         // in the stale window would otherwise each take the lock to find it.
-        let gate = kept_until.map_or(0, |until| self.shared.nanos(until));
+        let gate = self.shared.gate_after(control.failure.as_ref());
         self.shared.proactive_gate.store(gate, Ordering::Release);
         drop(control);
         if let Some(flight) = overtaken {
@@ -854,6 +854,14 @@ impl Shared {
 
     fn gate_open(&self, now: Instant) -> bool {
         self.nanos(now) >= self.proactive_gate.load(Ordering::Acquire)
+    }
+
+    /// The proactive gate a `failure` sets (see [`Shared::proactive_gate`]):
+    /// shut until it ends, for good if it never does; open without one.
+    fn gate_after(&self, failure: Option<&Failure>) -> u64 {
+        failure.map_or(0, |failure| {
+            failure.until.map_or(u64::MAX, |until| self.nanos(until))
+        })
     }
 
     fn nanos(&self, instant: Instant) -> u64 {
