@@ -425,14 +425,13 @@ impl TokenManager {
         let known = shared.lock().store_version;
         let stored = match load(shared, store).await {
             Ok(Some(stored)) if usable(shared, &stored, known) => stored,
-            // Whatever its version: a process a version behind may offer
-            // tokens whose refresh token a sibling spent, at the version
-            // that sibling knows (found in a second review).
-            Ok(Some(stored)) if spent(shared, &stored) => {
-                self.replace_stale(Some(stored.version));
-                return;
-            }
-            Ok(Some(stored)) if known.is_some_and(|known| stored.version < known) => {
+            // Spent whatever its version (a process a version behind may
+            // offer tokens whose refresh token a sibling spent, at the
+            // version that sibling knows: found in a second review), or
+            // older than what this process knows.
+            Ok(Some(stored))
+                if spent(shared, &stored) || known.is_some_and(|known| stored.version < known) =>
+            {
                 self.replace_stale(Some(stored.version));
                 return;
             }
