@@ -35,11 +35,8 @@ pub(crate) struct RequestShape {
     /// The OAuth2 `grant_type`, sent first.
     pub(crate) grant_type: Option<&'static str>,
     /// Body fields sent as they are, after the credential (`scope`,
-    /// `database`).
-    pub(crate) fields: Vec<(String, String)>,
-    /// Body fields whose fixed value is a secret (a static API key): sent
-    /// after `fields`, and redacted wherever the server quotes them.
-    pub(crate) secret_fields: Vec<(String, Secret)>,
+    /// `database`, a static API key), each name once.
+    pub(crate) fields: Vec<(String, FieldValue)>,
     /// Body fields sent, unless fixed in `fields`, with the value the
     /// tokens in use keep under the same name ([`TokenSet::extra`]): the
     /// session's own, which the endpoint would otherwise reset.
@@ -48,6 +45,24 @@ pub(crate) struct RequestShape {
     pub(crate) carried: &'static [&'static str],
     /// The OAuth2 client, if the endpoint authenticates one.
     pub(crate) client: Option<Client>,
+}
+
+/// A fixed body field's value.
+#[derive(Debug, Clone)]
+pub(crate) enum FieldValue {
+    Plain(String),
+    /// A secret (a static API key): redacted wherever the server quotes it.
+    Secret(Secret),
+}
+
+impl FieldValue {
+    /// The value as sent.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Plain(value) => value,
+            Self::Secret(secret) => secret.expose(),
+        }
+    }
 }
 
 /// An OAuth2 client: public when it has no secret.
@@ -117,7 +132,6 @@ impl Dialect {
                 credential: Credential::field("refresh_token"),
                 grant_type: Some("refresh_token"),
                 fields: Vec::new(),
-                secret_fields: Vec::new(),
                 carried: &[],
                 client: None,
             },
@@ -253,7 +267,6 @@ fn json_request(credential: Credential) -> RequestShape {
         credential,
         grant_type: None,
         fields: Vec::new(),
-        secret_fields: Vec::new(),
         carried: &[],
         client: None,
     }

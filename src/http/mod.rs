@@ -114,7 +114,7 @@ pub use credential::{ClientAuthMethod, Credential};
 
 use crate::{BoxError, Refresh, RefreshContext, RefreshError, RefreshWindow, TokenSet};
 use call_budget::CallLog;
-use dialect::{pointer, Client, Dialect};
+use dialect::{pointer, Client, Dialect, FieldValue};
 use failure::SentSecrets;
 
 /// How much of a refresh answer is read before it counts as hostile.
@@ -680,7 +680,12 @@ fn keep_what_was_left_out(
             .filter(|_| carried)
             .and_then(|current| current.extra(name))
             .filter(|value| !value.is_empty());
-        if let Some(value) = sent.map(|(_, value)| value.as_str()).or(before) {
+        // A secret field is never kept on the token set (extras are plain).
+        let sent = sent.and_then(|(_, value)| match value {
+            FieldValue::Plain(value) => Some(value.as_str()),
+            FieldValue::Secret(_) => None,
+        });
+        if let Some(value) = sent.or(before) {
             tokens = tokens.with_extra(name.as_str(), value);
         }
     }

@@ -13,6 +13,7 @@ use http::Method;
 
 use super::call_budget::RateLimit;
 use super::credential::{BodyFormat, ClientAuthMethod, Credential};
+use super::dialect::FieldValue;
 use super::{pointer, HttpRefresher};
 use crate::Secret;
 
@@ -210,10 +211,8 @@ impl<C, B> HttpRefresher<C, B> {
     /// # }
     /// ```
     pub fn field(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        let (name, value) = (name.into(), value.into());
-        let request = &mut self.dialect().request;
-        request.secret_fields.retain(|(n, _)| *n != name);
-        set_named(&mut request.fields, name, value);
+        let value = FieldValue::Plain(value.into());
+        set_named(&mut self.dialect().request.fields, name.into(), value);
         self
     }
 
@@ -253,10 +252,8 @@ impl<C, B> HttpRefresher<C, B> {
     /// # }
     /// ```
     pub fn secret_field(mut self, name: impl Into<String>, value: impl Into<Secret>) -> Self {
-        let (name, value) = (name.into(), value.into());
-        let request = &mut self.dialect().request;
-        request.fields.retain(|(n, _)| *n != name);
-        set_named(&mut request.secret_fields, name, value);
+        let value = FieldValue::Secret(value.into());
+        set_named(&mut self.dialect().request.fields, name.into(), value);
         self
     }
 
@@ -838,7 +835,7 @@ impl<C, B> HttpRefresher<C, B> {
 
 /// Sets `name` to `value` among `fields`: in its place if it is there,
 /// else last.
-fn set_named<T>(fields: &mut Vec<(String, T)>, name: String, value: T) {
+fn set_named(fields: &mut Vec<(String, FieldValue)>, name: String, value: FieldValue) {
     match fields.iter_mut().find(|(n, _)| *n == name) {
         Some(slot) => slot.1 = value,
         None => fields.push((name, value)),

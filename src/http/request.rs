@@ -11,7 +11,7 @@ use http::{HeaderValue, Request, Uri};
 use serde_json::{Map, Value};
 
 use super::credential::{BodyFormat, ClientAuthMethod, Placement, TokenKind};
-use super::dialect::{Client, RequestShape};
+use super::dialect::{Client, FieldValue, RequestShape};
 use super::endpoint;
 use super::failure::SentSecrets;
 use crate::manager::BEARER;
@@ -32,7 +32,10 @@ pub(crate) fn secrets<'a>(
     ctx: &'a RefreshContext,
 ) -> SentSecrets {
     let tokens = [ctx.refresh_token(), ctx.access_token()];
-    let fixed = shape.secret_fields.iter().map(|(_, value)| value);
+    let fixed = shape.fields.iter().filter_map(|(_, value)| match value {
+        FieldValue::Secret(secret) => Some(secret),
+        FieldValue::Plain(_) => None,
+    });
     let mut secrets: Vec<Cow<'a, str>> = tokens
         .into_iter()
         .flatten()
@@ -85,17 +88,10 @@ pub(crate) fn build(
         shape
             .fields
             .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .chain(
-                shape
-                    .secret_fields
-                    .iter()
-                    .map(|(name, value)| (name.as_str(), value.expose())),
-            ),
+            .map(|(name, value)| (name.as_str(), value.as_str())),
     );
     let kept = |name: &&'static str| {
-        let fixed = shape.fields.iter().any(|(fixed, _)| fixed == name)
-            || shape.secret_fields.iter().any(|(fixed, _)| fixed == name);
+        let fixed = shape.fields.iter().any(|(fixed, _)| fixed == name);
         let value = ctx.current().and_then(|tokens| tokens.extra(name));
         // An empty name is none (the server would refuse it).
         value
@@ -132,7 +128,7 @@ pub(crate) fn build(
         ));
     }
 
-    // `field()` keeps fixed fields unique, and the refresh's own fields are;
+    // `field()` and `secret_field()` keep fixed fields unique, and the refresh's own fields are;
     // a name twice is one of each. In JSON the last one won, silently (the
     // refresh token itself could be replaced); in a form both went out.
     if let Some((name, _)) = fields
@@ -300,7 +296,9 @@ mod tests {
         let blank = TokenSet::new("current").with_extra("database", "");
         let request = build(&shape, &uri(), &ctx(blank)).unwrap();
         assert_eq!(body(&request), "{}", "an empty name is none");
-        shape.fields.push(("database".into(), "retail".into()));
+        shape
+            .fields
+            .push(("database".into(), FieldValue::Plain("retail".into())));
         for tokens in [TokenSet::new("current"), in_session] {
             let request = build(&shape, &uri(), &ctx(tokens)).unwrap();
             assert_eq!(body(&request), r#"{"database":"retail"}"#);
