@@ -1402,8 +1402,9 @@ async fn an_emptied_store_is_not_filled_with_tokens_refused_for_good() {
     let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
     first.handle().force_refresh().await.unwrap(); // rt-1 spent: version 2
-                                                   // Another client of the family spends rt-2; the first's next refresh
-                                                   // presents it, and is refused for good.
+
+    // Another client of the family spends rt-2; the first's next refresh
+    // presents it, and is refused for good.
     let elsewhere = TokenRefreshLayer::builder(idp.source())
         .initial_tokens(idp.tokens(2))
         .build();
@@ -1411,8 +1412,13 @@ async fn an_emptied_store_is_not_filled_with_tokens_refused_for_good() {
     let refused = first.handle().force_refresh().await.unwrap_err();
     assert!(refused.is_reauth_required(), "{refused}");
 
+    let loads = store.loads.load(Ordering::SeqCst);
     store.inner.restart_empty();
     crate::test_support::settle().await;
+    assert!(
+        store.loads.load(Ordering::SeqCst) > loads,
+        "the watcher looked at the emptied store"
+    );
     assert!(
         store.inner.load().await.unwrap().is_none(),
         "stored dead tokens"
@@ -1567,17 +1573,18 @@ async fn a_stored_new_refresh_token_is_presented_with_the_installed_access_token
         _ => Ok(TokenSet::new("at-3").with_refresh_token("rt-3")),
     });
     let store = MemoryStore::new();
-    let layer = |source| {
+    let layer = |source, access_token: &str| {
         TokenRefreshLayer::builder(source)
             .store(store.clone())
-            .initial_tokens(TokenSet::new("at-1").with_refresh_token("rt-1"))
+            .initial_tokens(TokenSet::new(access_token).with_refresh_token("rt-1"))
             .build()
     };
-    let (first, sibling) = (layer(source.clone()), layer(source));
+    // An access token of the sibling's own, to tell it from the storer's.
+    let (first, sibling) = (layer(source.clone(), "at-1"), layer(source, "at-s"));
 
     assert!(first.handle().force_refresh().await.is_err());
     sibling.handle().force_refresh().await.unwrap();
-    let expected = [sent("at-1", "rt-1"), sent("at-1", "rt-2")];
+    let expected = [sent("at-1", "rt-1"), sent("at-s", "rt-2")];
     assert_eq!(*presented.lock().unwrap(), expected);
 }
 
