@@ -12,7 +12,7 @@ use tower_token_refresh::{Error, TokenState};
 use crate::support::front::{self, Mode};
 use crate::support::jwt;
 use crate::support::tokens::TokenStore;
-use crate::{bounded, transient_fault, Rig, Sent, Settings};
+use crate::{bounded, transient_fault, wait_until, Rig, Sent, Settings};
 
 /// The refresh failed transiently, and its message says `what`.
 fn undecodable(what: &'static str) -> impl Fn(&Error) {
@@ -160,14 +160,8 @@ async fn absurdly_large_expires_in_saturates_and_the_token_is_used() {
         }
         // On a loaded machine the refresh the traffic started may still be
         // under way: waited for, sending nothing that could start one.
-        let refreshed = async {
-            while rig.handle.status().generation() < 2 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), refreshed)
-            .await
-            .expect("the refresh the traffic started ends");
+        let refreshed = || rig.handle.status().generation() >= 2;
+        wait_until("the refresh the traffic started ends", refreshed).await;
         let status = rig.handle.status();
         assert_eq!(status.generation(), 2);
         assert_eq!(status.state(), TokenState::Fresh);

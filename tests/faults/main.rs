@@ -378,6 +378,30 @@ enum Sent {
 
 /// `GET url` every [`EVERY`] until `until`, each from its own task and
 /// bounded by `bound`, all awaited.
+/// How long the layer may take to get past a fault (a revocation, the end
+/// of a refresh). Generous: it only catches a layer that stopped
+/// refreshing, and a loaded machine may take its time.
+const STEP_LIMIT: Duration = Duration::from_secs(20);
+
+/// Waits (bounded by [`STEP_LIMIT`]) until `ready` holds.
+async fn wait_until(what: &str, ready: impl Fn() -> bool) {
+    let give_up = Instant::now() + STEP_LIMIT;
+    while !ready() {
+        assert!(
+            Instant::now() < give_up,
+            "not within {STEP_LIMIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether no refresh of `handle`'s is under way: counts read next are
+/// final.
+fn refreshes_ended(handle: &TokenHandle) -> bool {
+    let stats = handle.stats();
+    stats.refresh_successes + stats.refresh_failures == stats.refreshes
+}
+
 async fn traffic(client: &AuthedClient, url: &str, bound: Duration, until: Instant) -> Vec<Sent> {
     traffic_while(client, url, bound, || Instant::now() < until).await
 }

@@ -9,12 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::{assert_all_ok, bounded, send, Rig, Sent, Settings, EVERY};
-
-/// How long the layer may take to get past a revocation. Generous: it only
-/// catches a layer that stopped refreshing, and a loaded machine may take
-/// its time.
-const STEP_LIMIT: Duration = Duration::from_secs(20);
+use crate::{assert_all_ok, bounded, send, wait_until, Rig, Sent, Settings, EVERY};
 
 /// The rig's minimum refresh interval: a token rejected sooner after it
 /// came is not refreshed (the rejection is returned as it is), so each
@@ -60,18 +55,6 @@ impl Drop for Started {
             .unwrap()
             .get_mut(&self.generation)
             .unwrap() -= 1;
-    }
-}
-
-/// Waits (bounded by [`STEP_LIMIT`]) until `ready` holds.
-async fn wait_until(what: &str, ready: impl Fn() -> bool) {
-    let give_up = Instant::now() + STEP_LIMIT;
-    while !ready() {
-        assert!(
-            Instant::now() < give_up,
-            "not within {STEP_LIMIT:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -13,8 +13,9 @@ use crate::support::faults::{Failure, InjectFaults};
 use crate::support::front::Front;
 use crate::support::{ApiServer, CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 use crate::{
-    assert_all_ok, assert_spaced, bounded, refresh_client, traffic_while, Call, Calls, Rig, Sent,
-    Settings, BACKOFF_INITIAL, BACKOFF_MAX, MANDATORY, STALE_AFTER,
+    assert_all_ok, assert_spaced, bounded, refresh_client, refreshes_ended, traffic_while,
+    wait_until, Call, Calls, Rig, Sent, Settings, BACKOFF_INITIAL, BACKOFF_MAX, MANDATORY,
+    STALE_AFTER,
 };
 
 /// How long the layer may take to make the refresh calls a test waits for.
@@ -47,14 +48,7 @@ async fn traffic_until_calls(rig: &Rig, what: &str, done: impl Fn(&[Call]) -> bo
         more
     };
     let sent = traffic_while(&rig.client, &rig.url(), rig.request_bound(), more).await;
-    loop {
-        let stats = rig.handle.stats();
-        if stats.refresh_successes + stats.refresh_failures == stats.refreshes {
-            break;
-        }
-        assert!(Instant::now() < give_up, "{what}: a refresh never ended");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(what, || refreshes_ended(&rig.handle)).await;
     sent
 }
 
@@ -212,18 +206,7 @@ async fn identity_server_rate_limit_without_retry_after_is_backed_off() {
         let sent = traffic_while(&client, &api.url("/v1/reports"), bound, more).await;
         assert_all_ok(&sent, "while rate limited");
         // No refresh still under way, so that the counts below are final.
-        let settled = async {
-            loop {
-                let stats = handle.stats();
-                if stats.refresh_successes + stats.refresh_failures == stats.refreshes {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), settled)
-            .await
-            .expect("the last refresh ends");
+        wait_until("the last refresh ends", || refreshes_ended(&handle)).await;
 
         let accepted = front.accepted();
         let statuses: Vec<_> = calls.lock().unwrap().iter().map(|c| c.status).collect();
