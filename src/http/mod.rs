@@ -698,7 +698,7 @@ fn keep_what_was_left_out(
 /// failure status keeps its class without the body's message. `now` is read
 /// once the body has arrived, for `Retry-After` dates and JWT `exp` in an
 /// answer without a `Date`; `sent` gives the secrets to redact from a
-/// failure's text.
+/// failure's text, and from the client's error reading a `2xx` body.
 ///
 /// A JWT's `exp` and a `Retry-After` date are on the server's clock, so
 /// they count from its `Date` where it sent one: a client clock off from
