@@ -645,7 +645,7 @@ async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fre
         is_watched(manager)
     })
     .await;
-    let stale = manager.shared.snapshot.load().stale.load(Ordering::Acquire);
+    let stale = manager.shared.snapshot.load().is_stale();
     assert!(
         !stale,
         "the watcher first ran past `stale_at`: nothing tested"
@@ -674,8 +674,7 @@ fn watched_layer(store: &FaultyLoads, lifetime: Duration) -> TokenRefreshLayer {
 /// Whether the watcher promises to raise the current token's `stale` flag
 /// on time (so requests read no clock).
 fn is_watched(manager: &super::TokenManager) -> bool {
-    let snapshot = manager.shared.snapshot.load();
-    snapshot.watched.load(Ordering::Acquire)
+    manager.shared.snapshot.load().is_watched()
 }
 
 /// Makes the store's loads hang, then announces a version, which the

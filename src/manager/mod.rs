@@ -341,24 +341,36 @@ impl TokenManager {
     /// the lock).
     #[inline]
     pub(crate) fn ready(&self, cache: &mut SnapshotCache) -> Option<Credential> {
-        let shared = &*self.shared;
-        if !shared.timer_started.load(Ordering::Relaxed) {
-            self.ensure_timer();
-        }
         let snapshot = cache.load();
-        match snapshot.freshness_fast() {
-            Freshness::Fresh => {}
-            Freshness::Stale => {
-                if shared.gate_open(Instant::now()) {
-                    self.start_proactive(snapshot.generation);
-                }
-            }
-            Freshness::Expired => return None,
+        // A token the watcher vouches for costs one load: the watcher is
+        // the timer, so it has started too.
+        if !snapshot.kept_fresh() && !self.admits(snapshot) {
+            return None;
         }
         Some(Credential {
             header: thread_copy::header(&self.shared, snapshot)?,
             generation: snapshot.generation,
         })
+    }
+
+    /// [`ready`](Self::ready)'s checks for a token the watcher does not
+    /// vouch for: starts the timer if it is not running, and a proactive
+    /// refresh for a stale token; false for a token that must not be sent.
+    #[inline]
+    fn admits(&self, snapshot: &Snapshot) -> bool {
+        if !self.shared.timer_started.load(Ordering::Relaxed) {
+            self.ensure_timer();
+        }
+        match snapshot.freshness_fast() {
+            Freshness::Fresh => true,
+            Freshness::Stale => {
+                if self.shared.gate_open(Instant::now()) {
+                    self.start_proactive(snapshot.generation);
+                }
+                true
+            }
+            Freshness::Expired => false,
+        }
     }
 
     /// [`poll_waiting`](Self::poll_waiting) from [`Waiting::undecided`],
@@ -689,7 +701,7 @@ impl TokenManager {
             }
         }
         // This token or the newer one, rejected by another request's answer.
-        let rejected = snapshot.rejected.load(Ordering::Acquire);
+        let rejected = snapshot.is_rejected();
         drop(snapshot);
         // This very token may also have reached its mandatory window while
         // the request was held (its service slow to be ready). Found in
@@ -714,7 +726,7 @@ impl TokenManager {
     /// What has become of `credential`'s token since it came.
     fn since_it_came(&self, credential: &Credential) -> Since {
         let snapshot = self.shared.snapshot.load();
-        if snapshot.rejected.load(Ordering::Acquire) {
+        if snapshot.is_rejected() {
             Since::Rejected
         } else if snapshot.generation != credential.generation {
             Since::Replaced

@@ -1,6 +1,6 @@
 //! The immutable view of the current token that every request reads.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,9 +157,7 @@ impl Prepared {
             stale_at,
             expired_at,
             expires_at,
-            rejected: AtomicBool::new(false),
-            watched: AtomicBool::new(false),
-            stale: AtomicBool::new(false),
+            flags: AtomicU8::new(0),
         }
     }
 }
@@ -184,19 +182,22 @@ pub(crate) struct Snapshot {
     pub(crate) expired_at: Option<Instant>,
     /// The real expiry, after which the token is useless.
     pub(crate) expires_at: Option<Instant>,
-    /// Set when a server rejected this generation. An atomic inside the
-    /// snapshot, so marking it needs no swap and is scoped to its generation.
-    pub(crate) rejected: AtomicBool,
-    /// Set by the manager's watcher task while it promises to raise `stale`
-    /// on time ([`Snapshot::watch`]); cleared if that task dies. While it
-    /// holds, a request for a token that is not yet stale needs no clock
-    /// read.
-    pub(crate) watched: AtomicBool,
-    /// Raised by the watcher shortly before `stale_at`, or before the
-    /// expiry when that is close behind: from then on, requests read the
-    /// clock.
-    pub(crate) stale: AtomicBool,
+    /// [`REJECTED`], [`WATCHED`] and [`STALE`], in one word so that a
+    /// request for a fresh token reads one atomic, not three. Atomics inside
+    /// the snapshot, so marking one needs no swap and is scoped to its
+    /// generation.
+    flags: AtomicU8,
 }
+
+/// A server rejected this generation.
+const REJECTED: u8 = 1;
+/// The manager's watcher task promises to raise [`STALE`] on time
+/// ([`Snapshot::watch`]); cleared if that task dies. While it holds, a
+/// request for a token that is not yet stale needs no clock read.
+const WATCHED: u8 = 2;
+/// Raised by the watcher shortly before `stale_at`, or before the expiry
+/// when that is close behind: from then on, requests read the clock.
+const STALE: u8 = 4;
 
 /// How long before a token's advisory point the watcher hands requests
 /// back to the clock: more than a timer on a busy runtime is expected to
@@ -223,10 +224,16 @@ impl Snapshot {
             stale_at: None,
             expired_at: None,
             expires_at: None,
-            rejected: AtomicBool::new(false),
-            watched: AtomicBool::new(false),
-            stale: AtomicBool::new(false),
+            flags: AtomicU8::new(0),
         }
+    }
+
+    /// Whether the watcher vouches for this token: present, not rejected,
+    /// watched and not yet stale. One load, and no clock read: what a
+    /// request for a fresh token costs on a runtime that keeps the watcher.
+    #[inline]
+    pub(crate) fn kept_fresh(&self) -> bool {
+        self.header.is_some() && self.flags.load(Ordering::Acquire) == WATCHED
     }
 
     /// Where the token stands, for the hot path: trusts the watcher's flags
@@ -235,12 +242,11 @@ impl Snapshot {
     /// when no watcher runs.
     #[inline]
     pub(crate) fn freshness_fast(&self) -> Freshness {
-        if self.header.is_none() || self.rejected.load(Ordering::Acquire) {
+        let flags = self.flags.load(Ordering::Acquire);
+        if self.header.is_none() || flags & REJECTED != 0 {
             return Freshness::Expired;
         }
-        if self.stale_at.is_none()
-            || (self.watched.load(Ordering::Acquire) && !self.stale.load(Ordering::Acquire))
-        {
+        if self.stale_at.is_none() || flags & (WATCHED | STALE) == WATCHED {
             return Freshness::Fresh;
         }
         self.freshness(Instant::now())
@@ -248,7 +254,7 @@ impl Snapshot {
 
     /// Where the token stands at `now`, exactly.
     pub(crate) fn freshness(&self, now: Instant) -> Freshness {
-        if self.header.is_none() || self.rejected.load(Ordering::Acquire) {
+        if self.header.is_none() || self.is_rejected() {
             return Freshness::Expired;
         }
         let (Some(stale_at), Some(expired_at)) = (self.stale_at, self.expired_at) else {
@@ -279,10 +285,10 @@ impl Snapshot {
         // Raised before `watched`, so no request can see a due token as
         // watched-and-fresh.
         if now >= due {
-            self.stale.store(true, Ordering::Release);
+            self.flags.fetch_or(STALE, Ordering::Release);
         }
         if promise {
-            self.watched.store(true, Ordering::Release);
+            self.flags.fetch_or(WATCHED, Ordering::Release);
         }
         (now < due).then_some(due)
     }
@@ -297,16 +303,14 @@ impl Snapshot {
 
     /// Called when the watcher stops: requests read the clock again.
     pub(crate) fn unwatch(&self) {
-        self.watched.store(false, Ordering::Release);
+        self.flags.fetch_and(!WATCHED, Ordering::Release);
     }
 
     /// Whether the token may still be sent: present, not rejected and not
     /// past its real expiry (even if inside the mandatory window). Used to
     /// keep serving while refreshes fail (static stability).
     pub(crate) fn is_valid(&self, now: Instant) -> bool {
-        self.header.is_some()
-            && !self.rejected.load(Ordering::Acquire)
-            && self.expires_at.is_none_or(|e| now < e)
+        self.header.is_some() && !self.is_rejected() && self.expires_at.is_none_or(|e| now < e)
     }
 
     /// The token as a credential, sharing the header value: for the slow
@@ -320,7 +324,24 @@ impl Snapshot {
     }
 
     pub(crate) fn mark_rejected(&self) {
-        self.rejected.store(true, Ordering::Release);
+        self.flags.fetch_or(REJECTED, Ordering::Release);
+    }
+
+    /// Whether a server rejected this generation.
+    pub(crate) fn is_rejected(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & REJECTED != 0
+    }
+
+    /// Whether the watcher promises to raise `stale` on time.
+    #[cfg(test)]
+    pub(crate) fn is_watched(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & WATCHED != 0
+    }
+
+    /// Whether the watcher has raised `stale`.
+    #[cfg(test)]
+    pub(crate) fn is_stale(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & STALE != 0
     }
 }
 

@@ -531,10 +531,7 @@ fn a_watcher_lost_with_its_runtime_hands_freshness_back_to_the_clock() {
         assert_eq!(bearer(&send(&client, get()).await), "old");
         // The watcher runs and promises to mark the token stale: the
         // promise its task's end must take back.
-        let watched = || {
-            let snapshot = layer.core.manager.shared.snapshot.load();
-            snapshot.watched.load(std::sync::atomic::Ordering::Acquire)
-        };
+        let watched = || layer.core.manager.shared.snapshot.load().is_watched();
         tokio::time::timeout(Duration::from_secs(5), async {
             while !watched() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
