@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `400` (`invalid_grant`, missing fields, …), `401`, `403`, other `4xx` | terminal: the same request would fail again |
 //! | `408`, `421`, `425` | transient: a later call, or one over another connection, may not meet them |
-//! | `429` | rate limited, honouring `Retry-After` (seconds, or an HTTP date counted from the answer's `Date`, else from the client's clock); without it, the wait the endpoint's documented limit implies, if it has one (`cognito`: 12 s) |
+//! | `429` | rate limited, honouring `Retry-After` (seconds, or an HTTP date counted from the answer's `Date`, else from the client's clock); without it, the wait the endpoint's documented limit implies, if it has one (`cognito`: a minute) |
 //! | `503` with `Retry-After` | rate limited, honouring it: the server said when to come back |
 //! | `5xx`, `3xx` (redirects are never followed), anything else | transient |
 //!
@@ -388,7 +388,7 @@ mod tests {
             br#"{"statusCode":429,"message":"Too many requests","error":"Too Many Requests"}"#;
         let cognito = Dialect::cognito();
         let err = classified(too_many, &HeaderMap::new(), body, &cognito);
-        assert_eq!(err.retry_after(), Some(Duration::from_secs(12)));
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
         assert!(err.to_string().contains("Too many requests"), "{err}");
 
         let mut headers = HeaderMap::new();

@@ -367,7 +367,7 @@ where
     /// layer's single flight keeps it to one per expiry, a sixth call in a
     /// minute is not sent (see [`rate_limit`](Self::rate_limit)), and after
     /// a `429` (calls from elsewhere behind the same IP), which names no
-    /// wait, the next call waits at least 12 s (a minute / 5; see
+    /// wait, the next call waits at least a minute, the seed's window (see
     /// [`rate_limit_wait`](Self::rate_limit_wait)). Either way the current
     /// token stays in use while valid. `requiresPasswordChange` is kept as
     /// an [extra](TokenSet::extra).

@@ -757,13 +757,14 @@ impl<C, B> HttpRefresher<C, B> {
 
     /// How long to wait after a `429` that names no wait (no
     /// `Retry-After`) before the next refresh call: the spacing the
-    /// endpoint's rate limit allows, so that the calls retried after it
-    /// never exceed that limit. The
+    /// endpoint's documented limit implies: for a limit of so many calls a
+    /// period, counted over the last period, the whole period (a `429`
+    /// says only that the period held too many calls). The
     /// layer's [backoff](crate::Backoff) still applies when longer, and
     /// `Duration::ZERO` leaves it alone to decide (the error then names no
     /// wait). However long the wait, it blocks refreshing for an hour at
     /// most, as a server's `Retry-After` does (the backoff's own delay,
-    /// if longer, still applies). Default: 12 s for
+    /// if longer, still applies). Default: a minute for
     /// [`cognito`](Self::cognito) (5 calls a minute); none for the other
     /// presets, whose endpoints document no limit.
     ///

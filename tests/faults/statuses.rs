@@ -156,8 +156,8 @@ async fn identity_server_rate_limit_without_retry_after_is_backed_off() {
     bounded(async {
         // One refresh per 2 s; tokens of 6 s, stale after 0.5 s: the second
         // refresh, half a second after the first, is refused. The server's
-        // 429 names no wait, so the refresher is told the spacing its limit
-        // allows (the preset's own is seed 002's, 12 s); a call made sooner
+        // 429 names no wait, so the refresher is told the server's window
+        // (the preset's own is seed 002's, a minute); a call made sooner
         // would be refused too, as refused calls count against the limit.
         let lifetime = Duration::from_secs(6);
         let spacing = Duration::from_secs(2);
