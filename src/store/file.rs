@@ -187,7 +187,10 @@ impl TokenStore for FileStore {
             holders.prune(SystemTime::now());
         }
         let path = self.inner.path.clone();
-        async move { blocking(move || read(&path)).await }
+        // Through `followed`, as a write goes: found in review, a load
+        // followed a link another user planted to a file of this user's
+        // (another service's tokens), adopted them, and sent them here.
+        async move { blocking(move || read(&followed(&path)?)).await }
     }
 
     async fn compare_and_swap(
@@ -719,7 +722,8 @@ mod tests {
 
     /// A token file reached through a symbolic link (to a persistent
     /// volume) is written where the link points, and the link stays; a
-    /// link another user owns is refused, its target never written.
+    /// link another user owns is refused, its target never written nor
+    /// read.
     #[cfg(unix)]
     #[tokio::test]
     async fn a_write_through_a_symbolic_link_replaces_the_file_it_names() {
@@ -766,6 +770,15 @@ mod tests {
                 !chosen.exists(),
                 "written where another user's link pointed"
             );
+
+            // Pointing at this user's own token file (another service's),
+            // whose tokens a load must not adopt.
+            let planted = app.0.join("planted-to-read.json");
+            std::os::unix::fs::symlink(&target, &planted).unwrap();
+            std::os::unix::fs::lchown(&planted, Some(65534), None).unwrap();
+            let err = FileStore::new(&planted).load().await.unwrap_err();
+            assert!(err.is_corrupt(), "{err}");
+            assert!(err.to_string().contains("another user owns"), "{err}");
         }
     }
 
