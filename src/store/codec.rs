@@ -10,6 +10,15 @@
 //! ```json
 //! {"format":1,"access_token":"…","refresh_token":"…","issued_at_ms":1795000000000,"expires_at_ms":1795003600000,"extras":{"scope":"read"}}
 //! ```
+//!
+//! Later formats stay readable by this release where they can: a writer
+//! that only adds fields says so with `min_reader`, the oldest format that
+//! reads the record correctly by ignoring what it does not know (absent:
+//! the record's own format), and this release reads any record whose
+//! `min_reader` is at most [`FORMAT`]. A fleet upgraded one process at a
+//! time then shares its tokens throughout; a record it cannot read would
+//! leave each older process refreshing on its own, from a refresh token a
+//! newer one may have spent.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +28,7 @@ use zeroize::{Zeroize, Zeroizing};
 use super::StoreError;
 use crate::TokenSet;
 
+/// The format this release writes, and the newest it reads in full.
 const FORMAT: u64 = 1;
 
 /// Encodes `tokens`, whose lifetime counts from `obtained_at` (wall clock).
@@ -109,8 +119,24 @@ fn decode_value(value: &mut Value, now: SystemTime) -> Result<Decoded, StoreErro
     let Value::Object(fields) = value else {
         return Err(corrupt("not a JSON object"));
     };
-    if fields.get("format").and_then(Value::as_u64) != Some(FORMAT) {
-        return Err(corrupt("unknown format"));
+    let number = |name: &str| {
+        fields
+            .get(name)
+            .map(|value| value.as_u64().filter(|&n| n > 0))
+    };
+    let format = number("format")
+        .flatten()
+        .ok_or_else(|| corrupt("no valid `format`"))?;
+    let min_reader = match number("min_reader") {
+        None => format,
+        Some(Some(min_reader)) if min_reader <= format => min_reader,
+        Some(_) => return Err(corrupt("`min_reader` is not a format up to `format`")),
+    };
+    if min_reader > FORMAT {
+        return Err(corrupt(&format!(
+            "written in format {format}, which needs a reader of format {min_reader}: \
+             this release reads format {FORMAT} (upgrade it)"
+        )));
     }
     // Taken out wiped on drop: a later refusal must not free them unwiped.
     let mut take_string = |name: &str| match fields.remove(name) {
@@ -195,6 +221,27 @@ mod tests {
         assert!(forever.tokens.refresh_token().is_none());
     }
 
+    /// A later format that only adds fields (`min_reader` 1) is read, its
+    /// new fields ignored; one that needs a newer reader is refused, and
+    /// says which.
+    #[test]
+    fn a_later_format_is_read_when_it_says_an_older_reader_may() {
+        let later = br#"{"format":3,"min_reader":1,"access_token":"a","refresh_token":"r","issued_at_ms":1000,"expires_at_ms":61000,"extras":{"scope":"read"},"audience":["api"],"key_id":7}"#;
+        let Decoded { tokens, age } = decode(later, at(11)).unwrap();
+        assert_eq!(tokens.access_token().expose(), "a");
+        assert_eq!(tokens.refresh_token().unwrap().expose(), "r");
+        assert_eq!(tokens.expires_in(), Some(Duration::from_secs(60)));
+        assert_eq!(age, Duration::from_secs(10));
+        assert_eq!(tokens.extra("scope"), Some("read"));
+        assert_eq!(tokens.extras().count(), 1, "the new fields are not extras");
+
+        let err = decode(br#"{"format":2,"min_reader":2,"access_token":"a"}"#, at(0));
+        let err = err.unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+        assert!(err.to_string().contains("format 2"), "{err}");
+        assert!(err.to_string().contains("upgrade"), "{err}");
+    }
+
     #[test]
     fn malformed_payloads_are_corrupt_and_name_no_value() {
         for payload in [
@@ -202,6 +249,10 @@ mod tests {
             b"[1]",
             b"{\"access_token\":\"secret-value\"}",
             b"{\"format\":2,\"access_token\":\"secret-value\"}",
+            b"{\"format\":0,\"access_token\":\"secret-value\"}",
+            b"{\"format\":\"1\",\"access_token\":\"secret-value\"}",
+            b"{\"format\":1,\"min_reader\":2,\"access_token\":\"secret-value\"}",
+            b"{\"format\":2,\"min_reader\":0,\"access_token\":\"secret-value\"}",
             b"{\"format\":1}",
             b"{\"format\":1,\"access_token\":7}",
             b"{\"format\":1,\"access_token\":\"secret-value\",\"expires_at_ms\":-1}",
