@@ -83,16 +83,18 @@ impl fmt::Debug for StoreKey {
 /// the layer refreshes without it and never overwrites it. Requires the
 /// `encryption` feature.
 ///
-/// To change the key, deploy the new one, then delete the record (the
-/// file, or Redis's `{prefix}:tokens`) at once: a record sealed with the
-/// old key does not open under the new one, and until it is gone every
-/// process refreshes on its own, never overwriting it (a process still on
-/// the old key would otherwise take the new record for damage, and the
-/// two keys would overwrite each other). With an issuer that rotates
-/// refresh tokens, the processes refreshing on their own meanwhile
-/// present refresh tokens the first of them spent, which are refused (see
-/// [`TokenStore`](crate::store::TokenStore)). The next refresh stores a
-/// record sealed with the new key.
+/// To change the key without a moment when processes cannot read what
+/// others stored, roll it out in three deploys, each finished before the
+/// next starts: first every process seals with the old key and
+/// [also opens](Encrypted::also_open_with) with the new one; then every
+/// process seals with the new key and also opens with the old one; then
+/// the old key goes. At each step, every record a process may meet opens
+/// under its keys. A record that opens under none of them (a key changed
+/// in one deploy) leaves every process refreshing on its own, never
+/// overwriting it, until it is deleted (the file, or Redis's
+/// `{prefix}:tokens`); with an issuer that rotates refresh tokens, those
+/// processes present refresh tokens the first of them spent, which are
+/// refused (see [`TokenStore`](crate::store::TokenStore)).
 ///
 /// When one key seals several stores (one secret shared by several
 /// services, each with its own Redis prefix), give each its own context
@@ -118,9 +120,13 @@ impl fmt::Debug for StoreKey {
 /// assert!(other.load().await.unwrap_err().is_corrupt());
 /// # }
 /// ```
+#[derive(Clone)]
 pub struct Encrypted<S> {
     inner: S,
+    /// Seals, and opens first.
     cipher: XChaCha20Poly1305,
+    /// Open only: see [`Encrypted::also_open_with`].
+    also_open: Vec<XChaCha20Poly1305>,
     /// Authenticated with every record: see [`Encrypted::bound_to`].
     context: Box<[u8]>,
 }
@@ -144,8 +150,40 @@ impl<S: TokenStore> Encrypted<S> {
         Self {
             inner,
             cipher: XChaCha20Poly1305::new(&key.0.into()),
+            also_open: Vec::new(),
             context: Box::default(),
         }
+    }
+
+    /// Opens records sealed with `key` too, while still sealing with the
+    /// key given to [`new`](Encrypted::new): for changing keys without a
+    /// moment when processes cannot read what others stored (the steps
+    /// are on [`Encrypted`]). Keys are tried in the order given, after the
+    /// sealing key; each is under the same [context](Encrypted::bound_to).
+    ///
+    /// ```
+    /// use tower_token_refresh::store::{Encrypted, MemoryStore, Record, StoreKey, TokenStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let inner = MemoryStore::new();
+    /// let (old, new) = (|| StoreKey::from_bytes([1; 32]), || StoreKey::from_bytes([2; 32]));
+    /// let before = Encrypted::new(inner.clone(), old());
+    /// before.compare_and_swap(None, Record::new(1, b"tokens".to_vec())).await.unwrap();
+    ///
+    /// // Sealing with the new key, opening with the old one too.
+    /// let during = Encrypted::new(inner.clone(), new()).also_open_with(old());
+    /// assert_eq!(during.load().await.unwrap().unwrap().payload(), b"tokens");
+    /// during.compare_and_swap(Some(1), Record::new(2, b"newer".to_vec())).await.unwrap();
+    ///
+    /// // What it stored opens with the new key alone, not with the old one.
+    /// let after = Encrypted::new(inner.clone(), new());
+    /// assert_eq!(after.load().await.unwrap().unwrap().payload(), b"newer");
+    /// assert!(before.load().await.unwrap_err().is_corrupt());
+    /// # }
+    /// ```
+    pub fn also_open_with(mut self, key: StoreKey) -> Self {
+        self.also_open.push(XChaCha20Poly1305::new(&key.0.into()));
+        self
     }
 
     /// Binds every record to `context`, a name for what the store holds
@@ -220,18 +258,19 @@ impl<S: TokenStore> Encrypted<S> {
             .ok_or_else(|| StoreError::corrupt("the stored tokens are not sealed"))?;
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let aad = associated_data(record.version(), &self.context);
-        let plain = self
-            .cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| {
+        let opened = |cipher: &XChaCha20Poly1305| {
+            let payload = Payload {
+                msg: ciphertext,
+                aad: &aad,
+            };
+            cipher.decrypt(XNonce::from_slice(nonce), payload).ok()
+        };
+        let plain = std::iter::once(&self.cipher)
+            .chain(&self.also_open)
+            .find_map(opened)
+            .ok_or_else(|| {
                 StoreError::corrupt(
-                    "the stored tokens cannot be opened with this key, or were altered",
+                    "the stored tokens cannot be opened with this store's keys, or were altered",
                 )
             })?;
         Ok(Record::new(record.version(), plain))
@@ -395,6 +434,31 @@ mod tests {
             .unwrap();
         let err = store.load().await.unwrap_err();
         assert!(err.to_string().contains("not sealed"), "{err}");
+    }
+
+    /// One store per layer, as the other stores are used: a clone seals
+    /// and opens as the original does, with every key it was given.
+    #[tokio::test]
+    async fn a_clone_keeps_the_keys_and_the_context() {
+        let inner = MemoryStore::new();
+        let old = Encrypted::new(inner.clone(), StoreKey::from_bytes([1; 32])).bound_to("api");
+        old.compare_and_swap(None, Record::new(1, b"old".to_vec()))
+            .await
+            .unwrap();
+        let store = Encrypted::new(inner, StoreKey::from_bytes([2; 32]))
+            .also_open_with(StoreKey::from_bytes([1; 32]))
+            .bound_to("api");
+        let clone = store.clone();
+        assert_eq!(clone.load().await.unwrap().unwrap().payload(), b"old");
+        clone
+            .compare_and_swap(Some(1), Record::new(2, b"new".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(store.load().await.unwrap().unwrap().payload(), b"new");
+        assert!(
+            old.load().await.unwrap_err().is_corrupt(),
+            "sealed with the new key"
+        );
     }
 
     #[tokio::test]
