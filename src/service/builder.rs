@@ -177,8 +177,10 @@ impl<C> Builder<C> {
     }
 
     /// How long one refresh call may take before it counts as a transient
-    /// failure. Default: 10 s. It also bounds the `on_refresh` hook and each
-    /// store call, so a very short timeout (zero: every call that does not
+    /// failure. Default: 10 s. It also bounds the `on_refresh` hook, each
+    /// store call, and for a rejected request, the wait for the transport
+    /// to let go of its body and then the reading of the rejection's body
+    /// (each its own bound), so a very short timeout (zero: every call that does not
     /// answer at its first poll) fails refreshes that would have succeeded.
     /// A timeout too long for the clock (`Duration::MAX`) means no bound at
     /// all: a call that never answers then holds its waiting requests for

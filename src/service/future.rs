@@ -538,6 +538,17 @@ where
                             return Poll::Ready(Ok(rejection));
                         }
                         *held = Held::Draining(Drain::new(rejection));
+                        // Reading the rejection has a bound of its own.
+                        // Found in review: sharing the wait's, a body held
+                        // for most of it left the rejection dropped unread
+                        // (an HTTP/2 stream reset, an HTTP/1 connection
+                        // closed).
+                        if let Some(bound) = bound {
+                            let core =
+                                &this.shared.as_ref().expect("set for managed requests").core;
+                            let timeout = core.manager.refresh_timeout();
+                            bound.as_mut().reset(later(Instant::now(), timeout));
+                        }
                     }
                     if let Held::Draining(drain) = held {
                         // Past the bound, dropped unread: what follows

@@ -2,14 +2,17 @@
 //! its refresh has failed: read to its end first, so that dropping it does
 //! not reset an HTTP/2 stream whose frames are still arriving.
 
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Request, Response, StatusCode};
+use tower::{ServiceBuilder, ServiceExt};
 
 use super::apis::{revoked_then_fresh, send_through};
-use crate::test_support::settle;
-use crate::{RefreshError, TokenRefreshLayer, TokenSet};
+use crate::test_support::body::TestBody;
+use crate::test_support::{post, settle, TestBody as RequestBody};
+use crate::{RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
 
 /// A layer holding a token the API rejects, refreshed to one it accepts.
 fn layer(refresh_timeout: Duration) -> TokenRefreshLayer {
@@ -104,4 +107,53 @@ async fn a_rejection_is_read_to_its_end_before_a_failed_refresh_is_reported() {
     assert!(error.is_reauth_required());
     assert_eq!(calls.load(SeqCst), 1, "no retry without a refresh");
     assert_eq!(refreshes.load(SeqCst), 1);
+}
+
+/// Found in review: waiting for the first attempt to let go of the body
+/// and reading the rejection shared one bound, so a body held for most of
+/// the refresh timeout (an upload still streaming) left the rejection
+/// dropped unread, the moment the body came free. Each has a bound of its
+/// own.
+#[tokio::test(start_paused = true)]
+async fn a_rejection_is_read_to_its_end_after_a_long_wait_for_the_body() {
+    let timeout = Duration::from_secs(5);
+    let (tx, rejection) = TestBody::channel();
+    let rejection = Arc::new(Mutex::new(Some(rejection)));
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    // Rejects `revoked`, keeping its request, body unread, as a transport
+    // still sending it does.
+    let api = tower::service_fn({
+        let (kept, calls) = (Arc::clone(&kept), Arc::clone(&calls));
+        move |req: Request<ReplayBody<RequestBody>>| {
+            calls.fetch_add(1, SeqCst);
+            let answer = if req.headers()["authorization"] == "Bearer fresh" {
+                Response::new(TestBody::empty())
+            } else {
+                kept.lock().unwrap().push(req);
+                let body = rejection.lock().unwrap().take().expect("one rejection");
+                let answer = Response::builder().status(StatusCode::UNAUTHORIZED);
+                answer.body(body).unwrap()
+            };
+            async move { Ok::<_, std::convert::Infallible>(answer) }
+        }
+    });
+    let client = ServiceBuilder::new().layer(layer(timeout)).service(api);
+    let request = tokio::spawn(client.oneshot(post("upload")));
+    settle().await;
+    tokio::time::sleep(timeout - Duration::from_millis(1)).await;
+    assert_eq!(calls.load(SeqCst), 1, "retried while the body was held");
+
+    kept.lock().unwrap().clear();
+    // Past the first bound, well inside a second.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // `Tx::data` asserts that the body is still being read.
+    tx.data("{\"error\":\"invalid_token\"}");
+    settle().await;
+    assert_eq!(calls.load(SeqCst), 1, "retried before the rejection ended");
+    drop(tx);
+
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls.load(SeqCst), 2);
 }
