@@ -210,9 +210,9 @@ fn check_result(input: &Input<'_>, result: &Result<TokenSet, RefreshError>, now:
             let retry_after = __fuzz::retry_after(&head, clock);
             let expected = if status == StatusCode::TOO_MANY_REQUESTS {
                 let retry_after = retry_after.or(documented_wait(input.dialect));
-                FailureClass::RateLimited { retry_after }
+                RefreshError::rate_limited(retry_after).class()
             } else if status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some() {
-                FailureClass::RateLimited { retry_after }
+                RefreshError::rate_limited(retry_after).class()
             } else if status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT {
                 FailureClass::Terminal
             } else {
@@ -224,10 +224,10 @@ fn check_result(input: &Input<'_>, result: &Result<TokenSet, RefreshError>, now:
 }
 
 /// The wait after a `429` without `Retry-After` that an endpoint's document
-/// implies: seed 002's Cognito endpoint allows 5 refreshes a minute, one
-/// per 12 s; the others name no limit.
+/// implies: seed 002's Cognito endpoint allows 5 refreshes a minute, so a
+/// `429` says the last minute was full: a minute; the others name no limit.
 fn documented_wait(dialect: &str) -> Option<Duration> {
-    (dialect == "cognito").then_some(Duration::from_secs(12))
+    (dialect == "cognito").then_some(Duration::from_secs(60))
 }
 
 fn head_of(input: &Input<'_>) -> http::HeaderMap {
