@@ -450,6 +450,50 @@ where
     }
 }
 
+/// One source shared: by two layers, or as one layer's source and its
+/// [login](crate::Builder::login), without being `Clone`.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use tower_token_refresh::{Refresh, RefreshContext, RefreshError, TokenRefreshLayer, TokenSet};
+///
+/// /// Not `Clone`: it counts the calls made through every layer.
+/// struct Counted(AtomicUsize);
+///
+/// impl Refresh for Counted {
+///     async fn refresh(&self, _ctx: RefreshContext) -> Result<TokenSet, RefreshError> {
+///         let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+///         Ok(TokenSet::new(format!("token-{n}")))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let source = Arc::new(Counted(AtomicUsize::new(0)));
+/// let first = TokenRefreshLayer::builder(Arc::clone(&source)).build().handle();
+/// let second = TokenRefreshLayer::builder(Arc::clone(&source)).build().handle();
+/// first.force_refresh().await.unwrap();
+/// second.force_refresh().await.unwrap();
+/// assert_eq!(second.tokens().unwrap().access_token().expose(), "token-2");
+/// # }
+/// ```
+impl<R: Refresh> Refresh for Arc<R> {
+    fn refresh(
+        &self,
+        ctx: RefreshContext,
+    ) -> impl Future<Output = Result<TokenSet, RefreshError>> + Send {
+        R::refresh(self, ctx)
+    }
+
+    fn needs_background_refresh(&self) -> bool {
+        R::needs_background_refresh(self)
+    }
+
+    fn advisory_window(&self) -> Option<RefreshWindow> {
+        R::advisory_window(self)
+    }
+}
+
 impl<F> fmt::Debug for RefreshFn<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RefreshFn").finish_non_exhaustive()
