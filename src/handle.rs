@@ -578,6 +578,7 @@ impl fmt::Debug for TokenStatus {
         f.debug_struct("TokenStatus")
             .field("generation", &self.generation)
             .field("state", &self.state)
+            .field("has_token", &self.has_token)
             .field("has_refresh_token", &self.has_refresh_token)
             .field("expires_in", &self.expires_in)
             .field("refreshing", &self.refreshing)

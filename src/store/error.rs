@@ -97,6 +97,19 @@ impl StoreError {
     pub fn is_corrupt(&self) -> bool {
         self.kind == Kind::Corrupt
     }
+
+    /// Whether the store could not be reached (or took too long), as
+    /// opposed to holding unreadable data: the one or the other.
+    ///
+    /// ```
+    /// use tower_token_refresh::store::StoreError;
+    ///
+    /// assert!(StoreError::unavailable("timed out").is_unavailable());
+    /// assert!(!StoreError::corrupt("sealed with another key").is_unavailable());
+    /// ```
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == Kind::Unavailable
+    }
 }
 
 impl fmt::Display for StoreError {
