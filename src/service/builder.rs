@@ -46,6 +46,7 @@ use crate::{Refresh, TokenSet};
 /// assert_eq!(handle.status().state(), TokenState::Stale);
 /// # }
 /// ```
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder<C = Unauthorized> {
     refresher: Arc<dyn DynRefresh>,
     config: Config,

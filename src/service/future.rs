@@ -294,6 +294,7 @@ pin_project! {
     /// assert_eq!(layer.handle().stats().retries, 1);
     /// # }
     /// ```
+    #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<S, B, C>
     where
         S: Service<Request<ReplayBody<B>>>,

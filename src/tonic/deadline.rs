@@ -169,6 +169,7 @@ pin_project_lite::pin_project! {
     /// assert_eq!(*future.await.unwrap().body(), "answer");
     /// # }
     /// ```
+    #[must_use = "futures do nothing unless polled"]
     pub struct DeadlineFuture<F> {
         #[pin]
         inner: F,

@@ -387,6 +387,7 @@ pin_project_lite::pin_project! {
     /// assert_eq!(*future.await.unwrap().body(), "answer");
     /// # }
     /// ```
+    #[must_use = "futures do nothing unless polled"]
     pub struct AttemptFuture<F> {
         // `None`: not sent, no time was left.
         #[pin]
