@@ -14,9 +14,8 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///
 /// Layers given clones of one `MemoryStore` refresh once between them and
 /// announce each new version to the others at once. Nothing survives the
-/// process; see [`FileStore`](crate::store::FileStore) for that (and for
-/// the processes of one host), and [`RedisStore`](crate::store::RedisStore)
-/// for several hosts.
+/// process; see [`FileStore`] for that (and for the processes of one
+/// host), and [`RedisStore`] for several hosts.
 ///
 /// ```
 /// use std::time::Duration;
@@ -39,6 +38,17 @@ use super::{Lease, Record, StoreError, TokenStore};
 /// # Clone
 ///
 /// Clones share the same record, lease and change signal.
+///
+#[cfg_attr(feature = "file", doc = "[`FileStore`]: crate::store::FileStore")]
+#[cfg_attr(
+    not(feature = "file"),
+    doc = "[`FileStore`]: https://docs.rs/tower-token-refresh/latest/tower_token_refresh/store/struct.FileStore.html"
+)]
+#[cfg_attr(feature = "redis", doc = "[`RedisStore`]: crate::store::RedisStore")]
+#[cfg_attr(
+    not(feature = "redis"),
+    doc = "[`RedisStore`]: https://docs.rs/tower-token-refresh/latest/tower_token_refresh/store/struct.RedisStore.html"
+)]
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,

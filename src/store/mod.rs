@@ -86,6 +86,23 @@
 //! assert_eq!(second.handle().tokens().unwrap().access_token().expose(), "shared");
 //! # }
 //! ```
+// Items behind a feature are linked to docs.rs when it is off, so the docs
+// of every build resolve their links.
+#![cfg_attr(feature = "encryption", doc = "[`Encrypted`]: crate::store::Encrypted")]
+#![cfg_attr(
+    not(feature = "encryption"),
+    doc = "[`Encrypted`]: https://docs.rs/tower-token-refresh/latest/tower_token_refresh/store/struct.Encrypted.html"
+)]
+#![cfg_attr(feature = "file", doc = "[`FileStore`]: crate::store::FileStore")]
+#![cfg_attr(
+    not(feature = "file"),
+    doc = "[`FileStore`]: https://docs.rs/tower-token-refresh/latest/tower_token_refresh/store/struct.FileStore.html"
+)]
+#![cfg_attr(feature = "redis", doc = "[`RedisStore`]: crate::store::RedisStore")]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "[`RedisStore`]: https://docs.rs/tower-token-refresh/latest/tower_token_refresh/store/struct.RedisStore.html"
+)]
 
 mod codec;
 #[cfg(feature = "encryption")]

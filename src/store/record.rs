@@ -8,7 +8,7 @@ use zeroize::Zeroize;
 ///
 /// The payload is opaque to the store: the layer's encoding of the tokens,
 /// sealed when the store is wrapped in
-/// [`Encrypted`](crate::store::Encrypted). Unsealed it holds credentials,
+/// [`Encrypted`]. Unsealed it holds credentials,
 /// so it is wiped from memory on drop and never printed.
 ///
 /// ```
@@ -20,6 +20,12 @@ use zeroize::Zeroize;
 /// // Neither the text nor its bytes (b's' is 115) are printed.
 /// assert_eq!(format!("{record:?}"), "Record { version: 3, payload_len: 6 }");
 /// ```
+///
+#[cfg_attr(feature = "encryption", doc = "[`Encrypted`]: crate::store::Encrypted")]
+#[cfg_attr(
+    not(feature = "encryption"),
+    doc = "[`Encrypted`]: https://docs.rs/tower-token-refresh/latest/tower_token_refresh/store/struct.Encrypted.html"
+)]
 #[derive(Clone, PartialEq, Eq)]
 pub struct Record {
     version: u64,
