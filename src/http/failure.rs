@@ -101,6 +101,17 @@ impl Said {
         }
     }
 
+    /// Adds what was said to `error`, a failure of the layer's own (an
+    /// answer it could not use), after its message, which stays first: it
+    /// says what the layer found wrong.
+    pub(crate) fn explain(mut self, error: RefreshError) -> RefreshError {
+        if let Some(said) = self.message.take() {
+            let message = format!("{}; the answer says: {said}", error.message());
+            return self.apply(error).with_message(message);
+        }
+        self.apply(error)
+    }
+
     pub(crate) fn apply(self, mut error: RefreshError) -> RefreshError {
         if let Some(message) = self.message {
             error = error.with_message(message);
@@ -143,6 +154,15 @@ impl SentSecrets {
         forms.sort_unstable();
         forms.dedup();
         Self { forms }
+    }
+
+    /// These secrets and `more`.
+    pub(crate) fn and<'a>(self, more: impl IntoIterator<Item = Cow<'a, str>>) -> Self {
+        let mut more = Self::new(more);
+        more.forms.extend(self.forms);
+        more.forms.sort_unstable();
+        more.forms.dedup();
+        more
     }
 
     /// Whether `text` quotes any of the secrets.

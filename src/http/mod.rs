@@ -115,7 +115,7 @@ pub use credential::{ClientAuthMethod, Credential};
 use crate::{BoxError, Refresh, RefreshContext, RefreshError, RefreshWindow, TokenSet};
 use call_budget::CallLog;
 use dialect::{pointer, Client, Dialect, FieldValue};
-use failure::SentSecrets;
+use failure::{Said, SentSecrets};
 
 /// How much of a refresh answer is read before it counts as hostile.
 ///
@@ -714,7 +714,7 @@ async fn answer<ResB>(
     dialect: &Dialect,
     body_limit: usize,
     response: Response<ResB>,
-    sent: impl FnOnce() -> SentSecrets,
+    sent: impl Fn() -> SentSecrets,
     now: impl FnOnce() -> SystemTime,
 ) -> Result<TokenSet, RefreshError>
 where
@@ -724,9 +724,17 @@ where
     let (parts, body) = response.into_parts();
     let date = server_date(&parts.headers);
     if parts.status.is_success() {
-        let body = read_capped(body, body_limit, sent).await?;
+        let body = read_capped(body, body_limit, &sent).await?;
         let now = date.map_or_else(now, |date| date + Duration::from_secs(1));
-        return decode::tokens(&dialect.response, &body, now);
+        // A success without tokens may still say why, in the dialect's
+        // error shape (an envelope's `success: false` beside its `error`,
+        // an Ocient `status`): its words are kept, as for a failure. Found
+        // in review: only "undecodable" was left of them.
+        return decode::tokens(&dialect.response, &body, now).map_err(|error| {
+            let tokens = decode::token_strings(&dialect.response, &body);
+            let secrets = sent().and(tokens.iter().map(|token| token.as_str().into()));
+            Said::read(&dialect.errors, &body, &secrets).explain(error)
+        });
     }
     // The status and headers decide a failure's class; the body adds only
     // the server's message. Lost with a body too long or unreadable, the
@@ -797,7 +805,7 @@ fn unreachable_endpoint(error: BoxError) -> RefreshError {
 async fn read_capped<ResB>(
     body: ResB,
     limit: usize,
-    sent: impl FnOnce() -> SentSecrets,
+    sent: impl Fn() -> SentSecrets,
 ) -> Result<Bytes, RefreshError>
 where
     ResB: Body,

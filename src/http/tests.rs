@@ -127,6 +127,46 @@ async fn an_error_answer_past_the_body_limit_keeps_its_status_class() {
     assert_eq!(err.retry_after(), Some(Duration::from_secs(12)), "{err}");
 }
 
+/// Found in review: a `200` that carried no tokens but said why (an
+/// envelope's `success: false` beside its error, an Ocient `status`) kept
+/// only "undecodable". What it says follows now, with any token, sent or
+/// in the answer itself, redacted.
+#[tokio::test]
+async fn a_success_without_tokens_keeps_what_the_answer_says() {
+    let (idp, _) = endpoint(|| {
+        json(
+            StatusCode::OK,
+            r#"{"success":false,"error":{"message":"Refresh token old-refresh expired","code":"TOKEN_EXPIRED","requestId":"req-9"}}"#,
+        )
+    });
+    let refresher = HttpRefresher::dynamosql("https://api.example.com/v1/auth/refresh", idp);
+    let err = refresher.refresh(ctx()).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let message = err.message();
+    assert!(message.contains("`success` is not true"), "{message}");
+    assert!(
+        message.contains("says: Refresh token [redacted] expired"),
+        "{message}"
+    );
+    assert_eq!(
+        (err.code(), err.request_id()),
+        (Some("TOKEN_EXPIRED"), Some("req-9"))
+    );
+
+    // A token in the answer, refused for its lifetime, quoted in its status.
+    let (idp, _) = endpoint(|| {
+        json(
+            StatusCode::OK,
+            r#"{"access_token":"new-access","expires_in":-5,"status":{"reason":"new-access issued","sql_state":"00000","vendor_code":0}}"#,
+        )
+    });
+    let refresher = HttpRefresher::ocient("https://sql.example.com/v1/token_refresh", idp);
+    let err = refresher.refresh(ctx()).await.unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("says: [redacted] issued"), "{shown}");
+    assert!(!shown.contains("new-access"), "{shown}");
+}
+
 /// A `Retry-After` date counts from the answer's `Date`, on the server's
 /// clock: an hour ahead of this client's, its "two minutes from now" read
 /// as an hour and two minutes (cut to the hour the layer waits at most).
