@@ -393,13 +393,22 @@ impl TokenManager {
         // its successor.
         if snapshot.generation == generation {
             // A token we just obtained being rejected points at a server that
-            // misuses 401; refreshing again would only hammer the IdP.
+            // misuses 401; refreshing again would only hammer the IdP. A
+            // refresh already running is joined, which costs it nothing:
+            // found in review, a server that revokes the token a sliding
+            // refresh presents (seed 003 allows it) rejected the requests
+            // in flight with it until the answer landed, and they were
+            // given the 401 instead of the token on its way.
             let min_interval = self.shared.config.min_refresh_interval;
             if snapshot
                 .refreshed_at
                 .is_some_and(|at| at.elapsed() < min_interval)
             {
-                return Decision::GiveUp;
+                let live = self.shared.lock().flight.clone();
+                return match live.filter(|flight| flight.is_live(Instant::now())) {
+                    Some(flight) => Decision::Wait(flight),
+                    None => Decision::GiveUp,
+                };
             }
             snapshot.mark_rejected();
         }

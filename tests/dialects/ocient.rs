@@ -77,6 +77,46 @@ async fn an_idle_client_keeps_its_sliding_token_alive_in_the_background() {
     .await;
 }
 
+/// A server that revokes the token a refresh presents (which seed 003
+/// allows) rejects the requests still in flight with it: each is retried
+/// with the new token, and none of those rejections starts a refresh of
+/// its own. Requests keep coming throughout, so some are always in flight
+/// when a background refresh lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_when_the_presented_token_is_revoked_are_retried() {
+    bounded(async {
+        let lifetime = Duration::from_secs(2);
+        let server = OcientServer::builder()
+            .user(USER, PASSWORD)
+            .token_lifetime(lifetime)
+            .revoke_presented_on_refresh()
+            .start()
+            .await;
+        let api = ApiServer::start(&server).await;
+        let (handle, client) =
+            layered(TokenRefreshLayer::builder(refresher(&server)).login(login(&server)));
+        let url = api.url("/v1/query");
+        let started = tokio::time::Instant::now();
+        let mut batches = 0;
+        while started.elapsed() < lifetime * 3 {
+            all_ok(&client, &url, 8).await;
+            batches += 1;
+        }
+
+        let stats = server.stats();
+        assert_eq!(stats.logins, 1, "{stats:?}");
+        // Background refreshes at half the lifetime: about 6 in 3 lifetimes.
+        assert!(
+            (2..=8).contains(&stats.refreshed),
+            "one refresh per half-lifetime, none for a rejection: {stats:?}"
+        );
+        assert_eq!(stats.unauthorized, 0, "{stats:?}");
+        assert_eq!(handle.stats().refresh_failures, 0);
+        assert_eq!(api.stats().ok, batches * 8);
+    })
+    .await;
+}
+
 /// With no database set on the refresher, a refresh stays in the
 /// session's database, kept from the login's answer. Found in review: it
 /// sent `{}`, which the endpoint answers by moving the session to

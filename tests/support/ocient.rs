@@ -13,7 +13,9 @@
 //!   so an expired token cannot be refreshed; configure a longer one to
 //!   allow that).
 //! - The presented token stays valid until its own expiry: the seed tells
-//!   clients to replace it, not that the server revokes it.
+//!   clients to replace it, not that the server revokes it. A server
+//!   built with [`OcientBuilder::revoke_presented_on_refresh`] revokes it,
+//!   which the seed does not rule out either.
 //! - Another method → `405` with `Allow: POST`; another path → `404`.
 //!
 //! Our assumptions, as the seed documents neither:
@@ -62,6 +64,7 @@ pub struct OcientBuilder {
     lifetime: Duration,
     refresh_lifetime: Option<Duration>,
     tokens: TokenStore,
+    revoke_presented: bool,
 }
 
 /// What the server has seen so far.
@@ -87,6 +90,8 @@ struct State {
     users: HashMap<String, String>,
     lifetime: Duration,
     refresh_lifetime: Duration,
+    /// Whether a refresh revokes the token it was presented.
+    revoke_presented: bool,
     /// Who each of our grants (one per login) belongs to.
     sessions: Mutex<HashMap<Grant, String>>,
     faults: Faults,
@@ -110,6 +115,7 @@ impl OcientServer {
             lifetime: Duration::from_secs(3600),
             refresh_lifetime: None,
             tokens: TokenStore::default(),
+            revoke_presented: false,
         }
     }
 
@@ -181,6 +187,13 @@ impl OcientBuilder {
         self
     }
 
+    /// Revokes the token a refresh presented as it answers with the new
+    /// one: requests still in flight with it are then rejected.
+    pub fn revoke_presented_on_refresh(mut self) -> Self {
+        self.revoke_presented = true;
+        self
+    }
+
     /// Issues into `tokens`, so one API server can accept the tokens of
     /// several servers.
     pub fn token_store(mut self, tokens: TokenStore) -> Self {
@@ -194,6 +207,7 @@ impl OcientBuilder {
             users: self.users,
             lifetime: self.lifetime,
             refresh_lifetime: self.refresh_lifetime.unwrap_or(self.lifetime),
+            revoke_presented: self.revoke_presented,
             sessions: Mutex::default(),
             faults: Faults::default(),
             counters: Counters::default(),
@@ -298,10 +312,10 @@ async fn login(state: &State, request: Request<Incoming>) -> Response<ResBody> {
 }
 
 async fn refresh(state: &State, request: Request<Incoming>) -> Response<ResBody> {
-    let Some(token) = bearer(request.headers()) else {
+    let Some(token) = bearer(request.headers()).map(str::to_owned) else {
         return state.reject(StatusCode::UNAUTHORIZED, "Missing bearer token");
     };
-    let Some((grant, username)) = state.refreshable(token) else {
+    let Some((grant, username)) = state.refreshable(&token) else {
         return state.reject(StatusCode::UNAUTHORIZED, "Invalid or expired token");
     };
     let body = match read_body(request).await {
@@ -315,7 +329,11 @@ async fn refresh(state: &State, request: Request<Incoming>) -> Response<ResBody>
         );
     };
     state.counters.refreshed.fetch_add(1, Ordering::SeqCst);
-    state.issue(grant, &username, database, "Token refreshed successfully")
+    let answer = state.issue(grant, &username, database, "Token refreshed successfully");
+    if state.revoke_presented {
+        state.tokens.revoke_access_token(&token);
+    }
+    answer
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive,

@@ -172,6 +172,13 @@ impl TokenStore {
             .map(|a| (a.grant, a.issued_at))
     }
 
+    /// Revokes `token`, if it was issued here.
+    pub fn revoke_access_token(&self, token: &str) {
+        if let Some(access) = self.lock().access.get_mut(token) {
+            access.revoked = true;
+        }
+    }
+
     /// Revokes every access token issued so far; returns how many were
     /// still valid.
     pub fn revoke_access_tokens(&self) -> usize {
