@@ -237,6 +237,27 @@ impl Run {
     }
 }
 
+/// `tokens` living `expires_in` seconds, if the answer said (a token of
+/// unknown lifetime is refreshed when rejected).
+fn expiring(tokens: TokenSet, expires_in: &Value) -> TokenSet {
+    match expires_in.as_u64() {
+        Some(seconds) => tokens.with_expires_in(Duration::from_secs(seconds)),
+        None => tokens,
+    }
+}
+
+/// A login answered `status`, classed as the layer classes refresh
+/// answers: a rate limit or an outage passes, so the login is tried again
+/// later; any other refusal is for good (re-authentication required).
+fn login_refused(status: u16) -> RefreshError {
+    let error = match status {
+        429 => RefreshError::rate_limited(None),
+        408 | 500..=599 => RefreshError::transient("login endpoint unavailable"),
+        _ => RefreshError::terminal("login refused"),
+    };
+    error.with_status(status)
+}
+
 /// `POST url` with a JSON body; the answer's status and JSON.
 async fn post_json(url: &str, body: Value) -> Result<(u16, Value), RefreshError> {
     let client: RefreshClient = Client::builder(TokioExecutor::new()).build_http();
@@ -275,10 +296,11 @@ fn dynamosql_login(url: String) -> impl Refresh {
                 data["accessToken"].as_str(),
                 data["refreshToken"].as_str(),
             ) {
-                (200, Some(access), Some(refresh)) => Ok(TokenSet::new(access)
-                    .with_refresh_token(refresh)
-                    .with_expires_in(Duration::from_secs(data["expiresIn"].as_u64().unwrap_or(0)))),
-                _ => Err(RefreshError::terminal("login refused").with_status(status)),
+                (200, Some(access), Some(refresh)) => Ok(expiring(
+                    TokenSet::new(access).with_refresh_token(refresh),
+                    &data["expiresIn"],
+                )),
+                _ => Err(login_refused(status)),
             }
         }
     })
@@ -292,10 +314,8 @@ fn ocient_login(url: String) -> impl Refresh {
             let body = json!({"username": "jdoe", "password": "ocient-pw", "database": "retail_analytics"});
             let (status, answer) = post_json(&url, body).await?;
             match (status, answer["access_token"].as_str()) {
-                (200, Some(access)) => Ok(TokenSet::new(access).with_expires_in(
-                    Duration::from_secs(answer["expires_in"].as_u64().unwrap_or(0)),
-                )),
-                _ => Err(RefreshError::terminal("login refused").with_status(status)),
+                (200, Some(access)) => Ok(expiring(TokenSet::new(access), &answer["expires_in"])),
+                _ => Err(login_refused(status)),
             }
         }
     })
