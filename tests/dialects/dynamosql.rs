@@ -149,6 +149,28 @@ async fn documented_errors_map_to_their_classes_with_message_code_and_request_id
         assert_eq!(cause.retry_after(), Some(Duration::from_secs(3)));
         assert_eq!(cause.code(), Some("TOO_MANY_REQUESTS"));
 
+        // The seed's own 429 ("Too many requests."), which names no wait:
+        // rate limited, the wait left to the layer's backoff.
+        let limited = DynamoSqlServer::builder()
+            .client(CLIENT_ID, CLIENT_SECRET)
+            .rate_limit(1, Duration::from_secs(60))
+            .start()
+            .await;
+        let handle = TokenRefreshLayer::builder(refresher(&limited))
+            .login(login(&limited))
+            .build()
+            .handle();
+        handle.force_refresh().await.unwrap(); // the login
+        handle.force_refresh().await.unwrap(); // the one refresh the limit allows
+        let err = handle.force_refresh().await.unwrap_err();
+        let cause = err.refresh_error().unwrap();
+        assert!(cause.is_rate_limited(), "{err}");
+        assert_eq!(cause.retry_after(), None, "{err}");
+        assert_eq!(
+            (cause.status(), cause.code()),
+            (Some(429), Some("TOO_MANY_REQUESTS"))
+        );
+
         server.fail_next_refreshes(1, Failure::new(StatusCode::SERVICE_UNAVAILABLE));
         let handle = TokenRefreshLayer::builder(refresher(&server))
             .initial_tokens(initial())
