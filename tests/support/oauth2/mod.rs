@@ -286,7 +286,10 @@ impl State {
         self.grants.lock().unwrap().get(&grant).cloned()
     }
 
-    /// `failure` in the §5.2 shape.
+    /// `failure` in the §5.2 shape. §5.2 names no code for a `429` or a
+    /// `5xx`; these are the ones §4.1.2.1 defines for the authorization
+    /// endpoint, which identity servers send from their token endpoints
+    /// too. The layer classes the answer by its status either way.
     fn injected(&self, failure: &Failure) -> Response<ResBody> {
         let status = failure.status();
         let code = match status {
