@@ -147,7 +147,10 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
 /// A [`Refresh`] source that calls a refresh endpoint through an HTTP
 /// client service `C` (a `hyper_util` client, or any tower service taking
-/// `Request<B>`).
+/// `Request<B>` that is `Clone + Send + Sync`, as a source shared by every
+/// request must be: a type-erased client is a
+/// `tower::util::BoxCloneSyncService`, not a `BoxCloneService`, which is
+/// not `Sync`).
 ///
 /// Make one with a preset ([`oauth2`](Self::oauth2),
 /// [`dynamosql`](Self::dynamosql), [`cognito`](Self::cognito),
