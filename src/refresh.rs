@@ -332,7 +332,19 @@ pub trait Refresh: Send + Sync + 'static {
     ///         true
     ///     }
     /// }
-    /// assert!(Sliding.needs_background_refresh());
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::time::Duration;
+    /// use tower_token_refresh::TokenRefreshLayer;
+    /// let handle = TokenRefreshLayer::builder(Sliding)
+    ///     .initial_tokens(TokenSet::new("t").with_expires_in(Duration::from_secs(600)))
+    ///     .build()
+    ///     .handle();
+    /// // No request at all, yet the token is renewed before it dies.
+    /// tokio::time::sleep(Duration::from_secs(599)).await;
+    /// assert!(handle.stats().refreshes >= 1);
+    /// assert!(handle.tokens().unwrap().access_token().expose().starts_with("t+"));
+    /// # }
     /// ```
     fn needs_background_refresh(&self) -> bool {
         false

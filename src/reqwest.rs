@@ -256,12 +256,29 @@ impl<C> TokenRefreshLayer<C> {
 ///
 /// ```
 /// use tower_token_refresh::reqwest::same_origin_redirects;
+/// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
 ///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # // A server that redirects every request to another origin.
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// # let api = listener.local_addr().unwrap();
+/// # tokio::spawn(async move {
+/// #     while let Ok((mut stream, _)) = listener.accept().await {
+/// #         let _ = stream.read(&mut [0; 4096]).await;
+/// #         let moved = "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.2:1/elsewhere\r\ncontent-length: 0\r\n\r\n";
+/// #         let _ = stream.write_all(moved.as_bytes()).await;
+/// #     }
+/// # });
 /// let client = reqwest::Client::builder()
 ///     .redirect(same_origin_redirects())
 ///     .build()
 ///     .unwrap();
-/// # drop(client);
+/// // `api` answers `302` to http://127.0.0.2:1/elsewhere: another origin,
+/// // so the redirect is the answer, and nothing is sent there.
+/// let answer = client.get(format!("http://{api}/items")).send().await.unwrap();
+/// assert_eq!(answer.status(), 302);
+/// assert_eq!(answer.url().as_str(), format!("http://{api}/items"));
+/// # }
 /// ```
 pub fn same_origin_redirects() -> ::reqwest::redirect::Policy {
     /// reqwest's own default limit.

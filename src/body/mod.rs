@@ -320,9 +320,20 @@ impl<B> ReplayBody<B> {
     /// the body is not recorded ([`ReplayBody::passthrough`]).
     ///
     /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
     /// use tower_token_refresh::ReplayBody;
-    /// let body = ReplayBody::<http_body_util::Empty<bytes::Bytes>>::empty();
-    /// assert!(body.try_clone().is_some());
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let body = ReplayBody::try_new(Full::new(Bytes::from("payload")), 1024).unwrap();
+    /// let replay = body.try_clone().expect("recorded");
+    /// // The original is read (sent once), then the clone replays it whole.
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), "payload");
+    /// assert_eq!(replay.collect().await.unwrap().to_bytes(), "payload");
+    ///
+    /// // A body sent as it is keeps no recording to replay.
+    /// assert!(ReplayBody::passthrough(Full::new(Bytes::from("once"))).try_clone().is_none());
+    /// # }
     /// ```
     pub fn try_clone(&self) -> Option<Self> {
         let inner = match &self.inner {
@@ -348,8 +359,26 @@ impl<B> ReplayBody<B> {
     /// clone could not replay it.
     ///
     /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::channel::Channel;
+    /// use http_body_util::BodyExt;
     /// use tower_token_refresh::ReplayBody;
-    /// assert!(!ReplayBody::<http_body_util::Empty<bytes::Bytes>>::empty().is_capped());
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // 2 KiB streamed in two chunks, against a cap of 1 KiB: no size hint
+    /// // gives the length away, so it is found out while reading.
+    /// let (mut tx, streamed) = Channel::<Bytes>::new(2);
+    /// for _ in 0..2 {
+    ///     tx.send_data(Bytes::from(vec![b'x'; 1024])).await.unwrap();
+    /// }
+    /// drop(tx);
+    /// let body = ReplayBody::try_new(streamed, 1024).unwrap();
+    /// let replay = body.try_clone().unwrap();
+    /// assert!(!body.is_capped(), "nothing read yet");
+    /// assert_eq!(body.collect().await.unwrap().to_bytes().len(), 2048, "sent whole");
+    /// assert!(replay.is_capped(), "too large to replay");
+    /// assert!(replay.collect().await.is_err(), "a replay would be cut short: `Capped`");
+    /// # }
     /// ```
     pub fn is_capped(&self) -> bool {
         match &self.inner {

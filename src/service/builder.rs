@@ -680,12 +680,26 @@ impl<C> Builder<C> {
     /// outside one, the watcher starts on first use.
     ///
     /// ```
-    /// # use std::time::Duration;
-    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
-    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
-    /// let layer = TokenRefreshLayer::builder(source).build();
+    /// use std::time::Duration;
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let source = refresh_fn(|_| async {
+    ///     Ok::<_, RefreshError>(TokenSet::new("next").with_expires_in(Duration::from_secs(600)))
+    /// });
+    /// // A token 600 s long, due for a refresh halfway through its life.
+    /// let layer = TokenRefreshLayer::builder(source)
+    ///     .initial_tokens(TokenSet::new("first").with_expires_in(Duration::from_secs(600)))
+    ///     .background_refresh(true)
+    ///     .build();
     /// let handle = layer.handle();
-    /// assert_eq!(handle.stats().refreshes, 0);
+    /// assert_eq!(handle.stats().refreshes, 0, "building refreshes nothing");
+    ///
+    /// // The watcher spawned by `build` refreshes on time, without a request.
+    /// tokio::time::sleep(Duration::from_secs(301)).await;
+    /// assert_eq!(handle.stats().refreshes, 1);
+    /// assert_eq!(handle.tokens().unwrap().access_token().expose(), "next");
+    /// # }
     /// ```
     pub fn build(self) -> TokenRefreshLayer<C> {
         let manager = TokenManager::new(self.refresher, self.config, self.initial);

@@ -95,11 +95,30 @@ impl<C> TokenRefreshLayer<C> {
     /// A handle to inspect and steer the shared token state.
     ///
     /// ```
-    /// # use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use tower::{Layer, ServiceExt};
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
-    ///     Ok::<_, RefreshError>(TokenSet::new("t"))
-    /// })).build();
-    /// assert_eq!(layer.handle().stats().refreshes, 0);
+    ///     Ok::<_, RefreshError>(TokenSet::new("refreshed"))
+    /// }))
+    /// .initial_tokens(TokenSet::new("first"))
+    /// .build();
+    /// let handle = layer.handle();
+    /// let client = layer.layer(tower::service_fn(|req: Request<_>| async move {
+    ///     let sent = req.headers()["authorization"].to_str().unwrap().to_owned();
+    ///     Ok::<_, Infallible>(Response::new(sent))
+    /// }));
+    ///
+    /// // The handle steers what every service made by the layer sends.
+    /// handle.force_refresh().await.unwrap();
+    /// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+    /// let answer = client.oneshot(request).await.unwrap();
+    /// assert_eq!(answer.body(), "Bearer refreshed");
+    /// assert_eq!(handle.stats().refreshes, 1);
+    /// # }
     /// ```
     pub fn handle(&self) -> TokenHandle {
         TokenHandle::new(self.core.manager.clone())

@@ -194,7 +194,8 @@ return 0
 ///     }))
 ///     .store(store)
 ///     .build();
-/// # let _ = layer;
+/// // Nothing is stored or asked of Redis until the first token is needed.
+/// assert_eq!(layer.handle().stats().refreshes, 0);
 /// # Ok(())
 /// # }
 /// ```
