@@ -402,17 +402,17 @@ impl StdError for RefreshError {
 /// [`is_refresh_failed`](Self::is_refresh_failed),
 /// [`is_timeout`](Self::is_timeout),
 /// [`is_insecure_transport`](Self::is_insecure_transport),
-/// [`is_rejected_too_soon`](Self::is_rejected_too_soon)) say what went
-/// wrong, and at least one of them is true for every error but one: outside
-/// any tokio runtime (a future polled by another executor) no refresh can
-/// start, so a request that has to wait for one (no token yet, a token
-/// inside its mandatory window, or a rejected one to retry), and
-/// `force_refresh` or the handle's `bearer` and `bearer_after_rejection` in
-/// the same case, fail with an
-/// `Error` for which every predicate is false
-/// and [`refresh_error`](Self::refresh_error) is `None`; it displays as
-/// "token refresh needs a tokio runtime". Requests whose token can still be
-/// sent go out as usual there.
+/// [`is_rejected_too_soon`](Self::is_rejected_too_soon),
+/// [`is_no_runtime`](Self::is_no_runtime)) say what went wrong, and one of
+/// them is true for every error. Outside any tokio runtime (a future
+/// polled by another executor) no refresh can start, so a request that
+/// has to wait for one (no token yet, a token inside its mandatory window,
+/// or a rejected one to retry), and `force_refresh` or the handle's
+/// `bearer` and `bearer_after_rejection` in the same case, fail with an
+/// `Error` for which `is_no_runtime` is true and
+/// [`refresh_error`](Self::refresh_error) is `None`; it displays as "token
+/// refresh needs a tokio runtime". Requests whose token can still be sent
+/// go out as usual there.
 ///
 /// Its `Display` says what failed ("token refresh failed"), not why: the
 /// why is its [`source`](StdError::source), the
@@ -681,6 +681,33 @@ impl Error {
     /// ```
     pub fn is_rejected_too_soon(&self) -> bool {
         self.kind == ErrorKind::RejectedTooSoon
+    }
+
+    /// No refresh could start: the future was polled outside any tokio
+    /// runtime (by another executor), and a refresh runs as a tokio task.
+    /// A mistake in the program, not a passing failure: poll the layer's
+    /// futures on a tokio runtime. Requests whose token can still be sent
+    /// go out as usual there.
+    ///
+    /// ```
+    /// use std::future::Future;
+    /// use std::pin::pin;
+    /// use std::task::{Context, Poll, Waker};
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
+    /// let handle = TokenRefreshLayer::builder(source).build().handle();
+    /// // Polled by hand, with no tokio runtime anywhere.
+    /// let mut refresh = pin!(handle.force_refresh());
+    /// let Poll::Ready(Err(error)) = refresh.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    /// else {
+    ///     panic!("no refresh can run here");
+    /// };
+    /// assert!(error.is_no_runtime());
+    /// assert!(!error.is_refresh_failed());
+    /// ```
+    pub fn is_no_runtime(&self) -> bool {
+        self.kind == ErrorKind::NoRuntime
     }
 
     /// The refresh source's own error, when a refresh failed.
