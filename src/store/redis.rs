@@ -128,7 +128,10 @@ return 0
 /// [corrupt](StoreError::is_corrupt) record. The payload is the layer's
 /// encoding of the tokens: wrap the store in
 /// [`Encrypted`](crate::store::Encrypted) so that Redis, its replicas and its
-/// dumps hold only sealed bytes.
+/// dumps hold only sealed bytes. It also keeps them out of this process's
+/// memory in the clear beyond the layer's own copies, which are wiped: the
+/// Redis client copies each command's arguments and each reply into
+/// buffers of its own, which are freed without being wiped.
 ///
 /// # Connections
 ///
