@@ -8,6 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, SystemTime};
 
@@ -125,6 +126,9 @@ struct Inner {
     /// Each version this store (or a clone) wrote, for the layers of this
     /// process; the lease is the lock file's, not this process's.
     changes: watch::Sender<u64>,
+    /// Whether a token file any user may read was warned of: once per
+    /// store, as loads recur.
+    warned_readable: AtomicBool,
 }
 
 impl FileStore {
@@ -155,6 +159,7 @@ impl FileStore {
                 sections: Mutex::default(),
                 holders: Mutex::default(),
                 changes: watch::Sender::new(0),
+                warned_readable: AtomicBool::new(false),
             }),
         }
     }
@@ -186,11 +191,20 @@ impl TokenStore for FileStore {
         if let Ok(mut holders) = self.inner.holders.try_lock() {
             holders.prune(SystemTime::now());
         }
-        let path = self.inner.path.clone();
-        // Through `followed`, as a write goes: found in review, a load
-        // followed a link another user planted to a file of this user's
-        // (another service's tokens), adopted them, and sent them here.
-        async move { blocking(move || read(&followed(&path)?)).await }
+        let inner = Arc::clone(&self.inner);
+        async move {
+            let path = inner.path.clone();
+            // Through `followed`, as a write goes: found in review, a load
+            // followed a link another user planted to a file of this
+            // user's (another service's tokens), adopted them, and sent
+            // them here.
+            let found = blocking(move || read(&followed(&path)?)).await?;
+            // Logged here, on the caller's task, where its span is.
+            if let Some(mode) = found.readable_by_others {
+                inner.warn_readable_by_others(mode);
+            }
+            Ok(found.record)
+        }
     }
 
     async fn compare_and_swap(
@@ -203,7 +217,7 @@ impl TokenStore for FileStore {
             let section = inner.section()?;
             // The file the lock guards, links followed once for both.
             let target = section.locked.target();
-            if read(target)?.as_ref().map(Record::version) != expected {
+            if read(target)?.record.as_ref().map(Record::version) != expected {
                 return Ok(false);
             }
             write(target, &record)?;
@@ -359,7 +373,31 @@ fn unavailable(doing: &str, path: &Path, error: io::Error) -> StoreError {
 /// at most. Past this the file is not one.
 const LARGEST_FILE: u64 = 1 << 20;
 
-fn read(path: &Path) -> Result<Option<Record>, StoreError> {
+/// What a load found.
+struct Found {
+    record: Option<Record>,
+    /// The file's mode, if any user may read it.
+    readable_by_others: Option<u32>,
+}
+
+impl Inner {
+    /// A token file any user may read is read, as the process's own, but
+    /// said so once: found in review, one copied under umask 022 (or by an
+    /// installer) stayed 0644 as long as this process only adopted, and
+    /// any local user could read the refresh token. A write replaces it
+    /// with a file of mode 0600.
+    fn warn_readable_by_others(&self, mode: u32) {
+        if !self.warned_readable.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                path = %self.path.display(),
+                mode = format!("{mode:04o}"),
+                "the token file may be read by any user: chmod 600 it"
+            );
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Found, StoreError> {
     let unreadable = |error| unavailable("read", path, error);
     let mut options = OpenOptions::new();
     options.read(true);
@@ -380,7 +418,12 @@ fn read(path: &Path) -> Result<Option<Record>, StoreError> {
     };
     let file = match options.open(path) {
         Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return Ok(Found {
+                record: None,
+                readable_by_others: None,
+            })
+        }
         // A socket at the path cannot be opened at all (`ENXIO`): found in
         // review, it was reported as the store being unavailable, a state
         // that passes, rather than as what a FIFO there is.
@@ -396,6 +439,7 @@ fn read(path: &Path) -> Result<Option<Record>, StoreError> {
         return Err(not_a_token_file());
     }
     refuse_foreign(path, &metadata)?;
+    let readable_by_others = readable_by_others(&metadata);
     let mut file = file.take(LARGEST_FILE);
     // Sized up front, as `fs::read` does: a buffer grown while reading
     // would leave unwiped copies of the tokens behind.
@@ -423,7 +467,23 @@ fn read(path: &Path) -> Result<Option<Record>, StoreError> {
         .and_then(Value::as_u64)
         .ok_or_else(corrupt)?;
     let payload = STANDARD.decode(payload.as_bytes()).map_err(|_| corrupt())?;
-    Ok(Some(Record::new(version, payload)))
+    Ok(Found {
+        record: Some(Record::new(version, payload)),
+        readable_by_others,
+    })
+}
+
+/// The file's mode, if any user may read it.
+#[cfg(unix)]
+fn readable_by_others(metadata: &fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = metadata.mode() & 0o777;
+    (mode & 0o004 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_: &fs::Metadata) -> Option<u32> {
+    None
 }
 
 /// A token file another user could have written is not trusted (see
@@ -780,6 +840,68 @@ mod tests {
             assert!(err.is_corrupt(), "{err}");
             assert!(err.to_string().contains("another user owns"), "{err}");
         }
+    }
+
+    /// A token file any user may read (copied under umask 022, say) is
+    /// read, and warned of once per store; one its group may read is not
+    /// warned of (a Kubernetes `fsGroup` volume).
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_token_file_any_user_may_read_is_read_and_warned_of_once() {
+        use std::os::unix::fs::PermissionsExt;
+
+        #[derive(Clone, Default)]
+        struct Logs(Arc<Mutex<Vec<u8>>>);
+        impl Write for Logs {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let warnings = || {
+            let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+            text.lines()
+                .filter(|line| line.contains("may be read by any user"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+
+        let dir = TempDir::new();
+        let path = dir.0.join("tokens.json");
+        let store = FileStore::new(&path);
+        assert!(store
+            .compare_and_swap(None, Record::new(1, b"tokens".to_vec()))
+            .await
+            .unwrap());
+        store.load().await.unwrap().unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        store.load().await.unwrap().unwrap();
+        assert!(warnings().is_empty(), "{:?}", warnings());
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        for _ in 0..3 {
+            let record = store.load().await.unwrap().unwrap();
+            assert_eq!(record.payload(), b"tokens");
+        }
+        let warned = warnings();
+        assert_eq!(warned.len(), 1, "once per store: {warned:?}");
+        assert!(
+            warned[0].contains("0644") && warned[0].contains("chmod 600"),
+            "{warned:?}"
+        );
+        assert!(warned[0].contains(&*path.to_string_lossy()), "{warned:?}");
     }
 
     /// Found in review: a FIFO at the token file's path blocked each load,
