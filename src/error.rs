@@ -662,9 +662,10 @@ impl Error {
     /// [minimum refresh interval](crate::Builder::min_refresh_interval)
     /// before: another refresh would likely bring a token rejected the
     /// same way (a server that misuses its rejection, or a clock or
-    /// audience mismatch), so none was made. The rejection stands; told
-    /// again once the interval has passed, the handle refreshes. (A request
-    /// through the layer gets the server's rejection back in this case.)
+    /// audience mismatch), so none was made, nor was one running to wait
+    /// for. The rejection stands; told again once the interval has passed,
+    /// the handle refreshes. (A request through the layer gets the
+    /// server's rejection back in this case.)
     ///
     /// ```
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};

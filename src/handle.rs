@@ -213,7 +213,9 @@ impl TokenHandle {
     /// [minimum refresh interval](crate::Builder::min_refresh_interval)
     /// ago is not refreshed again (another would likely be rejected too):
     /// that fails with an error for which [`Error::is_rejected_too_soon`]
-    /// is true, and the token is left as it is. Reported again once the
+    /// is true, and the token is left as it is, unless a refresh is
+    /// already running: then its token, or its error (never the rejected
+    /// token back). Reported again once the
     /// interval has passed, it is refreshed. Other failures are as for
     /// [`bearer`](Self::bearer).
     ///
@@ -548,7 +550,7 @@ impl TokenStatus {
     /// layer gets the rejection back, and
     /// [`TokenHandle::bearer_after_rejection`] an error for which
     /// [`Error::is_rejected_too_soon`](crate::Error::is_rejected_too_soon)
-    /// is true.
+    /// is true (unless a refresh is already running: both wait for it).
     ///
     /// ```
     /// use std::time::Duration;

@@ -46,7 +46,12 @@ const DEADLINE_SLACK: Duration = Duration::from_secs(1);
 
 /// A handle on the refresh in flight.
 #[derive(Clone)]
-pub(crate) struct Flight(Arc<FlightCell>);
+pub(crate) struct Flight {
+    cell: Arc<FlightCell>,
+    /// A generation the server rejected that this handle's waiter must
+    /// not be given back if the refresh fails (see [`Flight::past`]).
+    past: Option<u64>,
+}
 
 impl Flight {
     /// Waits for the refresh's result; never hangs (see [`FlightWait`]).
@@ -56,32 +61,46 @@ impl Flight {
 
     /// A waiter for the refresh's result, to poll in place.
     pub(crate) fn waiter(self) -> FlightWait {
-        FlightWait::new(self.0)
+        FlightWait::new(self.cell)
+    }
+
+    /// This flight, for a waiter whose token, of `generation`, a server
+    /// rejected without it being marked rejected (it had just come, see
+    /// `TokenManager::rejected`): if the refresh fails, that token is not
+    /// handed back as the one still valid.
+    pub(crate) fn past(mut self, generation: u64) -> Self {
+        self.past = Some(generation);
+        self
+    }
+
+    /// The generation given to [`past`](Self::past), if any.
+    pub(crate) fn rejected_generation(&self) -> Option<u64> {
+        self.past
     }
 
     /// Whether waiting for it still makes sense at `now`.
     pub(crate) fn is_live(&self, now: Instant) -> bool {
-        now < self.0.deadline
+        now < self.cell.deadline
     }
 
     /// Past this, a new flight may replace it.
     pub(crate) fn deadline(&self) -> Instant {
-        self.0.deadline
+        self.cell.deadline
     }
 
     /// See [`FlightCell::ran_here`].
     pub(crate) fn ran_here(&self) -> bool {
-        self.0.ran_here()
+        self.cell.ran_here()
     }
 
     fn id(&self) -> u64 {
-        self.0.id
+        self.cell.id
     }
 
     /// Tells its waiters that tokens set by hand overtook it: they decide
     /// afresh. The task's own result, later, changes nothing for them.
     pub(crate) fn overtaken(&self) {
-        self.0.publish(Ok(None));
+        self.cell.publish(Ok(None));
     }
 }
 
@@ -125,7 +144,10 @@ impl TokenManager {
             ),
             runtime.id(),
         ));
-        let flight = Flight(Arc::clone(&cell));
+        let flight = Flight {
+            cell: Arc::clone(&cell),
+            past: None,
+        };
         control.flight = Some(flight.clone());
         // Shut until the flight settles, or until its deadline should its
         // runtime stop driving it: past that a new flight may replace it,

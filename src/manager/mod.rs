@@ -183,6 +183,9 @@ pub(crate) struct Waiting {
     flight: Option<FlightWait>,
     /// Flights joined so far, this one included.
     rounds: u8,
+    /// A generation a server rejected that is not handed back should the
+    /// refresh fail (see [`Flight::past`]).
+    past: Option<u64>,
 }
 
 impl Waiting {
@@ -191,6 +194,7 @@ impl Waiting {
         Self {
             flight: None,
             rounds: 0,
+            past: None,
         }
     }
 }
@@ -389,30 +393,30 @@ impl TokenManager {
         let stats = &self.shared.stats;
         Counters::bump(&stats.rejections);
         let snapshot = self.shared.snapshot.load();
+        // A token we just obtained being rejected points at a server that
+        // misuses 401; refreshing again would only hammer the IdP. A
+        // refresh already running is joined, which costs it nothing:
+        // found in review, a server that revokes the token a sliding
+        // refresh presents (seed 003 allows it) rejected the requests in
+        // flight with it until the answer landed, and they were given the
+        // 401 instead of the token on its way.
+        let current = snapshot.generation == generation;
+        let min_interval = self.shared.config.min_refresh_interval;
+        let just_came = current
+            && snapshot
+                .refreshed_at
+                .is_some_and(|at| at.elapsed() < min_interval);
         // A token already replaced is left alone: the decision hands out
         // its successor.
-        if snapshot.generation == generation {
-            // A token we just obtained being rejected points at a server that
-            // misuses 401; refreshing again would only hammer the IdP. A
-            // refresh already running is joined, which costs it nothing:
-            // found in review, a server that revokes the token a sliding
-            // refresh presents (seed 003 allows it) rejected the requests
-            // in flight with it until the answer landed, and they were
-            // given the 401 instead of the token on its way.
-            let min_interval = self.shared.config.min_refresh_interval;
-            if snapshot
-                .refreshed_at
-                .is_some_and(|at| at.elapsed() < min_interval)
-            {
-                let live = self.shared.lock().flight.clone();
-                return match live.filter(|flight| flight.is_live(Instant::now())) {
-                    Some(flight) => Decision::Wait(flight),
-                    None => Decision::GiveUp,
-                };
-            }
+        if current && !just_came {
             snapshot.mark_rejected();
         }
         drop(snapshot);
+        if just_came {
+            if let Some(decision) = self.join_running(generation) {
+                return decision;
+            }
+        }
         let decision = self.decide(Some(RefreshReason::Rejected));
         // Stale is what the decision says, not the load above: a refresh
         // may finish between the two, and a replaced token whose successor
@@ -423,6 +427,28 @@ impl TokenManager {
             }
         }
         decision
+    }
+
+    /// For a rejection of `generation`, a token that came from a refresh
+    /// moments ago: the running refresh to wait for, never handing that
+    /// token back (see [`Flight::past`]); else giving up. `None` if the
+    /// token was replaced meanwhile: decided as any stale rejection is.
+    fn join_running(&self, generation: u64) -> Option<Decision> {
+        let control = self.shared.lock();
+        // Under the lock, where a refresh lands: found in review, one
+        // landing between the caller's look and this one left no flight
+        // to join, and the request was given its 401 with the new token
+        // already in.
+        if self.shared.snapshot.load().generation != generation {
+            return None;
+        }
+        let live = control
+            .flight
+            .as_ref()
+            .filter(|f| f.is_live(Instant::now()));
+        Some(live.map_or(Decision::GiveUp, |flight| {
+            Decision::Wait(flight.clone().past(generation))
+        }))
     }
 
     /// [`poll_waiting`](Self::poll_waiting), awaited.
@@ -445,6 +471,7 @@ impl TokenManager {
         if waiting.rounds == 0 {
             Counters::bump(&self.shared.stats.waited);
         }
+        waiting.past = waiting.past.or(flight.rejected_generation());
         waiting.flight = Some(flight.waiter());
         waiting.rounds += 1;
     }
@@ -499,7 +526,9 @@ impl TokenManager {
                     Ok(None) => {}
                     Err(error) => {
                         let snapshot = self.shared.snapshot.load();
-                        if snapshot.is_valid(Instant::now()) {
+                        // Not the token a server rejected for this waiter.
+                        let rejected = waiting.past == Some(snapshot.generation);
+                        if !rejected && snapshot.is_valid(Instant::now()) {
                             if let Some(credential) = snapshot.credential() {
                                 return Poll::Ready(Ok(credential));
                             }

@@ -94,6 +94,44 @@ async fn a_token_just_obtained_and_rejected_while_a_refresh_runs_waits_for_it() 
     next.await.unwrap().unwrap();
 }
 
+/// The same, when that refresh fails: the request gets the refresh's
+/// error, and is not retried with the token the server just rejected
+/// (which, not marked rejected, still counts as valid). Found in review.
+#[tokio::test(start_paused = true)]
+async fn a_token_just_obtained_and_rejected_is_not_retried_when_the_joined_refresh_fails() {
+    let api = Api::default();
+    api.accept("tok-1");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let source = refresh_fn({
+        let calls = Arc::clone(&calls);
+        move |_| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match n {
+                    1 => Ok(TokenSet::new("tok-1").with_expires_in(HUNDRED)),
+                    _ => Err(RefreshError::transient("identity server down")),
+                }
+            }
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source).build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    handle.force_refresh().await.unwrap();
+    let next = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.force_refresh().await }
+    });
+    yield_until("the next refresh runs", || handle.status().is_refreshing()).await;
+    api.revoke("tok-1");
+
+    let error = expect_error(send(&client, get()).await);
+    assert!(error.is_refresh_failed(), "{error}");
+    assert_eq!(api.calls(), 1, "not retried with the rejected token");
+    assert!(next.await.unwrap().is_err());
+}
+
 #[tokio::test(start_paused = true)]
 async fn mandatory_window_makes_requests_wait_for_the_new_token() {
     let api = Api::default();

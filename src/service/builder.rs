@@ -215,7 +215,9 @@ impl<C> Builder<C> {
     }
 
     /// A token we refreshed less than this long ago is not refreshed again
-    /// when a server rejects it; the rejection is returned as it is. Protects
+    /// when a server rejects it; the rejection is returned as it is (unless
+    /// a refresh is already running, which the request waits for and is
+    /// retried with; should that refresh fail, it gets its error). Protects
     /// the identity server from an API that misuses 401. Default: 5 s. It
     /// also holds back proactive refresh for that long (one second at
     /// least, or half the token's lifetime, if shorter) after a refresh.
