@@ -63,7 +63,7 @@ enum Decodes {
 /// Every committed `2xx` answer seed, by file name, with what it must
 /// decode to. The properties let a `2xx` give tokens or a transient error,
 /// so without this a decoding that failed on every answer would pass.
-const SUCCESS_SEEDS: [(&str, Decodes); 11] = [
+const SUCCESS_SEEDS: [(&str, Decodes); 12] = [
     (
         "client-credentials-rfc6749-4.4.3",
         Decodes::To("2YotnFZFEjr1zCsicMWpAA"),
@@ -89,6 +89,10 @@ const SUCCESS_SEEDS: [(&str, Decodes); 11] = [
     // RFC 6749's example names `token_type` "example": not a bearer token.
     ("oauth2-rfc6749-5.1", Decodes::Not("`token_type` is not Bearer")),
     ("ocient-ok", Decodes::To("eyJhb...")),
+    (
+        "custom-camel-case-token-quoted",
+        Decodes::Not("no `access_token` string"),
+    ),
 ];
 
 #[test]

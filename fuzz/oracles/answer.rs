@@ -93,12 +93,10 @@ fn assert_no_sent_secret(result: &Result<TokenSet, RefreshError>) {
     }
 }
 
-/// A failure's JSON body with every string in it echoing the secret the
-/// request carried, as a server quoting the request back would.
+/// The answer's JSON body with every string in it echoing the secret the
+/// request carried, as a server quoting the request back would (a
+/// success's too: one that cannot be used is quoted as a failure is).
 fn echoing_the_secret(input: &Input<'_>) -> Option<Vec<u8>> {
-    if input.status.is_success() {
-        return None;
-    }
     fn echo(value: &mut Value) {
         match value {
             Value::String(text) => *text = format!("{text} {} {text}", __fuzz::SENT_SECRET),
@@ -250,16 +248,56 @@ fn with_canaries(input: &Input<'_>) -> Option<Vec<u8>> {
         return None;
     }
     let mut json: Value = serde_json::from_slice(input.body).ok()?;
-    let mut replaced = false;
-    for pointer in __fuzz::token_pointers(input.dialect) {
-        if let Some(value @ Value::String(_)) = json.pointer_mut(&pointer) {
-            *value = Value::String(CANARY.to_owned());
-            replaced = true;
+    // Every string but what the answer says went wrong may be a token,
+    // under whatever name, and what it says may quote one.
+    let said = __fuzz::said_pointers(input.dialect);
+    let mut others = Vec::new();
+    canary_all_but(&mut json, &mut String::new(), &said, &mut others);
+    others.retain(|other| !other.trim().is_empty());
+    for pointer in &said {
+        if let Some(Value::String(text)) = json.pointer_mut(pointer) {
+            for other in &others {
+                *text = text.replace(other.as_str(), CANARY);
+            }
         }
     }
+    let replaced = !others.is_empty();
     let body = serde_json::to_vec(&json).ok()?;
     // Only within the cap, or the cap error is all there is to see.
     (replaced && body.len() <= input.cap).then_some(body)
+}
+
+/// Puts [`CANARY`] in place of every string in `value` (at `pointer`)
+/// but those at a `said` pointer, keeping the strings it replaced.
+fn canary_all_but(
+    value: &mut Value,
+    pointer: &mut String,
+    said: &[String],
+    others: &mut Vec<String>,
+) {
+    let mut visit = |key: &str, value: &mut Value, pointer: &mut String| {
+        let len = pointer.len();
+        pointer.push('/');
+        pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+        canary_all_but(value, pointer, said, others);
+        pointer.truncate(len);
+    };
+    match value {
+        Value::String(text) if !said.iter().any(|p| p == pointer) => {
+            others.push(std::mem::replace(text, CANARY.to_owned()));
+        }
+        Value::Object(fields) => {
+            for (key, value) in fields.iter_mut() {
+                visit(key, value, pointer);
+            }
+        }
+        Value::Array(items) => {
+            for (i, value) in items.iter_mut().enumerate() {
+                visit(&i.to_string(), value, pointer);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn split_line(data: &[u8]) -> (&[u8], &[u8]) {

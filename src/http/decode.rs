@@ -138,19 +138,6 @@ fn field(pointer: &str) -> &str {
     pointer.rsplit('/').next().unwrap_or(pointer)
 }
 
-/// The strings an answer holds where the dialect reads tokens: secrets
-/// that the words kept from an answer refused must not quote.
-pub(crate) fn token_strings(shape: &ResponseShape, body: &[u8]) -> Vec<String> {
-    let Ok(json) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
-    [Some(&shape.access_token), shape.refresh_token.as_ref()]
-        .into_iter()
-        .flatten()
-        .filter_map(|pointer| Some(json.pointer(pointer)?.as_str()?.to_owned()))
-        .collect()
-}
-
 fn undecodable(what: impl Into<String>) -> RefreshError {
     RefreshError::transient(format!("undecodable refresh answer: {}", what.into()))
 }

@@ -100,6 +100,19 @@ pub(crate) struct ErrorShape {
     pub(crate) details: Vec<(String, String)>,
 }
 
+impl ErrorShape {
+    /// Every pointer at which an answer says what went wrong: the only
+    /// strings of an answer that an error may quote.
+    pub(crate) fn pointers(&self) -> impl Iterator<Item = &str> {
+        self.message
+            .iter()
+            .chain(&self.code)
+            .chain(&self.request_id)
+            .chain(self.details.iter().map(|(_, pointer)| pointer))
+            .map(String::as_str)
+    }
+}
+
 /// Seed 002 allows 5 refreshes a minute per IP.
 const COGNITO_RATE_LIMIT: RateLimit = RateLimit {
     calls: 5,

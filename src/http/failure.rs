@@ -101,6 +101,25 @@ impl Said {
         }
     }
 
+    /// What a successful answer the layer could not use says, in the
+    /// error shape. Every other string in it counts as a secret beside
+    /// `sent`: it may be a token under a name the dialect does not read
+    /// (a camel-case `accessToken` for a `custom` dialect, an `id_token`),
+    /// which the message could quote.
+    pub(crate) fn read_unused_success(shape: &ErrorShape, body: &[u8], sent: SentSecrets) -> Self {
+        let Ok(json) = serde_json::from_slice::<Value>(body) else {
+            return Self::default();
+        };
+        let said: Vec<&str> = shape.pointers().collect();
+        let mut others = Vec::new();
+        strings_besides(&json, &mut String::new(), &said, &mut others);
+        Self::read(
+            shape,
+            body,
+            &sent.and(others.into_iter().map(Cow::Borrowed)),
+        )
+    }
+
     /// Adds what was said to `error`, a failure of the layer's own (an
     /// answer it could not use), after its message, which stays first: it
     /// says what the layer found wrong.
@@ -126,6 +145,37 @@ impl Said {
     }
 }
 
+/// Every string in `value`, at `pointer` (a JSON pointer, RFC 6901), but
+/// those at one of the `besides` pointers.
+fn strings_besides<'a>(
+    value: &'a Value,
+    pointer: &mut String,
+    besides: &[&str],
+    found: &mut Vec<&'a str>,
+) {
+    if let Value::String(text) = value {
+        if !besides.contains(&pointer.as_str()) {
+            found.push(text);
+        }
+        return;
+    }
+    let mut visit = |key: &str, value: &'a Value| {
+        let len = pointer.len();
+        pointer.push('/');
+        pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+        strings_besides(value, pointer, besides, found);
+        pointer.truncate(len);
+    };
+    match value {
+        Value::Object(fields) => fields.iter().for_each(|(key, value)| visit(key, value)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .for_each(|(i, value)| visit(&i.to_string(), value)),
+        _ => {}
+    }
+}
+
 /// The secrets a refresh request carried, to redact from the server's
 /// text (and from the client's errors) in the forms a server is likely to
 /// echo them in: as sent, percent-encoded throughout (either case of hex
@@ -146,23 +196,17 @@ pub(crate) struct SentSecrets {
 impl SentSecrets {
     /// Blank secrets (a placeholder access token, `"\n"`) are no secrets.
     pub(crate) fn new<'a>(secrets: impl IntoIterator<Item = Cow<'a, str>>) -> Self {
-        let mut forms: Vec<String> = secrets
-            .into_iter()
-            .filter(|secret| !secret.trim().is_empty())
-            .flat_map(|secret| echoed_forms(&secret))
-            .collect();
-        forms.sort_unstable();
-        forms.dedup();
-        Self { forms }
+        Self::default().and(secrets)
     }
 
     /// These secrets and `more`.
-    pub(crate) fn and<'a>(self, more: impl IntoIterator<Item = Cow<'a, str>>) -> Self {
-        let mut more = Self::new(more);
-        more.forms.extend(self.forms);
-        more.forms.sort_unstable();
-        more.forms.dedup();
-        more
+    pub(crate) fn and<'a>(mut self, more: impl IntoIterator<Item = Cow<'a, str>>) -> Self {
+        let more = more.into_iter().filter(|secret| !secret.trim().is_empty());
+        self.forms
+            .extend(more.flat_map(|secret| echoed_forms(&secret)));
+        self.forms.sort_unstable();
+        self.forms.dedup();
+        self
     }
 
     /// Whether `text` quotes any of the secrets.

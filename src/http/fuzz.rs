@@ -74,18 +74,16 @@ pub fn answer(
     }
 }
 
-/// The JSON pointers at which `dialect`'s successful answers carry tokens
-/// (the access token, and the refresh token if the dialect reads one): what
-/// no error message may quote.
+/// The JSON pointers at which `dialect`'s answers say what went wrong:
+/// the only strings of an answer that an error may quote (any other may
+/// be a token, under whatever name).
 ///
 /// # Panics
 ///
 /// If `dialect` is not one of [`DIALECTS`].
-pub fn token_pointers(dialect_name: &str) -> Vec<String> {
-    let response = dialect(dialect_name).response;
-    std::iter::once(response.access_token)
-        .chain(response.refresh_token)
-        .collect()
+pub fn said_pointers(dialect_name: &str) -> Vec<String> {
+    let errors = dialect(dialect_name).errors;
+    errors.pointers().map(str::to_owned).collect()
 }
 
 /// The delay a `429` answer's `Retry-After` asks for, read as a refresh
@@ -209,11 +207,14 @@ mod tests {
     }
 
     #[test]
-    fn token_pointers_name_the_secret_fields() {
+    fn said_pointers_name_the_error_fields() {
         assert_eq!(
-            token_pointers("oauth2"),
-            ["/access_token", "/refresh_token"]
+            said_pointers("oauth2"),
+            ["/error_description", "/error", "/error"]
         );
-        assert_eq!(token_pointers("dynamosql"), ["/data/accessToken"]);
+        assert_eq!(
+            said_pointers("dynamosql"),
+            ["/error/message", "/error/code", "/error/requestId"]
+        );
     }
 }

@@ -734,9 +734,7 @@ where
         // an Ocient `status`): its words are kept, as for a failure. Found
         // in review: only "undecodable" was left of them.
         return decode::tokens(&dialect.response, &body, now).map_err(|error| {
-            let tokens = decode::token_strings(&dialect.response, &body);
-            let secrets = sent().and(tokens.iter().map(|token| token.as_str().into()));
-            Said::read(&dialect.errors, &body, &secrets).explain(error)
+            Said::read_unused_success(&dialect.errors, &body, sent()).explain(error)
         });
     }
     // The status and headers decide a failure's class; the body adds only

@@ -165,6 +165,21 @@ async fn a_success_without_tokens_keeps_what_the_answer_says() {
     let shown = err.to_string();
     assert!(shown.contains("says: [redacted] issued"), "{shown}");
     assert!(!shown.contains("new-access"), "{shown}");
+
+    // A token under a name the dialect does not read (camel case, for a
+    // dialect reading `access_token`), quoted in the message.
+    let (idp, _) = endpoint(|| {
+        json(
+            StatusCode::OK,
+            r#"{"accessToken":"camel-token","id_token":"id-token-value","message":"issued camel-token and id-token-value"}"#,
+        )
+    });
+    let refresher = HttpRefresher::custom("https://api.example.com/refresh", idp);
+    let shown = refresher.refresh(ctx()).await.unwrap_err().to_string();
+    assert!(
+        shown.contains("says: issued [redacted] and [redacted]"),
+        "{shown}"
+    );
 }
 
 /// A `Retry-After` date counts from the answer's `Date`, on the server's
