@@ -194,8 +194,10 @@ impl<S: TokenStore> Encrypted<S> {
     /// it, records carry no context, as before it existed.
     ///
     /// Adding or changing the context of a store in use is a change of
-    /// key: the record already there no longer opens, so follow the
-    /// procedure on [`Encrypted`] (deploy, then delete the record).
+    /// key that [`also_open_with`](Encrypted::also_open_with) cannot
+    /// bridge (every key opens under this one context): the record already
+    /// there no longer opens, so deploy the change, then delete the record
+    /// at once (see [`Encrypted`] for what happens until it is gone).
     ///
     /// ```
     /// use tower_token_refresh::store::{Encrypted, MemoryStore, Record, StoreKey, TokenStore};

@@ -29,8 +29,8 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///   temporary file a crash left behind (`.<name>.<pid>.<random>.tmp`)
 ///   is removed by a later write once it is ten minutes old.
 /// - On Unix the file is created with mode `0600`: only its owner can read
-///   it. Wrap the store in [`Encrypted`](crate::store::Encrypted) to keep
-///   the tokens unreadable even to a backup.
+///   it. Wrap the store in [`Encrypted`] to keep the tokens unreadable
+///   even to a backup.
 /// - A file that cannot be read as a record is reported as
 ///   [corrupt](StoreError::is_corrupt) (naming the path, never its
 ///   content) and is never overwritten: the layer refreshes on its own and
@@ -63,9 +63,8 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///   another process (or of a store made apart) see a new record when
 ///   they look at the file (while they wait for the lease holder's
 ///   result, every [`poll_interval`](TokenStore::poll_interval), and
-///   whenever they need a token). Use
-///   [`RedisStore`](crate::store::RedisStore) for processes on several
-///   hosts.
+///   whenever they need a token). Use [`RedisStore`] for processes on
+///   several hosts.
 ///
 /// Requires the `file` feature. The file holds JSON:
 /// `{"version": 3, "payload": "<base64>"}`.
@@ -105,6 +104,17 @@ use super::{Lease, Record, StoreError, TokenStore};
 /// Clones share the file, the lease and the change signal; a `FileStore`
 /// made anew for the same file (in this process or another) shares the
 /// file, and on Unix the lease.
+///
+#[cfg_attr(feature = "encryption", doc = "[`Encrypted`]: crate::store::Encrypted")]
+#[cfg_attr(
+    not(feature = "encryption"),
+    doc = "[`Encrypted`]: https://docs.rs/tower-token-refresh/latest/tower_token_refresh/store/struct.Encrypted.html"
+)]
+#[cfg_attr(feature = "redis", doc = "[`RedisStore`]: crate::store::RedisStore")]
+#[cfg_attr(
+    not(feature = "redis"),
+    doc = "[`RedisStore`]: https://docs.rs/tower-token-refresh/latest/tower_token_refresh/store/struct.RedisStore.html"
+)]
 #[derive(Clone)]
 pub struct FileStore {
     inner: Arc<Inner>,
@@ -403,12 +413,15 @@ fn read(path: &Path) -> Result<Found, StoreError> {
     options.read(true);
     // Opened without waiting: a FIFO at the path would block the open (and
     // a blocking-pool thread) until a writer came. Nor may a terminal there
-    // become this process's. Refused below.
+    // become this process's. Refused below. Nor is a link followed: the
+    // path is the one `followed` resolved, and a link put there since (in
+    // a shared directory) would name a file unchecked.
     #[cfg(unix)]
     {
         use rustix::fs::OFlags;
         use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32);
+        let flags = OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::NOFOLLOW;
+        options.custom_flags(flags.bits() as i32);
     }
     let not_a_token_file = || {
         StoreError::corrupt(format!(

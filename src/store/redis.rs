@@ -127,7 +127,7 @@ return 0
 /// of another type where the record belongs is a
 /// [corrupt](StoreError::is_corrupt) record. The payload is the layer's
 /// encoding of the tokens: wrap the store in
-/// [`Encrypted`](crate::store::Encrypted) so that Redis, its replicas and its
+/// [`Encrypted`] so that Redis, its replicas and its
 /// dumps hold only sealed bytes. It also keeps them out of this process's
 /// memory in the clear beyond the layer's own copies, which are wiped: the
 /// Redis client copies each command's arguments and each reply into
@@ -207,6 +207,12 @@ return 0
 ///
 /// Clones share the connection and the change feed; set the options
 /// before cloning.
+///
+#[cfg_attr(feature = "encryption", doc = "[`Encrypted`]: crate::store::Encrypted")]
+#[cfg_attr(
+    not(feature = "encryption"),
+    doc = "[`Encrypted`]: https://docs.rs/tower-token-refresh/latest/tower_token_refresh/store/struct.Encrypted.html"
+)]
 #[derive(Clone)]
 pub struct RedisStore {
     shared: Arc<Shared>,
