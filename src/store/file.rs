@@ -855,6 +855,25 @@ mod tests {
         }
     }
 
+    /// The path a load reads is the one `followed` resolved: a link put
+    /// there since (a race in a shared directory) is not followed.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_link_put_at_the_resolved_path_is_not_followed() {
+        let dir = TempDir::new();
+        let path = dir.0.join("tokens.json");
+        let store = FileStore::new(&path);
+        assert!(store
+            .compare_and_swap(None, Record::new(1, b"tokens".to_vec()))
+            .await
+            .unwrap());
+        let raced = dir.0.join("raced.json");
+        std::os::unix::fs::symlink(&path, &raced).unwrap();
+        assert!(read(&path).unwrap().record.is_some());
+        let err = read(&raced).map(|found| found.record).unwrap_err();
+        assert!(!err.is_corrupt(), "{err}");
+    }
+
     /// A token file any user may read (copied under umask 022, say) is
     /// read, and warned of once per store; one its group may read is not
     /// warned of (a Kubernetes `fsGroup` volume).
