@@ -246,9 +246,11 @@ fn expiring(tokens: TokenSet, expires_in: &Value) -> TokenSet {
     }
 }
 
-/// A login answered `status`, classed as the layer classes refresh
-/// answers: a rate limit or an outage passes, so the login is tried again
-/// later; any other refusal is for good (re-authentication required).
+/// A login answered `status`: a rate limit or an outage passes, so the
+/// login is tried again later; any other refusal is for good
+/// (re-authentication required). A sketch of the layer's own rules for
+/// refresh answers, which also pass on `421`, `425` and `3xx` and read
+/// `Retry-After`.
 fn login_refused(status: u16) -> RefreshError {
     let error = match status {
         429 => RefreshError::rate_limited(None),

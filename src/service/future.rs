@@ -210,8 +210,14 @@ impl<R> Settle<R> {
         Box::new(Self {
             held,
             next: Some(next),
-            bound: timer_at(later(Instant::now(), core.manager.refresh_timeout())),
+            bound: timer_at(Self::deadline(core)),
         })
+    }
+
+    /// How long each of a rejection's waits may take from now: for the
+    /// transport to let go of the body, then to read the rejection.
+    fn deadline<C>(core: &Core<C>) -> Instant {
+        later(Instant::now(), core.manager.refresh_timeout())
     }
 }
 
@@ -547,8 +553,7 @@ where
                         if let Some(bound) = bound {
                             let core =
                                 &this.shared.as_ref().expect("set for managed requests").core;
-                            let timeout = core.manager.refresh_timeout();
-                            bound.as_mut().reset(later(Instant::now(), timeout));
+                            bound.as_mut().reset(Settle::<()>::deadline(core));
                         }
                     }
                     if let Held::Draining(drain) = held {
