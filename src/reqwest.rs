@@ -18,7 +18,8 @@
 //!
 //! - A rejected request is retried from [`reqwest::Request::try_clone`]. A
 //!   body held in memory (bytes, a string, JSON, a form) is sent again as
-//!   it was; a streaming body (`Body::wrap_stream`, `Body::wrap`) cannot be
+//!   it was; a streaming body (`Body::wrap_stream`, `Body::wrap`, and a
+//!   `multipart` form, which reqwest streams however small) cannot be
 //!   cloned, so the original rejection is returned. The refresh still runs,
 //!   and the next request gets the new token. The layer's replay cap does
 //!   not apply: a clonable body is already in memory.
@@ -94,7 +95,13 @@
 //!     .initial_tokens(TokenSet::new("old"))
 //!     .build();
 //! let handle = layer.handle();
-//! let client = ClientBuilder::new(reqwest::Client::new())
+//! // Redirects stay within the request's origin: reqwest's default policy
+//! // would carry the token on from the second hop of another (below).
+//! let reqwest = reqwest::Client::builder()
+//!     .redirect(tower_token_refresh::reqwest::same_origin_redirects())
+//!     .build()
+//!     .unwrap();
+//! let client = ClientBuilder::new(reqwest)
 //!     .with(TokenRefreshMiddleware::new(&layer))
 //!     .build();
 //!
