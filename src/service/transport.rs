@@ -93,17 +93,28 @@ impl TransportRules {
     /// connectors choose TLS by comparing with `https`, so such a request
     /// would go out in clear. A URI without a scheme (a path handed to a
     /// connection, as tonic does) names no transport and is not refused,
-    /// nor is `unix` (a Unix domain socket, as hyperlocal addresses one),
-    /// which never leaves the host.
+    /// nor is `unix` naming a socket path as hyperlocal does (its host the
+    /// path in hex), which never leaves the host. Any other `unix` URI is
+    /// refused: a connector that does not insist on `http` (hyper-util's,
+    /// under a TLS wrapper) reaches `unix://api.example.com/` over TCP, in
+    /// clear.
     #[inline]
     pub(crate) fn is_insecure(&self, uri: &Uri) -> bool {
         !self.allow_insecure
             // String compares, inlined; `Scheme`'s `PartialEq` is a call.
-            && uri
-                .scheme_str()
-                .is_some_and(|scheme| scheme != "https" && scheme != "unix")
+            && uri.scheme_str().is_some_and(|scheme| {
+                scheme != "https" && !(scheme == "unix" && names_a_socket_path(uri))
+            })
             && !is_loopback_authority(uri)
     }
+}
+
+/// Whether `uri`'s host is a socket path in hex, as hyperlocal writes it
+/// (`unix://2f746d702f736f636b:0/`): whole bytes, two hex digits each.
+fn names_a_socket_path(uri: &Uri) -> bool {
+    uri.host().is_some_and(|host| {
+        !host.is_empty() && host.len() % 2 == 0 && host.bytes().all(|b| b.is_ascii_hexdigit())
+    })
 }
 
 /// Whether `uri` names a loopback host. The usual `127.0.0.1:port` is told
@@ -149,11 +160,18 @@ pub(crate) fn is_loopback(host: &str) -> bool {
     if host == "127.0.0.1" || host == "[::1]" || host.eq_ignore_ascii_case("localhost") {
         return true;
     }
+    // Loopback too: the fully qualified `localhost.` (origins already
+    // ignore the root dot), and an IPv4 loopback address mapped into IPv6
+    // (`[::ffff:127.0.0.1]`).
+    if host.eq_ignore_ascii_case("localhost.") {
+        return true;
+    }
     let bare = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    bare.parse::<IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 #[cfg(test)]
@@ -203,9 +221,13 @@ mod tests {
             "http://127.9.9.9/",
             "http://localhost/",
             "http://[::1]:80/",
+            "http://localhost.:8080/",
+            "http://LOCALHOST./",
+            "http://[::ffff:127.0.0.1]:80/",
         ] {
             assert!(!rules.is_insecure(&uri(ok)), "{ok}");
         }
+        assert!(rules.is_insecure(&uri("http://[::ffff:10.0.0.1]/")));
         // Userinfo is not the host, however it looks.
         assert!(rules.is_insecure(&uri("http://127.0.0.1:80@evil.example.com/")));
         assert!(rules.is_insecure(&uri("http://127.0.0.1@evil.example.com:80/")));
@@ -238,8 +260,13 @@ mod tests {
             );
         }
         assert!(!rules.is_insecure(&built("https", "api.example.com")));
-        // A Unix domain socket, as hyperlocal addresses one.
+        // A Unix domain socket, as hyperlocal addresses one; not a host
+        // by name under the same scheme, which a connector that does not
+        // enforce `http` reaches over TCP.
         assert!(!rules.is_insecure(&built("unix", "2f746d702f736f636b:0")));
+        assert!(rules.is_insecure(&built("unix", "api.example.com")));
+        assert!(rules.is_insecure(&built("unix", "10.0.0.7:80")));
+        assert!(rules.is_insecure(&built("unix", "abc")), "half a byte");
         assert!(rules.is_insecure(&uri("HTTP://api.example.com/")));
         assert!(!rules.is_insecure(&uri("HTTPS://api.example.com/")));
         let permissive = TransportRules {
