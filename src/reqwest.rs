@@ -129,7 +129,7 @@ use tokio::time::Instant;
 
 use crate::classify::{ClassifyRejection, Unauthorized};
 use crate::error::ErrorKind;
-use crate::manager::{later, timer_at, Credential, Decision, Newest};
+use crate::manager::{later, timer_at, Credential, Decision, Newest, SnapshotCache};
 use crate::service::drain::Drain;
 use crate::service::Core;
 use crate::{Error, TokenHandle, TokenRefreshLayer};
@@ -370,7 +370,7 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
             // snapshot cache per caller as the tower service does; a fresh
             // one costs a reference-count bump, small next to reqwest's own
             // work per request.
-            let mut cache = core.manager.snapshot_cache();
+            let mut cache = SnapshotCache::default();
             core.manager.ready(&mut cache)
         };
         let credential = match ready {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tower::ServiceBuilder;
 
+use super::SnapshotCache;
 use crate::store::{Lease, MemoryStore, Record, StoreError, TokenStore};
 use crate::test_support::rotating::{Rotating, LIFETIME};
 use crate::test_support::{burst, recording, recording_pairs, sent, Api, Presented};
@@ -639,7 +640,7 @@ async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fre
     let lifetime = Duration::from_secs(4);
     let layer = watched_layer(&store, lifetime);
     let manager = &layer.core.manager;
-    let mut cache = manager.snapshot_cache();
+    let mut cache = SnapshotCache::default();
     assert!(manager.ready(&mut cache).is_some(), "fresh at first");
     until("the watcher promises to raise `stale`", || {
         is_watched(manager)

@@ -1338,3 +1338,30 @@ mod replaced_before_the_waiter_takes_it {
         assert_eq!(issuer.calls(), 2);
     }
 }
+
+/// A caller keeps a cache of the snapshot (a reference to it) only from
+/// its second request, and a clone of a cache starts empty: a service
+/// cloned per request then writes no count the other threads write.
+#[tokio::test]
+async fn a_snapshot_cache_is_kept_from_the_second_request_and_a_clone_starts_empty() {
+    use super::SnapshotCache;
+    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("a").with_expires_in(HUNDRED))
+        .build();
+    let manager = &layer.core.manager;
+    let references = || Arc::strong_count(&manager.shared.snapshot.load_full()) - 1;
+    let before = references();
+
+    let mut cache = SnapshotCache::default();
+    assert!(manager.ready(&mut cache).is_some());
+    assert_eq!(references(), before, "no reference kept at the first request");
+    let clone = cache.clone();
+    assert!(manager.ready(&mut cache).is_some());
+    assert!(matches!(cache, SnapshotCache::Kept(_)));
+    assert_eq!(references(), before + 1, "kept from the second");
+    let kept_clone = cache.clone();
+    assert!(matches!(clone, SnapshotCache::Unused));
+    assert!(matches!(kept_clone, SnapshotCache::Unused));
+    assert_eq!(references(), before + 1, "a clone keeps none");
+}

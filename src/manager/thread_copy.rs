@@ -101,6 +101,7 @@ pub(super) fn held() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manager::SnapshotCache;
     use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 
     fn layer(token: &str) -> TokenRefreshLayer {
@@ -113,7 +114,7 @@ mod tests {
     /// The header a fresh-token request through `layer` is sent with.
     fn sent(layer: &TokenRefreshLayer) -> HeaderValue {
         let manager = &layer.core.manager;
-        let credential = manager.ready(&mut manager.snapshot_cache());
+        let credential = manager.ready(&mut SnapshotCache::default());
         credential.expect("a fresh token").header
     }
 

@@ -5,10 +5,17 @@
 //! and drops a reference count. With one count for all threads, its cache
 //! line moved between cores twice per request: two threads hammering one
 //! layer scaled worse than with the `RwLock` bearer layer of the hot-path
-//! bench (paired two-thread time 1.67 × the lock's). Now each clone of the
-//! service uses one of a few copies (lanes), separate allocations with
-//! counts of their own, dealt in turn as clones are made: clones used on
-//! different threads mostly write different counts.
+//! bench (paired two-thread time 1.67 × the lock's). Now a request uses
+//! one of a few copies (lanes), separate allocations with counts of their
+//! own, picked by the thread sending it: requests sent on different
+//! threads mostly write different counts.
+//!
+//! The lane is the calling thread's, not one dealt to each clone of the
+//! service when it is made: clones made one per request
+//! (`client.clone().oneshot(request)`, as tower and tonic users write)
+//! were dealt every lane in turn, so each thread wrote every lane's count;
+//! with two threads, such a request took about twice as long as one
+//! through a long-lived clone (`hot_path_count token_refresh N 2 clone`).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,82 +25,100 @@ use super::shared::Shared;
 use super::Core;
 
 /// Lanes per layered service, at most: enough that a handful of threads
-/// rarely share one, few enough that the copies stay small.
+/// rarely share one, few enough that the copies stay small. A power of two.
 const MAX_LANES: usize = 8;
 
-/// The copies of one layered service's [`Shared`], and the one a
-/// [`TokenRefresh`](super::TokenRefresh) (each clone of it) uses.
+/// The copies of one layered service's [`Shared`], shared by every clone
+/// of the service.
 pub(crate) struct Lanes<S, C> {
-    all: Arc<[Arc<Shared<S, C>>]>,
-    /// This clone's lane, dealt when it was made: a request reads a field,
-    /// where looking up the thread's lane would cost every request a
-    /// thread-local read and an index.
-    mine: usize,
+    all: Arc<LaneList<S, C>>,
+}
+
+/// The lanes, by thread number modulo [`MAX_LANES`]: with fewer lanes than
+/// that, each lane fills every slot congruent to its index, so that a
+/// thread's slot is its number's low bits, with no bounds check nor
+/// division. Aligned so that the list's reference count, which every clone
+/// of the service writes, is on cache lines of its own, apart from the
+/// lanes' addresses that every request reads (x86 fetches lines in pairs:
+/// 128 bytes).
+#[repr(align(128))]
+struct LaneList<S, C> {
+    slots: [Arc<Shared<S, C>>; MAX_LANES],
 }
 
 impl<S, C> Lanes<S, C> {
-    /// One lane per available core, at most [`MAX_LANES`].
+    /// One lane per available core (rounded up to a power of two), at most
+    /// [`MAX_LANES`].
     pub(crate) fn new(core: Arc<Core<C>>) -> Self {
         Self::with_count(core, lane_count())
     }
 
     fn with_count(core: Arc<Core<C>>, count: usize) -> Self {
-        let all: Arc<[_]> = (0..count.max(1))
+        debug_assert!(count.is_power_of_two() && count <= MAX_LANES);
+        let lanes: Vec<_> = (0..count)
             .map(|_| Arc::new(Shared::new(Arc::clone(&core))))
             .collect();
-        let mine = deal() % all.len();
-        Self { all, mine }
+        let slots = std::array::from_fn(|slot| Arc::clone(&lanes[slot % count]));
+        Self {
+            all: Arc::new(LaneList { slots }),
+        }
     }
 
-    /// This clone's lane.
+    /// The calling thread's lane.
     #[inline]
     pub(crate) fn current(&self) -> &Arc<Shared<S, C>> {
-        &self.all[self.mine]
+        &self.all.slots[thread_number() % MAX_LANES]
     }
 
     /// What every lane shares; for calls that are not per request.
     pub(crate) fn core(&self) -> &Core<C> {
-        &self.current().core
+        &self.all.slots[0].core
     }
 }
 
-/// A clone takes the next lane dealt by the thread cloning: clones made
-/// one after the other (one per worker thread, or per task) spread over
-/// the lanes.
 impl<S, C> Clone for Lanes<S, C> {
     fn clone(&self) -> Self {
         Self {
             all: Arc::clone(&self.all),
-            mine: deal() % self.all.len(),
         }
     }
 }
 
-/// Available cores, at most [`MAX_LANES`]; asked once per process (it may
-/// read cgroup files).
+/// Available cores rounded up to a power of two, at most [`MAX_LANES`];
+/// asked once per process (it may read cgroup files).
 pub(super) fn lane_count() -> usize {
     static COUNT: OnceLock<usize> = OnceLock::new();
     *COUNT.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        cores.min(MAX_LANES)
+        cores.next_power_of_two().min(MAX_LANES)
     })
 }
 
-/// The next lane number this thread deals. Each thread deals in turn from
-/// its own starting point (given out in the order threads first deal), so
-/// dealing writes nothing another thread reads.
-fn deal() -> usize {
-    static THREADS: AtomicUsize = AtomicUsize::new(0);
+/// This thread's number, given out in the order threads first ask: the
+/// threads of a runtime, which start together, get consecutive numbers and
+/// so different lanes. A constant-initialized thread local without a
+/// destructor is one load.
+#[inline]
+fn thread_number() -> usize {
+    const UNSET: usize = usize::MAX;
     thread_local! {
-        static NEXT: Cell<Option<usize>> = const { Cell::new(None) };
+        static NUMBER: Cell<usize> = const { Cell::new(UNSET) };
     }
-    NEXT.with(|next| {
-        let lane = next
-            .get()
-            .unwrap_or_else(|| THREADS.fetch_add(1, Ordering::Relaxed));
-        next.set(Some(lane.wrapping_add(1)));
-        lane
+    NUMBER.with(|number| match number.get() {
+        UNSET => {
+            let given = next_thread_number();
+            number.set(given);
+            given
+        }
+        given => given,
     })
+}
+
+#[cold]
+fn next_thread_number() -> usize {
+    static THREADS: AtomicUsize = AtomicUsize::new(0);
+    // Wraps far past any count of threads; `UNSET` is never given.
+    THREADS.fetch_add(1, Ordering::Relaxed) % (usize::MAX >> 1)
 }
 
 #[cfg(test)]
@@ -107,52 +132,76 @@ mod tests {
         Lanes::with_count(Arc::clone(&layer.core), count)
     }
 
+    /// The lane `lanes` gives on a new thread.
+    fn lane_on_a_new_thread(lanes: &Lanes<(), crate::classify::Unauthorized>) -> usize {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| Arc::as_ptr(lanes.current()) as usize)
+                .join()
+                .unwrap()
+        })
+    }
+
     #[test]
     fn each_lane_is_an_allocation_of_its_own() {
         let lanes = lanes(4);
-        for (i, a) in lanes.all.iter().enumerate() {
-            for b in &lanes.all[i + 1..] {
+        let all = &lanes.all.slots;
+        for (i, a) in all[..4].iter().enumerate() {
+            for b in &all[i + 1..4] {
                 assert!(!Arc::ptr_eq(a, b), "lanes share a reference count");
             }
         }
-    }
-
-    #[test]
-    fn clones_made_one_after_the_other_take_every_lane_in_turn() {
-        let original = lanes(4);
-        let clones: Vec<_> = (0..8).map(|_| original.clone()).collect();
-        let taken: Vec<usize> = clones.iter().map(|clone| clone.mine).collect();
-        for (i, pair) in taken.windows(2).enumerate() {
-            assert_eq!(
-                pair[1],
-                (pair[0] + 1) % 4,
-                "clone {i} and the next: {taken:?}"
-            );
-        }
-        for clone in &clones {
-            let expected = &original.all[clone.mine];
-            assert!(Arc::ptr_eq(clone.current(), expected));
+        for (slot, lane) in all.iter().enumerate() {
+            assert!(Arc::ptr_eq(lane, &all[slot % 4]), "slot {slot}");
         }
     }
 
     #[test]
-    fn threads_deal_from_different_starting_points() {
-        let here = deal();
-        assert_eq!(deal(), here.wrapping_add(1), "a thread deals in turn");
-        let starts: Vec<usize> = std::thread::scope(|scope| {
-            let spawned: Vec<_> = (0..4).map(|_| scope.spawn(deal)).collect();
-            spawned.into_iter().map(|t| t.join().unwrap()).collect()
-        });
-        let mut distinct = starts.clone();
+    fn a_thread_keeps_its_lane_and_new_threads_take_others() {
+        let lanes = lanes(4);
+        let here = Arc::as_ptr(lanes.current()) as usize;
+        assert_eq!(Arc::as_ptr(lanes.current()) as usize, here, "kept");
+        // Tests run in parallel and number threads too: of threads started
+        // one after the other, some take different lanes.
+        let taken: Vec<usize> = (0..8).map(|_| lane_on_a_new_thread(&lanes)).collect();
+        let mut distinct = taken.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        assert_eq!(distinct.len(), 4, "threads start alike: {starts:?}");
+        assert!(distinct.len() > 1, "every thread on one lane: {taken:?}");
     }
 
     #[test]
-    fn a_single_lane_serves_every_clone() {
+    fn a_clone_sends_through_the_lane_of_the_thread_using_it() {
+        let lanes = lanes(2);
+        let here = Arc::as_ptr(lanes.current()) as usize;
+        // A clone made here and used on another thread, as a service cloned
+        // for each worker is.
+        let clone = lanes.clone();
+        let elsewhere = std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let number = thread_number();
+                    (number, Arc::as_ptr(clone.current()) as usize)
+                })
+                .join()
+                .unwrap()
+        });
+        let expected = Arc::as_ptr(&lanes.all.slots[elsewhere.0 % 2]) as usize;
+        assert_eq!(elsewhere.1, expected);
+        let mine = Arc::as_ptr(&lanes.all.slots[thread_number() % 2]) as usize;
+        assert_eq!(here, mine);
+    }
+
+    #[test]
+    fn a_single_lane_serves_every_thread() {
         let original = lanes(1);
-        let clone = std::thread::scope(|scope| scope.spawn(|| original.clone()).join().unwrap());
-        assert!(Arc::ptr_eq(original.current(), clone.current()));
+        let there = lane_on_a_new_thread(&original);
+        assert_eq!(there, Arc::as_ptr(original.current()) as usize);
+    }
+
+    #[test]
+    fn the_lane_count_is_a_power_of_two_within_the_bound() {
+        let count = lane_count();
+        assert!(count.is_power_of_two() && count <= MAX_LANES, "{count}");
     }
 }

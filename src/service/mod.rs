@@ -121,7 +121,7 @@ pub struct TokenRefresh<S, C = Unauthorized> {
 
 impl<S, C> TokenRefresh<S, C> {
     pub(crate) fn from_core(inner: S, core: Arc<Core<C>>) -> Self {
-        let snapshot = core.manager.snapshot_cache();
+        let snapshot = SnapshotCache::default();
         Self {
             inner,
             lanes: Lanes::new(core),
