@@ -24,7 +24,7 @@ mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use support::hot_path_variants::{run_variant, runtime, settle, VARIANTS};
+use support::hot_path_variants::{run_variant, runtime, settle, Clones, VARIANTS};
 
 fn hot_path(c: &mut Criterion) {
     let runtime = runtime();
@@ -36,7 +36,8 @@ fn hot_path(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let settle = || settle(&runtime);
                     // Each thread sent `iters` requests.
-                    run_variant(name, iters as usize, threads, settle) / threads as u32
+                    run_variant(name, iters as usize, threads, Clones::PerThread, settle)
+                        / threads as u32
                 })
             });
         }

@@ -6,7 +6,10 @@
 //! that drift. Here the two variants of a pair run in alternating chunks of
 //! a few milliseconds (A B B A …, so a steady drift hits both alike), and
 //! the ratio is the median over rounds of A's time over B's in the same
-//! round. Scaling pairs one variant on one thread with itself on two.
+//! round. Scaling pairs one variant on one thread with itself on two;
+//! `clone` lines pair a variant sent through a clone made per request
+//! (`client.clone().oneshot(request)`) with itself sent through each
+//! thread's own clone, both on two threads.
 //!
 //! `cargo bench --bench hot_path_pairs` prints one line per pair, read by
 //! `scripts/performance.py`. `PAIRS_ROUNDS` (default 41) and `PAIRS_CHUNK`
@@ -17,7 +20,7 @@
 mod env;
 mod support;
 
-use support::hot_path_variants::{run_variant, runtime, settle};
+use support::hot_path_variants::{run_variant, runtime, settle, Clones};
 
 /// Compared in each thread count: (variant, baseline).
 const PAIRS: [(&str, &str); 9] = [
@@ -42,10 +45,12 @@ fn main() {
     let runtime = runtime();
     let _entered = runtime.enter();
     // Wall-clock time per request of `name` on `threads` threads.
-    let per_request = |name: &str, threads: usize| {
-        let elapsed = run_variant(name, chunk, threads, || settle(&runtime));
+    let per_request_through = |name: &str, threads: usize, clones: Clones| {
+        let elapsed = run_variant(name, chunk, threads, clones, || settle(&runtime));
         elapsed.as_secs_f64() / (chunk * threads) as f64
     };
+    let per_request =
+        |name: &str, threads: usize| per_request_through(name, threads, Clones::PerThread);
     for threads in [1, 2] {
         for (variant, baseline) in PAIRS {
             let label = format!("pair threads={threads} variant={variant} baseline={baseline}");
@@ -68,6 +73,18 @@ fn main() {
         let ratios = paired(
             rounds,
             || per_request(variant, 1),
+            || per_request(variant, 2),
+        );
+        print_line(&label, ratios, chunk);
+    }
+    for variant in support::hot_path_variants::VARIANTS {
+        let label = format!("clone threads=2 variant={variant}");
+        if !wanted(&label) {
+            continue;
+        }
+        let ratios = paired(
+            rounds,
+            || per_request_through(variant, 2, Clones::PerRequest),
             || per_request(variant, 2),
         );
         print_line(&label, ratios, chunk);

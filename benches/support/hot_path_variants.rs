@@ -278,13 +278,20 @@ where
 /// spawning the threads are left out. Timed from the outside, a sample of
 /// a few thousand requests carried the sleep as hundreds of nanoseconds per
 /// request, more in the short samples than in the long ones.
-pub fn run_variant(name: &str, n: usize, threads: usize, settle: impl Fn()) -> Duration {
+pub fn run_variant(
+    name: &str,
+    n: usize,
+    threads: usize,
+    clones: Clones,
+    settle: impl Fn(),
+) -> Duration {
     let elapsed = Cell::new(Duration::ZERO);
     with_variant(
         name,
         Runner {
             n,
             threads,
+            clones,
             settle,
             elapsed: &elapsed,
         },
@@ -292,9 +299,22 @@ pub fn run_variant(name: &str, n: usize, threads: usize, settle: impl Fn()) -> D
     elapsed.get()
 }
 
+/// Which clone of the service each request goes through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Clones {
+    /// The thread's own, made once: a service kept per worker.
+    PerThread,
+    /// A clone made for the request and dropped after it, from the
+    /// thread's: `client.clone().oneshot(request)`, as tower and tonic
+    /// clients are commonly called.
+    #[allow(dead_code, reason = "the criterion bench `hot_path` keeps one per thread")]
+    PerRequest,
+}
+
 struct Runner<'a, F> {
     n: usize,
     threads: usize,
+    clones: Clones,
     settle: F,
     elapsed: &'a Cell<Duration>,
 }
@@ -308,6 +328,7 @@ impl<F: Fn()> UseService<Empty<Bytes>> for Runner<'_, F> {
         let Runner {
             n,
             threads,
+            clones,
             settle,
             elapsed,
         } = self;
@@ -319,7 +340,10 @@ impl<F: Fn()> UseService<Empty<Bytes>> for Runner<'_, F> {
         let requests = |mut service: S| {
             let mut cx = Context::from_waker(&waker);
             for _ in 0..n {
-                drive(&mut service, request(), &mut cx);
+                match clones {
+                    Clones::PerThread => drive(&mut service, request(), &mut cx),
+                    Clones::PerRequest => drive(&mut service.clone(), request(), &mut cx),
+                }
             }
         };
         if threads == 1 {
