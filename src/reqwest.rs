@@ -367,9 +367,9 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
             .map(|timeout| later(Instant::now(), *timeout));
         let ready = {
             // The middleware is shared behind `&self`, so it cannot keep a
-            // snapshot cache per caller as the tower service does; a fresh
-            // one costs a reference-count bump, small next to reqwest's own
-            // work per request.
+            // snapshot cache per caller as the tower service does; without
+            // one, the snapshot is loaded from the `ArcSwap`, which writes a
+            // slot of the calling thread's own.
             let mut cache = SnapshotCache::default();
             core.manager.ready(&mut cache)
         };

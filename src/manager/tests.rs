@@ -1355,7 +1355,11 @@ async fn a_snapshot_cache_is_kept_from_the_second_request_and_a_clone_starts_emp
 
     let mut cache = SnapshotCache::default();
     assert!(manager.ready(&mut cache).is_some());
-    assert_eq!(references(), before, "no reference kept at the first request");
+    assert_eq!(
+        references(),
+        before,
+        "no reference kept at the first request"
+    );
     let clone = cache.clone();
     assert!(manager.ready(&mut cache).is_some());
     assert!(matches!(cache, SnapshotCache::Kept(_)));

@@ -94,10 +94,12 @@ pub(super) fn lane_count() -> usize {
     })
 }
 
-/// This thread's number, given out in the order threads first ask: the
-/// threads of a runtime, which start together, get consecutive numbers and
-/// so different lanes. A constant-initialized thread local without a
-/// destructor is one load.
+/// This thread's number, given out in the order threads send their first
+/// request through any layer: a runtime's workers often get consecutive
+/// numbers, and so different lanes, but a thread of another runtime or of
+/// a blocking pool can take a number in between, and two workers then share
+/// a lane for their life (as two clones could be dealt one before). A
+/// constant-initialized thread local without a destructor is one load.
 #[inline]
 fn thread_number() -> usize {
     const UNSET: usize = usize::MAX;

@@ -86,9 +86,10 @@ pub(crate) use transport::is_loopback;
 /// kept for retries, polled ready before the retry: a response future does
 /// not carry a clone of its own, which would cost one per request. The
 /// instance is taken at the first request that could be retried, once per
-/// lane: the clones of this service share one lane per core (at most 8),
-/// each clone using one, so that clones used on different threads do not
-/// write one reference count on each request. A request that waited for
+/// lane: a request uses the lane of the thread calling it (about one lane
+/// per core, rounded up to a power of two, at most 8), so that requests
+/// sent on different threads do not write one reference count. A request
+/// that waited for
 /// its first token has a clone of its own already, made to wait with: it
 /// is retried through that one.
 ///

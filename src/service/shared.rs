@@ -14,7 +14,7 @@ use super::Core;
 /// and dropped per request for a retry few requests make. Now a retry
 /// clones this instance, taken from the service at its first request.
 ///
-/// Each clone of the service uses one [lane](super::lanes)'s copy.
+/// Each request uses the copy of its thread's [lane](super::lanes).
 /// `repr(C)` keeps the padding last, after the fields requests read.
 #[repr(C)]
 pub(crate) struct Shared<S, C> {

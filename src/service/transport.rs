@@ -109,12 +109,16 @@ impl TransportRules {
     }
 }
 
-/// Whether `uri`'s host is a socket path in hex, as hyperlocal writes it
-/// (`unix://2f746d702f736f636b:0/`): whole bytes, two hex digits each.
+/// Whether `uri` names a socket path as hyperlocal writes it
+/// (`unix://2f746d702f736f636b:0/`): the path's bytes in hex as the host,
+/// and port 0. Hex alone is not enough: `db`, `cafe` and `3232235777`
+/// (192.168.1.1 to `inet_aton`) are hosts too, and a TCP connection to
+/// port 0 fails instead of carrying the token.
 fn names_a_socket_path(uri: &Uri) -> bool {
-    uri.host().is_some_and(|host| {
-        !host.is_empty() && host.len() % 2 == 0 && host.bytes().all(|b| b.is_ascii_hexdigit())
-    })
+    uri.port_u16() == Some(0)
+        && uri.host().is_some_and(|host| {
+            !host.is_empty() && host.len() % 2 == 0 && host.bytes().all(|b| b.is_ascii_hexdigit())
+        })
 }
 
 /// Whether `uri` names a loopback host. The usual `127.0.0.1:port` is told
@@ -160,12 +164,9 @@ pub(crate) fn is_loopback(host: &str) -> bool {
     if host == "127.0.0.1" || host == "[::1]" || host.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    // Loopback too: the fully qualified `localhost.` (origins already
-    // ignore the root dot), and an IPv4 loopback address mapped into IPv6
-    // (`[::ffff:127.0.0.1]`).
-    if host.eq_ignore_ascii_case("localhost.") {
-        return true;
-    }
+    // Loopback too: an IPv4 loopback address mapped into IPv6
+    // (`[::ffff:127.0.0.1]`). Not the fully qualified `localhost.`, which a
+    // resolver may send to DNS instead of answering from the hosts file.
     let bare = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
@@ -221,13 +222,15 @@ mod tests {
             "http://127.9.9.9/",
             "http://localhost/",
             "http://[::1]:80/",
-            "http://localhost.:8080/",
-            "http://LOCALHOST./",
             "http://[::ffff:127.0.0.1]:80/",
         ] {
             assert!(!rules.is_insecure(&uri(ok)), "{ok}");
         }
         assert!(rules.is_insecure(&uri("http://[::ffff:10.0.0.1]/")));
+        assert!(
+            rules.is_insecure(&uri("http://localhost./")),
+            "may go to DNS"
+        );
         // Userinfo is not the host, however it looks.
         assert!(rules.is_insecure(&uri("http://127.0.0.1:80@evil.example.com/")));
         assert!(rules.is_insecure(&uri("http://127.0.0.1@evil.example.com:80/")));
@@ -266,7 +269,12 @@ mod tests {
         assert!(!rules.is_insecure(&built("unix", "2f746d702f736f636b:0")));
         assert!(rules.is_insecure(&built("unix", "api.example.com")));
         assert!(rules.is_insecure(&built("unix", "10.0.0.7:80")));
-        assert!(rules.is_insecure(&built("unix", "abc")), "half a byte");
+        assert!(rules.is_insecure(&built("unix", "abc:0")), "half a byte");
+        // Hex, but hosts: a service name, and a number `inet_aton` reads
+        // as 192.168.1.1.
+        assert!(rules.is_insecure(&built("unix", "db")));
+        assert!(rules.is_insecure(&built("unix", "cafe:5432")));
+        assert!(rules.is_insecure(&built("unix", "3232235777:80")));
         assert!(rules.is_insecure(&uri("HTTP://api.example.com/")));
         assert!(!rules.is_insecure(&uri("HTTPS://api.example.com/")));
         let permissive = TransportRules {
