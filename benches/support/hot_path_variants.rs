@@ -307,7 +307,10 @@ pub enum Clones {
     /// A clone made for the request and dropped after it, from the
     /// thread's: `client.clone().oneshot(request)`, as tower and tonic
     /// clients are commonly called.
-    #[allow(dead_code, reason = "the criterion bench `hot_path` keeps one per thread")]
+    #[allow(
+        dead_code,
+        reason = "the criterion bench `hot_path` keeps one per thread"
+    )]
     PerRequest,
 }
 
