@@ -76,15 +76,7 @@ async fn stale_window_keeps_using_the_old_token_while_one_background_refresh_run
 async fn a_token_just_obtained_and_rejected_while_a_refresh_runs_waits_for_it() {
     let api = Api::default();
     let (source, issuer) = issuer(&api, Some(HUNDRED), Duration::from_secs(1));
-    let layer = TokenRefreshLayer::builder(source).build();
-    let handle = layer.handle();
-    let client = ServiceBuilder::new().layer(layer).service(api.clone());
-    handle.force_refresh().await.unwrap();
-    let next = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.force_refresh().await }
-    });
-    yield_until("the next refresh runs", || handle.status().is_refreshing()).await;
+    let (client, next) = refreshing_again(source, &api).await;
     // Revoked by the refresh that presented it, before its answer lands.
     api.revoke("tok-1");
 
@@ -115,6 +107,24 @@ async fn a_token_just_obtained_and_rejected_is_not_retried_when_the_joined_refre
             }
         }
     });
+    let (client, next) = refreshing_again(source, &api).await;
+    api.revoke("tok-1");
+
+    let error = expect_error(send(&client, get()).await);
+    assert!(error.is_refresh_failed(), "{error}");
+    assert_eq!(api.calls(), 1, "not retried with the rejected token");
+    assert!(next.await.unwrap().is_err());
+}
+
+/// A client through a layer on `source` holding the token of a first
+/// refresh, and the task of a second refresh, running when this returns.
+async fn refreshing_again(
+    source: impl crate::Refresh,
+    api: &Api,
+) -> (
+    crate::TokenRefresh<Api>,
+    tokio::task::JoinHandle<Result<(), crate::Error>>,
+) {
     let layer = TokenRefreshLayer::builder(source).build();
     let handle = layer.handle();
     let client = ServiceBuilder::new().layer(layer).service(api.clone());
@@ -124,12 +134,7 @@ async fn a_token_just_obtained_and_rejected_is_not_retried_when_the_joined_refre
         async move { handle.force_refresh().await }
     });
     yield_until("the next refresh runs", || handle.status().is_refreshing()).await;
-    api.revoke("tok-1");
-
-    let error = expect_error(send(&client, get()).await);
-    assert!(error.is_refresh_failed(), "{error}");
-    assert_eq!(api.calls(), 1, "not retried with the rejected token");
-    assert!(next.await.unwrap().is_err());
+    (client, next)
 }
 
 #[tokio::test(start_paused = true)]

@@ -9,8 +9,8 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
 
-use super::apis::{revoked_then_fresh, send_through};
-use crate::test_support::body::TestBody;
+use super::apis::{revoked_then_fresh, send_through, InFlight};
+use crate::test_support::body::{TestBody, Tx};
 use crate::test_support::{post, settle, TestBody as RequestBody};
 use crate::{RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
 
@@ -21,12 +21,9 @@ fn layer(refresh_timeout: Duration) -> TokenRefreshLayer {
         .build()
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_rejection_is_read_to_its_end_before_the_retry_is_sent() {
-    let (tx, calls, request) = send_through(layer(Duration::from_secs(60)));
-    settle().await;
-    assert_eq!(calls.load(SeqCst), 1, "retried before the rejection ended");
-
+/// Ends the rejection `tx` feeds, seeing that the retry waits for its end
+/// and is then sent and answered.
+async fn ends_then_retried(tx: Tx, calls: &AtomicUsize, request: InFlight) {
     // `Tx::data` asserts that the body is still being read.
     tx.data("{\"error\":\"invalid_token\"}");
     settle().await;
@@ -36,6 +33,15 @@ async fn a_rejection_is_read_to_its_end_before_the_retry_is_sent() {
     let response = request.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(calls.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_is_read_to_its_end_before_the_retry_is_sent() {
+    let (tx, calls, request) = send_through(layer(Duration::from_secs(60)));
+    settle().await;
+    assert_eq!(calls.load(SeqCst), 1, "retried before the rejection ended");
+
+    ends_then_retried(tx, &calls, request).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -147,13 +153,5 @@ async fn a_rejection_is_read_to_its_end_after_a_long_wait_for_the_body() {
     kept.lock().unwrap().clear();
     // Past the first bound, well inside a second.
     tokio::time::sleep(Duration::from_millis(10)).await;
-    // `Tx::data` asserts that the body is still being read.
-    tx.data("{\"error\":\"invalid_token\"}");
-    settle().await;
-    assert_eq!(calls.load(SeqCst), 1, "retried before the rejection ended");
-    drop(tx);
-
-    let response = request.await.unwrap().unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(calls.load(SeqCst), 2);
+    ends_then_retried(tx, &calls, request).await;
 }
