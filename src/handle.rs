@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::ErrorKind;
-use crate::manager::{Credential, Decision, SnapshotCache, TokenManager};
+use crate::manager::{Credential, Decision, TokenManager};
 use crate::{Bearer, Error, RefreshError, Stats, TokenSet};
 
 /// A handle on the token state shared by a layer and all its services.
@@ -191,7 +191,7 @@ impl TokenHandle {
     pub async fn bearer(&self) -> Result<Bearer, Error> {
         let manager = &self.manager;
         loop {
-            let credential = match manager.ready(&mut SnapshotCache::default()) {
+            let credential = match manager.ready_now() {
                 Some(credential) => credential,
                 None => manager.clone().acquire().await?,
             };

@@ -129,7 +129,7 @@ use tokio::time::Instant;
 
 use crate::classify::{ClassifyRejection, Unauthorized};
 use crate::error::ErrorKind;
-use crate::manager::{later, timer_at, Credential, Decision, Newest, SnapshotCache};
+use crate::manager::{later, timer_at, Credential, Decision, Newest};
 use crate::service::drain::Drain;
 use crate::service::Core;
 use crate::{Error, TokenHandle, TokenRefreshLayer};
@@ -365,15 +365,9 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         let deadline = request
             .timeout()
             .map(|timeout| later(Instant::now(), *timeout));
-        let ready = {
-            // The middleware is shared behind `&self`, so it cannot keep a
-            // snapshot cache per caller as the tower service does; without
-            // one, the snapshot is loaded from the `ArcSwap`, which writes a
-            // slot of the calling thread's own.
-            let mut cache = SnapshotCache::default();
-            core.manager.ready(&mut cache)
-        };
-        let credential = match ready {
+        // The middleware is shared behind `&self`, so it cannot keep a
+        // snapshot cache per caller as the tower service does.
+        let credential = match core.manager.ready_now() {
             Some(credential) => credential,
             None => within(deadline, core.manager.clone().acquire()).await?,
         };

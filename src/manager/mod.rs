@@ -349,8 +349,16 @@ impl TokenManager {
     /// cloned for the request, or one at its first request.
     #[inline(never)]
     fn ready_uncached(&self, cache: &mut SnapshotCache) -> Option<Credential> {
-        let snapshot = self.shared.snapshot.load();
         cache.used(&self.shared);
+        self.ready_now()
+    }
+
+    /// [`ready`](Self::ready) for a caller that keeps no cache (the handle,
+    /// the reqwest middleware): loads the snapshot from the `ArcSwap`,
+    /// which writes only a slot of the calling thread's own.
+    #[inline]
+    pub(crate) fn ready_now(&self) -> Option<Credential> {
+        let snapshot = self.shared.snapshot.load();
         self.ready_with(&snapshot)
     }
 

@@ -101,7 +101,6 @@ pub(super) fn held() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manager::SnapshotCache;
     use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 
     fn layer(token: &str) -> TokenRefreshLayer {
@@ -114,7 +113,7 @@ mod tests {
     /// The header a fresh-token request through `layer` is sent with.
     fn sent(layer: &TokenRefreshLayer) -> HeaderValue {
         let manager = &layer.core.manager;
-        let credential = manager.ready(&mut SnapshotCache::default());
+        let credential = manager.ready_now();
         credential.expect("a fresh token").header
     }
 
