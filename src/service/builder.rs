@@ -568,9 +568,9 @@ impl<C> Builder<C> {
 
     /// Send the token over plain `http://` (or any scheme other than
     /// `https`, and `unix` but for a hyperlocal socket path) to hosts that
-    /// are not loopback: for instance
-    /// over a transport of your own that encrypts below the HTTP client, or
-    /// to a local socket addressed by an `http://` URI.
+    /// are not loopback: for instance over a transport of your own that
+    /// encrypts below the HTTP client, or to a local socket addressed by an
+    /// `http://` URI.
     /// Default: refused with [`Error::is_insecure_transport`](crate::Error::is_insecure_transport).
     ///
     /// ```

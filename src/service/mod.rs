@@ -89,9 +89,8 @@ pub(crate) use transport::is_loopback;
 /// lane: a request uses the lane of the thread calling it (about one lane
 /// per core, rounded up to a power of two, at most 8), so that requests
 /// sent on different threads do not write one reference count. A request
-/// that waited for
-/// its first token has a clone of its own already, made to wait with: it
-/// is retried through that one.
+/// that waited for its first token has a clone of its own already, made to
+/// wait with: it is retried through that one.
 ///
 /// ```
 /// use std::convert::Infallible;
