@@ -65,30 +65,21 @@ fn main() {
             print_line(&label, ratios, chunk);
         }
     }
-    for variant in support::hot_path_variants::VARIANTS {
-        let label = format!("scaling variant={variant}");
-        if !wanted(&label) {
-            continue;
+    // Each variant against itself, `a` over `b`.
+    let each_variant = |kind: &str, a: &dyn Fn(&str) -> f64, b: &dyn Fn(&str) -> f64| {
+        for variant in support::hot_path_variants::VARIANTS {
+            let label = format!("{kind} variant={variant}");
+            if wanted(&label) {
+                print_line(&label, paired(rounds, || a(variant), || b(variant)), chunk);
+            }
         }
-        let ratios = paired(
-            rounds,
-            || per_request(variant, 1),
-            || per_request(variant, 2),
-        );
-        print_line(&label, ratios, chunk);
-    }
-    for variant in support::hot_path_variants::VARIANTS {
-        let label = format!("clone threads=2 variant={variant}");
-        if !wanted(&label) {
-            continue;
-        }
-        let ratios = paired(
-            rounds,
-            || per_request_through(variant, 2, Clones::PerRequest),
-            || per_request(variant, 2),
-        );
-        print_line(&label, ratios, chunk);
-    }
+    };
+    each_variant("scaling", &|v| per_request(v, 1), &|v| per_request(v, 2));
+    each_variant(
+        "clone threads=2",
+        &|v| per_request_through(v, 2, Clones::PerRequest),
+        &|v| per_request(v, 2),
+    );
 }
 
 /// A's time over B's, `rounds` times, running A first in even rounds and

@@ -300,7 +300,7 @@ pub fn run_variant(
 }
 
 /// Which clone of the service each request goes through.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub enum Clones {
     /// The thread's own, made once: a service kept per worker.
     PerThread,
