@@ -191,7 +191,7 @@ impl TokenHandle {
     pub async fn bearer(&self) -> Result<Bearer, Error> {
         let manager = &self.manager;
         loop {
-            let credential = match manager.ready_now() {
+            let credential = match manager.ready() {
                 Some(credential) => credential,
                 None => manager.clone().acquire().await?,
             };

@@ -365,9 +365,7 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         let deadline = request
             .timeout()
             .map(|timeout| later(Instant::now(), *timeout));
-        // The middleware is shared behind `&self`, so it cannot keep a
-        // snapshot cache per caller as the tower service does.
-        let credential = match core.manager.ready_now() {
+        let credential = match core.manager.ready() {
             Some(credential) => credential,
             None => within(deadline, core.manager.clone().acquire()).await?,
         };

@@ -98,8 +98,8 @@ impl UseService<Full<Bytes>> for Measure<'_> {
         }
         let waker = Waker::from(Arc::new(NoopWaker));
         let mut cx = Context::from_waker(&waker);
-        // Lazily built state (snapshot cache, watcher task, thread-locals)
-        // is set up by the first request, not counted.
+        // Lazily built state (the thread's copy of the header, the watcher
+        // task) is set up by the first request, not counted.
         drive(
             &mut service,
             request_with(Full::new(self.body.clone())),

@@ -336,8 +336,9 @@ impl<F: Fn()> UseService<Empty<Bytes>> for Runner<'_, F> {
             elapsed,
         } = self;
         let waker = Waker::from(Arc::new(NoopWaker));
-        // One request before timing: lazily built state (the layer's
-        // snapshot cache, its watcher task) is not what is measured.
+        // One request before timing: lazily built state (the thread's
+        // copy of the layer's header, its watcher task) is not what is
+        // measured.
         drive(&mut service, request(), &mut Context::from_waker(&waker));
         settle();
         let requests = |mut service: S| {

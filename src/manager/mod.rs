@@ -334,46 +334,34 @@ impl TokenManager {
 
     /// The hot path: a credential if the current token may be sent now.
     ///
-    /// Lock-free. In the stale window it also starts one background refresh
-    /// (unless one runs or a backoff is active, which the gate tells without
-    /// the lock).
+    /// Lock-free. A fresh token costs a look at the calling thread's copy of
+    /// its header and one load of its flags (see `thread_copy`); otherwise
+    /// the snapshot is loaded, which makes or renews that copy. In the
+    /// stale window it also starts one background refresh (unless one runs
+    /// or a backoff is active, which the gate tells without the lock).
     #[inline]
-    pub(crate) fn ready(&self, cache: &mut SnapshotCache) -> Option<Credential> {
-        match cache {
-            SnapshotCache::Kept(kept) => self.ready_with(kept.load()),
-            unkept => self.ready_uncached(unkept),
+    pub(crate) fn ready(&self) -> Option<Credential> {
+        match thread_copy::vouched(&self.shared) {
+            Some(credential) => Some(credential),
+            None => self.ready_from_snapshot(),
         }
     }
 
-    /// [`ready`](Self::ready) for a caller without a cache yet: a service
-    /// cloned for the request, or one at its first request.
+    /// [`ready`](Self::ready) when the thread's copy cannot vouch for the
+    /// token: the first request on a thread, or the first since the token
+    /// changed, went stale or was rejected.
     #[inline(never)]
-    fn ready_uncached(&self, cache: &mut SnapshotCache) -> Option<Credential> {
-        cache.used(&self.shared);
-        self.ready_now()
-    }
-
-    /// [`ready`](Self::ready) for a caller that keeps no cache (the handle,
-    /// the reqwest middleware): loads the snapshot from the `ArcSwap`,
-    /// which writes only a slot of the calling thread's own.
-    #[inline]
-    pub(crate) fn ready_now(&self) -> Option<Credential> {
+    fn ready_from_snapshot(&self) -> Option<Credential> {
+        #[cfg(test)]
+        tests::FROM_SNAPSHOT.with(|count| count.set(count.get() + 1));
         let snapshot = self.shared.snapshot.load();
-        self.ready_with(&snapshot)
-    }
-
-    /// [`ready`](Self::ready) with the current snapshot. Inlined, as it
-    /// was before the cache could be missing: measured, a call cost the
-    /// hot path 17 instructions more (callgrind, `hot_path_count`).
-    #[inline(always)]
-    fn ready_with(&self, snapshot: &Snapshot) -> Option<Credential> {
         // A token the watcher vouches for costs one load: the watcher is
         // the timer, so it has started too.
-        if !snapshot.kept_fresh() && !self.admits(snapshot) {
+        if !snapshot.kept_fresh() && !self.admits(&snapshot) {
             return None;
         }
         Some(Credential {
-            header: thread_copy::header(&self.shared, snapshot)?,
+            header: thread_copy::header(&self.shared, &snapshot)?,
             generation: snapshot.generation,
         })
     }
@@ -864,51 +852,6 @@ impl TokenManager {
     }
 }
 
-/// Dereferences to the manager's snapshot cell, for [`arc_swap::Cache`].
-#[derive(Clone)]
-pub(crate) struct SnapshotCell(Arc<Shared>);
-
-impl std::ops::Deref for SnapshotCell {
-    type Target = ArcSwap<Snapshot>;
-
-    fn deref(&self) -> &ArcSwap<Snapshot> {
-        &self.0.snapshot
-    }
-}
-
-/// A caller's cache of the current snapshot: revalidating it is one
-/// relaxed pointer load, cheaper than an `ArcSwap::load`.
-///
-/// Made at a caller's second request, not its first: a cache holds a
-/// reference to the snapshot and one to the manager, and a service cloned
-/// for each request (`client.clone().oneshot(request)`) made one per
-/// request, so every thread wrote those two counts. Until then the caller
-/// loads from the `ArcSwap`, which writes only a slot of the thread's own.
-/// A clone starts empty for the same reason.
-#[derive(Default)]
-pub(crate) enum SnapshotCache {
-    #[default]
-    Unused,
-    UsedOnce,
-    Kept(arc_swap::Cache<SnapshotCell, Arc<Snapshot>>),
-}
-
-impl SnapshotCache {
-    /// Counts a request made without the cache; the second makes it.
-    fn used(&mut self, shared: &Arc<Shared>) {
-        *self = match self {
-            Self::Unused => Self::UsedOnce,
-            _ => Self::Kept(arc_swap::Cache::new(SnapshotCell(Arc::clone(shared)))),
-        };
-    }
-}
-
-impl Clone for SnapshotCache {
-    fn clone(&self) -> Self {
-        Self::Unused
-    }
-}
-
 /// The access token could not be used as a header value.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct InvalidTokens;
@@ -1004,7 +947,10 @@ impl Shared {
     fn install(&self, prepared: Prepared) -> Arc<Snapshot> {
         let generation = self.snapshot.load().generation + 1;
         let snapshot = Arc::new(prepared.into_snapshot(generation, Instant::now(), &self.config));
-        self.snapshot.store(Arc::clone(&snapshot));
+        let replaced = self.snapshot.swap(Arc::clone(&snapshot));
+        // After the swap: a thread whose copy of the old header sees the
+        // mark finds the new snapshot in the `ArcSwap`.
+        replaced.mark_replaced();
         snapshot
     }
 }

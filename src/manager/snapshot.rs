@@ -1,6 +1,6 @@
 //! The immutable view of the current token that every request reads.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,7 +157,7 @@ impl Prepared {
             stale_at,
             expired_at,
             expires_at,
-            flags: AtomicU8::new(0),
+            flags: Arc::new(AtomicU8::new(0)),
         }
     }
 }
@@ -182,11 +182,12 @@ pub(crate) struct Snapshot {
     pub(crate) expired_at: Option<Instant>,
     /// The real expiry, after which the token is useless.
     pub(crate) expires_at: Option<Instant>,
-    /// [`REJECTED`], [`WATCHED`] and [`STALE`], in one word so that a
-    /// request for a fresh token reads one atomic, not three. Atomics inside
-    /// the snapshot, so marking one needs no swap and is scoped to its
-    /// generation.
-    flags: AtomicU8,
+    /// [`REJECTED`], [`WATCHED`], [`STALE`] and [`REPLACED`], in one word
+    /// so that a request for a fresh token reads one atomic, not four.
+    /// Atomics of the snapshot's own, so marking one needs no swap and is
+    /// scoped to its generation; shared with each thread's copy of the
+    /// header ([`Marks`]), which reads them without loading the snapshot.
+    flags: Arc<AtomicU8>,
 }
 
 /// A server rejected this generation.
@@ -198,6 +199,9 @@ const WATCHED: u8 = 2;
 /// Raised by the watcher shortly before `stale_at`, or before the expiry
 /// when that is close behind: from then on, requests read the clock.
 const STALE: u8 = 4;
+/// Another snapshot took this one's place: a thread's copy of its header
+/// is out of date.
+const REPLACED: u8 = 8;
 
 /// How long before a token's advisory point the watcher hands requests
 /// back to the clock: more than a timer on a busy runtime is expected to
@@ -213,6 +217,40 @@ const PROACTIVE_SPACING_AT_LEAST: Duration = Duration::from_secs(1);
 /// to the clock at the latest (see [`Snapshot::watch`]).
 const EXPIRY_LEAD: Duration = Duration::from_secs(1);
 
+/// A snapshot's flags and freshness bound, kept with a thread's copy of
+/// its header: enough to send that copy without loading the snapshot from
+/// the `ArcSwap`, which a service cloned for each request had to do, having
+/// no cache of its own. Holds no secret, and not the snapshot, whose
+/// refresh token would otherwise outlive the layer on every thread that
+/// sent through it.
+pub(crate) struct Marks {
+    flags: Arc<AtomicU8>,
+    /// The start of the advisory window (or of the mandatory one, if that
+    /// comes first), when the token has windows: before it,
+    /// [`Snapshot::freshness`] says `Fresh`.
+    fresh_until: Option<Instant>,
+}
+
+impl Marks {
+    /// Whether the token these marks belong to may be sent as it is: not
+    /// replaced, rejected or stale, and either vouched for by the watcher
+    /// or (with the manager's timer running, which [`TokenManager::ready`]
+    /// otherwise starts) shown fresh by the clock. `false` sends the
+    /// request the long way, which also starts what a stale token needs.
+    ///
+    /// [`TokenManager::ready`]: super::TokenManager::ready
+    #[inline]
+    pub(crate) fn vouch(&self, timer_started: &AtomicBool) -> bool {
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags == WATCHED {
+            return true;
+        }
+        flags & (REJECTED | STALE | REPLACED) == 0
+            && timer_started.load(Ordering::Relaxed)
+            && self.fresh_until.is_none_or(|at| Instant::now() < at)
+    }
+}
+
 impl Snapshot {
     pub(crate) fn empty(generation: u64) -> Self {
         Self {
@@ -224,7 +262,7 @@ impl Snapshot {
             stale_at: None,
             expired_at: None,
             expires_at: None,
-            flags: AtomicU8::new(0),
+            flags: Arc::new(AtomicU8::new(0)),
         }
     }
 
@@ -321,6 +359,21 @@ impl Snapshot {
             header: header.clone(),
             generation: self.generation,
         })
+    }
+
+    /// Called once another snapshot has taken this one's place.
+    pub(crate) fn mark_replaced(&self) {
+        self.flags.fetch_or(REPLACED, Ordering::Release);
+    }
+
+    /// What a thread's copy of this snapshot's header needs to tell, on its
+    /// own, that the token is still current and fresh.
+    pub(crate) fn marks(&self) -> Marks {
+        let windows = self.stale_at.zip(self.expired_at);
+        Marks {
+            flags: Arc::clone(&self.flags),
+            fresh_until: windows.map(|(stale_at, expired_at)| stale_at.min(expired_at)),
+        }
     }
 
     pub(crate) fn mark_rejected(&self) {

@@ -11,8 +11,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::test_support::{
     burst, expect_error, failing, get, issuer, old_token_layer, panics_on_this_thread,
-    paused_runtime, recording, recording_pairs, send, sent, yield_until, Api, PresentedPairs,
-    TestBody,
+    paused_runtime, recording, recording_pairs, send, sent, settle, yield_until, Api,
+    PresentedPairs, TestBody,
 };
 use crate::{
     refresh_fn, Backoff, Builder, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet,
@@ -1344,33 +1344,82 @@ mod replaced_before_the_waiter_takes_it {
     }
 }
 
-/// A caller keeps a cache of the snapshot (a reference to it) only from
-/// its second request, and a clone of a cache starts empty: a service
-/// cloned per request then writes no count the other threads write.
-#[tokio::test]
-async fn a_snapshot_cache_is_kept_from_the_second_request_and_a_clone_starts_empty() {
-    use super::SnapshotCache;
-    let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
+thread_local! {
+    /// How many times this thread's requests loaded the snapshot because
+    /// its copy of the header could not vouch for the token.
+    pub(super) static FROM_SNAPSHOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn loads_from_snapshot() -> usize {
+    FROM_SNAPSHOT.with(std::cell::Cell::get)
+}
+
+/// A fresh token is sent from the thread's copy of its header, without
+/// loading the snapshot, through every clone of a service alike (a service
+/// cloned per request used to load it each time); the copy stops vouching
+/// once the token is replaced, rejected or stale, and the next request
+/// loads the snapshot again and gets what it says.
+#[tokio::test(start_paused = true)]
+async fn the_threads_copy_vouches_for_a_fresh_token_until_it_is_replaced_rejected_or_stale() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let source = refresh_fn(move |_| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, RefreshError>(TokenSet::new("refreshed").with_expires_in(HUNDRED)) }
+    });
     let layer = TokenRefreshLayer::builder(source)
         .initial_tokens(TokenSet::new("a").with_expires_in(HUNDRED))
         .build();
     let manager = &layer.core.manager;
-    let references = || Arc::strong_count(&manager.shared.snapshot.load_full()) - 1;
-    let before = references();
+    let header = |credential: Option<super::Credential>| credential.map(|c| c.header);
 
-    let mut cache = SnapshotCache::default();
-    assert!(manager.ready(&mut cache).is_some());
+    let start = loads_from_snapshot();
+    assert_eq!(header(manager.ready()).unwrap(), "Bearer a");
+    assert_eq!(loads_from_snapshot(), start + 1, "the first makes the copy");
+    let api = tower::service_fn(|_: http::Request<crate::ReplayBody<String>>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    });
+    let client = tower::Layer::layer(&layer, api);
+    for _ in 0..3 {
+        let request = http::Request::new(String::new());
+        tower::ServiceExt::oneshot(client.clone(), request)
+            .await
+            .unwrap();
+    }
     assert_eq!(
-        references(),
-        before,
-        "no reference kept at the first request"
+        loads_from_snapshot(),
+        start + 1,
+        "clones send from the copy"
     );
-    let clone = cache.clone();
-    assert!(manager.ready(&mut cache).is_some());
-    assert!(matches!(cache, SnapshotCache::Kept(_)));
-    assert_eq!(references(), before + 1, "kept from the second");
-    let kept_clone = cache.clone();
-    assert!(matches!(clone, SnapshotCache::Unused));
-    assert!(matches!(kept_clone, SnapshotCache::Unused));
-    assert_eq!(references(), before + 1, "a clone keeps none");
+
+    manager
+        .set_tokens(TokenSet::new("b").with_expires_in(HUNDRED))
+        .unwrap();
+    assert_eq!(header(manager.ready()).unwrap(), "Bearer b", "replaced");
+    assert_eq!(header(manager.ready()).unwrap(), "Bearer b");
+    assert_eq!(loads_from_snapshot(), start + 2);
+
+    let generation = manager.ready().unwrap().generation;
+    let _ = manager.rejected(generation);
+    let after_rejection = loads_from_snapshot();
+    let _ = manager.ready();
+    assert_eq!(loads_from_snapshot(), after_rejection + 1, "rejected");
+    settle().await;
+    assert_eq!(header(manager.ready()).unwrap(), "Bearer refreshed");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Into the advisory window: the clock, read by the copy's check since
+    // no watcher vouches on this runtime, sends the request the long way,
+    // which starts the background refresh.
+    let stale = manager.shared.snapshot.load().stale_at.unwrap();
+    tokio::time::advance(stale - tokio::time::Instant::now()).await;
+    let before_stale = loads_from_snapshot();
+    assert_eq!(
+        header(manager.ready()).unwrap(),
+        "Bearer refreshed",
+        "still sent"
+    );
+    assert_eq!(loads_from_snapshot(), before_stale + 1, "stale");
+    settle().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "a background refresh ran");
 }

@@ -54,7 +54,6 @@ use tower_service::Service;
 use crate::body::ReplayBody;
 use crate::classify::{ClassifyRejection, Unauthorized};
 use crate::error::ErrorKind;
-use crate::manager::SnapshotCache;
 use crate::{BoxError, Error, TokenHandle};
 
 pub use builder::Builder;
@@ -116,16 +115,13 @@ pub(crate) use transport::is_loopback;
 pub struct TokenRefresh<S, C = Unauthorized> {
     inner: S,
     lanes: Lanes<S, C>,
-    snapshot: SnapshotCache,
 }
 
 impl<S, C> TokenRefresh<S, C> {
     pub(crate) fn from_core(inner: S, core: Arc<Core<C>>) -> Self {
-        let snapshot = SnapshotCache::default();
         Self {
             inner,
             lanes: Lanes::new(core),
-            snapshot,
         }
     }
 
@@ -221,7 +217,7 @@ where
             self.inner = self.inner.clone();
             return ResponseFuture::failed(Error::new(ErrorKind::InsecureTransport));
         }
-        match core.manager.ready(&mut self.snapshot) {
+        match core.manager.ready() {
             Some(credential) => {
                 let (mut parts, body) = req.into_parts();
                 let body = replay_body(core, body);
@@ -294,7 +290,6 @@ impl<S: Clone, C> Clone for TokenRefresh<S, C> {
         Self {
             inner: self.inner.clone(),
             lanes: self.lanes.clone(),
-            snapshot: self.snapshot.clone(),
         }
     }
 }
