@@ -23,9 +23,10 @@ use super::snapshot::Marks;
 use super::{Credential, Shared, Snapshot};
 
 /// Token states (layers) a thread keeps copies for. Past this, requests
-/// through further layers clone the shared value, as if there were no
-/// copies: evicting one instead would make two copies churn on every
-/// request once a thread uses more layers than this in turn.
+/// through further layers load the snapshot and clone its shared value,
+/// as if there were no copies: evicting one instead would make two copies
+/// churn on every request once a thread uses more layers than this in
+/// turn.
 const STATES_PER_THREAD: usize = 8;
 
 thread_local! {
