@@ -1361,12 +1361,7 @@ fn loads_from_snapshot() -> usize {
 /// loads the snapshot again and gets what it says.
 #[tokio::test(start_paused = true)]
 async fn the_threads_copy_vouches_for_a_fresh_token_until_it_is_replaced_rejected_or_stale() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&calls);
-    let source = refresh_fn(move |_| {
-        counted.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, RefreshError>(TokenSet::new("refreshed").with_expires_in(HUNDRED)) }
-    });
+    let (source, issuer) = issuer(&Api::default(), Some(HUNDRED), Duration::ZERO);
     let layer = TokenRefreshLayer::builder(source)
         .initial_tokens(TokenSet::new("a").with_expires_in(HUNDRED))
         .build();
@@ -1405,8 +1400,8 @@ async fn the_threads_copy_vouches_for_a_fresh_token_until_it_is_replaced_rejecte
     let _ = manager.ready();
     assert_eq!(loads_from_snapshot(), after_rejection + 1, "rejected");
     settle().await;
-    assert_eq!(header(manager.ready()).unwrap(), "Bearer refreshed");
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(header(manager.ready()).unwrap(), "Bearer tok-1");
+    assert_eq!(issuer.calls(), 1);
 
     // Into the advisory window: the clock, read by the copy's check since
     // no watcher vouches on this runtime, sends the request the long way,
@@ -1416,10 +1411,10 @@ async fn the_threads_copy_vouches_for_a_fresh_token_until_it_is_replaced_rejecte
     let before_stale = loads_from_snapshot();
     assert_eq!(
         header(manager.ready()).unwrap(),
-        "Bearer refreshed",
+        "Bearer tok-1",
         "still sent"
     );
     assert_eq!(loads_from_snapshot(), before_stale + 1, "stale");
     settle().await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "a background refresh ran");
+    assert_eq!(issuer.calls(), 2, "a background refresh ran");
 }
