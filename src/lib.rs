@@ -2,10 +2,11 @@
 //! without the caller noticing.
 //!
 //! - **Lock-free hot path**: the token sits in an `ArcSwap`; a request with a
-//!   fresh token costs a cached pointer compare, two reference-count bumps
-//!   (the precomputed header's bytes and the shared state its response
-//!   future keeps) and, with reactive retry on, a copy of the request head
-//!   for the retry.
+//!   fresh token costs a look-up of the sending thread's own copy of the
+//!   precomputed header and one atomic read of the token's flags, two
+//!   reference-count bumps (the header's bytes and the shared state its
+//!   response future keeps) and, with reactive retry on, a copy of the
+//!   request head for the retry.
 //! - **Proactive refresh**: inside the advisory window requests keep going
 //!   while one background refresh runs; inside the mandatory window they
 //!   wait for it. An optional timer refreshes even without traffic.

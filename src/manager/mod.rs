@@ -335,10 +335,12 @@ impl TokenManager {
     /// The hot path: a credential if the current token may be sent now.
     ///
     /// Lock-free. A fresh token costs a look at the calling thread's copy of
-    /// its header and one load of its flags (see `thread_copy`); otherwise
-    /// the snapshot is loaded, which makes or renews that copy. In the
-    /// stale window it also starts one background refresh (unless one runs
-    /// or a backoff is active, which the gate tells without the lock).
+    /// its header and one load of its flags (see `thread_copy`), and where
+    /// no watcher vouches for it (a current-thread runtime) a load of
+    /// whether the timer runs and a clock read. Otherwise the snapshot is
+    /// loaded, which makes or renews that copy. In the stale window it also
+    /// starts one background refresh (unless one runs or a backoff is
+    /// active, which the gate tells without the lock).
     #[inline]
     pub(crate) fn ready(&self) -> Option<Credential> {
         match thread_copy::vouched(&self.shared) {
@@ -348,15 +350,17 @@ impl TokenManager {
     }
 
     /// [`ready`](Self::ready) when the thread's copy cannot vouch for the
-    /// token: the first request on a thread, or the first since the token
-    /// changed, went stale or was rejected.
+    /// token: the first request on a thread, or since the token changed or
+    /// was rejected; every request from shortly before the stale window
+    /// on (the watcher's lead), and while the timer is not running; and
+    /// through a thread's layers past the copies it keeps.
     #[inline(never)]
     fn ready_from_snapshot(&self) -> Option<Credential> {
         #[cfg(test)]
         tests::FROM_SNAPSHOT.with(|count| count.set(count.get() + 1));
         let snapshot = self.shared.snapshot.load();
-        // A token the watcher vouches for costs one load: the watcher is
-        // the timer, so it has started too.
+        // A token the watcher vouches for needs no more checks: the
+        // watcher is the timer, so it has started too.
         if !snapshot.kept_fresh() && !self.admits(&snapshot) {
             return None;
         }
@@ -945,12 +949,17 @@ impl Shared {
     /// Stores the next generation. Callers hold the `control` lock, which is
     /// what makes generations strictly increasing.
     fn install(&self, prepared: Prepared) -> Arc<Snapshot> {
-        let generation = self.snapshot.load().generation + 1;
+        let replaced = self.snapshot.load();
+        let generation = replaced.generation + 1;
         let snapshot = Arc::new(prepared.into_snapshot(generation, Instant::now(), &self.config));
-        let replaced = self.snapshot.swap(Arc::clone(&snapshot));
-        // After the swap: a thread whose copy of the old header sees the
-        // mark finds the new snapshot in the `ArcSwap`.
+        // Marked before the store, so that a thread that has loaded the new
+        // snapshot sees the mark too and its copy of the old header vouches
+        // no more: marked after, `TokenHandle::bearer` could be handed the
+        // old header by the copy while the new snapshot said otherwise, and
+        // ask again until the mark came. A thread that sees the mark early
+        // loads the old snapshot, still the current one, as before.
         replaced.mark_replaced();
+        self.snapshot.store(Arc::clone(&snapshot));
         snapshot
     }
 }

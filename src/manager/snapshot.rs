@@ -234,11 +234,10 @@ pub(crate) struct Marks {
 impl Marks {
     /// Whether the token these marks belong to may be sent as it is: not
     /// replaced, rejected or stale, and either vouched for by the watcher
-    /// or (with the manager's timer running, which [`TokenManager::ready`]
-    /// otherwise starts) shown fresh by the clock. `false` sends the
-    /// request the long way, which also starts what a stale token needs.
-    ///
-    /// [`TokenManager::ready`]: super::TokenManager::ready
+    /// or (with the manager's timer running, which the long way otherwise
+    /// starts) shown fresh by the clock. `false` sends the request the long
+    /// way, loading the snapshot, which also starts what a stale token
+    /// needs.
     #[inline]
     pub(crate) fn vouch(&self, timer_started: &AtomicBool) -> bool {
         let flags = self.flags.load(Ordering::Acquire);
