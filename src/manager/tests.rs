@@ -1371,15 +1371,18 @@ async fn the_threads_copy_vouches_for_a_fresh_token_until_it_is_replaced_rejecte
     let start = loads_from_snapshot();
     assert_eq!(header(manager.ready()).unwrap(), "Bearer a");
     assert_eq!(loads_from_snapshot(), start + 1, "the first makes the copy");
-    let api = tower::service_fn(|_: http::Request<crate::ReplayBody<String>>| async {
-        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    let api = tower::service_fn(|request: Request<crate::ReplayBody<String>>| async move {
+        let sent = request.headers()[http::header::AUTHORIZATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        Ok::<_, std::convert::Infallible>(http::Response::new(sent))
     });
     let client = tower::Layer::layer(&layer, api);
     for _ in 0..3 {
-        let request = http::Request::new(String::new());
-        tower::ServiceExt::oneshot(client.clone(), request)
-            .await
-            .unwrap();
+        let request = Request::new(String::new());
+        let response = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.body(), "Bearer a");
     }
     assert_eq!(
         loads_from_snapshot(),
@@ -1417,4 +1420,51 @@ async fn the_threads_copy_vouches_for_a_fresh_token_until_it_is_replaced_rejecte
     assert_eq!(loads_from_snapshot(), before_stale + 1, "stale");
     settle().await;
     assert_eq!(issuer.calls(), 2, "a background refresh ran");
+}
+
+/// On a runtime whose watcher vouches for the token, the thread's copy
+/// sends it on the watcher's word alone (its flags are exactly `watched`),
+/// and stops the moment the token is replaced or rejected. Real time: the
+/// watcher vouches only on a multi-thread runtime. The test's body runs on
+/// one thread (`block_on`), so its requests go through one thread's copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_tokens_copy_stops_vouching_once_it_is_replaced_or_rejected() {
+    let (source, issuer) = issuer(&Api::default(), Some(HUNDRED), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("a").with_expires_in(HUNDRED))
+        .build();
+    let manager = &layer.core.manager;
+    let header = || manager.ready().map(|credential| credential.header);
+    let watched = || manager.shared.snapshot.load().is_watched();
+
+    wait_for("the watcher to vouch for the token", watched).await;
+    assert_eq!(header().unwrap(), "Bearer a");
+    let loads = loads_from_snapshot();
+    assert_eq!(header().unwrap(), "Bearer a");
+    assert_eq!(loads_from_snapshot(), loads, "sent on the watcher's word");
+
+    manager
+        .set_tokens(TokenSet::new("b").with_expires_in(HUNDRED))
+        .unwrap();
+    assert_eq!(header().unwrap(), "Bearer b", "replaced");
+
+    wait_for("the watcher to vouch for the new token", watched).await;
+    let credential = manager.ready().unwrap();
+    assert_eq!(header().unwrap(), "Bearer b");
+    let _ = manager.rejected(credential.generation);
+    assert_ne!(header(), Some(credential.header), "rejected");
+    wait_for("the refresh", || issuer.calls() == 1).await;
+}
+
+/// Until `condition` holds, polling each millisecond of real time; panics
+/// after 5 s, saying what was awaited.
+async fn wait_for(what: &str, condition: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(5), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    waited
+        .await
+        .unwrap_or_else(|_| panic!("waited 5 s for {what}"));
 }
