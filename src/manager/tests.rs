@@ -1354,6 +1354,15 @@ fn loads_from_snapshot() -> usize {
     FROM_SNAPSHOT.with(std::cell::Cell::get)
 }
 
+/// A layer starting with token `a`, refreshed by an issuer of `tok-1`, …
+fn sending_a() -> (TokenRefreshLayer, crate::test_support::Issuer) {
+    let (source, issuer) = issuer(&Api::default(), Some(HUNDRED), Duration::ZERO);
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("a").with_expires_in(HUNDRED))
+        .build();
+    (layer, issuer)
+}
+
 /// A fresh token is sent from the thread's copy of its header, without
 /// loading the snapshot, through every clone of a service alike (a service
 /// cloned per request used to load it each time); the copy stops vouching
@@ -1361,10 +1370,7 @@ fn loads_from_snapshot() -> usize {
 /// loads the snapshot again and gets what it says.
 #[tokio::test(start_paused = true)]
 async fn the_threads_copy_vouches_for_a_fresh_token_until_it_is_replaced_rejected_or_stale() {
-    let (source, issuer) = issuer(&Api::default(), Some(HUNDRED), Duration::ZERO);
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("a").with_expires_in(HUNDRED))
-        .build();
+    let (layer, issuer) = sending_a();
     let manager = &layer.core.manager;
     let header = |credential: Option<super::Credential>| credential.map(|c| c.header);
 
@@ -1429,10 +1435,7 @@ async fn the_threads_copy_vouches_for_a_fresh_token_until_it_is_replaced_rejecte
 /// one thread (`block_on`), so its requests go through one thread's copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watched_tokens_copy_stops_vouching_once_it_is_replaced_or_rejected() {
-    let (source, issuer) = issuer(&Api::default(), Some(HUNDRED), Duration::ZERO);
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(TokenSet::new("a").with_expires_in(HUNDRED))
-        .build();
+    let (layer, issuer) = sending_a();
     let manager = &layer.core.manager;
     let header = || manager.ready().map(|credential| credential.header);
     let watched = || manager.shared.snapshot.load().is_watched();
