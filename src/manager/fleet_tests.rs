@@ -12,7 +12,9 @@ use tower::ServiceBuilder;
 
 use crate::store::{Lease, MemoryStore, Record, StoreError, TokenStore};
 use crate::test_support::rotating::{Rotating, LIFETIME};
-use crate::test_support::{burst, recording, recording_pairs, sent, Api, Presented};
+use crate::test_support::{
+    burst, recording, recording_pairs, sent, until_real_time, Api, Presented,
+};
 use crate::{refresh_fn, Refresh, RefreshError, TokenRefreshLayer, TokenSet};
 
 fn all_ok(results: &[Result<(StatusCode, String), crate::BoxError>]) -> bool {
@@ -644,7 +646,7 @@ async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fre
     // later ones: the way that trusts the watcher's promise without
     // loading the snapshot.
     assert!(manager.ready().is_some(), "fresh at first");
-    until("the watcher promises to raise `stale`", || {
+    until_real_time("the watcher promises to raise `stale`", || {
         is_watched(manager)
     })
     .await;
@@ -688,18 +690,6 @@ async fn announce_while_loads_hang(store: &FaultyLoads) {
     store.inner.compare_and_swap(None, announced).await.unwrap();
 }
 
-/// Until `condition` holds, polling each millisecond of real time; panics
-/// after 5 s, saying what was awaited.
-async fn until(what: &str, condition: impl Fn() -> bool) {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("not within 5 s: {what}"));
-}
-
 /// Found in review: the watcher adopted an announced version inline and,
 /// for its promise to stay true, stopped watching meanwhile: after each
 /// sibling's announcement, requests read the clock for a store round trip
@@ -711,11 +701,11 @@ async fn the_watcher_keeps_watching_while_an_adoption_waits_for_the_store() {
     let store = FaultyLoads::default();
     let layer = watched_layer(&store, LIFETIME);
     let manager = &layer.core.manager;
-    until("the watcher watches", || is_watched(manager)).await;
+    until_real_time("the watcher watches", || is_watched(manager)).await;
 
     let loads = store.loads.load(Ordering::SeqCst);
     announce_while_loads_hang(&store).await;
-    until("the adoption's load begins", || {
+    until_real_time("the adoption's load begins", || {
         store.loads.load(Ordering::SeqCst) > loads
     })
     .await;

@@ -11,8 +11,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::test_support::{
     burst, expect_error, failing, get, issuer, old_token_layer, panics_on_this_thread,
-    paused_runtime, recording, recording_pairs, send, sent, settle, yield_until, Api,
-    PresentedPairs, TestBody,
+    paused_runtime, recording, recording_pairs, send, sent, settle, until_real_time, yield_until,
+    Api, PresentedPairs, TestBody,
 };
 use crate::{
     refresh_fn, Backoff, Builder, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet,
@@ -603,13 +603,7 @@ fn a_watcher_lost_with_its_runtime_hands_freshness_back_to_the_clock() {
         // The watcher runs and promises to mark the token stale: the
         // promise its task's end must take back.
         let watched = || layer.core.manager.shared.snapshot.load().is_watched();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while !watched() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .await
-        .expect("the watcher promised");
+        until_real_time("the watcher's promise", watched).await;
         (layer, client)
     });
     drop(first); // takes the watcher task with it
@@ -1440,7 +1434,7 @@ async fn a_watched_tokens_copy_stops_vouching_once_it_is_replaced_or_rejected() 
     let header = || manager.ready().map(|credential| credential.header);
     let watched = || manager.shared.snapshot.load().is_watched();
 
-    wait_for("the watcher to vouch for the token", watched).await;
+    until_real_time("the watcher to vouch for the token", watched).await;
     assert_eq!(header().unwrap(), "Bearer a");
     let loads = loads_from_snapshot();
     assert_eq!(header().unwrap(), "Bearer a");
@@ -1451,23 +1445,10 @@ async fn a_watched_tokens_copy_stops_vouching_once_it_is_replaced_or_rejected() 
         .unwrap();
     assert_eq!(header().unwrap(), "Bearer b", "replaced");
 
-    wait_for("the watcher to vouch for the new token", watched).await;
+    until_real_time("the watcher to vouch for the new token", watched).await;
     let credential = manager.ready().unwrap();
     assert_eq!(header().unwrap(), "Bearer b");
     let _ = manager.rejected(credential.generation);
     assert_ne!(header(), Some(credential.header), "rejected");
-    wait_for("the refresh", || issuer.calls() == 1).await;
-}
-
-/// Until `condition` holds, polling each millisecond of real time; panics
-/// after 5 s, saying what was awaited.
-async fn wait_for(what: &str, condition: impl Fn() -> bool) {
-    let waited = tokio::time::timeout(Duration::from_secs(5), async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    });
-    waited
-        .await
-        .unwrap_or_else(|_| panic!("waited 5 s for {what}"));
+    until_real_time("the refresh", || issuer.calls() == 1).await;
 }

@@ -462,6 +462,19 @@ pub(crate) async fn yield_until(what: &str, done: impl Fn() -> bool) {
     panic!("{what}: not after {AT_MOST} yields");
 }
 
+/// Until `condition` holds, polling each millisecond of real time; panics
+/// after 5 s, saying what was awaited. For multi-thread runtimes, whose
+/// clock cannot be paused (the watcher vouches for tokens only there).
+pub(crate) async fn until_real_time(what: &str, condition: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not within 5 s: {what}"));
+}
+
 /// Lets spawned tasks run until they wait on something outside them.
 pub(crate) async fn settle() {
     for _ in 0..10 {
