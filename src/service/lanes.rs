@@ -179,22 +179,32 @@ mod tests {
     fn a_clone_sends_through_the_lane_of_the_thread_using_it() {
         let lanes = lanes(2);
         let here = Arc::as_ptr(lanes.current()) as usize;
+        let here_slot = thread_number() % 2;
         // A clone made here and used on another thread, as a service cloned
-        // for each worker is.
-        let clone = lanes.clone();
-        let elsewhere = std::thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    let number = thread_number();
-                    (number, Arc::as_ptr(clone.current()) as usize)
-                })
-                .join()
-                .unwrap()
-        });
-        let expected = Arc::as_ptr(&lanes.all.slots[elsewhere.0 % 2]) as usize;
-        assert_eq!(elsewhere.1, expected);
-        let mine = Arc::as_ptr(&lanes.all.slots[thread_number() % 2]) as usize;
-        assert_eq!(here, mine);
+        // for each worker is: threads are started until one's number falls
+        // on the other lane (tests running in parallel take numbers too),
+        // so that a clone keeping the lane of the thread that made it would
+        // be seen.
+        for _ in 0..64 {
+            let clone = lanes.clone();
+            let (other_lane, used) = std::thread::scope(|scope| {
+                scope
+                    .spawn(move || {
+                        let other_lane = thread_number() % 2 != here_slot;
+                        (other_lane, Arc::as_ptr(clone.current()) as usize)
+                    })
+                    .join()
+                    .unwrap()
+            });
+            if other_lane {
+                assert_ne!(
+                    used, here,
+                    "sent through the lane of the thread that cloned"
+                );
+                return;
+            }
+        }
+        panic!("64 threads in a row fell on this thread's lane");
     }
 
     #[test]
