@@ -166,11 +166,14 @@ fn param_of(item: &str) -> Option<(&str, &str)> {
 /// before sending any message).
 ///
 /// A status that arrives in the trailers, after the response headers, is
-/// not seen: only the head decides. A call whose stream already delivered
-/// messages has produced output and must not be replayed; one that sent
-/// headers and then failed with no message at all (as a tonic
+/// not retried: only the head decides. A call whose stream already
+/// delivered messages has produced output and must not be replayed; one
+/// that sent headers and then failed with no message at all (as a tonic
 /// server-streaming handler whose first item is an error does) is not
-/// retried either, and the caller gets its status.
+/// retried either, and the caller gets its status. Through
+/// [`tonic::with_token_refresh`] such an UNAUTHENTICATED still counts: the
+/// token is marked rejected and refreshed, so that the next call does not
+/// go out with it.
 ///
 /// ```
 /// use http::{HeaderMap, HeaderValue, StatusCode};
@@ -183,17 +186,32 @@ fn param_of(item: &str) -> Option<(&str, &str)> {
 /// trailers_only.insert("grpc-status", HeaderValue::from_static("7")); // PERMISSION_DENIED
 /// assert!(!Grpc.is_rejection(StatusCode::OK, &trailers_only));
 /// ```
+///
+#[cfg_attr(
+    feature = "tonic",
+    doc = "[`tonic::with_token_refresh`]: crate::tonic::with_token_refresh"
+)]
+#[cfg_attr(
+    not(feature = "tonic"),
+    doc = "[`tonic::with_token_refresh`]: https://docs.rs/tower-token-refresh/latest/tower_token_refresh/tonic/fn.with_token_refresh.html"
+)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Grpc;
 
 impl ClassifyRejection for Grpc {
     #[inline]
     fn is_rejection(&self, status: StatusCode, headers: &HeaderMap) -> bool {
-        Unauthorized.is_rejection(status, headers)
-            || headers
-                .get("grpc-status")
-                .is_some_and(|value| value.as_bytes() == b"16")
+        Unauthorized.is_rejection(status, headers) || grpc_unauthenticated(headers)
     }
+}
+
+/// `grpc-status: 16` (UNAUTHENTICATED) in `headers`, a response's or its
+/// trailers.
+#[inline]
+pub(crate) fn grpc_unauthenticated(headers: &HeaderMap) -> bool {
+    headers
+        .get("grpc-status")
+        .is_some_and(|value| value.as_bytes() == b"16")
 }
 
 /// A classifier made from a closure; see [`classify_fn`].

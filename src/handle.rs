@@ -60,6 +60,13 @@ impl TokenHandle {
         Self { manager }
     }
 
+    /// A server rejected the token whose header is `sent` once there was
+    /// no request left to retry (see `tonic::WatchedBody`).
+    #[cfg(feature = "tonic")]
+    pub(crate) fn rejected_after_response(&self, sent: &http::HeaderValue) {
+        self.manager.rejected_after_response(sent);
+    }
+
     /// Counters of refreshes, waits, rejections and retries so far.
     ///
     /// ```

@@ -26,6 +26,8 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+#[cfg(feature = "tonic")]
+use http::HeaderValue;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
@@ -440,6 +442,30 @@ impl TokenManager {
             }
         }
         decision
+    }
+
+    /// A server rejected the token whose header is `sent` after its
+    /// response had begun (gRPC's UNAUTHENTICATED in a stream's trailers):
+    /// there is no request left to retry, but the next one should not go
+    /// out with that token. Decided as [`rejected`](Self::rejected) decides
+    /// for the token's generation, which it looks up by header: still the
+    /// current token, it is marked rejected and its refresh started (on
+    /// its own task, with no one waiting for it here). Any other header is
+    /// left alone, uncounted: a token already replaced needs nothing, and
+    /// a header that was never this layer's (a call the layer let through
+    /// untouched) is none of its business.
+    #[cfg(feature = "tonic")]
+    pub(crate) fn rejected_after_response(&self, sent: &HeaderValue) {
+        let generation = {
+            let snapshot = self.shared.snapshot.load();
+            if snapshot.header.as_ref() != Some(sent) {
+                return;
+            }
+            snapshot.generation
+        };
+        // What to do with a request; there is none. A refresh it started
+        // runs without it.
+        drop(self.rejected(generation));
     }
 
     /// For a rejection of `generation`, a token that came from a refresh

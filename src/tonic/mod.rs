@@ -53,7 +53,13 @@
 //! A status sent after the response headers, in the *trailers* (a server
 //! stream cut short because its token was revoked, or a handler that
 //! answers headers first and then fails with no message at all), is never
-//! seen by the layer and never retried: the caller gets the status.
+//! retried: the caller gets the status, and may already hold messages of
+//! the call. An UNAUTHENTICATED there still tells the layer that the
+//! token is bad: the response's body ([`WatchedBody`]) reports it as its
+//! trailers are read, and the token the call went out with, if still the
+//! current one, is marked rejected and refreshed there and then. The next
+//! call goes out with the new token instead of being rejected and retried
+//! (which a request over the replay cap could not be).
 //!
 //! # Errors
 //!
@@ -95,16 +101,18 @@
 //! endpoint whatever that origin says, so an `https` origin over an
 //! `http://` channel would let the token go out in clear.
 
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::Request;
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
 use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::classify::Grpc;
-use crate::{BoxError, Error, TokenRefresh, TokenRefreshLayer};
+use crate::{BoxError, Error, TokenHandle, TokenRefresh, TokenRefreshLayer};
+use watched_body::Watch;
 
 /// `get_ref`, `get_mut` and `into_inner` for a wrapper of this module
 /// made with `new(inner)`, each with its example.
@@ -147,8 +155,12 @@ mod deadline;
 #[cfg(test)]
 mod tests;
 mod timeout_header;
+mod watched_body;
+#[cfg(test)]
+mod watched_body_tests;
 
 pub use deadline::{DeadlineFuture, GrpcDeadline};
+pub use watched_body::WatchedBody;
 
 /// A tonic channel (or any service taking `Request<tonic::body::Body>`)
 /// behind the token layer, as [`with_token_refresh`] makes it: the type to
@@ -191,7 +203,7 @@ pub type GrpcTokenRefresh<S, C = Grpc> = GrpcDeadline<TokenRefresh<IntoTonicBody
 /// The layer must classify with [`Grpc`]: with the default (`401` only),
 /// an UNAUTHENTICATED call would reach the caller without a refresh. For a
 /// classifier of your own, write
-/// `GrpcDeadline::new(layer.layer(IntoTonicBody::new(service)))`.
+/// `GrpcDeadline::new(layer.layer(IntoTonicBody::reporting_to(service, layer.handle())))`.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -228,7 +240,8 @@ pub type GrpcTokenRefresh<S, C = Grpc> = GrpcDeadline<TokenRefresh<IntoTonicBody
 /// # }
 /// ```
 pub fn with_token_refresh<S>(service: S, layer: &TokenRefreshLayer<Grpc>) -> GrpcTokenRefresh<S> {
-    GrpcDeadline::new(layer.layer(IntoTonicBody::new(service)))
+    let channel = IntoTonicBody::reporting_to(service, layer.handle());
+    GrpcDeadline::new(layer.layer(channel))
 }
 
 /// The crate's [`Error`] behind a call's `Status`, if the layer failed the
@@ -268,7 +281,9 @@ pub fn token_error(status: &tonic::Status) -> Option<&Error> {
 /// `tonic::transport::Channel`), so that a channel can sit below
 /// [`TokenRefresh`], which sends `Request<ReplayBody<B>>`. Below a
 /// [`GrpcDeadline`], it also sets each attempt's `grpc-timeout` to what is
-/// left of the call's.
+/// left of the call's. Made with [`reporting_to`](Self::reporting_to), it
+/// also tells the layer of an UNAUTHENTICATED in a response's trailers
+/// (see [`WatchedBody`]).
 ///
 /// [`with_token_refresh`] uses it; with `ServiceBuilder`, put it below the
 /// layer (and [`GrpcDeadline`] above it):
@@ -292,12 +307,13 @@ pub fn token_error(status: &tonic::Status) -> Option<&Error> {
 ///     let bearer = req.headers()["authorization"].to_str().unwrap().to_owned();
 ///     Ok::<_, Infallible>(Response::new(bearer))
 /// });
+/// let handle = layer.handle();
 /// let client = ServiceBuilder::new()
 ///     .layer(layer)
-///     .layer_fn(IntoTonicBody::new)
+///     .layer_fn(|channel| IntoTonicBody::reporting_to(channel, handle.clone()))
 ///     .service(channel);
 /// let response = client.oneshot(Request::new(tonic::body::Body::empty())).await.unwrap();
-/// assert_eq!(response.body(), "Bearer access");
+/// assert_eq!(response.body().get_ref(), "Bearer access");
 /// # }
 /// ```
 ///
@@ -307,10 +323,13 @@ pub fn token_error(status: &tonic::Status) -> Option<&Error> {
 #[derive(Debug, Clone)]
 pub struct IntoTonicBody<S> {
     inner: S,
+    // Told of UNAUTHENTICATED in a response's trailers.
+    reports_to: Option<TokenHandle>,
 }
 
 impl<S> IntoTonicBody<S> {
-    /// Wraps `inner`.
+    /// Wraps `inner`; responses are passed on as they come, in a
+    /// [`WatchedBody`] that watches nothing.
     ///
     /// ```
     /// use http_body::Body as _;
@@ -323,24 +342,75 @@ impl<S> IntoTonicBody<S> {
     /// }));
     /// let request = http::Request::new(http_body_util::Full::new(bytes::Bytes::from("hello")));
     /// let response = service.oneshot(request).await.unwrap();
-    /// assert_eq!(*response.body(), Some(5));
+    /// assert_eq!(*response.body().get_ref(), Some(5));
     /// # }
     /// ```
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            reports_to: None,
+        }
+    }
+
+    /// Wraps `inner`, telling `handle`'s layer when a response's trailers
+    /// say UNAUTHENTICATED: the token the call went out with, if still
+    /// the current one, is marked rejected and refreshed, so that the next
+    /// call does not go out with it (see [`WatchedBody`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http_body_util::BodyExt;
+    /// use tower::ServiceExt;
+    /// use tower_token_refresh::classify::Grpc;
+    /// use tower_token_refresh::tonic::{GrpcDeadline, IntoTonicBody};
+    /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // A server stream cut short: its token was revoked after it began.
+    /// let channel = tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+    ///     let status = tonic::Status::unauthenticated("token revoked");
+    ///     let trailers = status.into_http::<tonic::body::Body>().into_parts().0.headers;
+    ///     let body = http_body_util::Full::new(bytes::Bytes::from("a message"))
+    ///         .with_trailers(async { Some(Ok(trailers)) });
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::new(body)))
+    /// });
+    /// let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+    ///         Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(Duration::from_secs(60)))
+    ///     }))
+    ///     .classifier(Grpc)
+    ///     .initial_tokens(TokenSet::new("old").with_expires_in(Duration::from_secs(60)))
+    ///     .build();
+    /// let handle = layer.handle();
+    /// let client = GrpcDeadline::new(
+    ///     tower::Layer::layer(&layer, IntoTonicBody::reporting_to(channel, handle.clone())),
+    /// );
+    ///
+    /// let response = client.oneshot(http::Request::new(tonic::body::Body::empty())).await.unwrap();
+    /// let trailers = response.into_body().collect().await.unwrap().trailers().cloned();
+    /// // The caller gets the status; the next call gets a new token.
+    /// assert_eq!(trailers.unwrap()["grpc-status"], "16");
+    /// assert_eq!(handle.bearer().await.unwrap().expose(), "new");
+    /// assert_eq!((handle.stats().rejections, handle.stats().retries), (1, 0));
+    /// # }
+    /// ```
+    pub fn reporting_to(inner: S, handle: TokenHandle) -> Self {
+        Self {
+            inner,
+            reports_to: Some(handle),
+        }
     }
 
     inner_accessors!(IntoTonicBody);
 }
 
-impl<S, B> Service<Request<B>> for IntoTonicBody<S>
+impl<S, B, ResBody> Service<Request<B>> for IntoTonicBody<S>
 where
-    S: Service<Request<tonic::body::Body>>,
+    S: Service<Request<tonic::body::Body>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = S::Response;
+    type Response = Response<WatchedBody<ResBody>>;
     type Error = BoxError;
     type Future = AttemptFuture<S::Future>;
 
@@ -356,22 +426,33 @@ where
             // and its time ran out) the attempt is not sent: the server
             // would get a call the client has given up on.
             if !deadline.write_remaining(req.headers_mut()) {
-                return AttemptFuture { sent: None };
+                return AttemptFuture {
+                    sent: None,
+                    watch: None,
+                };
             }
         }
+        let watch = self.reports_to.as_ref().and_then(|handle| {
+            let sent = req.headers().get(AUTHORIZATION)?.clone();
+            Some(Watch {
+                handle: handle.clone(),
+                sent,
+            })
+        });
         // An empty body becomes tonic's allocation-free empty body; anything
         // else is boxed once, as tonic boxes every body it sends.
         AttemptFuture {
             sent: Some(self.inner.call(req.map(tonic::body::Body::new))),
+            watch,
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The response future of [`IntoTonicBody`]: the inner service's, or
-    /// [`tonic::TimeoutExpired`] for an attempt due after its call's
-    /// deadline (set by [`GrpcDeadline`] above the layer), which is not
-    /// sent.
+    /// The response future of [`IntoTonicBody`]: the inner service's, its
+    /// body in a [`WatchedBody`], or [`tonic::TimeoutExpired`] for an
+    /// attempt due after its call's deadline (set by [`GrpcDeadline`]
+    /// above the layer), which is not sent.
     ///
     /// ```
     /// use tower::{Service, ServiceExt};
@@ -384,7 +465,7 @@ pin_project_lite::pin_project! {
     /// let request = http::Request::new(tonic::body::Body::empty());
     /// let ready = ServiceExt::<http::Request<tonic::body::Body>>::ready(&mut service).await;
     /// let future: AttemptFuture<_> = ready.unwrap().call(request);
-    /// assert_eq!(*future.await.unwrap().body(), "answer");
+    /// assert_eq!(*future.await.unwrap().body().get_ref(), "answer");
     /// # }
     /// ```
     #[must_use = "futures do nothing unless polled"]
@@ -392,21 +473,26 @@ pin_project_lite::pin_project! {
         // `None`: not sent, no time was left.
         #[pin]
         sent: Option<F>,
+        // Handed to the response's body.
+        watch: Option<Watch>,
     }
 }
 
-impl<F, T, E> std::future::Future for AttemptFuture<F>
+impl<F, B, E> std::future::Future for AttemptFuture<F>
 where
-    F: std::future::Future<Output = Result<T, E>>,
+    F: std::future::Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<Response<WatchedBody<B>>, BoxError>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().sent.as_pin_mut() {
-            Some(fut) => fut.poll(cx).map_err(Into::into),
-            None => Poll::Ready(Err(tonic::TimeoutExpired(()).into())),
-        }
+        let this = self.project();
+        let Some(sent) = this.sent.as_pin_mut() else {
+            return Poll::Ready(Err(tonic::TimeoutExpired(()).into()));
+        };
+        let response = ready!(sent.poll(cx)).map_err(Into::into)?;
+        let watch = this.watch.take();
+        Poll::Ready(Ok(response.map(|body| WatchedBody::new(body, watch))))
     }
 }
 

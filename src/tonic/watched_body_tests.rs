@@ -1,0 +1,136 @@
+//! UNAUTHENTICATED in a response's trailers, told to the layer by
+//! [`WatchedBody`]: the token the call went out with is refreshed for the
+//! next call, and the call itself is not retried.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower::util::BoxCloneService;
+use tower::ServiceExt;
+
+use super::{with_token_refresh, WatchedBody};
+use crate::classify::Grpc;
+use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+
+type Channel = BoxCloneService<Request<tonic::body::Body>, Response<tonic::body::Body>, Infallible>;
+
+/// A channel that answers every call with one message and then `code` in
+/// its trailers, as a server stream ends; counts the calls.
+fn channel(code: tonic::Code, calls: &Arc<AtomicUsize>) -> Channel {
+    let calls = Arc::clone(calls);
+    BoxCloneService::new(tower::service_fn(move |_: Request<tonic::body::Body>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        // What a server's status becomes: its headers, as trailers.
+        let status = tonic::Status::new(code, "stream over");
+        let trailers = status
+            .into_http::<tonic::body::Body>()
+            .into_parts()
+            .0
+            .headers;
+        let body = Full::new(Bytes::from_static(b"tick"))
+            .with_trailers(async move { Some(Ok::<_, Infallible>(trailers)) });
+        async move { Ok(Response::new(tonic::body::Body::new(body))) }
+    }))
+}
+
+/// A layer starting from `old`, whose refreshes bring `new`.
+fn layer() -> TokenRefreshLayer<Grpc> {
+    let an_hour = Duration::from_secs(3600);
+    TokenRefreshLayer::builder(refresh_fn(move |_| async move {
+        Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(an_hour))
+    }))
+    .classifier(Grpc)
+    .initial_tokens(TokenSet::new("old").with_expires_in(an_hour))
+    .build()
+}
+
+/// The body's trailers, read to the end.
+async fn trailers_of(response: Response<WatchedBody<tonic::body::Body>>) -> HeaderMap {
+    let collected = response.into_body().collect().await.expect("a body");
+    collected.trailers().cloned().expect("trailers")
+}
+
+fn call() -> Request<tonic::body::Body> {
+    Request::new(tonic::body::Body::empty())
+}
+
+#[tokio::test]
+async fn unauthenticated_in_the_trailers_refreshes_the_token_the_call_went_out_with() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer();
+    let handle = layer.handle();
+    let client = with_token_refresh(channel(tonic::Code::Unauthenticated, &calls), &layer);
+
+    let response = client.oneshot(call()).await.expect("a response");
+    assert_eq!(
+        handle.stats().rejections,
+        0,
+        "nothing known before the trailers"
+    );
+    let trailers = trailers_of(response).await;
+
+    // The caller gets the status, and the call is not sent again.
+    assert_eq!(trailers["grpc-status"], "16");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The token it went out with is not handed out again.
+    assert_eq!(handle.bearer().await.unwrap().expose(), "new");
+    let stats = handle.stats();
+    assert_eq!(
+        (stats.rejections, stats.refreshes, stats.retries),
+        (1, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn other_statuses_in_the_trailers_change_nothing() {
+    for code in [tonic::Code::Ok, tonic::Code::PermissionDenied] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = layer();
+        let handle = layer.handle();
+        let client = with_token_refresh(channel(code, &calls), &layer);
+
+        let trailers = trailers_of(client.oneshot(call()).await.unwrap()).await;
+
+        assert_eq!(trailers["grpc-status"], (code as i32).to_string());
+        assert_eq!(handle.bearer().await.unwrap().expose(), "old", "{code:?}");
+        let stats = handle.stats();
+        assert_eq!((stats.rejections, stats.refreshes), (0, 0), "{code:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_trailers_of_a_call_whose_token_was_replaced_meanwhile_change_nothing() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer();
+    let handle = layer.handle();
+    let client = with_token_refresh(channel(tonic::Code::Unauthenticated, &calls), &layer);
+
+    let response = client.oneshot(call()).await.unwrap();
+    // Signed in again while the stream ran.
+    let later = TokenSet::new("signed-in").with_expires_in(Duration::from_secs(3600));
+    handle.set_tokens(later).unwrap();
+    let trailers = trailers_of(response).await;
+
+    assert_eq!(trailers["grpc-status"], "16");
+    assert_eq!(handle.bearer().await.unwrap().expose(), "signed-in");
+    let stats = handle.stats();
+    assert_eq!((stats.rejections, stats.refreshes), (0, 0));
+}
+
+#[tokio::test]
+async fn a_watched_body_does_not_show_its_token() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer();
+    let client = with_token_refresh(channel(tonic::Code::Ok, &calls), &layer);
+
+    let response = client.oneshot(call()).await.unwrap();
+    let shown = format!("{:?}", response.body());
+
+    assert!(shown.contains("watching: true"), "{shown}");
+    assert!(!shown.contains("old"), "{shown}");
+}
