@@ -87,6 +87,33 @@ async fn unauthenticated_in_the_trailers_refreshes_the_token_the_call_went_out_w
 }
 
 #[tokio::test]
+async fn streams_cut_together_share_one_refresh() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer();
+    let handle = layer.handle();
+    let client = with_token_refresh(channel(tonic::Code::Unauthenticated, &calls), &layer);
+
+    // All sent with the old token, then all cut, their trailers read in
+    // turn: the first starts the refresh, the next three find it running,
+    // and the last four find it landed (their token replaced).
+    let mut responses = Vec::new();
+    for _ in 0..8 {
+        responses.push(client.clone().oneshot(call()).await.unwrap());
+    }
+    for (read, response) in responses.into_iter().enumerate() {
+        if read == 4 {
+            handle.bearer().await.unwrap();
+        }
+        assert_eq!(trailers_of(response).await["grpc-status"], "16");
+    }
+
+    assert_eq!(handle.bearer().await.unwrap().expose(), "new");
+    let stats = handle.stats();
+    assert_eq!((stats.refreshes, stats.retries), (1, 0));
+    assert_eq!(calls.load(Ordering::SeqCst), 8);
+}
+
+#[tokio::test]
 async fn other_statuses_in_the_trailers_change_nothing() {
     for code in [tonic::Code::Ok, tonic::Code::PermissionDenied] {
         let calls = Arc::new(AtomicUsize::new(0));
