@@ -172,8 +172,8 @@ fn param_of(item: &str) -> Option<(&str, &str)> {
 /// server-streaming handler whose first item is an error does) is not
 /// retried either, and the caller gets its status. Through
 /// [`tonic::with_token_refresh`] such an UNAUTHENTICATED still counts: the
-/// token is marked rejected and refreshed, so that the next call does not
-/// go out with it.
+/// token is marked rejected and refreshed (as a rejected call's would be),
+/// so that the next call does not go out with it.
 ///
 /// ```
 /// use http::{HeaderMap, HeaderValue, StatusCode};

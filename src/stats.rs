@@ -69,8 +69,10 @@ pub struct Stats {
     /// A token the [handle](crate::TokenHandle::bearer) hands out counts
     /// the same way.
     pub waited: u64,
-    /// Responses classified as an authentication rejection, and rejections
-    /// told to [`TokenHandle::bearer_after_rejection`](crate::TokenHandle::bearer_after_rejection).
+    /// Responses classified as an authentication rejection, rejections
+    /// told to [`TokenHandle::bearer_after_rejection`](crate::TokenHandle::bearer_after_rejection),
+    /// and gRPC UNAUTHENTICATED statuses in the trailers of a call sent
+    /// with the current token (with the `tonic` feature).
     pub rejections: u64,
     /// Rejected requests that were sent again with a new token.
     pub retries: u64,

@@ -447,13 +447,17 @@ impl TokenManager {
     /// A server rejected the token whose header is `sent` after its
     /// response had begun (gRPC's UNAUTHENTICATED in a stream's trailers):
     /// there is no request left to retry, but the next one should not go
-    /// out with that token. Decided as [`rejected`](Self::rejected) decides
-    /// for the token's generation, which it looks up by header: still the
-    /// current token, it is marked rejected and its refresh started (on
-    /// its own task, with no one waiting for it here). Any other header is
-    /// left alone, uncounted: a token already replaced needs nothing, and
-    /// a header that was never this layer's (a call the layer let through
-    /// untouched) is none of its business.
+    /// out with that token. The header is compared by value with the
+    /// current token's. Equal, the rejection is decided as
+    /// [`rejected`](Self::rejected) decides one for the current generation:
+    /// the token is marked rejected and its refresh started (on its own
+    /// task, with no one waiting for it here), unless a refresh brought it
+    /// less than `min_refresh_interval` ago (then only counted, as a
+    /// rejected request's would be: another refresh would likely be
+    /// rejected too). Any other header is left alone, uncounted: a token
+    /// already replaced needs nothing, and one that is not the layer's
+    /// is none of its business. A token replaced between the look and
+    /// the decision counts as a stale rejection, as a request's would.
     #[cfg(feature = "tonic")]
     pub(crate) fn rejected_after_response(&self, sent: &HeaderValue) {
         let generation = {

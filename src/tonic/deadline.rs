@@ -72,10 +72,11 @@ impl CallDeadline {
 /// let channel = tower::service_fn(|_: Request<tonic::body::Body>| async {
 ///     Ok::<_, Infallible>(Response::new(tonic::body::Body::empty()))
 /// });
+/// let handle = layer.handle();
 /// let client = ServiceBuilder::new()
 ///     .layer_fn(GrpcDeadline::new)
 ///     .layer(layer)
-///     .layer_fn(IntoTonicBody::new)
+///     .layer_fn(|channel| IntoTonicBody::reporting_to(channel, handle.clone()))
 ///     .service(channel);
 ///
 /// // What `tonic::Request::set_timeout(Duration::from_secs(2))` sends.

@@ -59,7 +59,11 @@
 //! trailers are read, and the token the call went out with, if still the
 //! current one, is marked rejected and refreshed there and then. The next
 //! call goes out with the new token instead of being rejected and retried
-//! (which a request over the replay cap could not be).
+//! (which a request over the replay cap could not be). As for a rejected
+//! call, a token a refresh brought less than the
+//! [minimum refresh interval](crate::Builder::min_refresh_interval) ago is
+//! not refreshed again; and a stream dropped before its trailers tells
+//! nothing.
 //!
 //! # Errors
 //!
@@ -112,7 +116,7 @@ use tower_service::Service;
 
 use crate::classify::Grpc;
 use crate::{BoxError, Error, TokenHandle, TokenRefresh, TokenRefreshLayer};
-use watched_body::Watch;
+use watched_body::Report;
 
 /// `get_ref`, `get_mut` and `into_inner` for a wrapper of this module
 /// made with `new(inner)`, each with its example.
@@ -320,7 +324,7 @@ pub fn token_error(status: &tonic::Status) -> Option<&Error> {
 /// # Clone
 ///
 /// Cloning clones the inner service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IntoTonicBody<S> {
     inner: S,
     // Told of UNAUTHENTICATED in a response's trailers.
@@ -329,7 +333,7 @@ pub struct IntoTonicBody<S> {
 
 impl<S> IntoTonicBody<S> {
     /// Wraps `inner`; responses are passed on as they come, in a
-    /// [`WatchedBody`] that watches nothing.
+    /// [`WatchedBody`] that reports nothing.
     ///
     /// ```
     /// use http_body::Body as _;
@@ -355,7 +359,7 @@ impl<S> IntoTonicBody<S> {
     /// Wraps `inner`, telling `handle`'s layer when a response's trailers
     /// say UNAUTHENTICATED: the token the call went out with, if still
     /// the current one, is marked rejected and refreshed, so that the next
-    /// call does not go out with it (see [`WatchedBody`]).
+    /// call does not go out with it (see [`WatchedBody`] for when not).
     ///
     /// ```
     /// use std::time::Duration;
@@ -403,6 +407,16 @@ impl<S> IntoTonicBody<S> {
     inner_accessors!(IntoTonicBody);
 }
 
+impl<S: std::fmt::Debug> std::fmt::Debug for IntoTonicBody<S> {
+    // Not the handle's status: the layer above shows it already.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntoTonicBody")
+            .field("inner", &self.inner)
+            .field("reporting", &self.reports_to.is_some())
+            .finish()
+    }
+}
+
 impl<S, B, ResBody> Service<Request<B>> for IntoTonicBody<S>
 where
     S: Service<Request<tonic::body::Body>, Response = Response<ResBody>>,
@@ -428,13 +442,13 @@ where
             if !deadline.write_remaining(req.headers_mut()) {
                 return AttemptFuture {
                     sent: None,
-                    watch: None,
+                    report: None,
                 };
             }
         }
-        let watch = self.reports_to.as_ref().and_then(|handle| {
+        let report = self.reports_to.as_ref().and_then(|handle| {
             let sent = req.headers().get(AUTHORIZATION)?.clone();
-            Some(Watch {
+            Some(Report {
                 handle: handle.clone(),
                 sent,
             })
@@ -443,7 +457,7 @@ where
         // else is boxed once, as tonic boxes every body it sends.
         AttemptFuture {
             sent: Some(self.inner.call(req.map(tonic::body::Body::new))),
-            watch,
+            report,
         }
     }
 }
@@ -474,7 +488,7 @@ pin_project_lite::pin_project! {
         #[pin]
         sent: Option<F>,
         // Handed to the response's body.
-        watch: Option<Watch>,
+        report: Option<Report>,
     }
 }
 
@@ -491,8 +505,8 @@ where
             return Poll::Ready(Err(tonic::TimeoutExpired(()).into()));
         };
         let response = ready!(sent.poll(cx)).map_err(Into::into)?;
-        let watch = this.watch.take();
-        Poll::Ready(Ok(response.map(|body| WatchedBody::new(body, watch))))
+        let report = this.report.take();
+        Poll::Ready(Ok(response.map(|body| WatchedBody::new(body, report))))
     }
 }
 

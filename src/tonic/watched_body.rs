@@ -24,7 +24,7 @@ use super::IntoTonicBody;
 
 /// Whom to tell of an UNAUTHENTICATED in the trailers, and the token to
 /// name: the `Authorization` header the call went out with.
-pub(super) struct Watch {
+pub(super) struct Report {
     pub(super) handle: TokenHandle,
     pub(super) sent: HeaderValue,
 }
@@ -34,10 +34,14 @@ pin_project_lite::pin_project! {
     /// frame. Made with [`IntoTonicBody::reporting_to`] (as
     /// [`with_token_refresh`](super::with_token_refresh) makes it), it
     /// tells the layer when the trailers say UNAUTHENTICATED
-    /// (`grpc-status: 16`): the token the call was sent with, if still the
-    /// layer's current one, is marked rejected and refreshed, so that the
-    /// next call does not go out with it. The call itself is not retried,
-    /// and its caller gets the status.
+    /// (`grpc-status: 16`), as they are read: the token the call was sent
+    /// with, if still the layer's current one, is marked rejected and
+    /// refreshed, so that the next call does not go out with it (unless a
+    /// refresh brought it less than the
+    /// [minimum refresh interval](crate::Builder::min_refresh_interval)
+    /// ago, as for a rejected call). The call itself is not retried, and
+    /// its caller gets the status. A body dropped before its trailers, or
+    /// ending in an error, tells nothing.
     ///
     /// ```
     /// use http_body_util::BodyExt;
@@ -59,13 +63,13 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         // `None` once told, at the end of the body, or when made without.
-        watch: Option<Watch>,
+        report: Option<Report>,
     }
 }
 
 impl<B> WatchedBody<B> {
-    pub(super) fn new(inner: B, watch: Option<Watch>) -> Self {
-        Self { inner, watch }
+    pub(super) fn new(inner: B, report: Option<Report>) -> Self {
+        Self { inner, report }
     }
 
     /// The channel's body.
@@ -121,14 +125,14 @@ impl<B: Body> Body for WatchedBody<B> {
                 if let Some(trailers) = frame.trailers_ref() {
                     // Trailers end a body: whatever they say, nothing
                     // after them needs watching.
-                    if let Some(watch) = this.watch.take() {
+                    if let Some(report) = this.report.take() {
                         if grpc_unauthenticated(trailers) {
-                            watch.handle.rejected_after_response(&watch.sent);
+                            report.handle.rejected_after_response(&report.sent);
                         }
                     }
                 }
             }
-            Some(Err(_)) | None => *this.watch = None,
+            Some(Err(_)) | None => *this.report = None,
         }
         Poll::Ready(frame)
     }
@@ -149,7 +153,7 @@ impl<B: fmt::Debug> fmt::Debug for WatchedBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WatchedBody")
             .field("inner", &self.inner)
-            .field("watching", &self.watch.is_some())
+            .field("reporting", &self.report.is_some())
             .finish()
     }
 }

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::util::BoxCloneService;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
-use super::{with_token_refresh, WatchedBody};
+use super::{with_token_refresh, IntoTonicBody, WatchedBody};
 use crate::classify::Grpc;
-use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+use crate::{refresh_fn, Builder, RefreshError, TokenRefreshLayer, TokenSet};
 
 type Channel = BoxCloneService<Request<tonic::body::Body>, Response<tonic::body::Body>, Infallible>;
 
@@ -38,15 +39,20 @@ fn channel(code: tonic::Code, calls: &Arc<AtomicUsize>) -> Channel {
     }))
 }
 
-/// A layer starting from `old`, whose refreshes bring `new`.
-fn layer() -> TokenRefreshLayer<Grpc> {
-    let an_hour = Duration::from_secs(3600);
-    TokenRefreshLayer::builder(refresh_fn(move |_| async move {
-        Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(an_hour))
+const AN_HOUR: Duration = Duration::from_secs(3600);
+
+/// A layer whose refreshes bring `new`, with no tokens yet.
+fn layer_without_tokens() -> Builder<Grpc> {
+    TokenRefreshLayer::builder(refresh_fn(|_| async {
+        Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(AN_HOUR))
     }))
     .classifier(Grpc)
-    .initial_tokens(TokenSet::new("old").with_expires_in(an_hour))
-    .build()
+}
+
+/// A layer starting from `old`, whose refreshes bring `new`.
+fn layer() -> TokenRefreshLayer<Grpc> {
+    let old = TokenSet::new("old").with_expires_in(AN_HOUR);
+    layer_without_tokens().initial_tokens(old).build()
 }
 
 /// The body's trailers, read to the end.
@@ -109,8 +115,44 @@ async fn streams_cut_together_share_one_refresh() {
 
     assert_eq!(handle.bearer().await.unwrap().expose(), "new");
     let stats = handle.stats();
-    assert_eq!((stats.refreshes, stats.retries), (1, 0));
+    // Only the four read while the old token was current count.
+    assert_eq!(
+        (stats.refreshes, stats.rejections, stats.retries),
+        (1, 4, 0)
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 8);
+}
+
+#[tokio::test]
+async fn a_token_a_refresh_just_brought_is_not_refreshed_again() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer_without_tokens().build();
+    let handle = layer.handle();
+    let client = with_token_refresh(channel(tonic::Code::Unauthenticated, &calls), &layer);
+
+    // The call's token came from a refresh moments ago.
+    let trailers = trailers_of(client.oneshot(call()).await.unwrap()).await;
+
+    assert_eq!(trailers["grpc-status"], "16");
+    assert_eq!(handle.bearer().await.unwrap().expose(), "new");
+    let stats = handle.stats();
+    assert_eq!((stats.refreshes, stats.rejections), (1, 1));
+}
+
+#[tokio::test]
+async fn a_stream_dropped_before_its_trailers_tells_nothing() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer();
+    let handle = layer.handle();
+    let client = with_token_refresh(channel(tonic::Code::Unauthenticated, &calls), &layer);
+
+    let mut body = client.oneshot(call()).await.unwrap().into_body();
+    let first = body.frame().await.expect("a frame").expect("no error");
+    assert_eq!(first.into_data().expect("a message"), "tick");
+    drop(body);
+
+    assert_eq!(handle.bearer().await.unwrap().expose(), "old");
+    assert_eq!(handle.stats().rejections, 0);
 }
 
 #[tokio::test]
@@ -139,7 +181,7 @@ async fn the_trailers_of_a_call_whose_token_was_replaced_meanwhile_change_nothin
 
     let response = client.oneshot(call()).await.unwrap();
     // Signed in again while the stream ran.
-    let later = TokenSet::new("signed-in").with_expires_in(Duration::from_secs(3600));
+    let later = TokenSet::new("signed-in").with_expires_in(AN_HOUR);
     handle.set_tokens(later).unwrap();
     let trailers = trailers_of(response).await;
 
@@ -150,14 +192,19 @@ async fn the_trailers_of_a_call_whose_token_was_replaced_meanwhile_change_nothin
 }
 
 #[tokio::test]
-async fn a_watched_body_does_not_show_its_token() {
+async fn a_watched_body_does_not_show_the_header_it_holds() {
     let calls = Arc::new(AtomicUsize::new(0));
     let layer = layer();
-    let client = with_token_refresh(channel(tonic::Code::Ok, &calls), &layer);
+    let mut channel = IntoTonicBody::reporting_to(channel(tonic::Code::Ok, &calls), layer.handle());
+    // A header not marked sensitive, as a caller might set one by hand.
+    let mut request = call();
+    let visible = HeaderValue::from_static("Bearer visible");
+    request.headers_mut().insert(AUTHORIZATION, visible);
 
-    let response = client.oneshot(call()).await.unwrap();
-    let shown = format!("{:?}", response.body());
+    let ready = ServiceExt::<Request<tonic::body::Body>>::ready(&mut channel).await;
+    let response = ready.unwrap().call(request).await.unwrap();
+    let shown = format!("{:?} {:?}", response.body(), channel);
 
-    assert!(shown.contains("watching: true"), "{shown}");
-    assert!(!shown.contains("old"), "{shown}");
+    assert!(shown.contains("reporting: true"), "{shown}");
+    assert!(!shown.contains("visible"), "{shown}");
 }
