@@ -520,12 +520,7 @@ impl TokenManager {
         }
         let known = control.store_version;
         let store = shared.config.store.clone().expect("fleet mode has a store");
-        Offer::new(&store, found, known, obtained_at).start(
-            shared,
-            &mut control,
-            tokens,
-            Some(snapshot.generation),
-        );
+        Offer::new(&store, found, known, obtained_at).start(shared, &mut control, tokens);
     }
 }
 
@@ -583,15 +578,8 @@ impl Offer {
         }
     }
 
-    /// Registers the offer of `tokens` (installed as `generation`, if they
-    /// were) in `control` and starts it.
-    pub(super) fn start(
-        self,
-        shared: &Arc<Shared>,
-        control: &mut Control,
-        tokens: Arc<TokenSet>,
-        generation: Option<u64>,
-    ) {
+    /// Registers the offer of `tokens` in `control` and starts it.
+    pub(super) fn start(self, shared: &Arc<Shared>, control: &mut Control, tokens: Arc<TokenSet>) {
         // Called by the flight's task, on its runtime, or by its drop
         // guard, which may run while that runtime shuts down: then the
         // offer is given up, and a lease it held lapses.
@@ -624,15 +612,15 @@ impl Offer {
                 }
             }
             match stored {
-                // The process knows it as its own, unless it has moved on
-                // (adopted or stored a version, or installed other tokens).
+                // The process knows it as its own. Moved on meanwhile (it
+                // installed other tokens, set by hand, or adopted or stored
+                // a later version), it still knows it: its own tokens,
+                // overtaken, never to be adopted back over what overtook
+                // them (found in review: tokens set by hand while the
+                // offer was out were replaced by it).
                 Ok(true) => {
                     let mut control = shared.lock();
-                    if control.store_version == self.known
-                        && generation == Some(shared.snapshot.load().generation)
-                    {
-                        control.store_version = Some(next);
-                    }
+                    control.store_version = control.store_version.max(Some(next));
                 }
                 // Another process stored newer tokens meanwhile.
                 Ok(false) => {}

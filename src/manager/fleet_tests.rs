@@ -1669,3 +1669,86 @@ async fn a_siblings_stored_refresh_token_is_refreshed_from_after_ours_was_refuse
     );
     assert_eq!(logins.lock().unwrap().len(), 1, "no second login");
 }
+
+/// Tokens set by hand while a refresh runs are kept, with a store as
+/// without one. The refresh they overtook is still stored (it spent the
+/// stored refresh token, and siblings need the one it got back), but the
+/// version it wrote is this process's own result, superseded: no news for
+/// its watcher to adopt. Found in review: adopted, it replaced the tokens
+/// set by hand with the old account's a moment later.
+#[tokio::test(start_paused = true)]
+async fn tokens_set_by_hand_during_a_refresh_are_not_replaced_by_its_stored_result() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = MemoryStore::new();
+    let layer = idp.layer_on(store.clone());
+    let handle = layer.handle();
+    // Lets the watcher subscribe to the store's announcements.
+    tokio::task::yield_now().await;
+
+    let refreshing = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.force_refresh().await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let by_hand = TokenSet::new("by-hand")
+        .with_refresh_token("rt-by-hand")
+        .with_expires_in(LIFETIME);
+    handle.set_tokens(by_hand).unwrap();
+    let _ = refreshing.await.unwrap();
+    // The overtaken refresh ends, and the watcher hears of its version.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+
+    assert_eq!(idp.counts(), (1, 0, 0), "the overtaken call was made");
+    assert_eq!(idp.stored_live_version(&store).await, 1, "and stored");
+    let tokens = handle.tokens().unwrap();
+    assert_eq!(tokens.access_token().expose(), "by-hand");
+    assert_eq!(handle.stats().adopted, 0);
+}
+
+/// As above, for tokens stored after the refresh, by its offer (its own
+/// write failed): set by hand while the refresh runs, or after it while
+/// its offer is out, the tokens are kept, and the offer still stores the
+/// refresh token it got back.
+#[tokio::test(start_paused = true)]
+async fn tokens_set_by_hand_are_not_replaced_by_an_offer_stored_after_them() {
+    for set_while_refreshing in [true, false] {
+        let idp = Rotating::default();
+        let store = FaultyLoads::default();
+        let layer = idp.layer_on(store.clone());
+        let handle = layer.handle();
+        tokio::task::yield_now().await;
+        handle.force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+                                               // The refresh's own write fails after a second; its offer's lands a
+                                               // second after that.
+        store.failing_writes.store(1, Ordering::SeqCst);
+        store.slow_writes.store(1000, Ordering::SeqCst);
+
+        let refreshing = tokio::spawn({
+            let handle = handle.clone();
+            async move { handle.force_refresh().await }
+        });
+        let set_at = if set_while_refreshing { 500 } else { 1500 };
+        tokio::time::sleep(Duration::from_millis(set_at)).await;
+        let by_hand = TokenSet::new("by-hand")
+            .with_refresh_token("rt-by-hand")
+            .with_expires_in(LIFETIME);
+        handle.set_tokens(by_hand).unwrap();
+        let _ = refreshing.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        crate::test_support::settle().await;
+
+        let case = if set_while_refreshing {
+            "during"
+        } else {
+            "after"
+        };
+        assert_eq!(idp.counts(), (1, 1, 0), "{case}");
+        assert_eq!(idp.stored_live_version(&store.inner).await, 2, "{case}");
+        let tokens = handle.tokens().unwrap();
+        assert_eq!(tokens.access_token().expose(), "by-hand", "{case}");
+        assert_eq!(handle.stats().adopted, 0, "{case}");
+    }
+}

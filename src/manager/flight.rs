@@ -630,9 +630,15 @@ impl FlightTask {
             &shared.stats.refresh_successes
         });
         if superseded {
+            // Stored by this flight (or adopted by it), the version is this
+            // process's own result, overtaken: known, so that neither the
+            // watcher nor the next flight adopts it over the tokens that
+            // overtook it. Found in review: tokens set by hand during a
+            // refresh were replaced by that refresh's stored result.
+            control.store_version = control.store_version.max(ready.version);
             if let Some(offer) = ready.offer {
                 // Not installed, but its refresh token is the live one.
-                offer.start(shared, &mut control, ready.prepared.shared_tokens(), None);
+                offer.start(shared, &mut control, ready.prepared.shared_tokens());
             }
             drop(control);
             tracing::debug!("refresh result discarded: newer tokens were installed meanwhile");
@@ -643,7 +649,7 @@ impl FlightTask {
         if let Some(offer) = ready.offer {
             // Registered under the lock that installs the tokens: a flight
             // that starts after this one waits for the offer.
-            offer.start(shared, &mut control, tokens, Some(snapshot.generation));
+            offer.start(shared, &mut control, tokens);
         }
         drop(control);
         shared.changed.notify_waiters();
@@ -666,7 +672,7 @@ impl FlightTask {
             // whoever decides next, and this process refreshes from it.
             if let Some(offer) = refused.offer {
                 let tokens = Arc::clone(&refused.tokens);
-                offer.start(&self.shared, &mut control, tokens, None);
+                offer.start(&self.shared, &mut control, tokens);
             }
             if current && !superseded {
                 control.refused = Some(refused.tokens);
