@@ -240,6 +240,10 @@ struct Control {
     /// The refresh tokens this process spent lately (`fleet::Spent`): a
     /// stored record carrying one is neither adopted nor refreshed from.
     spent: fleet::Spent,
+    /// The `on_refresh` hook that outlasted its refresh's timeout, if it
+    /// may still run: the next hook starts after it (see
+    /// `FlightTask::run_hook`).
+    overrunning_hook: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub(crate) struct Shared {

@@ -782,6 +782,51 @@ async fn the_hook_sees_refused_tokens_that_rotated_the_refresh_token() {
     }
 }
 
+/// Found in review: a hook that overran the refresh timeout went on
+/// running, unordered with the hooks after it, and could persist the
+/// refresh token the next refresh had already spent after that refresh's
+/// hook persisted the new one: a restart would present the spent one. A
+/// hook now starts once the one before it has finished, or, should that
+/// one outlast the refresh timeout once more, has been cancelled.
+#[tokio::test(start_paused = true)]
+async fn a_hook_that_overran_never_persists_after_the_next_refreshs_hook() {
+    let finishing_late = (Duration::from_secs(15), ["rt-1", "rt-2"].as_slice());
+    let never_finishing = (Duration::from_secs(3600), ["rt-2"].as_slice());
+    for (first_hook_takes, expected) in [finishing_late, never_finishing] {
+        let persisted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (refreshes, hooks) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let record = Arc::clone(&persisted);
+        let layer = TokenRefreshLayer::builder(refresh_fn(move |_| {
+            let n = refreshes.fetch_add(1, Ordering::SeqCst) + 1;
+            let tokens = TokenSet::new(format!("at-{n}")).with_refresh_token(format!("rt-{n}"));
+            async move { Ok::<_, RefreshError>(tokens.with_expires_in(HUNDRED)) }
+        }))
+        .refresh_timeout(Duration::from_secs(10))
+        .on_refresh(move |tokens: &TokenSet| {
+            let refresh = tokens.refresh_token().unwrap().expose().to_owned();
+            let first = hooks.fetch_add(1, Ordering::SeqCst) == 0;
+            let record = Arc::clone(&record);
+            async move {
+                if first {
+                    tokio::time::sleep(first_hook_takes).await;
+                }
+                record.lock().unwrap().push(refresh);
+            }
+        })
+        .build();
+        let handle = layer.handle();
+
+        // Installed after the refresh timeout, the hook still running.
+        handle.force_refresh().await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        handle.force_refresh().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(7200)).await;
+
+        assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-2");
+        assert_eq!(*persisted.lock().unwrap(), expected, "{first_hook_takes:?}");
+    }
+}
+
 /// Found in review: refused tokens the hook persisted could not be given
 /// back. A layer restarted with them as its initial tokens found an access
 /// token that makes no header and stopped for good (re-authentication

@@ -396,7 +396,12 @@ impl<C> Builder<C> {
     }
 
     /// Called with every new token set before any request can use it, e.g.
-    /// to persist a rotated refresh token. Bounded by the refresh timeout.
+    /// to persist a rotated refresh token. Bounded by the refresh timeout:
+    /// past it the tokens are used, and the hook runs on. Hooks run one
+    /// after another, in the order the tokens came: the next refresh's
+    /// hook starts once a hook still running has finished, or, after one
+    /// more refresh timeout, has been cancelled (at its next `.await`), so
+    /// that a late hook never persists a refresh token after a newer one.
     /// Also called with an answer the layer refuses (its access token
     /// already expired, or not a valid header value) if it rotated the
     /// refresh token: no request uses it, but its refresh token is the live
