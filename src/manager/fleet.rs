@@ -757,7 +757,11 @@ fn is_newer(version: u64, known: Option<u64>) -> bool {
 /// that stored it did.
 fn usable(shared: &Shared, stored: &Stored, than: Option<u64>) -> bool {
     // A token that makes no header is refreshed from, not adopted.
-    if !is_newer(stored.version, than) || !makes_header(&stored.tokens) || spent(shared, stored) {
+    if !is_newer(stored.version, than)
+        || !makes_header(&stored.tokens)
+        || spent(shared, stored)
+        || rejected_here(shared, &stored.tokens)
+    {
         return false;
     }
     let config = &shared.config;
@@ -767,6 +771,18 @@ fn usable(shared: &Shared, stored: &Stored, than: Option<u64>) -> bool {
     let advisory = config.advisory.before_expiry(lifetime);
     let mandatory = config.mandatory.before_expiry(lifetime).min(advisory);
     later(Instant::now(), mandatory) < later(stored.obtained_at, lifetime)
+}
+
+/// Whether `tokens` carry the access token a server rejected in this
+/// process, still the current one: stored as a version this process did
+/// not know (it started from those tokens, or a sibling adopted them),
+/// they would only be rejected again. Found in review: adopted, the
+/// retry was rejected, and the rejections after it were given back for
+/// `min_refresh_interval` as those of a token just refreshed.
+fn rejected_here(shared: &Shared, tokens: &TokenSet) -> bool {
+    let snapshot = shared.snapshot.load();
+    let current = snapshot.tokens.as_ref();
+    snapshot.is_rejected() && current.is_some_and(|c| c.access_token() == tokens.access_token())
 }
 
 #[cfg(test)]

@@ -1752,3 +1752,29 @@ async fn tokens_set_by_hand_are_not_replaced_by_an_offer_stored_after_them() {
         assert_eq!(handle.stats().adopted, 0, "{case}");
     }
 }
+
+/// Found in review: a layer started from the tokens its store already
+/// held (a restarted process that had persisted them) knew no stored
+/// version, so when a server rejected that token, its flight took the
+/// stored record for a sibling's newer tokens and adopted the very token
+/// rejected: the retry was rejected again, and for `min_refresh_interval`
+/// after that every rejection was given back, not refreshed. A record
+/// holding the rejected token is refreshed from instead.
+#[tokio::test(start_paused = true)]
+async fn the_token_a_server_rejected_is_not_adopted_back_from_the_store() {
+    let idp = Rotating::default();
+    let store = MemoryStore::new();
+    let first = idp.issue(&mut idp.state.lock().unwrap()); // at-1 / rt-1
+    let now = std::time::SystemTime::now();
+    let record = Record::new(1, crate::store::encode(&first, now).to_vec());
+    store.compare_and_swap(None, record).await.unwrap();
+    let (layer, client) = idp.layered(&store, |b| b.initial_tokens(first.clone()));
+    idp.revoke_all();
+
+    let results = burst(&client, 3).await;
+
+    assert!(all_ok(&results), "{results:?}");
+    assert_eq!(idp.counts(), (0, 1, 0), "refreshed from rt-1");
+    assert_eq!(layer.handle().stats().adopted, 0);
+    assert_eq!(idp.stored_live_version(&store).await, 2);
+}
