@@ -449,6 +449,7 @@ impl TokenManager {
         let Ok(prepared) = Prepared::new(stored.tokens, stored.obtained_at, true) else {
             return;
         };
+        let prepared = prepared.adopted();
         let mut control = shared.lock();
         // While an offer is out, the announced version may be this
         // process's own tokens: the offer settles which it is.

@@ -1778,3 +1778,29 @@ async fn the_token_a_server_rejected_is_not_adopted_back_from_the_store() {
     assert_eq!(layer.handle().stats().adopted, 0);
     assert_eq!(idp.stored_live_version(&store).await, 2);
 }
+
+/// Tokens adopted from the store count as refreshed when their sibling
+/// refreshed them, not when this process adopted them: a rejection of one
+/// refreshed long ago is a revocation, refreshed at once. Found in review:
+/// counted from the adoption, the rejection was taken for that of a token
+/// just refreshed, and given back to the caller, with no refresh, for
+/// `min_refresh_interval`.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_token_adopted_long_after_its_refresh_is_refreshed_at_once() {
+    let idp = Rotating::default();
+    let store = MemoryStore::new();
+    let siblings = idp.issue(&mut idp.state.lock().unwrap()); // at-1 / rt-1
+    let a_minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
+    let record = Record::new(1, crate::store::encode(&siblings, a_minute_ago).to_vec());
+    store.compare_and_swap(None, record).await.unwrap();
+    let (layer, client) = idp.layered(&store, |b| b);
+    // Adopted as the first request's token, then revoked.
+    assert!(all_ok(&burst(&client, 1).await));
+    assert_eq!(layer.handle().stats().adopted, 1);
+    idp.revoke_all();
+
+    let results = burst(&client, 3).await;
+
+    assert!(all_ok(&results), "{results:?}");
+    assert_eq!(idp.counts(), (0, 1, 0), "refreshed from rt-1");
+}

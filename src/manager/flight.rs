@@ -547,6 +547,11 @@ impl FlightTask {
         let (tokens, failed) = if makes_header(&tokens) {
             let prepared =
                 Prepared::new(tokens, obtained_at, true).map_err(|_| invalid_header())?;
+            let prepared = if adopted {
+                prepared.adopted()
+            } else {
+                prepared
+            };
             if !prepared.is_expired_at(Instant::now()) {
                 let ready = Ready {
                     prepared,

@@ -46,6 +46,8 @@ pub(crate) struct Prepared {
     header: HeaderValue,
     obtained_at: Instant,
     refreshed: bool,
+    /// Refreshed by another process, which stored it.
+    adopted: bool,
 }
 
 /// Whether the access token makes a valid header value: the bytes
@@ -95,7 +97,16 @@ impl Prepared {
             header,
             obtained_at,
             refreshed,
+            adopted: false,
         })
+    }
+
+    /// Marks refreshed tokens as another process's, adopted from the
+    /// store: refreshed when that process sent its refresh, however late
+    /// this one adopts them.
+    pub(crate) fn adopted(mut self) -> Self {
+        self.adopted = true;
+        self
     }
 
     /// Whether the token is already past its expiry at `now` (an
@@ -148,11 +159,21 @@ impl Prepared {
             let spacing = lifetime.map_or(spacing, |(_, lifetime)| spacing.min(lifetime / 2));
             later(installed_at, spacing)
         });
+        // A token this process refreshed counts from its install (a slow
+        // refresh must not make it look old); an adopted one from its
+        // sibling's refresh. Found in review: counted from the adoption, a
+        // revoked token adopted long after its refresh was taken for one
+        // just refreshed, and its rejections given back unrefreshed.
+        let refreshed_at = if self.adopted {
+            self.obtained_at.min(installed_at)
+        } else {
+            installed_at
+        };
         Snapshot {
             generation,
             tokens: Some(self.tokens),
             header: Some(self.header),
-            refreshed_at: self.refreshed.then_some(installed_at),
+            refreshed_at: self.refreshed.then_some(refreshed_at),
             proactive_from,
             stale_at,
             expired_at,
