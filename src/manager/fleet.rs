@@ -56,6 +56,7 @@ impl FlightTask {
             config.lease_ttl().saturating_add(store.poll_interval_dyn()),
         );
         loop {
+            let known = self.known_now(known);
             let stored = match load(&self.shared, store).await {
                 Ok(stored) => stored,
                 Err(error) => return self.alone(shared_store, known, error, ctx).await,
@@ -112,6 +113,7 @@ impl FlightTask {
         lease_ends: Instant,
     ) -> Result<Obtained, Failed> {
         let store = &**shared_store;
+        let known = self.known_now(known);
         // Someone may have stored a version between our load and the lease.
         let stored = match load(&self.shared, store).await {
             Ok(stored) => stored,
@@ -201,7 +203,23 @@ impl FlightTask {
             store.compare_and_swap_boxed(expected, record),
         )
         .await?;
+        if stored {
+            // Known at once as this process's own, before the lease is
+            // released or the hook has run: should the flight be
+            // overtaken meanwhile (tokens set by hand), neither the watcher
+            // nor a later flight takes this version for a sibling's and
+            // adopts it over what overtook it. Found in review.
+            let mut control = self.shared.lock();
+            control.store_version = control.store_version.max(Some(next));
+        }
         Ok(stored.then_some(next))
+    }
+
+    /// `known`, or a later version this process has stored since it was
+    /// read (by a flight overtaken by tokens set by hand and still running
+    /// when this one started): never a sibling's tokens to adopt.
+    fn known_now(&self, known: Option<u64>) -> Option<u64> {
+        known.max(self.shared.lock().store_version)
     }
 
     /// Whether two more store calls (each bounded by the refresh timeout)
@@ -552,9 +570,9 @@ pub(super) struct Offer {
     /// there, which may be newer (a sibling's, past its time), older, or
     /// none (a store that lost its data).
     expected: Option<u64>,
-    /// The version the process knows once the tokens are installed: once
-    /// the offer is stored, the process knows the new version only if it
-    /// has not moved on from this one meanwhile.
+    /// The version the process knows once the tokens are installed, which
+    /// the offer's version is numbered past. Once stored, the process knows
+    /// the offer's version as its own, whatever it has installed since.
     known: Option<u64>,
     /// When the tokens' lifetime started.
     obtained_at: Instant,

@@ -1676,11 +1676,18 @@ async fn a_siblings_stored_refresh_token_is_refreshed_from_after_ours_was_refuse
 /// version it wrote is this process's own result, superseded: no news for
 /// its watcher to adopt. Found in review: adopted, it replaced the tokens
 /// set by hand with the old account's a moment later.
+///
+/// The refresh's hook takes a moment: the version is known as the
+/// process's own from its write on, not only once the flight has ended
+/// (found in a second review: the watcher adopted it in between).
 #[tokio::test(start_paused = true)]
 async fn tokens_set_by_hand_during_a_refresh_are_not_replaced_by_its_stored_result() {
     let idp = Rotating::taking(Duration::from_secs(1));
     let store = MemoryStore::new();
-    let layer = idp.layer_on(store.clone());
+    let layer = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .on_refresh(|_: &TokenSet| tokio::time::sleep(Duration::from_millis(100)))
+        .build();
     let handle = layer.handle();
     // Lets the watcher subscribe to the store's announcements.
     tokio::task::yield_now().await;
@@ -1749,6 +1756,12 @@ async fn tokens_set_by_hand_are_not_replaced_by_an_offer_stored_after_them() {
         assert_eq!(idp.stored_live_version(&store.inner).await, 2, "{case}");
         let tokens = handle.tokens().unwrap();
         assert_eq!(tokens.access_token().expose(), "by-hand", "{case}");
+        // Nor does the next refresh adopt it: it presents the refresh token
+        // set by hand (which this identity server does not know).
+        let _ = handle.force_refresh().await;
+        assert_eq!(idp.counts(), (1, 1, 1), "{case}");
+        let tokens = handle.tokens().unwrap();
+        assert_eq!(tokens.access_token().expose(), "by-hand", "{case}");
         assert_eq!(handle.stats().adopted, 0, "{case}");
     }
 }
@@ -1803,4 +1816,47 @@ async fn a_rejected_token_adopted_long_after_its_refresh_is_refreshed_at_once() 
 
     assert!(all_ok(&results), "{results:?}");
     assert_eq!(idp.counts(), (0, 1, 0), "refreshed from rt-1");
+}
+
+/// A refresh started after tokens set by hand, while the refresh they
+/// overtook still runs and holds the lease, refreshes from them: that
+/// refresh's stored version, written while this one waited, is not a
+/// sibling's to adopt. Found in a second review: the waiting refresh
+/// compared it with the version known when it started, and adopted it.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_after_tokens_set_by_hand_refreshes_from_them_not_the_overtaken_result() {
+    let store = MemoryStore::new();
+    // A second to answer; each refresh token's successor is itself and `+`.
+    let source = refresh_fn(|ctx: crate::RefreshContext| {
+        let presented = ctx.refresh_token().map(|t| t.expose().to_owned());
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let next = presented.map_or_else(|| "first".to_owned(), |rt| format!("{rt}+"));
+            let tokens = TokenSet::new(format!("at-{next}")).with_refresh_token(next);
+            Ok::<_, RefreshError>(tokens.with_expires_in(LIFETIME))
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source)
+        .store(store.clone())
+        .build();
+    let handle = layer.handle();
+    tokio::task::yield_now().await;
+
+    let overtaken = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.force_refresh().await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let by_hand = TokenSet::new("at-by-hand")
+        .with_refresh_token("by-hand")
+        .with_expires_in(LIFETIME);
+    handle.set_tokens(by_hand).unwrap();
+    handle.force_refresh().await.unwrap();
+    let _ = overtaken.await.unwrap();
+
+    let tokens = handle.tokens().unwrap();
+    assert_eq!(tokens.access_token().expose(), "at-by-hand+");
+    assert_eq!(handle.stats().adopted, 0);
+    let stored = store.load().await.unwrap().unwrap();
+    assert_eq!(stored.version(), 2, "the overtaken result, then this one");
 }

@@ -22,11 +22,11 @@
 //!
 //! Tokens set by hand ([`Builder::initial_tokens`](crate::Builder::initial_tokens),
 //! [`TokenHandle::set_tokens`](crate::TokenHandle::set_tokens)) stay in this
-//! process until its next refresh stores its result; a newer stored version
-//! (a sibling's) replaces them at the next refresh or announcement. A
-//! refresh they overtook still stores what it got (it spent the stored
-//! refresh token), but that is this process's own result, never adopted
-//! back over them.
+//! process until its next refresh stores its result; a version a sibling
+//! stores replaces them at the next refresh or announcement. A refresh
+//! they overtook still stores what it got (it spent the stored refresh
+//! token), but that version, and one such a refresh adopted, are this
+//! process's own, never adopted back over them.
 //!
 //! A store that fails or does not answer within the refresh timeout never
 //! fails a request: the process logs a warning, and requests go on with any
