@@ -598,42 +598,11 @@ impl FlightTask {
     /// Runs the user's hook before anyone can use the new tokens, in its own
     /// task and bounded by the refresh timeout: a hook that hangs or panics
     /// must neither strand the waiters nor lose the tokens (possibly a
-    /// rotated refresh token).
-    ///
-    /// Hooks persist in the order the tokens came: one starts once the
-    /// hook before it, if that one overran its own refresh, has finished,
-    /// or has been cancelled after a further refresh timeout. Found in
-    /// review: an overrunning hook went on alongside the next one and
-    /// could persist the refresh token the next refresh had spent after
-    /// the next hook persisted the new one.
+    /// rotated refresh token). In order with other flights' hooks (see
+    /// [`hook`](super::hook)).
     async fn run_hook(&self, tokens: Arc<TokenSet>) {
-        let Some(hook) = &self.shared.config.on_refresh else {
-            return;
-        };
-        let hook = Arc::clone(hook);
-        let timeout = self.shared.config.refresh_timeout;
-        let before = self.shared.lock().overrunning_hook.take();
-        let mut task = tokio::spawn(async move {
-            if let Some(mut before) = before {
-                if tokio::time::timeout(timeout, &mut before).await.is_err() {
-                    before.abort();
-                    // Cancelled at its next await: until then it may
-                    // still write.
-                    let _ = before.await;
-                    tracing::warn!(
-                        "an on_refresh hook still running a refresh later was cancelled"
-                    );
-                }
-            }
-            hook(&tokens).await;
-        });
-        match tokio::time::timeout(timeout, &mut task).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => tracing::warn!("on_refresh hook panicked; the tokens are kept"),
-            Err(_) => {
-                tracing::warn!("on_refresh hook did not finish within the refresh timeout");
-                self.shared.lock().overrunning_hook = Some(task);
-            }
+        if let Some(hook) = &self.shared.config.on_refresh {
+            super::hook::run(&self.shared, self.id, hook, tokens).await;
         }
     }
 

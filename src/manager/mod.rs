@@ -13,6 +13,7 @@ mod failure;
 mod fleet;
 mod flight;
 mod flight_wait;
+mod hook;
 mod snapshot;
 mod thread_copy;
 mod timer;
@@ -240,10 +241,9 @@ struct Control {
     /// The refresh tokens this process spent lately (`fleet::Spent`): a
     /// stored record carrying one is neither adopted nor refreshed from.
     spent: fleet::Spent,
-    /// The `on_refresh` hook that outlasted its refresh's timeout, if it
-    /// may still run: the next hook starts after it (see
-    /// `FlightTask::run_hook`).
-    overrunning_hook: Option<tokio::task::JoinHandle<()>>,
+    /// The last `on_refresh` hook started, which the next one stops first
+    /// (see [`hook`]).
+    last_hook: Option<hook::HookRun>,
 }
 
 pub(crate) struct Shared {

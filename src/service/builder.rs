@@ -397,11 +397,12 @@ impl<C> Builder<C> {
 
     /// Called with every new token set before any request can use it, e.g.
     /// to persist a rotated refresh token. Bounded by the refresh timeout:
-    /// past it the tokens are used, and the hook runs on. Hooks run one
-    /// after another, in the order the tokens came: the next refresh's
-    /// hook starts once a hook still running has finished, or, after one
-    /// more refresh timeout, has been cancelled (at its next `.await`), so
-    /// that a late hook never persists a refresh token after a newer one.
+    /// past it the tokens are used, and the hook runs on, until the next
+    /// refresh's hook starts: that one first cancels it (at its next
+    /// `.await`), as its tokens are older, so that a late hook does not
+    /// persist a refresh token after a newer one. Work a cancelled hook has
+    /// handed off (a blocking write, a request sent) may still land: write
+    /// to a temporary file and rename it, or make writes conditional.
     /// Also called with an answer the layer refuses (its access token
     /// already expired, or not a valid header value) if it rotated the
     /// refresh token: no request uses it, but its refresh token is the live
@@ -411,7 +412,8 @@ impl<C> Builder<C> {
     /// for what it lacks comes as its new refresh token beside an access
     /// token that is not a header value.
     /// Tokens a refresh overtaken by [`set_tokens`](crate::TokenHandle::set_tokens)
-    /// fetched are shown too, though the layer keeps the tokens set.
+    /// fetched are shown too, though the layer keeps the tokens set,
+    /// unless a later refresh has shown its own already.
     /// With a [store](Self::store), it runs only in the process that
     /// fetched the tokens, not in those that adopt them. The hook's future
     /// outlives the call (`'static`): copy what it needs out of `tokens`
