@@ -470,6 +470,18 @@ async fn a_record_that_is_not_in_the_documented_form_is_corrupt() {
         let error = store.load().await.unwrap_err();
         assert!(error.is_corrupt(), "{error}");
         assert!(!everything_said(&error).contains("secret-payload"));
+        // Never overwritten, as no record (found in review: it was).
+        let swapped = store.compare_and_swap(None, record(1, b"t")).await;
+        assert!(!swapped.unwrap(), "a payload alone is no empty store");
+        assert!(store.load().await.unwrap_err().is_corrupt());
+
+        // Nor is a version without its payload a record to swap over.
+        command(&mut con, "DEL", &["app:tokens"]).await;
+        command(&mut con, "HSET", &["app:tokens", "version", "5"]).await;
+        assert!(store.load().await.unwrap_err().is_corrupt());
+        let swapped = store.compare_and_swap(Some(5), record(6, b"t")).await;
+        assert!(!swapped.unwrap(), "a version alone is no record");
+        assert!(store.load().await.unwrap_err().is_corrupt());
     })
     .await;
 }

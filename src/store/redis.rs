@@ -39,14 +39,17 @@ const MAX_LEASE_MS: u64 = u32::MAX as u64;
 /// stored yet), the new version, the payload, the events channel.
 ///
 /// One script, so the check, the write and the announcement are atomic: no
-/// other command runs between them.
+/// other command runs between them. A key holding anything where no record
+/// is expected, or a version without its payload, is no record to swap
+/// over: `load` reports both as corrupt, and a corrupt record is never
+/// overwritten (found in review: a payload whose version was removed was).
 static COMPARE_AND_SWAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local stored = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == '' then
-  if stored then return 0 end
-elseif stored ~= ARGV[1] then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+elseif stored ~= ARGV[1] or redis.call('HEXISTS', KEYS[1], 'payload') == 0 then
   return 0
 end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'payload', ARGV[3])
