@@ -21,8 +21,8 @@ pub(crate) fn tokens(
     body: &[u8],
     now: SystemTime,
 ) -> Result<TokenSet, RefreshError> {
-    let json: Value = serde_json::from_slice(body)
-        .map_err(|e| undecodable("the answer is not JSON").with_source(e))?;
+    let json: Value =
+        json_of(body).map_err(|e| undecodable("the answer is not JSON").with_source(e))?;
     let refresh_token = match &shape.refresh_token {
         // An empty string means "no new one", as an absent field does.
         Some(pointer) => string_at(&json, pointer)?.filter(|r| !r.is_empty()),
@@ -35,6 +35,15 @@ pub(crate) fn tokens(
         Some(token) => error.with_replacement(Secret::new(token)),
         None => error,
     })
+}
+
+/// `body` as JSON, after a UTF-8 byte order mark if it starts with one:
+/// RFC 8259 forbids sending one but lets a parser ignore it, and some
+/// servers send one. Found in review: read as not JSON, every answer of
+/// such a server was a transient failure, and the token never refreshed.
+pub(super) fn json_of(body: &[u8]) -> serde_json::Result<Value> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    serde_json::from_slice(body)
 }
 
 /// The token set in `json`, a successful answer with `refresh_token` in it.
@@ -171,6 +180,15 @@ mod tests {
         assert_eq!(tokens.refresh_token().unwrap().expose(), "r2");
         assert_eq!(tokens.expires_in(), Some(Duration::from_secs(3600)));
         assert_eq!(tokens.extra("scope"), Some("read"));
+    }
+
+    #[test]
+    fn an_answer_after_a_byte_order_mark_is_read() {
+        let body = json!({"access_token": "a", "token_type": "Bearer", "expires_in": 60});
+        let with_mark = [b"\xEF\xBB\xBF".as_slice(), body.to_string().as_bytes()].concat();
+        let tokens = tokens(&Dialect::oauth2().response, &with_mark, now()).unwrap();
+        assert_eq!(tokens.access_token().expose(), "a");
+        assert_eq!(tokens.expires_in(), Some(Duration::from_secs(60)));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use http::header::RETRY_AFTER;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
-use super::decode::plain_text;
+use super::decode::{json_of, plain_text};
 use super::dialect::{Dialect, ErrorShape};
 use crate::token::REDACTED;
 use crate::RefreshError;
@@ -76,7 +76,7 @@ pub(crate) struct Said {
 
 impl Said {
     pub(crate) fn read(shape: &ErrorShape, body: &[u8], sent: &SentSecrets) -> Self {
-        let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        let Ok(json) = json_of(body) else {
             // An HTML error page or a proxy's text: too unpredictable to
             // quote (it could echo the request), so it is not.
             return Self::default();
@@ -107,7 +107,7 @@ impl Said {
     /// (a camel-case `accessToken` for a `custom` dialect, an `id_token`),
     /// which the message could quote.
     pub(crate) fn read_unused_success(shape: &ErrorShape, body: &[u8], sent: SentSecrets) -> Self {
-        let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        let Ok(json) = json_of(body) else {
             return Self::default();
         };
         let said: Vec<&str> = shape.pointers().collect();
@@ -484,6 +484,13 @@ mod tests {
         assert!(err.is_terminal());
         assert_eq!(err.code(), Some("invalid_grant"));
         assert!(err.to_string().contains("refresh token reused"), "{err}");
+
+        // After a byte order mark, as some servers send it.
+        let body = json!({"error": "invalid_grant", "error_description": "reused"});
+        let with_mark = [b"\xEF\xBB\xBF".as_slice(), body.to_string().as_bytes()].concat();
+        let status = StatusCode::BAD_REQUEST;
+        let err = classified(status, &HeaderMap::new(), &with_mark, &Dialect::oauth2());
+        assert_eq!(err.code(), Some("invalid_grant"));
     }
 
     /// Found in review: the server's words were quoted as they came, line
