@@ -114,6 +114,10 @@ pub(crate) fn build(
                 fields.push(("client_id", &client.id));
                 fields.push(("client_secret", secret.expose()));
             }
+            // Only a client's method set: no client to name. Found in
+            // review: an empty `client_id` went out, which a server that
+            // needs none may refuse as an unknown client.
+            (None, _) if client.id.is_empty() => {}
             // A public client only identifies itself (RFC 6749 §3.2.1).
             (None, _) => fields.push(("client_id", &client.id)),
         }

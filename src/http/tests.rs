@@ -287,6 +287,21 @@ async fn a_client_secret_without_a_client_id_is_a_named_error() {
     assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
 }
 
+/// Found in review: a client authentication method set with no client id
+/// sent an empty `client_id`.
+#[tokio::test]
+async fn a_client_auth_method_alone_names_no_client() {
+    let (idp, sent) = recording_endpoint(|_| ok_tokens());
+    let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp)
+        .client_auth(ClientAuthMethod::Post);
+    refresher.refresh(ctx()).await.unwrap();
+    let sent = sent.lock().unwrap();
+    assert_eq!(
+        sent[0],
+        "grant_type=refresh_token&refresh_token=old-refresh"
+    );
+}
+
 /// Found in review: a fixed field named like one the refresh sets itself
 /// replaced it in a JSON body (the refresh token, here) and went out twice
 /// in a form. It is a named error now.
