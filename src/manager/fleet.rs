@@ -204,13 +204,7 @@ impl FlightTask {
         )
         .await?;
         if stored {
-            // Known at once as this process's own, before the lease is
-            // released or the hook has run: should the flight be
-            // overtaken meanwhile (tokens set by hand), neither the watcher
-            // nor a later flight takes this version for a sibling's and
-            // adopts it over what overtook it. Found in review.
-            let mut control = self.shared.lock();
-            control.store_version = control.store_version.max(Some(next));
+            self.note_stored(next);
         }
         Ok(stored.then_some(next))
     }

@@ -1682,37 +1682,49 @@ async fn a_siblings_stored_refresh_token_is_refreshed_from_after_ours_was_refuse
 /// (found in a second review: the watcher adopted it in between).
 #[tokio::test(start_paused = true)]
 async fn tokens_set_by_hand_during_a_refresh_are_not_replaced_by_its_stored_result() {
-    let idp = Rotating::taking(Duration::from_secs(1));
-    let store = MemoryStore::new();
-    let layer = TokenRefreshLayer::builder(idp.source())
-        .store(store.clone())
-        .on_refresh(|_: &TokenSet| tokio::time::sleep(Duration::from_millis(100)))
-        .build();
-    let handle = layer.handle();
-    // Lets the watcher subscribe to the store's announcements.
-    tokio::task::yield_now().await;
-
-    let refreshing = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.force_refresh().await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let by_hand = TokenSet::new("by-hand")
-        .with_refresh_token("rt-by-hand")
-        .with_expires_in(LIFETIME);
-    handle.set_tokens(by_hand).unwrap();
-    let _ = refreshing.await.unwrap();
-    // The overtaken refresh ends, and the watcher hears of its version.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    for _ in 0..10 {
+    // Set before the refresh stores its result (at 1 s), and after, while
+    // its hook runs.
+    for set_at in [500, 1050] {
+        let idp = Rotating::taking(Duration::from_secs(1));
+        let store = MemoryStore::new();
+        let layer = TokenRefreshLayer::builder(idp.source())
+            .store(store.clone())
+            .on_refresh(|_: &TokenSet| tokio::time::sleep(Duration::from_millis(100)))
+            .build();
+        let handle = layer.handle();
+        // Lets the watcher subscribe to the store's announcements.
         tokio::task::yield_now().await;
-    }
 
-    assert_eq!(idp.counts(), (1, 0, 0), "the overtaken call was made");
-    assert_eq!(idp.stored_live_version(&store).await, 1, "and stored");
-    let tokens = handle.tokens().unwrap();
-    assert_eq!(tokens.access_token().expose(), "by-hand");
-    assert_eq!(handle.stats().adopted, 0);
+        let refreshing = tokio::spawn({
+            let handle = handle.clone();
+            async move { handle.force_refresh().await }
+        });
+        tokio::time::sleep(Duration::from_millis(set_at)).await;
+        let by_hand = TokenSet::new("by-hand")
+            .with_refresh_token("rt-by-hand")
+            .with_expires_in(LIFETIME);
+        handle.set_tokens(by_hand).unwrap();
+        // A refresh at once, the overtaken one still running: it presents
+        // the refresh token set by hand (which this identity server does
+        // not know), rather than adopt what the overtaken one stored.
+        let _ = handle.force_refresh().await;
+        let _ = refreshing.await.unwrap();
+        // The overtaken refresh ends, and the watcher hears of its version.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+
+        assert_eq!(
+            idp.counts(),
+            (1, 0, 1),
+            "{set_at}: the overtaken call and ours"
+        );
+        assert_eq!(idp.stored_live_version(&store).await, 1, "{set_at}: stored");
+        let tokens = handle.tokens().unwrap();
+        assert_eq!(tokens.access_token().expose(), "by-hand", "{set_at}");
+        assert_eq!(handle.stats().adopted, 0, "{set_at}");
+    }
 }
 
 /// As above, for tokens stored after the refresh, by its offer (its own
@@ -1859,4 +1871,46 @@ async fn a_refresh_after_tokens_set_by_hand_refreshes_from_them_not_the_overtake
     assert_eq!(handle.stats().adopted, 0);
     let stored = store.load().await.unwrap().unwrap();
     assert_eq!(stored.version(), 2, "the overtaken result, then this one");
+}
+
+/// A refresh that stored its tokens and was then dropped (its runtime shut
+/// down while it released the lease) installed nothing: the next refresh
+/// adopts what it stored, rather than present the refresh token it spent.
+/// Found in a second review: the stored version was taken for known from
+/// the write on, and the next refresh presented the spent token.
+#[test]
+fn what_a_refresh_dropped_after_storing_stored_is_adopted_next() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    let first = crate::test_support::paused_runtime();
+    let layer = first.block_on(async {
+        let layer = idp.layer_on(store.clone());
+        layer.handle().force_refresh().await.unwrap(); // login: at-1, version 1
+        layer
+    });
+    first.block_on(async {
+        let handle = layer.handle();
+        let _refreshing = tokio::spawn(async move { handle.force_refresh().await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Stored at 1 s, then the lease's release hangs.
+        store.slow_leases.store(60_000, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+    });
+    drop(first);
+    store.slow_leases.store(0, Ordering::SeqCst);
+    assert_eq!(
+        layer.handle().tokens().unwrap().access_token().expose(),
+        "at-1"
+    );
+
+    crate::test_support::paused_runtime().block_on(async {
+        layer.handle().force_refresh().await.unwrap();
+    });
+
+    assert_eq!(
+        layer.handle().tokens().unwrap().access_token().expose(),
+        "at-2"
+    );
+    assert_eq!(idp.counts(), (1, 1, 0), "no spent refresh token presented");
 }

@@ -328,6 +328,9 @@ struct Ready {
     version: Option<u64>,
     adopted: bool,
     offer: Option<Offer>,
+    /// False when the hook was not shown them, a later flight's tokens
+    /// having been shown first (see [`hook`](super::hook)): not installed.
+    shown: bool,
 }
 
 impl FlightTask {
@@ -558,14 +561,17 @@ impl FlightTask {
                     version,
                     adopted,
                     offer,
+                    shown: true,
                 };
                 if adopted {
                     return Ok(ready);
                 }
                 let tokens = ready.prepared.shared_tokens();
                 self.hooked = Some(ready);
-                self.run_hook(tokens).await;
-                return Ok(self.hooked.take().expect("taken only here and on drop"));
+                let shown = self.run_hook(tokens).await;
+                let mut ready = self.hooked.take().expect("taken only here and on drop");
+                ready.shown = shown;
+                return Ok(ready);
             }
             // Installing it would send every waiting request straight back
             // for another refresh; as a failure it is backed off.
@@ -599,10 +605,31 @@ impl FlightTask {
     /// task and bounded by the refresh timeout: a hook that hangs or panics
     /// must neither strand the waiters nor lose the tokens (possibly a
     /// rotated refresh token). In order with other flights' hooks (see
-    /// [`hook`](super::hook)).
-    async fn run_hook(&self, tokens: Arc<TokenSet>) {
-        if let Some(hook) = &self.shared.config.on_refresh {
-            super::hook::run(&self.shared, self.id, hook, tokens).await;
+    /// [`hook`](super::hook)): false if a later flight's tokens were shown
+    /// already, and these were not.
+    async fn run_hook(&self, tokens: Arc<TokenSet>) -> bool {
+        match &self.shared.config.on_refresh {
+            Some(hook) => super::hook::run(&self.shared, self.id, hook, tokens).await,
+            None => true,
+        }
+    }
+
+    /// This flight stored its tokens as `version`. Overtaken already by
+    /// tokens set by hand, the version is known at once as this process's
+    /// own, overtaken result; otherwise it is noted, for `set_tokens` to do
+    /// the same should it overtake the flight before it settles. Either
+    /// way neither the watcher nor a later flight adopts it over the
+    /// tokens set by hand (found in review: the watcher did, while the
+    /// flight released its lease and ran the hook). Known only then: a
+    /// flight that stored and then was dropped installed nothing, and the
+    /// next one must adopt what it stored, not refresh again from the
+    /// refresh token it spent (found in a second review).
+    pub(super) fn note_stored(&self, version: u64) {
+        let mut control = self.shared.lock();
+        if self.shared.snapshot.load().generation != self.from_generation {
+            control.store_version = control.store_version.max(Some(version));
+        } else {
+            control.stored_unsettled = Some((self.id, version));
         }
     }
 
@@ -613,6 +640,12 @@ impl FlightTask {
         let current = control.flight.as_ref().is_some_and(|f| f.id() == self.id);
         if current {
             control.flight = None;
+        }
+        if control
+            .stored_unsettled
+            .is_some_and(|(flight, _)| flight == self.id)
+        {
+            control.stored_unsettled = None;
         }
         let superseded = self.shared.snapshot.load().generation != self.from_generation;
         (control, current, superseded)
@@ -628,7 +661,10 @@ impl FlightTask {
         } else {
             &shared.stats.refresh_successes
         });
-        if superseded {
+        // Not shown to the hook, which has shown a later flight's: not
+        // installed either, as if superseded (found in review: the layer
+        // sent tokens the hook never persisted).
+        if superseded || !ready.shown {
             // Stored by this flight (or adopted by it), the version is this
             // process's own result, overtaken: known, so that neither the
             // watcher nor the next flight adopts it over the tokens that

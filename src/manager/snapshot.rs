@@ -122,8 +122,10 @@ impl Prepared {
     }
 
     /// Gives the tokens their generation and windows. `installed_at` starts
-    /// the `min_refresh_interval` of refreshed tokens: a slow refresh must
-    /// not make its result look old.
+    /// the `min_refresh_interval` of tokens this process refreshed (a slow
+    /// refresh must not make its result look old), and their proactive
+    /// spacing; an adopted token's interval starts at its sibling's
+    /// refresh.
     pub(crate) fn into_snapshot(
         self,
         generation: u64,
@@ -192,8 +194,9 @@ pub(crate) struct Snapshot {
     pub(crate) generation: u64,
     pub(crate) tokens: Option<Arc<TokenSet>>,
     pub(crate) header: Option<HeaderValue>,
-    /// When a refresh we performed produced this token; `None` for tokens
-    /// handed to us, whose age we cannot know.
+    /// When a refresh produced this token: its install, for this process's
+    /// own refresh; the sibling's refresh, for one adopted from the store.
+    /// `None` for tokens handed to us, whose age we cannot know.
     pub(crate) refreshed_at: Option<Instant>,
     /// No proactive or scheduled refresh before this (refreshed tokens only).
     pub(crate) proactive_from: Option<Instant>,
