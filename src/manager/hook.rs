@@ -13,7 +13,9 @@
 //!   refresh that showed them started earlier, and a later one has
 //!   finished since), and whatever it was still to persist is stale;
 //! - a hook for tokens older than ones already shown (a refresh overtaken
-//!   by tokens set by hand that ends after the next one) is not run.
+//!   by tokens set by hand that ends after the next one, or one whose
+//!   runtime stopped driving it, replaced after its deadline) is not run,
+//!   and its tokens are not installed: the hook never saw them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,21 +36,38 @@ pub(super) struct HookRun {
     ended: watch::Receiver<()>,
 }
 
+/// How long a hook waits for the one it cancelled to stop, at most: a
+/// hook between two `.await`s stops once it reaches the next, but one
+/// stuck in blocking code cannot be cancelled, and the wait comes out of
+/// the next hook's own time.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 impl HookRun {
     /// Cancels the hook if it still runs (at its next `.await`; work it has
-    /// handed off, such as a blocking write, may still land) and waits,
-    /// up to `bound`, for it to stop: a hook stuck in blocking code cannot
-    /// be cancelled, and the next must not wait for it forever.
-    async fn stop(mut self, bound: Duration) {
+    /// handed off, such as a blocking write, may still land). Called under
+    /// the lock that records the next hook, so that the cancellation does
+    /// not depend on the next hook's task ever running.
+    fn cancel(&self) {
         self.abort.abort();
+    }
+
+    /// Waits for the cancelled hook to stop, up to `grace`.
+    async fn stopped(mut self, grace: Duration) {
         // Fails once the task has ended and dropped the sender.
-        let _ = tokio::time::timeout(bound, self.ended.changed()).await;
+        let _ = tokio::time::timeout(grace, self.ended.changed()).await;
     }
 }
 
 /// Shows `tokens`, which `flight` fetched, to `hook`, after stopping the
-/// hook before it; waits up to the refresh timeout.
-pub(super) async fn run(shared: &Shared, flight: u64, hook: &RefreshHook, tokens: Arc<TokenSet>) {
+/// hook before it; waits up to the refresh timeout. False if the hook was
+/// not run: a later flight's tokens were shown already, and these are not
+/// to be installed either.
+pub(super) async fn run(
+    shared: &Shared,
+    flight: u64,
+    hook: &RefreshHook,
+    tokens: Arc<TokenSet>,
+) -> bool {
     let timeout = shared.config.refresh_timeout;
     let task = {
         let mut control = shared.lock();
@@ -58,16 +77,20 @@ pub(super) async fn run(shared: &Shared, flight: u64, hook: &RefreshHook, tokens
             .is_some_and(|last| last.flight > flight)
         {
             tracing::debug!("on_refresh hook not run: a later refresh's tokens were shown to it");
-            return;
+            return false;
         }
         let before = control.last_hook.take();
+        if let Some(before) = &before {
+            before.cancel();
+        }
         let hook = Arc::clone(hook);
         let (ended, ended_rx) = watch::channel(());
+        let grace = STOP_GRACE.min(timeout / 4);
         // Spawned under the lock, so that the next hook finds this one.
         let task = tokio::spawn(async move {
             let _ended = ended;
             if let Some(before) = before {
-                before.stop(timeout).await;
+                before.stopped(grace).await;
             }
             hook(&tokens).await;
         });
@@ -86,4 +109,5 @@ pub(super) async fn run(shared: &Shared, flight: u64, hook: &RefreshHook, tokens
         Ok(Err(_)) => tracing::warn!("on_refresh hook panicked; the tokens are kept"),
         Err(_) => tracing::warn!("on_refresh hook did not finish within the refresh timeout"),
     }
+    true
 }

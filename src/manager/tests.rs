@@ -866,6 +866,53 @@ async fn an_overtaken_refreshs_hook_does_not_run_after_a_later_refreshs() {
     assert_eq!(*persisted.lock().unwrap(), ["rt-2"]);
 }
 
+/// Found in review: a flight whose runtime stopped driving it, replaced
+/// after its deadline, that ended while its replacement's hook ran had its
+/// own hook skipped (a later flight's tokens were shown already) but
+/// installed its tokens all the same: the layer sent tokens the hook never
+/// persisted, and discarded the ones it did. Not installed now.
+#[test]
+fn tokens_the_hook_was_not_shown_are_not_installed() {
+    let source = numbered(|n| Duration::from_secs(if n == 1 { 1 } else { 0 }));
+    let persisted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&persisted);
+    let layer = TokenRefreshLayer::builder(source)
+        .refresh_timeout(Duration::from_secs(10))
+        .on_refresh(move |tokens: &TokenSet| {
+            let refresh = tokens.refresh_token().unwrap().expose().to_owned();
+            let record = Arc::clone(&record);
+            async move {
+                // The replacement's hook takes a while.
+                if refresh == "rt-2" {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                record.lock().unwrap().push(refresh);
+            }
+        })
+        .build();
+    let handle = layer.handle();
+    let (stalled, driven) = (paused_runtime(), paused_runtime());
+    stalled.block_on(async {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.force_refresh().await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    // Past the stalled flight's deadline, its replacement refreshes at once
+    // and runs its hook.
+    driven.block_on(async {
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.force_refresh().await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    // The stalled flight, driven again, ends meanwhile.
+    stalled.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
+    driven.block_on(async { tokio::time::sleep(Duration::from_secs(10)).await });
+
+    assert_eq!(*persisted.lock().unwrap(), ["rt-2"]);
+    assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-2");
+}
+
 /// Found in review: refused tokens the hook persisted could not be given
 /// back. A layer restarted with them as its initial tokens found an access
 /// token that makes no header and stopped for good (re-authentication
