@@ -671,8 +671,10 @@ impl FlightTask {
             // overtook it. Found in review: tokens set by hand during a
             // refresh were replaced by that refresh's stored result.
             control.store_version = control.store_version.max(ready.version);
-            if let Some(offer) = ready.offer {
+            if let Some(offer) = ready.offer.filter(|_| ready.shown) {
                 // Not installed, but its refresh token is the live one.
+                // (Tokens the hook was not shown are not offered either:
+                // the later flight's, which it was, are the ones to keep.)
                 offer.start(shared, &mut control, ready.prepared.shared_tokens());
             }
             drop(control);

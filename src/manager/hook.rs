@@ -59,9 +59,9 @@ impl HookRun {
 }
 
 /// Shows `tokens`, which `flight` fetched, to `hook`, after stopping the
-/// hook before it; waits up to the refresh timeout. False if the hook was
-/// not run: a later flight's tokens were shown already, and these are not
-/// to be installed either.
+/// hook before it; waits up to the refresh timeout. False if a later
+/// flight's tokens were shown, before these or while their hook ran:
+/// these are not to be installed either.
 pub(super) async fn run(
     shared: &Shared,
     flight: u64,
@@ -109,5 +109,14 @@ pub(super) async fn run(
         Ok(Err(_)) => tracing::warn!("on_refresh hook panicked; the tokens are kept"),
         Err(_) => tracing::warn!("on_refresh hook did not finish within the refresh timeout"),
     }
-    true
+    // A later flight's hook started meanwhile (and cancelled this one, if
+    // it still ran): what it was shown is newer, and what it persists
+    // lands last. Found in review: these tokens were installed all the
+    // same, and the later flight's discarded.
+    let overtaken = shared
+        .lock()
+        .last_hook
+        .as_ref()
+        .is_some_and(|last| last.flight > flight);
+    !overtaken
 }

@@ -978,9 +978,10 @@ impl Shared {
         let snapshot = self.install(prepared);
         control.refused = None;
         control.dead_refresh_token = None;
-        if version.is_some() {
-            control.store_version = version;
-        }
+        // Never back, as everywhere: a version this process stored for a
+        // refresh that tokens set by hand overtook stays known whatever
+        // version the tokens installed now came with.
+        control.store_version = control.store_version.max(version);
         control.failure = None;
         control.consecutive_failures = 0;
         control.consecutive_deferrals = 0;

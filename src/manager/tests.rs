@@ -913,6 +913,50 @@ fn tokens_the_hook_was_not_shown_are_not_installed() {
     assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-2");
 }
 
+/// The same, for a stalled flight whose hook started first and was
+/// cancelled by its replacement's: what the replacement's hook persists
+/// lands last, so its tokens are the ones installed. Found in review.
+#[test]
+fn tokens_whose_hook_a_later_hook_cancelled_are_not_installed() {
+    let source = numbered(|n| Duration::from_secs(n as u64));
+    let persisted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&persisted);
+    let layer = TokenRefreshLayer::builder(source)
+        .refresh_timeout(Duration::from_secs(10))
+        .on_refresh(move |tokens: &TokenSet| {
+            let refresh = tokens.refresh_token().unwrap().expose().to_owned();
+            let record = Arc::clone(&record);
+            async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                record.lock().unwrap().push(refresh);
+            }
+        })
+        .build();
+    let handle = layer.handle();
+    let (stalled, driven) = (paused_runtime(), paused_runtime());
+    let (first, second) = (handle.clone(), handle.clone());
+    stalled.block_on(async {
+        tokio::spawn(async move { first.force_refresh().await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    // Past the stalled flight's deadline: its replacement takes 2 s.
+    driven.block_on(async {
+        tokio::time::advance(Duration::from_secs(30)).await;
+        tokio::spawn(async move { second.force_refresh().await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    // The stalled flight gets its tokens and starts its hook; then the
+    // replacement gets its own and starts its hook, which cancels the
+    // first; then the stalled flight ends, before the replacement.
+    stalled.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });
+    driven.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
+    stalled.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });
+    driven.block_on(async { tokio::time::sleep(Duration::from_secs(10)).await });
+
+    assert_eq!(*persisted.lock().unwrap(), ["rt-2"]);
+    assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-2");
+}
+
 /// Found in review: refused tokens the hook persisted could not be given
 /// back. A layer restarted with them as its initial tokens found an access
 /// token that makes no header and stopped for good (re-authentication
