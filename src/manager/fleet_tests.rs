@@ -1449,10 +1449,7 @@ async fn a_record_landing_late_under_the_lease_is_replaced_at_once() {
     let store = FaultyLoads::default();
     let handle = ahead_of_the_store(&idp, &store, 1).await; // at-2 / rt-2
 
-    let refreshing = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.force_refresh().await }
-    });
+    let refreshing = refreshing_in_the_background(&handle);
     tokio::time::sleep(Duration::from_millis(500)).await;
     land_late(&store, 1, &idp.tokens(2)).await; // rt-2, spent by this refresh
     refreshing.await.unwrap().unwrap();
@@ -1493,10 +1490,7 @@ async fn a_record_landing_late_near_the_end_of_the_lease_is_replaced_by_the_next
         call.store(1900, Ordering::SeqCst);
     }
     let loads = store.loads.load(Ordering::SeqCst);
-    let refreshing = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.force_refresh().await }
-    });
+    let refreshing = refreshing_in_the_background(&handle);
     // Both loads done (3.8 s), the refresh from rt-2 under way.
     tokio::time::sleep(Duration::from_millis(4500)).await;
     land_late(&store, 1, &idp.tokens(2)).await;
@@ -1607,10 +1601,7 @@ async fn a_fleet_flight_doing_all_it_may_is_joined_until_it_ends() {
     // Waits out the lease (load and attempt, 3.8 s, then a poll: taken at
     // 11.9 s), loads, refreshes and writes under it (17.6 s), releases it
     // (19.5 s) and runs the hook (21.4 s): past the old 19.25 s deadline.
-    let first = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.force_refresh().await }
-    });
+    let first = refreshing_in_the_background(&handle);
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert!(!first.is_finished(), "still working at 20 s");
     handle.force_refresh().await.expect("joined the first");
@@ -1695,10 +1686,7 @@ async fn tokens_set_by_hand_during_a_refresh_are_not_replaced_by_its_stored_resu
         // Lets the watcher subscribe to the store's announcements.
         tokio::task::yield_now().await;
 
-        let refreshing = tokio::spawn({
-            let handle = handle.clone();
-            async move { handle.force_refresh().await }
-        });
+        let refreshing = refreshing_in_the_background(&handle);
         tokio::time::sleep(Duration::from_millis(set_at)).await;
         let by_hand = TokenSet::new("by-hand")
             .with_refresh_token("rt-by-hand")
@@ -1745,10 +1733,7 @@ async fn tokens_set_by_hand_are_not_replaced_by_an_offer_stored_after_them() {
         store.failing_writes.store(1, Ordering::SeqCst);
         store.slow_writes.store(1000, Ordering::SeqCst);
 
-        let refreshing = tokio::spawn({
-            let handle = handle.clone();
-            async move { handle.force_refresh().await }
-        });
+        let refreshing = refreshing_in_the_background(&handle);
         let set_at = if set_while_refreshing { 500 } else { 1500 };
         tokio::time::sleep(Duration::from_millis(set_at)).await;
         let by_hand = TokenSet::new("by-hand")
@@ -1854,10 +1839,7 @@ async fn a_refresh_after_tokens_set_by_hand_refreshes_from_them_not_the_overtake
     let handle = layer.handle();
     tokio::task::yield_now().await;
 
-    let overtaken = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.force_refresh().await }
-    });
+    let overtaken = refreshing_in_the_background(&handle);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let by_hand = TokenSet::new("at-by-hand")
         .with_refresh_token("by-hand")
@@ -1913,4 +1895,12 @@ fn what_a_refresh_dropped_after_storing_stored_is_adopted_next() {
         "at-2"
     );
     assert_eq!(idp.counts(), (1, 1, 0), "no spent refresh token presented");
+}
+
+/// A forced refresh through `handle`, on a task of its own.
+fn refreshing_in_the_background(
+    handle: &crate::TokenHandle,
+) -> tokio::task::JoinHandle<Result<(), crate::Error>> {
+    let handle = handle.clone();
+    tokio::spawn(async move { handle.force_refresh().await })
 }

@@ -797,25 +797,25 @@ fn numbered(takes: impl Fn(usize) -> Duration + Send + Sync + 'static) -> impl c
     })
 }
 
-/// A hook recording the refresh tokens it persists, in order; its first
-/// call takes `first_takes`.
+/// A hook recording the refresh tokens it persists, in order, each after
+/// the time `takes` gives for it; and a 10 s refresh timeout.
 fn persisting(
     builder: Builder,
-    first_takes: Duration,
+    takes: impl Fn(&str) -> Duration + Send + Sync + 'static,
 ) -> (Builder, Arc<std::sync::Mutex<Vec<String>>>) {
     let persisted = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (record, calls) = (Arc::clone(&persisted), AtomicUsize::new(0));
-    let builder = builder.on_refresh(move |tokens: &TokenSet| {
-        let refresh = tokens.refresh_token().unwrap().expose().to_owned();
-        let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
-        let record = Arc::clone(&record);
-        async move {
-            if first {
-                tokio::time::sleep(first_takes).await;
-            }
-            record.lock().unwrap().push(refresh);
-        }
-    });
+    let record = Arc::clone(&persisted);
+    let builder =
+        builder
+            .refresh_timeout(Duration::from_secs(10))
+            .on_refresh(move |tokens: &TokenSet| {
+                let refresh = tokens.refresh_token().unwrap().expose().to_owned();
+                let (record, delay) = (Arc::clone(&record), takes(&refresh));
+                async move {
+                    tokio::time::sleep(delay).await;
+                    record.lock().unwrap().push(refresh);
+                }
+            });
     (builder, persisted)
 }
 
@@ -826,9 +826,11 @@ fn persisting(
 /// next refresh's hook cancels it first.
 #[tokio::test(start_paused = true)]
 async fn a_hook_that_overran_is_cancelled_before_the_next_refreshs_hook() {
-    let builder = TokenRefreshLayer::builder(numbered(|_| Duration::ZERO))
-        .refresh_timeout(Duration::from_secs(10));
-    let (builder, persisted) = persisting(builder, Duration::from_secs(15));
+    let builder = TokenRefreshLayer::builder(numbered(|_| Duration::ZERO));
+    // The first hook takes longer than the refresh timeout.
+    let (builder, persisted) = persisting(builder, |refresh| {
+        Duration::from_secs(if refresh == "rt-1" { 15 } else { 0 })
+    });
     let handle = builder.build().handle();
 
     // Installed after the refresh timeout, the hook still running.
@@ -848,7 +850,7 @@ async fn a_hook_that_overran_is_cancelled_before_the_next_refreshs_hook() {
 async fn an_overtaken_refreshs_hook_does_not_run_after_a_later_refreshs() {
     // The first refresh takes 5 s, the next is immediate.
     let source = numbered(|n| Duration::from_secs(if n == 1 { 5 } else { 0 }));
-    let (builder, persisted) = persisting(TokenRefreshLayer::builder(source), Duration::ZERO);
+    let (builder, persisted) = persisting(TokenRefreshLayer::builder(source), |_| Duration::ZERO);
     let handle = builder.build().handle();
 
     let overtaken = tokio::spawn({
@@ -874,23 +876,11 @@ async fn an_overtaken_refreshs_hook_does_not_run_after_a_later_refreshs() {
 #[test]
 fn tokens_the_hook_was_not_shown_are_not_installed() {
     let source = numbered(|n| Duration::from_secs(if n == 1 { 1 } else { 0 }));
-    let persisted = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = Arc::clone(&persisted);
-    let layer = TokenRefreshLayer::builder(source)
-        .refresh_timeout(Duration::from_secs(10))
-        .on_refresh(move |tokens: &TokenSet| {
-            let refresh = tokens.refresh_token().unwrap().expose().to_owned();
-            let record = Arc::clone(&record);
-            async move {
-                // The replacement's hook takes a while.
-                if refresh == "rt-2" {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-                record.lock().unwrap().push(refresh);
-            }
-        })
-        .build();
-    let handle = layer.handle();
+    // The replacement's hook takes a while.
+    let (builder, persisted) = persisting(TokenRefreshLayer::builder(source), |refresh| {
+        Duration::from_secs(if refresh == "rt-2" { 5 } else { 0 })
+    });
+    let handle = builder.build().handle();
     let (stalled, driven) = (paused_runtime(), paused_runtime());
     stalled.block_on(async {
         let handle = handle.clone();
@@ -919,20 +909,10 @@ fn tokens_the_hook_was_not_shown_are_not_installed() {
 #[test]
 fn tokens_whose_hook_a_later_hook_cancelled_are_not_installed() {
     let source = numbered(|n| Duration::from_secs(n as u64));
-    let persisted = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = Arc::clone(&persisted);
-    let layer = TokenRefreshLayer::builder(source)
-        .refresh_timeout(Duration::from_secs(10))
-        .on_refresh(move |tokens: &TokenSet| {
-            let refresh = tokens.refresh_token().unwrap().expose().to_owned();
-            let record = Arc::clone(&record);
-            async move {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                record.lock().unwrap().push(refresh);
-            }
-        })
-        .build();
-    let handle = layer.handle();
+    let (builder, persisted) = persisting(TokenRefreshLayer::builder(source), |_| {
+        Duration::from_secs(5)
+    });
+    let handle = builder.build().handle();
     let (stalled, driven) = (paused_runtime(), paused_runtime());
     let (first, second) = (handle.clone(), handle.clone());
     stalled.block_on(async {

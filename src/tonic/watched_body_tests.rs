@@ -14,9 +14,9 @@ use http_body_util::{BodyExt, Full};
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
-use super::{with_token_refresh, IntoTonicBody, WatchedBody};
+use super::{with_token_refresh, GrpcTokenRefresh, IntoTonicBody, WatchedBody};
 use crate::classify::Grpc;
-use crate::{refresh_fn, Builder, RefreshError, TokenRefreshLayer, TokenSet};
+use crate::{refresh_fn, Builder, RefreshError, TokenHandle, TokenRefreshLayer, TokenSet};
 
 type Channel = BoxCloneService<Request<tonic::body::Body>, Response<tonic::body::Body>, Infallible>;
 
@@ -65,12 +65,21 @@ fn call() -> Request<tonic::body::Body> {
     Request::new(tonic::body::Body::empty())
 }
 
+/// A client through `layer` to a channel ending every call with `code`,
+/// the layer's handle, and the channel's count of calls.
+fn client_ending_with(
+    code: tonic::Code,
+    layer: &TokenRefreshLayer<Grpc>,
+) -> (GrpcTokenRefresh<Channel>, TokenHandle, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let client = with_token_refresh(channel(code, &calls), layer);
+    (client, layer.handle(), calls)
+}
+
 #[tokio::test]
 async fn unauthenticated_in_the_trailers_refreshes_the_token_the_call_went_out_with() {
-    let calls = Arc::new(AtomicUsize::new(0));
     let layer = layer();
-    let handle = layer.handle();
-    let client = with_token_refresh(channel(tonic::Code::Unauthenticated, &calls), &layer);
+    let (client, handle, calls) = client_ending_with(tonic::Code::Unauthenticated, &layer);
 
     let response = client.oneshot(call()).await.expect("a response");
     assert_eq!(
@@ -94,10 +103,8 @@ async fn unauthenticated_in_the_trailers_refreshes_the_token_the_call_went_out_w
 
 #[tokio::test]
 async fn streams_cut_together_share_one_refresh() {
-    let calls = Arc::new(AtomicUsize::new(0));
     let layer = layer();
-    let handle = layer.handle();
-    let client = with_token_refresh(channel(tonic::Code::Unauthenticated, &calls), &layer);
+    let (client, handle, calls) = client_ending_with(tonic::Code::Unauthenticated, &layer);
 
     // All sent with the old token, then all cut, their trailers read in
     // turn: the first starts the refresh, the next three find it running,
@@ -125,10 +132,8 @@ async fn streams_cut_together_share_one_refresh() {
 
 #[tokio::test]
 async fn a_token_a_refresh_just_brought_is_not_refreshed_again() {
-    let calls = Arc::new(AtomicUsize::new(0));
     let layer = layer_without_tokens().build();
-    let handle = layer.handle();
-    let client = with_token_refresh(channel(tonic::Code::Unauthenticated, &calls), &layer);
+    let (client, handle, _) = client_ending_with(tonic::Code::Unauthenticated, &layer);
 
     // The call's token came from a refresh moments ago.
     let trailers = trailers_of(client.oneshot(call()).await.unwrap()).await;
@@ -141,10 +146,8 @@ async fn a_token_a_refresh_just_brought_is_not_refreshed_again() {
 
 #[tokio::test]
 async fn a_stream_dropped_before_its_trailers_tells_nothing() {
-    let calls = Arc::new(AtomicUsize::new(0));
     let layer = layer();
-    let handle = layer.handle();
-    let client = with_token_refresh(channel(tonic::Code::Unauthenticated, &calls), &layer);
+    let (client, handle, _) = client_ending_with(tonic::Code::Unauthenticated, &layer);
 
     let mut body = client.oneshot(call()).await.unwrap().into_body();
     let first = body.frame().await.expect("a frame").expect("no error");
@@ -158,10 +161,8 @@ async fn a_stream_dropped_before_its_trailers_tells_nothing() {
 #[tokio::test]
 async fn other_statuses_in_the_trailers_change_nothing() {
     for code in [tonic::Code::Ok, tonic::Code::PermissionDenied] {
-        let calls = Arc::new(AtomicUsize::new(0));
         let layer = layer();
-        let handle = layer.handle();
-        let client = with_token_refresh(channel(code, &calls), &layer);
+        let (client, handle, _) = client_ending_with(code, &layer);
 
         let trailers = trailers_of(client.oneshot(call()).await.unwrap()).await;
 
@@ -174,10 +175,8 @@ async fn other_statuses_in_the_trailers_change_nothing() {
 
 #[tokio::test]
 async fn the_trailers_of_a_call_whose_token_was_replaced_meanwhile_change_nothing() {
-    let calls = Arc::new(AtomicUsize::new(0));
     let layer = layer();
-    let handle = layer.handle();
-    let client = with_token_refresh(channel(tonic::Code::Unauthenticated, &calls), &layer);
+    let (client, handle, _) = client_ending_with(tonic::Code::Unauthenticated, &layer);
 
     let response = client.oneshot(call()).await.unwrap();
     // Signed in again while the stream ran.
