@@ -198,15 +198,16 @@ impl FlightTask {
         obtained: &Obtained,
     ) -> Result<Option<u64>, StoreError> {
         let record = record_of(&obtained.tokens, next, obtained.obtained_at);
+        self.note_storing(next);
         let stored = call(
             &self.shared.config,
             store.compare_and_swap_boxed(expected, record),
         )
-        .await?;
-        if stored {
-            self.note_stored(next);
+        .await;
+        if !matches!(stored, Ok(true)) {
+            self.stored_nothing();
         }
-        Ok(stored.then_some(next))
+        Ok(stored?.then_some(next))
     }
 
     /// `known`, or a later version this process has stored since it was

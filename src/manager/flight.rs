@@ -614,23 +614,33 @@ impl FlightTask {
         }
     }
 
-    /// This flight stored its tokens as `version`. Overtaken already by
-    /// tokens set by hand, the version is known at once as this process's
-    /// own, overtaken result; otherwise it is noted, for `set_tokens` to do
-    /// the same should it overtake the flight before it settles. Either
-    /// way neither the watcher nor a later flight adopts it over the
-    /// tokens set by hand (found in review: the watcher did, while the
-    /// flight released its lease and ran the hook). Known only then: a
-    /// flight that stored and then was dropped installed nothing, and the
-    /// next one must adopt what it stored, not refresh again from the
-    /// refresh token it spent (found in a second review).
-    pub(super) fn note_stored(&self, version: u64) {
+    /// This flight is about to store its tokens as `version`. Overtaken
+    /// already by tokens set by hand, the version is known at once as this
+    /// process's own, overtaken result; otherwise it is noted, for
+    /// `set_tokens` to do the same should it overtake the flight before it
+    /// settles. Either way neither the watcher nor a later flight adopts it
+    /// over the tokens set by hand: found in review, the watcher did while
+    /// the flight released its lease and ran the hook, and a waiting
+    /// flight did when the store announced the version before the swap
+    /// answered. Known only then: a flight that stored and then was dropped
+    /// installed nothing, and the next one must adopt what it stored, not
+    /// refresh again from the refresh token it spent (found in a second
+    /// review). A version known that the swap did not store is harmless:
+    /// what the process then refreshes from is the tokens set by hand.
+    pub(super) fn note_storing(&self, version: u64) {
         let mut control = self.shared.lock();
         if self.shared.snapshot.load().generation != self.from_generation {
             control.store_version = control.store_version.max(Some(version));
         } else {
-            control.stored_unsettled = Some((self.id, version));
+            control.storing = Some((self.id, version));
         }
+    }
+
+    /// The swap [`note_storing`](Self::note_storing) announced stored
+    /// nothing (or may not have): nothing for `set_tokens` to know.
+    pub(super) fn stored_nothing(&self) {
+        let mut control = self.shared.lock();
+        control.storing = control.storing.filter(|(flight, _)| *flight != self.id);
     }
 
     /// Locks, and tells whether this flight is still the registered one and
@@ -641,12 +651,7 @@ impl FlightTask {
         if current {
             control.flight = None;
         }
-        if control
-            .stored_unsettled
-            .is_some_and(|(flight, _)| flight == self.id)
-        {
-            control.stored_unsettled = None;
-        }
+        control.storing = control.storing.filter(|(flight, _)| *flight != self.id);
         let superseded = self.shared.snapshot.load().generation != self.from_generation;
         (control, current, superseded)
     }

@@ -244,11 +244,11 @@ struct Control {
     /// The last `on_refresh` hook started, which the next one stops first
     /// (see [`hook`]).
     last_hook: Option<hook::HookRun>,
-    /// The version the registered flight has stored and not yet settled
-    /// (the flight's number, the version): known as this process's own
-    /// should tokens set by hand overtake that flight before it settles
-    /// (see `FlightTask::note_stored`).
-    stored_unsettled: Option<(u64, u64)>,
+    /// The version the registered flight is storing or has stored, and
+    /// not yet settled (the flight's number, the version): known as this
+    /// process's own should tokens set by hand overtake that flight before
+    /// it settles (see `FlightTask::note_storing`).
+    storing: Option<(u64, u64)>,
 }
 
 pub(crate) struct Shared {
@@ -748,7 +748,7 @@ impl TokenManager {
         let overtaken = control.flight.take();
         // What it has stored already is its own result, overtaken: never
         // adopted back over these tokens.
-        if let Some((_, version)) = control.stored_unsettled.take() {
+        if let Some((_, version)) = control.storing.take() {
             control.store_version = control.store_version.max(Some(version));
         }
         control.refused = None;
