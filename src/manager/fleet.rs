@@ -204,7 +204,7 @@ impl FlightTask {
             store.compare_and_swap_boxed(expected, record),
         )
         .await;
-        if !matches!(stored, Ok(true)) {
+        if matches!(stored, Ok(false)) {
             self.stored_nothing();
         }
         Ok(stored?.then_some(next))

@@ -1942,3 +1942,42 @@ async fn an_overtaken_refreshs_version_is_known_before_its_swap_answers() {
     assert_eq!(tokens.access_token().expose(), "by-hand");
     assert_eq!(handle.stats().adopted, 0);
 }
+
+/// The same when the swap's answer never comes within the refresh timeout
+/// though the swap took effect: the version may have been stored, and
+/// stays known as the process's own should tokens set by hand overtake the
+/// refresh. Found in review: a failed swap cleared the note.
+#[tokio::test(start_paused = true)]
+async fn an_overtaken_refreshs_version_stays_known_when_its_swap_timed_out() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    store.slow_replies.store(3000, Ordering::SeqCst);
+    let layer = TokenRefreshLayer::builder(idp.source())
+        .store(store.clone())
+        .refresh_timeout(Duration::from_secs(2))
+        .on_refresh(|_: &TokenSet| tokio::time::sleep(Duration::from_millis(500)))
+        .build();
+    let handle = layer.handle();
+    tokio::task::yield_now().await;
+
+    // Stored at 1 s, the swap given up at 3 s, the hook run until 3.5 s.
+    let overtaken = refreshing_in_the_background(&handle);
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(idp.stored_live_version(&store.inner).await, 1);
+    let by_hand = TokenSet::new("by-hand")
+        .with_refresh_token("rt-by-hand")
+        .with_expires_in(LIFETIME);
+    handle.set_tokens(by_hand).unwrap();
+    let _ = overtaken.await.unwrap();
+    crate::test_support::settle().await;
+    let _ = handle.force_refresh().await;
+
+    assert_eq!(
+        idp.counts(),
+        (1, 0, 1),
+        "the refresh token set by hand presented"
+    );
+    let tokens = handle.tokens().unwrap();
+    assert_eq!(tokens.access_token().expose(), "by-hand");
+    assert_eq!(handle.stats().adopted, 0);
+}

@@ -598,6 +598,10 @@ impl FlightTask {
     async fn keep_refused(&mut self, refused: Refused) {
         let tokens = Arc::clone(&refused.tokens);
         self.refused = Some(refused);
+        // Kept and offered even if a later flight's hook was shown its
+        // tokens first: that flight is the current one, so these are not
+        // kept (`settle_without_tokens`), and their offer cannot swap over
+        // the version it stored.
         self.run_hook(tokens).await;
     }
 
@@ -636,8 +640,9 @@ impl FlightTask {
         }
     }
 
-    /// The swap [`note_storing`](Self::note_storing) announced stored
-    /// nothing (or may not have): nothing for `set_tokens` to know.
+    /// The swap [`note_storing`](Self::note_storing) announced was refused:
+    /// nothing for `set_tokens` to know. (One that failed may have landed
+    /// all the same, and stays noted.)
     pub(super) fn stored_nothing(&self) {
         let mut control = self.shared.lock();
         control.storing = control.storing.filter(|(flight, _)| *flight != self.id);
@@ -801,13 +806,16 @@ impl Drop for FlightTask {
             // been refused for until the backoff ended.
             let panicked =
                 std::thread::panicking() && POLLING_A_FLIGHT.with(|polling| polling.get());
-            let outcome = if let Some(ready) = self.hooked.take() {
+            let outcome = if let Some(mut ready) = self.hooked.take() {
                 // Dropped while the hook ran (which the hook's task may
                 // outlive, or not): the tokens came, and a rotating
                 // server has already spent the refresh token they
                 // replace. Found in review: they were dropped, and the
-                // next refresh presented the spent one.
+                // next refresh presented the spent one. Unless a later
+                // flight's hook has started: then those are the tokens
+                // to keep, as when the hook ends (`hook::run`).
                 tracing::warn!("refresh task dropped while the on_refresh hook ran; tokens kept");
+                ready.shown = !super::hook::later_shown(&self.shared, self.id);
                 self.succeed(ready)
             } else if panicked {
                 let cause = "the refresh task panicked (its message went to the panic hook)";

@@ -109,14 +109,18 @@ pub(super) async fn run(
         Ok(Err(_)) => tracing::warn!("on_refresh hook panicked; the tokens are kept"),
         Err(_) => tracing::warn!("on_refresh hook did not finish within the refresh timeout"),
     }
-    // A later flight's hook started meanwhile (and cancelled this one, if
-    // it still ran): what it was shown is newer, and what it persists
-    // lands last. Found in review: these tokens were installed all the
-    // same, and the later flight's discarded.
-    let overtaken = shared
-        .lock()
+    !later_shown(shared, flight)
+}
+
+/// Whether a later flight's hook than `flight`'s has started (and
+/// cancelled `flight`'s, if it still ran): what it was shown is newer, and
+/// what it persists lands last, so `flight`'s tokens are not to be
+/// installed. Found in review: they were, and the later flight's
+/// discarded.
+pub(super) fn later_shown(shared: &Shared, flight: u64) -> bool {
+    let control = shared.lock();
+    control
         .last_hook
         .as_ref()
-        .is_some_and(|last| last.flight > flight);
-    !overtaken
+        .is_some_and(|last| last.flight > flight)
 }

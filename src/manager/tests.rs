@@ -905,36 +905,46 @@ fn tokens_the_hook_was_not_shown_are_not_installed() {
 
 /// The same, for a stalled flight whose hook started first and was
 /// cancelled by its replacement's: what the replacement's hook persists
-/// lands last, so its tokens are the ones installed. Found in review.
+/// lands last, so its tokens are the ones installed, whether the stalled
+/// flight then ends or is dropped with its runtime. Found in review (the
+/// drop in a second one).
 #[test]
 fn tokens_whose_hook_a_later_hook_cancelled_are_not_installed() {
-    let source = numbered(|n| Duration::from_secs(n as u64));
-    let (builder, persisted) = persisting(TokenRefreshLayer::builder(source), |_| {
-        Duration::from_secs(5)
-    });
-    let handle = builder.build().handle();
-    let (stalled, driven) = (paused_runtime(), paused_runtime());
-    let (first, second) = (handle.clone(), handle.clone());
-    stalled.block_on(async {
-        tokio::spawn(async move { first.force_refresh().await });
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    });
-    // Past the stalled flight's deadline: its replacement takes 2 s.
-    driven.block_on(async {
-        tokio::time::advance(Duration::from_secs(30)).await;
-        tokio::spawn(async move { second.force_refresh().await });
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    });
-    // The stalled flight gets its tokens and starts its hook; then the
-    // replacement gets its own and starts its hook, which cancels the
-    // first; then the stalled flight ends, before the replacement.
-    stalled.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });
-    driven.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
-    stalled.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });
-    driven.block_on(async { tokio::time::sleep(Duration::from_secs(10)).await });
+    for dropped in [false, true] {
+        let source = numbered(|n| Duration::from_secs(n as u64));
+        let (builder, persisted) = persisting(TokenRefreshLayer::builder(source), |_| {
+            Duration::from_secs(5)
+        });
+        let handle = builder.build().handle();
+        let (stalled, driven) = (paused_runtime(), paused_runtime());
+        let (first, second) = (handle.clone(), handle.clone());
+        stalled.block_on(async {
+            tokio::spawn(async move { first.force_refresh().await });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        });
+        // Past the stalled flight's deadline: its replacement takes 2 s.
+        driven.block_on(async {
+            tokio::time::advance(Duration::from_secs(30)).await;
+            tokio::spawn(async move { second.force_refresh().await });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        });
+        // The stalled flight gets its tokens and starts its hook; then the
+        // replacement gets its own and starts its hook, which cancels the
+        // first; then the stalled flight ends or is dropped, before the
+        // replacement ends.
+        stalled.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });
+        driven.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
+        if dropped {
+            drop(stalled);
+        } else {
+            stalled.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });
+        }
+        driven.block_on(async { tokio::time::sleep(Duration::from_secs(10)).await });
 
-    assert_eq!(*persisted.lock().unwrap(), ["rt-2"]);
-    assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-2");
+        assert_eq!(*persisted.lock().unwrap(), ["rt-2"], "dropped: {dropped}");
+        let tokens = handle.tokens().unwrap();
+        assert_eq!(tokens.access_token().expose(), "at-2", "dropped: {dropped}");
+    }
 }
 
 /// Found in review: refused tokens the hook persisted could not be given
