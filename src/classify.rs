@@ -171,9 +171,10 @@ fn param_of(item: &str) -> Option<(&str, &str)> {
 /// that sent headers and then failed with no message at all (as a tonic
 /// server-streaming handler whose first item is an error does) is not
 /// retried either, and the caller gets its status. Through
-/// [`tonic::with_token_refresh`] such an UNAUTHENTICATED still counts: the
-/// token is marked rejected and refreshed (as a rejected call's would be),
-/// so that the next call does not go out with it.
+/// [`tonic::with_token_refresh`] (or `IntoTonicBody::reporting_to`) such an
+/// UNAUTHENTICATED still counts: the token, if still the current one, is
+/// marked rejected and refreshed (as a rejected call's would be), so that
+/// the next call does not go out with it.
 ///
 /// ```
 /// use http::{HeaderMap, HeaderValue, StatusCode};

@@ -782,7 +782,7 @@ async fn tokens_refreshed_without_the_store_fill_it_when_it_comes_back_empty() {
     a_sibling_adopts_the_stored_tokens(&idp, &store).await;
 }
 
-/// Found in a second review: the same loss while the lease holder
+/// Found in review: the same loss while the lease holder
 /// refreshes (after its read, before its write). The write over the
 /// version it read was refused, taken for a sibling's, and the store
 /// stayed empty. It now stores the tokens, still under the lease, at a
@@ -1278,7 +1278,7 @@ async fn land_late(store: &FaultyLoads, expected: u64, tokens: &TokenSet) {
 /// the next flight), and the refresh after it presented the spent token.
 /// It is now never adopted, and the process replaces it with its own
 /// tokens once it is announced, so that a sibling does not refresh from it
-/// either (found in a second review).
+/// either (found in review).
 #[tokio::test(start_paused = true)]
 async fn a_record_landing_late_with_a_spent_refresh_token_is_replaced_not_adopted() {
     let idp = Rotating::default();
@@ -1311,7 +1311,7 @@ async fn a_record_landing_late_with_a_spent_refresh_token_is_replaced_not_adopte
     idp.stored_live_version(&store.inner).await;
 }
 
-/// Found in a second review: the same record landing while an offer is
+/// Found in review: the same record landing while an offer is
 /// out. Its announcement is left to the offer, which settles what the
 /// store holds; but the offer, refused, was dropped as if a sibling had
 /// stored newer tokens, and the spent token stayed stored until the
@@ -1423,7 +1423,7 @@ async fn an_emptied_store_is_not_filled_with_tokens_refused_for_good() {
     );
 }
 
-/// Found in a second review: a process a version behind (it missed an
+/// Found in review: a process a version behind (it missed an
 /// announcement) may offer tokens whose refresh token a sibling has
 /// spent, at the very version that sibling knows. The sibling, finding no
 /// newer version, left it there. It replaces a record carrying a spent
@@ -1675,8 +1675,9 @@ async fn a_siblings_stored_refresh_token_is_refreshed_from_after_ours_was_refuse
 /// set by hand with the old account's a moment later.
 ///
 /// The refresh's hook takes a moment: the version is known as the
-/// process's own from its write on, not only once the flight has ended
-/// (found in a second review: the watcher adopted it in between).
+/// process's own as soon as tokens set by hand overtake the refresh
+/// (before its swap is sent, or at `set_tokens` after), not only once the
+/// flight has ended (found in review: the watcher adopted it in between).
 #[tokio::test(start_paused = true)]
 async fn tokens_set_by_hand_during_a_refresh_are_not_replaced_by_its_stored_result() {
     // Set before the refresh stores its result (at 1 s), and after, while
@@ -1733,9 +1734,10 @@ async fn tokens_set_by_hand_are_not_replaced_by_an_offer_stored_after_them() {
         let layer = idp.layer_on(store.clone());
         let handle = layer.handle();
         tokio::task::yield_now().await;
-        handle.force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
-                                               // The refresh's own write fails after a second; its offer's lands a
-                                               // second after that.
+        // Login: at-1 / rt-1, version 1.
+        handle.force_refresh().await.unwrap();
+        // The refresh's own write fails after a second; its offer's lands a
+        // second after that.
         store.failing_writes.store(1, Ordering::SeqCst);
         store.slow_writes.store(1000, Ordering::SeqCst);
 
@@ -1824,7 +1826,7 @@ async fn a_rejected_token_adopted_long_after_its_refresh_is_refreshed_at_once() 
 /// A refresh started after tokens set by hand, while the refresh they
 /// overtook still runs and holds the lease, refreshes from them: that
 /// refresh's stored version, written while this one waited, is not a
-/// sibling's to adopt. Found in a second review: the waiting refresh
+/// sibling's to adopt. Found in review: the waiting refresh
 /// compared it with the version known when it started, and adopted it.
 #[tokio::test(start_paused = true)]
 async fn a_refresh_after_tokens_set_by_hand_refreshes_from_them_not_the_overtaken_result() {
@@ -1864,7 +1866,7 @@ async fn a_refresh_after_tokens_set_by_hand_refreshes_from_them_not_the_overtake
 /// A refresh that stored its tokens and was then dropped (its runtime shut
 /// down while it released the lease) installed nothing: the next refresh
 /// adopts what it stored, rather than present the refresh token it spent.
-/// Found in a second review: the stored version was taken for known from
+/// Found in review: the stored version was taken for known from
 /// the write on, and the next refresh presented the spent token.
 #[test]
 fn what_a_refresh_dropped_after_storing_stored_is_adopted_next() {

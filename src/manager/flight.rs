@@ -328,8 +328,9 @@ struct Ready {
     version: Option<u64>,
     adopted: bool,
     offer: Option<Offer>,
-    /// False when the hook was not shown them, a later flight's tokens
-    /// having been shown first (see [`hook`](super::hook)): not installed.
+    /// False when a later flight's tokens were shown to the hook, before
+    /// these or while their hook ran (see [`hook`](super::hook)): not
+    /// installed.
     shown: bool,
 }
 
@@ -598,10 +599,10 @@ impl FlightTask {
     async fn keep_refused(&mut self, refused: Refused) {
         let tokens = Arc::clone(&refused.tokens);
         self.refused = Some(refused);
-        // Kept and offered even if a later flight's hook was shown its
-        // tokens first: that flight is the current one, so these are not
-        // kept (`settle_without_tokens`), and their offer cannot swap over
-        // the version it stored.
+        // Passed on and offered whether or not the hook was shown them: if
+        // a later flight's were shown first, that flight is the current
+        // one, so `settle_without_tokens` does not keep these, and their
+        // offer cannot swap over the version that flight stored.
         self.run_hook(tokens).await;
     }
 
@@ -610,7 +611,7 @@ impl FlightTask {
     /// must neither strand the waiters nor lose the tokens (possibly a
     /// rotated refresh token). In order with other flights' hooks (see
     /// [`hook`](super::hook)): false if a later flight's tokens were shown
-    /// already, and these were not.
+    /// before these or while their hook ran.
     async fn run_hook(&self, tokens: Arc<TokenSet>) -> bool {
         match &self.shared.config.on_refresh {
             Some(hook) => super::hook::run(&self.shared, self.id, hook, tokens).await,
@@ -626,11 +627,12 @@ impl FlightTask {
     /// over the tokens set by hand: found in review, the watcher did while
     /// the flight released its lease and ran the hook, and a waiting
     /// flight did when the store announced the version before the swap
-    /// answered. Known only then: a flight that stored and then was dropped
-    /// installed nothing, and the next one must adopt what it stored, not
-    /// refresh again from the refresh token it spent (found in a second
-    /// review). A version known that the swap did not store is harmless:
-    /// what the process then refreshes from is the tokens set by hand.
+    /// answered. Known at once only when already overtaken: a flight that
+    /// stored and then was dropped installed nothing, and the next one must
+    /// adopt what it stored, not refresh again from the refresh token it
+    /// spent (found in review). A version known that the swap did not store
+    /// is harmless: what the process then refreshes from is the tokens set
+    /// by hand.
     pub(super) fn note_storing(&self, version: u64) {
         let mut control = self.shared.lock();
         if self.shared.snapshot.load().generation != self.from_generation {
@@ -671,9 +673,10 @@ impl FlightTask {
         } else {
             &shared.stats.refresh_successes
         });
-        // Not shown to the hook, which has shown a later flight's: not
-        // installed either, as if superseded (found in review: the layer
-        // sent tokens the hook never persisted).
+        // A later flight's tokens were shown to the hook, before these or
+        // while their hook ran: not installed either, as if superseded
+        // (found in review: the layer sent tokens the hook never
+        // persisted, or persisted before newer ones).
         if superseded || !ready.shown {
             // Stored by this flight (or adopted by it), the version is this
             // process's own result, overtaken: known, so that neither the
@@ -683,12 +686,14 @@ impl FlightTask {
             control.store_version = control.store_version.max(ready.version);
             if let Some(offer) = ready.offer.filter(|_| ready.shown) {
                 // Not installed, but its refresh token is the live one.
-                // (Tokens the hook was not shown are not offered either:
-                // the later flight's, which it was, are the ones to keep.)
+                // (Not when a later flight's tokens were shown to the
+                // hook: the later flight's are the ones to keep.)
                 offer.start(shared, &mut control, ready.prepared.shared_tokens());
             }
             drop(control);
-            tracing::debug!("refresh result discarded: newer tokens were installed meanwhile");
+            tracing::debug!(
+                "refresh result discarded: newer tokens were installed or shown to the hook meanwhile"
+            );
             return Ok(None);
         }
         let tokens = ready.prepared.shared_tokens();

@@ -15,7 +15,9 @@
 //! - a hook for tokens older than ones already shown (a refresh overtaken
 //!   by tokens set by hand that ends after the next one, or one whose
 //!   runtime stopped driving it, replaced after its deadline) is not run,
-//!   and its tokens are not installed: the hook never saw them.
+//!   and its tokens are not installed: the hook never saw them;
+//! - nor are tokens whose hook a later one cancelled, or started beside
+//!   ([`later_shown`]): the later hook's persist last.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +38,10 @@ pub(super) struct HookRun {
     ended: watch::Receiver<()>,
 }
 
-/// How long a hook waits for the one it cancelled to stop, at most: a
-/// hook between two `.await`s stops once it reaches the next, but one
-/// stuck in blocking code cannot be cancelled, and the wait comes out of
-/// the next hook's own time.
+/// How long a hook waits for the one it cancelled to stop, at most (or a
+/// quarter of the refresh timeout, if less): a hook between two `.await`s
+/// stops once it reaches the next, but one stuck in blocking code cannot
+/// be cancelled, and the wait comes out of the next hook's own time.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
 impl HookRun {

@@ -122,10 +122,10 @@ impl Prepared {
     }
 
     /// Gives the tokens their generation and windows. `installed_at` starts
-    /// the `min_refresh_interval` of tokens this process refreshed (a slow
-    /// refresh must not make its result look old), and their proactive
-    /// spacing; an adopted token's interval starts at its sibling's
-    /// refresh.
+    /// the proactive spacing of refreshed tokens, and the
+    /// `min_refresh_interval` of those this process refreshed (a slow
+    /// refresh must not make its result look old); an adopted token's
+    /// interval starts at its sibling's refresh.
     pub(crate) fn into_snapshot(
         self,
         generation: u64,

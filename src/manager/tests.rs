@@ -843,7 +843,7 @@ async fn a_hook_that_overran_is_cancelled_before_the_next_refreshs_hook() {
     assert_eq!(*persisted.lock().unwrap(), ["rt-2"]);
 }
 
-/// Found in a second review: a refresh overtaken by tokens set by hand
+/// Found in review: a refresh overtaken by tokens set by hand
 /// that ended after the next refresh showed its older tokens to the hook
 /// last, and they were what a restart found persisted. Not run now.
 #[tokio::test(start_paused = true)]
@@ -906,8 +906,7 @@ fn tokens_the_hook_was_not_shown_are_not_installed() {
 /// The same, for a stalled flight whose hook started first and was
 /// cancelled by its replacement's: what the replacement's hook persists
 /// lands last, so its tokens are the ones installed, whether the stalled
-/// flight then ends or is dropped with its runtime. Found in review (the
-/// drop in a second one).
+/// flight then ends or is dropped with its runtime. Found in review.
 #[test]
 fn tokens_whose_hook_a_later_hook_cancelled_are_not_installed() {
     for dropped in [false, true] {

@@ -397,13 +397,17 @@ impl<C> Builder<C> {
 
     /// Called with every new token set before any request can use it, e.g.
     /// to persist a rotated refresh token. Bounded by the refresh timeout:
-    /// past it the tokens are used, and the hook runs on, until the next
-    /// refresh's hook starts: that one first cancels it (at its next
-    /// `.await`), as its tokens are older, so that a late hook does not
-    /// persist a refresh token after a newer one. Work a cancelled hook has
-    /// handed off (a blocking write, a request sent) may still land: write
-    /// to a temporary file and rename it, or make writes conditional.
-    /// Also called with an answer the layer refuses (its access token
+    /// past it the tokens are used, and the hook runs on. A hook still
+    /// running when the next refresh's hook starts (past its timeout, or
+    /// that of a refresh overtaken by `set_tokens`) is cancelled by it, at
+    /// its next `.await`, as its tokens are older: a late hook does not
+    /// persist a refresh token after a newer one, and tokens whose hook a
+    /// later refresh's hook cancelled, or started before, are not
+    /// installed. Work a cancelled hook has handed off (a blocking write, a
+    /// request sent) may still land: write to a temporary file and rename
+    /// it, or make writes conditional.
+    /// Also called (unless a later refresh's hook has started already)
+    /// with an answer the layer refuses (its access token
     /// already expired, or not a valid header value) if it rotated the
     /// refresh token: no request uses it, but its refresh token is the live
     /// one, and the next refresh starts from it (as it does when such

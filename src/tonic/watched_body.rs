@@ -62,7 +62,8 @@ pin_project_lite::pin_project! {
     pub struct WatchedBody<B> {
         #[pin]
         inner: B,
-        // `None` once told, at the end of the body, or when made without.
+        // `None` once trailers came (told or not), at the body's end or
+        // error, or when made without.
         report: Option<Report>,
     }
 }
