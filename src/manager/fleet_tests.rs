@@ -1695,10 +1695,7 @@ async fn tokens_set_by_hand_during_a_refresh_are_not_replaced_by_its_stored_resu
 
         let refreshing = refreshing_in_the_background(&handle);
         tokio::time::sleep(Duration::from_millis(set_at)).await;
-        let by_hand = TokenSet::new("by-hand")
-            .with_refresh_token("rt-by-hand")
-            .with_expires_in(LIFETIME);
-        handle.set_tokens(by_hand).unwrap();
+        handle.set_tokens(tokens_by_hand()).unwrap();
         // A refresh at once, the overtaken one still running: it presents
         // the refresh token set by hand (which this identity server does
         // not know), rather than adopt what the overtaken one stored.
@@ -1744,10 +1741,7 @@ async fn tokens_set_by_hand_are_not_replaced_by_an_offer_stored_after_them() {
         let refreshing = refreshing_in_the_background(&handle);
         let set_at = if set_while_refreshing { 500 } else { 1500 };
         tokio::time::sleep(Duration::from_millis(set_at)).await;
-        let by_hand = TokenSet::new("by-hand")
-            .with_refresh_token("rt-by-hand")
-            .with_expires_in(LIFETIME);
-        handle.set_tokens(by_hand).unwrap();
+        handle.set_tokens(tokens_by_hand()).unwrap();
         let _ = refreshing.await.unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
         crate::test_support::settle().await;
@@ -1930,10 +1924,7 @@ async fn an_overtaken_refreshs_version_is_known_before_its_swap_answers() {
     let overtaken = refreshing_in_the_background(&handle);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(idp.stored_live_version(&store.inner).await, 1);
-    let by_hand = TokenSet::new("by-hand")
-        .with_refresh_token("rt-by-hand")
-        .with_expires_in(LIFETIME);
-    handle.set_tokens(by_hand).unwrap();
+    handle.set_tokens(tokens_by_hand()).unwrap();
     // A refresh at once presents the refresh token set by hand (unknown
     // to this identity server) rather than adopt version 1.
     let _ = handle.force_refresh().await;
@@ -1966,10 +1957,7 @@ async fn an_overtaken_refreshs_version_stays_known_when_its_swap_timed_out() {
     let overtaken = refreshing_in_the_background(&handle);
     tokio::time::sleep(Duration::from_millis(3200)).await;
     assert_eq!(idp.stored_live_version(&store.inner).await, 1);
-    let by_hand = TokenSet::new("by-hand")
-        .with_refresh_token("rt-by-hand")
-        .with_expires_in(LIFETIME);
-    handle.set_tokens(by_hand).unwrap();
+    handle.set_tokens(tokens_by_hand()).unwrap();
     let _ = overtaken.await.unwrap();
     crate::test_support::settle().await;
     let _ = handle.force_refresh().await;
@@ -1982,4 +1970,12 @@ async fn an_overtaken_refreshs_version_stays_known_when_its_swap_timed_out() {
     let tokens = handle.tokens().unwrap();
     assert_eq!(tokens.access_token().expose(), "by-hand");
     assert_eq!(handle.stats().adopted, 0);
+}
+
+/// Tokens set by hand: `by-hand`, refreshed from `rt-by-hand` (which the
+/// `Rotating` identity server does not know).
+fn tokens_by_hand() -> TokenSet {
+    TokenSet::new("by-hand")
+        .with_refresh_token("rt-by-hand")
+        .with_expires_in(LIFETIME)
 }
