@@ -22,7 +22,6 @@ pub mod support;
 
 use std::error::Error as StdError;
 use std::fmt::Debug;
-use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,11 +38,11 @@ use tower_token_refresh::{
     refresh_fn, Backoff, BoxError, Error, Refresh, RefreshContext, RefreshWindow,
     TokenRefreshLayer, TokenSet,
 };
-use tracing_subscriber::fmt::MakeWriter;
 
 use support::body::full;
 use support::bounded;
 use support::faults::{Failure, InjectFaults};
+use support::logs::Captured;
 use support::oauth2::{OAuth2Server, RegisteredClient};
 use support::{authed_client, get, post, send, ApiServer, AuthedClient};
 
@@ -52,35 +51,6 @@ use support::{authed_client, get, post, send, ApiServer, AuthedClient};
 const CLIENT_ID: &str = "reporting-svc";
 
 type RefreshClient = Client<HttpConnector, Full<Bytes>>;
-
-/// Everything written by the `tracing` subscriber.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// What the crate printed besides the logs: `Debug` of public values,
 /// `Display` and `Debug` of errors and their sources.
@@ -162,14 +132,7 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_client_secret_reaches_logs_errors_or_debug_output() {
-    // Global, not scoped: refreshes and connections run on every worker.
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+    let logs = Captured::everything();
 
     let client_secret = support::tokens::unique("client-secret");
     let basic = STANDARD.encode(format!("{CLIENT_ID}:{client_secret}"));

@@ -484,3 +484,75 @@ async fn an_origin_given_to_the_client_lets_the_layer_judge_each_call() {
     })
     .await;
 }
+
+/// No token the identity server issued reaches the logs (every event at
+/// TRACE level, this crate's and tonic's and hyper's) or the `Debug` of the
+/// client, its channel, the handle, a response or a status, through a
+/// call, a rejected call retried, and a stream cut by UNAUTHENTICATED in
+/// its trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_reaches_the_logs_or_debug_output_through_tonic() {
+    let logs = support::logs::Captured::everything();
+    let Setup {
+        identity,
+        server,
+        handle,
+        mut client,
+        ..
+    } = setup().await;
+    let mut printed = Vec::new();
+    bounded(async {
+        // (`Unary` answers with the token it got: its message is left out.)
+        let response = client.unary(Bytes::from_static(b"hi")).await.expect("call");
+        printed.push(format!("{:?}", response.metadata()));
+        server.revoke_current();
+        let response = client
+            .unary(Bytes::from_static(b"hi"))
+            .await
+            .expect("retried");
+        printed.push(format!("{:?}", response.metadata()));
+
+        let mut ticks = client
+            .watch(Bytes::from_static(b"1"))
+            .await
+            .expect("stream opened")
+            .into_inner();
+        ticks.message().await.expect("a message");
+        server.revoke_current();
+        server.recheck_streams();
+        let status = ticks.message().await.expect_err("cut");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        printed.push(format!("{status:?} {status}"));
+        printed.push(format!("{client:?}"));
+        printed.push(format!(
+            "{handle:?} {:?} {:?}",
+            handle.tokens(),
+            handle.bearer().await
+        ));
+    })
+    .await;
+
+    // The scenario did what it claims, so the search below means something.
+    // (The token the stream was cut for had come moments before: counted,
+    // and not refreshed again within `min_refresh_interval`.)
+    let stats = handle.stats();
+    assert_eq!(
+        (stats.refreshes, stats.rejections, stats.retries),
+        (1, 2, 1)
+    );
+    let logs = logs.text();
+    assert!(logs.contains("token refresh started"), "{logs}");
+    let issued = identity.tokens().issued();
+    // The login's access and refresh tokens, and the refreshed access token
+    // (this issuer keeps its refresh tokens).
+    assert_eq!(issued.len(), 3, "tokens issued");
+    for token in &issued {
+        assert!(!logs.contains(token.as_str()), "a token is in the logs");
+        for text in &printed {
+            assert!(
+                !text.contains(token.as_str()),
+                "a token was printed: {text}"
+            );
+        }
+    }
+}

@@ -46,6 +46,9 @@ pub mod json;
 #[cfg(test)]
 #[allow(dead_code)]
 pub mod jwt;
+#[cfg(test)]
+#[allow(dead_code)]
+pub mod logs;
 #[allow(dead_code)]
 pub mod oauth2;
 #[allow(dead_code)]
