@@ -328,10 +328,6 @@ struct Ready {
     version: Option<u64>,
     adopted: bool,
     offer: Option<Offer>,
-    /// False when a later flight's tokens were shown to the hook, before
-    /// these or while their hook ran (see [`hook`](super::hook)): not
-    /// installed.
-    shown: bool,
 }
 
 impl FlightTask {
@@ -562,17 +558,14 @@ impl FlightTask {
                     version,
                     adopted,
                     offer,
-                    shown: true,
                 };
                 if adopted {
                     return Ok(ready);
                 }
                 let tokens = ready.prepared.shared_tokens();
                 self.hooked = Some(ready);
-                let shown = self.run_hook(tokens).await;
-                let mut ready = self.hooked.take().expect("taken only here and on drop");
-                ready.shown = shown;
-                return Ok(ready);
+                self.run_hook(tokens).await;
+                return Ok(self.hooked.take().expect("taken only here and on drop"));
             }
             // Installing it would send every waiting request straight back
             // for another refresh; as a failure it is backed off.
@@ -610,12 +603,10 @@ impl FlightTask {
     /// task and bounded by the refresh timeout: a hook that hangs or panics
     /// must neither strand the waiters nor lose the tokens (possibly a
     /// rotated refresh token). In order with other flights' hooks (see
-    /// [`hook`](super::hook)): false if a later flight's tokens were shown
-    /// before these or while their hook ran.
-    async fn run_hook(&self, tokens: Arc<TokenSet>) -> bool {
-        match &self.shared.config.on_refresh {
-            Some(hook) => super::hook::run(&self.shared, self.id, hook, tokens).await,
-            None => true,
+    /// [`hook`](super::hook)).
+    async fn run_hook(&self, tokens: Arc<TokenSet>) {
+        if let Some(hook) = &self.shared.config.on_refresh {
+            super::hook::run(&self.shared, self.id, hook, tokens).await;
         }
     }
 
@@ -676,15 +667,17 @@ impl FlightTask {
         // A later flight's tokens were shown to the hook, before these or
         // while their hook ran: not installed either, as if superseded
         // (found in review: the layer sent tokens the hook never
-        // persisted, or persisted before newer ones).
-        if superseded || !ready.shown {
+        // persisted, or persisted before newer ones). Asked under the lock
+        // that settles the flight, so a hook starting now is seen.
+        let outdated = super::hook::later_than(&control, self.id);
+        if superseded || outdated {
             // Stored by this flight (or adopted by it), the version is this
             // process's own result, overtaken: known, so that neither the
             // watcher nor the next flight adopts it over the tokens that
             // overtook it. Found in review: tokens set by hand during a
             // refresh were replaced by that refresh's stored result.
             control.store_version = control.store_version.max(ready.version);
-            if let Some(offer) = ready.offer.filter(|_| ready.shown) {
+            if let Some(offer) = ready.offer.filter(|_| !outdated) {
                 // Not installed, but its refresh token is the live one.
                 // (Not when a later flight's tokens were shown to the
                 // hook: the later flight's are the ones to keep.)
@@ -811,16 +804,14 @@ impl Drop for FlightTask {
             // been refused for until the backoff ended.
             let panicked =
                 std::thread::panicking() && POLLING_A_FLIGHT.with(|polling| polling.get());
-            let outcome = if let Some(mut ready) = self.hooked.take() {
+            let outcome = if let Some(ready) = self.hooked.take() {
                 // Dropped while the hook ran (which the hook's task may
                 // outlive, or not): the tokens came, and a rotating
                 // server has already spent the refresh token they
                 // replace. Found in review: they were dropped, and the
-                // next refresh presented the spent one. Unless a later
-                // flight's hook has started: then those are the tokens
-                // to keep, as when the hook ends (`hook::run`).
+                // next refresh presented the spent one. (Unless a later
+                // flight's hook has started: `succeed` asks.)
                 tracing::warn!("refresh task dropped while the on_refresh hook ran; tokens kept");
-                ready.shown = !super::hook::later_shown(&self.shared, self.id);
                 self.succeed(ready)
             } else if panicked {
                 let cause = "the refresh task panicked (its message went to the panic hook)";

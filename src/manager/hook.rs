@@ -17,7 +17,7 @@
 //!   runtime stopped driving it, replaced after its deadline) is not run,
 //!   and its tokens are not installed: the hook never saw them;
 //! - nor are tokens whose hook a later one cancelled, or started beside
-//!   ([`later_shown`]): the later hook's persist last.
+//!   ([`later_than`]): the later hook's persist last.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use super::{RefreshHook, Shared};
+use super::{Control, RefreshHook, Shared};
 use crate::TokenSet;
 
 /// The last hook started: for the next one to cancel and wait for.
@@ -61,25 +61,15 @@ impl HookRun {
 }
 
 /// Shows `tokens`, which `flight` fetched, to `hook`, after stopping the
-/// hook before it; waits up to the refresh timeout. False if a later
-/// flight's tokens were shown, before these or while their hook ran:
-/// these are not to be installed either.
-pub(super) async fn run(
-    shared: &Shared,
-    flight: u64,
-    hook: &RefreshHook,
-    tokens: Arc<TokenSet>,
-) -> bool {
+/// hook before it; waits up to the refresh timeout. Not run if a later
+/// flight's tokens were shown already ([`later_than`]).
+pub(super) async fn run(shared: &Shared, flight: u64, hook: &RefreshHook, tokens: Arc<TokenSet>) {
     let timeout = shared.config.refresh_timeout;
     let task = {
         let mut control = shared.lock();
-        if control
-            .last_hook
-            .as_ref()
-            .is_some_and(|last| last.flight > flight)
-        {
+        if later_than(&control, flight) {
             tracing::debug!("on_refresh hook not run: a later refresh's tokens were shown to it");
-            return false;
+            return;
         }
         let before = control.last_hook.take();
         if let Some(before) = &before {
@@ -111,7 +101,6 @@ pub(super) async fn run(
         Ok(Err(_)) => tracing::warn!("on_refresh hook panicked; the tokens are kept"),
         Err(_) => tracing::warn!("on_refresh hook did not finish within the refresh timeout"),
     }
-    !later_shown(shared, flight)
 }
 
 /// Whether a later flight's hook than `flight`'s has started (and
@@ -119,8 +108,7 @@ pub(super) async fn run(
 /// what it persists lands last, so `flight`'s tokens are not to be
 /// installed. Found in review: they were, and the later flight's
 /// discarded.
-pub(super) fn later_shown(shared: &Shared, flight: u64) -> bool {
-    let control = shared.lock();
+pub(super) fn later_than(control: &Control, flight: u64) -> bool {
     control
         .last_hook
         .as_ref()
