@@ -626,9 +626,13 @@ impl FlightTask {
     /// by hand.
     pub(super) fn note_storing(&self, version: u64) {
         let mut control = self.shared.lock();
+        let registered = control.flight.as_ref().is_some_and(|f| f.id() == self.id);
         if self.shared.snapshot.load().generation != self.from_generation {
             control.store_version = control.store_version.max(Some(version));
-        } else {
+        } else if registered {
+            // Only the registered flight's: `set_tokens` overtakes that
+            // one, and a flight replaced past its deadline must not write
+            // over (or, settling, clear) its replacement's note.
             control.storing = Some((self.id, version));
         }
     }
