@@ -20,7 +20,8 @@ use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 type Seen = Arc<Mutex<Vec<Option<HeaderValue>>>>;
 
 /// What the tests wrap: a channel in a box.
-type Channel = BoxCloneService<Request<tonic::body::Body>, Response<tonic::body::Body>, Infallible>;
+pub(super) type Channel =
+    BoxCloneService<Request<tonic::body::Body>, Response<tonic::body::Body>, Infallible>;
 
 /// A channel that records each attempt's `grpc-timeout` and accepts only
 /// `Bearer new`, answering anything else with a trailers-only
@@ -43,7 +44,7 @@ fn channel(seen: &Seen) -> Channel {
 
 /// A layer starting from `Bearer old`, whose refresh to `new` takes
 /// `refresh_takes`.
-fn layer(refresh_takes: Duration) -> TokenRefreshLayer<Grpc> {
+pub(super) fn layer(refresh_takes: Duration) -> TokenRefreshLayer<Grpc> {
     TokenRefreshLayer::builder(refresh_fn(move |_| async move {
         tokio::time::sleep(refresh_takes).await;
         Ok::<_, RefreshError>(TokenSet::new("new").with_expires_in(Duration::from_secs(3600)))
@@ -54,7 +55,7 @@ fn layer(refresh_takes: Duration) -> TokenRefreshLayer<Grpc> {
     .build()
 }
 
-fn call(timeout: Option<&'static str>) -> Request<tonic::body::Body> {
+pub(super) fn call(timeout: Option<&'static str>) -> Request<tonic::body::Body> {
     let mut request = Request::new(tonic::body::Body::empty());
     if let Some(timeout) = timeout {
         let value = HeaderValue::from_static(timeout);

@@ -14,11 +14,10 @@ use http_body_util::{BodyExt, Full};
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
+use super::tests::Channel;
 use super::{with_token_refresh, GrpcTokenRefresh, IntoTonicBody, WatchedBody};
 use crate::classify::Grpc;
 use crate::{refresh_fn, Builder, RefreshError, TokenHandle, TokenRefreshLayer, TokenSet};
-
-type Channel = BoxCloneService<Request<tonic::body::Body>, Response<tonic::body::Body>, Infallible>;
 
 /// A channel that answers every call with one message and then `code` in
 /// its trailers, as a server stream ends; counts the calls.
@@ -49,10 +48,9 @@ fn layer_without_tokens() -> Builder<Grpc> {
     .classifier(Grpc)
 }
 
-/// A layer starting from `old`, whose refreshes bring `new`.
+/// A layer starting from `old`, whose refreshes bring `new` at once.
 fn layer() -> TokenRefreshLayer<Grpc> {
-    let old = TokenSet::new("old").with_expires_in(AN_HOUR);
-    layer_without_tokens().initial_tokens(old).build()
+    super::tests::layer(Duration::ZERO)
 }
 
 /// The body's trailers, read to the end.
@@ -61,8 +59,17 @@ async fn trailers_of(response: Response<WatchedBody<tonic::body::Body>>) -> Head
     collected.trailers().cloned().expect("trailers")
 }
 
+/// The token the next call would go out with, and the rejections,
+/// refreshes and retries counted so far.
+async fn afterwards(handle: &TokenHandle) -> (String, u64, u64, u64) {
+    let next = handle.bearer().await.expect("a token");
+    let stats = handle.stats();
+    let counts = (stats.rejections, stats.refreshes, stats.retries);
+    (next.expose().to_owned(), counts.0, counts.1, counts.2)
+}
+
 fn call() -> Request<tonic::body::Body> {
-    Request::new(tonic::body::Body::empty())
+    super::tests::call(None)
 }
 
 /// A client through `layer` to a channel ending every call with `code`,
@@ -93,12 +100,7 @@ async fn unauthenticated_in_the_trailers_refreshes_the_token_the_call_went_out_w
     assert_eq!(trailers["grpc-status"], "16");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // The token it went out with is not handed out again.
-    assert_eq!(handle.bearer().await.unwrap().expose(), "new");
-    let stats = handle.stats();
-    assert_eq!(
-        (stats.rejections, stats.refreshes, stats.retries),
-        (1, 1, 0)
-    );
+    assert_eq!(afterwards(&handle).await, ("new".into(), 1, 1, 0));
 }
 
 #[tokio::test]
@@ -120,13 +122,8 @@ async fn streams_cut_together_share_one_refresh() {
         assert_eq!(trailers_of(response).await["grpc-status"], "16");
     }
 
-    assert_eq!(handle.bearer().await.unwrap().expose(), "new");
-    let stats = handle.stats();
     // Only the four read while the old token was current count.
-    assert_eq!(
-        (stats.refreshes, stats.rejections, stats.retries),
-        (1, 4, 0)
-    );
+    assert_eq!(afterwards(&handle).await, ("new".into(), 4, 1, 0));
     assert_eq!(calls.load(Ordering::SeqCst), 8);
 }
 
@@ -139,9 +136,7 @@ async fn a_token_a_refresh_just_brought_is_not_refreshed_again() {
     let trailers = trailers_of(client.oneshot(call()).await.unwrap()).await;
 
     assert_eq!(trailers["grpc-status"], "16");
-    assert_eq!(handle.bearer().await.unwrap().expose(), "new");
-    let stats = handle.stats();
-    assert_eq!((stats.refreshes, stats.rejections), (1, 1));
+    assert_eq!(afterwards(&handle).await, ("new".into(), 1, 1, 0));
 }
 
 #[tokio::test]
@@ -154,8 +149,7 @@ async fn a_stream_dropped_before_its_trailers_tells_nothing() {
     assert_eq!(first.into_data().expect("a message"), "tick");
     drop(body);
 
-    assert_eq!(handle.bearer().await.unwrap().expose(), "old");
-    assert_eq!(handle.stats().rejections, 0);
+    assert_eq!(afterwards(&handle).await, ("old".into(), 0, 0, 0));
 }
 
 #[tokio::test]
@@ -167,9 +161,8 @@ async fn other_statuses_in_the_trailers_change_nothing() {
         let trailers = trailers_of(client.oneshot(call()).await.unwrap()).await;
 
         assert_eq!(trailers["grpc-status"], (code as i32).to_string());
-        assert_eq!(handle.bearer().await.unwrap().expose(), "old", "{code:?}");
-        let stats = handle.stats();
-        assert_eq!((stats.rejections, stats.refreshes), (0, 0), "{code:?}");
+        let expected = ("old".into(), 0, 0, 0);
+        assert_eq!(afterwards(&handle).await, expected, "{code:?}");
     }
 }
 
@@ -185,9 +178,7 @@ async fn the_trailers_of_a_call_whose_token_was_replaced_meanwhile_change_nothin
     let trailers = trailers_of(response).await;
 
     assert_eq!(trailers["grpc-status"], "16");
-    assert_eq!(handle.bearer().await.unwrap().expose(), "signed-in");
-    let stats = handle.stats();
-    assert_eq!((stats.rejections, stats.refreshes), (0, 0));
+    assert_eq!(afterwards(&handle).await, ("signed-in".into(), 0, 0, 0));
 }
 
 #[tokio::test]
