@@ -382,7 +382,10 @@ async fn server_stream_cut_by_a_revocation_is_not_retried_and_the_next_call_is_n
         // Told to the layer as the trailers were read: refreshed without a
         // retry, and the revoked token is not handed out again.
         let refreshed = handle.bearer().await.expect("a token").expose().to_owned();
-        assert_ne!(refreshed, login.access_token().expose());
+        assert!(
+            refreshed != login.access_token().expose(),
+            "the revoked token handed out again"
+        );
         let stats = handle.stats();
         assert_eq!(
             (stats.refreshes, stats.rejections, stats.retries),
@@ -493,15 +496,15 @@ async fn an_origin_given_to_the_client_lets_the_layer_judge_each_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_reaches_the_logs_or_debug_output_through_tonic() {
     let logs = support::logs::Captured::everything();
-    let Setup {
-        identity,
-        server,
-        handle,
-        mut client,
-        ..
-    } = setup().await;
-    let mut printed = Vec::new();
-    bounded(async {
+    let (identity, printed) = bounded(async {
+        let Setup {
+            identity,
+            server,
+            handle,
+            mut client,
+            ..
+        } = setup().await;
+        let mut printed = Vec::new();
         // (`Unary` answers with the token it got: its message is left out.)
         let response = client.unary(Bytes::from_static(b"hi")).await.expect("call");
         printed.push(format!("{:?}", response.metadata()));
@@ -529,17 +532,20 @@ async fn no_token_reaches_the_logs_or_debug_output_through_tonic() {
             handle.tokens(),
             handle.bearer().await
         ));
+        // The scenario did what it claims, so the search below means
+        // something. (The token the stream was cut for had come moments
+        // before: counted, and not refreshed again within
+        // `min_refresh_interval`.)
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.refreshes, stats.rejections, stats.retries),
+            (1, 2, 1)
+        );
+        assert_counters_agree(&handle, &identity, &server, 3);
+        (identity, printed)
     })
     .await;
 
-    // The scenario did what it claims, so the search below means something.
-    // (The token the stream was cut for had come moments before: counted,
-    // and not refreshed again within `min_refresh_interval`.)
-    let stats = handle.stats();
-    assert_eq!(
-        (stats.refreshes, stats.rejections, stats.retries),
-        (1, 2, 1)
-    );
     let logs = logs.text();
     assert!(logs.contains("token refresh started"), "{logs}");
     let issued = identity.tokens().issued();
