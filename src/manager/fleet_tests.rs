@@ -13,7 +13,8 @@ use tower::ServiceBuilder;
 use crate::store::{Lease, MemoryStore, Record, StoreError, TokenStore};
 use crate::test_support::rotating::{Rotating, LIFETIME};
 use crate::test_support::{
-    burst, recording, recording_pairs, sent, until_real_time, Api, Presented,
+    burst, recording, recording_pairs, refreshing_in_the_background, sent, until_real_time, Api,
+    Presented,
 };
 use crate::{refresh_fn, Refresh, RefreshError, TokenRefreshLayer, TokenSet};
 
@@ -1703,9 +1704,7 @@ async fn tokens_set_by_hand_during_a_refresh_are_not_replaced_by_its_stored_resu
         let _ = refreshing.await.unwrap();
         // The overtaken refresh ends, and the watcher hears of its version.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        crate::test_support::settle().await;
 
         assert_eq!(
             idp.counts(),
@@ -1873,8 +1872,7 @@ fn what_a_refresh_dropped_after_storing_stored_is_adopted_next() {
         layer
     });
     first.block_on(async {
-        let handle = layer.handle();
-        let _refreshing = tokio::spawn(async move { handle.force_refresh().await });
+        let _refreshing = refreshing_in_the_background(&layer.handle());
         tokio::time::sleep(Duration::from_millis(500)).await;
         // Stored at 1 s, then the lease's release hangs.
         store.slow_leases.store(60_000, Ordering::SeqCst);
@@ -1897,14 +1895,6 @@ fn what_a_refresh_dropped_after_storing_stored_is_adopted_next() {
         "at-2"
     );
     assert_eq!(idp.counts(), (1, 1, 0), "no spent refresh token presented");
-}
-
-/// A forced refresh through `handle`, on a task of its own.
-fn refreshing_in_the_background(
-    handle: &crate::TokenHandle,
-) -> tokio::task::JoinHandle<Result<(), crate::Error>> {
-    let handle = handle.clone();
-    tokio::spawn(async move { handle.force_refresh().await })
 }
 
 /// The same when the announcement of the overtaken refresh's version

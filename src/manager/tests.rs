@@ -11,8 +11,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::test_support::{
     burst, expect_error, failing, get, issuer, old_token_layer, panics_on_this_thread,
-    paused_runtime, recording, recording_pairs, send, sent, settle, until_real_time, yield_until,
-    Api, PresentedPairs, TestBody,
+    paused_runtime, recording, recording_pairs, refreshing_in_the_background, send, sent, settle,
+    until_real_time, yield_until, Api, PresentedPairs, TestBody,
 };
 use crate::{
     refresh_fn, Backoff, Builder, RefreshError, RefreshReason, TokenRefreshLayer, TokenSet,
@@ -883,16 +883,14 @@ fn tokens_the_hook_was_not_shown_are_not_installed() {
     let handle = builder.build().handle();
     let (stalled, driven) = (paused_runtime(), paused_runtime());
     stalled.block_on(async {
-        let handle = handle.clone();
-        tokio::spawn(async move { handle.force_refresh().await });
+        refreshing_in_the_background(&handle);
         tokio::time::sleep(Duration::from_millis(500)).await;
     });
     // Past the stalled flight's deadline, its replacement refreshes at once
     // and runs its hook.
     driven.block_on(async {
         tokio::time::advance(Duration::from_secs(30)).await;
-        let handle = handle.clone();
-        tokio::spawn(async move { handle.force_refresh().await });
+        refreshing_in_the_background(&handle);
         tokio::time::sleep(Duration::from_secs(1)).await;
     });
     // The stalled flight, driven again, ends meanwhile.
@@ -916,15 +914,14 @@ fn tokens_whose_hook_a_later_hook_cancelled_are_not_installed() {
         });
         let handle = builder.build().handle();
         let (stalled, driven) = (paused_runtime(), paused_runtime());
-        let (first, second) = (handle.clone(), handle.clone());
         stalled.block_on(async {
-            tokio::spawn(async move { first.force_refresh().await });
+            refreshing_in_the_background(&handle);
             tokio::time::sleep(Duration::from_millis(500)).await;
         });
         // Past the stalled flight's deadline: its replacement takes 2 s.
         driven.block_on(async {
             tokio::time::advance(Duration::from_secs(30)).await;
-            tokio::spawn(async move { second.force_refresh().await });
+            refreshing_in_the_background(&handle);
             tokio::time::sleep(Duration::from_millis(500)).await;
         });
         // The stalled flight gets its tokens and starts its hook; then the

@@ -476,6 +476,14 @@ pub(crate) async fn until_real_time(what: &str, condition: impl Fn() -> bool) {
 }
 
 /// Lets spawned tasks run until they wait on something outside them.
+/// A forced refresh through `handle`, on a task of its own.
+pub(crate) fn refreshing_in_the_background(
+    handle: &crate::TokenHandle,
+) -> tokio::task::JoinHandle<Result<(), crate::Error>> {
+    let handle = handle.clone();
+    tokio::spawn(async move { handle.force_refresh().await })
+}
+
 pub(crate) async fn settle() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
