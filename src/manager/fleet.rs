@@ -50,13 +50,13 @@ impl FlightTask {
             // everything stored before.
             changes.borrow_and_update();
         }
-        let known = self.known_after_offer().await;
+        self.wait_for_offer().await;
         let give_up = later(
             started,
             config.lease_ttl().saturating_add(store.poll_interval_dyn()),
         );
         loop {
-            let known = self.known_now(known);
+            let known = self.known();
             let stored = match load(&self.shared, store).await {
                 Ok(stored) => stored,
                 Err(error) => return self.alone(shared_store, known, error, ctx).await,
@@ -72,9 +72,7 @@ impl FlightTask {
                         store: Arc::clone(shared_store),
                         lease: Some(lease),
                     };
-                    let mut result = self
-                        .refresh_and_store(shared_store, known, ctx, lease_ends)
-                        .await;
+                    let mut result = self.refresh_and_store(shared_store, ctx, lease_ends).await;
                     // Tokens left to offer keep the lease until the offer
                     // has settled: released now, a sibling could take it
                     // and refresh from the refresh token this flight spent.
@@ -108,12 +106,11 @@ impl FlightTask {
     async fn refresh_and_store(
         &self,
         shared_store: &Arc<dyn DynStore>,
-        known: Option<u64>,
         ctx: RefreshContext,
         lease_ends: Instant,
     ) -> Result<Obtained, Failed> {
         let store = &**shared_store;
-        let known = self.known_now(known);
+        let known = self.known();
         // Someone may have stored a version between our load and the lease.
         let stored = match load(&self.shared, store).await {
             Ok(stored) => stored,
@@ -210,11 +207,12 @@ impl FlightTask {
         Ok(stored?.then_some(next))
     }
 
-    /// `known`, or a later version this process has stored since it was
-    /// read (by a flight overtaken by tokens set by hand and still running
-    /// when this one started): never a sibling's tokens to adopt.
-    fn known_now(&self, known: Option<u64>) -> Option<u64> {
-        known.max(self.shared.lock().store_version)
+    /// The newest store version this process knows, read at each look:
+    /// it only grows, and may have grown since the flight started (a
+    /// version a flight overtaken by tokens set by hand stored meanwhile:
+    /// never a sibling's tokens to adopt).
+    fn known(&self) -> Option<u64> {
+        self.shared.lock().store_version
     }
 
     /// Whether two more store calls (each bounded by the refresh timeout)
@@ -242,21 +240,19 @@ impl FlightTask {
         }
     }
 
-    /// The store version this flight starts from: the one the process
-    /// knew when it began, or, if an offer of tokens the last flight could
-    /// not store is still out, the one the process knows once that
-    /// offer has settled (waited for within the refresh timeout). Without
-    /// the wait, this flight could refresh from the tokens being offered
-    /// and lose the race to store its own, leaving the store with a spent
-    /// refresh token; or adopt the offered tokens back as a sibling's.
-    async fn known_after_offer(&self) -> Option<u64> {
+    /// Waits (within the refresh timeout) for an offer of tokens the last
+    /// flight could not store, if one is still out, so that what this
+    /// flight knows includes the version it stores. Without the wait, this
+    /// flight could refresh from the tokens being offered and lose the race
+    /// to store its own, leaving the store with a spent refresh token; or
+    /// adopt the offered tokens back as a sibling's.
+    async fn wait_for_offer(&self) {
         let pending = self.shared.lock().pending_offer.clone();
-        let Some(mut offer) = pending else {
-            return self.known_version;
-        };
-        // Resolves when the offer's task ends (its sender is dropped).
-        let _ = tokio::time::timeout(self.shared.config.refresh_timeout, offer.changed()).await;
-        self.shared.lock().store_version
+        if let Some(mut offer) = pending {
+            // Resolves when the offer's task ends (its sender is dropped).
+            let timeout = self.shared.config.refresh_timeout;
+            let _ = tokio::time::timeout(timeout, offer.changed()).await;
+        }
     }
 
     /// The store failed: this flight refreshes on its own, and its tokens

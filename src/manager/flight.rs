@@ -163,7 +163,6 @@ impl TokenManager {
             reason,
             from_generation: snapshot.generation,
             current: refresh_from(control.refused.as_ref(), snapshot.tokens.as_ref()),
-            known_version: control.store_version,
             refused: None,
             hooked: None,
         };
@@ -216,8 +215,6 @@ pub(super) struct FlightTask {
     reason: RefreshReason,
     from_generation: u64,
     current: Option<Arc<TokenSet>>,
-    /// The store version `current` came from, if any.
-    pub(super) known_version: Option<u64>,
     /// Fetched tokens `prepare` refused that rotated the refresh token.
     refused: Option<Refused>,
     /// Fetched tokens ready to install, held here while the `on_refresh`
