@@ -323,7 +323,6 @@ pub(super) fn paired_with_installed(
 struct Ready {
     prepared: Prepared,
     version: Option<u64>,
-    adopted: bool,
     offer: Option<Offer>,
 }
 
@@ -347,7 +346,7 @@ impl FlightTask {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let outcome = match result {
             Ok(ready) => {
-                let adopted = ready.adopted;
+                let adopted = ready.prepared.is_adopted();
                 let outcome = self.succeed(ready);
                 if let Ok(Some(credential)) = &outcome {
                     tracing::info!(
@@ -553,7 +552,6 @@ impl FlightTask {
                 let ready = Ready {
                     prepared,
                     version,
-                    adopted,
                     offer,
                 };
                 if adopted {
@@ -660,7 +658,7 @@ impl FlightTask {
         let (mut control, _, superseded) = self.settle();
         // Still counted when discarded: the call produced a token, and every
         // refresh ends as a success, an adoption or a failure in the stats.
-        Counters::bump(if ready.adopted {
+        Counters::bump(if ready.prepared.is_adopted() {
             &shared.stats.adopted
         } else {
             &shared.stats.refresh_successes

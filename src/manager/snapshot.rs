@@ -109,6 +109,11 @@ impl Prepared {
         self
     }
 
+    /// Whether these are another process's tokens, adopted from the store.
+    pub(crate) fn is_adopted(&self) -> bool {
+        self.adopted
+    }
+
     /// Whether the token is already past its expiry at `now` (an
     /// `expires_in` of 0, or shorter than the refresh took).
     pub(crate) fn is_expired_at(&self, now: Instant) -> bool {
