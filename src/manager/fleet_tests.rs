@@ -662,6 +662,13 @@ async fn a_watcher_adopting_from_a_hung_store_does_not_keep_an_expired_token_fre
         !stale,
         "the watcher first ran past `stale_at`: nothing tested"
     );
+    let loads = super::tests::loads_from_snapshot();
+    assert!(manager.ready().is_some());
+    assert_eq!(
+        super::tests::loads_from_snapshot(),
+        loads,
+        "answered by the thread's copy, on the watcher's promise"
+    );
 
     announce_while_loads_hang(&store).await;
     tokio::time::sleep(lifetime + Duration::from_millis(100)).await; // past the expiry

@@ -1505,7 +1505,7 @@ thread_local! {
     pub(super) static FROM_SNAPSHOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-fn loads_from_snapshot() -> usize {
+pub(super) fn loads_from_snapshot() -> usize {
     FROM_SNAPSHOT.with(std::cell::Cell::get)
 }
 
