@@ -797,6 +797,31 @@ fn numbered(takes: impl Fn(usize) -> Duration + Send + Sync + 'static) -> impl c
     })
 }
 
+/// A refresh through `handle` started on `stalled` and left there half a
+/// second in; then, past its deadline (30 s on `driven`'s clock), its
+/// replacement started on `driven`, which runs on for `then`.
+fn stalled_then_replaced(
+    handle: &crate::TokenHandle,
+    stalled: &tokio::runtime::Runtime,
+    driven: &tokio::runtime::Runtime,
+    then: Duration,
+) {
+    stalled.block_on(async {
+        refreshing_in_the_background(handle);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    driven.block_on(async {
+        tokio::time::advance(Duration::from_secs(30)).await;
+        refreshing_in_the_background(handle);
+        tokio::time::sleep(then).await;
+    });
+}
+
+/// Drives `runtime`, on its paused clock, for `time`.
+fn run_for(runtime: &tokio::runtime::Runtime, time: Duration) {
+    runtime.block_on(async { tokio::time::sleep(time).await });
+}
+
 /// A hook recording the refresh tokens it persists, in order, each after
 /// the time `takes` gives for it; and a 10 s refresh timeout.
 fn persisting(
@@ -882,20 +907,11 @@ fn tokens_the_hook_was_not_shown_are_not_installed() {
     });
     let handle = builder.build().handle();
     let (stalled, driven) = (paused_runtime(), paused_runtime());
-    stalled.block_on(async {
-        refreshing_in_the_background(&handle);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    });
-    // Past the stalled flight's deadline, its replacement refreshes at once
-    // and runs its hook.
-    driven.block_on(async {
-        tokio::time::advance(Duration::from_secs(30)).await;
-        refreshing_in_the_background(&handle);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    });
+    // The replacement refreshes at once and runs its hook.
+    stalled_then_replaced(&handle, &stalled, &driven, Duration::from_secs(1));
     // The stalled flight, driven again, ends meanwhile.
-    stalled.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
-    driven.block_on(async { tokio::time::sleep(Duration::from_secs(10)).await });
+    run_for(&stalled, Duration::from_secs(2));
+    run_for(&driven, Duration::from_secs(10));
 
     assert_eq!(*persisted.lock().unwrap(), ["rt-2"]);
     assert_eq!(handle.tokens().unwrap().access_token().expose(), "at-2");
@@ -914,28 +930,20 @@ fn tokens_whose_hook_a_later_hook_cancelled_are_not_installed() {
         });
         let handle = builder.build().handle();
         let (stalled, driven) = (paused_runtime(), paused_runtime());
-        stalled.block_on(async {
-            refreshing_in_the_background(&handle);
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        });
-        // Past the stalled flight's deadline: its replacement takes 2 s.
-        driven.block_on(async {
-            tokio::time::advance(Duration::from_secs(30)).await;
-            refreshing_in_the_background(&handle);
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        });
+        // The replacement takes 2 s.
+        stalled_then_replaced(&handle, &stalled, &driven, Duration::from_millis(500));
         // The stalled flight gets its tokens and starts its hook; then the
         // replacement gets its own and starts its hook, which cancels the
         // first; then the stalled flight ends or is dropped, before the
         // replacement ends.
-        stalled.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });
-        driven.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
+        run_for(&stalled, Duration::from_secs(1));
+        run_for(&driven, Duration::from_secs(2));
         if dropped {
             drop(stalled);
         } else {
-            stalled.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });
+            run_for(&stalled, Duration::from_secs(1));
         }
-        driven.block_on(async { tokio::time::sleep(Duration::from_secs(10)).await });
+        run_for(&driven, Duration::from_secs(10));
 
         assert_eq!(*persisted.lock().unwrap(), ["rt-2"], "dropped: {dropped}");
         let tokens = handle.tokens().unwrap();
