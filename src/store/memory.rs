@@ -132,7 +132,10 @@ impl TokenStore for MemoryStore {
         if swapped {
             let version = record.version();
             *stored = Some(record);
-            drop(stored);
+            // Announced before the lock is released, so announcements
+            // come in the order of the writes: a writer preempted after
+            // releasing it would announce its version after a later
+            // writer's. Announcing only wakes receivers; none runs here.
             self.inner.local.announce(version);
         }
         ready(Ok(swapped))
@@ -161,5 +164,57 @@ impl fmt::Debug for MemoryStore {
             .field("version", &self.record().as_ref().map(Record::version))
             .field("leased", &self.inner.local.is_leased())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+    use std::thread;
+
+    use super::*;
+
+    /// Found in review: the version was announced after the record's lock
+    /// was released, so a writer preempted there announced its version
+    /// after a later writer's, and the signal went back to an older one.
+    #[test]
+    fn the_signal_never_falls_behind_a_version_its_writer_stored() {
+        const WRITES: u64 = 200_000;
+        let store = MemoryStore::new();
+        let changes = Arc::new(store.subscribe().expect("a memory store announces changes"));
+        let start = Arc::new(Barrier::new(2));
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, changes) = (store.clone(), Arc::clone(&changes));
+                let start = Arc::clone(&start);
+                thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    start.wait();
+                    let mut behind = 0;
+                    let mut written = 0;
+                    while written < WRITES {
+                        let stored = store.record().as_ref().map(Record::version);
+                        let next = stored.unwrap_or(0) + 1;
+                        let record = Record::new(next, Vec::new());
+                        if runtime
+                            .block_on(store.compare_and_swap(stored, record))
+                            .unwrap()
+                        {
+                            written += 1;
+                            behind += u64::from(*changes.borrow() < next);
+                        }
+                    }
+                    behind
+                })
+            })
+            .collect();
+        let behind: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert_eq!(
+            behind, 0,
+            "writes after which the signal showed an older version"
+        );
+        assert_eq!(*changes.borrow(), 2 * WRITES);
     }
 }
