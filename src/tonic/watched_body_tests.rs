@@ -198,3 +198,25 @@ async fn a_watched_body_does_not_show_the_header_it_holds() {
     assert!(shown.contains("reporting: true"), "{shown}");
     assert!(!shown.contains("visible"), "{shown}");
 }
+
+#[tokio::test]
+async fn a_stream_ending_in_an_error_tells_nothing_and_lets_go_of_the_layer() {
+    let layer = layer();
+    let handle = layer.handle();
+    let reset = BoxCloneService::new(tower::service_fn(|_: Request<tonic::body::Body>| {
+        // A stream reset by the network: no trailers, an error instead.
+        let (sender, body) = http_body_util::channel::Channel::<Bytes, tonic::Status>::new(1);
+        sender.abort(tonic::Status::unavailable("connection reset"));
+        async move { Ok::<_, Infallible>(Response::new(tonic::body::Body::new(body))) }
+    }));
+    let client: GrpcTokenRefresh<Channel> = with_token_refresh(reset, &layer);
+
+    let mut body = client.oneshot(call()).await.unwrap().into_body();
+    assert!(format!("{body:?}").contains("reporting: true"));
+    let ended = body.frame().await.expect("a frame");
+
+    assert!(ended.is_err(), "the stream's error reaches the caller");
+    // The body no longer holds the layer's handle or the sent header.
+    assert!(format!("{body:?}").contains("reporting: false"), "{body:?}");
+    assert_eq!(afterwards(&handle).await, ("old".into(), 0, 0, 0));
+}
