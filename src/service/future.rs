@@ -100,9 +100,9 @@ impl<S, B> RetryCopy<S, B> {
             service: Some(Box::new(service)),
             head: Head {
                 method,
-                uri: UriCopy::Whole(uri),
+                uri: UriCopy::Whole(Box::new(uri)),
                 version,
-                headers: HeadersCopy::Map(headers),
+                headers: HeadersCopy::Map(Box::new(headers)),
                 extensions,
             },
             body,
@@ -112,8 +112,8 @@ impl<S, B> RetryCopy<S, B> {
     /// Unpacks the copied URI and headers, once a retry is planned. `None`
     /// if they no longer parse: then there is no retry.
     fn unpacked(mut self) -> Option<Self> {
-        self.head.uri = UriCopy::Whole(self.head.uri.into_uri()?);
-        self.head.headers = HeadersCopy::Map(self.head.headers.into_map()?);
+        self.head.uri = UriCopy::Whole(Box::new(self.head.uri.into_uri()?));
+        self.head.headers = HeadersCopy::Map(Box::new(self.head.headers.into_map()?));
         Some(self)
     }
 
@@ -134,9 +134,9 @@ impl<S, B> RetryCopy<S, B> {
         // `Parts` cannot be built directly; a bodiless request gives one.
         let (mut parts, ()) = Request::new(()).into_parts();
         parts.method = method;
-        parts.uri = uri;
+        parts.uri = *uri;
         parts.version = version;
-        parts.headers = headers;
+        parts.headers = *headers;
         parts.extensions = extensions;
         (parts, self.body)
     }

@@ -2,15 +2,10 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-/// Packed headers up to this many bytes are kept without allocating:
-/// `content-type`, `accept` and `user-agent` with typical values take about
-/// 90. The buffer takes the room the `HeaderMap` it replaces took in the
-/// response future; a larger one is copied whenever the future moves (at
-/// 128 bytes, 75 more instructions per request, measured with the earlier
-/// `SmallVec` buffer: callgrind, hot-path bench).
-const INLINE: usize = 96;
-// The inline length is a `u8`.
-const _: () = assert!(INLINE <= u8::MAX as usize);
+use super::room::{Room, ROOM};
+
+// The packed length is a `u16`.
+const _: () = assert!(ROOM <= u16::MAX as usize);
 
 /// Bytes before each packed name and value: flags, name length (`u16`),
 /// value length (`u32`).
@@ -26,14 +21,15 @@ const SENSITIVE: u8 = 1;
 /// is cloned (its unique `Bytes` becomes shared): four allocations for a
 /// request with two such headers, on every request, for a retry that most
 /// requests never make. Packed, a request's headers are copied as bytes
-/// into one buffer, inline up to [`INLINE`] bytes, and parsed back only
-/// when a retry runs.
+/// into one buffer, a thread's recycled [`Room`] up to [`ROOM`] bytes, and
+/// parsed back only when a retry runs.
 pub(crate) enum HeadersCopy {
     /// Names and values as bytes, in the map's iteration order.
     Packed(PackedHeaders),
     /// The map itself: a request held before its first send, or one whose
-    /// headers do not fit the packed lengths.
-    Map(HeaderMap),
+    /// headers do not fit the packed lengths. Boxed: inline, it would make
+    /// every response future 64 bytes larger.
+    Map(Box<HeaderMap>),
 }
 
 impl HeadersCopy {
@@ -42,7 +38,7 @@ impl HeadersCopy {
     pub(crate) fn of(headers: &HeaderMap) -> Self {
         match PackedHeaders::pack(headers) {
             Some(packed) => Self::Packed(packed),
-            None => Self::Map(headers.clone()),
+            None => Self::Map(Box::new(headers.clone())),
         }
     }
 
@@ -53,7 +49,7 @@ impl HeadersCopy {
     pub(crate) fn into_map(self) -> Option<HeaderMap> {
         match self {
             Self::Packed(packed) => packed.unpack(),
-            Self::Map(map) => Some(map),
+            Self::Map(map) => Some(*map),
         }
     }
 }
@@ -65,19 +61,19 @@ pub(crate) struct PackedHeaders {
     names: usize,
 }
 
-/// The packed bytes: in place up to [`INLINE`], else on the heap, sized
-/// once. Written with one copy per name and per value (a `SmallVec`'s
+/// The packed bytes: in a recycled [`Room`] up to [`ROOM`], else on the
+/// heap, sized once. Written with one copy per name and per value (a `SmallVec`'s
 /// `extend_from_slice` is an insert at the end, which also moved the
 /// empty tail: a `memmove` call per copy).
 enum Buffer {
-    Inline { len: u8, bytes: [u8; INLINE] },
+    Room { len: u16, bytes: Room },
     Heap(Box<[u8]>),
 }
 
 impl Buffer {
     fn as_slice(&self) -> &[u8] {
         match self {
-            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Room { len, bytes } => &bytes[..usize::from(*len)],
             Self::Heap(bytes) => bytes,
         }
     }
@@ -86,11 +82,11 @@ impl Buffer {
 impl PackedHeaders {
     /// `None` if a name or value is too long for its length field.
     ///
-    /// One pass over the map for headers that fit inline: iterating a
+    /// One pass over the map for headers that fit a room: iterating a
     /// `HeaderMap` is not free, and most requests' headers fit.
     #[inline]
     fn pack(headers: &HeaderMap) -> Option<Self> {
-        let mut bytes = [0; INLINE];
+        let mut bytes = Room::take();
         let mut len = 0;
         for (name, value) in headers {
             match write_entry(&mut bytes[len..], name, value) {
@@ -99,15 +95,15 @@ impl PackedHeaders {
             }
         }
         Some(Self {
-            bytes: Buffer::Inline {
-                len: len as u8,
+            bytes: Buffer::Room {
+                len: len as u16,
                 bytes,
             },
             names: headers.keys_len(),
         })
     }
 
-    /// Headers past the inline size: sized first, so the buffer is
+    /// Headers past a room's size: sized first, so the buffer is
     /// allocated once.
     #[cold]
     #[inline(never)]
@@ -217,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn the_benchmark_request_headers_stay_inline() {
+    fn the_benchmark_request_headers_fit_a_room() {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, HeaderValue::from_static("bench/1.0"));
@@ -225,13 +221,13 @@ mod tests {
             panic!("packed");
         };
         let len = packed.bytes.as_slice().len();
-        assert!(matches!(packed.bytes, Buffer::Inline { .. }), "{len} bytes");
+        assert!(matches!(packed.bytes, Buffer::Room { .. }), "{len} bytes");
     }
 
     #[test]
-    fn headers_past_the_inline_size_are_packed_on_the_heap() {
+    fn headers_past_a_rooms_size_are_packed_on_the_heap() {
         let mut headers = HeaderMap::new();
-        let long = "v".repeat(4 * INLINE);
+        let long = "v".repeat(4 * ROOM);
         headers.insert("x-long", HeaderValue::from_str(&long).unwrap());
         headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
         let HeadersCopy::Packed(packed) = HeadersCopy::of(&headers) else {
@@ -255,8 +251,8 @@ mod tests {
         let HeadersCopy::Packed(mut packed) = HeadersCopy::of(&headers) else {
             panic!("packed");
         };
-        let Buffer::Inline { len, bytes } = &mut packed.bytes else {
-            panic!("inline");
+        let Buffer::Room { len, bytes } = &mut packed.bytes else {
+            panic!("in a room");
         };
         bytes[usize::from(*len) - 1] = b'\n';
         assert!(HeadersCopy::Packed(packed).into_map().is_none());

@@ -38,6 +38,7 @@ pub(crate) mod future;
 mod headers;
 mod lanes;
 mod layer;
+mod room;
 mod shared;
 mod transport;
 mod uri_copy;

@@ -2,12 +2,10 @@
 
 use http::uri::{self, Authority, PathAndQuery, Scheme, Uri};
 
-/// Authority and path-and-query bytes kept in place. An API request's URI
-/// (`api.example.com` and `/v1/items?page=2`) takes about 30; longer ones
-/// are cloned whole.
-const INLINE: usize = 80;
-// The lengths are `u8`s.
-const _: () = assert!(INLINE <= u8::MAX as usize);
+use super::room::{Room, ROOM};
+
+// The lengths are `u16`s.
+const _: () = assert!(ROOM <= u16::MAX as usize);
 
 /// The URI a retry sends to.
 ///
@@ -15,15 +13,18 @@ const _: () = assert!(INLINE <= u8::MAX as usize);
 /// path (the bytes it was parsed from), once to clone and once to drop:
 /// four atomic read-modify-writes per request for a retry most requests
 /// never make (without them, a request through the layer took about 5%
-/// less time in the hot-path bench). Copied as bytes into the response
-/// future instead, the URI is parsed back only when a retry runs, which
-/// then allocates the authority and the path.
+/// less time in the hot-path bench). Copied as bytes into a thread's
+/// recycled [`Room`] instead (when the authority and path together fit its
+/// [`ROOM`] bytes; longer URIs are cloned whole), the URI is parsed back
+/// only when a retry runs, which then allocates the authority and the
+/// path.
 pub(crate) enum UriCopy {
     /// The parts as bytes.
     Packed(PackedUri),
     /// The URI itself: a request held before its first send, or one whose
     /// scheme is neither `http` nor `https` or whose parts do not fit.
-    Whole(Uri),
+    /// Boxed: inline, it would make every response future 72 bytes larger.
+    Whole(Box<Uri>),
 }
 
 impl UriCopy {
@@ -32,7 +33,7 @@ impl UriCopy {
     pub(crate) fn of(uri: &Uri) -> Self {
         match PackedUri::pack(uri) {
             Some(packed) => Self::Packed(packed),
-            None => Self::Whole(uri.clone()),
+            None => Self::Whole(Box::new(uri.clone())),
         }
     }
 
@@ -42,20 +43,20 @@ impl UriCopy {
     pub(crate) fn into_uri(self) -> Option<Uri> {
         match self {
             Self::Packed(packed) => packed.unpack(),
-            Self::Whole(uri) => Some(uri),
+            Self::Whole(uri) => Some(*uri),
         }
     }
 }
 
 /// A URI's parts: which are present, the scheme as a tag and the authority
-/// and path-and-query one after the other.
+/// and path-and-query one after the other, in a room.
 pub(crate) struct PackedUri {
     scheme: Option<Standard>,
     /// `None` without an authority (origin form).
-    authority_len: Option<u8>,
+    authority_len: Option<u16>,
     /// `None` without a path (authority form, as a `CONNECT` sends).
-    path_len: Option<u8>,
-    bytes: [u8; INLINE],
+    path_len: Option<u16>,
+    bytes: Room,
 }
 
 /// The schemes a tag stands for; any other is cloned whole.
@@ -80,14 +81,18 @@ impl PackedUri {
             .path_and_query()
             .map_or("", PathAndQuery::as_str)
             .as_bytes();
-        let mut bytes = [0; INLINE];
-        let (authority_out, rest) = bytes.split_at_mut_checked(authority.len())?;
-        rest.get_mut(..path.len())?.copy_from_slice(path);
+        // Checked before a room is taken: a URI that does not fit takes none.
+        if authority.len() + path.len() > ROOM {
+            return None;
+        }
+        let mut bytes = Room::take();
+        let (authority_out, rest) = bytes.split_at_mut(authority.len());
+        rest[..path.len()].copy_from_slice(path);
         authority_out.copy_from_slice(authority);
         Some(Self {
             scheme,
-            authority_len: uri.authority().map(|_| authority.len() as u8),
-            path_len: uri.path_and_query().map(|_| path.len() as u8),
+            authority_len: uri.authority().map(|_| authority.len() as u16),
+            path_len: uri.path_and_query().map(|_| path.len() as u16),
             bytes,
         })
     }
@@ -147,13 +152,13 @@ mod tests {
 
     #[test]
     fn other_schemes_and_long_uris_are_kept_whole() {
-        let long = format!("https://example.com/{}", "p".repeat(INLINE));
+        let long = format!("https://example.com/{}", "p".repeat(ROOM));
         for uri in ["ftp://example.com/file", "custom://host/x", long.as_str()] {
             assert!(!is_packed(uri), "{uri}");
             let parsed: Uri = uri.parse().unwrap();
             assert_eq!(round_trip(&parsed).to_string(), parsed.to_string());
         }
-        let fits = format!("https://example.com/{}", "p".repeat(INLINE - 12));
+        let fits = format!("https://example.com/{}", "p".repeat(ROOM - 12));
         assert!(is_packed(&fits), "authority and path together fill it");
     }
 
