@@ -477,9 +477,9 @@ pub(crate) enum ErrorKind {
     DeadlineElapsed,
     InsecureTransport,
     NoRuntime,
-    /// A token handed out by the handle was told rejected less than
-    /// `min_refresh_interval` after it came from a refresh: not refreshed
-    /// again yet.
+    /// A token was rejected less than `min_refresh_interval` after it came
+    /// from a refresh: not refreshed again yet (or the refresh joined for
+    /// it ended without a token).
     RejectedTooSoon,
 }
 
@@ -666,6 +666,12 @@ impl Error {
     /// for. The rejection stands; told again once the interval has passed,
     /// the handle refreshes. (A request through the layer gets the
     /// server's rejection back in this case.)
+    ///
+    /// Also the answer when a refresh was running and was joined, but
+    /// ended without a token (abandoned by a runtime that stopped driving
+    /// it, or put off by a fleet store): the token the server rejected is
+    /// not handed back. A request through the layer, whose rejection was
+    /// read while it waited, gets this error then.
     ///
     /// ```
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};

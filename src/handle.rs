@@ -222,7 +222,8 @@ impl TokenHandle {
     /// that fails with an error for which [`Error::is_rejected_too_soon`]
     /// is true, and the token is left as it is, unless a refresh is
     /// already running: then its token, or its error (never the rejected
-    /// token back). Reported again once the
+    /// token back: a refresh abandoned or put off gives the
+    /// rejected-too-soon error). Reported again once the
     /// interval has passed, it is refreshed. Other failures are as for
     /// [`bearer`](Self::bearer).
     ///

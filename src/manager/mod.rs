@@ -601,6 +601,14 @@ impl TokenManager {
                 }
             }
             match self.decide(reason) {
+                // The token a server rejected moments after its refresh,
+                // left unmarked (see `rejected`): the refresh joined for it
+                // ended without a token (put off or abandoned), and the
+                // rejection stands, as when there was none to join. Found
+                // in review: it was handed back, and retried.
+                Decision::Use(credential) if waiting.past == Some(credential.generation) => {
+                    return Poll::Ready(Err(Error::new(ErrorKind::RejectedTooSoon)))
+                }
                 Decision::Use(credential) => return Poll::Ready(Ok(credential)),
                 Decision::Wait(next) if waiting.rounds < ROUNDS => self.join(waiting, next),
                 // Only rejections give up; should that ever change, fail the

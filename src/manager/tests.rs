@@ -116,6 +116,50 @@ async fn a_token_just_obtained_and_rejected_is_not_retried_when_the_joined_refre
     assert!(next.await.unwrap().is_err());
 }
 
+/// The same, when that refresh is abandoned (its runtime stopped driving
+/// it): the request is not retried with the token the server just
+/// rejected. Found in review: the waiter decided afresh, and the decision,
+/// finding that token unmarked and fresh, handed it back for the retry.
+#[test]
+fn a_token_just_obtained_and_rejected_is_not_retried_when_the_joined_refresh_is_abandoned() {
+    let api = Api::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let source = refresh_fn({
+        let calls = Arc::clone(&calls);
+        move |_| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n > 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, RefreshError>(TokenSet::new("tok-1").with_expires_in(HUNDRED))
+            }
+        }
+    });
+    let layer = TokenRefreshLayer::builder(source).build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    let (here, elsewhere) = (paused_runtime(), paused_runtime());
+    here.block_on(handle.force_refresh()).unwrap();
+    // The next refresh, on a runtime nothing drives from now on.
+    elsewhere.block_on(async {
+        refreshing_in_the_background(&handle);
+        yield_until("the next refresh runs", || handle.status().is_refreshing()).await;
+    });
+
+    // Rejected at once (nothing accepts `tok-1`), the request joins that
+    // refresh and waits for it until its deadline.
+    let error = expect_error(here.block_on(send(&client, get())));
+
+    assert!(error.is_rejected_too_soon(), "{error}");
+    assert_eq!(api.calls(), 1, "not retried with the rejected token");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "no refresh for the rejection itself"
+    );
+}
+
 /// A client through a layer on `source` holding the token of a first
 /// refresh, and the task of a second refresh, running when this returns.
 async fn refreshing_again(
