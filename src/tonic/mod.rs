@@ -46,7 +46,12 @@
 //! that way. [`Grpc`] classifies it as a rejection: the layer refreshes once
 //! and sends the call again, its request messages replayed. Unary and
 //! client-streaming calls are retried while their request stays under the
-//! [replay cap](crate::Builder::replay_cap) (64 KiB by default); a bigger
+//! [replay cap](crate::Builder::replay_cap) (64 KiB by default), and in no
+//! more body frames than the cap allows (`cap / 64`, at least 64: 1,024 by
+//! default). tonic puts the messages a client stream has ready at once in
+//! one frame, so a stream fed one message at a time (from a channel, say)
+//! sends a frame for each, and a long one of small messages reaches the
+//! frame limit before the cap. A bigger
 //! request gets the UNAUTHENTICATED status back, and the refresh still
 //! happens, so the next call succeeds.
 //!
