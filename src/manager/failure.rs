@@ -182,6 +182,22 @@ mod tests {
         }
     }
 
+    /// Jitter spreads the retries of many clients that failed together:
+    /// delays vary, over the whole half-open range, not one end of it.
+    #[test]
+    fn backoff_delays_are_spread_over_their_range() {
+        let b = Backoff::new(Duration::from_secs(8), Duration::from_secs(8));
+        let delays: Vec<Duration> = (0..200).map(|_| b.delay(1)).collect();
+        let (low, high) = (Duration::from_secs(5), Duration::from_secs(7));
+        // With uniform jitter, each check fails with odds of (3/4)^200,
+        // about 1e-25.
+        assert!(delays.iter().any(|d| *d < low), "none in the lower quarter");
+        assert!(
+            delays.iter().any(|d| *d > high),
+            "none in the upper quarter"
+        );
+    }
+
     #[test]
     fn a_retry_after_past_the_backoff_is_honoured_exactly_and_terminal_never_expires() {
         let now = Instant::now();
