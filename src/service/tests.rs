@@ -348,6 +348,35 @@ async fn body_over_the_replay_cap_is_not_retried_but_the_next_request_gets_the_n
     assert_eq!(handle.stats().retries, 0);
 }
 
+/// The default cap is the 64 KiB the docs give: a body of that many bytes
+/// is retried, one of a byte more is not.
+#[tokio::test(start_paused = true)]
+async fn the_default_replay_cap_is_64_kib() {
+    for (size, retried) in [(64 * 1024, true), (64 * 1024 + 1, false)] {
+        let api = Api::default();
+        let (client, issuer) = revoked_client(&api, |b| b);
+        let body = Bytes::from(vec![b'x'; size]);
+        let request = Request::post("/").body(Full::new(body)).unwrap();
+
+        let (status, _) = send(&client, request).await.unwrap();
+
+        let expected = if retried {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        assert_eq!(status, expected, "{size} bytes");
+        assert_eq!(
+            client.handle().stats().retries,
+            u64::from(retried),
+            "{size} bytes"
+        );
+        // Not retried, the request did not wait for the refresh.
+        client.handle().bearer().await.unwrap();
+        assert_eq!(issuer.calls(), 1, "{size} bytes: the rejection refreshed");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn request_with_its_own_authorization_is_neither_touched_nor_retried() {
     let api = Api::default();
