@@ -361,7 +361,9 @@ pub enum TokenState {
     Stale,
     /// Past its refresh point or rejected: requests wait for a new one.
     Expired,
-    /// A terminal refresh failure: new tokens must be set.
+    /// A terminal refresh failure, and the token past its refresh point,
+    /// or none: new tokens must be set. A token still valid is sent until
+    /// it expires.
     ReauthRequired,
 }
 
@@ -505,15 +507,17 @@ impl TokenStatus {
         self.refreshing
     }
 
-    /// Whether a terminal refresh failure requires new tokens.
+    /// Whether a terminal refresh failure requires new tokens: true from
+    /// the current token's refresh point (its mandatory window) on, or
+    /// with no token at all. A token still valid goes on being sent until
+    /// it expires; requests fail fast from then on.
     ///
     /// ```
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let source = refresh_fn(|_| async { Err::<TokenSet, _>(RefreshError::terminal("revoked")) });
-    /// // With no token left to send (a token still valid is used until it
-    /// // is not, and only then does the state change).
+    /// // With no token to send.
     /// let handle = TokenRefreshLayer::builder(source).build().handle();
     /// assert!(handle.force_refresh().await.is_err());
     /// assert!(handle.status().is_reauth_required());

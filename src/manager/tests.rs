@@ -233,6 +233,52 @@ async fn terminal_failure_fails_fast_and_calls_the_source_once_until_new_tokens_
     assert_eq!(bearer(&send(&client, get()).await), "signed-in-again");
 }
 
+/// A terminal failure while the token is still valid (a proactive refresh
+/// refused): the token goes on being sent until it expires, as DESIGN's
+/// static stability asks, and only then do requests fail fast. The status
+/// says new tokens are needed from the token's refresh point on.
+#[tokio::test(start_paused = true)]
+async fn after_a_terminal_failure_a_valid_token_is_sent_until_it_expires() {
+    let api = Api::default();
+    api.accept("old");
+    let (source, calls) = failing(|| RefreshError::terminal("invalid_grant").with_status(400));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(
+            TokenSet::new("old")
+                .with_refresh_token("dead")
+                .with_expires_in(HUNDRED),
+        )
+        .build();
+    let handle = layer.handle();
+    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+
+    // In the advisory window (from 50 s): sent, and refreshed behind it.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(bearer(&send(&client, get()).await), "old");
+    yield_until("the refresh failed", || {
+        handle.status().last_error().is_some()
+    })
+    .await;
+    assert_eq!(handle.status().state(), TokenState::Stale);
+
+    // In the mandatory window (from 90 s): still sent, not waited for.
+    tokio::time::advance(Duration::from_secs(35)).await;
+    for _ in 0..5 {
+        assert_eq!(bearer(&send(&client, get()).await), "old");
+    }
+    assert_eq!(handle.status().state(), TokenState::ReauthRequired);
+
+    // Expired: failed fast.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(expect_error(send(&client, get()).await).is_reauth_required());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the source was called once"
+    );
+    assert_eq!(api.calls(), 6);
+}
+
 /// A source whose first call is rate limited for `retry_after` and whose
 /// later ones grant "granted" (accepted by `api`), with its call count.
 fn rate_limited_first(api: &Api, retry_after: Duration) -> (impl crate::Refresh, Arc<AtomicUsize>) {
