@@ -165,6 +165,10 @@ fn param_of(item: &str) -> Option<(&str, &str)> {
 /// headers (a trailers-only response, which is how servers reject a call
 /// before sending any message).
 ///
+/// A `grpc-status` in the headers counts whatever the HTTP status (a proxy
+/// may answer a trailers-only rejection with a 5xx), as tonic's client
+/// reads it: that header, not the HTTP status, is the call's status.
+///
 /// A status that arrives in the trailers, after the response headers, is
 /// not retried: only the head decides. A call whose stream already
 /// delivered messages has produced output and must not be replayed; one
@@ -296,6 +300,9 @@ mod tests {
         }
         assert!(Grpc.is_rejection(StatusCode::UNAUTHORIZED, &HeaderMap::new()));
         assert!(!Unauthorized.is_rejection(StatusCode::OK, &headers));
+        // The header is the call's status, whatever the HTTP status.
+        headers.insert("grpc-status", "16".parse().unwrap());
+        assert!(Grpc.is_rejection(StatusCode::SERVICE_UNAVAILABLE, &headers));
     }
 
     #[test]
