@@ -1711,3 +1711,44 @@ async fn a_watched_tokens_copy_stops_vouching_once_it_is_replaced_or_rejected() 
     assert_ne!(header(), Some(credential.header), "rejected");
     until_real_time("the refresh", || issuer.calls() == 1).await;
 }
+
+/// DESIGN asks for refresh events with their duration and generation: the
+/// generation a refresh brought, or the one a failed refresh left, and
+/// the time it took.
+#[test]
+fn refresh_events_give_the_generation_and_the_time_taken() {
+    let (logs, _logging) = crate::test_support::logs::Logs::capture();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let source = refresh_fn({
+        let calls = Arc::clone(&calls);
+        move |_| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                tokio::time::sleep(Duration::from_secs(1 + n as u64)).await;
+                match n {
+                    1 => Ok(TokenSet::new("tok-1").with_expires_in(HUNDRED)),
+                    _ => Err(RefreshError::transient("identity server down")),
+                }
+            }
+        }
+    });
+    let handle = TokenRefreshLayer::builder(source).build().handle();
+
+    paused_runtime().block_on(async {
+        handle.force_refresh().await.unwrap();
+        handle.force_refresh().await.unwrap_err();
+    });
+
+    let generation = handle.status().generation();
+    let refreshed = logs.lines_with("token refreshed");
+    let failed = logs.lines_with("token refresh failed");
+    assert_eq!(refreshed.len(), 1, "{refreshed:?}");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    for (line, elapsed) in [
+        (&refreshed[0], "elapsed_ms=2000"),
+        (&failed[0], "elapsed_ms=3000"),
+    ] {
+        assert!(line.contains(&format!("generation={generation}")), "{line}");
+        assert!(line.contains(elapsed), "{line}");
+    }
+}

@@ -709,6 +709,7 @@ fn private_options() -> OpenOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::logs::Logs;
 
     /// A fresh directory under the system's temporary one, removed on drop.
     pub(super) struct TempDir(pub(super) PathBuf);
@@ -882,33 +883,8 @@ mod tests {
     async fn a_token_file_any_user_may_read_is_read_and_warned_of_once() {
         use std::os::unix::fs::PermissionsExt;
 
-        #[derive(Clone, Default)]
-        struct Logs(Arc<Mutex<Vec<u8>>>);
-        impl Write for Logs {
-            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let logs = Logs::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer({
-                let logs = logs.clone();
-                move || logs.clone()
-            })
-            .finish();
-        let _logging = tracing::subscriber::set_default(subscriber);
-        let warnings = || {
-            let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-            text.lines()
-                .filter(|line| line.contains("may be read by any user"))
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        };
+        let (logs, _logging) = Logs::capture();
+        let warnings = || logs.lines_with("may be read by any user");
 
         let dir = TempDir::new();
         let path = dir.0.join("tokens.json");

@@ -3,6 +3,7 @@
 //! in `tests/` use real loopback servers instead.
 
 pub(crate) mod body;
+pub(crate) mod logs;
 pub(crate) mod rotating;
 
 use std::collections::HashSet;
