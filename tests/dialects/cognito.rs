@@ -304,3 +304,43 @@ async fn retries_after_upstream_failures_stay_within_the_limit() {
     })
     .await;
 }
+
+/// DESIGN's example, as written there: one hyper-util client refreshes and
+/// carries the requests (`HttpRefresher::cognito(url, http_client.clone())`,
+/// then the layer around `http_client`), for a body type that can be made
+/// from bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_refreshes_and_carries_the_requests() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    bounded(async {
+        let identity = IdentityServer::builder().start().await;
+        let api = ApiServer::start(&identity).await;
+        let expired = login(&identity).await.with_expires_in(Duration::ZERO);
+        let http_client = Client::builder(TokioExecutor::new()).build_http();
+
+        let url = format!("{}/api/auth/refresh-token", identity.base_url());
+        let refresher = HttpRefresher::cognito(url, http_client.clone());
+        let layer = TokenRefreshLayer::builder(refresher)
+            .initial_tokens(expired)
+            .build();
+        let handle = layer.handle();
+        let client = ServiceBuilder::new().layer(layer).service(http_client);
+
+        for _ in 0..3 {
+            let request = hyper::Request::get(api.url("/v1/items"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response = client.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        assert_eq!(handle.stats().refreshes, 1);
+        assert_eq!(identity.stats().refreshed, 1);
+        assert_eq!(api.stats().ok, 3);
+    })
+    .await;
+}
