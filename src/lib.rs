@@ -121,7 +121,9 @@
 //! `Handle::block_on` from another thread, while nothing runs
 //! `Runtime::block_on`, waits until something does, as tokio documents for
 //! every task and timer of such a runtime. A request awaited on another
-//! runtime gives up on the refresh at its deadline instead.
+//! runtime gives up on the refresh at its deadline instead; one awaited
+//! outside any tokio runtime (by another executor), where no timer can
+//! bound the wait, waits until the refresh's runtime drives it.
 //!
 //! [tower]: https://docs.rs/tower
 
