@@ -668,10 +668,11 @@ impl Error {
     /// server's rejection back in this case.)
     ///
     /// Also the answer when a refresh was running and was joined, but
-    /// ended without a token (abandoned by a runtime that stopped driving
-    /// it, or put off by a fleet store): the token the server rejected is
-    /// not handed back. A request through the layer, whose rejection was
-    /// read while it waited, gets this error then.
+    /// ended without a token (abandoned by another runtime that stopped
+    /// driving it, put off by a fleet store, or its result overtaken): the
+    /// token the server rejected is not handed back. A request through the
+    /// layer gets this error then, not the 401: its rejection was read
+    /// while it waited for that refresh.
     ///
     /// ```
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};

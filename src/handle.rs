@@ -221,9 +221,11 @@ impl TokenHandle {
     /// ago is not refreshed again (another would likely be rejected too):
     /// that fails with an error for which [`Error::is_rejected_too_soon`]
     /// is true, and the token is left as it is, unless a refresh is
-    /// already running: then its token, or its error (never the rejected
-    /// token back: a refresh abandoned or put off gives the
-    /// rejected-too-soon error). Reported again once the
+    /// already running: then its token, or its error, never the rejected
+    /// token back (a refresh that ends without a token, as one abandoned
+    /// by another runtime, put off by a fleet store or overtaken does,
+    /// gives the rejected-too-soon error; one dropped by this runtime, a
+    /// refresh failure). Reported again once the
     /// interval has passed, it is refreshed. Other failures are as for
     /// [`bearer`](Self::bearer).
     ///
@@ -362,8 +364,8 @@ pub enum TokenState {
     /// Past its refresh point or rejected: requests wait for a new one.
     Expired,
     /// A terminal refresh failure, and the token past its refresh point,
-    /// or none: new tokens must be set. A token still valid is sent until
-    /// it expires.
+    /// rejected, or none: new tokens must be set. A token still valid (not
+    /// rejected) is sent until it expires.
     ReauthRequired,
 }
 
@@ -508,9 +510,9 @@ impl TokenStatus {
     }
 
     /// Whether a terminal refresh failure requires new tokens: true from
-    /// the current token's refresh point (its mandatory window) on, or
-    /// with no token at all. A token still valid goes on being sent until
-    /// it expires; requests fail fast from then on.
+    /// the current token's refresh point (its mandatory window) on, once it
+    /// was rejected, or with no token at all. A token still valid goes on
+    /// being sent until it expires; requests fail fast from then on.
     ///
     /// ```
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};

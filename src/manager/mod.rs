@@ -187,7 +187,7 @@ pub(crate) struct Waiting {
     /// Flights joined so far, this one included.
     rounds: u8,
     /// A generation a server rejected that is not handed back should the
-    /// refresh fail (see [`Flight::past`]).
+    /// refresh end without a token (see [`Flight::past`]).
     past: Option<u64>,
 }
 
@@ -553,6 +553,9 @@ impl TokenManager {
         const ROUNDS: u8 = 3;
         loop {
             let mut reason = None;
+            // The token a server rejected for this waiter, if it was left
+            // unmarked: never handed back to it.
+            let rejected_for_it = waiting.past;
             if let Some(flight) = &mut waiting.flight {
                 match ready!(flight.poll_outcome(cx)) {
                     Ok(Some(credential)) => match self.since_it_came(&credential) {
@@ -578,8 +581,7 @@ impl TokenManager {
                     Ok(None) => {}
                     Err(error) => {
                         let snapshot = self.shared.snapshot.load();
-                        // Not the token a server rejected for this waiter.
-                        let rejected = waiting.past == Some(snapshot.generation);
+                        let rejected = rejected_for_it == Some(snapshot.generation);
                         if !rejected && snapshot.is_valid(Instant::now()) {
                             if let Some(credential) = snapshot.credential() {
                                 return Poll::Ready(Ok(credential));
@@ -590,7 +592,10 @@ impl TokenManager {
                         // which refreshes without the store. Abandoned (its
                         // runtime stopped driving it): decided afresh, which
                         // replaces it on this runtime, unless this is the
-                        // runtime that dropped it.
+                        // runtime that dropped it. Either way, the token
+                        // rejected for this waiter but left unmarked (a
+                        // rejection moments after its refresh) starts no
+                        // refresh: the decision below refuses it.
                         if error.is_abandoned() && flight.dropped_here() {
                             return Poll::Ready(Err(Error::new(ErrorKind::RefreshAborted)));
                         }
@@ -603,10 +608,11 @@ impl TokenManager {
             match self.decide(reason) {
                 // The token a server rejected moments after its refresh,
                 // left unmarked (see `rejected`): the refresh joined for it
-                // ended without a token (put off or abandoned), and the
-                // rejection stands, as when there was none to join. Found
-                // in review: it was handed back, and retried.
-                Decision::Use(credential) if waiting.past == Some(credential.generation) => {
+                // ended without a token (put off, abandoned, or its result
+                // overtaken), and the rejection stands, as when there was
+                // none to join. Found in review: it was handed back, and
+                // retried.
+                Decision::Use(credential) if rejected_for_it == Some(credential.generation) => {
                     return Poll::Ready(Err(Error::new(ErrorKind::RejectedTooSoon)))
                 }
                 Decision::Use(credential) => return Poll::Ready(Ok(credential)),

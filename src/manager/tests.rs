@@ -1748,7 +1748,10 @@ fn refresh_events_give_the_generation_and_the_time_taken() {
         (&refreshed[0], "elapsed_ms=2000"),
         (&failed[0], "elapsed_ms=3000"),
     ] {
-        assert!(line.contains(&format!("generation={generation}")), "{line}");
+        assert!(
+            line.contains(&format!("generation={generation} ")),
+            "{line}"
+        );
         assert!(line.contains(elapsed), "{line}");
     }
 }
