@@ -196,9 +196,16 @@ async fn mandatory_window_makes_requests_wait_for_the_new_token() {
     assert_eq!(handle.stats().waited, 20);
 }
 
-#[tokio::test(start_paused = true)]
-async fn terminal_failure_fails_fast_and_calls_the_source_once_until_new_tokens_are_set() {
-    let api = Api::default();
+/// A client through a layer holding `old` for 100 s, whose refresh token
+/// the source refuses for good (400 `invalid_grant`), its handle, and the
+/// source's call count.
+fn refused_for_good(
+    api: &Api,
+) -> (
+    crate::TokenRefresh<Api>,
+    crate::TokenHandle,
+    Arc<AtomicUsize>,
+) {
     let (source, calls) = failing(|| RefreshError::terminal("invalid_grant").with_status(400));
     let layer = TokenRefreshLayer::builder(source)
         .initial_tokens(
@@ -208,7 +215,17 @@ async fn terminal_failure_fails_fast_and_calls_the_source_once_until_new_tokens_
         )
         .build();
     let handle = layer.handle();
-    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    (
+        ServiceBuilder::new().layer(layer).service(api.clone()),
+        handle,
+        calls,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn terminal_failure_fails_fast_and_calls_the_source_once_until_new_tokens_are_set() {
+    let api = Api::default();
+    let (client, handle, calls) = refused_for_good(&api);
     tokio::time::advance(Duration::from_secs(101)).await;
 
     for _ in 0..5 {
@@ -241,16 +258,7 @@ async fn terminal_failure_fails_fast_and_calls_the_source_once_until_new_tokens_
 async fn after_a_terminal_failure_a_valid_token_is_sent_until_it_expires() {
     let api = Api::default();
     api.accept("old");
-    let (source, calls) = failing(|| RefreshError::terminal("invalid_grant").with_status(400));
-    let layer = TokenRefreshLayer::builder(source)
-        .initial_tokens(
-            TokenSet::new("old")
-                .with_refresh_token("dead")
-                .with_expires_in(HUNDRED),
-        )
-        .build();
-    let handle = layer.handle();
-    let client = ServiceBuilder::new().layer(layer).service(api.clone());
+    let (client, handle, calls) = refused_for_good(&api);
 
     // In the advisory window (from 50 s): sent, and refreshed behind it.
     tokio::time::advance(Duration::from_secs(60)).await;
