@@ -53,8 +53,11 @@ use super::{Lease, Record, StoreError, TokenStore};
 ///   ends by its time only). A watched lease is kept in `.<name>.lease`
 ///   too: should the lock file be removed under it (by hand, or by a
 ///   clean-up of old files), the lease is put back in the file made anew,
-///   and goes to no second holder. Removing both files while processes
-///   run loses it. A lock file that is a link, another user's,
+///   and goes to no second holder. A section whose lock file is removed
+///   while it runs writes nothing more (each write checks first, so what
+///   is left is the instant between the check and the write), and one
+///   waiting for it takes the file made anew. Removing both files while
+///   processes run loses the lease. A lock file that is a link, another user's,
 ///   or writable by anyone is refused as the store being unavailable.
 ///   Over NFS, where `flock` is emulated with POSIX locks, give the
 ///   layers of one process clones of one `FileStore`. Off Unix, only the
@@ -230,7 +233,8 @@ impl TokenStore for FileStore {
             if read(target)?.record.as_ref().map(Record::version) != expected {
                 return Ok(false);
             }
-            write(target, &record)?;
+            // Not if the section ended under it (its lock file removed).
+            write_unless(target, &record, || section.locked.ensure_current())?;
             // Announced by the write itself, in order: the caller may have
             // stopped waiting (its refresh timeout), and the record is
             // there all the same.
@@ -607,7 +611,18 @@ fn refuse_foreign_link(_: &Path) -> Result<(), StoreError> {
 /// Writes `record` beside `path` (the token file, links already
 /// [followed]: the file the section's lock guards), flushes it and renames
 /// it into place.
+#[cfg(test)]
 fn write(path: &Path, record: &Record) -> Result<(), StoreError> {
+    write_unless(path, record, || Ok(()))
+}
+
+/// [`write`], with a last check before the rename: failed, nothing is
+/// replaced.
+fn write_unless(
+    path: &Path,
+    record: &Record,
+    check: impl FnOnce() -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let failed = |doing, error| unavailable(doing, path, error);
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -646,6 +661,7 @@ fn write(path: &Path, record: &Record) -> Result<(), StoreError> {
             file.sync_all()
         })
         .map_err(|error| failed("write a temporary file beside", error))
+        .and_then(|()| check())
         .and_then(|()| fs::rename(&temp, path).map_err(|error| failed("replace", error)));
     if written.is_err() {
         // Never leave a partial record behind.

@@ -21,6 +21,10 @@
 //!   under a live lease (by hand, or by a clean-up of old files), a taker
 //!   finds it there, and the lease goes to no second holder meanwhile.
 //!   Removing both files loses it.
+//! - A section checks, before each write it makes, that `.<name>.lock`
+//!   still names the file it locked: removed under it, another process may
+//!   have locked the one made anew, so the section writes nothing more.
+//!   One that waited for a lock file removed meanwhile opens the new one.
 //!
 //! `flock` locks an open file description: two opens of a file exclude
 //! each other even in one process, which is what lets two stores made
@@ -33,7 +37,7 @@
 //!
 //! [`FileStore`]: super::FileStore
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -116,6 +120,9 @@ impl Holders {
 /// A critical section: the lock file beside `target`, locked until dropped.
 pub(super) struct Locked {
     file: File,
+    /// Which file `file` is (`<device>:<inode>`), to tell whether the path
+    /// still names it.
+    identity: String,
     path: PathBuf,
     target: PathBuf,
 }
@@ -124,23 +131,61 @@ impl Locked {
     /// Opens (creating it, private to this user) and locks the lock file
     /// beside the token file `target`, waiting for another process's
     /// section to end until `give_up`.
-    pub(super) fn take(target: PathBuf, give_up: Instant) -> Result<Self, StoreError> {
-        let path = beside(&target, ".lock");
-        let (file, _) = open_own(&path)?;
-        if cfg!(unix) {
-            let locked = poll_until(give_up, || match try_exclusive(&file, &path) {
-                Ok(false) => None,
-                done => Some(done),
+    ///
+    /// A lock file removed (or replaced) while this waited for it locks
+    /// nothing anyone opening the path now would wait for: it is opened
+    /// again, as the path names it now.
+    pub(super) fn take(mut target: PathBuf, give_up: Instant) -> Result<Self, StoreError> {
+        let mut path = beside(&target, ".lock");
+        loop {
+            let (file, identity) = open_own(&path)?;
+            let locked = Self {
+                file,
+                identity,
+                path,
+                target,
+            };
+            if !cfg!(unix) {
+                return Ok(locked);
+            }
+            let taken = poll_until(give_up, || {
+                match try_exclusive(&locked.file, &locked.path) {
+                    Ok(false) => None,
+                    done => Some(done),
+                }
             });
             // Given up on, or failed; else locked (`Ok(true)`).
-            locked.ok_or_else(|| {
+            taken.ok_or_else(|| {
                 StoreError::unavailable(format!(
                     "another process (or a store made apart) has held {} for {WAIT_AT_MOST:?}",
-                    path.display()
+                    locked.path.display()
                 ))
             })??;
+            if locked.ensure_current().is_ok() || Instant::now() >= give_up {
+                // Past the wait, its error is the next write's.
+                return Ok(locked);
+            }
+            Self { path, target, .. } = locked;
         }
-        Ok(Self { file, path, target })
+    }
+
+    /// Whether the path still names the locked file. Removed while this
+    /// section holds it (a clean-up of old files), another process opens a
+    /// new one and enters a section beside this one: found in review,
+    /// both wrote a record (the second over the first, both told it was
+    /// stored), or both took the lease. Checked before each write a
+    /// section makes, which it then does not make; what is left is the
+    /// instant between the check and the write.
+    pub(super) fn ensure_current(&self) -> Result<(), StoreError> {
+        let now = fs_identity(&self.path);
+        if now.as_deref() == Some(&*self.identity) {
+            return Ok(());
+        }
+        Err(StoreError::unavailable(format!(
+            "{} was removed or replaced while this process held it: \
+             another process may hold its section now",
+            self.path.display()
+        )))
     }
 
     /// Takes the lease for `ttl` unless someone holds it at `now`; a
@@ -177,7 +222,7 @@ impl Locked {
         // no record, only live ones are left.)
         let own_lost = held.is_none().then(|| holders.0.first()).flatten();
         if let Some(own) = own_lost {
-            self.replace(&own.held.line())?;
+            self.claim(&own.held.line())?;
             return Ok(None);
         }
         let liveness_path = beside(&self.target, ".lease");
@@ -205,7 +250,7 @@ impl Locked {
                         .filter(|lost| lost.lapses > now)
                         .filter(|lost| lost.liveness.as_deref() == Some(&*identity));
                     if let Some(lost) = live {
-                        self.replace(&lost.line())?;
+                        self.claim(&lost.line())?;
                         return Ok(None);
                     }
                 }
@@ -235,6 +280,7 @@ impl Locked {
                 .map(|(_, identity)| identity.as_str().into()),
         };
         let line = held.line();
+        self.ensure_current()?;
         if let Some((liveness, _)) = &liveness {
             // Where a taker finds it if the lock file goes.
             let path = beside(&self.target, ".lease");
@@ -268,6 +314,12 @@ impl Locked {
     /// writing it, whose lease ended with it).
     fn holder(&self) -> Result<Option<Held>, StoreError> {
         read_lease(&self.file, &self.path)
+    }
+
+    /// Writes a lease line, if the path still names the lock file.
+    fn claim(&self, line: &str) -> Result<(), StoreError> {
+        self.ensure_current()?;
+        self.replace(line)
     }
 
     /// Replaces the lock file's content.
@@ -356,10 +408,29 @@ fn open_own(path: &Path) -> Result<(File, String), StoreError> {
         if metadata.nlink() != 1 {
             return Err(refused(path, "has other names (hard links)"));
         }
-        Ok((file, format!("{}:{}", metadata.dev(), metadata.ino())))
+    }
+    Ok((file, identity(&metadata)))
+}
+
+/// Which file `metadata` describes: `<device>:<inode>`, `0` off Unix.
+fn identity(metadata: &fs::Metadata) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        format!("{}:{}", metadata.dev(), metadata.ino())
     }
     #[cfg(not(unix))]
-    Ok((file, String::from("0")))
+    {
+        let _ = metadata;
+        String::from("0")
+    }
+}
+
+/// Which file `path` names now, links not followed; `None` if none.
+fn fs_identity(path: &Path) -> Option<String> {
+    fs::symlink_metadata(path)
+        .ok()
+        .map(|metadata| identity(&metadata))
 }
 
 fn refused(path: &Path, why: &str) -> StoreError {
@@ -487,6 +558,63 @@ mod tests {
             next.try_lease(TTL).await.unwrap().is_some(),
             "taken once its holder let go"
         );
+    }
+
+    /// Found in review: a lock file removed while a section held it let
+    /// another process into a section beside it, and both wrote (the
+    /// second record over the first, both told it was stored) or both took
+    /// the lease. The first section's writes are refused now; the other's
+    /// go ahead.
+    #[tokio::test]
+    async fn a_section_whose_lock_file_was_removed_under_it_writes_nothing() {
+        let (_dir, path, [_, other]) = stores_apart::<2>();
+        let far = Instant::now() + WAIT_AT_MOST;
+        let held = Locked::take(path.clone(), far).unwrap();
+        assert!(held.ensure_current().is_ok());
+
+        fs::remove_file(beside(&path, ".lock")).unwrap();
+        let theirs = Record::new(1, b"theirs".to_vec());
+        assert!(other.compare_and_swap(None, theirs).await.unwrap());
+
+        let ours = Record::new(1, b"ours".to_vec());
+        let check = || held.ensure_current();
+        let refused = super::super::write_unless(held.target(), &ours, check);
+        assert!(refused
+            .unwrap_err()
+            .to_string()
+            .contains("removed or replaced"));
+        let lease = held.try_lease(TTL, SystemTime::now(), &mut Holders::default());
+        assert!(lease.is_err(), "no lease taken in an ended section");
+        let stored = other.load().await.unwrap().unwrap();
+        assert_eq!(stored.payload(), b"theirs", "not written over");
+        drop(held);
+        assert!(other.try_lease(TTL).await.unwrap().is_some());
+    }
+
+    /// A section that waited for a lock file removed meanwhile takes the
+    /// one the path names now, where the next process will wait for it.
+    #[test]
+    fn a_section_that_waited_for_a_removed_lock_file_takes_the_new_one() {
+        let (_dir, path, _) = stores_apart::<0>();
+        let lock_file = beside(&path, ".lock");
+        let far = Instant::now() + WAIT_AT_MOST;
+        let first = Locked::take(path.clone(), far).unwrap();
+        let waiter = std::thread::spawn({
+            let path = path.clone();
+            move || Locked::take(path, far).unwrap()
+        });
+        // The waiter has opened the old lock file and waits for it.
+        std::thread::sleep(Duration::from_millis(100));
+        fs::remove_file(&lock_file).unwrap();
+        drop(first);
+
+        let second = waiter.join().unwrap();
+        assert!(
+            second.ensure_current().is_ok(),
+            "holds the file the path names"
+        );
+        let third = Locked::take(path, Instant::now() + Duration::from_millis(200));
+        assert!(third.is_err(), "the next one waits for it");
     }
 
     /// A lease sent to a caller that was gone before it took it (cut off
