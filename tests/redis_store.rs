@@ -214,8 +214,18 @@ struct Relay {
     /// Bumped to lose the replies of the connections open then: each
     /// connection notes the count it was accepted at.
     replies_lost: Arc<AtomicU64>,
+    /// Bumped to hold up, by [`HELD_UP`], what the clients of the
+    /// connections open then send.
+    requests_held: Arc<AtomicU64>,
+    /// How many held-up requests reached the server so far.
+    held_delivered: watch::Receiver<u64>,
     accept: JoinHandle<()>,
 }
+
+/// How long a held-up request takes to reach the server: longer than the
+/// store's timeout and its first release, as a segment retransmitted over
+/// a lossy network can.
+const HELD_UP: Duration = Duration::from_secs(1);
 
 impl Relay {
     async fn start(upstream: u16) -> Self {
@@ -227,6 +237,10 @@ impl Relay {
         let refusing = Arc::new(AtomicBool::new(false));
         let turning_away = Arc::clone(&refusing);
         let (count_turned_away, turned_away) = watch::channel(0);
+        let requests_held = Arc::new(AtomicU64::new(0));
+        let holding = Arc::clone(&requests_held);
+        let (count_held_delivered, held_delivered) = watch::channel(0);
+        let count_held_delivered = Arc::new(count_held_delivered);
         let accept = tokio::spawn(async move {
             // Dropped with this task, closing every connection.
             let mut connections = JoinSet::new();
@@ -242,9 +256,29 @@ impl Relay {
                 silenced.borrow_and_update();
                 let accepted_at = losing.load(Ordering::SeqCst);
                 let losing = Arc::clone(&losing);
+                let held_at = holding.load(Ordering::SeqCst);
+                let holding = Arc::clone(&holding);
+                let count_held_delivered = Arc::clone(&count_held_delivered);
                 connections.spawn(async move {
                     let (mut from_client, mut to_client) = client.split();
                     let (mut from_server, mut to_server) = server.split();
+                    let requests = async {
+                        let mut buffer = [0; 4096];
+                        loop {
+                            let n = from_client.read(&mut buffer).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            let held = holding.load(Ordering::SeqCst) != held_at;
+                            if held {
+                                tokio::time::sleep(HELD_UP).await;
+                            }
+                            to_server.write_all(&buffer[..n]).await?;
+                            if held {
+                                count_held_delivered.send_modify(|n| *n += 1);
+                            }
+                        }
+                    };
                     let replies = async {
                         let mut buffer = [0; 4096];
                         loop {
@@ -258,7 +292,7 @@ impl Relay {
                         }
                     };
                     let silent = tokio::select! {
-                        _ = tokio::io::copy(&mut from_client, &mut to_server) => false,
+                        _ = requests => false,
                         _ = replies => false,
                         _ = silenced.changed() => true,
                     };
@@ -275,6 +309,8 @@ impl Relay {
             refusing,
             turned_away,
             replies_lost,
+            requests_held,
+            held_delivered,
             accept,
         }
     }
@@ -284,6 +320,19 @@ impl Relay {
     /// before.
     fn lose_replies_on_open_connections(&self) {
         self.replies_lost.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// From now on what the clients of every connection open now send
+    /// reaches the server [`HELD_UP`] late. New connections are relayed as
+    /// before.
+    fn hold_up_requests_on_open_connections(&self) {
+        self.requests_held.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Waits until a held-up request has reached the server.
+    async fn wait_held_delivered(&self) {
+        let mut count = self.held_delivered.clone();
+        count.wait_for(|delivered| *delivered >= 1).await.unwrap();
     }
 
     fn url(&self) -> String {
@@ -1053,6 +1102,28 @@ async fn a_lease_whose_answer_was_lost_is_released_once_redis_is_back() {
         );
         relay.refuse_new_connections(false);
 
+        lost_lease_released(&direct).await;
+    })
+    .await;
+}
+
+/// Found in review: the release of a lease whose answer never came
+/// stopped at its first success, which may have deleted nothing: the lease
+/// script, held up on the old connection longer than that, landed after
+/// it, and the lease stayed for its whole time to live. It is released
+/// again each timeout until it is gone or would have lapsed.
+#[tokio::test]
+async fn a_lease_whose_request_lands_after_its_release_is_released_too() {
+    with_redis(async |server| {
+        let (relay, store) = behind_a_relay(server, Duration::from_millis(200)).await;
+        load_the_lease_script(&store).await;
+        relay.hold_up_requests_on_open_connections();
+        // Unanswered within its timeout; released a timeout later, over a
+        // new connection, before the script itself lands.
+        assert!(store.try_lease(Duration::from_secs(60)).await.is_err());
+        relay.wait_held_delivered().await;
+
+        let direct = open(server, "app");
         lost_lease_released(&direct).await;
     })
     .await;

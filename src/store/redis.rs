@@ -423,14 +423,32 @@ fn is_wrong_type(error: &RedisError) -> bool {
         || (error.code() == Some("ERR") && error.detail().is_some_and(|d| d.contains("WRONGTYPE")))
 }
 
+impl RedisStore {
+    /// Gives `lease` back if it still holds it: whether it did (and so
+    /// deleted it).
+    async fn release_counted(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let mut invocation = RELEASE.key(&self.shared.lease_key);
+        invocation.arg(lease.owner());
+        let deleted: i64 = self
+            .run(
+                "releasing the refresh lease in Redis",
+                |mut manager| async move { invocation.invoke_async(&mut manager).await },
+            )
+            .await?;
+        Ok(deleted > 0)
+    }
+}
+
 /// A lease asked for and not yet answered. The lease script may have run with
 /// its reply lost, or come after its caller stopped waiting: then the lease
 /// is in Redis with no one knowing they hold it, and every process would
 /// wait out its time to live. Dropped unanswered, it releases the lease on
-/// a task of its own, one timeout later, and again after each failure
-/// (Redis may be out of reach for longer) until the lease would have lapsed
-/// anyway; the release deletes only a lease this owner holds, so it is
-/// harmless if the script never ran.
+/// a task of its own, one timeout later, and again each timeout until a
+/// release deletes it or it would have lapsed anyway: Redis may be out of
+/// reach for longer, and a script still on its way over the old connection
+/// (held up in the network) may land after a release that found nothing.
+/// The release deletes only a lease this owner holds, so it is harmless if
+/// the script never ran.
 struct Unanswered {
     store: RedisStore,
     lease: Option<Lease>,
@@ -452,13 +470,21 @@ impl Drop for Unanswered {
                     // connection lands first (or is lost with it), and the
                     // release goes over a fresh connection.
                     tokio::time::sleep(store.timeout).await;
-                    let Err(error) = store.release(lease.clone()).await else {
-                        return;
-                    };
-                    // A key of another kind will not turn into a lease.
-                    if error.is_corrupt() || tokio::time::Instant::now() >= lapsed {
-                        tracing::debug!(error = %error, "releasing an unanswered lease failed");
-                        return;
+                    let released = store.release_counted(&lease).await;
+                    let over = tokio::time::Instant::now() >= lapsed;
+                    match released {
+                        Ok(true) => return,
+                        // Found in review: stopping at a release that found
+                        // nothing left a script that landed later holding
+                        // the lease for its whole time to live.
+                        Ok(false) if !over => {}
+                        Ok(false) => return,
+                        // A key of another kind will not turn into a lease.
+                        Err(error) if error.is_corrupt() || over => {
+                            tracing::debug!(error = %error, "releasing an unanswered lease failed");
+                            return;
+                        }
+                        Err(_) => {}
                     }
                 }
             });
@@ -603,18 +629,8 @@ impl TokenStore for RedisStore {
         }
     }
 
-    fn release(&self, lease: Lease) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let mut invocation = RELEASE.key(&self.shared.lease_key);
-        invocation.arg(lease.owner());
-        async move {
-            let _deleted: i64 = self
-                .run(
-                    "releasing the refresh lease in Redis",
-                    |mut manager| async move { invocation.invoke_async(&mut manager).await },
-                )
-                .await?;
-            Ok(())
-        }
+    async fn release(&self, lease: Lease) -> Result<(), StoreError> {
+        self.release_counted(&lease).await.map(drop)
     }
 
     /// The versions announced on `{prefix}:events`, fed by one background
