@@ -152,11 +152,19 @@ impl FlightTask {
         // time left for a load and a write: the lease's time to live does
         // not count them); anything else is a sibling's.
         if matches!(written, Ok(None)) && self.lease_lasts_for_two_calls(lease_ends) {
-            if let Some(over) = replaceable(&self.shared, store).await {
-                // Versions only grow, even past a store that lost its data.
-                next = next_version(over.max(loaded), known);
-                expected = over;
-                written = self.write(store, expected, next, &obtained).await;
+            match replaceable(&self.shared, store).await {
+                Ok(Some(over)) => {
+                    // Versions only grow, even past a store that lost its data.
+                    next = next_version(over.max(loaded), known);
+                    expected = over;
+                    written = self.write(store, expected, next, &obtained).await;
+                }
+                Ok(None) => {}
+                // Unread, the store may hold nothing (it lost its data and
+                // is still coming back): the tokens are offered, as after a
+                // failed write. Found in review: they were kept here only,
+                // and a process starting meanwhile found the store empty.
+                Err(error) => written = Err(error),
             }
         }
         match written {
@@ -615,10 +623,15 @@ impl Offer {
             // process's: the tokens replace them, or the store stays empty
             // (a sibling logs in) or spent (a sibling refreshes in vain).
             if matches!(stored, Ok(false)) {
-                if let Some(over) = replaceable(&shared, &*self.store).await {
-                    next = next_version(over.max(self.expected), self.known);
-                    let record = Record::new(next, record.payload().to_vec());
-                    stored = call(config, self.store.compare_and_swap_boxed(over, record)).await;
+                match replaceable(&shared, &*self.store).await {
+                    Ok(Some(over)) => {
+                        next = next_version(over.max(self.expected), self.known);
+                        let record = Record::new(next, record.payload().to_vec());
+                        stored =
+                            call(config, self.store.compare_and_swap_boxed(over, record)).await;
+                    }
+                    Ok(None) => {}
+                    Err(error) => store_failed(&shared, &error, "re-reading the store"),
                 }
             }
             match stored {
@@ -653,20 +666,19 @@ impl Offer {
 /// empty (it lost its data, as a Redis restarted without persistence
 /// does), `Some(version)` for a record carrying a refresh token this
 /// process has spent (a write of its own that timed out and landed late).
-/// `None` for a sibling's record, or a store that cannot be read.
-async fn replaceable(shared: &Shared, store: &dyn DynStore) -> Option<Option<u64>> {
-    match load(shared, store).await {
-        Ok(None) => {
+/// `None` for a sibling's record; the error of a store that cannot be read.
+async fn replaceable(
+    shared: &Shared,
+    store: &dyn DynStore,
+) -> Result<Option<Option<u64>>, StoreError> {
+    Ok(match load(shared, store).await? {
+        None => {
             tracing::warn!("the token store was found empty; storing the refreshed tokens");
             Some(None)
         }
-        Ok(Some(stored)) if spent(shared, &stored) => Some(Some(stored.version)),
-        Ok(Some(_)) => None,
-        Err(error) => {
-            store_failed(shared, &error, "re-reading the store");
-            None
-        }
-    }
+        Some(stored) if spent(shared, &stored) => Some(Some(stored.version)),
+        Some(_) => None,
+    })
 }
 
 /// Counts and logs a failed store call.

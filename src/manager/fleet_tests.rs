@@ -808,6 +808,33 @@ async fn a_store_emptied_under_the_lease_gets_the_refreshed_tokens_at_once() {
     a_sibling_adopts_the_stored_tokens(&idp, &store).await;
 }
 
+/// Found in review: the same, when the re-read after the refused write
+/// fails too (the store still coming back). The tokens were kept here
+/// unstored, with nothing to store them later, and a process starting
+/// meanwhile found the store empty. They are offered now, as after a
+/// failed write.
+#[tokio::test(start_paused = true)]
+async fn a_store_emptied_and_unreadable_under_the_lease_gets_the_refreshed_tokens_later() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+
+    let refreshing = tokio::spawn({
+        let handle = first.handle();
+        async move { handle.force_refresh().await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.inner.lose_record();
+    // The lease holder's re-read, after its refused write, fails.
+    store.fail_next.store(true, Ordering::SeqCst);
+    refreshing.await.unwrap().unwrap();
+    crate::test_support::settle().await;
+
+    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+    a_sibling_adopts_the_stored_tokens(&idp, &store).await;
+}
+
 /// Stores, in place of `expected`, version `version`: a sibling's tokens
 /// carrying `rt-1`, expired an hour ago.
 async fn store_an_expired_siblings_record(
