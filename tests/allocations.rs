@@ -78,11 +78,27 @@ struct PerRequest {
     bytes: f64,
 }
 
-/// Sends `REQUESTS` requests with `body` through a service and counts what
-/// happens between `poll_ready` and dropping the response; building the
-/// request is not counted.
+/// How the requests of a measurement are sent.
+#[derive(Clone, Copy)]
+enum Sending {
+    /// `REQUESTS` requests with the body given, one at a time: what
+    /// happens between `poll_ready` and dropping the response is counted;
+    /// building the request is not.
+    OneAtATime,
+    /// Rounds of [`BURST`] requests with an empty body, all in flight
+    /// before any is answered: counted beyond the box each future is kept
+    /// in here (one allocation of the future's size).
+    InBursts,
+}
+
+/// Requests in flight at once in the burst measurement: more than the 16
+/// whose retry copies a thread's spare buffers cover.
+const BURST: usize = 64;
+
+/// Measures one variant's allocations per request.
 struct Measure<'a> {
     body: Bytes,
+    sending: Sending,
     settle: &'a dyn Fn(),
     result: &'a Cell<Option<PerRequest>>,
 }
@@ -95,86 +111,63 @@ impl UseService<Full<Bytes>> for Measure<'_> {
     {
         let waker = Waker::from(Arc::new(NoopWaker));
         let mut cx = Context::from_waker(&waker);
-        // Lazily built state (the thread's copy of the header, the watcher
-        // task) is set up by the first request, not counted.
-        drive(
-            &mut service,
-            request_with(Full::new(self.body.clone())),
-            &mut cx,
-        );
-        (self.settle)();
-        let (mut allocations, mut bytes) = (0, 0);
-        for _ in 0..REQUESTS {
-            let request = request_with(Full::new(self.body.clone()));
-            let before = counters();
-            drive(&mut service, request, &mut cx);
-            let after = counters();
-            allocations += after.0 - before.0;
-            bytes += after.1 - before.1;
-        }
-        self.result.set(Some(PerRequest {
-            allocations: allocations as f64 / REQUESTS as f64,
-            bytes: bytes as f64 / REQUESTS as f64,
-        }));
-    }
-}
-
-/// Requests in flight at once in the burst measurement: more than the 16
-/// whose retry copies a thread's spare buffers cover.
-const BURST: usize = 64;
-
-/// Sends rounds of [`BURST`] requests, all in flight before any is
-/// answered, and counts what they cost beyond the box each future is kept
-/// in here (one allocation of the future's size).
-struct MeasureBurst<'a> {
-    settle: &'a dyn Fn(),
-    result: &'a Cell<Option<PerRequest>>,
-}
-
-impl UseService<Full<Bytes>> for MeasureBurst<'_> {
-    fn with<S>(self, mut service: S)
-    where
-        S: Service<Request<Full<Bytes>>> + Clone + Send,
-        S::Error: std::fmt::Debug,
-    {
-        let waker = Waker::from(Arc::new(NoopWaker));
-        let mut cx = Context::from_waker(&waker);
-        let mut round = |service: &mut S| {
-            let requests: Vec<_> = (0..BURST)
-                .map(|_| request_with(Full::new(Bytes::new())))
-                .collect();
-            let mut futures = Vec::with_capacity(BURST);
-            let before = counters();
-            for request in requests {
-                assert!(service.poll_ready(&mut cx).is_ready());
-                futures.push(Box::pin(service.call(request)));
-            }
-            for future in &mut futures {
-                assert!(future.as_mut().poll(&mut cx).is_ready(), "answered at once");
-            }
-            drop(futures);
-            let after = counters();
-            let boxes = (BURST, BURST * std::mem::size_of::<S::Future>());
-            (
-                after.0 - before.0 - boxes.0 as u64,
-                after.1 - before.1 - boxes.1 as u64,
-            )
+        let (rounds, per_round) = match self.sending {
+            Sending::OneAtATime => (REQUESTS, 1),
+            Sending::InBursts => (4, BURST),
         };
+        let mut round = |service: &mut S| match self.sending {
+            Sending::OneAtATime => {
+                let request = request_with(Full::new(self.body.clone()));
+                let before = counters();
+                drive(service, request, &mut cx);
+                let after = counters();
+                (after.0 - before.0, after.1 - before.1)
+            }
+            Sending::InBursts => burst(service, &mut cx),
+        };
+        // Lazily built state (the thread's copy of the header, the watcher
+        // task, a thread's spare buffers) is set up by the first round, not
+        // counted.
         round(&mut service);
         (self.settle)();
-        let rounds = 4;
         let (mut allocations, mut bytes) = (0, 0);
         for _ in 0..rounds {
             let (a, b) = round(&mut service);
             allocations += a;
             bytes += b;
         }
-        let requests = (rounds * BURST) as f64;
+        let requests = (rounds * per_round as u64) as f64;
         self.result.set(Some(PerRequest {
             allocations: allocations as f64 / requests,
             bytes: bytes as f64 / requests,
         }));
     }
+}
+
+/// One round of [`Sending::InBursts`]: its allocations and bytes.
+fn burst<S>(service: &mut S, cx: &mut Context<'_>) -> (u64, u64)
+where
+    S: Service<Request<Full<Bytes>>>,
+{
+    let requests: Vec<_> = (0..BURST)
+        .map(|_| request_with(Full::new(Bytes::new())))
+        .collect();
+    let mut futures = Vec::with_capacity(BURST);
+    let before = counters();
+    for request in requests {
+        assert!(service.poll_ready(cx).is_ready());
+        futures.push(Box::pin(service.call(request)));
+    }
+    for future in &mut futures {
+        assert!(future.as_mut().poll(cx).is_ready(), "answered at once");
+    }
+    drop(futures);
+    let after = counters();
+    let boxes = (BURST, BURST * std::mem::size_of::<S::Future>());
+    (
+        after.0 - before.0 - boxes.0 as u64,
+        after.1 - before.1 - boxes.1 as u64,
+    )
 }
 
 struct NoopWaker;
@@ -193,7 +186,9 @@ const VARIANTS: [&str; 7] = [
     "token_refresh_no_retry",
 ];
 
-fn measure_all(body: &Bytes) -> Vec<(&'static str, PerRequest)> {
+/// Each variant's allocations per request, its requests sent as `sending`
+/// says.
+fn measure_all(body: &Bytes, sending: Sending) -> Vec<(&'static str, PerRequest)> {
     let runtime = runtime();
     let _entered = runtime.enter();
     let settle = || settle(&runtime);
@@ -201,29 +196,9 @@ fn measure_all(body: &Bytes) -> Vec<(&'static str, PerRequest)> {
         .iter()
         .map(|&name| {
             let result = Cell::new(None);
-            with_variant(
-                name,
-                Measure {
-                    body: body.clone(),
-                    settle: &settle,
-                    result: &result,
-                },
-            );
-            (name, result.get().expect("measured"))
-        })
-        .collect()
-}
-
-/// [`MeasureBurst`] for every variant.
-fn measure_bursts() -> Vec<(&'static str, PerRequest)> {
-    let runtime = runtime();
-    let _entered = runtime.enter();
-    let settle = || settle(&runtime);
-    VARIANTS
-        .iter()
-        .map(|&name| {
-            let result = Cell::new(None);
-            let measure = MeasureBurst {
+            let measure = Measure {
+                body: body.clone(),
+                sending,
                 settle: &settle,
                 result: &result,
             };
@@ -249,11 +224,11 @@ fn find(rows: &[(&str, PerRequest)], name: &str) -> PerRequest {
 // counters are per thread anyway) and the table prints in one piece.
 #[test]
 fn a_fresh_token_request_allocates_no_more_than_the_baselines() {
-    let empty = measure_all(&Bytes::new());
+    let empty = measure_all(&Bytes::new(), Sending::OneAtATime);
     print("empty body, allocations and bytes per request:", &empty);
-    let kib = measure_all(&Bytes::from(vec![b'x'; 1024]));
+    let kib = measure_all(&Bytes::from(vec![b'x'; 1024]), Sending::OneAtATime);
     print("1 KiB body (read by the inner service):", &kib);
-    let burst = measure_bursts();
+    let burst = measure_all(&Bytes::new(), Sending::InBursts);
     print(
         &format!("{BURST} requests in flight at once, empty body:"),
         &burst,

@@ -820,15 +820,11 @@ async fn a_store_emptied_and_unreadable_under_the_lease_gets_the_refreshed_token
     let first = idp.layer_on(store.clone());
     first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
 
-    let refreshing = tokio::spawn({
-        let handle = first.handle();
-        async move { handle.force_refresh().await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    store.inner.lose_record();
     // The lease holder's re-read, after its refused write, fails.
-    store.fail_next.store(true, Ordering::SeqCst);
-    refreshing.await.unwrap().unwrap();
+    refresh_while_the_store_is_emptied_and(&first, &store, |store| {
+        store.fail_next.store(true, Ordering::SeqCst)
+    })
+    .await;
     crate::test_support::settle().await;
 
     assert_eq!(idp.stored_live_version(&store.inner).await, 2);
@@ -856,12 +852,23 @@ async fn store_an_expired_siblings_record(
 /// Refreshes through `layer` with an identity server taking 1 s, and
 /// empties the store halfway through, after the lease holder's read.
 async fn refresh_while_the_store_is_emptied(layer: &TokenRefreshLayer, store: &FaultyLoads) {
+    refresh_while_the_store_is_emptied_and(layer, store, |_| {}).await;
+}
+
+/// [`refresh_while_the_store_is_emptied`], with `then` done to the store
+/// right after it is emptied.
+async fn refresh_while_the_store_is_emptied_and(
+    layer: &TokenRefreshLayer,
+    store: &FaultyLoads,
+    then: impl FnOnce(&FaultyLoads),
+) {
     let refreshing = tokio::spawn({
         let handle = layer.handle();
         async move { handle.force_refresh().await }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     store.inner.lose_record();
+    then(store);
     refreshing.await.unwrap().unwrap();
 }
 
