@@ -222,6 +222,17 @@ fn refused_for_good(
     )
 }
 
+/// A request through `client` fails fast, needing new tokens, and the
+/// source was called once in all.
+async fn fails_fast_after_one_call(client: &crate::TokenRefresh<Api>, calls: &AtomicUsize) {
+    assert!(expect_error(send(client, get()).await).is_reauth_required());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the source was called once"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn terminal_failure_fails_fast_and_calls_the_source_once_until_new_tokens_are_set() {
     let api = Api::default();
@@ -234,12 +245,7 @@ async fn terminal_failure_fails_fast_and_calls_the_source_once_until_new_tokens_
         assert_eq!(error.refresh_error().unwrap().status(), Some(400));
     }
     tokio::time::advance(Duration::from_secs(3600)).await;
-    assert!(expect_error(send(&client, get()).await).is_reauth_required());
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        1,
-        "the source was called once"
-    );
+    fails_fast_after_one_call(&client, &calls).await;
     assert_eq!(api.calls(), 0);
     assert_eq!(handle.status().state(), TokenState::ReauthRequired);
 
@@ -278,12 +284,7 @@ async fn after_a_terminal_failure_a_valid_token_is_sent_until_it_expires() {
 
     // Expired: failed fast.
     tokio::time::advance(Duration::from_secs(6)).await;
-    assert!(expect_error(send(&client, get()).await).is_reauth_required());
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        1,
-        "the source was called once"
-    );
+    fails_fast_after_one_call(&client, &calls).await;
     assert_eq!(api.calls(), 6);
 }
 
