@@ -93,18 +93,11 @@ async fn a_token_just_obtained_and_rejected_while_a_refresh_runs_waits_for_it() 
 async fn a_token_just_obtained_and_rejected_is_not_retried_when_the_joined_refresh_fails() {
     let api = Api::default();
     api.accept("tok-1");
-    let calls = Arc::new(AtomicUsize::new(0));
-    let source = refresh_fn({
-        let calls = Arc::clone(&calls);
-        move |_| {
-            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-            async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                match n {
-                    1 => Ok(TokenSet::new("tok-1").with_expires_in(HUNDRED)),
-                    _ => Err(RefreshError::transient("identity server down")),
-                }
-            }
+    let (source, _) = by_call(|n| async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match n {
+            1 => Ok(TokenSet::new("tok-1").with_expires_in(HUNDRED)),
+            _ => Err(RefreshError::transient("identity server down")),
         }
     });
     let (client, next) = refreshing_again(source, &api).await;
@@ -123,18 +116,11 @@ async fn a_token_just_obtained_and_rejected_is_not_retried_when_the_joined_refre
 #[test]
 fn a_token_just_obtained_and_rejected_is_not_retried_when_the_joined_refresh_is_abandoned() {
     let api = Api::default();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let source = refresh_fn({
-        let calls = Arc::clone(&calls);
-        move |_| {
-            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-            async move {
-                if n > 1 {
-                    std::future::pending::<()>().await;
-                }
-                Ok::<_, RefreshError>(TokenSet::new("tok-1").with_expires_in(HUNDRED))
-            }
+    let (source, calls) = by_call(|n| async move {
+        if n > 1 {
+            std::future::pending::<()>().await;
         }
+        Ok(TokenSet::new("tok-1").with_expires_in(HUNDRED))
     });
     let layer = TokenRefreshLayer::builder(source).build();
     let handle = layer.handle();
@@ -881,19 +867,31 @@ async fn the_hook_sees_refused_tokens_that_rotated_the_refresh_token() {
     }
 }
 
+/// A refresh source whose `n`th call (from 1) answers what `answer(n)`
+/// does, and its count of calls.
+fn by_call<F, A>(answer: F) -> (impl crate::Refresh, Arc<AtomicUsize>)
+where
+    F: Fn(usize) -> A + Send + Sync + 'static,
+    A: std::future::Future<Output = Result<TokenSet, RefreshError>> + Send + 'static,
+{
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = refresh_fn(move |_| answer(counter.fetch_add(1, Ordering::SeqCst) + 1));
+    (source, calls)
+}
+
 /// A refresh source whose `n`th call answers `at-n` / `rt-n` after the
 /// time `takes(n)` says.
 fn numbered(takes: impl Fn(usize) -> Duration + Send + Sync + 'static) -> impl crate::Refresh {
-    let calls = Arc::new(AtomicUsize::new(0));
-    refresh_fn(move |_| {
-        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+    by_call(move |n| {
         let delay = takes(n);
         let tokens = TokenSet::new(format!("at-{n}")).with_refresh_token(format!("rt-{n}"));
         async move {
             tokio::time::sleep(delay).await;
-            Ok::<_, RefreshError>(tokens.with_expires_in(HUNDRED))
+            Ok(tokens.with_expires_in(HUNDRED))
         }
     })
+    .0
 }
 
 /// A refresh through `handle` started on `stalled` and left there half a
@@ -1727,18 +1725,11 @@ async fn a_watched_tokens_copy_stops_vouching_once_it_is_replaced_or_rejected() 
 #[test]
 fn refresh_events_give_the_generation_and_the_time_taken() {
     let (logs, _logging) = crate::test_support::logs::Logs::capture();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let source = refresh_fn({
-        let calls = Arc::clone(&calls);
-        move |_| {
-            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-            async move {
-                tokio::time::sleep(Duration::from_secs(1 + n as u64)).await;
-                match n {
-                    1 => Ok(TokenSet::new("tok-1").with_expires_in(HUNDRED)),
-                    _ => Err(RefreshError::transient("identity server down")),
-                }
-            }
+    let (source, _) = by_call(|n| async move {
+        tokio::time::sleep(Duration::from_secs(1 + n as u64)).await;
+        match n {
+            1 => Ok(TokenSet::new("tok-1").with_expires_in(HUNDRED)),
+            _ => Err(RefreshError::transient("identity server down")),
         }
     });
     let handle = TokenRefreshLayer::builder(source).build().handle();
