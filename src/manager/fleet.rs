@@ -143,6 +143,9 @@ impl FlightTask {
             // record (`usable` refuses it); each refreshes from it.
             return Ok(obtained);
         }
+        // Until they are installed, the only copy of a refresh token the
+        // server may already have rotated past.
+        self.keep_unstored(&obtained);
         let mut next = next_version(expected, known);
         let mut written = self.write(store, expected, next, &obtained).await;
         // A store emptied meanwhile, or a record written meanwhile that
@@ -168,7 +171,12 @@ impl FlightTask {
             }
         }
         match written {
-            Ok(Some(version)) => obtained.version = Some(version),
+            Ok(Some(version)) => {
+                // Stored: a later flight adopts them, should this one be
+                // dropped before installing them.
+                self.unstored_tokens();
+                obtained.version = Some(version);
+            }
             Ok(None) => tracing::warn!(
                 "another writer changed the token store while this process held the refresh lease; \
                  keeping this process's tokens without storing them"

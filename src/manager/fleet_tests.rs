@@ -1938,6 +1938,45 @@ fn what_a_refresh_dropped_after_storing_stored_is_adopted_next() {
     assert_eq!(idp.counts(), (1, 1, 0), "no spent refresh token presented");
 }
 
+/// A refresh dropped while it stored its tokens (its runtime shut down
+/// during a slow write) keeps them: the next refresh presents their
+/// refresh token, not the one the dropped refresh spent. Found in review:
+/// they were lost with the task, and the next refresh presented the spent
+/// token from the tokens still installed.
+#[test]
+fn what_a_refresh_dropped_while_storing_obtained_is_kept() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    let first = crate::test_support::paused_runtime();
+    let layer = first.block_on(async {
+        let layer = idp.layer_on(store.clone());
+        layer.handle().force_refresh().await.unwrap(); // login: at-1, version 1
+        layer
+    });
+    first.block_on(async {
+        let _refreshing = refreshing_in_the_background(&layer.handle());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Obtained at 1 s; its write then hangs.
+        store.slow_writes.store(60_000, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    drop(first);
+    store.slow_writes.store(0, Ordering::SeqCst);
+    assert_eq!(
+        layer.handle().tokens().unwrap().access_token().expose(),
+        "at-2",
+        "kept when the refresh was dropped"
+    );
+
+    crate::test_support::paused_runtime().block_on(async {
+        // The dropped refresh's lease, never given back, lapses first.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        layer.handle().force_refresh().await.unwrap();
+    });
+
+    assert_eq!(idp.counts(), (1, 2, 0), "no spent refresh token presented");
+}
+
 /// The same when the announcement of the overtaken refresh's version
 /// reaches a waiting refresh before the swap's answer reaches the one that
 /// stored it (as Redis's pub/sub may): known as the process's own before

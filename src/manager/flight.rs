@@ -16,7 +16,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -165,6 +165,7 @@ impl TokenManager {
             current: refresh_from(control.refused.as_ref(), snapshot.tokens.as_ref()),
             refused: None,
             hooked: None,
+            unstored: Mutex::new(None),
         };
         Ok(Launch {
             flight,
@@ -221,6 +222,11 @@ pub(super) struct FlightTask {
     /// hook runs: should the task be dropped meanwhile (its runtime shut
     /// down), they are installed rather than lost with it.
     hooked: Option<Ready>,
+    /// A copy of fetched tokens while a fleet flight stores them, before
+    /// `prepare`: installed too should the task be dropped meanwhile.
+    /// Found in review: they were lost, and the next refresh presented the
+    /// refresh token this one had spent.
+    unstored: Mutex<Option<(TokenSet, Instant)>>,
 }
 
 /// Fetched tokens refused that rotated the refresh token: no request can
@@ -326,7 +332,36 @@ struct Ready {
     offer: Option<Offer>,
 }
 
+impl Ready {
+    /// Tokens a fleet flight was storing when it was dropped: installed as
+    /// this process's own, with no version (the store still holds the one
+    /// they were refreshed from, whose refresh token they replace).
+    fn unstored((tokens, obtained_at): (TokenSet, Instant)) -> Option<Self> {
+        let prepared = Prepared::new(tokens, obtained_at, true).ok()?;
+        Some(Self {
+            prepared,
+            version: None,
+            offer: None,
+        })
+    }
+}
+
 impl FlightTask {
+    /// Keeps a copy of `obtained`'s tokens until `prepare` (see
+    /// [`unstored`](Self::unstored)).
+    pub(super) fn keep_unstored(&self, obtained: &Obtained) {
+        let copy = (obtained.tokens.clone(), obtained.obtained_at);
+        *self.unstored.lock().unwrap_or_else(PoisonError::into_inner) = Some(copy);
+    }
+
+    /// Takes the copy [`keep_unstored`](Self::keep_unstored) kept, if any.
+    pub(super) fn unstored_tokens(&self) -> Option<(TokenSet, Instant)> {
+        self.unstored
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
     async fn run(mut self) {
         let started = Instant::now();
         tracing::debug!(
@@ -513,6 +548,8 @@ impl FlightTask {
     /// and theirs may be the only live one. [`fail`](Self::fail) hands them
     /// to the next flight unless this one was overtaken.
     async fn prepare(&mut self, obtained: Obtained) -> Result<Ready, Failed> {
+        // From here on they are the `hooked` or `refused` ones.
+        self.unstored_tokens();
         let Obtained {
             tokens,
             obtained_at,
@@ -803,6 +840,7 @@ impl Drop for FlightTask {
             // been refused for until the backoff ended.
             let panicked =
                 std::thread::panicking() && POLLING_A_FLIGHT.with(|polling| polling.get());
+            let unstored = self.unstored_tokens();
             let outcome = if let Some(ready) = self.hooked.take() {
                 // Dropped while the hook ran (which the hook's task may
                 // outlive, or not): the tokens came, and a rotating
@@ -811,6 +849,9 @@ impl Drop for FlightTask {
                 // next refresh presented the spent one. (Unless a later
                 // flight's hook has started: `succeed` asks.)
                 tracing::warn!("refresh task dropped while the on_refresh hook ran; tokens kept");
+                self.succeed(ready)
+            } else if let Some(ready) = unstored.and_then(Ready::unstored) {
+                tracing::warn!("refresh task dropped while it stored its tokens; tokens kept");
                 self.succeed(ready)
             } else if panicked {
                 let cause = "the refresh task panicked (its message went to the panic hook)";
