@@ -163,6 +163,11 @@ impl FlightTask {
                     written = self.write(store, expected, next, &obtained).await;
                 }
                 Ok(None) => {}
+                // A record no key opens is no place to offer them to (as
+                // when refreshing alone).
+                Err(error) if error.is_corrupt() => {
+                    store_failed(&self.shared, &error, "re-reading the store");
+                }
                 // Unread, the store may hold nothing (it lost its data and
                 // is still coming back): the tokens are offered, as after a
                 // failed write. Found in review: they were kept here only,

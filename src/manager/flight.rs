@@ -333,16 +333,20 @@ struct Ready {
 }
 
 impl Ready {
-    /// Tokens a fleet flight was storing when it was dropped: installed as
-    /// this process's own, with no version (the store still holds the one
-    /// they were refreshed from, whose refresh token they replace).
-    fn unstored((tokens, obtained_at): (TokenSet, Instant)) -> Option<Self> {
-        let prepared = Prepared::new(tokens, obtained_at, true).ok()?;
-        Some(Self {
-            prepared,
-            version: None,
-            offer: None,
-        })
+    /// Tokens a fleet flight was storing when it was dropped, as `prepare`
+    /// would take them: to install as this process's own, with no version
+    /// (the store still holds the one they were refreshed from, whose
+    /// refresh token they replace); or, making no header or already
+    /// expired, back as they are, to keep as refused ones are.
+    fn unstored((tokens, obtained_at): (TokenSet, Instant)) -> Result<Self, Arc<TokenSet>> {
+        match Prepared::new(tokens.clone(), obtained_at, true) {
+            Ok(prepared) if !prepared.is_expired_at(Instant::now()) => Ok(Self {
+                prepared,
+                version: None,
+                offer: None,
+            }),
+            _ => Err(Arc::new(tokens)),
+        }
     }
 }
 
@@ -352,6 +356,13 @@ impl FlightTask {
     pub(super) fn keep_unstored(&self, obtained: &Obtained) {
         let copy = (obtained.tokens.clone(), obtained.obtained_at);
         *self.unstored.lock().unwrap_or_else(PoisonError::into_inner) = Some(copy);
+    }
+
+    /// Whether this is the flight registered in the control block, not one
+    /// given up and replaced.
+    fn is_registered(&self) -> bool {
+        let control = self.shared.lock();
+        control.flight.as_ref().is_some_and(|f| f.id() == self.id)
     }
 
     /// Takes the copy [`keep_unstored`](Self::keep_unstored) kept, if any.
@@ -850,9 +861,24 @@ impl Drop for FlightTask {
                 // flight's hook has started: `succeed` asks.)
                 tracing::warn!("refresh task dropped while the on_refresh hook ran; tokens kept");
                 self.succeed(ready)
-            } else if let Some(ready) = unstored.and_then(Ready::unstored) {
+            } else if let Some(tokens) = unstored.filter(|_| self.is_registered()) {
+                // Only while this is the registered flight: one replaced
+                // meanwhile may hold tokens whose refresh token its
+                // replacement has already spent.
                 tracing::warn!("refresh task dropped while it stored its tokens; tokens kept");
-                self.succeed(ready)
+                match Ready::unstored(tokens) {
+                    Ok(ready) => self.succeed(ready),
+                    Err(tokens) => {
+                        if tokens.rotated_from(self.current.as_deref()) {
+                            self.refused = Some(Refused {
+                                tokens,
+                                version: None,
+                                offer: None,
+                            });
+                        }
+                        self.abandon()
+                    }
+                }
             } else if panicked {
                 let cause = "the refresh task panicked (its message went to the panic hook)";
                 self.fail(RefreshError::transient(cause), ErrorKind::RefreshAborted)
