@@ -1897,15 +1897,10 @@ async fn a_refresh_after_tokens_set_by_hand_refreshes_from_them_not_the_overtake
     assert_eq!(stored.version(), 2, "the overtaken result, then this one");
 }
 
-/// A refresh that stored its tokens and was then dropped (its runtime shut
-/// down while it released the lease) installed nothing: the next refresh
-/// adopts what it stored, rather than present the refresh token it spent.
-/// Found in review: the stored version was taken for known from
-/// the write on, and the next refresh presented the spent token.
-#[test]
-fn what_a_refresh_dropped_after_storing_stored_is_adopted_next() {
-    let idp = Rotating::taking(Duration::from_secs(1));
-    let store = FaultyLoads::default();
+/// A layer on `store` that logged in (`at-1`, version 1), and whose next
+/// refresh (1 s at the identity server) was dropped with its runtime
+/// 1.5 s in, `slow` set to a minute from 0.5 s in (and reset after).
+fn dropped_mid_refresh(idp: &Rotating, store: &FaultyLoads, slow: &AtomicU64) -> TokenRefreshLayer {
     let first = crate::test_support::paused_runtime();
     let layer = first.block_on(async {
         let layer = idp.layer_on(store.clone());
@@ -1915,19 +1910,32 @@ fn what_a_refresh_dropped_after_storing_stored_is_adopted_next() {
     first.block_on(async {
         let _refreshing = refreshing_in_the_background(&layer.handle());
         tokio::time::sleep(Duration::from_millis(500)).await;
-        // Stored at 1 s, then the lease's release hangs.
-        store.slow_leases.store(60_000, Ordering::SeqCst);
+        slow.store(60_000, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(idp.stored_live_version(&store.inner).await, 2);
     });
     drop(first);
-    store.slow_leases.store(0, Ordering::SeqCst);
+    slow.store(0, Ordering::SeqCst);
+    layer
+}
+
+/// A refresh that stored its tokens and was then dropped (its runtime shut
+/// down while it released the lease) installed nothing: the next refresh
+/// adopts what it stored, rather than present the refresh token it spent.
+/// Found in review: the stored version was taken for known from
+/// the write on, and the next refresh presented the spent token.
+#[test]
+fn what_a_refresh_dropped_after_storing_stored_is_adopted_next() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    // Stored at 1 s, then the lease's release hangs.
+    let layer = dropped_mid_refresh(&idp, &store, &store.slow_leases);
     assert_eq!(
         layer.handle().tokens().unwrap().access_token().expose(),
         "at-1"
     );
 
     crate::test_support::paused_runtime().block_on(async {
+        assert_eq!(idp.stored_live_version(&store.inner).await, 2);
         layer.handle().force_refresh().await.unwrap();
     });
 
@@ -1947,21 +1955,8 @@ fn what_a_refresh_dropped_after_storing_stored_is_adopted_next() {
 fn what_a_refresh_dropped_while_storing_obtained_is_kept() {
     let idp = Rotating::taking(Duration::from_secs(1));
     let store = FaultyLoads::default();
-    let first = crate::test_support::paused_runtime();
-    let layer = first.block_on(async {
-        let layer = idp.layer_on(store.clone());
-        layer.handle().force_refresh().await.unwrap(); // login: at-1, version 1
-        layer
-    });
-    first.block_on(async {
-        let _refreshing = refreshing_in_the_background(&layer.handle());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        // Obtained at 1 s; its write then hangs.
-        store.slow_writes.store(60_000, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    });
-    drop(first);
-    store.slow_writes.store(0, Ordering::SeqCst);
+    // Obtained at 1 s; its write then hangs.
+    let layer = dropped_mid_refresh(&idp, &store, &store.slow_writes);
     assert_eq!(
         layer.handle().tokens().unwrap().access_token().expose(),
         "at-2",
