@@ -148,6 +148,8 @@ impl FlightTask {
         self.keep_unstored(&obtained);
         let mut next = next_version(expected, known);
         let mut written = self.write(store, expected, next, &obtained).await;
+        // What a failure in `written` failed at, for its log line.
+        let mut failed_at = "storing the refreshed tokens";
         // A store emptied meanwhile, or a record written meanwhile that
         // carries a refresh token this process has spent (an offer whose
         // write timed out here and reached the store late), holds nothing
@@ -172,7 +174,10 @@ impl FlightTask {
                 // is still coming back): the tokens are offered, as after a
                 // failed write. Found in review: they were kept here only,
                 // and a process starting meanwhile found the store empty.
-                Err(error) => written = Err(error),
+                Err(error) => {
+                    failed_at = "re-reading the store after a refused write";
+                    written = Err(error);
+                }
             }
         }
         match written {
@@ -192,7 +197,7 @@ impl FlightTask {
             // so no later flight refreshes from it again, even if the offer
             // fails too; and they are offered, as after a solo refresh.
             Err(error) => {
-                store_failed(&self.shared, &error, "storing the refreshed tokens");
+                store_failed(&self.shared, &error, failed_at);
                 let superseded = expected.max(loaded).max(known);
                 obtained.version = superseded;
                 obtained.offer = Some(Offer::new(
