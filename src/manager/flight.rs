@@ -332,6 +332,13 @@ struct Ready {
     offer: Option<Offer>,
 }
 
+impl Control {
+    /// Whether the flight numbered `id` is the registered one.
+    fn registers(&self, id: u64) -> bool {
+        self.flight.as_ref().is_some_and(|f| f.id() == id)
+    }
+}
+
 impl Ready {
     /// Tokens a fleet flight was storing when it was dropped, as `prepare`
     /// would take them: to install as this process's own, with no version
@@ -361,8 +368,7 @@ impl FlightTask {
     /// Whether this is the flight registered in the control block, not one
     /// given up and replaced.
     fn is_registered(&self) -> bool {
-        let control = self.shared.lock();
-        control.flight.as_ref().is_some_and(|f| f.id() == self.id)
+        self.shared.lock().registers(self.id)
     }
 
     /// Takes the copy [`keep_unstored`](Self::keep_unstored) kept, if any.
@@ -669,7 +675,7 @@ impl FlightTask {
     /// by hand.
     pub(super) fn note_storing(&self, version: u64) {
         let mut control = self.shared.lock();
-        let registered = control.flight.as_ref().is_some_and(|f| f.id() == self.id);
+        let registered = control.registers(self.id);
         if self.shared.snapshot.load().generation != self.from_generation {
             control.store_version = control.store_version.max(Some(version));
         } else if registered {
@@ -692,7 +698,7 @@ impl FlightTask {
     /// whether newer tokens were installed since it started.
     fn settle(&self) -> (MutexGuard<'_, Control>, bool, bool) {
         let mut control = self.shared.lock();
-        let current = control.flight.as_ref().is_some_and(|f| f.id() == self.id);
+        let current = control.registers(self.id);
         if current {
             control.flight = None;
         }
