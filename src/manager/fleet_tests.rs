@@ -1972,6 +1972,57 @@ fn what_a_refresh_dropped_while_storing_obtained_is_kept() {
     assert_eq!(idp.counts(), (1, 2, 0), "no spent refresh token presented");
 }
 
+/// The same when the tokens it was storing could not be installed: an
+/// access token that makes no header (`answers` with a line feed), or one
+/// already expired when the refresh was dropped (`answers` with no
+/// lifetime left). They are kept as a refused answer is: not installed,
+/// but their refresh token is the one the next refresh presents. Found in
+/// review: tokens making no header were dropped, and the next refresh
+/// presented the spent refresh token; expired ones were installed.
+#[test]
+fn what_a_refresh_dropped_while_storing_obtained_unusable_is_kept_as_refused() {
+    fn without_a_header(tokens: TokenSet) -> TokenSet {
+        let refresh_token = tokens.refresh_token().unwrap().clone();
+        TokenSet::new(format!("{}\n", tokens.access_token().expose()))
+            .with_refresh_token(refresh_token)
+            .with_expires_in(LIFETIME)
+    }
+    fn already_expired(tokens: TokenSet) -> TokenSet {
+        tokens.with_expires_in(Duration::ZERO)
+    }
+    let cases: [(&str, fn(TokenSet) -> TokenSet); 2] = [
+        ("no header", without_a_header),
+        ("expired", already_expired),
+    ];
+    for (case, answers) in cases {
+        let idp = Rotating {
+            answers,
+            ..Rotating::taking(Duration::from_secs(1))
+        };
+        let store = FaultyLoads::default();
+        // Obtained at 1 s; its write then hangs.
+        let layer = dropped_mid_refresh(&idp, &store, &store.slow_writes);
+        assert_eq!(
+            layer.handle().tokens().unwrap().access_token().expose(),
+            "at-1",
+            "{case}: not installed"
+        );
+
+        crate::test_support::paused_runtime().block_on(async {
+            // The dropped refresh's lease, never given back, lapses first.
+            tokio::time::advance(Duration::from_secs(3600)).await;
+            let _ = layer.handle().force_refresh().await;
+        });
+
+        let counts = idp.counts();
+        assert_eq!(
+            counts,
+            (1, 2, 0),
+            "{case}: no spent refresh token presented"
+        );
+    }
+}
+
 /// The same when the announcement of the overtaken refresh's version
 /// reaches a waiting refresh before the swap's answer reaches the one that
 /// stored it (as Redis's pub/sub may): known as the process's own before

@@ -24,6 +24,9 @@ pub(crate) struct Rotating {
     pub(crate) delay: Duration,
     /// The lifetime of the access tokens issued.
     pub(crate) lifetime: Duration,
+    /// What a refresh call answers, made from the tokens issued for it
+    /// (a login's answer is never changed).
+    pub(crate) answers: fn(TokenSet) -> TokenSet,
 }
 
 impl Default for Rotating {
@@ -33,6 +36,7 @@ impl Default for Rotating {
             state: Arc::default(),
             delay: Duration::ZERO,
             lifetime: LIFETIME,
+            answers: std::convert::identity,
         }
     }
 }
@@ -71,7 +75,7 @@ impl Rotating {
                     return Err(RefreshError::terminal("invalid_grant").with_status(400));
                 }
                 state.refreshes += 1;
-                Ok(this.issue(&mut state))
+                Ok((this.answers)(this.issue(&mut state)))
             }
         })
     }
