@@ -831,6 +831,31 @@ async fn a_store_emptied_and_unreadable_under_the_lease_gets_the_refreshed_token
     a_sibling_adopts_the_stored_tokens(&idp, &store).await;
 }
 
+/// The same, when what the re-read finds in place of the emptied record
+/// does not read: the tokens are installed, and the record is left alone
+/// and reported once, as a corrupt record found by the first read is. Found
+/// in review: the tokens were offered to it, and the offer read it again.
+#[tokio::test(start_paused = true)]
+async fn a_corrupt_record_found_by_the_lease_holders_re_read_is_not_offered_to() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: at-1 / rt-1, version 1
+    let garbage = || Record::new(4, b"{garbage".to_vec());
+
+    refresh_while_the_store_is_emptied_and(&first, &store, |store| {
+        store.inner.overwrite_unannounced(garbage())
+    })
+    .await;
+    crate::test_support::settle().await;
+
+    let tokens = first.handle().tokens().unwrap();
+    assert_eq!(tokens.access_token().expose(), "at-2");
+    assert_eq!(first.handle().stats().store_errors, 1);
+    let kept = store.inner.load().await.unwrap().unwrap();
+    assert_eq!((kept.version(), kept.payload()), (4, garbage().payload()));
+}
+
 /// Stores, in place of `expected`, version `version`: a sibling's tokens
 /// carrying `rt-1`, expired an hour ago.
 async fn store_an_expired_siblings_record(

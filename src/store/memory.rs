@@ -101,6 +101,13 @@ impl MemoryStore {
         self.inner.local.announce(version);
     }
 
+    /// Puts `record` in place of the one stored without announcing it, as
+    /// a write from outside the fleet (or a damaged disk) would.
+    #[cfg(test)]
+    pub(crate) fn overwrite_unannounced(&self, record: Record) {
+        *self.record() = Some(record);
+    }
+
     fn record(&self) -> MutexGuard<'_, Option<Record>> {
         // Plain data, always left consistent: a panic elsewhere must not
         // wedge the store.
