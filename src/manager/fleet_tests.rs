@@ -1997,6 +1997,71 @@ fn what_a_refresh_dropped_while_storing_obtained_is_kept() {
     assert_eq!(idp.counts(), (1, 2, 0), "no spent refresh token presented");
 }
 
+/// The same for a refresh given up past its deadline and replaced, when
+/// it is dropped while its replacement runs: what it was storing is not
+/// installed, since the replacement may have spent its refresh token.
+/// Found in review: it was installed, and the replacement's own result,
+/// overtaken by it, discarded; the next refresh presented the spent token.
+#[test]
+fn a_replaced_refresh_dropped_while_storing_installs_nothing() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    let first = crate::test_support::paused_runtime();
+    let layer = first.block_on(async {
+        let layer = idp.layer_on(store.clone());
+        layer.handle().force_refresh().await.unwrap(); // login: at-1, version 1
+        layer
+    });
+    // Obtains at-2 at 1 s and stores it as version 2; the swap's answer
+    // takes 5 s, and the runtime stops driving it at 1.5 s.
+    first.block_on(async {
+        let _refreshing = refreshing_in_the_background(&layer.handle());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        store.slow_replies.store(5_000, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+
+    let second = crate::test_support::paused_runtime();
+    let replacing = second.block_on(async {
+        // Past the first refresh's deadline and its lease, and at-2 past
+        // its time (the record is dated by the wall clock, which a paused
+        // clock does not move): a refresh here replaces the first, and
+        // refreshes from version 2's rt-2 and stores at-3 as version 3,
+        // its answer 5 s away.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        age_the_stored_record(&store.inner, LIFETIME).await;
+        let replacing = refreshing_in_the_background(&layer.handle());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(idp.stored_live_version(&store.inner).await, 3);
+        replacing
+    });
+    drop(first);
+    assert_eq!(
+        layer.handle().tokens().unwrap().access_token().expose(),
+        "at-1",
+        "the replaced refresh's tokens are not installed"
+    );
+
+    second.block_on(async {
+        replacing.await.unwrap().unwrap();
+        let tokens = layer.handle().tokens().unwrap();
+        assert_eq!(tokens.access_token().expose(), "at-3");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        layer.handle().force_refresh().await.unwrap();
+    });
+    assert_eq!(idp.counts(), (1, 3, 0), "no spent refresh token presented");
+}
+
+/// Dates the stored record's tokens `by` earlier, as the wall clock would
+/// have moved while a paused clock was advanced.
+async fn age_the_stored_record(store: &MemoryStore, by: Duration) {
+    let stored = store.load().await.unwrap().unwrap();
+    let now = std::time::SystemTime::now();
+    let decoded = crate::store::decode(stored.payload(), now).unwrap();
+    let aged = crate::store::encode(&decoded.tokens, now - by);
+    store.overwrite_unannounced(Record::new(stored.version(), aged.to_vec()));
+}
+
 /// The same when the tokens it was storing could not be installed: an
 /// access token that makes no header (`answers` with a line feed), or one
 /// already expired when the refresh was dropped (`answers` with no
