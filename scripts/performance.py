@@ -8,7 +8,8 @@
 Runs, in turn: the hot-path criterion bench (one and two threads), the
 paired hot-path ratios (benches/hot_path_pairs.rs), the callgrind
 instruction counts (scripts/count-instructions.sh), the allocation test,
-the refresh storms and the loopback throughput bench. Writes:
+the refresh storms, the loopback throughput bench and its gRPC
+counterpart. Writes:
 
 - docs/performance.json: every figure, with the machine it came from;
 - docs/performance.svg: a chart of the hot path, drawn here by hand (no
@@ -216,22 +217,52 @@ def throughput():
     return found
 
 
-def throughput_instructions():
-    """CPU per request through each client, by callgrind: (Ir(2N) - Ir(N)) / N."""
-    run("cargo", "bench", "--no-run", "--bench", "throughput")
-    out = run("bash", "-c", "ls -t target/release/deps/throughput-* | grep -v '\\.d$' | head -1")
-    binary = out.strip()
+def grpc_throughput():
+    """Unary gRPC calls per second through a tonic channel with and without
+    the layer, and their ratio: medians over THROUGHPUT_PROCESSES processes
+    of 15 rounds each."""
+    processes = []
+    for _ in range(THROUGHPUT_PROCESSES):
+        out = run("cargo", "bench", "--features", "tonic", "--bench", "grpc_throughput",
+                  env={"THROUGHPUT_ROUNDS": "15"})
+        processes.append(key_values(re.search(r"^grpc_throughput: (.*)$", out, re.M)[1]))
+    found = {key: median([p[key] for p in processes])
+             for key in ("without_layer_cps", "with_layer_cps", "ratio")}
+    ratios = [p["ratio"] for p in processes]
+    found.update(processes=processes, rounds=processes[0]["rounds"],
+                 ratio_low=min(ratios), ratio_high=max(ratios))
+    return found
+
+
+def grpc_instructions():
+    """CPU per call through each gRPC client, by callgrind: (Ir(2N) - Ir(N)) / N."""
+    run("cargo", "bench", "--no-run", "--features", "tonic", "--bench", "grpc_throughput")
+    out = run("bash", "-c",
+              "ls -t target/release/deps/grpc_throughput-* | grep -v '\\.d$' | head -1")
+    return callgrind_per_request(out.strip(), "GRPC_COUNT", ("without", "with"))
+
+
+def callgrind_per_request(binary, variable, clients):
+    """For each client, the instructions `binary` runs per request, as
+    `variable=CLIENT:N` makes it send N: (Ir(2000) - Ir(1000)) / 1000."""
     counts = {}
-    for client in ("without", "static", "with"):
+    for client in clients:
         totals = []
         for n in (1000, 2000):
             done = subprocess.run(
                 ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", binary],
-                cwd=ROOT, env=dict(os.environ, THROUGHPUT_COUNT=f"{client}:{n}"),
+                cwd=ROOT, env=dict(os.environ, **{variable: f"{client}:{n}"}),
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             totals.append(int(re.search(r"Collected : (\d+)", done.stderr)[1]))
         counts[client] = (totals[1] - totals[0]) // 1000
     return counts
+
+
+def throughput_instructions():
+    """CPU per request through each client, by callgrind: (Ir(2N) - Ir(N)) / N."""
+    run("cargo", "bench", "--no-run", "--bench", "throughput")
+    out = run("bash", "-c", "ls -t target/release/deps/throughput-* | grep -v '\\.d$' | head -1")
+    return callgrind_per_request(out.strip(), "THROUGHPUT_COUNT", ("without", "static", "with"))
 
 
 def machine():
@@ -409,6 +440,31 @@ def tables(data):
             f"{ti['static']:,} ({ti['static'] / ti['without']:.3f} ×), with the layer "
             f"{ti['with']:,} ({ti['with'] / ti['without']:.3f} ×).",
         ]
+    g = data.get("grpc_throughput")
+    if g:
+        lines += [
+            "",
+            "**gRPC** (no target of its own; the same measure as above): unary calls "
+            "over loopback, 16 tasks through a tonic `Channel` to a tonic server that "
+            "checks each call's token (`benches/grpc_throughput.rs`); without the layer, "
+            "the same token added by a tonic interceptor. Medians over "
+            f"{len(g['processes'])} processes of {g['rounds']:g} rounds, whose ratios ran "
+            f"from {g['ratio_low']:.3f} to {g['ratio_high']:.3f}:",
+            "",
+            "| client | calls/s | ratio |",
+            "|---|---:|---:|",
+            f"| without the layer (interceptor) | {g['without_layer_cps']:,.0f} | 1.00 |",
+            f"| **with the layer** | **{g['with_layer_cps']:,.0f}** | **{g['ratio']:.3f}** |",
+        ]
+    gi = data.get("grpc_instructions")
+    if gi:
+        lines += [
+            "",
+            "CPU per call, counted by callgrind (`GRPC_COUNT=CLIENT:N`, one thread, client "
+            f"and server together): without the layer {gi['without']:,} instructions, with "
+            f"the layer {gi['with']:,} ({gi['with'] / gi['without']:.3f} ×, "
+            f"{gi['with'] - gi['without']:+,} a call).",
+        ]
     lines += ["", targets(data)]
     return "\n".join(lines)
 
@@ -554,6 +610,8 @@ SECTIONS = {
     "storm": storms,
     "throughput": throughput,
     "throughput_instructions": throughput_instructions,
+    "grpc_throughput": grpc_throughput,
+    "grpc_instructions": grpc_instructions,
 }
 
 
