@@ -163,9 +163,35 @@ struct Cursor {
     trailers_sent: bool,
 }
 
+/// The chunks recorded, the first kept inline: most bodies kept for a
+/// replay come in one frame (a `Full`, a unary gRPC message), and a `Vec`
+/// would allocate for it.
+#[derive(Default)]
+struct Chunks {
+    first: Option<Bytes>,
+    rest: Vec<Bytes>,
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Bytes) {
+        match self.first {
+            None => self.first = Some(chunk),
+            Some(_) => self.rest.push(chunk),
+        }
+    }
+
+    /// The chunk recorded `index`th; there must be one.
+    fn get(&self, index: usize) -> &Bytes {
+        match index.checked_sub(1) {
+            None => self.first.as_ref().expect("a first chunk recorded"),
+            Some(index) => &self.rest[index],
+        }
+    }
+}
+
 /// What was read from the original body so far.
 struct Log {
-    chunks: Vec<Bytes>,
+    chunks: Chunks,
     recorded_bytes: usize,
     /// Data frames read from the original so far, recorded or not.
     frames_read: usize,
@@ -246,7 +272,7 @@ where
         });
         let recording = Box::pin(Recording {
             log: Log {
-                chunks: Vec::new(),
+                chunks: Chunks::default(),
                 recorded_bytes: 0,
                 frames_read: 0,
                 trailers: None,
@@ -496,7 +522,7 @@ where
             if self.shared.capped.load(Ordering::Acquire) {
                 return Poll::Ready(Some(Err(Capped.into())));
             }
-            let chunk = log.chunks[cursor.frames_sent].clone();
+            let chunk = log.chunks.get(cursor.frames_sent).clone();
             cursor.frames_sent += 1;
             cursor.bytes_sent += chunk.len();
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -620,7 +646,7 @@ impl Log {
             // Keep streaming for the current reader, but free the memory:
             // nobody can replay this body any more.
             shared.capped.store(true, Ordering::Release);
-            self.chunks = Vec::new();
+            self.chunks = Chunks::default();
             // Whoever waits in `poll_replayable` learns the answer now, not
             // when the reader is dropped.
             let waiting = shared.slot().take_waiting();
