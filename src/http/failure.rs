@@ -106,6 +106,10 @@ impl Said {
     /// `sent`: it may be a token under a name the dialect does not read
     /// (a camel-case `accessToken` for a `custom` dialect, an `id_token`),
     /// which the message could quote.
+    ///
+    /// An answer with more than [`MOST_STRINGS_BESIDES`] other strings is
+    /// not quoted at all: no token answer has that many, and each would be
+    /// one more secret to look for.
     pub(crate) fn read_unused_success(shape: &ErrorShape, body: &[u8], sent: SentSecrets) -> Self {
         let Ok(json) = json_of(body) else {
             return Self::default();
@@ -113,6 +117,9 @@ impl Said {
         let said: Vec<&str> = shape.pointers().collect();
         let mut others = Vec::new();
         strings_besides(&json, &mut String::new(), &said, &mut others);
+        if others.len() > MOST_STRINGS_BESIDES {
+            return Self::default();
+        }
         Self::read(
             shape,
             body,
@@ -144,6 +151,10 @@ impl Said {
         error
     }
 }
+
+/// The most strings an unusable success answer may hold besides those its
+/// error shape reads, for its words to be quoted.
+const MOST_STRINGS_BESIDES: usize = 64;
 
 /// Every string in `value`, at `pointer` (a JSON pointer, RFC 6901), but
 /// those at one of the `besides` pointers.
@@ -214,27 +225,50 @@ impl SentSecrets {
         self.forms.iter().any(|form| text.contains(form.as_str()))
     }
 
-    /// `text` without any of the secrets. Done before the text is cut, so
-    /// that no cut leaves a secret's beginning behind, and in one pass over
-    /// the text, so that secrets that overlap (one inside another, or
-    /// sharing a stretch of text, or one secret's occurrences overlapping)
-    /// go whole and the marker is not searched.
+    /// `text` without any of the secrets, as far as it can be quoted: its
+    /// first [`QUOTED_CHARS`] characters and the rest of any secret that
+    /// begins among them; anything after is cut (marked `…`). Done before
+    /// [`loggable`] cuts the text, so that no cut leaves a secret's
+    /// beginning behind, and in one pass over the text, so that secrets
+    /// that overlap (one inside another, or sharing a stretch of text, or
+    /// one secret's occurrences overlapping) go whole and the marker is not
+    /// searched.
+    ///
+    /// Found in review: the whole text was searched, every occurrence of
+    /// every secret listed first. An unusable answer's every string counts
+    /// as a secret, so a hostile one (250 strings of `a` to 250 `a`s, and
+    /// a message of 31,000 `a`s) held a worker thread for 3.3 s and about
+    /// 1 GB, at each retry (a release build; with 60 such strings, 251 ms
+    /// then, 2 ms now).
     pub(crate) fn redact(&self, text: String) -> String {
+        let quoted_end = text
+            .char_indices()
+            .nth(QUOTED_CHARS)
+            .map_or(text.len(), |(at, _)| at);
+        let longest = self.forms.iter().map(String::len).max().unwrap_or(0);
+        let mut searched_end = quoted_end.saturating_add(longest).min(text.len());
+        while !text.is_char_boundary(searched_end) {
+            searched_end += 1;
+        }
+        let searched = &text[..searched_end];
         let mut found: Vec<(usize, usize)> = Vec::new();
         for form in &self.forms {
             let mut from = 0;
-            while let Some(at) = text[from..].find(form.as_str()) {
+            while let Some(at) = searched[from..].find(form.as_str()) {
                 let start = from + at;
+                if start >= quoted_end {
+                    break;
+                }
                 found.push((start, start + form.len()));
                 // On to the next character: occurrences may overlap.
-                from = start + text[start..].chars().next().map_or(1, char::len_utf8);
+                from = start + searched[start..].chars().next().map_or(1, char::len_utf8);
             }
         }
-        if found.is_empty() {
+        if found.is_empty() && quoted_end == text.len() {
             return text;
         }
         found.sort_unstable();
-        let mut out = String::with_capacity(text.len());
+        let mut out = String::with_capacity(quoted_end + REDACTED.len());
         let mut copied = 0;
         let mut found = found.into_iter().peekable();
         while let Some((start, mut end)) = found.next() {
@@ -249,7 +283,13 @@ impl SentSecrets {
             out.push_str(REDACTED);
             copied = end;
         }
-        out.push_str(&text[copied..]);
+        // Nothing past what was searched: a secret may begin there. (What
+        // lies between the quoted part's end and `copied` was redacted.)
+        let kept_end = copied.max(quoted_end);
+        out.push_str(&text[copied..kept_end]);
+        if kept_end < text.len() {
+            out.push('…');
+        }
         out
     }
 }
@@ -632,6 +672,28 @@ mod tests {
                 "{echoed} → {quoted}"
             );
         }
+    }
+
+    /// Only what can be quoted is searched and kept: the first
+    /// [`QUOTED_CHARS`] characters, and the rest of a secret beginning
+    /// among them; what follows is cut, unsearched.
+    #[test]
+    fn only_what_can_be_quoted_is_searched_and_kept() {
+        let sent = SentSecrets::new(["s3cr3t".into()]);
+        let x = |n| "x".repeat(n);
+        assert_eq!(
+            sent.redact(format!("{}s3cr3t", x(300))),
+            format!("{}…", x(QUOTED_CHARS))
+        );
+        assert_eq!(
+            sent.redact(format!("{}s3cr3t and more s3cr3t", x(250))),
+            format!("{}[redacted]…", x(250))
+        );
+        assert_eq!(
+            sent.redact(format!("{}s3cr3t", x(250))),
+            format!("{}[redacted]", x(250))
+        );
+        assert_eq!(sent.redact(x(QUOTED_CHARS)), x(QUOTED_CHARS));
     }
 
     /// Found in a third look: one secret's overlapping occurrences left a

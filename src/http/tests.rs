@@ -182,6 +182,33 @@ async fn a_success_without_tokens_keeps_what_the_answer_says() {
     );
 }
 
+/// Found in review: every string of an unusable success answer counts as
+/// a secret to look for in what is quoted, and an answer of hundreds held
+/// a worker thread for seconds. Past 64 of them, nothing of the answer is
+/// quoted (no token answer has that many); at 64, it still is.
+#[tokio::test]
+async fn a_success_without_tokens_but_with_very_many_strings_is_not_quoted() {
+    for (strings, quoted) in [(64, true), (65, false)] {
+        let extra: Vec<String> = (0..strings).map(|i| format!("\"s{i}\"")).collect();
+        let body = format!(
+            r#"{{"success":false,"error":{{"message":"refused","code":"NOPE"}},"x":[{}]}}"#,
+            extra.join(",")
+        );
+        let (idp, _) = endpoint(move || json(StatusCode::OK, &body));
+        let refresher = HttpRefresher::dynamosql("https://api.example.com/v1/auth/refresh", idp);
+        let err = refresher.refresh(ctx()).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        let message = err.message();
+        assert!(message.contains("`success` is not true"), "{message}");
+        assert_eq!(
+            message.contains("says: refused"),
+            quoted,
+            "{strings}: {message}"
+        );
+        assert_eq!(err.code() == Some("NOPE"), quoted, "{strings}: {err:?}");
+    }
+}
+
 /// A `Retry-After` date counts from the answer's `Date`, on the server's
 /// clock: an hour ahead of this client's, its "two minutes from now" read
 /// as an hour and two minutes (cut to the hour the layer waits at most).
