@@ -108,6 +108,7 @@ use http::uri::Scheme;
 use http::{Request, Response, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tokio::time::Instant;
 use tower_service::Service;
 
 pub use credential::{ClientAuthMethod, Credential};
@@ -740,10 +741,21 @@ where
     // The status and headers decide a failure's class; the body adds only
     // the server's message. Lost with a body too long or unreadable, the
     // class was too: a 400 `invalid_grant` became transient and was
-    // retried for ever, and a 429 lost its `Retry-After`.
-    let body = read_capped(body, body_limit, SentSecrets::default)
-        .await
-        .unwrap_or_default();
+    // retried for ever, and a 429 lost its `Retry-After`. So it was with a
+    // body that stalls (found in review): it ran into the refresh timeout,
+    // a transient failure. Waited for `FAILURE_BODY_WAIT` at most now,
+    // where a timer can be set (outside a runtime, the refresh's own
+    // bound is the caller's to set).
+    let read = read_capped(body, body_limit, SentSecrets::default);
+    let body =
+        match crate::manager::timer_at(crate::manager::later(Instant::now(), FAILURE_BODY_WAIT)) {
+            Some(waited_out) => tokio::select! {
+                biased;
+                read = read => read.unwrap_or_default(),
+                () = waited_out => Bytes::new(),
+            },
+            None => read.await.unwrap_or_default(),
+        };
     Err(failure::classify(
         parts.status,
         &parts.headers,
@@ -753,6 +765,11 @@ where
         date.unwrap_or_else(now),
     ))
 }
+
+/// How long a failure answer's body is waited for once its head has come:
+/// the head decides the failure's class, and the body only adds the
+/// server's words.
+const FAILURE_BODY_WAIT: Duration = Duration::from_secs(1);
 
 /// The server's clock when it answered: its `Date`, if that parses. RFC
 /// 9110 §6.6.1 has an origin server with a clock send one on every `2xx`,

@@ -100,6 +100,48 @@ fn ctx() -> RefreshContext {
     RefreshContext::new(RefreshReason::Forced, Some(Arc::new(tokens)))
 }
 
+/// Found in review: a failure answer whose body stalled after its head
+/// ran into the refresh timeout, a transient failure: a 429 lost its
+/// `Retry-After`, and a 400 `invalid_grant` was retried for ever. The
+/// body is waited for a second at most; the head decides the class.
+#[tokio::test(start_paused = true)]
+async fn a_failure_answer_whose_body_stalls_keeps_its_status_class() {
+    use crate::test_support::body::TestBody;
+    let answers = [
+        (StatusCode::TOO_MANY_REQUESTS, Some("600")),
+        (StatusCode::BAD_REQUEST, None),
+    ];
+    for (status, retry_after) in answers {
+        // Kept open: the body sends half of itself, then nothing more.
+        let (feed, body) = TestBody::channel();
+        feed.data(r#"{"error":"invalid_gr"#);
+        let mut answer = Response::builder().status(status);
+        if let Some(seconds) = retry_after {
+            answer = answer.header("retry-after", seconds);
+        }
+        let answer = Arc::new(std::sync::Mutex::new(Some(answer.body(body).unwrap())));
+        let idp = tower::service_fn(move |_request: Request<Full<Bytes>>| {
+            let answer = answer.lock().unwrap().take().expect("one call");
+            async move { Ok::<_, Infallible>(answer) }
+        });
+        let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp);
+        let started = tokio::time::Instant::now();
+        // Bounded on the paused clock, so that a regression fails rather
+        // than hangs.
+        let refreshed = tokio::time::timeout(Duration::from_secs(60), refresher.refresh(ctx()));
+        let err = refreshed
+            .await
+            .expect("not waiting for the body")
+            .unwrap_err();
+        assert_eq!(started.elapsed(), FAILURE_BODY_WAIT, "{status}");
+        match retry_after {
+            Some(_) => assert_eq!(err.retry_after(), Some(Duration::from_secs(600)), "{err}"),
+            None => assert!(err.is_terminal(), "{err}"),
+        }
+        drop(feed);
+    }
+}
+
 /// Found in review: an error answer past the body limit was a transient
 /// failure whatever its status, so a revoked refresh token (400
 /// `invalid_grant`) was retried for ever and a 429 lost its `Retry-After`.
