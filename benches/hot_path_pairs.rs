@@ -23,11 +23,12 @@ mod support;
 use support::hot_path_variants::{run_variant, runtime, settle, Clones};
 
 /// Compared in each thread count: (variant, baseline).
-const PAIRS: [(&str, &str); 9] = [
+const PAIRS: [(&str, &str); 10] = [
     ("token_refresh", "static_header_with_head_copy"),
     ("token_refresh", "rwlock"),
     ("token_refresh", "mutex"),
     ("token_refresh_no_retry", "static_header"),
+    ("token_refresh_no_retry", "static_header_with_head_copy"),
     ("token_refresh_no_retry", "rwlock"),
     ("token_refresh_no_retry", "mutex"),
     ("static_header_with_head_copy", "static_header"),

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -56,11 +57,21 @@ fn main() {
     .build()
     .expect("runtime");
     runtime.block_on(async {
-        let server = server::Server::start(|_request, _peer| async {
-            Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")))
+        let server = server::Server::start(|request: Request<_>, _peer| async move {
+            // `/check` answers with the request's `Authorization`, so that
+            // each client can be seen to send what it is measured sending.
+            let body = match request.uri().path() {
+                "/check" => request
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .map_or_else(Bytes::new, |value| Bytes::copy_from_slice(value.as_bytes())),
+                _ => Bytes::from_static(b"{\"ok\":true}"),
+            };
+            Response::new(Full::new(body))
         })
         .await;
         let url = format!("{}/v1/items", server.base_url());
+        let check = format!("{}/check", server.base_url());
 
         let plain: Client<HttpConnector, Empty<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
@@ -91,6 +102,16 @@ fn main() {
             }
             return;
         }
+
+        assert_eq!(sent_authorization(plain.clone(), &check).await, "");
+        assert_eq!(
+            sent_authorization(static_header.clone(), &check).await,
+            "Bearer access"
+        );
+        assert_eq!(
+            sent_authorization(layered.clone(), &check).await,
+            "Bearer access"
+        );
 
         // A first turn each opens the connections; not counted.
         measure(plain.clone(), &url).await;
@@ -165,6 +186,21 @@ where
         worker.await.expect("worker");
     }
     counted as f64 / elapsed.as_secs_f64()
+}
+
+/// The `Authorization` a request through `client` carries, as the
+/// server's `/check` answers it.
+async fn sent_authorization<S, B>(client: S, url: &str) -> String
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let request = Request::get(url).body(Empty::new()).expect("request");
+    let response = client.oneshot(request).await.expect("response");
+    let body = response.into_body().collect().await.expect("body");
+    String::from_utf8(body.to_bytes().to_vec()).expect("a header value")
 }
 
 /// One warm-up request, then `n` requests one after another.
