@@ -24,6 +24,8 @@ mod env;
 #[allow(dead_code, unused_imports)] // Only the identity server's tokens are used.
 #[path = "../tests/support/mod.rs"]
 mod support;
+#[path = "support/turns.rs"]
+mod turns;
 
 #[allow(dead_code)] // Only `unary` is called.
 #[path = "../tests/grpc/client.rs"]
@@ -44,7 +46,6 @@ use http_body::Body;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::Channel;
 use tonic::Status;
 use tower_token_refresh::classify::Grpc;
 use tower_token_refresh::tonic::with_token_refresh;
@@ -54,24 +55,12 @@ use client::EchoClient;
 use server::GrpcServer;
 use support::IdentityServer;
 
-const WORKERS: usize = 16;
-const TURN: Duration = Duration::from_millis(500);
+use turns::{median, TURN, WORKERS};
 
 fn main() {
     let rounds = env::number("THROUGHPUT_ROUNDS", 15);
     let count = std::env::var("GRPC_COUNT").ok();
-    // Counting wants a repeatable schedule: one thread.
-    let runtime = match count {
-        Some(_) => tokio::runtime::Builder::new_current_thread(),
-        None => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(2);
-            builder
-        }
-    }
-    .enable_all()
-    .build()
-    .expect("runtime");
+    let runtime = turns::runtime(count.is_some());
     runtime.block_on(async {
         let identity = IdentityServer::builder().start().await;
         let server = GrpcServer::start(&identity).await;
@@ -86,10 +75,10 @@ fn main() {
         .initial_tokens(TokenSet::new(token.as_str()).with_expires_in(Duration::from_secs(3600)))
         .build();
         let handle = layer.handle();
-        let with = EchoClient::new(with_token_refresh(connect(&server).await, &layer));
+        let with = EchoClient::new(with_token_refresh(server.connect().await, &layer));
         let bearer = format!("Bearer {token}").parse().expect("a metadata value");
         let without = EchoClient::new(InterceptedService::new(
-            connect(&server).await,
+            server.connect().await,
             StaticToken(bearer),
         ));
 
@@ -149,14 +138,6 @@ impl Interceptor for StaticToken {
     }
 }
 
-async fn connect(server: &GrpcServer) -> Channel {
-    Channel::from_shared(server.endpoint())
-        .expect("valid endpoint")
-        .connect()
-        .await
-        .expect("connect")
-}
-
 /// Calls per second through `client` over one turn.
 async fn measure<T>(client: &EchoClient<T>) -> f64
 where
@@ -204,9 +185,4 @@ where
         let answer = client.unary(Bytes::from_static(b"ping")).await;
         answer.expect("answered");
     }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

@@ -22,6 +22,8 @@ mod env;
 #[allow(dead_code)] // Only the server itself is used.
 #[path = "../tests/support/server.rs"]
 mod server;
+#[path = "support/turns.rs"]
+mod turns;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,24 +40,12 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::auth::AddAuthorizationLayer;
 use tower_token_refresh::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
 
-const WORKERS: usize = 16;
-const TURN: Duration = Duration::from_millis(500);
+use turns::{median, TURN, WORKERS};
 
 fn main() {
     let rounds = env::number("THROUGHPUT_ROUNDS", 15);
     let count = std::env::var("THROUGHPUT_COUNT").ok();
-    // Counting wants a repeatable schedule: one thread.
-    let runtime = match count {
-        Some(_) => tokio::runtime::Builder::new_current_thread(),
-        None => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(2);
-            builder
-        }
-    }
-    .enable_all()
-    .build()
-    .expect("runtime");
+    let runtime = turns::runtime(count.is_some());
     runtime.block_on(async {
         let server = server::Server::start(|request: Request<_>, _peer| async move {
             // `/check` answers with the request's `Authorization`, so that
@@ -216,9 +206,4 @@ where
         let response = client.clone().oneshot(request).await.expect("response");
         response.into_body().collect().await.expect("body");
     }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

@@ -1979,22 +1979,25 @@ fn what_a_refresh_dropped_after_storing_stored_is_adopted_next() {
 #[test]
 fn what_a_refresh_dropped_while_storing_obtained_is_kept() {
     let idp = Rotating::taking(Duration::from_secs(1));
-    let store = FaultyLoads::default();
-    // Obtained at 1 s; its write then hangs.
-    let layer = dropped_mid_refresh(&idp, &store, &store.slow_writes);
-    assert_eq!(
-        layer.handle().tokens().unwrap().access_token().expose(),
-        "at-2",
-        "kept when the refresh was dropped"
-    );
-
-    crate::test_support::paused_runtime().block_on(async {
-        // The dropped refresh's lease, never given back, lapses first.
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        layer.handle().force_refresh().await.unwrap();
-    });
-
+    let (installed, next) = dropped_while_storing(&idp);
+    assert_eq!(installed, "at-2", "kept when the refresh was dropped");
+    next.unwrap();
     assert_eq!(idp.counts(), (1, 2, 0), "no spent refresh token presented");
+}
+
+/// A refresh through `idp` dropped while its write hung (obtained at 1 s;
+/// see [`dropped_mid_refresh`]): the access token installed once it was
+/// dropped, and the next refresh's result, once the dropped one's lease
+/// (never given back) has lapsed.
+fn dropped_while_storing(idp: &Rotating) -> (String, Result<(), crate::Error>) {
+    let store = FaultyLoads::default();
+    let layer = dropped_mid_refresh(idp, &store, &store.slow_writes);
+    let installed = layer.handle().tokens().unwrap();
+    let next = crate::test_support::paused_runtime().block_on(async {
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        layer.handle().force_refresh().await
+    });
+    (installed.access_token().expose().to_owned(), next)
 }
 
 /// The same for a refresh given up past its deadline and replaced, when
@@ -2089,20 +2092,9 @@ fn what_a_refresh_dropped_while_storing_obtained_unusable_is_kept_as_refused() {
             answers,
             ..Rotating::taking(Duration::from_secs(1))
         };
-        let store = FaultyLoads::default();
-        // Obtained at 1 s; its write then hangs.
-        let layer = dropped_mid_refresh(&idp, &store, &store.slow_writes);
-        assert_eq!(
-            layer.handle().tokens().unwrap().access_token().expose(),
-            "at-1",
-            "{case}: not installed"
-        );
-
-        crate::test_support::paused_runtime().block_on(async {
-            // The dropped refresh's lease, never given back, lapses first.
-            tokio::time::advance(Duration::from_secs(3600)).await;
-            let _ = layer.handle().force_refresh().await;
-        });
+        // The next refresh's answer is unusable too.
+        let (installed, _) = dropped_while_storing(&idp);
+        assert_eq!(installed, "at-1", "{case}: not installed");
 
         let counts = idp.counts();
         assert_eq!(

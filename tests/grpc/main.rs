@@ -73,7 +73,7 @@ async fn setup_starting_from(initial: impl FnOnce(TokenSet) -> TokenSet) -> Setu
         .classifier(Grpc)
         .initial_tokens(initial(login.clone()))
         .build();
-    let channel = connect(&server).await;
+    let channel = server.connect().await;
     Setup {
         handle: layer.handle(),
         client: EchoClient::new(with_token_refresh(channel, &layer)),
@@ -81,14 +81,6 @@ async fn setup_starting_from(initial: impl FnOnce(TokenSet) -> TokenSet) -> Setu
         server,
         login,
     }
-}
-
-async fn connect(server: &GrpcServer) -> Channel {
-    Channel::from_shared(server.endpoint())
-        .expect("valid endpoint")
-        .connect()
-        .await
-        .expect("connect")
 }
 
 fn current_token(handle: &TokenHandle) -> String {
@@ -120,7 +112,7 @@ async fn tonic_rejects_a_bad_token_with_a_trailers_only_response() {
         let identity = IdentityServer::builder().start().await;
         let server = GrpcServer::start(&identity).await;
         // The bare channel: what the server sends, before any layer.
-        let channel = connect(&server).await;
+        let channel = server.connect().await;
         let request = http::Request::post(UNARY)
             .header(CONTENT_TYPE, "application/grpc")
             .header(TE, "trailers")
@@ -457,7 +449,7 @@ async fn an_origin_given_to_the_client_lets_the_layer_judge_each_call() {
             .initial_tokens(login)
             .allowed_origins([endpoint.clone()])
             .build();
-        let channel = connect(&server).await;
+        let channel = server.connect().await;
         let wrapped = || with_token_refresh(channel.clone(), &layer);
 
         let mut with_origin = EchoClient::with_origin(wrapped(), endpoint);

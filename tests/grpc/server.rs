@@ -129,6 +129,15 @@ impl GrpcServer {
         format!("http://{}", self.addr)
     }
 
+    /// A channel connected to this server.
+    pub async fn connect(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.endpoint())
+            .expect("valid endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     /// Revokes every access token issued so far; returns how many were
     /// still valid.
     pub fn revoke_current(&self) -> usize {
