@@ -1926,6 +1926,21 @@ async fn a_refresh_after_tokens_set_by_hand_refreshes_from_them_not_the_overtake
 /// refresh (1 s at the identity server) was dropped with its runtime
 /// 1.5 s in, `slow` set to a minute from 0.5 s in (and reset after).
 fn dropped_mid_refresh(idp: &Rotating, store: &FaultyLoads, slow: &AtomicU64) -> TokenRefreshLayer {
+    let (first, layer) = left_mid_refresh(idp, store, slow, 60_000);
+    drop(first);
+    slow.store(0, Ordering::SeqCst);
+    layer
+}
+
+/// A layer on `store` that logged in (`at-1`, version 1), and whose next
+/// refresh (1 s at the identity server) its runtime, returned, stopped
+/// driving 1.5 s in, `slow` set to `millis` from 0.5 s in.
+fn left_mid_refresh(
+    idp: &Rotating,
+    store: &FaultyLoads,
+    slow: &AtomicU64,
+    millis: u64,
+) -> (tokio::runtime::Runtime, TokenRefreshLayer) {
     let first = crate::test_support::paused_runtime();
     let layer = first.block_on(async {
         let layer = idp.layer_on(store.clone());
@@ -1935,12 +1950,10 @@ fn dropped_mid_refresh(idp: &Rotating, store: &FaultyLoads, slow: &AtomicU64) ->
     first.block_on(async {
         let _refreshing = refreshing_in_the_background(&layer.handle());
         tokio::time::sleep(Duration::from_millis(500)).await;
-        slow.store(60_000, Ordering::SeqCst);
+        slow.store(millis, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(1)).await;
     });
-    drop(first);
-    slow.store(0, Ordering::SeqCst);
-    layer
+    (first, layer)
 }
 
 /// A refresh that stored its tokens and was then dropped (its runtime shut
@@ -2009,20 +2022,9 @@ fn dropped_while_storing(idp: &Rotating) -> (String, Result<(), crate::Error>) {
 fn a_replaced_refresh_dropped_while_storing_installs_nothing() {
     let idp = Rotating::taking(Duration::from_secs(1));
     let store = FaultyLoads::default();
-    let first = crate::test_support::paused_runtime();
-    let layer = first.block_on(async {
-        let layer = idp.layer_on(store.clone());
-        layer.handle().force_refresh().await.unwrap(); // login: at-1, version 1
-        layer
-    });
     // Obtains at-2 at 1 s and stores it as version 2; the swap's answer
     // takes 5 s, and the runtime stops driving it at 1.5 s.
-    first.block_on(async {
-        let _refreshing = refreshing_in_the_background(&layer.handle());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        store.slow_replies.store(5_000, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    });
+    let (first, layer) = left_mid_refresh(&idp, &store, &store.slow_replies, 5_000);
 
     let second = crate::test_support::paused_runtime();
     let replacing = second.block_on(async {
