@@ -180,6 +180,12 @@ impl Credential {
     pub(crate) fn sends_access_token(&self) -> bool {
         self.token == TokenKind::Access && self.placement != Placement::Omitted
     }
+
+    /// Whether the request presents a token at all: not a
+    /// `client_credentials` grant, which asks anew each time.
+    pub(crate) fn presents_a_token(&self) -> bool {
+        self.placement != Placement::Omitted
+    }
 }
 
 /// How an OAuth2 client proves its identity to the token endpoint

@@ -663,8 +663,12 @@ impl<C, B> HttpRefresher<C, B> {
 /// fixed or carried from the tokens in use, and for `scope` without one,
 /// the scope granted before (RFC 6749 §5.1 leaves `scope` out when it is
 /// the one asked for, and a refresh that names none asks for the one
-/// granted). Other kept fields (Cognito's `requiresPasswordChange`) are
-/// the answer's alone.
+/// granted). Not for a request that presents no token (a
+/// `client_credentials` grant, as a login): one that names no scope asks
+/// for the server's default (§3.3), which the answer, leaving `scope` out,
+/// does not name. Found in review: it was labelled with the scope of the
+/// tokens it replaced. Other kept fields (Cognito's
+/// `requiresPasswordChange`) are the answer's alone.
 fn keep_what_was_left_out(
     mut tokens: TokenSet,
     dialect: &Dialect,
@@ -679,7 +683,8 @@ fn keep_what_was_left_out(
             .fields
             .iter()
             .find(|(field, _)| field == name);
-        let carried = name == "scope" || dialect.request.carried.contains(&name.as_str());
+        let refreshed_scope = name == "scope" && dialect.request.credential.presents_a_token();
+        let carried = refreshed_scope || dialect.request.carried.contains(&name.as_str());
         let before = current
             .filter(|_| carried)
             .and_then(|current| current.extra(name))

@@ -772,6 +772,16 @@ async fn a_scope_the_answer_leaves_out_is_the_one_asked_for_or_the_one_before() 
         .await
         .unwrap();
     assert_eq!(tokens.extra("scope"), Some("read"));
+
+    // A `client_credentials` grant (as a login) that names no scope asks
+    // for the server's default, which an answer leaving `scope` out does
+    // not name: the tokens it replaces say nothing of it. Found in review.
+    let (idp, _) = endpoint(ok_tokens);
+    let login = HttpRefresher::client_credentials("https://idp.example.com/token", idp)
+        .client_id("app")
+        .client_secret("app-secret");
+    let tokens = login.refresh(ctx()).await.unwrap();
+    assert_eq!(tokens.extra("scope"), None);
 }
 
 /// Found in a second review: an Ocient answer that left `database` out
