@@ -23,6 +23,14 @@ pub(crate) fn tokens(
 ) -> Result<TokenSet, RefreshError> {
     let json: Value =
         json_of(body).map_err(|e| undecodable("the answer is not JSON").with_source(e))?;
+    // An answer whose success flag says it failed issued nothing: a
+    // refresh token in it is not taken for a new one (found in review: it
+    // was, and replaced the one presented, still live).
+    if let Some(pointer) = &shape.success {
+        if json.pointer(pointer) != Some(&Value::Bool(true)) {
+            return Err(undecodable(format!("`{}` is not true", field(pointer))));
+        }
+    }
     let refresh_token = match &shape.refresh_token {
         // An empty string means "no new one", as an absent field does.
         Some(pointer) => string_at(&json, pointer)?.filter(|r| !r.is_empty()),
@@ -53,11 +61,6 @@ fn checked(
     now: SystemTime,
     refresh_token: Option<&str>,
 ) -> Result<TokenSet, RefreshError> {
-    if let Some(pointer) = &shape.success {
-        if json.pointer(pointer) != Some(&Value::Bool(true)) {
-            return Err(undecodable(format!("`{}` is not true", field(pointer))));
-        }
-    }
     let access_token = string_at(json, &shape.access_token)?
         .ok_or_else(|| undecodable(format!("no `{}` string", field(&shape.access_token))))?;
     if access_token.is_empty() {
@@ -189,6 +192,32 @@ mod tests {
         let tokens = tokens(&Dialect::oauth2().response, &with_mark, now()).unwrap();
         assert_eq!(tokens.access_token().expose(), "a");
         assert_eq!(tokens.expires_in(), Some(Duration::from_secs(60)));
+    }
+
+    /// An answer refused for what it lacks keeps the new refresh token in
+    /// it for the error; one whose success flag says it failed has none.
+    #[test]
+    fn a_refresh_token_in_an_answer_that_says_it_failed_is_not_taken() {
+        let shape = |dialect: Dialect| ResponseShape {
+            success: Some("/ok".into()),
+            refresh_token: Some("/renew".into()),
+            ..dialect.response
+        };
+        let refused = |body: Value| {
+            let mut error = tokens(
+                &shape(Dialect::custom()),
+                body.to_string().as_bytes(),
+                now(),
+            )
+            .unwrap_err();
+            error.take_replacement().map(|r| r.expose().to_owned())
+        };
+        assert_eq!(refused(json!({"ok": false, "renew": "r2"})), None);
+        assert_eq!(
+            refused(json!({"ok": true, "renew": "r2"})),
+            Some("r2".to_owned()),
+            "no access token: refused, the new refresh token kept"
+        );
     }
 
     #[test]
