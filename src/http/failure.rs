@@ -84,7 +84,7 @@ impl Said {
         let text = |pointer: &String| {
             json.pointer(pointer)
                 .and_then(plain_text)
-                .map(|text| loggable(sent.redact(text)))
+                .map(|text| loggable(sent.redact_quotable(text)))
         };
         let message = shape.message.iter().find_map(text).map(|mut message| {
             for (label, pointer) in &shape.details {
@@ -225,14 +225,18 @@ impl SentSecrets {
         self.forms.iter().any(|form| text.contains(form.as_str()))
     }
 
-    /// `text` without any of the secrets, as far as it can be quoted: its
-    /// first [`QUOTED_CHARS`] characters and the rest of any secret that
-    /// begins among them; anything after is cut (marked `…`). Done before
-    /// [`loggable`] cuts the text, so that no cut leaves a secret's
-    /// beginning behind, and in one pass over the text, so that secrets
-    /// that overlap (one inside another, or sharing a stretch of text, or
-    /// one secret's occurrences overlapping) go whole and the marker is not
-    /// searched.
+    /// `text` without any of the secrets: a client's error, made here and
+    /// kept whole.
+    pub(crate) fn redact(&self, text: String) -> String {
+        let end = text.len();
+        self.redact_up_to(text, end)
+    }
+
+    /// A server's `text` without any of the secrets, as far as it can be
+    /// quoted: its first [`QUOTED_CHARS`] characters and the rest of any
+    /// secret that begins among them; anything after is cut (marked `…`).
+    /// Done before [`loggable`] cuts the text, so that no cut leaves a
+    /// secret's beginning behind.
     ///
     /// Found in review: the whole text was searched, every occurrence of
     /// every secret listed first. An unusable answer's every string counts
@@ -240,11 +244,21 @@ impl SentSecrets {
     /// a message of 31,000 `a`s) held a worker thread for 3.3 s and about
     /// 1 GB, at each retry (a release build; with 60 such strings, 251 ms
     /// then, 2 ms now).
-    pub(crate) fn redact(&self, text: String) -> String {
+    pub(crate) fn redact_quotable(&self, text: String) -> String {
         let quoted_end = text
             .char_indices()
             .nth(QUOTED_CHARS)
             .map_or(text.len(), |(at, _)| at);
+        self.redact_up_to(text, quoted_end)
+    }
+
+    /// `text` without the secrets that begin before byte `quoted_end`,
+    /// and cut (marked `…`) past `quoted_end` or the last of them, if
+    /// later: what follows is not searched. In one pass over the text, so
+    /// that secrets that overlap (one inside another, or sharing a stretch
+    /// of text, or one secret's occurrences overlapping) go whole and the
+    /// marker is not searched.
+    fn redact_up_to(&self, text: String, quoted_end: usize) -> String {
         let longest = self.forms.iter().map(String::len).max().unwrap_or(0);
         let mut searched_end = quoted_end.saturating_add(longest).min(text.len());
         while !text.is_char_boundary(searched_end) {
@@ -682,18 +696,23 @@ mod tests {
         let sent = SentSecrets::new(["s3cr3t".into()]);
         let x = |n| "x".repeat(n);
         assert_eq!(
-            sent.redact(format!("{}s3cr3t", x(300))),
+            sent.redact_quotable(format!("{}s3cr3t", x(300))),
             format!("{}…", x(QUOTED_CHARS))
         );
         assert_eq!(
-            sent.redact(format!("{}s3cr3t and more s3cr3t", x(250))),
+            sent.redact_quotable(format!("{}s3cr3t and more s3cr3t", x(250))),
             format!("{}[redacted]…", x(250))
         );
         assert_eq!(
-            sent.redact(format!("{}s3cr3t", x(250))),
+            sent.redact_quotable(format!("{}s3cr3t", x(250))),
             format!("{}[redacted]", x(250))
         );
-        assert_eq!(sent.redact(x(QUOTED_CHARS)), x(QUOTED_CHARS));
+        assert_eq!(sent.redact_quotable(x(QUOTED_CHARS)), x(QUOTED_CHARS));
+        // A client's error is kept whole: its end names the root cause.
+        assert_eq!(
+            sent.redact(format!("{}s3cr3t: connection refused", x(300))),
+            format!("{}[redacted]: connection refused", x(300))
+        );
     }
 
     /// Found in a third look: one secret's overlapping occurrences left a
