@@ -8,7 +8,7 @@
 //! closure through [`classify_fn`].
 //!
 //! ```
-//! use http::{HeaderMap, HeaderName, StatusCode};
+//! use http::{HeaderMap, StatusCode};
 //! use tower_token_refresh::classify::{classify_fn, ClassifyRejection, Grpc, Unauthorized};
 //!
 //! let headers = HeaderMap::new();
@@ -33,7 +33,7 @@ use http::{HeaderMap, HeaderName, StatusCode};
 /// the body is read, so a retried request never half-consumes a response.
 ///
 /// ```
-/// use http::{HeaderMap, HeaderName, StatusCode};
+/// use http::{HeaderMap, StatusCode};
 /// use tower_token_refresh::classify::ClassifyRejection;
 ///
 /// /// An API that answers an expired token with `419`.
@@ -53,7 +53,7 @@ pub trait ClassifyRejection: Clone + Send + Sync + 'static {
     /// Whether this response is an authentication rejection.
     ///
     /// ```
-    /// use http::{HeaderMap, HeaderName, StatusCode};
+    /// use http::{HeaderMap, StatusCode};
     /// use tower_token_refresh::classify::{ClassifyRejection, Unauthorized};
     ///
     /// let headers = HeaderMap::new();
@@ -262,7 +262,7 @@ pub struct ClassifyFn<F> {
 /// Makes a classifier from `Fn(StatusCode, &HeaderMap) -> bool`.
 ///
 /// ```
-/// use http::{HeaderMap, HeaderName, StatusCode};
+/// use http::{HeaderMap, StatusCode};
 /// use tower_token_refresh::classify::{classify_fn, ClassifyRejection};
 /// let c = classify_fn(|s: StatusCode, _: &HeaderMap| s == StatusCode::FORBIDDEN);
 /// assert!(c.is_rejection(StatusCode::FORBIDDEN, &HeaderMap::new()));
