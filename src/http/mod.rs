@@ -749,8 +749,9 @@ where
     // retried for ever, and a 429 lost its `Retry-After`. So it was with a
     // body that stalls (found in review): it ran into the refresh timeout,
     // a transient failure. Waited for `FAILURE_BODY_WAIT` at most now,
-    // where a timer can be set (outside a runtime, the refresh's own
-    // bound is the caller's to set).
+    // where a timer can be set: outside a runtime, or on one built without
+    // timers, it is read unbounded, as then the refresh timeout cannot be
+    // set either.
     let read = read_capped(body, body_limit, SentSecrets::default);
     let body =
         match crate::manager::timer_at(crate::manager::later(Instant::now(), FAILURE_BODY_WAIT)) {
