@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Body;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::Status;
@@ -79,7 +79,7 @@ fn main() {
         let bearer = format!("Bearer {token}").parse().expect("a metadata value");
         let without = EchoClient::new(InterceptedService::new(
             server.connect().await,
-            StaticToken(bearer),
+            StaticToken(MetadataKey::from_static("authorization"), bearer),
         ));
 
         if let Some(count) = count {
@@ -127,13 +127,13 @@ fn main() {
 
 /// A fixed token, added to every call as a tonic interceptor adds it.
 #[derive(Clone)]
-struct StaticToken(MetadataValue<tonic::metadata::Ascii>);
+struct StaticToken(MetadataKey<Ascii>, MetadataValue<Ascii>);
 
 impl Interceptor for StaticToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        // By a key made once, not a name parsed at each call, as the layer
+        // names its headers.
+        request.metadata_mut().insert(&self.0, self.1.clone());
         Ok(request)
     }
 }

@@ -123,7 +123,7 @@ where
         );
         KeepHead {
             future: self.0.call(req),
-            _head: head,
+            head,
         }
     }
 }
@@ -134,7 +134,7 @@ pin_project_lite::pin_project! {
     struct KeepHead<F> {
         #[pin]
         future: F,
-        _head: Head,
+        head: Head,
     }
 }
 
@@ -143,11 +143,12 @@ impl<F: Future> Future for KeepHead<F> {
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        // Read once the response is there, as a retry would read it: a copy
-        // never read could be left out by the optimizer, in part or whole.
-        this.future
-            .poll(cx)
-            .map(|output| (output, std::hint::black_box(&*this._head)).0)
+        this.future.poll(cx).map(|output| {
+            // Read once the response is there, as a retry would read it: a
+            // copy never read could be left out by the optimizer.
+            std::hint::black_box(&*this.head);
+            output
+        })
     }
 }
 

@@ -2057,8 +2057,9 @@ fn a_replaced_refresh_dropped_while_storing_installs_nothing() {
     assert_eq!(idp.counts(), (1, 3, 0), "no spent refresh token presented");
 }
 
-/// Dates the stored record's tokens `by` earlier, as the wall clock would
-/// have moved while a paused clock was advanced.
+/// Stores the record's tokens again as obtained `by` before now (their
+/// stored age dropped), as if the wall clock had moved on while a paused
+/// clock was advanced.
 async fn age_the_stored_record(store: &MemoryStore, by: Duration) {
     let stored = store.load().await.unwrap().unwrap();
     let now = std::time::SystemTime::now();
