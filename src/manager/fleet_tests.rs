@@ -2027,18 +2027,22 @@ fn a_replaced_refresh_dropped_while_storing_installs_nothing() {
     let (first, layer) = left_mid_refresh(&idp, &store, &store.slow_replies, 5_000);
 
     let second = crate::test_support::paused_runtime();
-    let replacing = second.block_on(async {
-        // Past the first refresh's deadline and its lease, and at-2 past
-        // its time (the record is dated by the wall clock, which a paused
-        // clock does not move): a refresh here replaces the first, and
-        // refreshes from version 2's rt-2 and stores at-3 as version 3,
-        // its answer 5 s away.
+    // Past the first refresh's deadline and its lease, and at-2 past its
+    // time (the record is dated by the wall clock, which a paused clock
+    // does not move): a refresh here replaces the first, and refreshes
+    // from version 2's rt-2 and stores at-3 as version 3, its answer 5 s
+    // away.
+    second.block_on(async {
         tokio::time::advance(Duration::from_secs(3600)).await;
         age_the_stored_record(&store.inner, LIFETIME).await;
-        let replacing = refreshing_in_the_background(&layer.handle());
+    });
+    let replacing = {
+        let handle = layer.handle();
+        second.spawn(async move { handle.force_refresh().await })
+    };
+    second.block_on(async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(idp.stored_live_version(&store.inner).await, 3);
-        replacing
     });
     drop(first);
     assert_eq!(
@@ -2086,7 +2090,8 @@ fn what_a_refresh_dropped_while_storing_obtained_unusable_is_kept_as_refused() {
     fn already_expired(tokens: TokenSet) -> TokenSet {
         tokens.with_expires_in(Duration::ZERO)
     }
-    let cases: [(&str, fn(TokenSet) -> TokenSet); 2] = [
+    type Answers = fn(TokenSet) -> TokenSet;
+    let cases: [(&str, Answers); 2] = [
         ("no header", without_a_header),
         ("expired", already_expired),
     ];
