@@ -279,6 +279,17 @@ mod tests {
         assert_eq!(tokens.expires_in(), Some(Duration::from_secs(300)));
         let opaque = decode(Dialect::cognito(), json!({"accessToken": "opaque"})).unwrap();
         assert_eq!(opaque.expires_in(), None);
+        // A `null` lifetime is no lifetime, as an absent one is.
+        let null = decode(
+            Dialect::oauth2(),
+            json!({"access_token": jwt, "expires_in": null}),
+        );
+        assert_eq!(null.unwrap().expires_in(), Some(Duration::from_secs(300)));
+        let null = decode(
+            Dialect::oauth2(),
+            json!({"access_token": "a", "expires_in": null}),
+        );
+        assert_eq!(null.unwrap().expires_in(), None);
     }
 
     /// Found in review: the refusal quoted the server's `token_type`,

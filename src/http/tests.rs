@@ -270,6 +270,34 @@ async fn a_retry_after_date_counts_from_the_answers_date() {
     assert_eq!(err.retry_after(), Some(Duration::from_secs(120)), "{err}");
 }
 
+/// A `503` may come without a `Date` (RFC 9110 §6.6.1 has one only on
+/// `2xx` to `4xx` answers): its `Retry-After` date counts from this
+/// client's clock, and, as for delay-seconds, no refresh call is made
+/// before it (RFC 9110 §10.2.3: how long the service expects to be
+/// unavailable).
+#[tokio::test]
+async fn a_503_retry_after_date_without_a_date_counts_from_the_clients_clock() {
+    let (idp, _) = endpoint(|| {
+        let at = std::time::SystemTime::now() + Duration::from_secs(300);
+        let mut answer = json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":"temporarily_unavailable"}"#,
+        );
+        let retry_after = http::HeaderValue::try_from(httpdate::fmt_http_date(at)).unwrap();
+        answer.headers_mut().insert("retry-after", retry_after);
+        answer
+    });
+    let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp);
+    let err = refresher.refresh(ctx()).await.unwrap_err();
+    assert!(err.is_rate_limited(), "{err}");
+    // Whole seconds on the wire, and a moment passes before it is read.
+    let wait = err.retry_after().expect("the wait the date names");
+    assert!(
+        (Duration::from_secs(298)..=Duration::from_secs(300)).contains(&wait),
+        "{wait:?}"
+    );
+}
+
 /// Found in review: `rate_limit_wait(Duration::ZERO)`, documented as
 /// leaving the backoff alone to decide, made errors say "rate limited for
 /// 0s" and report a zero wait as if the server had named one.
