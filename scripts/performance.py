@@ -594,7 +594,9 @@ def targets(data):
                          f"(medians taken one by one, so they need not add up: the floor "
                          f"adds {storm['floor_added_p99_ms']:.1f} ms, the layer "
                          f"{storm['over_floor_p99_ms']:.1f} ms over it); every run: "
-                         f"{' / '.join(f'{v:.1f}' for v in storm['runs_added_p99_ms'])} ms",
+                         f"{' / '.join(f'{v:.1f}' for v in storm['runs_added_p99_ms'])} ms"
+                         + (f", {storm['runs_met']:g} of {storm['runs']:g} within their own "
+                            "run's target" if "runs_met" in storm else ""),
                          {"median over the runs": [storm["target_met"] == "true"]}))
     lines.append(row("throughput ≥ 0.97 × without the layer",
                      f"{t['ratio']:.3f} (median; {t['ratio_low']:.3f} to "
