@@ -1,5 +1,6 @@
 //! The immutable view of the current token that every request reads.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,7 +259,21 @@ pub(crate) struct Marks {
     /// comes first), when the token has windows: before it,
     /// [`Snapshot::freshness`] says `Fresh`.
     fresh_until: Option<Instant>,
+    /// Requests this thread sent on the watcher's word since it last read
+    /// the clock (see [`CLOCK_EVERY`]).
+    on_its_word: Cell<u8>,
 }
+
+/// How many requests a thread sends on the watcher's word between two
+/// reads of the clock. The watcher hands requests back to the clock before
+/// the advisory point, and its guard does if it dies; one that never runs
+/// again without dying (its runtime's workers stuck, or the runtime shut
+/// down in the background with the task left undropped) would have every
+/// other thread send the token on its word past its expiry. The clock read
+/// by one request in this many bounds that (found in review), for eight
+/// instructions a request (`scripts/count-instructions.sh`: 4,230 to 4,238
+/// with retry on, 3,742 to 3,751 with it off).
+const CLOCK_EVERY: u8 = 64;
 
 impl Marks {
     /// Whether the token these marks belong to may be sent as it is: not
@@ -271,11 +286,33 @@ impl Marks {
     pub(crate) fn vouch(&self, timer_started: &AtomicBool) -> bool {
         let flags = self.flags.load(Ordering::Acquire);
         if flags == WATCHED {
-            return true;
+            let sent = self.on_its_word.get() + 1;
+            if sent < CLOCK_EVERY {
+                self.on_its_word.set(sent);
+                return true;
+            }
+            self.on_its_word.set(0);
+            return self.watcher_on_time();
         }
         flags & (REJECTED | STALE | REPLACED) == 0
             && timer_started.load(Ordering::Relaxed)
             && self.fresh_until.is_none_or(|at| Instant::now() < at)
+    }
+}
+
+impl Marks {
+    /// Whether the watcher's word still holds by the clock: the token not
+    /// yet past the point the watcher hands requests back to the clock
+    /// before. Past it, the watcher is late (stuck, or gone without its
+    /// guard running), and its word is withdrawn for every thread.
+    #[cold]
+    #[inline(never)]
+    fn watcher_on_time(&self) -> bool {
+        if self.fresh_until.is_none_or(|at| Instant::now() < at) {
+            return true;
+        }
+        self.flags.fetch_and(!WATCHED, Ordering::Release);
+        false
     }
 }
 
@@ -401,6 +438,7 @@ impl Snapshot {
         Marks {
             flags: Arc::clone(&self.flags),
             fresh_until: windows.map(|(stale_at, expired_at)| stale_at.min(expired_at)),
+            on_its_word: Cell::new(0),
         }
     }
 
@@ -442,6 +480,36 @@ mod tests {
                 .unwrap()
                 .into_snapshot(1, now, &Config::default());
         (now, snap)
+    }
+
+    /// A watcher that never raises `stale` (its runtime wedged, and no
+    /// guard run) is caught by the clock read of one request in
+    /// `CLOCK_EVERY`: past the advisory point, its word is withdrawn for
+    /// every thread. Before it, the word stands.
+    #[tokio::test(start_paused = true)]
+    async fn a_watcher_late_past_its_promise_loses_its_word() {
+        let timer_started = AtomicBool::new(true);
+        let (_, snap) = snapshot(Some(100));
+        snap.watch(Instant::now(), true);
+        let marks = snap.marks();
+        let vouched = |n| (0..n).filter(|_| marks.vouch(&timer_started)).count();
+        assert_eq!(
+            vouched(usize::from(CLOCK_EVERY) * 3),
+            usize::from(CLOCK_EVERY) * 3
+        );
+
+        // Past the advisory point (50 s), the watcher never having run.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            vouched(usize::from(CLOCK_EVERY)),
+            usize::from(CLOCK_EVERY) - 1
+        );
+        assert!(!snap.is_watched(), "withdrawn for every thread");
+        assert!(!snap.kept_fresh());
+        assert!(
+            !marks.vouch(&timer_started),
+            "the clock decides from here on"
+        );
     }
 
     /// Found in review: an empty access token was installed, and sent as
