@@ -41,7 +41,8 @@ struct HeaderCopy {
     /// on every look: finding the copy through it cost a request 9
     /// instructions more (`scripts/count-instructions.sh`).
     key: usize,
-    /// Whether the state still exists: copies of dropped ones are removed.
+    /// Whether the state still exists: copies of dropped ones are removed
+    /// when this thread next makes a copy (see [`has_room`]), or exits.
     state: Weak<Shared>,
     generation: u64,
     marks: Marks,
