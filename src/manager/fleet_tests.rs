@@ -2185,3 +2185,41 @@ fn tokens_by_hand() -> TokenSet {
         .with_refresh_token("rt-by-hand")
         .with_expires_in(LIFETIME)
 }
+
+/// The same when the replaced refresh is not dropped but finishes late:
+/// it installs what it stored, and the replacement's tokens (refreshed
+/// from those) still follow. Found in review of the guard above: the
+/// replacement's were discarded as overtaken, and the next refresh
+/// presented the refresh token it had spent.
+#[test]
+fn a_replaced_refresh_finishing_late_does_not_overtake_its_replacement() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    // As above: at-2 stored as version 2, the swap's answer at 6 s.
+    let (first, layer) = left_mid_refresh(&idp, &store, &store.slow_replies, 5_000);
+    let second = crate::test_support::paused_runtime();
+    second.block_on(async {
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        age_the_stored_record(&store.inner, LIFETIME).await;
+    });
+    let replacing = {
+        let handle = layer.handle();
+        second.spawn(async move { handle.force_refresh().await })
+    };
+    second.block_on(async { tokio::time::sleep(Duration::from_millis(1500)).await });
+    // The first runtime drives its refresh again: its answer comes.
+    first.block_on(async { tokio::time::sleep(Duration::from_secs(10)).await });
+    assert_eq!(
+        layer.handle().tokens().unwrap().access_token().expose(),
+        "at-2"
+    );
+
+    second.block_on(async {
+        replacing.await.unwrap().unwrap();
+        let tokens = layer.handle().tokens().unwrap();
+        assert_eq!(tokens.access_token().expose(), "at-3", "not overtaken");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        layer.handle().force_refresh().await.unwrap();
+    });
+    assert_eq!(idp.counts(), (1, 3, 0), "no spent refresh token presented");
+}

@@ -707,9 +707,35 @@ impl FlightTask {
         (control, current, superseded)
     }
 
+    /// Whether the one install since this flight started was a flight's
+    /// numbered before this one, with tokens of a store version before
+    /// `version`.
+    fn only_an_older_flight_installed(&self, control: &Control, version: Option<u64>) -> bool {
+        let generation = self.shared.snapshot.load().generation;
+        generation == self.from_generation + 1
+            && control
+                .installed_by
+                .is_some_and(|(installed, flight, its_version)| {
+                    installed == generation
+                        && flight < self.id
+                        && version.is_some_and(|version| its_version < Some(version))
+                })
+    }
+
     fn succeed(&self, ready: Ready) -> Outcome {
         let shared = &self.shared;
         let (mut control, _, superseded) = self.settle();
+        // Tokens that a flight older than this one installed since this one
+        // started (one given up past its deadline, finishing late) do not
+        // overtake this one's when this one's come from a later store
+        // version: it refreshed from what that one stored, or from newer.
+        // Found in review: the older one's were kept, this one's
+        // discarded, and the next refresh presented the refresh token this
+        // one had spent. (Without a store, whichever reached the identity
+        // server last holds the live refresh token: the first installed
+        // stays, as before.)
+        let superseded =
+            superseded && !self.only_an_older_flight_installed(&control, ready.version);
         // Still counted when discarded: the call produced a token, and every
         // refresh ends as a success, an adoption or a failure in the stats.
         Counters::bump(if ready.prepared.is_adopted() {
@@ -744,6 +770,7 @@ impl FlightTask {
         }
         let tokens = ready.prepared.shared_tokens();
         let snapshot = shared.install_obtained(&mut control, ready.prepared, ready.version);
+        control.installed_by = Some((snapshot.generation, self.id, ready.version));
         if let Some(offer) = ready.offer {
             // Registered under the lock that installs the tokens: a flight
             // that starts after this one waits for the offer.

@@ -249,6 +249,10 @@ struct Control {
     /// process's own should tokens set by hand overtake that flight before
     /// it settles (see `FlightTask::note_storing`).
     storing: Option<(u64, u64)>,
+    /// The flight whose tokens made the current snapshot: that snapshot's
+    /// generation, the flight's number, and the store version the tokens
+    /// came with (see `FlightTask::succeed`).
+    installed_by: Option<(u64, u64, Option<u64>)>,
 }
 
 pub(crate) struct Shared {
