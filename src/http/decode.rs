@@ -3,9 +3,11 @@
 //!
 //! Rules every dialect follows: unknown fields are ignored; `expires_in` is
 //! a number or a numeric string of seconds; without it, a JWT access
-//! token's `exp` is used; a `token_type` other than Bearer is refused; an
-//! answer that does not decode is a transient failure. Error messages name
-//! the field, never its value: the value may be a token.
+//! token's `exp` is used; a `token_type` other than Bearer is refused for
+//! good (terminal: the issuer will answer the same way again, and each
+//! call would spend a refresh token); any other answer that does not decode
+//! is a transient failure. Error messages name the field, never its value:
+//! the value may be a token.
 
 use std::time::{Duration, SystemTime};
 
@@ -71,9 +73,14 @@ fn checked(
     }
     if let Some(pointer) = &shape.token_type {
         if let Some(kind) = string_at(json, pointer)? {
+            // Terminal, not transient: an issuer that hands out another
+            // kind of token (`DPoP`, `MAC`) does so for this client's
+            // registration, not for a passing fault. Found in review:
+            // transient, it was asked again after every backoff, each call
+            // spending a refresh token for a token that could not be sent.
             if !kind.eq_ignore_ascii_case("bearer") {
-                return Err(undecodable(format!(
-                    "`{}` is not Bearer; only bearer tokens can be sent",
+                return Err(RefreshError::terminal(format!(
+                    "unusable refresh answer: `{}` is not Bearer; only bearer tokens can be sent",
                     field(pointer)
                 )));
             }
@@ -301,7 +308,7 @@ mod tests {
             json!({"access_token": "a", "token_type": "mac secret-value"}),
         )
         .unwrap_err();
-        assert!(err.is_transient());
+        assert!(err.is_terminal(), "the issuer would answer the same again");
         assert!(
             err.to_string().contains("`token_type` is not Bearer"),
             "{err}"

@@ -22,7 +22,8 @@
 //! clock off from the issuer's does not move it (without a `Date`, from the
 //! client's clock), and capped at `exp - iat` either way, which bounds a
 //! lifetime only from above; a `token_type` other than Bearer
-//! is refused; a response without a new refresh token keeps the old one.
+//! is refused as terminal (asking again would spend a refresh token for the
+//! same answer); a response without a new refresh token keeps the old one.
 //! Failures are classified by status: every 4xx other than 408, 421, 425
 //! and 429 is terminal (`400 invalid_grant`, 401 and 403 among them: a
 //! configured [login source](crate::Builder::login) then runs once,

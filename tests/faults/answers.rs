@@ -1,7 +1,7 @@
 //! Answers a token endpoint should never give: cut short, not JSON, ten
 //! mebibytes, `expires_in` of zero, negative or absurdly large, and a token
 //! that has expired by the time it arrives (a late answer, or a JWT whose
-//! `exp` has passed).
+//! `exp` has passed), and a token of a kind other than Bearer.
 
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +12,7 @@ use tower_token_refresh::{Error, TokenState};
 use crate::support::front::{self, Mode};
 use crate::support::jwt;
 use crate::support::tokens::TokenStore;
-use crate::{bounded, transient_fault, wait_until, Rig, Sent, Settings};
+use crate::{assert_all_ok, bounded, transient_fault, wait_until, Rig, Sent, Settings};
 
 /// The refresh failed transiently, and its message says `what`.
 fn undecodable(what: &'static str) -> impl Fn(&Error) {
@@ -179,6 +179,44 @@ async fn absurdly_large_expires_in_saturates_and_the_token_is_used() {
         assert_eq!(rig.front.accepted().len(), 1);
         assert_eq!(rig.handle.stats().refresh_failures, 0);
         eprintln!("expires_in 1e30: 1 call");
+    })
+    .await;
+}
+
+/// A token of another kind (`DPoP` here) cannot be sent as Bearer, and the
+/// issuer would answer the same way again: the failure is terminal, so
+/// the endpoint is asked once, not after every backoff (each call spending
+/// a refresh token), while the token in hand keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_type_other_than_bearer_is_terminal_and_not_asked_again() {
+    bounded(async {
+        let rig = Rig::start(Settings::default()).await;
+        let store = rig.oauth.tokens();
+        rig.front
+            .set(Mode::answer(move || {
+                let token = store.issue_access_token(Duration::from_secs(3600));
+                front::json_ok(&serde_json::json!({
+                    "access_token": token, "token_type": "DPoP", "expires_in": 3600,
+                }))
+            }))
+            .await;
+        // The first token turns stale after 0.5 s; backed off instead
+        // (100 to 400 ms), the endpoint would be asked about five times in
+        // the next 1.5 s.
+        let sent = rig
+            .traffic_until(Instant::now() + Duration::from_secs(2))
+            .await;
+        assert_all_ok(&sent, "while the token in hand was valid");
+        wait_until("the refresh ends", || {
+            rig.handle.stats().refresh_failures >= 1
+        })
+        .await;
+        assert_eq!(rig.calls().len(), 1, "asked once");
+        let status = rig.handle.status();
+        let cause = status.last_error().expect("the refresh's error");
+        assert!(cause.is_terminal(), "{cause}");
+        assert!(cause.to_string().contains("is not Bearer"), "{cause}");
+        assert_eq!(status.generation(), 1, "the DPoP token was not installed");
     })
     .await;
 }
