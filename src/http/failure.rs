@@ -66,6 +66,18 @@ fn retried_elsewhere(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 421 | 425)
 }
 
+/// A field of an error body as text: a scalar as [`plain_text`] reads it,
+/// or a list of them joined with `; `, as a NestJS validation error sends
+/// its `message` (`["refreshToken must be a string"]`). Found in review:
+/// a list was not text, so such an error said nothing of its cause.
+fn said_text(value: &Value) -> Option<String> {
+    let Value::Array(items) = value else {
+        return plain_text(value);
+    };
+    let parts: Vec<String> = items.iter().filter_map(plain_text).collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// What an error body says, when it is JSON in the dialect's error shape.
 #[derive(Default)]
 pub(crate) struct Said {
@@ -83,7 +95,7 @@ impl Said {
         };
         let text = |pointer: &String| {
             json.pointer(pointer)
-                .and_then(plain_text)
+                .and_then(said_text)
                 .map(|text| loggable(sent.redact_quotable(text)))
         };
         let message = shape.message.iter().find_map(text).map(|mut message| {
@@ -620,6 +632,24 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("Token expired (vendor code: -1)"), "{text}");
         assert_eq!(err.code(), Some("28000"));
+    }
+
+    #[test]
+    fn a_message_given_as_a_list_is_quoted_joined() {
+        let err = answer(
+            400,
+            Dialect::cognito(),
+            json!({"statusCode": 400,
+                   "message": ["refreshToken must be a string", {"nested": "skipped"}, "refreshToken should not be empty"],
+                   "error": "Bad Request"}),
+        );
+        assert_eq!(
+            err.message(),
+            "refreshToken must be a string; refreshToken should not be empty"
+        );
+        assert_eq!(err.code(), Some("Bad Request"));
+        let nothing_to_say = answer(400, Dialect::cognito(), json!({"message": [{}]}));
+        assert!(!nothing_to_say.message().contains('{'), "{nothing_to_say}");
     }
 
     /// Redacted before the cut: a secret the 256-character cut would
