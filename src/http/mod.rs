@@ -739,9 +739,12 @@ where
         // A success without tokens may still say why, in the dialect's
         // error shape (an envelope's `success: false` beside its `error`,
         // an Ocient `status`): its words are kept, as for a failure. Found
-        // in review: only "undecodable" was left of them.
+        // in review: only "undecodable" was left of them. Its status is
+        // kept too, as a failure's is: without it, such an error could not
+        // be told from one with no answer at all.
         return decode::tokens(&dialect.response, &body, now).map_err(|error| {
-            Said::read_unused_success(&dialect.errors, &body, sent()).explain(error)
+            Said::read_unused_success(&dialect.errors, &body, sent())
+                .explain(error.with_status(parts.status.as_u16()))
         });
     }
     // The status and headers decide a failure's class; the body adds only

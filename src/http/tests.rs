@@ -208,6 +208,27 @@ async fn a_success_without_tokens_keeps_what_the_answer_says() {
     assert!(shown.contains("says: [redacted] issued"), "{shown}");
     assert!(!shown.contains("new-access"), "{shown}");
 
+    // An Ocient `200` with no token and a `sql_state` other than `00000`
+    // (the seed documents only success): transient, as any undecodable
+    // answer, with its status quoted and its `sql_state` as the code.
+    let (idp, _) = endpoint(|| {
+        json(
+            StatusCode::OK,
+            r#"{"status":{"reason":"Session has been terminated","sql_state":"08006","vendor_code":-2011}}"#,
+        )
+    });
+    let refresher = HttpRefresher::ocient("https://sql.example.com/v1/token_refresh", idp);
+    let err = refresher.refresh(ctx()).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(err.status(), Some(200));
+    assert_eq!(err.code(), Some("08006"));
+    let message = err.message();
+    assert!(message.contains("no `access_token` string"), "{message}");
+    assert!(
+        message.contains("says: Session has been terminated (vendor code: -2011)"),
+        "{message}"
+    );
+
     // A token under a name the dialect does not read (camel case, for a
     // dialect reading `access_token`), quoted in the message.
     let (idp, _) = endpoint(|| {
