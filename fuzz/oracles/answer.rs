@@ -18,7 +18,9 @@
 //! after the first line is the body.
 //!
 //! Properties: no panic; a `2xx` body longer than the cap never gives
-//! tokens; tokens only come from a `2xx` and are never empty; a failure
+//! tokens; tokens only come from a `2xx` and are never empty; a `2xx`
+//! without usable tokens is a transient error, or a terminal one when it
+//! names a token type other than Bearer; a failure
 //! status gives an error of its class carrying that status, whatever the
 //! length of its body; a `429` waits what its `Retry-After` asks for, or
 //! without one what the dialect's documented limit implies; a `503` with a
@@ -67,7 +69,7 @@ pub fn checked(data: &[u8]) -> (StatusCode, Result<TokenSet, RefreshError>) {
     let input = Input::parse(data);
     let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let result = input.run(input.body, now);
-    check_result(&input, &result, now);
+    check_result(&input, input.body, &result, now);
     if let Some(body) = with_canaries(&input) {
         if let Err(error) = input.run(&body, now) {
             let shown = format!("{error} {error:?}");
@@ -76,7 +78,7 @@ pub fn checked(data: &[u8]) -> (StatusCode, Result<TokenSet, RefreshError>) {
     }
     if let Some(body) = echoing_the_secret(&input) {
         let result = input.run(&body, now);
-        check_result(&input, &result, now);
+        check_result(&input, &body, &result, now);
         assert_no_sent_secret(&result);
     }
     assert_no_sent_secret(&result);
@@ -175,14 +177,36 @@ impl<'a> Input<'a> {
     }
 }
 
-fn check_result(input: &Input<'_>, result: &Result<TokenSet, RefreshError>, now: SystemTime) {
+/// Whether `body` names, where `dialect` reads a token's kind, one other
+/// than Bearer (in any case), as RFC 6749 §7.1 lets an issuer answer.
+fn names_another_token_type(dialect: &str, body: &[u8]) -> bool {
+    let pointer = match dialect {
+        "oauth2" | "client_credentials" | "custom" => "/token_type",
+        "dynamosql" => "/data/tokenType",
+        _ => return false,
+    };
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    json.pointer(pointer)
+        .and_then(Value::as_str)
+        .is_some_and(|kind| !kind.eq_ignore_ascii_case("bearer"))
+}
+
+fn check_result(
+    input: &Input<'_>,
+    body: &[u8],
+    result: &Result<TokenSet, RefreshError>,
+    now: SystemTime,
+) {
     // Formatting must not panic either.
     let shown = match result {
         Ok(tokens) => format!("{tokens:?}"),
         Err(error) => format!("{error} {error:?}"),
     };
     let status = input.status;
-    let over_cap = input.body.len() > input.cap;
+    let over_cap = body.len() > input.cap;
     match result {
         Ok(tokens) => {
             assert!(!over_cap, "tokens from a body over the cap: {shown}");
@@ -190,7 +214,13 @@ fn check_result(input: &Input<'_>, result: &Result<TokenSet, RefreshError>, now:
             assert!(!tokens.access_token().expose().is_empty());
         }
         Err(error) if status.is_success() => {
-            assert!(error.is_transient(), "an undecodable answer: {shown}");
+            // Transient, but for a token of a kind other than Bearer: the
+            // issuer would answer the same way again.
+            let terminal_allowed = names_another_token_type(input.dialect, body);
+            assert!(
+                error.is_transient() || (error.is_terminal() && terminal_allowed),
+                "an undecodable answer: {shown}"
+            );
             if over_cap {
                 assert_eq!(error.status(), None, "an oversized answer: {shown}");
             }
