@@ -21,6 +21,7 @@ Needs python3 (standard library only), cargo and valgrind.
 
 import json
 import os
+import math
 import platform
 import re
 import subprocess
@@ -179,8 +180,38 @@ def allocations():
 # the next (the expired storm's p99 added took 19 to 157 ms in nine runs of
 # one process): one burst decides nothing. The bench runs each storm
 # STORM_RUNS times, each run with its own baseline and floor, and prints
-# the median of each figure; the runs' own p99 added are kept too.
-STORM_RUNS = 15
+# the median of each figure; the runs' own p99 added are kept too. 45 runs
+# put the median's 95 % interval between the 16th and the 30th of them
+# (15 runs: the 4th and the 12th); a run takes about a second.
+STORM_RUNS = 45
+
+
+def median_rank(n, confidence=0.95):
+    """The order statistic (1-based) whose pair, the k-th lowest and the
+    k-th highest of n draws, holds the population's median with at least
+    `confidence`, whatever the distribution: the largest k with
+    P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2. 0 when n is too small
+    for any pair to reach it (under 6 draws for 95 %)."""
+    tail = (1 - confidence) / 2
+    below, k = 0.0, 0
+    for i in range(n):
+        below += math.comb(n, i) / 2 ** n
+        if below > tail:
+            break
+        k = i + 1
+    return k
+
+
+# The textbook ranks (k = 4 of 15, 16 of 45); checked here so that a wrong
+# interval cannot reach the README.
+assert (median_rank(5), median_rank(6), median_rank(15), median_rank(45)) == (0, 1, 4, 16)
+
+
+def median_interval(values):
+    """(low, high): the 95 % interval for the median of what `values`
+    were drawn from, or None when there are too few of them."""
+    ordered, k = sorted(values), median_rank(len(values))
+    return (ordered[k - 1], ordered[-k]) if k else None
 
 
 def storms():
@@ -191,8 +222,37 @@ def storms():
         # One run prints one number, which key_values reads as a float.
         runs = str(summary["runs_added_p99_ms"]).split("/")
         summary["runs_added_p99_ms"] = [float(v) for v in runs]
+        # The runs' own lines: how far each run's p99 added was from its
+        # own target, and what the layer added over its own floor. One
+        # median of a figure this noisy says little; the interval says how
+        # far the median itself may be off.
+        each = [key_values(run_line) for run_line in
+                re.findall(rf"^storm {name} run=\d+: (.*)$", out, re.M)]
+        margins = [r["added_p99_ms"] - r["target_p99_ms"] for r in each]
+        summary["margin_p99_ms"] = median(margins)
+        summary["margin_interval_ms"] = median_interval(margins)
+        summary["over_floor_interval_ms"] = median_interval(
+            [r["over_floor_p99_ms"] for r in each])
         found[name] = summary
     return found
+
+
+def interval_text(interval):
+    """` [low, high]` in ms, or nothing without an interval."""
+    return f" [{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else ""
+
+
+def storm_verdict(storm):
+    """met when the whole 95 % interval of the median margin (p99 added
+    minus the target, run by run) is at or under zero, missed when all of
+    it is over, and unresolved when it straddles zero: the runs then cannot
+    tell either way. Without an interval (an older run's data), the median
+    alone decides."""
+    interval = storm.get("margin_interval_ms")
+    if interval is None:
+        return "met" if storm["target_met"] == "true" else "missed"
+    low, high = interval
+    return "met" if high <= 0 else "missed" if low > 0 else "unresolved: not met"
 
 
 # The throughput ratio moves with the process too: four processes of the
@@ -268,10 +328,17 @@ def throughput_instructions():
 def machine():
     cpu = "unknown CPU"
     try:
+        # The first processor's fields. A virtual machine may name only the
+        # brand ("AMD EPYC"); its family and model tell the generation.
+        fields = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            if not line.strip():
                 break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        cpu = fields.get("model name", cpu)
+        if "cpu family" in fields and "model" in fields:
+            cpu += f" (family {fields['cpu family']}, model {fields['model']})"
     except OSError:
         pass
     rustc = run("rustc", "--version").strip()
@@ -417,8 +484,14 @@ def tables(data):
         "and then sending 10,000 requests at once cost on this machine; *over "
         "the floor* is what the layer adds beyond it. Each storm ran "
         f"{data['storm']['expired']['runs']:g} times, each run with its own baseline and floor taken "
-        "moments apart; each figure is the median over the runs (every run's "
-        "p99 added is in the targets below).",
+        "moments apart; each figure is the median over the runs (the range of "
+        "the runs' p99 added is in the targets below). In brackets, the 95 % interval of "
+        "a median: the runs' order statistics that hold the median of what "
+        "they were drawn from with at least 95 % probability, whatever its "
+        "distribution. A target is met when the whole interval of the median "
+        "margin (each run's p99 added minus its own target) is at or under "
+        "zero, missed when all of it is over, and unresolved when it "
+        "straddles zero.",
         "",
         "| storm | refresh calls | failures | refresh round trip | added p50 / p99 / max "
         "| outside the client p50 / p99 / max | floor added p99 | over the floor p99 "
@@ -431,8 +504,8 @@ def tables(data):
             f"| {s['added_p50_ms']:.1f} / {s['added_p99_ms']:.1f} / {s['added_max_ms']:.1f} ms "
             f"| {s['outside_client_p50_ms']:.1f} / {s['outside_client_p99_ms']:.1f} / "
             f"{s['outside_client_max_ms']:.1f} ms | {s['floor_added_p99_ms']:.1f} ms "
-            f"| {s['over_floor_p99_ms']:.1f} ms "
-            f"| {'met' if s['target_met'] == 'true' else 'missed'} |")
+            f"| {s['over_floor_p99_ms']:.1f} ms{interval_text(s.get('over_floor_interval_ms'))} "
+            f"| {storm_verdict(s)} |")
 
     t = data["throughput"]
     ti = data.get("throughput_instructions")
@@ -504,13 +577,15 @@ def targets(data):
     s = data["storm"]
     t = data["throughput"]
 
-    def row(target, measured, estimators):
+    def row(target, measured, estimators=None, verdict=None):
         """A target's line: `estimators` maps each estimator to its checks;
         met when every estimator passes all of its own, missed when none
-        does, mixed (not met) when they disagree."""
-        passed = [all(checks) for checks in estimators.values()]
-        verdict = ("met" if all(passed) else "missed" if not any(passed)
-                   else "mixed: not met")
+        does, mixed (not met) when they disagree. A `verdict` given is
+        used as it is."""
+        if verdict is None:
+            passed = [all(checks) for checks in estimators.values()]
+            verdict = ("met" if all(passed) else "missed" if not any(passed)
+                       else "mixed: not met")
         return f"| {target} | {measured} | {verdict} |"
 
     def time_ratio(name, base, line):
@@ -593,11 +668,16 @@ def targets(data):
                          f"{storm['added_p99_ms']:.1f} ms vs {storm['target_p99_ms']:.1f} ms "
                          f"(medians taken one by one, so they need not add up: the floor "
                          f"adds {storm['floor_added_p99_ms']:.1f} ms, the layer "
-                         f"{storm['over_floor_p99_ms']:.1f} ms over it); every run: "
-                         f"{' / '.join(f'{v:.1f}' for v in storm['runs_added_p99_ms'])} ms"
+                         f"{storm['over_floor_p99_ms']:.1f} ms over it); the runs' p99 added "
+                         f"from {min(storm['runs_added_p99_ms']):.1f} to "
+                         f"{max(storm['runs_added_p99_ms']):.1f} ms"
                          + (f", {storm['runs_met']:g} of {storm['runs']:g} within their own "
-                            "run's target" if "runs_met" in storm else ""),
-                         {"median over the runs": [storm["target_met"] == "true"]}))
+                            "run's target" if "runs_met" in storm else "")
+                         + (f"; median margin over the target, run by run, "
+                            f"{storm['margin_p99_ms']:+.1f} ms"
+                            f"{interval_text(storm['margin_interval_ms'])}"
+                            if storm.get("margin_interval_ms") else ""),
+                         verdict=storm_verdict(storm)))
     lines.append(row("throughput ≥ 0.97 × without the layer",
                      f"{t['ratio']:.3f} (median; {t['ratio_low']:.3f} to "
                      f"{t['ratio_high']:.3f} by process)", {"median": [t["ratio"] >= 0.97]}))
