@@ -19,6 +19,10 @@
 //!   attempts spent in the HTTP client (measured by a timing service inside
 //!   the layer): the waiting and scheduling around the sends, without the
 //!   sends themselves, which for the revoked storm are two per request.
+//!   Also taken for the floor (below), whose requests wait out the same
+//!   round trip on timers: `outside_over_floor` compares how fast the
+//!   layer lets its waiters go with how fast timers do, without the
+//!   baseline's noise in it.
 //!
 //! Each storm also runs a *floor*: what the same storm costs with no token
 //! logic at all, so that what the layer adds beyond it (`over_floor`) can
@@ -266,6 +270,7 @@ async fn run_once(storm: Storm, servers: &Servers, order: [Burst; 3]) -> Figures
     let (b50, b99, bmax) = baseline.percentiles();
     let (f50, f99, fmax) = floor.percentiles();
     let (o50, o99, omax) = outcome.outside_client();
+    let (_, floor_o99, _) = floor.outside_client();
     let added = |storm: Duration, base: Duration| ms(storm) - ms(base);
     Figures(vec![
         ("failures", outcome.failures as f64),
@@ -290,6 +295,8 @@ async fn run_once(storm: Storm, servers: &Servers, order: [Burst; 3]) -> Figures
         ("floor_added_p99_ms", added(f99, b99)),
         ("floor_added_max_ms", added(fmax, bmax)),
         ("over_floor_p99_ms", added(p99, b99) - added(f99, b99)),
+        ("floor_outside_client_p99_ms", ms(floor_o99)),
+        ("outside_over_floor_p99_ms", ms(o99) - ms(floor_o99)),
     ])
 }
 
