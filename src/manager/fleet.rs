@@ -71,6 +71,7 @@ impl FlightTask {
                     let held = HeldLease {
                         store: Arc::clone(shared_store),
                         lease: Some(lease),
+                        ends: lease_ends,
                     };
                     let mut result = self.refresh_and_store(shared_store, ctx, lease_ends).await;
                     // Tokens left to offer keep the lease until the offer
@@ -398,6 +399,8 @@ fn next_version(stored: Option<u64>, known: Option<u64>) -> u64 {
 struct HeldLease {
     store: Arc<dyn DynStore>,
     lease: Option<Lease>,
+    /// When the lease lapses, counted from before it was asked for.
+    ends: Instant,
 }
 
 impl HeldLease {
@@ -580,6 +583,14 @@ impl TokenManager {
 /// the calls before it took less than their whole timeouts, as they do
 /// unless the store or the source hangs; past it, the lease lapses as it
 /// would for a crashed holder.
+///
+/// An offer under the lease that fails is tried again, backing off, for up
+/// to a refresh timeout while the lease leaves time for another call:
+/// released after one failure, the lease went to a waiting sibling, which
+/// loaded the version this flight refreshed from and presented the refresh
+/// token it had spent (found in review). A store down for longer leaves
+/// nothing better: the lease goes, and a sibling refreshes from the store
+/// as it would after a crash.
 pub(super) struct Offer {
     store: Arc<dyn DynStore>,
     /// The version the store held when the flight read it: the one the
@@ -627,30 +638,29 @@ impl Offer {
         control.pending_offer = Some(pending);
         let shared = Arc::clone(shared);
         runtime.spawn(async move {
-            let config = &shared.config;
             // Encoded here, not under the caller's lock.
             let record = record_of(&tokens, next, self.obtained_at);
-            let mut stored = call(
-                config,
-                self.store
-                    .compare_and_swap_boxed(self.expected, record.clone()),
-            )
-            .await;
-            // Refused, the swap may have found no sibling's newer tokens
-            // but a store that lost its data, or a late write of this
-            // process's: the tokens replace them, or the store stays empty
-            // (a sibling logs in) or spent (a sibling refreshes in vain).
-            if matches!(stored, Ok(false)) {
-                match replaceable(&shared, &*self.store).await {
-                    Ok(Some(over)) => {
-                        next = next_version(over.max(self.expected), self.known);
-                        let record = Record::new(next, record.payload().to_vec());
-                        stored =
-                            call(config, self.store.compare_and_swap_boxed(over, record)).await;
-                    }
-                    Ok(None) => {}
-                    Err(error) => store_failed(&shared, &error, "re-reading the store"),
+            let mut stored = self.attempt(&shared, &record, &mut next).await;
+            let one_call = shared.config.refresh_timeout;
+            // Tried again for one refresh timeout at most: as long as the
+            // process's own next flight waits for an offer (a longer one
+            // would keep that flight from the lease too).
+            let stop_by = later(Instant::now(), one_call);
+            let mut pause = OFFER_RETRY_FIRST;
+            while let (Err(error), Some(held)) = (&stored, &self.lease) {
+                let retry_at = later(Instant::now(), pause);
+                if retry_at > stop_by || later(retry_at, one_call) > held.ends {
+                    break;
                 }
+                store_failed(
+                    &shared,
+                    error,
+                    "offering the refreshed tokens again under the lease",
+                );
+                tokio::time::sleep(pause).await;
+                pause = pause.saturating_mul(2).min(OFFER_RETRY_MAX);
+                next = next_version(self.expected, self.known);
+                stored = self.attempt(&shared, &record, &mut next).await;
             }
             match stored {
                 // The process knows it as its own. Moved on meanwhile (it
@@ -676,6 +686,54 @@ impl Offer {
             // moved is there for whoever waited.
             drop(settled);
         });
+    }
+}
+
+/// The first wait before an offer under the lease is tried again, and the
+/// longest: a store that failed a moment ago is asked again soon, then
+/// less often while it stays down.
+const OFFER_RETRY_FIRST: Duration = Duration::from_millis(200);
+const OFFER_RETRY_MAX: Duration = Duration::from_secs(2);
+
+impl Offer {
+    /// One offer of `record` as `next`, over the version the flight read;
+    /// `next` is moved past whatever it replaces instead.
+    async fn attempt(
+        &self,
+        shared: &Shared,
+        encoded: &Record,
+        next: &mut u64,
+    ) -> Result<bool, StoreError> {
+        let config = &shared.config;
+        let record = |version| Record::new(version, encoded.payload().to_vec());
+        let stored = call(
+            config,
+            self.store
+                .compare_and_swap_boxed(self.expected, record(*next)),
+        )
+        .await;
+        // Refused, the swap may have found no sibling's newer tokens but a
+        // store that lost its data, or a late write of this process's: the
+        // tokens replace them, or the store stays empty (a sibling logs
+        // in) or spent (a sibling refreshes in vain).
+        if !matches!(stored, Ok(false)) {
+            return stored;
+        }
+        match replaceable(shared, &*self.store).await {
+            Ok(Some(over)) => {
+                *next = next_version(over.max(self.expected), self.known);
+                call(
+                    config,
+                    self.store.compare_and_swap_boxed(over, record(*next)),
+                )
+                .await
+            }
+            Ok(None) => stored,
+            Err(error) => {
+                store_failed(shared, &error, "re-reading the store");
+                stored
+            }
+        }
     }
 }
 

@@ -560,6 +560,24 @@ struct FaultyLoads {
     slow_leases: Arc<AtomicU64>,
 }
 
+impl FaultyLoads {
+    /// Every write fails from now on, an offer's tries again included,
+    /// until [`writes_back`](Self::writes_back).
+    fn writes_down(&self) {
+        self.failing_writes.store(usize::MAX, Ordering::SeqCst);
+    }
+
+    fn writes_back(&self) {
+        self.failing_writes.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Waits until every offer under the lease made so far has stopped trying
+/// again: one refresh timeout (10 s by default) after it began.
+async fn offers_given_up() {
+    tokio::time::sleep(Duration::from_secs(11)).await;
+}
+
 /// Sleeps for the milliseconds `setting` holds, read now.
 fn slowed_by(setting: &AtomicU64) -> tokio::time::Sleep {
     tokio::time::sleep(Duration::from_millis(setting.load(Ordering::SeqCst)))
@@ -991,9 +1009,11 @@ async fn refresh_from_an_expired_sibling_failing_writes(
 /// sibling's record again, whose refresh token it had spent.
 #[tokio::test(start_paused = true)]
 async fn a_process_never_refreshes_again_from_a_version_it_refreshed_from_unstored() {
-    // The write and the offer fail.
-    let (idp, store, first) = refresh_from_an_expired_sibling_failing_writes(2).await;
-    assert_eq!(first.handle().stats().store_errors, 2);
+    // The write and the offer fail, the offer's tries again too.
+    let (idp, store, first) = refresh_from_an_expired_sibling_failing_writes(usize::MAX).await;
+    offers_given_up().await;
+    store.writes_back();
+    assert!(first.handle().stats().store_errors > 2);
 
     first.handle().force_refresh().await.unwrap();
     assert_eq!(idp.counts(), (1, 2, 0), "no spent refresh token presented");
@@ -1034,6 +1054,35 @@ async fn a_lease_holder_whose_write_failed_keeps_the_lease_until_its_offer_settl
     );
     assert_eq!(second.handle().stats().adopted, adopted + 1);
     assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+}
+
+/// Found in review: an offer under the lease that failed too released the
+/// lease at once, and the sibling waiting for it loaded the version the
+/// holder had refreshed from and presented the refresh token it had
+/// spent. The offer is now tried again while the lease lasts.
+#[tokio::test(start_paused = true)]
+async fn a_lease_holder_whose_offer_failed_too_tries_again_before_letting_the_lease_go() {
+    let idp = Rotating::default();
+    let store = FaultyLoads::default();
+    let first = idp.layer_on(store.clone());
+    let second = idp.layer_on(store.clone());
+    first.handle().force_refresh().await.unwrap(); // login: rt-1, version 1
+    tokio::time::advance(LIFETIME).await; // version 1 expires for everyone
+
+    store.failing_writes.store(2, Ordering::SeqCst); // the write, then the offer
+    first.handle().force_refresh().await.unwrap(); // rt-1 spent, rt-2 unstored
+    assert_eq!(idp.counts(), (1, 1, 0));
+    let sibling = second.handle().force_refresh().await;
+
+    assert_eq!(
+        idp.counts(),
+        (1, 1, 0),
+        "the sibling refreshed from a spent token"
+    );
+    sibling.expect("the sibling adopted the holder's tokens");
+    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+    let errors = first.handle().stats().store_errors;
+    assert_eq!(errors, 2, "the write, then the offer's first try");
 }
 
 /// The offer never replaces a version stored since the one the flight
@@ -1311,8 +1360,8 @@ async fn a_failure_after_deferrals_backs_off_from_the_start() {
 }
 
 /// A layer on `store`, logged in (at-1 / rt-1, stored as version 1), then
-/// refreshed `times` with every write and offer failing: it holds the
-/// issuer's latest tokens, the store still version 1.
+/// refreshed `times` with every write and offer failing until the offers
+/// gave up: it holds the issuer's latest tokens, the store still version 1.
 async fn ahead_of_the_store(
     idp: &Rotating,
     store: &FaultyLoads,
@@ -1320,10 +1369,12 @@ async fn ahead_of_the_store(
 ) -> crate::TokenHandle {
     let handle = idp.layer_on(store.clone()).handle();
     handle.force_refresh().await.unwrap();
-    store.failing_writes.store(2 * times, Ordering::SeqCst);
+    store.writes_down();
     for _ in 0..times {
         handle.force_refresh().await.unwrap();
+        offers_given_up().await;
     }
+    store.writes_back();
     handle
 }
 
@@ -1554,8 +1605,10 @@ async fn a_record_landing_late_near_the_end_of_the_lease_is_replaced_by_the_next
         .build()
         .handle();
     handle.force_refresh().await.unwrap(); // at-1 / rt-1, stored as 1
-    store.failing_writes.store(2, Ordering::SeqCst);
+    store.writes_down();
     handle.force_refresh().await.unwrap(); // at-2 / rt-2, unstored
+    offers_given_up().await;
+    store.writes_back();
     assert_eq!(store.inner.load().await.unwrap().unwrap().version(), 1);
 
     let slow = [&store.slow_loads, &store.slow_writes];
