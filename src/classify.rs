@@ -161,13 +161,17 @@ fn param_of(item: &str) -> Option<(&str, &str)> {
     is_token.then(|| (name, value.trim().trim_matches('"')))
 }
 
-/// gRPC: a `401` (as [`Unauthorized`] reads it), or `grpc-status: 16` (UNAUTHENTICATED) in the response
-/// headers (a trailers-only response, which is how servers reject a call
-/// before sending any message).
+/// gRPC: `grpc-status: 16` (UNAUTHENTICATED) in the response headers (a
+/// trailers-only response, which is how servers reject a call before
+/// sending any message), or, without a `grpc-status` there, a `401` (as
+/// [`Unauthorized`] reads it: a proxy in front of the server).
 ///
-/// A `grpc-status` in the headers counts whatever the HTTP status (a proxy
-/// may answer a trailers-only rejection with a 5xx), as tonic's client
-/// reads it: that header, not the HTTP status, is the call's status.
+/// A `grpc-status` in the headers decides whatever the HTTP status, as
+/// tonic's client reads it: that header, not the HTTP status, is the
+/// call's status. A proxy may answer a trailers-only rejection with a 5xx;
+/// and a `401` whose `grpc-status` says something else (`7`,
+/// PERMISSION_DENIED, or `0`, OK) is not retried: tonic reports that
+/// status, and a call it counts as done must not be sent twice.
 ///
 /// A status that arrives in the trailers, after the response headers, is
 /// not retried: only the head decides. A call whose stream already
@@ -190,6 +194,10 @@ fn param_of(item: &str) -> Option<(&str, &str)> {
 ///
 /// trailers_only.insert("grpc-status", HeaderValue::from_static("7")); // PERMISSION_DENIED
 /// assert!(!Grpc.is_rejection(StatusCode::OK, &trailers_only));
+/// assert!(!Grpc.is_rejection(StatusCode::UNAUTHORIZED, &trailers_only));
+///
+/// // A proxy's 401, with no gRPC status of its own.
+/// assert!(Grpc.is_rejection(StatusCode::UNAUTHORIZED, &HeaderMap::new()));
 /// ```
 ///
 #[cfg_attr(
@@ -206,7 +214,13 @@ pub struct Grpc;
 impl ClassifyRejection for Grpc {
     #[inline]
     fn is_rejection(&self, status: StatusCode, headers: &HeaderMap) -> bool {
-        Unauthorized.is_rejection(status, headers) || grpc_unauthenticated(headers)
+        // Found in review: a `401` counted whatever `grpc-status` said, so
+        // a call tonic reports as PERMISSION_DENIED (or even OK) was
+        // refreshed for and sent again.
+        match headers.get(&GRPC_STATUS) {
+            Some(code) => code.as_bytes() == b"16",
+            None => Unauthorized.is_rejection(status, headers),
+        }
     }
 }
 
@@ -309,6 +323,14 @@ mod tests {
         // The header is the call's status, whatever the HTTP status.
         headers.insert("grpc-status", "16".parse().unwrap());
         assert!(Grpc.is_rejection(StatusCode::SERVICE_UNAVAILABLE, &headers));
+        // A 401 carrying another gRPC status is that status.
+        for code in ["0", "7", "14"] {
+            headers.insert("grpc-status", code.parse().unwrap());
+            assert!(
+                !Grpc.is_rejection(StatusCode::UNAUTHORIZED, &headers),
+                "{code}"
+            );
+        }
     }
 
     #[test]

@@ -83,7 +83,9 @@
 //! # Deadlines
 //!
 //! A call's `grpc-timeout` (tonic's `Request::set_timeout`) bounds the
-//! whole call, as in a gRPC client that refreshes its own credentials:
+//! call up to its response headers (as tonic's own timeout does; a
+//! stream's messages after them are bounded by the server, which gets the
+//! time left), as in a gRPC client that refreshes its own credentials:
 //! [`GrpcDeadline`], which [`with_token_refresh`] puts above the layer,
 //! counts it from when the call enters, so the wait for a token and the
 //! retry of a rejected call are inside it. A call still waiting when its
@@ -424,7 +426,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for IntoTonicBody<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for IntoTonicBody<S>
 where
-    S: Service<Request<tonic::body::Body>, Response = Response<ResBody>>,
+    S: Service<Request<tonic::body::Body>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -443,8 +445,13 @@ where
         if let Some(deadline) = req.extensions().get::<deadline::CallDeadline>().copied() {
             // Past the deadline (a task woken late, after its token came
             // and its time ran out) the attempt is not sent: the server
-            // would get a call the client has given up on.
+            // would get a call the client has given up on. The instance
+            // polled ready lets go of its readiness (a `Buffer` slot, which
+            // a tonic `Channel` holds) for a clone that must be polled
+            // again, as after any call; found in review: kept, it held the
+            // slot until the caller's next call.
             if !deadline.write_remaining(req.headers_mut()) {
+                self.inner = self.inner.clone();
                 return AttemptFuture {
                     sent: None,
                     report: None,

@@ -143,6 +143,27 @@ async fn a_call_woken_after_its_deadline_sends_no_retry() {
     assert_eq!(seen.len(), 1, "no retry past the deadline: {seen:?}");
 }
 
+/// Found in review: a call due with no time left was not sent, and the
+/// instance polled ready for it kept its readiness: with a tonic
+/// `Channel`, a slot of its buffer, held until the caller's next call.
+#[tokio::test(start_paused = true)]
+async fn a_call_not_sent_past_its_deadline_lets_go_of_its_buffer_slot() {
+    let seen = Seen::default();
+    let layer = layer(Duration::from_secs(1));
+    // One slot, as a channel whose buffer is full but for one call.
+    let buffered = BoxCloneService::new(tower::buffer::Buffer::new(channel(&seen), 1));
+    let mut first = with_token_refresh(buffered, &layer);
+    let mut second = first.clone();
+    let ready = ServiceExt::<Request<tonic::body::Body>>::ready(&mut first).await;
+    let error = ready.unwrap().call(call(Some("0n"))).await.unwrap_err();
+    assert!(error.is::<tonic::TimeoutExpired>(), "{error}");
+
+    let slot = ServiceExt::<Request<tonic::body::Body>>::ready(&mut second);
+    let slot = tokio::time::timeout(Duration::from_secs(5), slot).await;
+    assert!(slot.is_ok(), "the slot is still held by the call not sent");
+    assert!(seen.lock().unwrap().is_empty(), "nothing was sent");
+}
+
 #[tokio::test(start_paused = true)]
 async fn calls_without_a_timeout_or_with_one_that_does_not_parse_pass_untouched() {
     let seen = Seen::default();
