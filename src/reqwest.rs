@@ -66,6 +66,14 @@
 //! - A request that cannot get a token fails with
 //!   [`reqwest_middleware::Error::Middleware`] holding this crate's
 //!   [`Error`]; [`token_error`] gets it back.
+//! - Add the middleware last (the last `.with`). One added after it sees
+//!   the request later: a change it makes to the URL (a rewrite to another
+//!   host) escapes the origin allow-list and the plain-http rule, which
+//!   were checked before it, and every rejection then looks like another
+//!   origin's, never refreshed.
+//! - [`TokenRefreshMiddleware::handle`] (the token handle) takes the name
+//!   of [`Middleware::handle`]: a middleware wrapping this one calls
+//!   `Middleware::handle(&inner, request, extensions, next)`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -148,7 +156,15 @@ use crate::{Error, TokenHandle, TokenRefreshLayer};
 /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
 ///
 /// fn client(layer: &TokenRefreshLayer) -> ClientWithMiddleware {
-///     ClientBuilder::new(reqwest::Client::new())
+///     // Redirects kept within the request's origin: on reqwest's default
+///     // policy, a second hop within another origin carries the token.
+///     let reqwest = reqwest::Client::builder()
+///         .redirect(tower_token_refresh::reqwest::same_origin_redirects())
+///         .build()
+///         .unwrap();
+///     // The last `.with`: middleware added after it would change the
+///     // request after its origin was checked.
+///     ClientBuilder::new(reqwest)
 ///         .with(TokenRefreshMiddleware::new(layer))
 ///         .build()
 /// }
@@ -198,7 +214,11 @@ impl<C> TokenRefreshMiddleware<C> {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
     /// let layer = TokenRefreshLayer::builder(source).build();
-    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    /// let reqwest = reqwest::Client::builder()
+    ///     .redirect(tower_token_refresh::reqwest::same_origin_redirects())
+    ///     .build()
+    ///     .unwrap();
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest)
     ///     .with(TokenRefreshMiddleware::new(&layer))
     ///     .build();
     /// // Nothing listens there: the token is fetched, then the send fails.
@@ -241,7 +261,11 @@ impl<C> TokenRefreshLayer<C> {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
     /// let layer = TokenRefreshLayer::builder(source).build();
-    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    /// let reqwest = reqwest::Client::builder()
+    ///     .redirect(tower_token_refresh::reqwest::same_origin_redirects())
+    ///     .build()
+    ///     .unwrap();
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest)
     ///     .with(layer.reqwest_middleware())
     ///     .build();
     /// // Nothing listens there: the token is fetched, then the send fails.
@@ -315,7 +339,11 @@ pub fn same_origin_redirects() -> ::reqwest::redirect::Policy {
 ///         Ok::<_, RefreshError>(TokenSet::new("access"))
 ///     }))
 ///     .build();
-/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+/// let reqwest = reqwest::Client::builder()
+///     .redirect(tower_token_refresh::reqwest::same_origin_redirects())
+///     .build()
+///     .unwrap();
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest)
 ///     .with(layer.reqwest_middleware())
 ///     .build();
 ///
@@ -393,7 +421,8 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
         // later hop, and the request may have taken effect at an earlier
         // one (a POST answered `303 See Other`, then a `GET` of the result
         // rejected); sent again, it would take effect twice.
-        let redirected = |retry: &Request| response.url() != retry.url();
+        let redirected =
+            |retry: &Request| without_fragment(response.url()) != without_fragment(retry.url());
         let Some(mut retry) =
             retry.filter(|retry| retry.method().is_idempotent() || !redirected(retry))
         else {
@@ -546,6 +575,18 @@ fn answered_by(response: &Response, origin: &Uri) -> bool {
     // no `Uri` built per response.
     (Some(url.scheme()), url.host_str(), url.port())
         == (origin.scheme_str(), origin.host(), origin.port_u16())
+}
+
+/// `url` without its `#fragment`, which is never sent: a response's URL
+/// has none (reqwest rebuilds it from the `http::Uri` it sent, which keeps
+/// no fragment), so compared whole, a request to a URL with one always
+/// looked redirected (found in review).
+fn without_fragment(url: &Url) -> &str {
+    let whole = url.as_str();
+    match url.fragment() {
+        Some(fragment) => &whole[..whole.len() - fragment.len() - 1],
+        None => whole,
+    }
 }
 
 /// The origin of `url` as the `http::Uri` the layer's transport rules read,

@@ -716,6 +716,36 @@ async fn json_post_is_retried_with_its_body_intact() {
     .await;
 }
 
+/// Found in review: a URL's fragment, which is never sent and which the
+/// response's URL does not keep, made a POST look redirected, and so not
+/// retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_to_a_url_with_a_fragment_is_retried() {
+    bounded(async {
+        // The identity server kept: it stops when dropped.
+        let Setup {
+            identity: _identity,
+            api,
+            handle,
+            client,
+            ..
+        } = setup(with_login).await;
+        api.revoke_current();
+        let response = client
+            .post(format!("{}#summary", api.url("/v1/orders")))
+            .header(CONTENT_TYPE, "application/json")
+            .body(r#"{"item":"widget"}"#)
+            .send()
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(json_of(response).await, json!({"item": "widget"}));
+        assert_eq!(handle.stats().retries, 1);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_larger_than_the_replay_cap_is_still_retried() {
     bounded(async {
