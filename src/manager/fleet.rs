@@ -5,9 +5,9 @@
 //! stored version if one is usable, else takes the lease, refreshes from
 //! the newest stored refresh token and stores the result, else waits for
 //! whoever holds the lease. Any store failure ends the protocol for this
-//! flight: ahead of need (the token still good for more than a refresh
-//! timeout before its mandatory window) it puts the refresh off, to ask the
-//! store again; otherwise it refreshes on its own, as without a store, and
+//! flight: ahead of need (the token still good for more than
+//! `Config::deferral_room`, three to five refresh timeouts, before its
+//! mandatory window) it puts the refresh off, to ask the store again; otherwise it refreshes on its own, as without a store, and
 //! then offers its tokens to the store in the background. Tokens refreshed
 //! under the lease whose write failed are offered the same way.
 

@@ -87,14 +87,20 @@ impl fmt::Debug for StoreKey {
 /// others stored, roll it out in three deploys, each finished before the
 /// next starts: first every process seals with the old key and
 /// [also opens](Encrypted::also_open_with) with the new one; then every
-/// process seals with the new key and also opens with the old one; then
-/// the old key goes. At each step, every record a process may meet opens
+/// process seals with the new key and also opens with the old one; then,
+/// once the stored record has been written again under the new key, the
+/// old key goes. Nothing re-seals a record that is only read: the next
+/// refresh stores one, so before the third deploy let a refresh happen
+/// after the second has finished (wait a token lifetime, or call
+/// [`TokenHandle::force_refresh`](crate::TokenHandle::force_refresh) in
+/// one process). At each step, every record a process may meet then opens
 /// under its keys. A record that opens under none of them (a key changed
-/// in one deploy) leaves every process refreshing on its own, never
-/// overwriting it, until it is deleted (the file, or Redis's
-/// `{prefix}:tokens`); with an issuer that rotates refresh tokens, those
-/// processes present refresh tokens the first of them spent, which are
-/// refused (see [`TokenStore`](crate::store::TokenStore)).
+/// in one deploy, or the old key dropped before a refresh) leaves every
+/// process refreshing on its own, never overwriting it, until it is
+/// deleted (the file, or Redis's `{prefix}:tokens`); with an issuer that
+/// rotates refresh tokens, those processes present refresh tokens the
+/// first of them spent, which are refused (see
+/// [`TokenStore`](crate::store::TokenStore)).
 ///
 /// When one key seals several stores (one secret shared by several
 /// services, each with its own Redis prefix), give each its own context

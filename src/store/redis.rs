@@ -157,7 +157,9 @@ return 0
 ///
 /// # When Redis is unreachable
 ///
-/// Every store call fails within about the timeout with an
+/// Every store call fails within about the timeout (twice it for a call
+/// that must connect first: the connection and the command are bounded
+/// each) with an
 /// [unavailable](StoreError::unavailable) error (never a hang, never a
 /// token in the message). The layer then logs a warning and, once its
 /// token must be replaced, refreshes on its own, as it would without a
