@@ -7,8 +7,9 @@
 //! whoever holds the lease. Any store failure ends the protocol for this
 //! flight: ahead of need (the token still good for more than
 //! `Config::deferral_room`, three to five refresh timeouts, before its
-//! mandatory window) it puts the refresh off, to ask the store again; otherwise it refreshes on its own, as without a store, and
-//! then offers its tokens to the store in the background. Tokens refreshed
+//! mandatory window) it puts the refresh off, to ask the store again;
+//! otherwise it refreshes on its own, as without a store, and then offers
+//! its tokens to the store in the background. Tokens refreshed
 //! under the lease whose write failed are offered the same way.
 
 use std::hash::{BuildHasher, RandomState};
