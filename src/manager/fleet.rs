@@ -56,10 +56,21 @@ impl FlightTask {
             started,
             config.lease_ttl().saturating_add(store.poll_interval_dyn()),
         );
+        // Whether a sibling was seen holding the lease: its refresh is then
+        // under way, and one of this flight's own would present the same
+        // refresh token. A store error after that is waited out (polling
+        // on, until `give_up`) instead of refreshing alone (found in
+        // review: one failed load sent the flight alone beside the holder).
+        let mut seen_held = false;
         loop {
             let known = self.known();
             let stored = match load(&self.shared, store).await {
                 Ok(stored) => stored,
+                Err(error) if seen_held && Instant::now() < give_up => {
+                    store_failed(&self.shared, &error, "waiting for the lease's holder");
+                    wait_for_change(&mut changes, store.poll_interval_dyn()).await;
+                    continue;
+                }
                 Err(error) => return self.alone(shared_store, known, error, ctx).await,
             };
             if let Some(stored) = stored.filter(|s| usable(&self.shared, s, known)) {
@@ -88,7 +99,10 @@ impl FlightTask {
                     }
                     return result;
                 }
-                Ok(None) => {}
+                Ok(None) => seen_held = true,
+                Err(error) if seen_held && Instant::now() < give_up => {
+                    store_failed(&self.shared, &error, "waiting for the lease's holder");
+                }
                 Err(error) => return self.alone(shared_store, known, error, ctx).await,
             }
             if Instant::now() >= give_up {

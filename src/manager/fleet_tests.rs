@@ -1085,6 +1085,34 @@ async fn a_lease_holder_whose_offer_failed_too_tries_again_before_letting_the_le
     assert_eq!(errors, 2, "the write, then the offer's first try");
 }
 
+/// Found in review: a flight that had seen a sibling holding the lease went
+/// alone at its next store error, presenting the refresh token the holder
+/// was presenting. It now waits for the holder, polling on.
+#[tokio::test(start_paused = true)]
+async fn a_flight_that_saw_the_lease_held_waits_out_a_store_error() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    let holder = idp.layer_on(store.clone());
+    let waiter = idp.layer_on(store.clone());
+    holder.handle().force_refresh().await.unwrap(); // login: rt-1, version 1
+    tokio::time::advance(LIFETIME).await; // version 1 expires for everyone
+
+    let leased = holder.handle();
+    let leased = tokio::spawn(async move { leased.force_refresh().await });
+    crate::test_support::settle().await; // the holder refreshes from rt-1
+    let waiting = waiter.handle();
+    let waiting = tokio::spawn(async move { waiting.force_refresh().await });
+    crate::test_support::settle().await; // the lease is seen held
+    store.fail_next.store(true, Ordering::SeqCst); // the waiter's next load
+    leased.await.unwrap().unwrap();
+    let waited = waiting.await.unwrap();
+
+    assert_eq!(idp.counts(), (1, 1, 0), "one refresh, from rt-1 once");
+    waited.expect("the holder's tokens adopted");
+    assert_eq!(waiter.handle().stats().store_errors, 1);
+    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+}
+
 /// The offer never replaces a version stored since the one the flight
 /// knew.
 #[tokio::test(start_paused = true)]
