@@ -4,8 +4,9 @@
 //! in the whole fleet call the refresh source. The flight adopts a newer
 //! stored version if one is usable, else takes the lease, refreshes from
 //! the newest stored refresh token and stores the result, else waits for
-//! whoever holds the lease. Any store failure ends the protocol for this
-//! flight: ahead of need (the token still good for more than
+//! whoever holds the lease. A store failure while a sibling is seen
+//! holding the lease is waited out, polling on; any other ends the
+//! protocol for this flight: ahead of need (the token still good for more than
 //! `Config::deferral_room`, three to five refresh timeouts, before its
 //! mandatory window) it puts the refresh off, to ask the store again;
 //! otherwise it refreshes on its own, as without a store, and then offers

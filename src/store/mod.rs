@@ -38,7 +38,9 @@
 //! present the refresh token a lease holder presents at the same time. A
 //! token that must be replaced (that close to its mandatory window,
 //! rejected, or missing) is refreshed on its own at once, as it would be without a
-//! store, and so is a forced refresh. The process then offers the new
+//! store, and so is a forced refresh, unless the flight has seen another
+//! process holding the refresh lease: then it waits for that process's
+//! tokens, polling on, as long as the lease may last. The process then offers the new
 //! tokens to the store from a task of their own (compare-and-swap over the
 //! version it found there, so never over a newer one; into the store as
 //! its first record if it has lost its data meanwhile, as a Redis restarted
@@ -46,8 +48,8 @@
 //! rotates refresh tokens has spent the one the store may still hold. So
 //! does a process that refreshed under the lease and then failed to write;
 //! it keeps the lease until the offer has settled (within the lease's time
-//! to live), so that no other process refreshes from the spent token
-//! meanwhile. Tokens the layer refuses (an access token already expired,
+//! to live), trying a failed offer again for up to a refresh timeout, so
+//! that no other process refreshes from the spent token meanwhile. Tokens the layer refuses (an access token already expired,
 //! or not a header value) are offered too if they rotated the refresh
 //! token: no request can use them, but theirs is the live refresh token.
 //! An offer whose write timed out may still reach the store later (Redis
