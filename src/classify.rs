@@ -26,7 +26,7 @@
 
 use std::fmt;
 
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 /// Decides from a response's status and headers whether the server rejected
 /// the token. Only the head is inspected: the decision is made before any of
@@ -218,7 +218,7 @@ impl ClassifyRejection for Grpc {
         // a call tonic reports as PERMISSION_DENIED (or even OK) was
         // refreshed for and sent again.
         match headers.get(&GRPC_STATUS) {
-            Some(code) => code.as_bytes() == b"16",
+            Some(code) => is_unauthenticated(code),
             None => Unauthorized.is_rejection(status, headers),
         }
     }
@@ -230,13 +230,19 @@ impl ClassifyRejection for Grpc {
 /// (callgrind, `benches/grpc_throughput.rs`).
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
+/// A `grpc-status` value that is UNAUTHENTICATED (`16`), spelled as tonic
+/// reads it: no spaces, no leading zeros.
+#[inline]
+fn is_unauthenticated(code: &HeaderValue) -> bool {
+    code.as_bytes() == b"16"
+}
+
 /// `grpc-status: 16` (UNAUTHENTICATED) in `headers`, a response's or its
 /// trailers.
+#[cfg(feature = "tonic")]
 #[inline]
 pub(crate) fn grpc_unauthenticated(headers: &HeaderMap) -> bool {
-    headers
-        .get(&GRPC_STATUS)
-        .is_some_and(|value| value.as_bytes() == b"16")
+    headers.get(&GRPC_STATUS).is_some_and(is_unauthenticated)
 }
 
 /// A classifier made from a closure; see [`classify_fn`].
