@@ -674,6 +674,10 @@ where
         }
         *generation = credential.authorize(&mut parts.headers);
         let fut = service.call(Request::from_parts(parts, body));
+        // A retry's instance, called, serves the next retry on this lane.
+        if let Some(service) = unboxed {
+            shared.give_back(service);
+        }
         if first {
             // A request that waited for its first token keeps the instance
             // it was sent through, boxed as it was, for its retry: polled

@@ -84,9 +84,10 @@ pub(crate) use transport::is_loopback;
 ///
 /// A retry is sent through a clone of an instance of the inner service
 /// kept for retries, polled ready before the retry: a response future does
-/// not carry a clone of its own, which would cost one per request. The
-/// instance is taken at the first request that could be retried, once per
-/// lane: a request uses the lane of the thread calling it (about one lane
+/// not carry a clone of its own, which would cost one per request. Once
+/// sent, the retry's instance is kept for the next retry on its lane,
+/// which takes it instead of a clone. The kept instance is taken at the
+/// first request that could be retried, once per lane: a request uses the lane of the thread calling it (about one lane
 /// per core, rounded up to a power of two, at most 8), so that requests
 /// sent on different threads do not write one reference count. A request
 /// that waited for its first token has a clone of its own already, made to

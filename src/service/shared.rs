@@ -21,7 +21,7 @@ pub(crate) struct Shared<S, C> {
     pub(crate) core: Arc<Core<C>>,
     /// Set at the first request; a `Mutex` rather than requiring the inner
     /// service to be `Sync` (a `BoxCloneService` is not).
-    retry_service: OnceLock<Mutex<S>>,
+    retry_service: OnceLock<Mutex<Kept<S>>>,
     /// Lanes are allocated one after the other: without this, one lane's
     /// reference count could share a cache line (128 bytes apart on x86,
     /// which fetches lines in pairs) with the fields of the lane before.
@@ -38,6 +38,19 @@ impl<S, C> Shared<S, C> {
     }
 }
 
+/// The instance retries are cloned from, and one instance a retry sent
+/// through and gave back, for the next retry to take instead of a clone.
+///
+/// A retry used to clone the kept instance and drop its clone right after
+/// the call: for a hyper-util `Client`, half a dozen reference counts
+/// that every thread writes, bumped and dropped once per retry, all within
+/// the burst of retries that follows a revocation. A retry is sent within
+/// one poll of its future, so one spare per lane is enough for the next.
+struct Kept<S> {
+    original: S,
+    spare: Option<S>,
+}
+
 impl<S: Clone, C> Shared<S, C> {
     /// Keeps a clone of `inner` for retries, at the first request that
     /// could be retried. Called only by `RetryCopy::of`, so every retry
@@ -45,14 +58,41 @@ impl<S: Clone, C> Shared<S, C> {
     #[inline]
     pub(crate) fn remember(&self, inner: &S) {
         if self.retry_service.get().is_none() {
-            self.retry_service.get_or_init(|| Mutex::new(inner.clone()));
+            self.retry_service.get_or_init(|| {
+                Mutex::new(Kept {
+                    original: inner.clone(),
+                    spare: None,
+                })
+            });
         }
     }
 
-    /// A clone of the inner service for one retry; `None` only if no retry
+    /// An instance of the inner service for one retry, not polled ready:
+    /// the spare a retry gave back, or a clone. `None` only if no retry
     /// copy was ever made, which cannot be for a request being retried.
     pub(crate) fn retry_service(&self) -> Option<S> {
         let kept = self.retry_service.get()?;
-        Some(kept.lock().unwrap_or_else(PoisonError::into_inner).clone())
+        let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(kept.spare.take().unwrap_or_else(|| kept.original.clone()))
+    }
+
+    /// Takes back an instance a retry was sent through (called, so it
+    /// holds no readiness), as the spare; dropped outside the lock if
+    /// there is one already.
+    pub(crate) fn give_back(&self, service: S) {
+        let Some(kept) = self.retry_service.get() else {
+            return;
+        };
+        let extra = {
+            let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+            match kept.spare {
+                None => {
+                    kept.spare = Some(service);
+                    None
+                }
+                Some(_) => Some(service),
+            }
+        };
+        drop(extra);
     }
 }

@@ -740,7 +740,7 @@ where
 }
 
 #[tokio::test(start_paused = true)]
-async fn requests_do_not_clone_the_inner_service_and_a_retry_clones_it_once() {
+async fn requests_do_not_clone_the_inner_service_and_retries_clone_it_once() {
     use std::sync::atomic::Ordering::SeqCst;
     use tower::Service as _;
     let api = Api::default();
@@ -776,7 +776,22 @@ async fn requests_do_not_clone_the_inner_service_and_a_retry_clones_it_once() {
         StatusCode::OK,
         "retried with the new token"
     );
-    assert_eq!(clones.load(SeqCst) - by_send, kept + 1, "and one per retry");
+    assert_eq!(clones.load(SeqCst) - by_send, kept + 1, "and one retry one");
+
+    // The next retry on this lane goes through the instance the last one
+    // gave back: no clone.
+    tokio::time::advance(Duration::from_secs(10)).await; // past min_refresh_interval
+    api.revoke("tok-1");
+    let ready = ServiceExt::<Request<TestBody>>::ready(&mut client)
+        .await
+        .unwrap();
+    let response = ready.call(post("and again")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        clones.load(SeqCst) - by_send,
+        kept + 1,
+        "the second retry took the spare"
+    );
 }
 
 /// A layer with no tokens whose source issues `first`, which `api` never
