@@ -177,7 +177,7 @@ fn strings_besides<'a>(
     found: &mut Vec<&'a str>,
 ) {
     if let Value::String(text) = value {
-        if !besides.contains(&pointer.as_str()) {
+        if !besides.iter().any(|said| said_at(said, pointer)) {
             found.push(text);
         }
         return;
@@ -197,6 +197,17 @@ fn strings_besides<'a>(
             .for_each(|(i, value)| visit(&i.to_string(), value)),
         _ => {}
     }
+}
+
+/// Whether the string at `pointer` is what the field at `said` says: the
+/// field itself, or an item of it as [`said_text`] reads a list. Found in
+/// review: a list's items counted as other strings, each redacted from
+/// the very message they make up.
+fn said_at(said: &str, pointer: &str) -> bool {
+    let item = pointer
+        .strip_prefix(said)
+        .and_then(|rest| rest.strip_prefix('/'));
+    pointer == said || item.is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The secrets a refresh request carried, to redact from the server's

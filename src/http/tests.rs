@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::*;
+use crate::store::TokenStore as _;
 use crate::{RefreshReason, TokenRefreshLayer};
 
 type Answer = Response<Full<Bytes>>;
@@ -229,6 +230,26 @@ async fn a_success_without_tokens_keeps_what_the_answer_says() {
         "{message}"
     );
 
+    // A message given as a list, in an answer that says it failed: its
+    // items are what it says, not other strings to redact from it.
+    let (idp, _) = endpoint(|| {
+        json(
+            StatusCode::OK,
+            r#"{"success":false,"error":{"message":["session expired","sign in again"]}}"#,
+        )
+    });
+    let refresher = HttpRefresher::dynamosql("https://api.example.com/v1/auth/refresh", idp);
+    let message = refresher
+        .refresh(ctx())
+        .await
+        .unwrap_err()
+        .message()
+        .to_owned();
+    assert!(
+        message.ends_with("says: session expired; sign in again"),
+        "{message}"
+    );
+
     // A token under a name the dialect does not read (camel case, for a
     // dialect reading `access_token`), quoted in the message.
     let (idp, _) = endpoint(|| {
@@ -242,6 +263,40 @@ async fn a_success_without_tokens_keeps_what_the_answer_says() {
     assert!(
         shown.contains("says: issued [redacted] and [redacted]"),
         "{shown}"
+    );
+}
+
+/// Found in review: a token of another kind than Bearer is refused for
+/// good, but the answer rotated the refresh token. The new one was
+/// dropped with the answer, and a fleet's store kept the spent one for the
+/// next process to present. It is kept and stored, as a refused answer's
+/// is.
+#[tokio::test]
+async fn a_token_of_another_kind_keeps_its_rotated_refresh_token_for_the_fleet() {
+    let (idp, calls) = endpoint(|| {
+        json(
+            StatusCode::OK,
+            r#"{"access_token":"a2","token_type":"DPoP","expires_in":60,"refresh_token":"r2"}"#,
+        )
+    });
+    let refresher = HttpRefresher::oauth2("https://idp.example.com/token", idp).client_id("app");
+    let store = crate::store::MemoryStore::new();
+    let layer = TokenRefreshLayer::builder(refresher)
+        .store(store.clone())
+        .initial_tokens(TokenSet::new("a1").with_refresh_token("r1"))
+        .build();
+    let error = layer.handle().force_refresh().await.unwrap_err();
+    assert!(error.refresh_error().unwrap().is_terminal(), "{error}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    crate::test_support::settle().await; // an offer runs on its own task
+    let record = store.load().await.unwrap().expect("a record stored");
+    let stored = crate::store::decode(record.payload(), std::time::SystemTime::now()).unwrap();
+    let kept = stored.tokens.refresh_token().map(|r| r.expose().to_owned());
+    assert_eq!(
+        kept.as_deref(),
+        Some("r2"),
+        "the rotated refresh token is stored"
     );
 }
 

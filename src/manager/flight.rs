@@ -450,7 +450,19 @@ impl FlightTask {
             .is_some_and(|presented| shared.lock().dead_refresh_token.as_ref() == Some(presented));
         if (ctx.current().is_some() && !dead) || login.is_none() {
             match self.timed(Arc::clone(&shared.refresher), ctx.clone()).await {
-                Err((error, kind)) if error.is_terminal() => {
+                Err((mut error, kind)) if error.is_terminal() => {
+                    // Refused for good, yet with a new refresh token in it
+                    // (a token of a kind other than Bearer): the one
+                    // presented is spent and the new one may be the only
+                    // live one, kept and offered as refused tokens are.
+                    // Found in review: dropped, it was lost to the fleet,
+                    // whose store kept the spent one for the next process.
+                    if let Some(replacement) = error.take_replacement() {
+                        let carrier =
+                            TokenSet::new(NO_ACCESS_TOKEN).with_refresh_token(replacement);
+                        self.note_spent(&ctx, &carrier);
+                        return Ok(Obtained::refused(carrier, (error, kind)));
+                    }
                     shared.lock().dead_refresh_token = presented.cloned();
                     if let Some((store, base)) = reread {
                         if let Some(adopted) = self.adopt_newer(store, base).await {
