@@ -67,6 +67,11 @@ impl FlightTask {
             let known = self.known();
             let stored = match load(&self.shared, store).await {
                 Ok(stored) => stored,
+                // A record that does not read too: the holder's write
+                // replaces it, and going alone would present the refresh
+                // token the holder is presenting. (Should the holder's
+                // record not read either, a key this process lacks, the
+                // flight times out at `give_up`: slower, but no reuse.)
                 Err(error) if seen_held && Instant::now() < give_up => {
                     store_failed(&self.shared, &error, "waiting for the lease's holder");
                     wait_for_change(&mut changes, store.poll_interval_dyn()).await;
@@ -653,19 +658,20 @@ impl Offer {
         let (settled, pending) = watch::channel(());
         control.pending_offer = Some(pending);
         let shared = Arc::clone(shared);
+        let one_call = shared.config.refresh_timeout;
+        // Tried again within one refresh timeout of now, about as long as
+        // the process's own next flight waits for an offer, and only where
+        // a whole attempt (a swap, a load and a swap) ends before the lease
+        // does.
+        let stop_by = later(Instant::now(), one_call);
         runtime.spawn(async move {
             // Encoded here, not under the caller's lock.
             let record = record_of(&tokens, next, self.obtained_at);
             let mut stored = self.attempt(&shared, &record, &mut next).await;
-            let one_call = shared.config.refresh_timeout;
-            // Tried again for one refresh timeout at most: as long as the
-            // process's own next flight waits for an offer (a longer one
-            // would keep that flight from the lease too).
-            let stop_by = later(Instant::now(), one_call);
             let mut pause = OFFER_RETRY_FIRST;
             while let (Err(error), Some(held)) = (&stored, &self.lease) {
                 let retry_at = later(Instant::now(), pause);
-                if retry_at > stop_by || later(retry_at, one_call) > held.ends {
+                if retry_at > stop_by || later(retry_at, one_call.saturating_mul(3)) > held.ends {
                     break;
                 }
                 store_failed(

@@ -1113,6 +1113,36 @@ async fn a_flight_that_saw_the_lease_held_waits_out_a_store_error() {
     assert_eq!(idp.stored_live_version(&store.inner).await, 2);
 }
 
+/// Found in review, and kept: a flight that saw the lease held waits out
+/// a record that does not read too. The holder's write replaces it (its
+/// swap checks the version only); going alone instead would present the
+/// refresh token the holder is presenting.
+#[tokio::test(start_paused = true)]
+async fn a_flight_that_saw_the_lease_held_waits_out_an_unreadable_record() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    let holder = idp.layer_on(store.clone());
+    let waiter = idp.layer_on(store.clone());
+    holder.handle().force_refresh().await.unwrap(); // login: rt-1, version 1
+    tokio::time::advance(LIFETIME).await;
+
+    let leased = holder.handle();
+    let leased = tokio::spawn(async move { leased.force_refresh().await });
+    crate::test_support::settle().await; // the holder refreshes from rt-1
+    let waiting = waiter.handle();
+    let waiting = tokio::spawn(async move { waiting.force_refresh().await });
+    crate::test_support::settle().await; // the lease is seen held
+    store
+        .inner
+        .overwrite_unannounced(Record::new(1, b"{forged".to_vec()));
+    leased.await.unwrap().unwrap();
+    let waited = waiting.await.unwrap();
+
+    assert_eq!(idp.counts(), (1, 1, 0), "rt-1 presented once");
+    waited.expect("the holder's tokens adopted");
+    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+}
+
 /// The offer never replaces a version stored since the one the flight
 /// knew.
 #[tokio::test(start_paused = true)]
