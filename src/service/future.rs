@@ -24,15 +24,15 @@ use crate::manager::{later, timer_at, Credential, Decision, Flight, Newest, Wait
 use crate::{BoxError, Error};
 
 /// What a retry needs: a copy of the request head, a replaying body and,
-/// once the retry is due, a clone of the inner service (polled ready
-/// before the retry). A request held before its first send is kept here
+/// once the retry is due, an instance of the inner service (the last
+/// retry's on this lane, or a clone; polled ready before the retry). A request held before its first send is kept here
 /// whole, with a clone of the inner service polled ready once its token
 /// has come; that clone then stays, for the retry.
 ///
 /// The service is boxed: it is only there on the slow paths, and inline
 /// it would make every response future as large as a client (304 bytes
-/// for hyper-util's), copied each time the future moves. A retry's clone
-/// is boxed only while it is not ready: most services are always ready,
+/// for hyper-util's), copied each time the future moves. A retry's
+/// instance is boxed only while it is not ready: most services are always ready,
 /// and a retry then costs no allocation for it.
 pub(crate) struct RetryCopy<S, B> {
     service: Option<Box<S>>,
@@ -156,8 +156,8 @@ impl<S, B> RetryCopy<S, B> {
     }
 
     /// Polls a service to send through ready: the one held here, which
-    /// stays in its box (`None`), or else a clone of the instance kept for
-    /// retries (`Some`), held here only while it is not ready.
+    /// stays in its box (`None`), or else an instance for retries from
+    /// `shared` (`Some`), held here only while it is not ready.
     fn poll_service<C>(
         &mut self,
         shared: &Shared<S, C>,

@@ -5,14 +5,15 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use super::Core;
 
-/// The layer's core, and the instance of the inner service that retries
-/// are sent through clones of.
+/// The layer's core, and the instances of the inner service that retries
+/// are sent through.
 ///
 /// A response future able to retry used to carry its own clone of the
 /// inner service, made on every request. For a hyper-util `Client` that is
 /// half a dozen reference counts, shared by every task and thread, bumped
 /// and dropped per request for a retry few requests make. Now a retry
-/// clones this instance, taken from the service at its first request.
+/// takes the instance the last retry on this lane gave back, or else
+/// clones the one taken from the service at its first request ([`Kept`]).
 ///
 /// Each request uses the copy of its thread's [lane](super::lanes).
 /// `repr(C)` keeps the padding last, after the fields requests read.
@@ -46,6 +47,11 @@ impl<S, C> Shared<S, C> {
 /// that every thread writes, bumped and dropped once per retry, all within
 /// the burst of retries that follows a revocation. A retry is sent within
 /// one poll of its future, so one spare per lane is enough for the next.
+///
+/// A spare is safe to hand out because it was called: a call takes
+/// whatever readiness the instance held (a `Buffer` slot, a permit), so
+/// the spare holds none, and it is polled ready before its next call as
+/// any instance is.
 struct Kept<S> {
     original: S,
     spare: Option<S>,
