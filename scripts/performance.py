@@ -507,7 +507,9 @@ def tables(data):
         "the runs' p99 added is in the targets below). In brackets, the 95 % interval of "
         "a median: the runs' order statistics that hold the median of what "
         "they were drawn from with at least 95 % probability, whatever its "
-        "distribution. A target is met when the whole interval of the median "
+        "distribution, if the runs are independent (they run back to back in "
+        "one process, and this machine's speed drifts over tens of seconds: "
+        "the true cover may be lower). A target is met when the whole interval of the median "
         "margin (each run's p99 added minus its own target) is at or under "
         "zero, missed when all of it is over, and unresolved when it "
         "straddles zero.",
