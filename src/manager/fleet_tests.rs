@@ -1090,27 +1090,11 @@ async fn a_lease_holder_whose_offer_failed_too_tries_again_before_letting_the_le
 /// was presenting. It now waits for the holder, polling on.
 #[tokio::test(start_paused = true)]
 async fn a_flight_that_saw_the_lease_held_waits_out_a_store_error() {
-    let idp = Rotating::taking(Duration::from_secs(1));
-    let store = FaultyLoads::default();
-    let holder = idp.layer_on(store.clone());
-    let waiter = idp.layer_on(store.clone());
-    holder.handle().force_refresh().await.unwrap(); // login: rt-1, version 1
-    tokio::time::advance(LIFETIME).await; // version 1 expires for everyone
-
-    let leased = holder.handle();
-    let leased = tokio::spawn(async move { leased.force_refresh().await });
-    crate::test_support::settle().await; // the holder refreshes from rt-1
-    let waiting = waiter.handle();
-    let waiting = tokio::spawn(async move { waiting.force_refresh().await });
-    crate::test_support::settle().await; // the lease is seen held
-    store.fail_next.store(true, Ordering::SeqCst); // the waiter's next load
-    leased.await.unwrap().unwrap();
-    let waited = waiting.await.unwrap();
-
-    assert_eq!(idp.counts(), (1, 1, 0), "one refresh, from rt-1 once");
-    waited.expect("the holder's tokens adopted");
-    assert_eq!(waiter.handle().stats().store_errors, 1);
-    assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+    let waiter = waits_for_the_holder_past(|store| {
+        store.fail_next.store(true, Ordering::SeqCst); // the waiter's next load
+    })
+    .await;
+    assert_eq!(waiter.stats().store_errors, 1);
 }
 
 /// Found in review, and kept: a flight that saw the lease held waits out
@@ -1119,28 +1103,37 @@ async fn a_flight_that_saw_the_lease_held_waits_out_a_store_error() {
 /// refresh token the holder is presenting.
 #[tokio::test(start_paused = true)]
 async fn a_flight_that_saw_the_lease_held_waits_out_an_unreadable_record() {
+    waits_for_the_holder_past(|store| {
+        let forged = Record::new(1, b"{forged".to_vec());
+        store.inner.overwrite_unannounced(forged);
+    })
+    .await;
+}
+
+/// Two layers on one store from rt-1, expired: the holder refreshes under
+/// the lease (1 s), the waiter sees the lease held, then meets `fault`.
+/// Asserts that rt-1 was presented once and the waiter adopted the
+/// holder's tokens; returns the waiter's handle.
+async fn waits_for_the_holder_past(fault: impl FnOnce(&FaultyLoads)) -> crate::TokenHandle {
     let idp = Rotating::taking(Duration::from_secs(1));
     let store = FaultyLoads::default();
-    let holder = idp.layer_on(store.clone());
-    let waiter = idp.layer_on(store.clone());
-    holder.handle().force_refresh().await.unwrap(); // login: rt-1, version 1
-    tokio::time::advance(LIFETIME).await;
+    let holder = idp.layer_on(store.clone()).handle();
+    let waiter = idp.layer_on(store.clone()).handle();
+    holder.force_refresh().await.unwrap(); // login: rt-1, version 1
+    tokio::time::advance(LIFETIME).await; // version 1 expires for everyone
 
-    let leased = holder.handle();
-    let leased = tokio::spawn(async move { leased.force_refresh().await });
+    let leased = refreshing_in_the_background(&holder);
     crate::test_support::settle().await; // the holder refreshes from rt-1
-    let waiting = waiter.handle();
-    let waiting = tokio::spawn(async move { waiting.force_refresh().await });
+    let waiting = refreshing_in_the_background(&waiter);
     crate::test_support::settle().await; // the lease is seen held
-    store
-        .inner
-        .overwrite_unannounced(Record::new(1, b"{forged".to_vec()));
+    fault(&store);
     leased.await.unwrap().unwrap();
     let waited = waiting.await.unwrap();
 
     assert_eq!(idp.counts(), (1, 1, 0), "rt-1 presented once");
     waited.expect("the holder's tokens adopted");
     assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+    waiter
 }
 
 /// The offer never replaces a version stored since the one the flight
