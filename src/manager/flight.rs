@@ -449,20 +449,10 @@ impl FlightTask {
         let dead = presented
             .is_some_and(|presented| shared.lock().dead_refresh_token.as_ref() == Some(presented));
         if (ctx.current().is_some() && !dead) || login.is_none() {
-            match self.timed(Arc::clone(&shared.refresher), ctx.clone()).await {
-                Err((mut error, kind)) if error.is_terminal() => {
-                    // Refused for good, yet with a new refresh token in it
-                    // (a token of a kind other than Bearer): the one
-                    // presented is spent and the new one may be the only
-                    // live one, kept and offered as refused tokens are.
-                    // Found in review: dropped, it was lost to the fleet,
-                    // whose store kept the spent one for the next process.
-                    if let Some(replacement) = error.take_replacement() {
-                        let carrier =
-                            TokenSet::new(NO_ACCESS_TOKEN).with_refresh_token(replacement);
-                        self.note_spent(&ctx, &carrier);
-                        return Ok(Obtained::refused(carrier, (error, kind)));
-                    }
+            let answer = self.timed(Arc::clone(&shared.refresher), ctx.clone()).await;
+            match answer.map_err(|failed| self.keep_replacement(&ctx, failed)) {
+                Err(Ok(kept)) => return Ok(kept),
+                Err(Err((error, kind))) if error.is_terminal() => {
                     shared.lock().dead_refresh_token = presented.cloned();
                     if let Some((store, base)) = reread {
                         if let Some(adopted) = self.adopt_newer(store, base).await {
@@ -474,16 +464,7 @@ impl FlightTask {
                     }
                     tracing::info!(error = %error, "refresh credential rejected; logging in");
                 }
-                Err((mut error, kind)) => {
-                    // An answer refused for what it lacks, with a new
-                    // refresh token in it: kept as refused tokens are.
-                    let Some(replacement) = error.take_replacement() else {
-                        return Err((error, kind));
-                    };
-                    let carrier = TokenSet::new(NO_ACCESS_TOKEN).with_refresh_token(replacement);
-                    self.note_spent(&ctx, &carrier);
-                    return Ok(Obtained::refused(carrier, (error, kind)));
-                }
+                Err(Err(failed)) => return Err(failed),
                 Ok((tokens, sent)) => {
                     self.note_spent(&ctx, &tokens);
                     // Many issuers return no new refresh token on refresh:
@@ -499,6 +480,23 @@ impl FlightTask {
         self.timed(Arc::clone(login), ctx)
             .await
             .map(|(tokens, sent)| Obtained::fetched(tokens, sent))
+    }
+
+    /// A refused answer's new refresh token, if it held one, kept as
+    /// refused tokens are (and offered to the store), whatever the
+    /// failure's class: the one `ctx` presented is spent, and the new one
+    /// may be the only live one. Refused for what it lacks, or for good (a
+    /// token of a kind other than Bearer; found in review: dropped there,
+    /// it was lost to the fleet, whose store kept the spent one for the
+    /// next process). `Err` gives the failure back when it held none.
+    fn keep_replacement(&self, ctx: &RefreshContext, failed: Failed) -> Result<Obtained, Failed> {
+        let (mut error, kind) = failed;
+        let Some(replacement) = error.take_replacement() else {
+            return Err((error, kind));
+        };
+        let carrier = TokenSet::new(NO_ACCESS_TOKEN).with_refresh_token(replacement);
+        self.note_spent(ctx, &carrier);
+        Ok(Obtained::refused(carrier, (error, kind)))
     }
 
     /// In fleet mode, notes the refresh token `ctx` presented as spent if
