@@ -449,10 +449,14 @@ impl FlightTask {
         let dead = presented
             .is_some_and(|presented| shared.lock().dead_refresh_token.as_ref() == Some(presented));
         if (ctx.current().is_some() && !dead) || login.is_none() {
-            let answer = self.timed(Arc::clone(&shared.refresher), ctx.clone()).await;
-            match answer.map_err(|failed| self.keep_replacement(&ctx, failed)) {
-                Err(Ok(kept)) => return Ok(kept),
-                Err(Err((error, kind))) if error.is_terminal() => {
+            match self.timed(Arc::clone(&shared.refresher), ctx.clone()).await {
+                Err((mut error, kind)) => {
+                    if let Some(carrier) = self.replacement_kept(&ctx, &mut error) {
+                        return Ok(Obtained::refused(carrier, (error, kind)));
+                    }
+                    if !error.is_terminal() {
+                        return Err((error, kind));
+                    }
                     shared.lock().dead_refresh_token = presented.cloned();
                     if let Some((store, base)) = reread {
                         if let Some(adopted) = self.adopt_newer(store, base).await {
@@ -464,7 +468,6 @@ impl FlightTask {
                     }
                     tracing::info!(error = %error, "refresh credential rejected; logging in");
                 }
-                Err(Err(failed)) => return Err(failed),
                 Ok((tokens, sent)) => {
                     self.note_spent(&ctx, &tokens);
                     // Many issuers return no new refresh token on refresh:
@@ -482,21 +485,17 @@ impl FlightTask {
             .map(|(tokens, sent)| Obtained::fetched(tokens, sent))
     }
 
-    /// A refused answer's new refresh token, if it held one, kept as
-    /// refused tokens are (and offered to the store), whatever the
-    /// failure's class: the one `ctx` presented is spent, and the new one
-    /// may be the only live one. Refused for what it lacks, or for good (a
-    /// token of a kind other than Bearer; found in review: dropped there,
-    /// it was lost to the fleet, whose store kept the spent one for the
-    /// next process). `Err` gives the failure back when it held none.
-    fn keep_replacement(&self, ctx: &RefreshContext, failed: Failed) -> Result<Obtained, Failed> {
-        let (mut error, kind) = failed;
-        let Some(replacement) = error.take_replacement() else {
-            return Err((error, kind));
-        };
-        let carrier = TokenSet::new(NO_ACCESS_TOKEN).with_refresh_token(replacement);
+    /// A refused answer's new refresh token, taken out of `error` if it
+    /// held one, as tokens to keep as refused ones are (and to offer to
+    /// the store), whatever the failure's class: the one `ctx` presented is
+    /// spent, and the new one may be the only live one. Refused for what it
+    /// lacks, or for good (a token of a kind other than Bearer; found in
+    /// review: dropped there, it was lost to the fleet, whose store kept
+    /// the spent one for the next process).
+    fn replacement_kept(&self, ctx: &RefreshContext, error: &mut RefreshError) -> Option<TokenSet> {
+        let carrier = TokenSet::new(NO_ACCESS_TOKEN).with_refresh_token(error.take_replacement()?);
         self.note_spent(ctx, &carrier);
-        Ok(Obtained::refused(carrier, (error, kind)))
+        Some(carrier)
     }
 
     /// In fleet mode, notes the refresh token `ctx` presented as spent if
