@@ -2126,10 +2126,38 @@ fn dropped_while_storing(idp: &Rotating) -> (String, Result<(), crate::Error>) {
 fn a_replaced_refresh_dropped_while_storing_installs_nothing() {
     let idp = Rotating::taking(Duration::from_secs(1));
     let store = FaultyLoads::default();
-    // Obtains at-2 at 1 s and stores it as version 2; the swap's answer
-    // takes 5 s, and the runtime stops driving it at 1.5 s.
-    let (first, layer) = left_mid_refresh(&idp, &store, &store.slow_replies, 5_000);
+    let replaced = replaced_mid_write(&idp, &store);
+    replaced.second.block_on(async {
+        assert_eq!(idp.stored_live_version(&store.inner).await, 3);
+    });
+    drop(replaced.first);
+    assert_eq!(
+        replaced
+            .layer
+            .handle()
+            .tokens()
+            .unwrap()
+            .access_token()
+            .expose(),
+        "at-1",
+        "the replaced refresh's tokens are not installed"
+    );
+    the_replacement_stands(&idp, replaced.second, &replaced.layer, replaced.replacing);
+}
 
+/// A refresh left mid-write on a first paused runtime (at-2 obtained at
+/// 1 s and stored as version 2, the swap's answer 5 s away, the runtime
+/// no longer driven from 1.5 s), and, on a second, a refresh replacing
+/// it, 1.5 s under way.
+struct Replaced {
+    first: tokio::runtime::Runtime,
+    second: tokio::runtime::Runtime,
+    layer: TokenRefreshLayer,
+    replacing: tokio::task::JoinHandle<Result<(), crate::Error>>,
+}
+
+fn replaced_mid_write(idp: &Rotating, store: &FaultyLoads) -> Replaced {
+    let (first, layer) = left_mid_refresh(idp, store, &store.slow_replies, 5_000);
     let second = crate::test_support::paused_runtime();
     // Past the first refresh's deadline and its lease, and at-2 past its
     // time (the record is dated by the wall clock, which a paused clock
@@ -2141,24 +2169,30 @@ fn a_replaced_refresh_dropped_while_storing_installs_nothing() {
         age_the_stored_record(&store.inner, LIFETIME).await;
     });
     let replacing = {
-        let handle = layer.handle();
-        second.spawn(async move { handle.force_refresh().await })
+        let _on_the_second = second.enter();
+        refreshing_in_the_background(&layer.handle())
     };
-    second.block_on(async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(idp.stored_live_version(&store.inner).await, 3);
-    });
-    drop(first);
-    assert_eq!(
-        layer.handle().tokens().unwrap().access_token().expose(),
-        "at-1",
-        "the replaced refresh's tokens are not installed"
-    );
+    second.block_on(async { tokio::time::sleep(Duration::from_millis(1500)).await });
+    Replaced {
+        first,
+        second,
+        layer,
+        replacing,
+    }
+}
 
+/// The replacing refresh ends with its tokens (at-3) installed, and the
+/// next refresh presents no spent refresh token.
+fn the_replacement_stands(
+    idp: &Rotating,
+    second: tokio::runtime::Runtime,
+    layer: &TokenRefreshLayer,
+    replacing: tokio::task::JoinHandle<Result<(), crate::Error>>,
+) {
     second.block_on(async {
         replacing.await.unwrap().unwrap();
         let tokens = layer.handle().tokens().unwrap();
-        assert_eq!(tokens.access_token().expose(), "at-3");
+        assert_eq!(tokens.access_token().expose(), "at-3", "not overtaken");
         tokio::time::advance(Duration::from_secs(3600)).await;
         layer.handle().force_refresh().await.unwrap();
     });
@@ -2299,31 +2333,20 @@ fn tokens_by_hand() -> TokenSet {
 fn a_replaced_refresh_finishing_late_does_not_overtake_its_replacement() {
     let idp = Rotating::taking(Duration::from_secs(1));
     let store = FaultyLoads::default();
-    // As above: at-2 stored as version 2, the swap's answer at 6 s.
-    let (first, layer) = left_mid_refresh(&idp, &store, &store.slow_replies, 5_000);
-    let second = crate::test_support::paused_runtime();
-    second.block_on(async {
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        age_the_stored_record(&store.inner, LIFETIME).await;
-    });
-    let replacing = {
-        let handle = layer.handle();
-        second.spawn(async move { handle.force_refresh().await })
-    };
-    second.block_on(async { tokio::time::sleep(Duration::from_millis(1500)).await });
+    let replaced = replaced_mid_write(&idp, &store);
     // The first runtime drives its refresh again: its answer comes.
-    first.block_on(async { tokio::time::sleep(Duration::from_secs(10)).await });
+    replaced
+        .first
+        .block_on(async { tokio::time::sleep(Duration::from_secs(10)).await });
     assert_eq!(
-        layer.handle().tokens().unwrap().access_token().expose(),
+        replaced
+            .layer
+            .handle()
+            .tokens()
+            .unwrap()
+            .access_token()
+            .expose(),
         "at-2"
     );
-
-    second.block_on(async {
-        replacing.await.unwrap().unwrap();
-        let tokens = layer.handle().tokens().unwrap();
-        assert_eq!(tokens.access_token().expose(), "at-3", "not overtaken");
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        layer.handle().force_refresh().await.unwrap();
-    });
-    assert_eq!(idp.counts(), (1, 3, 0), "no spent refresh token presented");
+    the_replacement_stands(&idp, replaced.second, &replaced.layer, replaced.replacing);
 }
