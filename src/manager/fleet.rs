@@ -654,7 +654,6 @@ impl Offer {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let mut next = next_version(self.expected, self.known);
         let (settled, pending) = watch::channel(());
         control.pending_offer = Some(pending);
         let shared = Arc::clone(shared);
@@ -666,8 +665,8 @@ impl Offer {
         let stop_by = later(Instant::now(), one_call);
         runtime.spawn(async move {
             // Encoded here, not under the caller's lock.
-            let record = record_of(&tokens, next, self.obtained_at);
-            let mut stored = self.attempt(&shared, &record, &mut next).await;
+            let payload = payload_of(&tokens, self.obtained_at);
+            let (mut stored, mut version) = self.attempt(&shared, &payload).await;
             let mut pause = OFFER_RETRY_FIRST;
             while let (Err(error), Some(held)) = (&stored, &self.lease) {
                 let retry_at = later(Instant::now(), pause);
@@ -681,8 +680,7 @@ impl Offer {
                 );
                 tokio::time::sleep(pause).await;
                 pause = pause.saturating_mul(2).min(OFFER_RETRY_MAX);
-                next = next_version(self.expected, self.known);
-                stored = self.attempt(&shared, &record, &mut next).await;
+                (stored, version) = self.attempt(&shared, &payload).await;
             }
             match stored {
                 // The process knows it as its own. Moved on meanwhile (it
@@ -693,7 +691,7 @@ impl Offer {
                 // offer was out were replaced by it).
                 Ok(true) => {
                     let mut control = shared.lock();
-                    control.store_version = control.store_version.max(Some(next));
+                    control.store_version = control.store_version.max(Some(version));
                 }
                 // Another process stored newer tokens meanwhile.
                 Ok(false) => {}
@@ -718,20 +716,17 @@ const OFFER_RETRY_FIRST: Duration = Duration::from_millis(200);
 const OFFER_RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Offer {
-    /// One offer of `record` as `next`, over the version the flight read;
-    /// `next` is moved past whatever it replaces instead.
-    async fn attempt(
-        &self,
-        shared: &Shared,
-        encoded: &Record,
-        next: &mut u64,
-    ) -> Result<bool, StoreError> {
+    /// One offer of `payload` over the version the flight read, as the
+    /// version after it (or, replacing what the store holds instead, after
+    /// that): whether it was stored, and as which version.
+    async fn attempt(&self, shared: &Shared, payload: &[u8]) -> (Result<bool, StoreError>, u64) {
         let config = &shared.config;
-        let record = |version| Record::new(version, encoded.payload().to_vec());
+        let record = |version| Record::new(version, payload.to_vec());
+        let next = next_version(self.expected, self.known);
         let stored = call(
             config,
             self.store
-                .compare_and_swap_boxed(self.expected, record(*next)),
+                .compare_and_swap_boxed(self.expected, record(next)),
         )
         .await;
         // Refused, the swap may have found no sibling's newer tokens but a
@@ -739,21 +734,18 @@ impl Offer {
         // tokens replace them, or the store stays empty (a sibling logs
         // in) or spent (a sibling refreshes in vain).
         if !matches!(stored, Ok(false)) {
-            return stored;
+            return (stored, next);
         }
         match replaceable(shared, &*self.store).await {
             Ok(Some(over)) => {
-                *next = next_version(over.max(self.expected), self.known);
-                call(
-                    config,
-                    self.store.compare_and_swap_boxed(over, record(*next)),
-                )
-                .await
+                let next = next_version(over.max(self.expected), self.known);
+                let swap = self.store.compare_and_swap_boxed(over, record(next));
+                (call(config, swap).await, next)
             }
-            Ok(None) => stored,
+            Ok(None) => (stored, next),
             Err(error) => {
                 store_failed(shared, &error, "re-reading the store");
-                stored
+                (stored, next)
             }
         }
     }
@@ -788,10 +780,16 @@ fn store_failed(shared: &Shared, error: &StoreError, doing: &str) {
 /// The record storing `tokens`, whose lifetime started at `obtained_at`,
 /// as `version`.
 fn record_of(tokens: &TokenSet, version: u64, obtained_at: Instant) -> Record {
+    Record::new(version, payload_of(tokens, obtained_at))
+}
+
+/// What a record of `tokens`, whose lifetime started at `obtained_at`,
+/// holds.
+fn payload_of(tokens: &TokenSet, obtained_at: Instant) -> Vec<u8> {
     let issued = SystemTime::now()
         .checked_sub(obtained_at.elapsed())
         .unwrap_or_else(SystemTime::now);
-    Record::new(version, store::encode(tokens, issued).to_vec())
+    store::encode(tokens, issued).to_vec()
 }
 
 /// Resolves at the next announced version, or after `poll`.
