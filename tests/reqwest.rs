@@ -722,17 +722,12 @@ async fn json_post_is_retried_with_its_body_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_to_a_url_with_a_fragment_is_retried() {
     bounded(async {
-        // The identity server kept: it stops when dropped.
-        let Setup {
-            identity: _identity,
-            api,
-            handle,
-            client,
-            ..
-        } = setup(with_login).await;
-        api.revoke_current();
-        let response = client
-            .post(format!("{}#summary", api.url("/v1/orders")))
+        // Kept whole: its identity server stops when dropped.
+        let setup = setup(with_login).await;
+        setup.api.revoke_current();
+        let response = setup
+            .client
+            .post(format!("{}#summary", setup.api.url("/v1/orders")))
             .header(CONTENT_TYPE, "application/json")
             .body(r#"{"item":"widget"}"#)
             .send()
@@ -741,7 +736,7 @@ async fn a_post_to_a_url_with_a_fragment_is_retried() {
 
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(json_of(response).await, json!({"item": "widget"}));
-        assert_eq!(handle.stats().retries, 1);
+        assert_eq!(setup.handle.stats().retries, 1);
     })
     .await;
 }
