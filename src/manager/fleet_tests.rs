@@ -2132,13 +2132,7 @@ fn a_replaced_refresh_dropped_while_storing_installs_nothing() {
     });
     drop(replaced.first);
     assert_eq!(
-        replaced
-            .layer
-            .handle()
-            .tokens()
-            .unwrap()
-            .access_token()
-            .expose(),
+        installed(&replaced.layer),
         "at-1",
         "the replaced refresh's tokens are not installed"
     );
@@ -2154,6 +2148,12 @@ struct Replaced {
     second: tokio::runtime::Runtime,
     layer: TokenRefreshLayer,
     replacing: tokio::task::JoinHandle<Result<(), crate::Error>>,
+}
+
+/// The access token `layer` holds now.
+fn installed(layer: &TokenRefreshLayer) -> String {
+    let tokens = layer.handle().tokens().unwrap();
+    tokens.access_token().expose().to_owned()
 }
 
 fn replaced_mid_write(idp: &Rotating, store: &FaultyLoads) -> Replaced {
@@ -2338,15 +2338,6 @@ fn a_replaced_refresh_finishing_late_does_not_overtake_its_replacement() {
     replaced
         .first
         .block_on(async { tokio::time::sleep(Duration::from_secs(10)).await });
-    assert_eq!(
-        replaced
-            .layer
-            .handle()
-            .tokens()
-            .unwrap()
-            .access_token()
-            .expose(),
-        "at-2"
-    );
+    assert_eq!(installed(&replaced.layer), "at-2");
     the_replacement_stands(&idp, replaced.second, &replaced.layer, replaced.replacing);
 }
