@@ -214,6 +214,21 @@ def median_interval(values):
     return (ordered[k - 1], ordered[-k]) if k else None
 
 
+def lag1_autocorrelation(values):
+    """The correlation of each value with the next, in run order: about
+    0 for independent runs (within +-2/sqrt(n) in about 95 % of sets),
+    over 0 when neighbouring runs resemble each other (as drift makes
+    them), under 0 when they alternate."""
+    mean = sum(values) / len(values)
+    spread = sum((v - mean) ** 2 for v in values)
+    pairs = sum((a - mean) * (b - mean) for a, b in zip(values, values[1:]))
+    return pairs / spread if spread else 0.0
+
+
+# Alternating runs correlate at -0.75 with their next; a steady rise at 0.25.
+assert (lag1_autocorrelation([1, -1, 1, -1]), lag1_autocorrelation([1, 2, 3, 4])) == (-0.75, 0.25)
+
+
 def storms():
     out = run("cargo", "bench", "--bench", "storm", env={"STORM_RUNS": str(STORM_RUNS)})
     found = {}
@@ -231,6 +246,10 @@ def storms():
         margins = [r["added_p99_ms"] - r["target_p99_ms"] for r in each]
         summary["margin_p99_ms"] = median(margins)
         summary["margin_interval_ms"] = median_interval(margins)
+        # The intervals assume independent runs: the margins in run order
+        # show how far they are from it.
+        summary["margins_ms"] = margins
+        summary["margin_lag1"] = lag1_autocorrelation(margins)
         # The floor against the same target: where its interval is over
         # zero, no layer could meet the target on this machine.
         floor_margins = [r["floor_added_p99_ms"] - r["target_p99_ms"] for r in each]
@@ -508,8 +527,8 @@ def tables(data):
         "a median: the runs' order statistics that hold the median of what "
         "they were drawn from with at least 95 % probability, whatever its "
         "distribution, if the runs are independent (they run back to back in "
-        "one process, and this machine's speed drifts over tens of seconds: "
-        "the true cover may be lower). A target is met when the whole interval of the median "
+        "one process, on a machine whose speed drifts over tens of seconds: "
+        "the check below the table says how far from independent they were). A target is met when the whole interval of the median "
         "margin (each run's p99 added minus its own target) is at or under "
         "zero, missed when all of it is over, and unresolved when it "
         "straddles zero.",
@@ -543,6 +562,20 @@ def tables(data):
     if notes:
         lines += ["", "Medians over the runs, with their 95 % intervals: "
                   + "; ".join(notes) + "."]
+    checked = {name: s for name, s in data["storm"].items() if "margin_lag1" in s}
+    if checked:
+        runs = min(len(s["margins_ms"]) for s in checked.values())
+        each = " and ".join(f"{s['margin_lag1']:+.2f} ({name})" for name, s in checked.items())
+        lines += [
+            "",
+            "Independence, checked: each run's margin correlates with the next "
+            f"run's at {each}; for independent runs this falls within "
+            f"±{2 / math.sqrt(runs):.2f} in about 95 % of sets. Over zero, "
+            "neighbouring runs resemble each other (as drift makes them) and the "
+            "intervals are narrower than they should be; under zero, runs "
+            "alternate (the order of a run's three bursts rotates with a period "
+            "of three) and the intervals are wider than they need be.",
+        ]
 
     t = data["throughput"]
     ti = data.get("throughput_instructions")
