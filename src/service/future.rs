@@ -25,15 +25,15 @@ use crate::{BoxError, Error};
 
 /// What a retry needs: a copy of the request head, a replaying body and,
 /// once the retry is due, an instance of the inner service (the last
-/// retry's on this lane, or a clone; polled ready before the retry). A request held before its first send is kept here
-/// whole, with a clone of the inner service polled ready once its token
-/// has come; that clone then stays, for the retry.
+/// retry's on this lane, or a clone; polled ready before the retry). A
+/// request held before its first send is kept here whole, and sent once
+/// its token has come through an instance taken the same way.
 ///
 /// The service is boxed: it is only there on the slow paths, and inline
 /// it would make every response future as large as a client (304 bytes
-/// for hyper-util's), copied each time the future moves. A retry's
-/// instance is boxed only while it is not ready: most services are always ready,
-/// and a retry then costs no allocation for it.
+/// for hyper-util's), copied each time the future moves. An instance is
+/// boxed only while it is not ready: most services are always ready, and
+/// a send then costs no allocation for it.
 pub(crate) struct RetryCopy<S, B> {
     service: Option<Box<S>>,
     head: Head,
@@ -87,7 +87,7 @@ impl<S: Clone, B> RetryCopy<S, B> {
 
 impl<S, B> RetryCopy<S, B> {
     /// Holds on to a request not sent yet (waiting for its first token).
-    fn keep(service: S, parts: Parts, body: ReplayBody<B>) -> Self {
+    fn keep(parts: Parts, body: ReplayBody<B>) -> Self {
         let Parts {
             method,
             uri,
@@ -97,7 +97,7 @@ impl<S, B> RetryCopy<S, B> {
             ..
         } = parts;
         Self {
-            service: Some(Box::new(service)),
+            service: None,
             head: Head {
                 method,
                 uri: UriCopy::Whole(Box::new(uri)),
@@ -141,18 +141,13 @@ impl<S, B> RetryCopy<S, B> {
         (parts, self.body)
     }
 
-    /// Replaces the service held here (polled, but not ready then) with an
-    /// unpolled clone: what the polls may have been granted since (a
-    /// `Buffer` slot, a concurrency permit) is let go while the request
-    /// waits for a token, as a request held for its first token holds none.
-    fn release_readiness(&mut self)
-    where
-        S: Clone,
-    {
-        if let Some(held) = &mut self.service {
-            let unpolled = S::clone(held);
-            **held = unpolled;
-        }
+    /// Drops the service held here (polled, but not ready then): what the
+    /// polls may have been granted since (a `Buffer` slot, a concurrency
+    /// permit) is let go while the request waits for a token, as a request
+    /// held for its first token holds none. The send that follows takes an
+    /// instance again.
+    fn release_readiness(&mut self) {
+        self.service = None;
     }
 
     /// Polls a service to send through ready: the one held here, which
@@ -172,7 +167,9 @@ impl<S, B> RetryCopy<S, B> {
         if let Some(held) = &mut self.service {
             return held.poll_ready(cx).map_ok(|()| None).map_err(Into::into);
         }
-        let mut service = shared.retry_service().expect("kept by RetryCopy::of");
+        let mut service = shared
+            .retry_service()
+            .expect("kept by RetryCopy::of or before a request waits");
         match service.poll_ready(cx) {
             Poll::Ready(ready) => Poll::Ready(ready.map(|()| Some(service)).map_err(Into::into)),
             Poll::Pending => {
@@ -358,13 +355,8 @@ where
         }
     }
 
-    pub(crate) fn acquiring(
-        service: S,
-        head: Parts,
-        body: ReplayBody<B>,
-        shared: Arc<Shared<S, C>>,
-    ) -> Self {
-        let pending = RetryCopy::keep(service, head, body);
+    pub(crate) fn acquiring(head: Parts, body: ReplayBody<B>, shared: Arc<Shared<S, C>>) -> Self {
+        let pending = RetryCopy::keep(head, body);
         let state = State::Acquiring {
             waiting: Waiting::undecided(),
         };
@@ -674,22 +666,10 @@ where
         }
         *generation = credential.authorize(&mut parts.headers);
         let fut = service.call(Request::from_parts(parts, body));
-        // A retry's instance, called, serves the next retry on this lane.
-        if let Some(service) = unboxed {
+        // The instance, called, serves the next send on this lane: it
+        // holds no readiness now, as a called instance holds none.
+        if let Some(service) = unboxed.or_else(|| held.map(|boxed| *boxed)) {
             shared.give_back(service);
-        }
-        if first {
-            // A request that waited for its first token keeps the instance
-            // it was sent through, boxed as it was, for its retry: polled
-            // ready again, as any service may be after a call, and holding
-            // no readiness in between, as a called instance holds none. So
-            // a retry takes no clone of the instance kept for retries (nor
-            // its lock), and the clone's drop (an inner client's reference
-            // counts, which every request writes) moves out of the burst
-            // of sends after a refresh, to the end of each response.
-            if let (Some(copy), Some(held)) = (pending.as_mut(), held) {
-                copy.service = Some(held);
-            }
         }
         Poll::Ready(Ok(if first {
             State::Sent { fut }

@@ -85,13 +85,14 @@ pub(crate) use transport::is_loopback;
 /// A retry is sent through a clone of an instance of the inner service
 /// kept for retries, polled ready before the retry: a response future does
 /// not carry a clone of its own, which would cost one per request. Once
-/// sent, the retry's instance is kept for the next retry on its lane,
-/// which takes it instead of a clone. The kept instance is taken at the
-/// first request that could be retried, once per lane: a request uses the lane of the thread calling it (about one lane
+/// sent, the retry's instance is kept for the next send on its lane, which
+/// takes it instead of a clone. The kept instance is taken at the first
+/// request that could be retried or had to wait for a token, once per
+/// lane: a request uses the lane of the thread calling it (about one lane
 /// per core, rounded up to a power of two, at most 8), so that requests
 /// sent on different threads do not write one reference count. A request
-/// that waited for its first token has a clone of its own already, made to
-/// wait with: it is retried through that one.
+/// that waits for its first token holds no instance while it waits: once
+/// the token has come, it is sent as a retry is.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -233,20 +234,23 @@ where
             None => {
                 let (parts, body) = req.into_parts();
                 let body = replay_body(core, body);
-                // The request waits with a clone, polled ready only once a
-                // token has come (the instance called must be the one
-                // polled ready, "Be careful when cloning inner services",
-                // tower-service). The instance polled ready here is let go
-                // too, for a clone that must be polled again, as after any
-                // call: readiness can be a reservation (a slot in a
+                // The request waits without an instance of the inner
+                // service: once its token has come, it is sent as a retry
+                // is, through its lane's instance (the one the last send
+                // gave back, or a clone). A clone of its own to wait with
+                // cost every waiting request a clone and a drop of an inner
+                // client's reference counts, which every thread writes,
+                // and a box, inside the burst of sends after a refresh.
+                shared.remember(&self.inner);
+                // The instance polled ready here is let go, for a clone
+                // that must be polled again, as after any call: readiness
+                // can be a reservation (a slot in a
                 // `tower::buffer::Buffer`, which a tonic `Channel` is), and
                 // held for every waiting request (a tonic client keeps its
                 // service across the call) it could starve the refresh
                 // itself when that goes through the same buffer.
-                let waiting = self.inner.clone();
-                self.inner = waiting.clone();
-                let shared = Arc::clone(shared);
-                ResponseFuture::acquiring(waiting, parts, body, shared)
+                self.inner = self.inner.clone();
+                ResponseFuture::acquiring(parts, body, Arc::clone(shared))
             }
         }
     }

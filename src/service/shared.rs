@@ -59,8 +59,9 @@ struct Kept<S> {
 
 impl<S: Clone, C> Shared<S, C> {
     /// Keeps a clone of `inner` for retries, at the first request that
-    /// could be retried. Called only by `RetryCopy::of`, so every retry
-    /// copy finds an instance here.
+    /// could be retried or has to wait for a token. Called by
+    /// `RetryCopy::of` and before a request waits, so every retry copy and
+    /// every waiting request finds an instance here.
     #[inline]
     pub(crate) fn remember(&self, inner: &S) {
         if self.retry_service.get().is_none() {
@@ -73,17 +74,18 @@ impl<S: Clone, C> Shared<S, C> {
         }
     }
 
-    /// An instance of the inner service for one retry, not polled ready:
-    /// the spare a retry gave back, or a clone. `None` only if no retry
-    /// copy was ever made, which cannot be for a request being retried.
+    /// An instance of the inner service for one retry (or a request that
+    /// waited for its first token), not polled ready: the spare a send gave
+    /// back, or a clone. `None` only if no instance was ever remembered,
+    /// which cannot be for a request being retried or that waited.
     pub(crate) fn retry_service(&self) -> Option<S> {
         let kept = self.retry_service.get()?;
         let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
         Some(kept.spare.take().unwrap_or_else(|| kept.original.clone()))
     }
 
-    /// Takes back an instance a retry was sent through (called, so it
-    /// holds no readiness), as the spare; dropped outside the lock if
+    /// Takes back an instance a retry (or a request that waited) was sent
+    /// through (called, so it holds no readiness), as the spare; dropped outside the lock if
     /// there is one already.
     pub(crate) fn give_back(&self, service: S) {
         let Some(kept) = self.retry_service.get() else {

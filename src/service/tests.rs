@@ -844,11 +844,11 @@ async fn a_request_that_waited_for_the_first_token_is_retried_when_that_token_is
     assert_eq!(handle.stats().retries, 1);
 }
 
-/// A request that waited for its first token has its own clone of the
-/// inner service: its retry goes through that instance, polled ready
-/// again, and clones nothing more.
+/// A request that waited for its first token is sent through its lane's
+/// instance, as a retry is, and gives it back: its retry takes that
+/// instance again, polled ready again, and clones nothing more.
 #[tokio::test(start_paused = true)]
-async fn a_request_that_waited_for_its_first_token_is_retried_through_its_own_instance() {
+async fn a_request_that_waited_for_its_first_token_is_retried_through_the_instance_it_gave_back() {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     let api = Api::default();
     let (layer, _) = refused_first_then_accepted(&api);
@@ -866,10 +866,48 @@ async fn a_request_that_waited_for_its_first_token_is_retried_through_its_own_in
         sent_through[0], sent_through[1],
         "retried through the instance it was first sent with"
     );
-    // `send`'s clone of the client, the request's clone to wait with and
-    // the one it leaves the client, and the instance kept for other
-    // requests' retries: none for this retry.
+    // `send`'s clone of the client, the one the request leaves the client
+    // (letting go of the readiness polled for it), the instance kept for
+    // the lane and the clone of it the first send took: none for this
+    // retry.
     assert_eq!(clones.load(SeqCst), 4);
+}
+
+/// Found measuring the expired-token storm: each request waiting for its
+/// first token kept a clone of the inner service to be sent through. For
+/// a hyper-util `Client`, a clone and its drop write half a dozen
+/// reference counts that every thread shares, inside the burst of sends
+/// after the refresh. Now waiting requests hold none, and are sent through
+/// their lane's instance, which each send gives back for the next.
+#[tokio::test(start_paused = true)]
+async fn requests_waiting_for_their_first_token_clone_the_inner_service_once_each() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let api = Api::default();
+    let (source, _issuer) = issuer(&api, Some(HOUR), Duration::from_millis(50));
+    let layer = TokenRefreshLayer::builder(source).build();
+    let clones = Arc::new(AtomicUsize::new(0));
+    let client = ServiceBuilder::new()
+        .layer(layer)
+        .service(CountingClones::new(&api, &clones));
+    let n = 8;
+
+    // Every request of the first burst waits for the first token.
+    for result in burst(&client, n).await {
+        assert_eq!(result.unwrap().0, StatusCode::OK);
+    }
+    let waiting = clones.swap(0, SeqCst);
+    // The same burst with the token there: what sending a burst clones
+    // without the layer's waiting (the test's own clones of the client).
+    for result in burst(&client, n).await {
+        assert_eq!(result.unwrap().0, StatusCode::OK);
+    }
+    let fresh = clones.load(SeqCst);
+
+    // Each waiting request: the clone it leaves the client in place of the
+    // instance polled for it. Once: the instance kept for the lane, and the
+    // clone of it the first send took (every later send on this one thread
+    // took the instance the last gave back).
+    assert_eq!(waiting - fresh, n + 2);
 }
 
 /// Found in review: a request waiting for its first token kept the inner
