@@ -494,6 +494,23 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Response<ResBody>, BoxError>> {
+        let polled = self.as_mut().step(cx);
+        if let Poll::Ready(Err(_)) = &polled {
+            // An error ends the request: the request kept for a send (its
+            // body, and with it the caller's source of it) is let go now,
+            // not whenever the caller drops this finished future. Found in
+            // review: a proxied upload's sender never saw its receiver go.
+            *self.project().pending = None;
+        }
+        polled
+    }
+
+    /// One pass of [`poll_steps`](Self::poll_steps), up to a result or a
+    /// wait.
+    fn step(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<ResBody>, BoxError>> {
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {

@@ -47,6 +47,11 @@ impl Tx {
         self.send(Item::Error(message));
     }
 
+    /// Whether the body was dropped: nothing reads it any more.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
     fn send(&self, item: Item) {
         assert!(
             self.0.send(item).is_ok(),

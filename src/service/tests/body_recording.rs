@@ -6,7 +6,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use super::apis::api_keeping_requests;
 use crate::test_support::body::TestBody;
-use crate::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
+use crate::test_support::failing;
+use crate::{refresh_fn, RefreshError, ReplayBody, TokenRefreshLayer, TokenSet};
 
 /// A streamed upload answered before its body is read (as a server that
 /// answers early does, or an HTTP/2 stream whose response comes first):
@@ -67,5 +68,52 @@ async fn read_after_the_answer(status: Option<StatusCode>, keep_future: bool) {
         body.is_capped(),
         "kept for a retry that can no longer happen"
     );
+    drop(future);
+}
+
+/// Found in review: a request that ended in an error kept its body in the
+/// finished response future: a caller keeping that future (a hand-rolled
+/// combinator) kept the caller's source of the body open, and a proxied
+/// upload's sender never saw its receiver go. Here the first token never
+/// comes: the body was never sent.
+#[tokio::test(start_paused = true)]
+async fn a_request_whose_first_token_never_came_lets_go_of_its_body() {
+    let (source, _) = failing(|| RefreshError::terminal("invalid_grant"));
+    let layer = TokenRefreshLayer::builder(source).build();
+    let (api, _) = api_keeping_requests::<TestBody>(Some(StatusCode::OK));
+    let mut client = ServiceBuilder::new().layer(layer).service(api);
+    let (tx, upload) = TestBody::channel();
+
+    let mut future = Box::pin(client.ready().await.unwrap().call(Request::new(upload)));
+    let error = (&mut future).await.expect_err("no token came");
+    assert!(error.is::<crate::Error>(), "{error}");
+    assert!(tx.is_closed(), "the finished future let go of the body");
+    drop(future);
+}
+
+/// The same for a request rejected after its body was partly read, whose
+/// refresh then failed: the copy kept for its retry held the rest of the
+/// caller's body.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_request_whose_refresh_failed_lets_go_of_its_body() {
+    let (source, _) = failing(|| RefreshError::terminal("invalid_grant"));
+    let layer = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("revoked"))
+        .build();
+    // Reads one chunk, then rejects the token, dropping the rest.
+    let api = tower::service_fn(|request: Request<ReplayBody<TestBody>>| async move {
+        let mut body = request.into_body();
+        body.frame().await;
+        let response = http::Response::builder().status(StatusCode::UNAUTHORIZED);
+        Ok::<_, std::convert::Infallible>(response.body(String::new()).unwrap())
+    });
+    let mut client = ServiceBuilder::new().layer(layer).service(api);
+    let (tx, upload) = TestBody::channel();
+    tx.data("first chunk");
+
+    let mut future = Box::pin(client.ready().await.unwrap().call(Request::new(upload)));
+    let error = (&mut future).await.expect_err("the refresh failed");
+    assert!(error.is::<crate::Error>(), "{error}");
+    assert!(tx.is_closed(), "the finished future let go of the body");
     drop(future);
 }
