@@ -374,9 +374,13 @@ impl TokenManager {
         #[cfg(test)]
         tests::FROM_SNAPSHOT.with(|count| count.set(count.get() + 1));
         let snapshot = self.shared.snapshot.load();
-        // A token the watcher vouches for needs no more checks: the
-        // watcher is the timer, so it has started too.
-        if !snapshot.kept_fresh() && !self.admits(&snapshot) {
+        // A token the watcher vouches for needs no more checks (the
+        // watcher is the timer, so it has started too), while the clock
+        // agrees that its word holds. Found in review: trusted without the
+        // clock, a watcher that never ran again without dying had requests
+        // sent without a thread's copy (a thread's layers past the copies
+        // it keeps) go out with its token past expiry, with no bound.
+        if !snapshot.kept_fresh_by_the_clock(Instant::now()) && !self.admits(&snapshot) {
             return None;
         }
         Some(Credential {

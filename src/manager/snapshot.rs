@@ -308,12 +308,18 @@ impl Marks {
     #[cold]
     #[inline(never)]
     fn watcher_on_time(&self) -> bool {
-        if self.fresh_until.is_none_or(|at| Instant::now() < at) {
-            return true;
-        }
-        self.flags.fetch_and(!WATCHED, Ordering::Release);
-        false
+        word_holds(&self.flags, self.fresh_until, Instant::now())
     }
+}
+
+/// Whether a watcher's word on a token fresh until `fresh_until` holds at
+/// `now`; if not, withdraws it (`WATCHED`) for every thread.
+fn word_holds(flags: &AtomicU8, fresh_until: Option<Instant>, now: Instant) -> bool {
+    if fresh_until.is_none_or(|at| now < at) {
+        return true;
+    }
+    flags.fetch_and(!WATCHED, Ordering::Release);
+    false
 }
 
 impl Snapshot {
@@ -337,6 +343,15 @@ impl Snapshot {
     #[inline]
     pub(crate) fn kept_fresh(&self) -> bool {
         self.header.is_some() && self.flags.load(Ordering::Acquire) == WATCHED
+    }
+
+    /// [`kept_fresh`](Self::kept_fresh), checked by the clock: for a
+    /// request sent without a thread's copy, which has no count of requests
+    /// between clock reads to keep (see [`CLOCK_EVERY`]). Past the point
+    /// the watcher hands requests back to the clock, its word is withdrawn,
+    /// as a copy's count does.
+    pub(crate) fn kept_fresh_by_the_clock(&self, now: Instant) -> bool {
+        self.kept_fresh() && word_holds(&self.flags, self.fresh_until(), now)
     }
 
     /// Where the token stands, for the hot path: trusts the watcher's flags
@@ -434,12 +449,17 @@ impl Snapshot {
     /// What a thread's copy of this snapshot's header needs to tell, on its
     /// own, that the token is still current and fresh.
     pub(crate) fn marks(&self) -> Marks {
-        let windows = self.stale_at.zip(self.expired_at);
         Marks {
             flags: Arc::clone(&self.flags),
-            fresh_until: windows.map(|(stale_at, expired_at)| stale_at.min(expired_at)),
+            fresh_until: self.fresh_until(),
             on_its_word: Cell::new(0),
         }
+    }
+
+    /// The start of the first window, if the token has windows.
+    fn fresh_until(&self) -> Option<Instant> {
+        let windows = self.stale_at.zip(self.expired_at);
+        windows.map(|(stale_at, expired_at)| stale_at.min(expired_at))
     }
 
     pub(crate) fn mark_rejected(&self) {

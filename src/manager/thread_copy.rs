@@ -224,4 +224,44 @@ mod tests {
         assert_ne!(address(&sent(last)), address(original), "copied now");
         assert_eq!(held(), STATES_PER_THREAD);
     }
+
+    /// Found in review: a request through a thread's layers past the
+    /// copies it keeps loads the snapshot, and took the watcher's word for
+    /// its token without the clock read that bounds a copy's trust (one
+    /// request in `CLOCK_EVERY`): a watcher that never ran again without
+    /// dying (its runtime's workers stuck) had such requests send its
+    /// token past expiry, every one of them.
+    #[tokio::test(start_paused = true)]
+    async fn past_the_copies_a_thread_keeps_the_watchers_word_is_checked_by_the_clock() {
+        let others: Vec<_> = (0..STATES_PER_THREAD)
+            .map(|i| layer(&format!("o{i}")))
+            .collect();
+        for other in &others {
+            sent(other);
+        }
+        let lifetime = std::time::Duration::from_secs(100);
+        // Built off the runtime, so that no watcher starts: one that never
+        // runs again is what the test is about. Its promise is made here by
+        // hand, as a watcher on a runtime that keeps its timers makes it.
+        let target = std::thread::spawn(move || {
+            let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("unused")) });
+            TokenRefreshLayer::builder(source)
+                .initial_tokens(TokenSet::new("t").with_expires_in(lifetime))
+                .build()
+        })
+        .join()
+        .unwrap();
+        let manager = &target.core.manager;
+        let snapshot = manager.shared.snapshot.load();
+        snapshot.watch(tokio::time::Instant::now(), true);
+        assert!(manager.ready().is_some(), "fresh: sent");
+        assert_eq!(held(), STATES_PER_THREAD, "without a copy of its own");
+
+        tokio::time::advance(lifetime + std::time::Duration::from_secs(20)).await;
+        assert!(
+            manager.ready().is_none(),
+            "expired, the watcher silent: not sent"
+        );
+        assert!(!snapshot.kept_fresh(), "its word withdrawn");
+    }
 }
