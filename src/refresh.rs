@@ -50,7 +50,8 @@ pub enum RefreshReason {
     Proactive,
     /// The background timer fired at the token's refresh point.
     Scheduled,
-    /// A server rejected the current token.
+    /// A server rejected the current token (also for each refresh tried
+    /// again after a failed one, while that token is still current).
     Rejected,
     /// [`TokenHandle::force_refresh`](crate::TokenHandle::force_refresh) was called.
     Forced,

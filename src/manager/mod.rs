@@ -675,11 +675,7 @@ impl TokenManager {
                     return Decision::Use(credential);
                 }
             }
-            let reason = reason.unwrap_or(if snapshot.tokens.is_none() {
-                RefreshReason::Initial
-            } else {
-                RefreshReason::Proactive
-            });
+            let reason = reason.unwrap_or(snapshot.refresh_reason(RefreshReason::Proactive));
             match self.start_flight(&mut control, reason, &snapshot) {
                 Ok(launch) => launch,
                 Err(error) => return Decision::Fail(error),

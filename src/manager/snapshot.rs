@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::later;
 use super::Config;
-use crate::TokenSet;
+use crate::{RefreshReason, TokenSet};
 
 /// Where a token stands in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,6 +464,23 @@ impl Snapshot {
 
     pub(crate) fn mark_rejected(&self) {
         self.flags.fetch_or(REJECTED, Ordering::Release);
+    }
+
+    /// Why a refresh of this token runs, when nothing more particular
+    /// (a rejection just reported, a forced refresh) started it: `Initial`
+    /// without tokens, `Rejected` for a token a server rejected, else
+    /// `otherwise`. Found in review: a rejected token refreshed again
+    /// after a failed refresh's backoff was told to the source as
+    /// proactive, and a source that serves a cached token unless told of
+    /// a rejection served the revoked one again.
+    pub(crate) fn refresh_reason(&self, otherwise: RefreshReason) -> RefreshReason {
+        if self.tokens.is_none() {
+            RefreshReason::Initial
+        } else if self.is_rejected() {
+            RefreshReason::Rejected
+        } else {
+            otherwise
+        }
     }
 
     /// Whether a server rejected this generation.

@@ -1755,3 +1755,45 @@ fn refresh_events_give_the_generation_and_the_time_taken() {
         assert!(line.contains(elapsed), "{line}");
     }
 }
+
+/// Found in review: a token a server rejected, whose refresh failed, was
+/// refreshed again after the backoff with the reason `Proactive`: a source
+/// that serves a token of its own cache unless told of a rejection served
+/// the revoked one again, backoff after backoff. The reason stays
+/// `Rejected` for as long as the rejected token is the current one.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_token_refreshed_again_after_a_failure_is_still_refreshed_as_rejected() {
+    let reasons = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let source = {
+        let reasons = Arc::clone(&reasons);
+        refresh_fn(move |ctx: crate::RefreshContext| {
+            let first = {
+                let mut reasons = reasons.lock().unwrap();
+                reasons.push(ctx.reason());
+                reasons.len() == 1
+            };
+            async move {
+                if first {
+                    Err(RefreshError::transient("identity server busy"))
+                } else {
+                    Ok(TokenSet::new("new").with_expires_in(HUNDRED))
+                }
+            }
+        })
+    };
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
+    let handle = TokenRefreshLayer::builder(source)
+        .initial_tokens(TokenSet::new("revoked").with_expires_in(HUNDRED))
+        .backoff(backoff)
+        .build()
+        .handle();
+
+    let revoked = handle.bearer().await.unwrap();
+    let failed = handle.bearer_after_rejection(&revoked).await;
+    assert!(failed.is_err(), "the first refresh failed");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(handle.bearer().await.unwrap().expose(), "new");
+
+    let reasons = reasons.lock().unwrap().clone();
+    assert_eq!(reasons, [RefreshReason::Rejected, RefreshReason::Rejected]);
+}

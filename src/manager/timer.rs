@@ -204,11 +204,7 @@ fn start_scheduled(manager: TokenManager) {
         if due.is_none_or(|at| at > Instant::now()) {
             return;
         }
-        let reason = if snapshot.tokens.is_none() {
-            RefreshReason::Initial
-        } else {
-            RefreshReason::Scheduled
-        };
+        let reason = snapshot.refresh_reason(RefreshReason::Scheduled);
         manager.start_flight(&mut control, reason, &snapshot)
     };
     if let Ok(launch) = launch {
