@@ -291,6 +291,15 @@ impl TokenHandle {
     /// (`429`, `Retry-After`), whatever tokens the caller holds, so until
     /// then the new tokens are used and not refreshed.
     ///
+    /// A refresh still running is overtaken: its answer is discarded, and
+    /// requests waiting for it decide afresh from the new tokens. Unless
+    /// the new tokens carry the refresh token that refresh refreshes from
+    /// (tokens saved earlier, set back): then it runs on, requests that
+    /// need a refresh wait for it, and its answer replaces the tokens set.
+    /// Where the identity server rotates refresh tokens, that answer holds
+    /// the only live one, and a second refresh presenting the same refresh
+    /// token would be taken for a stolen one.
+    ///
     /// ```
     /// use tower_token_refresh::{refresh_fn, RefreshError, TokenRefreshLayer, TokenSet};
     /// # let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });

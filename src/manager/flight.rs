@@ -156,13 +156,17 @@ impl TokenManager {
         let gate = self.shared.nanos(cell.deadline);
         self.shared.proactive_gate.store(gate, Ordering::Release);
         Counters::bump(&self.shared.stats.refreshes);
+        let current = refresh_from(control.refused.as_ref(), snapshot.tokens.as_ref());
+        control.flight_refreshes_from = current
+            .as_ref()
+            .and_then(|tokens| tokens.refresh_token().cloned());
         let task = FlightTask {
             shared: Arc::clone(&self.shared),
             publish: Some(cell),
             id: flight.id(),
             reason,
             from_generation: snapshot.generation,
-            current: refresh_from(control.refused.as_ref(), snapshot.tokens.as_ref()),
+            current,
             refused: None,
             hooked: None,
             unstored: Mutex::new(None),
@@ -712,8 +716,19 @@ impl FlightTask {
             control.flight = None;
         }
         control.storing = control.storing.filter(|(flight, _)| *flight != self.id);
-        let superseded = self.shared.snapshot.load().generation != self.from_generation;
+        let snapshot = self.shared.snapshot.load();
+        let superseded =
+            snapshot.generation != self.from_generation && !self.continued_by(&snapshot);
         (control, current, superseded)
+    }
+
+    /// Whether `snapshot` holds tokens set by hand since this flight
+    /// started that carry the refresh token it refreshes from: this
+    /// flight's answer follows them (see `TokenManager::set_tokens`).
+    fn continued_by(&self, snapshot: &Snapshot) -> bool {
+        let from = self.current.as_deref().and_then(TokenSet::refresh_token);
+        let set = snapshot.tokens.as_deref().and_then(TokenSet::refresh_token);
+        snapshot.refreshed_at.is_none() && from.is_some() && set == from
     }
 
     /// Whether the one install since this flight started was a flight's

@@ -215,6 +215,10 @@ struct Control {
     /// Numbers flights, so a finishing task knows whether it is still the
     /// registered one.
     flights_started: u64,
+    /// The refresh token the last flight started refreshes from, if any:
+    /// tokens set by hand that carry it do not overtake that flight while
+    /// it is the registered one (see `set_tokens`).
+    flight_refreshes_from: Option<crate::Secret>,
     /// The store version the current tokens came from or were stored as;
     /// only a newer stored version is adopted.
     store_version: Option<u64>,
@@ -763,12 +767,27 @@ impl TokenManager {
         // token). It finds itself superseded when it ends; its waiters are
         // told now, and decide afresh from these tokens rather than wait
         // for it (up to its deadline, if the identity server hangs).
-        let overtaken = control.flight.take();
-        // What it has stored already is its own result, overtaken: never
-        // adopted back over these tokens.
-        if let Some((_, version)) = control.storing.take() {
-            control.store_version = control.store_version.max(Some(version));
-        }
+        // Unless these carry the refresh token it refreshes from (an app
+        // setting back the tokens it saved): its answer is then theirs to
+        // follow, and the only one holding the live refresh token where
+        // the server rotates them, so it is kept, and requests join it
+        // rather than present that refresh token a second time beside it
+        // (found in review).
+        let continued = control.flight.is_some()
+            && control
+                .flight_refreshes_from
+                .as_ref()
+                .is_some_and(|from| prepared.refresh_token() == Some(from));
+        let overtaken = if continued {
+            None
+        } else {
+            // What it has stored already is its own result, overtaken:
+            // never adopted back over these tokens.
+            if let Some((_, version)) = control.storing.take() {
+                control.store_version = control.store_version.max(Some(version));
+            }
+            control.flight.take()
+        };
         control.refused = None;
         control.dead_refresh_token = None;
         self.shared.install(prepared);

@@ -127,6 +127,11 @@ impl Prepared {
         Arc::clone(&self.tokens)
     }
 
+    /// The refresh token these tokens carry.
+    pub(crate) fn refresh_token(&self) -> Option<&crate::Secret> {
+        self.tokens.refresh_token()
+    }
+
     /// Gives the tokens their generation and windows. `installed_at` starts
     /// the proactive spacing of refreshed tokens, and the
     /// `min_refresh_interval` of those this process refreshed (a slow

@@ -1797,3 +1797,70 @@ async fn a_rejected_token_refreshed_again_after_a_failure_is_still_refreshed_as_
     let reasons = reasons.lock().unwrap().clone();
     assert_eq!(reasons, [RefreshReason::Rejected, RefreshReason::Rejected]);
 }
+
+/// Found in review: tokens set by hand while a refresh runs overtook it,
+/// even when they carry the refresh token that refresh presented (an app
+/// setting back the tokens it saved). The next request then refreshed
+/// again with that refresh token beside the running refresh, and the
+/// running refresh's answer, the only one holding the live refresh token
+/// on a server that rotates them, was discarded: reuse detection revokes
+/// the whole grant. Now the running refresh is kept: requests join it, and
+/// its answer replaces the tokens set.
+#[tokio::test(start_paused = true)]
+async fn tokens_set_with_the_refresh_token_a_running_refresh_presented_wait_for_its_answer() {
+    let presented = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let answers = Arc::new(tokio::sync::Semaphore::new(0));
+    let source = {
+        let (presented, answers) = (Arc::clone(&presented), Arc::clone(&answers));
+        refresh_fn(move |ctx: crate::RefreshContext| {
+            let n = {
+                let mut presented = presented.lock().unwrap();
+                let token = ctx.refresh_token().map(|t| t.expose().to_owned());
+                presented.push(token);
+                presented.len()
+            };
+            let answers = Arc::clone(&answers);
+            async move {
+                answers.acquire().await.unwrap().forget();
+                Ok::<_, RefreshError>(
+                    TokenSet::new(format!("at-{n}"))
+                        .with_refresh_token(format!("rt-{n}"))
+                        .with_expires_in(HUNDRED),
+                )
+            }
+        })
+    };
+    let saved = || {
+        TokenSet::new("at-0")
+            .with_refresh_token("rt-0")
+            .with_expires_in(HUNDRED)
+    };
+    let handle = TokenRefreshLayer::builder(source)
+        .initial_tokens(saved())
+        .build()
+        .handle();
+
+    let forced = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.force_refresh().await }
+    });
+    yield_until("the first refresh presented", || {
+        presented.lock().unwrap().len() == 1
+    })
+    .await;
+    handle.set_tokens(saved()).unwrap();
+    // A request rejected with the tokens set needs a refresh.
+    let set = handle.bearer().await.unwrap();
+    let rejected = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.bearer_after_rejection(&set).await }
+    });
+    settle().await;
+    answers.add_permits(2);
+
+    forced.await.unwrap().unwrap();
+    assert_eq!(rejected.await.unwrap().unwrap().expose(), "at-1");
+    assert_eq!(*presented.lock().unwrap(), [Some("rt-0".to_owned())]);
+    let tokens = handle.tokens().unwrap();
+    assert_eq!(tokens.refresh_token().unwrap().expose(), "rt-1");
+}
