@@ -67,7 +67,9 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_token_refresh::{refresh_fn, Refresh, TokenHandle, TokenRefreshLayer, TokenSet};
 
-use storm_support::{h2_client, percentile, AttemptTime, HoldingApi, RefreshLog, Timed};
+use storm_support::{
+    h2_client, percentile, process_cpu, AttemptTime, HoldingApi, RefreshLog, Timed,
+};
 use support::{CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 
 /// Requests per storm; `STORM_REQUESTS` overrides it (to see how the
@@ -297,6 +299,10 @@ async fn run_once(storm: Storm, servers: &Servers, order: [Burst; 3]) -> Figures
         ("over_floor_p99_ms", added(p99, b99) - added(f99, b99)),
         ("floor_outside_client_p99_ms", ms(floor_o99)),
         ("outside_over_floor_p99_ms", ms(o99) - ms(floor_o99)),
+        ("baseline_cpu_ms", ms(baseline.cpu)),
+        ("storm_cpu_ms", ms(outcome.cpu)),
+        ("floor_cpu_ms", ms(floor.cpu)),
+        ("cpu_over_floor_ms", ms(outcome.cpu) - ms(floor.cpu)),
     ])
 }
 
@@ -414,6 +420,9 @@ struct Outcome {
     totals: Vec<Duration>,
     /// Each request's latency outside the HTTP client, sorted.
     outside: Vec<Duration>,
+    /// The process's CPU time from the gate's opening to the last
+    /// request's end (zero where it cannot be read).
+    cpu: Duration,
 }
 
 impl Outcome {
@@ -519,6 +528,7 @@ async fn burst(
             (failure, total, total.saturating_sub(in_client))
         });
     }
+    let cpu_before = process_cpu();
     open.send_replace(Some(Instant::now()));
     if hold {
         api.wait_for_held(n).await;
@@ -530,6 +540,7 @@ async fn burst(
         first_failure: None,
         totals: Vec::with_capacity(n),
         outside: Vec::with_capacity(n),
+        cpu: Duration::ZERO,
     };
     while let Some(result) = requests.join_next().await {
         let (failure, total, outside) = result.expect("request task");
@@ -539,6 +550,9 @@ async fn burst(
         }
         outcome.totals.push(total);
         outcome.outside.push(outside);
+    }
+    if let (Some(before), Some(after)) = (cpu_before, process_cpu()) {
+        outcome.cpu = after.saturating_sub(before);
     }
     outcome.totals.sort();
     outcome.outside.sort();
