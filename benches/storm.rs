@@ -51,6 +51,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "support/env.rs"]
 mod env;
 #[path = "support/storm.rs"]
@@ -67,9 +69,8 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_token_refresh::{refresh_fn, Refresh, TokenHandle, TokenRefreshLayer, TokenSet};
 
-use storm_support::{
-    h2_client, percentile, process_cpu, AttemptTime, HoldingApi, RefreshLog, Timed,
-};
+use cpu::process_cpu;
+use storm_support::{h2_client, percentile, AttemptTime, HoldingApi, RefreshLog, Timed};
 use support::{CognitoClient, IdentityServer, DEMO_PASSWORD, DEMO_USER};
 
 /// Requests per storm; `STORM_REQUESTS` overrides it (to see how the

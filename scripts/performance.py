@@ -259,13 +259,46 @@ def storms():
             if all(figure in r for r in each):
                 summary[figure.replace("_p99_ms", "_interval_ms")] = median_interval(
                     [r[figure] for r in each])
+        # The CPU time the storm's burst took over its floor's, every thread
+        # of the process (client and servers): work the layer made.
+        if all("cpu_over_floor_ms" in r for r in each):
+            summary["cpu_over_floor_interval_ms"] = median_interval(
+                [r["cpu_over_floor_ms"] for r in each])
         found[name] = summary
     return found
 
 
-def interval_text(interval):
-    """` [low, high]` in ms, or nothing without an interval."""
-    return f" [{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else ""
+# Rounds of the herd bench, each a waiting and a parked herd.
+HERD_ROUNDS = 31
+
+
+def herd():
+    """What waiting for a refresh costs a request in the layer, without
+    HTTP: a herd of requests waiting for one refresh against the same herd
+    parked on timers (benches/herd.rs), with 95 % intervals of the medians
+    of the per-round differences."""
+    out = run("cargo", "bench", "--bench", "herd", env={"HERD_ROUNDS": str(HERD_ROUNDS)})
+    found = key_values(re.search(r"^herd: (.*)$", out, re.M)[1])
+    rounds = [key_values(line) for line in re.findall(r"^herd round=\d+: (.*)$", out, re.M)]
+    cpu_us = [(r["waiting_cpu_ms"] - r["parked_cpu_ms"]) * 1e3 / found["requests"]
+              for r in rounds]
+    wall_ms = [r["waiting_wall_ms"] - r["parked_wall_ms"] for r in rounds]
+    found.update(
+        cpu_over_parked_us=median(cpu_us),
+        cpu_over_parked_interval_us=median_interval(cpu_us),
+        wall_over_parked_ms=median(wall_ms),
+        wall_over_parked_interval_ms=median_interval(wall_ms),
+    )
+    return found
+
+
+def interval_text(interval, digits=1):
+    """` [low, high]` (to `digits` decimals), or nothing without an
+    interval."""
+    if not interval:
+        return ""
+    low, high = interval
+    return f" [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def storm_verdict(storm):
@@ -559,6 +592,11 @@ def tables(data):
                 f"waiters go against timers doing it, without the baseline's noise): "
                 f"{s['outside_over_floor_p99_ms']:+.1f} ms"
                 f"{interval_text(s['outside_over_floor_interval_ms'])}")
+        if s.get("cpu_over_floor_interval_ms"):
+            notes.append(
+                f"its burst's CPU time (every thread: client, layer and servers) over "
+                f"the floor's: {s['cpu_over_floor_ms']:+.1f} ms"
+                f"{interval_text(s['cpu_over_floor_interval_ms'])}")
     if notes:
         lines += ["", "Medians over the runs, with their 95 % intervals: "
                   + "; ".join(notes) + "."]
@@ -575,6 +613,25 @@ def tables(data):
             "intervals are narrower than they should be; under zero, runs "
             "alternate (the order of a run's three bursts rotates with a period "
             "of three) and the intervals are wider than they need be.",
+        ]
+    h = data.get("herd")
+    if h:
+        lines += [
+            "",
+            f"**Herd**, the layer's part of the expired storm without HTTP "
+            f"(`benches/herd.rs`): {h['requests']:,.0f} requests arriving at once through "
+            "the layer over a service that answers at once (and clones as a "
+            "hyper-util client does), on two workers, all waiting for one "
+            "refresh that takes 20 ms, against the same herd through the same "
+            "layer with its token there, each request first parked on a timer "
+            "until 20 ms after the gate opened. Medians over "
+            f"{h['rounds']:g} rounds, with the 95 % intervals of the per-round "
+            f"differences: waiting costs {h['cpu_over_parked_us']:.2f} µs of CPU a request "
+            f"more{interval_text(h['cpu_over_parked_interval_us'], 2)} "
+            f"({h['waiting_cpu_ms']:.1f} against {h['parked_cpu_ms']:.1f} ms for the herd), "
+            f"and the herd's last answer comes {h['wall_over_parked_ms']:+.1f} ms "
+            f"later{interval_text(h['wall_over_parked_interval_ms'])} "
+            f"({h['waiting_wall_ms']:.1f} against {h['parked_wall_ms']:.1f} ms).",
         ]
 
     t = data["throughput"]
@@ -817,6 +874,7 @@ SECTIONS = {
     "instructions": instructions,
     "allocations": allocations,
     "storm": storms,
+    "herd": herd,
     "throughput": throughput,
     "throughput_instructions": throughput_instructions,
     "grpc_throughput": grpc_throughput,

@@ -241,16 +241,3 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     *response.status_mut() = status;
     response
 }
-
-/// CPU time the process's threads have run so far (Linux: the first field
-/// of each thread's `schedstat`, in nanoseconds); `None` elsewhere. Both
-/// servers run in this process too, so a burst's CPU time is everything
-/// its requests cost, client and servers alike.
-pub fn process_cpu() -> Option<Duration> {
-    let mut total = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(Duration::from_nanos(total))
-}
