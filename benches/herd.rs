@@ -58,51 +58,63 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut runs = Vec::with_capacity(rounds);
+    let mut runs: Vec<Round> = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let order = if round % 2 == 0 {
             [Herd::Waiting, Herd::Parked]
         } else {
             [Herd::Parked, Herd::Waiting]
         };
-        let mut figures = [(Duration::ZERO, Duration::ZERO); 2];
+        let mut measured = [Measured::default(); 2];
         for herd in order {
-            let measured = runtime.block_on(burst(herd, requests));
-            figures[herd as usize] = measured;
+            measured[herd as usize] = runtime.block_on(burst(herd, requests));
         }
-        let [(waiting_cpu, waiting_wall), (parked_cpu, parked_wall)] = figures;
+        let [waiting, parked] = measured;
         println!(
             "herd round={round}: waiting_cpu_ms={:.2} parked_cpu_ms={:.2} waiting_wall_ms={:.2} parked_wall_ms={:.2}",
-            ms(waiting_cpu),
-            ms(parked_cpu),
-            ms(waiting_wall),
-            ms(parked_wall),
+            ms(waiting.cpu),
+            ms(parked.cpu),
+            ms(waiting.wall),
+            ms(parked.wall),
         );
-        runs.push(figures);
+        runs.push(Round { waiting, parked });
     }
-    let median_of = |figure: &dyn Fn(&[(Duration, Duration); 2]) -> f64| {
+    let median_of = |figure: fn(&Round) -> f64| {
         let mut values: Vec<f64> = runs.iter().map(figure).collect();
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let per_request_us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / requests as f64;
+    let cpu_over = median_of(|r| ms(r.waiting.cpu) - ms(r.parked.cpu));
     println!(
         "herd: requests={requests} rounds={rounds} waiting_cpu_ms={:.2} parked_cpu_ms={:.2} waiting_wall_ms={:.2} parked_wall_ms={:.2} waiting_over_parked_cpu_us_per_request={:.3}",
-        median_of(&|f| ms(f[0].0)),
-        median_of(&|f| ms(f[1].0)),
-        median_of(&|f| ms(f[0].1)),
-        median_of(&|f| ms(f[1].1)),
-        median_of(&|f| per_request_us(f[0].0) - per_request_us(f[1].0)),
+        median_of(|r| ms(r.waiting.cpu)),
+        median_of(|r| ms(r.parked.cpu)),
+        median_of(|r| ms(r.waiting.wall)),
+        median_of(|r| ms(r.parked.wall)),
+        cpu_over * 1e3 / requests as f64,
     );
+}
+
+/// What one herd cost: the process's CPU time and the wall-clock time from
+/// the gate's opening to the last answer.
+#[derive(Clone, Copy, Default)]
+struct Measured {
+    cpu: Duration,
+    wall: Duration,
+}
+
+/// One round: a herd of each kind.
+struct Round {
+    waiting: Measured,
+    parked: Measured,
 }
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
 
-/// One herd of `n` requests: the process's CPU time and the wall-clock
-/// time from the gate's opening to the last answer.
-async fn burst(herd: Herd, n: usize) -> (Duration, Duration) {
+/// One herd of `n` requests.
+async fn burst(herd: Herd, n: usize) -> Measured {
     let refresher = refresh_fn(|_| async {
         tokio::time::sleep(REFRESH_TAKES).await;
         Ok::<_, RefreshError>(TokenSet::new("fresh").with_expires_in(Duration::from_secs(3600)))
@@ -145,7 +157,7 @@ async fn burst(herd: Herd, n: usize) -> (Duration, Duration) {
         (Some(before), Some(after)) => after.saturating_sub(before),
         _ => Duration::ZERO,
     };
-    (cpu, wall)
+    Measured { cpu, wall }
 }
 
 /// Answers at once, and clones as a hyper-util client does: it holds one,
