@@ -449,7 +449,11 @@ where
         let decision = core.manager.rejected(*this.generation);
         // The refresh (if the decision started one) runs on its own; without
         // a replayable copy the rejection is the answer, and the next
-        // request gets the new token.
+        // request gets the new token. So too when no refresh can run (a
+        // failure blocks it): a request that could not have been retried
+        // gets the server's answer, not the failure's error, which only
+        // stands in for a retry that cannot happen (below). The failure
+        // is the handle's `status()` to read, and the next request's error.
         let Some(retry) = this.pending.take().filter(|r| !r.body.is_capped()) else {
             return Some(response);
         };
