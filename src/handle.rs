@@ -294,8 +294,9 @@ impl TokenHandle {
     /// A refresh still running is overtaken: its answer is discarded, and
     /// requests waiting for it decide afresh from the new tokens. Unless
     /// the new tokens carry the refresh token that refresh refreshes from
-    /// (tokens saved earlier, set back): then it runs on, requests that
-    /// need a refresh wait for it, and its answer replaces the tokens set.
+    /// (tokens saved earlier, set back): then it runs on, requests waiting
+    /// for it wait on, requests that need a refresh join it, and its answer
+    /// replaces the tokens set.
     /// Where the identity server rotates refresh tokens, that answer holds
     /// the only live one, and a second refresh presenting the same refresh
     /// token would be taken for a stolen one.

@@ -16,7 +16,7 @@ use crate::test_support::{
     burst, recording, recording_pairs, refreshing_in_the_background, sent, until_real_time, Api,
     Presented,
 };
-use crate::{refresh_fn, Refresh, RefreshError, TokenRefreshLayer, TokenSet};
+use crate::{refresh_fn, Refresh, RefreshError, TokenHandle, TokenRefreshLayer, TokenSet};
 
 fn all_ok(results: &[Result<(StatusCode, String), crate::BoxError>]) -> bool {
     results.iter().all(|r| matches!(r, Ok((StatusCode::OK, _))))
@@ -2030,7 +2030,18 @@ async fn a_refresh_after_tokens_set_by_hand_refreshes_from_them_not_the_overtake
 /// refresh (1 s at the identity server) was dropped with its runtime
 /// 1.5 s in, `slow` set to a minute from 0.5 s in (and reset after).
 fn dropped_mid_refresh(idp: &Rotating, store: &FaultyLoads, slow: &AtomicU64) -> TokenRefreshLayer {
-    let (first, layer) = left_mid_refresh(idp, store, slow, 60_000);
+    dropped_mid_refresh_after(idp, store, slow, |_| {})
+}
+
+/// [`dropped_mid_refresh`], with `meanwhile` done to the layer 0.2 s into
+/// the refresh.
+fn dropped_mid_refresh_after(
+    idp: &Rotating,
+    store: &FaultyLoads,
+    slow: &AtomicU64,
+    meanwhile: impl FnOnce(&TokenHandle),
+) -> TokenRefreshLayer {
+    let (first, layer) = left_mid_refresh(idp, store, slow, 60_000, meanwhile);
     drop(first);
     slow.store(0, Ordering::SeqCst);
     layer
@@ -2038,12 +2049,14 @@ fn dropped_mid_refresh(idp: &Rotating, store: &FaultyLoads, slow: &AtomicU64) ->
 
 /// A layer on `store` that logged in (`at-1`, version 1), and whose next
 /// refresh (1 s at the identity server) its runtime, returned, stopped
-/// driving 1.5 s in, `slow` set to `millis` from 0.5 s in.
+/// driving 1.5 s in, `meanwhile` done to it 0.2 s in, `slow` set to
+/// `millis` from 0.5 s in.
 fn left_mid_refresh(
     idp: &Rotating,
     store: &FaultyLoads,
     slow: &AtomicU64,
     millis: u64,
+    meanwhile: impl FnOnce(&TokenHandle),
 ) -> (tokio::runtime::Runtime, TokenRefreshLayer) {
     let first = crate::test_support::paused_runtime();
     let layer = first.block_on(async {
@@ -2053,7 +2066,9 @@ fn left_mid_refresh(
     });
     first.block_on(async {
         let _refreshing = refreshing_in_the_background(&layer.handle());
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        meanwhile(&layer.handle());
+        tokio::time::sleep(Duration::from_millis(300)).await;
         slow.store(millis, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(1)).await;
     });
@@ -2075,6 +2090,33 @@ fn what_a_refresh_dropped_after_storing_stored_is_adopted_next() {
         layer.handle().tokens().unwrap().access_token().expose(),
         "at-1"
     );
+
+    crate::test_support::paused_runtime().block_on(async {
+        assert_eq!(idp.stored_live_version(&store.inner).await, 2);
+        layer.handle().force_refresh().await.unwrap();
+    });
+
+    assert_eq!(
+        layer.handle().tokens().unwrap().access_token().expose(),
+        "at-2"
+    );
+    assert_eq!(idp.counts(), (1, 1, 0), "no spent refresh token presented");
+}
+
+/// The same for a refresh that tokens set by hand did not overtake: they
+/// carry the refresh token it refreshes from (an app setting back the
+/// tokens it saved). Found in review: such a refresh took itself for
+/// overtaken when it stored, counted the version it stored as known, and
+/// the next refresh presented the refresh token it had spent.
+#[test]
+fn what_a_refresh_kept_by_tokens_set_back_stored_before_it_was_dropped_is_adopted_next() {
+    let idp = Rotating::taking(Duration::from_secs(1));
+    let store = FaultyLoads::default();
+    let set_back = |handle: &TokenHandle| {
+        let saved = (*handle.tokens().unwrap()).clone();
+        handle.set_tokens(saved).unwrap();
+    };
+    let layer = dropped_mid_refresh_after(&idp, &store, &store.slow_leases, set_back);
 
     crate::test_support::paused_runtime().block_on(async {
         assert_eq!(idp.stored_live_version(&store.inner).await, 2);
@@ -2157,7 +2199,7 @@ fn installed(layer: &TokenRefreshLayer) -> String {
 }
 
 fn replaced_mid_write(idp: &Rotating, store: &FaultyLoads) -> Replaced {
-    let (first, layer) = left_mid_refresh(idp, store, &store.slow_replies, 5_000);
+    let (first, layer) = left_mid_refresh(idp, store, &store.slow_replies, 5_000, |_| {});
     let second = crate::test_support::paused_runtime();
     // Past the first refresh's deadline and its lease, and at-2 past its
     // time (the record is dated by the wall clock, which a paused clock

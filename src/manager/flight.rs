@@ -689,7 +689,7 @@ impl FlightTask {
     pub(super) fn note_storing(&self, version: u64) {
         let mut control = self.shared.lock();
         let registered = control.registers(self.id);
-        if self.shared.snapshot.load().generation != self.from_generation {
+        if self.overtaken_by(&self.shared.snapshot.load()) {
             control.store_version = control.store_version.max(Some(version));
         } else if registered {
             // Only the registered flight's: `set_tokens` overtakes that
@@ -716,19 +716,19 @@ impl FlightTask {
             control.flight = None;
         }
         control.storing = control.storing.filter(|(flight, _)| *flight != self.id);
-        let snapshot = self.shared.snapshot.load();
-        let superseded =
-            snapshot.generation != self.from_generation && !self.continued_by(&snapshot);
+        let superseded = self.overtaken_by(&self.shared.snapshot.load());
         (control, current, superseded)
     }
 
-    /// Whether `snapshot` holds tokens set by hand since this flight
-    /// started that carry the refresh token it refreshes from: this
-    /// flight's answer follows them (see `TokenManager::set_tokens`).
-    fn continued_by(&self, snapshot: &Snapshot) -> bool {
+    /// Whether tokens installed since this flight started (`snapshot`'s)
+    /// overtake it: any do, but tokens set by hand that carry the refresh
+    /// token it refreshes from, which its answer follows (see
+    /// `TokenManager::set_tokens`).
+    fn overtaken_by(&self, snapshot: &Snapshot) -> bool {
         let from = self.current.as_deref().and_then(TokenSet::refresh_token);
         let set = snapshot.tokens.as_deref().and_then(TokenSet::refresh_token);
-        snapshot.refreshed_at.is_none() && from.is_some() && set == from
+        let continued = snapshot.refreshed_at.is_none() && from.is_some() && set == from;
+        snapshot.generation != self.from_generation && !continued
     }
 
     /// Whether the one install since this flight started was a flight's

@@ -384,7 +384,7 @@ impl TokenManager {
         // clock, a watcher that never ran again without dying had requests
         // sent without a thread's copy (a thread's layers past the copies
         // it keeps) go out with its token past expiry, with no bound.
-        if !snapshot.kept_fresh_by_the_clock(Instant::now()) && !self.admits(&snapshot) {
+        if !snapshot.kept_fresh_by_the_clock() && !self.admits(&snapshot) {
             return None;
         }
         Some(Credential {
@@ -772,7 +772,8 @@ impl TokenManager {
         // follow, and the only one holding the live refresh token where
         // the server rotates them, so it is kept, and requests join it
         // rather than present that refresh token a second time beside it
-        // (found in review).
+        // (found in review). Its waiters wait on for its answer, which
+        // replaces these tokens anyway.
         let continued = control.flight.is_some()
             && control
                 .flight_refreshes_from
@@ -792,9 +793,12 @@ impl TokenManager {
         control.dead_refresh_token = None;
         self.shared.install(prepared);
         // Shut until a kept rate limit ends, as after any failure: requests
-        // in the stale window would otherwise each take the lock to find it.
-        let gate = self.shared.gate_after(control.failure.as_ref());
-        self.shared.proactive_gate.store(gate, Ordering::Release);
+        // in the stale window would otherwise each take the lock to find
+        // it. Left shut while a kept refresh runs, as its start shut it.
+        if !continued {
+            let gate = self.shared.gate_after(control.failure.as_ref());
+            self.shared.proactive_gate.store(gate, Ordering::Release);
+        }
         drop(control);
         if let Some(flight) = overtaken {
             flight.overtaken();

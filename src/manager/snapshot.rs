@@ -355,8 +355,8 @@ impl Snapshot {
     /// between clock reads to keep (see [`CLOCK_EVERY`]). Past the point
     /// the watcher hands requests back to the clock, its word is withdrawn,
     /// as a copy's count does.
-    pub(crate) fn kept_fresh_by_the_clock(&self, now: Instant) -> bool {
-        self.kept_fresh() && word_holds(&self.flags, self.fresh_until(), now)
+    pub(crate) fn kept_fresh_by_the_clock(&self) -> bool {
+        self.kept_fresh() && word_holds(&self.flags, self.fresh_until(), Instant::now())
     }
 
     /// Where the token stands, for the hot path: trusts the watcher's flags

@@ -1835,10 +1835,10 @@ async fn tokens_set_with_the_refresh_token_a_running_refresh_presented_wait_for_
             .with_refresh_token("rt-0")
             .with_expires_in(HUNDRED)
     };
-    let handle = TokenRefreshLayer::builder(source)
+    let layer = TokenRefreshLayer::builder(source)
         .initial_tokens(saved())
-        .build()
-        .handle();
+        .build();
+    let handle = layer.handle();
 
     let forced = tokio::spawn({
         let handle = handle.clone();
@@ -1849,6 +1849,11 @@ async fn tokens_set_with_the_refresh_token_a_running_refresh_presented_wait_for_
     })
     .await;
     handle.set_tokens(saved()).unwrap();
+    let shared = &layer.core.manager.shared;
+    assert!(
+        !shared.gate_open(tokio::time::Instant::now()),
+        "no proactive refresh tried while the kept one runs"
+    );
     // A request rejected with the tokens set needs a refresh.
     let set = handle.bearer().await.unwrap();
     let rejected = tokio::spawn({

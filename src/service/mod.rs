@@ -143,10 +143,11 @@ impl<S, C> TokenRefresh<S, C> {
 
     /// The inner service, mutably.
     ///
-    /// Retries are sent through clones of the inner service as it was at
-    /// the first request through this service or a clone of it that could
-    /// be retried (on each lane), not through this instance: see "Retries"
-    /// on [`TokenRefresh`].
+    /// Retries, and requests that waited for a token, are sent through
+    /// clones of the inner service as it was at the first request through
+    /// this service or a clone of it that could be retried or had to wait
+    /// (on each lane), not through this instance: see "Retries" on
+    /// [`TokenRefresh`].
     ///
     /// ```
     /// use tower::Layer;
