@@ -945,6 +945,40 @@ async fn origin_outside_the_allow_list_gets_no_token() {
     .await;
 }
 
+/// Found in review: a `Host` header naming another origin than the URL
+/// got the token, which a front end routing by `Host` hands to that
+/// origin's backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_header_naming_another_origin_gets_no_token() {
+    bounded(async {
+        let Setup { api, client, .. } = setup(|builder, login| {
+            builder
+                .initial_tokens(login)
+                .allowed_origins([Uri::from_static("127.0.0.1")])
+        })
+        .await;
+        let url = api.url("/v1/items");
+
+        let listed = client.get(&url).send().await.unwrap();
+        let elsewhere = client
+            .get(&url)
+            .header(reqwest::header::HOST, "tenant-b.example.net")
+            .send()
+            .await
+            .unwrap();
+
+        assert_eq!(listed.status(), StatusCode::OK);
+        assert_eq!(elsewhere.status(), StatusCode::UNAUTHORIZED);
+        let tokens: Vec<bool> = api
+            .seen()
+            .iter()
+            .map(|(token, _)| token.is_some())
+            .collect();
+        assert_eq!(tokens, [true, false]);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_to_a_remote_host_is_refused_with_a_typed_error() {
     bounded(async {

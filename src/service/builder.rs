@@ -624,7 +624,10 @@ impl<C> Builder<C> {
     /// (`api.example.com.`) is the same host. A path or query is ignored
     /// (the whole origin gets the token), and an origin without a host or
     /// with port 0 matches nothing: each is logged as a warning, as is a
-    /// list that matches nothing at all. Default: every origin.
+    /// list that matches nothing at all. A request whose `Host` header
+    /// names another origin than its URI gets no token either: a front end
+    /// routing by `Host` would hand it to that origin. Default: every
+    /// origin.
     ///
     /// # Redirects
     ///

@@ -430,6 +430,14 @@ async fn plain_http_to_a_remote_host_is_refused_but_loopback_and_opt_in_are_allo
     assert_eq!(api.calls(), 0, "nothing was sent");
     assert!(send(&strict, to("http://127.0.0.1:8080/x")).await.is_ok());
     assert!(send(&strict, to("https://api.example.com/x")).await.is_ok());
+    // Found in review: a `CONNECT` to a host's port 80, which a client
+    // sends in clear, got the token.
+    let connect = Request::connect("api.example.com:80")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let refused = expect_error(send(&strict, connect).await);
+    assert!(refused.is_insecure_transport());
+    assert_eq!(api.calls(), 2, "the CONNECT was not sent");
 
     let source = refresh_fn(|_| async { Ok::<_, RefreshError>(TokenSet::new("t")) });
     let permissive = ServiceBuilder::new()
@@ -501,7 +509,14 @@ async fn requests_outside_the_origin_allow_list_get_no_token() {
         .await
         .unwrap();
 
-    assert_eq!(api.seen.lock().unwrap().as_slice(), ["Bearer t", ""]);
+    // Found in review: a `Host` naming another origin than the URI got the
+    // token, which a front end routing by `Host` hands to that origin.
+    let mut elsewhere = to("https://api.example.com/v1");
+    let other = http::HeaderValue::from_static("tenant-b.example.net");
+    elsewhere.headers_mut().insert(http::header::HOST, other);
+    send(&client, elsewhere).await.unwrap();
+
+    assert_eq!(api.seen.lock().unwrap().as_slice(), ["Bearer t", "", ""]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -2,7 +2,8 @@
 
 use std::net::IpAddr;
 
-use http::uri::{Scheme, Uri};
+use http::header::{HeaderMap, HOST};
+use http::uri::{Authority, Scheme, Uri};
 
 /// Where a request may be sent with the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,9 +47,15 @@ impl Origin {
                 return false;
             }
         }
-        match self.port {
-            None => true,
-            Some(port) => effective_port(uri) == Some(port),
+        match (self.port, &self.scheme) {
+            (Some(port), _) => effective_port(uri) == Some(port),
+            // A bare host: every scheme and port, as the builder says.
+            (None, None) => true,
+            // A scheme without a default port, and no port given: only
+            // requests without one either. Found in review: any port
+            // matched, where the builder says an origin without a port
+            // means its scheme's default.
+            (None, Some(_)) => effective_port(uri).is_none(),
         }
     }
 }
@@ -59,11 +66,15 @@ fn without_root_dot(host: &str) -> &str {
 }
 
 fn effective_port(uri: &Uri) -> Option<u16> {
-    uri.port_u16().or_else(|| match uri.scheme_str() {
-        Some("https") => Some(443),
-        Some("http") => Some(80),
+    uri.port_u16().or_else(|| default_port(uri.scheme_str()?))
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "https" | "wss" => Some(443),
+        "http" | "ws" => Some(80),
         _ => None,
-    })
+    }
 }
 
 /// The per-layer rules, decided once per request before anything else.
@@ -91,22 +102,62 @@ impl TransportRules {
     /// Only the exact `https` counts: a URI built with the scheme `"HTTPS"`
     /// holds it as spelled (only a parsed URI string is lowercased), and
     /// connectors choose TLS by comparing with `https`, so such a request
-    /// would go out in clear. A URI without a scheme (a path handed to a
-    /// connection, as tonic does) names no transport and is not refused,
-    /// nor is `unix` naming a socket path as hyperlocal does (its host the
-    /// path in hex), which never leaves the host. Any other `unix` URI is
-    /// refused: a connector that does not insist on `http` (hyper-util's,
-    /// under a TLS wrapper) reaches `unix://api.example.com/` over TCP, in
-    /// clear.
+    /// would go out in clear. A URI with neither scheme nor authority (a
+    /// path handed to a connection, as tonic does) names no transport and
+    /// is not refused, nor is `unix` naming a socket path as hyperlocal
+    /// does (its host the path in hex), which never leaves the host. Any
+    /// other `unix` URI is refused: a connector that does not insist on
+    /// `http` (hyper-util's, under a TLS wrapper) reaches
+    /// `unix://api.example.com/` over TCP, in clear. An authority without
+    /// a scheme (a `CONNECT` request's target) is judged as hyper-util's
+    /// client sends it: over TLS to port 443 only (found in review: such a
+    /// target to port 80 got the token in clear).
     #[inline]
     pub(crate) fn is_insecure(&self, uri: &Uri) -> bool {
         !self.allow_insecure
             // String compares, inlined; `Scheme`'s `PartialEq` is a call.
-            && uri.scheme_str().is_some_and(|scheme| {
-                scheme != "https" && !(scheme == "unix" && names_a_socket_path(uri))
-            })
+            && match uri.scheme_str() {
+                Some(scheme) => {
+                    scheme != "https" && !(scheme == "unix" && names_a_socket_path(uri))
+                }
+                None => uri.authority().is_some() && uri.port_u16() != Some(443),
+            }
             && !is_loopback_authority(uri)
     }
+
+    /// Whether a `Host` header the caller set names the origin `uri`
+    /// names (or there is none). Over HTTP/1 a client sends the caller's
+    /// `Host`, and a front end that routes by it (a CDN, an ingress)
+    /// would hand the token to whichever backend the header names, past
+    /// the allow-list (found in review). Only asked with an allow-list:
+    /// without one every origin gets the token anyway. Two `Host` headers,
+    /// or one that is not an authority, never agree.
+    #[inline]
+    pub(crate) fn host_header_agrees(&self, uri: &Uri, headers: &HeaderMap) -> bool {
+        if self.origins.is_none() {
+            return true;
+        }
+        let mut hosts = headers.get_all(HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (None, _) => true,
+            (Some(host), None) => names_the_origin_of(host.as_bytes(), uri),
+            (Some(_), Some(_)) => false,
+        }
+    }
+}
+
+/// Whether `host` (a `Host` header's value) names the host and port `uri`
+/// does, the port defaulting to the scheme's.
+fn names_the_origin_of(host: &[u8], uri: &Uri) -> bool {
+    let (Ok(named), Some(target)) = (Authority::try_from(host), uri.host()) else {
+        return false;
+    };
+    let port = named
+        .port_u16()
+        .or_else(|| uri.scheme_str().and_then(default_port));
+    without_root_dot(named.host()).eq_ignore_ascii_case(without_root_dot(target))
+        && !host.contains(&b'@')
+        && port == effective_port(uri)
 }
 
 /// Whether `uri` names a socket path as hyperlocal writes it
@@ -241,6 +292,13 @@ mod tests {
         assert!(!rules.is_insecure(&uri("http://user@127.0.0.1:80/")));
         // No scheme (e.g. a relative URI handed to a connection) is not "explicit http".
         assert!(!rules.is_insecure(&uri("/path")));
+        // An authority without a scheme (a `CONNECT` target) goes out as
+        // hyper-util's client sends it: over TLS to port 443 only.
+        assert!(rules.is_insecure(&uri("api.example.com:80")));
+        assert!(rules.is_insecure(&uri("api.example.com")));
+        assert!(rules.is_insecure(&uri("api.example.com:8443")));
+        assert!(!rules.is_insecure(&uri("api.example.com:443")));
+        assert!(!rules.is_insecure(&uri("127.0.0.1:8080")));
         // A scheme is what it is spelled: only `https` is sent over TLS.
         let built = |scheme: &str, host: &str| {
             Uri::builder()
@@ -331,5 +389,59 @@ mod tests {
             assert!(bare.origin_allowed(&uri(allowed)), "{allowed}");
         }
         assert!(!bare.origin_allowed(&uri("https://other.example.com/")));
+
+        // Without a port, a scheme's default port; for a scheme without
+        // one, requests that give none either.
+        let defaults = TransportRules {
+            allow_insecure: true,
+            origins: Some(vec![
+                Origin::of(&uri("wss://api.example.com")).unwrap(),
+                Origin::of(&uri("h2c://internal.example.com")).unwrap(),
+            ]),
+        };
+        assert!(defaults.origin_allowed(&uri("wss://api.example.com/")));
+        assert!(defaults.origin_allowed(&uri("wss://api.example.com:443/")));
+        assert!(!defaults.origin_allowed(&uri("wss://api.example.com:9443/")));
+        assert!(defaults.origin_allowed(&uri("h2c://internal.example.com/")));
+        assert!(!defaults.origin_allowed(&uri("h2c://internal.example.com:8080/")));
+    }
+
+    #[test]
+    fn a_host_header_naming_another_origin_is_told_apart() {
+        let listed = TransportRules {
+            allow_insecure: false,
+            origins: Some(vec![Origin::of(&uri("https://api.example.com")).unwrap()]),
+        };
+        let target = uri("https://api.example.com/v1");
+        let with_hosts = |hosts: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for host in hosts {
+                headers.append(HOST, host.parse().unwrap());
+            }
+            headers
+        };
+        for agrees in [
+            &[][..],
+            &["api.example.com"],
+            &["API.example.com."],
+            &["api.example.com:443"],
+        ] {
+            let headers = with_hosts(agrees);
+            assert!(listed.host_header_agrees(&target, &headers), "{agrees:?}");
+        }
+        for differs in [
+            &["tenant-b.example.net"][..],
+            &["api.example.com:8443"],
+            &["user@api.example.com"],
+            &["api.example.com/x"],
+            &["api.example.com", "api.example.com"],
+        ] {
+            let headers = with_hosts(differs);
+            assert!(!listed.host_header_agrees(&target, &headers), "{differs:?}");
+        }
+        // Without an allow-list every origin gets the token: nothing to check.
+        let unlisted = TransportRules::default();
+        let other = with_hosts(&["tenant-b.example.net"]);
+        assert!(unlisted.host_header_agrees(&target, &other));
     }
 }
