@@ -382,9 +382,7 @@ impl<C: ClassifyRejection> TokenRefreshMiddleware<C> {
             // without a host, which no transport rule can vouch for.
             _ => return next.run(request, extensions).await,
         };
-        if !core.rules.origin_allowed(&origin)
-            || !core.rules.host_header_agrees(&origin, request.headers())
-        {
+        if !core.rules.allows(&origin, request.headers()) {
             return next.run(request, extensions).await;
         }
         if core.rules.is_insecure(&origin) {

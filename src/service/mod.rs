@@ -211,10 +211,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = self.lanes.current();
         let core = &shared.core;
-        if has_authorization(req.headers())
-            || !core.rules.origin_allowed(req.uri())
-            || !core.rules.host_header_agrees(req.uri(), req.headers())
-        {
+        if has_authorization(req.headers()) || !core.rules.allows(req.uri(), req.headers()) {
             return self.passthrough(req);
         }
         if core.rules.is_insecure(req.uri()) {
