@@ -5,9 +5,11 @@
 //! userinfo (`https://key@host`), in the query (`?api_key=…`, or a bare
 //! `?KEY`) or in the path (`/v1/key/Zk9aQ2xN…/refresh`). Nothing in a URI
 //! says which part is a key, so a part is taken for one by its looks: a
-//! query value of 8 characters or more, and a path segment of 8 or more
-//! that is not a name (letters, `-`, `_` and `.` only: `refresh-token`,
-//! `refreshToken`). A key of letters alone in the path is taken for a name.
+//! query value of 8 characters or more, or of 4 or more under a name that
+//! says it is one (`client_secret=s3cr3t`, `sig=…`), and a path segment
+//! of 8 or more that is not a name (letters, `-`, `_` and `.` only:
+//! `refresh-token`, `refreshToken`). A key of letters alone in the path is
+//! taken for a name.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -19,6 +21,23 @@ use crate::token::REDACTED;
 /// A value shorter than this is no key (`v=2`, `oauth2`), and redacted it
 /// would blot out every `2` in the server's words.
 const KEY_LENGTH: usize = 8;
+
+/// A value under a name that says it is a credential is one from this
+/// length on. Found in review: `?client_secret=s3cr3t`, too short for a
+/// key by its looks, was quoted whole wherever the server or the client
+/// named the URL.
+const NAMED_KEY_LENGTH: usize = 4;
+
+/// Parts of query names that say their value is a credential.
+const CREDENTIAL_NAMES: [&str; 8] = [
+    "secret", "key", "token", "pass", "pwd", "sig", "auth", "code",
+];
+
+/// Whether the query name `name` says its value is a credential.
+fn names_a_credential(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    CREDENTIAL_NAMES.iter().any(|part| name.contains(part))
+}
 
 /// Whether the path segment `segment` may be a key: long enough, and not
 /// a name (letters, `-`, `_`, `.`). Digits and percent-escapes mark a key,
@@ -61,11 +80,16 @@ pub(super) fn secrets(uri: &Uri) -> Vec<Cow<'_, str>> {
         push(segment, percent_decoded(segment), KEY_LENGTH);
     }
     // A bare entry (`?KEY`) is its own value.
-    let entries = uri.query().unwrap_or_default().split('&');
-    let values = entries.map(|entry| entry.split_once('=').map_or(entry, |(_, value)| value));
-    for value in values.filter(|value| value.len() >= KEY_LENGTH) {
-        // In a query (only), `+` is a space.
-        push(value, percent_decoded(&value.replace('+', " ")), KEY_LENGTH);
+    for entry in uri.query().unwrap_or_default().split('&') {
+        let (least, value) = match entry.split_once('=') {
+            Some((name, value)) if names_a_credential(name) => (NAMED_KEY_LENGTH, value),
+            Some((_, value)) => (KEY_LENGTH, value),
+            None => (KEY_LENGTH, entry),
+        };
+        if value.len() >= least {
+            // In a query (only), `+` is a space.
+            push(value, percent_decoded(&value.replace('+', " ")), least);
+        }
     }
     found
 }
@@ -164,7 +188,13 @@ mod tests {
             ["p%26ss+word", "p&ss+word", "u:p%26ss+word", "u:p&ss+word"]
         );
         // Decoded, too short to be a key.
-        assert_eq!(found("https://h/t?sig=%2F%2F%2F%2F"), ["%2F%2F%2F%2F"]);
+        assert_eq!(found("https://h/t?x=%2F%2F%2F%2F"), ["%2F%2F%2F%2F"]);
+        // Under a name that says it is a credential, shorter values are
+        // keys too; not a value that short under any name.
+        assert_eq!(
+            found("https://h/t?client_secret=s3cr3t&Sig=p%40ss&v=2&api_key=abc"),
+            ["p%40ss", "p@ss", "s3cr3t"]
+        );
     }
 
     #[test]

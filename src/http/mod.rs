@@ -817,7 +817,15 @@ fn never_reached_the_server(error: &(dyn std::error::Error + 'static)) -> bool {
 fn without_secrets(error: BoxError, sent: &SentSecrets) -> BoxError {
     let causes = std::iter::successors(error.source(), |cause| cause.source());
     let text = causes.fold(error.to_string(), |text, cause| format!("{text}: {cause}"));
-    if !sent.quoted_in(&text) && !sent.quoted_in(&format!("{error:?}")) {
+    // Each cause's `Debug` too: found in review, a cause whose `Debug`
+    // alone quoted the URL was kept, and walking the causes showed it.
+    let chain = std::iter::successors(Some(&*error as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    });
+    let debug_quotes = chain
+        .map(|cause| format!("{cause:?}"))
+        .any(|d| sent.quoted_in(&d));
+    if !sent.quoted_in(&text) && !debug_quotes {
         return error;
     }
     sent.redact(text).into()

@@ -1012,6 +1012,70 @@ async fn echoed_basic_credentials_and_endpoint_keys_are_redacted_too() {
     assert!(shown.contains("&v=2"), "a short value is no key: {shown}");
 }
 
+/// Found in review: a query value under a name that says it is a
+/// credential, too short to be taken for a key by its looks, was quoted
+/// whole as the server echoed the URL.
+#[tokio::test]
+async fn a_short_secret_under_a_credentials_name_in_the_query_is_redacted() {
+    let echo = r#"{"error":"not_found","error_description":"Cannot POST /token?client_secret=s3cr3t&v=2"}"#;
+    let (idp, _) = endpoint(move || json(StatusCode::NOT_FOUND, echo));
+    let url = "https://idp.example.com/token?client_secret=s3cr3t&v=2";
+    let err = HttpRefresher::oauth2(url, idp)
+        .refresh(ctx())
+        .await
+        .unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+    assert!(shown.contains("client_secret=[redacted]&v=2"), "{shown}");
+}
+
+/// Found in review: the client's error was kept whole when neither its
+/// text nor its own `Debug` quoted a secret, though a cause's `Debug` did:
+/// walking the causes showed the key.
+#[tokio::test]
+async fn a_cause_whose_debug_alone_quotes_the_endpoints_key_is_redacted() {
+    #[derive(Debug)]
+    struct Inner {
+        #[allow(dead_code)] // Read through `Debug` only.
+        url: &'static str,
+    }
+    impl std::fmt::Display for Inner {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connection failed")
+        }
+    }
+    impl std::error::Error for Inner {}
+    struct Outer(Inner);
+    impl std::fmt::Debug for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Outer")
+        }
+    }
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    let url = "https://idp.example.com/token?key=endpoint-key-value";
+    let failing = tower::service_fn(move |_: Request<Full<Bytes>>| async move {
+        Err::<Answer, BoxError>(Box::new(Outer(Inner { url })))
+    });
+    let err = HttpRefresher::oauth2(url, failing)
+        .refresh(ctx())
+        .await
+        .unwrap_err();
+    let causes = std::iter::successors(std::error::Error::source(&err), |e| e.source());
+    let shown = causes.fold(format!("{err} {err:?}"), |shown, cause| {
+        format!("{shown} {cause} {cause:?}")
+    });
+    assert!(!shown.contains("endpoint-key-value"), "{shown}");
+}
+
 /// Found in review: a key in the endpoint's path was not among the sent
 /// secrets, so a server quoting the path it was called on (a web
 /// framework's `Cannot POST /…` for an unknown route) put the key in the

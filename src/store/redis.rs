@@ -411,9 +411,21 @@ impl RedisStore {
             if wrong_type {
                 StoreError::corrupt(format!("{what}: a key holds another kind of value"))
             } else {
-                StoreError::unavailable(what).with_source(error)
+                unavailable(what, error)
             }
         })
+    }
+}
+
+/// A failed call's error. A server's reply is kept by its code alone: in
+/// full it can quote the command's arguments, tokens included (found in
+/// review: where scripts are disabled, Redis answers `ERR unknown command
+/// 'EVALSHA', with args beginning with: …` and the record's start). Any
+/// other error (I/O, a timeout) is kept as the cause.
+fn unavailable(what: &str, error: RedisError) -> StoreError {
+    match error.code() {
+        Some(code) => StoreError::unavailable(format!("{what}: Redis answered {code}")),
+        None => StoreError::unavailable(what).with_source(error),
     }
 }
 
@@ -811,6 +823,17 @@ mod tests {
             Ok(value) => value.extract_error().expect_err("an error reply"),
             Err(error) => error,
         }
+    }
+
+    #[test]
+    fn a_reply_quoting_the_commands_arguments_is_kept_by_its_code_alone() {
+        let reply = "ERR unknown command 'EVALSHA', with args beginning with: \
+                     'abc123' '1' 'app:tokens' '4' '5' '{\"access_token\":\"at-secret";
+        let error = unavailable("storing the tokens in Redis", server_error(reply));
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("at-secret"), "{shown}");
+        assert!(shown.contains("Redis answered ERR"), "{shown}");
+        assert!(std::error::Error::source(&error).is_none());
     }
 
     #[test]
