@@ -5,8 +5,8 @@
 //! wrapped in `TokenRefreshLayer` with the preset as the refresh source;
 //! then the server's own counters are printed beside the layer's. For
 //! `oauth2`, `dynamosql` and `cognito`, tokens live 1 s, and 50 concurrent
-//! requests go out at each of three expiries and once more after the API
-//! revoked the token; `ocient`'s run is below.
+//! requests go out at the start, after each of three expiries and once
+//! more after the API revoked the token; `ocient`'s run is below.
 //!
 //! - `oauth2`: RFC 6749 refresh grant, `client_secret_basic`, a rotated
 //!   refresh token on every refresh and reuse detection armed.
@@ -163,7 +163,8 @@ async fn main() {
     }
 }
 
-/// Bursts at each expiry, then one after the API revoked the token.
+/// A burst at the start, one after each expiry, then one after the API
+/// revoked the token.
 async fn drive(api: &ApiServer, builder: tower_token_refresh::Builder) -> Run {
     // A rejected token younger than `min_refresh_interval` (default 5 s) is
     // not refreshed again; these tokens live 1 s.

@@ -627,7 +627,9 @@ impl Error {
 
     /// The request's URI named a scheme other than `https` (`http://`, or
     /// `https` spelled in capitals when the URI was built from parts) and a
-    /// host that is not loopback, and insecure transport was not allowed.
+    /// host that is not loopback, or was a `CONNECT` target (an authority
+    /// without a scheme) to such a host on a port other than 443, and
+    /// insecure transport was not allowed.
     ///
     /// ```
     /// # use std::convert::Infallible;

@@ -371,7 +371,9 @@ pub enum TokenState {
     Fresh,
     /// Sent as is while a background refresh runs.
     Stale,
-    /// Past its refresh point or rejected: requests wait for a new one.
+    /// Past its refresh point or rejected: requests wait for a new one
+    /// (unless a backoff holds refreshes off, or it was refreshed moments
+    /// ago: then it is sent while still valid and not rejected).
     Expired,
     /// A terminal refresh failure, and the token past its refresh point,
     /// rejected, or none: new tokens must be set. A token still valid (not

@@ -156,7 +156,9 @@ pub struct TokenSet {
 impl TokenSet {
     /// A token set holding only an access token, with no known expiry.
     ///
-    /// A token without expiry is only refreshed after the server rejects it.
+    /// A token without expiry is only refreshed after the server rejects
+    /// it, or when a refresh is forced
+    /// ([`TokenHandle::force_refresh`](crate::TokenHandle::force_refresh)).
     ///
     /// ```
     /// let tokens = tower_token_refresh::TokenSet::new("access");

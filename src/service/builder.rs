@@ -460,7 +460,9 @@ impl<C> Builder<C> {
         self
     }
 
-    /// Which responses count as a token rejection. Default: `401`.
+    /// Which responses count as a token rejection. Default: `401`, but
+    /// one whose Bearer challenge says `error="insufficient_scope"`
+    /// ([`classify::Unauthorized`](crate::classify::Unauthorized)).
     ///
     /// ```
     /// # use std::convert::Infallible;
@@ -483,7 +485,7 @@ impl<C> Builder<C> {
     /// });
     /// let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
     /// let response = client.oneshot(request).await.unwrap();
-    /// // Taken for a rejection (the default, `401` only, would not): refreshed and retried.
+    /// // Taken for a rejection (the default, `401`s only, would not): refreshed and retried.
     /// assert_eq!(response.headers()["grpc-status"], "0");
     /// assert_eq!(handle.stats().retries, 1);
     /// # }
@@ -578,8 +580,9 @@ impl<C> Builder<C> {
     }
 
     /// Send the token over plain `http://` (or any scheme other than
-    /// `https`, and `unix` but for a hyperlocal socket path) to hosts that
-    /// are not loopback: for instance over a transport of your own that
+    /// `https`, `unix` but for a hyperlocal socket path, and a `CONNECT`
+    /// target to a port other than 443) to hosts that are not loopback:
+    /// for instance over a transport of your own that
     /// encrypts below the HTTP client, or to a local socket addressed by an
     /// `http://` URI.
     /// Default: refused with [`Error::is_insecure_transport`](crate::Error::is_insecure_transport).

@@ -69,8 +69,9 @@ pub(crate) use transport::is_loopback;
 /// retries a rejected request once with a new token.
 ///
 /// Made by [`TokenRefreshLayer`]. Requests that already carry an
-/// `Authorization` header, or that go to an origin outside the allow-list,
-/// pass through untouched and are never retried.
+/// `Authorization` header, or that go to an origin outside the allow-list
+/// (or whose `Host` header names another origin than their URI), pass
+/// through untouched and are never retried.
 ///
 /// The inner service receives `Request<ReplayBody<B>>` for the caller's
 /// `Request<B>`: a hyper-util client wrapped for bodies `B` is a
