@@ -53,7 +53,8 @@ fn segment_may_be_key(segment: &str) -> bool {
 /// The parts of `uri` that may be credentials, as they appear in it and
 /// percent-decoded: the userinfo whole, its password, and its user name
 /// if that is long enough to be a key; path segments that may be keys;
-/// query values (or bare query entries) of [`KEY_LENGTH`] or more.
+/// query values (or bare query entries) of [`KEY_LENGTH`] or more, or of
+/// [`NAMED_KEY_LENGTH`] or more under a credential's name.
 pub(super) fn secrets(uri: &Uri) -> Vec<Cow<'_, str>> {
     let mut found: Vec<Cow<'_, str>> = Vec::new();
     // `raw` as it appears, and decoded if that differs and is at least

@@ -35,7 +35,8 @@
 //! secret the request carried that the server (or the client's own error)
 //! echoes back is quoted as `[redacted]`: the tokens in use, the secret
 //! body fields, the client secret and its Basic credentials, the endpoint
-//! URI's userinfo, query values of 8 characters or more and path segments
+//! URI's userinfo, query values of 8 characters or more (4 or more under a
+//! name that says it is a credential, `client_secret`) and path segments
 //! of 8 or more with anything but letters, `-`, `_` and `.` in them (a
 //! digit, an escape: a key in the path, not a name such as
 //! `refreshToken`); each as sent, percent-encoded throughout or
