@@ -28,6 +28,7 @@ mod cpu;
 mod env;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -124,15 +125,20 @@ async fn burst(herd: Herd, n: usize) -> Measured {
         builder = builder
             .initial_tokens(TokenSet::new("fresh").with_expires_in(Duration::from_secs(3600)));
     }
+    let layer = builder.build();
+    let handle = layer.handle();
     let client = ServiceBuilder::new()
-        .layer(builder.build())
+        .layer(layer)
         .service(Answering::default());
     let (open, gate) = tokio::sync::watch::channel(None::<Instant>);
+    let at_the_gate = Arc::new(tokio::sync::Semaphore::new(0));
     let mut requests = JoinSet::new();
     for _ in 0..n {
         let client = client.clone();
         let mut gate = gate.clone();
+        let at_the_gate = Arc::clone(&at_the_gate);
         requests.spawn(async move {
+            at_the_gate.add_permits(1);
             let opened = *gate.wait_for(Option::is_some).await.expect("gate kept");
             if herd == Herd::Parked {
                 tokio::time::sleep_until(opened.expect("open") + REFRESH_TAKES).await;
@@ -144,8 +150,9 @@ async fn burst(herd: Herd, n: usize) -> Measured {
             assert_eq!(response.status(), 200);
         });
     }
-    // Every task waits at the gate before it opens.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Opened once every task is at the gate.
+    let all = u32::try_from(n).expect("a herd's size fits a u32");
+    at_the_gate.acquire_many(all).await.expect("kept").forget();
     let cpu_before = cpu::process_cpu();
     let opened = Instant::now();
     open.send_replace(Some(opened));
@@ -153,10 +160,16 @@ async fn burst(herd: Herd, n: usize) -> Measured {
         done.expect("request task");
     }
     let wall = opened.elapsed();
-    let cpu = match (cpu_before, cpu::process_cpu()) {
-        (Some(before), Some(after)) => after.saturating_sub(before),
-        _ => Duration::ZERO,
-    };
+    let cpu = cpu::process_cpu().saturating_sub(cpu_before);
+    // Found in review: nothing checked that the waiting herd waited. A
+    // request that reached the layer after the token came would have gone
+    // straight through.
+    let waited = if herd == Herd::Waiting { n as u64 } else { 0 };
+    assert_eq!(
+        handle.stats().waited,
+        waited,
+        "every waiting request waited"
+    );
     Measured { cpu, wall }
 }
 
