@@ -1074,6 +1074,10 @@ async fn a_cause_whose_debug_alone_quotes_the_endpoints_key_is_redacted() {
         format!("{shown} {cause} {cause:?}")
     });
     assert!(!shown.contains("endpoint-key-value"), "{shown}");
+    assert!(
+        shown.contains("connection failed"),
+        "the client's error: {shown}"
+    );
 }
 
 /// Found in review: a key in the endpoint's path was not among the sent

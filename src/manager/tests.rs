@@ -1790,7 +1790,10 @@ async fn a_rejected_token_refreshed_again_after_a_failure_is_still_refreshed_as_
 
     let revoked = handle.bearer().await.unwrap();
     let failed = handle.bearer_after_rejection(&revoked).await;
-    assert!(failed.is_err(), "the first refresh failed");
+    assert!(
+        failed.unwrap_err().is_refresh_failed(),
+        "the first refresh failed"
+    );
     tokio::time::advance(Duration::from_secs(2)).await;
     assert_eq!(handle.bearer().await.unwrap().expose(), "new");
 
@@ -1861,6 +1864,8 @@ async fn tokens_set_with_the_refresh_token_a_running_refresh_presented_wait_for_
         async move { handle.bearer_after_rejection(&set).await }
     });
     settle().await;
+    assert!(!rejected.is_finished(), "waiting for the running refresh");
+    assert_eq!(handle.stats().refreshes, 1, "no second refresh started");
     answers.add_permits(2);
 
     forced.await.unwrap().unwrap();

@@ -254,8 +254,13 @@ mod tests {
         let manager = &target.core.manager;
         let snapshot = manager.shared.snapshot.load();
         snapshot.watch(tokio::time::Instant::now(), true);
-        assert!(manager.ready().is_some(), "fresh: sent");
-        assert_eq!(held(), STATES_PER_THREAD, "without a copy of its own");
+        let sent = manager.ready().expect("fresh: sent").header;
+        let original = snapshot.header.as_ref().unwrap();
+        assert_eq!(
+            address(&sent),
+            address(original),
+            "the shared value: no copy"
+        );
 
         tokio::time::advance(lifetime + std::time::Duration::from_secs(20)).await;
         assert!(

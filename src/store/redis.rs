@@ -407,22 +407,21 @@ impl RedisStore {
         // connection that carried the answer is sound).
         let wrong_type = matches!(&result, Err(error) if is_wrong_type(error));
         unsettled.settled = result.is_ok() || wrong_type;
-        result.map_err(|error| {
-            if wrong_type {
-                StoreError::corrupt(format!("{what}: a key holds another kind of value"))
-            } else {
-                unavailable(what, error)
-            }
-        })
+        result.map_err(|error| store_error(what, error))
     }
 }
 
-/// A failed call's error. A server's reply is kept by its code alone: in
-/// full it can quote the command's arguments, tokens included (found in
-/// review: where scripts are disabled, Redis answers `ERR unknown command
-/// 'EVALSHA', with args beginning with: …` and the record's start). Any
-/// other error (I/O, a timeout) is kept as the cause.
-fn unavailable(what: &str, error: RedisError) -> StoreError {
+/// What a failed call (`what`) tells the store's caller. A key of another
+/// kind is a record that does not read. A server's other replies are kept
+/// by their code alone: in full they can quote the command's arguments,
+/// tokens included (found in review: where scripts are disabled, Redis
+/// answers `ERR unknown command 'EVALSHA', with args beginning with: …`
+/// and the record's start). Any other error (I/O, a timeout) is kept as
+/// the cause.
+fn store_error(what: &str, error: RedisError) -> StoreError {
+    if is_wrong_type(&error) {
+        return StoreError::corrupt(format!("{what}: a key holds another kind of value"));
+    }
     match error.code() {
         Some(code) => StoreError::unavailable(format!("{what}: Redis answered {code}")),
         None => StoreError::unavailable(what).with_source(error),
@@ -829,7 +828,7 @@ mod tests {
     fn a_reply_quoting_the_commands_arguments_is_kept_by_its_code_alone() {
         let reply = "ERR unknown command 'EVALSHA', with args beginning with: \
                      'abc123' '1' 'app:tokens' '4' '5' '{\"access_token\":\"at-secret";
-        let error = unavailable("storing the tokens in Redis", server_error(reply));
+        let error = store_error("storing the tokens in Redis", server_error(reply));
         let shown = format!("{error} {error:?}");
         assert!(!shown.contains("at-secret"), "{shown}");
         assert!(shown.contains("Redis answered ERR"), "{shown}");

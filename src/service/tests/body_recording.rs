@@ -86,7 +86,10 @@ async fn a_request_whose_first_token_never_came_lets_go_of_its_body() {
 
     let mut future = Box::pin(client.ready().await.unwrap().call(Request::new(upload)));
     let error = (&mut future).await.expect_err("no token came");
-    assert!(error.is::<crate::Error>(), "{error}");
+    let error = error
+        .downcast_ref::<crate::Error>()
+        .expect("the crate's error");
+    assert!(error.is_reauth_required(), "{error}");
     assert!(tx.is_closed(), "the finished future let go of the body");
     drop(future);
 }
@@ -113,7 +116,10 @@ async fn a_rejected_request_whose_refresh_failed_lets_go_of_its_body() {
 
     let mut future = Box::pin(client.ready().await.unwrap().call(Request::new(upload)));
     let error = (&mut future).await.expect_err("the refresh failed");
-    assert!(error.is::<crate::Error>(), "{error}");
+    let error = error
+        .downcast_ref::<crate::Error>()
+        .expect("the crate's error");
+    assert!(error.is_reauth_required(), "{error}");
     assert!(tx.is_closed(), "the finished future let go of the body");
     drop(future);
 }
