@@ -5,8 +5,8 @@
 //!
 //! Two bursts, alternating from round to round, each of `HERD_REQUESTS`
 //! requests (default 10,000) that arrive at once (they wait at a gate
-//! that opens once all are spawned) on a runtime of two workers, through
-//! one layer over a service that answers at once:
+//! that opens once all are waiting at it) on a runtime of two workers,
+//! through one layer over a service that answers at once:
 //!
 //! - `waiting`: the layer has no token yet; every request waits for one
 //!   refresh, which answers after 20 ms.

@@ -459,8 +459,9 @@ enum Mode {
 /// time counts). With `hold`, the API server parks them until all have
 /// arrived, `between` runs, and they are released.
 ///
-/// "At once": every request's task is spawned first and waits at a gate,
-/// which opens when all are; each request's time counts from the opening.
+/// "At once": every request's task is spawned first, builds its request
+/// and waits at a gate, which opens when all are waiting at it; each
+/// request's time counts from the opening.
 /// Timed from each task's own start instead, the bursts did not arrive
 /// alike: the baseline's tasks, each sending as it was spawned, competed
 /// with the spawning and began over up to 78 ms, while the storm's, each
