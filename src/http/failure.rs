@@ -243,16 +243,46 @@ impl SentSecrets {
         self
     }
 
-    /// Whether `text` quotes any of the secrets.
+    /// Whether `text` quotes any of the secrets, in a form they are
+    /// searched for or once percent-decoded.
     pub(crate) fn quoted_in(&self, text: &str) -> bool {
-        self.forms.iter().any(|form| text.contains(form.as_str()))
+        self.forms.iter().any(|form| text.contains(form.as_str())) || self.quoted_once_decoded(text)
+    }
+
+    /// Whether `text`, percent-decoded (`+` kept, or read as a space),
+    /// quotes a secret: an echo percent-encoded otherwise than the forms
+    /// searched for (found in review: JavaScript's `encodeURIComponent`
+    /// leaves `~!'()*` raw, Python's `quote_plus` escapes `*`, and hex
+    /// digits may mix cases within one text).
+    fn quoted_once_decoded(&self, text: &str) -> bool {
+        // Nothing to decode: the forms were searched for as they are.
+        if !text.contains(['%', '+']) {
+            return false;
+        }
+        let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+        let spaced = text.replace('+', " ");
+        let spaced = percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy();
+        self.forms
+            .iter()
+            .any(|form| decoded.contains(form.as_str()) || spaced.contains(form.as_str()))
+    }
+
+    /// `text` redacted, or withheld whole (`[redacted]`) if it still quotes
+    /// a secret once percent-decoded: where in the encoded text that
+    /// secret lies cannot be told without decoding every escape.
+    fn or_withheld(&self, redacted: String) -> String {
+        if self.quoted_once_decoded(&redacted) {
+            REDACTED.to_owned()
+        } else {
+            redacted
+        }
     }
 
     /// `text` without any of the secrets: a client's error, made here and
     /// kept whole.
     pub(crate) fn redact(&self, text: String) -> String {
         let end = text.len();
-        self.redact_up_to(text, end)
+        self.or_withheld(self.redact_up_to(text, end))
     }
 
     /// A server's `text` without any of the secrets, as far as it can be
@@ -272,7 +302,7 @@ impl SentSecrets {
             .char_indices()
             .nth(QUOTED_CHARS)
             .map_or(text.len(), |(at, _)| at);
-        self.redact_up_to(text, quoted_end)
+        self.or_withheld(self.redact_up_to(text, quoted_end))
     }
 
     /// `text` without the secrets that begin before byte `quoted_end`,
@@ -695,6 +725,34 @@ mod tests {
             "bad form: refresh_token=[redacted]&grant_type=refresh_token"
         );
         assert_eq!(sent.redact("nothing to hide".into()), "nothing to hide");
+    }
+
+    /// Found in review: an echo percent-encoded otherwise than the forms
+    /// searched for was quoted whole. Once decoded it quotes the secret,
+    /// and the text is withheld; text with escapes and no secret stays.
+    #[test]
+    fn a_secret_echoed_in_another_percent_encoding_withholds_the_text() {
+        let sent = SentSecrets::new(["ab~cd*ef/gh".into()]);
+        for echoed in [
+            // JavaScript's `encodeURIComponent`: `~` and `*` raw.
+            "refresh_token=ab~cd*ef%2Fgh",
+            // Python's `quote_plus`: `~` raw, `*` escaped.
+            "refresh_token=ab~cd%2Aef%2Fgh",
+            // Hex digits in mixed case.
+            "refresh_token=ab%7ecd*ef%2Fgh",
+        ] {
+            assert!(sent.quoted_in(echoed), "{echoed}");
+            assert_eq!(sent.redact(echoed.into()), "[redacted]", "{echoed}");
+            assert_eq!(
+                sent.redact_quotable(echoed.into()),
+                "[redacted]",
+                "{echoed}"
+            );
+        }
+        let spaced = SentSecrets::new(["a b~c".into()]);
+        assert_eq!(spaced.redact("t=a+b~c".into()), "[redacted]");
+        let harmless = "100% of 50%2F50 answers";
+        assert_eq!(sent.redact(harmless.into()), harmless);
     }
 
     /// Found in review: secrets replaced one after another let a longer

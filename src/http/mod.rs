@@ -40,8 +40,10 @@
 //! of 8 or more with anything but letters, `-`, `_` and `.` in them (a
 //! digit, an escape: a key in the path, not a name such as
 //! `refreshToken`); each as sent, percent-encoded throughout or
-//! JSON-escaped. An echo in another encoding, or cut short by the server,
-//! is not recognised.
+//! JSON-escaped. A text that quotes one once percent-decoded (some
+//! characters escaped, others not) is withheld whole. An echo in another
+//! encoding still (base64, `\u` escapes), or cut short by the server, is
+//! not recognised.
 //!
 //! The client can be the very one the layer wraps: a
 //! `hyper_util` client for `ReplayBody<B>` bodies works, because
