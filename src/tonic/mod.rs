@@ -517,7 +517,13 @@ where
             return Poll::Ready(Err(tonic::TimeoutExpired(()).into()));
         };
         let response = ready!(sent.poll(cx)).map_err(Into::into)?;
-        let report = this.report.take();
+        // A status in the headers is the call's (tonic reads no other):
+        // the layer above has classified it already. Found in review: the
+        // same status repeated in the trailers was counted a second time.
+        let report = this
+            .report
+            .take()
+            .filter(|_| !response.headers().contains_key("grpc-status"));
         Poll::Ready(Ok(response.map(|body| WatchedBody::new(body, report))))
     }
 }

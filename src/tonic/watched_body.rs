@@ -41,7 +41,8 @@ pin_project_lite::pin_project! {
     /// [minimum refresh interval](crate::Builder::min_refresh_interval)
     /// ago, as for a rejected call). The call itself is not retried, and
     /// its caller gets the status. A body dropped before its trailers, or
-    /// ending in an error, tells nothing.
+    /// ending in an error, tells nothing, nor does the body of a response
+    /// whose headers carry a `grpc-status` (the layer has read that one).
     ///
     /// ```
     /// use http_body_util::BodyExt;

@@ -220,3 +220,42 @@ async fn a_stream_ending_in_an_error_tells_nothing_and_lets_go_of_the_layer() {
     assert!(format!("{body:?}").contains("reporting: false"), "{body:?}");
     assert_eq!(afterwards(&handle).await, ("old".into(), 0, 0, 0));
 }
+
+/// Found in review: a call whose status came in its headers (read by the
+/// layer as the answer, and counted) was counted again when its trailers
+/// carried the same status.
+#[tokio::test]
+async fn a_status_in_the_headers_is_not_counted_again_from_the_trailers() {
+    let channel: Channel =
+        BoxCloneService::new(tower::service_fn(|_: Request<tonic::body::Body>| {
+            let status = tonic::Status::unauthenticated("revoked");
+            let headers = status
+                .into_http::<tonic::body::Body>()
+                .into_parts()
+                .0
+                .headers;
+            let trailers = headers.clone();
+            let body = Full::new(Bytes::new())
+                .with_trailers(async move { Some(Ok::<_, Infallible>(trailers)) });
+            let mut response = Response::new(tonic::body::Body::new(body));
+            *response.headers_mut() = headers;
+            async move { Ok(response) }
+        }));
+    // A refresh that does not land while the trailers are read, so that
+    // the token they name is still the current one.
+    let layer = TokenRefreshLayer::builder(refresh_fn(|_| async {
+        tokio::time::sleep(AN_HOUR).await;
+        Ok::<_, RefreshError>(TokenSet::new("new"))
+    }))
+    .classifier(Grpc)
+    .reactive_retry(false)
+    .initial_tokens(TokenSet::new("old").with_expires_in(AN_HOUR))
+    .build();
+    let handle = layer.handle();
+    let client = with_token_refresh(channel, &layer);
+
+    let trailers = trailers_of(client.oneshot(call()).await.unwrap()).await;
+
+    assert_eq!(trailers["grpc-status"], "16");
+    assert_eq!(handle.stats().rejections, 1, "counted once");
+}
