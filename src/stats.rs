@@ -74,7 +74,10 @@ pub struct Stats {
     /// and gRPC UNAUTHENTICATED statuses in the trailers of a call sent
     /// with the current token (with the `tonic` feature).
     pub rejections: u64,
-    /// Rejected requests that were sent again with a new token.
+    /// Rejected requests handed to the inner service again with a new
+    /// token. One the inner service then does not send is counted too (a
+    /// gRPC call past its deadline, which `IntoTonicBody` does not send,
+    /// with the `tonic` feature).
     pub retries: u64,
     /// Rejections of a token that had already been replaced: the current
     /// token was at hand without a new refresh, and the request was retried
