@@ -38,8 +38,7 @@ impl Origin {
         let Some(host) = uri.host() else {
             return false;
         };
-        // `api.example.com.` (fully qualified) is `api.example.com`.
-        if !without_root_dot(host).eq_ignore_ascii_case(&self.host) {
+        if !same_host(host, &self.host) {
             return false;
         }
         if let Some(scheme) = &self.scheme {
@@ -63,6 +62,12 @@ impl Origin {
 /// `host` without the dot of a fully qualified name.
 fn without_root_dot(host: &str) -> &str {
     host.strip_suffix('.').unwrap_or(host)
+}
+
+/// Whether `a` and `b` name one host: case aside, and `api.example.com.`
+/// (fully qualified) is `api.example.com`.
+fn same_host(a: &str, b: &str) -> bool {
+    without_root_dot(a).eq_ignore_ascii_case(without_root_dot(b))
 }
 
 fn effective_port(uri: &Uri) -> Option<u16> {
@@ -162,9 +167,7 @@ fn names_the_origin_of(host: &[u8], uri: &Uri) -> bool {
     let port = named
         .port_u16()
         .or_else(|| uri.scheme_str().and_then(default_port));
-    without_root_dot(named.host()).eq_ignore_ascii_case(without_root_dot(target))
-        && !host.contains(&b'@')
-        && port == effective_port(uri)
+    same_host(named.host(), target) && !host.contains(&b'@') && port == effective_port(uri)
 }
 
 /// Whether `uri` names a socket path as hyperlocal writes it
@@ -239,6 +242,15 @@ mod tests {
 
     fn uri(s: &str) -> Uri {
         s.parse().unwrap()
+    }
+
+    /// Rules allowing only `origins` (plain http refused).
+    fn listing(origins: &[&str]) -> TransportRules {
+        let origins = origins.iter().map(|o| Origin::of(&uri(o)).unwrap());
+        TransportRules {
+            allow_insecure: false,
+            origins: Some(origins.collect()),
+        }
     }
 
     #[test]
@@ -370,13 +382,7 @@ mod tests {
 
     #[test]
     fn origin_allow_list_matches_scheme_host_and_default_port() {
-        let rules = TransportRules {
-            allow_insecure: false,
-            origins: Some(vec![
-                Origin::of(&uri("https://api.example.com")).unwrap(),
-                Origin::of(&uri("http://127.0.0.1:9000")).unwrap(),
-            ]),
-        };
+        let rules = listing(&["https://api.example.com", "http://127.0.0.1:9000"]);
         assert!(rules.origin_allowed(&uri("https://API.example.com/v1")));
         assert!(rules.origin_allowed(&uri("https://api.example.com:443/v1")));
         assert!(!rules.origin_allowed(&uri("http://api.example.com/v1")));
@@ -388,10 +394,7 @@ mod tests {
         assert!(Origin::of(&uri("/relative")).is_none());
 
         // A bare host, as the builder's doc says: any scheme, any port.
-        let bare = TransportRules {
-            allow_insecure: false,
-            origins: Some(vec![Origin::of(&uri("api.example.com")).unwrap()]),
-        };
+        let bare = listing(&["api.example.com"]);
         for allowed in ["https://api.example.com/", "http://api.example.com:8080/"] {
             assert!(bare.origin_allowed(&uri(allowed)), "{allowed}");
         }
@@ -399,13 +402,7 @@ mod tests {
 
         // Without a port, a scheme's default port; for a scheme without
         // one, requests that give none either.
-        let defaults = TransportRules {
-            allow_insecure: true,
-            origins: Some(vec![
-                Origin::of(&uri("wss://api.example.com")).unwrap(),
-                Origin::of(&uri("h2c://internal.example.com")).unwrap(),
-            ]),
-        };
+        let defaults = listing(&["wss://api.example.com", "h2c://internal.example.com"]);
         assert!(defaults.origin_allowed(&uri("wss://api.example.com/")));
         assert!(defaults.origin_allowed(&uri("wss://api.example.com:443/")));
         assert!(!defaults.origin_allowed(&uri("wss://api.example.com:9443/")));
@@ -415,10 +412,7 @@ mod tests {
 
     #[test]
     fn a_host_header_naming_another_origin_is_told_apart() {
-        let listed = TransportRules {
-            allow_insecure: false,
-            origins: Some(vec![Origin::of(&uri("https://api.example.com")).unwrap()]),
-        };
+        let listed = listing(&["https://api.example.com"]);
         let target = uri("https://api.example.com/v1");
         let with_hosts = |hosts: &[&str]| {
             let mut headers = HeaderMap::new();
