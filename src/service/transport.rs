@@ -161,13 +161,24 @@ fn host_header_agrees(uri: &Uri, headers: &HeaderMap) -> bool {
 /// Whether `host` (a `Host` header's value) names the host and port `uri`
 /// does, the port defaulting to the scheme's.
 fn names_the_origin_of(host: &[u8], uri: &Uri) -> bool {
+    if host.contains(&b'@') {
+        return false;
+    }
+    // The usual case, the URI's own authority, decided without parsing:
+    // `Authority::try_from` copies the bytes (an allocation a request).
+    if uri
+        .authority()
+        .is_some_and(|own| own.as_str().as_bytes().eq_ignore_ascii_case(host))
+    {
+        return true;
+    }
     let (Ok(named), Some(target)) = (Authority::try_from(host), uri.host()) else {
         return false;
     };
     let port = named
         .port_u16()
         .or_else(|| uri.scheme_str().and_then(default_port));
-    same_host(named.host(), target) && !host.contains(&b'@') && port == effective_port(uri)
+    same_host(named.host(), target) && port == effective_port(uri)
 }
 
 /// Whether `uri` names a socket path as hyperlocal writes it
