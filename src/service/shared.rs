@@ -91,16 +91,11 @@ impl<S: Clone, C> Shared<S, C> {
         let Some(kept) = self.retry_service.get() else {
             return;
         };
-        let extra = {
-            let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
-            match kept.spare {
-                None => {
-                    kept.spare = Some(service);
-                    None
-                }
-                Some(_) => Some(service),
-            }
-        };
-        drop(extra);
+        let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.spare.is_none() {
+            kept.spare = Some(service);
+        }
+        // Otherwise `service`, a parameter, drops after the guard, a
+        // local: outside the lock.
     }
 }
