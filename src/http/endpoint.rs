@@ -98,7 +98,7 @@ pub(super) fn secrets(uri: &Uri) -> Vec<Cow<'_, str>> {
 /// `raw` with its percent-escapes decoded (nothing else: found in review,
 /// decoding it as a form cut it at `&` and took `+` for a space, both
 /// literal in userinfo and paths).
-fn percent_decoded(raw: &str) -> String {
+pub(super) fn percent_decoded(raw: &str) -> String {
     percent_encoding::percent_decode_str(raw)
         .decode_utf8_lossy()
         .into_owned()

@@ -259,9 +259,8 @@ impl SentSecrets {
         if !text.contains(['%', '+']) {
             return false;
         }
-        let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
-        let spaced = text.replace('+', " ");
-        let spaced = percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy();
+        let decoded = super::endpoint::percent_decoded(text);
+        let spaced = super::endpoint::percent_decoded(&text.replace('+', " "));
         self.forms
             .iter()
             .any(|form| decoded.contains(form.as_str()) || spaced.contains(form.as_str()))
