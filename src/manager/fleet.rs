@@ -242,7 +242,7 @@ impl FlightTask {
         next: u64,
         obtained: &Obtained,
     ) -> Result<Option<u64>, StoreError> {
-        let record = record_of(&obtained.tokens, next, obtained.obtained_at);
+        let record = Record::new(next, payload_of(&obtained.tokens, obtained.obtained_at));
         self.note_storing(next);
         let stored = call(
             &self.shared.config,
@@ -775,12 +775,6 @@ async fn replaceable(
 fn store_failed(shared: &Shared, error: &StoreError, doing: &str) {
     Counters::bump(&shared.stats.store_errors);
     tracing::warn!(error = %error, "token store failed; {doing}");
-}
-
-/// The record storing `tokens`, whose lifetime started at `obtained_at`,
-/// as `version`.
-fn record_of(tokens: &TokenSet, version: u64, obtained_at: Instant) -> Record {
-    Record::new(version, payload_of(tokens, obtained_at))
 }
 
 /// What a record of `tokens`, whose lifetime started at `obtained_at`,
