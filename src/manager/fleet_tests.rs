@@ -573,9 +573,11 @@ impl FaultyLoads {
 }
 
 /// Waits until every offer under the lease made so far has stopped trying
-/// again: one refresh timeout (10 s by default) after it began.
+/// again: one refresh timeout (the default, which these layers keep) after
+/// it began.
 async fn offers_given_up() {
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    let timeout = super::Config::default().refresh_timeout;
+    tokio::time::sleep(timeout + Duration::from_secs(1)).await;
 }
 
 /// Sleeps for the milliseconds `setting` holds, read now.
